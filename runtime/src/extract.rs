@@ -1,0 +1,366 @@
+//! Request extraction for generated routers: bearer authentication and scope checks,
+//! parameters coerced from their text form and validated against the contract's schema,
+//! and JSON bodies checked for media type, size, syntax and schema.
+
+use crate::{ApiError, DetailLocation, ErrorDetail, MAX_BODY_BYTES, Principal};
+use axum::body::Body;
+use axum::extract::RawPathParams;
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::http::{StatusCode, header, request::Parts};
+use jsonschema::Validator;
+use jsonschema::error::ValidationErrorKind;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+
+/// Where a parameter is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamLocation {
+    Path,
+    Query,
+    Header,
+}
+
+impl ParamLocation {
+    fn detail(self) -> DetailLocation {
+        match self {
+            ParamLocation::Path => DetailLocation::Path,
+            ParamLocation::Query => DetailLocation::Query,
+            ParamLocation::Header => DetailLocation::Header,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            ParamLocation::Path => "path parameter",
+            ParamLocation::Query => "query parameter",
+            ParamLocation::Header => "header",
+        }
+    }
+}
+
+/// How a parameter's text is turned into JSON before schema validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+/// One declared parameter of an operation.
+#[derive(Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub location: ParamLocation,
+    pub required: bool,
+    pub kind: ParamKind,
+    /// The schema's default, as JSON text.
+    pub default: Option<&'static str>,
+}
+
+/// Everything the runtime needs to validate one operation, emitted by the generator.
+/// Schemas are self-contained JSON Schema 2020-12 documents, compiled on first use.
+pub struct OperationSpec {
+    pub operation_id: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+    /// `None` for public operations; otherwise the scopes the token must carry.
+    pub scopes: Option<&'static [&'static str]>,
+    pub params: &'static [ParamSpec],
+    pub params_schema: &'static str,
+    pub body_schema: Option<&'static str>,
+    validators: OnceLock<Result<Validators, String>>,
+}
+
+struct Validators {
+    params: Validator,
+    body: Option<Validator>,
+}
+
+fn compile(schema: &str) -> Result<Validator, String> {
+    let value: Value = serde_json::from_str(schema).map_err(|e| e.to_string())?;
+    jsonschema::draft202012::options().should_validate_formats(true).build(&value).map_err(|e| e.to_string())
+}
+
+impl OperationSpec {
+    #[allow(clippy::too_many_arguments)]
+    pub const fn new(
+        operation_id: &'static str,
+        method: &'static str,
+        path: &'static str,
+        scopes: Option<&'static [&'static str]>,
+        params: &'static [ParamSpec],
+        params_schema: &'static str,
+        body_schema: Option<&'static str>,
+    ) -> Self {
+        OperationSpec {
+            operation_id,
+            method,
+            path,
+            scopes,
+            params,
+            params_schema,
+            body_schema,
+            validators: OnceLock::new(),
+        }
+    }
+
+    fn validators(&self) -> Result<&Validators, ApiError> {
+        let compiled = self.validators.get_or_init(|| {
+            Ok(Validators { params: compile(self.params_schema)?, body: self.body_schema.map(compile).transpose()? })
+        });
+        compiled.as_ref().map_err(|message| {
+            let error = std::io::Error::other(format!("schema of {} does not compile: {message}", self.operation_id));
+            ApiError::internal(&error)
+        })
+    }
+
+    fn param(&self, location: ParamLocation, name: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.location == location && p.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Authenticates the bearer token of a secured operation with `authenticate`, then checks
+/// the operation's scopes: no or malformed token → 401, missing scope → 403.
+pub async fn authorize<F, Fut>(spec: &OperationSpec, parts: &Parts, authenticate: F) -> Result<Principal, ApiError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<Principal, ApiError>>,
+{
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized("missing bearer token"));
+    };
+    let value = value.to_str().map_err(|_| ApiError::unauthorized("authorization header is not valid text"))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
+        _ => return Err(ApiError::unauthorized("authorization header is not a bearer token")),
+    };
+    let principal = authenticate(token.to_string()).await?;
+    for scope in spec.scopes.unwrap_or_default() {
+        if !principal.has_scope(scope) {
+            return Err(ApiError::forbidden(format!("this operation needs the scope {scope}")));
+        }
+    }
+    Ok(principal)
+}
+
+/// Text → JSON by the parameter's declared type; `Err` says what was expected.
+fn coerce(kind: ParamKind, text: &str) -> Result<Value, String> {
+    match kind {
+        ParamKind::String => Ok(Value::String(text.to_string())),
+        ParamKind::Integer => text
+            .parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| text.parse::<u64>().map(Value::from))
+            .map_err(|_| format!("{text:?} is not an integer")),
+        ParamKind::Number => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{text:?} is not a number")),
+        ParamKind::Boolean => match text {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err(format!("{text:?} is not true or false")),
+        },
+    }
+}
+
+/// Collects an operation's parameters from the path, query and headers, applies
+/// defaults, validates them against the contract and deserializes them into `P`.
+/// Unknown and repeated query parameters are rejected.
+pub fn extract_params<P: DeserializeOwned>(
+    spec: &OperationSpec,
+    parts: &Parts,
+    path: Option<Result<RawPathParams, RawPathParamsRejection>>,
+) -> Result<P, ApiError> {
+    let validators = spec.validators()?;
+    let mut values = Map::new();
+    let mut problems: Vec<ErrorDetail> = Vec::new();
+    let problem = |location: ParamLocation, name: &str, message: String| ErrorDetail {
+        location: location.detail(),
+        field: Some(name.to_string()),
+        message,
+    };
+
+    let put =
+        |values: &mut Map<String, Value>, problems: &mut Vec<ErrorDetail>, param: &ParamSpec, text: &str| match coerce(
+            param.kind, text,
+        ) {
+            Ok(value) => {
+                values.insert(param.name.to_string(), value);
+            }
+            Err(message) => problems.push(problem(param.location, param.name, message)),
+        };
+
+    match path {
+        Some(Ok(raw)) => {
+            for (name, text) in &raw {
+                if let Some(param) = spec.param(ParamLocation::Path, name) {
+                    put(&mut values, &mut problems, param, text);
+                }
+            }
+        }
+        Some(Err(rejection)) => {
+            return Err(ApiError::bad_request("invalid_parameter", format!("path: {}", rejection.body_text())));
+        }
+        None => {}
+    }
+
+    for (name, text) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()) {
+        let Some(param) = spec.param(ParamLocation::Query, &name) else {
+            problems.push(ErrorDetail {
+                location: DetailLocation::Query,
+                field: Some(name.to_string()),
+                message: "unknown query parameter".into(),
+            });
+            continue;
+        };
+        if values.contains_key(param.name) {
+            problems.push(ErrorDetail {
+                location: DetailLocation::Query,
+                field: Some(param.name.to_string()),
+                message: "given more than once".into(),
+            });
+            continue;
+        }
+        put(&mut values, &mut problems, param, &text);
+    }
+
+    for param in spec.params.iter().filter(|p| p.location == ParamLocation::Header) {
+        if let Some(value) = parts.headers.get(param.name) {
+            match value.to_str() {
+                Ok(text) => put(&mut values, &mut problems, param, text),
+                Err(_) => problems.push(ErrorDetail {
+                    location: DetailLocation::Header,
+                    field: Some(param.name.to_string()),
+                    message: "is not valid text".into(),
+                }),
+            }
+        }
+    }
+
+    for param in spec.params {
+        let already_reported = problems.iter().any(|p| p.field.as_deref() == Some(param.name));
+        if values.contains_key(param.name) || already_reported {
+            continue;
+        }
+        if let Some(default) = param.default.and_then(|text| serde_json::from_str(text).ok()) {
+            values.insert(param.name.to_string(), default);
+        }
+    }
+
+    let instance = Value::Object(values);
+    for error in validators.params.iter_errors(&instance) {
+        let pointer = error.instance_path().to_string();
+        let name = match (pointer.split('/').nth(1), error.kind()) {
+            (Some(name), _) if !name.is_empty() => name.to_string(),
+            (_, ValidationErrorKind::Required { property }) => property.as_str().unwrap_or_default().to_string(),
+            _ => String::new(),
+        };
+        if problems.iter().any(|p| p.field.as_deref() == Some(name.as_str())) {
+            continue;
+        }
+        let location = spec.params.iter().find(|p| p.name == name).map(|p| p.location).unwrap_or(ParamLocation::Query);
+        let message = match error.kind() {
+            ValidationErrorKind::Required { .. } => "is required".to_string(),
+            _ => error.to_string(),
+        };
+        problems.push(ErrorDetail { location: location.detail(), field: Some(name), message });
+    }
+
+    if let Some(first) = problems.first() {
+        let noun = match first.location {
+            DetailLocation::Path => ParamLocation::Path.noun(),
+            DetailLocation::Header => ParamLocation::Header.noun(),
+            _ => ParamLocation::Query.noun(),
+        };
+        let message = format!("{noun} {}: {}", first.field.as_deref().unwrap_or_default(), first.message);
+        return Err(ApiError::bad_request("invalid_parameter", message).with_details(problems));
+    }
+    serde_json::from_value(instance).map_err(|e| ApiError::bad_request("invalid_parameter", format!("parameters: {e}")))
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Reads, parses and validates a JSON request body, then deserializes it into `B`.
+/// Wrong media type → 415, too large → 413, empty or malformed → 400, schema
+/// violations → 422 with one detail per violation.
+pub async fn json_body<B: DeserializeOwned>(spec: &OperationSpec, parts: &Parts, body: Body) -> Result<B, ApiError> {
+    let validators = spec.validators()?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if let Some(content_type) = content_type {
+        if !is_json(content_type) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected content-type application/json, got {content_type}"),
+            ));
+        }
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared_length =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|error| {
+        let limited = std::error::Error::source(&error)
+            .is_some_and(|source| source.to_string().contains("length limit exceeded"));
+        if limited {
+            too_large()
+        } else {
+            ApiError::bad_request("unreadable_body", format!("could not read the request body: {error}"))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("missing_body", "this operation needs a JSON request body"));
+    }
+    if content_type.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected content-type application/json",
+        ));
+    }
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}")))?;
+    if let Some(validator) = &validators.body {
+        let details: Vec<ErrorDetail> = validator
+            .iter_errors(&value)
+            .take(100)
+            .map(|error| {
+                let mut field = error.instance_path().to_string();
+                if let ValidationErrorKind::Required { property } = error.kind() {
+                    field = format!("{field}/{}", property.as_str().unwrap_or_default());
+                }
+                ErrorDetail {
+                    location: DetailLocation::Body,
+                    field: Some(if field.is_empty() { "/".into() } else { field }),
+                    message: error.to_string(),
+                }
+            })
+            .collect();
+        if let Some(first) = details.first() {
+            let message = format!(
+                "the request body does not match the schema: {}: {}",
+                first.field.as_deref().unwrap_or("/"),
+                first.message
+            );
+            return Err(ApiError::unprocessable(message).with_details(details));
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable(format!("the request body does not match the schema: {e}")))
+}
