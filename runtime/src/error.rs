@@ -27,17 +27,22 @@ pub struct ErrorDetail {
 
 /// An error answered to the client. Client mistakes carry a precise message; server
 /// failures ([`ApiError::internal`]) log their cause and answer an opaque one.
+///
+/// Boxed so that `Result<T, ApiError>` stays small on every handler's path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: Cow<'static, str>,
-    pub message: String,
-    pub details: Vec<ErrorDetail>,
+pub struct ApiError(Box<Parts>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parts {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+    details: Vec<ErrorDetail>,
     /// Seconds for `Retry-After` (429 and 503).
-    pub retry_after: Option<u64>,
+    retry_after: Option<u64>,
     /// Value for `Allow` (405).
-    pub allow: Option<&'static str>,
-    pub trace_id: Option<String>,
+    allow: Option<&'static str>,
+    trace_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -52,7 +57,7 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(Parts {
             status,
             code: code.into(),
             message: message.into(),
@@ -60,21 +65,41 @@ impl ApiError {
             retry_after: None,
             allow: None,
             trace_id: None,
-        }
+        }))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    pub fn code(&self) -> &str {
+        &self.0.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    pub fn details(&self) -> &[ErrorDetail] {
+        &self.0.details
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        self.0.retry_after
     }
 
     pub fn with_details(mut self, details: Vec<ErrorDetail>) -> Self {
-        self.details = details;
+        self.0.details = details;
         self
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
+        self.0.retry_after = Some(seconds);
         self
     }
 
     pub fn with_trace_id(mut self, trace_id: impl Into<String>) -> Self {
-        self.trace_id = Some(trace_id.into());
+        self.0.trace_id = Some(trace_id.into());
         self
     }
 
@@ -117,7 +142,7 @@ impl ApiError {
     pub fn method_not_allowed(allow: &'static str) -> Self {
         let mut error =
             Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("this path allows {allow}"));
-        error.allow = Some(allow);
+        error.0.allow = Some(allow);
         error
     }
 
@@ -138,7 +163,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(f, "{} {}: {}", self.0.status.as_u16(), self.0.code, self.0.message)
     }
 }
 
@@ -146,24 +171,25 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let error = *self.0;
         let body = Body {
-            code: &self.code,
-            message: &self.message,
-            details: &self.details,
-            trace_id: self.trace_id.as_deref(),
+            code: &error.code,
+            message: &error.message,
+            details: &error.details,
+            trace_id: error.trace_id.as_deref(),
         };
         let bytes = serde_json::to_vec(&body)
             .unwrap_or_else(|_| b"{\"code\":\"internal\",\"message\":\"internal error\"}".to_vec());
-        let mut response = (self.status, bytes).into_response();
+        let mut response = (error.status, bytes).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = error.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(allow) = self.allow {
+        if let Some(allow) = error.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if error.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response

@@ -294,14 +294,14 @@ fn is_json(content_type: &str) -> bool {
 pub async fn json_body<B: DeserializeOwned>(spec: &OperationSpec, parts: &Parts, body: Body) -> Result<B, ApiError> {
     let validators = spec.validators()?;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    if let Some(content_type) = content_type {
-        if !is_json(content_type) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("expected content-type application/json, got {content_type}"),
-            ));
-        }
+    if let Some(content_type) = content_type
+        && !is_json(content_type)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected content-type application/json, got {content_type}"),
+        ));
     }
     let too_large = || {
         ApiError::new(

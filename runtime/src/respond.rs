@@ -23,10 +23,8 @@ fn finish(
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let map = response.headers_mut();
-    if let Some(content_type) = content_type {
-        if let Ok(value) = HeaderValue::from_str(content_type) {
-            map.insert(header::CONTENT_TYPE, value);
-        }
+    if let Some(value) = content_type.and_then(|c| HeaderValue::from_str(c).ok()) {
+        map.insert(header::CONTENT_TYPE, value);
     }
     for (name, value) in headers {
         match HeaderValue::from_str(&value) {

@@ -204,10 +204,8 @@ fn lint_operation(
     for extra in declared_path_params.difference(&template_params) {
         linter.report(&pointer, format!("path parameter {extra} is not in the path"));
     }
-    if !op.params.is_empty() || op.body.is_some() {
-        if !op.responses.iter().any(|r| r.status == 400) {
-            linter.report(format!("{pointer}/responses"), "an operation with parameters or a body lists 400");
-        }
+    if (!op.params.is_empty() || op.body.is_some()) && !op.responses.iter().any(|r| r.status == 400) {
+        linter.report(format!("{pointer}/responses"), "an operation with parameters or a body lists 400");
     }
 
     // Request body.
@@ -257,8 +255,13 @@ fn lint_operation(
     }
 
     // Responses.
-    if raw.pointer("/responses/default").is_some() {
-        linter.report(format!("{pointer}/responses/default"), "no default responses: list every status");
+    for status in raw.get("responses").and_then(Value::as_object).into_iter().flat_map(|r| r.keys()) {
+        if status.parse::<u16>().is_err() {
+            linter.report(
+                format!("{pointer}/responses/{status}"),
+                "no default or range responses: list every status explicitly",
+            );
+        }
     }
     if op.success_responses().next().is_none() {
         linter.report(format!("{pointer}/responses"), "an operation lists at least one 2xx response");
@@ -285,10 +288,10 @@ fn lint_operation(
                 linter.report(&content_pointer, format!("unsupported response media type {essence}"));
             }
             let raw_response = doc.pointer(&response.pointer).map(|r| Contract::resolve(doc, r));
-            if let Some(Ok(raw_response)) = raw_response {
-                if raw_response.get("content").and_then(Value::as_object).map(|c| c.len()) != Some(1) {
-                    linter.report(format!("{}/content", response.pointer), "a response has exactly one media type");
-                }
+            if let Some(Ok(raw_response)) = raw_response
+                && raw_response.get("content").and_then(Value::as_object).map(|c| c.len()) != Some(1)
+            {
+                linter.report(format!("{}/content", response.pointer), "a response has exactly one media type");
             }
             if is_success {
                 lint_example(linter, &content.schema, content.example.as_ref(), &content_pointer);
@@ -372,10 +375,10 @@ fn lint_schema(linter: &mut Linter<'_>, schema: &Value, pointer: &str) {
             linter.report(format!("{pointer}/$ref"), format!("dangling reference {reference}"));
         }
     }
-    if let Some(pattern) = object.get("pattern").and_then(Value::as_str) {
-        if let Err(error) = regex::Regex::new(pattern) {
-            linter.report(format!("{pointer}/pattern"), format!("pattern is not accepted by Rust's regex: {error}"));
-        }
+    if let Some(pattern) = object.get("pattern").and_then(Value::as_str)
+        && let Err(error) = regex::Regex::new(pattern)
+    {
+        linter.report(format!("{pointer}/pattern"), format!("pattern is not accepted by Rust's regex: {error}"));
     }
     if let Some(Value::Array(types)) = object.get("type") {
         let non_null = types.iter().filter(|t| t.as_str() != Some("null")).count();
@@ -538,7 +541,7 @@ mod tests {
         op["responses"]["default"] = json!({"description": "x"});
         let found = messages(doc);
         assert!(found.iter().any(|m| m.ends_with("/responses/200/content/application~1json/schema: JSON response schemas are a $ref to a component schema")), "{found:?}");
-        assert!(found.iter().any(|m| m.contains("no default responses")), "{found:?}");
+        assert!(found.iter().any(|m| m.contains("no default or range responses")), "{found:?}");
     }
 
     #[test]

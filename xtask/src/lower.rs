@@ -182,10 +182,10 @@ pub fn lower_schema(schema: &mut Value) {
 
     // Recurse first so that the rewrites below see lowered children.
     for key in ["items", "additionalProperties", "not"] {
-        if let Some(child) = object.get_mut(key) {
-            if !child.is_boolean() || key == "items" {
-                lower_schema(child);
-            }
+        if let Some(child) = object.get_mut(key)
+            && (!child.is_boolean() || key == "items")
+        {
+            lower_schema(child);
         }
     }
     for key in ["allOf", "oneOf", "anyOf"] {
@@ -235,10 +235,10 @@ fn lower_type_array(object: &mut Map<String, Value>) {
     }
     if nullable {
         object.insert("nullable".into(), Value::Bool(true));
-        if let Some(Value::Array(values)) = object.get_mut("enum") {
-            if !values.contains(&Value::Null) {
-                values.push(Value::Null);
-            }
+        if let Some(Value::Array(values)) = object.get_mut("enum")
+            && !values.contains(&Value::Null)
+        {
+            values.push(Value::Null);
         }
     }
 }
@@ -269,10 +269,10 @@ fn lower_exclusive_bounds(object: &mut Map<String, Value>) {
 
 /// Schema-level `examples: [a, b]` → `example: a`.
 fn lower_examples(object: &mut Map<String, Value>) {
-    if let Some(Value::Array(examples)) = object.remove("examples") {
-        if let Some(first) = examples.into_iter().next() {
-            object.entry("example").or_insert(first);
-        }
+    if let Some(Value::Array(examples)) = object.remove("examples")
+        && let Some(first) = examples.into_iter().next()
+    {
+        object.entry("example").or_insert(first);
     }
 }
 
