@@ -96,6 +96,7 @@ fn generate_contract(info: &ContractInfo, contract: &Contract, files: &mut Files
         format!(
             "# {header}\n[package]\nname = \"{client_name}\"\nversion = \"0.1.0\"\ndescription = \"Typed client for the {title} API, generated from openapi/{file} with progenitor\"\n\
              edition.workspace = true\nrust-version.workspace = true\nlicense.workspace = true\npublish.workspace = true\n\n\
+             # Doc comments are copied from the contract; they hold no doctests to run.\n[lib]\ndoctest = false\n\n\
              [dependencies]\nbytes.workspace = true\nchrono.workspace = true\n{futures_dep}progenitor-client.workspace = true\nregress.workspace = true\n\
              reqwest.workspace = true\nserde.workspace = true\nserde_json.workspace = true\nuuid.workspace = true\n",
             file = info.file
@@ -119,6 +120,7 @@ fn generate_contract(info: &ContractInfo, contract: &Contract, files: &mut Files
         format!(
             "# {header}\n[package]\nname = \"{server_name}\"\nversion = \"0.1.0\"\ndescription = \"Server trait and validating axum router for the {title} API, generated from openapi/{file}\"\n\
              edition.workspace = true\nrust-version.workspace = true\nlicense.workspace = true\npublish.workspace = true\n\n\
+             # Doc comments are copied from the contract; they hold no doctests to run.\n[lib]\ndoctest = false\n\n\
              [dependencies]\naxum.workspace = true\nchrono.workspace = true\n{client_name}.workspace = true\npake-api-runtime.workspace = true\n\
              serde.workspace = true\nserde_json.workspace = true\nuuid.workspace = true\n",
             file = info.file

@@ -32,6 +32,11 @@ pub fn field_ident(name: &str) -> Ident {
     }
 }
 
+/// A field name for an HTTP header (`ETag` → `etag`, `X-Pake-Index` → `x_pake_index`).
+pub fn header_ident(name: &str) -> Ident {
+    field_ident(&name.to_ascii_lowercase())
+}
+
 fn type_ident(name: &str) -> Ident {
     Ident::new(&name.to_upper_camel_case(), Span::call_site())
 }
@@ -258,7 +263,10 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
             request_inits.push(quote!(principal));
         }
         for param in &op.params {
-            let ident = field_ident(&param.name);
+            let ident = match param.location {
+                ParamLocation::Header => header_ident(&param.name),
+                _ => field_ident(&param.name),
+            };
             let name = &param.name;
             let base = param_type(contract, &param.schema);
             let optional = !param.required && param_default(contract, &param.schema).is_none();
@@ -312,7 +320,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
                 .map(|h| {
                     let base = header_type(&h.schema);
                     let ty = if h.required { base } else { quote!(::std::option::Option<#base>) };
-                    (field_ident(&h.name), ty, h.name.as_str(), h.required)
+                    (header_ident(&h.name), ty, h.name.as_str(), h.required)
                 })
                 .collect();
             let header_pushes: Vec<TokenStream> = header_fields

@@ -518,9 +518,9 @@ pub enum IssueTokenResponse {
         /// The `Retry-After` header.
         retry_after: u64,
         /// The `RateLimit-Policy` header.
-        rate_limit_policy: ::std::option::Option<::std::string::String>,
+        ratelimit_policy: ::std::option::Option<::std::string::String>,
         /// The `RateLimit` header.
-        rate_limit: ::std::option::Option<::std::string::String>,
+        ratelimit: ::std::option::Option<::std::string::String>,
     },
     /// 500: An unexpected failure; the cause is logged with the trace id.
     InternalServerError(types::Error),
@@ -565,20 +565,15 @@ impl ::axum::response::IntoResponse for IssueTokenResponse {
                 let headers = ::std::vec::Vec::new();
                 rt::json_response(422u16, "application/json", &body, headers)
             }
-            Self::TooManyRequests {
-                body,
-                retry_after,
-                rate_limit_policy,
-                rate_limit,
-            } => {
+            Self::TooManyRequests { body, retry_after, ratelimit_policy, ratelimit } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
                 headers.push(("retry-after", retry_after.to_string()));
-                if let Some(value) = rate_limit_policy {
+                if let Some(value) = ratelimit_policy {
                     headers.push(("ratelimit-policy", value.to_string()));
                 }
-                if let Some(value) = rate_limit {
+                if let Some(value) = ratelimit {
                     headers.push(("ratelimit", value.to_string()));
                 }
                 rt::json_response(429u16, "application/json", &body, headers)
@@ -825,7 +820,7 @@ pub enum CreateRouteResponse {
         /// The `Location` header.
         location: ::std::string::String,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -859,12 +854,12 @@ pub enum CreateRouteResponse {
 impl ::axum::response::IntoResponse for CreateRouteResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Created { body, location, e_tag } => {
+            Self::Created { body, location, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
                 headers.push(("location", location.to_string()));
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(201u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {
@@ -951,7 +946,7 @@ pub enum GetRouteResponse {
         /// The response body.
         body: types::Route,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -979,11 +974,11 @@ pub enum GetRouteResponse {
 impl ::axum::response::IntoResponse for GetRouteResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {
@@ -1074,7 +1069,7 @@ pub enum UpdateRouteResponse {
         /// The response body.
         body: types::Route,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -1112,11 +1107,11 @@ pub enum UpdateRouteResponse {
 impl ::axum::response::IntoResponse for UpdateRouteResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {

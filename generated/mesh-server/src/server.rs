@@ -687,7 +687,7 @@ pub enum GetServiceResponse {
         /// The response body.
         body: types::Service,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -715,11 +715,11 @@ pub enum GetServiceResponse {
 impl ::axum::response::IntoResponse for GetServiceResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {
@@ -909,7 +909,7 @@ pub enum UpdateServiceResponse {
         /// The response body.
         body: types::Service,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -945,11 +945,11 @@ pub enum UpdateServiceResponse {
 impl ::axum::response::IntoResponse for UpdateServiceResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {
@@ -2403,7 +2403,7 @@ pub enum GetTrafficPolicyResponse {
         /// The response body.
         body: types::TrafficPolicy,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -2431,11 +2431,11 @@ pub enum GetTrafficPolicyResponse {
 impl ::axum::response::IntoResponse for GetTrafficPolicyResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {
@@ -2526,7 +2526,7 @@ pub enum ReplaceTrafficPolicyResponse {
         /// The response body.
         body: types::TrafficPolicy,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -2562,11 +2562,11 @@ pub enum ReplaceTrafficPolicyResponse {
 impl ::axum::response::IntoResponse for ReplaceTrafficPolicyResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {
@@ -2824,7 +2824,7 @@ pub enum GetConfigEntryResponse {
         /// The response body.
         body: types::ConfigEntry,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -2852,11 +2852,11 @@ pub enum GetConfigEntryResponse {
 impl ::axum::response::IntoResponse for GetConfigEntryResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {
@@ -2969,7 +2969,7 @@ pub enum PutConfigEntryResponse {
         /// The response body.
         body: types::ConfigEntry,
         /// The `ETag` header.
-        e_tag: ::std::string::String,
+        etag: ::std::string::String,
     },
     /// 400: The request is malformed (bad JSON, bad parameter).
     BadRequest(types::Error),
@@ -3007,11 +3007,11 @@ pub enum PutConfigEntryResponse {
 impl ::axum::response::IntoResponse for PutConfigEntryResponse {
     fn into_response(self) -> ::axum::response::Response {
         match self {
-            Self::Ok { body, e_tag } => {
+            Self::Ok { body, etag } => {
                 let mut headers: ::std::vec::Vec<
                     (&'static str, ::std::string::String),
                 > = ::std::vec::Vec::new();
-                headers.push(("etag", e_tag.to_string()));
+                headers.push(("etag", etag.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
             }
             Self::BadRequest(body) => {

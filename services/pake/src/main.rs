@@ -1,0 +1,170 @@
+//! `pake`: runs the platform. `pake serve` (or plain `pake`) starts every implemented
+//! service, each on its own port; `pake serve registry` starts one; `pake token` mints a
+//! platform token for an operator.
+//!
+//! Configuration comes from flags or `PAKE_*` environment variables. With no database URL
+//! the services use an embedded SQLite file under the data directory, so a bare machine
+//! runs the platform with nothing installed.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pake_observe::{LogFormat, Metrics};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "pake", version, about = "The PAKE platform")]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args, Clone)]
+struct Config {
+    /// PostgreSQL URL (postgres://…). Without it, an embedded SQLite file under the data
+    /// directory is used.
+    #[arg(long, env = "PAKE_DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where embedded state lives (the SQLite file, the generated token secret).
+    #[arg(long, env = "PAKE_DATA_DIR", default_value = "data", global = true)]
+    data_dir: PathBuf,
+    /// The HS256 secret platform tokens are signed with (32 bytes or more). Without it, a
+    /// secret is generated once and kept in the data directory.
+    #[arg(long, env = "PAKE_TOKEN_SECRET", global = true, hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Address of the registry (service mesh) API.
+    #[arg(long, env = "PAKE_REGISTRY_ADDR", default_value = "127.0.0.1:8000", global = true)]
+    registry_addr: SocketAddr,
+    /// Log format: text or json.
+    #[arg(long, env = "PAKE_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run services (all implemented ones when none is named).
+    Serve {
+        #[arg(value_enum)]
+        services: Vec<ServiceName>,
+    },
+    /// Print a platform token signed with the configured secret.
+    Token {
+        /// A scope to grant (repeat for several), e.g. mesh:read.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Who the token stands for.
+        #[arg(long, default_value = "operator")]
+        subject: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+/// The services this binary can run. Services not implemented yet are absent, not stubbed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum ServiceName {
+    Registry,
+}
+
+const ALL_SERVICES: &[ServiceName] = &[ServiceName::Registry];
+
+impl Config {
+    fn database_url(&self) -> Result<String> {
+        match &self.database_url {
+            Some(url) => Ok(url.clone()),
+            None => {
+                std::fs::create_dir_all(&self.data_dir)
+                    .with_context(|| format!("creating the data directory {}", self.data_dir.display()))?;
+                Ok(format!("sqlite://{}", self.data_dir.join("pake.db").display()))
+            }
+        }
+    }
+
+    /// The configured secret, or the one kept in the data directory (created on first use).
+    fn token_secret(&self) -> Result<Vec<u8>> {
+        if let Some(secret) = &self.token_secret {
+            if secret.len() < pake_tokens::MIN_SECRET_BYTES {
+                bail!("PAKE_TOKEN_SECRET must be at least {} bytes", pake_tokens::MIN_SECRET_BYTES);
+            }
+            return Ok(secret.as_bytes().to_vec());
+        }
+        let path = self.data_dir.join("token-secret");
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            return Ok(existing.trim().as_bytes().to_vec());
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        write_private(&path, &secret)?;
+        tracing::info!(path = %path.display(), "generated a token secret for this data directory");
+        Ok(secret.into_bytes())
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    pake_observe::init_logging(cli.config.log_format);
+    match cli.command.unwrap_or(Command::Serve { services: Vec::new() }) {
+        Command::Serve { services } => serve(&cli.config, &services).await,
+        Command::Token { scopes, subject, tenant, ttl } => {
+            let issuer = pake_tokens::TokenIssuer::hs256(&cli.config.token_secret()?)?;
+            let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+            println!("{}", issuer.issue(&subject, tenant.as_deref(), &scopes, Duration::from_secs(ttl)));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
+    let services = if services.is_empty() { ALL_SERVICES } else { services };
+    let secret = config.token_secret()?;
+    let verifier = pake_tokens::TokenVerifier::hs256(&secret)?;
+    let mut running = tokio::task::JoinSet::new();
+    for service in services {
+        match service {
+            ServiceName::Registry => {
+                let url = config.database_url()?;
+                let backend = if url.starts_with("sqlite:") { "sqlite (embedded)" } else { "postgres" };
+                let store = pake_registry::Store::open(&url).await.context("opening the registry store")?;
+                let registry = Arc::new(pake_registry::Registry::start(store).await?);
+                let router = pake_registry::router(registry, verifier.clone(), Metrics::new("registry"));
+                let listener = tokio::net::TcpListener::bind(config.registry_addr)
+                    .await
+                    .with_context(|| format!("binding the registry to {}", config.registry_addr))?;
+                let addr = listener.local_addr()?;
+                tracing::info!(%addr, backend, "registry listening; contract at /openapi.json, docs at /docs");
+                running.spawn(async move {
+                    axum::serve(listener, router).with_graceful_shutdown(pake_observe::shutdown_signal()).await
+                });
+            }
+        }
+    }
+    tracing::info!("mint a token for the APIs with: pake token --scope mesh:read --scope mesh:write");
+    while let Some(result) = running.join_next().await {
+        result.context("a service task failed")?.context("a service stopped with an error")?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

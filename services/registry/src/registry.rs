@@ -1,0 +1,732 @@
+//! The registry's application layer: the rules of registration, heartbeats, discovery,
+//! dependencies, traffic policies and configuration, over the [`Store`] (for writes and
+//! configuration) and the [`SnapshotCell`] (for everything discovery and listing read).
+//!
+//! Every write refreshes this replica's snapshot before it returns, so a client reads its
+//! own writes from any operation; other replicas catch up through change notifications.
+
+use crate::cursor;
+use crate::graph;
+use crate::model::{ConfigKey, InstanceRecord, ServiceData, build, default_policy};
+use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::store::{Store, StoreError};
+use pake_mesh_server::types;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The request is well-formed but breaks a rule the schema cannot express.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    BadCursor(String),
+    #[error("the store is unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("registry failure")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => RegistryError::Unavailable(error),
+            StoreError::NotFound => RegistryError::NotFound("not found".into()),
+            other => RegistryError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<serde_json::Error> for RegistryError {
+    fn from(error: serde_json::Error) -> Self {
+        RegistryError::Internal(Box::new(error))
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// How often expired instances are marked critical and overdue ones removed. Discovery
+/// does not wait for it (it compares expiry with the clock); blocking queries do.
+const REAP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the whole snapshot is reloaded regardless of notifications.
+const FULL_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+
+pub struct Registry {
+    store: Store,
+    snapshot: Arc<SnapshotCell>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One page of a sorted list and the cursor of the next.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+fn page<T, K: AsRef<str>>(mut items: Vec<T>, limit: u64, key: impl Fn(&T) -> K) -> Page<T> {
+    let limit = limit as usize;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|last| cursor::encode(key(last).as_ref()))
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+impl Registry {
+    /// Loads the snapshot and starts the background work: expiry, reaping, change
+    /// notifications (PostgreSQL) and periodic reloads. Dropping the registry stops them.
+    pub async fn start(store: Store) -> Result<Registry> {
+        let snapshot = Arc::new(SnapshotCell::new());
+        snapshot.reload_all(&store).await?;
+        let mut tasks = vec![
+            tokio::spawn(reap_loop(store.clone(), snapshot.clone())),
+            tokio::spawn(reload_loop(store.clone(), snapshot.clone())),
+        ];
+        if store.postgres_pool().is_some() {
+            tasks.push(tokio::spawn(listen_loop(store.clone(), snapshot.clone())));
+        }
+        Ok(Registry { store, snapshot, tasks })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load()
+    }
+
+    pub fn snapshot_cell(&self) -> &Arc<SnapshotCell> {
+        &self.snapshot
+    }
+
+    async fn refreshed(&self, id: Uuid) -> Result<Arc<ServiceData>> {
+        self.snapshot.refresh_service(&self.store, id).await?;
+        self.snapshot().service(id).cloned().ok_or_else(|| not_found_service(id))
+    }
+
+    fn service_data(&self, id: Uuid) -> Result<Arc<ServiceData>> {
+        self.snapshot().service(id).cloned().ok_or_else(|| not_found_service(id))
+    }
+
+    pub async fn register_service(&self, registration: types::ServiceRegistration) -> Result<types::Service> {
+        let now = chrono::Utc::now();
+        let mut doc = serde_json::to_value(&registration)?;
+        let object = doc.as_object_mut().expect("a registration is an object");
+        let id = Uuid::new_v4();
+        object.insert("id".into(), json!(id));
+        object.entry("description").or_insert(json!(null));
+        object.entry("owner").or_insert(json!(null));
+        object.entry("tags").or_insert(json!([]));
+        object.entry("metadata").or_insert(json!({}));
+        object.entry("protocol").or_insert(json!("http"));
+        object.entry("health_check").or_insert(json!({
+            "path": "/health", "interval_seconds": 10, "timeout_ms": 2000, "healthy_threshold": 2, "unhealthy_threshold": 3
+        }));
+        object.insert("created_at".into(), json!(now));
+        object.insert("updated_at".into(), json!(now));
+        object.insert("revision".into(), json!(1));
+        let service: types::Service = build(doc)?;
+        let policy = default_policy(&service)?;
+        match self.store.register_service(&service, &policy).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(RegistryError::Conflict(format!(
+                    "a service named {} is already registered",
+                    *service.name
+                )));
+            }
+            other => other?,
+        };
+        Ok(self.refreshed(service.id).await?.service.clone())
+    }
+
+    pub fn list_services(
+        &self,
+        name_prefix: Option<&str>,
+        tag: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page<types::Service>> {
+        let after = after.map(cursor::decode).transpose()?;
+        let snapshot = self.snapshot();
+        let items: Vec<types::Service> = snapshot
+            .services()
+            .into_iter()
+            .map(|data| &data.service)
+            .filter(|s| name_prefix.is_none_or(|p| s.name.starts_with(p)))
+            .filter(|s| tag.is_none_or(|t| s.tags.iter().any(|x| x.as_str() == t)))
+            .filter(|s| after.as_deref().is_none_or(|a| s.name.as_str() > a))
+            .take(limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(page(items, limit, |s| s.name.to_string()))
+    }
+
+    pub fn get_service(&self, id: Uuid) -> Result<types::Service> {
+        Ok(self.service_data(id)?.service.clone())
+    }
+
+    pub async fn update_service(
+        &self,
+        id: Uuid,
+        update: types::ServiceUpdate,
+        if_match: Option<i64>,
+    ) -> Result<types::Service> {
+        // Read the current document from the store, not the snapshot, so the revision
+        // check is against what is committed.
+        let current = self.store.load_service(id).await?.ok_or_else(|| not_found_service(id))?;
+        let revision = current.service.revision.get() as i64;
+        if let Some(expected) = if_match
+            && expected != revision
+        {
+            return Err(RegistryError::PreconditionFailed(format!(
+                "if-match revision {expected} but the current revision is {revision}"
+            )));
+        }
+        let mut doc = serde_json::to_value(&current.service)?;
+        let object = doc.as_object_mut().expect("a service is an object");
+        let changes = serde_json::to_value(&update)?;
+        for (field, value) in changes.as_object().into_iter().flatten() {
+            object.insert(field.clone(), value.clone());
+        }
+        object.insert("updated_at".into(), json!(chrono::Utc::now()));
+        object.insert("revision".into(), json!(revision + 1));
+        let service: types::Service = build(doc)?;
+        match self.store.update_service(&service, revision).await {
+            Err(StoreError::Stale { expected, actual }) => {
+                return Err(RegistryError::PreconditionFailed(format!(
+                    "the service changed concurrently (revision {expected} is now {actual}); read it again"
+                )));
+            }
+            other => other?,
+        }
+        Ok(self.refreshed(id).await?.service.clone())
+    }
+
+    pub async fn deregister_service(&self, id: Uuid) -> Result<()> {
+        match self.store.deregister_service(id).await {
+            Err(StoreError::NotFound) => return Err(not_found_service(id)),
+            other => other?,
+        }
+        self.snapshot.refresh_service(&self.store, id).await?;
+        Ok(())
+    }
+
+    pub async fn register_instance(
+        &self,
+        service_id: Uuid,
+        registration: types::InstanceRegistration,
+    ) -> Result<types::Instance> {
+        let data = self.service_data(service_id)?;
+        let now = now_ms();
+        let ttl_ms = registration.ttl_seconds.get() as i64 * 1000;
+        let mut doc = serde_json::to_value(&registration)?;
+        let object = doc.as_object_mut().expect("a registration is an object");
+        let id = Uuid::new_v4();
+        object.insert("id".into(), json!(id));
+        object.insert("service_id".into(), json!(service_id));
+        object.insert("service_name".into(), json!(data.service.name));
+        object.entry("scheme").or_insert(json!("http"));
+        object.entry("tags").or_insert(json!([]));
+        object.entry("zone").or_insert(json!(null));
+        object.entry("metadata").or_insert(json!({}));
+        object.entry("health_url").or_insert(json!(null));
+        object.insert("registered_at".into(), json!(chrono::Utc::now()));
+        let record = InstanceRecord::from_parts(doc, "passing", None, None, now + ttl_ms)?;
+        match self.store.register_instance(&record).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(RegistryError::Conflict(format!(
+                    "an instance at {}:{} is already registered for {}",
+                    *record.instance.address, record.instance.port, *data.service.name
+                )));
+            }
+            Err(StoreError::NotFound) => return Err(not_found_service(service_id)),
+            other => other?,
+        };
+        self.snapshot.refresh_service(&self.store, service_id).await?;
+        Ok(record.effective(now_ms()))
+    }
+
+    pub fn list_instances(
+        &self,
+        service_id: Uuid,
+        status: Option<types::InstanceStatus>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page<types::Instance>> {
+        let after = after.map(cursor::decode).transpose()?;
+        let data = self.service_data(service_id)?;
+        let now = now_ms();
+        let mut items: Vec<types::Instance> = data
+            .instances
+            .iter()
+            .map(|record| record.effective(now))
+            .filter(|instance| status.is_none_or(|s| instance.status == s))
+            .collect();
+        items.sort_by_key(|instance| instance.id);
+        items.retain(|instance| after.as_deref().is_none_or(|a| instance.id.to_string().as_str() > a));
+        items.truncate(limit as usize + 1);
+        Ok(page(items, limit, |instance| instance.id.to_string()))
+    }
+
+    pub fn get_instance(&self, service_id: Uuid, instance_id: Uuid) -> Result<types::Instance> {
+        let data = self.service_data(service_id)?;
+        data.instances
+            .iter()
+            .find(|record| record.instance.id == instance_id)
+            .map(|record| record.effective(now_ms()))
+            .ok_or_else(|| not_found_instance(instance_id))
+    }
+
+    pub async fn deregister_instance(&self, service_id: Uuid, instance_id: Uuid) -> Result<()> {
+        match self.store.deregister_instance(service_id, instance_id).await {
+            Err(StoreError::NotFound) => return Err(not_found_instance(instance_id)),
+            other => other?,
+        }
+        self.snapshot.refresh_service(&self.store, service_id).await?;
+        Ok(())
+    }
+
+    pub async fn heartbeat(
+        &self,
+        service_id: Uuid,
+        instance_id: Uuid,
+        heartbeat: types::HeartbeatRequest,
+    ) -> Result<types::Instance> {
+        let data = self.service_data(service_id)?;
+        let ttl_ms = data
+            .instances
+            .iter()
+            .find(|record| record.instance.id == instance_id)
+            .map(|record| record.instance.ttl_seconds.get() as i64 * 1000)
+            .ok_or_else(|| not_found_instance(instance_id))?;
+        let status = heartbeat.status.to_string();
+        let output = heartbeat.output.as_ref().map(|o| o.as_str());
+        let record = match self.store.heartbeat(service_id, instance_id, &status, output, ttl_ms).await {
+            Err(StoreError::NotFound) => return Err(not_found_instance(instance_id)),
+            other => other?,
+        };
+        self.snapshot.refresh_service(&self.store, service_id).await?;
+        Ok(record.effective(now_ms()))
+    }
+
+    /// Healthy instances of a service. With `index`, waits up to `wait` for the service's
+    /// change index to pass it (a blocking query) before answering.
+    pub async fn discover(
+        &self,
+        name: &str,
+        index: Option<u64>,
+        wait: Duration,
+        tag: Option<&str>,
+        zone: Option<&str>,
+        passing_only: bool,
+    ) -> Result<types::Discovery> {
+        if let Some(index) = index {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut changes = self.snapshot.watch_index();
+            loop {
+                let current = self.snapshot().service_by_name(name).map(|d| d.change_index);
+                match current {
+                    None => return Err(not_found_name(name)),
+                    Some(current) if current as u64 > index => break,
+                    Some(_) => {}
+                }
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(Ok(())) => continue,
+                    // Timed out (or the registry is shutting down): answer what there is.
+                    _ => break,
+                }
+            }
+        }
+        let snapshot = self.snapshot();
+        let data = snapshot.service_by_name(name).ok_or_else(|| not_found_name(name))?;
+        let now = now_ms();
+        let instances: Vec<types::Instance> = data
+            .instances
+            .iter()
+            .filter(|record| !record.is_expired(now))
+            .map(|record| record.effective(now))
+            .filter(|instance| match instance.status {
+                types::InstanceStatus::Passing => true,
+                types::InstanceStatus::Warning => !passing_only,
+                types::InstanceStatus::Critical => false,
+            })
+            .filter(|instance| tag.is_none_or(|t| instance.tags.iter().any(|x| x.as_str() == t)))
+            .filter(|instance| zone.is_none_or(|z| instance.zone.as_ref().is_some_and(|x| x.as_str() == z)))
+            .collect();
+        Ok(types::Discovery {
+            service: data.service.name.clone(),
+            index: data.change_index,
+            instances,
+            traffic_policy: data.policy.clone(),
+        })
+    }
+
+    pub fn list_dependencies(
+        &self,
+        service_id: Uuid,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page<types::Dependency>> {
+        let after = after.map(cursor::decode).transpose()?;
+        let data = self.service_data(service_id)?;
+        let items: Vec<types::Dependency> = data
+            .dependencies
+            .iter()
+            .filter(|d| after.as_deref().is_none_or(|a| d.depends_on.as_str() > a))
+            .take(limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(page(items, limit, |d| d.depends_on.to_string()))
+    }
+
+    pub async fn create_dependency(
+        &self,
+        service_id: Uuid,
+        create: types::DependencyCreate,
+    ) -> Result<types::Dependency> {
+        let data = self.service_data(service_id)?;
+        if create.depends_on == data.service.name {
+            return Err(RegistryError::Invalid(format!("{} cannot depend on itself", *data.service.name)));
+        }
+        let dependency: types::Dependency = build(json!({
+            "id": Uuid::new_v4(),
+            "service_id": service_id,
+            "service_name": data.service.name,
+            "depends_on": create.depends_on,
+            "kind": create.kind.unwrap_or(types::DependencyKind::Hard),
+            "description": create.description,
+            "created_at": chrono::Utc::now(),
+        }))?;
+        match self.store.add_dependency(&dependency).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(RegistryError::Conflict(format!(
+                    "{} already depends on {}",
+                    *data.service.name, *dependency.depends_on
+                )));
+            }
+            Err(StoreError::NotFound) => return Err(not_found_service(service_id)),
+            other => other?,
+        }
+        self.snapshot.refresh_service(&self.store, service_id).await?;
+        Ok(dependency)
+    }
+
+    pub fn get_dependency(&self, service_id: Uuid, id: Uuid) -> Result<types::Dependency> {
+        let data = self.service_data(service_id)?;
+        data.dependencies
+            .iter()
+            .find(|d| d.id == id)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(format!("no dependency {id}")))
+    }
+
+    pub async fn delete_dependency(&self, service_id: Uuid, id: Uuid) -> Result<()> {
+        match self.store.delete_dependency(service_id, id).await {
+            Err(StoreError::NotFound) => return Err(RegistryError::NotFound(format!("no dependency {id}"))),
+            other => other?,
+        }
+        self.snapshot.refresh_service(&self.store, service_id).await?;
+        Ok(())
+    }
+
+    pub fn dependency_graph(&self, root: Option<&str>) -> Result<types::DependencyGraph> {
+        let snapshot = self.snapshot();
+        if let Some(root) = root
+            && snapshot.service_by_name(root).is_none()
+        {
+            return Err(not_found_name(root));
+        }
+        Ok(graph::build(&snapshot, root)?)
+    }
+
+    pub fn traffic_policy(&self, service_id: Uuid) -> Result<types::TrafficPolicy> {
+        Ok(self.service_data(service_id)?.policy.clone())
+    }
+
+    pub async fn replace_traffic_policy(
+        &self,
+        service_id: Uuid,
+        spec: types::TrafficPolicySpec,
+        if_match: Option<i64>,
+    ) -> Result<types::TrafficPolicy> {
+        let current = self.store.load_service(service_id).await?.ok_or_else(|| not_found_service(service_id))?;
+        let revision = current.policy.revision.get() as i64;
+        if let Some(expected) = if_match
+            && expected != revision
+        {
+            return Err(RegistryError::PreconditionFailed(format!(
+                "if-match revision {expected} but the current revision is {revision}"
+            )));
+        }
+        if spec.retries.per_try_timeout_ms.get() > spec.request_timeout_ms.get() {
+            return Err(RegistryError::Invalid("retries.per_try_timeout_ms cannot exceed request_timeout_ms".into()));
+        }
+        let mut doc = serde_json::to_value(&spec)?;
+        let object = doc.as_object_mut().expect("a policy is an object");
+        object.insert("service_id".into(), json!(service_id));
+        object.insert("service_name".into(), json!(current.service.name));
+        object.insert("updated_at".into(), json!(chrono::Utc::now()));
+        object.insert("revision".into(), json!(revision + 1));
+        let policy: types::TrafficPolicy = build(doc)?;
+        match self.store.replace_policy(&policy, revision).await {
+            Err(StoreError::Stale { expected, actual }) => {
+                return Err(RegistryError::PreconditionFailed(format!(
+                    "the policy changed concurrently (revision {expected} is now {actual}); read it again"
+                )));
+            }
+            other => other?,
+        }
+        Ok(self.refreshed(service_id).await?.policy.clone())
+    }
+
+    /// Configuration belongs to registered services.
+    fn config_key(&self, service: &str, environment: types::Environment, key: Option<&str>) -> Result<ConfigKey> {
+        if self.snapshot().service_by_name(service).is_none() {
+            return Err(not_found_name(service));
+        }
+        Ok(ConfigKey { service: service.into(), environment: environment.to_string(), key: key.unwrap_or("").into() })
+    }
+
+    pub async fn list_config(
+        &self,
+        service: &str,
+        environment: types::Environment,
+        prefix: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page<types::ConfigEntry>> {
+        let key = self.config_key(service, environment, None)?;
+        let after = after.map(cursor::decode).transpose()?;
+        let items = self
+            .store
+            .list_config(&key.service, &key.environment, prefix.unwrap_or(""), after.as_deref(), limit as i64 + 1)
+            .await?;
+        Ok(page(items, limit, |entry| entry.key.to_string()))
+    }
+
+    pub async fn get_config(
+        &self,
+        service: &str,
+        environment: types::Environment,
+        key: &str,
+    ) -> Result<types::ConfigEntry> {
+        let key = self.config_key(service, environment, Some(key))?;
+        self.store.get_config(&key).await?.ok_or_else(|| not_found_key(&key))
+    }
+
+    pub async fn put_config(
+        &self,
+        service: &str,
+        environment: types::Environment,
+        key: &str,
+        write: types::ConfigWrite,
+        if_match: Option<i64>,
+        changed_by: &str,
+    ) -> Result<types::ConfigEntry> {
+        let key = self.config_key(service, environment, Some(key))?;
+        let expected = match (write.expected_version, if_match) {
+            (Some(body), Some(header)) if body != header => {
+                return Err(RegistryError::Invalid(format!("expected_version {body} and if-match {header} disagree")));
+            }
+            (body, header) => body.or(header),
+        };
+        let description = write.description.as_ref().map(|d| d.as_str());
+        match self.store.put_config(&key, write.value.as_str(), description, expected, changed_by).await {
+            Ok(entry) => Ok(entry),
+            Err(StoreError::Stale { expected, actual }) if if_match.is_some() && write.expected_version.is_none() => {
+                Err(RegistryError::PreconditionFailed(stale_message(expected, actual)))
+            }
+            Err(StoreError::Stale { expected, actual }) => {
+                Err(RegistryError::Conflict(stale_message(expected, actual)))
+            }
+            Err(StoreError::Conflict(_)) => {
+                Err(RegistryError::Conflict("the entry changed concurrently; read it again".into()))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    pub async fn delete_config(
+        &self,
+        service: &str,
+        environment: types::Environment,
+        key: &str,
+        expected: Option<i64>,
+        changed_by: &str,
+    ) -> Result<()> {
+        let key = self.config_key(service, environment, Some(key))?;
+        match self.store.delete_config(&key, expected, changed_by).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::NotFound) => Err(not_found_key(&key)),
+            Err(StoreError::Stale { expected, actual }) => {
+                Err(RegistryError::Conflict(stale_message(expected, actual)))
+            }
+            Err(StoreError::Conflict(_)) => {
+                Err(RegistryError::Conflict("the entry changed concurrently; read it again".into()))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    pub async fn config_history(
+        &self,
+        service: &str,
+        environment: types::Environment,
+        key: &str,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page<types::ConfigVersion>> {
+        let key = self.config_key(service, environment, Some(key))?;
+        let before = match after.map(cursor::decode).transpose()? {
+            Some(text) => {
+                Some(text.parse::<i64>().map_err(|_| RegistryError::BadCursor("cursor is not valid".into()))?)
+            }
+            None => None,
+        };
+        let items = self.store.config_history(&key, before, limit as i64 + 1).await?;
+        if items.is_empty() && before.is_none() {
+            return Err(not_found_key(&key));
+        }
+        Ok(page(items, limit, |version| version.version.to_string()))
+    }
+}
+
+fn stale_message(expected: i64, actual: i64) -> String {
+    if actual == 0 {
+        format!("expected version {expected} but the key does not exist")
+    } else {
+        format!("expected version {expected} but the current version is {actual}")
+    }
+}
+
+fn not_found_service(id: Uuid) -> RegistryError {
+    RegistryError::NotFound(format!("no service {id}"))
+}
+
+fn not_found_name(name: &str) -> RegistryError {
+    RegistryError::NotFound(format!("no service named {name}"))
+}
+
+fn not_found_instance(id: Uuid) -> RegistryError {
+    RegistryError::NotFound(format!("no instance {id}"))
+}
+
+fn not_found_key(key: &ConfigKey) -> RegistryError {
+    RegistryError::NotFound(format!("no key {} for {} in {}", key.key, key.service, key.environment))
+}
+
+/// Marks lapsed instances critical and removes those past their critical period. Every
+/// replica runs it; the conditional updates make the work idempotent.
+async fn reap_loop(store: Store, snapshot: Arc<SnapshotCell>) {
+    let mut interval = tokio::time::interval(REAP_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        interval.tick().await;
+        let result = async {
+            let mut touched = store.expire_instances().await?;
+            touched.extend(store.reap_instances().await?);
+            touched.sort();
+            touched.dedup();
+            for id in touched {
+                snapshot.refresh_service(&store, id).await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        match result {
+            Ok(()) if failing => {
+                tracing::info!("instance expiry is running again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                tracing::warn!(%error, "instance expiry paused: the store is failing");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Reloads everything now and then, so that no missed notification lasts.
+async fn reload_loop(store: Store, snapshot: Arc<SnapshotCell>) {
+    let mut interval = tokio::time::interval(FULL_RELOAD_INTERVAL);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if let Err(error) = snapshot.reload_all(&store).await {
+            tracing::debug!(%error, "periodic snapshot reload failed");
+        }
+    }
+}
+
+/// Follows `NOTIFY`s from every replica. A lost connection may have dropped
+/// notifications, so each reconnection is followed by a full reload.
+async fn listen_loop(store: Store, snapshot: Arc<SnapshotCell>) {
+    let Some(pool) = store.postgres_pool().cloned() else { return };
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(%error, "change listener cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(crate::store::CHANGE_CHANNEL).await {
+            tracing::debug!(%error, "change listener cannot listen; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if let Err(error) = snapshot.reload_all(&store).await {
+            tracing::debug!(%error, "snapshot reload after (re)connecting failed");
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    if let Ok(id) = notification.payload().parse::<Uuid>()
+                        && let Err(error) = snapshot.refresh_service(&store, id).await
+                    {
+                        tracing::debug!(%error, "snapshot refresh failed");
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!("change listener reconnected; reloading the snapshot");
+                    if let Err(error) = snapshot.reload_all(&store).await {
+                        tracing::debug!(%error, "snapshot reload failed");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "change listener lost its connection");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,859 @@
+//! Durable registry state in PostgreSQL or in an embedded SQLite file.
+//!
+//! Both backends run the same SQL: resource documents are JSON (JSONB or TEXT), ids are
+//! UUIDs (native or BLOB), instants that queries compare are epoch milliseconds. The
+//! `with_pool!` macro compiles each method body once per backend, so the two cannot drift.
+//!
+//! Every write that changes what discovery returns bumps the global `registry_index`,
+//! stamps the service's `change_index` with it, and (on PostgreSQL) sends a `NOTIFY` so
+//! that every replica refreshes its snapshot of that service.
+//!
+//! This module does not validate input (the generated router and the application layer
+//! do) and does not decide HTTP statuses (see [`StoreError`]).
+
+use crate::model::{ConfigKey, InstanceRecord, ServiceData};
+use pake_mesh_server::types;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The channel replicas listen on for registry changes.
+pub const CHANGE_CHANNEL: &str = "pake_registry";
+
+/// How long a request waits for a database connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint, by name.
+    #[error("conflict on {0}")]
+    Conflict(&'static str),
+    /// A compare-and-set lost: the stored version is `actual`.
+    #[error("expected version {expected} but the current version is {actual}")]
+    Stale { expected: i64, actual: i64 },
+    /// The database cannot be reached; the caller should retry later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("store failure: {0}")]
+    Internal(#[source] sqlx::Error),
+    #[error("stored document is unreadable: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// Which backend, for the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A connection pool to either backend.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$backend` to its [`Backend`].
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident, $backend:ident| $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $backend = Backend::Postgres;
+                $body
+            }
+            Store::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $backend = Backend::Sqlite;
+                $body
+            }
+        }
+    };
+}
+
+/// Increments the registry index inside a transaction and evaluates to the new value.
+macro_rules! bump_index {
+    ($tx:expr) => {{
+        let (value,): (i64,) =
+            sqlx::query_as("UPDATE registry_index SET value = value + 1 WHERE id = 1 RETURNING value")
+                .fetch_one($tx)
+                .await?;
+        value
+    }};
+}
+
+/// Stamps a service with the index of a change that affects what discovery returns.
+macro_rules! touch_service {
+    ($tx:expr, $service_id:expr, $index:expr) => {{
+        sqlx::query("UPDATE services SET change_index = $1 WHERE id = $2")
+            .bind($index)
+            .bind($service_id)
+            .execute($tx)
+            .await?;
+    }};
+}
+
+/// Tells other replicas (PostgreSQL only) that a service changed; delivered at commit.
+macro_rules! notify {
+    ($tx:expr, $backend:expr, $service_id:expr) => {{
+        if $backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGE_CHANNEL)
+                .bind($service_id.to_string())
+                .execute($tx)
+                .await?;
+        }
+    }};
+}
+
+/// Reads one service and everything under it; evaluates to `Option<ServiceData>`.
+macro_rules! load_service {
+    ($tx:expr, $id:expr) => {{
+        let id: Uuid = $id;
+        let service: Option<(Json<types::Service>, i64)> =
+            sqlx::query_as("SELECT doc, change_index FROM services WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        match service {
+            None => None,
+            Some((Json(service), change_index)) => {
+                let (Json(policy),): (Json<types::TrafficPolicy>,) =
+                    sqlx::query_as("SELECT doc FROM traffic_policies WHERE service_id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                let rows: Vec<InstanceRow> = sqlx::query_as(
+                    "SELECT doc, status, status_output, last_heartbeat_ms, expires_at_ms FROM instances \
+                     WHERE service_id = $1 ORDER BY id",
+                )
+                .bind(id)
+                .fetch_all(&mut *$tx)
+                .await?;
+                let instances = rows.into_iter().map(instance_record).collect::<Result<Vec<_>, _>>()?;
+                let dependencies: Vec<(Json<types::Dependency>,)> =
+                    sqlx::query_as("SELECT doc FROM dependencies WHERE service_id = $1 ORDER BY depends_on")
+                        .bind(id)
+                        .fetch_all(&mut *$tx)
+                        .await?;
+                Some(ServiceData {
+                    service,
+                    policy,
+                    instances,
+                    dependencies: dependencies.into_iter().map(|(Json(d),)| d).collect(),
+                    change_index,
+                })
+            }
+        }
+    }};
+}
+
+/// Unique constraints by name, and how SQLite spells them in its messages.
+const CONSTRAINTS: &[(&str, &str)] = &[
+    ("services_name_key", "services.name"),
+    ("instances_endpoint_key", "instances.service_id, instances.address, instances.port"),
+    ("dependencies_edge_key", "dependencies.service_id, dependencies.depends_on"),
+    ("config_entries_pkey", "config_entries.service, config_entries.environment, config_entries.key"),
+];
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                let named = db.constraint().map(str::to_string).unwrap_or_default();
+                let message = db.message().to_string();
+                let found = CONSTRAINTS
+                    .iter()
+                    .find(|(name, sqlite)| named == *name || message.ends_with(sqlite))
+                    .map(|(name, _)| *name);
+                match found {
+                    Some(name) => StoreError::Conflict(name),
+                    None => StoreError::Internal(error),
+                }
+            }
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+            _ => StoreError::Internal(error),
+        }
+    }
+}
+
+fn postgres_migrator() -> sqlx::migrate::Migrator {
+    migrator(&[(1, "registry", include_str!("../../../migrations/postgres/0001_registry.sql"))])
+}
+
+fn sqlite_migrator() -> sqlx::migrate::Migrator {
+    migrator(&[(1, "registry", include_str!("../../../migrations/sqlite/0001_registry.sql"))])
+}
+
+/// The migrations are compiled into the binary, so a deployment needs no files beside it.
+fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    let list = migrations
+        .iter()
+        .map(|(version, description, sql)| {
+            sqlx::migrate::Migration::new(
+                *version,
+                (*description).into(),
+                sqlx::migrate::MigrationType::Simple,
+                sqlx::SqlStr::from_static(sql),
+                false,
+            )
+        })
+        .collect();
+    sqlx::migrate::Migrator::with_migrations(list)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+type InstanceRow = (Json<Value>, String, Option<String>, Option<i64>, i64);
+
+fn instance_record(row: InstanceRow) -> Result<InstanceRecord, StoreError> {
+    let (Json(doc), status, status_output, last_heartbeat_ms, expires_at_ms) = row;
+    InstanceRecord::from_parts(doc, &status, status_output, last_heartbeat_ms, expires_at_ms)
+}
+
+impl Store {
+    /// Connects and migrates. `url` is `postgres://…` or `sqlite://path`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(StoreError::Internal)?.application_name("pake");
+            let pool =
+                PgPoolOptions::new().max_connections(16).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
+            Store::Postgres(pool)
+        } else {
+            // WAL with synchronous=FULL: an acknowledged write survives a killed process
+            // and a power cut.
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(StoreError::Internal)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Store::Sqlite(pool)
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations. On PostgreSQL the migrator holds an advisory lock, so
+    /// replicas starting together apply each migration once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let result = match self {
+            Store::Postgres(pool) => postgres_migrator().run(pool).await,
+            Store::Sqlite(pool) => sqlite_migrator().run(pool).await,
+        };
+        result.map_err(|error| match error {
+            sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
+            other => StoreError::Internal(sqlx::Error::Migrate(Box::new(other))),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Postgres(_) => Backend::Postgres,
+            Store::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match self {
+            Store::Postgres(pool) => Some(pool),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, |pool, backend| pool.close().await)
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// The registry index: how many changes have been committed.
+    pub async fn index(&self) -> Result<i64, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let (value,): (i64,) =
+                sqlx::query_as("SELECT value FROM registry_index WHERE id = 1").fetch_one(pool).await?;
+            Ok(value)
+        })
+    }
+
+    /// Every service with its instances, policy and dependencies, and the index they
+    /// reflect.
+    pub async fn load_all(&self) -> Result<(i64, Vec<ServiceData>), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let (index,): (i64,) =
+                sqlx::query_as("SELECT value FROM registry_index WHERE id = 1").fetch_one(&mut *tx).await?;
+            let ids: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM services").fetch_all(&mut *tx).await?;
+            let mut services = Vec::with_capacity(ids.len());
+            for (id,) in ids {
+                if let Some(data) = load_service!(&mut *tx, id) {
+                    services.push(data);
+                }
+            }
+            tx.commit().await?;
+            Ok((index, services))
+        })
+    }
+
+    /// One service with its instances, policy and dependencies.
+    pub async fn load_service(&self, id: Uuid) -> Result<Option<ServiceData>, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let data = load_service!(&mut *tx, id);
+            tx.commit().await?;
+            Ok(data)
+        })
+    }
+
+    pub async fn register_service(
+        &self,
+        service: &types::Service,
+        policy: &types::TrafficPolicy,
+    ) -> Result<i64, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let index = bump_index!(&mut *tx);
+            sqlx::query("INSERT INTO services (id, name, doc, revision, change_index) VALUES ($1, $2, $3, $4, $5)")
+                .bind(service.id)
+                .bind(service.name.as_str())
+                .bind(Json(service))
+                .bind(service.revision.get() as i64)
+                .bind(index)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO traffic_policies (service_id, doc, revision) VALUES ($1, $2, $3)")
+                .bind(service.id)
+                .bind(Json(policy))
+                .bind(policy.revision.get() as i64)
+                .execute(&mut *tx)
+                .await?;
+            notify!(&mut *tx, backend, service.id);
+            tx.commit().await?;
+            Ok(index)
+        })
+    }
+
+    /// Replaces a service document if its stored revision is `expected_revision`.
+    pub async fn update_service(&self, service: &types::Service, expected_revision: i64) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let index = bump_index!(&mut *tx);
+            let updated = sqlx::query(
+                "UPDATE services SET doc = $1, revision = $2, change_index = $3 WHERE id = $4 AND revision = $5",
+            )
+            .bind(Json(service))
+            .bind(service.revision.get() as i64)
+            .bind(index)
+            .bind(service.id)
+            .bind(expected_revision)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                let current: Option<(i64,)> = sqlx::query_as("SELECT revision FROM services WHERE id = $1")
+                    .bind(service.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                return Err(match current {
+                    Some((actual,)) => StoreError::Stale { expected: expected_revision, actual },
+                    None => StoreError::NotFound,
+                });
+            }
+            notify!(&mut *tx, backend, service.id);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Removes a service, its instances, dependencies, policy and configuration.
+    pub async fn deregister_service(&self, id: Uuid) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            bump_index!(&mut *tx);
+            let name: Option<(String,)> = sqlx::query_as("DELETE FROM services WHERE id = $1 RETURNING name")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((name,)) = name else {
+                return Err(StoreError::NotFound);
+            };
+            sqlx::query("DELETE FROM config_entries WHERE service = $1").bind(&name).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM config_history WHERE service = $1").bind(&name).execute(&mut *tx).await?;
+            notify!(&mut *tx, backend, id);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub async fn register_instance(&self, record: &InstanceRecord) -> Result<i64, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let index = bump_index!(&mut *tx);
+            let instance = &record.instance;
+            sqlx::query(
+                "INSERT INTO instances (id, service_id, address, port, doc, status, status_output, \
+                 last_heartbeat_ms, expires_at_ms, deregister_after_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(instance.id)
+            .bind(instance.service_id)
+            .bind(instance.address.as_str())
+            .bind(instance.port.get() as i32)
+            .bind(Json(instance))
+            .bind(instance.status.to_string())
+            .bind(instance.status_output.as_ref().map(|o| o.to_string()))
+            .bind(record.last_heartbeat_ms)
+            .bind(record.expires_at_ms)
+            .bind(record.deregister_after_ms)
+            .execute(&mut *tx)
+            .await?;
+            touch_service!(&mut *tx, instance.service_id, index);
+            notify!(&mut *tx, backend, instance.service_id);
+            tx.commit().await?;
+            Ok(index)
+        })
+    }
+
+    /// Records a heartbeat. The index moves only when the status changes: a heartbeat
+    /// that merely extends the TTL wakes no blocking query, but still reaches every
+    /// replica's snapshot.
+    pub async fn heartbeat(
+        &self,
+        service_id: Uuid,
+        instance_id: Uuid,
+        status: &str,
+        output: Option<&str>,
+        ttl_ms: i64,
+    ) -> Result<InstanceRecord, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let now = now_ms();
+            let previous: Option<(String, i64)> =
+                sqlx::query_as("SELECT status, expires_at_ms FROM instances WHERE id = $1 AND service_id = $2")
+                    .bind(instance_id)
+                    .bind(service_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((previous_status, previous_expiry)) = previous else {
+                return Err(StoreError::NotFound);
+            };
+            // An expired instance counts as critical whatever its stored status says.
+            let effective_previous = if previous_expiry <= now { "critical" } else { previous_status.as_str() };
+            let row: InstanceRow = sqlx::query_as(
+                "UPDATE instances SET status = $1, status_output = $2, last_heartbeat_ms = $3, expires_at_ms = $4 \
+                 WHERE id = $5 AND service_id = $6 \
+                 RETURNING doc, status, status_output, last_heartbeat_ms, expires_at_ms",
+            )
+            .bind(status)
+            .bind(output)
+            .bind(now)
+            .bind(now + ttl_ms)
+            .bind(instance_id)
+            .bind(service_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if effective_previous != status {
+                let index = bump_index!(&mut *tx);
+                touch_service!(&mut *tx, service_id, index);
+            }
+            notify!(&mut *tx, backend, service_id);
+            tx.commit().await?;
+            instance_record(row)
+        })
+    }
+
+    pub async fn deregister_instance(&self, service_id: Uuid, instance_id: Uuid) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let index = bump_index!(&mut *tx);
+            let deleted = sqlx::query("DELETE FROM instances WHERE id = $1 AND service_id = $2")
+                .bind(instance_id)
+                .bind(service_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Err(StoreError::NotFound);
+            }
+            touch_service!(&mut *tx, service_id, index);
+            notify!(&mut *tx, backend, service_id);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Marks instances whose TTL lapsed as critical; returns the services touched.
+    pub async fn expire_instances(&self) -> Result<Vec<Uuid>, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let touched: Vec<(Uuid,)> = sqlx::query_as(
+                "UPDATE instances SET status = 'critical', status_output = 'ttl expired' \
+                 WHERE expires_at_ms <= $1 AND status <> 'critical' RETURNING service_id",
+            )
+            .bind(now_ms())
+            .fetch_all(&mut *tx)
+            .await?;
+            let services = distinct(touched);
+            if !services.is_empty() {
+                let index = bump_index!(&mut *tx);
+                for id in &services {
+                    touch_service!(&mut *tx, *id, index);
+                    notify!(&mut *tx, backend, *id);
+                }
+            }
+            tx.commit().await?;
+            Ok(services)
+        })
+    }
+
+    /// Deregisters instances that stayed critical past their critical period.
+    pub async fn reap_instances(&self) -> Result<Vec<Uuid>, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let touched: Vec<(Uuid,)> = sqlx::query_as(
+                "DELETE FROM instances WHERE expires_at_ms + deregister_after_ms <= $1 RETURNING service_id",
+            )
+            .bind(now_ms())
+            .fetch_all(&mut *tx)
+            .await?;
+            let services = distinct(touched);
+            if !services.is_empty() {
+                let index = bump_index!(&mut *tx);
+                for id in &services {
+                    touch_service!(&mut *tx, *id, index);
+                    notify!(&mut *tx, backend, *id);
+                }
+            }
+            tx.commit().await?;
+            Ok(services)
+        })
+    }
+
+    pub async fn add_dependency(&self, dependency: &types::Dependency) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let index = bump_index!(&mut *tx);
+            sqlx::query("INSERT INTO dependencies (id, service_id, depends_on, doc) VALUES ($1, $2, $3, $4)")
+                .bind(dependency.id)
+                .bind(dependency.service_id)
+                .bind(dependency.depends_on.as_str())
+                .bind(Json(dependency))
+                .execute(&mut *tx)
+                .await?;
+            touch_service!(&mut *tx, dependency.service_id, index);
+            notify!(&mut *tx, backend, dependency.service_id);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub async fn delete_dependency(&self, service_id: Uuid, id: Uuid) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let index = bump_index!(&mut *tx);
+            let deleted = sqlx::query("DELETE FROM dependencies WHERE id = $1 AND service_id = $2")
+                .bind(id)
+                .bind(service_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Err(StoreError::NotFound);
+            }
+            touch_service!(&mut *tx, service_id, index);
+            notify!(&mut *tx, backend, service_id);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a traffic policy if its stored revision is `expected_revision`.
+    pub async fn replace_policy(
+        &self,
+        policy: &types::TrafficPolicy,
+        expected_revision: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let index = bump_index!(&mut *tx);
+            let updated = sqlx::query(
+                "UPDATE traffic_policies SET doc = $1, revision = $2 WHERE service_id = $3 AND revision = $4",
+            )
+            .bind(Json(policy))
+            .bind(policy.revision.get() as i64)
+            .bind(policy.service_id)
+            .bind(expected_revision)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                let current: Option<(i64,)> =
+                    sqlx::query_as("SELECT revision FROM traffic_policies WHERE service_id = $1")
+                        .bind(policy.service_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                return Err(match current {
+                    Some((actual,)) => StoreError::Stale { expected: expected_revision, actual },
+                    None => StoreError::NotFound,
+                });
+            }
+            touch_service!(&mut *tx, policy.service_id, index);
+            notify!(&mut *tx, backend, policy.service_id);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub async fn get_config(&self, key: &ConfigKey) -> Result<Option<types::ConfigEntry>, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let row: Option<(Json<types::ConfigEntry>,)> =
+                sqlx::query_as("SELECT doc FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3")
+                    .bind(&key.service)
+                    .bind(&key.environment)
+                    .bind(&key.key)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(row.map(|(Json(entry),)| entry))
+        })
+    }
+
+    /// Entries of one service and environment in key order, after `after` and starting
+    /// with `prefix`.
+    pub async fn list_config(
+        &self,
+        service: &str,
+        environment: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<types::ConfigEntry>, StoreError> {
+        with_pool!(self, |pool, backend| {
+            // Keys are restricted by the contract to [A-Za-z0-9._-], so a range scan from the
+            // prefix is exact without LIKE escaping.
+            let upper = format!("{prefix}\u{10FFFF}");
+            let rows: Vec<(Json<types::ConfigEntry>,)> = sqlx::query_as(
+                "SELECT doc FROM config_entries WHERE service = $1 AND environment = $2 \
+                 AND key >= $3 AND key < $4 AND key > $5 ORDER BY key LIMIT $6",
+            )
+            .bind(service)
+            .bind(environment)
+            .bind(prefix)
+            .bind(upper)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|(Json(entry),)| entry).collect())
+        })
+    }
+
+    /// Writes a configuration value. `expected`: `None` writes unconditionally, `Some(0)`
+    /// only creates, `Some(v)` only replaces version `v`. Every write is kept in the
+    /// history; versions keep counting across deletes.
+    pub async fn put_config(
+        &self,
+        key: &ConfigKey,
+        value: &str,
+        description: Option<&str>,
+        expected: Option<i64>,
+        changed_by: &str,
+    ) -> Result<types::ConfigEntry, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let current: Option<(Json<types::ConfigEntry>,)> =
+                sqlx::query_as("SELECT doc FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3")
+                    .bind(&key.service)
+                    .bind(&key.environment)
+                    .bind(&key.key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let current = current.map(|(Json(entry),)| entry);
+            let actual = current.as_ref().map(|e| e.version.get() as i64).unwrap_or(0);
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(StoreError::Stale { expected, actual });
+            }
+            let (last,): (i64,) = sqlx::query_as(
+                "SELECT COALESCE(MAX(version), 0) FROM config_history WHERE service = $1 AND environment = $2 AND key = $3",
+            )
+            .bind(&key.service)
+            .bind(&key.environment)
+            .bind(&key.key)
+            .fetch_one(&mut *tx)
+            .await?;
+            let version = last + 1;
+            let now = chrono::Utc::now();
+            let entry =
+                key.entry(value, description, version, current.as_ref().map(|e| e.created_at).unwrap_or(now), now)?;
+            // The version guard makes the write itself the compare-and-set: of two writers
+            // that read the same version, only one updates a row.
+            let written = if current.is_some() {
+                sqlx::query(
+                    "UPDATE config_entries SET doc = $1, version = $2 \
+                     WHERE service = $3 AND environment = $4 AND key = $5 AND version = $6",
+                )
+                .bind(Json(&entry))
+                .bind(version)
+                .bind(&key.service)
+                .bind(&key.environment)
+                .bind(&key.key)
+                .bind(actual)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            } else {
+                sqlx::query(
+                    "INSERT INTO config_entries (service, environment, key, doc, version) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.service)
+                .bind(&key.environment)
+                .bind(&key.key)
+                .bind(Json(&entry))
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            };
+            if written == 0 {
+                return Err(StoreError::Conflict("config_entries_pkey"));
+            }
+            let history = key.history("put", Some(value), description, version, now, changed_by)?;
+            sqlx::query(
+                "INSERT INTO config_history (service, environment, key, version, doc) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&key.service)
+            .bind(&key.environment)
+            .bind(&key.key)
+            .bind(version)
+            .bind(Json(&history))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(entry)
+        })
+    }
+
+    pub async fn delete_config(
+        &self,
+        key: &ConfigKey,
+        expected: Option<i64>,
+        changed_by: &str,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = pool.begin().await?;
+            let current: Option<(i64,)> = sqlx::query_as(
+                "SELECT version FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3",
+            )
+            .bind(&key.service)
+            .bind(&key.environment)
+            .bind(&key.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((actual,)) = current else {
+                return Err(StoreError::NotFound);
+            };
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(StoreError::Stale { expected, actual });
+            }
+            let deleted = sqlx::query(
+                "DELETE FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3 AND version = $4",
+            )
+            .bind(&key.service)
+            .bind(&key.environment)
+            .bind(&key.key)
+            .bind(actual)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if deleted == 0 {
+                return Err(StoreError::Conflict("config_entries_pkey"));
+            }
+            let version = actual.max(
+                sqlx::query_as::<_, (i64,)>(
+                    "SELECT COALESCE(MAX(version), 0) FROM config_history WHERE service = $1 AND environment = $2 AND key = $3",
+                )
+                .bind(&key.service)
+                .bind(&key.environment)
+                .bind(&key.key)
+                .fetch_one(&mut *tx)
+                .await?
+                .0,
+            ) + 1;
+            let history = key.history("delete", None, None, version, chrono::Utc::now(), changed_by)?;
+            sqlx::query(
+                "INSERT INTO config_history (service, environment, key, version, doc) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&key.service)
+            .bind(&key.environment)
+            .bind(&key.key)
+            .bind(version)
+            .bind(Json(&history))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// History of a key, newest first, older than `before` (a version).
+    pub async fn config_history(
+        &self,
+        key: &ConfigKey,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<types::ConfigVersion>, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let rows: Vec<(Json<types::ConfigVersion>,)> = sqlx::query_as(
+                "SELECT doc FROM config_history WHERE service = $1 AND environment = $2 AND key = $3 AND version < $4 \
+                 ORDER BY version DESC LIMIT $5",
+            )
+            .bind(&key.service)
+            .bind(&key.environment)
+            .bind(&key.key)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|(Json(version),)| version).collect())
+        })
+    }
+}
+
+fn distinct(rows: Vec<(Uuid,)>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = rows.into_iter().map(|(id,)| id).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
