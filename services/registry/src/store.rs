@@ -79,6 +79,15 @@ macro_rules! with_pool {
     };
 }
 
+/// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`) so
+/// that two writers queue on the busy timeout instead of failing when one upgrades a read
+/// lock; PostgreSQL's row locks and constraints do that work there.
+macro_rules! begin_write {
+    ($pool:expr, $backend:expr) => {
+        if $backend == Backend::Sqlite { $pool.begin_with("BEGIN IMMEDIATE").await? } else { $pool.begin().await? }
+    };
+}
+
 /// Increments the registry index inside a transaction and evaluates to the new value.
 macro_rules! bump_index {
     ($tx:expr) => {{
@@ -339,7 +348,7 @@ impl Store {
         policy: &types::TrafficPolicy,
     ) -> Result<i64, StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
             sqlx::query("INSERT INTO services (id, name, doc, revision, change_index) VALUES ($1, $2, $3, $4, $5)")
                 .bind(service.id)
@@ -364,7 +373,7 @@ impl Store {
     /// Replaces a service document if its stored revision is `expected_revision`.
     pub async fn update_service(&self, service: &types::Service, expected_revision: i64) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
             let updated = sqlx::query(
                 "UPDATE services SET doc = $1, revision = $2, change_index = $3 WHERE id = $4 AND revision = $5",
@@ -396,7 +405,7 @@ impl Store {
     /// Removes a service, its instances, dependencies, policy and configuration.
     pub async fn deregister_service(&self, id: Uuid) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             bump_index!(&mut *tx);
             let name: Option<(String,)> = sqlx::query_as("DELETE FROM services WHERE id = $1 RETURNING name")
                 .bind(id)
@@ -415,7 +424,7 @@ impl Store {
 
     pub async fn register_instance(&self, record: &InstanceRecord) -> Result<i64, StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
             let instance = &record.instance;
             sqlx::query(
@@ -454,7 +463,7 @@ impl Store {
         ttl_ms: i64,
     ) -> Result<InstanceRecord, StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let now = now_ms();
             let previous: Option<(String, i64)> =
                 sqlx::query_as("SELECT status, expires_at_ms FROM instances WHERE id = $1 AND service_id = $2")
@@ -492,7 +501,7 @@ impl Store {
 
     pub async fn deregister_instance(&self, service_id: Uuid, instance_id: Uuid) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
             let deleted = sqlx::query("DELETE FROM instances WHERE id = $1 AND service_id = $2")
                 .bind(instance_id)
@@ -513,7 +522,7 @@ impl Store {
     /// Marks instances whose TTL lapsed as critical; returns the services touched.
     pub async fn expire_instances(&self) -> Result<Vec<Uuid>, StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let touched: Vec<(Uuid,)> = sqlx::query_as(
                 "UPDATE instances SET status = 'critical', status_output = 'ttl expired' \
                  WHERE expires_at_ms <= $1 AND status <> 'critical' RETURNING service_id",
@@ -537,7 +546,7 @@ impl Store {
     /// Deregisters instances that stayed critical past their critical period.
     pub async fn reap_instances(&self) -> Result<Vec<Uuid>, StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let touched: Vec<(Uuid,)> = sqlx::query_as(
                 "DELETE FROM instances WHERE expires_at_ms + deregister_after_ms <= $1 RETURNING service_id",
             )
@@ -559,7 +568,7 @@ impl Store {
 
     pub async fn add_dependency(&self, dependency: &types::Dependency) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
             sqlx::query("INSERT INTO dependencies (id, service_id, depends_on, doc) VALUES ($1, $2, $3, $4)")
                 .bind(dependency.id)
@@ -577,7 +586,7 @@ impl Store {
 
     pub async fn delete_dependency(&self, service_id: Uuid, id: Uuid) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
             let deleted = sqlx::query("DELETE FROM dependencies WHERE id = $1 AND service_id = $2")
                 .bind(id)
@@ -602,7 +611,7 @@ impl Store {
         expected_revision: i64,
     ) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
             let updated = sqlx::query(
                 "UPDATE traffic_policies SET doc = $1, revision = $2 WHERE service_id = $3 AND revision = $4",
@@ -687,7 +696,7 @@ impl Store {
         changed_by: &str,
     ) -> Result<types::ConfigEntry, StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let current: Option<(Json<types::ConfigEntry>,)> =
                 sqlx::query_as("SELECT doc FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3")
                     .bind(&key.service)
@@ -770,7 +779,7 @@ impl Store {
         changed_by: &str,
     ) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(pool, backend);
             let current: Option<(i64,)> = sqlx::query_as(
                 "SELECT version FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3",
             )

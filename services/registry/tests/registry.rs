@@ -1,0 +1,491 @@
+//! The registry over real HTTP, driven through the generated client, against a fresh
+//! PostgreSQL database and against a fresh SQLite file: every behaviour test runs on both.
+
+mod support;
+
+use pake_mesh_client::types;
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::*;
+
+/// Runs an async test body once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    register_heartbeat_discover_expire_and_reap,
+    names_are_unique_and_updates_check_revisions,
+    racing_compare_and_set_has_exactly_one_winner,
+    blocking_discovery_wakes_on_change,
+    lists_page_and_filter_and_bad_cursors_are_refused,
+    dependencies_form_a_graph_with_cycles_reported,
+    traffic_policies_are_validated_and_versioned,
+    configuration_keeps_history_across_deletes,
+);
+
+fn status_of<E: std::fmt::Debug>(error: pake_mesh_client::Error<E>) -> (u16, E) {
+    match error {
+        pake_mesh_client::Error::ErrorResponse(response) => (response.status().as_u16(), response.into_inner()),
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+async fn register_heartbeat_discover_expire_and_reap(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+
+    let service = client.register_service().body(registration("arxiv-search")).send().await.unwrap().into_inner();
+    // A short TTL that heartbeats keep alive, and a one-second critical period.
+    let created = client.register_instance().service_id(service.id).body(instance(9001, 1, 1)).send().await.unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_string();
+    let created = created.into_inner();
+    assert_eq!(location, format!("/api/v1/services/{}/instances/{}", service.id, created.id));
+    assert_eq!(created.status, types::InstanceStatus::Passing);
+
+    let found = client.discover_service().service_name("arxiv-search").send().await.unwrap().into_inner();
+    assert_eq!(found.instances.iter().map(|i| i.id).collect::<Vec<_>>(), vec![created.id]);
+
+    // Heartbeats keep it in discovery past its TTL.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let beat: types::HeartbeatRequest =
+            serde_json::from_value(json!({"status": "passing", "output": "ok"})).unwrap();
+        let after = client
+            .heartbeat_instance()
+            .service_id(service.id)
+            .instance_id(created.id)
+            .body(beat)
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(after.last_heartbeat_at.is_some());
+    }
+    let found = client.discover_service().service_name("arxiv-search").send().await.unwrap().into_inner();
+    assert_eq!(found.instances.len(), 1, "heartbeats keep the instance in discovery");
+
+    // A warning heartbeat leaves it out of passing-only discovery but not out of the rest.
+    let warn: types::HeartbeatRequest = serde_json::from_value(json!({"status": "warning"})).unwrap();
+    client.heartbeat_instance().service_id(service.id).instance_id(created.id).body(warn).send().await.unwrap();
+    let passing = client.discover_service().service_name("arxiv-search").send().await.unwrap().into_inner();
+    assert!(passing.instances.is_empty());
+    let all =
+        client.discover_service().service_name("arxiv-search").passing_only(false).send().await.unwrap().into_inner();
+    assert_eq!(all.instances.len(), 1);
+
+    // Stop heartbeating: the instance leaves discovery within 1 s of its TTL lapsing.
+    let expires_at = client
+        .get_instance()
+        .service_id(service.id)
+        .instance_id(created.id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner()
+        .expires_at;
+    eventually(Duration::from_secs(5), || async {
+        let found = client.discover_service().service_name("arxiv-search").passing_only(false).send().await.unwrap();
+        found.into_inner().instances.is_empty()
+    })
+    .await;
+    let lateness = chrono::Utc::now() - expires_at;
+    assert!(lateness < chrono::Duration::milliseconds(1000), "left discovery {lateness} after its TTL lapsed");
+    let expired = client.get_instance().service_id(service.id).instance_id(created.id).send().await;
+    if let Ok(expired) = expired {
+        assert_eq!(expired.into_inner().status, types::InstanceStatus::Critical);
+    }
+
+    // After its critical period it is deregistered altogether.
+    eventually(Duration::from_secs(5), || async {
+        let result = client.get_instance().service_id(service.id).instance_id(created.id).send().await;
+        matches!(result, Err(pake_mesh_client::Error::ErrorResponse(r)) if r.status().as_u16() == 404)
+    })
+    .await;
+
+    client.deregister_service().service_id(service.id).send().await.unwrap();
+    let (status, _) = status_of(client.get_service().service_id(service.id).send().await.unwrap_err());
+    assert_eq!(status, 404);
+    let (status, _) = status_of(client.discover_service().service_name("arxiv-search").send().await.unwrap_err());
+    assert_eq!(status, 404);
+}
+
+async fn names_are_unique_and_updates_check_revisions(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let service = client.register_service().body(registration("pubmed")).send().await.unwrap().into_inner();
+    let (status, error) = status_of(client.register_service().body(registration("pubmed")).send().await.unwrap_err());
+    assert_eq!((status, error.code.as_str()), (409, "conflict"));
+
+    let update: types::ServiceUpdate =
+        serde_json::from_value(json!({"version": "1.1.0", "owner": "research"})).unwrap();
+    let updated =
+        client.update_service().service_id(service.id).if_match("\"1\"").body(update.clone()).send().await.unwrap();
+    assert_eq!(updated.headers()["etag"], "\"2\"");
+    let updated = updated.into_inner();
+    assert_eq!((updated.version.as_str(), updated.revision.get()), ("1.1.0", 2));
+    assert_eq!(updated.owner.as_ref().map(|o| o.as_str()), Some("research"));
+    assert_eq!(updated.tags.len(), 1, "fields not in the update are kept");
+
+    let (status, error) = status_of(
+        client.update_service().service_id(service.id).if_match("\"1\"").body(update).send().await.unwrap_err(),
+    );
+    assert_eq!((status, error.code.as_str()), (412, "precondition_failed"));
+    let fetched = client.get_service().service_id(service.id).send().await.unwrap();
+    assert_eq!(fetched.headers()["etag"], "\"2\"");
+}
+
+async fn racing_compare_and_set_has_exactly_one_winner(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    client.register_service().body(registration("summariser")).send().await.unwrap();
+    let write = |value: &str, expected: i64| -> types::ConfigWrite {
+        serde_json::from_value(json!({"value": value, "expected_version": expected})).unwrap()
+    };
+    let put = |value: String, expected: i64| {
+        let client = registry.client();
+        let body = write(&value, expected);
+        async move {
+            client
+                .put_config_entry()
+                .service_name("summariser")
+                .environment("production")
+                .key("model")
+                .body(body)
+                .send()
+                .await
+        }
+    };
+    // Round 0 creates (expected version 0); each later round races two writers on the
+    // version the previous round left.
+    let mut version = 0;
+    for round in 0..8 {
+        let (a, b) = tokio::join!(put(format!("a{round}"), version), put(format!("b{round}"), version));
+        let outcomes = [a, b];
+        let winners: Vec<i64> =
+            outcomes.iter().filter_map(|r| r.as_ref().ok()).map(|w| w.version.get() as i64).collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one writer wins");
+        version = winners[0];
+        let loser = outcomes.into_iter().find_map(|r| r.err()).expect("one loser");
+        let (status, error) = status_of(loser);
+        assert_eq!((status, error.code.as_str()), (409, "conflict"), "round {round}");
+    }
+    let entry = client
+        .get_config_entry()
+        .service_name("summariser")
+        .environment("production")
+        .key("model")
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(entry.version.get() as i64, version);
+    assert_eq!(version, 8, "one write per round landed");
+}
+
+async fn blocking_discovery_wakes_on_change(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let service = client.register_service().body(registration("crawler")).send().await.unwrap().into_inner();
+    let first = client.discover_service().service_name("crawler").send().await.unwrap();
+    let index: u64 = first.headers()["x-pake-index"].to_str().unwrap().parse().unwrap();
+    assert_eq!(first.into_inner().index as u64, index);
+
+    // Nothing changes: the query waits its full wait time and returns the same index.
+    let started = tokio::time::Instant::now();
+    let idle = client.discover_service().service_name("crawler").index(index).wait_seconds(1u64).send().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}", started.elapsed());
+    assert_eq!(idle.into_inner().index as u64, index);
+
+    // A registration while it waits wakes it at once.
+    let waiting = {
+        let client = registry.client();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let found = client
+                .discover_service()
+                .service_name("crawler")
+                .index(index)
+                .wait_seconds(30u64)
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), found.into_inner())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.register_instance().service_id(service.id).body(instance(9100, 30, 60)).send().await.unwrap();
+    let (waited, found) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    assert!(found.index as u64 > index);
+    assert_eq!(found.instances.len(), 1);
+}
+
+async fn lists_page_and_filter_and_bad_cursors_are_refused(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    for name in ["svc-a", "svc-b", "svc-c", "svc-d", "svc-e", "other"] {
+        client.register_service().body(registration(name)).send().await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client.list_services().name_prefix("svc-").limit(2u64);
+        if let Some(cursor) = &cursor {
+            request = request.cursor(cursor.clone());
+        }
+        let page = request.send().await.unwrap().into_inner();
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.iter().map(|s| s.name.to_string()));
+        match page.next_cursor.0 {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(names, vec!["svc-a", "svc-b", "svc-c", "svc-d", "svc-e"]);
+
+    let tagged = client.list_services().tag("research").send().await.unwrap().into_inner();
+    assert_eq!(tagged.items.len(), 6);
+    let none = client.list_services().tag("absent").send().await.unwrap().into_inner();
+    assert!(none.items.is_empty());
+
+    let (status, error) = status_of(client.list_services().cursor("bm90LWEtbmFtZQ_x").send().await.unwrap_err());
+    assert_eq!((status, error.code.as_str()), (400, "invalid_cursor"));
+}
+
+async fn dependencies_form_a_graph_with_cycles_reported(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let mut ids = std::collections::HashMap::new();
+    for name in ["gateway", "search", "index"] {
+        let service = client.register_service().body(registration(name)).send().await.unwrap().into_inner();
+        ids.insert(name, service.id);
+    }
+    let depend = |from: &'static str, to: &'static str| {
+        let client = registry.client();
+        let id = ids[from];
+        async move {
+            let body: types::DependencyCreate = serde_json::from_value(json!({"depends_on": to})).unwrap();
+            client.create_dependency().service_id(id).body(body).send().await
+        }
+    };
+    depend("gateway", "search").await.unwrap();
+    depend("search", "index").await.unwrap();
+    let back = depend("index", "search").await.unwrap().into_inner();
+    depend("search", "embeddings").await.unwrap();
+    let (status, _) = status_of(depend("gateway", "search").await.unwrap_err());
+    assert_eq!(status, 409);
+    let (status, _) = status_of(depend("gateway", "gateway").await.unwrap_err());
+    assert_eq!(status, 422);
+
+    let graph = client.get_dependency_graph().send().await.unwrap().into_inner();
+    let cycles: Vec<Vec<String>> = graph.cycles.iter().map(|c| c.iter().map(|n| n.to_string()).collect()).collect();
+    assert_eq!(cycles, vec![vec!["index".to_string(), "search".to_string()]]);
+    let unregistered: Vec<String> =
+        graph.nodes.iter().filter(|n| !n.registered).map(|n| n.service.to_string()).collect();
+    assert_eq!(unregistered, vec!["embeddings"]);
+    assert_eq!(graph.edges.len(), 4);
+
+    let from_index = client.get_dependency_graph().root("index").send().await.unwrap().into_inner();
+    let mut reachable: Vec<String> = from_index.nodes.iter().map(|n| n.service.to_string()).collect();
+    reachable.sort();
+    assert_eq!(reachable, vec!["embeddings", "index", "search"]);
+
+    client.delete_dependency().service_id(ids["index"]).dependency_id(back.id).send().await.unwrap();
+    let graph = client.get_dependency_graph().send().await.unwrap().into_inner();
+    assert!(graph.cycles.is_empty());
+}
+
+async fn traffic_policies_are_validated_and_versioned(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let service = client.register_service().body(registration("documents")).send().await.unwrap().into_inner();
+    let current = client.get_traffic_policy().service_id(service.id).send().await.unwrap();
+    assert_eq!(current.headers()["etag"], "\"1\"");
+    assert_eq!(current.into_inner().load_balancing, types::LoadBalancing::RoundRobin);
+
+    let spec = |per_try_timeout_ms: u64| -> Value {
+        json!({
+            "load_balancing": "least_request", "connect_timeout_ms": 500, "request_timeout_ms": 3000,
+            "retries": {"max_attempts": 2, "per_try_timeout_ms": per_try_timeout_ms, "retry_on": ["connect_failure"], "budget_percent": 10},
+            "circuit_breaker": {"failure_threshold": 3, "failure_rate_threshold": 0.5, "minimum_requests": 10, "rate_window_seconds": 10, "open_seconds": 5, "half_open_max_requests": 1},
+            "outlier_detection": {"consecutive_5xx": 3, "interval_seconds": 5, "base_ejection_seconds": 10, "max_ejection_percent": 50}
+        })
+    };
+    let replaced = client
+        .replace_traffic_policy()
+        .service_id(service.id)
+        .if_match("\"1\"")
+        .body(serde_json::from_value::<types::TrafficPolicySpec>(spec(1000)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.headers()["etag"], "\"2\"");
+    let discovered = client.discover_service().service_name("documents").send().await.unwrap().into_inner();
+    assert_eq!(discovered.traffic_policy.load_balancing, types::LoadBalancing::LeastRequest);
+
+    let stale = client
+        .replace_traffic_policy()
+        .service_id(service.id)
+        .if_match("\"1\"")
+        .body(serde_json::from_value::<types::TrafficPolicySpec>(spec(1000)).unwrap())
+        .send()
+        .await;
+    assert_eq!(status_of(stale.unwrap_err()).0, 412);
+    // A per-try timeout longer than the whole request is a rule the schema cannot state.
+    let invalid = client
+        .replace_traffic_policy()
+        .service_id(service.id)
+        .body(serde_json::from_value::<types::TrafficPolicySpec>(spec(5000)).unwrap())
+        .send()
+        .await;
+    let (status, error) = status_of(invalid.unwrap_err());
+    assert_eq!(status, 422);
+    assert!(error.message.contains("per_try_timeout_ms"), "{:?}", error.message);
+}
+
+async fn configuration_keeps_history_across_deletes(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let (status, _) = status_of(
+        client.get_config_entry().service_name("nobody").environment("dev").key("x").send().await.unwrap_err(),
+    );
+    assert_eq!(status, 404);
+    client.register_service().body(registration("search")).send().await.unwrap();
+    let put = |value: &str| {
+        let body: types::ConfigWrite = serde_json::from_value(json!({"value": value})).unwrap();
+        client.put_config_entry().service_name("search").environment("staging").key("index.shards").body(body).send()
+    };
+    put("4").await.unwrap();
+    let second = put("8").await.unwrap();
+    assert_eq!(second.headers()["etag"], "\"2\"");
+    client
+        .delete_config_entry()
+        .service_name("search")
+        .environment("staging")
+        .key("index.shards")
+        .expected_version(2u64)
+        .send()
+        .await
+        .unwrap();
+    let recreated = put("16").await.unwrap().into_inner();
+    assert_eq!(recreated.version.get(), 4, "versions keep counting after a delete");
+
+    let history = client
+        .list_config_history()
+        .service_name("search")
+        .environment("staging")
+        .key("index.shards")
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<(u64, String)> =
+        history.items.iter().map(|v| (v.version.get(), v.operation.to_string())).collect();
+    assert_eq!(versions, vec![(4, "put".into()), (3, "delete".into()), (2, "put".into()), (1, "put".into())]);
+    assert!(history.items.iter().all(|v| v.changed_by.as_str() == "tester"));
+
+    let listed = client.list_config_entries().service_name("search").environment("staging").key_prefix("index.").send();
+    assert_eq!(listed.await.unwrap().into_inner().items.len(), 1);
+    let other_env = client.list_config_entries().service_name("search").environment("production").send();
+    assert!(other_env.await.unwrap().into_inner().items.is_empty());
+}
+
+/// Two registries on one PostgreSQL database: a change through one reaches the other's
+/// snapshot within a second, through LISTEN/NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_see_each_others_changes_within_a_second() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    // Two replicas migrating the same fresh database at once.
+    let (a, b) = tokio::join!(TestRegistry::start(&db.url), TestRegistry::start(&db.url));
+    let (a, b) = (a.client(), b.client());
+    let service = a.register_service().body(registration("replicated")).send().await.unwrap().into_inner();
+    let took =
+        eventually(Duration::from_secs(1), || async { b.get_service().service_id(service.id).send().await.is_ok() })
+            .await;
+    eprintln!("replica saw the registration after {took:?}");
+    let created =
+        a.register_instance().service_id(service.id).body(instance(9200, 30, 60)).send().await.unwrap().into_inner();
+    eventually(Duration::from_secs(1), || async {
+        let found = b.discover_service().service_name("replicated").send().await.unwrap().into_inner();
+        found.instances.iter().any(|i| i.id == created.id)
+    })
+    .await;
+    a.deregister_instance().service_id(service.id).instance_id(created.id).send().await.unwrap();
+    eventually(Duration::from_secs(1), || async {
+        let found = b.discover_service().service_name("replicated").send().await.unwrap().into_inner();
+        found.instances.is_empty()
+    })
+    .await;
+}
+
+/// PostgreSQL goes away: writes answer 503 with Retry-After quickly, reads the snapshot
+/// can serve keep working, and everything recovers without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_degrades_writes_and_recovers() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = FaultyProxy::start(upstream).await;
+    let registry = TestRegistry::start(&db.url_via(proxy.addr)).await;
+    let client = registry.client();
+    let service = client.register_service().body(registration("resilient")).send().await.unwrap().into_inner();
+
+    proxy.cut();
+    let started = tokio::time::Instant::now();
+    let (status, error) = status_of(client.register_service().body(registration("blocked")).send().await.unwrap_err());
+    let took = started.elapsed();
+    assert_eq!((status, error.code.as_str()), (503, "unavailable"));
+    assert!(took < Duration::from_secs(4), "the write failed after {took:?}");
+    let raw = registry
+        .http()
+        .post(format!("{}/api/v1/services/register", registry.url()))
+        .json(&json!({"name": "blocked", "version": "1.0.0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 503);
+    assert_eq!(raw.headers()["retry-after"], "2");
+
+    // Reads served from the snapshot still answer.
+    client.get_service().service_id(service.id).send().await.expect("a read during the outage");
+    client.discover_service().service_name("resilient").send().await.expect("discovery during the outage");
+    let ready = reqwest::get(format!("{}/health/ready", registry.url())).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+
+    proxy.restore();
+    eventually(Duration::from_secs(10), || async {
+        client.register_service().body(registration("after-outage")).send().await.is_ok()
+    })
+    .await;
+    let ready = reqwest::get(format!("{}/health/ready", registry.url())).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let listed = client.list_services().send().await.unwrap().into_inner();
+    let names: Vec<String> = listed.items.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names, vec!["after-outage", "resilient"]);
+}
