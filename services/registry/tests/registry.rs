@@ -489,3 +489,37 @@ async fn postgres_outage_degrades_writes_and_recovers() {
     let names: Vec<String> = listed.items.iter().map(|s| s.name.to_string()).collect();
     assert_eq!(names, vec!["after-outage", "resilient"]);
 }
+
+/// What a typed client cannot send gets the contract's error body: bad names, bad
+/// semantic versions, unknown fields, oversized bodies, bad cursors.
+#[tokio::test]
+async fn bad_input_gets_a_clear_contract_error() {
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let http = registry.http();
+    let register = format!("{}/api/v1/services/register", registry.url());
+    let cases = [
+        (json!({"name": "Bad_Name", "version": "1.0.0"}), 422, "/name"),
+        (json!({"name": "good-name", "version": "1.0"}), 422, "/version"),
+        (json!({"name": "good-name", "version": "1.0.0", "colour": "blue"}), 422, "/"),
+        (json!({"name": "good-name", "version": "1.0.0", "tags": ["a", "a"]}), 422, "/tags"),
+        (json!({"version": "1.0.0"}), 422, "/name"),
+    ];
+    for (body, status, field) in cases {
+        let response = http.post(&register).json(&body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "validation_failed", "{body}");
+        assert_eq!(error["details"][0]["field"], field, "{body}: {error}");
+    }
+    let oversized = json!({"name": "big", "version": "1.0.0", "description": "x".repeat(2 * 1024 * 1024)});
+    let response = http.post(&register).json(&oversized).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let response = http.get(format!("{}/api/v1/services?cursor=%%%", registry.url())).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["details"][0]["field"], "cursor");
+    // Nothing was registered by any of it.
+    let listed = registry.client().list_services().send().await.unwrap().into_inner();
+    assert!(listed.items.is_empty());
+}
