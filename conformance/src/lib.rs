@@ -2,7 +2,37 @@
 //! that they keep their contracts.
 //!
 //! This library holds what the test binaries share: serving a router on an ephemeral
-//! loopback port and building HTTP clients that carry a bearer token.
+//! loopback port and building HTTP clients that carry a bearer token, and the
+//! contract-generic conformance [`Engine`], which reads an OpenAPI 3.1 contract at test
+//! time, generates valid and invalid requests from its schemas with proptest, sends them
+//! to a real server and checks every answer against the contract.
+//!
+//! ```no_run
+//! # async fn example(url: String) {
+//! use conformance::{Config, ContractSource, Engine, Target};
+//! let target = Target::new(url).with_token("a token with every scope").or_from_env();
+//! let engine = Engine::new(ContractSource::file("openapi/service-mesh.yaml"), target).expect("contract loads");
+//! let report = engine.run(&Config::from_env().expect("valid PAKE_CONFORMANCE_* variables")).await;
+//! report.assert_ok();
+//! report.require_positive_coverage();
+//! # }
+//! ```
+
+pub mod check;
+pub mod contract;
+pub mod engine;
+pub mod generate;
+pub mod mutate;
+pub mod report;
+pub mod request;
+pub mod schema;
+pub mod stateful;
+pub mod support;
+
+pub use contract::{Contract, ContractError, Operation};
+pub use engine::{Config, ConfigError, ContractSource, Engine, EngineError, Target};
+pub use report::{CaseKind, Check, Coverage, Failure, Report};
+pub use stateful::Resource;
 
 use axum::Router;
 use std::net::SocketAddr;

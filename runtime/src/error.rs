@@ -169,9 +169,27 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Shortens `text` to at most `max` characters, marking the cut. Messages quote client
+/// input, and the contract bounds their length.
+fn clip(text: &mut String, max: usize) {
+    if text.chars().count() > max {
+        let keep: String = text.chars().take(max - 1).collect();
+        *text = keep + "…";
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let error = *self.0;
+        let mut error = *self.0;
+        // The bounds of the contracts' `Error` and `ErrorDetail` schemas.
+        clip(&mut error.message, 2048);
+        error.details.truncate(100);
+        for detail in &mut error.details {
+            clip(&mut detail.message, 1024);
+            if let Some(field) = &mut detail.field {
+                clip(field, 512);
+            }
+        }
         let body = Body {
             code: &error.code,
             message: &error.message,
@@ -193,5 +211,25 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn long_messages_are_clipped_to_the_contract_bounds() {
+        let detail =
+            ErrorDetail { location: DetailLocation::Body, field: Some("/".repeat(600)), message: "é".repeat(5000) };
+        let error = ApiError::unprocessable("x".repeat(5000)).with_details(vec![detail; 150]);
+        let response = error.into_response();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["message"].as_str().unwrap().chars().count(), 2048);
+        let details = body["details"].as_array().unwrap();
+        assert_eq!(details.len(), 100);
+        assert_eq!(details[0]["message"].as_str().unwrap().chars().count(), 1024);
+        assert_eq!(details[0]["field"].as_str().unwrap().chars().count(), 512);
     }
 }

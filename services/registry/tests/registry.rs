@@ -3,6 +3,7 @@
 
 mod support;
 
+use conformance::support::{FaultyProxy, eventually};
 use pake_mesh_client::types;
 use serde_json::{Value, json};
 use std::time::Duration;
