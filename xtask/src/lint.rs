@@ -237,6 +237,7 @@ fn lint_operation(
                         if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
                             linter.report(&schema_pointer, "request body schemas set additionalProperties: false");
                         }
+                        lint_optional_nullables(linter, schema, &schema_pointer);
                     }
                 }
             }
@@ -329,6 +330,27 @@ fn lint_operation(
     }
     if error_schemas.len() > 1 {
         linter.report(format!("{pointer}/responses"), "error responses of one operation share one body schema");
+    }
+}
+
+/// A typed client cannot tell `null` from absent for an optional property (both are
+/// `None`), so request bodies must not give optional properties a nullable type: the
+/// contract would promise a meaning clients cannot express.
+fn lint_optional_nullables(linter: &mut Linter<'_>, schema: &Value, pointer: &str) {
+    let required: Vec<&str> =
+        schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    for (name, property) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        let nullable = match property.get("type") {
+            Some(Value::Array(types)) => types.iter().any(|t| t == "null"),
+            Some(Value::String(t)) => t == "null",
+            _ => false,
+        };
+        if nullable && !required.contains(&name.as_str()) {
+            linter.report(
+                format!("{pointer}/properties/{}/type", pointer_token(name)),
+                "an optional request property cannot be nullable: typed clients cannot send null apart from absent",
+            );
+        }
     }
 }
 
@@ -581,6 +603,26 @@ mod tests {
         assert!(found.iter().any(|m| m.contains("names exactly one scope")), "{found:?}");
         assert!(found.iter().any(|m| m.contains("a secured operation lists 401")), "{found:?}");
         assert!(found.iter().any(|m| m.contains("a secured operation lists 403")), "{found:?}");
+    }
+
+    #[test]
+    fn optional_nullable_request_properties_are_rejected() {
+        let mut doc = minimal();
+        doc["paths"]["/things/{thing_id}"]["get"]["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Patch"}, "example": {}}}
+        });
+        doc["components"]["schemas"]["Patch"] = json!({
+            "type": "object", "additionalProperties": false,
+            "properties": {"note": {"type": ["string", "null"]}}
+        });
+        let found = messages(doc);
+        assert!(
+            found.iter().any(|m| m.contains(
+                "/components/schemas/Patch/properties/note/type: an optional request property cannot be nullable"
+            )),
+            "{found:?}"
+        );
     }
 
     #[test]

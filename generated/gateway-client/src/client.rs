@@ -438,9 +438,12 @@ pub mod types {
         ///New name, unique within the tenant.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub name: ::std::option::Option<ApiClientUpdateName>,
-        ///The new rate-limit policy; null removes it.
+        ///The new rate-limit policy.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
+        ///`true` removes the client's rate-limit policy (not together with `rate_limit_policy_id`; that combination answers 422).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub remove_rate_limit_policy: ::std::option::Option<bool>,
         ///The new, complete list of scopes.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub scopes: ::std::option::Option<::std::vec::Vec<Scope>>,
@@ -6033,6 +6036,10 @@ pub mod types {
                 ::std::option::Option<::uuid::Uuid>,
                 ::std::string::String,
             >,
+            remove_rate_limit_policy: ::std::result::Result<
+                ::std::option::Option<bool>,
+                ::std::string::String,
+            >,
             scopes: ::std::result::Result<
                 ::std::option::Option<::std::vec::Vec<super::Scope>>,
                 ::std::string::String,
@@ -6044,6 +6051,7 @@ pub mod types {
                     disabled: Ok(Default::default()),
                     name: Ok(Default::default()),
                     rate_limit_policy_id: Ok(Default::default()),
+                    remove_rate_limit_policy: Ok(Default::default()),
                     scopes: Ok(Default::default()),
                 }
             }
@@ -6089,6 +6097,20 @@ pub mod types {
                     });
                 self
             }
+            pub fn remove_rate_limit_policy<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<bool>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.remove_rate_limit_policy = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for remove_rate_limit_policy: {e}"
+                        )
+                    });
+                self
+            }
             pub fn scopes<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
@@ -6113,6 +6135,7 @@ pub mod types {
                     disabled: value.disabled?,
                     name: value.name?,
                     rate_limit_policy_id: value.rate_limit_policy_id?,
+                    remove_rate_limit_policy: value.remove_rate_limit_policy?,
                     scopes: value.scopes?,
                 })
             }
@@ -6123,6 +6146,7 @@ pub mod types {
                     disabled: Ok(value.disabled),
                     name: Ok(value.name),
                     rate_limit_policy_id: Ok(value.rate_limit_policy_id),
+                    remove_rate_limit_policy: Ok(value.remove_rate_limit_policy),
                     scopes: Ok(value.scopes),
                 }
             }
@@ -9883,7 +9907,7 @@ let response = client.delete_api_client()
     /**Update an API client
 
 Changes the fields present in the body and leaves the others as they are;
-`rate_limit_policy_id: null` removes the client's policy. The tenant and the
+`remove_rate_limit_policy: true` removes the client's policy. The tenant and the
 `client_id` never change. Disabling a client makes token issuance answer 401 at
 once; tokens already issued stay valid until they expire, and narrowed scopes apply
 to tokens issued from then on.

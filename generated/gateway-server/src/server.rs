@@ -211,7 +211,7 @@ pub trait GatewayApi: Send + Sync + 'static {
     /// `PATCH /v1/admin/clients/{api_client_id}`: Update an API client
     ///
     /// Changes the fields present in the body and leaves the others as they are;
-    /// `rate_limit_policy_id: null` removes the client's policy. The tenant and the
+    /// `remove_rate_limit_policy: true` removes the client's policy. The tenant and the
     /// `client_id` never change. Disabling a client makes token issuance answer 401 at
     /// once; tokens already issued stay valid until they expire, and narrowed scopes apply
     /// to tokens issued from then on.
@@ -1745,7 +1745,7 @@ pub static UPDATE_API_CLIENT: rt::OperationSpec = rt::OperationSpec::new(
     ],
     "{\"type\":\"object\",\"properties\":{\"api_client_id\":{\"type\":\"string\",\"format\":\"uuid\"}},\"required\":[\"api_client_id\"]}",
     Some(
-        "{\"$ref\":\"#/$defs/ApiClientUpdate\",\"$defs\":{\"ApiClientUpdate\":{\"type\":\"object\",\"description\":\"Fields of an API client to change; at least one.\",\"additionalProperties\":false,\"minProperties\":1,\"properties\":{\"name\":{\"type\":\"string\",\"description\":\"New name, unique within the tenant.\",\"pattern\":\"^[a-z][a-z0-9-]{0,62}$\",\"maxLength\":63},\"scopes\":{\"type\":\"array\",\"description\":\"The new, complete list of scopes.\",\"maxItems\":64,\"uniqueItems\":true,\"items\":{\"$ref\":\"#/$defs/Scope\"}},\"rate_limit_policy_id\":{\"type\":[\"string\",\"null\"],\"format\":\"uuid\",\"description\":\"The new rate-limit policy; null removes it.\"},\"disabled\":{\"type\":\"boolean\",\"description\":\"Disable or re-enable the client.\"}}},\"Scope\":{\"type\":\"string\",\"description\":\"A permission, `{resource}:{action}`: `gateway:admin`, `mesh:read`, or the scopes that routes require such as `arxiv:read`.\",\"maxLength\":127,\"pattern\":\"^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}$\",\"examples\":[\"arxiv:read\"]}}}",
+        "{\"$ref\":\"#/$defs/ApiClientUpdate\",\"$defs\":{\"ApiClientUpdate\":{\"type\":\"object\",\"description\":\"Fields of an API client to change; at least one.\",\"additionalProperties\":false,\"minProperties\":1,\"properties\":{\"name\":{\"type\":\"string\",\"description\":\"New name, unique within the tenant.\",\"pattern\":\"^[a-z][a-z0-9-]{0,62}$\",\"maxLength\":63},\"scopes\":{\"type\":\"array\",\"description\":\"The new, complete list of scopes.\",\"maxItems\":64,\"uniqueItems\":true,\"items\":{\"$ref\":\"#/$defs/Scope\"}},\"rate_limit_policy_id\":{\"type\":\"string\",\"format\":\"uuid\",\"description\":\"The new rate-limit policy.\"},\"remove_rate_limit_policy\":{\"type\":\"boolean\",\"description\":\"`true` removes the client's rate-limit policy (not together with `rate_limit_policy_id`; that combination answers 422).\"},\"disabled\":{\"type\":\"boolean\",\"description\":\"Disable or re-enable the client.\"}}},\"Scope\":{\"type\":\"string\",\"description\":\"A permission, `{resource}:{action}`: `gateway:admin`, `mesh:read`, or the scopes that routes require such as `arxiv:read`.\",\"maxLength\":127,\"pattern\":\"^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}$\",\"examples\":[\"arxiv:read\"]}}}",
     ),
 );
 /// The request of `updateApiClient` (`PATCH /v1/admin/clients/{api_client_id}`).

@@ -5068,14 +5068,14 @@ pub mod types {
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
     #[serde(deny_unknown_fields)]
     pub struct ServiceUpdate {
-        ///What the service does; null clears it.
+        ///What the service does; an empty string clears it.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub description: ::std::option::Option<ServiceUpdateDescription>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub health_check: ::std::option::Option<ServiceHealthCheck>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub metadata: ::std::option::Option<Metadata>,
-        ///Team or person responsible; null clears it.
+        ///Team or person responsible; an empty string clears it.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub owner: ::std::option::Option<ServiceUpdateOwner>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -5090,7 +5090,7 @@ pub mod types {
             Default::default()
         }
     }
-    ///What the service does; null clears it.
+    ///What the service does; an empty string clears it.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct ServiceUpdateDescription(::std::string::String);
@@ -5144,7 +5144,7 @@ pub mod types {
                 })
         }
     }
-    ///Team or person responsible; null clears it.
+    ///Team or person responsible; an empty string clears it.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct ServiceUpdateOwner(::std::string::String);
@@ -5166,9 +5166,6 @@ pub mod types {
         ) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
-            }
-            if value.chars().count() < 1usize {
-                return Err("shorter than 1 characters".into());
             }
             Ok(Self(value.to_string()))
         }

@@ -58,7 +58,8 @@ fn etag(revision: u64) -> String {
 fn if_match(header: Option<&String>) -> Result<Option<i64>, ApiError> {
     header
         .map(|value| {
-            value.trim_matches('"').parse::<i64>().map_err(|_| {
+            // Revisions are i64; a larger tag (the contract allows 19 digits) matches none.
+            value.trim_matches('"').parse::<u64>().map(|v| i64::try_from(v).unwrap_or(i64::MAX)).map_err(|_| {
                 ApiError::bad_request("invalid_parameter", "header If-Match: expected a quoted revision such as \"3\"")
             })
         })

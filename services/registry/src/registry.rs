@@ -210,7 +210,9 @@ impl Registry {
         let object = doc.as_object_mut().expect("a service is an object");
         let changes = serde_json::to_value(&update)?;
         for (field, value) in changes.as_object().into_iter().flatten() {
-            object.insert(field.clone(), value.clone());
+            // An empty description or owner clears it.
+            let cleared = matches!(field.as_str(), "description" | "owner") && value.as_str() == Some("");
+            object.insert(field.clone(), if cleared { json!(null) } else { value.clone() });
         }
         object.insert("updated_at".into(), json!(chrono::Utc::now()));
         object.insert("revision".into(), json!(revision + 1));

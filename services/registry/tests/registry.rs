@@ -154,6 +154,11 @@ async fn names_are_unique_and_updates_check_revisions(backend: Backend) {
     assert_eq!((status, error.code.as_str()), (412, "precondition_failed"));
     let fetched = client.get_service().service_id(service.id).send().await.unwrap();
     assert_eq!(fetched.headers()["etag"], "\"2\"");
+
+    // An empty string clears an optional text field.
+    let clear: types::ServiceUpdate = serde_json::from_value(json!({"owner": ""})).unwrap();
+    let cleared = client.update_service().service_id(service.id).body(clear).send().await.unwrap().into_inner();
+    assert_eq!((cleared.owner, cleared.revision.get()), (None, 3));
 }
 
 async fn racing_compare_and_set_has_exactly_one_winner(backend: Backend) {
