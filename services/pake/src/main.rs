@@ -39,6 +39,9 @@ struct Config {
     /// Address of the registry (service mesh) API.
     #[arg(long, env = "PAKE_REGISTRY_ADDR", default_value = "127.0.0.1:8000", global = true)]
     registry_addr: SocketAddr,
+    /// Address of the gateway: its API and the data plane.
+    #[arg(long, env = "PAKE_GATEWAY_ADDR", default_value = "127.0.0.1:8080", global = true)]
+    gateway_addr: SocketAddr,
     /// Log format: text or json.
     #[arg(long, env = "PAKE_LOG_FORMAT", default_value = "text", global = true)]
     log_format: LogFormat,
@@ -71,9 +74,10 @@ enum Command {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 enum ServiceName {
     Registry,
+    Gateway,
 }
 
-const ALL_SERVICES: &[ServiceName] = &[ServiceName::Registry];
+const ALL_SERVICES: &[ServiceName] = &[ServiceName::Registry, ServiceName::Gateway];
 
 impl Config {
     fn database_url(&self) -> Result<String> {
@@ -141,30 +145,47 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let services = if services.is_empty() { ALL_SERVICES } else { services };
     let secret = config.token_secret()?;
     let verifier = pake_tokens::TokenVerifier::hs256(&secret)?;
+    let url = config.database_url()?;
+    let backend = if url.starts_with("sqlite:") { "sqlite (embedded)" } else { "postgres" };
+    // One pool and one registry snapshot serve every service in this process: the
+    // gateway routes from the same in-memory view the registry answers discovery from.
+    let store = pake_registry::Store::open(&url).await.context("opening the platform store")?;
+    let registry = Arc::new(pake_registry::Registry::start(store.clone()).await?);
     let mut running = tokio::task::JoinSet::new();
     for service in services {
         match service {
             ServiceName::Registry => {
-                let url = config.database_url()?;
-                let backend = if url.starts_with("sqlite:") { "sqlite (embedded)" } else { "postgres" };
-                let store = pake_registry::Store::open(&url).await.context("opening the registry store")?;
-                let registry = Arc::new(pake_registry::Registry::start(store).await?);
-                let router = pake_registry::router(registry, verifier.clone(), Metrics::new("registry"));
-                let listener = tokio::net::TcpListener::bind(config.registry_addr)
-                    .await
-                    .with_context(|| format!("binding the registry to {}", config.registry_addr))?;
-                let addr = listener.local_addr()?;
-                tracing::info!(%addr, backend, "registry listening; contract at /openapi.json, docs at /docs");
+                let router = pake_registry::router(registry.clone(), verifier.clone(), Metrics::new("registry"));
+                let listener = bind(config.registry_addr, "registry").await?;
+                tracing::info!(addr = %listener.local_addr()?, backend, "registry listening; contract at /openapi.json, docs at /docs");
                 running.spawn(async move {
                     axum::serve(listener, router).with_graceful_shutdown(pake_observe::shutdown_signal()).await
                 });
             }
+            ServiceName::Gateway => {
+                let gateway = pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone()).await?;
+                let router = gateway.router(verifier.clone());
+                let listener = bind(config.gateway_addr, "gateway").await?;
+                tracing::info!(addr = %listener.local_addr()?, backend, "gateway listening; admin API under /v1/admin, docs at /docs");
+                running.spawn(async move {
+                    // The gateway value owns the route-reload tasks; keep it for the server's life.
+                    let _gateway = gateway;
+                    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                    axum::serve(listener, service).with_graceful_shutdown(pake_observe::shutdown_signal()).await
+                });
+            }
         }
     }
-    tracing::info!("mint a token for the APIs with: pake token --scope mesh:read --scope mesh:write");
+    tracing::info!(
+        "mint a token for the APIs with: pake token --scope mesh:read --scope mesh:write --scope gateway:admin"
+    );
     while let Some(result) = running.join_next().await {
         result.context("a service task failed")?.context("a service stopped with an error")?;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr, service: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the {service} to {addr}"))
 }

@@ -62,17 +62,20 @@ pub enum Store {
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool and `$backend` to its [`Backend`].
+/// Exported so that other stores on the platform database (the gateway's routes) write
+/// their SQL once for both backends too.
+#[macro_export]
 macro_rules! with_pool {
     ($store:expr, |$pool:ident, $backend:ident| $body:expr) => {
         match $store {
-            Store::Postgres($pool) => {
+            $crate::store::Store::Postgres($pool) => {
                 #[allow(unused_variables)]
-                let $backend = Backend::Postgres;
+                let $backend = $crate::store::Backend::Postgres;
                 $body
             }
-            Store::Sqlite($pool) => {
+            $crate::store::Store::Sqlite($pool) => {
                 #[allow(unused_variables)]
-                let $backend = Backend::Sqlite;
+                let $backend = $crate::store::Backend::Sqlite;
                 $body
             }
         }
@@ -171,6 +174,7 @@ const CONSTRAINTS: &[(&str, &str)] = &[
     ("instances_endpoint_key", "instances.service_id, instances.address, instances.port"),
     ("dependencies_edge_key", "dependencies.service_id, dependencies.depends_on"),
     ("config_entries_pkey", "config_entries.service, config_entries.environment, config_entries.key"),
+    ("gateway_routes_name_key", "gateway_routes.name"),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -200,12 +204,20 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Every migration of the platform's database, registry and gateway alike: one migrator
+/// must know all applied versions.
 fn postgres_migrator() -> sqlx::migrate::Migrator {
-    migrator(&[(1, "registry", include_str!("../../../migrations/postgres/0001_registry.sql"))])
+    migrator(&[
+        (1, "registry", include_str!("../../../migrations/postgres/0001_registry.sql")),
+        (2, "gateway routes", include_str!("../../../migrations/postgres/0002_gateway_routes.sql")),
+    ])
 }
 
 fn sqlite_migrator() -> sqlx::migrate::Migrator {
-    migrator(&[(1, "registry", include_str!("../../../migrations/sqlite/0001_registry.sql"))])
+    migrator(&[
+        (1, "registry", include_str!("../../../migrations/sqlite/0001_registry.sql")),
+        (2, "gateway routes", include_str!("../../../migrations/sqlite/0002_gateway_routes.sql")),
+    ])
 }
 
 /// The migrations are compiled into the binary, so a deployment needs no files beside it.

@@ -1,0 +1,444 @@
+//! The data plane: every request that is not for the gateway's own API is matched to a
+//! route, sent to a healthy instance of the route's service, and streamed back.
+//!
+//! The phases, in order, and why:
+//! 1. **route** — version and longest path prefix; no route is 404, a route without the
+//!    method is 405 (both with the contract's error body).
+//! 2. **discover** — healthy, unexpired instances from the registry snapshot (no I/O).
+//! 3. **balance** — the service's traffic policy picks among instances whose breaker
+//!    admits a request (round robin, least request by two random choices, weighted).
+//! 4. **forward** — hop-by-hop headers dropped, `X-Forwarded-*`, `X-Request-Id` and W3C
+//!    `traceparent` set, bodies streamed both ways over pooled keep-alive connections,
+//!    each try bounded by the per-try timeout and the route's deadline.
+//! 5. **retry** — only idempotent requests without a body, only on the conditions the
+//!    route names, only while the service's retry budget allows, on another instance.
+//! 6. **account** — the breaker and outlier detection see every try; metrics every request.
+//!
+//! Nothing here awaits the database or takes a lock shared by all requests.
+
+use crate::routes::{Match, RouteTable};
+use crate::upstream::{Outcome, Upstream, Upstreams};
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::body::HttpBody;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pake_api_runtime::ApiError;
+use pake_gateway_server::types as gw;
+use pake_mesh_server::types as mesh;
+use pake_registry::snapshot::SnapshotCell;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    service: String,
+    outcome: String,
+}
+
+/// Data-plane metrics.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    requests: Family<RouteLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+    tries: Family<UpstreamLabels, Counter>,
+    retries: Family<UpstreamLabels, Counter>,
+}
+
+impl ProxyMetrics {
+    pub fn new(metrics: &pake_observe::Metrics) -> ProxyMetrics {
+        let proxy = ProxyMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            }),
+            tries: Family::default(),
+            retries: Family::default(),
+        };
+        metrics.register("proxy_requests", "Proxied requests by route and status class", proxy.requests.clone());
+        metrics.register("proxy_request_duration_seconds", "Proxied request latency by route", proxy.duration.clone());
+        metrics.register("upstream_tries", "Tries sent to upstream instances by outcome", proxy.tries.clone());
+        metrics.register(
+            "upstream_retries",
+            "Retries by service and the condition that caused them",
+            proxy.retries.clone(),
+        );
+        proxy
+    }
+}
+
+/// Everything the data plane reads.
+pub struct DataPlane {
+    pub routes: ArcSwap<RouteTable>,
+    pub registry: Arc<SnapshotCell>,
+    pub upstreams: Upstreams,
+    client: Client<HttpConnector, Body>,
+    metrics: ProxyMetrics,
+}
+
+impl DataPlane {
+    pub fn new(registry: Arc<SnapshotCell>, metrics: ProxyMetrics) -> DataPlane {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        // Traffic policies bound connecting more tightly through the per-try timeout.
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(512)
+            .build(connector);
+        DataPlane {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            registry,
+            upstreams: Upstreams::default(),
+            client,
+            metrics,
+        }
+    }
+}
+
+fn error(status: StatusCode, code: &'static str, message: String) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+/// A cheap, well-spread random number for the two random choices.
+fn random() -> u64 {
+    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut z = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Picks an instance the breaker admits, by the service's balancing algorithm, avoiding
+/// instances this request already tried.
+fn pick(
+    plane: &DataPlane,
+    service: &str,
+    candidates: &[&mesh::Instance],
+    policy: &mesh::TrafficPolicy,
+    tried: &[uuid::Uuid],
+) -> Result<(Arc<Upstream>, mesh::InstanceScheme), u64> {
+    let fresh: Vec<&&mesh::Instance> = candidates.iter().filter(|i| !tried.contains(&i.id)).collect();
+    let pool: Vec<&&mesh::Instance> = if fresh.is_empty() { candidates.iter().collect() } else { fresh };
+    let upstreams: Vec<Arc<Upstream>> = pool.iter().map(|i| plane.upstreams.instance(service, i)).collect();
+    let n = pool.len();
+    let order: Vec<usize> = match policy.load_balancing {
+        mesh::LoadBalancing::RoundRobin => {
+            let start = plane.upstreams.service(service).next.fetch_add(1, Ordering::Relaxed);
+            (0..n).map(|k| (start + k) % n).collect()
+        }
+        mesh::LoadBalancing::LeastRequest => {
+            // Two random choices, the less loaded first; the rest as fallbacks.
+            let a = (random() % n as u64) as usize;
+            let b = (random() % n as u64) as usize;
+            let first =
+                if upstreams[b].in_flight.load(Ordering::Relaxed) < upstreams[a].in_flight.load(Ordering::Relaxed) {
+                    b
+                } else {
+                    a
+                };
+            std::iter::once(first).chain((0..n).filter(move |k| *k != first)).collect()
+        }
+        mesh::LoadBalancing::Weighted => {
+            let total: u64 = pool.iter().map(|i| i.weight.get()).sum();
+            let mut ticket = random() % total.max(1);
+            let mut first = 0;
+            for (k, instance) in pool.iter().enumerate() {
+                if ticket < instance.weight.get() {
+                    first = k;
+                    break;
+                }
+                ticket -= instance.weight.get();
+            }
+            std::iter::once(first).chain((0..n).filter(move |k| *k != first)).collect()
+        }
+    };
+    for k in order {
+        if upstreams[k].admit(&policy.circuit_breaker) {
+            return Ok((upstreams[k].clone(), pool[k].scheme));
+        }
+    }
+    Err(upstreams.iter().map(|u| u.retry_after()).min().unwrap_or(1))
+}
+
+/// Copies request headers for the upstream: drops hop-by-hop ones and those `Connection`
+/// names, adds the forwarding headers, a request id and a trace context.
+fn forward_headers(incoming: &HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+    let mut named: Vec<String> = Vec::new();
+    for value in incoming.get_all(header::CONNECTION) {
+        if let Ok(text) = value.to_str() {
+            named.extend(text.split(',').map(|t| t.trim().to_ascii_lowercase()));
+        }
+    }
+    let mut headers = HeaderMap::with_capacity(incoming.len() + 4);
+    for (name, value) in incoming {
+        let lower = name.as_str();
+        if HOP_BY_HOP.contains(&lower) || named.iter().any(|n| n == lower) || name == header::HOST {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(host) = incoming.get(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    if let Some(client) = client {
+        let ip = client.ip().to_string();
+        let value = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+        }
+    }
+    if !headers.contains_key("x-request-id") {
+        let id = uuid::Uuid::new_v4().to_string();
+        headers.insert(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_str(&id).expect("a uuid is a header value"),
+        );
+    }
+    if !headers.contains_key("traceparent") {
+        let trace = format!("00-{:016x}{:016x}-{:016x}-01", random(), random(), random());
+        headers.insert(
+            HeaderName::from_static("traceparent"),
+            HeaderValue::from_str(&trace).expect("hex is a header value"),
+        );
+    }
+    headers
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Why a try failed without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TryFailure {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+impl TryFailure {
+    fn condition(self) -> gw::RetryCondition {
+        match self {
+            TryFailure::Connect => gw::RetryCondition::ConnectFailure,
+            TryFailure::Reset => gw::RetryCondition::Reset,
+            TryFailure::Timeout => gw::RetryCondition::Timeout,
+        }
+    }
+}
+
+/// The data-plane handler (the gateway router's fallback).
+pub async fn handle(State(plane): State<Arc<DataPlane>>, request: Request) -> Response {
+    let started = Instant::now();
+    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let table = plane.routes.load();
+    let path = request.uri().path();
+    let (route, rest_at) = match table.find(request.method(), path) {
+        Match::Route { route, rest } => (route, path.len() - rest.len()),
+        Match::MethodNotAllowed { allow } => {
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not routed for {}; this path allows {allow}", request.method(), request.uri().path()),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            return response;
+        }
+        Match::NoRoute => {
+            return error(StatusCode::NOT_FOUND, "no_route", format!("no route for {}", request.uri().path()))
+                .into_response();
+        }
+    };
+    let name = route.route.name.to_string();
+    let response = forward(&plane, route, rest_at, request, client).await.unwrap_or_else(IntoResponse::into_response);
+    let labels = RouteLabels { route: name, status: format!("{}xx", response.status().as_u16() / 100) };
+    plane.metrics.requests.get_or_create(&labels).inc();
+    plane.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn forward(
+    plane: &DataPlane,
+    route: &crate::routes::CompiledRoute,
+    rest_at: usize,
+    request: Request,
+    client: Option<SocketAddr>,
+) -> Result<Response, ApiError> {
+    let route = &route.route;
+    let service_name = route.service.as_str();
+    let snapshot = plane.registry.load();
+    let no_instances = || {
+        error(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_upstream", format!("{service_name} has no healthy instance"))
+            .with_retry_after(1)
+    };
+    let service = snapshot.service_by_name(service_name).ok_or_else(no_instances)?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let candidates: Vec<&mesh::Instance> = service
+        .instances
+        .iter()
+        .filter(|record| !record.is_expired(now_ms) && record.instance.status == mesh::InstanceStatus::Passing)
+        .map(|record| &record.instance)
+        .collect();
+    if candidates.is_empty() {
+        return Err(no_instances());
+    }
+    let policy = &service.policy;
+    let state = plane.upstreams.service(service_name);
+    state.count_request();
+
+    let (parts, body) = request.into_parts();
+    // The path after the version segment.
+    let rest = &parts.uri.path()[rest_at..];
+    let path = if route.strip_prefix {
+        let stripped = &rest[route.path_prefix.trim_end_matches('/').len()..];
+        if stripped.is_empty() { "/" } else { stripped }
+    } else {
+        rest
+    };
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let headers = forward_headers(&parts.headers, client);
+    let idempotent =
+        matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+    let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
+    let retry = &route.retry;
+    let retry_on = &retry.retry_on;
+    let max_retries = if idempotent && bodyless { retry.max_attempts.max(0) as u64 } else { 0 };
+    let budget_percent = retry.budget_percent.clamp(0, 100) as u64;
+    let deadline = Instant::now() + Duration::from_millis(route.timeout_ms.get());
+    let mut body = Some(body);
+    let mut tried = Vec::new();
+    let mut attempt = 0u64;
+    loop {
+        let (upstream, scheme) = match pick(plane, service_name, &candidates, policy, &tried) {
+            Ok(found) => found,
+            Err(retry_after) => {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit_open",
+                    format!("every instance of {service_name} is refusing requests (circuit open)"),
+                )
+                .with_retry_after(retry_after));
+            }
+        };
+        tried.push(upstream.instance);
+        let uri: Uri = match format!("{scheme}://{}{path_and_query}", upstream.address).parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    "the request path cannot be forwarded".into(),
+                ));
+            }
+        };
+        let mut outgoing = axum::http::Request::new(body.take().unwrap_or_default());
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers.clone();
+
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let per_try = retry.per_try_timeout_ms.map(|ms| Duration::from_millis(ms.get())).unwrap_or(remaining);
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(per_try.min(remaining), plane.client.request(outgoing)).await;
+        upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+        let failure = match result {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let gateway_error = matches!(status.as_u16(), 502..=504);
+                let outcome = if status.is_server_error() { Outcome::ServerError } else { Outcome::Success };
+                upstream.record(outcome, &policy.circuit_breaker, &policy.outlier_detection);
+                let labels = UpstreamLabels {
+                    service: service_name.to_string(),
+                    outcome: format!("{}xx", status.as_u16() / 100),
+                };
+                plane.metrics.tries.get_or_create(&labels).inc();
+                let retry_5xx = gateway_error && retry_on.contains(&gw::RetryCondition::X5xx);
+                if retry_5xx && attempt < max_retries && Instant::now() < deadline && state.take_retry(budget_percent) {
+                    let labels = UpstreamLabels { service: service_name.to_string(), outcome: "5xx".into() };
+                    plane.metrics.retries.get_or_create(&labels).inc();
+                    attempt += 1;
+                    continue;
+                }
+                let mut response = response.map(Body::new);
+                strip_hop_by_hop(response.headers_mut());
+                return Ok(response);
+            }
+            Ok(Err(failed)) if failed.is_connect() => TryFailure::Connect,
+            Ok(Err(_)) => TryFailure::Reset,
+            Err(_) => TryFailure::Timeout,
+        };
+        upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);
+        let labels =
+            UpstreamLabels { service: service_name.to_string(), outcome: format!("{failure:?}").to_lowercase() };
+        plane.metrics.tries.get_or_create(&labels).inc();
+        let may_retry = retry_on.contains(&failure.condition())
+            && attempt < max_retries
+            && Instant::now() < deadline
+            && state.take_retry(budget_percent);
+        if may_retry {
+            let labels =
+                UpstreamLabels { service: service_name.to_string(), outcome: format!("{failure:?}").to_lowercase() };
+            plane.metrics.retries.get_or_create(&labels).inc();
+            attempt += 1;
+            continue;
+        }
+        return Err(match failure {
+            TryFailure::Timeout => error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                format!("{service_name} did not answer in time (instance {})", upstream.address),
+            ),
+            TryFailure::Connect => error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!("{service_name} refused the connection (instance {})", upstream.address),
+            ),
+            TryFailure::Reset => error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!("{service_name} closed the connection without answering (instance {})", upstream.address),
+            ),
+        });
+    }
+}

@@ -1,0 +1,390 @@
+//! What the gateway knows about each upstream instance and service beyond the registry:
+//! requests in flight (for least-request balancing), the circuit breaker, passive outlier
+//! ejection, and each service's round-robin position and retry budget.
+//!
+//! The maps are copy-on-write (`ArcSwap`): the data plane reads them without a lock and
+//! only the first request to a new instance or service pays for an insertion. Each
+//! breaker has its own small mutex, so instances never contend with each other.
+
+use arc_swap::ArcSwap;
+use pake_gateway_server::types as gw;
+use pake_mesh_server::types;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// `service.instance-id`, as the admin API names an upstream.
+pub fn upstream_id(service: &str, instance: Uuid) -> String {
+    format!("{service}.{instance}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerMode {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { in_flight: u64 },
+}
+
+#[derive(Debug)]
+pub struct BreakerState {
+    pub mode: BreakerMode,
+    pub consecutive_failures: u64,
+    window_started: Instant,
+    window_requests: u64,
+    window_failures: u64,
+    pub opened_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub next_probe_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub total_requests: u64,
+    pub total_failures: u64,
+    /// Passive outlier ejection: consecutive 5xx answers and the current ejection.
+    consecutive_5xx: u64,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+}
+
+impl BreakerState {
+    fn new() -> BreakerState {
+        BreakerState {
+            mode: BreakerMode::Closed,
+            consecutive_failures: 0,
+            window_started: Instant::now(),
+            window_requests: 0,
+            window_failures: 0,
+            opened_at: None,
+            next_probe_at: None,
+            total_requests: 0,
+            total_failures: 0,
+            consecutive_5xx: 0,
+            ejected_until: None,
+            ejections: 0,
+        }
+    }
+
+    pub fn failure_rate(&self) -> f64 {
+        if self.window_requests == 0 { 0.0 } else { self.window_failures as f64 / self.window_requests as f64 }
+    }
+}
+
+/// One upstream instance.
+#[derive(Debug)]
+pub struct Upstream {
+    pub service: String,
+    pub instance: Uuid,
+    pub address: String,
+    pub in_flight: AtomicU64,
+    pub breaker: Mutex<BreakerState>,
+}
+
+/// What happened to one try, as the breaker and outlier detection count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The upstream answered 5xx.
+    ServerError,
+    /// No answer: refused, reset or timed out.
+    Failure,
+}
+
+impl Upstream {
+    /// Whether a request may go to this instance now. Open breakers refuse until their
+    /// probe time; then the breaker half-opens and lets a few probes through.
+    pub fn admit(&self, policy: &types::CircuitBreakerPolicy) -> bool {
+        let mut state = self.breaker.lock().expect("breaker lock");
+        let now = Instant::now();
+        if state.ejected_until.is_some_and(|until| until > now) {
+            return false;
+        }
+        match state.mode {
+            BreakerMode::Closed => true,
+            BreakerMode::Open { until } if until > now => false,
+            BreakerMode::Open { .. } => {
+                state.mode = BreakerMode::HalfOpen { in_flight: 1 };
+                true
+            }
+            BreakerMode::HalfOpen { in_flight } if in_flight < policy.half_open_max_requests.get() => {
+                state.mode = BreakerMode::HalfOpen { in_flight: in_flight + 1 };
+                true
+            }
+            BreakerMode::HalfOpen { .. } => false,
+        }
+    }
+
+    /// Records a try's outcome and moves the breaker and outlier state accordingly.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        breaker: &types::CircuitBreakerPolicy,
+        outliers: &types::OutlierDetectionPolicy,
+    ) {
+        let mut state = self.breaker.lock().expect("breaker lock");
+        let now = Instant::now();
+        if now.duration_since(state.window_started) > Duration::from_secs(breaker.rate_window_seconds.get()) {
+            state.window_started = now;
+            state.window_requests = 0;
+            state.window_failures = 0;
+        }
+        state.total_requests += 1;
+        state.window_requests += 1;
+        let failed = outcome != Outcome::Success;
+        if failed {
+            state.total_failures += 1;
+            state.window_failures += 1;
+            state.consecutive_failures += 1;
+        } else {
+            state.consecutive_failures = 0;
+        }
+        if outcome == Outcome::ServerError {
+            state.consecutive_5xx += 1;
+            if state.consecutive_5xx >= outliers.consecutive_5xx.get() {
+                // Each ejection lasts longer than the last, as Envoy's outlier detection does.
+                state.ejections = state.ejections.saturating_add(1);
+                let seconds = outliers.base_ejection_seconds.get() * u64::from(state.ejections);
+                state.ejected_until = Some(now + Duration::from_secs(seconds));
+                state.consecutive_5xx = 0;
+            }
+        } else if outcome == Outcome::Success {
+            state.consecutive_5xx = 0;
+        }
+        let open_for = Duration::from_secs(breaker.open_seconds.get());
+        let trip = |state: &mut BreakerState| {
+            state.mode = BreakerMode::Open { until: now + open_for };
+            let wall = chrono::Utc::now();
+            state.opened_at = Some(wall);
+            state.next_probe_at = Some(wall + chrono::Duration::from_std(open_for).unwrap_or_default());
+        };
+        match state.mode {
+            BreakerMode::HalfOpen { .. } if failed => trip(&mut state),
+            BreakerMode::HalfOpen { .. } => {
+                state.mode = BreakerMode::Closed;
+                state.opened_at = None;
+                state.next_probe_at = None;
+                state.window_requests = 0;
+                state.window_failures = 0;
+            }
+            BreakerMode::Closed if failed => {
+                let by_count = state.consecutive_failures >= breaker.failure_threshold.get();
+                let by_rate = state.window_requests >= breaker.minimum_requests.get()
+                    && state.failure_rate() >= breaker.failure_rate_threshold;
+                if by_count || by_rate {
+                    trip(&mut state);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes the breaker and forgets ejections (the admin API's reset).
+    pub fn reset(&self) {
+        let mut state = self.breaker.lock().expect("breaker lock");
+        *state = BreakerState {
+            total_requests: state.total_requests,
+            total_failures: state.total_failures,
+            ..BreakerState::new()
+        };
+    }
+
+    /// Seconds until this instance may be tried again, when it is refused now.
+    pub fn retry_after(&self) -> u64 {
+        let state = self.breaker.lock().expect("breaker lock");
+        let now = Instant::now();
+        let until = match (state.mode, state.ejected_until) {
+            (BreakerMode::Open { until }, _) => Some(until),
+            (_, Some(until)) => Some(until),
+            _ => None,
+        };
+        until.map(|u| u.saturating_duration_since(now).as_secs().max(1)).unwrap_or(1)
+    }
+
+    pub fn state(&self) -> gw::CircuitState {
+        let state = self.breaker.lock().expect("breaker lock");
+        match state.mode {
+            BreakerMode::Closed => gw::CircuitState::Closed,
+            BreakerMode::Open { until } if until > Instant::now() => gw::CircuitState::Open,
+            BreakerMode::Open { .. } | BreakerMode::HalfOpen { .. } => gw::CircuitState::HalfOpen,
+        }
+    }
+}
+
+/// Per service: the round-robin position and the retry budget.
+#[derive(Debug)]
+pub struct ServiceState {
+    pub next: AtomicUsize,
+    budget: Mutex<Budget>,
+}
+
+#[derive(Debug)]
+struct Budget {
+    window_started: Instant,
+    requests: u64,
+    retries: u64,
+}
+
+/// Retries are allowed while they stay within this share of a window's requests, plus a
+/// small floor so that a quiet service can still retry a single failure.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+const BUDGET_FLOOR: u64 = 3;
+
+impl ServiceState {
+    fn new() -> ServiceState {
+        ServiceState {
+            next: AtomicUsize::new(0),
+            budget: Mutex::new(Budget { window_started: Instant::now(), requests: 0, retries: 0 }),
+        }
+    }
+
+    /// Counts a request toward the retry budget.
+    pub fn count_request(&self) {
+        let mut budget = self.budget.lock().expect("budget lock");
+        roll(&mut budget);
+        budget.requests += 1;
+    }
+
+    /// Takes one retry from the budget if it has one: retries never multiply an outage.
+    pub fn take_retry(&self, percent: u64) -> bool {
+        let mut budget = self.budget.lock().expect("budget lock");
+        roll(&mut budget);
+        let allowed = BUDGET_FLOOR.max(budget.requests * percent / 100);
+        if budget.retries < allowed {
+            budget.retries += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn roll(budget: &mut Budget) {
+    if budget.window_started.elapsed() > BUDGET_WINDOW {
+        budget.window_started = Instant::now();
+        budget.requests = 0;
+        budget.retries = 0;
+    }
+}
+
+/// Every upstream and service the gateway has sent traffic to.
+#[derive(Default)]
+pub struct Upstreams {
+    instances: ArcSwap<HashMap<Uuid, Arc<Upstream>>>,
+    services: ArcSwap<HashMap<String, Arc<ServiceState>>>,
+    insert: Mutex<()>,
+}
+
+impl Upstreams {
+    pub fn instance(&self, service: &str, instance: &types::Instance) -> Arc<Upstream> {
+        if let Some(found) = self.instances.load().get(&instance.id) {
+            return found.clone();
+        }
+        let _guard = self.insert.lock().expect("insert lock");
+        let current = self.instances.load_full();
+        if let Some(found) = current.get(&instance.id) {
+            return found.clone();
+        }
+        let created = Arc::new(Upstream {
+            service: service.to_string(),
+            instance: instance.id,
+            address: format!("{}:{}", instance.address.as_str(), instance.port),
+            in_flight: AtomicU64::new(0),
+            breaker: Mutex::new(BreakerState::new()),
+        });
+        let mut next = (*current).clone();
+        next.insert(instance.id, created.clone());
+        self.instances.store(Arc::new(next));
+        created
+    }
+
+    pub fn service(&self, name: &str) -> Arc<ServiceState> {
+        if let Some(found) = self.services.load().get(name) {
+            return found.clone();
+        }
+        let _guard = self.insert.lock().expect("insert lock");
+        let current = self.services.load_full();
+        if let Some(found) = current.get(name) {
+            return found.clone();
+        }
+        let created = Arc::new(ServiceState::new());
+        let mut next = (*current).clone();
+        next.insert(name.to_string(), created.clone());
+        self.services.store(Arc::new(next));
+        created
+    }
+
+    /// Every instance seen so far, sorted by upstream id.
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        let mut all: Vec<Arc<Upstream>> = self.instances.load().values().cloned().collect();
+        all.sort_by_key(|u| upstream_id(&u.service, u.instance));
+        all
+    }
+
+    pub fn find(&self, id: &str) -> Option<Arc<Upstream>> {
+        let (service, instance) = id.rsplit_once('.')?;
+        let instance: Uuid = instance.parse().ok()?;
+        self.instances.load().get(&instance).filter(|u| u.service == service).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policies(threshold: u64) -> (types::CircuitBreakerPolicy, types::OutlierDetectionPolicy) {
+        let breaker = serde_json::from_value(json!({
+            "failure_threshold": threshold, "failure_rate_threshold": 0.9, "minimum_requests": 100,
+            "rate_window_seconds": 30, "open_seconds": 1, "half_open_max_requests": 1
+        }))
+        .unwrap();
+        let outliers = serde_json::from_value(json!({
+            "consecutive_5xx": 100, "interval_seconds": 10, "base_ejection_seconds": 30, "max_ejection_percent": 50
+        }))
+        .unwrap();
+        (breaker, outliers)
+    }
+
+    fn upstream() -> Upstream {
+        Upstream {
+            service: "svc".into(),
+            instance: Uuid::new_v4(),
+            address: "127.0.0.1:1".into(),
+            in_flight: AtomicU64::new(0),
+            breaker: Mutex::new(BreakerState::new()),
+        }
+    }
+
+    #[test]
+    fn the_breaker_opens_half_opens_and_closes() {
+        let (breaker, outliers) = policies(3);
+        let up = upstream();
+        for _ in 0..2 {
+            assert!(up.admit(&breaker));
+            up.record(Outcome::Failure, &breaker, &outliers);
+        }
+        assert_eq!(up.state(), gw::CircuitState::Closed);
+        assert!(up.admit(&breaker));
+        up.record(Outcome::Failure, &breaker, &outliers);
+        assert_eq!(up.state(), gw::CircuitState::Open);
+        assert!(!up.admit(&breaker), "an open breaker refuses");
+        // After open_seconds one probe is let through; a second waits for its result.
+        up.breaker.lock().unwrap().mode = BreakerMode::Open { until: Instant::now() };
+        assert!(up.admit(&breaker));
+        assert!(!up.admit(&breaker));
+        assert_eq!(up.state(), gw::CircuitState::HalfOpen);
+        up.record(Outcome::Failure, &breaker, &outliers);
+        assert_eq!(up.state(), gw::CircuitState::Open, "a failed probe opens it again");
+        up.breaker.lock().unwrap().mode = BreakerMode::Open { until: Instant::now() };
+        assert!(up.admit(&breaker));
+        up.record(Outcome::Success, &breaker, &outliers);
+        assert_eq!(up.state(), gw::CircuitState::Closed, "a good probe closes it");
+    }
+
+    #[test]
+    fn the_retry_budget_bounds_retries_to_a_share_of_requests() {
+        let service = ServiceState::new();
+        for _ in 0..100 {
+            service.count_request();
+        }
+        let granted = (0..100).filter(|_| service.take_retry(20)).count();
+        assert_eq!(granted, 20);
+    }
+}
