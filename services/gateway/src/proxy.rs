@@ -156,9 +156,9 @@ fn pick(
             (0..n).map(|k| (start + k) % n).collect()
         }
         mesh::LoadBalancing::LeastRequest => {
-            // Two random choices, the less loaded first; the rest as fallbacks.
+            // Two distinct random choices, the less loaded first; the rest as fallbacks.
             let a = (random() % n as u64) as usize;
-            let b = (random() % n as u64) as usize;
+            let b = if n > 1 { (a + 1 + (random() % (n as u64 - 1)) as usize) % n } else { a };
             let first =
                 if upstreams[b].in_flight.load(Ordering::Relaxed) < upstreams[a].in_flight.load(Ordering::Relaxed) {
                     b
