@@ -14,6 +14,9 @@ use pake_gateway_server::*;
 use pake_observe::Metrics;
 use pake_registry::store::StoreError;
 use pake_tokens::TokenVerifier;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,11 +31,24 @@ pub struct GatewayAdmin {
     routes: RouteStore,
     verifier: TokenVerifier,
     metrics: Metrics,
+    breakers: Family<BreakerLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    upstream: String,
+    state: String,
 }
 
 impl GatewayAdmin {
     pub fn new(plane: Arc<DataPlane>, routes: RouteStore, verifier: TokenVerifier, metrics: Metrics) -> GatewayAdmin {
-        GatewayAdmin { plane, routes, verifier, metrics }
+        let breakers = Family::<BreakerLabels, Gauge>::default();
+        metrics.register(
+            "circuit_breaker_state",
+            "1 for each upstream's current breaker state, 0 for the others",
+            breakers.clone(),
+        );
+        GatewayAdmin { plane, routes, verifier, metrics, breakers }
     }
 
     /// Reloads the route table after a write, so this replica routes by it at once.
@@ -187,6 +203,15 @@ impl GatewayApi for GatewayAdmin {
     }
 
     async fn get_metrics(&self, _request: GetMetricsRequest) -> Result<GetMetricsResponse, ApiError> {
+        // Breaker states are read when scraped rather than pushed on every transition.
+        for upstream in self.plane.upstreams.all() {
+            let id = upstream_id(&upstream.service, upstream.instance);
+            let current = upstream.state().to_string();
+            for state in ["closed", "open", "half_open"] {
+                let labels = BreakerLabels { upstream: id.clone(), state: state.to_string() };
+                self.breakers.get_or_create(&labels).set(i64::from(state == current));
+            }
+        }
         Ok(GetMetricsResponse::Ok(self.metrics.render()))
     }
 

@@ -421,6 +421,12 @@ async fn the_breaker_opens_short_circuits_half_opens_and_closes() {
     }
     let listed = platform.admin.list_circuit_breakers().service("shaky").send().await.unwrap().into_inner();
     assert_eq!(listed.items[0].state, pake_gateway_client::types::CircuitState::Open);
+    let metrics = platform.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!("pake_gateway_circuit_breaker_state{{upstream=\"{id}\",state=\"open\"}} 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pake_gateway_proxy_requests_total{route=\"shaky\",status=\"5xx\"}"), "{metrics}");
     let reset = platform.admin.reset_circuit_breaker().upstream_id(id).send().await.unwrap().into_inner();
     assert_eq!(reset.state, pake_gateway_client::types::CircuitState::Closed);
 }
