@@ -181,8 +181,12 @@ fn pick(
             std::iter::once(first).chain((0..n).filter(move |k| *k != first)).collect()
         }
     };
+    // Outlier ejection may take out at most max_ejection_percent of the instances; beyond
+    // that it is ignored, so that a bad moment everywhere does not empty the service.
+    let ejected = upstreams.iter().filter(|u| u.is_ejected()).count();
+    let honour_ejection = ejected * 100 <= n * policy.outlier_detection.max_ejection_percent as usize;
     for k in order {
-        if upstreams[k].admit(&policy.circuit_breaker) {
+        if upstreams[k].admit(&policy.circuit_breaker, honour_ejection) {
             return Ok((upstreams[k].clone(), pool[k].scheme));
         }
     }

@@ -90,10 +90,10 @@ pub enum Outcome {
 impl Upstream {
     /// Whether a request may go to this instance now. Open breakers refuse until their
     /// probe time; then the breaker half-opens and lets a few probes through.
-    pub fn admit(&self, policy: &types::CircuitBreakerPolicy) -> bool {
+    pub fn admit(&self, policy: &types::CircuitBreakerPolicy, honour_ejection: bool) -> bool {
         let mut state = self.breaker.lock().expect("breaker lock");
         let now = Instant::now();
-        if state.ejected_until.is_some_and(|until| until > now) {
+        if honour_ejection && state.ejected_until.is_some_and(|until| until > now) {
             return false;
         }
         match state.mode {
@@ -183,6 +183,12 @@ impl Upstream {
             total_failures: state.total_failures,
             ..BreakerState::new()
         };
+    }
+
+    /// Whether passive outlier detection has ejected this instance for now.
+    pub fn is_ejected(&self) -> bool {
+        let state = self.breaker.lock().expect("breaker lock");
+        state.ejected_until.is_some_and(|until| until > Instant::now())
     }
 
     /// Seconds until this instance may be tried again, when it is refused now.
@@ -357,23 +363,23 @@ mod tests {
         let (breaker, outliers) = policies(3);
         let up = upstream();
         for _ in 0..2 {
-            assert!(up.admit(&breaker));
+            assert!(up.admit(&breaker, true));
             up.record(Outcome::Failure, &breaker, &outliers);
         }
         assert_eq!(up.state(), gw::CircuitState::Closed);
-        assert!(up.admit(&breaker));
+        assert!(up.admit(&breaker, true));
         up.record(Outcome::Failure, &breaker, &outliers);
         assert_eq!(up.state(), gw::CircuitState::Open);
-        assert!(!up.admit(&breaker), "an open breaker refuses");
+        assert!(!up.admit(&breaker, true), "an open breaker refuses");
         // After open_seconds one probe is let through; a second waits for its result.
         up.breaker.lock().unwrap().mode = BreakerMode::Open { until: Instant::now() };
-        assert!(up.admit(&breaker));
-        assert!(!up.admit(&breaker));
+        assert!(up.admit(&breaker, true));
+        assert!(!up.admit(&breaker, true));
         assert_eq!(up.state(), gw::CircuitState::HalfOpen);
         up.record(Outcome::Failure, &breaker, &outliers);
         assert_eq!(up.state(), gw::CircuitState::Open, "a failed probe opens it again");
         up.breaker.lock().unwrap().mode = BreakerMode::Open { until: Instant::now() };
-        assert!(up.admit(&breaker));
+        assert!(up.admit(&breaker, true));
         up.record(Outcome::Success, &breaker, &outliers);
         assert_eq!(up.state(), gw::CircuitState::Closed, "a good probe closes it");
     }

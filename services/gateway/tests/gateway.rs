@@ -171,6 +171,19 @@ impl Platform {
         instances: &[(u16, u64)],
         breaker: Value,
     ) -> (Uuid, Vec<Uuid>) {
+        let outliers = json!({"consecutive_5xx": 1000, "interval_seconds": 10, "base_ejection_seconds": 1, "max_ejection_percent": 50});
+        self.service_with(name, balancing, instances, breaker, outliers).await
+    }
+
+    /// Like [`Platform::service`], with outlier detection settings.
+    async fn service_with(
+        &self,
+        name: &str,
+        balancing: &str,
+        instances: &[(u16, u64)],
+        breaker: Value,
+        outliers: Value,
+    ) -> (Uuid, Vec<Uuid>) {
         let registration: pake_mesh_client::types::ServiceRegistration =
             serde_json::from_value(json!({"name": name, "version": "1.0.0"})).unwrap();
         let service = self.mesh.register_service().body(registration).send().await.unwrap().into_inner();
@@ -178,7 +191,7 @@ impl Platform {
             "load_balancing": balancing, "connect_timeout_ms": 1000, "request_timeout_ms": 10000,
             "retries": {"max_attempts": 0, "per_try_timeout_ms": 1000, "retry_on": ["connect_failure"], "budget_percent": 20},
             "circuit_breaker": breaker,
-            "outlier_detection": {"consecutive_5xx": 1000, "interval_seconds": 10, "base_ejection_seconds": 1, "max_ejection_percent": 50}
+            "outlier_detection": outliers
         }))
         .unwrap();
         self.mesh.replace_traffic_policy().service_id(service.id).body(policy).send().await.unwrap();
@@ -574,4 +587,31 @@ async fn route_changes_reach_every_replica_within_a_second() {
         eventually(Duration::from_secs(1), || async { reqwest::get(&other).await.unwrap().status().as_u16() == 200 })
             .await;
     eprintln!("the other replica routed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outliers_are_ejected_within_the_allowed_share() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    let bad = Upstream::start("bad", Behaviour::Fail).await;
+    let good = Upstream::start("good", Behaviour::Ok).await;
+    let outliers =
+        json!({"consecutive_5xx": 2, "interval_seconds": 10, "base_ejection_seconds": 30, "max_ejection_percent": 50});
+    platform
+        .service_with("ejecting", "round_robin", &[(bad.port(), 100), (good.port(), 100)], lenient_breaker(), outliers)
+        .await;
+    platform.route(json!({"name": "ejecting", "path_prefix": "/e", "methods": ["GET"], "api_version": "v1", "service": "ejecting"})).await;
+    for _ in 0..30 {
+        platform.get("/v1/e").await;
+    }
+    assert_eq!(bad.hits(), 2, "two 5xx in a row eject the instance");
+    assert_eq!(good.hits(), 28);
+
+    // With both failing, ejecting both would exceed 50 %: ejection is then ignored and
+    // both are tried again rather than leaving the service with nothing.
+    good.healthy.store(false, Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(platform.get("/v1/e").await.status().as_u16(), 503);
+    }
+    assert!(good.hits() > 30, "the last instance keeps being tried: {}", good.hits());
+    assert!(bad.hits() > 2, "past the allowed share ejections are ignored: {}", bad.hits());
 }
