@@ -2,7 +2,10 @@
 //!
 //! - `codegen`: lint `openapi/*.yaml` and regenerate `generated/`.
 //! - `codegen --check`: regenerate in memory and fail with a diff when `generated/` is stale.
+//! - `bench gateway [--duration SECS] [--connections N]`: compare the gateway with nginx in
+//!   front of the same upstream, with wrk; writes `target/bench/gateway.md`.
 
+mod bench;
 mod codegen;
 mod contract;
 mod docs;
@@ -47,6 +50,7 @@ fn run() -> Result<()> {
             }
             bail!("generated/ is stale ({} file(s)); run `{}` and commit the result", problems.len(), codegen::COMMAND)
         }
-        _ => bail!("usage: cargo xtask codegen [--check]"),
+        ["bench", "gateway", options @ ..] => bench::gateway(&root, &bench::Options::parse(options)?),
+        _ => bail!("usage: cargo xtask codegen [--check] | {}", bench::Options::USAGE),
     }
 }

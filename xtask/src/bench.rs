@@ -1,0 +1,993 @@
+//! `cargo xtask bench gateway`: compares our gateway with nginx as a keep-alive reverse
+//! proxy, both in front of the same fixed upstream, with one load generator (wrk).
+//!
+//! Three paths are measured in one run: straight to the upstream, through nginx, and
+//! through `pake serve`. The command installs wrk and nginx from Debian's packages when
+//! they are missing, builds the release binary, sets the gateway up through its real
+//! APIs, prints a table with the gateway/nginx ratios and writes it to
+//! `target/bench/gateway.md`.
+//!
+//! It is a benchmark, not a test: it fails only when a step fails, never on a ratio.
+//! It is not a capacity figure either: wrk, the proxies and the upstream share the
+//! machine's cores, so the numbers compare the paths with each other.
+
+use anyhow::{Context, Result, bail};
+use std::collections::hash_map::RandomState;
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The body the upstream answers, and what a correct proxy must pass through unchanged.
+const UPSTREAM_BODY: &str = "hello from upstream\n";
+/// wrk threads: one per core of the 2-core machine this benchmark is meant for.
+const WRK_THREADS: u32 = 2;
+const WARM_UP: Duration = Duration::from_secs(2);
+/// How long one request of the set-up (not of the load) may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Above this share of failed requests a measurement describes errors, not proxying.
+const MAX_ERROR_SHARE: f64 = 0.01;
+
+/// What `cargo xtask bench gateway` accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub duration_secs: u64,
+    pub connections: u32,
+}
+
+impl Options {
+    pub const USAGE: &'static str = "cargo xtask bench gateway [--duration SECS] [--connections N]";
+
+    pub fn parse(args: &[&str]) -> Result<Options> {
+        let mut options = Options { duration_secs: 10, connections: 64 };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let value = args.next().with_context(|| format!("{flag} needs a value; usage: {}", Self::USAGE));
+            match *flag {
+                "--duration" => options.duration_secs = value?.parse().context("--duration takes whole seconds")?,
+                "--connections" => options.connections = value?.parse().context("--connections takes a number")?,
+                _ => bail!("unknown argument {flag}; usage: {}", Self::USAGE),
+            }
+        }
+        if options.duration_secs == 0 {
+            bail!("--duration must be at least 1 second");
+        }
+        // wrk refuses fewer connections than threads.
+        if options.connections < WRK_THREADS {
+            bail!("--connections must be at least {WRK_THREADS} (one per wrk thread)");
+        }
+        Ok(options)
+    }
+}
+
+/// Runs the whole benchmark. Direct and nginx numbers are printed even when the gateway
+/// part fails; the gateway failure is then the error returned.
+pub fn gateway(root: &Path, options: &Options) -> Result<()> {
+    let target = target_dir(root);
+    let bench_dir = target.join("bench");
+    std::fs::create_dir_all(&bench_dir).with_context(|| format!("creating {}", bench_dir.display()))?;
+    let tools = Tools::ensure()?;
+
+    // Build before anything listens, so that compiling does not compete with a measurement
+    // for the two cores. A failed build is a gateway failure, not a reason to skip nginx.
+    let pake_binary = build_pake(root, &target);
+
+    let upstream_port = free_port()?;
+    let proxy_port = free_port()?;
+    let nginx_dir = bench_dir.join("nginx");
+    println!("starting the upstream (nginx) on 127.0.0.1:{upstream_port}");
+    let _upstream =
+        start_nginx(&tools.nginx, &nginx_dir.join("upstream"), &upstream_conf(upstream_port), upstream_port)?;
+    println!("starting nginx as a reverse proxy on 127.0.0.1:{proxy_port}");
+    let _proxy =
+        start_nginx(&tools.nginx, &nginx_dir.join("proxy"), &proxy_conf(proxy_port, upstream_port), proxy_port)?;
+
+    let direct_url = format!("http://127.0.0.1:{upstream_port}/hello");
+    let nginx_url = format!("http://127.0.0.1:{proxy_port}/hello");
+    let mut rows = vec![
+        Row::measured("direct", &direct_url, measure(&tools.wrk, "direct", &direct_url, options)?),
+        Row::measured("nginx", &nginx_url, measure(&tools.wrk, "nginx", &nginx_url, options)?),
+    ];
+    let gateway = pake_binary
+        .and_then(|binary| bench_gateway(&binary, &bench_dir, upstream_port, &tools.wrk, options))
+        .context("the gateway part failed");
+    rows.push(match &gateway {
+        Ok((url, report)) => Row::measured("gateway", url, report.clone()),
+        Err(_) => Row::failed("gateway"),
+    });
+
+    let gateway_error = gateway.as_ref().err().map(|error| format!("{error:#}"));
+    let summary = Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error };
+    println!("\n{}", summary.text());
+    let report_path = bench_dir.join("gateway.md");
+    std::fs::write(&report_path, summary.markdown()).with_context(|| format!("writing {}", report_path.display()))?;
+    println!("written to {}", report_path.display());
+
+    gateway?;
+    // A path whose requests failed more than rarely measured its errors, not its proxying.
+    let erroneous: Vec<&str> = rows.iter().filter(|row| row.too_many_errors()).map(|row| row.name).collect();
+    if !erroneous.is_empty() {
+        bail!("more than {}% of the requests failed on: {}", MAX_ERROR_SHARE * 100.0, erroneous.join(", "));
+    }
+    Ok(())
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the working directory,
+/// as cargo reads it) or `target/` at the repository root.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or_else(|_| PathBuf::from(dir)),
+        None => root.join("target"),
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
+
+/// The two external programs, with the versions they report for the written table.
+struct Tools {
+    nginx: PathBuf,
+    wrk: PathBuf,
+    nginx_version: String,
+    wrk_version: String,
+}
+
+impl Tools {
+    /// Finds nginx and wrk, installing from Debian's packages what is missing.
+    fn ensure() -> Result<Tools> {
+        let (mut nginx, mut wrk) = (find_program("nginx"), find_program("wrk"));
+        if nginx.is_none() || wrk.is_none() {
+            install(nginx.is_none(), wrk.is_none())?;
+            nginx = find_program("nginx");
+            wrk = find_program("wrk");
+        }
+        let nginx = nginx.context("nginx is not on PATH after installing it")?;
+        let wrk = wrk.context("wrk is not on PATH after installing it")?;
+        // nginx prints its version on stderr; wrk prints it on stdout and exits non-zero.
+        let nginx_version = first_line(&run_captured(Command::new(&nginx).arg("-v"), HTTP_TIMEOUT)?.stderr)
+            .trim_start_matches("nginx version: ")
+            .to_owned();
+        let wrk_version = first_line(&run_captured(Command::new(&wrk).arg("-v"), HTTP_TIMEOUT)?.stdout)
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Tools { nginx, wrk, nginx_version, wrk_version })
+    }
+}
+
+/// Looks a program up on PATH, and in the sbin directories where Debian puts nginx, since
+/// a non-root PATH often lacks them.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn install(nginx: bool, wrk: bool) -> Result<()> {
+    let apt = |args: &[&str]| -> Result<bool> {
+        println!("running apt-get {}", args.join(" "));
+        let mut command = Command::new("apt-get");
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        Ok(run_inherited(&mut command, Duration::from_secs(900))?.success())
+    };
+    if !apt(&["update"])? {
+        bail!("apt-get update failed");
+    }
+    let with = |nginx_package: &'static str| {
+        let mut packages = vec!["install", "-y"];
+        packages.extend(nginx.then_some(nginx_package));
+        packages.extend(wrk.then_some("wrk"));
+        packages
+    };
+    // nginx-light has what a reverse proxy needs and nothing more, but not every Debian
+    // release still ships it; the full package works as well.
+    if apt(&with("nginx-light"))? || (nginx && apt(&with("nginx"))?) {
+        return Ok(());
+    }
+    bail!(
+        "apt-get could not install {}",
+        [nginx.then_some("nginx"), wrk.then_some("wrk")].into_iter().flatten().collect::<Vec<_>>().join(" and ")
+    )
+}
+
+/// `cargo build --release -p pake`, returning the binary's path.
+fn build_pake(root: &Path, target: &Path) -> Result<PathBuf> {
+    println!("building pake (cargo build --release -p pake)");
+    // Under `cargo xtask`, CARGO names the cargo that is running us.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(["build", "--release", "-p", "pake"]).current_dir(root);
+    let status = run_inherited(&mut command, Duration::from_secs(3600))?;
+    if !status.success() {
+        bail!("cargo build --release -p pake failed ({status})");
+    }
+    Ok(target.join("release").join("pake"))
+}
+
+/// A long-running child that is stopped when the guard is dropped, on success, on error
+/// and on panic alike, so that no benchmark process outlives the command.
+struct ChildGuard {
+    name: String,
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Fails with `log`'s tail when the child has already exited.
+    fn check_running(&mut self, log: &Path) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}); the end of {}:\n{}", self.name, log.display(), tail(log, 20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SIGTERM first: nginx's master then stops its workers (a SIGKILLed master would
+        // leave them running), and pake closes its SQLite file cleanly.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("sh").args(["-c", "kill -TERM \"$1\"", "sh", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM within 5 s; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` until `timeout`, killing it when the time is up.
+fn wait_with_timeout(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command with the terminal as its output, within `timeout`.
+fn run_inherited(command: &mut Command, timeout: Duration) -> Result<ExitStatus> {
+    let what = describe(command);
+    let mut child = command.stdin(Stdio::null()).spawn().with_context(|| format!("starting {what}"))?;
+    wait_with_timeout(&mut child, timeout, &what)
+}
+
+/// Runs a command and captures its output, within `timeout`. The pipes are drained on
+/// threads so that a chatty child cannot block on a full pipe while we wait for it.
+fn run_captured(command: &mut Command, timeout: Duration) -> Result<Output> {
+    let what = describe(command);
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+    let status = wait_with_timeout(&mut child, timeout, &what)?;
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(Output { status, stdout, stderr })
+}
+
+fn describe(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).lines().next().unwrap_or_default().trim().to_owned()
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|error| format!("(unreadable: {error})"));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A loopback port nobody listens on right now. The listener is dropped before the port
+/// is used, which leaves a small window for a race that a developer machine can live with.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `ready` until it answers true or `timeout` passes.
+fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} was not ready within {} s", timeout.as_secs())
+}
+
+/// Settings both nginx instances share. Everything nginx writes stays under its prefix.
+fn nginx_main(prefix: &Path) -> String {
+    let prefix = prefix.display();
+    format!(
+        "worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+"
+    )
+}
+
+/// The fixed upstream every path ends at: a fixed 200 answer with no disk access.
+fn upstream_conf(port: u16) -> impl Fn(&Path) -> String {
+    move |prefix| {
+        let main = nginx_main(prefix);
+        let prefix = prefix.display();
+        format!(
+            "{main}http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    # nginx closes a client connection after 1000 requests by default; each path would
+    # then pay for reconnections the others may not, so connections are kept for the run.
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 \"hello from upstream\\n\";
+        }}
+    }}
+}}
+"
+        )
+    }
+}
+
+/// nginx as a keep-alive reverse proxy to the upstream: the configuration a careful
+/// operator would use, so that the gateway is compared with nginx at its best.
+fn proxy_conf(port: u16, upstream_port: u16) -> impl Fn(&Path) -> String {
+    move |prefix| {
+        let main = nginx_main(prefix);
+        let prefix = prefix.display();
+        format!(
+            "{main}http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    keepalive_requests 1000000;
+    upstream bench_upstream {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+        )
+    }
+}
+
+/// Starts nginx in the foreground as our child, with its configuration, pid file and logs
+/// under `prefix`, and waits until it answers on `port`.
+fn start_nginx(nginx: &Path, prefix: &Path, conf: &dyn Fn(&Path) -> String, port: u16) -> Result<ChildGuard> {
+    std::fs::create_dir_all(prefix).with_context(|| format!("creating {}", prefix.display()))?;
+    let prefix = prefix.canonicalize()?;
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf(&prefix)).with_context(|| format!("writing {}", conf_path.display()))?;
+    let error_log = prefix.join("error.log");
+    let output = std::fs::File::create(prefix.join("output.log"))?;
+    // `-e` keeps even the messages from before the configuration is read out of
+    // /var/log/nginx, which may not exist or belong to a system nginx.
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(&error_log)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(output.try_clone()?)
+        .stderr(output)
+        .spawn()
+        .with_context(|| format!("starting {}", nginx.display()))?;
+    let mut guard = ChildGuard { name: format!("nginx ({})", prefix.display()), child };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(Duration::from_secs(10), &guard.name.clone(), || {
+        guard.check_running(&error_log)?;
+        Ok(http(addr, "GET", "/hello", None, None).is_ok_and(|response| response.status == 200))
+    })?;
+    Ok(guard)
+}
+
+/// Starts `pake serve`, routes `/v1/bench` to the upstream through the registry and the
+/// admin API, checks the route once and measures it. Returns the URL and the report.
+fn bench_gateway(
+    pake: &Path,
+    bench_dir: &Path,
+    upstream_port: u16,
+    wrk: &Path,
+    options: &Options,
+) -> Result<(String, WrkReport)> {
+    let registry = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let data_dir = bench_dir.join("pake-data");
+    // A fresh store each run, so the service and route created below never collide with
+    // a previous run's.
+    if data_dir.exists() {
+        std::fs::remove_dir_all(&data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+    }
+    std::fs::create_dir_all(&data_dir)?;
+    let secret = token_secret();
+    let environment = |command: &mut Command| {
+        // PAKE_DATABASE_URL is removed so that a developer's shell cannot point the
+        // benchmark at a shared PostgreSQL; the embedded store is what is measured.
+        command
+            .env_remove("PAKE_DATABASE_URL")
+            .env("PAKE_DATA_DIR", &data_dir)
+            .env("PAKE_TOKEN_SECRET", &secret)
+            .env("PAKE_REGISTRY_ADDR", registry.to_string())
+            .env("PAKE_GATEWAY_ADDR", gateway.to_string())
+            .env("PAKE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn");
+    };
+
+    let log_path = bench_dir.join("pake.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut command = Command::new(pake);
+    command.arg("serve").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    environment(&mut command);
+    println!("starting pake serve (registry {registry}, gateway {gateway}; log in {})", log_path.display());
+    let child = command.spawn().with_context(|| format!("starting {}", pake.display()))?;
+    let mut server = ChildGuard { name: "pake serve".into(), child };
+    for (addr, path) in [(registry, "/health/ready"), (gateway, "/v1/health/live")] {
+        wait_until(Duration::from_secs(30), &format!("GET http://{addr}{path}"), || {
+            server.check_running(&log_path)?;
+            Ok(http(addr, "GET", path, None, None).is_ok_and(|response| response.status == 200))
+        })?;
+    }
+
+    let mut command = Command::new(pake);
+    command.args(["token", "--scope", "mesh:read", "--scope", "mesh:write", "--scope", "gateway:admin"]);
+    environment(&mut command);
+    let output = run_captured(&mut command, Duration::from_secs(10))?;
+    if !output.status.success() {
+        bail!("pake token failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let token = first_line(&output.stdout);
+
+    let service = expect(
+        registry,
+        "POST",
+        "/api/v1/services/register",
+        &token,
+        serde_json::json!({"name": "bench-upstream", "version": "1.0.0"}),
+        201,
+    )?;
+    let service_id = service["id"].as_str().context("the registered service has no id")?;
+    expect(
+        registry,
+        "POST",
+        &format!("/api/v1/services/{service_id}/instances"),
+        &token,
+        serde_json::json!({"address": "127.0.0.1", "port": upstream_port, "ttl_seconds": 3600}),
+        201,
+    )?;
+    expect(
+        gateway,
+        "POST",
+        "/v1/admin/routes",
+        &token,
+        serde_json::json!({
+            "name": "bench",
+            "path_prefix": "/bench",
+            "methods": ["GET"],
+            "api_version": "v1",
+            "service": "bench-upstream",
+            "strip_prefix": true,
+        }),
+        201,
+    )?;
+
+    // The route may reach the data plane a moment after the admin API answers, so the
+    // check is retried for a few seconds before the last answer is reported.
+    let mut last = None;
+    let routed = wait_until(Duration::from_secs(10), "the bench route", || {
+        server.check_running(&log_path)?;
+        let response = http(gateway, "GET", "/v1/bench/hello", None, None);
+        let ok = matches!(&response, Ok(answer) if answer.status == 200 && answer.body == UPSTREAM_BODY);
+        last = Some(response);
+        Ok(ok)
+    });
+    if let Err(error) = routed {
+        let answer = match last {
+            Some(Ok(response)) => format!("{} {:?}", response.status, response.body),
+            Some(Err(error)) => format!("{error:#}"),
+            None => "nothing".into(),
+        };
+        bail!("{error}: GET http://{gateway}/v1/bench/hello answered {answer}, not 200 {UPSTREAM_BODY:?}");
+    }
+
+    let url = format!("http://{gateway}/v1/bench/hello");
+    let report = measure(wrk, "gateway", &url, options)?;
+    server.check_running(&log_path)?;
+    Ok((url, report))
+}
+
+/// A 40-character secret that differs between runs. It only guards a throwaway store on
+/// loopback, so std's randomly keyed hasher is random enough.
+fn token_secret() -> String {
+    let state = RandomState::new();
+    (0..3u64)
+        .map(|i| {
+            let mut hasher = state.build_hasher();
+            hasher.write_u64(i);
+            format!("{:016x}", hasher.finish())
+        })
+        .collect::<String>()[..40]
+        .to_owned()
+}
+
+/// Sends a JSON request and fails unless it answers `status`; returns the JSON body.
+fn expect(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+    status: u16,
+) -> Result<serde_json::Value> {
+    let response = http(addr, method, path, Some(token), Some(&body.to_string()))?;
+    if response.status != status {
+        bail!("{method} http://{addr}{path} answered {} (expected {status}): {}", response.status, response.body);
+    }
+    serde_json::from_str(&response.body).with_context(|| format!("{method} {path} answered invalid JSON"))
+}
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    body: String,
+}
+
+/// One request on a fresh connection (`Connection: close`), bounded by `HTTP_TIMEOUT`.
+/// It reads content-length and chunked bodies, which is all the set-up meets.
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, json: Option<&str>) -> Result<HttpResponse> {
+    let deadline = Instant::now() + HTTP_TIMEOUT;
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        write!(request, "Authorization: Bearer {token}\r\n")?;
+    }
+    if let Some(json) = json {
+        write!(request, "Content-Type: application/json\r\nContent-Length: {}\r\n", json.len())?;
+    }
+    request.push_str("\r\n");
+    request.push_str(json.unwrap_or_default());
+    stream.write_all(request.as_bytes())?;
+
+    let mut raw = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        let read = stream.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buffer[..read]);
+        if Instant::now() > deadline {
+            bail!("{method} http://{addr}{path} took longer than {} s", HTTP_TIMEOUT.as_secs());
+        }
+    }
+    parse_response(&raw).with_context(|| format!("reading the answer to {method} http://{addr}{path}"))
+}
+
+fn parse_response(raw: &[u8]) -> Result<HttpResponse> {
+    let head_end = find(raw, b"\r\n\r\n").context("the answer has no complete head")?;
+    let head = std::str::from_utf8(&raw[..head_end]).context("the answer's head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split_whitespace().nth(1).and_then(|code| code.parse().ok());
+    let status = status.with_context(|| format!("bad status line {status_line:?}"))?;
+    let mut body = &raw[head_end + 4..];
+    let mut chunked = false;
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let length: usize = value.parse().with_context(|| format!("bad content-length {value:?}"))?;
+            body = body.get(..length).context("the body is shorter than its content-length")?;
+        }
+    }
+    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    Ok(HttpResponse { status, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n").context("a chunk size line is cut short")?;
+        let size_line = std::str::from_utf8(&data[..line_end])?;
+        let size_text = size_line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).with_context(|| format!("bad chunk size {size_line:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        body.extend_from_slice(data.get(..size).context("a chunk is cut short")?);
+        data = data.get(size + 2..).context("a chunk is cut short")?;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// What one wrk run reports, with latencies in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+struct WrkReport {
+    requests: u64,
+    requests_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Answers outside 2xx and 3xx, plus connect, read, write and timeout errors.
+    errors: u64,
+}
+
+/// Warms `url` up, then measures it.
+fn measure(wrk: &Path, name: &str, url: &str, options: &Options) -> Result<WrkReport> {
+    println!(
+        "measuring {name}: {url} ({} s warm-up, then {} s with {} connections)",
+        WARM_UP.as_secs(),
+        options.duration_secs,
+        options.connections
+    );
+    // The warm-up fills connection pools and caches on every hop; its numbers are dropped.
+    run_wrk(wrk, url, options.connections, WARM_UP.as_secs()).with_context(|| format!("warming up {name}"))?;
+    run_wrk(wrk, url, options.connections, options.duration_secs).with_context(|| format!("measuring {name}"))
+}
+
+fn run_wrk(wrk: &Path, url: &str, connections: u32, duration_secs: u64) -> Result<WrkReport> {
+    let mut command = Command::new(wrk);
+    command.args([
+        format!("-t{WRK_THREADS}"),
+        format!("-c{connections}"),
+        format!("-d{duration_secs}s"),
+        "--latency".into(),
+        url.into(),
+    ]);
+    let output = run_captured(&mut command, Duration::from_secs(duration_secs + 30))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("wrk failed ({}): {}{}", output.status, stdout.trim(), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    parse_wrk(&stdout).with_context(|| format!("reading wrk's output:\n{stdout}"))
+}
+
+fn parse_wrk(output: &str) -> Result<WrkReport> {
+    let (mut requests, mut requests_per_sec, mut p50_us, mut p99_us) = (None, None, None, None);
+    let mut errors = 0;
+    for line in output.lines().map(str::trim) {
+        if let Some(value) = line.strip_prefix("Requests/sec:") {
+            requests_per_sec = Some(value.trim().parse::<f64>().context("bad Requests/sec")?);
+        } else if let Some(value) = line.strip_prefix("50%") {
+            p50_us = Some(parse_latency_us(value.trim())?);
+        } else if let Some(value) = line.strip_prefix("99%") {
+            p99_us = Some(parse_latency_us(value.trim())?);
+        } else if let Some(value) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += value.trim().parse::<u64>().context("bad non-2xx count")?;
+        } else if let Some(value) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            for part in value.split(',') {
+                let count = part.split_whitespace().nth(1).context("bad socket error count")?;
+                errors += count.parse::<u64>().context("bad socket error count")?;
+            }
+        } else if let Some((count, _)) = line.split_once(" requests in ") {
+            requests = Some(count.trim().parse::<u64>().context("bad request count")?);
+        }
+    }
+    Ok(WrkReport {
+        requests: requests.context("no \"N requests in\" line")?,
+        requests_per_sec: requests_per_sec.context("no Requests/sec line")?,
+        p50_us: p50_us.context("no 50% latency line (was --latency given?)")?,
+        p99_us: p99_us.context("no 99% latency line (was --latency given?)")?,
+        errors,
+    })
+}
+
+/// wrk's latency format: a number and a unit among us, ms, s, m and h.
+fn parse_latency_us(text: &str) -> Result<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).with_context(|| format!("no unit in {text:?}"))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().with_context(|| format!("bad latency {text:?}"))?;
+    let scale = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        "h" => 3600e6,
+        _ => bail!("unknown latency unit in {text:?}"),
+    };
+    Ok(number * scale)
+}
+
+struct Row<'a> {
+    name: &'a str,
+    url: String,
+    report: Option<WrkReport>,
+}
+
+impl<'a> Row<'a> {
+    fn measured(name: &'a str, url: &str, report: WrkReport) -> Row<'a> {
+        Row { name, url: url.to_owned(), report: Some(report) }
+    }
+
+    fn failed(name: &'a str) -> Row<'a> {
+        Row { name, url: String::new(), report: None }
+    }
+
+    fn too_many_errors(&self) -> bool {
+        self.report.as_ref().is_some_and(|report| report.errors as f64 > report.requests as f64 * MAX_ERROR_SHARE)
+    }
+
+    fn cells(&self) -> [String; 4] {
+        match &self.report {
+            Some(report) => [
+                format!("{:.0}", report.requests_per_sec),
+                format_ms(report.p50_us),
+                format_ms(report.p99_us),
+                report.errors.to_string(),
+            ],
+            None => ["failed".into(), "-".into(), "-".into(), "-".into()],
+        }
+    }
+}
+
+fn format_ms(us: f64) -> String {
+    format!("{:.3} ms", us / 1e3)
+}
+
+struct Summary<'a> {
+    options: &'a Options,
+    tools: &'a Tools,
+    rows: &'a [Row<'a>],
+    cores: usize,
+    /// Why the gateway row is empty, kept in the written table since the terminal's
+    /// error message does not reach the file.
+    gateway_error: Option<String>,
+}
+
+impl Summary<'_> {
+    fn report(&self, name: &str) -> Option<&WrkReport> {
+        self.rows.iter().find(|row| row.name == name)?.report.as_ref()
+    }
+
+    fn ratios(&self) -> String {
+        match (self.report("gateway"), self.report("nginx")) {
+            (Some(gateway), Some(nginx)) => format!(
+                "gateway/nginx: throughput {:.2}x (higher is better), p99 {:.2}x (lower is better)",
+                gateway.requests_per_sec / nginx.requests_per_sec,
+                gateway.p99_us / nginx.p99_us
+            ),
+            _ => "gateway/nginx: not measured (the gateway part failed)".into(),
+        }
+    }
+
+    fn setting(&self) -> String {
+        format!(
+            "{} with {WRK_THREADS} threads and {} connections, {} s per path after a {} s warm-up; {}. \
+             The load generator, the proxies and the upstream share this machine's {} cores, so the \
+             numbers compare the paths with each other and are not the capacity of any one of them.",
+            self.tools.wrk_version,
+            self.options.connections,
+            self.options.duration_secs,
+            WARM_UP.as_secs(),
+            self.tools.nginx_version,
+            self.cores
+        )
+    }
+
+    fn text(&self) -> String {
+        let mut text = format!("{:<8} {:>12} {:>12} {:>12} {:>8}\n", "path", "requests/s", "p50", "p99", "errors");
+        for row in self.rows {
+            let [rps, p50, p99, errors] = row.cells();
+            let _ = writeln!(text, "{:<8} {rps:>12} {p50:>12} {p99:>12} {errors:>8}", row.name);
+        }
+        let _ = write!(text, "\n{}\n\n{}", self.ratios(), self.setting());
+        text
+    }
+
+    fn markdown(&self) -> String {
+        let mut text = format!(
+            "# Gateway benchmark\n\n`cargo xtask bench gateway --duration {} --connections {}`\n\n\
+             | path | URL | requests/s | p50 | p99 | errors |\n|---|---|---:|---:|---:|---:|\n",
+            self.options.duration_secs, self.options.connections
+        );
+        for row in self.rows {
+            let [rps, p50, p99, errors] = row.cells();
+            let url = if row.url.is_empty() { String::new() } else { format!("`{}`", row.url) };
+            let _ = writeln!(text, "| {} | {url} | {rps} | {p50} | {p99} | {errors} |", row.name);
+        }
+        let _ = write!(text, "\n{}.\n\n{}\n", self.ratios(), self.setting());
+        if let Some(error) = &self.gateway_error {
+            let _ = write!(text, "\nThe gateway part failed:\n\n```text\n{error}\n```\n");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wrk -t2 -c64 -d3s --latency` against the upstream on the 2-core development
+    /// machine: latencies in microseconds and milliseconds, no errors.
+    const WRK_FAST: &str = r#"Running 3s test @ http://127.0.0.1:34953/hello
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   675.24us  439.01us   5.62ms   86.91%
+    Req/Sec    49.38k     9.33k   74.47k    73.33%
+  Latency Distribution
+     50%  660.00us
+     75%  702.00us
+     90%  813.00us
+     99%    3.02ms
+  294392 requests in 3.00s, 47.17MB read
+Requests/sec:  98072.54
+Transfer/sec:     15.71MB
+"#;
+
+    /// `wrk -t2 -c4 -d4s --timeout 5s --latency` against a server that answers 404 after
+    /// 1.1 s: latencies in seconds (wrk pads them with a trailing space) and non-2xx answers.
+    const WRK_SLOW: &str = r#"Running 4s test @ http://127.0.0.1:18765/
+  2 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.13s    19.76ms   1.14s    66.67%
+    Req/Sec     1.00      0.00     1.00    100.00%
+  Latency Distribution
+     50%    1.14s 
+     75%    1.14s 
+     90%    1.14s 
+     99%    1.14s 
+  12 requests in 4.01s, 1.48KB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:      2.99
+Transfer/sec:     377.21B
+"#;
+
+    /// The same server with `--timeout 1s`: every request times out.
+    const WRK_TIMEOUTS: &str = r#"Running 3s test @ http://127.0.0.1:18765/
+  2 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     0.00us    0.00us   0.00us    -nan%
+    Req/Sec     1.00      0.00     1.00    100.00%
+  Latency Distribution
+     50%    0.00us
+     75%    0.00us
+     90%    0.00us
+     99%    0.00us
+  8 requests in 3.01s, 0.98KB read
+  Socket errors: connect 0, read 0, write 0, timeout 8
+  Non-2xx or 3xx responses: 8
+Requests/sec:      2.66
+Transfer/sec:     335.26B
+"#;
+
+    #[test]
+    fn parses_microseconds_and_milliseconds() {
+        let report = parse_wrk(WRK_FAST).unwrap();
+        assert_eq!(
+            report,
+            WrkReport { requests: 294392, requests_per_sec: 98072.54, p50_us: 660.0, p99_us: 3020.0, errors: 0 }
+        );
+    }
+
+    #[test]
+    fn parses_seconds_and_counts_non_2xx_answers() {
+        let report = parse_wrk(WRK_SLOW).unwrap();
+        assert_eq!(
+            report,
+            WrkReport { requests: 12, requests_per_sec: 2.99, p50_us: 1.14e6, p99_us: 1.14e6, errors: 12 }
+        );
+    }
+
+    #[test]
+    fn counts_socket_errors() {
+        let report = parse_wrk(WRK_TIMEOUTS).unwrap();
+        assert_eq!(report.errors, 8 + 8);
+        assert_eq!(report.p99_us, 0.0);
+        let row = Row::measured("timeouts", "http://127.0.0.1:1/", report);
+        assert!(row.too_many_errors());
+    }
+
+    #[test]
+    fn rejects_output_without_latency_distribution() {
+        let without: String = WRK_FAST.lines().filter(|line| !line.contains('%')).collect::<Vec<_>>().join("\n");
+        let error = parse_wrk(&without).unwrap_err().to_string();
+        assert!(error.contains("--latency"), "{error}");
+    }
+
+    #[test]
+    fn latency_units() {
+        assert_eq!(parse_latency_us("328.00us").unwrap(), 328.0);
+        assert_eq!(parse_latency_us("1.19ms").unwrap(), 1190.0);
+        assert_eq!(parse_latency_us("2.50s").unwrap(), 2.5e6);
+        assert_eq!(parse_latency_us("1.00m").unwrap(), 60e6);
+        assert!(parse_latency_us("3.00").is_err());
+        assert!(parse_latency_us("3.00ns").is_err());
+    }
+
+    #[test]
+    fn reads_content_length_and_chunked_answers() {
+        let plain = parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 10\r\n\r\n{\"id\":\"a\"}").unwrap();
+        assert_eq!((plain.status, plain.body.as_str()), (201, "{\"id\":\"a\"}"));
+        let chunked = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5;x=y\r\nworld\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((chunked.status, chunked.body.as_str()), (200, "hello world"));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort").is_err());
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(Options::parse(&[]).unwrap(), Options { duration_secs: 10, connections: 64 });
+        let options = Options::parse(&["--duration", "3", "--connections", "16"]).unwrap();
+        assert_eq!(options, Options { duration_secs: 3, connections: 16 });
+        assert!(Options::parse(&["--duration"]).is_err());
+        assert!(Options::parse(&["--connections", "1"]).is_err());
+        assert!(Options::parse(&["--threads", "4"]).is_err());
+    }
+
+    #[test]
+    fn token_secrets_are_40_characters_and_differ() {
+        let (first, second) = (token_secret(), token_secret());
+        assert_eq!(first.len(), 40);
+        assert_ne!(first, second);
+    }
+}
