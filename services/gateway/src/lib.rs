@@ -39,7 +39,7 @@ impl Drop for Gateway {
 /// Loads every route and swaps the table the data plane reads.
 pub async fn reload_routes(plane: &DataPlane, routes: &RouteStore) -> Result<(), StoreError> {
     let all = routes.all().await?;
-    plane.routes.store(Arc::new(RouteTable::new(all)));
+    plane.routes.store(Arc::new(RouteTable::new(all, &plane.metrics)));
     Ok(())
 }
 

@@ -69,23 +69,52 @@ struct UpstreamLabels {
 pub struct ProxyMetrics {
     requests: Family<RouteLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
-    tries: Family<UpstreamLabels, Counter>,
+    failed_tries: Family<UpstreamLabels, Counter>,
     retries: Family<UpstreamLabels, Counter>,
 }
 
+/// One route's metric handles, resolved when the route table is built so that the proxy
+/// path records without building labels or looking them up.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// By status class: 1xx … 5xx.
+    requests: [Counter; 5],
+    durations: [Histogram; 5],
+}
+
+impl RouteMetrics {
+    fn record(&self, status: StatusCode, elapsed: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+        self.durations[class].observe(elapsed.as_secs_f64());
+    }
+}
+
 impl ProxyMetrics {
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        let labels = |class: usize| RouteLabels { route: route.to_string(), status: format!("{}xx", class + 1) };
+        RouteMetrics {
+            requests: std::array::from_fn(|class| self.requests.get_or_create(&labels(class)).clone()),
+            durations: std::array::from_fn(|class| self.duration.get_or_create(&labels(class)).clone()),
+        }
+    }
+
     pub fn new(metrics: &pake_observe::Metrics) -> ProxyMetrics {
         let proxy = ProxyMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             }),
-            tries: Family::default(),
+            failed_tries: Family::default(),
             retries: Family::default(),
         };
         metrics.register("proxy_requests", "Proxied requests by route and status class", proxy.requests.clone());
         metrics.register("proxy_request_duration_seconds", "Proxied request latency by route", proxy.duration.clone());
-        metrics.register("upstream_tries", "Tries sent to upstream instances by outcome", proxy.tries.clone());
+        metrics.register(
+            "upstream_failed_tries",
+            "Tries that failed upstream (5xx, refused, reset, timed out), by service",
+            proxy.failed_tries.clone(),
+        );
         metrics.register(
             "upstream_retries",
             "Retries by service and the condition that caused them",
@@ -101,7 +130,7 @@ pub struct DataPlane {
     pub registry: Arc<SnapshotCell>,
     pub upstreams: Upstreams,
     client: Client<HttpConnector, Body>,
-    metrics: ProxyMetrics,
+    pub metrics: ProxyMetrics,
 }
 
 impl DataPlane {
@@ -225,7 +254,8 @@ fn forward_headers(incoming: &HeaderMap, client: Option<SocketAddr>) -> HeaderMa
         }
     }
     if !headers.contains_key("x-request-id") {
-        let id = uuid::Uuid::new_v4().to_string();
+        // A random 128-bit id in UUID form, without a system call per request.
+        let id = uuid::Uuid::from_u64_pair(random(), random()).to_string();
         headers.insert(
             HeaderName::from_static("x-request-id"),
             HeaderValue::from_str(&id).expect("a uuid is a header value"),
@@ -290,11 +320,8 @@ pub async fn handle(State(plane): State<Arc<DataPlane>>, request: Request) -> Re
                 .into_response();
         }
     };
-    let name = route.route.name.to_string();
     let response = forward(&plane, route, rest_at, request, client).await.unwrap_or_else(IntoResponse::into_response);
-    let labels = RouteLabels { route: name, status: format!("{}xx", response.status().as_u16() / 100) };
-    plane.metrics.requests.get_or_create(&labels).inc();
-    plane.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    route.metrics.record(response.status(), started.elapsed());
     response
 }
 
@@ -392,11 +419,10 @@ async fn forward(
                 let gateway_error = matches!(status.as_u16(), 502..=504);
                 let outcome = if status.is_server_error() { Outcome::ServerError } else { Outcome::Success };
                 upstream.record(outcome, &policy.circuit_breaker, &policy.outlier_detection);
-                let labels = UpstreamLabels {
-                    service: service_name.to_string(),
-                    outcome: format!("{}xx", status.as_u16() / 100),
-                };
-                plane.metrics.tries.get_or_create(&labels).inc();
+                if outcome == Outcome::ServerError {
+                    let labels = UpstreamLabels { service: service_name.to_string(), outcome: "5xx".into() };
+                    plane.metrics.failed_tries.get_or_create(&labels).inc();
+                }
                 let retry_5xx = gateway_error && retry_on.contains(&gw::RetryCondition::X5xx);
                 if retry_5xx && attempt < max_retries && Instant::now() < deadline && state.take_retry(budget_percent) {
                     let labels = UpstreamLabels { service: service_name.to_string(), outcome: "5xx".into() };
@@ -415,7 +441,7 @@ async fn forward(
         upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);
         let labels =
             UpstreamLabels { service: service_name.to_string(), outcome: format!("{failure:?}").to_lowercase() };
-        plane.metrics.tries.get_or_create(&labels).inc();
+        plane.metrics.failed_tries.get_or_create(&labels).inc();
         let may_retry = retry_on.contains(&failure.condition())
             && attempt < max_retries
             && Instant::now() < deadline

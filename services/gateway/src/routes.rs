@@ -129,6 +129,7 @@ pub struct CompiledRoute {
     pub methods: Vec<axum::http::Method>,
     /// `GET, HEAD` for the 405 answer.
     pub allow: String,
+    pub metrics: crate::proxy::RouteMetrics,
 }
 
 /// Routes grouped by API version, longest prefix first, then highest priority.
@@ -151,7 +152,7 @@ pub enum Match<'t, 'p> {
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<types::Route>) -> RouteTable {
+    pub fn new(routes: Vec<types::Route>, metrics: &crate::proxy::ProxyMetrics) -> RouteTable {
         let mut by_version: BTreeMap<String, Vec<CompiledRoute>> = BTreeMap::new();
         for route in routes {
             let prefix = route.path_prefix.trim_end_matches('/').to_string();
@@ -162,7 +163,8 @@ impl RouteTable {
                 .collect();
             let mut allow: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
             allow.sort();
-            let compiled = CompiledRoute { prefix, methods, allow: allow.join(", "), route };
+            let metrics = metrics.for_route(route.name.as_str());
+            let compiled = CompiledRoute { prefix, methods, allow: allow.join(", "), metrics, route };
             by_version.entry(compiled.route.api_version.to_string()).or_default().push(compiled);
         }
         for routes in by_version.values_mut() {
@@ -231,14 +233,18 @@ mod tests {
 
     #[test]
     fn longest_prefix_then_priority_at_segment_boundaries() {
-        let table = RouteTable::new(vec![
-            route("search", "v1", "/search", &["GET"], 0),
-            route("search-docs", "v1", "/search/docs", &["GET", "POST"], 0),
-            route("search-v2", "v2", "/search", &["GET"], 0),
-            route("low", "v1", "/x", &["GET"], 1),
-            route("high", "v1", "/x", &["GET"], 5),
-            route("everything", "v3", "/", &["GET"], 0),
-        ]);
+        let metrics = crate::proxy::ProxyMetrics::new(&pake_observe::Metrics::new("test"));
+        let table = RouteTable::new(
+            vec![
+                route("search", "v1", "/search", &["GET"], 0),
+                route("search-docs", "v1", "/search/docs", &["GET", "POST"], 0),
+                route("search-v2", "v2", "/search", &["GET"], 0),
+                route("low", "v1", "/x", &["GET"], 1),
+                route("high", "v1", "/x", &["GET"], 5),
+                route("everything", "v3", "/", &["GET"], 0),
+            ],
+            &metrics,
+        );
         assert_eq!(matched(&table, "GET", "/v1/search"), "search /search");
         assert_eq!(matched(&table, "GET", "/v1/search/abc"), "search /search/abc");
         assert_eq!(matched(&table, "GET", "/v1/search/docs/7"), "search-docs /search/docs/7");

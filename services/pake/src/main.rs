@@ -7,6 +7,7 @@
 //! runs the platform with nothing installed.
 
 use anyhow::{Context, Result, bail};
+use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pake_observe::{LogFormat, Metrics};
 use std::net::SocketAddr;
@@ -159,7 +160,9 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 let listener = bind(config.registry_addr, "registry").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "registry listening; contract at /openapi.json, docs at /docs");
                 running.spawn(async move {
-                    axum::serve(listener, router).with_graceful_shutdown(pake_observe::shutdown_signal()).await
+                    axum::serve(listener.tap_io(no_delay), router)
+                        .with_graceful_shutdown(pake_observe::shutdown_signal())
+                        .await
                 });
             }
             ServiceName::Gateway => {
@@ -171,7 +174,9 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     // The gateway value owns the route-reload tasks; keep it for the server's life.
                     let _gateway = gateway;
                     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                    axum::serve(listener, service).with_graceful_shutdown(pake_observe::shutdown_signal()).await
+                    axum::serve(listener.tap_io(no_delay), service)
+                        .with_graceful_shutdown(pake_observe::shutdown_signal())
+                        .await
                 });
             }
         }
@@ -188,4 +193,11 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
 
 async fn bind(addr: SocketAddr, service: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the {service} to {addr}"))
+}
+
+/// Small responses go out at once rather than waiting on Nagle's algorithm.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
 }
