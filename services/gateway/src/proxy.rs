@@ -129,25 +129,33 @@ pub struct DataPlane {
     pub routes: ArcSwap<RouteTable>,
     pub registry: Arc<SnapshotCell>,
     pub upstreams: Upstreams,
-    client: Client<HttpConnector, Body>,
     pub metrics: ProxyMetrics,
+}
+
+fn build_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    // Traffic policies bound connecting more tightly through the per-try timeout.
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
+
+thread_local! {
+    /// One connection pool per worker thread: a connection is driven by a task on the
+    /// thread that opened it, so a request that checks it out from the same thread's pool
+    /// never hands its bytes to another thread and wakes it.
+    static CLIENT: Client<HttpConnector, Body> = build_client();
 }
 
 impl DataPlane {
     pub fn new(registry: Arc<SnapshotCell>, metrics: ProxyMetrics) -> DataPlane {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // Traffic policies bound connecting more tightly through the per-try timeout.
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(512)
-            .build(connector);
         DataPlane {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             registry,
             upstreams: Upstreams::default(),
-            client,
             metrics,
         }
     }
@@ -410,7 +418,7 @@ async fn forward(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let per_try = retry.per_try_timeout_ms.map(|ms| Duration::from_millis(ms.get())).unwrap_or(remaining);
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(per_try.min(remaining), plane.client.request(outgoing)).await;
+        let result = tokio::time::timeout(per_try.min(remaining), CLIENT.with(Client::clone).request(outgoing)).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let failure = match result {
