@@ -533,38 +533,28 @@ impl Store {
 
     /// Marks instances whose TTL lapsed as critical; returns the services touched.
     pub async fn expire_instances(&self) -> Result<Vec<Uuid>, StoreError> {
-        with_pool!(self, |pool, backend| {
-            let mut tx = begin_write!(pool, backend);
-            let touched: Vec<(Uuid,)> = sqlx::query_as(
-                "UPDATE instances SET status = 'critical', status_output = 'ttl expired' \
-                 WHERE expires_at_ms <= $1 AND status <> 'critical' RETURNING service_id",
-            )
-            .bind(now_ms())
-            .fetch_all(&mut *tx)
-            .await?;
-            let services = distinct(touched);
-            if !services.is_empty() {
-                let index = bump_index!(&mut *tx);
-                for id in &services {
-                    touch_service!(&mut *tx, *id, index);
-                    notify!(&mut *tx, backend, *id);
-                }
-            }
-            tx.commit().await?;
-            Ok(services)
-        })
+        self.change_instances(
+            "UPDATE instances SET status = 'critical', status_output = 'ttl expired' \
+             WHERE expires_at_ms <= $1 AND status <> 'critical' RETURNING service_id",
+        )
+        .await
     }
 
     /// Deregisters instances that stayed critical past their critical period.
     pub async fn reap_instances(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.change_instances(
+            "DELETE FROM instances WHERE expires_at_ms + deregister_after_ms <= $1 RETURNING service_id",
+        )
+        .await
+    }
+
+    /// Runs a time-driven change to instances (`$1` is now, in epoch milliseconds, and the
+    /// statement returns the `service_id` of each instance it changed), then stamps and
+    /// announces every service it touched.
+    async fn change_instances(&self, statement: &'static str) -> Result<Vec<Uuid>, StoreError> {
         with_pool!(self, |pool, backend| {
             let mut tx = begin_write!(pool, backend);
-            let touched: Vec<(Uuid,)> = sqlx::query_as(
-                "DELETE FROM instances WHERE expires_at_ms + deregister_after_ms <= $1 RETURNING service_id",
-            )
-            .bind(now_ms())
-            .fetch_all(&mut *tx)
-            .await?;
+            let touched: Vec<(Uuid,)> = sqlx::query_as(statement).bind(now_ms()).fetch_all(&mut *tx).await?;
             let services = distinct(touched);
             if !services.is_empty() {
                 let index = bump_index!(&mut *tx);
