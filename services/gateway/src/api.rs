@@ -133,7 +133,7 @@ fn breaker_state(upstream: &Upstream) -> Result<types::CircuitBreakerState, ApiE
         "failure_rate": breaker.failure_rate(),
         "opened_at": breaker.opened_at,
         "next_probe_at": breaker.next_probe_at,
-        "total_requests": breaker.total_requests,
+        "total_requests": upstream.total_requests(&breaker),
         "total_failures": breaker.total_failures,
     }))
     .map_err(internal)

@@ -375,7 +375,8 @@ async fn forward(
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
-    let headers = forward_headers(&parts.headers, client);
+    // Moved into the first try; copied only when a retry is possible.
+    let mut headers = Some(forward_headers(&parts.headers, client));
     let idempotent =
         matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
     let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
@@ -413,7 +414,11 @@ async fn forward(
         let mut outgoing = axum::http::Request::new(body.take().unwrap_or_default());
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = headers.clone();
+        *outgoing.headers_mut() = if attempt < max_retries {
+            headers.clone().unwrap_or_default()
+        } else {
+            headers.take().unwrap_or_default()
+        };
 
         let remaining = deadline.saturating_duration_since(Instant::now());
         let per_try = retry.per_try_timeout_ms.map(|ms| Duration::from_millis(ms.get())).unwrap_or(remaining);

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use pake_gateway_server::types as gw;
 use pake_mesh_server::types;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -75,6 +75,11 @@ pub struct Upstream {
     pub address: String,
     pub in_flight: AtomicU64,
     pub breaker: Mutex<BreakerState>,
+    /// True while the breaker is closed with no failure outstanding and no ejection: then
+    /// admitting and recording a success touch only atomics, not the breaker's lock.
+    quiet: AtomicBool,
+    /// Successes recorded while quiet, folded into the breaker's counts under its lock.
+    quiet_successes: AtomicU64,
 }
 
 /// What happened to one try, as the breaker and outlier detection count it.
@@ -90,7 +95,41 @@ pub enum Outcome {
 impl Upstream {
     /// Whether a request may go to this instance now. Open breakers refuse until their
     /// probe time; then the breaker half-opens and lets a few probes through.
+    pub fn new(service: &str, instance: Uuid, address: String) -> Upstream {
+        Upstream {
+            service: service.to_string(),
+            instance,
+            address,
+            in_flight: AtomicU64::new(0),
+            breaker: Mutex::new(BreakerState::new()),
+            quiet: AtomicBool::new(true),
+            quiet_successes: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests counted so far, including successes not yet folded in.
+    pub fn total_requests(&self, state: &BreakerState) -> u64 {
+        state.total_requests + self.quiet_successes.load(Ordering::Relaxed)
+    }
+
+    fn fold(&self, state: &mut BreakerState) {
+        let successes = self.quiet_successes.swap(0, Ordering::Relaxed);
+        state.total_requests += successes;
+        state.window_requests += successes;
+    }
+
+    fn settle(&self, state: &BreakerState) {
+        let quiet = state.mode == BreakerMode::Closed
+            && state.consecutive_failures == 0
+            && state.consecutive_5xx == 0
+            && state.ejected_until.is_none_or(|until| until <= Instant::now());
+        self.quiet.store(quiet, Ordering::Release);
+    }
+
     pub fn admit(&self, policy: &types::CircuitBreakerPolicy, honour_ejection: bool) -> bool {
+        if self.quiet.load(Ordering::Acquire) {
+            return true;
+        }
         let mut state = self.breaker.lock().expect("breaker lock");
         let now = Instant::now();
         if honour_ejection && state.ejected_until.is_some_and(|until| until > now) {
@@ -118,7 +157,12 @@ impl Upstream {
         breaker: &types::CircuitBreakerPolicy,
         outliers: &types::OutlierDetectionPolicy,
     ) {
+        if outcome == Outcome::Success && self.quiet.load(Ordering::Acquire) {
+            self.quiet_successes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut state = self.breaker.lock().expect("breaker lock");
+        self.fold(&mut state);
         let now = Instant::now();
         if now.duration_since(state.window_started) > Duration::from_secs(breaker.rate_window_seconds.get()) {
             state.window_started = now;
@@ -173,20 +217,26 @@ impl Upstream {
             }
             _ => {}
         }
+        self.settle(&state);
     }
 
     /// Closes the breaker and forgets ejections (the admin API's reset).
     pub fn reset(&self) {
         let mut state = self.breaker.lock().expect("breaker lock");
+        self.fold(&mut state);
         *state = BreakerState {
             total_requests: state.total_requests,
             total_failures: state.total_failures,
             ..BreakerState::new()
         };
+        self.settle(&state);
     }
 
     /// Whether passive outlier detection has ejected this instance for now.
     pub fn is_ejected(&self) -> bool {
+        if self.quiet.load(Ordering::Acquire) {
+            return false;
+        }
         let state = self.breaker.lock().expect("breaker lock");
         state.ejected_until.is_some_and(|until| until > Instant::now())
     }
@@ -204,6 +254,9 @@ impl Upstream {
     }
 
     pub fn state(&self) -> gw::CircuitState {
+        if self.quiet.load(Ordering::Acquire) {
+            return gw::CircuitState::Closed;
+        }
         let state = self.breaker.lock().expect("breaker lock");
         match state.mode {
             BreakerMode::Closed => gw::CircuitState::Closed,
@@ -213,18 +266,15 @@ impl Upstream {
     }
 }
 
-/// Per service: the round-robin position and the retry budget.
+/// Per service: the round-robin position and the retry budget, all atomics so that
+/// requests to one service never queue on a lock.
 #[derive(Debug)]
 pub struct ServiceState {
     pub next: AtomicUsize,
-    budget: Mutex<Budget>,
-}
-
-#[derive(Debug)]
-struct Budget {
-    window_started: Instant,
-    requests: u64,
-    retries: u64,
+    /// Which budget window the counts belong to.
+    window: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
 }
 
 /// Retries are allowed while they stay within this share of a window's requests, plus a
@@ -232,40 +282,44 @@ struct Budget {
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 const BUDGET_FLOOR: u64 = 3;
 
+fn budget_window() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs() / BUDGET_WINDOW.as_secs()
+}
+
 impl ServiceState {
     fn new() -> ServiceState {
         ServiceState {
             next: AtomicUsize::new(0),
-            budget: Mutex::new(Budget { window_started: Instant::now(), requests: 0, retries: 0 }),
+            window: AtomicU64::new(budget_window()),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts a new window when the current one is over. Counts racing with the reset may
+    /// land in either window, which a budget can afford.
+    fn roll(&self) {
+        let now = budget_window();
+        if self.window.load(Ordering::Relaxed) != now && self.window.swap(now, Ordering::Relaxed) != now {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
         }
     }
 
     /// Counts a request toward the retry budget.
     pub fn count_request(&self) {
-        let mut budget = self.budget.lock().expect("budget lock");
-        roll(&mut budget);
-        budget.requests += 1;
+        self.roll();
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget if it has one: retries never multiply an outage.
     pub fn take_retry(&self, percent: u64) -> bool {
-        let mut budget = self.budget.lock().expect("budget lock");
-        roll(&mut budget);
-        let allowed = BUDGET_FLOOR.max(budget.requests * percent / 100);
-        if budget.retries < allowed {
-            budget.retries += 1;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-fn roll(budget: &mut Budget) {
-    if budget.window_started.elapsed() > BUDGET_WINDOW {
-        budget.window_started = Instant::now();
-        budget.requests = 0;
-        budget.retries = 0;
+        self.roll();
+        let allowed = BUDGET_FLOOR.max(self.requests.load(Ordering::Relaxed) * percent / 100);
+        self.retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |taken| (taken < allowed).then_some(taken + 1))
+            .is_ok()
     }
 }
 
@@ -287,13 +341,8 @@ impl Upstreams {
         if let Some(found) = current.get(&instance.id) {
             return found.clone();
         }
-        let created = Arc::new(Upstream {
-            service: service.to_string(),
-            instance: instance.id,
-            address: format!("{}:{}", instance.address.as_str(), instance.port),
-            in_flight: AtomicU64::new(0),
-            breaker: Mutex::new(BreakerState::new()),
-        });
+        let created =
+            Arc::new(Upstream::new(service, instance.id, format!("{}:{}", instance.address.as_str(), instance.port)));
         let mut next = (*current).clone();
         next.insert(instance.id, created.clone());
         self.instances.store(Arc::new(next));
@@ -349,13 +398,7 @@ mod tests {
     }
 
     fn upstream() -> Upstream {
-        Upstream {
-            service: "svc".into(),
-            instance: Uuid::new_v4(),
-            address: "127.0.0.1:1".into(),
-            in_flight: AtomicU64::new(0),
-            breaker: Mutex::new(BreakerState::new()),
-        }
+        Upstream::new("svc", Uuid::new_v4(), "127.0.0.1:1".into())
     }
 
     #[test]

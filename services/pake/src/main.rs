@@ -173,15 +173,23 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
             ServiceName::Gateway => {
                 let gateway = pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone()).await?;
                 let router = gateway.router(verifier.clone());
-                let listener = bind(config.gateway_addr, "gateway").await?;
-                tracing::info!(addr = %listener.local_addr()?, backend, "gateway listening; admin API under /v1/admin, docs at /docs");
+                let addr = resolve_port(config.gateway_addr)?;
+                let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                let mut workers = Vec::new();
+                for worker in 0..threads {
+                    let (listening, finished) = serve_on_own_thread(worker, addr, router.clone())?;
+                    // Announce the address only once every worker accepts on it.
+                    listening.await.map_err(std::io::Error::other)?.context("a gateway worker could not listen")?;
+                    workers.push(finished);
+                }
+                tracing::info!(%addr, backend, threads, "gateway listening; admin API under /v1/admin, docs at /docs");
                 running.spawn(async move {
-                    // The gateway value owns the route-reload tasks; keep it for the server's life.
+                    // The gateway value owns the route-reload tasks; keep it for the servers' life.
                     let _gateway = gateway;
-                    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                    axum::serve(listener.tap_io(no_delay), service)
-                        .with_graceful_shutdown(pake_observe::shutdown_signal())
-                        .await
+                    for worker in workers {
+                        worker.await.map_err(std::io::Error::other)??;
+                    }
+                    Ok(())
                 });
             }
         }
@@ -198,6 +206,56 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
 
 async fn bind(addr: SocketAddr, service: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the {service} to {addr}"))
+}
+
+/// A concrete port for `addr` (port 0 picks a free one), so that every worker thread can
+/// bind the same one.
+fn resolve_port(addr: SocketAddr) -> Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = std::net::TcpListener::bind(addr).with_context(|| format!("binding the gateway to {addr}"))?;
+    Ok(probe.local_addr()?)
+}
+
+/// Serves `router` on its own thread with a single-threaded runtime and its own
+/// `SO_REUSEPORT` listener, as nginx runs one event loop per worker: the kernel spreads
+/// connections over the threads, and each connection's request, proxying and upstream
+/// connection stay on one thread, with no work stealing or cross-thread wake-ups.
+type Signal = tokio::sync::oneshot::Receiver<std::io::Result<()>>;
+
+/// Returns when the worker listens, and when it has stopped.
+fn serve_on_own_thread(worker: usize, addr: SocketAddr, router: axum::Router) -> Result<(Signal, Signal)> {
+    let (ready, listening) = tokio::sync::oneshot::channel();
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(format!("gateway-{worker}")).spawn(move || {
+        let result = (|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let socket =
+                    if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.set_reuseaddr(true)?;
+                #[cfg(unix)]
+                socket.set_reuseport(true)?;
+                let listener = match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+                    Ok(listener) => {
+                        let _ = ready.send(Ok(()));
+                        listener
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(std::io::Error::new(error.kind(), error.to_string())));
+                        return Err(error);
+                    }
+                };
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener.tap_io(no_delay), service)
+                    .with_graceful_shutdown(pake_observe::shutdown_signal())
+                    .await
+            })
+        })();
+        let _ = done.send(result);
+    })?;
+    Ok((listening, finished))
 }
 
 /// Small responses go out at once rather than waiting on Nagle's algorithm.
