@@ -12,10 +12,12 @@ use tokio::process::{Child, Command};
 
 const SECRET: &str = "durability-test-secret-0123456789abcdef";
 
-/// Starts `pake serve registry` on an ephemeral port and waits for it to say where.
+/// Starts `pake serve` (registry and gateway) on ephemeral ports and waits for it to say
+/// where the registry listens; checks that the gateway answers too.
 async fn start_pake(database_url: &str, data_dir: &std::path::Path) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pake"))
-        .args(["serve", "registry"])
+        .arg("serve")
+        .env("PAKE_GATEWAY_ADDR", "127.0.0.1:0")
         .env("PAKE_DATABASE_URL", database_url)
         .env("PAKE_DATA_DIR", data_dir)
         .env("PAKE_TOKEN_SECRET", SECRET)
@@ -27,17 +29,28 @@ async fn start_pake(database_url: &str, data_dir: &std::path::Path) -> (Child, S
         .spawn()
         .expect("pake starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+    let (registry, gateway) = tokio::time::timeout(Duration::from_secs(30), async {
+        let (mut registry, mut gateway) = (None, None);
         while let Some(line) = lines.next_line().await.expect("read stdout") {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if let Some(addr) = event["addr"].as_str() {
-                return addr.parse::<SocketAddr>().expect("an address");
+            let (Some(addr), Some(message)) = (event["addr"].as_str(), event["message"].as_str()) else { continue };
+            let addr = addr.parse::<SocketAddr>().expect("an address");
+            if message.starts_with("registry listening") {
+                registry = Some(addr);
+            } else if message.starts_with("gateway listening") {
+                gateway = Some(addr);
+            }
+            if let (Some(registry), Some(gateway)) = (registry, gateway) {
+                return (registry, gateway);
             }
         }
         panic!("pake exited before listening");
     })
     .await
     .expect("pake listens within 30 s");
+    let live = reqwest::get(format!("http://{gateway}/v1/health/live")).await.expect("the gateway answers");
+    assert_eq!(live.status().as_u16(), 200);
+    let addr = registry;
     // Keep draining its output so the pipe never fills.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr)
