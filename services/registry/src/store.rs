@@ -512,15 +512,22 @@ impl Store {
     }
 
     pub async fn deregister_instance(&self, service_id: Uuid, instance_id: Uuid) -> Result<(), StoreError> {
+        self.delete_under_service("DELETE FROM instances WHERE id = $1 AND service_id = $2", service_id, instance_id)
+            .await
+    }
+
+    /// Deletes one row that belongs to a service (`$1` is its id, `$2` the service's) and
+    /// records the change for discovery; `NotFound` when there is no such row.
+    async fn delete_under_service(
+        &self,
+        statement: &'static str,
+        service_id: Uuid,
+        id: Uuid,
+    ) -> Result<(), StoreError> {
         with_pool!(self, |pool, backend| {
             let mut tx = begin_write!(pool, backend);
             let index = bump_index!(&mut *tx);
-            let deleted = sqlx::query("DELETE FROM instances WHERE id = $1 AND service_id = $2")
-                .bind(instance_id)
-                .bind(service_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let deleted = sqlx::query(statement).bind(id).bind(service_id).execute(&mut *tx).await?.rows_affected();
             if deleted == 0 {
                 return Err(StoreError::NotFound);
             }
@@ -587,23 +594,7 @@ impl Store {
     }
 
     pub async fn delete_dependency(&self, service_id: Uuid, id: Uuid) -> Result<(), StoreError> {
-        with_pool!(self, |pool, backend| {
-            let mut tx = begin_write!(pool, backend);
-            let index = bump_index!(&mut *tx);
-            let deleted = sqlx::query("DELETE FROM dependencies WHERE id = $1 AND service_id = $2")
-                .bind(id)
-                .bind(service_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if deleted == 0 {
-                return Err(StoreError::NotFound);
-            }
-            touch_service!(&mut *tx, service_id, index);
-            notify!(&mut *tx, backend, service_id);
-            tx.commit().await?;
-            Ok(())
-        })
+        self.delete_under_service("DELETE FROM dependencies WHERE id = $1 AND service_id = $2", service_id, id).await
     }
 
     /// Replaces a traffic policy if its stored revision is `expected_revision`.
