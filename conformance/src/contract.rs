@@ -237,37 +237,7 @@ impl Contract {
     /// reaches is copied under `$defs` and references are rewritten to point there, so
     /// the `jsonschema` crate can compile it without the rest of the document.
     pub fn standalone_schema(&self, schema: &Value) -> Value {
-        let mut names = BTreeSet::new();
-        let mut pending = vec![schema.clone()];
-        while let Some(next) = pending.pop() {
-            collect_schema_refs(&next, &mut |name| {
-                if names.insert(name.to_string())
-                    && let Some(target) = self.doc.pointer(&format!("/components/schemas/{}", pointer_token(name)))
-                {
-                    pending.push(target.clone());
-                }
-            });
-        }
-        let mut root = schema.clone();
-        rewrite_schema_refs(&mut root);
-        if names.is_empty() {
-            return root;
-        }
-        let mut defs = Map::new();
-        for name in names {
-            if let Some(target) = self.doc.pointer(&format!("/components/schemas/{}", pointer_token(&name))) {
-                let mut target = target.clone();
-                rewrite_schema_refs(&mut target);
-                defs.insert(name, target);
-            }
-        }
-        match root {
-            Value::Object(mut object) if !object.contains_key("$defs") => {
-                object.insert("$defs".into(), Value::Object(defs));
-                Value::Object(object)
-            }
-            other => serde_json::json!({ "allOf": [other], "$defs": defs }),
-        }
+        pake_api_runtime::schema::standalone_schema(&self.doc, schema)
     }
 
     /// The schema of an operation's parameters as one JSON object, the way generated
@@ -402,45 +372,4 @@ fn media_types(value: &Value) -> Vec<(String, Value)> {
         .flatten()
         .map(|(media, spec)| (media.clone(), spec.get("schema").cloned().unwrap_or(Value::Null)))
         .collect()
-}
-
-/// Calls `found` with the name of every `#/components/schemas/NAME` reference.
-fn collect_schema_refs(value: &Value, found: &mut dyn FnMut(&str)) {
-    match value {
-        Value::Object(object) => {
-            for (key, child) in object {
-                if key == "$ref" {
-                    if let Some(name) = child.as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
-                        found(&unescape(name));
-                    }
-                } else {
-                    collect_schema_refs(child, found);
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|item| collect_schema_refs(item, found)),
-        _ => {}
-    }
-}
-
-fn rewrite_schema_refs(value: &mut Value) {
-    match value {
-        Value::Object(object) => {
-            for (key, child) in object.iter_mut() {
-                if key == "$ref" {
-                    if let Some(name) = child.as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
-                        *child = Value::String(format!("#/$defs/{name}"));
-                    }
-                } else {
-                    rewrite_schema_refs(child);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(rewrite_schema_refs),
-        _ => {}
-    }
-}
-
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
 }

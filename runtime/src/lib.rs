@@ -12,6 +12,7 @@
 mod error;
 mod extract;
 mod respond;
+pub mod schema;
 
 pub use error::{ApiError, DetailLocation, ErrorDetail};
 pub use extract::{OperationSpec, ParamKind, ParamLocation, ParamSpec, authorize, extract_params, json_body};

@@ -2,8 +2,7 @@
 //! operations with every `$ref` to parameters, responses and headers resolved.
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value};
-use std::collections::BTreeSet;
+use serde_json::Value;
 use std::path::Path;
 
 /// The four contracts and what their generated crates are called.
@@ -148,83 +147,10 @@ impl Contract {
         bail!("reference cycle")
     }
 
-    /// Names of component schemas that `schema` reaches through `$ref`s, transitively.
-    pub fn referenced_schemas(&self, schema: &Value) -> BTreeSet<String> {
-        let mut found = BTreeSet::new();
-        let mut pending = vec![schema.clone()];
-        while let Some(next) = pending.pop() {
-            collect_refs(&next, &mut |name| {
-                if found.insert(name.to_string())
-                    && let Some(target) = self.doc.pointer(&format!("/components/schemas/{}", pointer_token(name)))
-                {
-                    pending.push(target.clone());
-                }
-            });
-        }
-        found
-    }
-
     /// A self-contained JSON Schema (2020-12) for `schema`: component schemas it reaches
     /// are copied under `$defs` and the references rewritten to point there.
     pub fn standalone_schema(&self, schema: &Value) -> Value {
-        let mut root = schema.clone();
-        rewrite_refs(&mut root);
-        let names = self.referenced_schemas(schema);
-        if names.is_empty() {
-            return root;
-        }
-        let mut defs = Map::new();
-        for name in names {
-            if let Some(target) = self.doc.pointer(&format!("/components/schemas/{}", pointer_token(&name))) {
-                let mut target = target.clone();
-                rewrite_refs(&mut target);
-                defs.insert(name, target);
-            }
-        }
-        match root {
-            Value::Object(mut object) => {
-                object.insert("$defs".into(), Value::Object(defs));
-                Value::Object(object)
-            }
-            other => serde_json::json!({ "allOf": [other], "$defs": defs }),
-        }
-    }
-}
-
-/// Calls `found` with the schema name of every `#/components/schemas/NAME` reference.
-fn collect_refs(value: &Value, found: &mut dyn FnMut(&str)) {
-    match value {
-        Value::Object(object) => {
-            for (key, child) in object {
-                if key == "$ref" {
-                    if let Some(name) = child.as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
-                        found(name);
-                    }
-                } else {
-                    collect_refs(child, found);
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|item| collect_refs(item, found)),
-        _ => {}
-    }
-}
-
-fn rewrite_refs(value: &mut Value) {
-    match value {
-        Value::Object(object) => {
-            for (key, child) in object.iter_mut() {
-                if key == "$ref" {
-                    if let Some(name) = child.as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
-                        *child = Value::String(format!("#/$defs/{name}"));
-                    }
-                } else {
-                    rewrite_refs(child);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
-        _ => {}
+        pake_api_runtime::schema::standalone_schema(&self.doc, schema)
     }
 }
 
