@@ -567,3 +567,14 @@ mod performance {
         server.stop().await;
     }
 }
+
+/// Every operation's parameter and body schemas compile, in all four contracts, so no
+/// service can meet a schema its validator cannot use.
+#[test]
+fn every_contract_schema_compiles() {
+    pake_gateway_server::warm().expect("gateway schemas compile");
+    pake_mesh_server::warm().expect("service-mesh schemas compile");
+    pake_monitoring_server::warm().expect("monitoring schemas compile");
+    pake_performance_server::warm().expect("performance schemas compile");
+    assert_eq!(pake_mesh_server::OPERATIONS.len(), pake_mesh_server::OPERATION_COUNT);
+}

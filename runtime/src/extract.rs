@@ -106,11 +106,20 @@ impl OperationSpec {
         }
     }
 
-    fn validators(&self) -> Result<&Validators, ApiError> {
-        let compiled = self.validators.get_or_init(|| {
+    fn compiled(&self) -> &Result<Validators, String> {
+        self.validators.get_or_init(|| {
             Ok(Validators { params: compile(self.params_schema)?, body: self.body_schema.map(compile).transpose()? })
-        });
-        compiled.as_ref().map_err(|message| {
+        })
+    }
+
+    /// Compiles the operation's schemas now, so that a service can refuse to start with a
+    /// schema that does not compile instead of answering 500 on the first request.
+    pub fn warm(&self) -> Result<(), String> {
+        self.compiled().as_ref().map(|_| ()).map_err(|message| format!("{}: {message}", self.operation_id))
+    }
+
+    fn validators(&self) -> Result<&Validators, ApiError> {
+        self.compiled().as_ref().map_err(|message| {
             let error = std::io::Error::other(format!("schema of {} does not compile: {message}", self.operation_id));
             ApiError::internal(&error)
         })

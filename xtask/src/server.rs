@@ -486,6 +486,8 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
     ));
     let file = info.file;
     let operation_count = contract.operations.len();
+    let spec_idents: Vec<Ident> =
+        contract.operations.iter().map(|op| format_ident!("{}", op.id.to_shouty_snake_case())).collect();
 
     quote! {
         #crate_doc
@@ -504,6 +506,14 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         pub const CONTRACT_FILE: &str = #file;
         /// How many operations the contract has.
         pub const OPERATION_COUNT: usize = #operation_count;
+
+        /// Every operation's validation spec, for [`warm`].
+        pub static OPERATIONS: &[&rt::OperationSpec] = &[#(&#spec_idents),*];
+
+        /// Compiles every operation's schemas; call it at start-up to fail fast.
+        pub fn warm() -> ::std::result::Result<(), ::std::string::String> {
+            OPERATIONS.iter().try_for_each(|spec| spec.warm())
+        }
 
         #trait_doc
         pub trait #trait_ident: Send + Sync + 'static {

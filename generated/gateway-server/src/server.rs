@@ -12,6 +12,39 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "api-gateway.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 26usize;
+/// Every operation's validation spec, for [`warm`].
+pub static OPERATIONS: &[&rt::OperationSpec] = &[
+    &GET_HEALTH,
+    &GET_LIVENESS,
+    &GET_METRICS,
+    &ISSUE_TOKEN,
+    &GET_JWKS,
+    &LIST_ROUTES,
+    &CREATE_ROUTE,
+    &GET_ROUTE,
+    &UPDATE_ROUTE,
+    &DELETE_ROUTE,
+    &LIST_API_CLIENTS,
+    &CREATE_API_CLIENT,
+    &GET_API_CLIENT,
+    &DELETE_API_CLIENT,
+    &UPDATE_API_CLIENT,
+    &ROTATE_API_CLIENT_SECRET,
+    &LIST_RATE_LIMIT_POLICIES,
+    &CREATE_RATE_LIMIT_POLICY,
+    &GET_RATE_LIMIT_POLICY,
+    &UPDATE_RATE_LIMIT_POLICY,
+    &DELETE_RATE_LIMIT_POLICY,
+    &LIST_CIRCUIT_BREAKERS,
+    &GET_CIRCUIT_BREAKER,
+    &RESET_CIRCUIT_BREAKER,
+    &GET_CACHE_STATS,
+    &INVALIDATE_CACHE,
+];
+/// Compiles every operation's schemas; call it at start-up to fail fast.
+pub fn warm() -> ::std::result::Result<(), ::std::string::String> {
+    OPERATIONS.iter().try_for_each(|spec| spec.warm())
+}
 /// The PAKE API Gateway API: one method per operation of `openapi/api-gateway.yaml`. Implement it and serve it with [`router`].
 pub trait GatewayApi: Send + Sync + 'static {
     /// Authenticates the bearer token of a secured operation and returns the

@@ -12,6 +12,39 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "service-mesh.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 26usize;
+/// Every operation's validation spec, for [`warm`].
+pub static OPERATIONS: &[&rt::OperationSpec] = &[
+    &GET_LIVENESS,
+    &GET_READINESS,
+    &GET_METRICS,
+    &REGISTER_SERVICE,
+    &LIST_SERVICES,
+    &GET_SERVICE,
+    &DEREGISTER_SERVICE,
+    &UPDATE_SERVICE,
+    &LIST_INSTANCES,
+    &REGISTER_INSTANCE,
+    &GET_INSTANCE,
+    &DEREGISTER_INSTANCE,
+    &HEARTBEAT_INSTANCE,
+    &DISCOVER_SERVICE,
+    &LIST_DEPENDENCIES,
+    &CREATE_DEPENDENCY,
+    &GET_DEPENDENCY,
+    &DELETE_DEPENDENCY,
+    &GET_DEPENDENCY_GRAPH,
+    &GET_TRAFFIC_POLICY,
+    &REPLACE_TRAFFIC_POLICY,
+    &LIST_CONFIG_ENTRIES,
+    &GET_CONFIG_ENTRY,
+    &PUT_CONFIG_ENTRY,
+    &DELETE_CONFIG_ENTRY,
+    &LIST_CONFIG_HISTORY,
+];
+/// Compiles every operation's schemas; call it at start-up to fail fast.
+pub fn warm() -> ::std::result::Result<(), ::std::string::String> {
+    OPERATIONS.iter().try_for_each(|spec| spec.warm())
+}
 /// The PAKE Service Mesh API: one method per operation of `openapi/service-mesh.yaml`. Implement it and serve it with [`router`].
 pub trait ServiceMeshApi: Send + Sync + 'static {
     /// Authenticates the bearer token of a secured operation and returns the

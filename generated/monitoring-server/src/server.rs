@@ -12,6 +12,42 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "monitoring.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 29usize;
+/// Every operation's validation spec, for [`warm`].
+pub static OPERATIONS: &[&rt::OperationSpec] = &[
+    &GET_PROMETHEUS_METRICS,
+    &LIST_METRICS,
+    &PUSH_METRIC_SAMPLES,
+    &GET_LIVENESS,
+    &GET_READINESS,
+    &LIST_INSTANCE_HEALTH,
+    &GET_INSTANCE_HEALTH,
+    &GET_HEALTH_SUMMARY,
+    &LIST_ALERT_RULES,
+    &CREATE_ALERT_RULE,
+    &GET_ALERT_RULE,
+    &REPLACE_ALERT_RULE,
+    &DELETE_ALERT_RULE,
+    &LIST_ALERTS,
+    &GET_ALERT,
+    &ACKNOWLEDGE_ALERT,
+    &LIST_SILENCES,
+    &CREATE_SILENCE,
+    &GET_SILENCE,
+    &EXPIRE_SILENCE,
+    &LIST_RECEIVERS,
+    &CREATE_RECEIVER,
+    &GET_RECEIVER,
+    &REPLACE_RECEIVER,
+    &DELETE_RECEIVER,
+    &TEST_RECEIVER,
+    &INGEST_SPANS,
+    &LIST_TRACES,
+    &GET_TRACE,
+];
+/// Compiles every operation's schemas; call it at start-up to fail fast.
+pub fn warm() -> ::std::result::Result<(), ::std::string::String> {
+    OPERATIONS.iter().try_for_each(|spec| spec.warm())
+}
 /// The PAKE Monitoring API: one method per operation of `openapi/monitoring.yaml`. Implement it and serve it with [`router`].
 pub trait MonitoringApi: Send + Sync + 'static {
     /// Authenticates the bearer token of a secured operation and returns the

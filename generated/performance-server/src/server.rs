@@ -12,6 +12,34 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "performance.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 21usize;
+/// Every operation's validation spec, for [`warm`].
+pub static OPERATIONS: &[&rt::OperationSpec] = &[
+    &GET_LIVENESS,
+    &GET_READINESS,
+    &GET_METRICS,
+    &LIST_SLOS,
+    &CREATE_SLO,
+    &GET_SLO,
+    &REPLACE_SLO,
+    &DELETE_SLO,
+    &GET_SLO_REPORT,
+    &INGEST_SAMPLES,
+    &GET_SERVICE_STATS,
+    &LIST_BENCHMARKS,
+    &START_BENCHMARK,
+    &GET_BENCHMARK,
+    &CANCEL_BENCHMARK,
+    &LIST_AUTOSCALING_POLICIES,
+    &CREATE_AUTOSCALING_POLICY,
+    &GET_AUTOSCALING_POLICY,
+    &REPLACE_AUTOSCALING_POLICY,
+    &DELETE_AUTOSCALING_POLICY,
+    &GET_AUTOSCALING_RECOMMENDATION,
+];
+/// Compiles every operation's schemas; call it at start-up to fail fast.
+pub fn warm() -> ::std::result::Result<(), ::std::string::String> {
+    OPERATIONS.iter().try_for_each(|spec| spec.warm())
+}
 /// The PAKE Performance API: one method per operation of `openapi/performance.yaml`. Implement it and serve it with [`router`].
 pub trait PerformanceApi: Send + Sync + 'static {
     /// Authenticates the bearer token of a secured operation and returns the

@@ -149,6 +149,10 @@ async fn main() -> Result<()> {
 
 async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let services = if services.is_empty() { ALL_SERVICES } else { services };
+    // Compile every contract schema the routers validate with now: a schema that does not
+    // compile stops the start rather than failing the first request that needs it.
+    pake_mesh_server::warm().map_err(anyhow::Error::msg).context("compiling the service-mesh contract's schemas")?;
+    pake_gateway_server::warm().map_err(anyhow::Error::msg).context("compiling the gateway contract's schemas")?;
     let secret = config.token_secret()?;
     let verifier = pake_tokens::TokenVerifier::hs256(&secret)?;
     let url = config.database_url()?;
