@@ -91,6 +91,36 @@ macro_rules! begin_write {
     };
 }
 
+/// The highest version a configuration key's history holds (0 for none): versions keep
+/// counting across deletes.
+macro_rules! last_history_version {
+    ($tx:expr, $key:expr) => {{
+        let (last,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(MAX(version), 0) FROM config_history WHERE service = $1 AND environment = $2 AND key = $3",
+        )
+        .bind(&$key.service)
+        .bind(&$key.environment)
+        .bind(&$key.key)
+        .fetch_one($tx)
+        .await?;
+        last
+    }};
+}
+
+/// Appends one version to a configuration key's history.
+macro_rules! record_history {
+    ($tx:expr, $key:expr, $version:expr, $history:expr) => {{
+        sqlx::query("INSERT INTO config_history (service, environment, key, version, doc) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&$key.service)
+            .bind(&$key.environment)
+            .bind(&$key.key)
+            .bind($version)
+            .bind(Json(&$history))
+            .execute($tx)
+            .await?;
+    }};
+}
+
 /// Increments the registry index inside a transaction and evaluates to the new value.
 macro_rules! bump_index {
     ($tx:expr) => {{
@@ -704,14 +734,7 @@ impl Store {
             {
                 return Err(StoreError::Stale { expected, actual });
             }
-            let (last,): (i64,) = sqlx::query_as(
-                "SELECT COALESCE(MAX(version), 0) FROM config_history WHERE service = $1 AND environment = $2 AND key = $3",
-            )
-            .bind(&key.service)
-            .bind(&key.environment)
-            .bind(&key.key)
-            .fetch_one(&mut *tx)
-            .await?;
+            let last = last_history_version!(&mut *tx, key);
             let version = last + 1;
             let now = chrono::Utc::now();
             let entry =
@@ -750,16 +773,7 @@ impl Store {
                 return Err(StoreError::Conflict("config_entries_pkey"));
             }
             let history = key.history("put", Some(value), description, version, now, changed_by)?;
-            sqlx::query(
-                "INSERT INTO config_history (service, environment, key, version, doc) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&key.service)
-            .bind(&key.environment)
-            .bind(&key.key)
-            .bind(version)
-            .bind(Json(&history))
-            .execute(&mut *tx)
-            .await?;
+            record_history!(&mut *tx, key, version, history);
             tx.commit().await?;
             Ok(entry)
         })
@@ -802,28 +816,9 @@ impl Store {
             if deleted == 0 {
                 return Err(StoreError::Conflict("config_entries_pkey"));
             }
-            let version = actual.max(
-                sqlx::query_as::<_, (i64,)>(
-                    "SELECT COALESCE(MAX(version), 0) FROM config_history WHERE service = $1 AND environment = $2 AND key = $3",
-                )
-                .bind(&key.service)
-                .bind(&key.environment)
-                .bind(&key.key)
-                .fetch_one(&mut *tx)
-                .await?
-                .0,
-            ) + 1;
+            let version = actual.max(last_history_version!(&mut *tx, key)) + 1;
             let history = key.history("delete", None, None, version, chrono::Utc::now(), changed_by)?;
-            sqlx::query(
-                "INSERT INTO config_history (service, environment, key, version, doc) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&key.service)
-            .bind(&key.environment)
-            .bind(&key.key)
-            .bind(version)
-            .bind(Json(&history))
-            .execute(&mut *tx)
-            .await?;
+            record_history!(&mut *tx, key, version, history);
             tx.commit().await?;
             Ok(())
         })
