@@ -1,0 +1,1 @@
+//! Response cache (being written).
