@@ -53,7 +53,9 @@ impl TestServer {
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+            // Handlers see the caller's address, as under `pake serve`.
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let serve = axum::serve(listener, service).with_graceful_shutdown(async {
                 let _ = stopped.await;
             });
             if let Err(error) = serve.await {

@@ -3152,7 +3152,7 @@ pub mod types {
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     #[serde(deny_unknown_fields)]
     pub struct Jwks {
-        ///The verification keys, the current signing key first.
+        ///The verification keys, the current signing key first. Empty when the gateway signs with a shared HS256 secret, which is never published.
         pub keys: ::std::vec::Vec<Jwk>,
     }
     impl Jwks {
@@ -4003,7 +4003,7 @@ pub mod types {
                 })
         }
     }
-    ///What one counter covers: `per_tenant`: all requests of a tenant; `per_tenant_route`: a tenant's requests on one route; `per_client`: all requests of one API client.
+    ///What one counter covers: `per_tenant`: all requests of a tenant; `per_tenant_route`: a tenant's requests on one route; `per_client`: all requests of one API client. Requests without a token (on routes that do not require one) count as a tenant and client of their own per client address.
     #[derive(
         ::serde::Deserialize,
         ::serde::Serialize,
@@ -4290,6 +4290,8 @@ pub mod types {
         ///The route's rate-limit policy, or null.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
+        ///Whether requests need a valid gateway token.
+        pub require_token: bool,
         pub required_scopes: ::std::vec::Vec<Scope>,
         pub retry: RetryPolicy,
         ///Name of the target service in the registry.
@@ -4716,7 +4718,10 @@ pub mod types {
         ///Rate-limit policy applied to the route's requests (an API client's own policy applies as well). Absent: none.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
-        ///Scopes a token must all hold to use the route; empty means any valid token.
+        ///Whether requests need a valid gateway token (`Authorization: Bearer`): without one they answer 401, with one lacking a required scope 403. The token's tenant and client then key the cache and the rate limits. False: the route is public and rate limits key anonymous callers by their address.
+        #[serde(default)]
+        pub require_token: bool,
+        ///Scopes a token must all hold to use the route. Naming any scope makes the route require a token (`require_token` is then true whatever the body says).
         #[serde(default = "defaults::route_spec_required_scopes")]
         pub required_scopes: ::std::vec::Vec<Scope>,
         ///Retries. Absent: `{max_attempts: 0}`.
@@ -8532,6 +8537,7 @@ pub mod types {
                 ::std::option::Option<::uuid::Uuid>,
                 ::std::string::String,
             >,
+            require_token: ::std::result::Result<bool, ::std::string::String>,
             required_scopes: ::std::result::Result<
                 ::std::vec::Vec<super::Scope>,
                 ::std::string::String,
@@ -8565,6 +8571,9 @@ pub mod types {
                     priority: Err("no value supplied for priority".to_string()),
                     rate_limit_policy_id: Err(
                         "no value supplied for rate_limit_policy_id".to_string(),
+                    ),
+                    require_token: Err(
+                        "no value supplied for require_token".to_string(),
                     ),
                     required_scopes: Err(
                         "no value supplied for required_scopes".to_string(),
@@ -8687,6 +8696,18 @@ pub mod types {
                     });
                 self
             }
+            pub fn require_token<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.require_token = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for require_token: {e}")
+                    });
+                self
+            }
             pub fn required_scopes<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Scope>>,
@@ -8789,6 +8810,7 @@ pub mod types {
                     path_prefix: value.path_prefix?,
                     priority: value.priority?,
                     rate_limit_policy_id: value.rate_limit_policy_id?,
+                    require_token: value.require_token?,
                     required_scopes: value.required_scopes?,
                     retry: value.retry?,
                     service: value.service?,
@@ -8811,6 +8833,7 @@ pub mod types {
                     path_prefix: Ok(value.path_prefix),
                     priority: Ok(value.priority),
                     rate_limit_policy_id: Ok(value.rate_limit_policy_id),
+                    require_token: Ok(value.require_token),
                     required_scopes: Ok(value.required_scopes),
                     retry: Ok(value.retry),
                     service: Ok(value.service),
@@ -9020,6 +9043,7 @@ pub mod types {
                 ::std::option::Option<::uuid::Uuid>,
                 ::std::string::String,
             >,
+            require_token: ::std::result::Result<bool, ::std::string::String>,
             required_scopes: ::std::result::Result<
                 ::std::vec::Vec<super::Scope>,
                 ::std::string::String,
@@ -9048,6 +9072,7 @@ pub mod types {
                     path_prefix: Err("no value supplied for path_prefix".to_string()),
                     priority: Ok(Default::default()),
                     rate_limit_policy_id: Ok(Default::default()),
+                    require_token: Ok(Default::default()),
                     required_scopes: Ok(super::defaults::route_spec_required_scopes()),
                     retry: Ok(Default::default()),
                     service: Err("no value supplied for service".to_string()),
@@ -9145,6 +9170,18 @@ pub mod types {
                     });
                 self
             }
+            pub fn require_token<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.require_token = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for require_token: {e}")
+                    });
+                self
+            }
             pub fn required_scopes<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Scope>>,
@@ -9221,6 +9258,7 @@ pub mod types {
                     path_prefix: value.path_prefix?,
                     priority: value.priority?,
                     rate_limit_policy_id: value.rate_limit_policy_id?,
+                    require_token: value.require_token?,
                     required_scopes: value.required_scopes?,
                     retry: value.retry?,
                     service: value.service?,
@@ -9239,6 +9277,7 @@ pub mod types {
                     path_prefix: Ok(value.path_prefix),
                     priority: Ok(value.priority),
                     rate_limit_policy_id: Ok(value.rate_limit_policy_id),
+                    require_token: Ok(value.require_token),
                     required_scopes: Ok(value.required_scopes),
                     retry: Ok(value.retry),
                     service: Ok(value.service),

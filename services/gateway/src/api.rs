@@ -1,11 +1,9 @@
-//! The gateway contract's admin API: health, routes, circuit breakers, metrics. Handlers
-//! parse, call the route store or the data plane's state, and map errors once
-//! ([`store_error`]).
-//!
-//! API clients, token issuance, rate-limit policies and the response cache are the
-//! gateway-policies work; until it lands those operations answer 501 with a message saying
-//! so, rather than pretending.
+//! The gateway contract's own API: health, metrics, token issuance and JWKS, and the admin
+//! API for routes, API clients, rate-limit policies, circuit breakers and the response
+//! cache. Handlers parse, call the stores or the data plane's state, and map errors once
+//! ([`entity_error`]).
 
+use crate::policies::PolicyStore;
 use crate::proxy::DataPlane;
 use crate::routes::RouteStore;
 use crate::upstream::{Upstream, upstream_id};
@@ -13,8 +11,9 @@ use pake_api_runtime::{ApiError, Principal};
 use pake_gateway_server::*;
 use pake_observe::Metrics;
 use pake_registry::store::StoreError;
-use pake_tokens::TokenVerifier;
+use pake_tokens::{KeyRing, TokenVerifier};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
@@ -29,9 +28,13 @@ const RESERVED_PREFIXES: &[&str] = &["/admin", "/auth", "/health"];
 pub struct GatewayAdmin {
     plane: Arc<DataPlane>,
     routes: RouteStore,
+    policies: PolicyStore,
+    keys: KeyRing,
     verifier: TokenVerifier,
+    token_ttl: Duration,
     metrics: Metrics,
     breakers: Family<BreakerLabels, Gauge>,
+    tokens: Family<TokenLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,36 +43,97 @@ struct BreakerLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    result: &'static str,
+}
+
 impl GatewayAdmin {
-    pub fn new(plane: Arc<DataPlane>, routes: RouteStore, verifier: TokenVerifier, metrics: Metrics) -> GatewayAdmin {
+    pub fn new(
+        plane: Arc<DataPlane>,
+        routes: RouteStore,
+        policies: PolicyStore,
+        keys: KeyRing,
+        token_ttl: Duration,
+        metrics: Metrics,
+    ) -> GatewayAdmin {
         let breakers = Family::<BreakerLabels, Gauge>::default();
         metrics.register(
             "circuit_breaker_state",
             "1 for each upstream's current breaker state, 0 for the others",
             breakers.clone(),
         );
-        GatewayAdmin { plane, routes, verifier, metrics, breakers }
+        let tokens = Family::<TokenLabels, Counter>::default();
+        metrics.register("token_requests", "Token requests by result", tokens.clone());
+        let verifier = keys.verifier();
+        GatewayAdmin { plane, routes, policies, keys, verifier, token_ttl, metrics, breakers, tokens }
     }
 
-    /// Reloads the route table after a write, so this replica routes by it at once.
+    /// Reloads the routing and policy tables after a write, so this replica applies it at once.
     async fn reload(&self) -> Result<(), ApiError> {
-        crate::reload_routes(&self.plane, &self.routes).await.map_err(store_error)
+        crate::reload(&self.plane, &self.routes, &self.policies).await.map_err(store_error)
+    }
+
+    fn tokens_issued(&self, result: &'static str) {
+        self.tokens.get_or_create(&TokenLabels { result }).inc();
+    }
+
+    async fn client(&self, id: uuid::Uuid) -> Result<types::ApiClient, ApiError> {
+        self.policies
+            .client(id)
+            .await
+            .map_err(entity_error("API client"))?
+            .ok_or_else(|| ApiError::not_found("no such API client"))
+    }
+
+    /// A referenced rate-limit policy must exist (422 otherwise).
+    async fn require_policy(&self, id: Option<uuid::Uuid>) -> Result<(), ApiError> {
+        let Some(id) = id else { return Ok(()) };
+        match self.policies.policy(id).await.map_err(entity_error("rate-limit policy"))? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::unprocessable(format!("rate_limit_policy_id {id} names no rate-limit policy"))),
+        }
     }
 }
 
-fn not_yet(what: &str) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        format!("{what} are not available in this gateway yet"),
-    )
+/// The client with its secret in clear, for the one response that shows it.
+fn with_secret(client: &types::ApiClient, secret: &str) -> Result<types::ApiClientWithSecret, ApiError> {
+    let mut doc = serde_json::to_value(client).map_err(internal)?;
+    doc["client_secret"] = json!(secret);
+    serde_json::from_value(doc).map_err(internal)
 }
 
-/// The one mapping from store errors to HTTP answers.
+/// A policy document from a spec, with the contract's defaults filled in.
+fn policy_from_spec(
+    spec: &types::RateLimitPolicySpec,
+    id: uuid::Uuid,
+    created_at: chrono::DateTime<chrono::Utc>,
+) -> Result<types::RateLimitPolicy, ApiError> {
+    let mut doc = serde_json::to_value(spec).map_err(internal)?;
+    let object = doc.as_object_mut().expect("a spec is an object");
+    object.insert("id".into(), json!(id));
+    object.entry("on_redis_unavailable").or_insert(json!("local"));
+    if object.get("on_redis_unavailable").is_some_and(serde_json::Value::is_null) {
+        object.insert("on_redis_unavailable".into(), json!("local"));
+    }
+    object.insert("created_at".into(), json!(created_at));
+    object.insert("updated_at".into(), json!(chrono::Utc::now()));
+    serde_json::from_value(doc).map_err(internal)
+}
+
+/// The one mapping from store errors to HTTP answers, for routes.
 pub fn store_error(error: StoreError) -> ApiError {
-    match error {
-        StoreError::NotFound => ApiError::not_found("no such route"),
-        StoreError::Conflict(_) => ApiError::conflict("a route with this name already exists"),
+    entity_error("route")(error)
+}
+
+/// The mapping from store errors to HTTP answers for one kind of resource.
+pub fn entity_error(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |error| match error {
+        StoreError::NotFound => ApiError::not_found(format!("no such {what}")),
+        StoreError::Conflict("gateway_api_clients_name_key") => {
+            ApiError::conflict("an API client with this name already exists in the tenant")
+        }
+        StoreError::Conflict(_) => ApiError::conflict(format!("a {what} with this name already exists")),
         StoreError::Stale { expected, actual } => {
             ApiError::precondition_failed(format!("if-match version {expected} but the current version is {actual}"))
         }
@@ -114,6 +178,9 @@ fn route_from_spec(
     object.entry("retry").or_insert(json!({"max_attempts": 2}));
     object.entry("cache").or_insert(json!({"enabled": false}));
     object.entry("rate_limit_policy_id").or_insert(json!(null));
+    // Naming scopes means a token is needed to hold them.
+    let require_token = spec.require_token || !spec.required_scopes.is_empty();
+    object.insert("require_token".into(), json!(require_token));
     object.insert("created_at".into(), json!(created_at));
     object.insert("updated_at".into(), json!(chrono::Utc::now()));
     object.insert("version".into(), json!(version));
@@ -233,6 +300,7 @@ impl GatewayApi for GatewayAdmin {
     }
 
     async fn create_route(&self, request: CreateRouteRequest) -> Result<CreateRouteResponse, ApiError> {
+        self.require_policy(request.body.rate_limit_policy_id).await?;
         let route = route_from_spec(&request.body, uuid::Uuid::new_v4(), 1, chrono::Utc::now())?;
         self.routes.insert(&route).await.map_err(store_error)?;
         self.reload().await?;
@@ -268,6 +336,7 @@ impl GatewayApi for GatewayAdmin {
                 "if-match version {expected} but the current version is {version}"
             )));
         }
+        self.require_policy(request.body.rate_limit_policy_id).await?;
         let route = route_from_spec(&request.body, current.id, version + 1, current.created_at)?;
         self.routes.replace(&route, version).await.map_err(store_error)?;
         self.reload().await?;
@@ -322,81 +391,318 @@ impl GatewayApi for GatewayAdmin {
         Ok(ResetCircuitBreakerResponse::Ok(breaker_state(&upstream)?))
     }
 
-    async fn issue_token(&self, _request: IssueTokenRequest) -> Result<IssueTokenResponse, ApiError> {
-        Err(not_yet("API clients and token issuance"))
+    async fn issue_token(&self, request: IssueTokenRequest) -> Result<IssueTokenResponse, ApiError> {
+        let body = request.body;
+        let client_id = body.client_id.to_string();
+        // Slow down guessing per client id (the per-address limit runs in front of the router).
+        let guard = self.plane.edge.limiter.check(&format!("token:client:{client_id}"), &crate::TOKEN_LIMIT).await;
+        if !guard.allowed {
+            let seconds = guard.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            self.tokens_issued("rate_limited");
+            return Err(ApiError::too_many_requests(
+                format!("too many token requests for this client, retry in {seconds} seconds"),
+                seconds,
+            ));
+        }
+        let stored = self.policies.client_by_public_id(&client_id).await.map_err(entity_error("API client"))?;
+        let (hash, client) = match stored {
+            Some(stored) => (Some(stored.secret_hash), Some(stored.client)),
+            None => (None, None),
+        };
+        let verified = crate::secrets::verify(body.client_secret.to_string(), hash).await;
+        let client = match client {
+            Some(client) if verified && !client.disabled => client,
+            _ => {
+                self.tokens_issued("refused");
+                return Err(ApiError::unauthorized("invalid client credentials"));
+            }
+        };
+        let held: Vec<&str> = client.scopes.iter().map(|s| s.as_str()).collect();
+        let granted: Vec<&str> = match &body.scope {
+            Some(requested) => {
+                let requested: Vec<&str> = requested.split(' ').collect();
+                if let Some(missing) = requested.iter().find(|s| !held.contains(s)) {
+                    self.tokens_issued("invalid_scope");
+                    return Err(ApiError::bad_request(
+                        "invalid_scope",
+                        format!("the client does not hold the scope {missing}"),
+                    ));
+                }
+                let mut unique = requested;
+                unique.dedup();
+                unique
+            }
+            None => held,
+        };
+        let audience = body.audience.as_ref().map(|a| a.as_str()).unwrap_or(pake_tokens::AUDIENCE);
+        let token = self.keys.issuer().issue_for(
+            audience,
+            client.client_id.as_str(),
+            Some(client.tenant.as_str()),
+            &granted,
+            self.token_ttl,
+        );
+        self.tokens_issued("issued");
+        let body: types::TokenResponse = serde_json::from_value(json!({
+            "access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl.as_secs(),
+            "scope": granted.join(" "),
+        }))
+        .map_err(internal)?;
+        Ok(IssueTokenResponse::Ok { body, cache_control: "no-store".into() })
     }
 
     async fn get_jwks(&self, _request: GetJwksRequest) -> Result<GetJwksResponse, ApiError> {
-        Err(not_yet("published signing keys"))
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .jwks()
+            .into_iter()
+            .map(|jwk| {
+                let mut published = serde_json::Map::new();
+                for field in ["kty", "kid", "use", "alg", "n", "e", "crv", "x"] {
+                    if let Some(value) = jwk.get(field) {
+                        published.insert(field.into(), value.clone());
+                    }
+                }
+                serde_json::Value::Object(published)
+            })
+            .collect();
+        let body: types::Jwks = serde_json::from_value(json!({ "keys": keys })).map_err(internal)?;
+        Ok(GetJwksResponse::Ok { body, cache_control: "public, max-age=300".into() })
     }
 
-    async fn list_api_clients(&self, _request: ListApiClientsRequest) -> Result<ListApiClientsResponse, ApiError> {
-        Err(not_yet("API clients"))
+    async fn list_api_clients(&self, request: ListApiClientsRequest) -> Result<ListApiClientsResponse, ApiError> {
+        let after = after(request.cursor.as_ref())?;
+        let key = |c: &types::ApiClient| format!("{}/{}", c.tenant.as_str(), c.name.as_str());
+        let clients: Vec<types::ApiClient> = self
+            .policies
+            .clients()
+            .await
+            .map_err(entity_error("API client"))?
+            .into_iter()
+            .filter(|c| request.tenant.as_ref().is_none_or(|t| c.tenant.as_str() == t))
+            .filter(|c| request.disabled.is_none_or(|d| c.disabled == d))
+            .filter(|c| after.as_ref().is_none_or(|a| key(c).as_str() > a.as_str()))
+            .take(request.limit as usize + 1)
+            .collect();
+        Ok(ListApiClientsResponse::Ok(list(clients, request.limit, key)?))
     }
 
-    async fn create_api_client(&self, _request: CreateApiClientRequest) -> Result<CreateApiClientResponse, ApiError> {
-        Err(not_yet("API clients"))
+    async fn create_api_client(&self, request: CreateApiClientRequest) -> Result<CreateApiClientResponse, ApiError> {
+        let spec = request.body;
+        self.require_policy(spec.rate_limit_policy_id).await?;
+        let now = chrono::Utc::now();
+        let secret = crate::secrets::new_secret();
+        let client: types::ApiClient = serde_json::from_value(json!({
+            "id": uuid::Uuid::new_v4(), "client_id": crate::secrets::new_client_id(), "name": spec.name,
+            "tenant": spec.tenant, "scopes": spec.scopes, "rate_limit_policy_id": spec.rate_limit_policy_id,
+            "disabled": spec.disabled, "created_at": now, "updated_at": now, "secret_rotated_at": now,
+        }))
+        .map_err(internal)?;
+        let hash = crate::secrets::hash(secret.clone()).await;
+        self.policies.insert_client(&client, &hash).await.map_err(entity_error("API client"))?;
+        self.reload().await?;
+        tracing::info!(client_id = %client.client_id.as_str(), tenant = %client.tenant.as_str(), by = %request.principal.subject, "API client created");
+        Ok(CreateApiClientResponse::Created {
+            location: format!("/v1/admin/clients/{}", client.id),
+            cache_control: "no-store".into(),
+            body: with_secret(&client, &secret)?,
+        })
     }
 
-    async fn get_api_client(&self, _request: GetApiClientRequest) -> Result<GetApiClientResponse, ApiError> {
-        Err(not_yet("API clients"))
+    async fn get_api_client(&self, request: GetApiClientRequest) -> Result<GetApiClientResponse, ApiError> {
+        let client = self.client(request.api_client_id).await?;
+        Ok(GetApiClientResponse::Ok(client))
     }
 
-    async fn update_api_client(&self, _request: UpdateApiClientRequest) -> Result<UpdateApiClientResponse, ApiError> {
-        Err(not_yet("API clients"))
+    async fn update_api_client(&self, request: UpdateApiClientRequest) -> Result<UpdateApiClientResponse, ApiError> {
+        let update = request.body;
+        if update.remove_rate_limit_policy == Some(true) && update.rate_limit_policy_id.is_some() {
+            return Err(ApiError::unprocessable(
+                "remove_rate_limit_policy and rate_limit_policy_id cannot be given together",
+            ));
+        }
+        self.require_policy(update.rate_limit_policy_id).await?;
+        let mut client = self.client(request.api_client_id).await?;
+        if let Some(name) = update.name {
+            client.name = name.to_string().parse().map_err(|_| ApiError::unprocessable("invalid name"))?;
+        }
+        if let Some(scopes) = update.scopes {
+            client.scopes = scopes;
+        }
+        if let Some(policy) = update.rate_limit_policy_id {
+            client.rate_limit_policy_id = Some(policy);
+        }
+        if update.remove_rate_limit_policy == Some(true) {
+            client.rate_limit_policy_id = None;
+        }
+        if let Some(disabled) = update.disabled {
+            client.disabled = disabled;
+        }
+        client.updated_at = chrono::Utc::now();
+        self.policies.update_client(&client, None).await.map_err(entity_error("API client"))?;
+        self.reload().await?;
+        Ok(UpdateApiClientResponse::Ok(client))
     }
 
-    async fn delete_api_client(&self, _request: DeleteApiClientRequest) -> Result<DeleteApiClientResponse, ApiError> {
-        Err(not_yet("API clients"))
+    async fn delete_api_client(&self, request: DeleteApiClientRequest) -> Result<DeleteApiClientResponse, ApiError> {
+        self.policies.delete_client(request.api_client_id).await.map_err(entity_error("API client"))?;
+        self.reload().await?;
+        tracing::info!(id = %request.api_client_id, by = %request.principal.subject, "API client deleted");
+        Ok(DeleteApiClientResponse::NoContent)
     }
 
     async fn rotate_api_client_secret(
         &self,
-        _request: RotateApiClientSecretRequest,
+        request: RotateApiClientSecretRequest,
     ) -> Result<RotateApiClientSecretResponse, ApiError> {
-        Err(not_yet("API clients"))
+        let mut client = self.client(request.api_client_id).await?;
+        let secret = crate::secrets::new_secret();
+        let hash = crate::secrets::hash(secret.clone()).await;
+        let now = chrono::Utc::now();
+        client.updated_at = now;
+        client.secret_rotated_at = now;
+        self.policies.update_client(&client, Some(&hash)).await.map_err(entity_error("API client"))?;
+        tracing::info!(client_id = %client.client_id.as_str(), by = %request.principal.subject, "API client secret rotated");
+        Ok(RotateApiClientSecretResponse::Ok { body: with_secret(&client, &secret)?, cache_control: "no-store".into() })
     }
 
     async fn list_rate_limit_policies(
         &self,
-        _request: ListRateLimitPoliciesRequest,
+        request: ListRateLimitPoliciesRequest,
     ) -> Result<ListRateLimitPoliciesResponse, ApiError> {
-        Err(not_yet("rate-limit policies"))
+        let after = after(request.cursor.as_ref())?;
+        let policies: Vec<types::RateLimitPolicy> = self
+            .policies
+            .policies()
+            .await
+            .map_err(entity_error("rate-limit policy"))?
+            .into_iter()
+            .filter(|p| after.as_ref().is_none_or(|a| p.name.as_str() > a.as_str()))
+            .take(request.limit as usize + 1)
+            .collect();
+        Ok(ListRateLimitPoliciesResponse::Ok(list(policies, request.limit, |p| p.name.to_string())?))
     }
 
     async fn create_rate_limit_policy(
         &self,
-        _request: CreateRateLimitPolicyRequest,
+        request: CreateRateLimitPolicyRequest,
     ) -> Result<CreateRateLimitPolicyResponse, ApiError> {
-        Err(not_yet("rate-limit policies"))
+        let now = chrono::Utc::now();
+        let policy = policy_from_spec(&request.body, uuid::Uuid::new_v4(), now)?;
+        self.policies.insert_policy(&policy).await.map_err(entity_error("rate-limit policy"))?;
+        self.reload().await?;
+        Ok(CreateRateLimitPolicyResponse::Created {
+            location: format!("/v1/admin/rate-limit-policies/{}", policy.id),
+            body: policy,
+        })
     }
 
     async fn get_rate_limit_policy(
         &self,
-        _request: GetRateLimitPolicyRequest,
+        request: GetRateLimitPolicyRequest,
     ) -> Result<GetRateLimitPolicyResponse, ApiError> {
-        Err(not_yet("rate-limit policies"))
+        let policy = self
+            .policies
+            .policy(request.policy_id)
+            .await
+            .map_err(entity_error("rate-limit policy"))?
+            .ok_or_else(|| ApiError::not_found("no such rate-limit policy"))?;
+        Ok(GetRateLimitPolicyResponse::Ok(policy))
     }
 
     async fn update_rate_limit_policy(
         &self,
-        _request: UpdateRateLimitPolicyRequest,
+        request: UpdateRateLimitPolicyRequest,
     ) -> Result<UpdateRateLimitPolicyResponse, ApiError> {
-        Err(not_yet("rate-limit policies"))
+        let current = self
+            .policies
+            .policy(request.policy_id)
+            .await
+            .map_err(entity_error("rate-limit policy"))?
+            .ok_or_else(|| ApiError::not_found("no such rate-limit policy"))?;
+        let policy = policy_from_spec(&request.body, current.id, current.created_at)?;
+        self.policies.replace_policy(&policy).await.map_err(entity_error("rate-limit policy"))?;
+        self.reload().await?;
+        Ok(UpdateRateLimitPolicyResponse::Ok(policy))
     }
 
     async fn delete_rate_limit_policy(
         &self,
-        _request: DeleteRateLimitPolicyRequest,
+        request: DeleteRateLimitPolicyRequest,
     ) -> Result<DeleteRateLimitPolicyResponse, ApiError> {
-        Err(not_yet("rate-limit policies"))
+        let id = request.policy_id;
+        let routes = self.routes.all().await.map_err(store_error)?;
+        if let Some(route) = routes.iter().find(|r| r.rate_limit_policy_id == Some(id)) {
+            return Err(ApiError::conflict(format!(
+                "the policy is used by route {}; detach it first",
+                route.name.as_str()
+            )));
+        }
+        let clients = self.policies.clients().await.map_err(entity_error("API client"))?;
+        if let Some(client) = clients.iter().find(|c| c.rate_limit_policy_id == Some(id)) {
+            return Err(ApiError::conflict(format!(
+                "the policy is used by API client {}/{}; detach it first",
+                client.tenant.as_str(),
+                client.name.as_str()
+            )));
+        }
+        self.policies.delete_policy(id).await.map_err(entity_error("rate-limit policy"))?;
+        self.reload().await?;
+        Ok(DeleteRateLimitPolicyResponse::NoContent)
     }
 
     async fn get_cache_stats(&self, _request: GetCacheStatsRequest) -> Result<GetCacheStatsResponse, ApiError> {
-        Err(not_yet("response cache statistics"))
+        let stats = self.plane.edge.cache.stats().await;
+        let table = self.plane.routes.load();
+        let level = |l: &pake_cache::LevelStats| {
+            json!({"hits": l.hits, "misses": l.misses, "hit_rate": l.hit_rate(), "entries": l.entries,
+                   "bytes": l.bytes, "evictions": l.evictions})
+        };
+        let mut routes: Vec<serde_json::Value> = stats
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let id: uuid::Uuid = r.route.parse().ok()?;
+                let name = table.name_of(id)?;
+                Some(json!({"route_id": id, "route_name": name, "hits": r.hits, "misses": r.misses,
+                            "hit_rate": r.hit_rate()}))
+            })
+            .collect();
+        routes.sort_by(|a, b| a["route_name"].as_str().cmp(&b["route_name"].as_str()));
+        let mut body = json!({
+            "replica_id": stats.replica_id, "since": stats.since, "lookups": stats.lookups, "hits": stats.hits,
+            "misses": stats.misses, "hit_rate": stats.hit_rate(), "l1": level(&stats.l1), "routes": routes,
+        });
+        if let Some(l2) = &stats.l2 {
+            body["l2"] = level(l2);
+        }
+        Ok(GetCacheStatsResponse::Ok(serde_json::from_value(body).map_err(internal)?))
     }
 
-    async fn invalidate_cache(&self, _request: InvalidateCacheRequest) -> Result<InvalidateCacheResponse, ApiError> {
-        Err(not_yet("response cache invalidations"))
+    async fn invalidate_cache(&self, request: InvalidateCacheRequest) -> Result<InvalidateCacheResponse, ApiError> {
+        let body = request.body;
+        let strings = |list: Option<Vec<String>>| list.unwrap_or_default();
+        let keys = strings(body.keys.map(|k| k.into_iter().map(|k| k.to_string()).collect()));
+        let prefixes = strings(body.prefixes.map(|p| p.into_iter().map(|p| p.to_string()).collect()));
+        let tags = strings(body.tags.map(|t| t.into_iter().map(|t| t.to_string()).collect()));
+        if keys.is_empty() && prefixes.is_empty() && tags.is_empty() {
+            return Err(ApiError::unprocessable("name at least one key, prefix or tag to invalidate"));
+        }
+        match self.plane.edge.cache.invalidate(&keys, &prefixes, &tags).await {
+            Ok(done) => {
+                tracing::info!(id = %done.id, invalidated = done.invalidated, propagated_to = done.propagated_to,
+                    by = %request.principal.subject, "cache invalidated");
+                let body = json!({"id": done.id, "invalidated": done.invalidated, "propagated_to": done.propagated_to,
+                                  "requested_at": done.requested_at});
+                Ok(InvalidateCacheResponse::Ok(serde_json::from_value(body).map_err(internal)?))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cache invalidation incomplete");
+                Err(ApiError::unavailable(
+                    format!("{error}; the shared cache could not be reached, retry the invalidation"),
+                    RETRY_AFTER_SECONDS,
+                ))
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@
 //!
 //! Nothing here awaits the database or takes a lock shared by all requests.
 
+use crate::edge::{Edge, PolicyTable};
 use crate::routes::{Match, RouteTable};
 use crate::upstream::{Outcome, Upstream, Upstreams};
 use arc_swap::ArcSwap;
@@ -127,9 +128,11 @@ impl ProxyMetrics {
 /// Everything the data plane reads.
 pub struct DataPlane {
     pub routes: ArcSwap<RouteTable>,
+    pub policies: ArcSwap<PolicyTable>,
     pub registry: Arc<SnapshotCell>,
     pub upstreams: Upstreams,
     pub metrics: ProxyMetrics,
+    pub edge: Edge,
 }
 
 fn build_client() -> Client<HttpConnector, Body> {
@@ -151,12 +154,14 @@ thread_local! {
 }
 
 impl DataPlane {
-    pub fn new(registry: Arc<SnapshotCell>, metrics: ProxyMetrics) -> DataPlane {
+    pub fn new(registry: Arc<SnapshotCell>, metrics: ProxyMetrics, edge: Edge) -> DataPlane {
         DataPlane {
             routes: ArcSwap::from_pointee(RouteTable::default()),
+            policies: ArcSwap::from_pointee(PolicyTable::default()),
             registry,
             upstreams: Upstreams::default(),
             metrics,
+            edge,
         }
     }
 }
@@ -328,8 +333,45 @@ pub async fn handle(State(plane): State<Arc<DataPlane>>, request: Request) -> Re
                 .into_response();
         }
     };
-    let response = forward(&plane, route, rest_at, request, client).await.unwrap_or_else(IntoResponse::into_response);
+    let response = apply_policies(&plane, route, rest_at, request, client).await;
     route.metrics.record(response.status(), started.elapsed());
+    response
+}
+
+/// Auth, rate limits and the cache, as the route asks, around forwarding.
+async fn apply_policies(
+    plane: &DataPlane,
+    route: &crate::routes::CompiledRoute,
+    rest_at: usize,
+    request: Request,
+    client: Option<SocketAddr>,
+) -> Response {
+    let settings = &route.route;
+    let principal = if settings.require_token {
+        match plane.edge.authenticate(request.headers(), settings) {
+            Ok(principal) => Some(principal),
+            Err(refused) => return refused.into_response(),
+        }
+    } else {
+        None
+    };
+    let table = plane.policies.load();
+    let limited = match plane.edge.rate_limit(&table, settings, principal.as_ref(), client).await {
+        Ok(limited) => limited,
+        Err(refused) => return refused,
+    };
+    let send = |request: Request| async move {
+        forward(plane, route, rest_at, request, client).await.unwrap_or_else(IntoResponse::into_response)
+    };
+    let mut response = if settings.cache.enabled {
+        let tenant = principal.as_ref().and_then(|p| p.tenant.as_deref()).unwrap_or("-");
+        crate::edge::through_cache(plane, route, request, tenant, send).await
+    } else {
+        send(request).await
+    };
+    if let Some((decision, limit)) = limited {
+        crate::edge::add_headers(response.headers_mut(), &decision, limit);
+    }
     response
 }
 

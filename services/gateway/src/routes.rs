@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The channel replicas listen on for route changes.
+/// The channel replicas listen on for changes of routes, API clients and rate-limit policies.
 pub const ROUTE_CHANNEL: &str = "pake_gateway_routes";
 
 /// Reads and writes the `gateway_routes` table.
@@ -113,7 +113,7 @@ impl RouteStore {
 
 /// Tells every gateway replica that the routes changed (PostgreSQL only; an embedded
 /// gateway reloads its own table after each write).
-async fn notify(store: &Store, id: Uuid) -> Result<(), StoreError> {
+pub async fn notify(store: &Store, id: Uuid) -> Result<(), StoreError> {
     if let Some(pool) = store.postgres_pool() {
         sqlx::query("SELECT pg_notify($1, $2)").bind(ROUTE_CHANNEL).bind(id.to_string()).execute(pool).await?;
     }
@@ -199,6 +199,11 @@ impl RouteTable {
         }
     }
 
+    /// The name of the route with this id, if the table has it.
+    pub fn name_of(&self, id: Uuid) -> Option<&str> {
+        self.by_version.values().flatten().find(|c| c.route.id == id).map(|c| c.route.name.as_str())
+    }
+
     pub fn len(&self) -> usize {
         self.by_version.values().map(Vec::len).sum()
     }
@@ -217,7 +222,8 @@ mod tests {
         serde_json::from_value(json!({
             "id": Uuid::new_v4(), "name": name, "path_prefix": prefix, "methods": methods, "api_version": version,
             "service": "svc", "strip_prefix": false, "timeout_ms": 1000, "retry": {"max_attempts": 0},
-            "cache": {"enabled": false}, "rate_limit_policy_id": null, "required_scopes": [], "priority": priority,
+            "cache": {"enabled": false}, "rate_limit_policy_id": null, "required_scopes": [], "require_token": false,
+            "priority": priority,
             "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "version": 1
         }))
         .unwrap()

@@ -2,235 +2,17 @@
 //! slow, failing, dying mid-response, refusing, recovering), with the registry and routes
 //! set up through the generated clients.
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::HeaderMap;
-use axum::routing::any;
+mod support;
+
 use conformance::support::{Backend, TestDatabase, eventually};
 use conformance::{TestServer, http_client_with_token};
 use pake_gateway::Gateway;
 use pake_registry::{Registry, Store};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
-
-const SECRET: &[u8] = b"gateway-tests-secret-0123456789abcdef";
-
-fn token() -> String {
-    pake_tokens::TokenIssuer::hs256(SECRET).unwrap().issue(
-        "tester",
-        None,
-        &["mesh:read", "mesh:write", "gateway:admin"],
-        Duration::from_secs(600),
-    )
-}
-
-/// How a test upstream answers.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
-    Ok,
-    Fail,
-    Slow(Duration),
-    DieMidResponse,
-}
-
-/// A real HTTP upstream on a loopback port that counts its requests and echoes what it saw.
-struct Upstream {
-    server: TestServer,
-    hits: Arc<AtomicUsize>,
-    healthy: Arc<AtomicBool>,
-}
-
-impl Upstream {
-    async fn start(name: &'static str, behaviour: Behaviour) -> Upstream {
-        let hits = Arc::new(AtomicUsize::new(0));
-        let healthy = Arc::new(AtomicBool::new(behaviour != Behaviour::Fail));
-        let (counter, health) = (hits.clone(), healthy.clone());
-        let router = Router::new().fallback(any(move |request: Request| {
-            let (counter, health) = (counter.clone(), health.clone());
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                if let Behaviour::Slow(delay) = behaviour {
-                    tokio::time::sleep(delay).await;
-                }
-                if behaviour == Behaviour::DieMidResponse {
-                    // Headers and a first chunk go out; then the upstream dies.
-                    return axum::response::Response::new(Body::from_stream(dying_stream::DyingStream::new()));
-                }
-                if !health.load(Ordering::SeqCst) {
-                    return axum::response::Response::builder().status(503).body(Body::from("down")).unwrap();
-                }
-                let echo = json!({
-                    "name": name,
-                    "path": request.uri().to_string(),
-                    "headers": headers_json(request.headers()),
-                });
-                axum::response::Response::new(Body::from(echo.to_string()))
-            }
-        }));
-        Upstream { server: TestServer::start(router).await.unwrap(), hits, healthy }
-    }
-
-    fn port(&self) -> u16 {
-        self.server.addr.port()
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-/// A body that sends one chunk, waits, then fails: an upstream dying mid-response.
-mod dying_stream {
-    use futures_core::Stream;
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-    use std::time::Duration;
-
-    pub struct DyingStream {
-        sent: bool,
-        death: Pin<Box<tokio::time::Sleep>>,
-    }
-
-    impl DyingStream {
-        pub fn new() -> DyingStream {
-            DyingStream { sent: false, death: Box::pin(tokio::time::sleep(Duration::from_millis(200))) }
-        }
-    }
-
-    impl Stream for DyingStream {
-        type Item = Result<&'static str, std::io::Error>;
-        fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            if !self.sent {
-                self.sent = true;
-                return Poll::Ready(Some(Ok("partial ")));
-            }
-            match self.death.as_mut().poll(context) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other("the upstream died")))),
-                Poll::Pending => Poll::Pending,
-            }
-        }
-    }
-}
-
-fn headers_json(headers: &HeaderMap) -> Value {
-    let mut map = serde_json::Map::new();
-    for (name, value) in headers {
-        map.insert(name.to_string(), json!(value.to_str().unwrap_or("")));
-    }
-    Value::Object(map)
-}
-
-/// Registry and gateway over one store, as `pake serve` runs them.
-struct Platform {
-    _db: TestDatabase,
-    _registry_server: TestServer,
-    gateway_server: TestServer,
-    _gateway: Gateway,
-    mesh: pake_mesh_client::Client,
-    admin: pake_gateway_client::Client,
-    http: reqwest::Client,
-}
-
-impl Platform {
-    async fn start(backend: Backend) -> Platform {
-        let db = TestDatabase::new(backend).await;
-        let store = Store::open(&db.url).await.unwrap();
-        let registry = Arc::new(Registry::start(store.clone()).await.unwrap());
-        let verifier = pake_tokens::TokenVerifier::hs256(SECRET).unwrap();
-        let registry_server = TestServer::start(pake_registry::router(
-            registry.clone(),
-            verifier.clone(),
-            pake_observe::Metrics::new("registry"),
-        ))
-        .await
-        .unwrap();
-        let gateway = Gateway::start(store, registry.snapshot_cell().clone()).await.unwrap();
-        let gateway_server = TestServer::start(gateway.router(verifier)).await.unwrap();
-        let authed = http_client_with_token(&token());
-        Platform {
-            _db: db,
-            mesh: pake_mesh_client::Client::new_with_client(&registry_server.url(), authed.clone()),
-            admin: pake_gateway_client::Client::new_with_client(&gateway_server.url(), authed),
-            _registry_server: registry_server,
-            gateway_server,
-            _gateway: gateway,
-            http: reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap(),
-        }
-    }
-
-    /// Registers a service with a traffic policy, and instances at `ports` (weights given).
-    async fn service(
-        &self,
-        name: &str,
-        balancing: &str,
-        instances: &[(u16, u64)],
-        breaker: Value,
-    ) -> (Uuid, Vec<Uuid>) {
-        let outliers = json!({"consecutive_5xx": 1000, "interval_seconds": 10, "base_ejection_seconds": 1, "max_ejection_percent": 50});
-        self.service_with(name, balancing, instances, breaker, outliers).await
-    }
-
-    /// Like [`Platform::service`], with outlier detection settings.
-    async fn service_with(
-        &self,
-        name: &str,
-        balancing: &str,
-        instances: &[(u16, u64)],
-        breaker: Value,
-        outliers: Value,
-    ) -> (Uuid, Vec<Uuid>) {
-        let registration: pake_mesh_client::types::ServiceRegistration =
-            serde_json::from_value(json!({"name": name, "version": "1.0.0"})).unwrap();
-        let service = self.mesh.register_service().body(registration).send().await.unwrap().into_inner();
-        let policy: pake_mesh_client::types::TrafficPolicySpec = serde_json::from_value(json!({
-            "load_balancing": balancing, "connect_timeout_ms": 1000, "request_timeout_ms": 10000,
-            "retries": {"max_attempts": 0, "per_try_timeout_ms": 1000, "retry_on": ["connect_failure"], "budget_percent": 20},
-            "circuit_breaker": breaker,
-            "outlier_detection": outliers
-        }))
-        .unwrap();
-        self.mesh.replace_traffic_policy().service_id(service.id).body(policy).send().await.unwrap();
-        let mut ids = Vec::new();
-        for (port, weight) in instances {
-            let instance: pake_mesh_client::types::InstanceRegistration = serde_json::from_value(
-                json!({"address": "127.0.0.1", "port": port, "weight": weight, "ttl_seconds": 60}),
-            )
-            .unwrap();
-            ids.push(
-                self.mesh
-                    .register_instance()
-                    .service_id(service.id)
-                    .body(instance)
-                    .send()
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .id,
-            );
-        }
-        (service.id, ids)
-    }
-
-    async fn route(&self, spec: Value) -> Uuid {
-        let spec: pake_gateway_client::types::RouteSpec = serde_json::from_value(spec).unwrap();
-        self.admin.create_route().body(spec).send().await.unwrap().into_inner().id
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(format!("{}{path}", self.gateway_server.url())).send().await.unwrap()
-    }
-}
-
-fn lenient_breaker() -> Value {
-    json!({"failure_threshold": 1000, "failure_rate_threshold": 1.0, "minimum_requests": 100000,
-           "rate_window_seconds": 60, "open_seconds": 1, "half_open_max_requests": 1})
-}
-
+use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_route_to_their_services_and_headers_are_forwarded() {
     let platform = Platform::start(Backend::Sqlite).await;
@@ -558,8 +340,8 @@ async fn route_changes_reach_every_replica_within_a_second() {
     for _ in 0..2 {
         let store = Store::open(&db.url).await.unwrap();
         let registry = Arc::new(Registry::start(store.clone()).await.unwrap());
-        let gateway = Gateway::start(store, registry.snapshot_cell().clone()).await.unwrap();
-        let server = TestServer::start(gateway.router(verifier.clone())).await.unwrap();
+        let gateway = Gateway::start(store, registry.snapshot_cell().clone(), options()).await.unwrap();
+        let server = TestServer::start(gateway.router()).await.unwrap();
         let registry_server = TestServer::start(pake_registry::router(
             registry.clone(),
             verifier.clone(),

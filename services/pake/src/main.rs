@@ -33,10 +33,39 @@ struct Config {
     /// Where embedded state lives (the SQLite file, the generated token secret).
     #[arg(long, env = "PAKE_DATA_DIR", default_value = "data", global = true)]
     data_dir: PathBuf,
-    /// The HS256 secret platform tokens are signed with (32 bytes or more). Without it, a
-    /// secret is generated once and kept in the data directory.
+    /// An HS256 secret (32 bytes or more) for platform tokens. Alone, tokens are signed
+    /// with it; beside a key file, tokens signed with it are still accepted.
     #[arg(long, env = "PAKE_TOKEN_SECRET", global = true, hide_env_values = true)]
     token_secret: Option<String>,
+    /// A PEM private key (Ed25519 or RSA) that signs tokens; its public key is served as
+    /// JWKS. Without it or a secret, an Ed25519 key is generated once into the data
+    /// directory.
+    #[arg(long, env = "PAKE_TOKEN_KEY_FILE", global = true)]
+    token_key_file: Option<PathBuf>,
+    /// The key signing tokens before the last rotation: still accepted and published until
+    /// its tokens expire.
+    #[arg(long, env = "PAKE_TOKEN_PREVIOUS_KEY_FILE", global = true)]
+    token_previous_key_file: Option<PathBuf>,
+    /// Lifetime of tokens the gateway issues, in seconds.
+    #[arg(long, env = "PAKE_TOKEN_TTL_SECONDS", default_value_t = 3600, global = true)]
+    token_ttl_seconds: u64,
+    /// Redis URL (redis://host:port/). With it, gateway replicas share rate limits and an
+    /// L2 response cache; without it both stay in process.
+    #[arg(long, env = "PAKE_REDIS_URL", global = true, hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key and channel the gateway uses.
+    #[arg(long, env = "PAKE_REDIS_PREFIX", default_value = "pake:", global = true)]
+    redis_prefix: String,
+    /// Memory for the gateway's in-process response cache, in bytes.
+    #[arg(long, env = "PAKE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
+    cache_bytes: u64,
+    /// Public id of the first admin API client, created (or reset) at start with
+    /// PAKE_ADMIN_CLIENT_SECRET and the gateway:admin, mesh:read and mesh:write scopes.
+    #[arg(long, env = "PAKE_ADMIN_CLIENT_ID", global = true, requires = "admin_client_secret")]
+    admin_client_id: Option<String>,
+    /// Its secret (32 characters or more). There is no default admin credential.
+    #[arg(long, env = "PAKE_ADMIN_CLIENT_SECRET", global = true, hide_env_values = true)]
+    admin_client_secret: Option<String>,
     /// Address of the registry (service mesh) API.
     #[arg(long, env = "PAKE_REGISTRY_ADDR", default_value = "127.0.0.1:8000", global = true)]
     registry_addr: SocketAddr,
@@ -92,23 +121,69 @@ impl Config {
         }
     }
 
-    /// The configured secret, or the one kept in the data directory (created on first use).
-    fn token_secret(&self) -> Result<Vec<u8>> {
-        if let Some(secret) = &self.token_secret {
-            if secret.len() < pake_tokens::MIN_SECRET_BYTES {
-                bail!("PAKE_TOKEN_SECRET must be at least {} bytes", pake_tokens::MIN_SECRET_BYTES);
+    fn token_secret(&self) -> Result<Option<Vec<u8>>> {
+        match &self.token_secret {
+            Some(secret) if secret.len() < pake_tokens::MIN_SECRET_BYTES => {
+                bail!("PAKE_TOKEN_SECRET must be at least {} bytes", pake_tokens::MIN_SECRET_BYTES)
             }
-            return Ok(secret.as_bytes().to_vec());
+            Some(secret) => Ok(Some(secret.as_bytes().to_vec())),
+            None => Ok(None),
         }
-        let path = self.data_dir.join("token-secret");
-        if let Ok(existing) = std::fs::read_to_string(&path) {
-            return Ok(existing.trim().as_bytes().to_vec());
+    }
+
+    /// The keys tokens are signed and verified with: a configured key file, else a
+    /// configured secret, else the Ed25519 key kept in the data directory (created on first
+    /// use).
+    fn key_ring(&self) -> Result<pake_tokens::KeyRing> {
+        let secret = self.token_secret()?;
+        let read =
+            |path: &Path| std::fs::read(path).with_context(|| format!("reading the key file {}", path.display()));
+        let mut ring = match (&self.token_key_file, &secret) {
+            (Some(path), _) => pake_tokens::KeyRing::from_private_pem(&read(path)?)
+                .with_context(|| format!("loading the token key {}", path.display()))?,
+            (None, Some(secret)) => pake_tokens::KeyRing::hs256(secret)?,
+            (None, None) => self.generated_key()?,
+        };
+        if let (Some(secret), pake_tokens::Algorithm::EdDSA | pake_tokens::Algorithm::RS256) =
+            (&secret, ring.signing_algorithm())
+        {
+            ring = ring.with_hs256_verification(secret)?;
+        }
+        if let Some(path) = &self.token_previous_key_file {
+            ring = ring
+                .with_previous_private_pem(&read(path)?)
+                .with_context(|| format!("loading the previous token key {}", path.display()))?;
+        }
+        Ok(ring)
+    }
+
+    fn generated_key(&self) -> Result<pake_tokens::KeyRing> {
+        let path = self.data_dir.join("token-key.pem");
+        if let Ok(existing) = std::fs::read(&path) {
+            return pake_tokens::KeyRing::from_private_pem(&existing)
+                .with_context(|| format!("loading the token key {}", path.display()));
         }
         std::fs::create_dir_all(&self.data_dir)?;
-        let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        write_private(&path, &secret)?;
-        tracing::info!(path = %path.display(), "generated a token secret for this data directory");
-        Ok(secret.into_bytes())
+        let (ring, pem) = pake_tokens::KeyRing::generate_ed25519()?;
+        match write_private(&path, &pem) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "generated an Ed25519 token key for this data directory");
+                Ok(ring)
+            }
+            // Another process sharing the data directory wrote it first: use theirs.
+            Err(_) if path.exists() => pake_tokens::KeyRing::from_private_pem(&std::fs::read(&path)?)
+                .with_context(|| format!("loading the token key {}", path.display())),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn gateway_options(&self, keys: pake_tokens::KeyRing) -> pake_gateway::GatewayOptions {
+        let mut options = pake_gateway::GatewayOptions::new(keys);
+        options.token_ttl = Duration::from_secs(self.token_ttl_seconds.clamp(1, 86_400));
+        options.redis_url = self.redis_url.clone();
+        options.redis_prefix = self.redis_prefix.clone();
+        options.cache_bytes = self.cache_bytes;
+        options
     }
 }
 
@@ -139,7 +214,7 @@ async fn main() -> Result<()> {
     match cli.command.unwrap_or(Command::Serve { services: Vec::new() }) {
         Command::Serve { services } => serve(&cli.config, &services).await,
         Command::Token { scopes, subject, tenant, ttl } => {
-            let issuer = pake_tokens::TokenIssuer::hs256(&cli.config.token_secret()?)?;
+            let issuer = cli.config.key_ring()?.issuer();
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
             println!("{}", issuer.issue(&subject, tenant.as_deref(), &scopes, Duration::from_secs(ttl)));
             Ok(())
@@ -153,8 +228,8 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     // compile stops the start rather than failing the first request that needs it.
     pake_mesh_server::warm().map_err(anyhow::Error::msg).context("compiling the service-mesh contract's schemas")?;
     pake_gateway_server::warm().map_err(anyhow::Error::msg).context("compiling the gateway contract's schemas")?;
-    let secret = config.token_secret()?;
-    let verifier = pake_tokens::TokenVerifier::hs256(&secret)?;
+    let keys = config.key_ring()?;
+    let verifier = keys.verifier();
     let url = config.database_url()?;
     let backend = if url.starts_with("sqlite:") { "sqlite (embedded)" } else { "postgres" };
     // One pool and one registry snapshot serve every service in this process: the
@@ -175,8 +250,14 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 });
             }
             ServiceName::Gateway => {
-                let gateway = pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone()).await?;
-                let router = gateway.router(verifier.clone());
+                let options = config.gateway_options(keys.clone());
+                let gateway =
+                    pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone(), options).await?;
+                if let (Some(id), Some(secret)) = (&config.admin_client_id, &config.admin_client_secret) {
+                    gateway.ensure_admin_client(id, secret).await?;
+                    tracing::info!(client_id = %id, "admin API client ready (from configuration)");
+                }
+                let router = gateway.router();
                 let addr = resolve_port(config.gateway_addr)?;
                 let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 let mut workers = Vec::new();

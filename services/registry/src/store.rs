@@ -205,6 +205,9 @@ const CONSTRAINTS: &[(&str, &str)] = &[
     ("dependencies_edge_key", "dependencies.service_id, dependencies.depends_on"),
     ("config_entries_pkey", "config_entries.service, config_entries.environment, config_entries.key"),
     ("gateway_routes_name_key", "gateway_routes.name"),
+    ("gateway_rate_limit_policies_name_key", "gateway_rate_limit_policies.name"),
+    ("gateway_api_clients_client_id_key", "gateway_api_clients.client_id"),
+    ("gateway_api_clients_name_key", "gateway_api_clients.tenant, gateway_api_clients.name"),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -240,6 +243,7 @@ fn postgres_migrator() -> sqlx::migrate::Migrator {
     migrator(&[
         (1, "registry", include_str!("../../../migrations/postgres/0001_registry.sql")),
         (2, "gateway routes", include_str!("../../../migrations/postgres/0002_gateway_routes.sql")),
+        (3, "gateway policies", include_str!("../../../migrations/postgres/0003_gateway_policies.sql")),
     ])
 }
 
@@ -247,6 +251,7 @@ fn sqlite_migrator() -> sqlx::migrate::Migrator {
     migrator(&[
         (1, "registry", include_str!("../../../migrations/sqlite/0001_registry.sql")),
         (2, "gateway routes", include_str!("../../../migrations/sqlite/0002_gateway_routes.sql")),
+        (3, "gateway policies", include_str!("../../../migrations/sqlite/0003_gateway_policies.sql")),
     ])
 }
 

@@ -1,0 +1,23 @@
+-- Gateway policies: rate-limit policies and API clients. Documents are the contract's
+-- RateLimitPolicy and ApiClient; the client's secret is kept only as an Argon2 PHC hash.
+
+CREATE TABLE gateway_rate_limit_policies (
+    id UUID PRIMARY KEY,
+    name TEXT NOT NULL CONSTRAINT gateway_rate_limit_policies_name_key UNIQUE,
+    doc JSONB NOT NULL
+);
+
+CREATE TABLE gateway_api_clients (
+    id UUID PRIMARY KEY,
+    client_id TEXT NOT NULL CONSTRAINT gateway_api_clients_client_id_key UNIQUE,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    doc JSONB NOT NULL,
+    CONSTRAINT gateway_api_clients_name_key UNIQUE (tenant, name)
+);
+
+-- Routes stored before routes could require a token: public unless they named scopes.
+UPDATE gateway_routes
+SET doc = jsonb_set(doc, '{require_token}', to_jsonb(jsonb_array_length(doc -> 'required_scopes') > 0))
+WHERE NOT doc ? 'require_token';

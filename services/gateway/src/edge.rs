@@ -1,0 +1,584 @@
+//! The policies a route can turn on, applied by the data plane between matching a route
+//! and forwarding (see [`crate::proxy`]):
+//!
+//! 1. **auth** — routes with `require_token` need a valid gateway token (401 otherwise) that
+//!    holds every `required_scopes` scope (403 otherwise). Verified tokens are remembered
+//!    until they expire (at most five minutes), so a signature is checked once per token,
+//!    not once per request.
+//! 2. **rate limits** — the route's policy and the calling client's policy, each keyed by
+//!    its scope (tenant, tenant and route, or client; anonymous callers by address). Over
+//!    the limit → 429 with `Retry-After`; every limited route's answers carry the
+//!    `RateLimit-*` fields of the tightest policy.
+//! 3. **cache** — cacheable requests are looked up in L1, then L2; concurrent misses for
+//!    one key send one request upstream and share its answer; storable answers are kept
+//!    for the route's TTL (or the upstream's shorter `max-age`). `X-Cache-Status` says
+//!    HIT, MISS or BYPASS on every answer of a caching route.
+
+use crate::proxy::DataPlane;
+use crate::routes::CompiledRoute;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use pake_api_runtime::{ApiError, Principal};
+use pake_cache::{CacheKey, CachedResponse, Flight, Level, Lookup, ResponseCache};
+use pake_gateway_server::types;
+use pake_ratelimit::{Decision, Limit, RateLimiter};
+use pake_tokens::TokenVerifier;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Longest a verified token is remembered, whatever its expiry.
+const TOKEN_MEMORY: Duration = Duration::from_secs(300);
+
+/// Largest answer buffered to be stored or shared with coalesced requests; larger ones
+/// stream through (the cache itself refuses entries over its own limit).
+const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// Statuses a cache may store (RFC 9111 heuristically cacheable ones the contract names).
+const STORABLE: &[u16] = &[200, 203, 204, 301, 404, 410];
+
+/// A rate-limit policy ready for decisions.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    pub id: Uuid,
+    pub scope: types::RateLimitScope,
+    pub limit: Limit,
+}
+
+/// Rate-limit policies by id, and each API client's policy by its public client id.
+#[derive(Debug, Default)]
+pub struct PolicyTable {
+    pub policies: HashMap<Uuid, CompiledPolicy>,
+    pub client_policies: HashMap<String, Uuid>,
+}
+
+impl PolicyTable {
+    pub fn new(policies: Vec<types::RateLimitPolicy>, clients: Vec<types::ApiClient>) -> PolicyTable {
+        let policies = policies
+            .into_iter()
+            .map(|p| {
+                let limit = Limit {
+                    policy: p.name.to_string(),
+                    algorithm: match p.algorithm {
+                        types::RateLimitAlgorithm::Gcra => pake_ratelimit::Algorithm::Gcra,
+                        types::RateLimitAlgorithm::SlidingWindow => pake_ratelimit::Algorithm::SlidingWindow,
+                    },
+                    rate: p.rate.get(),
+                    period: Duration::from_secs(p.period_seconds.get()),
+                    burst: p.burst.max(0) as u64,
+                    on_unavailable: match p.on_redis_unavailable {
+                        types::RedisUnavailableBehaviour::FailOpen => pake_ratelimit::OnUnavailable::FailOpen,
+                        types::RedisUnavailableBehaviour::FailClosed => pake_ratelimit::OnUnavailable::FailClosed,
+                        types::RedisUnavailableBehaviour::Local => pake_ratelimit::OnUnavailable::Local,
+                    },
+                };
+                (p.id, CompiledPolicy { id: p.id, scope: p.scope, limit })
+            })
+            .collect();
+        let client_policies = clients
+            .into_iter()
+            .filter_map(|c| c.rate_limit_policy_id.map(|policy| (c.client_id.to_string(), policy)))
+            .collect();
+        PolicyTable { policies, client_policies }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    policy: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    level: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    result: &'static str,
+}
+
+/// Cache counters resolved once, so the hot path records without label lookups.
+struct CacheCounters {
+    l1_hit: Counter,
+    l1_miss: Counter,
+    l2_hit: Counter,
+    l2_miss: Counter,
+    bypass: Counter,
+    coalesced: Counter,
+}
+
+/// What the data plane needs to apply route policies.
+pub struct Edge {
+    verifier: TokenVerifier,
+    tokens: moka::sync::Cache<String, Arc<pake_tokens::Verified>>,
+    pub limiter: RateLimiter,
+    pub cache: Arc<ResponseCache>,
+    decisions: Family<DecisionLabels, Counter>,
+    auth: Family<AuthLabels, Counter>,
+    cache_counters: CacheCounters,
+}
+
+impl Edge {
+    pub fn new(
+        verifier: TokenVerifier,
+        limiter: RateLimiter,
+        cache: Arc<ResponseCache>,
+        metrics: &pake_observe::Metrics,
+    ) -> Edge {
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        metrics.register("rate_limit_decisions", "Rate-limit decisions by policy and result", decisions.clone());
+        let auth = Family::<AuthLabels, Counter>::default();
+        metrics.register("auth_decisions", "Token checks on routes that require one, by result", auth.clone());
+        let lookups = Family::<CacheLabels, Counter>::default();
+        metrics.register("cache_requests", "Cache lookups by level and result", lookups.clone());
+        let counter = |level, result| lookups.get_or_create(&CacheLabels { level, result }).clone();
+        let cache_counters = CacheCounters {
+            l1_hit: counter("l1", "hit"),
+            l1_miss: counter("l1", "miss"),
+            l2_hit: counter("l2", "hit"),
+            l2_miss: counter("l2", "miss"),
+            bypass: counter("none", "bypass"),
+            coalesced: counter("none", "coalesced"),
+        };
+        Edge {
+            verifier,
+            tokens: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(TOKEN_MEMORY).build(),
+            limiter,
+            cache,
+            decisions,
+            auth,
+            cache_counters,
+        }
+    }
+
+    fn counted<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        let label = match &result {
+            Ok(_) => "allowed",
+            Err(error) if error.status() == StatusCode::FORBIDDEN => "forbidden",
+            Err(_) => "unauthorized",
+        };
+        self.auth.get_or_create(&AuthLabels { result: label }).inc();
+        result
+    }
+
+    /// The caller of a route that requires a token, or the 401/403 to answer.
+    pub fn authenticate(&self, headers: &HeaderMap, route: &types::Route) -> Result<Principal, ApiError> {
+        let result = (|| {
+            let value = headers
+                .get(header::AUTHORIZATION)
+                .ok_or_else(|| ApiError::unauthorized("this route requires a bearer token"))?;
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a bearer token"))?;
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let verified = match self.tokens.get(token) {
+                Some(known) if known.expires_at > now => known,
+                _ => {
+                    let verified = Arc::new(self.verifier.verify_full(token)?);
+                    if verified.expires_at > now + 1 {
+                        self.tokens.insert(token.to_string(), verified.clone());
+                    }
+                    verified
+                }
+            };
+            let principal = &verified.principal;
+            if let Some(missing) =
+                route.required_scopes.iter().find(|needed| !principal.scopes.iter().any(|held| held == needed.as_str()))
+            {
+                return Err(ApiError::forbidden(format!("the token lacks the scope {}", missing.as_str())));
+            }
+            Ok(principal.clone())
+        })();
+        self.counted(result)
+    }
+
+    /// Applies the route's and the client's rate limits. `Ok` carries the headers of the
+    /// tightest decision (none when no policy applies); `Err` is the 429 (or the 503 of a
+    /// fail-closed policy while Redis is down) to answer.
+    pub async fn rate_limit<'t>(
+        &self,
+        table: &'t PolicyTable,
+        route: &types::Route,
+        principal: Option<&Principal>,
+        client: Option<SocketAddr>,
+    ) -> Result<Option<(Decision, &'t Limit)>, Response> {
+        let client_policy = principal.and_then(|p| table.client_policies.get(&p.subject));
+        let applicable = [route.rate_limit_policy_id.as_ref(), client_policy]
+            .into_iter()
+            .flatten()
+            .filter_map(|id| table.policies.get(id));
+        let anonymous = || match client {
+            Some(addr) => format!("addr:{}", addr.ip()),
+            None => "addr:unknown".to_string(),
+        };
+        let mut tightest: Option<(Decision, &Limit)> = None;
+        for policy in applicable {
+            let tenant = principal.and_then(|p| p.tenant.clone()).map(|t| format!("tenant:{t}"));
+            let subject = principal.map(|p| format!("client:{}", p.subject));
+            let key = match policy.scope {
+                types::RateLimitScope::PerTenant => format!("{}:{}", policy.id, tenant.unwrap_or_else(anonymous)),
+                types::RateLimitScope::PerTenantRoute => {
+                    format!("{}:{}:route:{}", policy.id, tenant.unwrap_or_else(anonymous), route.id)
+                }
+                types::RateLimitScope::PerClient => format!("{}:{}", policy.id, subject.unwrap_or_else(anonymous)),
+            };
+            let decision = self.limiter.check(&key, &policy.limit).await;
+            let result = if decision.unavailable {
+                "unavailable"
+            } else if decision.allowed {
+                "allowed"
+            } else {
+                "limited"
+            };
+            self.decisions.get_or_create(&DecisionLabels { policy: policy.limit.policy.clone(), result }).inc();
+            if decision.unavailable {
+                let seconds = decision.retry_after.as_secs().max(1);
+                return Err(ApiError::unavailable(
+                    format!(
+                        "rate limiting for policy {} is unavailable and the policy fails closed",
+                        policy.limit.policy
+                    ),
+                    seconds,
+                )
+                .into_response());
+            }
+            if !decision.allowed {
+                let seconds = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let mut response = ApiError::too_many_requests(
+                    format!("rate limit {} exceeded, retry in {seconds} seconds", policy.limit.policy),
+                    seconds,
+                )
+                .into_response();
+                add_headers(response.headers_mut(), &decision, &policy.limit);
+                return Err(response);
+            }
+            if tightest.as_ref().is_none_or(|(d, _)| decision.remaining < d.remaining) {
+                tightest = Some((decision, &policy.limit));
+            }
+        }
+        Ok(tightest)
+    }
+
+    fn count_lookup(&self, lookup: &Lookup) {
+        let c = &self.cache_counters;
+        match lookup {
+            Lookup::Hit { level: Level::L1, .. } => {
+                c.l1_hit.inc();
+            }
+            Lookup::Hit { level: Level::L2, .. } => {
+                c.l1_miss.inc();
+                c.l2_hit.inc();
+            }
+            Lookup::Miss => {
+                c.l1_miss.inc();
+                if self.cache.l2_available().is_some() {
+                    c.l2_miss.inc();
+                }
+            }
+        }
+    }
+}
+
+/// Puts a decision's `RateLimit-*` (and, when refused, `Retry-After`) fields on a response.
+pub fn add_headers(headers: &mut HeaderMap, decision: &Decision, limit: &Limit) {
+    for (name, value) in decision.headers(limit) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Whether the request may be answered from the cache at all.
+fn cacheable_request(route: &types::Route, method: &Method, headers: &HeaderMap) -> bool {
+    let method_ok = route.cache.methods.iter().any(|m| m.to_string() == method.as_str());
+    let refuses = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
+        v.to_str().map(|v| v.to_ascii_lowercase()).is_ok_and(|v| v.contains("no-cache") || v.contains("no-store"))
+    }) || headers.get(header::PRAGMA).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+    method_ok && !refuses
+}
+
+/// How long an upstream answer may be kept: the route's TTL, shortened by the answer's own
+/// `s-maxage`/`max-age`; `None` when it must not be stored.
+fn storable_for(route: &types::Route, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if !STORABLE.contains(&status.as_u16()) || headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    let mut ttl = route.cache.ttl_seconds.get();
+    let mut shared_max_age = None;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { return None };
+        for directive in value.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+            if directive == "no-store" || directive == "private" || directive == "no-cache" {
+                return None;
+            }
+            if let Some(seconds) = directive.strip_prefix("s-maxage=").and_then(|s| s.parse::<u64>().ok()) {
+                shared_max_age = Some(seconds);
+            } else if let Some(seconds) = directive.strip_prefix("max-age=").and_then(|s| s.parse::<u64>().ok()) {
+                shared_max_age.get_or_insert(seconds);
+            }
+        }
+    }
+    if let Some(seconds) = shared_max_age {
+        ttl = ttl.min(seconds);
+    }
+    (ttl > 0).then(|| Duration::from_secs(ttl))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn with_status(mut response: Response, status: &'static str) -> Response {
+    response.headers_mut().insert(HeaderName::from_static("x-cache-status"), HeaderValue::from_static(status));
+    response
+}
+
+/// A response from a cached (or shared) entry.
+fn from_entry(entry: &CachedResponse, status: &'static str) -> Response {
+    let mut response = Response::new(Body::from(entry.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(entry.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    for (name, value) in &entry.headers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_maybe_shared(value.clone()))
+        {
+            headers.append(name, value);
+        }
+    }
+    if status == "HIT" {
+        let age = (now_ms() - entry.stored_at_ms).max(0) / 1000;
+        headers.insert(header::AGE, HeaderValue::from(age as u64));
+    }
+    with_status(response, status)
+}
+
+/// Reads a body into memory up to `limit` bytes. Past the limit, gives back a body that
+/// replays what was read and streams the rest, so nothing is lost.
+async fn buffer(body: Body, limit: usize) -> Result<Bytes, Body> {
+    use futures::StreamExt;
+    if HttpBody::size_hint(&body).lower() as usize > limit {
+        return Err(body);
+    }
+    let mut stream = body.into_data_stream();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut size = 0usize;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                size += chunk.len();
+                chunks.push(chunk);
+                if size > limit {
+                    let read = futures::stream::iter(chunks.into_iter().map(Ok::<Bytes, axum::Error>));
+                    return Err(Body::from_stream(read.chain(stream)));
+                }
+            }
+            Err(error) => {
+                // The upstream broke off mid-body: pass on what came and the break itself.
+                let read = futures::stream::iter(chunks.into_iter().map(Ok::<Bytes, axum::Error>));
+                return Err(Body::from_stream(read.chain(futures::stream::once(async move { Err(error) }))));
+            }
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
+/// Sends the request through the route's cache: a hit answers from memory or Redis, a miss
+/// goes upstream once however many ask at the same time.
+pub async fn through_cache<F, Fut>(
+    plane: &DataPlane,
+    route: &CompiledRoute,
+    request: Request,
+    tenant: &str,
+    forward: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let edge = &plane.edge;
+    let policy = &route.route.cache;
+    if !cacheable_request(&route.route, request.method(), request.headers()) {
+        edge.cache_counters.bypass.inc();
+        return with_status(forward(request).await, "BYPASS");
+    }
+    let vary: Vec<(String, String)> = policy
+        .vary_headers
+        .iter()
+        .map(|name| {
+            let name = name.as_str().to_ascii_lowercase();
+            let value = request.headers().get(name.as_str()).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            (name, value)
+        })
+        .collect();
+    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let key = CacheKey::new(request.method().as_str(), path, tenant, vary);
+    let route_id = route.route.id.to_string();
+    let lookup = edge.cache.get(&key).await;
+    edge.count_lookup(&lookup);
+    if let Lookup::Hit { entry, .. } = lookup {
+        edge.cache.record(&route_id, true);
+        return from_entry(&entry, "HIT");
+    }
+    edge.cache.record(&route_id, false);
+    let guard = match edge.cache.join(&key).await {
+        Flight::Shared(entry) => {
+            edge.cache_counters.coalesced.inc();
+            return from_entry(&entry, "MISS");
+        }
+        Flight::Alone => return with_status(forward(request).await, "MISS"),
+        Flight::Leader(guard) => guard,
+    };
+    let response = forward(request).await;
+    let (parts, body) = response.into_parts();
+    let bytes = match buffer(body, MAX_ENTRY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(streaming) => {
+            guard.complete(None);
+            return with_status(Response::from_parts(parts, streaming), "MISS");
+        }
+    };
+    let stored_at_ms = now_ms();
+    let ttl = storable_for(&route.route, parts.status, &parts.headers);
+    let mut tags: Vec<String> = policy.tags.iter().map(|t| t.to_string()).collect();
+    if let Some(tag_header) = &policy.tag_header {
+        for value in parts.headers.get_all(tag_header.as_str()) {
+            if let Ok(value) = value.to_str() {
+                tags.extend(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from));
+            }
+        }
+    }
+    tags.sort();
+    tags.dedup();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::AGE && name.as_str() != "x-cache-status")
+        .map(|(name, value)| (name.as_str().to_string(), Bytes::copy_from_slice(value.as_bytes())))
+        .collect();
+    let entry = CachedResponse {
+        status: parts.status.as_u16(),
+        headers,
+        body: bytes,
+        tags,
+        route: route_id,
+        stored_at_ms,
+        expires_at_ms: stored_at_ms + ttl.map(|t| t.as_millis() as i64).unwrap_or(0),
+    };
+    let entry = Arc::new(entry);
+    if ttl.is_some() {
+        edge.cache.put_shared(&key, entry.clone()).await;
+    }
+    guard.complete(Some(entry.clone()));
+    from_entry(&entry, "MISS")
+}
+
+/// Limits token requests per source address in front of the token endpoint, before any
+/// secret is hashed.
+pub async fn token_endpoint_guard(State(plane): State<Arc<DataPlane>>, request: Request, next: Next) -> Response {
+    if request.method() == Method::POST && request.uri().path() == "/v1/auth/token" {
+        let address = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let decision = plane.edge.limiter.check(&format!("token:addr:{address}"), &crate::TOKEN_LIMIT).await;
+        if !decision.allowed {
+            let seconds = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            return ApiError::too_many_requests(
+                format!("too many token requests from this address, retry in {seconds} seconds"),
+                seconds,
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(cache: serde_json::Value) -> types::Route {
+        serde_json::from_value(json!({
+            "id": Uuid::new_v4(), "name": "r", "path_prefix": "/", "methods": ["GET"], "api_version": "v1",
+            "service": "svc", "strip_prefix": false, "timeout_ms": 1000, "retry": {"max_attempts": 0},
+            "cache": cache, "rate_limit_policy_id": null, "required_scopes": [], "require_token": false,
+            "priority": 0, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "version": 1
+        }))
+        .unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn storability_follows_status_cache_control_and_cookies() {
+        let r = route(json!({"enabled": true, "ttl_seconds": 60}));
+        assert_eq!(storable_for(&r, StatusCode::OK, &headers(&[])), Some(Duration::from_secs(60)));
+        assert_eq!(storable_for(&r, StatusCode::NOT_FOUND, &headers(&[])), Some(Duration::from_secs(60)));
+        assert_eq!(storable_for(&r, StatusCode::INTERNAL_SERVER_ERROR, &headers(&[])), None);
+        assert_eq!(storable_for(&r, StatusCode::CREATED, &headers(&[])), None);
+        assert_eq!(storable_for(&r, StatusCode::OK, &headers(&[("cache-control", "private, max-age=600")])), None);
+        assert_eq!(storable_for(&r, StatusCode::OK, &headers(&[("cache-control", "no-store")])), None);
+        assert_eq!(storable_for(&r, StatusCode::OK, &headers(&[("set-cookie", "a=b")])), None);
+        assert_eq!(
+            storable_for(&r, StatusCode::OK, &headers(&[("cache-control", "public, max-age=5")])),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            storable_for(&r, StatusCode::OK, &headers(&[("cache-control", "max-age=5, s-maxage=20")])),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            storable_for(&r, StatusCode::OK, &headers(&[("cache-control", "max-age=600")])),
+            Some(Duration::from_secs(60)),
+            "an upstream never lengthens the route's TTL"
+        );
+        assert_eq!(storable_for(&r, StatusCode::OK, &headers(&[("cache-control", "max-age=0")])), None);
+    }
+
+    #[test]
+    fn requests_bypass_the_cache_when_they_ask_or_the_method_is_not_cached() {
+        let r = route(json!({"enabled": true, "methods": ["GET"]}));
+        assert!(cacheable_request(&r, &Method::GET, &headers(&[])));
+        assert!(!cacheable_request(&r, &Method::HEAD, &headers(&[])));
+        assert!(!cacheable_request(&r, &Method::GET, &headers(&[("cache-control", "no-cache")])));
+        assert!(!cacheable_request(&r, &Method::GET, &headers(&[("pragma", "no-cache")])));
+    }
+
+    #[tokio::test]
+    async fn buffering_keeps_every_byte_past_the_limit() {
+        let small = buffer(Body::from("hello"), 10).await.unwrap();
+        assert_eq!(small, Bytes::from("hello"));
+        let chunks = futures::stream::iter(["ab", "cd", "ef"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c))));
+        let large = buffer(Body::from_stream(chunks), 3).await.unwrap_err();
+        let all = axum::body::to_bytes(large, 100).await.unwrap();
+        assert_eq!(all, Bytes::from("abcdef"));
+    }
+}

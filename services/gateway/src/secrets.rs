@@ -1,0 +1,91 @@
+//! API-client credentials: public client ids, secrets shown once, and the Argon2id hashes
+//! that are all the gateway keeps of them.
+//!
+//! Hashing and checking take tens of milliseconds of CPU on purpose, so they run on the
+//! blocking pool, never on a worker that serves requests. An unknown client id is checked
+//! against a dummy hash, so that its answer takes as long as a wrong secret's and timing
+//! tells nothing about which client ids exist. The comparison itself is the argon2 crate's,
+//! which is constant-time.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::OnceLock;
+
+/// Argon2id with the OWASP-recommended minimum: 19 MiB, two passes, one lane.
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("constant Argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A new secret: 256 random bits, base64url.
+pub fn new_secret() -> String {
+    pake_tokens::random_token(32)
+}
+
+/// A new public client id: `pk_` and 24 random lowercase letters and digits.
+pub fn new_client_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    let tail: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    format!("pk_{tail}")
+}
+
+/// The PHC string of `secret` under a fresh salt.
+pub async fn hash(secret: String) -> String {
+    tokio::task::spawn_blocking(move || hash_now(&secret)).await.expect("hashing does not panic")
+}
+
+fn hash_now(secret: &str) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the operating system's random source is available");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    argon2().hash_password(secret.as_bytes(), &salt).expect("hashing into memory cannot fail").to_string()
+}
+
+/// Whether `secret` matches the stored hash; with `None` (no such client) it checks against
+/// a dummy hash and answers false, taking the same time.
+pub async fn verify(secret: String, stored: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        static DUMMY: OnceLock<String> = OnceLock::new();
+        let dummy = DUMMY.get_or_init(|| hash_now("no client has this secret; it only spends the time"));
+        let known = stored.is_some();
+        let phc = stored.as_deref().unwrap_or(dummy);
+        let Ok(parsed) = PasswordHash::new(phc) else { return false };
+        argon2().verify_password(secret.as_bytes(), &parsed).is_ok() && known
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_their_secret_only() {
+        let secret = new_secret();
+        let stored = hash(secret.clone()).await;
+        assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+        assert!(!stored.contains(&secret));
+        assert!(verify(secret.clone(), Some(stored.clone())).await);
+        assert!(!verify(new_secret(), Some(stored.clone())).await);
+        assert!(!verify(secret.clone(), None).await, "an unknown client never verifies");
+        assert_ne!(hash(secret).await, stored, "salts differ");
+    }
+
+    #[test]
+    fn client_ids_match_the_contract() {
+        let id = new_client_id();
+        let pattern = regex_lite_check(&id);
+        assert!(pattern, "{id}");
+        assert_ne!(id, new_client_id());
+    }
+
+    /// `^[a-z0-9][a-z0-9_-]{2,63}$` without a regex dependency.
+    fn regex_lite_check(id: &str) -> bool {
+        (3..=64).contains(&id.len())
+            && id.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    }
+}
