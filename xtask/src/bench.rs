@@ -36,19 +36,22 @@ const MAX_ERROR_SHARE: f64 = 0.01;
 pub struct Options {
     pub duration_secs: u64,
     pub connections: u32,
+    /// Redis for the gateway's rate limits and L2 cache; without it, both stay in process.
+    pub redis: Option<String>,
 }
 
 impl Options {
-    pub const USAGE: &'static str = "cargo xtask bench gateway [--duration SECS] [--connections N]";
+    pub const USAGE: &'static str = "cargo xtask bench gateway [--duration SECS] [--connections N] [--redis URL]";
 
     pub fn parse(args: &[&str]) -> Result<Options> {
-        let mut options = Options { duration_secs: 10, connections: 64 };
+        let mut options = Options { duration_secs: 10, connections: 64, redis: None };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
             let value = args.next().with_context(|| format!("{flag} needs a value; usage: {}", Self::USAGE));
             match *flag {
                 "--duration" => options.duration_secs = value?.parse().context("--duration takes whole seconds")?,
                 "--connections" => options.connections = value?.parse().context("--connections takes a number")?,
+                "--redis" => options.redis = Some(value?.to_string()),
                 _ => bail!("unknown argument {flag}; usage: {}", Self::USAGE),
             }
         }
@@ -88,16 +91,18 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
     let direct_url = format!("http://127.0.0.1:{upstream_port}/hello");
     let nginx_url = format!("http://127.0.0.1:{proxy_port}/hello");
     let mut rows = vec![
-        Row::measured("direct", &direct_url, measure(&tools.wrk, "direct", &direct_url, options)?),
-        Row::measured("nginx", &nginx_url, measure(&tools.wrk, "nginx", &nginx_url, options)?),
+        Row::measured("direct", &direct_url, measure(&tools.wrk, "direct", &direct_url, None, options)?),
+        Row::measured("nginx", &nginx_url, measure(&tools.wrk, "nginx", &nginx_url, None, options)?),
     ];
     let gateway = pake_binary
         .and_then(|binary| bench_gateway(&binary, &bench_dir, upstream_port, &tools.wrk, options))
         .context("the gateway part failed");
-    rows.push(match &gateway {
-        Ok((url, report)) => Row::measured("gateway", url, report.clone()),
-        Err(_) => Row::failed("gateway"),
-    });
+    match &gateway {
+        Ok(measured) => {
+            rows.extend(measured.iter().map(|(name, url, report)| Row::measured(name, url, report.clone())))
+        }
+        Err(_) => rows.extend(GATEWAY_PATHS.iter().map(|name| Row::failed(name))),
+    }
 
     let gateway_error = gateway.as_ref().err().map(|error| format!("{error:#}"));
     let summary = Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error };
@@ -442,15 +447,21 @@ fn start_nginx(nginx: &Path, prefix: &Path, conf: &dyn Fn(&Path) -> String, port
     Ok(guard)
 }
 
-/// Starts `pake serve`, routes `/v1/bench` to the upstream through the registry and the
-/// admin API, checks the route once and measures it. Returns the URL and the report.
+/// The gateway's measured paths: the plain proxy; a route that checks a JWT and a rate
+/// limit on every request and always goes upstream (no cache); a route answered from the
+/// response cache.
+const GATEWAY_PATHS: [&str; 3] = ["gateway", "gw+jwt+limit", "gw cache hit"];
+
+/// Starts `pake serve`, routes `/v1/bench`, `/v1/bench-policies` and `/v1/bench-cached` to
+/// the upstream through the registry and the admin API, obtains a token as an API client,
+/// checks each route once and measures it. Returns each path's name, URL and report.
 fn bench_gateway(
     pake: &Path,
     bench_dir: &Path,
     upstream_port: u16,
     wrk: &Path,
     options: &Options,
-) -> Result<(String, WrkReport)> {
+) -> Result<Vec<(&'static str, String, WrkReport)>> {
     let registry = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let data_dir = bench_dir.join("pake-data");
@@ -472,6 +483,12 @@ fn bench_gateway(
             .env("PAKE_GATEWAY_ADDR", gateway.to_string())
             .env("PAKE_LOG_FORMAT", "json")
             .env("RUST_LOG", "warn");
+        match &options.redis {
+            Some(url) => {
+                command.env("PAKE_REDIS_URL", url).env("PAKE_REDIS_PREFIX", format!("bench-{}:", token_secret()))
+            }
+            None => command.env_remove("PAKE_REDIS_URL"),
+        };
     };
 
     let log_path = bench_dir.join("pake.log");
@@ -515,45 +532,80 @@ fn bench_gateway(
         serde_json::json!({"address": "127.0.0.1", "port": upstream_port, "ttl_seconds": 3600}),
         201,
     )?;
-    expect(
+    // Policies: a rate limit checked on every request (high enough never to refuse), and an
+    // API client whose token carries the scope the policies route requires.
+    let policy = expect(
         gateway,
         "POST",
-        "/v1/admin/routes",
+        "/v1/admin/rate-limit-policies",
         &token,
-        serde_json::json!({
-            "name": "bench",
-            "path_prefix": "/bench",
-            "methods": ["GET"],
-            "api_version": "v1",
-            "service": "bench-upstream",
-            "strip_prefix": true,
-        }),
+        serde_json::json!({"name": "bench", "algorithm": "gcra", "rate": 1_000_000_000u64, "period_seconds": 1,
+                           "burst": 1_000_000, "scope": "per_tenant_route"}),
         201,
     )?;
-
-    // The route may reach the data plane a moment after the admin API answers, so the
-    // check is retried for a few seconds before the last answer is reported.
-    let mut last = None;
-    let routed = wait_until(Duration::from_secs(10), "the bench route", || {
-        server.check_running(&log_path)?;
-        let response = http(gateway, "GET", "/v1/bench/hello", None, None);
-        let ok = matches!(&response, Ok(answer) if answer.status == 200 && answer.body == UPSTREAM_BODY);
-        last = Some(response);
-        Ok(ok)
-    });
-    if let Err(error) = routed {
-        let answer = match last {
-            Some(Ok(response)) => format!("{} {:?}", response.status, response.body),
-            Some(Err(error)) => format!("{error:#}"),
-            None => "nothing".into(),
-        };
-        bail!("{error}: GET http://{gateway}/v1/bench/hello answered {answer}, not 200 {UPSTREAM_BODY:?}");
+    let client = expect(
+        gateway,
+        "POST",
+        "/v1/admin/clients",
+        &token,
+        serde_json::json!({"name": "bench", "tenant": "bench", "scopes": ["bench:read"]}),
+        201,
+    )?;
+    let grant = serde_json::json!({"grant_type": "client_credentials", "client_id": client["client_id"],
+                                   "client_secret": client["client_secret"]});
+    let response = http(gateway, "POST", "/v1/auth/token", None, Some(&grant.to_string()))?;
+    if response.status != 200 {
+        bail!("POST /v1/auth/token answered {}: {}", response.status, response.body);
     }
+    let issued: serde_json::Value = serde_json::from_str(&response.body).context("the token answer is not JSON")?;
+    let client_token = issued["access_token"].as_str().context("the token answer has no access_token")?.to_string();
+    let route = |name: &str, prefix: &str, extra: serde_json::Value| {
+        let mut spec = serde_json::json!({"name": name, "path_prefix": prefix, "methods": ["GET"], "api_version": "v1",
+                                          "service": "bench-upstream", "strip_prefix": true});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        expect(gateway, "POST", "/v1/admin/routes", &token, spec, 201)
+    };
+    route("bench", "/bench", serde_json::json!({}))?;
+    route(
+        "bench-policies",
+        "/bench-policies",
+        serde_json::json!({"required_scopes": ["bench:read"], "rate_limit_policy_id": policy["id"]}),
+    )?;
+    route("bench-cached", "/bench-cached", serde_json::json!({"cache": {"enabled": true, "ttl_seconds": 3600}}))?;
 
-    let url = format!("http://{gateway}/v1/bench/hello");
-    let report = measure(wrk, "gateway", &url, options)?;
-    server.check_running(&log_path)?;
-    Ok((url, report))
+    let mut measured = Vec::new();
+    for (name, path, bearer) in [
+        (GATEWAY_PATHS[0], "/v1/bench/hello", None),
+        (GATEWAY_PATHS[1], "/v1/bench-policies/hello", Some(client_token.as_str())),
+        (GATEWAY_PATHS[2], "/v1/bench-cached/hello", None),
+    ] {
+        // A route may reach the data plane a moment after the admin API answers, so the
+        // check is retried for a few seconds before the last answer is reported.
+        let mut last = None;
+        let routed = wait_until(Duration::from_secs(10), &format!("the {name} route"), || {
+            server.check_running(&log_path)?;
+            let response = http(gateway, "GET", path, bearer, None);
+            let ok = matches!(&response, Ok(answer) if answer.status == 200 && answer.body == UPSTREAM_BODY);
+            last = Some(response);
+            Ok(ok)
+        });
+        if let Err(error) = routed {
+            let answer = match last {
+                Some(Ok(response)) => format!("{} {:?}", response.status, response.body),
+                Some(Err(error)) => format!("{error:#}"),
+                None => "nothing".into(),
+            };
+            bail!("{error}: GET http://{gateway}{path} answered {answer}, not 200 {UPSTREAM_BODY:?}");
+        }
+        let url = format!("http://{gateway}{path}");
+        let header = bearer.map(|token| format!("Authorization: Bearer {token}"));
+        let report = measure(wrk, name, &url, header.as_deref(), options)?;
+        server.check_running(&log_path)?;
+        measured.push((name, url, report));
+    }
+    Ok(measured)
 }
 
 /// A 40-character secret that differs between runs. It only guards a throwaway store on
@@ -680,7 +732,7 @@ struct WrkReport {
 }
 
 /// Warms `url` up, then measures it.
-fn measure(wrk: &Path, name: &str, url: &str, options: &Options) -> Result<WrkReport> {
+fn measure(wrk: &Path, name: &str, url: &str, header: Option<&str>, options: &Options) -> Result<WrkReport> {
     println!(
         "measuring {name}: {url} ({} s warm-up, then {} s with {} connections)",
         WARM_UP.as_secs(),
@@ -688,12 +740,15 @@ fn measure(wrk: &Path, name: &str, url: &str, options: &Options) -> Result<WrkRe
         options.connections
     );
     // The warm-up fills connection pools and caches on every hop; its numbers are dropped.
-    run_wrk(wrk, url, options.connections, WARM_UP.as_secs()).with_context(|| format!("warming up {name}"))?;
-    run_wrk(wrk, url, options.connections, options.duration_secs).with_context(|| format!("measuring {name}"))
+    run_wrk(wrk, url, header, options.connections, WARM_UP.as_secs()).with_context(|| format!("warming up {name}"))?;
+    run_wrk(wrk, url, header, options.connections, options.duration_secs).with_context(|| format!("measuring {name}"))
 }
 
-fn run_wrk(wrk: &Path, url: &str, connections: u32, duration_secs: u64) -> Result<WrkReport> {
+fn run_wrk(wrk: &Path, url: &str, header: Option<&str>, connections: u32, duration_secs: u64) -> Result<WrkReport> {
     let mut command = Command::new(wrk);
+    if let Some(header) = header {
+        command.args(["-H", header]);
+    }
     command.args([
         format!("-t{WRK_THREADS}"),
         format!("-c{connections}"),
@@ -808,14 +863,22 @@ impl Summary<'_> {
     }
 
     fn ratios(&self) -> String {
-        match (self.report("gateway"), self.report("nginx")) {
-            (Some(gateway), Some(nginx)) => format!(
-                "gateway/nginx: throughput {:.2}x (higher is better), p99 {:.2}x (lower is better)",
-                gateway.requests_per_sec / nginx.requests_per_sec,
-                gateway.p99_us / nginx.p99_us
+        let ratio = |name: &str, base: &str, what: &str| match (self.report(name), self.report(base)) {
+            (Some(a), Some(b)) => format!(
+                "{name}/{base}: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x ({what})",
+                a.requests_per_sec / b.requests_per_sec,
+                a.p50_us / b.p50_us,
+                a.p99_us / b.p99_us
             ),
-            _ => "gateway/nginx: not measured (the gateway part failed)".into(),
-        }
+            _ => format!("{name}/{base}: not measured"),
+        };
+        [
+            ratio("gateway", "nginx", "goal: throughput at least 1.00x, p99 at most 1.00x"),
+            ratio(GATEWAY_PATHS[1], "gateway", "goal: the policies cost at most 20 %, throughput at least 0.80x"),
+            ratio(GATEWAY_PATHS[2], "gateway", "a cache hit against going upstream through the gateway"),
+            ratio(GATEWAY_PATHS[2], "direct", "a cache hit against the upstream itself"),
+        ]
+        .join("\n")
     }
 
     fn setting(&self) -> String {
@@ -833,10 +896,10 @@ impl Summary<'_> {
     }
 
     fn text(&self) -> String {
-        let mut text = format!("{:<8} {:>12} {:>12} {:>12} {:>8}\n", "path", "requests/s", "p50", "p99", "errors");
+        let mut text = format!("{:<14} {:>12} {:>12} {:>12} {:>8}\n", "path", "requests/s", "p50", "p99", "errors");
         for row in self.rows {
             let [rps, p50, p99, errors] = row.cells();
-            let _ = writeln!(text, "{:<8} {rps:>12} {p50:>12} {p99:>12} {errors:>8}", row.name);
+            let _ = writeln!(text, "{:<14} {rps:>12} {p50:>12} {p99:>12} {errors:>8}", row.name);
         }
         let _ = write!(text, "\n{}\n\n{}", self.ratios(), self.setting());
         text
@@ -853,7 +916,12 @@ impl Summary<'_> {
             let url = if row.url.is_empty() { String::new() } else { format!("`{}`", row.url) };
             let _ = writeln!(text, "| {} | {url} | {rps} | {p50} | {p99} | {errors} |", row.name);
         }
-        let _ = write!(text, "\n{}.\n\n{}\n", self.ratios(), self.setting());
+        let ratios: Vec<String> = self.ratios().lines().map(|line| format!("- {line}")).collect();
+        let redis = match &self.options.redis {
+            Some(_) => "Rate limits and the L2 cache in Redis (one round trip per decision).",
+            None => "Embedded mode: rate limits and the cache in process (no Redis).",
+        };
+        let _ = write!(text, "\n{}\n\n{redis} {}\n", ratios.join("\n"), self.setting());
         if let Some(error) = &self.gateway_error {
             let _ = write!(text, "\nThe gateway part failed:\n\n```text\n{error}\n```\n");
         }
@@ -976,9 +1044,9 @@ Transfer/sec:     335.26B
 
     #[test]
     fn options() {
-        assert_eq!(Options::parse(&[]).unwrap(), Options { duration_secs: 10, connections: 64 });
-        let options = Options::parse(&["--duration", "3", "--connections", "16"]).unwrap();
-        assert_eq!(options, Options { duration_secs: 3, connections: 16 });
+        assert_eq!(Options::parse(&[]).unwrap(), Options { duration_secs: 10, connections: 64, redis: None });
+        let options = Options::parse(&["--duration", "3", "--connections", "16", "--redis", "redis://r/"]).unwrap();
+        assert_eq!(options, Options { duration_secs: 3, connections: 16, redis: Some("redis://r/".into()) });
         assert!(Options::parse(&["--duration"]).is_err());
         assert!(Options::parse(&["--connections", "1"]).is_err());
         assert!(Options::parse(&["--threads", "4"]).is_err());

@@ -341,7 +341,9 @@ impl L2 {
                 }
                 Some(_) => None,
                 None => {
-                    tracing::warn!(digest = %key.digest(), "response cache: undecodable L2 entry; treated as a miss");
+                    // Debug only: during a rolling upgrade to another format version this
+                    // happens on every lookup of an old entry, until it expires.
+                    tracing::debug!(digest = %key.digest(), "response cache: undecodable L2 entry; treated as a miss");
                     None
                 }
             });

@@ -266,8 +266,8 @@ impl std::fmt::Debug for ResponseCache {
 }
 
 impl ResponseCache {
-    /// Builds the cache; with Redis, connects (bounded by the admin timeout) and subscribes to
-    /// invalidations. Redis being unreachable is not an error: the cache starts with L2 marked
+    /// Builds the cache; with Redis, connects and subscribes to invalidations (together bounded
+    /// by the admin timeout). Redis being unreachable is not an error: the cache starts with L2 marked
     /// unavailable and the subscriber keeps retrying. Must be called within a Tokio runtime.
     pub async fn start(config: CacheConfig) -> Result<Arc<ResponseCache>, Error> {
         let l1 = Arc::new(L1::new(config.l1_max_bytes, config.max_entry_bytes));
@@ -278,7 +278,6 @@ impl ResponseCache {
             Some(redis_config) => {
                 let client = redis::Client::open(redis_config.url.as_str()).map_err(Error::Config)?;
                 let l2 = L2::new(client.clone(), redis_config);
-                l2.probe().await;
                 let subscriber = Subscriber {
                     client,
                     channel: l2.names.channel(),
@@ -288,8 +287,10 @@ impl ResponseCache {
                     bound: redis_config.admin_timeout,
                 };
                 // Subscribe before returning so that invalidations published right after start
-                // already reach this replica; on failure the task keeps trying.
-                let initial = subscriber.subscribe().await.ok();
+                // already reach this replica; on failure the task keeps trying. Probing L2 at
+                // the same time bounds the start by one admin timeout when Redis is down.
+                let (_, initial) = tokio::join!(l2.probe(), subscriber.subscribe());
+                let initial = initial.ok();
                 subscribed.store(initial.is_some(), Ordering::Release);
                 (Some(l2), Some(tokio::spawn(subscriber.run(initial))))
             }

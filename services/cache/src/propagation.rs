@@ -151,3 +151,48 @@ impl Subscriber {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{CacheKey, CachedResponse, now_ms};
+
+    #[test]
+    fn applies_other_replicas_messages_and_ignores_its_own_and_garbage() {
+        let l1 = Arc::new(L1::new(1 << 20, 1 << 16));
+        let key = CacheKey::new("GET", "/a?b", "-", []);
+        let entry = Arc::new(CachedResponse {
+            status: 200,
+            headers: vec![],
+            body: Bytes::new(),
+            tags: vec![],
+            route: "r".into(),
+            stored_at_ms: now_ms(),
+            expires_at_ms: now_ms() + 60_000,
+        });
+        l1.insert(key.clone(), entry);
+        let subscriber = Subscriber {
+            client: Client::open("redis://127.0.0.1:1").expect("url"),
+            channel: "c".into(),
+            instance: Uuid::new_v4(),
+            l1: l1.clone(),
+            active: Arc::new(AtomicBool::new(false)),
+            bound: Duration::from_millis(10),
+        };
+        let message = |instance| Message {
+            id: Uuid::new_v4(),
+            origin: "x".into(),
+            instance,
+            keys: vec!["/a?b".into()],
+            prefixes: vec![],
+            tags: vec![],
+        };
+        subscriber.apply(b"not json");
+        subscriber.apply(&serde_json::to_vec(&message(subscriber.instance)).expect("json"));
+        assert!(l1.get(&key).is_some(), "own message ignored");
+        subscriber.apply(&serde_json::to_vec(&message(Uuid::new_v4())).expect("json"));
+        assert!(l1.get(&key).is_none(), "other replica's message applied");
+    }
+}

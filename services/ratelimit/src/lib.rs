@@ -8,7 +8,8 @@
 //!
 //! - [`RateLimiter::redis`]: in Redis, so the limit is global across all gateway replicas.
 //!   Each decision is exactly one atomic round trip (EVALSHA of a Lua script that reads the
-//!   server's clock with `TIME`, so replicas with skewed clocks agree). Each call is bounded
+//!   server's clock with `TIME`, so replicas with skewed clocks agree); the scripts are
+//!   loaded once per connection, when it is made. Each call, connecting included, is bounded
 //!   by [`RedisOptions::timeout`]; after a failure Redis is left alone for
 //!   [`RedisOptions::backoff`] (requests fall back at no latency cost), then the next request
 //!   probes it again. While Redis is unreachable each policy follows its [`OnUnavailable`];
@@ -34,11 +35,13 @@
 //! # Figures in a decision
 //!
 //! - `limit` (the quota, `q` in `RateLimit-Policy` with `w` = period) is `rate + burst` for
-//!   both algorithms: the most requests admitted within any window of length `period`.
-//!   With no burst it is the configured rate.
-//! - `remaining` is how many more requests would be admitted right now, back to back. For
-//!   GCRA that is at most `burst + 1` (the rest of the quota only comes at one per T), so
-//!   it is never more than the quota and never promises a request that would be refused.
+//!   both algorithms. For GCRA it is the most requests admitted within any window of length
+//!   `period` (`burst + 1` at once, then `rate - 1` more, one every T); for the sliding
+//!   window it is the bound on the estimated count. With no burst it is the configured rate.
+//! - `remaining` is how many more requests would be admitted right now, back to back, after
+//!   this one. For GCRA that is at most `burst` (the rest of the quota only comes at one
+//!   per T), so it is never more than the quota and never promises a request that would be
+//!   refused.
 //! - `reset_after` (`t` in `RateLimit`) is the time until the key is back to its untouched
 //!   state if no request comes: `remaining` is then at its maximum.
 //! - `retry_after` is, when refused, the time until the next request would be admitted.
@@ -294,7 +297,7 @@ impl RateLimiter {
     /// Decides one request for `key` under `limit`, counting it if admitted.
     ///
     /// With Redis this waits at most [`RedisOptions::timeout`], and not at all during the
-    /// backoff after a failure.
+    /// backoff after a failure; it must then run within a Tokio runtime with timers enabled.
     pub async fn check(&self, key: &str, limit: &Limit) -> Decision {
         let rates = Rates::of(limit);
         let Some(redis) = &self.inner.redis else {

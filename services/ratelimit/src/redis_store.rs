@@ -52,6 +52,8 @@ enum Failure {
     Skipped,
     /// Redis was tried and failed; `generation` is the connection used, if any.
     Failed { generation: Option<u64>, reason: String },
+    /// An established connection failed at the socket: worth one fresh connection at once.
+    Broken { generation: u64, reason: String },
 }
 
 impl RedisStore {
@@ -95,6 +97,7 @@ impl RedisStore {
             Ok(_) => self.mark_up(),
             Err(Failure::Skipped) => {}
             Err(Failure::Failed { generation, reason }) => self.mark_down(generation, &reason),
+            Err(Failure::Broken { generation, reason }) => self.mark_down(Some(generation), &reason),
         }
     }
 
@@ -103,7 +106,15 @@ impl RedisStore {
         if !self.backoff_left().is_zero() {
             return None;
         }
-        match self.decide(key, algorithm, rates).await {
+        let mut first = self.decide(key, algorithm, rates).await;
+        // A connection that broke while idle (Redis restarted, a proxy dropped it) is only
+        // found out on use. One fresh connection is tried at once, so that a Redis that is
+        // back does not cost a backoff of local decisions.
+        if let Err(Failure::Broken { generation, .. }) = &first {
+            self.forget(*generation);
+            first = self.decide(key, algorithm, rates).await;
+        }
+        match first {
             Ok(outcome) => {
                 self.mark_up();
                 Some(outcome)
@@ -113,6 +124,18 @@ impl RedisStore {
                 self.mark_down(generation, &reason);
                 None
             }
+            Err(Failure::Broken { generation, reason }) => {
+                self.mark_down(Some(generation), &reason);
+                None
+            }
+        }
+    }
+
+    /// Drops the shared connection if it is still the one of `generation`.
+    fn forget(&self, generation: u64) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.generation == generation {
+            slot.connection = None;
         }
     }
 
@@ -138,7 +161,13 @@ impl RedisStore {
         let reply: (i64, i64, i64, i64) = timeout_at(deadline, invocation.invoke_async(&mut connection))
             .await
             .map_err(|_| failed("timed out".into()))?
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| {
+                if !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped()) {
+                    Failure::Broken { generation, reason: e.to_string() }
+                } else {
+                    failed(e.to_string())
+                }
+            })?;
         let (allowed, remaining, reset, retry) = reply;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(Outcome {
@@ -154,7 +183,12 @@ impl RedisStore {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let _connecting = timeout_at(deadline, self.connecting.lock()).await.map_err(|_| Failure::Skipped)?;
+        let _connecting = if self.health.load(Ordering::Relaxed) == DOWN {
+            // During an outage one request probes; the others fall back rather than wait.
+            self.connecting.try_lock().map_err(|_| Failure::Skipped)?
+        } else {
+            timeout_at(deadline, self.connecting.lock()).await.map_err(|_| Failure::Skipped)?
+        };
         // Another request may have connected, or failed, while this one waited.
         if let Some(current) = self.current() {
             return Ok(current);
@@ -189,8 +223,10 @@ impl RedisStore {
             return;
         }
         match self.health.swap(UP, Ordering::Relaxed) {
-            DOWN => tracing::info!("rate limiting: Redis is reachable again; decisions are global again"),
-            UNKNOWN => tracing::debug!("rate limiting: connected to Redis"),
+            DOWN => {
+                tracing::info!(prefix = %self.prefix, "rate limiting: Redis is reachable again; limits are global again")
+            }
+            UNKNOWN => tracing::debug!(prefix = %self.prefix, "rate limiting: connected to Redis"),
             _ => {}
         }
     }
@@ -205,6 +241,7 @@ impl RedisStore {
         }
         if self.health.swap(DOWN, Ordering::Relaxed) != DOWN {
             tracing::warn!(
+                prefix = %self.prefix,
                 error = reason,
                 backoff = ?self.options.backoff,
                 "rate limiting: Redis is unreachable; applying each policy's on_unavailable until it is back"

@@ -5,7 +5,7 @@ use pake_ratelimit::{Algorithm, Decision, Limit, OnUnavailable, RateLimiter, Red
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -234,6 +234,13 @@ impl PrivateRedis {
         }
     }
 
+    /// SIGSTOP or SIGCONT: a server that accepts connections but does not answer.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill");
+        assert!(status.success());
+    }
+
     /// SIGKILL: no goodbye to connected clients.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -253,21 +260,44 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-/// Warnings and infos logged by this crate.
+/// Warnings and infos logged by this crate, with the limiter's key prefix.
+///
+/// One global subscriber for the whole test binary: a per-thread one can miss events
+/// when tests on other threads race it for tracing's per-callsite cache.
 #[derive(Clone, Default)]
-struct Logged(Arc<Mutex<Vec<tracing::Level>>>);
+struct Logged(Arc<Mutex<Vec<(tracing::Level, String)>>>);
 
 impl Logged {
-    fn count(&self, level: tracing::Level) -> usize {
-        self.0.lock().expect("log").iter().filter(|l| **l == level).count()
+    fn global() -> &'static Logged {
+        static LOGGED: OnceLock<Logged> = OnceLock::new();
+        LOGGED.get_or_init(|| {
+            let logged = Logged::default();
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(logged.clone()))
+                .expect("no other global subscriber");
+            logged
+        })
+    }
+
+    fn count(&self, level: tracing::Level, prefix: &str) -> usize {
+        self.0.lock().expect("log").iter().filter(|(l, p)| *l == level && p == prefix).count()
     }
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Prefix(String);
+        impl tracing::field::Visit for Prefix {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "prefix" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
         let metadata = event.metadata();
         if metadata.target().starts_with("pake_ratelimit") && *metadata.level() <= tracing::Level::INFO {
-            self.0.lock().expect("log").push(*metadata.level());
+            let mut prefix = Prefix(String::new());
+            event.record(&mut prefix);
+            self.0.lock().expect("log").push((*metadata.level(), prefix.0));
         }
     }
 }
@@ -281,13 +311,12 @@ async fn prompt_check(limiter: &RateLimiter, key: &str, limit: &Limit) -> Decisi
     decision
 }
 
-// Single-threaded runtime: the log capture below is per thread.
 #[tokio::test]
 async fn redis_outage_follows_on_unavailable_and_recovers() {
-    let logged = Logged::default();
-    let _logging = tracing::subscriber::set_default(tracing_subscriber::registry().with(logged.clone()));
+    let logged = Logged::global();
     let mut server = PrivateRedis::start();
-    let limiter = RateLimiter::redis(&server.url(), "outage:", RedisOptions::default()).expect("limiter");
+    let prefix = format!("outage-{}:", free_port());
+    let limiter = RateLimiter::redis(&server.url(), &prefix, RedisOptions::default()).expect("limiter");
     let second = Duration::from_secs(1);
     let minute = Duration::from_secs(60);
     // Three at once per minute, counted in process memory while Redis is away.
@@ -344,8 +373,41 @@ async fn redis_outage_follows_on_unavailable_and_recovers() {
     for (key, limit) in [("open", &open), ("closed", &closed)] {
         assert_eq!(prompt_check(&limiter, key, limit).await.source, Source::Redis);
     }
-    assert_eq!(logged.count(tracing::Level::WARN), 1, "outage logged once");
-    assert_eq!(logged.count(tracing::Level::INFO), 1, "recovery logged once");
+    assert_eq!(logged.count(tracing::Level::WARN, &prefix), 1, "outage logged once");
+    assert_eq!(logged.count(tracing::Level::INFO, &prefix), 1, "recovery logged once");
+}
+
+#[tokio::test]
+async fn unresponsive_redis_costs_at_most_the_timeout() {
+    let mut server = PrivateRedis::start();
+    let options = RedisOptions { timeout: Duration::from_millis(100), backoff: Duration::from_millis(300) };
+    let limiter = RateLimiter::redis(&server.url(), "hung:", options).expect("limiter");
+    let limit = limit(Algorithm::SlidingWindow, 1000, Duration::from_secs(1), 0, OnUnavailable::FailOpen);
+    assert_eq!(prompt_check(&limiter, KEY, &limit).await.source, Source::Redis);
+
+    server.signal("-STOP");
+    // The first check waits for the timeout; then the backoff spares the others; after it
+    // one probe (a connection the kernel accepts, a script load nobody answers) times out.
+    let started = Instant::now();
+    let mut waited = Vec::new();
+    while started.elapsed() < Duration::from_millis(800) {
+        let before = Instant::now();
+        let decision = prompt_check(&limiter, KEY, &limit).await;
+        assert!(decision.allowed && decision.source == Source::FailOpen, "{decision:?}");
+        if before.elapsed() >= Duration::from_millis(50) {
+            waited.push(before.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!((2..=3).contains(&waited.len()), "one bounded wait per backoff, got {waited:?}");
+
+    server.signal("-CONT");
+    let resumed = Instant::now();
+    while prompt_check(&limiter, KEY, &limit).await.source != Source::Redis {
+        assert!(resumed.elapsed() < Duration::from_secs(2), "no recovery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
 }
 
 #[tokio::test]
