@@ -519,7 +519,11 @@ async fn execute(engine: &Engine, index: usize, steps: &[Step], inputs: &[Input]
             Ok(response) => {
                 let status = response.status;
                 let success = (200..300).contains(&status);
-                let state = op.declares(status) && matches!(status, 404 | 409 | 412 | 429);
+                // A declared 404/409/412/429, or a status the configuration says the server's
+                // state explains for this operation, ends the sequence without a verdict.
+                let state = op.declares(status)
+                    && (matches!(status, 404 | 409 | 412 | 429)
+                        || config.also_accepted.get(&op.id).is_some_and(|statuses| statuses.contains(&status)));
                 match step.kind {
                     StepKind::Setup(_) | StepKind::Create => {
                         let (link, which) = match step.kind {

@@ -15,6 +15,25 @@ pub fn postgres_admin_url() -> String {
     std::env::var("PAKE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The Redis tests share (each under a key prefix of its own).
+pub fn redis_url() -> String {
+    std::env::var("PAKE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// Deletes every key under `prefix` in the test Redis: what a test leaves behind.
+pub async fn delete_redis_keys(prefix: &str) {
+    let client = redis::Client::open(redis_url()).expect("a valid Redis URL");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("Redis is reachable");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", prefix.replace(['*', '?', '[', ']', '\\'], "")))
+        .query_async(&mut connection)
+        .await
+        .expect("KEYS answers");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.expect("DEL answers");
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Postgres,

@@ -4718,10 +4718,10 @@ pub mod types {
         ///Rate-limit policy applied to the route's requests (an API client's own policy applies as well). Absent: none.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
-        ///Whether requests need a valid gateway token (`Authorization: Bearer`): without one they answer 401, with one lacking a required scope 403. The token's tenant and client then key the cache and the rate limits. False: the route is public and rate limits key anonymous callers by their address.
-        #[serde(default)]
-        pub require_token: bool,
-        ///Scopes a token must all hold to use the route. Naming any scope makes the route require a token (`require_token` is then true whatever the body says).
+        ///Whether requests need a valid gateway token (`Authorization: Bearer`): without one they answer 401, with one lacking a required scope 403. The token's tenant and client then key the cache and the rate limits. False: the route is public and rate limits key anonymous callers by their address. Absent: true exactly when `required_scopes` names a scope; false together with scopes answers 422.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub require_token: ::std::option::Option<bool>,
+        ///Scopes a token must all hold to use the route. Naming any scope makes the route require a token.
         #[serde(default = "defaults::route_spec_required_scopes")]
         pub required_scopes: ::std::vec::Vec<Scope>,
         ///Retries. Absent: `{max_attempts: 0}`.
@@ -9043,7 +9043,10 @@ pub mod types {
                 ::std::option::Option<::uuid::Uuid>,
                 ::std::string::String,
             >,
-            require_token: ::std::result::Result<bool, ::std::string::String>,
+            require_token: ::std::result::Result<
+                ::std::option::Option<bool>,
+                ::std::string::String,
+            >,
             required_scopes: ::std::result::Result<
                 ::std::vec::Vec<super::Scope>,
                 ::std::string::String,
@@ -9172,7 +9175,7 @@ pub mod types {
             }
             pub fn require_token<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<bool>,
+                T: ::std::convert::TryInto<::std::option::Option<bool>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.require_token = value

@@ -179,7 +179,15 @@ fn route_from_spec(
     object.entry("cache").or_insert(json!({"enabled": false}));
     object.entry("rate_limit_policy_id").or_insert(json!(null));
     // Naming scopes means a token is needed to hold them.
-    let require_token = spec.require_token || !spec.required_scopes.is_empty();
+    let require_token = match spec.require_token {
+        Some(false) if !spec.required_scopes.is_empty() => {
+            return Err(ApiError::unprocessable(
+                "a route with required_scopes requires a token; drop require_token: false",
+            ));
+        }
+        Some(require) => require,
+        None => !spec.required_scopes.is_empty(),
+    };
     object.insert("require_token".into(), json!(require_token));
     object.insert("created_at".into(), json!(created_at));
     object.insert("updated_at".into(), json!(chrono::Utc::now()));
@@ -428,8 +436,12 @@ impl GatewayApi for GatewayAdmin {
                         format!("the client does not hold the scope {missing}"),
                     ));
                 }
-                let mut unique = requested;
-                unique.dedup();
+                let mut unique: Vec<&str> = Vec::with_capacity(requested.len());
+                for scope in requested {
+                    if !unique.contains(&scope) {
+                        unique.push(scope);
+                    }
+                }
                 unique
             }
             None => held,

@@ -173,6 +173,17 @@ async fn routes_refuse_every_bad_token_and_tokens_without_their_scopes() {
         "service": "papers", "require_token": true}))
         .await;
 
+    // Scopes need a token: saying otherwise is refused, not silently corrected.
+    let contradiction = admin_post(
+        &platform,
+        "/v1/admin/routes",
+        json!({"name": "bad", "path_prefix": "/bad",
+        "methods": ["GET"], "api_version": "v1", "service": "papers", "required_scopes": ["arxiv:read"],
+        "require_token": false}),
+    )
+    .await;
+    assert_eq!(contradiction.status().as_u16(), 422);
+
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let good = Claims {
         sub: "pk_reader".into(),
