@@ -122,7 +122,7 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the working directory,
 /// as cargo reads it) or `target/` at the repository root.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => std::env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or_else(|_| PathBuf::from(dir)),
         None => root.join("target"),
@@ -203,7 +203,7 @@ fn install(nginx: bool, wrk: bool) -> Result<()> {
 }
 
 /// `cargo build --release -p pake`, returning the binary's path.
-fn build_pake(root: &Path, target: &Path) -> Result<PathBuf> {
+pub(crate) fn build_pake(root: &Path, target: &Path) -> Result<PathBuf> {
     println!("building pake (cargo build --release -p pake)");
     // Under `cargo xtask`, CARGO names the cargo that is running us.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -218,14 +218,14 @@ fn build_pake(root: &Path, target: &Path) -> Result<PathBuf> {
 
 /// A long-running child that is stopped when the guard is dropped, on success, on error
 /// and on panic alike, so that no benchmark process outlives the command.
-struct ChildGuard {
-    name: String,
-    child: Child,
+pub(crate) struct ChildGuard {
+    pub(crate) name: String,
+    pub(crate) child: Child,
 }
 
 impl ChildGuard {
     /// Fails with `log`'s tail when the child has already exited.
-    fn check_running(&mut self, log: &Path) -> Result<()> {
+    pub(crate) fn check_running(&mut self, log: &Path) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}); the end of {}:\n{}", self.name, log.display(), tail(log, 20));
         }
@@ -272,7 +272,7 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration, what: &str) -> Result
 }
 
 /// Runs a command with the terminal as its output, within `timeout`.
-fn run_inherited(command: &mut Command, timeout: Duration) -> Result<ExitStatus> {
+pub(crate) fn run_inherited(command: &mut Command, timeout: Duration) -> Result<ExitStatus> {
     let what = describe(command);
     let mut child = command.stdin(Stdio::null()).spawn().with_context(|| format!("starting {what}"))?;
     wait_with_timeout(&mut child, timeout, &what)
@@ -327,12 +327,12 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// A loopback port nobody listens on right now. The listener is dropped before the port
 /// is used, which leaves a small window for a race that a developer machine can live with.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Polls `ready` until it answers true or `timeout` passes.
-fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if ready()? {
@@ -611,7 +611,7 @@ fn bench_gateway(
 
 /// A 40-character secret that differs between runs. It only guards a throwaway store on
 /// loopback, so std's randomly keyed hasher is random enough.
-fn token_secret() -> String {
+pub(crate) fn token_secret() -> String {
     let state = RandomState::new();
     (0..3u64)
         .map(|i| {
@@ -640,14 +640,20 @@ fn expect(
 }
 
 #[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    body: String,
+pub(crate) struct HttpResponse {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 /// One request on a fresh connection (`Connection: close`), bounded by `HTTP_TIMEOUT`.
 /// It reads content-length and chunked bodies, which is all the set-up meets.
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, json: Option<&str>) -> Result<HttpResponse> {
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> Result<HttpResponse> {
     let deadline = Instant::now() + HTTP_TIMEOUT;
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;

@@ -4,12 +4,15 @@
 //! - `codegen --check`: regenerate in memory and fail with a diff when `generated/` is stale.
 //! - `bench gateway [--duration SECS] [--connections N]`: compare the gateway with nginx in
 //!   front of the same upstream, with wrk; writes `target/bench/gateway.md`.
+//! - `load [--users N] [--hatch-rate N] [--run-time SECS] [--postgres URL] [--redis URL]`:
+//!   the SLA run of the research workload through `pake serve`; reports in `target/load/`.
 
 mod bench;
 mod codegen;
 mod contract;
 mod docs;
 mod lint;
+mod load;
 mod lower;
 mod server;
 
@@ -51,6 +54,7 @@ fn run() -> Result<()> {
             bail!("generated/ is stale ({} file(s)); run `{}` and commit the result", problems.len(), codegen::COMMAND)
         }
         ["bench", "gateway", options @ ..] => bench::gateway(&root, &bench::Options::parse(options)?),
-        _ => bail!("usage: cargo xtask codegen [--check] | {}", bench::Options::USAGE),
+        ["load", options @ ..] => load::run(&root, &load::Options::parse(options)?),
+        _ => bail!("usage: cargo xtask codegen [--check] | {} | {}", bench::Options::USAGE, load::Options::USAGE),
     }
 }

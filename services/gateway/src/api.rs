@@ -403,7 +403,8 @@ impl GatewayApi for GatewayAdmin {
         let body = request.body;
         let client_id = body.client_id.to_string();
         // Slow down guessing per client id (the per-address limit runs in front of the router).
-        let guard = self.plane.edge.limiter.check(&format!("token:client:{client_id}"), &crate::TOKEN_LIMIT).await;
+        let edge = &self.plane.edge;
+        let guard = edge.limiter.check(&format!("token:client:{client_id}"), &edge.token_limit).await;
         if !guard.allowed {
             let seconds = guard.retry_after.as_secs_f64().ceil().max(1.0) as u64;
             self.tokens_issued("rate_limited");

@@ -123,6 +123,8 @@ pub struct Edge {
     verifier: TokenVerifier,
     tokens: moka::sync::Cache<String, Arc<pake_tokens::Verified>>,
     pub limiter: RateLimiter,
+    /// Applied to token requests per client id and per address.
+    pub token_limit: Limit,
     pub cache: Arc<ResponseCache>,
     decisions: Family<DecisionLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
@@ -133,6 +135,7 @@ impl Edge {
     pub fn new(
         verifier: TokenVerifier,
         limiter: RateLimiter,
+        token_limit: Limit,
         cache: Arc<ResponseCache>,
         metrics: &pake_observe::Metrics,
     ) -> Edge {
@@ -155,6 +158,7 @@ impl Edge {
             verifier,
             tokens: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(TOKEN_MEMORY).build(),
             limiter,
+            token_limit,
             cache,
             decisions,
             auth,
@@ -501,7 +505,7 @@ pub async fn token_endpoint_guard(State(plane): State<Arc<DataPlane>>, request: 
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_else(|| "unknown".into());
-        let decision = plane.edge.limiter.check(&format!("token:addr:{address}"), &crate::TOKEN_LIMIT).await;
+        let decision = plane.edge.limiter.check(&format!("token:addr:{address}"), &plane.edge.token_limit).await;
         if !decision.allowed {
             let seconds = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
             return ApiError::too_many_requests(

@@ -21,7 +21,7 @@ use pake_tokens::KeyRing;
 use policies::PolicyStore;
 use proxy::{DataPlane, ProxyMetrics};
 use routes::{RouteStore, RouteTable};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -39,6 +39,10 @@ pub struct GatewayOptions {
     pub replica_id: String,
     /// Memory for the in-process (L1) response cache.
     pub cache_bytes: u64,
+    /// Token requests allowed per second per client id and per source address (twice as
+    /// many at once): enough for any real client, too few to guess a 256-bit secret, and a
+    /// brake on the hashing work an attacker can cause.
+    pub token_requests_per_second: u64,
 }
 
 impl GatewayOptions {
@@ -51,6 +55,7 @@ impl GatewayOptions {
             redis_prefix: "pake:".into(),
             replica_id: replica_id(),
             cache_bytes: 64 * 1024 * 1024,
+            token_requests_per_second: 20,
         }
     }
 }
@@ -64,16 +69,17 @@ fn replica_id() -> String {
     if clean.is_empty() || !clean.starts_with(|c: char| c.is_ascii_alphanumeric()) { "gateway".into() } else { clean }
 }
 
-/// Token requests per client id and per source address: enough for any real client, too
-/// few to guess a 256-bit secret, and a brake on hashing work an attacker can cause.
-pub static TOKEN_LIMIT: LazyLock<pake_ratelimit::Limit> = LazyLock::new(|| pake_ratelimit::Limit {
-    policy: "token-issuance".into(),
-    algorithm: pake_ratelimit::Algorithm::Gcra,
-    rate: 20,
-    period: Duration::from_secs(1),
-    burst: 40,
-    on_unavailable: pake_ratelimit::OnUnavailable::Local,
-});
+/// The limit on token requests per client id and per source address.
+pub fn token_limit(per_second: u64) -> pake_ratelimit::Limit {
+    pake_ratelimit::Limit {
+        policy: "token-issuance".into(),
+        algorithm: pake_ratelimit::Algorithm::Gcra,
+        rate: per_second.max(1),
+        period: Duration::from_secs(1),
+        burst: per_second.max(1) * 2,
+        on_unavailable: pake_ratelimit::OnUnavailable::Local,
+    }
+}
 
 /// A running gateway: its data plane, its route store and the tasks that keep routes
 /// current. Dropping it stops the tasks.
@@ -132,7 +138,13 @@ impl Gateway {
         let plane = Arc::new(DataPlane::new(
             registry,
             ProxyMetrics::new(&metrics),
-            edge::Edge::new(options.keys.verifier(), limiter, cache, &metrics),
+            edge::Edge::new(
+                options.keys.verifier(),
+                limiter,
+                token_limit(options.token_requests_per_second),
+                cache,
+                &metrics,
+            ),
         ));
         let routes = RouteStore::new(store.clone());
         let policies = PolicyStore::new(store.clone());

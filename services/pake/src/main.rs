@@ -56,6 +56,9 @@ struct Config {
     /// Prefix of every Redis key and channel the gateway uses.
     #[arg(long, env = "PAKE_REDIS_PREFIX", default_value = "pake:", global = true)]
     redis_prefix: String,
+    /// Token requests the gateway allows per second per client id and per address.
+    #[arg(long, env = "PAKE_TOKEN_REQUESTS_PER_SECOND", default_value_t = 20, global = true)]
+    token_requests_per_second: u64,
     /// Memory for the gateway's in-process response cache, in bytes.
     #[arg(long, env = "PAKE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
     cache_bytes: u64,
@@ -183,6 +186,7 @@ impl Config {
         options.redis_url = self.redis_url.clone();
         options.redis_prefix = self.redis_prefix.clone();
         options.cache_bytes = self.cache_bytes;
+        options.token_requests_per_second = self.token_requests_per_second;
         options
     }
 }
