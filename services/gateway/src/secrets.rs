@@ -1,15 +1,51 @@
 //! API-client credentials: public client ids, secrets shown once, and the Argon2id hashes
 //! that are all the gateway keeps of them.
 //!
-//! Hashing and checking take tens of milliseconds of CPU on purpose, so they run on the
-//! blocking pool, never on a worker that serves requests. An unknown client id is checked
-//! against a dummy hash, so that its answer takes as long as a wrong secret's and timing
-//! tells nothing about which client ids exist. The comparison itself is the argon2 crate's,
-//! which is constant-time.
+//! Hashing and checking take tens of milliseconds of CPU and 19 MiB of memory on purpose,
+//! so they run on the blocking pool, never on a worker that serves requests, and at most
+//! one per core at a time (a burst of sign-ins queues rather than exhausting memory). An
+//! unknown client id is checked against a dummy hash, so that its answer takes as long as
+//! a wrong secret's and timing tells nothing about which client ids exist. The comparison
+//! itself is the argon2 crate's, which is constant-time.
+//!
+//! A client signs in again and again with the same secret, so a verified secret is
+//! remembered for a few minutes in memory — as a SHA-256 digest, bound to the stored hash
+//! it was checked against, so a rotation or a deletion forgets it at once — and is then
+//! checked by a constant-time comparison of digests instead of a second Argon2 run. What
+//! Argon2 protects against, a leaked store, is unchanged: the store holds only the hash.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use std::sync::OnceLock;
+use sha2::{Digest, Sha256};
+use std::sync::{LazyLock, OnceLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How long a verified secret is remembered.
+const REMEMBERED_FOR: Duration = Duration::from_secs(300);
+
+/// Argon2 runs at once: one per core.
+static HASHING: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
+
+/// Recently verified secrets: stored hash → SHA-256 of the secret that matched it.
+static VERIFIED: LazyLock<moka::sync::Cache<String, [u8; 32]>> =
+    LazyLock::new(|| moka::sync::Cache::builder().max_capacity(100_000).time_to_live(REMEMBERED_FOR).build());
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Equality that takes as long whichever byte differs.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs Argon2 work on the blocking pool, one per core at a time.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let _permit = HASHING.acquire().await.ok()?;
+    tokio::task::spawn_blocking(work).await.ok()
+}
 
 /// Argon2id with the OWASP-recommended minimum: 19 MiB, two passes, one lane.
 fn argon2() -> Argon2<'static> {
@@ -33,7 +69,10 @@ pub fn new_client_id() -> String {
 
 /// The PHC string of `secret` under a fresh salt.
 pub async fn hash(secret: String) -> String {
-    tokio::task::spawn_blocking(move || hash_now(&secret)).await.expect("hashing does not panic")
+    match hashing(move || hash_now(&secret)).await {
+        Some(phc) => phc,
+        None => unreachable!("the hashing semaphore is never closed and hashing does not panic"),
+    }
 }
 
 fn hash_now(secret: &str) -> String {
@@ -46,16 +85,24 @@ fn hash_now(secret: &str) -> String {
 /// Whether `secret` matches the stored hash; with `None` (no such client) it checks against
 /// a dummy hash and answers false, taking the same time.
 pub async fn verify(secret: String, stored: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
+    if let Some(phc) = &stored
+        && let Some(remembered) = VERIFIED.get(phc)
+    {
+        return same(&remembered, &digest(&secret));
+    }
+    let checked = hashing(move || {
         static DUMMY: OnceLock<String> = OnceLock::new();
         let dummy = DUMMY.get_or_init(|| hash_now("no client has this secret; it only spends the time"));
-        let known = stored.is_some();
         let phc = stored.as_deref().unwrap_or(dummy);
         let Ok(parsed) = PasswordHash::new(phc) else { return false };
-        argon2().verify_password(secret.as_bytes(), &parsed).is_ok() && known
+        let matches = argon2().verify_password(secret.as_bytes(), &parsed).is_ok() && stored.is_some();
+        if matches {
+            VERIFIED.insert(phc.to_string(), digest(&secret));
+        }
+        matches
     })
-    .await
-    .unwrap_or(false)
+    .await;
+    checked.unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -71,7 +118,22 @@ mod tests {
         assert!(verify(secret.clone(), Some(stored.clone())).await);
         assert!(!verify(new_secret(), Some(stored.clone())).await);
         assert!(!verify(secret.clone(), None).await, "an unknown client never verifies");
-        assert_ne!(hash(secret).await, stored, "salts differ");
+        assert_ne!(hash(secret.clone()).await, stored, "salts differ");
+    }
+
+    #[tokio::test]
+    async fn remembered_secrets_still_refuse_others_and_follow_the_stored_hash() {
+        let secret = new_secret();
+        let stored = hash(secret.clone()).await;
+        assert!(verify(secret.clone(), Some(stored.clone())).await);
+        // Now remembered (as a digest, never in clear): a second check needs no Argon2 run,
+        // and still tells secrets apart.
+        assert_eq!(VERIFIED.get(&stored), Some(digest(&secret)));
+        assert!(verify(secret.clone(), Some(stored.clone())).await);
+        assert!(!verify(new_secret(), Some(stored.clone())).await);
+        // A rotated hash is not the remembered one: the old secret fails against it.
+        let rotated = hash(new_secret()).await;
+        assert!(!verify(secret, Some(rotated)).await);
     }
 
     #[test]
