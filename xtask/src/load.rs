@@ -93,6 +93,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    let redis_prefix = format!("load-{}:", token_secret());
     let backend = match (&options.database_url, &options.redis_url) {
         (None, None) => "embedded (SQLite, in-process limits and cache)".to_string(),
         (database, redis) => {
@@ -100,7 +101,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
                 command.env("PAKE_DATABASE_URL", url);
             }
             if let Some(url) = redis {
-                command.env("PAKE_REDIS_URL", url).env("PAKE_REDIS_PREFIX", format!("load-{}:", token_secret()));
+                command.env("PAKE_REDIS_URL", url).env("PAKE_REDIS_PREFIX", &redis_prefix);
             }
             format!(
                 "{}{}",
@@ -140,6 +141,19 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let status = run_inherited(&mut command, run_time + ramp + Duration::from_secs(300))?;
     server.check_running(&log_path)?;
     drop(server);
+    if let Some(url) = &options.redis_url {
+        // The run's keys in a Redis that may be shared: counters, cache entries, indexes.
+        let cleaned = Command::new("sh")
+            .args([
+                "-c",
+                "redis-cli -u \"$1\" --scan --pattern \"$2*\" | xargs -r -n 500 redis-cli -u \"$1\" del >/dev/null",
+            ])
+            .args(["sh", url, &redis_prefix])
+            .status();
+        if !cleaned.is_ok_and(|status| status.success()) {
+            eprintln!("could not delete the run's keys ({redis_prefix}*) from {url}; they expire within minutes");
+        }
+    }
     if !status.success() {
         bail!("the load run failed or breached the SLA ({status}); reports in {}", out_dir.display());
     }
