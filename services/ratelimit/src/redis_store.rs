@@ -11,8 +11,9 @@ use crate::algo::{Outcome, Rates, WEIGHT_ONE};
 use crate::{Algorithm, Error, RedisOptions};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
 
@@ -31,7 +32,8 @@ pub(crate) struct RedisStore {
     options: RedisOptions,
     gcra: Script,
     sliding_window: Script,
-    slot: Mutex<Slot>,
+    /// Identifies this store's connections in each thread's [`CONNECTIONS`].
+    id: u64,
     /// Serialises connection attempts, so that a probe is one attempt, not a stampede.
     connecting: tokio::sync::Mutex<()>,
     epoch: Instant,
@@ -40,12 +42,16 @@ pub(crate) struct RedisStore {
     health: AtomicU8,
 }
 
-/// The current connection and a generation number, so that a failure seen on an old
-/// connection does not discard a newer one.
-struct Slot {
-    connection: Option<MultiplexedConnection>,
-    generation: u64,
+// Connections by store id, one per thread: a connection's I/O runs on the runtime of the
+// thread that opened it, so a gateway worker's decisions never hop to another thread and
+// back (each worker is its own single-threaded runtime). Each entry carries its
+// generation, so that a failure forgets exactly the connection that failed.
+thread_local! {
+    static CONNECTIONS: RefCell<HashMap<u64, (u64, MultiplexedConnection)>> = RefCell::new(HashMap::new());
 }
+
+/// Store ids and connection generations, unique in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 enum Failure {
     /// Redis was not tried (backoff, or another request's probe is under way).
@@ -72,7 +78,7 @@ impl RedisStore {
             options,
             gcra: Script::new(GCRA_LUA),
             sliding_window: Script::new(SLIDING_WINDOW_LUA),
-            slot: Mutex::new(Slot { connection: None, generation: 0 }),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             connecting: tokio::sync::Mutex::new(()),
             epoch: Instant::now(),
             retry_at: AtomicU64::new(0),
@@ -131,12 +137,14 @@ impl RedisStore {
         }
     }
 
-    /// Drops the shared connection if it is still the one of `generation`.
+    /// Drops this thread's connection if it is still the one of `generation`.
     fn forget(&self, generation: u64) {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.generation == generation {
-            slot.connection = None;
-        }
+        CONNECTIONS.with(|connections| {
+            let mut connections = connections.borrow_mut();
+            if connections.get(&self.id).is_some_and(|(current, _)| *current == generation) {
+                connections.remove(&self.id);
+            }
+        });
     }
 
     async fn decide(&self, key: &str, algorithm: Algorithm, rates: &Rates) -> Result<Outcome, Failure> {
@@ -207,15 +215,13 @@ impl RedisStore {
             .await
             .map_err(|_| Failure::Failed { generation: None, reason: "connection timed out".into() })?
             .map_err(|e| Failure::Failed { generation: None, reason: e.to_string() })?;
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.generation += 1;
-        slot.connection = Some(connection.clone());
-        Ok((slot.generation, connection))
+        let generation = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        CONNECTIONS.with(|connections| connections.borrow_mut().insert(self.id, (generation, connection.clone())));
+        Ok((generation, connection))
     }
 
     fn current(&self) -> Option<(u64, MultiplexedConnection)> {
-        let slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.connection.clone().map(|connection| (slot.generation, connection))
+        CONNECTIONS.with(|connections| connections.borrow().get(&self.id).cloned())
     }
 
     fn mark_up(&self) {
@@ -234,10 +240,7 @@ impl RedisStore {
     fn mark_down(&self, generation: Option<u64>, reason: &str) {
         self.retry_at.store(self.now_us().saturating_add(micros(self.options.backoff)), Ordering::Relaxed);
         if let Some(generation) = generation {
-            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.generation == generation {
-                slot.connection = None;
-            }
+            self.forget(generation);
         }
         if self.health.swap(DOWN, Ordering::Relaxed) != DOWN {
             tracing::warn!(
