@@ -51,6 +51,8 @@ pub struct CompiledPolicy {
     pub id: Uuid,
     pub scope: types::RateLimitScope,
     pub limit: Limit,
+    /// Decision counters (allowed, limited, unavailable), resolved once per table.
+    counters: [Counter; 3],
 }
 
 /// Rate-limit policies by id, and each API client's policy by its public client id.
@@ -61,7 +63,7 @@ pub struct PolicyTable {
 }
 
 impl PolicyTable {
-    pub fn new(policies: Vec<types::RateLimitPolicy>, clients: Vec<types::ApiClient>) -> PolicyTable {
+    pub fn new(policies: Vec<types::RateLimitPolicy>, clients: Vec<types::ApiClient>, edge: &Edge) -> PolicyTable {
         let policies = policies
             .into_iter()
             .map(|p| {
@@ -80,7 +82,11 @@ impl PolicyTable {
                         types::RedisUnavailableBehaviour::Local => pake_ratelimit::OnUnavailable::Local,
                     },
                 };
-                (p.id, CompiledPolicy { id: p.id, scope: p.scope, limit })
+                let counter = |result| {
+                    edge.decisions.get_or_create(&DecisionLabels { policy: p.name.to_string(), result }).clone()
+                };
+                let counters = [counter("allowed"), counter("limited"), counter("unavailable")];
+                (p.id, CompiledPolicy { id: p.id, scope: p.scope, limit, counters })
             })
             .collect();
         let client_policies = clients
@@ -243,14 +249,14 @@ impl Edge {
                 types::RateLimitScope::PerClient => format!("{}:{}", policy.id, subject.unwrap_or_else(anonymous)),
             };
             let decision = self.limiter.check(&key, &policy.limit).await;
-            let result = if decision.unavailable {
-                "unavailable"
+            let counter = if decision.unavailable {
+                &policy.counters[2]
             } else if decision.allowed {
-                "allowed"
+                &policy.counters[0]
             } else {
-                "limited"
+                &policy.counters[1]
             };
-            self.decisions.get_or_create(&DecisionLabels { policy: policy.limit.policy.clone(), result }).inc();
+            counter.inc();
             if decision.unavailable {
                 let seconds = decision.retry_after.as_secs().max(1);
                 return Err(ApiError::unavailable(

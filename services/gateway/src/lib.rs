@@ -104,7 +104,7 @@ impl Drop for Gateway {
 /// reads.
 pub async fn reload(plane: &DataPlane, routes: &RouteStore, policies: &PolicyStore) -> Result<(), StoreError> {
     let all = routes.all().await?;
-    let table = PolicyTable::new(policies.policies().await?, policies.clients().await?);
+    let table = PolicyTable::new(policies.policies().await?, policies.clients().await?, &plane.edge);
     plane.routes.store(Arc::new(RouteTable::new(all, &plane.metrics)));
     plane.policies.store(Arc::new(table));
     Ok(())
