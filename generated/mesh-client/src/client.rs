@@ -2812,7 +2812,7 @@ pub mod types {
                 })
         }
     }
-    ///Scheme the gateway uses to reach the instance.
+    ///How the gateway reaches the instance: `http` (HTTP/1.1 with keep-alive), `https`, or `h2c` (HTTP/2 over cleartext TCP with prior knowledge: the instance speaks HTTP/2, and the gateway multiplexes requests over a few connections to it).
     #[derive(
         ::serde::Deserialize,
         ::serde::Serialize,
@@ -2830,12 +2830,15 @@ pub mod types {
         Http,
         #[serde(rename = "https")]
         Https,
+        #[serde(rename = "h2c")]
+        H2c,
     }
     impl ::std::fmt::Display for InstanceScheme {
         fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
             match *self {
                 Self::Http => f.write_str("http"),
                 Self::Https => f.write_str("https"),
+                Self::H2c => f.write_str("h2c"),
             }
         }
     }
@@ -2847,6 +2850,7 @@ pub mod types {
             match value {
                 "http" => Ok(Self::Http),
                 "https" => Ok(Self::Https),
+                "h2c" => Ok(Self::H2c),
                 _ => Err("invalid value".into()),
             }
         }

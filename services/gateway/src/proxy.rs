@@ -135,22 +135,28 @@ pub struct DataPlane {
     pub edge: Edge,
 }
 
-fn build_client() -> Client<HttpConnector, Body> {
+/// A pooling client: HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge (`h2c`
+/// instances), where one connection carries many requests at once.
+fn build_client(http2: bool) -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     // Traffic policies bound connecting more tightly through the per-try timeout.
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(512)
-        .build(connector)
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(512);
+    if http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
 }
 
 thread_local! {
     /// One connection pool per worker thread: a connection is driven by a task on the
     /// thread that opened it, so a request that checks it out from the same thread's pool
     /// never hands its bytes to another thread and wakes it.
-    static CLIENT: Client<HttpConnector, Body> = build_client();
+    static CLIENT: Client<HttpConnector, Body> = build_client(false);
+    /// The same for `h2c` instances.
+    static H2C_CLIENT: Client<HttpConnector, Body> = build_client(true);
 }
 
 impl DataPlane {
@@ -443,7 +449,12 @@ async fn forward(
             }
         };
         tried.push(upstream.instance);
-        let uri: Uri = match format!("{scheme}://{}{path_and_query}", upstream.address).parse() {
+        let (uri_scheme, client) = match scheme {
+            mesh::InstanceScheme::Http => ("http", &CLIENT),
+            mesh::InstanceScheme::Https => ("https", &CLIENT),
+            mesh::InstanceScheme::H2c => ("http", &H2C_CLIENT),
+        };
+        let uri: Uri = match format!("{uri_scheme}://{}{path_and_query}", upstream.address).parse() {
             Ok(uri) => uri,
             Err(_) => {
                 return Err(error(
@@ -465,7 +476,7 @@ async fn forward(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let per_try = retry.per_try_timeout_ms.map(|ms| Duration::from_millis(ms.get())).unwrap_or(remaining);
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(per_try.min(remaining), CLIENT.with(Client::clone).request(outgoing)).await;
+        let result = tokio::time::timeout(per_try.min(remaining), client.with(Client::clone).request(outgoing)).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let failure = match result {

@@ -397,3 +397,37 @@ async fn outliers_are_ejected_within_the_allowed_share() {
     assert!(good.hits() > 30, "the last instance keeps being tried: {}", good.hits());
     assert!(bad.hits() > 2, "past the allowed share ejections are ignored: {}", bad.hits());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_instances_are_reached_over_http2() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    let upstream = Upstream::start("multiplexed", Behaviour::Ok).await;
+    let (service, _) = platform.service("multiplexed", "round_robin", &[], lenient_breaker()).await;
+    let instance: pake_mesh_client::types::InstanceRegistration = serde_json::from_value(
+        json!({"address": "127.0.0.1", "port": upstream.port(), "scheme": "h2c", "ttl_seconds": 60}),
+    )
+    .unwrap();
+    platform.mesh.register_instance().service_id(service).body(instance).send().await.unwrap();
+    platform
+        .route(json!({"name": "multiplexed", "path_prefix": "/mux", "methods": ["GET"], "api_version": "v1", "service": "multiplexed"}))
+        .await;
+
+    // Many requests at once, all answered over HTTP/2 (clients still speak HTTP/1.1 to the gateway).
+    let requests = (0..32).map(|n| {
+        let (http, url) = (platform.http.clone(), format!("{}/v1/mux/{n}", platform.gateway_server.url()));
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        })
+    });
+    for (n, answer) in futures::future::join_all(requests).await.into_iter().enumerate() {
+        let (status, body) = answer.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body["version"], "HTTP/2.0", "{body}");
+        // HTTP/2 carries the authority: the upstream sees the absolute form of the target.
+        let target = body["path"].as_str().unwrap();
+        assert_eq!(target, format!("http://127.0.0.1:{}/mux/{n}", upstream.port()));
+        assert!(body["headers"]["x-request-id"].is_string() && body["headers"].get("connection").is_none(), "{body}");
+    }
+    assert_eq!(upstream.hits(), 32);
+}

@@ -71,6 +71,7 @@ impl Upstream {
                 }
                 let echo = json!({
                     "name": name,
+                    "version": format!("{:?}", request.version()),
                     "path": request.uri().to_string(),
                     "headers": headers_json(request.headers()),
                 });
