@@ -1,6 +1,8 @@
 //! Test support for running services against real dependencies: a fresh PostgreSQL
-//! database (UUID-named, dropped afterwards) or SQLite file per test, a TCP proxy that can
-//! cut a service off from its database, and a deadline-bounded wait for a condition.
+//! database (UUID-named, dropped afterwards) or SQLite file per test, a key prefix of its
+//! own on the shared Redis (keys deleted afterwards), a private `redis-server` to kill and
+//! restart, a TCP proxy that can cut a service off from its database, and a
+//! deadline-bounded wait for a condition.
 
 use sqlx::Connection;
 use std::net::SocketAddr;
@@ -20,17 +22,122 @@ pub fn redis_url() -> String {
     std::env::var("PAKE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
-/// Deletes every key under `prefix` in the test Redis: what a test leaves behind.
-pub async fn delete_redis_keys(prefix: &str) {
-    let client = redis::Client::open(redis_url()).expect("a valid Redis URL");
-    let mut connection = client.get_multiplexed_async_connection().await.expect("Redis is reachable");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", prefix.replace(['*', '?', '[', ']', '\\'], "")))
-        .query_async(&mut connection)
-        .await
-        .expect("KEYS answers");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.expect("DEL answers");
+/// A key prefix on the shared test Redis that no other test uses; every key under it is
+/// deleted when the value is dropped.
+pub struct RedisPrefix {
+    pub prefix: String,
+    pub url: String,
+}
+
+impl RedisPrefix {
+    /// `label:` followed by a UUID, on [`redis_url`].
+    pub fn new(label: &str) -> RedisPrefix {
+        RedisPrefix::on(&redis_url(), label)
+    }
+
+    /// A prefix on another Redis (one that may not even be listening).
+    pub fn on(url: &str, label: &str) -> RedisPrefix {
+        RedisPrefix { prefix: format!("{label}:{}:", uuid::Uuid::new_v4().simple()), url: url.to_string() }
+    }
+
+    /// The keys under the prefix now (none when Redis cannot be reached).
+    pub fn keys(&self) -> Vec<String> {
+        let Ok(mut connection) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection()) else {
+            return Vec::new();
+        };
+        redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut connection).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let keys = self.keys();
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut connection) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<u64> = redis::cmd("DEL").arg(keys).query(&mut connection);
+        }
+    }
+}
+
+/// A free loopback port (nothing listens on it once this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// A `redis-server` of the test's own, on its own port, for tests that kill, pause and
+/// restart Redis (the shared one must stay up for everybody else). Killed when dropped.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        PrivateRedis::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> PrivateRedis {
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server (again) on the same port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while !self.answers() {
+            assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    }
+
+    /// SIGKILL, no goodbye to the clients; returns once the port refuses connections.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`): a paused server accepts connections but does not
+    /// answer.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server is running").id().to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

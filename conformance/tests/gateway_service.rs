@@ -14,10 +14,10 @@ async fn run_against_gateway(backend: Backend, redis: bool) {
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await.expect("registry starts"));
     let (keys, _) = pake_tokens::KeyRing::generate_ed25519().expect("a key");
     let mut options = pake_gateway::GatewayOptions::new(keys.clone());
-    let prefix = format!("conformance-{}:", uuid::Uuid::new_v4().simple());
+    let prefix = conformance::support::RedisPrefix::new("conformance");
     if redis {
-        options.redis_url = Some(conformance::support::redis_url());
-        options.redis_prefix = prefix.clone();
+        options.redis_url = Some(prefix.url.clone());
+        options.redis_prefix = prefix.prefix.clone();
     }
     let gateway =
         pake_gateway::Gateway::start(store, registry.snapshot_cell().clone(), options).await.expect("gateway starts");
@@ -45,9 +45,6 @@ async fn run_against_gateway(backend: Backend, redis: bool) {
     report.assert_ok();
     report.require_positive_coverage();
     server.stop().await;
-    if redis {
-        conformance::support::delete_redis_keys(&prefix).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

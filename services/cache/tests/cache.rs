@@ -4,57 +4,32 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use conformance::support::{PrivateRedis, RedisPrefix, free_port};
 use pake_cache::{
     CacheConfig, CacheKey, CachedResponse, Error, Flight, Level, Lookup, RedisConfig, ResponseCache, now_ms,
 };
-use uuid::Uuid;
-
-const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
 /// How long another replica may take to apply an invalidation (pub/sub delivery).
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 
-/// Deletes every key under a test prefix when dropped (also when the test panics).
-struct Namespace {
-    url: String,
-    prefix: String,
-}
+/// A test's own key prefix (its keys are deleted when dropped, also when the test panics),
+/// and the cache configuration that uses it.
+struct Namespace(RedisPrefix);
 
 impl Namespace {
     fn new(url: &str) -> Self {
-        Self { url: url.to_owned(), prefix: format!("test:pake-cache:{}:", Uuid::new_v4().simple()) }
+        Self(RedisPrefix::on(url, "test:pake-cache"))
     }
 
     fn config(&self, replica: &str) -> CacheConfig {
         CacheConfig {
-            redis: Some(RedisConfig { prefix: self.prefix.clone(), ..RedisConfig::new(&self.url) }),
+            redis: Some(RedisConfig { prefix: self.0.prefix.clone(), ..RedisConfig::new(&self.0.url) }),
             replica_id: replica.to_owned(),
             ..CacheConfig::default()
-        }
-    }
-
-    fn keys(&self) -> Vec<String> {
-        let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection()) else {
-            return Vec::new();
-        };
-        redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut conn).unwrap_or_default()
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let keys = self.keys();
-        if keys.is_empty() {
-            return;
-        }
-        if let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection()) {
-            let _: redis::RedisResult<u64> = redis::cmd("DEL").arg(&keys).query(&mut conn);
         }
     }
 }
@@ -111,7 +86,7 @@ async fn two_replicas(namespace: &Namespace) -> (Arc<ResponseCache>, Arc<Respons
 
 #[tokio::test]
 async fn l1_hit_then_other_replica_hits_l2_then_its_own_l1() {
-    let namespace = Namespace::new(SHARED_REDIS);
+    let namespace = Namespace::new(&conformance::support::redis_url());
     let (a, b) = two_replicas(&namespace).await;
     let k = key("/v1/items?page=1");
     let stored = response(&["items"], 60_000);
@@ -137,7 +112,7 @@ async fn level_of(cache: &ResponseCache, k: &CacheKey) -> Option<Level> {
 
 #[tokio::test]
 async fn entries_expire_in_both_levels_and_l2_copies_keep_the_remaining_ttl() {
-    let namespace = Namespace::new(SHARED_REDIS);
+    let namespace = Namespace::new(&conformance::support::redis_url());
     let (a, b) = two_replicas(&namespace).await;
     let k = key("/v1/short");
     let stored = response(&[], 400);
@@ -160,7 +135,7 @@ async fn entries_expire_in_both_levels_and_l2_copies_keep_the_remaining_ttl() {
 /// checks: removed entries are gone from L2 and a's L1 at once and from b's L1 within
 /// [`PROPAGATION_BOUND`], kept entries are still in both L1s.
 async fn check_invalidation(keys: &[&str], prefixes: &[&str], tags: &[&str], removed: &[&str], kept: &[&str]) {
-    let namespace = Namespace::new(SHARED_REDIS);
+    let namespace = Namespace::new(&conformance::support::redis_url());
     let (a, b) = two_replicas(&namespace).await;
     let entries: HashMap<&str, &[&str]> = [
         ("/v1/papers/1?v=2", &["paper:1", "papers"][..]),
@@ -318,7 +293,7 @@ async fn followers_of_a_dropped_leader_go_alone_promptly() {
 
 #[tokio::test]
 async fn oversized_and_expired_entries_are_not_stored() {
-    let namespace = Namespace::new(SHARED_REDIS);
+    let namespace = Namespace::new(&conformance::support::redis_url());
     let config = CacheConfig { max_entry_bytes: 4096, ..namespace.config("a") };
     let a = ResponseCache::start(config).await.expect("start");
     let b = ResponseCache::start(namespace.config("b")).await.expect("start");
@@ -335,7 +310,7 @@ async fn oversized_and_expired_entries_are_not_stored() {
 
 #[tokio::test]
 async fn stats_count_hits_misses_per_level_and_route_and_evictions_but_not_invalidations() {
-    let namespace = Namespace::new(SHARED_REDIS);
+    let namespace = Namespace::new(&conformance::support::redis_url());
     let (a, b) = two_replicas(&namespace).await;
     a.put(&key("/long"), response(&[], 60_000)).await;
     a.put(&key("/short"), response(&[], 500)).await;
@@ -413,58 +388,6 @@ async fn starts_and_serves_from_l1_when_redis_is_unreachable() {
     assert!(matches!(cache.get(&key("/a")).await, Lookup::Miss), "L1 was swept anyway");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("free port").port()
-}
-
-/// A `redis-server` child process, killed when dropped.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    async fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let server = Self { port, child: Some(child) };
-        let url = server.url();
-        let ready = eventually(Duration::from_secs(5), || {
-            let url = url.clone();
-            async move {
-                let Ok(client) = redis::Client::open(url.as_str()) else { return false };
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
-                redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
-            }
-        })
-        .await;
-        assert!(ready, "private redis-server on port {port} did not come up");
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: no goodbye to the clients.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Runs `op` and asserts it returned within 200 ms.
 async fn promptly<T>(what: &str, op: impl Future<Output = T>) -> T {
     let started = Instant::now();
@@ -476,7 +399,7 @@ async fn promptly<T>(what: &str, op: impl Future<Output = T>) -> T {
 #[tokio::test]
 async fn redis_outage_degrades_to_l1_without_latency_and_recovers_by_itself() {
     let port = free_port();
-    let mut redis = PrivateRedis::start(port).await;
+    let mut redis = PrivateRedis::start_on(port);
     let namespace = Namespace::new(&redis.url());
     let (a, b) = two_replicas(&namespace).await;
     a.put(&key("/before"), response(&[], 60_000)).await;
@@ -499,7 +422,7 @@ async fn redis_outage_degrades_to_l1_without_latency_and_recovers_by_itself() {
     assert_eq!(a.l2_available(), Some(false));
     assert!(eventually(Duration::from_secs(1), || std::future::ready(a.propagation_active() == Some(false))).await);
 
-    let _redis = PrivateRedis::start(port).await;
+    let _redis = PrivateRedis::start_on(port);
     let recovered_at = Instant::now();
     let l2_back = eventually(Duration::from_secs(3), || async {
         a.put(&key("/after"), response(&[], 60_000)).await;

@@ -8,12 +8,12 @@ mod support;
 
 use axum::extract::Request;
 use conformance::TestServer;
-use conformance::support::{Backend, TestDatabase, eventually};
+use conformance::support::{Backend, PrivateRedis, TestDatabase, eventually};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{Pake, PrivateRedis};
+use support::Pake;
 
 const ADMIN_ID: &str = "pk_replica_admin";
 
@@ -67,7 +67,7 @@ fn count(statuses: &[u16], status: u16) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_limits_and_invalidations_and_survive_losing_redis() {
     let db = TestDatabase::new(Backend::Postgres).await;
-    let mut redis = PrivateRedis::start().await;
+    let mut redis = PrivateRedis::start();
     let data_dir = std::env::temp_dir().join(format!("pake-replicas-{}", uuid::Uuid::new_v4().simple()));
     let secret = pake_tokens::random_token(32);
     let env = [
@@ -179,7 +179,7 @@ async fn replicas_share_limits_and_invalidations_and_survive_losing_redis() {
     // 3. Redis dies. Requests keep flowing, promptly: the cache from L1, the limit locally
     //    (each replica enforces the policy by itself, so a fresh quota of ten per replica).
     replicas.get('a', "/v1/cached/doc?id=1").await; // warm A's L1 as well
-    redis.kill().await;
+    redis.kill();
     let started = Instant::now();
     let cached = replicas.get('b', "/v1/cached/doc?id=1").await;
     assert_eq!(cached.status().as_u16(), 200);
@@ -197,7 +197,7 @@ async fn replicas_share_limits_and_invalidations_and_survive_losing_redis() {
     assert!(refused.headers().contains_key("retry-after"));
 
     // 4. Redis comes back (empty): propagation and the shared limit return by themselves.
-    redis.restart().await;
+    redis.restart();
     eventually(Duration::from_secs(10), || async {
         let response =
             replicas.admin_post('a', "/v1/admin/cache/invalidations", json!({"prefixes": ["/v1/cached/"]})).await;

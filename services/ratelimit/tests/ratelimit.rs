@@ -1,56 +1,25 @@
 //! Rate limiting against a real Redis: the shared one at 127.0.0.1:6379 (every test under
 //! its own key prefix, deleted at the end) and, for the outage, a private redis-server.
 
+use conformance::support::{PrivateRedis, RedisPrefix, free_port};
 use pake_ratelimit::{Algorithm, Decision, Limit, OnUnavailable, RateLimiter, RedisOptions, Source};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing_subscriber::layer::SubscriberExt;
 
-const SHARED_REDIS: &str = "redis://127.0.0.1:6379/";
 const KEY: &str = "tenant:acme:route:search";
 
 fn limit(algorithm: Algorithm, rate: u64, period: Duration, burst: u64, on_unavailable: OnUnavailable) -> Limit {
     Limit { policy: "standard".into(), algorithm, rate, period, burst, on_unavailable }
 }
 
-/// A key prefix no other test run uses; its keys are deleted when this is dropped.
-struct Prefix(String);
-
-impl Prefix {
-    fn new() -> Prefix {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Prefix(format!("pake-ratelimit-test:{}:{nanos}:{n}:", std::process::id()))
-    }
-
-    fn keys(&self) -> Vec<String> {
-        let mut connection = redis::Client::open(SHARED_REDIS).and_then(|c| c.get_connection()).expect("redis");
-        redis::cmd("KEYS").arg(format!("{}*", self.0)).query(&mut connection).expect("KEYS")
-    }
-}
-
-impl Drop for Prefix {
-    fn drop(&mut self) {
-        let Ok(mut connection) = redis::Client::open(SHARED_REDIS).and_then(|c| c.get_connection()) else { return };
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{}*", self.0)).query(&mut connection).unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut connection);
-        }
-    }
-}
-
-fn shared_limiter(prefix: &Prefix, options: RedisOptions) -> RateLimiter {
-    RateLimiter::redis(SHARED_REDIS, &prefix.0, options).expect("limiter")
+fn shared_limiter(prefix: &RedisPrefix, options: RedisOptions) -> RateLimiter {
+    RateLimiter::redis(&prefix.url, &prefix.prefix, options).expect("limiter")
 }
 
 /// Redis server time in ms.
 async fn redis_now_ms() -> u64 {
-    let client = redis::Client::open(SHARED_REDIS).expect("client");
+    let client = redis::Client::open(conformance::support::redis_url()).expect("client");
     let mut connection = client.get_multiplexed_async_connection().await.expect("redis");
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut connection).await.expect("TIME");
     secs * 1000 + micros / 1000
@@ -99,7 +68,7 @@ async fn gcra_burst_then_steady(limiter: &RateLimiter, source: Source) {
 
 #[tokio::test]
 async fn gcra_redis_admits_burst_then_one_per_interval() {
-    let prefix = Prefix::new();
+    let prefix = RedisPrefix::new("pake-ratelimit-test");
     let limiter = shared_limiter(&prefix, RedisOptions::default());
     gcra_burst_then_steady(&limiter, Source::Redis).await;
     assert_eq!(limiter.redis_available(), Some(true));
@@ -132,7 +101,7 @@ async fn sliding_window_quota_then_slide(limiter: &RateLimiter, source: Source) 
 
 #[tokio::test]
 async fn sliding_window_redis_admits_quota_then_refuses_until_window_slides() {
-    let prefix = Prefix::new();
+    let prefix = RedisPrefix::new("pake-ratelimit-test");
     let limiter = shared_limiter(&prefix, RedisOptions::default());
     wait_for_room_in_window(Duration::from_secs(1), Duration::from_millis(300)).await;
     sliding_window_quota_then_slide(&limiter, Source::Redis).await;
@@ -146,7 +115,7 @@ async fn sliding_window_local_admits_quota_then_refuses_until_window_slides() {
 /// Two replicas (two limiters on one Redis and prefix) hammered from 100 concurrent tasks
 /// admit exactly the quota, each admission seeing a distinct count.
 async fn replicas_share_limit(limit: Limit) {
-    let prefix = Prefix::new();
+    let prefix = RedisPrefix::new("pake-ratelimit-test");
     // A generous timeout: this run may share two cores with other builds, and a timed-out
     // call would fall back (here: FailClosed) instead of showing the shared count.
     let options = RedisOptions { timeout: Duration::from_secs(1), ..RedisOptions::default() };
@@ -184,7 +153,7 @@ async fn sliding_window_limit_is_global_across_replicas() {
 
 #[tokio::test]
 async fn algorithms_keep_separate_expiring_keys() {
-    let prefix = Prefix::new();
+    let prefix = RedisPrefix::new("pake-ratelimit-test");
     let limiter = shared_limiter(&prefix, RedisOptions::default());
     let mut limit = limit(Algorithm::Gcra, 10, Duration::from_secs(1), 0, OnUnavailable::FailClosed);
     assert!(limiter.check(KEY, &limit).await.allowed);
@@ -193,71 +162,13 @@ async fn algorithms_keep_separate_expiring_keys() {
     let decision = limiter.check(KEY, &limit).await;
     assert!(decision.allowed && decision.source == Source::Redis && decision.remaining == 9, "{decision:?}");
 
-    let mut connection = redis::Client::open(SHARED_REDIS).and_then(|c| c.get_connection()).expect("redis");
+    let mut connection =
+        redis::Client::open(conformance::support::redis_url()).and_then(|c| c.get_connection()).expect("redis");
     let mut pttl = |key: String| -> i64 { redis::cmd("PTTL").arg(key).query(&mut connection).expect("PTTL") };
-    let gcra = pttl(format!("{}rl:gcra:{KEY}", prefix.0));
-    let sliding = pttl(format!("{}rl:sw:{KEY}", prefix.0));
+    let gcra = pttl(format!("{}rl:gcra:{KEY}", prefix.prefix));
+    let sliding = pttl(format!("{}rl:sw:{KEY}", prefix.prefix));
     assert!(gcra > 0 && gcra <= 100, "GCRA key expires with its TAT, {gcra} ms");
     assert!(sliding > 1000 && sliding <= 2000, "sliding-window key expires after 2 periods, {sliding} ms");
-}
-
-/// A redis-server of this test's own, killed when dropped.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = free_port();
-        let mut server = PrivateRedis { port, child: None };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn restart(&mut self) {
-        let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        self.child = Some(child);
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGSTOP or SIGCONT: a server that accepts connections but does not answer.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().expect("kill");
-        assert!(status.success());
-    }
-
-    /// SIGKILL: no goodbye to connected clients.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 /// Warnings and infos logged by this crate, with the limiter's key prefix.
