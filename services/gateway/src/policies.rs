@@ -31,6 +31,15 @@ impl PolicyStore {
         PolicyStore { store }
     }
 
+    /// After an update or delete of `id`: none of its rows means no such thing; otherwise
+    /// the other replicas are told.
+    async fn changed(&self, rows: u64, id: Uuid) -> Result<(), StoreError> {
+        if rows == 0 {
+            return Err(StoreError::NotFound);
+        }
+        notify(&self.store, id).await
+    }
+
     /// Every client, ordered by tenant then name.
     pub async fn clients(&self) -> Result<Vec<types::ApiClient>, StoreError> {
         with_pool!(&self.store, |pool, backend| {
@@ -95,10 +104,7 @@ impl PolicyStore {
             .execute(pool)
             .await?
             .rows_affected();
-            if updated == 0 {
-                return Err(StoreError::NotFound);
-            }
-            notify(&self.store, client.id).await
+            self.changed(updated, client.id).await
         })
     }
 
@@ -109,10 +115,7 @@ impl PolicyStore {
                 .execute(pool)
                 .await?
                 .rows_affected();
-            if deleted == 0 {
-                return Err(StoreError::NotFound);
-            }
-            notify(&self.store, id).await
+            self.changed(deleted, id).await
         })
     }
 
@@ -157,10 +160,7 @@ impl PolicyStore {
                 .execute(pool)
                 .await?
                 .rows_affected();
-            if updated == 0 {
-                return Err(StoreError::NotFound);
-            }
-            notify(&self.store, policy.id).await
+            self.changed(updated, policy.id).await
         })
     }
 
@@ -171,10 +171,7 @@ impl PolicyStore {
                 .execute(pool)
                 .await?
                 .rows_affected();
-            if deleted == 0 {
-                return Err(StoreError::NotFound);
-            }
-            notify(&self.store, id).await
+            self.changed(deleted, id).await
         })
     }
 }
