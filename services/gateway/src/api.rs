@@ -671,14 +671,15 @@ impl GatewayApi for GatewayAdmin {
             json!({"hits": l.hits, "misses": l.misses, "hit_rate": l.hit_rate(), "entries": l.entries,
                    "bytes": l.bytes, "evictions": l.evictions})
         };
-        let mut routes: Vec<serde_json::Value> = stats
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let id: uuid::Uuid = r.route.parse().ok()?;
-                let name = table.name_of(id)?;
-                Some(json!({"route_id": id, "route_name": name, "hits": r.hits, "misses": r.misses,
-                            "hit_rate": r.hit_rate()}))
+        let ratio =
+            |hits: u64, misses: u64| if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
+        let mut routes: Vec<serde_json::Value> = table
+            .routes()
+            .filter(|compiled| compiled.route.cache.enabled)
+            .map(|compiled| {
+                let (hits, misses) = (compiled.metrics.cache_hits.get(), compiled.metrics.cache_misses.get());
+                json!({"route_id": compiled.route.id, "route_name": compiled.route.name, "hits": hits,
+                       "misses": misses, "hit_rate": ratio(hits, misses)})
             })
             .collect();
         routes.sort_by(|a, b| a["route_name"].as_str().cmp(&b["route_name"].as_str()));

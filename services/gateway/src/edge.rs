@@ -442,14 +442,13 @@ where
         .collect();
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let key = CacheKey::new(request.method().as_str(), path, tenant, vary);
-    let route_id = route.route.id.to_string();
     let lookup = edge.cache.get(&key).await;
     edge.count_lookup(&lookup);
     if let Lookup::Hit { entry, .. } = lookup {
-        edge.cache.record(&route_id, true);
+        route.metrics.cache_hits.inc();
         return from_entry(&entry, "HIT");
     }
-    edge.cache.record(&route_id, false);
+    route.metrics.cache_misses.inc();
     let guard = match edge.cache.join(&key).await {
         Flight::Shared(entry) => {
             edge.cache_counters.coalesced.inc();
@@ -490,7 +489,7 @@ where
         headers,
         body: bytes,
         tags,
-        route: route_id,
+        route: route.route.id.to_string(),
         stored_at_ms,
         expires_at_ms: stored_at_ms + ttl.map(|t| t.as_millis() as i64).unwrap_or(0),
     };

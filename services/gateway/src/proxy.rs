@@ -60,6 +60,12 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteCacheLabels {
+    route: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     service: String,
     outcome: String,
@@ -70,6 +76,7 @@ struct UpstreamLabels {
 pub struct ProxyMetrics {
     requests: Family<RouteLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    cache: Family<RouteCacheLabels, Counter>,
     failed_tries: Family<UpstreamLabels, Counter>,
     retries: Family<UpstreamLabels, Counter>,
 }
@@ -81,6 +88,9 @@ pub struct RouteMetrics {
     /// By status class: 1xx … 5xx.
     requests: [Counter; 5],
     durations: [Histogram; 5],
+    /// Cache lookups of the route answered from the cache, and not.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
 }
 
 impl RouteMetrics {
@@ -94,9 +104,16 @@ impl RouteMetrics {
 impl ProxyMetrics {
     pub fn for_route(&self, route: &str) -> RouteMetrics {
         let labels = |class: usize| RouteLabels { route: route.to_string(), status: format!("{}xx", class + 1) };
+        // Each handle is cloned out before the next lookup: a family's read guard held
+        // across a lookup that creates a label would deadlock on its write lock.
+        let cache = |result| self.cache.get_or_create(&RouteCacheLabels { route: route.to_string(), result }).clone();
+        let cache_hits = cache("hit");
+        let cache_misses = cache("miss");
         RouteMetrics {
             requests: std::array::from_fn(|class| self.requests.get_or_create(&labels(class)).clone()),
             durations: std::array::from_fn(|class| self.duration.get_or_create(&labels(class)).clone()),
+            cache_hits,
+            cache_misses,
         }
     }
 
@@ -106,11 +123,13 @@ impl ProxyMetrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             }),
+            cache: Family::default(),
             failed_tries: Family::default(),
             retries: Family::default(),
         };
         metrics.register("proxy_requests", "Proxied requests by route and status class", proxy.requests.clone());
         metrics.register("proxy_request_duration_seconds", "Proxied request latency by route", proxy.duration.clone());
+        metrics.register("route_cache_lookups", "Cache lookups by route and result", proxy.cache.clone());
         metrics.register(
             "upstream_failed_tries",
             "Tries that failed upstream (5xx, refused, reset, timed out), by service",
@@ -361,10 +380,15 @@ async fn apply_policies(
     } else {
         None
     };
-    let table = plane.policies.load();
-    let limited = match plane.edge.rate_limit(&table, settings, principal.as_ref(), client).await {
-        Ok(limited) => limited,
-        Err(refused) => return refused,
+    // Only a route's own policy or a caller's client policy can limit; most routes have
+    // neither, and skip the table.
+    let table = (settings.rate_limit_policy_id.is_some() || principal.is_some()).then(|| plane.policies.load());
+    let limited = match &table {
+        Some(table) => match plane.edge.rate_limit(table, settings, principal.as_ref(), client).await {
+            Ok(limited) => limited,
+            Err(refused) => return refused,
+        },
+        None => None,
     };
     let send = |request: Request| async move {
         forward(plane, route, rest_at, request, client).await.unwrap_or_else(IntoResponse::into_response)

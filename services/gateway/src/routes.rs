@@ -199,9 +199,9 @@ impl RouteTable {
         }
     }
 
-    /// The name of the route with this id, if the table has it.
-    pub fn name_of(&self, id: Uuid) -> Option<&str> {
-        self.by_version.values().flatten().find(|c| c.route.id == id).map(|c| c.route.name.as_str())
+    /// Every route in the table.
+    pub fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
+        self.by_version.values().flatten()
     }
 
     pub fn len(&self) -> usize {
