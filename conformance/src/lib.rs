@@ -35,7 +35,9 @@ pub use report::{CaseKind, Check, Coverage, Failure, Report};
 pub use stateful::Resource;
 
 use axum::Router;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -49,16 +51,32 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `router` on an ephemeral loopback port.
     pub async fn start(router: Router) -> std::io::Result<TestServer> {
+        TestServer::serve(|listener, stopped| async move {
+            // Handlers see the caller's address, as under `pake serve`.
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, service).with_graceful_shutdown(stopped).await
+        })
+        .await
+    }
+
+    /// Runs `serve` on an ephemeral loopback port: it gets the listener and a future that
+    /// completes when the test stops the server, and serves until then.
+    pub async fn serve<F, S>(serve: F) -> std::io::Result<TestServer>
+    where
+        F: FnOnce(tokio::net::TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> S,
+        S: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            // Handlers see the caller's address, as under `pake serve`.
-            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let serve = axum::serve(listener, service).with_graceful_shutdown(async {
+        let serving = serve(
+            listener,
+            Box::pin(async {
                 let _ = stopped.await;
-            });
-            if let Err(error) = serve.await {
+            }),
+        );
+        let task = tokio::spawn(async move {
+            if let Err(error) = serving.await {
                 eprintln!("test server stopped with an error: {error}");
             }
         });

@@ -21,7 +21,8 @@ async fn run_against_gateway(backend: Backend, redis: bool) {
     }
     let gateway =
         pake_gateway::Gateway::start(store, registry.snapshot_cell().clone(), options).await.expect("gateway starts");
-    let server = TestServer::start(gateway.router()).await.expect("server starts");
+    let server =
+        TestServer::serve(|listener, stop| gateway.front().serve(listener, stop)).await.expect("server starts");
 
     let token = keys.issuer().issue("conformance", Some("pake"), &["gateway:admin"], Duration::from_secs(3600));
     let contract = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/api-gateway.yaml");

@@ -26,7 +26,8 @@ async fn fifty_users_run_every_transaction_without_an_error() {
     options.token_requests_per_second = 1000;
     let gateway =
         pake_gateway::Gateway::start(store, registry.snapshot_cell().clone(), options).await.expect("gateway starts");
-    let gateway_server = TestServer::start(gateway.router()).await.expect("gateway serves");
+    let gateway_server =
+        TestServer::serve(|listener, stop| gateway.front().serve(listener, stop)).await.expect("gateway serves");
 
     let admin = keys.issuer().issue(
         "load-smoke",

@@ -469,6 +469,8 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         quote!(.route(#path, #(#chain)*.fallback(rt::method_not_allowed(#allow))))
     });
 
+    let route_paths = routes.keys().copied();
+
     let authenticate_method = if has_secured {
         quote! {
             /// Authenticates the bearer token of a secured operation and returns the
@@ -506,6 +508,10 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         pub const CONTRACT_FILE: &str = #file;
         /// How many operations the contract has.
         pub const OPERATION_COUNT: usize = #operation_count;
+
+        /// Every path [`router`] serves, in its syntax (`{param}` for a segment): what a
+        /// server that mounts the router beside other handlers must send to it.
+        pub const PATHS: &[&str] = &[#(#route_paths,)* "/openapi.json", "/docs"];
 
         /// Every operation's validation spec, for [`warm`].
         pub static OPERATIONS: &[&rt::OperationSpec] = &[#(&#spec_idents),*];

@@ -12,6 +12,29 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "api-gateway.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 26usize;
+/// Every path [`router`] serves, in its syntax (`{param}` for a segment): what a
+/// server that mounts the router beside other handlers must send to it.
+pub const PATHS: &[&str] = &[
+    "/metrics",
+    "/v1/admin/cache/invalidations",
+    "/v1/admin/cache/stats",
+    "/v1/admin/circuit-breakers",
+    "/v1/admin/circuit-breakers/{upstream_id}",
+    "/v1/admin/circuit-breakers/{upstream_id}/reset",
+    "/v1/admin/clients",
+    "/v1/admin/clients/{api_client_id}",
+    "/v1/admin/clients/{api_client_id}/rotate-secret",
+    "/v1/admin/rate-limit-policies",
+    "/v1/admin/rate-limit-policies/{policy_id}",
+    "/v1/admin/routes",
+    "/v1/admin/routes/{route_id}",
+    "/v1/auth/jwks",
+    "/v1/auth/token",
+    "/v1/health",
+    "/v1/health/live",
+    "/openapi.json",
+    "/docs",
+];
 /// Every operation's validation spec, for [`warm`].
 pub static OPERATIONS: &[&rt::OperationSpec] = &[
     &GET_HEALTH,

@@ -12,6 +12,29 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "service-mesh.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 26usize;
+/// Every path [`router`] serves, in its syntax (`{param}` for a segment): what a
+/// server that mounts the router beside other handlers must send to it.
+pub const PATHS: &[&str] = &[
+    "/api/v1/config/{service_name}/{environment}",
+    "/api/v1/config/{service_name}/{environment}/{key}",
+    "/api/v1/config/{service_name}/{environment}/{key}/history",
+    "/api/v1/dependency-graph",
+    "/api/v1/discovery/{service_name}",
+    "/api/v1/services",
+    "/api/v1/services/register",
+    "/api/v1/services/{service_id}",
+    "/api/v1/services/{service_id}/dependencies",
+    "/api/v1/services/{service_id}/dependencies/{dependency_id}",
+    "/api/v1/services/{service_id}/instances",
+    "/api/v1/services/{service_id}/instances/{instance_id}",
+    "/api/v1/services/{service_id}/instances/{instance_id}/heartbeat",
+    "/api/v1/services/{service_id}/traffic-policy",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+];
 /// Every operation's validation spec, for [`warm`].
 pub static OPERATIONS: &[&rt::OperationSpec] = &[
     &GET_LIVENESS,

@@ -12,6 +12,33 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "monitoring.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 29usize;
+/// Every path [`router`] serves, in its syntax (`{param}` for a segment): what a
+/// server that mounts the router beside other handlers must send to it.
+pub const PATHS: &[&str] = &[
+    "/api/v1/alert-rules",
+    "/api/v1/alert-rules/{rule_id}",
+    "/api/v1/alerts",
+    "/api/v1/alerts/{alert_id}",
+    "/api/v1/alerts/{alert_id}/acknowledge",
+    "/api/v1/health/instances",
+    "/api/v1/health/instances/{instance_id}",
+    "/api/v1/health/summary",
+    "/api/v1/metrics",
+    "/api/v1/metrics/samples",
+    "/api/v1/receivers",
+    "/api/v1/receivers/{receiver_id}",
+    "/api/v1/receivers/{receiver_id}/test",
+    "/api/v1/silences",
+    "/api/v1/silences/{silence_id}",
+    "/api/v1/traces",
+    "/api/v1/traces/spans",
+    "/api/v1/traces/{trace_id}",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+];
 /// Every operation's validation spec, for [`warm`].
 pub static OPERATIONS: &[&rt::OperationSpec] = &[
     &GET_PROMETHEUS_METRICS,

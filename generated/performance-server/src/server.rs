@@ -12,6 +12,26 @@ pub const DOCS_HTML: &str = include_str!("../docs.html");
 pub const CONTRACT_FILE: &str = "performance.yaml";
 /// How many operations the contract has.
 pub const OPERATION_COUNT: usize = 21usize;
+/// Every path [`router`] serves, in its syntax (`{param}` for a segment): what a
+/// server that mounts the router beside other handlers must send to it.
+pub const PATHS: &[&str] = &[
+    "/api/v1/autoscaling-policies",
+    "/api/v1/autoscaling-policies/{policy_id}",
+    "/api/v1/autoscaling-policies/{policy_id}/recommendation",
+    "/api/v1/benchmarks",
+    "/api/v1/benchmarks/{benchmark_id}",
+    "/api/v1/benchmarks/{benchmark_id}/cancel",
+    "/api/v1/samples",
+    "/api/v1/services/{service_name}/stats",
+    "/api/v1/slos",
+    "/api/v1/slos/{slo_id}",
+    "/api/v1/slos/{slo_id}/report",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+];
 /// Every operation's validation spec, for [`warm`].
 pub static OPERATIONS: &[&rt::OperationSpec] = &[
     &GET_LIVENESS,

@@ -202,7 +202,7 @@ fn breaker_state(upstream: &Upstream) -> Result<types::CircuitBreakerState, ApiE
         "upstream_id": upstream_id(&upstream.service, upstream.instance),
         "service": upstream.service,
         "instance_id": upstream.instance,
-        "address": upstream.address,
+        "address": &*upstream.address,
         "state": state,
         "consecutive_failures": breaker.consecutive_failures,
         "failure_rate": breaker.failure_rate(),

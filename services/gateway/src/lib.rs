@@ -1,13 +1,16 @@
-//! The PAKE API gateway: the front door. Requests for its own API (the gateway contract:
-//! health, admin) are served by the generated router; every other request is routed by
-//! API version and path prefix to a healthy instance of a registered service ([`proxy`]).
+//! The PAKE API gateway: the front door ([`front`]). Requests for its own API (the
+//! gateway contract: health, admin) are served by the generated router; every other
+//! request is routed by API version and path prefix to a healthy instance of a registered
+//! service ([`proxy`]).
 //!
 //! Routes are persisted in the platform database ([`routes`]); instances and traffic
 //! policies come from the registry's snapshot — shared in-process when the gateway runs
 //! beside the registry, followed through change notifications when apart.
 
 pub mod api;
+pub mod connections;
 pub mod edge;
+pub mod front;
 pub mod policies;
 pub mod proxy;
 pub mod routes;
@@ -156,8 +159,9 @@ impl Gateway {
         Ok(Gateway { plane, routes, policies, options, metrics, tasks })
     }
 
-    /// The gateway's HTTP service: its own API, and the data plane for everything else.
-    pub fn router(&self) -> axum::Router {
+    /// The gateway's HTTP entry point: its own API, and the data plane for everything
+    /// else. Serve it with [`front::Front::serve`], once per listener or worker thread.
+    pub fn front(&self) -> front::Front {
         let admin = api::GatewayAdmin::new(
             self.plane.clone(),
             self.routes.clone(),
@@ -166,11 +170,10 @@ impl Gateway {
             self.options.token_ttl,
             self.metrics.clone(),
         );
-        let proxy = axum::Router::new().fallback(proxy::handle).with_state(self.plane.clone());
-        pake_gateway_server::router(Arc::new(admin))
+        let api = pake_gateway_server::router(Arc::new(admin))
             .route_layer(axum::middleware::from_fn_with_state(self.metrics.clone(), pake_observe::Metrics::track))
-            .layer(axum::middleware::from_fn_with_state(self.plane.clone(), edge::token_endpoint_guard))
-            .fallback_service(proxy)
+            .layer(axum::middleware::from_fn_with_state(self.plane.clone(), edge::token_endpoint_guard));
+        front::Front::new(api, pake_gateway_server::PATHS, self.plane.clone())
     }
 
     /// Makes sure the API client named by configuration exists with this secret and the

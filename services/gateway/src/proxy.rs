@@ -16,18 +16,16 @@
 //!
 //! Nothing here awaits the database or takes a lock shared by all requests.
 
+use crate::connections::{self, SendFailure};
 use crate::edge::{Edge, PolicyTable};
 use crate::routes::{Match, RouteTable};
 use crate::upstream::{Outcome, Upstream, Upstreams};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::body::HttpBody;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use pake_api_runtime::ApiError;
 use pake_gateway_server::types as gw;
 use pake_mesh_server::types as mesh;
@@ -42,16 +40,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -154,30 +157,6 @@ pub struct DataPlane {
     pub edge: Edge,
 }
 
-/// A pooling client: HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge (`h2c`
-/// instances), where one connection carries many requests at once.
-fn build_client(http2: bool) -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    // Traffic policies bound connecting more tightly through the per-try timeout.
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(512);
-    if http2 {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
-}
-
-thread_local! {
-    /// One connection pool per worker thread: a connection is driven by a task on the
-    /// thread that opened it, so a request that checks it out from the same thread's pool
-    /// never hands its bytes to another thread and wakes it.
-    static CLIENT: Client<HttpConnector, Body> = build_client(false);
-    /// The same for `h2c` instances.
-    static H2C_CLIENT: Client<HttpConnector, Body> = build_client(true);
-}
-
 impl DataPlane {
     pub fn new(registry: Arc<SnapshotCell>, metrics: ProxyMetrics, edge: Edge) -> DataPlane {
         DataPlane {
@@ -195,13 +174,30 @@ fn error(status: StatusCode, code: &'static str, message: String) -> ApiError {
     ApiError::new(status, code, message)
 }
 
-/// A cheap, well-spread random number for the two random choices.
+/// A cheap, well-spread random number (splitmix64) for balancing choices, request ids and
+/// trace ids. Each thread steps its own state, so no cache line is shared between them.
 fn random() -> u64 {
-    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    let mut z = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+    }
+    let mut z = STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        next
+    });
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A different starting point for each thread (and each process).
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        static FALLBACK: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
+        return FALLBACK.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// Picks an instance the breaker admits, by the service's balancing algorithm, avoiding
@@ -209,6 +205,7 @@ fn random() -> u64 {
 fn pick(
     plane: &DataPlane,
     service: &str,
+    state: &crate::upstream::ServiceState,
     candidates: &[&mesh::Instance],
     policy: &mesh::TrafficPolicy,
     tried: &[uuid::Uuid],
@@ -219,7 +216,7 @@ fn pick(
     let n = pool.len();
     let order: Vec<usize> = match policy.load_balancing {
         mesh::LoadBalancing::RoundRobin => {
-            let start = plane.upstreams.service(service).next.fetch_add(1, Ordering::Relaxed);
+            let start = state.next.fetch_add(1, Ordering::Relaxed);
             (0..n).map(|k| (start + k) % n).collect()
         }
         mesh::LoadBalancing::LeastRequest => {
@@ -260,59 +257,97 @@ fn pick(
     Err(upstreams.iter().map(|u| u.retry_after()).min().unwrap_or(1))
 }
 
-/// Copies request headers for the upstream: drops hop-by-hop ones and those `Connection`
-/// names, adds the forwarding headers, a request id and a trace context.
-fn forward_headers(incoming: &HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
-    let mut named: Vec<String> = Vec::new();
-    for value in incoming.get_all(header::CONNECTION) {
-        if let Ok(text) = value.to_str() {
-            named.extend(text.split(',').map(|t| t.trim().to_ascii_lowercase()));
-        }
+/// Prepares the client's headers, in place, for the upstream: drops hop-by-hop ones and
+/// those `Connection` names, moves `Host` to `X-Forwarded-Host` (each try sets the
+/// instance's own), and adds the other forwarding headers, a request id and a trace
+/// context where the client sent none.
+fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
+    remove_hop_by_hop(headers);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    let mut headers = HeaderMap::with_capacity(incoming.len() + 4);
-    for (name, value) in incoming {
-        let lower = name.as_str();
-        if HOP_BY_HOP.contains(&lower) || named.iter().any(|n| n == lower) || name == header::HOST {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
-    if let Some(host) = incoming.get(header::HOST) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(client) = client {
-        let ip = client.ip().to_string();
-        let value = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip,
+        let ip = client.ip();
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) => HeaderValue::try_from(format!("{previous}, {ip}")),
+            None => {
+                let mut text = [0u8; 48];
+                let mut cursor = std::io::Cursor::new(&mut text[..]);
+                let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+                let end = cursor.position() as usize;
+                HeaderValue::from_bytes(&text[..end])
+            }
         };
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+        if let Ok(value) = value {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
-    if !headers.contains_key("x-request-id") {
-        // A random 128-bit id in UUID form, without a system call per request.
-        let id = uuid::Uuid::from_u64_pair(random(), random()).to_string();
-        headers.insert(
-            HeaderName::from_static("x-request-id"),
-            HeaderValue::from_str(&id).expect("a uuid is a header value"),
-        );
+    if !headers.contains_key(&X_REQUEST_ID) {
+        // A random version-4 UUID, without a system call or an allocation of text.
+        let mut random_bytes = [0u8; 16];
+        random_bytes[..8].copy_from_slice(&random().to_le_bytes());
+        random_bytes[8..].copy_from_slice(&random().to_le_bytes());
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Builder::from_random_bytes(random_bytes).into_uuid();
+        let id = id.hyphenated().encode_lower(&mut text);
+        headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(id).expect("a uuid is a header value"));
     }
-    if !headers.contains_key("traceparent") {
-        let trace = format!("00-{:016x}{:016x}-{:016x}-01", random(), random(), random());
-        headers.insert(
-            HeaderName::from_static("traceparent"),
-            HeaderValue::from_str(&trace).expect("hex is a header value"),
-        );
+    if !headers.contains_key(&TRACEPARENT) {
+        // W3C trace context: version 00, a 128-bit trace id, a 64-bit parent id, sampled.
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        write_hex(&mut text[3..19], random());
+        write_hex(&mut text[19..35], random());
+        write_hex(&mut text[36..52], random());
+        headers.insert(TRACEPARENT.clone(), HeaderValue::from_bytes(&text).expect("hex is a header value"));
     }
-    headers
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+/// Writes `value` as lower-case hex digits, most significant first, filling `out`.
+fn write_hex(out: &mut [u8], value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let last = out.len() - 1;
+    for (index, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[((value >> (4 * (last - index))) & 0xf) as usize];
     }
+}
+
+/// Drops hop-by-hop headers and the headers `Connection` names (RFC 9110 §7.6.1). Most
+/// messages have none but `Connection` itself, so one pass decides whether to look.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Sends one try to an instance by its scheme.
+async fn send(
+    scheme: mesh::InstanceScheme,
+    address: &Arc<str>,
+    request: axum::http::Request<Body>,
+) -> Result<axum::http::Response<Body>, SendFailure> {
+    if scheme == mesh::InstanceScheme::Http {
+        return Ok(connections::send(address, request).await?.map(Body::new));
+    }
+    let client = connections::legacy_client(scheme == mesh::InstanceScheme::H2c);
+    let response = client.request(request).await.map_err(|failed| {
+        if failed.is_connect() {
+            SendFailure::Connect(format!("{failed:?}"))
+        } else {
+            SendFailure::Failed(format!("{failed:?}"))
+        }
+    })?;
+    Ok(response.map(Body::new))
 }
 
 /// Why a try failed without an answer.
@@ -333,10 +368,9 @@ impl TryFailure {
     }
 }
 
-/// The data-plane handler (the gateway router's fallback).
-pub async fn handle(State(plane): State<Arc<DataPlane>>, request: Request) -> Response {
+/// The data plane: answers a request that is not for the gateway's own API.
+pub async fn handle(plane: &DataPlane, request: Request, client: Option<SocketAddr>) -> Response {
     let started = Instant::now();
-    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let table = plane.routes.load();
     let path = request.uri().path();
     let (route, rest_at) = match table.find(request.method(), path) {
@@ -358,7 +392,7 @@ pub async fn handle(State(plane): State<Arc<DataPlane>>, request: Request) -> Re
                 .into_response();
         }
     };
-    let response = apply_policies(&plane, route, rest_at, request, client).await;
+    let response = apply_policies(plane, route, rest_at, request, client).await;
     route.metrics.record(response.status(), started.elapsed());
     response
 }
@@ -434,7 +468,7 @@ async fn forward(
     let state = plane.upstreams.service(service_name);
     state.count_request();
 
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // The path after the version segment.
     let rest = &parts.uri.path()[rest_at..];
     let path = if route.strip_prefix {
@@ -447,8 +481,11 @@ async fn forward(
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
+    let invalid_path = || error(StatusCode::BAD_REQUEST, "invalid_path", "the request path cannot be forwarded".into());
+    let origin = Uri::try_from(path_and_query.as_str()).map_err(|_| invalid_path())?;
     // Moved into the first try; copied only when a retry is possible.
-    let mut headers = Some(forward_headers(&parts.headers, client));
+    forward_headers(&mut parts.headers, client);
+    let mut headers = Some(std::mem::take(&mut parts.headers));
     let idempotent =
         matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
     let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
@@ -461,7 +498,7 @@ async fn forward(
     let mut tried = Vec::new();
     let mut attempt = 0u64;
     loop {
-        let (upstream, scheme) = match pick(plane, service_name, &candidates, policy, &tried) {
+        let (upstream, scheme) = match pick(plane, service_name, &state, &candidates, policy, &tried) {
             Ok(found) => found,
             Err(retry_after) => {
                 return Err(error(
@@ -473,20 +510,15 @@ async fn forward(
             }
         };
         tried.push(upstream.instance);
-        let (uri_scheme, client) = match scheme {
-            mesh::InstanceScheme::Http => ("http", &CLIENT),
-            mesh::InstanceScheme::Https => ("https", &CLIENT),
-            mesh::InstanceScheme::H2c => ("http", &H2C_CLIENT),
+        // Plain HTTP/1.1 goes over this thread's pooled connections in origin form; h2c
+        // and https through hyper-util's client, which wants the absolute form.
+        let uri = match scheme {
+            mesh::InstanceScheme::Http => Ok(origin.clone()),
+            mesh::InstanceScheme::Https => Uri::try_from(format!("https://{}{path_and_query}", upstream.address)),
+            mesh::InstanceScheme::H2c => Uri::try_from(format!("http://{}{path_and_query}", upstream.address)),
         };
-        let uri: Uri = match format!("{uri_scheme}://{}{path_and_query}", upstream.address).parse() {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_path",
-                    "the request path cannot be forwarded".into(),
-                ));
-            }
+        let Ok(uri) = uri else {
+            return Err(invalid_path());
         };
         let mut outgoing = axum::http::Request::new(body.take().unwrap_or_default());
         *outgoing.method_mut() = parts.method.clone();
@@ -496,11 +528,12 @@ async fn forward(
         } else {
             headers.take().unwrap_or_default()
         };
+        outgoing.headers_mut().insert(header::HOST, upstream.host.clone());
 
         let remaining = deadline.saturating_duration_since(Instant::now());
         let per_try = retry.per_try_timeout_ms.map(|ms| Duration::from_millis(ms.get())).unwrap_or(remaining);
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(per_try.min(remaining), client.with(Client::clone).request(outgoing)).await;
+        let result = tokio::time::timeout(per_try.min(remaining), send(scheme, &upstream.address, outgoing)).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let failure = match result {
@@ -520,12 +553,18 @@ async fn forward(
                     attempt += 1;
                     continue;
                 }
-                let mut response = response.map(Body::new);
-                strip_hop_by_hop(response.headers_mut());
+                let mut response = response;
+                remove_hop_by_hop(response.headers_mut());
                 return Ok(response);
             }
-            Ok(Err(failed)) if failed.is_connect() => TryFailure::Connect,
-            Ok(Err(_)) => TryFailure::Reset,
+            Ok(Err(SendFailure::Connect(reason))) => {
+                tracing::debug!(%reason, service = service_name, "upstream try failed to connect");
+                TryFailure::Connect
+            }
+            Ok(Err(SendFailure::Failed(reason))) => {
+                tracing::debug!(%reason, service = service_name, "upstream try failed");
+                TryFailure::Reset
+            }
             Err(_) => TryFailure::Timeout,
         };
         upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);

@@ -7,6 +7,7 @@
 //! breaker has its own small mutex, so instances never contend with each other.
 
 use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
 use pake_gateway_server::types as gw;
 use pake_mesh_server::types;
 use std::collections::HashMap;
@@ -72,7 +73,10 @@ impl BreakerState {
 pub struct Upstream {
     pub service: String,
     pub instance: Uuid,
-    pub address: String,
+    /// `host:port`, also the key of the connection pools.
+    pub address: Arc<str>,
+    /// `address` as the `Host` header of requests sent to it.
+    pub host: HeaderValue,
     pub in_flight: AtomicU64,
     pub breaker: Mutex<BreakerState>,
     /// True while the breaker is closed with no failure outstanding and no ejection: then
@@ -96,9 +100,13 @@ impl Upstream {
     /// Whether a request may go to this instance now. Open breakers refuse until their
     /// probe time; then the breaker half-opens and lets a few probes through.
     pub fn new(service: &str, instance: Uuid, address: String) -> Upstream {
+        let address: Arc<str> = address.into();
         Upstream {
             service: service.to_string(),
             instance,
+            // The address comes from a validated registration; a value a header cannot
+            // carry still gets a Host, and the connection attempt reports the address.
+            host: HeaderValue::try_from(&*address).unwrap_or_else(|_| HeaderValue::from_static("upstream")),
             address,
             in_flight: AtomicU64::new(0),
             breaker: Mutex::new(BreakerState::new()),
@@ -341,8 +349,14 @@ impl Upstreams {
         if let Some(found) = current.get(&instance.id) {
             return found.clone();
         }
-        let created =
-            Arc::new(Upstream::new(service, instance.id, format!("{}:{}", instance.address.as_str(), instance.port)));
+        let host = instance.address.as_str();
+        // An IPv6 literal is bracketed in `host:port` form.
+        let address = if host.contains(':') {
+            format!("[{host}]:{}", instance.port)
+        } else {
+            format!("{host}:{}", instance.port)
+        };
+        let created = Arc::new(Upstream::new(service, instance.id, address));
         let mut next = (*current).clone();
         next.insert(instance.id, created.clone());
         self.instances.store(Arc::new(next));

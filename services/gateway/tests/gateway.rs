@@ -341,7 +341,7 @@ async fn route_changes_reach_every_replica_within_a_second() {
         let store = Store::open(&db.url).await.unwrap();
         let registry = Arc::new(Registry::start(store.clone()).await.unwrap());
         let gateway = Gateway::start(store, registry.snapshot_cell().clone(), options()).await.unwrap();
-        let server = TestServer::start(gateway.router()).await.unwrap();
+        let server = TestServer::serve(|listener, stop| gateway.front().serve(listener, stop)).await.unwrap();
         let registry_server = TestServer::start(pake_registry::router(
             registry.clone(),
             verifier.clone(),
@@ -430,4 +430,38 @@ async fn h2c_instances_are_reached_over_http2() {
         assert!(body["headers"]["x-request-id"].is_string() && body["headers"].get("connection").is_none(), "{body}");
     }
     assert_eq!(upstream.hits(), 32);
+}
+
+/// On one thread, as each `pake serve` worker runs: its connection pool is that thread's.
+#[tokio::test(flavor = "current_thread")]
+async fn upstream_connections_are_kept_alive_and_stale_ones_replaced() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    let kept = RawUpstream::start(false).await;
+    platform.service("kept", "round_robin", &[(kept.port, 100)], lenient_breaker()).await;
+    platform
+        .route(
+            json!({"name": "kept", "path_prefix": "/kept", "methods": ["GET"], "api_version": "v1", "service": "kept"}),
+        )
+        .await;
+    for _ in 0..50 {
+        let response = platform.get("/v1/kept").await;
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.text().await.unwrap(), "raw");
+    }
+    assert_eq!(kept.requests.load(Ordering::SeqCst), 50);
+    assert_eq!(kept.connections.load(Ordering::SeqCst), 1, "sequential requests reuse one connection");
+
+    // An upstream that drops every connection after one answer: the pooled connection is
+    // closed by the time the next request comes (2 ms later), and that request goes out on
+    // a new connection instead of failing, with retries off.
+    let closing = RawUpstream::start(true).await;
+    platform.service("closing", "round_robin", &[(closing.port, 100)], lenient_breaker()).await;
+    platform.route(json!({"name": "closing", "path_prefix": "/closing", "methods": ["GET"], "api_version": "v1", "service": "closing", "retry": {"max_attempts": 0}})).await;
+    for n in 0..30 {
+        let response = platform.get("/v1/closing").await;
+        assert_eq!(response.status().as_u16(), 200, "request {n} through a closing upstream");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(closing.requests.load(Ordering::SeqCst), 30);
+    assert_eq!(closing.connections.load(Ordering::SeqCst), 30, "one connection per request");
 }

@@ -261,12 +261,12 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     gateway.ensure_admin_client(id, secret).await?;
                     tracing::info!(client_id = %id, "admin API client ready (from configuration)");
                 }
-                let router = gateway.router();
+                let front = gateway.front();
                 let addr = resolve_port(config.gateway_addr)?;
                 let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 let mut workers = Vec::new();
                 for worker in 0..threads {
-                    let (listening, finished) = serve_on_own_thread(worker, addr, router.clone())?;
+                    let (listening, finished) = serve_on_own_thread(worker, addr, front.clone())?;
                     // Announce the address only once every worker accepts on it.
                     listening.await.map_err(std::io::Error::other)?.context("a gateway worker could not listen")?;
                     workers.push(finished);
@@ -307,14 +307,14 @@ fn resolve_port(addr: SocketAddr) -> Result<SocketAddr> {
     Ok(probe.local_addr()?)
 }
 
-/// Serves `router` on its own thread with a single-threaded runtime and its own
+/// Serves the gateway's `front` on its own thread with a single-threaded runtime and its own
 /// `SO_REUSEPORT` listener, as nginx runs one event loop per worker: the kernel spreads
 /// connections over the threads, and each connection's request, proxying and upstream
 /// connection stay on one thread, with no work stealing or cross-thread wake-ups.
 type Signal = tokio::sync::oneshot::Receiver<std::io::Result<()>>;
 
 /// Returns when the worker listens, and when it has stopped.
-fn serve_on_own_thread(worker: usize, addr: SocketAddr, router: axum::Router) -> Result<(Signal, Signal)> {
+fn serve_on_own_thread(worker: usize, addr: SocketAddr, front: pake_gateway::front::Front) -> Result<(Signal, Signal)> {
     let (ready, listening) = tokio::sync::oneshot::channel();
     let (done, finished) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name(format!("gateway-{worker}")).spawn(move || {
@@ -336,10 +336,7 @@ fn serve_on_own_thread(worker: usize, addr: SocketAddr, router: axum::Router) ->
                         return Err(error);
                     }
                 };
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener.tap_io(no_delay), service)
-                    .with_graceful_shutdown(pake_observe::shutdown_signal())
-                    .await
+                front.serve(listener, pake_observe::shutdown_signal()).await
             })
         })();
         let _ = done.send(result);

@@ -161,7 +161,7 @@ impl Platform {
         .await
         .unwrap();
         let gateway = Gateway::start(store, registry.snapshot_cell().clone(), options).await.unwrap();
-        let gateway_server = TestServer::start(gateway.router()).await.unwrap();
+        let gateway_server = TestServer::serve(|listener, stop| gateway.front().serve(listener, stop)).await.unwrap();
         let authed = http_client_with_token(&token());
         Platform {
             db,
@@ -240,4 +240,57 @@ impl Platform {
 pub fn lenient_breaker() -> Value {
     json!({"failure_threshold": 1000, "failure_rate_threshold": 1.0, "minimum_requests": 100000,
            "rate_window_seconds": 60, "open_seconds": 1, "half_open_max_requests": 1})
+}
+
+/// A bare HTTP/1.1 upstream that counts the connections it accepts. With `close_after_each`
+/// it closes every connection right after its first response without announcing it, as an
+/// upstream whose keep-alive timeout expires between two requests does.
+pub struct RawUpstream {
+    pub port: u16,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    pub async fn start(close_after_each: bool) -> RawUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (accepted, answered) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let answered = answered.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // Requests here have no body: one ends at the blank line.
+                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buffer.drain(..end);
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-type: text/plain\r\n\r\nraw";
+                        if stream.write_all(response).await.is_err() || close_after_each {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { port, connections, requests, task }
+    }
 }

@@ -1,0 +1,231 @@
+//! Connections to upstream instances.
+//!
+//! Plain HTTP/1.1 instances are reached over keep-alive connections pooled **per worker
+//! thread and per instance address**. The gateway serves each client connection on one
+//! thread (one single-threaded runtime per core under `pake serve`); a request takes an
+//! idle connection opened by that same thread, so its bytes never cross threads and no
+//! pool lock, checkout task or hand-over sits between the request and hyper's connection.
+//! `h2c` instances, where one connection carries many requests at once, and `https` ones
+//! go through hyper-util's pooling client instead (see [`legacy_client`]).
+//!
+//! A connection returns to the pool of the thread that finishes reading its response,
+//! when the response body ends ([`PooledBody`]); hyper marks it ready for the next request
+//! on its connection task's next turn, which a checkout waits for. A response dropped
+//! before its end closes its connection instead. At most [`MAX_IDLE_PER_ADDRESS`] are kept;
+//! one idle for longer than [`IDLE_TIMEOUT`] is closed when a checkout or the periodic
+//! sweep (every [`SWEEP_EVERY`] returns) meets it. Connections the upstream closes leave
+//! the pool the same way.
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Idle connections older than this are closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per thread and instance; more are closed when they come back.
+pub const MAX_IDLE_PER_ADDRESS: usize = 512;
+/// Opening a connection gives up after this long (the route's per-try timeout is usually
+/// tighter and wins).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every this many returns, a thread sweeps its whole pool for closed and expired
+/// connections, including those of instances no request asks for any more.
+pub const SWEEP_EVERY: u32 = 4096;
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// No connection: refused, unreachable, or not open within [`CONNECT_TIMEOUT`].
+    Connect(String),
+    /// The connection failed after the request was handed to it (reset, closed early,
+    /// malformed response).
+    Failed(String),
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static RETURNS: Cell<u32> = const { Cell::new(0) };
+    /// hyper-util's pooling clients for `h2c` (HTTP/2 with prior knowledge) and for
+    /// schemes the per-thread pool does not speak, one per thread for the same reason.
+    static H2C_CLIENT: Client<HttpConnector, Body> = build_legacy_client(true);
+    static HTTP_CLIENT: Client<HttpConnector, Body> = build_legacy_client(false);
+}
+
+fn build_legacy_client(http2: bool) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(IDLE_TIMEOUT).pool_max_idle_per_host(MAX_IDLE_PER_ADDRESS);
+    if http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// This thread's pooling client for `h2c` instances (`http2`) or for URIs with a scheme
+/// other than plain `http`.
+pub fn legacy_client(http2: bool) -> Client<HttpConnector, Body> {
+    if http2 { H2C_CLIENT.with(Client::clone) } else { HTTP_CLIENT.with(Client::clone) }
+}
+
+/// Sends `request` (origin-form URI, `Host` set) to the HTTP/1.1 instance at `address`
+/// (`host:port`) over one of this thread's idle connections, or a new one.
+///
+/// An idle connection can be closed by the upstream a moment before it is used, without
+/// this thread having noticed; hyper then hands the request back unsent, and it goes out
+/// on a new connection. A request that reached a connection is never sent twice here:
+/// whether to retry it is the caller's decision.
+pub async fn send(address: &Arc<str>, request: Request<Body>) -> Result<Response<PooledBody>, SendFailure> {
+    let mut request = request;
+    if let Some(mut sender) = checkout(address) {
+        // A connection returned when its response ended turns ready on its task's next
+        // turn; one the upstream closed meanwhile fails here and is replaced.
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(pooled(address, sender, response)),
+                Err(mut refused) => match refused.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendFailure::Failed(refused.into_error().to_string())),
+                },
+            }
+        }
+    }
+    let mut sender = connect(address).await?;
+    let response = sender.send_request(request).await.map_err(|error| SendFailure::Failed(error.to_string()))?;
+    Ok(pooled(address, sender, response))
+}
+
+fn pooled(address: &Arc<str>, sender: SendRequest<Body>, response: Response<Incoming>) -> Response<PooledBody> {
+    let address = address.clone();
+    response.map(|body| PooledBody { body, finished: false, connection: Some((address, sender)) })
+}
+
+/// An upstream response body that gives its connection back to the pool once read to the
+/// end.
+pub struct PooledBody {
+    body: Incoming,
+    finished: bool,
+    connection: Option<(Arc<str>, SendRequest<Body>)>,
+}
+
+impl HttpBody for PooledBody {
+    type Data = <Incoming as HttpBody>::Data;
+    type Error = <Incoming as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(context);
+        match &polled {
+            Poll::Ready(None) => self.finished = true,
+            Poll::Ready(Some(Err(_))) => self.connection = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some((address, sender)) = self.connection.take()
+            && (self.finished || self.body.is_end_stream())
+        {
+            checkin(address, sender);
+        }
+    }
+}
+
+async fn connect(address: &str) -> Result<SendRequest<Body>, SendFailure> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(SendFailure::Connect(format!("connecting to {address}: {error}"))),
+        Err(_) => {
+            return Err(SendFailure::Connect(format!(
+                "connecting to {address}: no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY on an upstream connection");
+    }
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| SendFailure::Connect(format!("connecting to {address}: {error}")))?;
+    // The connection is driven by a task on this thread; it ends when the upstream closes
+    // it or when the last sender is dropped.
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An idle connection to `address`: one ready for a request if there is one, else the
+/// most recently returned (about to turn ready). Closed and expired ones met on the way
+/// are dropped.
+fn checkout(address: &str) -> Option<SendRequest<Body>> {
+    IDLE.with_borrow_mut(|idle| {
+        let list = idle.get_mut(address)?;
+        let now = Instant::now();
+        list.retain(|entry| !entry.sender.is_closed() && now.duration_since(entry.since) <= IDLE_TIMEOUT);
+        // Most recently returned first: the warmest, and the least likely to have been
+        // closed by the upstream's own idle timeout.
+        let ready = list.iter().rposition(|entry| entry.sender.is_ready());
+        let index = ready.or(list.len().checked_sub(1))?;
+        Some(list.swap_remove(index).sender)
+    })
+}
+
+fn checkin(address: Arc<str>, sender: SendRequest<Body>) {
+    // Bodies can be dropped while the thread exits, after its pool is gone; the
+    // connection then just closes.
+    let _ = IDLE.try_with(|idle| {
+        let Ok(mut idle) = idle.try_borrow_mut() else { return };
+        let idle = &mut *idle;
+        let entry = Idle { sender, since: Instant::now() };
+        let list = idle.entry(address).or_default();
+        if list.len() < MAX_IDLE_PER_ADDRESS {
+            list.push(entry);
+        }
+        let returns = RETURNS.get().wrapping_add(1);
+        RETURNS.set(returns);
+        if returns.is_multiple_of(SWEEP_EVERY) {
+            sweep(idle);
+        }
+    });
+}
+
+/// Closes expired idle connections and forgets closed ones, for every address.
+fn sweep(idle: &mut HashMap<Arc<str>, Vec<Idle>>) {
+    let now = Instant::now();
+    for list in idle.values_mut() {
+        list.retain(|entry| !entry.sender.is_closed() && now.duration_since(entry.since) <= IDLE_TIMEOUT);
+    }
+    idle.retain(|_, list| !list.is_empty());
+}
