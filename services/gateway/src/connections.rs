@@ -105,7 +105,9 @@ pub async fn send(address: &Arc<str>, request: Request<Body>) -> Result<Response
             }
         }
     }
-    let mut sender = connect(address).await?;
+    // Boxed: opening a connection is the rare path, and its state would otherwise be
+    // carried (and copied) in every request's future.
+    let mut sender = Box::pin(connect(address)).await?;
     let response = sender.send_request(request).await.map_err(|error| SendFailure::Failed(error.to_string()))?;
     Ok(pooled(address, sender, response))
 }
@@ -193,12 +195,15 @@ fn checkout(address: &str) -> Option<SendRequest<Body>> {
     IDLE.with_borrow_mut(|idle| {
         let list = idle.get_mut(address)?;
         let now = Instant::now();
-        list.retain(|entry| !entry.sender.is_closed() && now.duration_since(entry.since) <= IDLE_TIMEOUT);
-        // Most recently returned first: the warmest, and the least likely to have been
-        // closed by the upstream's own idle timeout.
-        let ready = list.iter().rposition(|entry| entry.sender.is_ready());
-        let index = ready.or(list.len().checked_sub(1))?;
-        Some(list.swap_remove(index).sender)
+        loop {
+            // Most recently returned first: the warmest, and the least likely to have been
+            // closed by the upstream's own idle timeout.
+            let index = list.iter().rposition(|entry| entry.sender.is_ready()).or(list.len().checked_sub(1))?;
+            let entry = list.swap_remove(index);
+            if !entry.sender.is_closed() && now.duration_since(entry.since) <= IDLE_TIMEOUT {
+                return Some(entry.sender);
+            }
+        }
     })
 }
 

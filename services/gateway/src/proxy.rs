@@ -313,20 +313,41 @@ fn write_hex(out: &mut [u8], value: u64) {
 }
 
 /// Drops hop-by-hop headers and the headers `Connection` names (RFC 9110 §7.6.1). Most
-/// messages have none but `Connection` itself, so one pass decides whether to look.
+/// messages carry none, or only `Connection: keep-alive`, so one pass over the names finds
+/// which are there and only those are removed.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << index;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // HOP_BY_HOP[0] is Connection: the other names it lists go too.
+    if present & 1 != 0
+        && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION)
+    {
+        let mut listed = Vec::new();
+        for value in entry.remove_entry_mult().1 {
+            for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
+                let known = token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop.as_str()));
+                if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -418,7 +439,7 @@ async fn apply_policies(
     // neither, and skip the table.
     let table = (settings.rate_limit_policy_id.is_some() || principal.is_some()).then(|| plane.policies.load());
     let limited = match &table {
-        Some(table) => match plane.edge.rate_limit(table, settings, principal.as_ref(), client).await {
+        Some(table) => match Box::pin(plane.edge.rate_limit(table, settings, principal.as_ref(), client)).await {
             Ok(limited) => limited,
             Err(refused) => return refused,
         },
@@ -429,7 +450,7 @@ async fn apply_policies(
     };
     let mut response = if settings.cache.enabled {
         let tenant = principal.as_ref().and_then(|p| p.tenant.as_deref()).unwrap_or("-");
-        crate::edge::through_cache(plane, route, request, tenant, send).await
+        Box::pin(crate::edge::through_cache(plane, route, request, tenant, send)).await
     } else {
         send(request).await
     };
@@ -599,5 +620,70 @@ async fn forward(
                 format!("{service_name} closed the connection without answering (instance {})", upstream.address),
             ),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Session-Hop"),
+            ("connection", "upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("x-session-hop", "secret"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+            ("x-kept", "1"),
+            ("x-kept", "2"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-kept"]);
+        assert_eq!(headers.get_all("x-kept").iter().count(), 2);
+
+        let mut plain = map(&[("content-type", "text/plain"), ("content-length", "3")]);
+        remove_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 2, "a message without hop-by-hop headers is left alone");
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_and_the_client_host_moves_aside() {
+        let mut headers = map(&[("host", "api.example"), ("x-forwarded-for", "203.0.113.7"), ("connection", "close")]);
+        forward_headers(&mut headers, Some(SocketAddr::from(([10, 0, 0, 9], 5000))));
+        assert!(headers.get(header::HOST).is_none(), "each try sets the instance's Host");
+        assert_eq!(headers["x-forwarded-host"], "api.example");
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 10.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert!(headers.get(header::CONNECTION).is_none());
+        let id = uuid::Uuid::parse_str(headers["x-request-id"].to_str().unwrap()).unwrap();
+        assert_eq!(id.get_version_num(), 4);
+        let trace = headers["traceparent"].to_str().unwrap();
+        let fields: Vec<&str> = trace.split('-').collect();
+        assert_eq!(fields.len(), 4, "{trace}");
+        assert_eq!((fields[0], fields[1].len(), fields[2].len(), fields[3]), ("00", 32, 16, "01"));
+        assert!(fields[1].chars().chain(fields[2].chars()).all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+
+        let mut again = map(&[
+            ("x-request-id", "mine"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ]);
+        forward_headers(&mut again, None);
+        assert_eq!(again["x-request-id"], "mine");
+        assert_eq!(again["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert!(again.get("x-forwarded-for").is_none());
     }
 }
