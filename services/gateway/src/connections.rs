@@ -84,15 +84,20 @@ pub fn legacy_client(http2: bool) -> Client<HttpConnector, Body> {
 }
 
 /// Sends `request` (origin-form URI, `Host` set) to the HTTP/1.1 instance at `address`
-/// (`host:port`) over one of this thread's idle connections, or a new one.
+/// (`host:port`) over one of this thread's idle connections, or a new one; `now` is about
+/// the current time (for idle expiry).
 ///
 /// An idle connection can be closed by the upstream a moment before it is used, without
 /// this thread having noticed; hyper then hands the request back unsent, and it goes out
 /// on a new connection. A request that reached a connection is never sent twice here:
 /// whether to retry it is the caller's decision.
-pub async fn send(address: &Arc<str>, request: Request<Body>) -> Result<Response<PooledBody>, SendFailure> {
+pub async fn send(
+    address: &Arc<str>,
+    request: Request<Body>,
+    now: Instant,
+) -> Result<Response<PooledBody>, SendFailure> {
     let mut request = request;
-    if let Some(mut sender) = checkout(address) {
+    if let Some(mut sender) = checkout(address, now) {
         // A connection returned when its response ended turns ready on its task's next
         // turn; one the upstream closed meanwhile fails here and is replaced.
         if sender.ready().await.is_ok() {
@@ -191,10 +196,9 @@ async fn connect(address: &str) -> Result<SendRequest<Body>, SendFailure> {
 /// An idle connection to `address`: one ready for a request if there is one, else the
 /// most recently returned (about to turn ready). Closed and expired ones met on the way
 /// are dropped.
-fn checkout(address: &str) -> Option<SendRequest<Body>> {
+fn checkout(address: &str, now: Instant) -> Option<SendRequest<Body>> {
     IDLE.with_borrow_mut(|idle| {
         let list = idle.get_mut(address)?;
-        let now = Instant::now();
         loop {
             // Most recently returned first: the warmest, and the least likely to have been
             // closed by the upstream's own idle timeout.

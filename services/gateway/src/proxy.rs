@@ -200,8 +200,31 @@ fn seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// Milliseconds since the Unix epoch at `now`, for instance expiry, read from the wall
+/// clock at most once a second per thread and advanced by the monotonic clock between
+/// reads (the request already read it), so expiry is exact to well within its 1 s bound.
+fn wall_clock_ms(now: Instant) -> i64 {
+    thread_local! {
+        static ANCHOR: std::cell::Cell<Option<(Instant, i64)>> = const { std::cell::Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| {
+        if let Some((at, ms)) = anchor.get()
+            && let Some(since) = now.checked_duration_since(at)
+            && since < Duration::from_secs(1)
+        {
+            return ms + since.as_millis() as i64;
+        }
+        let ms = chrono::Utc::now().timestamp_millis();
+        anchor.set(Some((now, ms)));
+        ms
+    })
+}
+
+/// Most tries a request can make: the first and at most ten retries (the contract's bound).
+const MAX_TRIES: usize = 11;
+
 /// Picks an instance the breaker admits, by the service's balancing algorithm, avoiding
-/// instances this request already tried.
+/// instances this request already tried while others remain.
 fn pick(
     plane: &DataPlane,
     service: &str,
@@ -210,26 +233,29 @@ fn pick(
     policy: &mesh::TrafficPolicy,
     tried: &[uuid::Uuid],
 ) -> Result<(Arc<Upstream>, mesh::InstanceScheme), u64> {
-    let fresh: Vec<&&mesh::Instance> = candidates.iter().filter(|i| !tried.contains(&i.id)).collect();
-    let pool: Vec<&&mesh::Instance> = if fresh.is_empty() { candidates.iter().collect() } else { fresh };
+    // The pool: untried candidates, or all of them once every one has been tried. A first
+    // try (nothing tried) uses the candidates as they are.
+    let untried;
+    let pool: &[&mesh::Instance] = if tried.is_empty() || candidates.iter().all(|i| tried.contains(&i.id)) {
+        candidates
+    } else {
+        untried = candidates.iter().copied().filter(|i| !tried.contains(&i.id)).collect::<Vec<_>>();
+        &untried
+    };
     let upstreams: Vec<Arc<Upstream>> = pool.iter().map(|i| plane.upstreams.instance(service, i)).collect();
     let n = pool.len();
-    let order: Vec<usize> = match policy.load_balancing {
-        mesh::LoadBalancing::RoundRobin => {
-            let start = state.next.fetch_add(1, Ordering::Relaxed);
-            (0..n).map(|k| (start + k) % n).collect()
-        }
+    // The preferred instance; the others follow it in order as fallbacks.
+    let first = match policy.load_balancing {
+        mesh::LoadBalancing::RoundRobin => state.next.fetch_add(1, Ordering::Relaxed) % n,
         mesh::LoadBalancing::LeastRequest => {
-            // Two distinct random choices, the less loaded first; the rest as fallbacks.
+            // Two distinct random choices, the less loaded one.
             let a = (random() % n as u64) as usize;
             let b = if n > 1 { (a + 1 + (random() % (n as u64 - 1)) as usize) % n } else { a };
-            let first =
-                if upstreams[b].in_flight.load(Ordering::Relaxed) < upstreams[a].in_flight.load(Ordering::Relaxed) {
-                    b
-                } else {
-                    a
-                };
-            std::iter::once(first).chain((0..n).filter(move |k| *k != first)).collect()
+            if upstreams[b].in_flight.load(Ordering::Relaxed) < upstreams[a].in_flight.load(Ordering::Relaxed) {
+                b
+            } else {
+                a
+            }
         }
         mesh::LoadBalancing::Weighted => {
             let total: u64 = pool.iter().map(|i| i.weight.get()).sum();
@@ -242,14 +268,21 @@ fn pick(
                 }
                 ticket -= instance.weight.get();
             }
-            std::iter::once(first).chain((0..n).filter(move |k| *k != first)).collect()
+            first
         }
+    };
+    // Round robin walks on from its start; the others fall back in list order.
+    let order = |k: usize| match policy.load_balancing {
+        mesh::LoadBalancing::RoundRobin => (first + k) % n,
+        _ if k == 0 => first,
+        _ if k <= first => k - 1,
+        _ => k,
     };
     // Outlier ejection may take out at most max_ejection_percent of the instances; beyond
     // that it is ignored, so that a bad moment everywhere does not empty the service.
     let ejected = upstreams.iter().filter(|u| u.is_ejected()).count();
     let honour_ejection = ejected * 100 <= n * policy.outlier_detection.max_ejection_percent as usize;
-    for k in order {
+    for k in (0..n).map(order) {
         if upstreams[k].admit(&policy.circuit_breaker, honour_ejection) {
             return Ok((upstreams[k].clone(), pool[k].scheme));
         }
@@ -263,6 +296,8 @@ fn pick(
 /// context where the client sent none.
 fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
     remove_hop_by_hop(headers);
+    // Room for the five headers added here and the Host each try sets, in one growth.
+    headers.reserve(6);
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
@@ -273,10 +308,8 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
             Some(previous) => HeaderValue::try_from(format!("{previous}, {ip}")),
             None => {
                 let mut text = [0u8; 48];
-                let mut cursor = std::io::Cursor::new(&mut text[..]);
-                let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
-                let end = cursor.position() as usize;
-                HeaderValue::from_bytes(&text[..end])
+                let length = write_ip(&mut text, ip);
+                HeaderValue::from_bytes(&text[..length])
             }
         };
         if let Ok(value) = value {
@@ -300,6 +333,38 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
         write_hex(&mut text[19..35], random());
         write_hex(&mut text[36..52], random());
         headers.insert(TRACEPARENT.clone(), HeaderValue::from_bytes(&text).expect("hex is a header value"));
+    }
+}
+
+/// Writes `ip` in its usual text form into `out` (large enough for any address) and
+/// returns the length; IPv4, the common case, without the formatting machinery.
+fn write_ip(out: &mut [u8; 48], ip: std::net::IpAddr) -> usize {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut length = 0;
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out[length] = b'.';
+                    length += 1;
+                }
+                if octet >= 100 {
+                    out[length] = b'0' + octet / 100;
+                    length += 1;
+                }
+                if octet >= 10 {
+                    out[length] = b'0' + octet / 10 % 10;
+                    length += 1;
+                }
+                out[length] = b'0' + octet % 10;
+                length += 1;
+            }
+            length
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{v6}"));
+            cursor.position() as usize
+        }
     }
 }
 
@@ -356,9 +421,10 @@ async fn send(
     scheme: mesh::InstanceScheme,
     address: &Arc<str>,
     request: axum::http::Request<Body>,
+    now: Instant,
 ) -> Result<axum::http::Response<Body>, SendFailure> {
     if scheme == mesh::InstanceScheme::Http {
-        return Ok(connections::send(address, request).await?.map(Body::new));
+        return Ok(connections::send(address, request, now).await?.map(Body::new));
     }
     let client = connections::legacy_client(scheme == mesh::InstanceScheme::H2c);
     let response = client.request(request).await.map_err(|failed| {
@@ -413,7 +479,7 @@ pub async fn handle(plane: &DataPlane, request: Request, client: Option<SocketAd
                 .into_response();
         }
     };
-    let response = apply_policies(plane, route, rest_at, request, client).await;
+    let response = apply_policies(plane, route, rest_at, request, client, started).await;
     route.metrics.record(response.status(), started.elapsed());
     response
 }
@@ -425,6 +491,7 @@ async fn apply_policies(
     rest_at: usize,
     request: Request,
     client: Option<SocketAddr>,
+    started: Instant,
 ) -> Response {
     let settings = &route.route;
     let principal = if settings.require_token {
@@ -446,7 +513,7 @@ async fn apply_policies(
         None => None,
     };
     let send = |request: Request| async move {
-        forward(plane, route, rest_at, request, client).await.unwrap_or_else(IntoResponse::into_response)
+        forward(plane, route, rest_at, request, client, started).await.unwrap_or_else(IntoResponse::into_response)
     };
     let mut response = if settings.cache.enabled {
         let tenant = principal.as_ref().and_then(|p| p.tenant.as_deref()).unwrap_or("-");
@@ -466,6 +533,7 @@ async fn forward(
     rest_at: usize,
     request: Request,
     client: Option<SocketAddr>,
+    started: Instant,
 ) -> Result<Response, ApiError> {
     let route = &route.route;
     let service_name = route.service.as_str();
@@ -475,7 +543,7 @@ async fn forward(
             .with_retry_after(1)
     };
     let service = snapshot.service_by_name(service_name).ok_or_else(no_instances)?;
-    let now_ms = chrono::Utc::now().timestamp_millis();
+    let now_ms = wall_clock_ms(started);
     let candidates: Vec<&mesh::Instance> = service
         .instances
         .iter()
@@ -512,25 +580,26 @@ async fn forward(
     let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
     let retry = &route.retry;
     let retry_on = &retry.retry_on;
-    let max_retries = if idempotent && bodyless { retry.max_attempts.max(0) as u64 } else { 0 };
+    let max_retries = if idempotent && bodyless { retry.max_attempts.clamp(0, MAX_TRIES as i64 - 1) as u64 } else { 0 };
     let budget_percent = retry.budget_percent.clamp(0, 100) as u64;
-    let deadline = Instant::now() + Duration::from_millis(route.timeout_ms.get());
+    let deadline = started + Duration::from_millis(route.timeout_ms.get());
     let mut body = Some(body);
-    let mut tried = Vec::new();
+    let mut tried = [uuid::Uuid::nil(); MAX_TRIES];
     let mut attempt = 0u64;
     loop {
-        let (upstream, scheme) = match pick(plane, service_name, &state, &candidates, policy, &tried) {
-            Ok(found) => found,
-            Err(retry_after) => {
-                return Err(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "circuit_open",
-                    format!("every instance of {service_name} is refusing requests (circuit open)"),
-                )
-                .with_retry_after(retry_after));
-            }
-        };
-        tried.push(upstream.instance);
+        let (upstream, scheme) =
+            match pick(plane, service_name, &state, &candidates, policy, &tried[..attempt as usize]) {
+                Ok(found) => found,
+                Err(retry_after) => {
+                    return Err(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "circuit_open",
+                        format!("every instance of {service_name} is refusing requests (circuit open)"),
+                    )
+                    .with_retry_after(retry_after));
+                }
+            };
+        tried[attempt as usize] = upstream.instance;
         // Plain HTTP/1.1 goes over this thread's pooled connections in origin form; h2c
         // and https through hyper-util's client, which wants the absolute form.
         let uri = match scheme {
@@ -551,10 +620,15 @@ async fn forward(
         };
         outgoing.headers_mut().insert(header::HOST, upstream.host.clone());
 
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let per_try = retry.per_try_timeout_ms.map(|ms| Duration::from_millis(ms.get())).unwrap_or(remaining);
+        // The first try starts as the request did (a few microseconds of routing later).
+        let now = if attempt == 0 { started } else { Instant::now() };
+        let try_deadline = match retry.per_try_timeout_ms {
+            Some(ms) => deadline.min(now + Duration::from_millis(ms.get())),
+            None => deadline,
+        };
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(per_try.min(remaining), send(scheme, &upstream.address, outgoing)).await;
+        let sent = send(scheme, &upstream.address, outgoing, now);
+        let result = tokio::time::timeout_at(try_deadline.into(), sent).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let failure = match result {
@@ -658,6 +732,25 @@ mod tests {
         let mut plain = map(&[("content-type", "text/plain"), ("content-length", "3")]);
         remove_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 2, "a message without hop-by-hop headers is left alone");
+    }
+
+    #[test]
+    fn addresses_are_written_as_text() {
+        let cases: [(std::net::IpAddr, &str); 5] = [
+            ([0, 0, 0, 0].into(), "0.0.0.0"),
+            ([10, 9, 100, 255].into(), "10.9.100.255"),
+            ([127, 0, 0, 1].into(), "127.0.0.1"),
+            ([255, 255, 255, 255].into(), "255.255.255.255"),
+            ("2001:db8::1".parse().unwrap(), "2001:db8::1"),
+        ];
+        for (ip, text) in cases {
+            let mut out = [0u8; 48];
+            let length = write_ip(&mut out, ip);
+            assert_eq!(std::str::from_utf8(&out[..length]).unwrap(), text);
+        }
+        let longest: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        let mut out = [0u8; 48];
+        assert_eq!(write_ip(&mut out, longest), longest.to_string().len());
     }
 
     #[test]
