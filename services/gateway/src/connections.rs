@@ -57,7 +57,7 @@ struct Idle {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>> = RefCell::default();
     static RETURNS: Cell<u32> = const { Cell::new(0) };
     /// hyper-util's pooling clients for `h2c` (HTTP/2 with prior knowledge) and for
     /// schemes the per-thread pool does not speak, one per thread for the same reason.
@@ -231,7 +231,7 @@ fn checkin(address: Arc<str>, sender: SendRequest<Body>) {
 }
 
 /// Closes expired idle connections and forgets closed ones, for every address.
-fn sweep(idle: &mut HashMap<Arc<str>, Vec<Idle>>) {
+fn sweep(idle: &mut HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>) {
     let now = Instant::now();
     for list in idle.values_mut() {
         list.retain(|entry| !entry.sender.is_closed() && now.duration_since(entry.since) <= IDLE_TIMEOUT);

@@ -316,7 +316,7 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
+    if let header::Entry::Vacant(slot) = headers.entry(&X_REQUEST_ID) {
         // A random version-4 UUID, without a system call or an allocation of text.
         let mut random_bytes = [0u8; 16];
         random_bytes[..8].copy_from_slice(&random().to_le_bytes());
@@ -324,15 +324,15 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = uuid::Builder::from_random_bytes(random_bytes).into_uuid();
         let id = id.hyphenated().encode_lower(&mut text);
-        headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(id).expect("a uuid is a header value"));
+        slot.insert(HeaderValue::from_str(id).expect("a uuid is a header value"));
     }
-    if !headers.contains_key(&TRACEPARENT) {
+    if let header::Entry::Vacant(slot) = headers.entry(&TRACEPARENT) {
         // W3C trace context: version 00, a 128-bit trace id, a 64-bit parent id, sampled.
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
         write_hex(&mut text[3..19], random());
         write_hex(&mut text[19..35], random());
         write_hex(&mut text[36..52], random());
-        headers.insert(TRACEPARENT.clone(), HeaderValue::from_bytes(&text).expect("hex is a header value"));
+        slot.insert(HeaderValue::from_bytes(&text).expect("hex is a header value"));
     }
 }
 
@@ -377,25 +377,40 @@ fn write_hex(out: &mut [u8], value: u64) {
     }
 }
 
+/// Where `name` is in [`HOP_BY_HOP`]: a match on the text, which most names leave at
+/// their length, rather than eight comparisons.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-authenticate" => Some(2),
+        "proxy-authorization" => Some(3),
+        "te" => Some(4),
+        "trailer" => Some(5),
+        "transfer-encoding" => Some(6),
+        "upgrade" => Some(7),
+        _ => None,
+    }
+}
+
 /// Drops hop-by-hop headers and the headers `Connection` names (RFC 9110 §7.6.1). Most
 /// messages carry none, or only `Connection: keep-alive`, so one pass over the names finds
 /// which are there and only those are removed.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(index) = hop_by_hop_index(name) {
             present |= 1 << index;
         }
     }
     if present == 0 {
         return;
     }
-    // HOP_BY_HOP[0] is Connection: the other names it lists go too.
-    if present & 1 != 0
-        && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION)
-    {
+    // HOP_BY_HOP[0] is Connection: the other names it lists go too. Usually it lists only
+    // `keep-alive` or `close`, which need no lookup.
+    if present & 1 != 0 {
         let mut listed = Vec::new();
-        for value in entry.remove_entry_mult().1 {
+        for value in headers.get_all(header::CONNECTION) {
             for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
                 let known = token.is_empty()
                     || token.eq_ignore_ascii_case("close")
@@ -409,7 +424,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for (index, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << index) != 0 {
             headers.remove(name);
         }
@@ -732,6 +747,15 @@ mod tests {
         let mut plain = map(&[("content-type", "text/plain"), ("content-length", "3")]);
         remove_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 2, "a message without hop-by-hop headers is left alone");
+    }
+
+    #[test]
+    fn the_hop_by_hop_index_matches_the_list() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::CONTENT_TYPE), None);
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-upgrade")), None);
     }
 
     #[test]

@@ -334,8 +334,9 @@ impl ServiceState {
 /// Every upstream and service the gateway has sent traffic to.
 #[derive(Default)]
 pub struct Upstreams {
-    instances: ArcSwap<HashMap<Uuid, Arc<Upstream>>>,
-    services: ArcSwap<HashMap<String, Arc<ServiceState>>>,
+    // Looked up on every proxied request, by ids and names from the registry: a fast hasher.
+    instances: ArcSwap<HashMap<Uuid, Arc<Upstream>, foldhash::fast::RandomState>>,
+    services: ArcSwap<HashMap<String, Arc<ServiceState>, foldhash::fast::RandomState>>,
     insert: Mutex<()>,
 }
 

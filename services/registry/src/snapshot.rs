@@ -19,8 +19,10 @@ use uuid::Uuid;
 pub struct Snapshot {
     /// The highest registry index this snapshot reflects.
     pub index: i64,
-    by_id: HashMap<Uuid, Arc<ServiceData>>,
-    by_name: HashMap<String, Uuid>,
+    // Looked up on every proxied request: a fast hasher (service names are registered
+    // by authenticated operators, not chosen by the requests that look them up).
+    by_id: HashMap<Uuid, Arc<ServiceData>, foldhash::fast::RandomState>,
+    by_name: HashMap<String, Uuid, foldhash::fast::RandomState>,
 }
 
 impl Snapshot {
