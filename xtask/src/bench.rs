@@ -82,17 +82,17 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
     let proxy_port = free_port()?;
     let nginx_dir = bench_dir.join("nginx");
     println!("starting the upstream (nginx) on 127.0.0.1:{upstream_port}");
-    let _upstream =
+    let upstream =
         start_nginx(&tools.nginx, &nginx_dir.join("upstream"), &upstream_conf(upstream_port), upstream_port)?;
     println!("starting nginx as a reverse proxy on 127.0.0.1:{proxy_port}");
-    let _proxy =
+    let proxy =
         start_nginx(&tools.nginx, &nginx_dir.join("proxy"), &proxy_conf(proxy_port, upstream_port), proxy_port)?;
 
     let direct_url = format!("http://127.0.0.1:{upstream_port}/hello");
     let nginx_url = format!("http://127.0.0.1:{proxy_port}/hello");
     let mut rows = vec![
-        Row::measured("direct", &direct_url, measure(&tools.wrk, "direct", &direct_url, None, options)?),
-        Row::measured("nginx", &nginx_url, measure(&tools.wrk, "nginx", &nginx_url, None, options)?),
+        Row::measured("direct", &direct_url, measure(&tools.wrk, "direct", &direct_url, None, options, &upstream)?),
+        Row::measured("nginx", &nginx_url, measure(&tools.wrk, "nginx", &nginx_url, None, options, &proxy)?),
     ];
     let gateway = pake_binary
         .and_then(|binary| bench_gateway(&binary, &bench_dir, upstream_port, &tools.wrk, options))
@@ -602,7 +602,7 @@ fn bench_gateway(
         }
         let url = format!("http://{gateway}{path}");
         let header = bearer.map(|token| format!("Authorization: Bearer {token}"));
-        let report = measure(wrk, name, &url, header.as_deref(), options)?;
+        let report = measure(wrk, name, &url, header.as_deref(), options, &server)?;
         server.check_running(&log_path)?;
         measured.push((name, url, report));
     }
@@ -736,10 +736,22 @@ struct WrkReport {
     p99_us: f64,
     /// Answers outside 2xx and 3xx, plus connect, read, write and timeout errors.
     errors: u64,
+    /// CPU time the answering server spent per request (the upstream for the direct path,
+    /// the proxy otherwise): a measure the other processes on the cores disturb far less
+    /// than requests/s.
+    server_cpu_us: Option<f64>,
 }
 
-/// Warms `url` up, then measures it.
-fn measure(wrk: &Path, name: &str, url: &str, header: Option<&str>, options: &Options) -> Result<WrkReport> {
+/// Warms `url` up, then measures it, with the CPU time `server` (and its child processes,
+/// such as nginx's workers) spends meanwhile.
+fn measure(
+    wrk: &Path,
+    name: &str,
+    url: &str,
+    header: Option<&str>,
+    options: &Options,
+    server: &ChildGuard,
+) -> Result<WrkReport> {
     println!(
         "measuring {name}: {url} ({} s warm-up, then {} s with {} connections)",
         WARM_UP.as_secs(),
@@ -748,7 +760,48 @@ fn measure(wrk: &Path, name: &str, url: &str, header: Option<&str>, options: &Op
     );
     // The warm-up fills connection pools and caches on every hop; its numbers are dropped.
     run_wrk(wrk, url, header, options.connections, WARM_UP.as_secs()).with_context(|| format!("warming up {name}"))?;
-    run_wrk(wrk, url, header, options.connections, options.duration_secs).with_context(|| format!("measuring {name}"))
+    let before = cpu_ticks(server.child.id());
+    let mut report = run_wrk(wrk, url, header, options.connections, options.duration_secs)
+        .with_context(|| format!("measuring {name}"))?;
+    if let (Some(before), Some(after)) = (before, cpu_ticks(server.child.id()))
+        && report.requests > 0
+    {
+        let seconds = after.saturating_sub(before) as f64 / ticks_per_second() as f64;
+        report.server_cpu_us = Some(seconds * 1e6 / report.requests as f64);
+    }
+    Ok(report)
+}
+
+/// User and system CPU ticks of process `pid` and its children (`/proc`; None elsewhere).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    // After the command name (which may hold spaces, so it is skipped to its closing
+    // parenthesis): state, ppid, …; utime and stime are the 12th and 13th fields from there.
+    let stat = |path: &Path| -> Option<(u32, u64)> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((fields.get(1)?.parse().ok()?, ticks))
+    };
+    let (_, own) = stat(&PathBuf::from(format!("/proc/{pid}/stat")))?;
+    let children: u64 = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| stat(&entry.ok()?.path().join("stat")))
+        .filter(|(parent, _)| *parent == pid)
+        .map(|(_, ticks)| ticks)
+        .sum();
+    Some(own + children)
+}
+
+/// The kernel's clock ticks per second for `/proc` CPU times (`getconf CLK_TCK`; 100 on
+/// every Linux this runs on when getconf is missing).
+fn ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+        .filter(|ticks| *ticks > 0)
+        .unwrap_or(100)
 }
 
 fn run_wrk(wrk: &Path, url: &str, header: Option<&str>, connections: u32, duration_secs: u64) -> Result<WrkReport> {
@@ -799,6 +852,7 @@ fn parse_wrk(output: &str) -> Result<WrkReport> {
         p50_us: p50_us.context("no 50% latency line (was --latency given?)")?,
         p99_us: p99_us.context("no 99% latency line (was --latency given?)")?,
         errors,
+        server_cpu_us: None,
     })
 }
 
@@ -837,15 +891,16 @@ impl<'a> Row<'a> {
         self.report.as_ref().is_some_and(|report| report.errors as f64 > report.requests as f64 * MAX_ERROR_SHARE)
     }
 
-    fn cells(&self) -> [String; 4] {
+    fn cells(&self) -> [String; 5] {
         match &self.report {
             Some(report) => [
                 format!("{:.0}", report.requests_per_sec),
                 format_ms(report.p50_us),
                 format_ms(report.p99_us),
+                report.server_cpu_us.map_or_else(|| "-".into(), |us| format!("{us:.1} us")),
                 report.errors.to_string(),
             ],
-            None => ["failed".into(), "-".into(), "-".into(), "-".into()],
+            None => ["failed".into(), "-".into(), "-".into(), "-".into(), "-".into()],
         }
     }
 }
@@ -872,10 +927,14 @@ impl Summary<'_> {
     fn ratios(&self) -> String {
         let ratio = |name: &str, base: &str, what: &str| match (self.report(name), self.report(base)) {
             (Some(a), Some(b)) => format!(
-                "{name}/{base}: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x ({what})",
+                "{name}/{base}: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x, server CPU per request {} ({what})",
                 a.requests_per_sec / b.requests_per_sec,
                 a.p50_us / b.p50_us,
-                a.p99_us / b.p99_us
+                a.p99_us / b.p99_us,
+                match (a.server_cpu_us, b.server_cpu_us) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
+                    _ => "-".into(),
+                }
             ),
             _ => format!("{name}/{base}: not measured"),
         };
@@ -892,7 +951,9 @@ impl Summary<'_> {
         format!(
             "{} with {WRK_THREADS} threads and {} connections, {} s per path after a {} s warm-up; {}. \
              The load generator, the proxies and the upstream share this machine's {} cores, so the \
-             numbers compare the paths with each other and are not the capacity of any one of them.",
+             numbers compare the paths with each other and are not the capacity of any one of them. \
+             CPU/req is the user and system time of the process answering (the upstream for direct, \
+             the proxy otherwise, with its worker processes) per request.",
             self.tools.wrk_version,
             self.options.connections,
             self.options.duration_secs,
@@ -903,10 +964,13 @@ impl Summary<'_> {
     }
 
     fn text(&self) -> String {
-        let mut text = format!("{:<14} {:>12} {:>12} {:>12} {:>8}\n", "path", "requests/s", "p50", "p99", "errors");
+        let mut text = format!(
+            "{:<14} {:>12} {:>12} {:>12} {:>11} {:>8}\n",
+            "path", "requests/s", "p50", "p99", "CPU/req", "errors"
+        );
         for row in self.rows {
-            let [rps, p50, p99, errors] = row.cells();
-            let _ = writeln!(text, "{:<14} {rps:>12} {p50:>12} {p99:>12} {errors:>8}", row.name);
+            let [rps, p50, p99, cpu, errors] = row.cells();
+            let _ = writeln!(text, "{:<14} {rps:>12} {p50:>12} {p99:>12} {cpu:>11} {errors:>8}", row.name);
         }
         let _ = write!(text, "\n{}\n\n{}", self.ratios(), self.setting());
         text
@@ -915,13 +979,13 @@ impl Summary<'_> {
     fn markdown(&self) -> String {
         let mut text = format!(
             "# Gateway benchmark\n\n`cargo xtask bench gateway --duration {} --connections {}`\n\n\
-             | path | URL | requests/s | p50 | p99 | errors |\n|---|---|---:|---:|---:|---:|\n",
+             | path | URL | requests/s | p50 | p99 | server CPU/request | errors |\n|---|---|---:|---:|---:|---:|---:|\n",
             self.options.duration_secs, self.options.connections
         );
         for row in self.rows {
-            let [rps, p50, p99, errors] = row.cells();
+            let [rps, p50, p99, cpu, errors] = row.cells();
             let url = if row.url.is_empty() { String::new() } else { format!("`{}`", row.url) };
-            let _ = writeln!(text, "| {} | {url} | {rps} | {p50} | {p99} | {errors} |", row.name);
+            let _ = writeln!(text, "| {} | {url} | {rps} | {p50} | {p99} | {cpu} | {errors} |", row.name);
         }
         let ratios: Vec<String> = self.ratios().lines().map(|line| format!("- {line}")).collect();
         let redis = match &self.options.redis {
@@ -998,7 +1062,14 @@ Transfer/sec:     335.26B
         let report = parse_wrk(WRK_FAST).unwrap();
         assert_eq!(
             report,
-            WrkReport { requests: 294392, requests_per_sec: 98072.54, p50_us: 660.0, p99_us: 3020.0, errors: 0 }
+            WrkReport {
+                requests: 294392,
+                requests_per_sec: 98072.54,
+                p50_us: 660.0,
+                p99_us: 3020.0,
+                errors: 0,
+                server_cpu_us: None
+            }
         );
     }
 
@@ -1007,7 +1078,14 @@ Transfer/sec:     335.26B
         let report = parse_wrk(WRK_SLOW).unwrap();
         assert_eq!(
             report,
-            WrkReport { requests: 12, requests_per_sec: 2.99, p50_us: 1.14e6, p99_us: 1.14e6, errors: 12 }
+            WrkReport {
+                requests: 12,
+                requests_per_sec: 2.99,
+                p50_us: 1.14e6,
+                p99_us: 1.14e6,
+                errors: 12,
+                server_cpu_us: None
+            }
         );
     }
 
