@@ -58,8 +58,8 @@ pub struct CompiledPolicy {
 /// Rate-limit policies by id, and each API client's policy by its public client id.
 #[derive(Debug, Default)]
 pub struct PolicyTable {
-    pub policies: HashMap<Uuid, CompiledPolicy>,
-    pub client_policies: HashMap<String, Uuid>,
+    pub policies: HashMap<Uuid, CompiledPolicy, foldhash::fast::RandomState>,
+    pub client_policies: HashMap<String, Uuid, foldhash::fast::RandomState>,
 }
 
 impl PolicyTable {
@@ -233,21 +233,9 @@ impl Edge {
             .into_iter()
             .flatten()
             .filter_map(|id| table.policies.get(id));
-        let anonymous = || match client {
-            Some(addr) => format!("addr:{}", addr.ip()),
-            None => "addr:unknown".to_string(),
-        };
         let mut tightest: Option<(Decision, &Limit)> = None;
         for policy in applicable {
-            let tenant = principal.and_then(|p| p.tenant.clone()).map(|t| format!("tenant:{t}"));
-            let subject = principal.map(|p| format!("client:{}", p.subject));
-            let key = match policy.scope {
-                types::RateLimitScope::PerTenant => format!("{}:{}", policy.id, tenant.unwrap_or_else(anonymous)),
-                types::RateLimitScope::PerTenantRoute => {
-                    format!("{}:{}:route:{}", policy.id, tenant.unwrap_or_else(anonymous), route.id)
-                }
-                types::RateLimitScope::PerClient => format!("{}:{}", policy.id, subject.unwrap_or_else(anonymous)),
-            };
+            let key = limit_key(policy, route, principal, client);
             let decision = self.limiter.check(&key, &policy.limit).await;
             let counter = if decision.unavailable {
                 &policy.counters[2]
@@ -307,11 +295,67 @@ impl Edge {
 
 /// Puts a decision's `RateLimit-*` (and, when refused, `Retry-After`) fields on a response.
 pub fn add_headers(headers: &mut HeaderMap, decision: &Decision, limit: &Limit) {
-    for (name, value) in decision.headers(limit) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+    static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    decision.write_headers(limit, |name, value| {
+        // Every limited response carries these: known names are not parsed again each time.
+        let name = match name {
+            "RateLimit-Policy" => RATELIMIT_POLICY.clone(),
+            "RateLimit" => RATELIMIT.clone(),
+            "RateLimit-Limit" => RATELIMIT_LIMIT.clone(),
+            "RateLimit-Remaining" => RATELIMIT_REMAINING.clone(),
+            "RateLimit-Reset" => RATELIMIT_RESET.clone(),
+            "Retry-After" => header::RETRY_AFTER,
+            other => match HeaderName::from_bytes(other.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
+    });
+}
+
+/// The key a policy counts a request under: `{policy}:tenant:{tenant}` (per tenant, with
+/// `:route:{route}` per tenant and route) or `{policy}:client:{client id}`; callers
+/// without the identity the scope names are counted by address, `addr:{ip}`. Written
+/// into one buffer: it is built for every limited request.
+fn limit_key(
+    policy: &CompiledPolicy,
+    route: &types::Route,
+    principal: Option<&Principal>,
+    client: Option<SocketAddr>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(128);
+    let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    key.push_str(policy.id.hyphenated().encode_lower(&mut uuid));
+    key.push(':');
+    let identity = match policy.scope {
+        types::RateLimitScope::PerTenant | types::RateLimitScope::PerTenantRoute => {
+            principal.and_then(|p| p.tenant.as_deref()).map(|tenant| ("tenant:", tenant))
+        }
+        types::RateLimitScope::PerClient => principal.map(|p| ("client:", p.subject.as_str())),
+    };
+    match (identity, client) {
+        (Some((kind, name)), _) => {
+            key.push_str(kind);
+            key.push_str(name);
+        }
+        (None, Some(addr)) => {
+            let _ = write!(key, "addr:{}", addr.ip());
+        }
+        (None, None) => key.push_str("addr:unknown"),
     }
+    if policy.scope == types::RateLimitScope::PerTenantRoute {
+        key.push_str(":route:");
+        key.push_str(route.id.hyphenated().encode_lower(&mut uuid));
+    }
+    key
 }
 
 /// Whether the request may be answered from the cache at all.
@@ -536,6 +580,35 @@ mod tests {
             "priority": 0, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "version": 1
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn limit_keys_name_the_policy_the_identity_and_the_route() {
+        let route = route(json!({"enabled": false}));
+        let policy = |scope| CompiledPolicy {
+            id: Uuid::parse_str("6f1c2a9e-0b4d-4c8e-9f3a-2d7b5e8c1a40").unwrap(),
+            scope,
+            limit: crate::token_limit(5),
+            counters: Default::default(),
+        };
+        let caller = Principal { subject: "cli_abc".into(), tenant: Some("acme".into()), scopes: Vec::new() };
+        let untenanted = Principal { tenant: None, ..caller.clone() };
+        let addr = Some(SocketAddr::from(([192, 0, 2, 7], 4000)));
+        let id = "6f1c2a9e-0b4d-4c8e-9f3a-2d7b5e8c1a40";
+        let r = route.id;
+        use types::RateLimitScope::{PerClient, PerTenant, PerTenantRoute};
+        let cases = [
+            (PerTenant, Some(&caller), format!("{id}:tenant:acme")),
+            (PerTenantRoute, Some(&caller), format!("{id}:tenant:acme:route:{r}")),
+            (PerClient, Some(&caller), format!("{id}:client:cli_abc")),
+            (PerTenant, Some(&untenanted), format!("{id}:addr:192.0.2.7")),
+            (PerTenantRoute, None, format!("{id}:addr:192.0.2.7:route:{r}")),
+            (PerClient, None, format!("{id}:addr:192.0.2.7")),
+        ];
+        for (scope, principal, expected) in cases {
+            assert_eq!(limit_key(&policy(scope), &route, principal, addr), expected);
+        }
+        assert_eq!(limit_key(&policy(PerClient), &route, None, None), format!("{id}:addr:unknown"));
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

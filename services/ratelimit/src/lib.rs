@@ -183,20 +183,37 @@ impl Decision {
     ///
     /// Durations are whole seconds rounded up; `Retry-After` is at least 1.
     pub fn headers(&self, limit: &Limit) -> Vec<(&'static str, String)> {
-        let policy = sf_string(&limit.policy);
+        let mut headers = Vec::with_capacity(6);
+        self.write_headers(limit, |name, value| headers.push((name, value.to_string())));
+        headers
+    }
+
+    /// The same fields as [`Decision::headers`], handed to `emit` one at a time from one
+    /// reused buffer: what a proxy adding them to every response calls.
+    pub fn write_headers(&self, limit: &Limit, mut emit: impl FnMut(&'static str, &str)) {
+        let mut numbers = itoa::Buffer::new();
         let window = ceil_secs(limit.period).max(1);
         let reset = ceil_secs(self.reset_after);
-        let mut headers = vec![
-            ("RateLimit-Policy", format!("{policy};q={};w={window}", self.limit)),
-            ("RateLimit", format!("{policy};r={};t={reset}", self.remaining)),
-            ("RateLimit-Limit", self.limit.to_string()),
-            ("RateLimit-Remaining", self.remaining.to_string()),
-            ("RateLimit-Reset", reset.to_string()),
-        ];
+        let mut value = String::with_capacity(64 + limit.policy.len());
+        write_sf_string(&mut value, &limit.policy);
+        value.push_str(";q=");
+        value.push_str(numbers.format(self.limit));
+        value.push_str(";w=");
+        value.push_str(numbers.format(window));
+        emit("RateLimit-Policy", &value);
+        value.clear();
+        write_sf_string(&mut value, &limit.policy);
+        value.push_str(";r=");
+        value.push_str(numbers.format(self.remaining));
+        value.push_str(";t=");
+        value.push_str(numbers.format(reset));
+        emit("RateLimit", &value);
+        emit("RateLimit-Limit", numbers.format(self.limit));
+        emit("RateLimit-Remaining", numbers.format(self.remaining));
+        emit("RateLimit-Reset", numbers.format(reset));
         if !self.allowed {
-            headers.push(("Retry-After", ceil_secs(self.retry_after).max(1).to_string()));
+            emit("Retry-After", numbers.format(ceil_secs(self.retry_after).max(1)));
         }
-        headers
     }
 }
 
@@ -204,10 +221,9 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// A structured-field string: quoted, `"` and `\` escaped; characters outside printable
-/// ASCII, which an sf-string cannot hold, become `?`.
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// Appends `s` as a structured-field string: quoted, `"` and `\` escaped; characters
+/// outside printable ASCII, which an sf-string cannot hold, become `?`.
+fn write_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -220,7 +236,6 @@ fn sf_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 /// Tuning of the Redis-backed limiter.
@@ -377,6 +392,11 @@ mod tests {
 
     #[test]
     fn policy_names_are_structured_field_strings() {
+        let sf_string = |s: &str| {
+            let mut out = String::new();
+            write_sf_string(&mut out, s);
+            out
+        };
         assert_eq!(sf_string("standard-tenant"), "\"standard-tenant\"");
         assert_eq!(sf_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
         assert_eq!(sf_string("é\n"), "\"??\"");
