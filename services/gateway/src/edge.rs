@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use pake_api_runtime::{ApiError, Principal};
 use pake_cache::{CacheKey, CachedResponse, Flight, Level, Lookup, ResponseCache};
 use pake_gateway_server::types;
-use pake_ratelimit::{Decision, Limit, RateLimiter};
+use pake_ratelimit::{Decision, Field, Limit, RateLimiter};
 use pake_tokens::TokenVerifier;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -300,22 +300,18 @@ pub fn add_headers(headers: &mut HeaderMap, decision: &Decision, limit: &Limit) 
     static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
     static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
     static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-    decision.write_headers(limit, |name, value| {
-        // Every limited response carries these: known names are not parsed again each time.
-        let name = match name {
-            "RateLimit-Policy" => RATELIMIT_POLICY.clone(),
-            "RateLimit" => RATELIMIT.clone(),
-            "RateLimit-Limit" => RATELIMIT_LIMIT.clone(),
-            "RateLimit-Remaining" => RATELIMIT_REMAINING.clone(),
-            "RateLimit-Reset" => RATELIMIT_RESET.clone(),
-            "Retry-After" => header::RETRY_AFTER,
-            other => match HeaderName::from_bytes(other.as_bytes()) {
-                Ok(name) => name,
-                Err(_) => return,
-            },
+    decision.write_headers(limit, |field, value| {
+        // Every limited response carries these: the names are not parsed again each time.
+        let name = match field {
+            Field::Policy => &RATELIMIT_POLICY,
+            Field::RateLimit => &RATELIMIT,
+            Field::Limit => &RATELIMIT_LIMIT,
+            Field::Remaining => &RATELIMIT_REMAINING,
+            Field::Reset => &RATELIMIT_RESET,
+            Field::RetryAfter => &header::RETRY_AFTER,
         };
         if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
+            headers.insert(name.clone(), value);
         }
     });
 }

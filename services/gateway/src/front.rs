@@ -57,9 +57,7 @@ impl Front {
             let Ok(response) = inner.api.clone().call(request).await;
             response
         } else {
-            // Boxed: the data-plane future is a few kilobytes, and hyper moves the service
-            // future it is part of; moving a pointer is cheaper than copying the state.
-            Box::pin(proxy::handle(&inner.plane, request, Some(client))).await
+            proxy::handle(&inner.plane, request, Some(client)).await
         }
     }
 

@@ -586,7 +586,8 @@ async fn forward(
         None => path.to_string(),
     };
     let invalid_path = || error(StatusCode::BAD_REQUEST, "invalid_path", "the request path cannot be forwarded".into());
-    let origin = Uri::try_from(path_and_query.as_str()).map_err(|_| invalid_path())?;
+    // The origin form (`/path?query`), as plain HTTP/1.1 tries send it.
+    let origin = Uri::try_from(path_and_query).map_err(|_| invalid_path())?;
     // Moved into the first try; copied only when a retry is possible.
     forward_headers(&mut parts.headers, client);
     let mut headers = Some(std::mem::take(&mut parts.headers));
@@ -619,8 +620,8 @@ async fn forward(
         // and https through hyper-util's client, which wants the absolute form.
         let uri = match scheme {
             mesh::InstanceScheme::Http => Ok(origin.clone()),
-            mesh::InstanceScheme::Https => Uri::try_from(format!("https://{}{path_and_query}", upstream.address)),
-            mesh::InstanceScheme::H2c => Uri::try_from(format!("http://{}{path_and_query}", upstream.address)),
+            mesh::InstanceScheme::Https => Uri::try_from(format!("https://{}{origin}", upstream.address)),
+            mesh::InstanceScheme::H2c => Uri::try_from(format!("http://{}{origin}", upstream.address)),
         };
         let Ok(uri) = uri else {
             return Err(invalid_path());

@@ -184,35 +184,62 @@ impl Decision {
     /// Durations are whole seconds rounded up; `Retry-After` is at least 1.
     pub fn headers(&self, limit: &Limit) -> Vec<(&'static str, String)> {
         let mut headers = Vec::with_capacity(6);
-        self.write_headers(limit, |name, value| headers.push((name, value.to_string())));
+        self.write_headers(limit, |field, value| headers.push((field.name(), value.to_string())));
         headers
     }
 
     /// The same fields as [`Decision::headers`], handed to `emit` one at a time from one
     /// reused buffer: what a proxy adding them to every response calls.
-    pub fn write_headers(&self, limit: &Limit, mut emit: impl FnMut(&'static str, &str)) {
+    pub fn write_headers(&self, limit: &Limit, mut emit: impl FnMut(Field, &str)) {
         let mut numbers = itoa::Buffer::new();
         let window = ceil_secs(limit.period).max(1);
         let reset = ceil_secs(self.reset_after);
         let mut value = String::with_capacity(64 + limit.policy.len());
-        write_sf_string(&mut value, &limit.policy);
-        value.push_str(";q=");
-        value.push_str(numbers.format(self.limit));
-        value.push_str(";w=");
-        value.push_str(numbers.format(window));
-        emit("RateLimit-Policy", &value);
-        value.clear();
-        write_sf_string(&mut value, &limit.policy);
-        value.push_str(";r=");
-        value.push_str(numbers.format(self.remaining));
-        value.push_str(";t=");
-        value.push_str(numbers.format(reset));
-        emit("RateLimit", &value);
-        emit("RateLimit-Limit", numbers.format(self.limit));
-        emit("RateLimit-Remaining", numbers.format(self.remaining));
-        emit("RateLimit-Reset", numbers.format(reset));
+        // `"{policy}";{a}={x};{b}={y}`, the shape of both structured fields.
+        let mut structured = |value: &mut String, (a, x): (&str, u64), (b, y): (&str, u64)| {
+            value.clear();
+            write_sf_string(value, &limit.policy);
+            for (key, number) in [(a, x), (b, y)] {
+                value.push(';');
+                value.push_str(key);
+                value.push('=');
+                value.push_str(numbers.format(number));
+            }
+        };
+        structured(&mut value, ("q", self.limit), ("w", window));
+        emit(Field::Policy, &value);
+        structured(&mut value, ("r", self.remaining), ("t", reset));
+        emit(Field::RateLimit, &value);
+        emit(Field::Limit, numbers.format(self.limit));
+        emit(Field::Remaining, numbers.format(self.remaining));
+        emit(Field::Reset, numbers.format(reset));
         if !self.allowed {
-            emit("Retry-After", numbers.format(ceil_secs(self.retry_after).max(1)));
+            emit(Field::RetryAfter, numbers.format(ceil_secs(self.retry_after).max(1)));
+        }
+    }
+}
+
+/// The response header fields a [`Decision`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Policy,
+    RateLimit,
+    Limit,
+    Remaining,
+    Reset,
+    RetryAfter,
+}
+
+impl Field {
+    /// The field name, in the case the drafts and RFC 9110 write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Policy => "RateLimit-Policy",
+            Field::RateLimit => "RateLimit",
+            Field::Limit => "RateLimit-Limit",
+            Field::Remaining => "RateLimit-Remaining",
+            Field::Reset => "RateLimit-Reset",
+            Field::RetryAfter => "Retry-After",
         }
     }
 }
