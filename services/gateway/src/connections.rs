@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
 /// Idle connections older than this are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,12 +52,17 @@ pub enum SendFailure {
     Failed(String),
 }
 
+/// A plain connection and when it became idle.
+type IdleStream = (TcpStream, Instant);
+
 struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
 }
 
 thread_local! {
+    /// Plain connections of the gateway's own HTTP/1.1 path ([`crate::h1`]), between requests.
+    static STREAMS: RefCell<HashMap<Arc<str>, Vec<IdleStream>, foldhash::fast::RandomState>> = RefCell::default();
     static IDLE: RefCell<HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>> = RefCell::default();
     static RETURNS: Cell<u32> = const { Cell::new(0) };
     /// hyper-util's pooling clients for `h2c` (HTTP/2 with prior knowledge) and for
@@ -166,8 +172,9 @@ impl Drop for PooledBody {
     }
 }
 
-async fn connect(address: &str) -> Result<SendRequest<Body>, SendFailure> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+/// Opens a plain TCP connection to `address`, within [`CONNECT_TIMEOUT`].
+pub async fn open(address: &str) -> Result<TcpStream, SendFailure> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return Err(SendFailure::Connect(format!("connecting to {address}: {error}"))),
         Err(_) => {
@@ -180,6 +187,49 @@ async fn connect(address: &str) -> Result<SendRequest<Body>, SendFailure> {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY on an upstream connection");
     }
+    Ok(stream)
+}
+
+/// An idle plain connection to `address` from this thread's pool, most recently returned
+/// first. One the upstream has closed or written to since (its readiness says so, without
+/// a system call when nothing happened) is dropped on the way, as are expired ones.
+pub fn take_stream(address: &str, now: Instant) -> Option<TcpStream> {
+    STREAMS.with_borrow_mut(|idle| {
+        let list = idle.get_mut(address)?;
+        while let Some((stream, since)) = list.pop() {
+            let mut probe = [0u8; 1];
+            let quiet =
+                matches!(stream.try_read(&mut probe), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock);
+            if quiet && now.saturating_duration_since(since) <= IDLE_TIMEOUT {
+                return Some(stream);
+            }
+        }
+        None
+    })
+}
+
+/// Returns a plain connection whose last response was read to its end, and nothing more.
+pub fn put_stream(address: &Arc<str>, stream: TcpStream) {
+    let _ = STREAMS.try_with(|idle| {
+        let Ok(mut idle) = idle.try_borrow_mut() else { return };
+        let list = idle.entry(address.clone()).or_default();
+        if list.len() < MAX_IDLE_PER_ADDRESS {
+            list.push((stream, Instant::now()));
+        }
+        let returns = RETURNS.get().wrapping_add(1);
+        RETURNS.set(returns);
+        if returns.is_multiple_of(SWEEP_EVERY) {
+            let now = Instant::now();
+            for list in idle.values_mut() {
+                list.retain(|(_, since)| now.duration_since(*since) <= IDLE_TIMEOUT);
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+    });
+}
+
+async fn connect(address: &str) -> Result<SendRequest<Body>, SendFailure> {
+    let stream = open(address).await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|error| SendFailure::Connect(format!("connecting to {address}: {error}")))?;

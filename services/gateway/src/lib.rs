@@ -11,6 +11,7 @@ pub mod api;
 pub mod connections;
 pub mod edge;
 pub mod front;
+mod h1;
 pub mod policies;
 pub mod proxy;
 pub mod routes;

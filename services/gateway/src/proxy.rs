@@ -97,7 +97,7 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    fn record(&self, status: StatusCode, elapsed: Duration) {
+    pub(crate) fn record(&self, status: StatusCode, elapsed: Duration) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
         self.durations[class].observe(elapsed.as_secs_f64());
@@ -317,28 +317,35 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
         }
     }
     if let header::Entry::Vacant(slot) = headers.entry(&X_REQUEST_ID) {
-        // A random version-4 UUID, without a system call or an allocation of text.
-        let mut random_bytes = [0u8; 16];
-        random_bytes[..8].copy_from_slice(&random().to_le_bytes());
-        random_bytes[8..].copy_from_slice(&random().to_le_bytes());
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = uuid::Builder::from_random_bytes(random_bytes).into_uuid();
-        let id = id.hyphenated().encode_lower(&mut text);
-        slot.insert(HeaderValue::from_str(id).expect("a uuid is a header value"));
+        slot.insert(HeaderValue::from_bytes(&request_id()).expect("a uuid is a header value"));
     }
     if let header::Entry::Vacant(slot) = headers.entry(&TRACEPARENT) {
-        // W3C trace context: version 00, a 128-bit trace id, a 64-bit parent id, sampled.
-        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
-        write_hex(&mut text[3..19], random());
-        write_hex(&mut text[19..35], random());
-        write_hex(&mut text[36..52], random());
-        slot.insert(HeaderValue::from_bytes(&text).expect("hex is a header value"));
+        slot.insert(HeaderValue::from_bytes(&traceparent()).expect("hex is a header value"));
     }
+}
+
+/// A random version-4 UUID as text, without a system call or an allocation.
+pub(crate) fn request_id() -> [u8; uuid::fmt::Hyphenated::LENGTH] {
+    let mut random_bytes = [0u8; 16];
+    random_bytes[..8].copy_from_slice(&random().to_le_bytes());
+    random_bytes[8..].copy_from_slice(&random().to_le_bytes());
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Builder::from_random_bytes(random_bytes).into_uuid().hyphenated().encode_lower(&mut text);
+    text
+}
+
+/// A new W3C trace context: version 00, a 128-bit trace id, a 64-bit parent id, sampled.
+pub(crate) fn traceparent() -> [u8; 55] {
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    write_hex(&mut text[3..19], random());
+    write_hex(&mut text[19..35], random());
+    write_hex(&mut text[36..52], random());
+    text
 }
 
 /// Writes `ip` in its usual text form into `out` (large enough for any address) and
 /// returns the length; IPv4, the common case, without the formatting machinery.
-fn write_ip(out: &mut [u8; 48], ip: std::net::IpAddr) -> usize {
+pub(crate) fn write_ip(out: &mut [u8; 48], ip: std::net::IpAddr) -> usize {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut length = 0;
@@ -454,13 +461,21 @@ async fn send(
 
 /// Why a try failed without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TryFailure {
+pub(crate) enum TryFailure {
     Connect,
     Reset,
     Timeout,
 }
 
 impl TryFailure {
+    fn label(self) -> &'static str {
+        match self {
+            TryFailure::Connect => "connect",
+            TryFailure::Reset => "reset",
+            TryFailure::Timeout => "timeout",
+        }
+    }
+
     fn condition(self) -> gw::RetryCondition {
         match self {
             TryFailure::Connect => gw::RetryCondition::ConnectFailure,
@@ -477,22 +492,7 @@ pub async fn handle(plane: &DataPlane, request: Request, client: Option<SocketAd
     let path = request.uri().path();
     let (route, rest_at) = match table.find(request.method(), path) {
         Match::Route { route, rest } => (route, path.len() - rest.len()),
-        Match::MethodNotAllowed { allow } => {
-            let mut response = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not routed for {}; this path allows {allow}", request.method(), request.uri().path()),
-            )
-            .into_response();
-            if let Ok(value) = HeaderValue::from_str(&allow) {
-                response.headers_mut().insert(header::ALLOW, value);
-            }
-            return response;
-        }
-        Match::NoRoute => {
-            return error(StatusCode::NOT_FOUND, "no_route", format!("no route for {}", request.uri().path()))
-                .into_response();
-        }
+        refused => return refusal(refused, request.method(), path),
     };
     let response = apply_policies(plane, route, rest_at, request, client, started).await;
     route.metrics.record(response.status(), started.elapsed());
@@ -542,6 +542,214 @@ async fn apply_policies(
     response
 }
 
+/// The path the upstream sees: what follows the version segment, without the route's
+/// prefix when the route strips it.
+pub(crate) fn upstream_path<'p>(route: &gw::Route, path: &'p str, rest_at: usize) -> &'p str {
+    let rest = &path[rest_at..];
+    if route.strip_prefix {
+        let stripped = &rest[route.path_prefix.trim_end_matches('/').len()..];
+        if stripped.is_empty() { "/" } else { stripped }
+    } else {
+        rest
+    }
+}
+
+/// The answer to a request no route takes: 405 with `Allow` when routes match the path
+/// but not the method, 404 otherwise.
+pub(crate) fn refusal(found: Match<'_, '_>, method: &Method, path: &str) -> Response {
+    match found {
+        Match::MethodNotAllowed { allow } => {
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not routed for {path}; this path allows {allow}"),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            response
+        }
+        Match::NoRoute | Match::Route { .. } => {
+            error(StatusCode::NOT_FOUND, "no_route", format!("no route for {path}")).into_response()
+        }
+    }
+}
+
+/// One try's instance and bounds.
+pub(crate) struct Try {
+    pub upstream: Arc<Upstream>,
+    pub scheme: mesh::InstanceScheme,
+    /// When the try started (the request's start for the first one).
+    pub now: Instant,
+    /// When the try gives up: its per-try timeout or the route's deadline.
+    pub deadline: Instant,
+    /// Whether a retry may follow this try (so its request must stay available).
+    pub may_retry: bool,
+}
+
+/// A request's tries: the service's instances, its traffic policy and the route's retry
+/// rules, shared by every way the gateway speaks to upstreams. The caller sends each
+/// [`Try`] its own way and reports how it went; this decides whether another follows.
+pub(crate) struct Tries<'a> {
+    plane: &'a DataPlane,
+    service_name: &'a str,
+    candidates: Vec<&'a mesh::Instance>,
+    policy: &'a mesh::TrafficPolicy,
+    state: Arc<crate::upstream::ServiceState>,
+    retry: &'a gw::RetryPolicy,
+    max_retries: u64,
+    deadline: Instant,
+    tried: [uuid::Uuid; MAX_TRIES],
+    attempt: u64,
+}
+
+impl<'a> Tries<'a> {
+    /// The healthy, unexpired instances of the route's service in `snapshot`; `retryable`
+    /// says whether the request may be sent more than once (idempotent, no body).
+    pub fn new(
+        plane: &'a DataPlane,
+        route: &'a gw::Route,
+        snapshot: &'a pake_registry::snapshot::Snapshot,
+        started: Instant,
+        retryable: bool,
+    ) -> Result<Tries<'a>, ApiError> {
+        let service_name = route.service.as_str();
+        let no_instances = || {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_upstream",
+                format!("{service_name} has no healthy instance"),
+            )
+            .with_retry_after(1)
+        };
+        let service = snapshot.service_by_name(service_name).ok_or_else(no_instances)?;
+        let now_ms = wall_clock_ms(started);
+        let candidates: Vec<&mesh::Instance> = service
+            .instances
+            .iter()
+            .filter(|record| !record.is_expired(now_ms) && record.instance.status == mesh::InstanceStatus::Passing)
+            .map(|record| &record.instance)
+            .collect();
+        if candidates.is_empty() {
+            return Err(no_instances());
+        }
+        let state = plane.upstreams.service(service_name);
+        state.count_request();
+        let retry = &route.retry;
+        let max_retries = if retryable { retry.max_attempts.clamp(0, MAX_TRIES as i64 - 1) as u64 } else { 0 };
+        Ok(Tries {
+            plane,
+            service_name,
+            candidates,
+            policy: &service.policy,
+            state,
+            retry,
+            max_retries,
+            deadline: started + Duration::from_millis(route.timeout_ms.get()),
+            tried: [uuid::Uuid::nil(); MAX_TRIES],
+            attempt: 0,
+        })
+    }
+
+    /// Whether every candidate speaks plain HTTP/1.1.
+    pub fn all_plain(&self) -> bool {
+        self.candidates.iter().all(|instance| instance.scheme == mesh::InstanceScheme::Http)
+    }
+
+    /// The next try's instance, or 503 when every instance's breaker refuses.
+    pub fn next(&mut self, started: Instant) -> Result<Try, ApiError> {
+        let tried = &self.tried[..self.attempt as usize];
+        let (upstream, scheme) = pick(self.plane, self.service_name, &self.state, &self.candidates, self.policy, tried)
+            .map_err(|retry_after| {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit_open",
+                    format!("every instance of {} is refusing requests (circuit open)", self.service_name),
+                )
+                .with_retry_after(retry_after)
+            })?;
+        self.tried[self.attempt as usize] = upstream.instance;
+        // The first try starts as the request did (a few microseconds of routing later).
+        let now = if self.attempt == 0 { started } else { Instant::now() };
+        let deadline = match self.retry.per_try_timeout_ms {
+            Some(ms) => self.deadline.min(now + Duration::from_millis(ms.get())),
+            None => self.deadline,
+        };
+        Ok(Try { upstream, scheme, now, deadline, may_retry: self.attempt < self.max_retries })
+    }
+
+    /// Accounts an answer with `status`; true when it is to be dropped and retried.
+    pub fn answered(&mut self, done: &Try, status: StatusCode) -> bool {
+        let policy = self.policy;
+        let outcome = if status.is_server_error() { Outcome::ServerError } else { Outcome::Success };
+        done.upstream.record(outcome, &policy.circuit_breaker, &policy.outlier_detection);
+        if outcome == Outcome::Success {
+            return false;
+        }
+        self.count_failure("5xx");
+        let gateway_error = matches!(status.as_u16(), 502..=504);
+        let retry = gateway_error && self.retry.retry_on.contains(&gw::RetryCondition::X5xx) && self.may_retry();
+        if retry {
+            self.count_retry("5xx");
+        }
+        retry
+    }
+
+    /// Accounts a try that got no answer: `Ok` when another try follows, else the error
+    /// to answer with.
+    pub fn failed(&mut self, done: &Try, failure: TryFailure) -> Result<(), ApiError> {
+        let policy = self.policy;
+        done.upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);
+        let outcome = failure.label();
+        self.count_failure(outcome);
+        if self.retry.retry_on.contains(&failure.condition()) && self.may_retry() {
+            self.count_retry(outcome);
+            return Ok(());
+        }
+        let (service, address) = (self.service_name, &done.upstream.address);
+        Err(match failure {
+            TryFailure::Timeout => error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                format!("{service} did not answer in time (instance {address})"),
+            ),
+            TryFailure::Connect => error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!("{service} refused the connection (instance {address})"),
+            ),
+            TryFailure::Reset => error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!("{service} closed the connection without answering (instance {address})"),
+            ),
+        })
+    }
+
+    /// Takes a retry when the request allows another try, the deadline has not passed and
+    /// the service's budget has one.
+    fn may_retry(&mut self) -> bool {
+        let allowed = self.attempt < self.max_retries
+            && Instant::now() < self.deadline
+            && self.state.take_retry(self.retry.budget_percent.clamp(0, 100) as u64);
+        if allowed {
+            self.attempt += 1;
+        }
+        allowed
+    }
+
+    fn count_failure(&self, outcome: &'static str) {
+        let labels = UpstreamLabels { service: self.service_name.to_string(), outcome: outcome.into() };
+        self.plane.metrics.failed_tries.get_or_create(&labels).inc();
+    }
+
+    fn count_retry(&self, outcome: &'static str) {
+        let labels = UpstreamLabels { service: self.service_name.to_string(), outcome: outcome.into() };
+        self.plane.metrics.retries.get_or_create(&labels).inc();
+    }
+}
+
 async fn forward(
     plane: &DataPlane,
     route: &crate::routes::CompiledRoute,
@@ -551,36 +759,14 @@ async fn forward(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let route = &route.route;
-    let service_name = route.service.as_str();
-    let snapshot = plane.registry.load();
-    let no_instances = || {
-        error(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_upstream", format!("{service_name} has no healthy instance"))
-            .with_retry_after(1)
-    };
-    let service = snapshot.service_by_name(service_name).ok_or_else(no_instances)?;
-    let now_ms = wall_clock_ms(started);
-    let candidates: Vec<&mesh::Instance> = service
-        .instances
-        .iter()
-        .filter(|record| !record.is_expired(now_ms) && record.instance.status == mesh::InstanceStatus::Passing)
-        .map(|record| &record.instance)
-        .collect();
-    if candidates.is_empty() {
-        return Err(no_instances());
-    }
-    let policy = &service.policy;
-    let state = plane.upstreams.service(service_name);
-    state.count_request();
-
     let (mut parts, body) = request.into_parts();
-    // The path after the version segment.
-    let rest = &parts.uri.path()[rest_at..];
-    let path = if route.strip_prefix {
-        let stripped = &rest[route.path_prefix.trim_end_matches('/').len()..];
-        if stripped.is_empty() { "/" } else { stripped }
-    } else {
-        rest
-    };
+    let idempotent =
+        matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+    let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
+    let snapshot = plane.registry.load();
+    let mut tries = Tries::new(plane, route, &snapshot, started, idempotent && bodyless)?;
+
+    let path = upstream_path(route, parts.uri.path(), rest_at);
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
@@ -588,37 +774,16 @@ async fn forward(
     let invalid_path = || error(StatusCode::BAD_REQUEST, "invalid_path", "the request path cannot be forwarded".into());
     // The origin form (`/path?query`), as plain HTTP/1.1 tries send it.
     let origin = Uri::try_from(path_and_query).map_err(|_| invalid_path())?;
-    // Moved into the first try; copied only when a retry is possible.
+    // Moved into the last try; copied only while a retry is possible.
     forward_headers(&mut parts.headers, client);
     let mut headers = Some(std::mem::take(&mut parts.headers));
-    let idempotent =
-        matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
-    let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
-    let retry = &route.retry;
-    let retry_on = &retry.retry_on;
-    let max_retries = if idempotent && bodyless { retry.max_attempts.clamp(0, MAX_TRIES as i64 - 1) as u64 } else { 0 };
-    let budget_percent = retry.budget_percent.clamp(0, 100) as u64;
-    let deadline = started + Duration::from_millis(route.timeout_ms.get());
     let mut body = Some(body);
-    let mut tried = [uuid::Uuid::nil(); MAX_TRIES];
-    let mut attempt = 0u64;
     loop {
-        let (upstream, scheme) =
-            match pick(plane, service_name, &state, &candidates, policy, &tried[..attempt as usize]) {
-                Ok(found) => found,
-                Err(retry_after) => {
-                    return Err(error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "circuit_open",
-                        format!("every instance of {service_name} is refusing requests (circuit open)"),
-                    )
-                    .with_retry_after(retry_after));
-                }
-            };
-        tried[attempt as usize] = upstream.instance;
+        let attempt = tries.next(started)?;
+        let upstream = &attempt.upstream;
         // Plain HTTP/1.1 goes over this thread's pooled connections in origin form; h2c
         // and https through hyper-util's client, which wants the absolute form.
-        let uri = match scheme {
+        let uri = match attempt.scheme {
             mesh::InstanceScheme::Http => Ok(origin.clone()),
             mesh::InstanceScheme::Https => Uri::try_from(format!("https://{}{origin}", upstream.address)),
             mesh::InstanceScheme::H2c => Uri::try_from(format!("http://{}{origin}", upstream.address)),
@@ -629,87 +794,34 @@ async fn forward(
         let mut outgoing = axum::http::Request::new(body.take().unwrap_or_default());
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = if attempt < max_retries {
-            headers.clone().unwrap_or_default()
-        } else {
-            headers.take().unwrap_or_default()
-        };
+        *outgoing.headers_mut() =
+            if attempt.may_retry { headers.clone().unwrap_or_default() } else { headers.take().unwrap_or_default() };
         outgoing.headers_mut().insert(header::HOST, upstream.host.clone());
 
-        // The first try starts as the request did (a few microseconds of routing later).
-        let now = if attempt == 0 { started } else { Instant::now() };
-        let try_deadline = match retry.per_try_timeout_ms {
-            Some(ms) => deadline.min(now + Duration::from_millis(ms.get())),
-            None => deadline,
-        };
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let sent = send(scheme, &upstream.address, outgoing, now);
-        let result = tokio::time::timeout_at(try_deadline.into(), sent).await;
+        let sent = send(attempt.scheme, &upstream.address, outgoing, attempt.now);
+        let result = tokio::time::timeout_at(attempt.deadline.into(), sent).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let failure = match result {
-            Ok(Ok(response)) => {
-                let status = response.status();
-                let gateway_error = matches!(status.as_u16(), 502..=504);
-                let outcome = if status.is_server_error() { Outcome::ServerError } else { Outcome::Success };
-                upstream.record(outcome, &policy.circuit_breaker, &policy.outlier_detection);
-                if outcome == Outcome::ServerError {
-                    let labels = UpstreamLabels { service: service_name.to_string(), outcome: "5xx".into() };
-                    plane.metrics.failed_tries.get_or_create(&labels).inc();
-                }
-                let retry_5xx = gateway_error && retry_on.contains(&gw::RetryCondition::X5xx);
-                if retry_5xx && attempt < max_retries && Instant::now() < deadline && state.take_retry(budget_percent) {
-                    let labels = UpstreamLabels { service: service_name.to_string(), outcome: "5xx".into() };
-                    plane.metrics.retries.get_or_create(&labels).inc();
-                    attempt += 1;
+            Ok(Ok(mut response)) => {
+                if tries.answered(&attempt, response.status()) {
                     continue;
                 }
-                let mut response = response;
                 remove_hop_by_hop(response.headers_mut());
                 return Ok(response);
             }
             Ok(Err(SendFailure::Connect(reason))) => {
-                tracing::debug!(%reason, service = service_name, "upstream try failed to connect");
+                tracing::debug!(%reason, service = route.service.as_str(), "upstream try failed to connect");
                 TryFailure::Connect
             }
             Ok(Err(SendFailure::Failed(reason))) => {
-                tracing::debug!(%reason, service = service_name, "upstream try failed");
+                tracing::debug!(%reason, service = route.service.as_str(), "upstream try failed");
                 TryFailure::Reset
             }
             Err(_) => TryFailure::Timeout,
         };
-        upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);
-        let labels =
-            UpstreamLabels { service: service_name.to_string(), outcome: format!("{failure:?}").to_lowercase() };
-        plane.metrics.failed_tries.get_or_create(&labels).inc();
-        let may_retry = retry_on.contains(&failure.condition())
-            && attempt < max_retries
-            && Instant::now() < deadline
-            && state.take_retry(budget_percent);
-        if may_retry {
-            let labels =
-                UpstreamLabels { service: service_name.to_string(), outcome: format!("{failure:?}").to_lowercase() };
-            plane.metrics.retries.get_or_create(&labels).inc();
-            attempt += 1;
-            continue;
-        }
-        return Err(match failure {
-            TryFailure::Timeout => error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
-                format!("{service_name} did not answer in time (instance {})", upstream.address),
-            ),
-            TryFailure::Connect => error(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                format!("{service_name} refused the connection (instance {})", upstream.address),
-            ),
-            TryFailure::Reset => error(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                format!("{service_name} closed the connection without answering (instance {})", upstream.address),
-            ),
-        });
+        tries.failed(&attempt, failure)?;
     }
 }
 

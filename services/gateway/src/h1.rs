@@ -1,0 +1,954 @@
+//! The gateway's own HTTP/1.1 path for the requests that carry its traffic.
+//!
+//! Most proxied requests are plain: HTTP/1.1, no body, a route without policies, an
+//! instance speaking HTTP/1.1. For those, the work a general HTTP library does per request
+//! (a header map built and rewritten twice, a request and a response object per side,
+//! body frames and the tasks that drive two connections) is most of the gateway's cost.
+//! This path reads the client's request head into a buffer, parses it in place
+//! (`httparse`), writes the upstream's request head straight from it, and relays the
+//! upstream's response head and body bytes the same way, over a pooled plain connection
+//! ([`connections::take_stream`]). Routing, balancing, breakers, retries, timeouts and
+//! metrics are the data plane's own ([`Tries`]), so both paths behave alike.
+//!
+//! Anything else is handed, at a request boundary and with the bytes already read, to
+//! the general path (hyper and [`crate::proxy::handle`]) for the rest of the connection:
+//! other HTTP versions and HTTP/2, request bodies, `Upgrade`, `Expect`, `Connection`
+//! naming other headers, the gateway's own API, routes with auth, rate limits or a cache,
+//! instances speaking h2c or TLS, and anything malformed (hyper answers it 400 or 431).
+//!
+//! Response bodies are relayed as they arrive, framed as the upstream framed them:
+//! `Content-Length` as is, chunked passed through chunk by chunk (the decoder here only
+//! finds the end), and a body ended by closing re-chunked so that the client's connection
+//! survives it.
+
+use crate::connections::{self, SendFailure};
+use crate::proxy::{self, DataPlane, Tries, TryFailure};
+use crate::routes::Match;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Buffer size for heads and body relaying; buffers grow for heads up to [`HEAD_LIMIT`].
+const BUFFER: usize = 16 * 1024;
+/// The largest request or response head taken; a larger request goes to the general path
+/// (which answers 431), a larger response is a failed try.
+pub const HEAD_LIMIT: usize = 64 * 1024;
+/// Header lines a head may have here; more goes to the general path.
+const MAX_HEADERS: usize = 64;
+/// A request head begun must be complete within this long (a slow-header guard).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How a connection's time on this path ended.
+pub enum Ended {
+    /// The connection is done (closed by either side, or shutdown).
+    Closed,
+    /// The rest of the connection belongs to the general path, starting with these bytes.
+    Handover(Vec<u8>),
+}
+
+/// What one request left the connection to do.
+enum Step {
+    Next,
+    Close,
+    Handover,
+}
+
+/// The header names this path treats specially, found by one match on length and text.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    /// Hop-by-hop headers dropped without further meaning.
+    Hop,
+    XForwardedFor,
+    XForwardedHost,
+    XForwardedProto,
+    XRequestId,
+    Traceparent,
+    Other,
+}
+
+fn kind(name: &str) -> Kind {
+    let is = |text: &str| name.eq_ignore_ascii_case(text);
+    match name.len() {
+        2 if is("te") => Kind::Hop,
+        4 if is("host") => Kind::Host,
+        6 if is("expect") => Kind::Expect,
+        7 if is("upgrade") => Kind::Upgrade,
+        7 if is("trailer") => Kind::Hop,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::Hop,
+        11 if is("traceparent") => Kind::Traceparent,
+        12 if is("x-request-id") => Kind::XRequestId,
+        14 if is("content-length") => Kind::ContentLength,
+        15 if is("x-forwarded-for") => Kind::XForwardedFor,
+        16 if is("x-forwarded-host") => Kind::XForwardedHost,
+        17 if is("transfer-encoding") => Kind::TransferEncoding,
+        17 if is("x-forwarded-proto") => Kind::XForwardedProto,
+        18 if is("proxy-authenticate") => Kind::Hop,
+        19 if is("proxy-authorization") => Kind::Hop,
+        _ => Kind::Other,
+    }
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(|token| token.trim_ascii()).filter(|token| !token.is_empty())
+}
+
+/// One client connection's buffers and surroundings.
+struct Conn<'a> {
+    stream: &'a mut TcpStream,
+    client: SocketAddr,
+    plane: &'a DataPlane,
+    /// The forwarding header lines, the same for every try of a request.
+    forwarded: Vec<u8>,
+    /// Bytes about to be written: a request head for an upstream, then the client's head.
+    out: Vec<u8>,
+    /// Bytes read from the upstream.
+    upstream: Vec<u8>,
+}
+
+/// Serves requests from `stream` for as long as they are for this path; the first that is
+/// not ends it with [`Ended::Handover`]. Returns when `shutdown` changes and the
+/// connection is between requests.
+pub async fn serve(
+    stream: &mut TcpStream,
+    client: SocketAddr,
+    plane: &DataPlane,
+    api_paths: &matchit::Router<()>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut input = vec![0u8; BUFFER];
+    let mut filled = 0;
+    let mut conn = Conn {
+        stream,
+        client,
+        plane,
+        forwarded: Vec::with_capacity(1024),
+        out: Vec::with_capacity(BUFFER),
+        upstream: vec![0u8; BUFFER],
+    };
+    let mut stopped = std::pin::pin!(shutdown.changed());
+    let mut head_deadline: Option<Instant> = None;
+    loop {
+        if filled > 0 {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(&input[..filled]) {
+                Ok(httparse::Status::Complete(head_length)) => {
+                    head_deadline = None;
+                    match one(&mut conn, &request, api_paths).await {
+                        Step::Next => {
+                            input.copy_within(head_length..filled, 0);
+                            filled -= head_length;
+                            continue;
+                        }
+                        Step::Close => return Ended::Closed,
+                        Step::Handover => return Ended::Handover(input[..filled].to_vec()),
+                    }
+                }
+                Ok(httparse::Status::Partial) => {
+                    if filled == input.len() {
+                        if input.len() >= HEAD_LIMIT {
+                            return Ended::Handover(input[..filled].to_vec());
+                        }
+                        input.resize(input.len() * 2, 0);
+                    }
+                }
+                Err(_) => return Ended::Handover(input[..filled].to_vec()),
+            }
+        }
+        let read = if filled == 0 {
+            // Between requests: wait for the next, or for shutdown.
+            tokio::select! {
+                biased;
+                read = conn.stream.read(&mut input[..]) => read,
+                _ = &mut stopped => return Ended::Closed,
+            }
+        } else {
+            let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
+            match tokio::time::timeout_at(deadline.into(), conn.stream.read(&mut input[filled..])).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let refused = pake_api_runtime::ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!("the request head did not arrive within {} s", HEAD_TIMEOUT.as_secs()),
+                    )
+                    .into_response();
+                    let _ = write_response(&mut conn, refused, true).await;
+                    return Ended::Closed;
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return Ended::Closed,
+            Ok(n) => filled += n,
+        }
+    }
+}
+
+/// Answers one request whose head is complete (and which has no body when taken here).
+async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths: &matchit::Router<()>) -> Step {
+    let started = Instant::now();
+    let (Some(method_text), Some(target), Some(1)) = (request.method, request.path, request.version) else {
+        return Step::Handover;
+    };
+    // Origin form in visible ASCII only; anything else is the general path's to judge.
+    if !target.starts_with('/') || !target.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'#') {
+        return Step::Handover;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    if api_paths.at(path).is_ok() {
+        return Step::Handover;
+    }
+    let Ok(method) = Method::from_bytes(method_text.as_bytes()) else { return Step::Handover };
+
+    let headers: &[httparse::Header<'_>] = request.headers;
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    let mut host: Option<&[u8]> = None;
+    let mut close = false;
+    let (mut has_request_id, mut has_traceparent) = (false, false);
+    for (header, slot) in headers.iter().zip(kinds.iter_mut()) {
+        *slot = kind(header.name);
+        match *slot {
+            Kind::Host => {
+                if host.is_some() {
+                    return Step::Handover;
+                }
+                host = Some(header.value);
+            }
+            Kind::ContentLength if header.value.iter().any(|&b| b != b'0') || header.value.is_empty() => {
+                return Step::Handover;
+            }
+            Kind::TransferEncoding | Kind::Upgrade | Kind::Expect => return Step::Handover,
+            Kind::Connection => {
+                for token in tokens(header.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return Step::Handover;
+                    }
+                }
+            }
+            Kind::XRequestId => has_request_id = true,
+            Kind::Traceparent => has_traceparent = true,
+            _ => {}
+        }
+    }
+
+    let plane = conn.plane;
+    let table = plane.routes.load();
+    let (route, rest_at) = match table.find(&method, path) {
+        Match::Route { route, rest } => (route, path.len() - rest.len()),
+        refused => {
+            let refused = proxy::refusal(refused, &method, path);
+            return finish(write_response(conn, refused, close).await, close);
+        }
+    };
+    let settings = &route.route;
+    if settings.require_token || settings.rate_limit_policy_id.is_some() || settings.cache.enabled {
+        return Step::Handover;
+    }
+    let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+    let snapshot = plane.registry.load();
+    let mut tries = match Tries::new(plane, settings, &snapshot, started, idempotent) {
+        Ok(tries) => tries,
+        Err(refused) => {
+            let refused = refused.into_response();
+            route.metrics.record(refused.status(), started.elapsed());
+            return finish(write_response(conn, refused, close).await, close);
+        }
+    };
+    if !tries.all_plain() {
+        return Step::Handover;
+    }
+
+    // The forwarding headers: the client's, less hop-by-hop ones and those replaced here.
+    let forwarded = &mut conn.forwarded;
+    forwarded.clear();
+    for (header, &kind) in headers.iter().zip(kinds.iter()) {
+        // X-Forwarded-For is extended below (several lines join as one list); Host moves
+        // to X-Forwarded-Host, and each try sets the instance's own.
+        let kept = match kind {
+            Kind::Other | Kind::ContentLength | Kind::XRequestId | Kind::Traceparent => true,
+            Kind::XForwardedHost => host.is_none(),
+            _ => false,
+        };
+        if kept {
+            push_header(forwarded, header.name.as_bytes(), header.value);
+        }
+    }
+    if let Some(host) = host {
+        push_header(forwarded, b"x-forwarded-host", host);
+    }
+    forwarded.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-for: ");
+    for (header, _) in headers.iter().zip(kinds.iter()).filter(|(_, kind)| **kind == Kind::XForwardedFor) {
+        forwarded.extend_from_slice(header.value);
+        forwarded.extend_from_slice(b", ");
+    }
+    let mut ip = [0u8; 48];
+    let length = proxy::write_ip(&mut ip, conn.client.ip());
+    forwarded.extend_from_slice(&ip[..length]);
+    forwarded.extend_from_slice(b"\r\n");
+    if !has_request_id {
+        push_header(forwarded, b"x-request-id", &proxy::request_id());
+    }
+    if !has_traceparent {
+        push_header(forwarded, b"traceparent", &proxy::traceparent());
+    }
+    forwarded.extend_from_slice(b"\r\n");
+
+    let upstream_path = proxy::upstream_path(settings, path, rest_at);
+    let head_request = method == Method::HEAD;
+    loop {
+        let attempt = match tries.next(started) {
+            Ok(attempt) => attempt,
+            Err(refused) => return refuse(conn, route, refused, started, close).await,
+        };
+        let upstream = &attempt.upstream;
+        let out = &mut conn.out;
+        out.clear();
+        out.extend_from_slice(method_text.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(upstream_path.as_bytes());
+        if let Some(query) = query {
+            out.push(b'?');
+            out.extend_from_slice(query.as_bytes());
+        }
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(upstream.host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&conn.forwarded);
+
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        let exchanged = exchange(conn, &upstream.address, head_request, idempotent, close, attempt.now);
+        let result = tokio::time::timeout_at(attempt.deadline.into(), exchanged).await;
+        upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let failure = match result {
+            Ok(Ok(answer)) => {
+                let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                if tries.answered(&attempt, status) {
+                    continue;
+                }
+                route.metrics.record(status, started.elapsed());
+                let idle = Duration::from_millis(settings.timeout_ms.get());
+                return match relay(conn, answer, &upstream.address, idle).await {
+                    Ok(()) if !close => Step::Next,
+                    _ => Step::Close,
+                };
+            }
+            Ok(Err(SendFailure::Connect(reason))) => {
+                tracing::debug!(%reason, service = settings.service.as_str(), "upstream try failed to connect");
+                TryFailure::Connect
+            }
+            Ok(Err(SendFailure::Failed(reason))) => {
+                tracing::debug!(%reason, service = settings.service.as_str(), "upstream try failed");
+                TryFailure::Reset
+            }
+            Err(_) => TryFailure::Timeout,
+        };
+        if let Err(refused) = tries.failed(&attempt, failure) {
+            return refuse(conn, route, refused, started, close).await;
+        }
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn finish(written: std::io::Result<()>, close: bool) -> Step {
+    if written.is_err() || close { Step::Close } else { Step::Next }
+}
+
+/// Answers with the data plane's error, counted in the route's metrics.
+async fn refuse(
+    conn: &mut Conn<'_>,
+    route: &crate::routes::CompiledRoute,
+    refused: pake_api_runtime::ApiError,
+    started: Instant,
+    close: bool,
+) -> Step {
+    let refused = refused.into_response();
+    route.metrics.record(refused.status(), started.elapsed());
+    finish(write_response(conn, refused, close).await, close)
+}
+
+/// Writes a whole response the gateway made itself (errors: small bodies).
+async fn write_response(conn: &mut Conn<'_>, response: Response, close: bool) -> std::io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, HEAD_LIMIT).await.unwrap_or_default();
+    let out = &mut conn.out;
+    out.clear();
+    status_line(out, parts.status.as_u16(), parts.status.canonical_reason().unwrap_or("").as_bytes());
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_LENGTH {
+            push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let mut length = itoa::Buffer::new();
+    push_header(out, b"content-length", length.format(body.len()).as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    conn.stream.write_all(out).await
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// None (HEAD, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes.
+    UntilClose,
+}
+
+/// An upstream's answer whose head has been read (and turned into the client's head in
+/// `Conn::out`); its body's first bytes are in `Conn::upstream[head..filled]`.
+struct Answer {
+    stream: TcpStream,
+    status: u16,
+    head: usize,
+    filled: usize,
+    framing: Framing,
+    /// Whether the connection can carry another request once the body is read.
+    reusable: bool,
+}
+
+/// Sends the request head in `conn.out` to `address` (over a pooled connection, or a new
+/// one) and reads the answer's head. An idle connection the upstream closed before it saw
+/// the request (nothing came back) is replaced once, for requests that may be repeated.
+async fn exchange(
+    conn: &mut Conn<'_>,
+    address: &Arc<str>,
+    head_request: bool,
+    idempotent: bool,
+    close: bool,
+    now: Instant,
+) -> Result<Answer, SendFailure> {
+    let (mut stream, mut reused) = match connections::take_stream(address, now) {
+        Some(stream) => (stream, true),
+        None => (Box::pin(connections::open(address)).await?, false),
+    };
+    let buffer = &mut conn.upstream;
+    'connection: loop {
+        let stale = |error: String| SendFailure::Failed(format!("{address}: {error}"));
+        if let Err(error) = stream.write_all(&conn.out).await {
+            if reused && idempotent {
+                stream = Box::pin(connections::open(address)).await?;
+                reused = false;
+                continue 'connection;
+            }
+            return Err(stale(error.to_string()));
+        }
+        let mut filled = 0;
+        loop {
+            if filled > 0 {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut response = httparse::Response::new(&mut headers);
+                match response.parse(&buffer[..filled]) {
+                    Ok(httparse::Status::Complete(head)) => {
+                        let status = response.code.unwrap_or(0);
+                        if (100..200).contains(&status) && status != 101 {
+                            // Informational answers are not relayed; the final one follows.
+                            buffer.copy_within(head..filled, 0);
+                            filled -= head;
+                            continue;
+                        }
+                        if status == 101 || status < 100 {
+                            return Err(stale(format!("unexpected status {status}")));
+                        }
+                        let (framing, reusable) =
+                            client_head(&mut conn.out, &response, head_request, close).map_err(stale)?;
+                        return Ok(Answer { stream, status, head, filled, framing, reusable });
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if filled == buffer.len() {
+                            if buffer.len() >= HEAD_LIMIT {
+                                return Err(stale("response head too large".into()));
+                            }
+                            buffer.resize(buffer.len() * 2, 0);
+                        }
+                    }
+                    Err(error) => return Err(stale(format!("malformed response head: {error}"))),
+                }
+            }
+            match stream.read(&mut buffer[filled..]).await {
+                Ok(n) if n > 0 => filled += n,
+                ended => {
+                    if filled == 0 && reused && idempotent {
+                        stream = Box::pin(connections::open(address)).await?;
+                        reused = false;
+                        continue 'connection;
+                    }
+                    return Err(stale(match ended {
+                        Err(error) => error.to_string(),
+                        Ok(_) => "closed before a complete response head".into(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Writes the client's response head for the upstream's `response` into `out`: hop-by-hop
+/// headers (and those its `Connection` names) dropped, framing as relayed. Returns the
+/// framing and whether the upstream connection may be reused.
+fn client_head(
+    out: &mut Vec<u8>,
+    response: &httparse::Response<'_, '_>,
+    head_request: bool,
+    close: bool,
+) -> Result<(Framing, bool), String> {
+    let status = response.code.unwrap_or(0);
+    let mut reusable = response.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut coding: Option<&[u8]> = None;
+    let mut listed: [&[u8]; 8] = [&[]; 8];
+    let mut listed_count = 0;
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    for (header, slot) in response.headers.iter().zip(kinds.iter_mut()) {
+        *slot = kind(header.name);
+        match *slot {
+            Kind::Connection => {
+                for token in tokens(header.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        reusable = false;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        if listed_count == listed.len() {
+                            return Err("too many headers named by Connection".into());
+                        }
+                        listed[listed_count] = token;
+                        listed_count += 1;
+                    }
+                }
+            }
+            Kind::ContentLength => {
+                let text = std::str::from_utf8(header.value).map_err(|_| "malformed Content-Length")?;
+                let value: u64 = text.parse().map_err(|_| format!("malformed Content-Length {text:?}"))?;
+                if length.is_some_and(|known| known != value) {
+                    return Err("conflicting Content-Length values".into());
+                }
+                length = Some(value);
+            }
+            Kind::TransferEncoding => {
+                if coding.is_some() {
+                    return Err("more than one Transfer-Encoding line".into());
+                }
+                coding = Some(header.value);
+            }
+            _ => {}
+        }
+    }
+    let framing = if head_request || status < 200 || status == 204 || status == 304 {
+        Framing::Empty
+    } else if let Some(coding) = coding {
+        // Transfer-Encoding overrides Content-Length, and such a message must not leave
+        // the connection open for another (RFC 9112 §6.3).
+        if length.is_some() {
+            reusable = false;
+        }
+        match tokens(coding).last() {
+            Some(last) if last.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            _ => Framing::UntilClose,
+        }
+    } else if let Some(length) = length {
+        Framing::Length(length)
+    } else {
+        Framing::UntilClose
+    };
+    if framing == Framing::UntilClose {
+        reusable = false;
+    }
+
+    out.clear();
+    status_line(out, status, response.reason.unwrap_or("").as_bytes());
+    for (header, &kind) in response.headers.iter().zip(kinds.iter()) {
+        let framing_or_hop =
+            matches!(kind, Kind::Connection | Kind::Hop | Kind::TransferEncoding | Kind::ContentLength | Kind::Upgrade);
+        let named = listed[..listed_count].iter().any(|name| name.eq_ignore_ascii_case(header.name.as_bytes()));
+        if !framing_or_hop && !named {
+            push_header(out, header.name.as_bytes(), header.value);
+        }
+    }
+    let mut digits = itoa::Buffer::new();
+    match framing {
+        Framing::Empty => {
+            if let Some(length) = length.filter(|_| coding.is_none()) {
+                push_header(out, b"content-length", digits.format(length).as_bytes());
+            }
+        }
+        Framing::Length(length) => push_header(out, b"content-length", digits.format(length).as_bytes()),
+        Framing::Chunked => push_header(out, b"transfer-encoding", coding.unwrap_or(b"chunked")),
+        Framing::UntilClose => match coding {
+            Some(coding) => {
+                out.extend_from_slice(b"transfer-encoding: ");
+                out.extend_from_slice(coding);
+                out.extend_from_slice(b", chunked\r\n");
+            }
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        },
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok((framing, reusable))
+}
+
+/// Relays the answer's head and body to the client, then pools the upstream connection if
+/// it ended cleanly. An error means the client connection must close (the response could
+/// not be completed).
+async fn relay(conn: &mut Conn<'_>, answer: Answer, address: &Arc<str>, idle: Duration) -> Result<(), ()> {
+    let Answer { mut stream, head, filled, framing, mut reusable, .. } = answer;
+    let client = &mut *conn.stream;
+    let out = &mut conn.out;
+    let buffer = &mut conn.upstream;
+    let body = &buffer[head..filled];
+    match framing {
+        Framing::Empty => {
+            reusable &= body.is_empty();
+            client.write_all(out).await.map_err(drop)?;
+        }
+        Framing::Length(length) => {
+            let first = body.len().min(usize::try_from(length).unwrap_or(usize::MAX));
+            reusable &= first == body.len();
+            out.extend_from_slice(&body[..first]);
+            client.write_all(out).await.map_err(drop)?;
+            let mut remaining = length - first as u64;
+            while remaining > 0 {
+                let got = read_body(&mut stream, buffer, idle).await?;
+                let take = got.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                reusable &= take == got;
+                client.write_all(&buffer[..take]).await.map_err(drop)?;
+                remaining -= take as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut chunks = Chunks::default();
+            let (used, mut done) = chunks.advance(body)?;
+            reusable &= !done || used == body.len();
+            out.extend_from_slice(&body[..used]);
+            client.write_all(out).await.map_err(drop)?;
+            while !done {
+                let got = read_body(&mut stream, buffer, idle).await?;
+                let used;
+                (used, done) = chunks.advance(&buffer[..got])?;
+                reusable &= !done || used == got;
+                client.write_all(&buffer[..used]).await.map_err(drop)?;
+            }
+        }
+        Framing::UntilClose => {
+            if !body.is_empty() {
+                chunk(out, body);
+            }
+            client.write_all(out).await.map_err(drop)?;
+            loop {
+                let got = match tokio::time::timeout(idle, stream.read(buffer)).await {
+                    Ok(Ok(got)) => got,
+                    _ => return Err(()),
+                };
+                out.clear();
+                if got == 0 {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    client.write_all(out).await.map_err(drop)?;
+                    break;
+                }
+                chunk(out, &buffer[..got]);
+                client.write_all(out).await.map_err(drop)?;
+            }
+        }
+    }
+    if reusable {
+        connections::put_stream(address, stream);
+    }
+    Ok(())
+}
+
+/// Reads some body bytes from the upstream; its closing or going quiet for `idle` before
+/// the body's end is an error.
+async fn read_body(stream: &mut TcpStream, buffer: &mut [u8], idle: Duration) -> Result<usize, ()> {
+    match tokio::time::timeout(idle, stream.read(buffer)).await {
+        Ok(Ok(got)) if got > 0 => Ok(got),
+        _ => Err(()),
+    }
+}
+
+/// Appends `data` as one chunk of a chunked body.
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let mut size = [0u8; 16];
+    let digits = 16 - (data.len().leading_zeros() as usize / 4).min(15);
+    for (index, digit) in size[..digits].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(data.len() >> (4 * (digits - 1 - index))) & 0xf];
+    }
+    out.extend_from_slice(&size[..digits]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Finds where a chunked body ends (RFC 9112 §7.1) without decoding it: the bytes are
+/// relayed as they came.
+#[derive(Debug, Default)]
+struct Chunks {
+    state: ChunkState,
+    /// Hex digits of the current size line.
+    digits: u8,
+    /// Bytes of the current size, extension or trailer line, bounded.
+    line: u16,
+    /// The current chunk's size, as its digits are read.
+    size: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    LineStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// The longest size, extension or trailer line accepted.
+const CHUNK_LINE_LIMIT: u16 = 8 * 1024;
+
+impl Chunks {
+    /// Consumes the body bytes in `data` up to the body's end: how many belong to it, and
+    /// whether it ended. Malformed framing is an error.
+    fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), ()> {
+        let mut at = 0;
+        while at < data.len() {
+            if let ChunkState::Data(remaining) = self.state {
+                let take = (data.len() - at).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                at += take;
+                let remaining = remaining - take as u64;
+                self.state = if remaining == 0 { ChunkState::DataCr } else { ChunkState::Data(remaining) };
+                continue;
+            }
+            let byte = data[at];
+            at += 1;
+            self.state = match self.state {
+                ChunkState::Size => match byte {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(());
+                        }
+                        let digit = match byte {
+                            b'0'..=b'9' => byte - b'0',
+                            b'a'..=b'f' => byte - b'a' + 10,
+                            _ => byte - b'A' + 10,
+                        };
+                        self.size = self.size << 4 | u64::from(digit);
+                        ChunkState::Size
+                    }
+                    _ if self.digits == 0 => return Err(()),
+                    b';' | b' ' | b'\t' => ChunkState::Extension,
+                    b'\r' => ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::Extension => {
+                    self.line += 1;
+                    if self.line > CHUNK_LINE_LIMIT || byte == b'\n' {
+                        return Err(());
+                    }
+                    if byte == b'\r' { ChunkState::SizeLf } else { ChunkState::Extension }
+                }
+                ChunkState::SizeLf => {
+                    if byte != b'\n' {
+                        return Err(());
+                    }
+                    let size = self.size;
+                    (self.digits, self.line, self.size) = (0, 0, 0);
+                    if size == 0 { ChunkState::LineStart } else { ChunkState::Data(size) }
+                }
+                ChunkState::DataCr if byte == b'\r' => ChunkState::DataLf,
+                ChunkState::DataLf if byte == b'\n' => ChunkState::Size,
+                ChunkState::LineStart if byte == b'\r' => ChunkState::EndLf,
+                ChunkState::LineStart | ChunkState::Trailer => {
+                    self.line += 1;
+                    if self.line > CHUNK_LINE_LIMIT || byte == b'\n' {
+                        return Err(());
+                    }
+                    if byte == b'\r' { ChunkState::TrailerLf } else { ChunkState::Trailer }
+                }
+                ChunkState::TrailerLf if byte == b'\n' => {
+                    self.line = 0;
+                    ChunkState::LineStart
+                }
+                ChunkState::EndLf if byte == b'\n' => {
+                    self.state = ChunkState::Done;
+                    return Ok((at, true));
+                }
+                _ => return Err(()),
+            };
+        }
+        Ok((at, self.state == ChunkState::Done))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `body` in pieces of `step` bytes; returns the bytes taken and whether it ended.
+    fn feed(body: &[u8], step: usize) -> Result<(usize, bool), ()> {
+        let mut chunks = Chunks::default();
+        let mut taken = 0;
+        for piece in body.chunks(step) {
+            let (used, done) = chunks.advance(piece)?;
+            taken += used;
+            if done {
+                return Ok((taken, true));
+            }
+            assert_eq!(used, piece.len(), "an unfinished body takes all it is given");
+        }
+        Ok((taken, false))
+    }
+
+    #[test]
+    fn the_end_of_a_chunked_body_is_found_however_it_arrives() {
+        let body = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 42\r\nx-other: 1\r\n\r\n";
+        let extra = b"HTTP/1.1 200 OK\r\n";
+        let mut with_extra = body.to_vec();
+        with_extra.extend_from_slice(extra);
+        for step in [1, 2, 3, 7, 64, with_extra.len()] {
+            assert_eq!(feed(&with_extra, step), Ok((body.len(), true)), "pieces of {step}");
+        }
+        assert_eq!(feed(b"0\r\n\r\n", 1), Ok((5, true)), "an empty body");
+        assert_eq!(feed(&body[..body.len() - 1], 5), Ok((body.len() - 1, false)), "not yet ended");
+    }
+
+    #[test]
+    fn malformed_chunked_framing_is_refused() {
+        for bad in [
+            &b"\r\n"[..],
+            b"g\r\n",
+            b"5\nhello\r\n",
+            b"5\r\nhelloX\r\n",
+            b"10000000000000000\r\n",
+            b"0\r\nbad trailer\n",
+            b"0\r\n\rX",
+        ] {
+            assert_eq!(feed(bad, 1), Err(()), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn re_chunked_data_is_framed_in_hex() {
+        let mut out = Vec::new();
+        chunk(&mut out, b"hello");
+        chunk(&mut out, &[b'x'; 0x1a2]);
+        assert!(out.starts_with(b"5\r\nhello\r\n1a2\r\nxx"));
+        assert!(out.ends_with(b"xx\r\n"));
+        let mut chunks = Chunks::default();
+        out.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(chunks.advance(&out), Ok((out.len(), true)), "our own chunking decodes");
+    }
+
+    #[test]
+    fn header_names_are_classified_in_any_case() {
+        let cases = [
+            ("Host", Kind::Host),
+            ("content-LENGTH", Kind::ContentLength),
+            ("Transfer-Encoding", Kind::TransferEncoding),
+            ("Connection", Kind::Connection),
+            ("Keep-Alive", Kind::Hop),
+            ("TE", Kind::Hop),
+            ("Trailer", Kind::Hop),
+            ("Proxy-Authorization", Kind::Hop),
+            ("Proxy-Authenticate", Kind::Hop),
+            ("Upgrade", Kind::Upgrade),
+            ("Expect", Kind::Expect),
+            ("X-Forwarded-For", Kind::XForwardedFor),
+            ("X-Forwarded-Host", Kind::XForwardedHost),
+            ("X-Forwarded-Proto", Kind::XForwardedProto),
+            ("X-Request-Id", Kind::XRequestId),
+            ("Traceparent", Kind::Traceparent),
+            ("Content-Type", Kind::Other),
+            ("X-Hosts", Kind::Other),
+            ("te2", Kind::Other),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(kind(name), expected, "{name}");
+        }
+    }
+
+    fn head(raw: &[u8], head_request: bool, close: bool) -> (Result<(Framing, bool), String>, String) {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        assert!(response.parse(raw).unwrap().is_complete());
+        let mut out = Vec::new();
+        let result = client_head(&mut out, &response, head_request, close);
+        (result, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_heads_keep_their_framing_and_lose_hop_by_hop_headers() {
+        let (result, text) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Up\r\nKeep-Alive: timeout=5\r\nX-Up: 1\r\nX-Kept: 2\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(result, Ok((Framing::Length(5), true)));
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nX-Kept: 2\r\ncontent-length: 5\r\n\r\n");
+
+        let (result, text) =
+            head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n", false, true);
+        assert_eq!(result, Ok((Framing::Chunked, false)), "both lengths: chunked wins, connection not reused");
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n");
+
+        let (result, text) = head(b"HTTP/1.0 200 OK\r\nX-A: b\r\n\r\n", false, false);
+        assert_eq!(result, Ok((Framing::UntilClose, false)));
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nX-A: b\r\ntransfer-encoding: chunked\r\n\r\n");
+
+        let (result, text) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true, false);
+        assert_eq!(result, Ok((Framing::Empty, true)), "HEAD: no body, the length kept");
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n");
+        assert_eq!(head(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, false).0, Ok((Framing::Empty, true)));
+
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false, false).0.is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", false, false).0.is_err());
+    }
+}

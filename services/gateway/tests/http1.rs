@@ -1,0 +1,770 @@
+//! HTTP/1.1 framing through the gateway's data plane, with raw TCP on both sides: each
+//! test's client writes exact bytes to the gateway and parses what comes back, and each
+//! upstream is a bare listener that parses the gateway's requests and answers with exact
+//! bytes. What is pinned down: keep-alive and pipelining, every way a body can be framed
+//! (length, chunked, close-delimited, none for HEAD, 204 and 304), `Expect: 100-continue`,
+//! hop-by-hop and forwarding headers, malformed and slow clients, and an upstream answer
+//! framed two ways at once.
+
+mod support;
+
+use conformance::support::Backend;
+use serde_json::json;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a client waits for any one read from the gateway before its test fails.
+const CLIENT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long an upstream waits for the gateway's next bytes before dropping the connection.
+const UPSTREAM_PATIENCE: Duration = Duration::from_secs(120);
+
+// ---- one HTTP/1.1 connection, either side -------------------------------------------------
+
+/// A start line (request or status line) and header fields, names lower-cased, in order.
+#[derive(Clone, Debug, Default)]
+struct Head {
+    start: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n == name).count()
+    }
+
+    /// Whether the comma-separated field `name` lists `token` (case-insensitively).
+    fn lists(&self, name: &str, token: &str) -> bool {
+        let values = self.headers.iter().filter(|(n, _)| n == name).flat_map(|(_, v)| v.split(','));
+        values.map(str::trim).any(|t| t.eq_ignore_ascii_case(token))
+    }
+
+    fn status(&self) -> u16 {
+        let code = self.start.split(' ').nth(1).and_then(|code| code.parse().ok());
+        code.unwrap_or_else(|| panic!("not a status line: {:?}", self.start))
+    }
+
+    fn method(&self) -> &str {
+        self.start.split(' ').next().unwrap_or_default()
+    }
+
+    fn target(&self) -> &str {
+        self.start.split(' ').nth(1).unwrap_or_default()
+    }
+}
+
+/// A whole message: head and decoded body.
+#[derive(Clone, Debug, Default)]
+struct Message {
+    head: Head,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn cut_short() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended inside a message")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+fn field(line: &str) -> io::Result<(String, String)> {
+    let (name, value) = line.split_once(':').ok_or_else(|| invalid(format!("not a header field: {line:?}")))?;
+    if name.is_empty() || name.contains(|c: char| c.is_ascii_whitespace()) {
+        return Err(invalid(format!("bad field name in {line:?}")));
+    }
+    Ok((name.to_ascii_lowercase(), value.trim().to_string()))
+}
+
+/// Reads HTTP/1.1 messages off a stream. Every read is bounded by `patience`; the buffer
+/// only loses bytes once a whole head or body part is parsed, so `head` can be cancelled.
+struct Wire {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    patience: Duration,
+}
+
+impl Wire {
+    /// Reads more bytes into the buffer: Ok(0) at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let read = tokio::time::timeout(self.patience, self.stream.read(&mut chunk)).await;
+        let n = read.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "nothing arrived in time"))??;
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    async fn line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(at) = find(&self.buffer, b"\r\n") {
+                let line =
+                    String::from_utf8(self.buffer[..at].to_vec()).map_err(|_| invalid("a non-UTF-8 line".into()));
+                self.buffer.drain(..at + 2);
+                return line;
+            }
+            if self.fill().await? == 0 {
+                return Err(cut_short());
+            }
+        }
+    }
+
+    async fn exact(&mut self, length: usize) -> io::Result<Vec<u8>> {
+        while self.buffer.len() < length {
+            if self.fill().await? == 0 {
+                return Err(cut_short());
+            }
+        }
+        Ok(self.buffer.drain(..length).collect())
+    }
+
+    /// The next head; None if the stream ends cleanly before one starts.
+    async fn head(&mut self) -> io::Result<Option<Head>> {
+        let end = loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                break end;
+            }
+            if self.fill().await? == 0 {
+                return if self.buffer.is_empty() { Ok(None) } else { Err(cut_short()) };
+            }
+        };
+        let text = String::from_utf8(self.buffer[..end].to_vec()).map_err(|_| invalid("a non-UTF-8 head".into()))?;
+        self.buffer.drain(..end + 4);
+        let mut lines = text.split("\r\n");
+        let start = lines.next().unwrap_or_default().to_string();
+        let headers = lines.map(field).collect::<io::Result<_>>()?;
+        Ok(Some(Head { start, headers }))
+    }
+
+    /// A chunked body, decoded (extensions ignored; trailer fields checked and dropped).
+    async fn chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let size = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size, 16).map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
+            if size == 0 {
+                break;
+            }
+            body.extend(self.exact(size).await?);
+            if self.exact(2).await? != b"\r\n" {
+                return Err(invalid("chunk data not followed by CRLF".into()));
+            }
+        }
+        loop {
+            let line = self.line().await?;
+            if line.is_empty() {
+                return Ok(body);
+            }
+            field(&line)?;
+        }
+    }
+
+    /// The body of a message with `head`, framed as RFC 9112 §6.3 says. `bodyless`: a
+    /// response to HEAD, or a 1xx, 204 or 304 one. The gateway sends every message read
+    /// here, so framing a sender must not use (both fields, several lengths) is an error.
+    async fn body(&mut self, head: &Head, response: bool, bodyless: bool) -> io::Result<Message> {
+        let mut message = Message { head: head.clone(), ..Message::default() };
+        if bodyless {
+            return Ok(message);
+        }
+        let encoding = head.get("transfer-encoding");
+        if encoding.is_some() && head.count("content-length") > 0 {
+            return Err(invalid(format!("both Content-Length and Transfer-Encoding in {head:?}")));
+        }
+        if head.count("content-length") > 1 || head.count("transfer-encoding") > 1 {
+            return Err(invalid(format!("repeated framing fields in {head:?}")));
+        }
+        if let Some(encoding) = encoding {
+            if !encoding.eq_ignore_ascii_case("chunked") {
+                return Err(invalid(format!("unexpected transfer coding {encoding:?}")));
+            }
+            message.body = self.chunked().await?;
+        } else if let Some(length) = head.get("content-length") {
+            let length = length.parse().map_err(|_| invalid(format!("bad Content-Length {length:?}")))?;
+            message.body = self.exact(length).await?;
+        } else if response {
+            while self.fill().await? > 0 {}
+            message.body = std::mem::take(&mut self.buffer);
+        }
+        Ok(message)
+    }
+}
+
+// ---- the client -----------------------------------------------------------------------
+
+/// A raw client connection to the gateway.
+struct Client {
+    wire: Wire,
+}
+
+impl Client {
+    async fn connect(platform: &Platform) -> Client {
+        let stream = TcpStream::connect(platform.gateway_server.addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { wire: Wire { stream, buffer: Vec::new(), patience: CLIENT_PATIENCE } }
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.wire.stream.write_all(bytes.as_ref()).await.expect("writing to the gateway");
+    }
+
+    /// The next final response (interim 1xx ones skipped) to a request with `method`.
+    async fn response(&mut self, method: &str) -> Message {
+        loop {
+            let head = self.wire.head().await.expect("reading a response head");
+            let head = head.expect("the gateway closed the connection instead of answering");
+            assert!(head.start.starts_with("HTTP/1.1 ") || head.start.starts_with("HTTP/1.0 "), "{head:?}");
+            let status = head.status();
+            if (100..200).contains(&status) {
+                continue;
+            }
+            let bodyless = method == "HEAD" || status == 204 || status == 304;
+            let message = self.wire.body(&head, true, bodyless).await;
+            return message.unwrap_or_else(|error| panic!("reading the body of {head:?}: {error}"));
+        }
+    }
+
+    /// `GET target`, its response.
+    async fn get(&mut self, target: &str) -> Message {
+        self.send(format!("GET {target} HTTP/1.1\r\nHost: gateway.test\r\n\r\n")).await;
+        self.response("GET").await
+    }
+
+    /// Waits up to `limit` for the gateway to end the connection (end of stream or reset):
+    /// what arrived before, or None if it was still open.
+    async fn closed_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut chunk = [0u8; 8192];
+        loop {
+            match tokio::time::timeout_at(deadline, self.wire.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0) | Err(_)) => return Some(std::mem::take(&mut self.wire.buffer)),
+                Ok(Ok(n)) => self.wire.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future).await.unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
+}
+
+// ---- raw upstreams --------------------------------------------------------------------
+
+/// What an upstream answers: exact bytes, after `delay`, and whether it then closes.
+struct Reply {
+    bytes: Vec<u8>,
+    close: bool,
+    delay: Duration,
+}
+
+impl Reply {
+    fn keep(bytes: impl Into<Vec<u8>>) -> Reply {
+        Reply { bytes: bytes.into(), close: false, delay: Duration::ZERO }
+    }
+
+    fn closing(bytes: impl Into<Vec<u8>>) -> Reply {
+        Reply { close: true, ..Reply::keep(bytes) }
+    }
+}
+
+/// `200 OK` with `body` and its Content-Length.
+fn ok(body: impl AsRef<[u8]>) -> Vec<u8> {
+    let body = body.as_ref();
+    let mut bytes =
+        format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Answers with the request target as the body.
+fn echo_target(request: &Message, _: usize) -> Reply {
+    Reply::keep(ok(request.head.target()))
+}
+
+/// A bare HTTP/1.1 upstream on a loopback port: parses each request (body included),
+/// remembers it, and writes what `answer` (given the request and its number) returns.
+struct Origin {
+    port: u16,
+    seen: Arc<Mutex<Vec<Message>>>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    async fn start(answer: impl Fn(&Message, usize) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (seen, connections) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+        let (log, accepted, answer) = (seen.clone(), connections.clone(), Arc::new(answer));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (log, answer, requests) = (log.clone(), answer.clone(), requests.clone());
+                tokio::spawn(async move {
+                    let mut wire = Wire { stream, buffer: Vec::new(), patience: UPSTREAM_PATIENCE };
+                    while let Ok(Some(head)) = wire.head().await {
+                        let request = match wire.body(&head, false, false).await {
+                            Ok(request) => request,
+                            Err(error) => {
+                                eprintln!("upstream: the gateway's request {head:?} was unreadable: {error}");
+                                return;
+                            }
+                        };
+                        let reply = answer(&request, requests.fetch_add(1, Ordering::SeqCst));
+                        log.lock().unwrap().push(request);
+                        tokio::time::sleep(reply.delay).await;
+                        if wire.stream.write_all(&reply.bytes).await.is_err() || reply.close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Origin { port, seen, connections, task }
+    }
+
+    fn seen(&self) -> Vec<Message> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A platform whose route `/v1/echo` (prefix stripped, no retries) goes to `origin`.
+async fn gateway_to(origin: &Origin) -> Platform {
+    let platform = Platform::start(Backend::Sqlite).await;
+    platform.service("origin", "round_robin", &[(origin.port, 100)], lenient_breaker()).await;
+    platform
+        .route(json!({"name": "echo", "path_prefix": "/echo", "methods": ["GET", "HEAD", "POST", "PUT"],
+                      "api_version": "v1", "service": "origin", "strip_prefix": true, "retry": {"max_attempts": 0}}))
+        .await;
+    platform
+}
+
+/// Deterministic bytes that do not repeat with any short period.
+fn pattern(length: usize) -> Vec<u8> {
+    (0..length).map(|i| (i.wrapping_mul(31) ^ (i >> 8) ^ (i >> 16)) as u8).collect()
+}
+
+/// FNV-1a.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn assert_same_bytes(got: &[u8], expected: &[u8], what: &str) {
+    let first_difference = got.iter().zip(expected).position(|(a, b)| a != b);
+    assert!(
+        got == expected,
+        "{what}: {} bytes arrived, {} expected; first difference at {first_difference:?}",
+        got.len(),
+        expected.len()
+    );
+}
+
+// ---- the tests ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    // The first answer is the slowest: a front that answered out of order would show it.
+    let origin = Origin::start(|request, _| {
+        let delay = if request.head.target() == "/one" { Duration::from_millis(300) } else { Duration::ZERO };
+        Reply { delay, ..echo_target(request, 0) }
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    client
+        .send(
+            "GET /v1/echo/one HTTP/1.1\r\nHost: gateway.test\r\n\r\n\
+             GET /v1/echo/two HTTP/1.1\r\nHost: gateway.test\r\n\r\n\
+             GET /v1/echo/three?n=3 HTTP/1.1\r\nHost: gateway.test\r\n\r\n",
+        )
+        .await;
+    for expected in ["/one", "/two", "/three?n=3"] {
+        let response = client.response("GET").await;
+        assert_eq!((response.head.status(), response.text().as_str()), (200, expected), "{:?}", response.head);
+    }
+    assert_eq!(origin.seen().len(), 3);
+    assert_eq!(client.get("/v1/echo/four").await.text(), "/four", "the connection is still usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upstream_answer_with_extensions_and_trailers_arrives_whole() {
+    let origin = Origin::start(|request, _| match request.head.target() {
+        "/chunked" => Reply::keep(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+             5;ext=1\r\nhello\r\n7;name=\"quoted value\"\r\n, world\r\n1\r\n!\r\n10\r\n 0123456789abcde\r\n\
+             0\r\nx-checksum: abc123\r\n\r\n",
+        ),
+        _ => echo_target(request, 0),
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    for _ in 0..2 {
+        let response = client.get("/v1/echo/chunked").await;
+        assert_eq!(response.head.status(), 200, "{:?}", response.head);
+        assert_eq!(response.text(), "hello, world! 0123456789abcde");
+        assert_eq!(client.get("/v1/echo/after").await.text(), "/after", "the next request on the connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_upstream_body_arrives_intact() {
+    let body = pattern(100 * 1000);
+    let sent = body.clone();
+    let origin = Origin::start(move |_, _| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&sent);
+        Reply::closing(bytes)
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    for _ in 0..2 {
+        let mut client = Client::connect(&platform).await;
+        let response = client.get("/v1/echo/unframed").await;
+        assert_eq!(response.head.status(), 200, "{:?}", response.head);
+        assert_same_bytes(&response.body, &body, "a close-delimited body");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_answers_carry_no_body_and_keep_the_connection() {
+    let origin = Origin::start(|request, _| match request.head.target() {
+        "/head" => Reply::keep("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1234\r\n\r\n"),
+        "/none" => Reply::keep("HTTP/1.1 204 No Content\r\nx-kind: none\r\n\r\n"),
+        "/same" => Reply::keep("HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 1234\r\n\r\n"),
+        _ => echo_target(request, 0),
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+
+    client.send("HEAD /v1/echo/head HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await;
+    let head = client.response("HEAD").await;
+    assert_eq!(head.head.status(), 200);
+    assert_eq!(
+        head.head.get("content-length"),
+        Some("1234"),
+        "HEAD keeps the length a GET would have: {:?}",
+        head.head
+    );
+    assert_eq!(origin.seen()[0].head.method(), "HEAD");
+    assert_eq!(client.get("/v1/echo/after-head").await.text(), "/after-head");
+
+    let none = client.get("/v1/echo/none").await;
+    assert_eq!((none.head.status(), none.head.get("x-kind")), (204, Some("none")));
+    assert_eq!(client.get("/v1/echo/after-204").await.text(), "/after-204");
+
+    let same = client.get("/v1/echo/same").await;
+    assert_eq!((same.head.status(), same.head.get("etag")), (304, Some("\"v1\"")));
+    assert_eq!(client.get("/v1/echo/after-304").await.text(), "/after-304");
+
+    // The same three pipelined in one write: no body bytes slip in between.
+    client
+        .send(
+            "HEAD /v1/echo/head HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /v1/echo/none HTTP/1.1\r\nHost: gateway.test\r\n\r\n\
+             GET /v1/echo/same HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /v1/echo/last HTTP/1.1\r\nHost: gateway.test\r\n\r\n",
+        )
+        .await;
+    assert_eq!(client.response("HEAD").await.head.status(), 200);
+    assert_eq!(client.response("GET").await.head.status(), 204);
+    assert_eq!(client.response("GET").await.head.status(), 304);
+    assert_eq!(client.response("GET").await.text(), "/last");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_arrives_byte_exact() {
+    let body = pattern(4 << 20);
+    let answer = ok(&body);
+    let origin = Origin::start(move |_, _| Reply::keep(answer.clone())).await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    for _ in 0..2 {
+        let response = client.get("/v1/echo/big").await;
+        assert_eq!(response.head.status(), 200, "{:?}", response.head);
+        assert_same_bytes(&response.body, &body, "a 4 MiB body");
+    }
+}
+
+/// The length and checksum of `body`.
+fn digest_of(body: &[u8]) -> String {
+    format!("{} {:016x}", body.len(), checksum(body))
+}
+
+/// Answers with the length and checksum of the request body it got.
+fn digest(request: &Message, _: usize) -> Reply {
+    Reply::keep(ok(digest_of(&request.body)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_upstream_exactly() {
+    let origin = Origin::start(digest).await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+
+    let body = pattern(300 * 1000);
+    let expected = digest_of(&body);
+    client
+        .send(format!(
+            "POST /v1/echo/upload HTTP/1.1\r\nHost: gateway.test\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        ))
+        .await;
+    client.send(&body).await;
+    let response = client.response("POST").await;
+    assert_eq!((response.head.status(), response.text()), (200, expected.clone()), "a Content-Length body");
+
+    // The same bytes, chunked unevenly, one chunk with an extension, one chunk in two writes.
+    let mut chunked =
+        b"POST /v1/echo/upload HTTP/1.1\r\nHost: gateway.test\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut rest = &body[..];
+    for (n, size) in [1usize, 10, 1000, 65536, 100_000].into_iter().enumerate() {
+        let extension = if n == 2 { ";name=value" } else { "" };
+        chunked.extend(format!("{size:x}{extension}\r\n").bytes());
+        chunked.extend_from_slice(&rest[..size]);
+        chunked.extend(b"\r\n");
+        rest = &rest[size..];
+    }
+    chunked.extend(format!("{:x}\r\n", rest.len()).bytes());
+    client.send(&chunked).await;
+    client.send(&rest[..rest.len() / 2]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.send(&rest[rest.len() / 2..]).await;
+    client.send("\r\n0\r\n\r\n").await;
+    let response = client.response("POST").await;
+    assert_eq!((response.head.status(), response.text()), (200, expected), "a chunked body");
+
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].head.get("content-length"), Some("300000"), "{:?}", seen[0].head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_from_the_client_ends_the_connection_after_the_answer() {
+    let origin = Origin::start(echo_target).await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    client.send("GET /v1/echo/bye HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n").await;
+    let response = client.response("GET").await;
+    assert_eq!((response.head.status(), response.text().as_str()), (200, "/bye"));
+    let rest = client.closed_within(Duration::from_secs(2)).await;
+    assert_eq!(rest, Some(Vec::new()), "the gateway closes the connection, sending nothing more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_request_without_host_is_answered() {
+    let origin = Origin::start(echo_target).await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    client.send("GET /v1/echo/old?x=1 HTTP/1.0\r\n\r\n").await;
+    let response = client.response("GET").await;
+    assert_eq!((response.head.status(), response.text().as_str()), (200, "/old?x=1"), "{:?}", response.head);
+    assert_eq!(response.head.get("transfer-encoding"), None, "no chunked coding for an HTTP/1.0 client");
+    let rest = client.closed_within(Duration::from_secs(2)).await;
+    assert_eq!(rest, Some(Vec::new()), "an HTTP/1.0 connection without keep-alive ends after the answer");
+    let seen = origin.seen();
+    assert_eq!(seen[0].head.get("host"), Some(format!("127.0.0.1:{}", origin.port).as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_gets_the_body_through() {
+    let origin = Origin::start(digest).await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    client
+        .send(
+            "POST /v1/echo/expect HTTP/1.1\r\nHost: gateway.test\r\ncontent-length: 11\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await;
+    // A client waits a while for the interim answer, then sends the body anyway.
+    if let Ok(interim) = tokio::time::timeout(Duration::from_secs(1), client.wire.head()).await {
+        let interim = interim.expect("reading the interim answer").expect("the gateway closed the connection");
+        assert_eq!(interim.status(), 100, "only 100 Continue may come before the body is sent: {interim:?}");
+    }
+    client.send("hello world").await;
+    let response = client.response("POST").await;
+    assert_eq!(response.head.status(), 200, "{:?}", response.head);
+    assert_eq!(response.text(), digest_of(b"hello world"));
+    assert_eq!(client.get("/v1/echo/next").await.text(), digest_of(b""), "the connection is still usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_at_the_gateway_and_forwarding_headers_are_added() {
+    let origin = Origin::start(|_, _| {
+        Reply::keep(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=5, max=100\r\nconnection: X-Up\r\n\
+             x-up: hop\r\nx-down: kept\r\n\r\nok",
+        )
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    client
+        .send(
+            "GET /v1/echo/hops HTTP/1.1\r\nHost: api.example.test\r\nConnection: keep-alive, X-Secret\r\n\
+             Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+             X-Secret: do-not-forward\r\nX-End-To-End: kept\r\n\r\n",
+        )
+        .await;
+    let response = client.response("GET").await;
+    assert_eq!((response.head.status(), response.text().as_str()), (200, "ok"));
+    let down = &response.head;
+    assert_eq!(down.get("keep-alive"), None, "{down:?}");
+    assert_eq!(down.get("x-up"), None, "named by the upstream's Connection: {down:?}");
+    assert!(!down.lists("connection", "x-up"), "{down:?}");
+    assert_eq!(down.get("x-down"), Some("kept"));
+
+    let seen = origin.seen();
+    let up = &seen[0].head;
+    for hop in ["connection", "keep-alive", "te", "proxy-authorization", "x-secret"] {
+        assert_eq!(up.get(hop), None, "{hop} reached the upstream: {up:?}");
+    }
+    assert_eq!(up.get("x-end-to-end"), Some("kept"));
+    assert_eq!(up.count("host"), 1, "{up:?}");
+    assert_eq!(up.get("host"), Some(format!("127.0.0.1:{}", origin.port).as_str()));
+    assert_eq!(up.get("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(up.get("x-forwarded-proto"), Some("http"));
+    assert_eq!(up.get("x-forwarded-host"), Some("api.example.test"));
+    assert!(up.get("x-request-id").is_some_and(|id| id.len() == 36), "{up:?}");
+    let trace = up.get("traceparent").unwrap_or_default();
+    let fields: Vec<&str> = trace.split('-').collect();
+    assert_eq!(fields.iter().map(|f| f.len()).collect::<Vec<_>>(), [2, 32, 16, 2], "traceparent {trace:?}");
+    assert!(trace.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "traceparent {trace:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_after_every_answer_costs_no_request() {
+    // Every answer ends the upstream connection; only every other one says so.
+    let origin = Origin::start(|request, n| {
+        let target = request.head.target();
+        let connection = if n % 2 == 0 { "connection: close\r\n" } else { "" };
+        Reply::closing(format!("HTTP/1.1 200 OK\r\n{connection}content-length: {}\r\n\r\n{target}", target.len()))
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    for n in 0..20 {
+        let response = client.get(&format!("/v1/echo/n/{n}")).await;
+        assert_eq!((response.head.status(), response.text()), (200, format!("/n/{n}")), "request {n}");
+    }
+    assert_eq!(origin.seen().len(), 20);
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_a_4xx_at_once() {
+    let origin = Origin::start(echo_target).await;
+    let platform = gateway_to(&origin).await;
+
+    let started = Instant::now();
+    let mut client = Client::connect(&platform).await;
+    client.send("GARBAGE\r\n\r\n").await;
+    let response = within(Duration::from_secs(2), "a garbage request line", client.response("GET")).await;
+    assert_eq!(response.head.status(), 400, "{:?}", response.head);
+    assert!(client.closed_within(Duration::from_secs(2)).await.is_some(), "the connection ends after a 400");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // A 128 KiB header section, in eight fields of 16 KiB.
+    let mut request = b"GET /v1/echo/huge HTTP/1.1\r\nHost: gateway.test\r\n".to_vec();
+    for n in 0..8 {
+        request.extend(format!("x-filler-{n}: {}\r\n", "a".repeat(16 * 1024)).bytes());
+    }
+    request.extend(b"\r\n");
+    let started = Instant::now();
+    let mut client = Client::connect(&platform).await;
+    // The gateway may refuse before reading it all: a failed write is not the test's concern.
+    let _ = client.wire.stream.write_all(&request).await;
+    let response = within(Duration::from_secs(2), "a 128 KiB header section", client.response("GET")).await;
+    assert!(matches!(response.head.status(), 431 | 400), "{:?}", response.head.start);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(origin.seen().is_empty(), "nothing malformed reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let origin = Origin::start(echo_target).await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    client.send("GET /v1/echo/slow HTTP/1.1\r\nHost: x\r\n").await;
+    let started = Instant::now();
+    let sent = client.closed_within(Duration::from_secs(40)).await;
+    let sent = sent.unwrap_or_else(|| panic!("the connection is still open after {:?}", started.elapsed()));
+    let text = String::from_utf8_lossy(&sent);
+    assert!(sent.is_empty() || text.starts_with("HTTP/1.1 408 "), "closed with {text:?}");
+    assert!(origin.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_framed_two_ways_is_not_smuggled_through() {
+    // Content-Length ends the body right after the first chunk-size line; read by length,
+    // what follows would be taken for the answer to the next request.
+    let decoy = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
+    let size_line = format!("{:x}\r\n", decoy.len());
+    let ambiguous = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{size_line}{decoy}\r\n0\r\n\r\n",
+        size_line.len()
+    );
+    let origin = Origin::start(move |request, _| match request.head.target() {
+        "/ambiguous" => Reply::keep(ambiguous.clone()),
+        _ => echo_target(request, 0),
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    for _ in 0..2 {
+        let response = client.get("/v1/echo/ambiguous").await;
+        match response.head.status() {
+            502 => {}
+            200 => {
+                assert_eq!(response.text(), decoy, "Transfer-Encoding overrides Content-Length: {:?}", response.head)
+            }
+            other => panic!("unexpected {other}: {:?}", response.head),
+        }
+        let next = client.get("/v1/echo/next").await;
+        assert_eq!((next.head.status(), next.text().as_str()), (200, "/next"), "no smuggled answer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_paths_and_queries_reach_the_upstream_verbatim() {
+    let origin = Origin::start(echo_target).await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    let cases = [
+        ("/v1/echo/a%20b?x=1&y=%2F", "/a%20b?x=1&y=%2F"),
+        ("/v1/echo/%7Euser/x%2Fy/%E2%82%AC?q=a+b&empty=&flag", "/%7Euser/x%2Fy/%E2%82%AC?q=a+b&empty=&flag"),
+        ("/v1/echo?only=query", "/?only=query"),
+    ];
+    for (target, upstream) in cases {
+        let response = client.get(target).await;
+        assert_eq!((response.head.status(), response.text().as_str()), (200, upstream), "{target}");
+    }
+    let seen: Vec<String> = origin.seen().iter().map(|request| request.head.target().to_string()).collect();
+    assert_eq!(seen, cases.map(|(_, upstream)| upstream.to_string()));
+}
