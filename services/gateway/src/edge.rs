@@ -184,12 +184,14 @@ impl Edge {
 
     /// The caller of a route that requires a token, or the 401/403 to answer.
     pub fn authenticate(&self, headers: &HeaderMap, route: &types::Route) -> Result<Principal, ApiError> {
+        self.authorize(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes), route)
+    }
+
+    /// [`Edge::authenticate`] from the `Authorization` value alone (the first, if several).
+    pub fn authorize(&self, authorization: Option<&[u8]>, route: &types::Route) -> Result<Principal, ApiError> {
         let result = (|| {
-            let value = headers
-                .get(header::AUTHORIZATION)
-                .ok_or_else(|| ApiError::unauthorized("this route requires a bearer token"))?;
-            let token = value
-                .to_str()
+            let value = authorization.ok_or_else(|| ApiError::unauthorized("this route requires a bearer token"))?;
+            let token = std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(str::trim)

@@ -1,20 +1,21 @@
 //! The gateway's own HTTP/1.1 path for the requests that carry its traffic.
 //!
-//! Most proxied requests are plain: HTTP/1.1, no body, a route without policies, an
-//! instance speaking HTTP/1.1. For those, the work a general HTTP library does per request
+//! Most proxied requests are plain: HTTP/1.1, no body, a route without a response cache,
+//! an instance speaking HTTP/1.1. For those, the work a general HTTP library does per request
 //! (a header map built and rewritten twice, a request and a response object per side,
 //! body frames and the tasks that drive two connections) is most of the gateway's cost.
 //! This path reads the client's request head into a buffer, parses it in place
 //! (`httparse`), writes the upstream's request head straight from it, and relays the
 //! upstream's response head and body bytes the same way, over a pooled plain connection
 //! ([`connections::take_stream`]). Routing, balancing, breakers, retries, timeouts and
-//! metrics are the data plane's own ([`Tries`]), so both paths behave alike.
+//! metrics are the data plane's own ([`Tries`]), as are token checks and rate limits
+//! ([`crate::edge::Edge`]), so both paths behave alike.
 //!
 //! Anything else is handed, at a request boundary and with the bytes already read, to
 //! the general path (hyper and [`crate::proxy::handle`]) for the rest of the connection:
 //! other HTTP versions and HTTP/2, request bodies, `Upgrade`, `Expect`, `Connection`
-//! naming other headers, the gateway's own API, routes with auth, rate limits or a cache,
-//! instances speaking h2c or TLS, and anything malformed (hyper answers it 400 or 431).
+//! naming other headers, the gateway's own API, routes with a response cache, instances
+//! speaking h2c or TLS, and anything malformed (hyper answers it 400 or 431).
 //!
 //! Response bodies are relayed as they arrive, framed as the upstream framed them:
 //! `Content-Length` as is, chunked passed through chunk by chunk (the decoder here only
@@ -75,6 +76,7 @@ enum Kind {
     XForwardedProto,
     XRequestId,
     Traceparent,
+    Authorization,
     Other,
 }
 
@@ -90,6 +92,7 @@ fn kind(name: &str) -> Kind {
         10 if is("keep-alive") => Kind::Hop,
         11 if is("traceparent") => Kind::Traceparent,
         12 if is("x-request-id") => Kind::XRequestId,
+        13 if is("authorization") => Kind::Authorization,
         14 if is("content-length") => Kind::ContentLength,
         15 if is("x-forwarded-for") => Kind::XForwardedFor,
         16 if is("x-forwarded-host") => Kind::XForwardedHost,
@@ -117,6 +120,8 @@ struct Conn<'a> {
     out: Vec<u8>,
     /// Bytes read from the upstream.
     upstream: Vec<u8>,
+    /// Header lines the gateway adds to the response (a rate limit's).
+    extra: Vec<u8>,
 }
 
 /// Serves requests from `stream` for as long as they are for this path; the first that is
@@ -138,6 +143,7 @@ pub async fn serve(
         forwarded: Vec::with_capacity(1024),
         out: Vec::with_capacity(BUFFER),
         upstream: vec![0u8; BUFFER],
+        extra: Vec::new(),
     };
     let mut stopped = std::pin::pin!(shutdown.changed());
     let mut head_deadline: Option<Instant> = None;
@@ -223,6 +229,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let mut host: Option<&[u8]> = None;
     let mut close = false;
     let (mut has_request_id, mut has_traceparent) = (false, false);
+    let mut authorization: Option<&[u8]> = None;
     for (header, slot) in headers.iter().zip(kinds.iter_mut()) {
         *slot = kind(header.name);
         match *slot {
@@ -246,6 +253,9 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
                 }
             }
             Kind::XRequestId => has_request_id = true,
+            Kind::Authorization => {
+                authorization.get_or_insert(header.value);
+            }
             Kind::Traceparent => has_traceparent = true,
             _ => {}
         }
@@ -261,18 +271,35 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         }
     };
     let settings = &route.route;
-    if settings.require_token || settings.rate_limit_policy_id.is_some() || settings.cache.enabled {
+    if settings.cache.enabled {
         return Step::Handover;
+    }
+    // Auth and rate limits as the general path applies them; the limit's headers are
+    // written into `conn.extra` for the response.
+    let principal = if settings.require_token {
+        match plane.edge.authorize(authorization, settings) {
+            Ok(principal) => Some(principal),
+            Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
+        }
+    } else {
+        None
+    };
+    conn.extra.clear();
+    if settings.rate_limit_policy_id.is_some() || principal.is_some() {
+        let table = plane.policies.load();
+        match Box::pin(plane.edge.rate_limit(&table, settings, principal.as_ref(), Some(conn.client))).await {
+            Ok(Some((decision, limit))) => decision.write_headers(limit, |field, value| {
+                push_header(&mut conn.extra, field.name().as_bytes(), value.as_bytes());
+            }),
+            Ok(None) => {}
+            Err(refused) => return refuse(conn, route, refused, started, close).await,
+        }
     }
     let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
     let snapshot = plane.registry.load();
     let mut tries = match Tries::new(plane, settings, &snapshot, started, idempotent) {
         Ok(tries) => tries,
-        Err(refused) => {
-            let refused = refused.into_response();
-            route.metrics.record(refused.status(), started.elapsed());
-            return finish(write_response(conn, refused, close).await, close);
-        }
+        Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
     };
     if !tries.all_plain() {
         return Step::Handover;
@@ -285,7 +312,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         // X-Forwarded-For is extended below (several lines join as one list); Host moves
         // to X-Forwarded-Host, and each try sets the instance's own.
         let kept = match kind {
-            Kind::Other | Kind::ContentLength | Kind::XRequestId | Kind::Traceparent => true,
+            Kind::Other | Kind::ContentLength | Kind::XRequestId | Kind::Traceparent | Kind::Authorization => true,
             Kind::XForwardedHost => host.is_none(),
             _ => false,
         };
@@ -318,7 +345,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     loop {
         let attempt = match tries.next(started) {
             Ok(attempt) => attempt,
-            Err(refused) => return refuse(conn, route, refused, started, close).await,
+            Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
         };
         let upstream = &attempt.upstream;
         let out = &mut conn.out;
@@ -363,7 +390,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
             Err(_) => TryFailure::Timeout,
         };
         if let Err(refused) = tries.failed(&attempt, failure) {
-            return refuse(conn, route, refused, started, close).await;
+            return refuse(conn, route, refused.into_response(), started, close).await;
         }
     }
 }
@@ -379,15 +406,14 @@ fn finish(written: std::io::Result<()>, close: bool) -> Step {
     if written.is_err() || close { Step::Close } else { Step::Next }
 }
 
-/// Answers with the data plane's error, counted in the route's metrics.
+/// Answers with the data plane's refusal, counted in the route's metrics.
 async fn refuse(
     conn: &mut Conn<'_>,
     route: &crate::routes::CompiledRoute,
-    refused: pake_api_runtime::ApiError,
+    refused: Response,
     started: Instant,
     close: bool,
 ) -> Step {
-    let refused = refused.into_response();
     route.metrics.record(refused.status(), started.elapsed());
     finish(write_response(conn, refused, close).await, close)
 }
@@ -493,7 +519,7 @@ async fn exchange(
                             return Err(stale(format!("unexpected status {status}")));
                         }
                         let (framing, reusable) =
-                            client_head(&mut conn.out, &response, head_request, close).map_err(stale)?;
+                            client_head(&mut conn.out, &response, &conn.extra, head_request, close).map_err(stale)?;
                         return Ok(Answer { stream, status, head, filled, framing, reusable });
                     }
                     Ok(httparse::Status::Partial) => {
@@ -531,6 +557,7 @@ async fn exchange(
 fn client_head(
     out: &mut Vec<u8>,
     response: &httparse::Response<'_, '_>,
+    extra: &[u8],
     head_request: bool,
     close: bool,
 ) -> Result<(Framing, bool), String> {
@@ -623,6 +650,7 @@ fn client_head(
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         },
     }
+    out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -906,6 +934,7 @@ mod tests {
             ("X-Forwarded-Proto", Kind::XForwardedProto),
             ("X-Request-Id", Kind::XRequestId),
             ("Traceparent", Kind::Traceparent),
+            ("authorization", Kind::Authorization),
             ("Content-Type", Kind::Other),
             ("X-Hosts", Kind::Other),
             ("te2", Kind::Other),
@@ -920,7 +949,7 @@ mod tests {
         let mut response = httparse::Response::new(&mut headers);
         assert!(response.parse(raw).unwrap().is_complete());
         let mut out = Vec::new();
-        let result = client_head(&mut out, &response, head_request, close);
+        let result = client_head(&mut out, &response, b"", head_request, close);
         (result, String::from_utf8(out).unwrap())
     }
 
