@@ -1,27 +1,35 @@
--- GCRA decision for one key, made atomically on the Redis server's clock so that
--- replicas with skewed clocks agree. Same arithmetic as `algo::gcra`.
+-- GCRA decisions for one or more keys, made atomically on the Redis server's clock so
+-- that replicas with skewed clocks agree. Same arithmetic as `algo::gcra`. A gateway
+-- thread sends the decisions it gathered in one turn of its event loop together; each is
+-- made in order, so two for one key see each other.
 --
--- KEYS[1]  theoretical arrival time (TAT), µs since the Unix epoch
--- ARGV[1]  emission interval T, µs
--- ARGV[2]  tolerance (burst * T), µs
--- Returns  {allowed (0|1), remaining, reset_after µs, retry_after µs}
+-- KEYS[i]       theoretical arrival time (TAT), µs since the Unix epoch
+-- ARGV[2i - 1]  emission interval T, µs
+-- ARGV[2i]      tolerance (burst * T), µs
+-- Returns       per key, four numbers: allowed (0|1), remaining, reset_after µs,
+--               retry_after µs
 
 -- TIME before a write needs effects replication; the default (and a no-op) from Redis 5.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
+local out = {}
 
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then
-  return {0, 0, tat - now, allow_at - now}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local allow_at = tat - tolerance
+  local n = #out
+  if now < allow_at then
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 0, 0, tat - now, allow_at - now
+  else
+    local new_tat = tat + interval
+    -- The key only matters until the TAT is reached; '%d' keeps all digits of the number.
+    redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 1, math.floor((now + tolerance - tat) / interval), new_tat - now, 0
+  end
 end
-
-local new_tat = tat + interval
--- The key only matters until the TAT is reached; '%d' keeps all digits of the number.
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor((now + tolerance - tat) / interval), new_tat - now, 0}
+return out

@@ -9,7 +9,8 @@
 //! - [`RateLimiter::redis`]: in Redis, so the limit is global across all gateway replicas.
 //!   Each decision is exactly one atomic round trip (EVALSHA of a Lua script that reads the
 //!   server's clock with `TIME`, so replicas with skewed clocks agree); the scripts are
-//!   loaded once per connection, when it is made. Each call, connecting included, is bounded
+//!   loaded once per connection, when it is made. GCRA decisions a thread needs in the same
+//!   turn of its event loop share one EVALSHA (each still decided atomically, in order). Each call, connecting included, is bounded
 //!   by [`RedisOptions::timeout`]; after a failure Redis is left alone for
 //!   [`RedisOptions::backoff`] (requests fall back at no latency cost), then the next request
 //!   probes it again. While Redis is unreachable each policy follows its [`OnUnavailable`];
@@ -374,6 +375,11 @@ impl RateLimiter {
                 }
             }
         }
+    }
+
+    /// Calls to Redis made for decisions (one may carry several); `None` in local mode.
+    pub fn redis_round_trips(&self) -> Option<u64> {
+        self.inner.redis.as_ref().map(RedisStore::round_trips)
     }
 
     /// `None` in local mode; otherwise whether the last call to Redis succeeded (false

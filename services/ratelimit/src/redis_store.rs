@@ -1,5 +1,11 @@
-//! Redis-backed decisions: one EVALSHA per decision, bounded in time, with a short
+//! Redis-backed decisions: one round trip per decision, bounded in time, with a short
 //! backoff after a failure so that an outage costs requests no latency.
+//!
+//! GCRA decisions are gathered per thread: the first decision a thread needs waits one
+//! turn of its event loop, while the other requests that thread is serving add theirs;
+//! then one EVALSHA carries them all, and each request gets its own answer. Every decision
+//! still takes exactly one atomic round trip (the script runs them in order, each on the
+//! server's clock), and Redis parses, schedules and answers one command for many.
 //!
 //! The connection is a single multiplexed connection (shared by all requests) managed
 //! here rather than by `redis::aio::ConnectionManager`: after a failure it is dropped, no
@@ -14,7 +20,9 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 
 const GCRA_LUA: &str = include_str!("gcra.lua");
@@ -40,6 +48,7 @@ pub(crate) struct RedisStore {
     /// No Redis call before this time (µs since `epoch`).
     retry_at: AtomicU64,
     health: AtomicU8,
+    round_trips: AtomicU64,
 }
 
 // Connections by store id, one per thread: a connection's I/O runs on the runtime of the
@@ -48,6 +57,48 @@ pub(crate) struct RedisStore {
 // generation, so that a failure forgets exactly the connection that failed.
 thread_local! {
     static CONNECTIONS: RefCell<HashMap<u64, (u64, MultiplexedConnection)>> = RefCell::new(HashMap::new());
+    /// The batch each store is gathering on this thread, by store id.
+    static GATHERING: RefCell<HashMap<u64, Arc<Batch>>> = RefCell::new(HashMap::new());
+}
+
+/// GCRA decisions gathered for one EVALSHA: open (`Some`) until its leader takes them. The
+/// leader may resume on another thread (a multi-threaded runtime moves tasks), so the
+/// batch is reached through its own handle, not through the thread it started on.
+#[derive(Default)]
+struct Batch {
+    waiting: Mutex<Option<Vec<Waiting>>>,
+}
+
+impl Batch {
+    /// Takes the decisions, closing the batch to newcomers.
+    fn take(&self) -> Vec<Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_default()
+    }
+}
+
+/// A decision waiting in a batch: its key and rates, and where its answer goes (none for
+/// the request that leads the batch).
+struct Waiting {
+    key: String,
+    interval_us: u64,
+    tolerance_us: u64,
+    reply: Option<oneshot::Sender<Option<Outcome>>>,
+}
+
+/// Held by a batch's leader until it has taken the batch. Dropped before that (its
+/// request was cancelled), it closes the batch: the others' answers then fall back, rather
+/// than wait for a leader that is gone.
+struct Leading {
+    batch: Arc<Batch>,
+    taken: bool,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        if !self.taken {
+            drop(self.batch.take());
+        }
+    }
 }
 
 /// Store ids and connection generations, unique in the process.
@@ -83,6 +134,7 @@ impl RedisStore {
             epoch: Instant::now(),
             retry_at: AtomicU64::new(0),
             health: AtomicU8::new(UNKNOWN),
+            round_trips: AtomicU64::new(0),
         })
     }
 
@@ -94,6 +146,11 @@ impl RedisStore {
     /// Time until the next attempt to reach Redis, zero if one would be made now.
     pub(crate) fn backoff_left(&self) -> Duration {
         Duration::from_micros(self.retry_at.load(Ordering::Relaxed).saturating_sub(self.now_us()))
+    }
+
+    /// EVALSHA calls made, each carrying one or more decisions.
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// Connects and loads the scripts ahead of the first request.
@@ -112,18 +169,75 @@ impl RedisStore {
         if !self.backoff_left().is_zero() {
             return None;
         }
-        let mut first = self.decide(key, algorithm, rates).await;
-        // A connection that broke while idle (Redis restarted, a proxy dropped it) is only
-        // found out on use. One fresh connection is tried at once, so that a Redis that is
-        // back does not cost a backoff of local decisions.
-        if let Err(Failure::Broken { generation, .. }) = &first {
-            self.forget(*generation);
-            first = self.decide(key, algorithm, rates).await;
+        match algorithm {
+            Algorithm::Gcra => self.gcra_gathered(key, rates).await,
+            Algorithm::SlidingWindow => {
+                let mut first = self.sliding_window(key, rates).await;
+                // A connection that broke while idle (Redis restarted, a proxy dropped it) is
+                // only found out on use. One fresh connection is tried at once, so that a
+                // Redis that is back does not cost a backoff of local decisions.
+                if let Err(Failure::Broken { generation, .. }) = &first {
+                    self.forget(*generation);
+                    first = self.sliding_window(key, rates).await;
+                }
+                self.settle(first)
+            }
         }
-        match first {
-            Ok(outcome) => {
+    }
+
+    /// Joins this thread's gathering batch, or starts one and leads it.
+    async fn gcra_gathered(&self, key: &str, rates: &Rates) -> Option<Outcome> {
+        let key = format!("{}rl:gcra:{key}", self.prefix);
+        let (interval_us, tolerance_us) = (rates.interval_us, rates.tolerance_us);
+        let joined = GATHERING.with_borrow_mut(|gathering| {
+            if let Some(open) = gathering.get(&self.id) {
+                let mut waiting = open.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(waiting) = waiting.as_mut() {
+                    let (reply, answer) = oneshot::channel();
+                    waiting.push(Waiting { key, interval_us, tolerance_us, reply: Some(reply) });
+                    return Ok(answer);
+                }
+            }
+            let own = Waiting { key, interval_us, tolerance_us, reply: None };
+            let batch = Arc::new(Batch { waiting: Mutex::new(Some(vec![own])) });
+            gathering.insert(self.id, Arc::clone(&batch));
+            Err(batch)
+        });
+        let batch = match joined {
+            // The leader always answers or drops the sender (then: fall back).
+            Ok(answer) => return answer.await.ok().flatten(),
+            Err(batch) => batch,
+        };
+        let mut leading = Leading { batch, taken: false };
+        // One turn of the event loop: the other requests ready on this thread join.
+        tokio::task::yield_now().await;
+        let batch = leading.batch.take();
+        leading.taken = true;
+        let mut decided = self.gcra(&batch).await;
+        if let Err(Failure::Broken { generation, .. }) = &decided {
+            self.forget(*generation);
+            decided = self.gcra(&batch).await;
+        }
+        let decided = self.settle(decided);
+        let mut own = None;
+        for (index, waiting) in batch.into_iter().enumerate() {
+            let outcome = decided.as_ref().and_then(|outcomes| outcomes.get(index).copied());
+            match waiting.reply {
+                Some(reply) => {
+                    let _ = reply.send(outcome);
+                }
+                None => own = outcome,
+            }
+        }
+        own
+    }
+
+    /// Marks Redis up or down by how a call went; its result, if it succeeded.
+    fn settle<T>(&self, result: Result<T, Failure>) -> Option<T> {
+        match result {
+            Ok(value) => {
                 self.mark_up();
-                Some(outcome)
+                Some(value)
             }
             Err(Failure::Skipped) => None,
             Err(Failure::Failed { generation, reason }) => {
@@ -147,26 +261,42 @@ impl RedisStore {
         });
     }
 
-    async fn decide(&self, key: &str, algorithm: Algorithm, rates: &Rates) -> Result<Outcome, Failure> {
+    /// One EVALSHA of the GCRA script for every decision in `batch`, in order.
+    async fn gcra(&self, batch: &[Waiting]) -> Result<Vec<Outcome>, Failure> {
+        let mut invocation = self.gcra.prepare_invoke();
+        for waiting in batch {
+            invocation.key(waiting.key.as_str()).arg(waiting.interval_us).arg(waiting.tolerance_us);
+        }
+        let reply: Vec<i64> = self.invoke(&invocation).await?;
+        if reply.len() != 4 * batch.len() {
+            return Err(Failure::Failed {
+                generation: None,
+                reason: format!("GCRA script answered {} numbers", reply.len()),
+            });
+        }
+        Ok(reply
+            .chunks_exact(4)
+            .map(|four| outcome([four[0], four[1], four[2], four[3]], Duration::from_micros))
+            .collect())
+    }
+
+    async fn sliding_window(&self, key: &str, rates: &Rates) -> Result<Outcome, Failure> {
+        let mut invocation = self.sliding_window.key(format!("{}rl:sw:{key}", self.prefix));
+        invocation.arg(rates.period_ms).arg(rates.quota).arg(WEIGHT_ONE);
+        let reply: (i64, i64, i64, i64) = self.invoke(&invocation).await?;
+        // The sliding-window script answers in ms.
+        Ok(outcome(reply.into(), Duration::from_millis))
+    }
+
+    /// Runs a script on this thread's connection, within the timeout.
+    async fn invoke<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, Failure> {
         let deadline = tokio::time::Instant::now() + self.options.timeout;
         let (generation, mut connection) = self.connection(deadline).await?;
         let failed = |reason: String| Failure::Failed { generation: Some(generation), reason };
-        // The GCRA script answers in µs, the sliding-window one in ms.
-        let (invocation, duration): (_, fn(u64) -> Duration) = match algorithm {
-            Algorithm::Gcra => {
-                let mut invocation = self.gcra.key(format!("{}rl:gcra:{key}", self.prefix));
-                invocation.arg(rates.interval_us).arg(rates.tolerance_us);
-                (invocation, Duration::from_micros)
-            }
-            Algorithm::SlidingWindow => {
-                let mut invocation = self.sliding_window.key(format!("{}rl:sw:{key}", self.prefix));
-                invocation.arg(rates.period_ms).arg(rates.quota).arg(WEIGHT_ONE);
-                (invocation, Duration::from_millis)
-            }
-        };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         // EVALSHA; the script is loaded with each new connection, and `invoke_async`
         // loads it again should the server have lost it (SCRIPT FLUSH).
-        let reply: (i64, i64, i64, i64) = timeout_at(deadline, invocation.invoke_async(&mut connection))
+        timeout_at(deadline, invocation.invoke_async(&mut connection))
             .await
             .map_err(|_| failed("timed out".into()))?
             .map_err(|e| {
@@ -175,15 +305,7 @@ impl RedisStore {
                 } else {
                     failed(e.to_string())
                 }
-            })?;
-        let (allowed, remaining, reset, retry) = reply;
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok(Outcome {
-            allowed: allowed == 1,
-            remaining: count(remaining),
-            reset_after: duration(count(reset)),
-            retry_after: duration(count(retry)),
-        })
+            })
     }
 
     /// The current connection, or a new one (connected and with the scripts loaded).
@@ -254,6 +376,17 @@ impl RedisStore {
 
     fn now_us(&self) -> u64 {
         micros(self.epoch.elapsed())
+    }
+}
+
+/// A script's four numbers as an outcome; `duration` reads its time unit.
+fn outcome([allowed, remaining, reset, retry]: [i64; 4], duration: fn(u64) -> Duration) -> Outcome {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Outcome {
+        allowed: allowed == 1,
+        remaining: count(remaining),
+        reset_after: duration(count(reset)),
+        retry_after: duration(count(retry)),
     }
 }
 

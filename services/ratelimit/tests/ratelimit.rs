@@ -74,6 +74,36 @@ async fn gcra_redis_admits_burst_then_one_per_interval() {
     assert_eq!(limiter.redis_available(), Some(true));
 }
 
+/// Decisions a thread needs at once share round trips, and each is still exact: 200
+/// concurrent requests over four keys (burst 9: ten each at once) admit exactly ten per
+/// key, with every `remaining` from 9 down to 0 given once per key.
+#[tokio::test]
+async fn gcra_decisions_gathered_in_one_turn_share_round_trips_and_stay_exact() {
+    let prefix = RedisPrefix::new("pake-ratelimit-test");
+    let limiter = shared_limiter(&prefix, RedisOptions::default());
+    let limit = limit(Algorithm::Gcra, 1, Duration::from_secs(60), 9, OnUnavailable::FailClosed);
+    // Connected first, so that the burst below is not spread over connecting.
+    assert!(limiter.check("warm-up", &limit).await.allowed);
+    let before = limiter.redis_round_trips().expect("a Redis limiter");
+
+    let keys: Vec<String> = (0..200).map(|i| format!("{KEY}:{}", i % 4)).collect();
+    let decisions =
+        futures::future::join_all(keys.iter().map(|key| async { (key.clone(), limiter.check(key, &limit).await) }))
+            .await;
+    let trips = limiter.redis_round_trips().expect("a Redis limiter") - before;
+    assert!(trips < 20, "200 decisions made at once took {trips} round trips");
+    for key in 0..4 {
+        let key = format!("{KEY}:{key}");
+        let mut admitted: Vec<u64> =
+            decisions.iter().filter(|(k, d)| *k == key && d.allowed).map(|(_, d)| d.remaining).collect();
+        admitted.sort_unstable();
+        assert_eq!(admitted, (0..10).collect::<Vec<u64>>(), "{key}");
+        let refused = decisions.iter().filter(|(k, d)| *k == key && !d.allowed).count();
+        assert_eq!(refused, 40, "{key}");
+    }
+    assert!(decisions.iter().all(|(_, d)| d.source == Source::Redis));
+}
+
 #[tokio::test]
 async fn gcra_local_admits_burst_then_one_per_interval() {
     let limiter = RateLimiter::local();
