@@ -124,16 +124,37 @@ struct CacheCounters {
     coalesced: Counter,
 }
 
+/// Verified tokens remembered per thread, so that a token's signature is checked once per
+/// thread and [`TOKEN_MEMORY`] rather than on every request; keyed by the [`Edge`] that
+/// verified them (each has its own keys). Bounded: a full map starts over.
+struct Remembered {
+    verified: Arc<pake_tokens::Verified>,
+    until: std::time::Instant,
+}
+
+const REMEMBERED_PER_THREAD: usize = 10_000;
+
+/// One edge's remembered tokens on one thread.
+type TokensOfEdge = HashMap<Box<str>, Remembered, foldhash::fast::RandomState>;
+
+thread_local! {
+    static REMEMBERED: std::cell::RefCell<HashMap<u64, TokensOfEdge>> = std::cell::RefCell::default();
+}
+
+static NEXT_EDGE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// What the data plane needs to apply route policies.
 pub struct Edge {
     verifier: TokenVerifier,
-    tokens: moka::sync::Cache<String, Arc<pake_tokens::Verified>>,
+    /// Identifies this edge's tokens in [`REMEMBERED`].
+    id: u64,
     pub limiter: RateLimiter,
     /// Applied to token requests per client id and per address.
     pub token_limit: Limit,
     pub cache: Arc<ResponseCache>,
     decisions: Family<DecisionLabels, Counter>,
-    auth: Family<AuthLabels, Counter>,
+    /// Token checks: allowed, forbidden, unauthorized.
+    auth: [Counter; 3],
     cache_counters: CacheCounters,
 }
 
@@ -160,9 +181,11 @@ impl Edge {
             bypass: counter("none", "bypass"),
             coalesced: counter("none", "coalesced"),
         };
+        let auth =
+            ["allowed", "forbidden", "unauthorized"].map(|result| auth.get_or_create(&AuthLabels { result }).clone());
         Edge {
             verifier,
-            tokens: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(TOKEN_MEMORY).build(),
+            id: NEXT_EDGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             limiter,
             token_limit,
             cache,
@@ -173,13 +196,33 @@ impl Edge {
     }
 
     fn counted<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
-        let label = match &result {
-            Ok(_) => "allowed",
-            Err(error) if error.status() == StatusCode::FORBIDDEN => "forbidden",
-            Err(_) => "unauthorized",
+        let counter = match &result {
+            Ok(_) => 0,
+            Err(error) if error.status() == StatusCode::FORBIDDEN => 1,
+            Err(_) => 2,
         };
-        self.auth.get_or_create(&AuthLabels { result: label }).inc();
+        self.auth[counter].inc();
         result
+    }
+
+    /// A token this thread verified for this edge, still unexpired (`now`: Unix seconds)
+    /// and within [`TOKEN_MEMORY`] of its verification.
+    fn remembered(&self, token: &str, now: u64) -> Option<Arc<pake_tokens::Verified>> {
+        REMEMBERED.with_borrow(|remembered| {
+            let known = remembered.get(&self.id)?.get(token)?;
+            (known.verified.expires_at > now && known.until > std::time::Instant::now()).then(|| known.verified.clone())
+        })
+    }
+
+    fn remember(&self, token: &str, verified: &Arc<pake_tokens::Verified>) {
+        REMEMBERED.with_borrow_mut(|remembered| {
+            let tokens = remembered.entry(self.id).or_default();
+            if tokens.len() >= REMEMBERED_PER_THREAD {
+                tokens.clear();
+            }
+            let until = std::time::Instant::now() + TOKEN_MEMORY;
+            tokens.insert(token.into(), Remembered { verified: verified.clone(), until });
+        });
     }
 
     /// The caller of a route that requires a token, or the 401/403 to answer.
@@ -199,12 +242,12 @@ impl Edge {
                 .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a bearer token"))?;
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let verified = match self.tokens.get(token) {
-                Some(known) if known.expires_at > now => known,
-                _ => {
+            let verified = match self.remembered(token, now) {
+                Some(known) => known,
+                None => {
                     let verified = Arc::new(self.verifier.verify_full(token)?);
                     if verified.expires_at > now + 1 {
-                        self.tokens.insert(token.to_string(), verified.clone());
+                        self.remember(token, &verified);
                     }
                     verified
                 }
