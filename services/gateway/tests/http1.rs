@@ -768,3 +768,44 @@ async fn percent_encoded_paths_and_queries_reach_the_upstream_verbatim() {
     let seen: Vec<String> = origin.seen().iter().map(|request| request.head.target().to_string()).collect();
     assert_eq!(seen, cases.map(|(_, upstream)| upstream.to_string()));
 }
+
+/// Shutdown while requests are in flight, on both paths (a plain GET on the gateway's own
+/// path, a POST with a body on hyper's): both answers arrive whole, an idle keep-alive
+/// connection is closed at once, and new connections are refused once the server is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
+    let origin = Origin::start(|request: &Message, _| Reply {
+        delay: if request.head.target().starts_with("/slow") { Duration::from_millis(600) } else { Duration::ZERO },
+        ..Reply::keep(ok(request.head.target()))
+    })
+    .await;
+    let Platform { gateway_server, .. } = gateway_to(&origin).await;
+    let address = gateway_server.addr;
+    let connect = || async {
+        let stream = TcpStream::connect(address).await.unwrap();
+        Client { wire: Wire { stream, buffer: Vec::new(), patience: CLIENT_PATIENCE } }
+    };
+    let mut idle = connect().await;
+    assert_eq!(idle.get("/v1/echo/first").await.text(), "/first");
+    let mut plain = connect().await;
+    plain.send("GET /v1/echo/slow-get HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await;
+    let mut general = connect().await;
+    general.send("POST /v1/echo/slow-post HTTP/1.1\r\nHost: gateway.test\r\ncontent-length: 2\r\n\r\nhi").await;
+    // Both requests reach the upstream before the shutdown starts.
+    within(Duration::from_secs(5), "both requests upstream", async {
+        while origin.seen().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    let stopping = tokio::spawn(gateway_server.stop());
+    let closed = idle.closed_within(Duration::from_secs(2)).await;
+    assert_eq!(closed, Some(Vec::new()), "an idle connection is closed without a word");
+    let answered = plain.response("GET").await;
+    assert_eq!((answered.head.status(), answered.text().as_str()), (200, "/slow-get"));
+    let answered = general.response("POST").await;
+    assert_eq!((answered.head.status(), answered.text().as_str()), (200, "/slow-post"));
+    within(Duration::from_secs(5), "the server to finish", stopping).await.unwrap();
+    assert!(TcpStream::connect(address).await.is_err(), "no new connections after shutdown");
+}
