@@ -55,6 +55,7 @@
 mod algo;
 mod local;
 mod redis_store;
+mod resp;
 
 use algo::{Outcome, Rates};
 use local::LocalStore;

@@ -441,3 +441,19 @@ async fn headers_of_real_decisions() {
         ]
     );
 }
+
+/// A Redis that lost its scripts (SCRIPT FLUSH, a restart with an empty cache) gets them
+/// again on the next decision, which is still Redis's: nothing falls back.
+#[tokio::test]
+async fn a_flushed_script_cache_is_refilled_without_falling_back() {
+    let server = PrivateRedis::start();
+    let limiter = RateLimiter::redis(&server.url(), "flush:", RedisOptions::default()).expect("limiter");
+    let limit = limit(Algorithm::Gcra, 10, Duration::from_secs(1), 4, OnUnavailable::FailClosed);
+    assert_eq!(limiter.check(KEY, &limit).await.source, Source::Redis);
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("redis");
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut connection).await.expect("SCRIPT FLUSH");
+    let after = checks(&limiter, KEY, &limit, 5).await;
+    assert!(after.iter().all(|d| d.source == Source::Redis), "{after:?}");
+    assert_eq!(allowed(&after), [true, true, true, true, false], "the count survived the flush");
+}
