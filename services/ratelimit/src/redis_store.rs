@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::timeout_at;
 
 const GCRA_LUA: &str = include_str!("gcra.lua");
@@ -61,6 +61,9 @@ thread_local! {
     static CONNECTIONS: RefCell<HashMap<u64, (u64, MultiplexedConnection)>> = RefCell::new(HashMap::new());
     /// The batch each store is gathering on this thread, by store id.
     static GATHERING: RefCell<HashMap<u64, Arc<Batch>>> = RefCell::new(HashMap::new());
+    /// When this thread's latest batch for each store is done (sent and answered, or
+    /// given up): the next batch is sent after it, and gathers meanwhile.
+    static LATEST: RefCell<HashMap<u64, watch::Receiver<bool>>> = RefCell::new(HashMap::new());
 }
 
 /// GCRA decisions gathered for one EVALSHA: open (`Some`) until its leader takes them. The
@@ -222,16 +225,30 @@ impl RedisStore {
             Err(batch) => batch,
         };
         let mut leading = Leading { batch, taken: false };
-        // One turn of the event loop: the other requests ready on this thread join.
+        // Done when this batch is (or when its leader is dropped: then the sender is).
+        let (done, latest) = watch::channel(false);
+        let previous = LATEST.with_borrow_mut(|all| all.insert(self.id, latest));
+        // One turn of the event loop: the other requests ready on this thread join. Then,
+        // while this thread's previous batch is still out, the batch keeps gathering: one
+        // batch in flight per thread, and each as large as the traffic makes it.
         tokio::task::yield_now().await;
+        if let Some(mut previous) = previous {
+            drop(previous.wait_for(|done| *done).await);
+        }
         let batch = leading.batch.take();
         leading.taken = true;
+        if !self.backoff_left().is_zero() {
+            // The previous batch found Redis down: this one falls back at once.
+            let _ = done.send(true);
+            return None;
+        }
         let mut decided = self.gcra(&batch).await;
         if let Err(Failure::Broken { generation, .. }) = &decided {
             self.forget(*generation);
             decided = self.gcra(&batch).await;
         }
         let decided = self.settle(decided);
+        let _ = done.send(true);
         let mut own = None;
         for (index, waiting) in batch.into_iter().enumerate() {
             let outcome = decided.as_ref().and_then(|outcomes| outcomes.get(index).copied());
