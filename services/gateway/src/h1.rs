@@ -35,8 +35,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Buffer size for heads and body relaying; buffers grow for heads up to [`HEAD_LIMIT`].
-const BUFFER: usize = 16 * 1024;
+/// The first size of a connection's buffer for request heads; it grows for larger heads,
+/// up to [`HEAD_LIMIT`]. Small: idle keep-alive connections keep it.
+const INPUT_BUFFER: usize = 4 * 1024;
+/// The buffer for upstream responses (heads grow it up to [`HEAD_LIMIT`]; bodies are
+/// relayed through it), allocated at a connection's first proxied request.
+const RELAY_BUFFER: usize = 8 * 1024;
 /// The largest request or response head taken; a larger request goes to the general path
 /// (which answers 431), a larger response is a failed try.
 pub const HEAD_LIMIT: usize = 64 * 1024;
@@ -134,15 +138,15 @@ pub async fn serve(
     api_paths: &matchit::Router<()>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let mut input = vec![0u8; BUFFER];
+    let mut input = vec![0u8; INPUT_BUFFER];
     let mut filled = 0;
     let mut conn = Conn {
         stream,
         client,
         plane,
-        forwarded: Vec::with_capacity(1024),
-        out: Vec::with_capacity(BUFFER),
-        upstream: vec![0u8; BUFFER],
+        forwarded: Vec::new(),
+        out: Vec::new(),
+        upstream: Vec::new(),
         extra: Vec::new(),
     };
     let mut stopped = std::pin::pin!(shutdown.changed());
@@ -491,6 +495,9 @@ async fn exchange(
         None => (Box::pin(connections::open(address)).await?, false),
     };
     let buffer = &mut conn.upstream;
+    if buffer.is_empty() {
+        buffer.resize(RELAY_BUFFER, 0);
+    }
     'connection: loop {
         let stale = |error: String| SendFailure::Failed(format!("{address}: {error}"));
         if let Err(error) = stream.write_all(&conn.out).await {
