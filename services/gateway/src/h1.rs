@@ -140,15 +140,8 @@ pub async fn serve(
 ) -> Ended {
     let mut input = vec![0u8; INPUT_BUFFER];
     let mut filled = 0;
-    let mut conn = Conn {
-        stream,
-        client,
-        plane,
-        forwarded: Vec::new(),
-        out: Vec::new(),
-        upstream: Vec::new(),
-        extra: Vec::new(),
-    };
+    let mut conn =
+        Conn { stream, client, plane, forwarded: Vec::new(), out: Vec::new(), upstream: Vec::new(), extra: Vec::new() };
     let mut stopped = std::pin::pin!(shutdown.changed());
     let mut head_deadline: Option<Instant> = None;
     loop {
