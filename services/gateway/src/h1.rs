@@ -27,6 +27,7 @@ use crate::proxy::{self, DataPlane, Tries, TryFailure};
 use crate::routes::Match;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use pake_mesh_server::types as mesh;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -271,6 +272,15 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     if settings.cache.enabled {
         return Step::Handover;
     }
+    // Decided before any policy counts the request, so that a request handed over is
+    // never authenticated or rate-limited twice.
+    let snapshot = plane.registry.load();
+    let plain = snapshot.service_by_name(settings.service.as_str()).is_none_or(|service| {
+        service.instances.iter().all(|record| record.instance.scheme == mesh::InstanceScheme::Http)
+    });
+    if !plain {
+        return Step::Handover;
+    }
     // Auth and rate limits as the general path applies them; the limit's headers are
     // written into `conn.extra` for the response.
     let principal = if settings.require_token {
@@ -293,14 +303,10 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         }
     }
     let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
-    let snapshot = plane.registry.load();
     let mut tries = match Tries::new(plane, settings, &snapshot, started, idempotent) {
         Ok(tries) => tries,
         Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
     };
-    if !tries.all_plain() {
-        return Step::Handover;
-    }
 
     // The forwarding headers: the client's, less hop-by-hop ones and those replaced here.
     let forwarded = &mut conn.forwarded;

@@ -652,11 +652,6 @@ impl<'a> Tries<'a> {
         })
     }
 
-    /// Whether every candidate speaks plain HTTP/1.1.
-    pub fn all_plain(&self) -> bool {
-        self.candidates.iter().all(|instance| instance.scheme == mesh::InstanceScheme::Http)
-    }
-
     /// The next try's instance, or 503 when every instance's breaker refuses.
     pub fn next(&mut self, started: Instant) -> Result<Try, ApiError> {
         let tried = &self.tried[..self.attempt as usize];

@@ -441,3 +441,37 @@ async fn the_cache_coalesces_misses_serves_hits_and_forgets_what_is_invalidated(
     let metrics = platform.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("pake_gateway_cache_requests_total{level=\"l1\",result=\"hit\"} 2"), "{metrics}");
 }
+
+/// A request the gateway's own HTTP/1.1 path hands to the general one (here: its service
+/// speaks h2c) is rate-limited once, not once per path: three at once, then 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_handed_between_paths_is_limited_once() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    let upstream = Upstream::start("multiplexed", Behaviour::Ok).await;
+    let (service, _) = platform.service("multiplexed", "round_robin", &[], lenient_breaker()).await;
+    let instance: pake_mesh_client::types::InstanceRegistration = serde_json::from_value(
+        json!({"address": "127.0.0.1", "port": upstream.port(), "scheme": "h2c", "ttl_seconds": 60}),
+    )
+    .unwrap();
+    platform.mesh.register_instance().service_id(service).body(instance).send().await.unwrap();
+    let policy: Value = admin_post(
+        &platform,
+        "/v1/admin/rate-limit-policies",
+        json!({"name": "three", "algorithm": "gcra", "rate": 3, "period_seconds": 3600, "burst": 2,
+               "scope": "per_tenant_route"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    platform
+        .route(json!({"name": "mux", "path_prefix": "/mux", "methods": ["GET"], "api_version": "v1",
+        "service": "multiplexed", "rate_limit_policy_id": policy["id"]}))
+        .await;
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        statuses.push(platform.get(&format!("/v1/mux/{n}")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(upstream.hits(), 3);
+}
