@@ -23,7 +23,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,19 +52,58 @@ pub enum SendFailure {
     Failed(String),
 }
 
-/// A plain connection and when it became idle.
-type IdleStream = (TcpStream, Instant);
+/// One thread's idle connections of one kind, by address, each with when it went idle.
+struct Pool<C> {
+    by_address: HashMap<Arc<str>, Vec<(C, Instant)>, foldhash::fast::RandomState>,
+    returns: u32,
+}
 
-struct Idle {
-    sender: SendRequest<Body>,
-    since: Instant,
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Pool { by_address: HashMap::default(), returns: 0 }
+    }
+}
+
+impl<C> Pool<C> {
+    /// Keeps `connection` unless its address has [`MAX_IDLE_PER_ADDRESS`] already; every
+    /// [`SWEEP_EVERY`] returns, drops the expired and those `closed` says are gone, for
+    /// every address (including those no request asks for any more).
+    fn put(&mut self, address: Arc<str>, connection: C, closed: impl Fn(&C) -> bool) {
+        let list = self.by_address.entry(address).or_default();
+        if list.len() < MAX_IDLE_PER_ADDRESS {
+            list.push((connection, Instant::now()));
+        }
+        self.returns = self.returns.wrapping_add(1);
+        if self.returns.is_multiple_of(SWEEP_EVERY) {
+            let now = Instant::now();
+            for list in self.by_address.values_mut() {
+                list.retain(|(connection, since)| !closed(connection) && now.duration_since(*since) <= IDLE_TIMEOUT);
+            }
+            self.by_address.retain(|_, list| !list.is_empty());
+        }
+    }
+}
+
+/// Returns a connection to this thread's `pool`. Connections can come back while the
+/// thread exits, after its pool is gone; they then just close.
+fn put_in<C: 'static>(
+    pool: &'static std::thread::LocalKey<RefCell<Pool<C>>>,
+    address: Arc<str>,
+    connection: C,
+    closed: impl Fn(&C) -> bool,
+) {
+    let _ = pool.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            pool.put(address, connection, closed);
+        }
+    });
 }
 
 thread_local! {
     /// Plain connections of the gateway's own HTTP/1.1 path ([`crate::h1`]), between requests.
-    static STREAMS: RefCell<HashMap<Arc<str>, Vec<IdleStream>, foldhash::fast::RandomState>> = RefCell::default();
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>> = RefCell::default();
-    static RETURNS: Cell<u32> = const { Cell::new(0) };
+    static STREAMS: RefCell<Pool<TcpStream>> = RefCell::default();
+    /// hyper connections of the general path.
+    static IDLE: RefCell<Pool<SendRequest<Body>>> = RefCell::default();
     /// hyper-util's pooling clients for `h2c` (HTTP/2 with prior knowledge) and for
     /// schemes the per-thread pool does not speak, one per thread for the same reason.
     static H2C_CLIENT: Client<HttpConnector, Body> = build_legacy_client(true);
@@ -194,8 +233,8 @@ pub async fn open(address: &str) -> Result<TcpStream, SendFailure> {
 /// first. One the upstream has closed or written to since (its readiness says so, without
 /// a system call when nothing happened) is dropped on the way, as are expired ones.
 pub fn take_stream(address: &str, now: Instant) -> Option<TcpStream> {
-    STREAMS.with_borrow_mut(|idle| {
-        let list = idle.get_mut(address)?;
+    STREAMS.with_borrow_mut(|pool| {
+        let list = pool.by_address.get_mut(address)?;
         while let Some((stream, since)) = list.pop() {
             let mut probe = [0u8; 1];
             let quiet =
@@ -210,22 +249,7 @@ pub fn take_stream(address: &str, now: Instant) -> Option<TcpStream> {
 
 /// Returns a plain connection whose last response was read to its end, and nothing more.
 pub fn put_stream(address: &Arc<str>, stream: TcpStream) {
-    let _ = STREAMS.try_with(|idle| {
-        let Ok(mut idle) = idle.try_borrow_mut() else { return };
-        let list = idle.entry(address.clone()).or_default();
-        if list.len() < MAX_IDLE_PER_ADDRESS {
-            list.push((stream, Instant::now()));
-        }
-        let returns = RETURNS.get().wrapping_add(1);
-        RETURNS.set(returns);
-        if returns.is_multiple_of(SWEEP_EVERY) {
-            let now = Instant::now();
-            for list in idle.values_mut() {
-                list.retain(|(_, since)| now.duration_since(*since) <= IDLE_TIMEOUT);
-            }
-            idle.retain(|_, list| !list.is_empty());
-        }
-    });
+    put_in(&STREAMS, address.clone(), stream, |_| false);
 }
 
 async fn connect(address: &str) -> Result<SendRequest<Body>, SendFailure> {
@@ -247,44 +271,20 @@ async fn connect(address: &str) -> Result<SendRequest<Body>, SendFailure> {
 /// most recently returned (about to turn ready). Closed and expired ones met on the way
 /// are dropped.
 fn checkout(address: &str, now: Instant) -> Option<SendRequest<Body>> {
-    IDLE.with_borrow_mut(|idle| {
-        let list = idle.get_mut(address)?;
+    IDLE.with_borrow_mut(|pool| {
+        let list = pool.by_address.get_mut(address)?;
         loop {
             // Most recently returned first: the warmest, and the least likely to have been
             // closed by the upstream's own idle timeout.
-            let index = list.iter().rposition(|entry| entry.sender.is_ready()).or(list.len().checked_sub(1))?;
-            let entry = list.swap_remove(index);
-            if !entry.sender.is_closed() && now.duration_since(entry.since) <= IDLE_TIMEOUT {
-                return Some(entry.sender);
+            let index = list.iter().rposition(|(sender, _)| sender.is_ready()).or(list.len().checked_sub(1))?;
+            let (sender, since) = list.swap_remove(index);
+            if !sender.is_closed() && now.duration_since(since) <= IDLE_TIMEOUT {
+                return Some(sender);
             }
         }
     })
 }
 
 fn checkin(address: Arc<str>, sender: SendRequest<Body>) {
-    // Bodies can be dropped while the thread exits, after its pool is gone; the
-    // connection then just closes.
-    let _ = IDLE.try_with(|idle| {
-        let Ok(mut idle) = idle.try_borrow_mut() else { return };
-        let idle = &mut *idle;
-        let entry = Idle { sender, since: Instant::now() };
-        let list = idle.entry(address).or_default();
-        if list.len() < MAX_IDLE_PER_ADDRESS {
-            list.push(entry);
-        }
-        let returns = RETURNS.get().wrapping_add(1);
-        RETURNS.set(returns);
-        if returns.is_multiple_of(SWEEP_EVERY) {
-            sweep(idle);
-        }
-    });
-}
-
-/// Closes expired idle connections and forgets closed ones, for every address.
-fn sweep(idle: &mut HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>) {
-    let now = Instant::now();
-    for list in idle.values_mut() {
-        list.retain(|entry| !entry.sender.is_closed() && now.duration_since(entry.since) <= IDLE_TIMEOUT);
-    }
-    idle.retain(|_, list| !list.is_empty());
+    put_in(&IDLE, address, sender, SendRequest::is_closed);
 }

@@ -124,9 +124,7 @@ struct CacheCounters {
     coalesced: Counter,
 }
 
-/// Verified tokens remembered per thread, so that a token's signature is checked once per
-/// thread and [`TOKEN_MEMORY`] rather than on every request; keyed by the [`Edge`] that
-/// verified them (each has its own keys). Bounded: a full map starts over.
+/// A verified token and until when it may be used without checking its signature again.
 struct Remembered {
     verified: Arc<pake_tokens::Verified>,
     until: std::time::Instant,
@@ -138,6 +136,9 @@ const REMEMBERED_PER_THREAD: usize = 10_000;
 type TokensOfEdge = HashMap<Box<str>, Remembered, foldhash::fast::RandomState>;
 
 thread_local! {
+    /// Verified tokens remembered per thread, so that a token's signature is checked once
+    /// per thread and [`TOKEN_MEMORY`] rather than on every request; keyed by the [`Edge`]
+    /// that verified them (each has its own keys). Bounded: a full map starts over.
     static REMEMBERED: std::cell::RefCell<HashMap<u64, TokensOfEdge>> = std::cell::RefCell::default();
 }
 

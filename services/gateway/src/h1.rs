@@ -369,8 +369,8 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         let exchanged = exchange(conn, &upstream.address, head_request, idempotent, close, attempt.now);
         let result = tokio::time::timeout_at(attempt.deadline.into(), exchanged).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let failure = match result {
-            Ok(Ok(answer)) => {
+        let failure = match TryFailure::check(result, settings.service.as_str()) {
+            Ok(answer) => {
                 let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
                 if tries.answered(&attempt, status) {
                     continue;
@@ -382,15 +382,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
                     _ => Step::Close,
                 };
             }
-            Ok(Err(SendFailure::Connect(reason))) => {
-                tracing::debug!(%reason, service = settings.service.as_str(), "upstream try failed to connect");
-                TryFailure::Connect
-            }
-            Ok(Err(SendFailure::Failed(reason))) => {
-                tracing::debug!(%reason, service = settings.service.as_str(), "upstream try failed");
-                TryFailure::Reset
-            }
-            Err(_) => TryFailure::Timeout,
+            Err(failure) => failure,
         };
         if let Err(refused) = tries.failed(&attempt, failure) {
             return refuse(conn, route, refused.into_response(), started, close).await;
@@ -497,63 +489,61 @@ async fn exchange(
     if buffer.is_empty() {
         buffer.resize(RELAY_BUFFER, 0);
     }
-    'connection: loop {
-        let stale = |error: String| SendFailure::Failed(format!("{address}: {error}"));
-        if let Err(error) = stream.write_all(&conn.out).await {
-            if reused && idempotent {
-                stream = Box::pin(connections::open(address)).await?;
-                reused = false;
-                continue 'connection;
+    let failed = |error: String| SendFailure::Failed(format!("{address}: {error}"));
+    loop {
+        // Why this connection gave nothing back, if it did not answer.
+        let silent = 'answer: {
+            if let Err(error) = stream.write_all(&conn.out).await {
+                break 'answer error.to_string();
             }
-            return Err(stale(error.to_string()));
-        }
-        let mut filled = 0;
-        loop {
-            if filled > 0 {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut response = httparse::Response::new(&mut headers);
-                match response.parse(&buffer[..filled]) {
-                    Ok(httparse::Status::Complete(head)) => {
-                        let status = response.code.unwrap_or(0);
-                        if (100..200).contains(&status) && status != 101 {
-                            // Informational answers are not relayed; the final one follows.
-                            buffer.copy_within(head..filled, 0);
-                            filled -= head;
-                            continue;
-                        }
-                        if status == 101 || status < 100 {
-                            return Err(stale(format!("unexpected status {status}")));
-                        }
-                        let (framing, reusable) =
-                            client_head(&mut conn.out, &response, &conn.extra, head_request, close).map_err(stale)?;
-                        return Ok(Answer { stream, status, head, filled, framing, reusable });
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if filled == buffer.len() {
-                            if buffer.len() >= HEAD_LIMIT {
-                                return Err(stale("response head too large".into()));
+            let mut filled = 0;
+            loop {
+                if filled > 0 {
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut response = httparse::Response::new(&mut headers);
+                    match response.parse(&buffer[..filled]) {
+                        Ok(httparse::Status::Complete(head)) => {
+                            let status = response.code.unwrap_or(0);
+                            if (100..200).contains(&status) && status != 101 {
+                                // Informational answers are not relayed; the final one follows.
+                                buffer.copy_within(head..filled, 0);
+                                filled -= head;
+                                continue;
                             }
-                            buffer.resize(buffer.len() * 2, 0);
+                            if status == 101 || status < 100 {
+                                return Err(failed(format!("unexpected status {status}")));
+                            }
+                            let (framing, reusable) =
+                                client_head(&mut conn.out, &response, &conn.extra, head_request, close)
+                                    .map_err(failed)?;
+                            return Ok(Answer { stream, status, head, filled, framing, reusable });
                         }
+                        Ok(httparse::Status::Partial) => {
+                            if filled == buffer.len() {
+                                if buffer.len() >= HEAD_LIMIT {
+                                    return Err(failed("response head too large".into()));
+                                }
+                                buffer.resize(buffer.len() * 2, 0);
+                            }
+                        }
+                        Err(error) => return Err(failed(format!("malformed response head: {error}"))),
                     }
-                    Err(error) => return Err(stale(format!("malformed response head: {error}"))),
+                }
+                match stream.read(&mut buffer[filled..]).await {
+                    Ok(n) if n > 0 => filled += n,
+                    Ok(_) if filled == 0 => break 'answer "closed before a complete response head".to_string(),
+                    Err(error) if filled == 0 => break 'answer error.to_string(),
+                    Ok(_) => return Err(failed("closed before a complete response head".into())),
+                    Err(error) => return Err(failed(error.to_string())),
                 }
             }
-            match stream.read(&mut buffer[filled..]).await {
-                Ok(n) if n > 0 => filled += n,
-                ended => {
-                    if filled == 0 && reused && idempotent {
-                        stream = Box::pin(connections::open(address)).await?;
-                        reused = false;
-                        continue 'connection;
-                    }
-                    return Err(stale(match ended {
-                        Err(error) => error.to_string(),
-                        Ok(_) => "closed before a complete response head".into(),
-                    }));
-                }
-            }
+        };
+        if !(reused && idempotent) {
+            return Err(failed(silent));
         }
+        // An idle connection the upstream had closed: once more on a new one.
+        stream = Box::pin(connections::open(address)).await?;
+        reused = false;
     }
 }
 
@@ -746,9 +736,7 @@ async fn read_body(stream: &mut TcpStream, buffer: &mut [u8], idle: Duration) ->
 fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     let mut size = [0u8; 16];
     let digits = 16 - (data.len().leading_zeros() as usize / 4).min(15);
-    for (index, digit) in size[..digits].iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[(data.len() >> (4 * (digits - 1 - index))) & 0xf];
-    }
+    proxy::write_hex(&mut size[..digits], data.len() as u64);
     out.extend_from_slice(&size[..digits]);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);

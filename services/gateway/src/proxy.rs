@@ -376,7 +376,7 @@ pub(crate) fn write_ip(out: &mut [u8; 48], ip: std::net::IpAddr) -> usize {
 }
 
 /// Writes `value` as lower-case hex digits, most significant first, filling `out`.
-fn write_hex(out: &mut [u8], value: u64) {
+pub(crate) fn write_hex(out: &mut [u8], value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let last = out.len() - 1;
     for (index, digit) in out.iter_mut().enumerate() {
@@ -468,6 +468,26 @@ pub(crate) enum TryFailure {
 }
 
 impl TryFailure {
+    /// A try's answer, or why it got none (logged for `service`): the send failed, or the
+    /// try's deadline passed first.
+    pub(crate) fn check<T>(
+        sent: Result<Result<T, SendFailure>, tokio::time::error::Elapsed>,
+        service: &str,
+    ) -> Result<T, TryFailure> {
+        match sent {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(SendFailure::Connect(reason))) => {
+                tracing::debug!(%reason, service, "upstream try failed to connect");
+                Err(TryFailure::Connect)
+            }
+            Ok(Err(SendFailure::Failed(reason))) => {
+                tracing::debug!(%reason, service, "upstream try failed");
+                Err(TryFailure::Reset)
+            }
+            Err(_) => Err(TryFailure::Timeout),
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             TryFailure::Connect => "connect",
@@ -798,23 +818,15 @@ async fn forward(
         let result = tokio::time::timeout_at(attempt.deadline.into(), sent).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
 
-        let failure = match result {
-            Ok(Ok(mut response)) => {
+        let failure = match TryFailure::check(result, route.service.as_str()) {
+            Ok(mut response) => {
                 if tries.answered(&attempt, response.status()) {
                     continue;
                 }
                 remove_hop_by_hop(response.headers_mut());
                 return Ok(response);
             }
-            Ok(Err(SendFailure::Connect(reason))) => {
-                tracing::debug!(%reason, service = route.service.as_str(), "upstream try failed to connect");
-                TryFailure::Connect
-            }
-            Ok(Err(SendFailure::Failed(reason))) => {
-                tracing::debug!(%reason, service = route.service.as_str(), "upstream try failed");
-                TryFailure::Reset
-            }
-            Err(_) => TryFailure::Timeout,
+            Err(failure) => failure,
         };
         tries.failed(&attempt, failure)?;
     }

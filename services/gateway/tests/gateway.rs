@@ -402,12 +402,7 @@ async fn outliers_are_ejected_within_the_allowed_share() {
 async fn h2c_instances_are_reached_over_http2() {
     let platform = Platform::start(Backend::Sqlite).await;
     let upstream = Upstream::start("multiplexed", Behaviour::Ok).await;
-    let (service, _) = platform.service("multiplexed", "round_robin", &[], lenient_breaker()).await;
-    let instance: pake_mesh_client::types::InstanceRegistration = serde_json::from_value(
-        json!({"address": "127.0.0.1", "port": upstream.port(), "scheme": "h2c", "ttl_seconds": 60}),
-    )
-    .unwrap();
-    platform.mesh.register_instance().service_id(service).body(instance).send().await.unwrap();
+    platform.h2c_service("multiplexed", upstream.port()).await;
     platform
         .route(json!({"name": "multiplexed", "path_prefix": "/mux", "methods": ["GET"], "api_version": "v1", "service": "multiplexed"}))
         .await;

@@ -448,12 +448,7 @@ async fn the_cache_coalesces_misses_serves_hits_and_forgets_what_is_invalidated(
 async fn a_request_handed_between_paths_is_limited_once() {
     let platform = Platform::start(Backend::Sqlite).await;
     let upstream = Upstream::start("multiplexed", Behaviour::Ok).await;
-    let (service, _) = platform.service("multiplexed", "round_robin", &[], lenient_breaker()).await;
-    let instance: pake_mesh_client::types::InstanceRegistration = serde_json::from_value(
-        json!({"address": "127.0.0.1", "port": upstream.port(), "scheme": "h2c", "ttl_seconds": 60}),
-    )
-    .unwrap();
-    platform.mesh.register_instance().service_id(service).body(instance).send().await.unwrap();
+    platform.h2c_service("multiplexed", upstream.port()).await;
     let policy: Value = admin_post(
         &platform,
         "/v1/admin/rate-limit-policies",

@@ -311,16 +311,9 @@ impl RedisStore {
                 let deadline = tokio::time::Instant::now() + self.options.timeout;
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
                 let script = (self.gcra.get_hash(), GCRA_LUA);
-                crate::resp::eval_integers(self.id, endpoint, script, &keys, &args, deadline).await.map_err(
-                    |error| {
-                        let reason = match error {
-                            crate::resp::RoundTripError::Connect(reason)
-                            | crate::resp::RoundTripError::Io(reason)
-                            | crate::resp::RoundTripError::Redis(reason) => reason,
-                        };
-                        Failure::Failed { generation: None, reason }
-                    },
-                )?
+                crate::resp::eval_integers(self.id, endpoint, script, &keys, &args, deadline)
+                    .await
+                    .map_err(|error| Failure::Failed { generation: None, reason: error.reason() })?
             }
             None => {
                 let mut invocation = self.gcra.prepare_invoke();

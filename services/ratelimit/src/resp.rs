@@ -39,10 +39,21 @@ pub(crate) enum RoundTripError {
     Redis(String),
 }
 
-/// A reply: the integers of an array reply, or an error line.
+impl RoundTripError {
+    /// What went wrong, in words.
+    pub(crate) fn reason(self) -> String {
+        match self {
+            RoundTripError::Connect(reason) | RoundTripError::Io(reason) | RoundTripError::Redis(reason) => reason,
+        }
+    }
+}
+
+/// A reply: the integers of an array reply, a bulk string (None: nil), a status line or
+/// an error line.
 #[derive(Debug, PartialEq, Eq)]
 enum Reply {
     Integers(Vec<i64>),
+    Bulk(Option<Vec<u8>>),
     Simple,
     Error(String),
 }
@@ -83,6 +94,16 @@ fn parse(buffer: &[u8]) -> Result<Option<(Reply, usize)>, String> {
     match first.first() {
         Some(b'+') => Ok(Some((Reply::Simple, at))),
         Some(b'-') => Ok(Some((Reply::Error(String::from_utf8_lossy(&first[1..]).into_owned()), at))),
+        Some(b'$') => {
+            let Ok(length) = usize::try_from(integer(&first[1..])?) else { return Ok(Some((Reply::Bulk(None), at))) };
+            if buffer.len() < at + length + 2 {
+                return Ok(None);
+            }
+            if &buffer[at + length..at + length + 2] != b"\r\n" {
+                return Err("a bulk string without its CRLF".into());
+            }
+            Ok(Some((Reply::Bulk(Some(buffer[at..at + length].to_vec())), at + length + 2)))
+        }
         Some(b'*') => {
             let count = integer(&first[1..])?;
             let count = usize::try_from(count).map_err(|_| "a nil array reply".to_string())?;
@@ -127,30 +148,20 @@ async fn open(endpoint: &Endpoint) -> Result<TcpStream, RoundTripError> {
     let mut stream = TcpStream::connect(&endpoint.address).await.map_err(|error| connect(error.to_string()))?;
     let _ = stream.set_nodelay(true);
     let mut buffer = Vec::new();
-    let setup = |parts: Vec<&[u8]>| {
+    let db = endpoint.db.to_string();
+    let auth: Option<Vec<&[u8]>> = endpoint.password.as_deref().map(|password| match &endpoint.username {
+        Some(user) => vec![b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()],
+        None => vec![b"AUTH".as_slice(), password.as_bytes()],
+    });
+    let select = (endpoint.db != 0).then(|| vec![b"SELECT".as_slice(), db.as_bytes()]);
+    for parts in [auth, select].into_iter().flatten() {
         let mut command = Vec::new();
         encode(&mut command, &parts);
-        command
-    };
-    let mut commands = Vec::new();
-    if let Some(password) = &endpoint.password {
-        match &endpoint.username {
-            Some(user) => commands.push(setup(vec![b"AUTH", user.as_bytes(), password.as_bytes()])),
-            None => commands.push(setup(vec![b"AUTH", password.as_bytes()])),
-        }
-    }
-    let db = endpoint.db.to_string();
-    if endpoint.db != 0 {
-        commands.push(setup(vec![b"SELECT", db.as_bytes()]));
-    }
-    for command in commands {
         match exchange(&mut stream, &command, &mut buffer).await {
             Ok(Reply::Simple) => {}
             Ok(Reply::Error(error)) => return Err(connect(error)),
             Ok(other) => return Err(connect(format!("unexpected setup reply {other:?}"))),
-            Err(RoundTripError::Io(error) | RoundTripError::Connect(error) | RoundTripError::Redis(error)) => {
-                return Err(connect(error));
-            }
+            Err(error) => return Err(connect(error.reason())),
         }
     }
     Ok(stream)
@@ -198,10 +209,9 @@ pub(crate) async fn eval_integers(
                 Ok(Reply::Error(error)) if error.starts_with("NOSCRIPT") && !loaded => {
                     let mut load = Vec::new();
                     encode(&mut load, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
-                    // The reply is the script's hash, a bulk string: read as an error-free
-                    // line pair by the parser would reject it, so it is skipped by length.
-                    match exchange_bulk(&mut stream, &load, &mut buffer).await? {
-                        Some(hash) if hash == sha.as_bytes() => loaded = true,
+                    // The reply is the script's hash.
+                    match exchange(&mut stream, &load, &mut buffer).await? {
+                        Reply::Bulk(Some(hash)) if hash == sha.as_bytes() => loaded = true,
                         other => {
                             return Err(RoundTripError::Redis(format!("SCRIPT LOAD answered {other:?}")));
                         }
@@ -219,38 +229,6 @@ pub(crate) async fn eval_integers(
         }
     };
     timeout_at(deadline, run).await.map_err(|_| RoundTripError::Io("timed out".into()))?
-}
-
-/// Writes `command` and reads a bulk-string reply (None for nil).
-async fn exchange_bulk(
-    stream: &mut TcpStream,
-    command: &[u8],
-    buffer: &mut Vec<u8>,
-) -> Result<Option<Vec<u8>>, RoundTripError> {
-    let io = |error: std::io::Error| RoundTripError::Io(error.to_string());
-    stream.write_all(command).await.map_err(io)?;
-    buffer.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some((first, at)) = line(buffer, 0) {
-            match first.first() {
-                Some(b'$') => {
-                    let length = integer(&first[1..]).map_err(RoundTripError::Io)?;
-                    let Ok(length) = usize::try_from(length) else { return Ok(None) };
-                    if buffer.len() >= at + length + 2 {
-                        return Ok(Some(buffer[at..at + length].to_vec()));
-                    }
-                }
-                Some(b'-') => return Err(RoundTripError::Redis(String::from_utf8_lossy(&first[1..]).into_owned())),
-                _ => return Err(RoundTripError::Io(format!("unexpected reply {:?}", String::from_utf8_lossy(first)))),
-            }
-        }
-        let read = stream.read(&mut chunk).await.map_err(io)?;
-        if read == 0 {
-            return Err(RoundTripError::Io("Redis closed the connection".into()));
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
 }
 
 #[cfg(test)]
@@ -272,6 +250,9 @@ mod tests {
             assert_eq!(parse(&whole[..cut]), Ok(None), "{cut} bytes");
         }
         assert_eq!(parse(b"+OK\r\n"), Ok(Some((Reply::Simple, 5))));
+        assert_eq!(parse(b"$3\r\nabc\r\n"), Ok(Some((Reply::Bulk(Some(b"abc".to_vec())), 9))));
+        assert_eq!(parse(b"$3\r\nab"), Ok(None));
+        assert_eq!(parse(b"$-1\r\n"), Ok(Some((Reply::Bulk(None), 5))));
         let error = b"-NOSCRIPT No matching script.\r\n";
         assert_eq!(parse(error), Ok(Some((Reply::Error("NOSCRIPT No matching script.".into()), error.len()))));
         assert!(parse(b"*1\r\n$3\r\nabc\r\n").is_err(), "only integers in arrays");
