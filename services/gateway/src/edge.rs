@@ -226,13 +226,22 @@ impl Edge {
         });
     }
 
-    /// The caller of a route that requires a token, or the 401/403 to answer.
-    pub fn authenticate(&self, headers: &HeaderMap, route: &types::Route) -> Result<Principal, ApiError> {
+    /// The caller of a route that requires a token, or the 401/403 to answer. The verified
+    /// token is shared with the memory of verified tokens, not copied for each request.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        route: &types::Route,
+    ) -> Result<Arc<pake_tokens::Verified>, ApiError> {
         self.authorize(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes), route)
     }
 
     /// [`Edge::authenticate`] from the `Authorization` value alone (the first, if several).
-    pub fn authorize(&self, authorization: Option<&[u8]>, route: &types::Route) -> Result<Principal, ApiError> {
+    pub fn authorize(
+        &self,
+        authorization: Option<&[u8]>,
+        route: &types::Route,
+    ) -> Result<Arc<pake_tokens::Verified>, ApiError> {
         let result = (|| {
             let value = authorization.ok_or_else(|| ApiError::unauthorized("this route requires a bearer token"))?;
             let token = std::str::from_utf8(value)
@@ -253,13 +262,13 @@ impl Edge {
                     verified
                 }
             };
-            let principal = &verified.principal;
+            let held = &verified.principal.scopes;
             if let Some(missing) =
-                route.required_scopes.iter().find(|needed| !principal.scopes.iter().any(|held| held == needed.as_str()))
+                route.required_scopes.iter().find(|needed| !held.iter().any(|held| held == needed.as_str()))
             {
                 return Err(ApiError::forbidden(format!("the token lacks the scope {}", missing.as_str())));
             }
-            Ok(principal.clone())
+            Ok(verified)
         })();
         self.counted(result)
     }

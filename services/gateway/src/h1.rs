@@ -294,7 +294,14 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     conn.extra.clear();
     if settings.rate_limit_policy_id.is_some() || principal.is_some() {
         let table = plane.policies.load();
-        match Box::pin(plane.edge.rate_limit(&table, settings, principal.as_ref(), Some(conn.client))).await {
+        match Box::pin(plane.edge.rate_limit(
+            &table,
+            settings,
+            principal.as_deref().map(|verified| &verified.principal),
+            Some(conn.client),
+        ))
+        .await
+        {
             Ok(Some((decision, limit))) => decision.write_headers(limit, |field, value| {
                 push_header(&mut conn.extra, field.name().as_bytes(), value.as_bytes());
             }),

@@ -541,7 +541,14 @@ async fn apply_policies(
     // neither, and skip the table.
     let table = (settings.rate_limit_policy_id.is_some() || principal.is_some()).then(|| plane.policies.load());
     let limited = match &table {
-        Some(table) => match Box::pin(plane.edge.rate_limit(table, settings, principal.as_ref(), client)).await {
+        Some(table) => match Box::pin(plane.edge.rate_limit(
+            table,
+            settings,
+            principal.as_deref().map(|verified| &verified.principal),
+            client,
+        ))
+        .await
+        {
             Ok(limited) => limited,
             Err(refused) => return refused,
         },
@@ -551,7 +558,7 @@ async fn apply_policies(
         forward(plane, route, rest_at, request, client, started).await.unwrap_or_else(IntoResponse::into_response)
     };
     let mut response = if settings.cache.enabled {
-        let tenant = principal.as_ref().and_then(|p| p.tenant.as_deref()).unwrap_or("-");
+        let tenant = principal.as_ref().and_then(|verified| verified.principal.tenant.as_deref()).unwrap_or("-");
         Box::pin(crate::edge::through_cache(plane, route, request, tenant, send)).await
     } else {
         send(request).await

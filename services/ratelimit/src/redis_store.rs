@@ -13,7 +13,7 @@
 //! fresh, time-bounded connection attempt. Every other request falls back meanwhile, so
 //! recovery needs no restart and costs at most one bounded attempt per backoff.
 
-use crate::algo::{Outcome, Rates, WEIGHT_ONE};
+use crate::algo::{self, Outcome, Rates, WEIGHT_ONE};
 use crate::{Algorithm, Error, RedisOptions};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
@@ -85,8 +85,7 @@ impl Batch {
 /// the request that leads the batch).
 struct Waiting {
     key: String,
-    interval_us: u64,
-    tolerance_us: u64,
+    rates: Rates,
     reply: Option<oneshot::Sender<Option<Outcome>>>,
 }
 
@@ -188,13 +187,14 @@ impl RedisStore {
         match algorithm {
             Algorithm::Gcra => self.gcra_gathered(key, rates).await,
             Algorithm::SlidingWindow => {
-                let mut first = self.sliding_window(key, rates).await;
+                // Boxed, as a GCRA batch's round trip is: only this branch needs that state.
+                let mut first = Box::pin(self.sliding_window(key, rates)).await;
                 // A connection that broke while idle (Redis restarted, a proxy dropped it) is
                 // only found out on use. One fresh connection is tried at once, so that a
                 // Redis that is back does not cost a backoff of local decisions.
                 if let Err(Failure::Broken { generation, .. }) = &first {
                     self.forget(*generation);
-                    first = self.sliding_window(key, rates).await;
+                    first = Box::pin(self.sliding_window(key, rates)).await;
                 }
                 self.settle(first)
             }
@@ -203,18 +203,22 @@ impl RedisStore {
 
     /// Joins this thread's gathering batch, or starts one and leads it.
     async fn gcra_gathered(&self, key: &str, rates: &Rates) -> Option<Outcome> {
-        let key = format!("{}rl:gcra:{key}", self.prefix);
-        let (interval_us, tolerance_us) = (rates.interval_us, rates.tolerance_us);
+        let mut full = String::with_capacity(self.prefix.len() + 8 + key.len());
+        full.push_str(&self.prefix);
+        full.push_str("rl:gcra:");
+        full.push_str(key);
+        let key = full;
+        let rates = *rates;
         let joined = GATHERING.with_borrow_mut(|gathering| {
             if let Some(open) = gathering.get(&self.id) {
                 let mut waiting = open.waiting.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(waiting) = waiting.as_mut() {
                     let (reply, answer) = oneshot::channel();
-                    waiting.push(Waiting { key, interval_us, tolerance_us, reply: Some(reply) });
+                    waiting.push(Waiting { key, rates, reply: Some(reply) });
                     return Ok(answer);
                 }
             }
-            let own = Waiting { key, interval_us, tolerance_us, reply: None };
+            let own = Waiting { key, rates, reply: None };
             let batch = Arc::new(Batch { waiting: Mutex::new(Some(vec![own])) });
             gathering.insert(self.id, Arc::clone(&batch));
             Err(batch)
@@ -242,10 +246,12 @@ impl RedisStore {
             let _ = done.send(true);
             return None;
         }
-        let mut decided = self.gcra(&batch).await;
+        // Boxed: the round trip's state is only needed by the batch's leader, and would
+        // otherwise enlarge every request's future.
+        let mut decided = Box::pin(self.gcra(&batch)).await;
         if let Err(Failure::Broken { generation, .. }) = &decided {
             self.forget(*generation);
-            decided = self.gcra(&batch).await;
+            decided = Box::pin(self.gcra(&batch)).await;
         }
         let decided = self.settle(decided);
         let _ = done.send(true);
@@ -291,23 +297,40 @@ impl RedisStore {
         });
     }
 
-    /// One EVALSHA of the GCRA script for every decision in `batch`, in order.
+    /// One EVALSHA of the GCRA script for every decision in `batch`, in order. Redis is
+    /// sent each key once, with how many decisions it carries, and answers the TAT the
+    /// first of them met; each decision is then replayed from it with [`algo::gcra`], the
+    /// arithmetic the script itself uses to count the admitted ones.
     async fn gcra(&self, batch: &[Waiting]) -> Result<Vec<Outcome>, Failure> {
+        // Decisions counted per key (and rates, should a policy change mid-batch), in
+        // order of first appearance; `group_of` maps each decision to its entry.
+        let mut groups: Vec<(&str, Rates, u64)> = Vec::new();
+        let mut group_of = Vec::with_capacity(batch.len());
+        let mut index: HashMap<(&str, u64, u64), usize> = HashMap::new();
+        for waiting in batch {
+            let (interval, tolerance) = (waiting.rates.interval_us, waiting.rates.tolerance_us);
+            let group = *index.entry((waiting.key.as_str(), interval, tolerance)).or_insert_with(|| {
+                groups.push((waiting.key.as_str(), waiting.rates, 0));
+                groups.len() - 1
+            });
+            groups[group].2 += 1;
+            group_of.push(group);
+        }
         let reply: Vec<i64> = match &self.endpoint {
             Some(endpoint) => {
-                // The rates as text, in one buffer.
-                let mut text = Vec::with_capacity(batch.len() * 24);
-                let mut ends = Vec::with_capacity(batch.len() * 2);
+                // The numbers as text, in one buffer.
+                let mut text = Vec::with_capacity(groups.len() * 32);
+                let mut ends = Vec::with_capacity(groups.len() * 3);
                 let mut digits = itoa::Buffer::new();
-                for waiting in batch {
-                    for number in [waiting.interval_us, waiting.tolerance_us] {
+                for (_, rates, count) in &groups {
+                    for number in [rates.interval_us, rates.tolerance_us, *count] {
                         text.extend_from_slice(digits.format(number).as_bytes());
                         ends.push(text.len());
                     }
                 }
                 let args: Vec<&[u8]> =
                     ends.iter().scan(0, |start, &end| Some(&text[std::mem::replace(start, end)..end])).collect();
-                let keys: Vec<&[u8]> = batch.iter().map(|waiting| waiting.key.as_bytes()).collect();
+                let keys: Vec<&[u8]> = groups.iter().map(|(key, ..)| key.as_bytes()).collect();
                 let deadline = tokio::time::Instant::now() + self.options.timeout;
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
                 let script = (self.gcra.get_hash(), GCRA_LUA);
@@ -317,21 +340,35 @@ impl RedisStore {
             }
             None => {
                 let mut invocation = self.gcra.prepare_invoke();
-                for waiting in batch {
-                    invocation.key(waiting.key.as_str()).arg(waiting.interval_us).arg(waiting.tolerance_us);
+                for (key, rates, count) in &groups {
+                    invocation.key(*key).arg(rates.interval_us).arg(rates.tolerance_us).arg(*count);
                 }
                 self.invoke(&invocation).await?
             }
         };
-        if reply.len() != 4 * batch.len() {
-            return Err(Failure::Failed {
-                generation: None,
-                reason: format!("GCRA script answered {} numbers", reply.len()),
-            });
+        let malformed = || Failure::Failed {
+            generation: None,
+            reason: format!("GCRA script answered {reply:?} for {} keys", groups.len()),
+        };
+        let [now, first_tats @ ..] = reply.as_slice() else { return Err(malformed()) };
+        let now = u64::try_from(*now).map_err(|_| malformed())?;
+        if first_tats.len() != groups.len() {
+            return Err(malformed());
         }
-        Ok(reply
-            .chunks_exact(4)
-            .map(|four| outcome([four[0], four[1], four[2], four[3]], Duration::from_micros))
+        let mut tats = first_tats
+            .iter()
+            .map(|&tat| u64::try_from(tat).ok())
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(malformed)?;
+        Ok(group_of
+            .into_iter()
+            .map(|group| {
+                let (outcome, admitted_tat) = algo::gcra(now, Some(tats[group]), &groups[group].1);
+                if let Some(tat) = admitted_tat {
+                    tats[group] = tat;
+                }
+                outcome
+            })
             .collect())
     }
 

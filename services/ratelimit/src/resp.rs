@@ -127,13 +127,14 @@ async fn exchange(stream: &mut TcpStream, command: &[u8], buffer: &mut Vec<u8>) 
     let io = |error: std::io::Error| RoundTripError::Io(error.to_string());
     stream.write_all(command).await.map_err(io)?;
     buffer.clear();
-    let mut chunk = [0u8; 4096];
     loop {
-        let read = stream.read(&mut chunk).await.map_err(io)?;
+        // Straight into `buffer`: a read buffer on the stack would sit in every rate-limit
+        // future, and be copied with it, for each request.
+        buffer.reserve(4096);
+        let read = stream.read_buf(buffer).await.map_err(io)?;
         if read == 0 {
             return Err(RoundTripError::Io("Redis closed the connection".into()));
         }
-        buffer.extend_from_slice(&chunk[..read]);
         match parse(buffer).map_err(RoundTripError::Io)? {
             Some((reply, used)) if used == buffer.len() => return Ok(reply),
             Some(_) => return Err(RoundTripError::Io("more than one reply to one command".into())),
