@@ -9,9 +9,10 @@
 //! - [`RateLimiter::redis`]: in Redis, so the limit is global across all gateway replicas.
 //!   Each decision is exactly one atomic round trip (EVALSHA of a Lua script that reads the
 //!   server's clock with `TIME`, so replicas with skewed clocks agree); the scripts are
-//!   loaded once per connection, when it is made. GCRA decisions a thread needs in the same
-//!   turn of its event loop share one EVALSHA (each still decided atomically, in order). Each call, connecting included, is bounded
-//!   by [`RedisOptions::timeout`]; after a failure Redis is left alone for
+//!   loaded once per connection, when it is made. The GCRA decisions a thread gathers while
+//!   its previous batch is out share one EVALSHA, one entry per key (each still decided
+//!   atomically, in order). Each call, connecting included, is bounded by
+//!   [`RedisOptions::timeout`]; after a failure Redis is left alone for
 //!   [`RedisOptions::backoff`] (requests fall back at no latency cost), then the next request
 //!   probes it again. While Redis is unreachable each policy follows its [`OnUnavailable`];
 //!   the outage is logged once (warn) when it starts and once (info) when it ends.
@@ -270,8 +271,9 @@ fn write_sf_string(out: &mut String, s: &str) {
 /// Tuning of the Redis-backed limiter.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// Bound on each decision's Redis call, connecting included (default 100 ms). A
-    /// request never waits longer than this for Redis.
+    /// Bound on each Redis round trip, connecting included (default 100 ms), rounded up
+    /// to 16 ms. A GCRA decision may first wait for its thread's batch ahead of it, so it
+    /// waits at most about twice this for Redis.
     pub timeout: Duration,
     /// After a failed call, how long Redis is not tried (default 500 ms); decisions fall
     /// back to each policy's [`OnUnavailable`] meanwhile, at no latency cost.
@@ -340,8 +342,9 @@ impl RateLimiter {
 
     /// Decides one request for `key` under `limit`, counting it if admitted.
     ///
-    /// With Redis this waits at most [`RedisOptions::timeout`], and not at all during the
-    /// backoff after a failure; it must then run within a Tokio runtime with timers enabled.
+    /// With Redis this waits at most about twice [`RedisOptions::timeout`] (see there), and
+    /// not at all during the backoff after a failure; it must then run within a Tokio
+    /// runtime with timers enabled.
     pub async fn check(&self, key: &str, limit: &Limit) -> Decision {
         let rates = Rates::of(limit);
         let Some(redis) = &self.inner.redis else {

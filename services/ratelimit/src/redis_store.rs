@@ -28,6 +28,9 @@ use tokio::time::timeout_at;
 const GCRA_LUA: &str = include_str!("gcra.lua");
 const SLIDING_WINDOW_LUA: &str = include_str!("sliding_window.lua");
 
+/// Redis calls' deadlines are rounded up to a multiple of this (see `RedisStore::deadline`).
+const DEADLINE_STEP: Duration = Duration::from_millis(16);
+
 /// Health as last observed; only transitions are logged.
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -170,7 +173,7 @@ impl RedisStore {
 
     /// Connects and loads the scripts ahead of the first request.
     pub(crate) async fn warm_up(&self) {
-        let deadline = tokio::time::Instant::now() + self.options.timeout;
+        let deadline = self.deadline();
         match self.connection(deadline).await {
             Ok(_) => self.mark_up(),
             Err(Failure::Skipped) => {}
@@ -232,12 +235,13 @@ impl RedisStore {
         // Done when this batch is (or when its leader is dropped: then the sender is).
         let (done, latest) = watch::channel(false);
         let previous = LATEST.with_borrow_mut(|all| all.insert(self.id, latest));
-        // One turn of the event loop: the other requests ready on this thread join. Then,
-        // while this thread's previous batch is still out, the batch keeps gathering: one
-        // batch in flight per thread, and each as large as the traffic makes it.
-        tokio::task::yield_now().await;
-        if let Some(mut previous) = previous {
-            drop(previous.wait_for(|done| *done).await);
+        // While this thread's previous batch is still out, this one gathers: one batch in
+        // flight per thread, each as large as the traffic makes it. With none out, one turn
+        // of the event loop lets the other requests ready on this thread join. (Only then:
+        // a yield costs the event loop an extra poll of its sockets, a system call.)
+        match previous {
+            Some(mut previous) if !*previous.borrow() => drop(previous.wait_for(|done| *done).await),
+            _ => tokio::task::yield_now().await,
         }
         let batch = leading.batch.take();
         leading.taken = true;
@@ -331,7 +335,7 @@ impl RedisStore {
                 let args: Vec<&[u8]> =
                     ends.iter().scan(0, |start, &end| Some(&text[std::mem::replace(start, end)..end])).collect();
                 let keys: Vec<&[u8]> = groups.iter().map(|(key, ..)| key.as_bytes()).collect();
-                let deadline = tokio::time::Instant::now() + self.options.timeout;
+                let deadline = self.deadline();
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
                 let script = (self.gcra.get_hash(), GCRA_LUA);
                 crate::resp::eval_integers(self.id, endpoint, script, &keys, &args, deadline)
@@ -382,7 +386,7 @@ impl RedisStore {
 
     /// Runs a script on this thread's connection, within the timeout.
     async fn invoke<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, Failure> {
-        let deadline = tokio::time::Instant::now() + self.options.timeout;
+        let deadline = self.deadline();
         let (generation, mut connection) = self.connection(deadline).await?;
         let failed = |reason: String| Failure::Failed { generation: Some(generation), reason };
         self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -466,6 +470,16 @@ impl RedisStore {
         }
     }
 
+    /// When a call started now must have been answered: the timeout from now, rounded up
+    /// to [`DEADLINE_STEP`]. Successive calls then share a timer tick; an earlier timer
+    /// than the event loop last planned for would make tokio wake its own loop through a
+    /// system call, once per round trip.
+    fn deadline(&self) -> tokio::time::Instant {
+        let step = micros(DEADLINE_STEP);
+        let due = micros(self.epoch.elapsed() + self.options.timeout).div_ceil(step) * step;
+        tokio::time::Instant::from_std(self.epoch + Duration::from_micros(due))
+    }
+
     fn now_us(&self) -> u64 {
         micros(self.epoch.elapsed())
     }
@@ -484,4 +498,25 @@ fn outcome([allowed, remaining, reset, retry]: [i64; 4], duration: fn(u64) -> Du
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deadlines_are_the_timeout_rounded_up_to_the_step() {
+        let options = RedisOptions { timeout: Duration::from_millis(100), ..RedisOptions::default() };
+        let store = RedisStore::new("redis://127.0.0.1:1/", "t:", options).expect("store");
+        let step = micros(DEADLINE_STEP);
+        for _ in 0..40 {
+            let earliest = tokio::time::Instant::now() + Duration::from_millis(100);
+            let deadline = store.deadline();
+            let latest = tokio::time::Instant::now() + Duration::from_millis(100) + DEADLINE_STEP;
+            assert!(earliest <= deadline && deadline <= latest, "{deadline:?} outside [{earliest:?}, {latest:?}]");
+            let since_epoch = micros(deadline.into_std() - store.epoch);
+            assert_eq!(since_epoch % step, 0, "a deadline off the step: {since_epoch} µs");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
 }
