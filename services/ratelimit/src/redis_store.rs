@@ -1,13 +1,15 @@
 //! Redis-backed decisions: one round trip per decision, bounded in time, with a short
 //! backoff after a failure so that an outage costs requests no latency.
 //!
-//! GCRA decisions are gathered per thread: the first decision a thread needs waits one
-//! turn of its event loop, while the other requests that thread is serving add theirs;
-//! then one EVALSHA carries them all, and each request gets its own answer. Every decision
-//! still takes exactly one atomic round trip (the script runs them in order, each on the
-//! server's clock), and Redis parses, schedules and answers one command for many.
+//! GCRA decisions are gathered per thread: while the thread's previous batch is out (or,
+//! with none out, for one turn of its event loop) the other requests that thread is
+//! serving add theirs; then one EVALSHA carries them all, one entry per key with its count
+//! of decisions, and each request gets its own answer. Every decision still takes exactly
+//! one atomic round trip (the script admits them in order, on the server's clock), and
+//! Redis parses, schedules and answers one command for many.
 //!
-//! The connection is a single multiplexed connection (shared by all requests) managed
+//! Plain TCP servers get the GCRA batches over [`crate::resp`]. Otherwise, and for the
+//! sliding window, the connection is one multiplexed connection per thread managed
 //! here rather than by `redis::aio::ConnectionManager`: after a failure it is dropped, no
 //! request touches Redis until the backoff has passed, and then one request probes with a
 //! fresh, time-bounded connection attempt. Every other request falls back meanwhile, so
