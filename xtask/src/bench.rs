@@ -602,11 +602,38 @@ fn bench_gateway(
         }
         let url = format!("http://{gateway}{path}");
         let header = bearer.map(|token| format!("Authorization: Bearer {token}"));
+        let counted = || {
+            ["pake_gateway_rate_limit_decisions_total", "pake_gateway_rate_limit_redis_round_trips_total"]
+                .map(|name| metric_sum(gateway, name))
+        };
+        let before = counted();
         let report = measure(wrk, name, &url, header.as_deref(), options, &server)?;
         server.check_running(&log_path)?;
+        // With Redis: how many decisions each round trip carried (warm-up included).
+        if let ([Some(decisions), Some(trips)], [Some(decided), Some(tripped)]) = (before, counted()) {
+            let (decisions, trips) = (decided - decisions, tripped - trips);
+            if trips > 0.0 {
+                println!(
+                    "{name}: {decisions} rate-limit decisions in {trips} Redis round trips ({:.1} per round trip)",
+                    decisions / trips
+                );
+            }
+        }
         measured.push((name, url, report));
     }
     Ok(measured)
+}
+
+/// The sum of every sample of metric `name` at the gateway's `/metrics`, if it has any.
+fn metric_sum(gateway: SocketAddr, name: &str) -> Option<f64> {
+    let response = http(gateway, "GET", "/metrics", None, None).ok()?;
+    let values: Vec<f64> = response
+        .body
+        .lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// A 40-character secret that differs between runs. It only guards a throwaway store on

@@ -26,7 +26,8 @@ use pake_cache::{CacheKey, CachedResponse, Flight, Level, Lookup, ResponseCache}
 use pake_gateway_server::types;
 use pake_ratelimit::{Decision, Field, Limit, RateLimiter};
 use pake_tokens::TokenVerifier;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::collections::HashMap;
@@ -169,6 +170,13 @@ impl Edge {
     ) -> Edge {
         let decisions = Family::<DecisionLabels, Counter>::default();
         metrics.register("rate_limit_decisions", "Rate-limit decisions by policy and result", decisions.clone());
+        if limiter.redis_round_trips().is_some() {
+            metrics.register(
+                "rate_limit_redis_round_trips",
+                "Round trips to Redis for rate-limit decisions (one per GCRA batch)",
+                RedisRoundTrips(limiter.clone()),
+            );
+        }
         let auth = Family::<AuthLabels, Counter>::default();
         metrics.register("auth_decisions", "Token checks on routes that require one, by result", auth.clone());
         let lookups = Family::<CacheLabels, Counter>::default();
@@ -345,6 +353,21 @@ impl Edge {
                 }
             }
         }
+    }
+}
+
+/// The rate limiter's Redis round trips, read when metrics are rendered. Beside
+/// `rate_limit_decisions` it tells how many decisions each round trip carried.
+#[derive(Debug)]
+struct RedisRoundTrips(RateLimiter);
+
+impl EncodeMetric for RedisRoundTrips {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.0.redis_round_trips().unwrap_or(0), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }
 

@@ -142,6 +142,17 @@ async fn replicas_share_limits_and_invalidations_and_survive_losing_redis() {
     // 1. The limit holds across both replicas combined: ten of thirty, whichever replica.
     let statuses = replicas.alternate("/v1/limited/x", 30).await;
     assert_eq!((count(&statuses, 200), count(&statuses, 429)), (10, 20), "{statuses:?}");
+    // Each of those sequential decisions was its own round trip, counted at /metrics.
+    let mut round_trips = 0;
+    for which in ['a', 'b'] {
+        let metrics = replicas.get(which, "/metrics").await.text().await.unwrap();
+        let line = metrics
+            .lines()
+            .find(|line| line.starts_with("pake_gateway_rate_limit_redis_round_trips_total "))
+            .unwrap_or_else(|| panic!("replica {which} reports no Redis round trips:\n{metrics}"));
+        round_trips += line.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).expect("a count");
+    }
+    assert!(round_trips >= 30, "{round_trips} Redis round trips for 30 sequential decisions");
 
     // 2. The cache is shared (L2), and an invalidation at one replica evicts at the other.
     let before = hits.load(Ordering::SeqCst);
