@@ -275,7 +275,8 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     // Decided before any policy counts the request, so that a request handed over is
     // never authenticated or rate-limited twice.
     let snapshot = plane.registry.load();
-    let plain = snapshot.service_by_name(settings.service.as_str()).is_none_or(|service| {
+    let service = snapshot.service_by_name(settings.service.as_str()).map(|service| &**service);
+    let plain = service.is_none_or(|service| {
         service.instances.iter().all(|record| record.instance.scheme == mesh::InstanceScheme::Http)
     });
     if !plain {
@@ -310,7 +311,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         }
     }
     let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
-    let mut tries = match Tries::new(plane, settings, &snapshot, started, idempotent) {
+    let mut tries = match Tries::new(plane, settings, service, started, idempotent) {
         Ok(tries) => tries,
         Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
     };

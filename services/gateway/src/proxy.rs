@@ -632,12 +632,13 @@ pub(crate) struct Tries<'a> {
 }
 
 impl<'a> Tries<'a> {
-    /// The healthy, unexpired instances of the route's service in `snapshot`; `retryable`
-    /// says whether the request may be sent more than once (idempotent, no body).
+    /// The healthy, unexpired instances of `service`, the route's service as the registry
+    /// snapshot has it (none: not registered); `retryable` says whether the request may be
+    /// sent more than once (idempotent, no body).
     pub fn new(
         plane: &'a DataPlane,
         route: &'a gw::Route,
-        snapshot: &'a pake_registry::snapshot::Snapshot,
+        service: Option<&'a pake_registry::model::ServiceData>,
         started: Instant,
         retryable: bool,
     ) -> Result<Tries<'a>, ApiError> {
@@ -650,7 +651,7 @@ impl<'a> Tries<'a> {
             )
             .with_retry_after(1)
         };
-        let service = snapshot.service_by_name(service_name).ok_or_else(no_instances)?;
+        let service = service.ok_or_else(no_instances)?;
         let now_ms = wall_clock_ms(started);
         let candidates: Vec<&mesh::Instance> = service
             .instances
@@ -786,7 +787,8 @@ async fn forward(
         matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
     let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
     let snapshot = plane.registry.load();
-    let mut tries = Tries::new(plane, route, &snapshot, started, idempotent && bodyless)?;
+    let service = snapshot.service_by_name(route.service.as_str());
+    let mut tries = Tries::new(plane, route, service.map(|service| &**service), started, idempotent && bodyless)?;
 
     let path = upstream_path(route, parts.uri.path(), rest_at);
     let path_and_query = match parts.uri.query() {

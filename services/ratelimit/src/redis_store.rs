@@ -381,9 +381,14 @@ impl RedisStore {
     async fn sliding_window(&self, key: &str, rates: &Rates) -> Result<Outcome, Failure> {
         let mut invocation = self.sliding_window.key(format!("{}rl:sw:{key}", self.prefix));
         invocation.arg(rates.period_ms).arg(rates.quota).arg(WEIGHT_ONE);
-        let reply: (i64, i64, i64, i64) = self.invoke(&invocation).await?;
-        // The sliding-window script answers in ms.
-        Ok(outcome(reply.into(), Duration::from_millis))
+        let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = self.invoke(&invocation).await?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(Outcome {
+            allowed: allowed == 1,
+            remaining: count(remaining),
+            reset_after: Duration::from_millis(count(reset_ms)),
+            retry_after: Duration::from_millis(count(retry_ms)),
+        })
     }
 
     /// Runs a script on this thread's connection, within the timeout.
@@ -484,17 +489,6 @@ impl RedisStore {
 
     fn now_us(&self) -> u64 {
         micros(self.epoch.elapsed())
-    }
-}
-
-/// A script's four numbers as an outcome; `duration` reads its time unit.
-fn outcome([allowed, remaining, reset, retry]: [i64; 4], duration: fn(u64) -> Duration) -> Outcome {
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    Outcome {
-        allowed: allowed == 1,
-        remaining: count(remaining),
-        reset_after: duration(count(reset)),
-        retry_after: duration(count(retry)),
     }
 }
 
