@@ -82,6 +82,7 @@ enum Kind {
     XRequestId,
     Traceparent,
     Authorization,
+    Date,
     Other,
 }
 
@@ -90,6 +91,7 @@ fn kind(name: &str) -> Kind {
     match name.len() {
         2 if is("te") => Kind::Hop,
         4 if is("host") => Kind::Host,
+        4 if is("date") => Kind::Date,
         6 if is("expect") => Kind::Expect,
         7 if is("upgrade") => Kind::Upgrade,
         7 if is("trailer") => Kind::Hop,
@@ -323,7 +325,12 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         // X-Forwarded-For is extended below (several lines join as one list); Host moves
         // to X-Forwarded-Host, and each try sets the instance's own.
         let kept = match kind {
-            Kind::Other | Kind::ContentLength | Kind::XRequestId | Kind::Traceparent | Kind::Authorization => true,
+            Kind::Other
+            | Kind::Date
+            | Kind::ContentLength
+            | Kind::XRequestId
+            | Kind::Traceparent
+            | Kind::Authorization => true,
             Kind::XForwardedHost => host.is_none(),
             _ => false,
         };
@@ -433,6 +440,9 @@ async fn write_response(conn: &mut Conn<'_>, response: Response, close: bool) ->
             push_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    if !parts.headers.contains_key(axum::http::header::DATE) {
+        out.extend_from_slice(date_line().as_bytes());
+    }
     let mut length = itoa::Buffer::new();
     push_header(out, b"content-length", length.format(body.len()).as_bytes());
     if close {
@@ -442,6 +452,50 @@ async fn write_response(conn: &mut Conn<'_>, response: Response, close: bool) ->
     out.extend_from_slice(&body);
     conn.stream.write_all(out).await
 }
+
+/// `date: <IMF-fixdate>\r\n`: the line the gateway adds to a response that has no `Date`,
+/// as an HTTP intermediary with a clock must (RFC 9110 §6.6.1). Formatted at most once a
+/// second per thread.
+fn date_line() -> DateLine {
+    thread_local! {
+        static DATE: std::cell::Cell<(u64, DateLine)> = const { std::cell::Cell::new((u64::MAX, DateLine::NONE)) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    DATE.with(|cached| {
+        let (at, line) = cached.get();
+        if at == second {
+            return line;
+        }
+        let text = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+        // IMF-fixdate has a fixed width; a clock outside it sends no Date rather than a wrong one.
+        let mut line = DateLine::NONE;
+        if text.len() == DATE_LINE {
+            line.bytes.copy_from_slice(text.as_bytes());
+            line.present = true;
+        }
+        cached.set((second, line));
+        line
+    })
+}
+
+/// A formatted `date` header line (or none).
+#[derive(Clone, Copy)]
+struct DateLine {
+    bytes: [u8; DATE_LINE],
+    present: bool,
+}
+
+impl DateLine {
+    const NONE: DateLine = DateLine { bytes: [0; DATE_LINE], present: false };
+
+    fn as_bytes(&self) -> &[u8] {
+        if self.present { &self.bytes } else { &[] }
+    }
+}
+
+/// The length of a `date` line: `date: ` (6), the IMF-fixdate (29) and CRLF (2).
+const DATE_LINE: usize = 37;
 
 fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -521,9 +575,15 @@ async fn exchange(
                             if status == 101 || status < 100 {
                                 return Err(failed(format!("unexpected status {status}")));
                             }
-                            let (framing, reusable) =
-                                client_head(&mut conn.out, &response, &conn.extra, head_request, close)
-                                    .map_err(failed)?;
+                            let (framing, reusable) = client_head(
+                                &mut conn.out,
+                                &response,
+                                &conn.extra,
+                                date_line().as_bytes(),
+                                head_request,
+                                close,
+                            )
+                            .map_err(failed)?;
                             return Ok(Answer { stream, status, head, filled, framing, reusable });
                         }
                         Ok(httparse::Status::Partial) => {
@@ -562,6 +622,7 @@ fn client_head(
     out: &mut Vec<u8>,
     response: &httparse::Response<'_, '_>,
     extra: &[u8],
+    date: &[u8],
     head_request: bool,
     close: bool,
 ) -> Result<(Framing, bool), String> {
@@ -571,10 +632,12 @@ fn client_head(
     let mut coding: Option<&[u8]> = None;
     let mut listed: [&[u8]; 8] = [&[]; 8];
     let mut listed_count = 0;
+    let mut dated = false;
     let mut kinds = [Kind::Other; MAX_HEADERS];
     for (header, slot) in response.headers.iter().zip(kinds.iter_mut()) {
         *slot = kind(header.name);
         match *slot {
+            Kind::Date => dated = true,
             Kind::Connection => {
                 for token in tokens(header.value) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -653,6 +716,9 @@ fn client_head(
             }
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         },
+    }
+    if !dated {
+        out.extend_from_slice(date);
     }
     out.extend_from_slice(extra);
     if close {
@@ -937,6 +1003,7 @@ mod tests {
             ("X-Request-Id", Kind::XRequestId),
             ("Traceparent", Kind::Traceparent),
             ("authorization", Kind::Authorization),
+            ("DATE", Kind::Date),
             ("Content-Type", Kind::Other),
             ("X-Hosts", Kind::Other),
             ("te2", Kind::Other),
@@ -951,7 +1018,7 @@ mod tests {
         let mut response = httparse::Response::new(&mut headers);
         assert!(response.parse(raw).unwrap().is_complete());
         let mut out = Vec::new();
-        let result = client_head(&mut out, &response, b"", head_request, close);
+        let result = client_head(&mut out, &response, b"", b"date: D\r\n", head_request, close);
         (result, String::from_utf8(out).unwrap())
     }
 
@@ -963,23 +1030,39 @@ mod tests {
             false,
         );
         assert_eq!(result, Ok((Framing::Length(5), true)));
-        assert_eq!(text, "HTTP/1.1 200 OK\r\nX-Kept: 2\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nX-Kept: 2\r\ncontent-length: 5\r\ndate: D\r\n\r\n");
 
         let (result, text) =
             head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n", false, true);
         assert_eq!(result, Ok((Framing::Chunked, false)), "both lengths: chunked wins, connection not reused");
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n");
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ndate: D\r\nconnection: close\r\n\r\n");
 
         let (result, text) = head(b"HTTP/1.0 200 OK\r\nX-A: b\r\n\r\n", false, false);
         assert_eq!(result, Ok((Framing::UntilClose, false)));
-        assert_eq!(text, "HTTP/1.1 200 OK\r\nX-A: b\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nX-A: b\r\ntransfer-encoding: chunked\r\ndate: D\r\n\r\n");
 
         let (result, text) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true, false);
         assert_eq!(result, Ok((Framing::Empty, true)), "HEAD: no body, the length kept");
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n");
+        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\ndate: D\r\n\r\n");
         assert_eq!(head(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, false).0, Ok((Framing::Empty, true)));
 
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false, false).0.is_err());
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", false, false).0.is_err());
+    }
+
+    #[test]
+    fn an_upstream_date_is_kept_and_a_missing_one_added_once() {
+        let dated = "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 0\r\n\r\n";
+        let (_, text) = head(dated.as_bytes(), false, false);
+        assert_eq!(text, dated, "the upstream's Date, and no second one");
+
+        let line = date_line();
+        let text = std::str::from_utf8(line.as_bytes()).unwrap();
+        let value =
+            text.strip_prefix("date: ").and_then(|v| v.strip_suffix("\r\n")).unwrap_or_else(|| panic!("{text:?}"));
+        let stamped = httpdate::parse_http_date(value).unwrap_or_else(|e| panic!("{value:?}: {e}"));
+        let now = std::time::SystemTime::now();
+        let age = now.duration_since(stamped).unwrap_or_else(|e| panic!("{value:?} is {:?} ahead", e.duration()));
+        assert!(age < Duration::from_secs(2), "{value:?} is {age:?} old");
     }
 }

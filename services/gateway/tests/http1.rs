@@ -769,6 +769,55 @@ async fn percent_encoded_paths_and_queries_reach_the_upstream_verbatim() {
     assert_eq!(seen, cases.map(|(_, upstream)| upstream.to_string()));
 }
 
+/// Every answer carries one valid `Date` (RFC 9110 §6.6.1): the upstream's when it sent one,
+/// else the gateway's, and so do the gateway's own refusals. A client's `Date` reaches the
+/// upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_has_one_date() {
+    const UPSTREAM_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let origin = Origin::start(|request, _| match request.head.target() {
+        "/dated" => Reply::keep(format!("HTTP/1.1 200 OK\r\ndate: {UPSTREAM_DATE}\r\ncontent-length: 2\r\n\r\nok")),
+        _ => Reply::keep(ok("undated")),
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    let assert_fresh = |response: &Message, what: &str| {
+        assert_eq!(response.head.count("date"), 1, "{what}: {:?}", response.head);
+        let value = response.head.get("date").unwrap_or_default();
+        let stamped = httpdate::parse_http_date(value).unwrap_or_else(|e| panic!("{what}: {value:?}: {e}"));
+        let skew = stamped.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        let age = std::time::SystemTime::now().duration_since(stamped).unwrap_or_default();
+        assert!(age < Duration::from_secs(3) && skew < Duration::from_secs(1), "{what}: {value:?}");
+    };
+
+    let undated = client.get("/v1/echo/undated").await;
+    assert_eq!((undated.head.status(), undated.text().as_str()), (200, "undated"));
+    assert_fresh(&undated, "an upstream answer without Date");
+
+    let dated = client.get("/v1/echo/dated").await;
+    assert_eq!(dated.head.status(), 200);
+    assert_eq!(dated.head.count("date"), 1, "{:?}", dated.head);
+    assert_eq!(dated.head.get("date"), Some(UPSTREAM_DATE), "the upstream's Date is relayed as sent");
+
+    client
+        .send("GET /v1/echo/with-date HTTP/1.1\r\nHost: gateway.test\r\nDate: Mon, 07 Nov 1994 08:49:37 GMT\r\n\r\n")
+        .await;
+    assert_eq!(client.response("GET").await.head.status(), 200);
+    let seen = origin.seen();
+    let forwarded = seen.iter().find(|request| request.head.target() == "/with-date").expect("the request arrived");
+    assert_eq!(forwarded.head.get("date"), Some("Mon, 07 Nov 1994 08:49:37 GMT"), "{:?}", forwarded.head);
+
+    let no_route = client.get("/v1/nowhere").await;
+    assert_eq!(no_route.head.status(), 404, "{:?}", no_route.head);
+    assert_fresh(&no_route, "the gateway's 404");
+
+    drop(origin);
+    let unreachable = client.get("/v1/echo/gone").await;
+    assert!(unreachable.head.status() >= 500, "{:?}", unreachable.head);
+    assert_fresh(&unreachable, "the gateway's answer for an unreachable upstream");
+}
+
 /// Shutdown while requests are in flight, on both paths (a plain GET on the gateway's own
 /// path, a POST with a body on hyper's): both answers arrive whole, an idle keep-alive
 /// connection is closed at once, and new connections are refused once the server is done.
