@@ -812,8 +812,14 @@ async fn every_answer_has_one_date() {
     assert_eq!(no_route.head.status(), 404, "{:?}", no_route.head);
     assert_fresh(&no_route, "the gateway's 404");
 
-    drop(origin);
-    let unreachable = client.get("/v1/echo/gone").await;
+    // A service whose one instance's port has no listener.
+    let closed = TcpListener::bind(("127.0.0.1", 0)).await.unwrap().local_addr().unwrap().port();
+    platform.service("nobody", "round_robin", &[(closed, 100)], lenient_breaker()).await;
+    platform
+        .route(json!({"name": "nobody", "path_prefix": "/nobody", "methods": ["GET"], "api_version": "v1",
+                      "service": "nobody", "retry": {"max_attempts": 0}}))
+        .await;
+    let unreachable = client.get("/v1/nobody/x").await;
     assert!(unreachable.head.status() >= 500, "{:?}", unreachable.head);
     assert_fresh(&unreachable, "the gateway's answer for an unreachable upstream");
 }
