@@ -6,7 +6,7 @@
 //! idle connection opened by that same thread, so its bytes never cross threads and no
 //! pool lock, checkout task or hand-over sits between the request and hyper's connection.
 //! `h2c` instances, where one connection carries many requests at once, and `https` ones
-//! go through hyper-util's pooling client instead (see [`legacy_client`]).
+//! go through hyper-util's pooling clients instead ([`h2c_client`], [`https_client`]).
 //!
 //! A connection returns to the pool of the thread that finishes reading its response,
 //! when the response body ends ([`PooledBody`]); hyper marks it ready for the next request
@@ -47,6 +47,9 @@ pub const SWEEP_EVERY: u32 = 4096;
 pub enum SendFailure {
     /// No connection: refused, unreachable, or not open within [`CONNECT_TIMEOUT`].
     Connect(String),
+    /// Connected, but the TLS handshake failed: the instance's certificate was not
+    /// trusted or not for its address, or no protocol version was agreed.
+    Tls(String),
     /// The connection failed after the request was handed to it (reset, closed early,
     /// malformed response).
     Failed(String),
@@ -104,28 +107,48 @@ thread_local! {
     static STREAMS: RefCell<Pool<TcpStream>> = RefCell::default();
     /// hyper connections of the general path.
     static IDLE: RefCell<Pool<SendRequest<Body>>> = RefCell::default();
-    /// hyper-util's pooling clients for `h2c` (HTTP/2 with prior knowledge) and for
-    /// schemes the per-thread pool does not speak, one per thread for the same reason.
-    static H2C_CLIENT: Client<HttpConnector, Body> = build_legacy_client(true);
-    static HTTP_CLIENT: Client<HttpConnector, Body> = build_legacy_client(false);
+    /// hyper-util's pooling client for `h2c` (HTTP/2 with prior knowledge), one per thread
+    /// for the same reason.
+    static H2C_CLIENT: Client<HttpConnector, Body> = build_h2c_client();
 }
 
-fn build_legacy_client(http2: bool) -> Client<HttpConnector, Body> {
+fn http_connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(IDLE_TIMEOUT).pool_max_idle_per_host(MAX_IDLE_PER_ADDRESS);
-    if http2 {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
+    connector
 }
 
-/// This thread's pooling client for `h2c` instances (`http2`) or for URIs with a scheme
-/// other than plain `http`.
-pub fn legacy_client(http2: bool) -> Client<HttpConnector, Body> {
-    if http2 { H2C_CLIENT.with(Client::clone) } else { HTTP_CLIENT.with(Client::clone) }
+fn pooling_client() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(IDLE_TIMEOUT).pool_max_idle_per_host(MAX_IDLE_PER_ADDRESS);
+    builder
+}
+
+fn build_h2c_client() -> Client<HttpConnector, Body> {
+    pooling_client().http2_only(true).build(http_connector())
+}
+
+/// This thread's pooling client for `h2c` instances.
+pub fn h2c_client() -> Client<HttpConnector, Body> {
+    H2C_CLIENT.with(Client::clone)
+}
+
+/// The pooling client for `https` instances: TLS as `tls` says ([`crate::tls`]), then
+/// HTTP/2 or HTTP/1.1 as the instance chooses by ALPN. Nothing but `https` URIs go
+/// through it. One per gateway, shared by its threads (its configuration is the gateway's).
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+pub fn https_client(tls: rustls::ClientConfig) -> HttpsClient {
+    let mut http = http_connector();
+    // The TLS connector hands it `https` URIs.
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_all_versions()
+        .wrap_connector(http);
+    pooling_client().build(connector)
 }
 
 /// Sends `request` (origin-form URI, `Host` set) to the HTTP/1.1 instance at `address`

@@ -16,6 +16,7 @@ pub mod policies;
 pub mod proxy;
 pub mod routes;
 pub mod secrets;
+pub mod tls;
 pub mod upstream;
 
 use edge::PolicyTable;
@@ -47,6 +48,8 @@ pub struct GatewayOptions {
     /// many at once): enough for any real client, too few to guess a 256-bit secret, and a
     /// brake on the hashing work an attacker can cause.
     pub token_requests_per_second: u64,
+    /// CA certificates (PEM) trusted for `https` instances besides the system's.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
 }
 
 impl GatewayOptions {
@@ -60,6 +63,7 @@ impl GatewayOptions {
             replica_id: replica_id(),
             cache_bytes: 64 * 1024 * 1024,
             token_requests_per_second: 20,
+            upstream_ca_file: None,
         }
     }
 }
@@ -139,6 +143,7 @@ impl Gateway {
         })
         .await
         .map_err(|e| StartError::Redis(e.to_string()))?;
+        let tls = tls::client_config(options.upstream_ca_file.as_deref()).map_err(StartError::Config)?;
         let plane = Arc::new(DataPlane::new(
             registry,
             ProxyMetrics::new(&metrics),
@@ -149,6 +154,7 @@ impl Gateway {
                 cache,
                 &metrics,
             ),
+            connections::https_client(tls),
         ));
         let routes = RouteStore::new(store.clone());
         let policies = PolicyStore::new(store.clone());

@@ -150,6 +150,8 @@ impl ProxyMetrics {
 /// Everything the data plane reads.
 pub struct DataPlane {
     pub routes: ArcSwap<RouteTable>,
+    /// The client for `https` instances.
+    pub https: connections::HttpsClient,
     pub policies: ArcSwap<PolicyTable>,
     pub registry: Arc<SnapshotCell>,
     pub upstreams: Upstreams,
@@ -158,8 +160,14 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    pub fn new(registry: Arc<SnapshotCell>, metrics: ProxyMetrics, edge: Edge) -> DataPlane {
+    pub fn new(
+        registry: Arc<SnapshotCell>,
+        metrics: ProxyMetrics,
+        edge: Edge,
+        https: connections::HttpsClient,
+    ) -> DataPlane {
         DataPlane {
+            https,
             routes: ArcSwap::from_pointee(RouteTable::default()),
             policies: ArcSwap::from_pointee(PolicyTable::default()),
             registry,
@@ -440,6 +448,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Sends one try to an instance by its scheme.
 async fn send(
+    https: &connections::HttpsClient,
     scheme: mesh::InstanceScheme,
     address: &Arc<str>,
     request: axum::http::Request<Body>,
@@ -448,21 +457,43 @@ async fn send(
     if scheme == mesh::InstanceScheme::Http {
         return Ok(connections::send(address, request, now).await?.map(Body::new));
     }
-    let client = connections::legacy_client(scheme == mesh::InstanceScheme::H2c);
-    let response = client.request(request).await.map_err(|failed| {
-        if failed.is_connect() {
-            SendFailure::Connect(format!("{failed:?}"))
-        } else {
-            SendFailure::Failed(format!("{failed:?}"))
-        }
+    let response = if scheme == mesh::InstanceScheme::Https {
+        https.request(request).await
+    } else {
+        connections::h2c_client().request(request).await
+    };
+    let response = response.map_err(|failed| match tls_failure(&failed) {
+        Some(tls) => SendFailure::Tls(format!("{address}: {tls}")),
+        None if failed.is_connect() => SendFailure::Connect(format!("{failed:?}")),
+        None => SendFailure::Failed(format!("{failed:?}")),
     })?;
     Ok(response.map(Body::new))
+}
+
+/// The TLS error somewhere in `error`'s chain of causes, if a handshake failed.
+fn tls_failure<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // tokio-rustls reports the handshake's error inside an I/O error (itself wrapped in
+        // another by the connector), and an I/O error's `source` skips what it wraps.
+        if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            cause = Some(inner);
+            continue;
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// Why a try failed without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TryFailure {
     Connect,
+    /// The TLS handshake with an `https` instance failed.
+    Tls,
     Reset,
     Timeout,
 }
@@ -480,6 +511,11 @@ impl TryFailure {
                 tracing::debug!(%reason, service, "upstream try failed to connect");
                 Err(TryFailure::Connect)
             }
+            Ok(Err(SendFailure::Tls(reason))) => {
+                // A configuration problem (a certificate, a CA not trusted), not a passing one.
+                tracing::warn!(%reason, service, "TLS handshake with an upstream instance failed");
+                Err(TryFailure::Tls)
+            }
             Ok(Err(SendFailure::Failed(reason))) => {
                 tracing::debug!(%reason, service, "upstream try failed");
                 Err(TryFailure::Reset)
@@ -491,6 +527,7 @@ impl TryFailure {
     fn label(self) -> &'static str {
         match self {
             TryFailure::Connect => "connect",
+            TryFailure::Tls => "tls",
             TryFailure::Reset => "reset",
             TryFailure::Timeout => "timeout",
         }
@@ -498,7 +535,7 @@ impl TryFailure {
 
     fn condition(self) -> gw::RetryCondition {
         match self {
-            TryFailure::Connect => gw::RetryCondition::ConnectFailure,
+            TryFailure::Connect | TryFailure::Tls => gw::RetryCondition::ConnectFailure,
             TryFailure::Reset => gw::RetryCondition::Reset,
             TryFailure::Timeout => gw::RetryCondition::Timeout,
         }
@@ -742,6 +779,13 @@ impl<'a> Tries<'a> {
                 "bad_gateway",
                 format!("{service} refused the connection (instance {address})"),
             ),
+            TryFailure::Tls => error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!(
+                    "{service} could not be reached over TLS: its certificate was not accepted or no TLS version was agreed (instance {address})"
+                ),
+            ),
             TryFailure::Reset => error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
@@ -823,7 +867,7 @@ async fn forward(
         outgoing.headers_mut().insert(header::HOST, upstream.host.clone());
 
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let sent = send(attempt.scheme, &upstream.address, outgoing, attempt.now);
+        let sent = send(&plane.https, attempt.scheme, &upstream.address, outgoing, attempt.now);
         let result = tokio::time::timeout_at(attempt.deadline.into(), sent).await;
         upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
 

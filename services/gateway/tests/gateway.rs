@@ -402,7 +402,7 @@ async fn outliers_are_ejected_within_the_allowed_share() {
 async fn h2c_instances_are_reached_over_http2() {
     let platform = Platform::start(Backend::Sqlite).await;
     let upstream = Upstream::start("multiplexed", Behaviour::Ok).await;
-    platform.h2c_service("multiplexed", upstream.port()).await;
+    platform.service_over("multiplexed", upstream.port(), "h2c").await;
     platform
         .route(json!({"name": "multiplexed", "path_prefix": "/mux", "methods": ["GET"], "api_version": "v1", "service": "multiplexed"}))
         .await;

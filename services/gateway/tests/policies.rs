@@ -448,7 +448,7 @@ async fn the_cache_coalesces_misses_serves_hits_and_forgets_what_is_invalidated(
 async fn a_request_handed_between_paths_is_limited_once() {
     let platform = Platform::start(Backend::Sqlite).await;
     let upstream = Upstream::start("multiplexed", Behaviour::Ok).await;
-    platform.h2c_service("multiplexed", upstream.port()).await;
+    platform.service_over("multiplexed", upstream.port(), "h2c").await;
     let policy: Value = admin_post(
         &platform,
         "/v1/admin/rate-limit-policies",

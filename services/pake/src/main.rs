@@ -59,6 +59,10 @@ struct Config {
     /// Token requests the gateway allows per second per client id and per address.
     #[arg(long, env = "PAKE_TOKEN_REQUESTS_PER_SECOND", default_value_t = 20, global = true)]
     token_requests_per_second: u64,
+    /// CA certificates (a PEM file) the gateway trusts for https instances, besides the
+    /// system's: for services whose certificates come from an internal CA.
+    #[arg(long, env = "PAKE_UPSTREAM_CA_FILE", global = true)]
+    upstream_ca_file: Option<PathBuf>,
     /// Memory for the gateway's in-process response cache, in bytes.
     #[arg(long, env = "PAKE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
     cache_bytes: u64,
@@ -187,6 +191,7 @@ impl Config {
         options.redis_prefix = self.redis_prefix.clone();
         options.cache_bytes = self.cache_bytes;
         options.token_requests_per_second = self.token_requests_per_second;
+        options.upstream_ca_file = self.upstream_ca_file.clone();
         options
     }
 }

@@ -227,11 +227,11 @@ impl Platform {
         (service.id, ids)
     }
 
-    /// Registers a service whose one instance, at `port`, speaks h2c.
-    pub async fn h2c_service(&self, name: &str, port: u16) {
+    /// Registers a service whose one instance, at `port`, speaks `scheme` (h2c, https).
+    pub async fn service_over(&self, name: &str, port: u16, scheme: &str) {
         let (service, _) = self.service(name, "round_robin", &[], lenient_breaker()).await;
         let instance: pake_mesh_client::types::InstanceRegistration =
-            serde_json::from_value(json!({"address": "127.0.0.1", "port": port, "scheme": "h2c", "ttl_seconds": 60}))
+            serde_json::from_value(json!({"address": "127.0.0.1", "port": port, "scheme": scheme, "ttl_seconds": 60}))
                 .unwrap();
         self.mesh.register_instance().service_id(service).body(instance).send().await.unwrap();
     }
