@@ -7,6 +7,11 @@
 //! APIs, prints a table with the gateway/nginx ratios and writes it to
 //! `target/bench/gateway.md`.
 //!
+//! The paths are measured in rounds: each round measures every path in turn, for the same
+//! time, in an order that rotates from round to round. A slow spell of the machine then
+//! falls on all paths of a round rather than on one path, and each ratio is the median of
+//! its per-round ratios, which pair measurements taken seconds apart.
+//!
 //! It is a benchmark, not a test: it fails only when a step fails, never on a ratio.
 //! It is not a capacity figure either: wrk, the proxies and the upstream share the
 //! machine's cores, so the numbers compare the paths with each other.
@@ -34,22 +39,26 @@ const MAX_ERROR_SHARE: f64 = 0.01;
 /// What `cargo xtask bench gateway` accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    /// Seconds each path is measured for in each round.
     pub duration_secs: u64,
+    pub rounds: u32,
     pub connections: u32,
     /// Redis for the gateway's rate limits and L2 cache; without it, both stay in process.
     pub redis: Option<String>,
 }
 
 impl Options {
-    pub const USAGE: &'static str = "cargo xtask bench gateway [--duration SECS] [--connections N] [--redis URL]";
+    pub const USAGE: &'static str =
+        "cargo xtask bench gateway [--duration SECS] [--rounds N] [--connections N] [--redis URL]";
 
     pub fn parse(args: &[&str]) -> Result<Options> {
-        let mut options = Options { duration_secs: 10, connections: 64, redis: None };
+        let mut options = Options { duration_secs: 5, rounds: 3, connections: 64, redis: None };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
             let value = args.next().with_context(|| format!("{flag} needs a value; usage: {}", Self::USAGE));
             match *flag {
                 "--duration" => options.duration_secs = value?.parse().context("--duration takes whole seconds")?,
+                "--rounds" => options.rounds = value?.parse().context("--rounds takes a number")?,
                 "--connections" => options.connections = value?.parse().context("--connections takes a number")?,
                 "--redis" => options.redis = Some(value?.to_string()),
                 _ => bail!("unknown argument {flag}; usage: {}", Self::USAGE),
@@ -57,6 +66,9 @@ impl Options {
         }
         if options.duration_secs == 0 {
             bail!("--duration must be at least 1 second");
+        }
+        if options.rounds == 0 {
+            bail!("--rounds must be at least 1");
         }
         // wrk refuses fewer connections than threads.
         if options.connections < WRK_THREADS {
@@ -90,18 +102,91 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
 
     let direct_url = format!("http://127.0.0.1:{upstream_port}/hello");
     let nginx_url = format!("http://127.0.0.1:{proxy_port}/hello");
-    let mut rows = vec![
-        Row::measured("direct", &direct_url, measure(&tools.wrk, "direct", &direct_url, None, options, &upstream)?),
-        Row::measured("nginx", &nginx_url, measure(&tools.wrk, "nginx", &nginx_url, None, options, &proxy)?),
-    ];
-    let gateway = pake_binary
-        .and_then(|binary| bench_gateway(&binary, &bench_dir, upstream_port, &tools.wrk, options))
+    let mut gateway = pake_binary
+        .and_then(|binary| start_gateway(&binary, &bench_dir, upstream_port, options))
         .context("the gateway part failed");
-    match &gateway {
-        Ok(measured) => {
-            rows.extend(measured.iter().map(|(name, url, report)| Row::measured(name, url, report.clone())))
+    let mut paths = vec![
+        Target { name: "direct", url: direct_url, header: None, server: Server::Upstream },
+        Target { name: "nginx", url: nginx_url, header: None, server: Server::Proxy },
+    ];
+    if let Ok(setup) = &gateway {
+        paths.extend(setup.paths.iter().cloned());
+    }
+    let mut rounds: Vec<Vec<WrkReport>> = vec![Vec::new(); paths.len()];
+    let mut decisions = [0.0, 0.0];
+    for round in 0..options.rounds {
+        for index in round_order(paths.len(), round) {
+            let path = &paths[index];
+            let gateway_setup = match path.server {
+                Server::Gateway => match &mut gateway {
+                    Ok(setup) => Some(setup),
+                    // This round's gateway measurements stop with the first failure.
+                    Err(_) => continue,
+                },
+                _ => None,
+            };
+            let pid = match (&path.server, &gateway_setup) {
+                (Server::Upstream, _) => upstream.child.id(),
+                (Server::Proxy, _) => proxy.child.id(),
+                (Server::Gateway, Some(setup)) => setup.server.child.id(),
+                (Server::Gateway, None) => continue,
+            };
+            let counted = |setup: &Option<&mut GatewayBench>| {
+                setup.as_ref().map(|setup| {
+                    ["pake_gateway_rate_limit_decisions_total", "pake_gateway_rate_limit_redis_round_trips_total"]
+                        .map(|name| metric_sum(setup.addr, name))
+                })
+            };
+            let before = counted(&gateway_setup);
+            let measured = measure(&tools.wrk, path, pid, options, round);
+            let report = match (measured, gateway_setup) {
+                (Ok(report), None) => report,
+                (Err(error), None) => return Err(error),
+                (result, Some(setup)) => {
+                    let checked =
+                        result.and_then(|report| setup.server.check_running(&setup.log_path).map(|()| report));
+                    match checked {
+                        Ok(report) => {
+                            // With Redis: how many decisions each round trip carried.
+                            if let Some([Some(decided), Some(tripped)]) = counted(&Some(setup))
+                                && let Some([Some(d0), Some(t0)]) = before
+                            {
+                                decisions[0] += decided - d0;
+                                decisions[1] += tripped - t0;
+                            }
+                            report
+                        }
+                        Err(error) => {
+                            gateway = Err(error.context("the gateway part failed"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            rounds[index].push(report);
         }
-        Err(_) => rows.extend(GATEWAY_PATHS.iter().map(|name| Row::failed(name))),
+    }
+    if decisions[1] > 0.0 {
+        println!(
+            "rate limiting: {} decisions in {} Redis round trips ({:.1} per round trip)",
+            decisions[0],
+            decisions[1],
+            decisions[0] / decisions[1]
+        );
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for (path, reports) in paths.iter().zip(rounds) {
+        rows.push(match &gateway {
+            Err(_) if path.server == Server::Gateway => Row::failed(path.name),
+            _ => Row::measured(path.name, &path.url, reports),
+        });
+    }
+    if gateway.is_err() {
+        for name in GATEWAY_PATHS {
+            if !rows.iter().any(|row| row.name == name) {
+                rows.push(Row::failed(name));
+            }
+        }
     }
 
     let gateway_error = gateway.as_ref().err().map(|error| format!("{error:#}"));
@@ -452,16 +537,42 @@ fn start_nginx(nginx: &Path, prefix: &Path, conf: &dyn Fn(&Path) -> String, port
 /// response cache.
 const GATEWAY_PATHS: [&str; 3] = ["gateway", "gw+jwt+limit", "gw cache hit"];
 
+/// Which process answers a path (whose CPU time is measured with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Upstream,
+    Proxy,
+    Gateway,
+}
+
+/// One measured path.
+#[derive(Debug, Clone)]
+struct Target {
+    name: &'static str,
+    url: String,
+    /// A request header wrk sends (the policies path's token).
+    header: Option<String>,
+    server: Server,
+}
+
+/// The order of the paths in round `round`: all of them, starting one further each round.
+fn round_order(paths: usize, round: u32) -> impl Iterator<Item = usize> {
+    let start = if paths == 0 { 0 } else { round as usize % paths };
+    (0..paths).map(move |offset| (start + offset) % paths)
+}
+
+/// A running `pake serve` set up for the gateway paths.
+struct GatewayBench {
+    server: ChildGuard,
+    log_path: PathBuf,
+    addr: SocketAddr,
+    paths: Vec<Target>,
+}
+
 /// Starts `pake serve`, routes `/v1/bench`, `/v1/bench-policies` and `/v1/bench-cached` to
-/// the upstream through the registry and the admin API, obtains a token as an API client,
-/// checks each route once and measures it. Returns each path's name, URL and report.
-fn bench_gateway(
-    pake: &Path,
-    bench_dir: &Path,
-    upstream_port: u16,
-    wrk: &Path,
-    options: &Options,
-) -> Result<Vec<(&'static str, String, WrkReport)>> {
+/// the upstream through the registry and the admin API, obtains a token as an API client
+/// and checks each route once.
+fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Options) -> Result<GatewayBench> {
     let registry = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let data_dir = bench_dir.join("pake-data");
@@ -576,7 +687,7 @@ fn bench_gateway(
     // A short TTL, refreshed by the load itself, so that entries left in a shared Redis expire.
     route("bench-cached", "/bench-cached", serde_json::json!({"cache": {"enabled": true, "ttl_seconds": 30}}))?;
 
-    let mut measured = Vec::new();
+    let mut paths = Vec::new();
     for (name, path, bearer) in [
         (GATEWAY_PATHS[0], "/v1/bench/hello", None),
         (GATEWAY_PATHS[1], "/v1/bench-policies/hello", Some(client_token.as_str())),
@@ -600,28 +711,14 @@ fn bench_gateway(
             };
             bail!("{error}: GET http://{gateway}{path} answered {answer}, not 200 {UPSTREAM_BODY:?}");
         }
-        let url = format!("http://{gateway}{path}");
-        let header = bearer.map(|token| format!("Authorization: Bearer {token}"));
-        let counted = || {
-            ["pake_gateway_rate_limit_decisions_total", "pake_gateway_rate_limit_redis_round_trips_total"]
-                .map(|name| metric_sum(gateway, name))
-        };
-        let before = counted();
-        let report = measure(wrk, name, &url, header.as_deref(), options, &server)?;
-        server.check_running(&log_path)?;
-        // With Redis: how many decisions each round trip carried (warm-up included).
-        if let ([Some(decisions), Some(trips)], [Some(decided), Some(tripped)]) = (before, counted()) {
-            let (decisions, trips) = (decided - decisions, tripped - trips);
-            if trips > 0.0 {
-                println!(
-                    "{name}: {decisions} rate-limit decisions in {trips} Redis round trips ({:.1} per round trip)",
-                    decisions / trips
-                );
-            }
-        }
-        measured.push((name, url, report));
+        paths.push(Target {
+            name,
+            url: format!("http://{gateway}{path}"),
+            header: bearer.map(|token| format!("Authorization: Bearer {token}")),
+            server: Server::Gateway,
+        });
     }
-    Ok(measured)
+    Ok(GatewayBench { server, log_path, addr: gateway, paths })
 }
 
 /// The sum of every sample of metric `name` at the gateway's `/metrics`, if it has any.
@@ -769,28 +866,27 @@ struct WrkReport {
     server_cpu_us: Option<f64>,
 }
 
-/// Warms `url` up, then measures it, with the CPU time `server` (and its child processes,
-/// such as nginx's workers) spends meanwhile.
-fn measure(
-    wrk: &Path,
-    name: &str,
-    url: &str,
-    header: Option<&str>,
-    options: &Options,
-    server: &ChildGuard,
-) -> Result<WrkReport> {
+/// Measures `target` once (after a warm-up in the first round), with the CPU time the
+/// process `pid` (and its children, such as nginx's workers) spends meanwhile.
+fn measure(wrk: &Path, target: &Target, pid: u32, options: &Options, round: u32) -> Result<WrkReport> {
+    let (name, url, header) = (target.name, target.url.as_str(), target.header.as_deref());
+    let warm_up = if round == 0 { WARM_UP.as_secs() } else { 0 };
     println!(
-        "measuring {name}: {url} ({} s warm-up, then {} s with {} connections)",
-        WARM_UP.as_secs(),
+        "round {}/{}: {name} ({url}, {}{} s with {} connections)",
+        round + 1,
+        options.rounds,
+        if warm_up > 0 { format!("{warm_up} s warm-up, then ") } else { String::new() },
         options.duration_secs,
         options.connections
     );
     // The warm-up fills connection pools and caches on every hop; its numbers are dropped.
-    run_wrk(wrk, url, header, options.connections, WARM_UP.as_secs()).with_context(|| format!("warming up {name}"))?;
-    let before = cpu_ticks(server.child.id());
+    if warm_up > 0 {
+        run_wrk(wrk, url, header, options.connections, warm_up).with_context(|| format!("warming up {name}"))?;
+    }
+    let before = cpu_ticks(pid);
     let mut report = run_wrk(wrk, url, header, options.connections, options.duration_secs)
         .with_context(|| format!("measuring {name}"))?;
-    if let (Some(before), Some(after)) = (before, cpu_ticks(server.child.id()))
+    if let (Some(before), Some(after)) = (before, cpu_ticks(pid))
         && report.requests > 0
     {
         let seconds = after.saturating_sub(before) as f64 / ticks_per_second() as f64;
@@ -902,16 +998,20 @@ fn parse_latency_us(text: &str) -> Result<f64> {
 struct Row<'a> {
     name: &'a str,
     url: String,
+    /// One report per round, in round order.
+    rounds: Vec<WrkReport>,
+    /// The rounds combined ([`combine`]); none when the path could not be measured.
     report: Option<WrkReport>,
 }
 
 impl<'a> Row<'a> {
-    fn measured(name: &'a str, url: &str, report: WrkReport) -> Row<'a> {
-        Row { name, url: url.to_owned(), report: Some(report) }
+    fn measured(name: &'a str, url: &str, rounds: Vec<WrkReport>) -> Row<'a> {
+        let report = combine(&rounds);
+        Row { name, url: url.to_owned(), rounds, report }
     }
 
     fn failed(name: &'a str) -> Row<'a> {
-        Row { name, url: String::new(), report: None }
+        Row { name, url: String::new(), rounds: Vec::new(), report: None }
     }
 
     fn too_many_errors(&self) -> bool {
@@ -932,6 +1032,41 @@ impl<'a> Row<'a> {
     }
 }
 
+/// The median of `values` (the mean of the middle two for an even count); none if empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
+}
+
+/// One path's rounds as one report: the median requests/s, p50 and p99 of the rounds, all
+/// their requests and errors, and the server CPU time of all of them over all requests.
+fn combine(rounds: &[WrkReport]) -> Option<WrkReport> {
+    let of = |field: fn(&WrkReport) -> f64| median(rounds.iter().map(field).collect());
+    let requests: u64 = rounds.iter().map(|report| report.requests).sum();
+    let cpu: Option<Vec<f64>> =
+        rounds.iter().map(|report| Some(report.server_cpu_us? * report.requests as f64)).collect();
+    Some(WrkReport {
+        requests,
+        requests_per_sec: of(|report| report.requests_per_sec)?,
+        p50_us: of(|report| report.p50_us)?,
+        p99_us: of(|report| report.p99_us)?,
+        errors: rounds.iter().map(|report| report.errors).sum(),
+        server_cpu_us: cpu.filter(|_| requests > 0).map(|cpu| cpu.iter().sum::<f64>() / requests as f64),
+    })
+}
+
+/// The median over rounds of `a`'s `field` over `b`'s in the same round, and each
+/// round's ratio.
+fn paired_ratio(a: &[WrkReport], b: &[WrkReport], field: fn(&WrkReport) -> f64) -> Option<(f64, Vec<f64>)> {
+    let each: Vec<f64> = a.iter().zip(b).filter(|(_, b)| field(b) > 0.0).map(|(a, b)| field(a) / field(b)).collect();
+    Some((median(each.clone())?, each))
+}
+
 fn format_ms(us: f64) -> String {
     format!("{:.3} ms", us / 1e3)
 }
@@ -947,23 +1082,37 @@ struct Summary<'a> {
 }
 
 impl Summary<'_> {
-    fn report(&self, name: &str) -> Option<&WrkReport> {
-        self.rows.iter().find(|row| row.name == name)?.report.as_ref()
+    fn row(&self, name: &str) -> Option<&Row<'_>> {
+        self.rows.iter().find(|row| row.name == name && !row.rounds.is_empty())
     }
 
     fn ratios(&self) -> String {
-        let ratio = |name: &str, base: &str, what: &str| match (self.report(name), self.report(base)) {
-            (Some(a), Some(b)) => format!(
-                "{name}/{base}: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x, server CPU per request {} ({what})",
-                a.requests_per_sec / b.requests_per_sec,
-                a.p50_us / b.p50_us,
-                a.p99_us / b.p99_us,
-                match (a.server_cpu_us, b.server_cpu_us) {
-                    (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
-                    _ => "-".into(),
-                }
-            ),
-            _ => format!("{name}/{base}: not measured"),
+        let ratio = |name: &str, base: &str, what: &str| {
+            let (Some(a), Some(b)) = (self.row(name), self.row(base)) else {
+                return format!("{name}/{base}: not measured");
+            };
+            let (Some(throughput), Some(p50), Some(p99)) = (
+                paired_ratio(&a.rounds, &b.rounds, |report| report.requests_per_sec),
+                paired_ratio(&a.rounds, &b.rounds, |report| report.p50_us),
+                paired_ratio(&a.rounds, &b.rounds, |report| report.p99_us),
+            ) else {
+                return format!("{name}/{base}: not measured");
+            };
+            let rounds: Vec<String> = throughput.1.iter().map(|ratio| format!("{ratio:.2}")).collect();
+            let cpu = match (
+                a.report.as_ref().and_then(|r| r.server_cpu_us),
+                b.report.as_ref().and_then(|r| r.server_cpu_us),
+            ) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
+                _ => "-".into(),
+            };
+            format!(
+                "{name}/{base}: throughput {:.2}x (rounds {}), p50 {:.2}x, p99 {:.2}x, server CPU per request {cpu} ({what})",
+                throughput.0,
+                rounds.join(" "),
+                p50.0,
+                p99.0,
+            )
         };
         [
             ratio("gateway", "nginx", "goal: throughput at least 1.00x, p99 at most 1.00x"),
@@ -976,13 +1125,16 @@ impl Summary<'_> {
 
     fn setting(&self) -> String {
         format!(
-            "{} with {WRK_THREADS} threads and {} connections, {} s per path after a {} s warm-up; {}. \
-             The load generator, the proxies and the upstream share this machine's {} cores, so the \
-             numbers compare the paths with each other and are not the capacity of any one of them. \
-             CPU/req is the user and system time of the process answering (the upstream for direct, \
-             the proxy otherwise, with its worker processes) per request.",
+            "{} with {WRK_THREADS} threads and {} connections; {} rounds, each measuring every path for {} s \
+             in turn (the order rotating by round), after a {} s warm-up per path in the first; {}. \
+             requests/s, p50 and p99 are medians over the rounds, and each ratio is the median of its \
+             per-round ratios. The load generator, the proxies and the upstream share this machine's {} \
+             cores, so the numbers compare the paths with each other and are not the capacity of any one \
+             of them. CPU/req is the user and system time of the process answering (the upstream for \
+             direct, the proxy otherwise, with its worker processes) per request, over all rounds.",
             self.tools.wrk_version,
             self.options.connections,
+            self.options.rounds,
             self.options.duration_secs,
             WARM_UP.as_secs(),
             self.tools.nginx_version,
@@ -1005,9 +1157,9 @@ impl Summary<'_> {
 
     fn markdown(&self) -> String {
         let mut text = format!(
-            "# Gateway benchmark\n\n`cargo xtask bench gateway --duration {} --connections {}`\n\n\
+            "# Gateway benchmark\n\n`cargo xtask bench gateway --duration {} --rounds {} --connections {}`\n\n\
              | path | URL | requests/s | p50 | p99 | server CPU/request | errors |\n|---|---|---:|---:|---:|---:|---:|\n",
-            self.options.duration_secs, self.options.connections
+            self.options.duration_secs, self.options.rounds, self.options.connections
         );
         for row in self.rows {
             let [rps, p50, p99, cpu, errors] = row.cells();
@@ -1121,7 +1273,7 @@ Transfer/sec:     335.26B
         let report = parse_wrk(WRK_TIMEOUTS).unwrap();
         assert_eq!(report.errors, 8 + 8);
         assert_eq!(report.p99_us, 0.0);
-        let row = Row::measured("timeouts", "http://127.0.0.1:1/", report);
+        let row = Row::measured("timeouts", "http://127.0.0.1:1/", vec![report]);
         assert!(row.too_many_errors());
     }
 
@@ -1156,12 +1308,51 @@ Transfer/sec:     335.26B
 
     #[test]
     fn options() {
-        assert_eq!(Options::parse(&[]).unwrap(), Options { duration_secs: 10, connections: 64, redis: None });
-        let options = Options::parse(&["--duration", "3", "--connections", "16", "--redis", "redis://r/"]).unwrap();
-        assert_eq!(options, Options { duration_secs: 3, connections: 16, redis: Some("redis://r/".into()) });
+        assert_eq!(Options::parse(&[]).unwrap(), Options { duration_secs: 5, rounds: 3, connections: 64, redis: None });
+        let options =
+            Options::parse(&["--duration", "3", "--rounds", "2", "--connections", "16", "--redis", "redis://r/"])
+                .unwrap();
+        assert_eq!(options, Options { duration_secs: 3, rounds: 2, connections: 16, redis: Some("redis://r/".into()) });
+        assert!(Options::parse(&["--rounds", "0"]).is_err());
         assert!(Options::parse(&["--duration"]).is_err());
         assert!(Options::parse(&["--connections", "1"]).is_err());
         assert!(Options::parse(&["--threads", "4"]).is_err());
+    }
+
+    fn run(requests: u64, requests_per_sec: f64, p99_us: f64, server_cpu_us: Option<f64>) -> WrkReport {
+        WrkReport { requests, requests_per_sec, p50_us: p99_us / 2.0, p99_us, errors: 1, server_cpu_us }
+    }
+
+    #[test]
+    fn rounds_rotate_through_every_path() {
+        let orders: Vec<Vec<usize>> = (0..4).map(|round| round_order(3, round).collect()).collect();
+        assert_eq!(orders, [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]);
+        assert_eq!(round_order(0, 2).count(), 0);
+    }
+
+    #[test]
+    fn rounds_combine_into_medians_and_cpu_over_all_requests() {
+        let rounds = [run(100, 10.0, 4.0, Some(2.0)), run(300, 30.0, 8.0, Some(4.0)), run(200, 20.0, 6.0, Some(1.0))];
+        let combined = combine(&rounds).unwrap();
+        assert_eq!((combined.requests, combined.requests_per_sec, combined.p99_us), (600, 20.0, 6.0));
+        assert_eq!((combined.p50_us, combined.errors), (3.0, 3));
+        // (100·2 + 300·4 + 200·1) / 600 µs.
+        assert_eq!(combined.server_cpu_us, Some(1600.0 / 600.0));
+        assert_eq!(combine(&[run(1, 1.0, 1.0, None), run(1, 3.0, 1.0, Some(1.0))]).unwrap().server_cpu_us, None);
+        assert_eq!(combine(&[run(1, 1.0, 1.0, None), run(1, 3.0, 1.0, None)]).unwrap().requests_per_sec, 2.0);
+        assert!(combine(&[]).is_none());
+    }
+
+    #[test]
+    fn ratios_pair_the_rounds() {
+        // A slow second round slows both paths: paired, the ratio stays put; the ratio of
+        // the medians would not.
+        let base = [run(1, 100.0, 1.0, None), run(1, 50.0, 1.0, None), run(1, 100.0, 1.0, None)];
+        let path = [run(1, 80.0, 1.0, None), run(1, 40.0, 1.0, None), run(1, 90.0, 1.0, None)];
+        let (median, each) = paired_ratio(&path, &base, |report| report.requests_per_sec).unwrap();
+        assert_eq!(each, [0.8, 0.8, 0.9]);
+        assert_eq!(median, 0.8);
+        assert!(paired_ratio(&[], &base, |report| report.requests_per_sec).is_none());
     }
 
     #[test]

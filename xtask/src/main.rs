@@ -2,8 +2,9 @@
 //!
 //! - `codegen`: lint `openapi/*.yaml` and regenerate `generated/`.
 //! - `codegen --check`: regenerate in memory and fail with a diff when `generated/` is stale.
-//! - `bench gateway [--duration SECS] [--connections N]`: compare the gateway with nginx in
-//!   front of the same upstream, with wrk; writes `target/bench/gateway.md`.
+//! - `bench gateway [--duration SECS] [--rounds N] [--connections N] [--redis URL]`:
+//!   compare the gateway with nginx in front of the same upstream, with wrk, in rounds
+//!   that measure every path in turn; writes `target/bench/gateway.md`.
 //! - `load [--users N] [--hatch-rate N] [--run-time SECS] [--postgres URL] [--redis URL]`:
 //!   the SLA run of the research workload through `pake serve`; reports in `target/load/`.
 
