@@ -288,7 +288,7 @@ impl Default for RedisOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid Redis URL")]
+    #[error("invalid Redis URL: {0}")]
     InvalidUrl(#[source] redis::RedisError),
     #[error("invalid Redis options: {0}")]
     InvalidOptions(&'static str),

@@ -505,6 +505,14 @@ fn micros(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_unusable_url_is_refused_with_its_reason() {
+        for (url, reason) in [("rediss://127.0.0.1:6379/", "TLS"), ("http://127.0.0.1/", "did not parse")] {
+            let error = RedisStore::new(url, "t:", RedisOptions::default()).err().expect(url).to_string();
+            assert!(error.starts_with("invalid Redis URL: ") && error.contains(reason), "{url}: {error}");
+        }
+    }
+
     #[tokio::test]
     async fn deadlines_are_the_timeout_rounded_up_to_the_step() {
         let options = RedisOptions { timeout: Duration::from_millis(100), ..RedisOptions::default() };
