@@ -113,49 +113,17 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
         paths.extend(setup.paths.iter().cloned());
     }
     let mut rounds: Vec<Vec<WrkReport>> = vec![Vec::new(); paths.len()];
-    let mut decisions = [0.0, 0.0];
     for round in 0..options.rounds {
         for index in round_order(paths.len(), round) {
             let path = &paths[index];
-            let gateway_setup = match path.server {
-                Server::Gateway => match &mut gateway {
-                    Ok(setup) => Some(setup),
-                    // This round's gateway measurements stop with the first failure.
-                    Err(_) => continue,
-                },
-                _ => None,
-            };
-            let pid = match (&path.server, &gateway_setup) {
-                (Server::Upstream, _) => upstream.child.id(),
-                (Server::Proxy, _) => proxy.child.id(),
-                (Server::Gateway, Some(setup)) => setup.server.child.id(),
-                (Server::Gateway, None) => continue,
-            };
-            let counted = |setup: &Option<&mut GatewayBench>| {
-                setup.as_ref().map(|setup| {
-                    ["pake_gateway_rate_limit_decisions_total", "pake_gateway_rate_limit_redis_round_trips_total"]
-                        .map(|name| metric_sum(setup.addr, name))
-                })
-            };
-            let before = counted(&gateway_setup);
-            let measured = measure(&tools.wrk, path, pid, options, round);
-            let report = match (measured, gateway_setup) {
-                (Ok(report), None) => report,
-                (Err(error), None) => return Err(error),
-                (result, Some(setup)) => {
-                    let checked =
-                        result.and_then(|report| setup.server.check_running(&setup.log_path).map(|()| report));
-                    match checked {
-                        Ok(report) => {
-                            // With Redis: how many decisions each round trip carried.
-                            if let Some([Some(decided), Some(tripped)]) = counted(&Some(setup))
-                                && let Some([Some(d0), Some(t0)]) = before
-                            {
-                                decisions[0] += decided - d0;
-                                decisions[1] += tripped - t0;
-                            }
-                            report
-                        }
+            let report = match path.server {
+                Server::Upstream => measure(&tools.wrk, path, upstream.child.id(), options, round)?,
+                Server::Proxy => measure(&tools.wrk, path, proxy.child.id(), options, round)?,
+                Server::Gateway => {
+                    let Ok(setup) = &mut gateway else { continue };
+                    match setup.measure(&tools.wrk, path, options, round) {
+                        Ok(report) => report,
+                        // The gateway's remaining measurements are skipped after a failure.
                         Err(error) => {
                             gateway = Err(error.context("the gateway part failed"));
                             continue;
@@ -166,27 +134,19 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
             rounds[index].push(report);
         }
     }
-    if decisions[1] > 0.0 {
+    if let Ok(GatewayBench { rate_limiting: [decisions, trips], .. }) = &gateway
+        && *trips > 0.0
+    {
         println!(
-            "rate limiting: {} decisions in {} Redis round trips ({:.1} per round trip)",
-            decisions[0],
-            decisions[1],
-            decisions[0] / decisions[1]
+            "rate limiting: {decisions} decisions in {trips} Redis round trips ({:.1} per round trip)",
+            decisions / trips
         );
     }
-    let mut rows: Vec<Row> = Vec::new();
-    for (path, reports) in paths.iter().zip(rounds) {
-        rows.push(match &gateway {
-            Err(_) if path.server == Server::Gateway => Row::failed(path.name),
-            _ => Row::measured(path.name, &path.url, reports),
-        });
-    }
+    let mut rows: Vec<Row> =
+        paths.iter().zip(rounds).map(|(path, reports)| Row::measured(path.name, &path.url, reports)).collect();
     if gateway.is_err() {
-        for name in GATEWAY_PATHS {
-            if !rows.iter().any(|row| row.name == name) {
-                rows.push(Row::failed(name));
-            }
-        }
+        rows.retain(|row| !GATEWAY_PATHS.contains(&row.name));
+        rows.extend(GATEWAY_PATHS.iter().map(|name| Row::failed(name)));
     }
 
     let gateway_error = gateway.as_ref().err().map(|error| format!("{error:#}"));
@@ -567,6 +527,30 @@ struct GatewayBench {
     log_path: PathBuf,
     addr: SocketAddr,
     paths: Vec<Target>,
+    /// Rate-limit decisions and Redis round trips counted over the measurements.
+    rate_limiting: [f64; 2],
+}
+
+impl GatewayBench {
+    /// Measures one of the gateway's paths, then checks that the gateway still runs.
+    fn measure(&mut self, wrk: &Path, target: &Target, options: &Options, round: u32) -> Result<WrkReport> {
+        let counted = || {
+            ["pake_gateway_rate_limit_decisions_total", "pake_gateway_rate_limit_redis_round_trips_total"]
+                .map(|name| metric_sum(self.addr, name))
+        };
+        let before = counted();
+        let measured = measure(wrk, target, self.server.child.id(), options, round);
+        let after = counted();
+        // A gateway that exited explains a failed measurement better than wrk's error does.
+        self.server.check_running(&self.log_path)?;
+        let report = measured?;
+        for ((total, before), after) in self.rate_limiting.iter_mut().zip(before).zip(after) {
+            if let (Some(before), Some(after)) = (before, after) {
+                *total += after - before;
+            }
+        }
+        Ok(report)
+    }
 }
 
 /// Starts `pake serve`, routes `/v1/bench`, `/v1/bench-policies` and `/v1/bench-cached` to
@@ -718,7 +702,7 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
             server: Server::Gateway,
         });
     }
-    Ok(GatewayBench { server, log_path, addr: gateway, paths })
+    Ok(GatewayBench { server, log_path, addr: gateway, paths, rate_limiting: [0.0; 2] })
 }
 
 /// The sum of every sample of metric `name` at the gateway's `/metrics`, if it has any.
