@@ -109,8 +109,8 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
         Target { name: "direct", url: direct_url, header: None, server: Server::Upstream },
         Target { name: "nginx", url: nginx_url, header: None, server: Server::Proxy },
     ];
-    if let Ok(setup) = &gateway {
-        paths.extend(setup.paths.iter().cloned());
+    if let Ok(setup) = &mut gateway {
+        paths.append(&mut setup.paths);
     }
     let mut rounds: Vec<Vec<WrkReport>> = vec![Vec::new(); paths.len()];
     for round in 0..options.rounds {
@@ -982,28 +982,30 @@ fn parse_latency_us(text: &str) -> Result<f64> {
 struct Row<'a> {
     name: &'a str,
     url: String,
-    /// One report per round, in round order.
+    /// One report per round, in round order; none when the path could not be measured.
     rounds: Vec<WrkReport>,
-    /// The rounds combined ([`combine`]); none when the path could not be measured.
-    report: Option<WrkReport>,
 }
 
 impl<'a> Row<'a> {
     fn measured(name: &'a str, url: &str, rounds: Vec<WrkReport>) -> Row<'a> {
-        let report = combine(&rounds);
-        Row { name, url: url.to_owned(), rounds, report }
+        Row { name, url: url.to_owned(), rounds }
     }
 
     fn failed(name: &'a str) -> Row<'a> {
-        Row { name, url: String::new(), rounds: Vec::new(), report: None }
+        Row::measured(name, "", Vec::new())
+    }
+
+    /// The rounds combined ([`combine`]).
+    fn report(&self) -> Option<WrkReport> {
+        combine(&self.rounds)
     }
 
     fn too_many_errors(&self) -> bool {
-        self.report.as_ref().is_some_and(|report| report.errors as f64 > report.requests as f64 * MAX_ERROR_SHARE)
+        self.report().is_some_and(|report| report.errors as f64 > report.requests as f64 * MAX_ERROR_SHARE)
     }
 
     fn cells(&self) -> [String; 5] {
-        match &self.report {
+        match self.report() {
             Some(report) => [
                 format!("{:.0}", report.requests_per_sec),
                 format_ms(report.p50_us),
@@ -1083,10 +1085,7 @@ impl Summary<'_> {
                 return format!("{name}/{base}: not measured");
             };
             let rounds: Vec<String> = throughput.1.iter().map(|ratio| format!("{ratio:.2}")).collect();
-            let cpu = match (
-                a.report.as_ref().and_then(|r| r.server_cpu_us),
-                b.report.as_ref().and_then(|r| r.server_cpu_us),
-            ) {
+            let cpu = match (a.report().and_then(|r| r.server_cpu_us), b.report().and_then(|r| r.server_cpu_us)) {
                 (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
                 _ => "-".into(),
             };

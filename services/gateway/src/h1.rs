@@ -441,7 +441,7 @@ async fn write_response(conn: &mut Conn<'_>, response: Response, close: bool) ->
         }
     }
     if !parts.headers.contains_key(axum::http::header::DATE) {
-        out.extend_from_slice(date_line().as_bytes());
+        push_date(out);
     }
     let mut length = itoa::Buffer::new();
     push_header(out, b"content-length", length.format(body.len()).as_bytes());
@@ -453,45 +453,26 @@ async fn write_response(conn: &mut Conn<'_>, response: Response, close: bool) ->
     conn.stream.write_all(out).await
 }
 
-/// `date: <IMF-fixdate>\r\n`: the line the gateway adds to a response that has no `Date`,
-/// as an HTTP intermediary with a clock must (RFC 9110 §6.6.1). Formatted at most once a
-/// second per thread.
-fn date_line() -> DateLine {
+/// Appends `date: <IMF-fixdate>\r\n`: the line the gateway adds to a response that has no
+/// `Date`, as an HTTP intermediary with a clock must (RFC 9110 §6.6.1). Formatted at most
+/// once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
     thread_local! {
-        static DATE: std::cell::Cell<(u64, DateLine)> = const { std::cell::Cell::new((u64::MAX, DateLine::NONE)) };
+        static DATE: std::cell::Cell<(u64, [u8; DATE_LINE])> = const { std::cell::Cell::new((u64::MAX, [0; DATE_LINE])) };
     }
-    let now = std::time::SystemTime::now();
+    // A clock before 1970 gives that instant rather than a date HTTP cannot write.
+    let now = std::time::SystemTime::now().max(std::time::UNIX_EPOCH);
     let second = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    DATE.with(|cached| {
-        let (at, line) = cached.get();
-        if at == second {
-            return line;
+    let line = DATE.with(|cached| {
+        let (at, mut line) = cached.get();
+        if at != second {
+            // IMF-fixdate has a fixed width: the line always fills the array.
+            line.copy_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(now)).as_bytes());
+            cached.set((second, line));
         }
-        let text = format!("date: {}\r\n", httpdate::fmt_http_date(now));
-        // IMF-fixdate has a fixed width; a clock outside it sends no Date rather than a wrong one.
-        let mut line = DateLine::NONE;
-        if text.len() == DATE_LINE {
-            line.bytes.copy_from_slice(text.as_bytes());
-            line.present = true;
-        }
-        cached.set((second, line));
         line
-    })
-}
-
-/// A formatted `date` header line (or none).
-#[derive(Clone, Copy)]
-struct DateLine {
-    bytes: [u8; DATE_LINE],
-    present: bool,
-}
-
-impl DateLine {
-    const NONE: DateLine = DateLine { bytes: [0; DATE_LINE], present: false };
-
-    fn as_bytes(&self) -> &[u8] {
-        if self.present { &self.bytes } else { &[] }
-    }
+    });
+    out.extend_from_slice(&line);
 }
 
 /// The length of a `date` line: `date: ` (6), the IMF-fixdate (29) and CRLF (2).
@@ -575,15 +556,9 @@ async fn exchange(
                             if status == 101 || status < 100 {
                                 return Err(failed(format!("unexpected status {status}")));
                             }
-                            let (framing, reusable) = client_head(
-                                &mut conn.out,
-                                &response,
-                                &conn.extra,
-                                date_line().as_bytes(),
-                                head_request,
-                                close,
-                            )
-                            .map_err(failed)?;
+                            let (framing, reusable) =
+                                client_head(&mut conn.out, &response, &conn.extra, push_date, head_request, close)
+                                    .map_err(failed)?;
                             return Ok(Answer { stream, status, head, filled, framing, reusable });
                         }
                         Ok(httparse::Status::Partial) => {
@@ -622,7 +597,7 @@ fn client_head(
     out: &mut Vec<u8>,
     response: &httparse::Response<'_, '_>,
     extra: &[u8],
-    date: &[u8],
+    date: impl FnOnce(&mut Vec<u8>),
     head_request: bool,
     close: bool,
 ) -> Result<(Framing, bool), String> {
@@ -718,7 +693,7 @@ fn client_head(
         },
     }
     if !dated {
-        out.extend_from_slice(date);
+        date(out);
     }
     out.extend_from_slice(extra);
     if close {
@@ -1018,7 +993,8 @@ mod tests {
         let mut response = httparse::Response::new(&mut headers);
         assert!(response.parse(raw).unwrap().is_complete());
         let mut out = Vec::new();
-        let result = client_head(&mut out, &response, b"", b"date: D\r\n", head_request, close);
+        let date = |out: &mut Vec<u8>| out.extend_from_slice(b"date: D\r\n");
+        let result = client_head(&mut out, &response, b"", date, head_request, close);
         (result, String::from_utf8(out).unwrap())
     }
 
@@ -1056,8 +1032,9 @@ mod tests {
         let (_, text) = head(dated.as_bytes(), false, false);
         assert_eq!(text, dated, "the upstream's Date, and no second one");
 
-        let line = date_line();
-        let text = std::str::from_utf8(line.as_bytes()).unwrap();
+        let mut line = Vec::new();
+        push_date(&mut line);
+        let text = std::str::from_utf8(&line).unwrap();
         let value =
             text.strip_prefix("date: ").and_then(|v| v.strip_suffix("\r\n")).unwrap_or_else(|| panic!("{text:?}"));
         let stamped = httpdate::parse_http_date(value).unwrap_or_else(|e| panic!("{value:?}: {e}"));

@@ -288,8 +288,9 @@ impl Default for RedisOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The reason is in the message, not a `source`, so that a printed chain says it once.
     #[error("invalid Redis URL: {0}")]
-    InvalidUrl(#[source] redis::RedisError),
+    InvalidUrl(redis::RedisError),
     #[error("invalid Redis options: {0}")]
     InvalidOptions(&'static str),
     #[error("invalid rate limit: {0}")]
