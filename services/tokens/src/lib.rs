@@ -240,6 +240,56 @@ fn validation(algorithm: Algorithm, audience: &str) -> Validation {
     validation
 }
 
+/// Header parameters registered for JWS by RFC 7515 §4.1 and RFC 7518: a `crit` list
+/// must not name them (RFC 7515 §4.1.11).
+const REGISTERED_HEADER_PARAMETERS: &[&str] = &[
+    "alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit", "epk", "apu", "apv", "iv",
+    "tag", "p2s", "p2c",
+];
+
+/// Extensions this verifier understands and may be marked critical. None: a token whose
+/// `crit` names anything is refused rather than verified without the extension's rules.
+const UNDERSTOOD_EXTENSIONS: &[&str] = &[];
+
+/// RFC 7515 §4.1.11: a `crit` header must be a non-empty array of distinct strings naming
+/// extension parameters present in the header, none of them registered; every extension it
+/// names must be understood, or the JWS is invalid. Checked on the raw header, since a
+/// decoded `Header` cannot tell an absent `crit` from some malformed ones.
+fn check_critical(token: &str) -> Result<(), ApiError> {
+    let malformed = || ApiError::unauthorized("the token is malformed");
+    let encoded = token.split('.').next().ok_or_else(malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| malformed())?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    let Some(crit) = header.get("crit") else {
+        return Ok(());
+    };
+    let bad_crit = |why: &str| ApiError::unauthorized(format!("the token header's crit {why}"));
+    let names = crit.as_array().ok_or_else(|| bad_crit("is not an array"))?;
+    if names.is_empty() {
+        return Err(bad_crit("is an empty array"));
+    }
+    let mut seen: Vec<&str> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = name.as_str().ok_or_else(|| bad_crit("holds something other than strings"))?;
+        if REGISTERED_HEADER_PARAMETERS.contains(&name) {
+            return Err(bad_crit(&format!("names the registered header parameter {name:?}")));
+        }
+        if seen.contains(&name) {
+            return Err(bad_crit(&format!("names {name:?} twice")));
+        }
+        if !header.contains_key(name) {
+            return Err(bad_crit(&format!("names {name:?}, which the header does not carry")));
+        }
+        if !UNDERSTOOD_EXTENSIONS.contains(&name) {
+            return Err(ApiError::unauthorized(format!(
+                "the token requires the header extension {name:?}, which this verifier does not understand"
+            )));
+        }
+        seen.push(name);
+    }
+    Ok(())
+}
+
 /// A verified token: who, for which tenant, with which scopes, until when.
 #[derive(Clone, Debug)]
 pub struct Verified {
@@ -261,6 +311,7 @@ impl TokenVerifier {
     /// Like [`TokenVerifier::verify`], with the token's expiry (for caching the result).
     pub fn verify_full(&self, token: &str) -> Result<Verified, ApiError> {
         let ring = &self.ring.0;
+        check_critical(token)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| ApiError::unauthorized("the token is malformed"))?;
         let key = match header.alg {
@@ -513,6 +564,85 @@ mod tests {
         let elsewhere = ring.issuer().issue_claims(&claims);
         assert_eq!(reason(&elsewhere), "the token is for another audience");
         let _ = rsa;
+    }
+
+    /// A JWS built by hand: `header` as given, the claims, signed with `key` by `alg`.
+    fn hand_built(header: &serde_json::Value, claims: &Claims, key: &EncodingKey, alg: Algorithm) -> String {
+        let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap());
+        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+        let message = format!("{header}.{claims}");
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, alg).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused_for_every_algorithm_family() {
+        let (ed_key, _) = private_key(ED25519_PEM).unwrap();
+        let (rsa_key, _) = private_key(RSA_PEM).unwrap();
+        let ring = KeyRing::from_private_pem(ED25519_PEM)
+            .unwrap()
+            .with_previous_private_pem(RSA_PEM)
+            .unwrap()
+            .with_hs256_verification(SECRET)
+            .unwrap();
+        let verifier = ring.verifier();
+        let kid_of =
+            |pem: &[u8]| KeyRing::from_private_pem(pem).unwrap().jwks()[0]["kid"].as_str().unwrap().to_string();
+        let now = now();
+        let claims = Claims {
+            sub: "svc".into(),
+            tenant: None,
+            scope: "mesh:read".into(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            exp: now + 60,
+            nbf: now,
+            iat: now,
+            jti: "j".into(),
+        };
+        let families: [(Algorithm, &str, Option<String>, EncodingKey); 3] = [
+            (Algorithm::HS256, "HS256", None, EncodingKey::from_secret(SECRET)),
+            (Algorithm::EdDSA, "EdDSA", Some(kid_of(ED25519_PEM)), ed_key),
+            (Algorithm::RS256, "RS256", Some(kid_of(RSA_PEM)), rsa_key),
+        ];
+        for (alg, alg_name, kid, key) in &families {
+            let header = |extra: serde_json::Value| {
+                let mut header = serde_json::json!({ "alg": alg_name, "typ": "JWT" });
+                if let Some(kid) = kid {
+                    header["kid"] = kid.clone().into();
+                }
+                for (name, value) in extra.as_object().unwrap() {
+                    header[name] = value.clone();
+                }
+                header
+            };
+            // The same hand-built token without `crit` verifies: the refusals below are the
+            // `crit` header's alone.
+            let plain = hand_built(&header(serde_json::json!({})), &claims, key, *alg);
+            assert!(verifier.verify(&plain).is_ok(), "{alg_name}: a token without crit verifies");
+            let refused = [
+                ("unknown extension", serde_json::json!({ "crit": ["exp-ext"], "exp-ext": 1 })),
+                ("b64 (RFC 7797), not supported", serde_json::json!({ "crit": ["b64"], "b64": false })),
+                ("not an array", serde_json::json!({ "crit": "exp-ext", "exp-ext": 1 })),
+                ("empty array", serde_json::json!({ "crit": [] })),
+                ("not strings", serde_json::json!({ "crit": [1] })),
+                ("null", serde_json::json!({ "crit": null })),
+                ("registered name", serde_json::json!({ "crit": ["alg"] })),
+                ("registered kid", serde_json::json!({ "crit": ["kid"] })),
+                ("absent parameter", serde_json::json!({ "crit": ["exp-ext"] })),
+                ("twice", serde_json::json!({ "crit": ["exp-ext", "exp-ext"], "exp-ext": 1 })),
+            ];
+            for (case, extra) in refused {
+                let token = hand_built(&header(extra), &claims, key, *alg);
+                let error = verifier.verify(&token).expect_err(&format!("{alg_name}: {case}"));
+                assert_eq!(error.status().as_u16(), 401, "{alg_name}: {case}");
+                assert!(
+                    error.message().contains("crit") || error.message().contains("extension"),
+                    "{alg_name}: {case}: {}",
+                    error.message()
+                );
+            }
+        }
     }
 
     #[test]
