@@ -4281,6 +4281,8 @@ pub mod types {
         pub cache: CachePolicy,
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         pub id: ::uuid::Uuid,
+        ///Whether runs of `/` are sent upstream as one.
+        pub merge_slashes: bool,
         pub methods: ::std::vec::Vec<HttpMethod>,
         ///Unique name of the route, used in metrics and logs.
         pub name: RouteName,
@@ -4706,6 +4708,9 @@ pub mod types {
         ///Response caching. Absent: `{enabled: false}`.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub cache: ::std::option::Option<CachePolicy>,
+        ///Whether runs of `/` in the path are sent upstream as one. The gateway always matches routes on the normalised path (RFC 3986 dot-segments removed, percent-encoded unreserved characters decoded, empty segments merged) and sends that path; false keeps the empty segments in the path sent upstream, for upstreams to which `//` means something.
+        #[serde(default = "defaults::default_bool::<true>")]
+        pub merge_slashes: bool,
         ///Methods the route matches.
         pub methods: ::std::vec::Vec<HttpMethod>,
         ///Unique name of the route, used in metrics and logs.
@@ -4724,7 +4729,7 @@ pub mod types {
         ///Scopes a token must all hold to use the route. Naming any scope makes the route require a token.
         #[serde(default = "defaults::route_spec_required_scopes")]
         pub required_scopes: ::std::vec::Vec<Scope>,
-        ///Retries. Absent: `{max_attempts: 0}`.
+        ///Retries. Absent: `{max_attempts: 2}`: two retries on another instance of idempotent requests without a body whose connection failed or was reset.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub retry: ::std::option::Option<RetryPolicy>,
         ///Name of the target service in the registry.
@@ -8523,6 +8528,7 @@ pub mod types {
                 ::std::string::String,
             >,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            merge_slashes: ::std::result::Result<bool, ::std::string::String>,
             methods: ::std::result::Result<
                 ::std::vec::Vec<super::HttpMethod>,
                 ::std::string::String,
@@ -8565,6 +8571,9 @@ pub mod types {
                     cache: Err("no value supplied for cache".to_string()),
                     created_at: Err("no value supplied for created_at".to_string()),
                     id: Err("no value supplied for id".to_string()),
+                    merge_slashes: Err(
+                        "no value supplied for merge_slashes".to_string(),
+                    ),
                     methods: Err("no value supplied for methods".to_string()),
                     name: Err("no value supplied for name".to_string()),
                     path_prefix: Err("no value supplied for path_prefix".to_string()),
@@ -8632,6 +8641,18 @@ pub mod types {
                 self.id = value
                     .try_into()
                     .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn merge_slashes<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.merge_slashes = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for merge_slashes: {e}")
+                    });
                 self
             }
             pub fn methods<T>(mut self, value: T) -> Self
@@ -8805,6 +8826,7 @@ pub mod types {
                     cache: value.cache?,
                     created_at: value.created_at?,
                     id: value.id?,
+                    merge_slashes: value.merge_slashes?,
                     methods: value.methods?,
                     name: value.name?,
                     path_prefix: value.path_prefix?,
@@ -8828,6 +8850,7 @@ pub mod types {
                     cache: Ok(value.cache),
                     created_at: Ok(value.created_at),
                     id: Ok(value.id),
+                    merge_slashes: Ok(value.merge_slashes),
                     methods: Ok(value.methods),
                     name: Ok(value.name),
                     path_prefix: Ok(value.path_prefix),
@@ -9029,6 +9052,7 @@ pub mod types {
                 ::std::option::Option<super::CachePolicy>,
                 ::std::string::String,
             >,
+            merge_slashes: ::std::result::Result<bool, ::std::string::String>,
             methods: ::std::result::Result<
                 ::std::vec::Vec<super::HttpMethod>,
                 ::std::string::String,
@@ -9070,6 +9094,7 @@ pub mod types {
                 Self {
                     api_version: Err("no value supplied for api_version".to_string()),
                     cache: Ok(Default::default()),
+                    merge_slashes: Ok(super::defaults::default_bool::<true>()),
                     methods: Err("no value supplied for methods".to_string()),
                     name: Err("no value supplied for name".to_string()),
                     path_prefix: Err("no value supplied for path_prefix".to_string()),
@@ -9108,6 +9133,18 @@ pub mod types {
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for cache: {e}")
+                    });
+                self
+            }
+            pub fn merge_slashes<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.merge_slashes = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for merge_slashes: {e}")
                     });
                 self
             }
@@ -9256,6 +9293,7 @@ pub mod types {
                 Ok(Self {
                     api_version: value.api_version?,
                     cache: value.cache?,
+                    merge_slashes: value.merge_slashes?,
                     methods: value.methods?,
                     name: value.name?,
                     path_prefix: value.path_prefix?,
@@ -9275,6 +9313,7 @@ pub mod types {
                 Self {
                     api_version: Ok(value.api_version),
                     cache: Ok(value.cache),
+                    merge_slashes: Ok(value.merge_slashes),
                     methods: Ok(value.methods),
                     name: Ok(value.name),
                     path_prefix: Ok(value.path_prefix),
@@ -9521,6 +9560,9 @@ pub mod types {
     }
     /// Generation of default values for serde.
     pub mod defaults {
+        pub(super) fn default_bool<const V: bool>() -> bool {
+            V
+        }
         pub(super) fn default_u64<T, const V: u64>() -> T
         where
             T: ::std::convert::TryFrom<u64>,
@@ -9599,7 +9641,19 @@ contract: it is matched against the routes (`/{api_version}{path_prefix}`, metho
 longest prefix first, then highest `priority`) and proxied to a healthy instance of the
 route's service found in the registry, with the load-balancing, timeout, retry and
 circuit-breaker settings of the service's traffic policy and the route. Retries are
-only made for idempotent methods. The proxy always answers: an unmatched path gets 404,
+only made for idempotent methods.
+
+**Paths are normalised before anything else** (as Envoy's `normalize_path` and nginx
+do): percent-encoded unreserved characters are decoded (`%2e` is `.`, `%41` is `A`),
+dot-segments are removed (RFC 3986 §5.2.4) and runs of `/` are merged; the route is
+matched on that path and exactly that path is forwarded (with empty segments kept for
+a route with `merge_slashes: false`). Paths the gateway cannot forward unambiguously
+answer 400 `invalid_path`: an encoded `/` or `\` (`%2F`, `%5C`), a raw `\`, an
+encoded `%` that encodes a dot or a separator again (`%252e`), a dot-segment with
+parameters (`..;`), a malformed or NUL escape (`%zz`, `%00`), or a path that is not in
+origin form. HTTP/1.1 requests without exactly one `Host` answer 400.
+
+The proxy always answers: an unmatched path gets 404,
 a missing or invalid token 401, a missing scope 403, an exhausted rate limit 429 with
 `Retry-After` and `RateLimit-*` headers, and an upstream with no healthy instance or an
 open circuit breaker 503 with `Retry-After` — all with the `Error` body below. The

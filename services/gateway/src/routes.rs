@@ -221,7 +221,7 @@ mod tests {
     fn route(name: &str, version: &str, prefix: &str, methods: &[&str], priority: u64) -> types::Route {
         serde_json::from_value(json!({
             "id": Uuid::new_v4(), "name": name, "path_prefix": prefix, "methods": methods, "api_version": version,
-            "service": "svc", "strip_prefix": false, "timeout_ms": 1000, "retry": {"max_attempts": 0},
+            "service": "svc", "strip_prefix": false, "merge_slashes": true, "timeout_ms": 1000, "retry": {"max_attempts": 0},
             "cache": {"enabled": false}, "rate_limit_policy_id": null, "required_scopes": [], "require_token": false,
             "priority": priority,
             "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "version": 1

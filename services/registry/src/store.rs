@@ -244,6 +244,7 @@ fn postgres_migrator() -> sqlx::migrate::Migrator {
         (1, "registry", include_str!("../../../migrations/postgres/0001_registry.sql")),
         (2, "gateway routes", include_str!("../../../migrations/postgres/0002_gateway_routes.sql")),
         (3, "gateway policies", include_str!("../../../migrations/postgres/0003_gateway_policies.sql")),
+        (4, "route merge_slashes", include_str!("../../../migrations/postgres/0004_route_merge_slashes.sql")),
     ])
 }
 
@@ -252,6 +253,7 @@ fn sqlite_migrator() -> sqlx::migrate::Migrator {
         (1, "registry", include_str!("../../../migrations/sqlite/0001_registry.sql")),
         (2, "gateway routes", include_str!("../../../migrations/sqlite/0002_gateway_routes.sql")),
         (3, "gateway policies", include_str!("../../../migrations/sqlite/0003_gateway_policies.sql")),
+        (4, "route merge_slashes", include_str!("../../../migrations/sqlite/0004_route_merge_slashes.sql")),
     ])
 }
 
