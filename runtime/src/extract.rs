@@ -177,6 +177,35 @@ fn coerce(kind: ParamKind, text: &str) -> Result<Value, String> {
     }
 }
 
+/// Why a string holding U+0000 is refused: PostgreSQL's `text` and `jsonb` cannot store
+/// it, so a store would fail on it; refusing it here answers the same on every backend.
+const NUL_MESSAGE: &str = "must not contain the character U+0000 (NUL)";
+
+fn invalid_parameters(problems: Vec<ErrorDetail>) -> ApiError {
+    let first = &problems[0];
+    let noun = match first.location {
+        DetailLocation::Path => ParamLocation::Path.noun(),
+        DetailLocation::Header => ParamLocation::Header.noun(),
+        _ => ParamLocation::Query.noun(),
+    };
+    let message = format!("{noun} {}: {}", first.field.as_deref().unwrap_or_default(), first.message);
+    ApiError::bad_request("invalid_parameter", message).with_details(problems)
+}
+
+/// For an operation that declares no parameters: any query parameter is unknown, and
+/// refused as [`extract_params`] refuses unknown ones (400 naming each).
+pub fn reject_query(spec: &OperationSpec, parts: &Parts) -> Result<(), ApiError> {
+    debug_assert!(spec.params.is_empty(), "{} declares parameters; use extract_params", spec.operation_id);
+    let problems: Vec<ErrorDetail> = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+        .map(|(name, _)| ErrorDetail {
+            location: DetailLocation::Query,
+            field: Some(name.into_owned()),
+            message: "unknown query parameter: this operation takes none".into(),
+        })
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(invalid_parameters(problems)) }
+}
+
 /// Collects an operation's parameters from the path, query and headers, applies
 /// defaults, validates them against the contract and deserializes them into `P`.
 /// Unknown and repeated query parameters are rejected.
@@ -194,15 +223,17 @@ pub fn extract_params<P: DeserializeOwned>(
         message,
     };
 
-    let put =
-        |values: &mut Map<String, Value>, problems: &mut Vec<ErrorDetail>, param: &ParamSpec, text: &str| match coerce(
-            param.kind, text,
-        ) {
+    let put = |values: &mut Map<String, Value>, problems: &mut Vec<ErrorDetail>, param: &ParamSpec, text: &str| {
+        if text.contains('\0') {
+            return problems.push(problem(param.location, param.name, NUL_MESSAGE.into()));
+        }
+        match coerce(param.kind, text) {
             Ok(value) => {
                 values.insert(param.name.to_string(), value);
             }
             Err(message) => problems.push(problem(param.location, param.name, message)),
-        };
+        }
+    };
 
     match path {
         Some(Ok(raw)) => {
@@ -280,14 +311,8 @@ pub fn extract_params<P: DeserializeOwned>(
         problems.push(ErrorDetail { location: location.detail(), field: Some(name), message });
     }
 
-    if let Some(first) = problems.first() {
-        let noun = match first.location {
-            DetailLocation::Path => ParamLocation::Path.noun(),
-            DetailLocation::Header => ParamLocation::Header.noun(),
-            _ => ParamLocation::Query.noun(),
-        };
-        let message = format!("{noun} {}: {}", first.field.as_deref().unwrap_or_default(), first.message);
-        return Err(ApiError::bad_request("invalid_parameter", message).with_details(problems));
+    if !problems.is_empty() {
+        return Err(invalid_parameters(problems));
     }
     serde_json::from_value(instance).map_err(|e| ApiError::bad_request("invalid_parameter", format!("parameters: {e}")))
 }
@@ -345,31 +370,171 @@ pub async fn json_body<B: DeserializeOwned>(spec: &OperationSpec, parts: &Parts,
     }
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}")))?;
+    let mut details = Vec::new();
+    nul_details(&value, &mut String::new(), &mut details);
     if let Some(validator) = &validators.body {
-        let details: Vec<ErrorDetail> = validator
-            .iter_errors(&value)
-            .take(100)
-            .map(|error| {
-                let mut field = error.instance_path().to_string();
-                if let ValidationErrorKind::Required { property } = error.kind() {
-                    field = format!("{field}/{}", property.as_str().unwrap_or_default());
-                }
-                ErrorDetail {
-                    location: DetailLocation::Body,
-                    field: Some(if field.is_empty() { "/".into() } else { field }),
-                    message: error.to_string(),
-                }
-            })
-            .collect();
-        if let Some(first) = details.first() {
-            let message = format!(
-                "the request body does not match the schema: {}: {}",
-                first.field.as_deref().unwrap_or("/"),
-                first.message
-            );
-            return Err(ApiError::unprocessable(message).with_details(details));
-        }
+        details.extend(validator.iter_errors(&value).take(100).map(|error| {
+            let mut field = error.instance_path().to_string();
+            if let ValidationErrorKind::Required { property } = error.kind() {
+                field = format!("{field}/{}", property.as_str().unwrap_or_default());
+            }
+            ErrorDetail {
+                location: DetailLocation::Body,
+                field: Some(if field.is_empty() { "/".into() } else { field }),
+                message: error.to_string(),
+            }
+        }));
+    }
+    if let Some(first) = details.first() {
+        let message = format!(
+            "the request body does not match the schema: {}: {}",
+            first.field.as_deref().unwrap_or("/"),
+            first.message
+        );
+        return Err(ApiError::unprocessable(message).with_details(details));
     }
     serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable(format!("the request body does not match the schema: {e}")))
+}
+
+/// One detail per string of `value` (member names included) that holds U+0000, naming it
+/// by JSON pointer (a member name by the object that holds it). `pointer` is the path to
+/// `value`, restored on return.
+fn nul_details(value: &Value, pointer: &mut String, details: &mut Vec<ErrorDetail>) {
+    let detail = |field: &str, message: String| ErrorDetail {
+        location: DetailLocation::Body,
+        field: Some(if field.is_empty() { "/".into() } else { field.to_string() }),
+        message,
+    };
+    match value {
+        Value::String(text) if text.contains('\0') => details.push(detail(pointer, NUL_MESSAGE.into())),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let length = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&index.to_string());
+                nul_details(item, pointer, details);
+                pointer.truncate(length);
+            }
+        }
+        Value::Object(members) => {
+            for (name, member) in members {
+                if name.contains('\0') {
+                    details.push(detail(pointer, format!("member name {name:?} {NUL_MESSAGE}")));
+                }
+                let length = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&name.replace('~', "~0").replace('/', "~1"));
+                nul_details(member, pointer, details);
+                pointer.truncate(length);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use serde_json::json;
+
+    static BODY_OP: OperationSpec = OperationSpec::new(
+        "putThing",
+        "PUT",
+        "/things/{name}",
+        None,
+        &[
+            ParamSpec {
+                name: "name",
+                location: ParamLocation::Path,
+                required: true,
+                kind: ParamKind::String,
+                default: None,
+            },
+            ParamSpec {
+                name: "q",
+                location: ParamLocation::Query,
+                required: false,
+                kind: ParamKind::String,
+                default: None,
+            },
+        ],
+        r#"{"type":"object","properties":{"name":{"type":"string"},"q":{"type":"string"}},"required":["name"]}"#,
+        Some(
+            r#"{"type":"object","additionalProperties":false,"properties":{
+                "description":{"type":"string","maxLength":10},
+                "tags":{"type":"array","items":{"type":"string"}},
+                "metadata":{"type":"object","additionalProperties":{"type":"string"}}}}"#,
+        ),
+    );
+
+    static NO_PARAMS_OP: OperationSpec =
+        OperationSpec::new("register", "POST", "/register", None, &[], r#"{"type":"object"}"#, None);
+
+    fn parts(uri: &str) -> Parts {
+        let request = Request::builder().uri(uri).header(header::CONTENT_TYPE, "application/json").body(()).unwrap();
+        request.into_parts().0
+    }
+
+    async fn body_error(body: Value) -> ApiError {
+        let parts = parts("/things/a");
+        json_body::<Value>(&BODY_OP, &parts, Body::from(body.to_string())).await.expect_err("refused")
+    }
+
+    #[tokio::test]
+    async fn a_nul_in_any_body_string_is_refused_with_its_pointer() {
+        let cases = [
+            (json!({"description": "a\u{0}b"}), "/description"),
+            (json!({"tags": ["ok", "\u{0}"]}), "/tags/1"),
+            (json!({"metadata": {"k/~": "x\u{0}"}}), "/metadata/k~1~0"),
+            (json!({"metadata": {"a\u{0}b": "x"}}), "/metadata"),
+        ];
+        for (body, pointer) in cases {
+            let error = body_error(body.clone()).await;
+            assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(error.code(), "validation_failed");
+            let detail = &error.details()[0];
+            assert_eq!(detail.location, DetailLocation::Body);
+            assert_eq!(detail.field.as_deref(), Some(pointer), "{body}");
+            assert!(detail.message.contains("U+0000"), "{}", detail.message);
+            assert!(error.message().contains(pointer) && error.message().contains("U+0000"), "{}", error.message());
+        }
+        // Alongside a schema violation, both are reported.
+        let error = body_error(json!({"description": "\u{0}123456789012"})).await;
+        assert_eq!(error.details().len(), 2, "{:?}", error.details());
+        // Text without NUL (escaped or not elsewhere) passes.
+        let parts = parts("/things/a");
+        let fine = json!({"description": "a\\u0000b", "tags": ["\u{1}"]});
+        json_body::<Value>(&BODY_OP, &parts, Body::from(fine.to_string())).await.expect("accepted");
+    }
+
+    #[test]
+    fn a_nul_in_a_parameter_is_refused_with_400() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Params {
+            name: String,
+            q: Option<String>,
+        }
+        let error = extract_params::<Params>(&BODY_OP, &parts("/things/a?q=a%00b"), None).unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.code(), "invalid_parameter");
+        assert_eq!(error.details()[0].field.as_deref(), Some("q"));
+        assert_eq!(error.details()[0].location, DetailLocation::Query);
+        assert!(error.message().contains("U+0000"), "{}", error.message());
+    }
+
+    #[test]
+    fn operations_without_parameters_refuse_any_query_parameter() {
+        assert!(reject_query(&NO_PARAMS_OP, &parts("/register")).is_ok());
+        assert!(reject_query(&NO_PARAMS_OP, &parts("/register?")).is_ok());
+        for (uri, name) in [("/register?foo=bar", "foo"), ("/register?flag", "flag"), ("/register?a=1&b=2", "a")] {
+            let error = reject_query(&NO_PARAMS_OP, &parts(uri)).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(error.code(), "invalid_parameter");
+            assert_eq!(error.details()[0].field.as_deref(), Some(name), "{uri}");
+            assert!(error.message().contains(name), "{}", error.message());
+        }
+    }
 }

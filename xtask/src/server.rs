@@ -421,7 +421,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
             quote!()
         };
         let extract_params = if op.params.is_empty() {
-            quote!()
+            quote!(rt::reject_query(&#spec_ident, &parts)?;)
         } else {
             quote!(let params: #params_ident = rt::extract_params(&#spec_ident, &parts, #path_value)?;)
         };

@@ -3073,6 +3073,7 @@ async fn handle_get_health<A: GatewayApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_HEALTH, &parts)?;
         drop(body);
         api.get_health(GetHealthRequest {}).await
     }
@@ -3085,6 +3086,7 @@ async fn handle_get_liveness<A: GatewayApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_LIVENESS, &parts)?;
         drop(body);
         api.get_liveness(GetLivenessRequest {}).await
     }
@@ -3097,6 +3099,7 @@ async fn handle_get_metrics<A: GatewayApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_METRICS, &parts)?;
         drop(body);
         api.get_metrics(GetMetricsRequest {}).await
     }
@@ -3109,6 +3112,7 @@ async fn handle_issue_token<A: GatewayApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&ISSUE_TOKEN, &parts)?;
         let body = rt::json_body(&ISSUE_TOKEN, &parts, body).await?;
         api.issue_token(IssueTokenRequest { body }).await
     }
@@ -3121,6 +3125,7 @@ async fn handle_get_jwks<A: GatewayApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_JWKS, &parts)?;
         drop(body);
         api.get_jwks(GetJwksRequest {}).await
     }
@@ -3166,6 +3171,7 @@ async fn handle_create_route<A: GatewayApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_ROUTE, &parts)?;
         let body = rt::json_body(&CREATE_ROUTE, &parts, body).await?;
         api.create_route(CreateRouteRequest {
                 principal,
@@ -3310,6 +3316,7 @@ async fn handle_create_api_client<A: GatewayApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_API_CLIENT, &parts)?;
         let body = rt::json_body(&CREATE_API_CLIENT, &parts, body).await?;
         api.create_api_client(CreateApiClientRequest {
                 principal,
@@ -3485,6 +3492,7 @@ async fn handle_create_rate_limit_policy<A: GatewayApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_RATE_LIMIT_POLICY, &parts)?;
         let body = rt::json_body(&CREATE_RATE_LIMIT_POLICY, &parts, body).await?;
         api.create_rate_limit_policy(CreateRateLimitPolicyRequest {
                 principal,
@@ -3693,6 +3701,7 @@ async fn handle_get_cache_stats<A: GatewayApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&GET_CACHE_STATS, &parts)?;
         drop(body);
         api.get_cache_stats(GetCacheStatsRequest { principal }).await
     }
@@ -3711,6 +3720,7 @@ async fn handle_invalidate_cache<A: GatewayApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&INVALIDATE_CACHE, &parts)?;
         let body = rt::json_body(&INVALIDATE_CACHE, &parts, body).await?;
         api.invalidate_cache(InvalidateCacheRequest {
                 principal,

@@ -3412,6 +3412,7 @@ async fn handle_get_liveness<A: ServiceMeshApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_LIVENESS, &parts)?;
         drop(body);
         api.get_liveness(GetLivenessRequest {}).await
     }
@@ -3424,6 +3425,7 @@ async fn handle_get_readiness<A: ServiceMeshApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_READINESS, &parts)?;
         drop(body);
         api.get_readiness(GetReadinessRequest {}).await
     }
@@ -3436,6 +3438,7 @@ async fn handle_get_metrics<A: ServiceMeshApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_METRICS, &parts)?;
         drop(body);
         api.get_metrics(GetMetricsRequest {}).await
     }
@@ -3454,6 +3457,7 @@ async fn handle_register_service<A: ServiceMeshApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&REGISTER_SERVICE, &parts)?;
         let body = rt::json_body(&REGISTER_SERVICE, &parts, body).await?;
         api.register_service(RegisterServiceRequest {
                 principal,

@@ -3447,6 +3447,7 @@ async fn handle_get_prometheus_metrics<A: MonitoringApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_PROMETHEUS_METRICS, &parts)?;
         drop(body);
         api.get_prometheus_metrics(GetPrometheusMetricsRequest {}).await
     }
@@ -3493,6 +3494,7 @@ async fn handle_push_metric_samples<A: MonitoringApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&PUSH_METRIC_SAMPLES, &parts)?;
         let body = rt::json_body(&PUSH_METRIC_SAMPLES, &parts, body).await?;
         api.push_metric_samples(PushMetricSamplesRequest {
                 principal,
@@ -3509,6 +3511,7 @@ async fn handle_get_liveness<A: MonitoringApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_LIVENESS, &parts)?;
         drop(body);
         api.get_liveness(GetLivenessRequest {}).await
     }
@@ -3521,6 +3524,7 @@ async fn handle_get_readiness<A: MonitoringApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_READINESS, &parts)?;
         drop(body);
         api.get_readiness(GetReadinessRequest {}).await
     }
@@ -3600,6 +3604,7 @@ async fn handle_get_health_summary<A: MonitoringApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&GET_HEALTH_SUMMARY, &parts)?;
         drop(body);
         api.get_health_summary(GetHealthSummaryRequest {
                 principal,
@@ -3651,6 +3656,7 @@ async fn handle_create_alert_rule<A: MonitoringApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_ALERT_RULE, &parts)?;
         let body = rt::json_body(&CREATE_ALERT_RULE, &parts, body).await?;
         api.create_alert_rule(CreateAlertRuleRequest {
                 principal,
@@ -3883,6 +3889,7 @@ async fn handle_create_silence<A: MonitoringApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_SILENCE, &parts)?;
         let body = rt::json_body(&CREATE_SILENCE, &parts, body).await?;
         api.create_silence(CreateSilenceRequest {
                 principal,
@@ -3995,6 +4002,7 @@ async fn handle_create_receiver<A: MonitoringApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_RECEIVER, &parts)?;
         let body = rt::json_body(&CREATE_RECEIVER, &parts, body).await?;
         api.create_receiver(CreateReceiverRequest {
                 principal,
@@ -4142,6 +4150,7 @@ async fn handle_ingest_spans<A: MonitoringApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&INGEST_SPANS, &parts)?;
         let body = rt::json_body(&INGEST_SPANS, &parts, body).await?;
         api.ingest_spans(IngestSpansRequest {
                 principal,

@@ -2410,6 +2410,7 @@ async fn handle_get_liveness<A: PerformanceApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_LIVENESS, &parts)?;
         drop(body);
         api.get_liveness(GetLivenessRequest {}).await
     }
@@ -2422,6 +2423,7 @@ async fn handle_get_readiness<A: PerformanceApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_READINESS, &parts)?;
         drop(body);
         api.get_readiness(GetReadinessRequest {}).await
     }
@@ -2434,6 +2436,7 @@ async fn handle_get_metrics<A: PerformanceApi>(
 ) -> ::axum::response::Response {
     let (parts, body) = request.into_parts();
     let result = async {
+        rt::reject_query(&GET_METRICS, &parts)?;
         drop(body);
         api.get_metrics(GetMetricsRequest {}).await
     }
@@ -2478,6 +2481,7 @@ async fn handle_create_slo<A: PerformanceApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_SLO, &parts)?;
         let body = rt::json_body(&CREATE_SLO, &parts, body).await?;
         api.create_slo(CreateSloRequest {
                 principal,
@@ -2618,6 +2622,7 @@ async fn handle_ingest_samples<A: PerformanceApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&INGEST_SAMPLES, &parts)?;
         let body = rt::json_body(&INGEST_SAMPLES, &parts, body).await?;
         api.ingest_samples(IngestSamplesRequest {
                 principal,
@@ -2703,6 +2708,7 @@ async fn handle_start_benchmark<A: PerformanceApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&START_BENCHMARK, &parts)?;
         let body = rt::json_body(&START_BENCHMARK, &parts, body).await?;
         api.start_benchmark(StartBenchmarkRequest {
                 principal,
@@ -2816,6 +2822,7 @@ async fn handle_create_autoscaling_policy<A: PerformanceApi>(
                 |token| api.authenticate(token),
             )
             .await?;
+        rt::reject_query(&CREATE_AUTOSCALING_POLICY, &parts)?;
         let body = rt::json_body(&CREATE_AUTOSCALING_POLICY, &parts, body).await?;
         api.create_autoscaling_policy(CreateAutoscalingPolicyRequest {
                 principal,

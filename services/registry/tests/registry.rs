@@ -40,6 +40,8 @@ on_both_backends!(
     dependencies_form_a_graph_with_cycles_reported,
     traffic_policies_are_validated_and_versioned,
     configuration_keeps_history_across_deletes,
+    nul_characters_are_refused_in_every_string,
+    unknown_query_parameters_are_refused_on_every_operation,
 );
 
 fn status_of<E: std::fmt::Debug>(error: pake_mesh_client::Error<E>) -> (u16, E) {
@@ -528,4 +530,174 @@ async fn bad_input_gets_a_clear_contract_error() {
     // Nothing was registered by any of it.
     let listed = registry.client().list_services().send().await.unwrap().into_inner();
     assert!(listed.items.is_empty());
+}
+
+/// PostgreSQL's text cannot hold U+0000: every write that carries one in any string (body
+/// values, member names, parameters) is refused the same way on both backends — 422 naming
+/// the JSON pointer for bodies, 400 naming the parameter — and nothing is stored.
+async fn nul_characters_are_refused_in_every_string(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let http = registry.http();
+    let base = registry.url();
+    let service = client.register_service().body(registration("nul-free")).send().await.unwrap().into_inner();
+    let instance = client.register_instance().service_id(service.id).body(instance(9001, 30, 60)).send().await.unwrap();
+    let instance = instance.into_inner();
+    let services = format!("{base}/api/v1/services");
+    let id = service.id;
+    let cases: Vec<(reqwest::Method, String, Value, &str)> = vec![
+        (
+            reqwest::Method::POST,
+            format!("{services}/register"),
+            json!({"name": "nul-test", "version": "1.0.0", "description": "a\u{0}b"}),
+            "/description",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{services}/register"),
+            json!({"name": "nul-test", "version": "1.0.0", "tags": ["ok", "b\u{0}"]}),
+            "/tags/1",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{services}/register"),
+            json!({"name": "nul-test", "version": "1.0.0", "metadata": {"team": "x\u{0}"}}),
+            "/metadata/team",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{services}/register"),
+            json!({"name": "nul-test", "version": "1.0.0", "metadata": {"te\u{0}am": "x"}}),
+            "/metadata",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{services}/register"),
+            json!({"name": "nul-test", "version": "1.0.0", "owner": "\u{0}"}),
+            "/owner",
+        ),
+        (reqwest::Method::PATCH, format!("{services}/{id}"), json!({"description": "a\u{0}b"}), "/description"),
+        (reqwest::Method::PATCH, format!("{services}/{id}"), json!({"owner": "team\u{0}"}), "/owner"),
+        (
+            reqwest::Method::POST,
+            format!("{services}/{id}/instances"),
+            json!({"address": "127.0.0.1", "port": 9002, "metadata": {"k": "v\u{0}"}}),
+            "/metadata/k",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{services}/{id}/instances/{}/heartbeat", instance.id),
+            json!({"status": "passing", "output": "all \u{0} good"}),
+            "/output",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{services}/{id}/dependencies"),
+            json!({"depends_on": "nul-free", "description": "\u{0}"}),
+            "/description",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/api/v1/config/nul-free/dev/limit"),
+            json!({"value": "10\u{0}0"}),
+            "/value",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/api/v1/config/nul-free/dev/limit"),
+            json!({"value": "100", "description": "why\u{0}"}),
+            "/description",
+        ),
+    ];
+    for (method, url, body, pointer) in cases {
+        let response = http.request(method.clone(), &url).json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(status, 422, "{method} {url} {body}: {error}");
+        assert_eq!(error["code"], "validation_failed", "{error}");
+        assert_eq!(error["details"][0]["location"], "body", "{error}");
+        assert_eq!(error["details"][0]["field"], pointer, "{method} {url} {body}: {error}");
+        assert!(error["message"].as_str().unwrap().contains("U+0000"), "{error}");
+    }
+    // Parameters: in the query and in the path, 400 naming the parameter.
+    let parameters = [
+        (format!("{services}?name_prefix=nul%00"), "name_prefix", "query"),
+        (format!("{base}/api/v1/discovery/nul%00free"), "service_name", "path"),
+        (format!("{base}/api/v1/config/nul-free/dev?key_prefix=a%00"), "key_prefix", "query"),
+    ];
+    for (url, name, location) in parameters {
+        let response = http.get(&url).send().await.unwrap();
+        let status = response.status().as_u16();
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(status, 400, "{url}: {error}");
+        assert_eq!(error["code"], "invalid_parameter", "{error}");
+        assert_eq!(error["details"][0]["field"], name, "{url}: {error}");
+        assert_eq!(error["details"][0]["location"], location, "{url}: {error}");
+        assert!(error["message"].as_str().unwrap().contains("U+0000"), "{error}");
+    }
+    // Nothing of it was stored, and the registry still works.
+    let listed = client.list_services().send().await.unwrap().into_inner();
+    assert_eq!(listed.items.len(), 1);
+    let kept = &listed.items[0];
+    assert_eq!((kept.description.as_deref(), kept.owner.as_deref()), (None, None));
+    assert!(kept.metadata.is_empty());
+    let config = client.list_config_entries().service_name("nul-free").environment("dev").send().await.unwrap();
+    assert!(config.into_inner().items.is_empty());
+    let dependencies = client.list_dependencies().service_id(id).send().await.unwrap().into_inner();
+    assert!(dependencies.items.is_empty());
+    let instances = client.list_instances().service_id(id).send().await.unwrap().into_inner();
+    assert_eq!(instances.items.len(), 1);
+    assert_eq!(instances.items[0].status_output, None);
+}
+
+/// Every operation refuses a query parameter it does not declare with 400 naming it —
+/// those that declare none included — and nothing changes.
+async fn unknown_query_parameters_are_refused_on_every_operation(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let http = registry.http();
+    let base = registry.url();
+    let service = client.register_service().body(registration("strict")).send().await.unwrap().into_inner();
+    let id = service.id;
+    let cases: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+        (
+            reqwest::Method::POST,
+            format!("{base}/api/v1/services/register"),
+            Some(json!({"name": "other", "version": "1.0.0"})),
+        ),
+        (reqwest::Method::GET, format!("{base}/api/v1/services/{id}"), None),
+        (reqwest::Method::PATCH, format!("{base}/api/v1/services/{id}"), Some(json!({"description": "changed"}))),
+        (reqwest::Method::DELETE, format!("{base}/api/v1/services/{id}"), None),
+        (
+            reqwest::Method::POST,
+            format!("{base}/api/v1/services/{id}/instances"),
+            Some(json!({"address": "127.0.0.1", "port": 9001})),
+        ),
+        (reqwest::Method::GET, format!("{base}/api/v1/services"), None),
+        (reqwest::Method::GET, format!("{base}/api/v1/discovery/strict"), None),
+        (reqwest::Method::GET, format!("{base}/health/live"), None),
+        (reqwest::Method::GET, format!("{base}/metrics"), None),
+    ];
+    for (method, url, body) in cases {
+        let url = format!("{url}?foo=bar");
+        let mut request = http.request(method.clone(), &url);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(status, 400, "{method} {url}: {error}");
+        assert_eq!(error["code"], "invalid_parameter", "{error}");
+        assert_eq!(error["details"][0]["field"], "foo", "{method} {url}: {error}");
+        assert_eq!(error["details"][0]["location"], "query", "{error}");
+        assert!(error["message"].as_str().unwrap().contains("foo"), "{error}");
+    }
+    let listed = client.list_services().send().await.unwrap().into_inner();
+    let names: Vec<String> = listed.items.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names, vec!["strict"]);
+    assert_eq!(listed.items[0].description, None);
+    assert!(client.list_instances().service_id(id).send().await.unwrap().into_inner().items.is_empty());
 }
