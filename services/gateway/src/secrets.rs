@@ -9,10 +9,14 @@
 //! itself is the argon2 crate's, which is constant-time.
 //!
 //! A client signs in again and again with the same secret, so a verified secret is
-//! remembered for a few minutes in memory — as a SHA-256 digest, bound to the stored hash
-//! it was checked against, so a rotation or a deletion forgets it at once — and is then
-//! checked by a constant-time comparison of digests instead of a second Argon2 run. What
-//! Argon2 protects against, a leaked store, is unchanged: the store holds only the hash.
+//! remembered for a few minutes in memory, and then needs no second Argon2 run. What is
+//! remembered is a keyed SHA-256 digest of the stored hash and the secret together (the key
+//! is random per process), so only that very secret against that very hash is found: a
+//! rotation or a deletion forgets it at once, and every other secret — a wrong one for an
+//! active client, any secret for an unknown client — misses and pays for Argon2 in full.
+//! The shortcut thus answers quickly only what it answers with 200 anyway, and how long a
+//! refusal takes says nothing about whether the client id exists or was recently used.
+//! What Argon2 protects against, a leaked store, is unchanged: the store holds only the hash.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -28,17 +32,37 @@ const REMEMBERED_FOR: Duration = Duration::from_secs(300);
 static HASHING: LazyLock<Semaphore> =
     LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
 
-/// Recently verified secrets: stored hash → SHA-256 of the secret that matched it.
-static VERIFIED: LazyLock<moka::sync::Cache<String, [u8; 32]>> =
+/// Recently verified secrets, as [`digest`]s of the stored hash and the secret together.
+static VERIFIED: LazyLock<moka::sync::Cache<[u8; 32], ()>> =
     LazyLock::new(|| moka::sync::Cache::builder().max_capacity(100_000).time_to_live(REMEMBERED_FOR).build());
 
-fn digest(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+/// What an unknown client's secret is digested with, so that it costs what a known one's does.
+const NO_CLIENT: &str = "$argon2id$v=19$m=19456,t=2,p=1$no-client-has-this-hash";
+
+/// SHA-256 of a per-process random key, the stored hash and the secret, each with its
+/// length: the key keeps the digests in memory from being checked against guesses without
+/// it, and a digest names one secret for one stored hash.
+fn digest(stored: &str, secret: &str) -> [u8; 32] {
+    static KEY: LazyLock<[u8; 32]> = LazyLock::new(|| {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the operating system's random source is available");
+        key
+    });
+    let mut hasher = Sha256::new();
+    hasher.update(*KEY);
+    for part in [stored, secret] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
 }
 
-/// Equality that takes as long whichever byte differs.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `secret` was verified against the stored hash within the last few minutes: a
+/// digest and a map lookup, the same work for an unknown client (`None`). False says
+/// nothing; [`verify`] decides.
+pub fn remembered(secret: &str, stored: Option<&str>) -> bool {
+    let known = VERIFIED.contains_key(&digest(stored.unwrap_or(NO_CLIENT), secret));
+    known && stored.is_some()
 }
 
 /// Runs Argon2 work on the blocking pool, one per core at a time.
@@ -83,12 +107,11 @@ fn hash_now(secret: &str) -> String {
 }
 
 /// Whether `secret` matches the stored hash; with `None` (no such client) it checks against
-/// a dummy hash and answers false, taking the same time.
+/// a dummy hash and answers false, taking the same time. Only a secret [`remembered`] as
+/// verified skips Argon2.
 pub async fn verify(secret: String, stored: Option<String>) -> bool {
-    if let Some(phc) = &stored
-        && let Some(remembered) = VERIFIED.get(phc)
-    {
-        return same(&remembered, &digest(&secret));
+    if remembered(&secret, stored.as_deref()) {
+        return true;
     }
     let checked = hashing(move || {
         static DUMMY: OnceLock<String> = OnceLock::new();
@@ -97,7 +120,7 @@ pub async fn verify(secret: String, stored: Option<String>) -> bool {
         let Ok(parsed) = PasswordHash::new(phc) else { return false };
         let matches = argon2().verify_password(secret.as_bytes(), &parsed).is_ok() && stored.is_some();
         if matches {
-            VERIFIED.insert(phc.to_string(), digest(&secret));
+            VERIFIED.insert(digest(phc, &secret), ());
         }
         matches
     })
@@ -122,17 +145,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn remembered_secrets_still_refuse_others_and_follow_the_stored_hash() {
+    async fn only_the_verified_secret_is_remembered_and_only_against_its_stored_hash() {
         let secret = new_secret();
         let stored = hash(secret.clone()).await;
+        assert!(!remembered(&secret, Some(&stored)), "nothing before a verification");
         assert!(verify(secret.clone(), Some(stored.clone())).await);
-        // Now remembered (as a digest, never in clear): a second check needs no Argon2 run,
-        // and still tells secrets apart.
-        assert_eq!(VERIFIED.get(&stored), Some(digest(&secret)));
+        // Now remembered (as a keyed digest, never in clear): a second check needs no Argon2
+        // run. Any other secret, for this client or none, is not, and costs a full check.
+        assert!(remembered(&secret, Some(&stored)));
         assert!(verify(secret.clone(), Some(stored.clone())).await);
-        assert!(!verify(new_secret(), Some(stored.clone())).await);
+        let wrong = new_secret();
+        assert!(!verify(wrong.clone(), Some(stored.clone())).await);
+        assert!(!remembered(&wrong, Some(&stored)), "a refusal is never remembered");
+        assert!(!remembered(&secret, None), "an unknown client is never remembered");
+        assert!(!verify(secret.clone(), None).await);
         // A rotated hash is not the remembered one: the old secret fails against it.
         let rotated = hash(new_secret()).await;
+        assert!(!remembered(&secret, Some(&rotated)));
         assert!(!verify(secret, Some(rotated)).await);
     }
 
