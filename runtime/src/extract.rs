@@ -130,6 +130,19 @@ impl OperationSpec {
     }
 }
 
+/// The token of an `Authorization` value in the `Bearer` scheme, which is named without
+/// regard to case (RFC 7235 §2.1): `Bearer`, `bearer` and `BEARER` alike, then one or more
+/// spaces, then a token, trimmed. `None` for any other scheme or an empty token. Every
+/// place that reads bearer tokens (generated routers, the gateway's data plane) uses this.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Some(token.trim())
+        }
+        _ => None,
+    }
+}
+
 /// Authenticates the bearer token of a secured operation with `authenticate`, then checks
 /// the operation's scopes: no or malformed token → 401, missing scope → 403.
 pub async fn authorize<F, Fut>(spec: &OperationSpec, parts: &Parts, authenticate: F) -> Result<Principal, ApiError>
@@ -141,9 +154,8 @@ where
         return Err(ApiError::unauthorized("missing bearer token"));
     };
     let value = value.to_str().map_err(|_| ApiError::unauthorized("authorization header is not valid text"))?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
-        _ => return Err(ApiError::unauthorized("authorization header is not a bearer token")),
+    let Some(token) = bearer_token(value) else {
+        return Err(ApiError::unauthorized("authorization header is not a bearer token"));
     };
     let principal = authenticate(token.to_string()).await?;
     for scope in spec.scopes.unwrap_or_default() {

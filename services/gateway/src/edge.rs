@@ -252,11 +252,10 @@ impl Edge {
     ) -> Result<Arc<pake_tokens::Verified>, ApiError> {
         let result = (|| {
             let value = authorization.ok_or_else(|| ApiError::unauthorized("this route requires a bearer token"))?;
+            // The runtime's parser, as the admin API's: the scheme in any case (RFC 7235).
             let token = std::str::from_utf8(value)
                 .ok()
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
+                .and_then(pake_api_runtime::bearer_token)
                 .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a bearer token"))?;
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

@@ -470,3 +470,49 @@ async fn a_request_handed_between_paths_is_limited_once() {
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
     assert_eq!(upstream.hits(), 3);
 }
+
+/// The bearer scheme is named without regard to case (RFC 7235 §2.1), on the data plane as
+/// on the admin API: both HTTP paths (a plain GET takes the gateway's own, a POST with a
+/// body the general one) read the header with the runtime's one parser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_on_the_data_plane_as_on_the_admin_api() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    let upstream = Upstream::start("members", Behaviour::Ok).await;
+    platform.service("members", "round_robin", &[(upstream.port(), 100)], lenient_breaker()).await;
+    platform
+        .route(json!({"name": "members", "path_prefix": "/members", "methods": ["GET", "POST"], "api_version": "v1",
+        "service": "members", "require_token": true}))
+        .await;
+    let token = token();
+    let url = |path: &str| format!("{}{path}", platform.gateway_server.url());
+    let accepted = [
+        format!("Bearer {token}"),
+        format!("bearer {token}"),
+        format!("BEARER {token}"),
+        format!("bEaReR {token}"),
+        format!("Bearer    {token}"),
+        format!("BEARER  {token}   "),
+    ];
+    let refused = [
+        format!("Basic {token}"),
+        format!("Bearer{token}"),
+        format!("Bearers {token}"),
+        "Bearer".to_string(),
+        "Bearer    ".to_string(),
+    ];
+    let mut expected_hits = 0;
+    for (value, status) in accepted.iter().map(|v| (v, 200)).chain(refused.iter().map(|v| (v, 401))) {
+        let get = platform.http.get(url("/v1/members/1")).header("authorization", value).send().await.unwrap();
+        assert_eq!(get.status().as_u16(), status, "GET with {value:?}");
+        let post =
+            platform.http.post(url("/v1/members/1")).header("authorization", value).body("{}").send().await.unwrap();
+        assert_eq!(post.status().as_u16(), status, "POST with {value:?}");
+        // The admin API has always read the scheme so: both sides now agree.
+        let admin = platform.http.get(url("/v1/admin/routes")).header("authorization", value).send().await.unwrap();
+        assert_eq!(admin.status().as_u16(), status, "admin API with {value:?}");
+        if status == 200 {
+            expected_hits += 2;
+        }
+    }
+    assert_eq!(upstream.hits(), expected_hits, "no refused request reached the upstream");
+}
