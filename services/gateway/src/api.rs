@@ -402,26 +402,40 @@ impl GatewayApi for GatewayAdmin {
     async fn issue_token(&self, request: IssueTokenRequest) -> Result<IssueTokenResponse, ApiError> {
         let body = request.body;
         let client_id = body.client_id.to_string();
-        // Slow down guessing per client id (the per-address limit runs in front of the router).
+        let secret = body.client_secret.to_string();
         let edge = &self.plane.edge;
-        let guard = edge.limiter.check(&format!("token:client:{client_id}"), &edge.token_limit).await;
-        if !guard.allowed {
-            let seconds = guard.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            self.tokens_issued("rate_limited");
-            return Err(ApiError::too_many_requests(
-                format!("too many token requests for this client, retry in {seconds} seconds"),
+        let address = crate::edge::token_caller();
+        let rate_limited = |wait: Duration| {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::too_many_requests(
+                format!("too many failed token requests for this client, retry in {seconds} seconds"),
                 seconds,
-            ));
-        }
+            )
+        };
         let stored = self.policies.client_by_public_id(&client_id).await.map_err(entity_error("API client"))?;
         let (hash, client) = match stored {
             Some(stored) => (Some(stored.secret_hash), Some(stored.client)),
             None => (None, None),
         };
-        let verified = crate::secrets::verify(body.client_secret.to_string(), hash).await;
+        // Guessing is slowed by counting failures (see `TokenThrottle`); a secret verified
+        // a moment ago passes whatever others have failed.
+        if !crate::secrets::remembered(&secret, hash.as_deref())
+            && let Some(wait) = edge.token_throttle.refused(&client_id, address)
+        {
+            self.tokens_issued("rate_limited");
+            return Err(rate_limited(wait));
+        }
+        let verified = crate::secrets::verify(secret, hash).await;
         let client = match client {
-            Some(client) if verified && !client.disabled => client,
+            Some(client) if verified && !client.disabled => {
+                edge.token_throttle.succeeded(&client_id, address);
+                client
+            }
             _ => {
+                if let Some(wait) = edge.token_throttle.failed(&edge.limiter, &client_id, address).await {
+                    self.tokens_issued("rate_limited");
+                    return Err(rate_limited(wait));
+                }
                 self.tokens_issued("refused");
                 return Err(ApiError::unauthorized("invalid client credentials"));
             }

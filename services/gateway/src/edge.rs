@@ -31,7 +31,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -151,8 +151,10 @@ pub struct Edge {
     /// Identifies this edge's tokens in [`REMEMBERED`].
     id: u64,
     pub limiter: RateLimiter,
-    /// Applied to token requests per client id and per address.
+    /// Applied to token requests per address, in front of the token endpoint.
     pub token_limit: Limit,
+    /// Failed token requests per client id and per client id and address.
+    pub token_throttle: TokenThrottle,
     pub cache: Arc<ResponseCache>,
     decisions: Family<DecisionLabels, Counter>,
     /// Token checks: allowed, forbidden, unauthorized.
@@ -196,6 +198,7 @@ impl Edge {
             verifier,
             id: NEXT_EDGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             limiter,
+            token_throttle: TokenThrottle::new(&token_limit),
             token_limit,
             cache,
             decisions,
@@ -618,16 +621,28 @@ where
     from_entry(&entry, "MISS")
 }
 
+tokio::task_local! {
+    /// The address a token request comes from, for the token endpoint (whose generated
+    /// request carries the body alone): set by [`token_endpoint_guard`].
+    static TOKEN_CALLER: Option<IpAddr>;
+}
+
+/// The address the token request being answered comes from, when known.
+pub fn token_caller() -> Option<IpAddr> {
+    TOKEN_CALLER.try_with(|address| *address).ok().flatten()
+}
+
 /// Limits token requests per source address in front of the token endpoint, before any
-/// secret is hashed.
+/// secret is hashed: a brake on the hashing work one address can cause. Guessing is slowed
+/// behind it, by [`TokenThrottle`].
 pub async fn token_endpoint_guard(State(plane): State<Arc<DataPlane>>, request: Request, next: Next) -> Response {
     if request.method() == Method::POST && request.uri().path() == "/v1/auth/token" {
-        let address = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let decision = plane.edge.limiter.check(&format!("token:addr:{address}"), &plane.edge.token_limit).await;
+        let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let key = match address {
+            Some(address) => format!("token:addr:{address}"),
+            None => "token:addr:unknown".into(),
+        };
+        let decision = plane.edge.limiter.check(&key, &plane.edge.token_limit).await;
         if !decision.allowed {
             let seconds = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
             return ApiError::too_many_requests(
@@ -636,8 +651,103 @@ pub async fn token_endpoint_guard(State(plane): State<Arc<DataPlane>>, request: 
             )
             .into_response();
         }
+        return TOKEN_CALLER.scope(address, next.run(request)).await;
     }
     next.run(request).await
+}
+
+/// How long an address that proved a client's secret is exempt from that client's lockout.
+const PROVEN_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// Slows down secret guessing at the token endpoint the way login throttling does: it
+/// counts failures, not requests, and never refuses a secret because of others' failures.
+///
+/// - Failed attempts are limited per client id (the configured token rate, twice that at
+///   once) and per client id and address (a quarter of it). A failure over either budget
+///   is answered 429, and so is every further attempt on that key until the budget allows
+///   one more — without checking the secret, so a throttled guesser learns nothing.
+/// - A secret verified a moment ago ([`crate::secrets::remembered`]) passes before any of
+///   this: an owner signing in again is never slowed by a flood of wrong secrets.
+/// - An address that proved the secret within a day is exempt from the per-client
+///   lockout (only its own per-pair budget applies): guessers rotating addresses exhaust the
+///   client's budget but cannot lock out the owner's known addresses, even after a rotation.
+///   An address with no such history waits with the guessers while the client is under
+///   attack.
+///
+/// Unknown client ids are counted exactly like known ones, so throttling tells nothing
+/// about which exist. The counters are the rate limiter's (shared through Redis); which
+/// keys are blocked, and which addresses proved a secret, each replica learns for itself.
+pub struct TokenThrottle {
+    per_client: Limit,
+    per_pair: Limit,
+    /// Failure keys over budget, and until when.
+    blocked: moka::sync::Cache<String, std::time::Instant>,
+    /// `client id` and address pairs that proved the client's secret.
+    proven: moka::sync::Cache<String, ()>,
+}
+
+impl TokenThrottle {
+    /// Failure budgets derived from the token request limit.
+    pub fn new(token_limit: &Limit) -> TokenThrottle {
+        let per_client = Limit { policy: "token-failures".into(), ..token_limit.clone() };
+        let pair_rate = (token_limit.rate / 4).max(1);
+        let per_pair = Limit {
+            policy: "token-failures-per-address".into(),
+            rate: pair_rate,
+            burst: pair_rate * 2,
+            ..per_client.clone()
+        };
+        TokenThrottle {
+            per_client,
+            per_pair,
+            blocked: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(3600)).build(),
+            proven: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(PROVEN_FOR).build(),
+        }
+    }
+
+    fn keys(client_id: &str, address: Option<IpAddr>) -> (String, String) {
+        let client = format!("token:failed:{client_id}");
+        let pair = match address {
+            Some(address) => format!("{client}:{address}"),
+            None => format!("{client}:unknown"),
+        };
+        (client, pair)
+    }
+
+    fn blocked_for(&self, key: &str, now: std::time::Instant) -> Option<Duration> {
+        self.blocked.get(key).and_then(|until| until.checked_duration_since(now)).filter(|left| !left.is_zero())
+    }
+
+    /// How long this attempt must wait before its secret is checked, if it must: while the
+    /// pair's failures are over budget, or the client's and the address has proved nothing.
+    pub fn refused(&self, client_id: &str, address: Option<IpAddr>) -> Option<Duration> {
+        let (client, pair) = Self::keys(client_id, address);
+        let now = std::time::Instant::now();
+        let pair_wait = self.blocked_for(&pair, now);
+        let client_wait = self.blocked_for(&client, now).filter(|_| !self.proven.contains_key(&pair));
+        pair_wait.max(client_wait)
+    }
+
+    /// Counts a failed attempt; `Some` (how long to wait) when it went over a budget.
+    pub async fn failed(&self, limiter: &RateLimiter, client_id: &str, address: Option<IpAddr>) -> Option<Duration> {
+        let (client, pair) = Self::keys(client_id, address);
+        let mut wait = None;
+        for (key, limit) in [(client, &self.per_client), (pair, &self.per_pair)] {
+            let decision = limiter.check(&key, limit).await;
+            if !decision.allowed {
+                let retry_after = decision.retry_after.max(Duration::from_millis(1));
+                self.blocked.insert(key, std::time::Instant::now() + retry_after);
+                wait = wait.max(Some(retry_after));
+            }
+        }
+        wait
+    }
+
+    /// Records that `address` proved the client's secret.
+    pub fn succeeded(&self, client_id: &str, address: Option<IpAddr>) {
+        let (_, pair) = Self::keys(client_id, address);
+        self.proven.insert(pair, ());
+    }
 }
 
 #[cfg(test)]
