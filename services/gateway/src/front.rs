@@ -13,22 +13,16 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use pake_listen::{Conn, Http, Server};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tower::Service;
-
-/// How long a graceful shutdown waits for requests in flight before closing anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The gateway's request entry point; cheap to clone, one per worker thread or listener.
 #[derive(Clone)]
@@ -37,7 +31,7 @@ pub struct Front {
 }
 
 struct Inner {
-    builder: auto::Builder<TokioExecutor>,
+    http: Http,
     api: axum::Router,
     api_paths: matchit::Router<()>,
     plane: Arc<DataPlane>,
@@ -50,11 +44,9 @@ impl Front {
         for path in api_paths {
             paths.insert(*path, ()).unwrap_or_else(|error| panic!("contract path {path} does not route: {error}"));
         }
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // The same bounds as the gateway's own path: a head must arrive in time, and be of a
-        // sane size (hyper answers 431 beyond its read buffer).
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(h1::HEAD_TIMEOUT).max_buf_size(h1::HEAD_LIMIT);
-        Front { inner: Arc::new(Inner { builder, api, api_paths: paths, plane }) }
+        // The same bounds as the gateway's own path: heads of at most 64 KiB (hyper answers
+        // 431 beyond), the connection's header and idle timeouts.
+        Front { inner: Arc::new(Inner { http: Http::new(), api, api_paths: paths, plane }) }
     }
 
     /// Answers one request from `client`.
@@ -71,48 +63,35 @@ impl Front {
         }
     }
 
-    /// Serves connections from `listener` until `shutdown` completes; then stops
-    /// accepting and lets the requests in flight finish, for at most [`DRAIN_TIMEOUT`].
+    /// Serves connections from `listener` until `shutdown` completes, under limits of
+    /// its own with the default settings ([`Server::standalone`]); see [`Front::serve_with`].
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        self.serve_with(listener, &Server::standalone(), shutdown).await
+    }
+
+    /// Serves connections from `listener` under `server`'s limits (its connection cap,
+    /// header and idle timeouts) until `shutdown` completes; then stops accepting and lets
+    /// the requests in flight finish, for at most the server's drain timeout.
     ///
     /// Each connection starts on the gateway's own HTTP/1.1 path ([`h1`]) and moves to
     /// hyper (HTTP/1.1, and HTTP/2 for clients that open with its preface) at the first
     /// request that path does not take.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let (stopping, stop) = watch::channel(false);
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, client) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        accept_failed(&error).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-            tokio::spawn(self.clone().connection(stream, client, stop.clone()));
-        }
-        drop(listener);
-        drop(stop);
-        // Every connection holds a receiver; closed() completes when the last one is done.
-        let _ = stopping.send(true);
-        tokio::select! {
-            () = stopping.closed() => {}
-            () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-                tracing::warn!("requests still in flight after {} s; closing their connections", DRAIN_TIMEOUT.as_secs());
-            }
-        }
-        Ok(())
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        server: &Server,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server
+            .serve(listener, shutdown, move |stream, client, conn| self.clone().connection(stream, client, conn))
+            .await
     }
 
-    /// Serves one client connection until it ends or, between requests, shutdown starts.
-    async fn connection(self, mut stream: TcpStream, client: SocketAddr, mut stop: watch::Receiver<bool>) {
+    /// Serves one client connection until it ends, times out or, between requests,
+    /// shutdown starts.
+    async fn connection(self, mut stream: TcpStream, client: SocketAddr, mut conn: Conn) {
         let inner = &self.inner;
-        let read = match h1::serve(&mut stream, client, &inner.plane, &inner.api_paths, &mut stop).await {
+        let read = match h1::serve(&mut stream, client, &inner.plane, &inner.api_paths, &mut conn).await {
             h1::Ended::Closed => return,
             h1::Ended::Handover(read) => read,
         };
@@ -121,19 +100,7 @@ impl Front {
             let front = front.clone();
             async move { Ok::<_, Infallible>(front.call(request.map(Body::new), client).await) }
         });
-        let io = TokioIo::new(Rewind { read, at: 0, stream });
-        let connection = inner.builder.serve_connection(io, service);
-        let mut connection = std::pin::pin!(connection);
-        let ended = tokio::select! {
-            ended = connection.as_mut() => ended,
-            () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(error) = ended {
-            tracing::debug!(%error, %client, "client connection ended with an error");
-        }
+        inner.http.serve(&mut conn, Rewind { read, at: 0, stream }, service).await;
     }
 }
 
@@ -189,16 +156,4 @@ impl AsyncWrite for Rewind {
     fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(context)
     }
-}
-
-/// Accepting fails for a single connection (reset before it was taken) or for the
-/// process (out of file descriptors): the first is skipped, the second waited out rather
-/// than spun on.
-async fn accept_failed(error: &std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(error.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
-        return;
-    }
-    tracing::error!(%error, "accepting a connection failed; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }

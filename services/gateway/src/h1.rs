@@ -15,7 +15,8 @@
 //! the general path (hyper and [`crate::proxy::handle`]) for the rest of the connection:
 //! other HTTP versions and HTTP/2, request bodies, `Upgrade`, `Expect`, `Connection`
 //! naming other headers, the gateway's own API, routes with a response cache, instances
-//! speaking h2c or TLS, and anything malformed (hyper answers it 400 or 431).
+//! speaking h2c or TLS, and heads with more header lines than parsed here. A malformed or
+//! oversized head is answered here (400, 431) with the contracts' `Error` body.
 //!
 //! Response bodies are relayed as they arrive, framed as the upstream framed them:
 //! `Content-Length` as is, chunked passed through chunk by chunk (the decoder here only
@@ -34,7 +35,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 /// The first size of a connection's buffer for request heads; it grows for larger heads,
 /// up to [`HEAD_LIMIT`]. Small: idle keep-alive connections keep it.
@@ -42,13 +42,12 @@ const INPUT_BUFFER: usize = 4 * 1024;
 /// The buffer for upstream responses (heads grow it up to [`HEAD_LIMIT`]; bodies are
 /// relayed through it), allocated at a connection's first proxied request.
 const RELAY_BUFFER: usize = 8 * 1024;
-/// The largest request or response head taken; a larger request goes to the general path
-/// (which answers 431), a larger response is a failed try.
-pub const HEAD_LIMIT: usize = 64 * 1024;
-/// Header lines a head may have here; more goes to the general path.
+/// The largest request or response head taken; a larger request is answered 431, a
+/// larger response is a failed try. The number of header lines is not limited.
+pub const HEAD_LIMIT: usize = pake_listen::HEAD_LIMIT;
+/// Header lines parsed here (on the stack); a head with more goes to the general path,
+/// which takes as many as fit in [`HEAD_LIMIT`].
 const MAX_HEADERS: usize = 64;
-/// A request head begun must be complete within this long (a slow-header guard).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How a connection's time on this path ended.
 pub enum Ended {
@@ -132,77 +131,112 @@ struct Conn<'a> {
 }
 
 /// Serves requests from `stream` for as long as they are for this path; the first that is
-/// not ends it with [`Ended::Handover`]. Returns when `shutdown` changes and the
-/// connection is between requests.
+/// not ends it with [`Ended::Handover`]. A malformed head is answered 400 and a head over
+/// [`HEAD_LIMIT`] 431, with the contracts' `Error` body, and the connection closed. Returns
+/// when shutdown starts and the connection is between requests, or when it waits longer
+/// than `connection`'s timeouts allow: for a head (answered 408 if begun) or idle.
 pub async fn serve(
     stream: &mut TcpStream,
     client: SocketAddr,
     plane: &DataPlane,
     api_paths: &matchit::Router<()>,
-    shutdown: &mut watch::Receiver<bool>,
+    connection: &mut pake_listen::Conn,
 ) -> Ended {
     let mut input = vec![0u8; INPUT_BUFFER];
     let mut filled = 0;
     let mut conn =
         Conn { stream, client, plane, forwarded: Vec::new(), out: Vec::new(), upstream: Vec::new(), extra: Vec::new() };
-    let mut stopped = std::pin::pin!(shutdown.changed());
-    let mut head_deadline: Option<Instant> = None;
-    loop {
-        if filled > 0 {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut request = httparse::Request::new(&mut headers);
-            match request.parse(&input[..filled]) {
-                Ok(httparse::Status::Complete(head_length)) => {
-                    head_deadline = None;
-                    match one(&mut conn, &request, api_paths).await {
+    let mut served = false;
+    let handover = {
+        let (shutdown, timeouts) = connection.split();
+        let mut stopped = std::pin::pin!(shutdown.changed());
+        // Rising pressure shortens the timeouts of connections already waiting.
+        let mut pressure = std::pin::pin!(pake_listen::pressure_changed(timeouts.pressure()));
+        // The first head counts from accept; a later one from its first byte, after an idle
+        // wait counted from the last answer.
+        let mut wait = pake_listen::Wait::Head(timeouts.accepted());
+        loop {
+            if filled > 0 {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut request = httparse::Request::new(&mut headers);
+                match request.parse(&input[..filled]) {
+                    Ok(httparse::Status::Complete(head_length)) => match one(&mut conn, &request, api_paths).await {
                         Step::Next => {
+                            served = true;
                             input.copy_within(head_length..filled, 0);
                             filled -= head_length;
+                            wait = pake_listen::Wait::Idle(Instant::now());
                             continue;
                         }
                         Step::Close => return Ended::Closed,
-                        Step::Handover => return Ended::Handover(input[..filled].to_vec()),
-                    }
-                }
-                Ok(httparse::Status::Partial) => {
-                    if filled == input.len() {
-                        if input.len() >= HEAD_LIMIT {
-                            return Ended::Handover(input[..filled].to_vec());
+                        Step::Handover => break input[..filled].to_vec(),
+                    },
+                    Ok(httparse::Status::Partial) => {
+                        if let pake_listen::Wait::Idle(_) = wait {
+                            wait = pake_listen::Wait::Head(Instant::now());
                         }
-                        input.resize(input.len() * 2, 0);
+                        if filled == input.len() {
+                            if input.len() >= HEAD_LIMIT {
+                                let refused = pake_api_runtime::ApiError::new(
+                                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                    "header_fields_too_large",
+                                    format!("the request head exceeds {} KiB", HEAD_LIMIT / 1024),
+                                );
+                                let _ = write_response(&mut conn, refused.into_response(), true).await;
+                                return Ended::Closed;
+                            }
+                            input.resize(input.len() * 2, 0);
+                        }
+                    }
+                    // More header lines than parsed here, or another protocol (the HTTP/2
+                    // preface): the general path takes them.
+                    Err(httparse::Error::TooManyHeaders) => break input[..filled].to_vec(),
+                    Err(httparse::Error::Version) if input[..filled].starts_with(b"PRI * HTTP/2") => {
+                        break input[..filled].to_vec();
+                    }
+                    Err(error) => {
+                        let refused = pake_api_runtime::ApiError::bad_request(
+                            "malformed_request",
+                            format!("malformed request head: {error}"),
+                        );
+                        let _ = write_response(&mut conn, refused.into_response(), true).await;
+                        return Ended::Closed;
                     }
                 }
-                Err(_) => return Ended::Handover(input[..filled].to_vec()),
             }
-        }
-        let read = if filled == 0 {
-            // Between requests: wait for the next, or for shutdown.
-            tokio::select! {
+            let deadline = timeouts.deadline(wait);
+            let read = tokio::select! {
                 biased;
-                read = conn.stream.read(&mut input[..]) => read,
-                _ = &mut stopped => return Ended::Closed,
-            }
-        } else {
-            let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
-            match tokio::time::timeout_at(deadline.into(), conn.stream.read(&mut input[filled..])).await {
-                Ok(read) => read,
-                Err(_) => {
-                    let refused = pake_api_runtime::ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        format!("the request head did not arrive within {} s", HEAD_TIMEOUT.as_secs()),
-                    )
-                    .into_response();
-                    let _ = write_response(&mut conn, refused, true).await;
+                read = conn.stream.read(&mut input[filled..]) => read,
+                // Between requests: shutdown closes the connection.
+                _ = &mut stopped, if filled == 0 => return Ended::Closed,
+                receiver = &mut pressure => {
+                    pressure.set(pake_listen::pressure_changed(receiver));
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    timeouts.record(wait);
+                    if filled > 0 {
+                        let refused = pake_api_runtime::ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "request_timeout",
+                            "the request head did not arrive in time",
+                        );
+                        let _ = write_response(&mut conn, refused.into_response(), true).await;
+                    }
                     return Ended::Closed;
                 }
+            };
+            match read {
+                Ok(0) | Err(_) => return Ended::Closed,
+                Ok(n) => filled += n,
             }
-        };
-        match read {
-            Ok(0) | Err(_) => return Ended::Closed,
-            Ok(n) => filled += n,
         }
+    };
+    if served {
+        connection.set_served();
     }
+    Ended::Handover(handover)
 }
 
 /// Answers one request whose head is complete (and which has no body when taken here).

@@ -166,8 +166,13 @@ impl Gateway {
         Ok(Gateway { plane, routes, policies, options, metrics, tasks })
     }
 
+    /// The gateway's metrics (served at its `/metrics`), for what serves it to add to.
+    pub fn metrics(&self) -> &pake_observe::Metrics {
+        &self.metrics
+    }
+
     /// The gateway's HTTP entry point: its own API, and the data plane for everything
-    /// else. Serve it with [`front::Front::serve`], once per listener or worker thread.
+    /// else. Serve it with [`front::Front::serve_with`], once per listener or worker thread.
     pub fn front(&self) -> front::Front {
         let admin = api::GatewayAdmin::new(
             self.plane.clone(),

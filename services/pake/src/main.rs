@@ -7,7 +7,6 @@
 //! runs the platform with nothing installed.
 
 use anyhow::{Context, Result, bail};
-use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pake_observe::{LogFormat, Metrics};
 use std::net::SocketAddr;
@@ -82,6 +81,21 @@ struct Config {
     /// Log format: text or json.
     #[arg(long, env = "PAKE_LOG_FORMAT", default_value = "text", global = true)]
     log_format: LogFormat,
+    /// Seconds a client has to send a complete request head: from accept for a
+    /// connection's first request, from its first byte for later ones. Shrinks towards 1 s
+    /// as the process nears its connection cap.
+    #[arg(long, env = "PAKE_HEADER_TIMEOUT_SECONDS", default_value_t = 20, global = true)]
+    header_timeout_seconds: u64,
+    /// Seconds a client connection may stay open without a request in flight (HTTP/1.1
+    /// keep-alive, HTTP/2 without streams). Shrinks towards 1 s as the process nears its
+    /// connection cap.
+    #[arg(long, env = "PAKE_IDLE_TIMEOUT_SECONDS", default_value_t = 60, global = true)]
+    idle_timeout_seconds: u64,
+    /// Client connections the process holds at most, over all its services; beyond, new
+    /// ones are answered 503. By default derived from the descriptor limit, leaving room for
+    /// upstream connections, the database pools and files.
+    #[arg(long, env = "PAKE_MAX_CONNECTIONS", global = true)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +198,16 @@ impl Config {
         }
     }
 
+    /// The listening limits of every service in this process, for `nofile` descriptors.
+    fn listen_settings(&self, nofile: u64) -> pake_listen::Settings {
+        pake_listen::Settings {
+            header_timeout: Duration::from_secs(self.header_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds.max(1)),
+            max_connections: self.max_connections.unwrap_or_else(|| pake_listen::default_max_connections(nofile)),
+            ..pake_listen::Settings::default()
+        }
+    }
+
     fn gateway_options(&self, keys: pake_tokens::KeyRing) -> pake_gateway::GatewayOptions {
         let mut options = pake_gateway::GatewayOptions::new(keys);
         options.token_ttl = Duration::from_secs(self.token_ttl_seconds.clamp(1, 86_400));
@@ -233,6 +257,31 @@ async fn main() -> Result<()> {
 
 async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let services = if services.is_empty() { ALL_SERVICES } else { services };
+    // Every client connection is a descriptor: take all the system allows this process.
+    let nofile = match pake_listen::raise_fd_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                soft = before.soft,
+                hard = before.hard,
+                raised_to = after.soft,
+                "descriptor limit (RLIMIT_NOFILE)"
+            );
+            after.soft
+        }
+        Err(error) => {
+            let limit = pake_listen::fd_limit();
+            tracing::warn!(%error, soft = limit.soft, hard = limit.hard, "could not raise the descriptor limit");
+            limit.soft
+        }
+    };
+    let settings = config.listen_settings(nofile);
+    tracing::info!(
+        max_connections = settings.max_connections,
+        header_timeout_s = settings.header_timeout.as_secs(),
+        idle_timeout_s = settings.idle_timeout.as_secs(),
+        "client connection limits (timeouts shrink as connections near the cap)"
+    );
+    let limits = pake_listen::Limits::new(settings);
     // Compile every contract schema the routers validate with now: a schema that does not
     // compile stops the start rather than failing the first request that needs it.
     pake_mesh_server::warm().map_err(anyhow::Error::msg).context("compiling the service-mesh contract's schemas")?;
@@ -249,14 +298,14 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     for service in services {
         match service {
             ServiceName::Registry => {
-                let router = pake_registry::router(registry.clone(), verifier.clone(), Metrics::new("registry"));
+                let metrics = Metrics::new("registry");
+                let server = limits.server();
+                server.register_metrics(&metrics);
+                let router = pake_registry::router(registry.clone(), verifier.clone(), metrics);
                 let listener = bind(config.registry_addr, "registry").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "registry listening; contract at /openapi.json, docs at /docs");
-                running.spawn(async move {
-                    axum::serve(listener.tap_io(no_delay), router)
-                        .with_graceful_shutdown(pake_observe::shutdown_signal())
-                        .await
-                });
+                running
+                    .spawn(async move { server.serve_router(listener, router, pake_observe::shutdown_signal()).await });
             }
             ServiceName::Gateway => {
                 let options = config.gateway_options(keys.clone());
@@ -267,11 +316,13 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     tracing::info!(client_id = %id, "admin API client ready (from configuration)");
                 }
                 let front = gateway.front();
+                let server = limits.server();
+                server.register_metrics(gateway.metrics());
                 let addr = resolve_port(config.gateway_addr)?;
                 let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 let mut workers = Vec::new();
                 for worker in 0..threads {
-                    let (listening, finished) = serve_on_own_thread(worker, addr, front.clone())?;
+                    let (listening, finished) = serve_on_own_thread(worker, addr, front.clone(), server.clone())?;
                     // Announce the address only once every worker accepts on it.
                     listening.await.map_err(std::io::Error::other)?.context("a gateway worker could not listen")?;
                     workers.push(finished);
@@ -319,7 +370,12 @@ fn resolve_port(addr: SocketAddr) -> Result<SocketAddr> {
 type Signal = tokio::sync::oneshot::Receiver<std::io::Result<()>>;
 
 /// Returns when the worker listens, and when it has stopped.
-fn serve_on_own_thread(worker: usize, addr: SocketAddr, front: pake_gateway::front::Front) -> Result<(Signal, Signal)> {
+fn serve_on_own_thread(
+    worker: usize,
+    addr: SocketAddr,
+    front: pake_gateway::front::Front,
+    server: pake_listen::Server,
+) -> Result<(Signal, Signal)> {
     let (ready, listening) = tokio::sync::oneshot::channel();
     let (done, finished) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name(format!("gateway-{worker}")).spawn(move || {
@@ -341,17 +397,10 @@ fn serve_on_own_thread(worker: usize, addr: SocketAddr, front: pake_gateway::fro
                         return Err(error);
                     }
                 };
-                front.serve(listener, pake_observe::shutdown_signal()).await
+                front.serve_with(listener, &server, pake_observe::shutdown_signal()).await
             })
         })();
         let _ = done.send(result);
     })?;
     Ok((listening, finished))
-}
-
-/// Small responses go out at once rather than waiting on Nagle's algorithm.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "could not set TCP_NODELAY");
-    }
 }
