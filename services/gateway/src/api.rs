@@ -408,7 +408,7 @@ impl GatewayApi for GatewayAdmin {
         let rate_limited = |wait: Duration| {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             ApiError::too_many_requests(
-                format!("too many failed token requests for this client, retry in {seconds} seconds"),
+                format!("too many token requests for this client, retry in {seconds} seconds"),
                 seconds,
             )
         };
@@ -417,25 +417,26 @@ impl GatewayApi for GatewayAdmin {
             Some(stored) => (Some(stored.secret_hash), Some(stored.client)),
             None => (None, None),
         };
-        // Guessing is slowed by counting failures (see `TokenThrottle`); a secret verified
-        // a moment ago passes whatever others have failed.
+        // Guessing is slowed by counting the attempts that need Argon2 (see `TokenThrottle`);
+        // a secret verified a moment ago passes whatever others have tried.
         if !crate::secrets::remembered(&secret, hash.as_deref())
-            && let Some(wait) = edge.token_throttle.refused(&client_id, address)
+            && let Err(wait) = edge.token_throttle.admit(&edge.limiter, &client_id, address).await
         {
             self.tokens_issued("rate_limited");
             return Err(rate_limited(wait));
         }
-        let verified = crate::secrets::verify(secret, hash).await;
+        // An address that proved the secret before does not queue behind guessers' hashing.
+        let verified = if edge.token_throttle.proven(&client_id, address) {
+            crate::secrets::verify_proven(secret, hash).await
+        } else {
+            crate::secrets::verify(secret, hash).await
+        };
         let client = match client {
             Some(client) if verified && !client.disabled => {
                 edge.token_throttle.succeeded(&client_id, address);
                 client
             }
             _ => {
-                if let Some(wait) = edge.token_throttle.failed(&edge.limiter, &client_id, address).await {
-                    self.tokens_issued("rate_limited");
-                    return Err(rate_limited(wait));
-                }
                 self.tokens_issued("refused");
                 return Err(ApiError::unauthorized("invalid client credentials"));
             }

@@ -153,7 +153,7 @@ pub struct Edge {
     pub limiter: RateLimiter,
     /// Applied to token requests per address, in front of the token endpoint.
     pub token_limit: Limit,
-    /// Failed token requests per client id and per client id and address.
+    /// Token requests that need Argon2, per client id and per client id and address.
     pub token_throttle: TokenThrottle,
     pub cache: Arc<ResponseCache>,
     decisions: Family<DecisionLabels, Counter>,
@@ -659,40 +659,41 @@ pub async fn token_endpoint_guard(State(plane): State<Arc<DataPlane>>, request: 
 /// How long an address that proved a client's secret is exempt from that client's lockout.
 const PROVEN_FOR: Duration = Duration::from_secs(24 * 3600);
 
-/// Slows down secret guessing at the token endpoint the way login throttling does: it
-/// counts failures, not requests, and never refuses a secret because of others' failures.
+/// Slows down secret guessing at the token endpoint the way login throttling does, without
+/// letting anyone's failures refuse the owner's secret.
 ///
-/// - Failed attempts are limited per client id (the configured token rate, twice that at
-///   once) and per client id and address (a quarter of it). A failure over either budget
-///   is answered 429, and so is every further attempt on that key until the budget allows
-///   one more — without checking the secret, so a throttled guesser learns nothing.
-/// - A secret verified a moment ago ([`crate::secrets::remembered`]) passes before any of
-///   this: an owner signing in again is never slowed by a flood of wrong secrets.
-/// - An address that proved the secret within a day is exempt from the per-client
-///   lockout (only its own per-pair budget applies): guessers rotating addresses exhaust the
-///   client's budget but cannot lock out the owner's known addresses, even after a rotation.
-///   An address with no such history waits with the guessers while the client is under
-///   attack.
+/// - What is counted is the attempts whose secret must go through Argon2: every failure,
+///   and a success only when its secret was not verified minutes ago. A secret verified a
+///   moment ago ([`crate::secrets::remembered`]) passes before any of this, uncounted, so
+///   an owner signing in again is never slowed by a flood of wrong secrets.
+/// - Counted per client id (the configured token rate, twice that at once) and per client
+///   id and address (a quarter of it). Over either budget the answer is 429 +
+///   `Retry-After`, before the secret is checked: a throttled guesser learns nothing, and
+///   its guesses cost no hashing.
+/// - An address that proved the secret within a day is exempt from the per-client budget
+///   (only its own per-address one applies): guessers rotating addresses exhaust the
+///   client's budget but cannot lock out the owner's known addresses, even after a
+///   rotation; its secret is checked in a lane of its own
+///   ([`crate::secrets::verify_proven`]), not behind the guessers' hashing. An address with
+///   no such history waits with the guessers while the client is under attack.
 ///
 /// Unknown client ids are counted exactly like known ones, so throttling tells nothing
 /// about which exist. The counters are the rate limiter's (shared through Redis); which
-/// keys are blocked, and which addresses proved a secret, each replica learns for itself.
+/// addresses proved a secret, each replica learns for itself.
 pub struct TokenThrottle {
     per_client: Limit,
     per_pair: Limit,
-    /// Failure keys over budget, and until when.
-    blocked: moka::sync::Cache<String, std::time::Instant>,
     /// `client id` and address pairs that proved the client's secret.
     proven: moka::sync::Cache<String, ()>,
 }
 
 impl TokenThrottle {
-    /// Failure budgets derived from the token request limit.
+    /// Budgets derived from the token request limit.
     pub fn new(token_limit: &Limit) -> TokenThrottle {
-        let per_client = Limit { policy: "token-failures".into(), ..token_limit.clone() };
+        let per_client = Limit { policy: "token-attempts".into(), ..token_limit.clone() };
         let pair_rate = (token_limit.rate / 4).max(1);
         let per_pair = Limit {
-            policy: "token-failures-per-address".into(),
+            policy: "token-attempts-per-address".into(),
             rate: pair_rate,
             burst: pair_rate * 2,
             ..per_client.clone()
@@ -700,13 +701,12 @@ impl TokenThrottle {
         TokenThrottle {
             per_client,
             per_pair,
-            blocked: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(3600)).build(),
             proven: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(PROVEN_FOR).build(),
         }
     }
 
     fn keys(client_id: &str, address: Option<IpAddr>) -> (String, String) {
-        let client = format!("token:failed:{client_id}");
+        let client = format!("token:attempts:{client_id}");
         let pair = match address {
             Some(address) => format!("{client}:{address}"),
             None => format!("{client}:unknown"),
@@ -714,33 +714,29 @@ impl TokenThrottle {
         (client, pair)
     }
 
-    fn blocked_for(&self, key: &str, now: std::time::Instant) -> Option<Duration> {
-        self.blocked.get(key).and_then(|until| until.checked_duration_since(now)).filter(|left| !left.is_zero())
-    }
-
-    /// How long this attempt must wait before its secret is checked, if it must: while the
-    /// pair's failures are over budget, or the client's and the address has proved nothing.
-    pub fn refused(&self, client_id: &str, address: Option<IpAddr>) -> Option<Duration> {
+    /// Counts an attempt whose secret is about to be checked with Argon2; `Err` says how
+    /// long to wait when it is over a budget, and must not be checked.
+    pub async fn admit(&self, limiter: &RateLimiter, client_id: &str, address: Option<IpAddr>) -> Result<(), Duration> {
         let (client, pair) = Self::keys(client_id, address);
-        let now = std::time::Instant::now();
-        let pair_wait = self.blocked_for(&pair, now);
-        let client_wait = self.blocked_for(&client, now).filter(|_| !self.proven.contains_key(&pair));
-        pair_wait.max(client_wait)
-    }
-
-    /// Counts a failed attempt; `Some` (how long to wait) when it went over a budget.
-    pub async fn failed(&self, limiter: &RateLimiter, client_id: &str, address: Option<IpAddr>) -> Option<Duration> {
-        let (client, pair) = Self::keys(client_id, address);
-        let mut wait = None;
-        for (key, limit) in [(client, &self.per_client), (pair, &self.per_pair)] {
-            let decision = limiter.check(&key, limit).await;
+        // The address's own budget always applies; the client's unless it proved the secret.
+        let client_budget = (!self.proven.contains_key(&pair)).then_some((&client, &self.per_client));
+        let mut wait: Option<Duration> = None;
+        for (key, limit) in [Some((&pair, &self.per_pair)), client_budget].into_iter().flatten() {
+            let decision = limiter.check(key, limit).await;
             if !decision.allowed {
-                let retry_after = decision.retry_after.max(Duration::from_millis(1));
-                self.blocked.insert(key, std::time::Instant::now() + retry_after);
-                wait = wait.max(Some(retry_after));
+                wait = wait.max(Some(decision.retry_after));
             }
         }
-        wait
+        match wait {
+            Some(wait) => Err(wait),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `address` proved the client's secret within [`PROVEN_FOR`].
+    pub fn proven(&self, client_id: &str, address: Option<IpAddr>) -> bool {
+        let (_, pair) = Self::keys(client_id, address);
+        self.proven.contains_key(&pair)
     }
 
     /// Records that `address` proved the client's secret.

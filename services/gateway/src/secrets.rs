@@ -3,7 +3,8 @@
 //!
 //! Hashing and checking take tens of milliseconds of CPU and 19 MiB of memory on purpose,
 //! so they run on the blocking pool, never on a worker that serves requests, and at most
-//! one per core at a time (a burst of sign-ins queues rather than exhausting memory). An
+//! one per core at a time (a burst of sign-ins queues rather than exhausting memory), plus
+//! one at a time for callers that proved themselves, who do not queue behind guesses. An
 //! unknown client id is checked against a dummy hash, so that its answer takes as long as
 //! a wrong secret's and timing tells nothing about which client ids exist. The comparison
 //! itself is the argon2 crate's, which is constant-time.
@@ -65,9 +66,14 @@ pub fn remembered(secret: &str, stored: Option<&str>) -> bool {
     known && stored.is_some()
 }
 
-/// Runs Argon2 work on the blocking pool, one per core at a time.
-async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let _permit = HASHING.acquire().await.ok()?;
+/// One more Argon2 run at a time for callers that have proved themselves (an admin
+/// setting a secret, an address that verified the client's secret before), so that they do
+/// not queue behind a flood of guesses that keeps [`HASHING`] busy.
+static PROVEN: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(1));
+
+/// Runs Argon2 work on the blocking pool: one per core at a time, or in the `proven` lane.
+async fn hashing<T: Send + 'static>(proven: bool, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let _permit = if proven { PROVEN.acquire().await } else { HASHING.acquire().await }.ok()?;
     tokio::task::spawn_blocking(work).await.ok()
 }
 
@@ -91,9 +97,9 @@ pub fn new_client_id() -> String {
     format!("pk_{tail}")
 }
 
-/// The PHC string of `secret` under a fresh salt.
+/// The PHC string of `secret` under a fresh salt (for an admin: in the proven lane).
 pub async fn hash(secret: String) -> String {
-    match hashing(move || hash_now(&secret)).await {
+    match hashing(true, move || hash_now(&secret)).await {
         Some(phc) => phc,
         None => unreachable!("the hashing semaphore is never closed and hashing does not panic"),
     }
@@ -110,10 +116,20 @@ fn hash_now(secret: &str) -> String {
 /// a dummy hash and answers false, taking the same time. Only a secret [`remembered`] as
 /// verified skips Argon2.
 pub async fn verify(secret: String, stored: Option<String>) -> bool {
+    verify_in(false, secret, stored).await
+}
+
+/// [`verify`] in the lane of callers that have proved themselves: for an address that
+/// verified this client's secret before.
+pub async fn verify_proven(secret: String, stored: Option<String>) -> bool {
+    verify_in(true, secret, stored).await
+}
+
+async fn verify_in(proven: bool, secret: String, stored: Option<String>) -> bool {
     if remembered(&secret, stored.as_deref()) {
         return true;
     }
-    let checked = hashing(move || {
+    let checked = hashing(proven, move || {
         static DUMMY: OnceLock<String> = OnceLock::new();
         let dummy = DUMMY.get_or_init(|| hash_now("no client has this secret; it only spends the time"));
         let phc = stored.as_deref().unwrap_or(dummy);
