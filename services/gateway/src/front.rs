@@ -52,8 +52,28 @@ impl Front {
     /// Answers one request from `client`.
     pub async fn call(&self, request: Request<Body>, client: SocketAddr) -> Response<Body> {
         let inner = &self.inner;
-        if inner.api_paths.at(request.uri().path()).is_ok() {
+        // The gateway's API is judged on the path as the data plane normalises it
+        // ([`crate::path`]), and routed on that path; one that cannot be normalised is the
+        // data plane's to refuse.
+        let api_path = match crate::path::normalize(request.uri().path()) {
+            Ok(normal) => {
+                let merged = crate::path::merge_slashes(&normal);
+                inner.api_paths.at(&merged).is_ok().then(|| merged.into_owned())
+            }
+            Err(_) => None,
+        };
+        if let Some(path) = api_path {
+            if let Err(refused) =
+                proxy::check_host(request.version(), request.headers().get_all(axum::http::header::HOST).iter().count())
+            {
+                return axum::response::IntoResponse::into_response(refused);
+            }
             let mut request = request;
+            if path != request.uri().path()
+                && let Ok(uri) = proxy::with_path(request.uri(), &path)
+            {
+                *request.uri_mut() = uri;
+            }
             request.extensions_mut().insert(ConnectInfo(client));
             // The router is always ready and never fails (its error type is Infallible).
             let Ok(response) = inner.api.clone().call(request).await;

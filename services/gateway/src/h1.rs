@@ -25,7 +25,6 @@
 
 use crate::connections::{self, SendFailure};
 use crate::proxy::{self, DataPlane, Tries, TryFailure};
-use crate::routes::Match;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pake_mesh_server::types as mesh;
@@ -253,7 +252,11 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    if api_paths.at(path).is_ok() {
+    // The gateway's API is judged on the path as normalised; a path that cannot be is
+    // answered below.
+    if let Ok(normal) = crate::path::normalize(path)
+        && api_paths.at(&crate::path::merge_slashes(&normal)).is_ok()
+    {
         return Step::Handover;
     }
     let Ok(method) = Method::from_bytes(method_text.as_bytes()) else { return Step::Handover };
@@ -261,6 +264,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let headers: &[httparse::Header<'_>] = request.headers;
     let mut kinds = [Kind::Other; MAX_HEADERS];
     let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
     let mut close = false;
     let (mut has_request_id, mut has_traceparent) = (false, false);
     let mut authorization: Option<&[u8]> = None;
@@ -268,9 +272,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         *slot = kind(header.name);
         match *slot {
             Kind::Host => {
-                if host.is_some() {
-                    return Step::Handover;
-                }
+                hosts += 1;
                 host = Some(header.value);
             }
             Kind::ContentLength if header.value.iter().any(|&b| b != b'0') || header.value.is_empty() => {
@@ -295,15 +297,16 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         }
     }
 
+    if let Err(refused) = proxy::check_host(axum::http::Version::HTTP_11, hosts) {
+        return finish(write_response(conn, refused.into_response(), true).await, true);
+    }
     let plane = conn.plane;
     let table = plane.routes.load();
-    let (route, rest_at) = match table.find(&method, path) {
-        Match::Route { route, rest } => (route, path.len() - rest.len()),
-        refused => {
-            let refused = proxy::refusal(refused, &method, path);
-            return finish(write_response(conn, refused, close).await, close);
-        }
+    let located = match proxy::locate(&table, &method, path) {
+        Ok(located) => located,
+        Err(refused) => return finish(write_response(conn, *refused, close).await, close),
     };
+    let route = located.route;
     let settings = &route.route;
     if settings.cache.enabled {
         return Step::Handover;
@@ -392,7 +395,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     }
     forwarded.extend_from_slice(b"\r\n");
 
-    let upstream_path = proxy::upstream_path(settings, path, rest_at);
+    let upstream_path = located.upstream_path();
     let head_request = method == Method::HEAD;
     loop {
         let attempt = match tries.next(started) {
@@ -426,7 +429,15 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
                 }
                 route.metrics.record(status, started.elapsed());
                 let idle = Duration::from_millis(settings.timeout_ms.get());
-                return match relay(conn, answer, &upstream.address, idle).await {
+                let relayed = relay(conn, answer, &upstream.address, idle).await;
+                if status.is_server_error() {
+                    // Counted when it arrived.
+                } else if relayed == Err(Broke::Upstream) {
+                    tries.broke_off(&attempt);
+                } else {
+                    tries.settled(&attempt);
+                }
+                return match relayed {
                     Ok(()) if !close => Step::Next,
                     _ => Step::Close,
                 };
@@ -737,10 +748,19 @@ fn client_head(
     Ok((framing, reusable))
 }
 
+/// Which side ended a relayed response before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broke {
+    /// The client could not be written to (it went away).
+    Client,
+    /// The upstream closed, went quiet or framed its body wrongly.
+    Upstream,
+}
+
 /// Relays the answer's head and body to the client, then pools the upstream connection if
 /// it ended cleanly. An error means the client connection must close (the response could
-/// not be completed).
-async fn relay(conn: &mut Conn<'_>, answer: Answer, address: &Arc<str>, idle: Duration) -> Result<(), ()> {
+/// not be completed), and says whose doing that was.
+async fn relay(conn: &mut Conn<'_>, answer: Answer, address: &Arc<str>, idle: Duration) -> Result<(), Broke> {
     let Answer { mut stream, head, filled, framing, mut reusable, .. } = answer;
     let client = &mut *conn.stream;
     let out = &mut conn.out;
@@ -749,54 +769,54 @@ async fn relay(conn: &mut Conn<'_>, answer: Answer, address: &Arc<str>, idle: Du
     match framing {
         Framing::Empty => {
             reusable &= body.is_empty();
-            client.write_all(out).await.map_err(drop)?;
+            client.write_all(out).await.map_err(|_| Broke::Client)?;
         }
         Framing::Length(length) => {
             let first = body.len().min(usize::try_from(length).unwrap_or(usize::MAX));
             reusable &= first == body.len();
             out.extend_from_slice(&body[..first]);
-            client.write_all(out).await.map_err(drop)?;
+            client.write_all(out).await.map_err(|_| Broke::Client)?;
             let mut remaining = length - first as u64;
             while remaining > 0 {
                 let got = read_body(&mut stream, buffer, idle).await?;
                 let take = got.min(usize::try_from(remaining).unwrap_or(usize::MAX));
                 reusable &= take == got;
-                client.write_all(&buffer[..take]).await.map_err(drop)?;
+                client.write_all(&buffer[..take]).await.map_err(|_| Broke::Client)?;
                 remaining -= take as u64;
             }
         }
         Framing::Chunked => {
             let mut chunks = Chunks::default();
-            let (used, mut done) = chunks.advance(body)?;
+            let (used, mut done) = chunks.advance(body).map_err(|()| Broke::Upstream)?;
             reusable &= !done || used == body.len();
             out.extend_from_slice(&body[..used]);
-            client.write_all(out).await.map_err(drop)?;
+            client.write_all(out).await.map_err(|_| Broke::Client)?;
             while !done {
                 let got = read_body(&mut stream, buffer, idle).await?;
                 let used;
-                (used, done) = chunks.advance(&buffer[..got])?;
+                (used, done) = chunks.advance(&buffer[..got]).map_err(|()| Broke::Upstream)?;
                 reusable &= !done || used == got;
-                client.write_all(&buffer[..used]).await.map_err(drop)?;
+                client.write_all(&buffer[..used]).await.map_err(|_| Broke::Client)?;
             }
         }
         Framing::UntilClose => {
             if !body.is_empty() {
                 chunk(out, body);
             }
-            client.write_all(out).await.map_err(drop)?;
+            client.write_all(out).await.map_err(|_| Broke::Client)?;
             loop {
                 let got = match tokio::time::timeout(idle, stream.read(buffer)).await {
                     Ok(Ok(got)) => got,
-                    _ => return Err(()),
+                    _ => return Err(Broke::Upstream),
                 };
                 out.clear();
                 if got == 0 {
                     out.extend_from_slice(b"0\r\n\r\n");
-                    client.write_all(out).await.map_err(drop)?;
+                    client.write_all(out).await.map_err(|_| Broke::Client)?;
                     break;
                 }
                 chunk(out, &buffer[..got]);
-                client.write_all(out).await.map_err(drop)?;
+                client.write_all(out).await.map_err(|_| Broke::Client)?;
             }
         }
     }
@@ -808,10 +828,10 @@ async fn relay(conn: &mut Conn<'_>, answer: Answer, address: &Arc<str>, idle: Du
 
 /// Reads some body bytes from the upstream; its closing or going quiet for `idle` before
 /// the body's end is an error.
-async fn read_body(stream: &mut TcpStream, buffer: &mut [u8], idle: Duration) -> Result<usize, ()> {
+async fn read_body(stream: &mut TcpStream, buffer: &mut [u8], idle: Duration) -> Result<usize, Broke> {
     match tokio::time::timeout(idle, stream.read(buffer)).await {
         Ok(Ok(got)) if got > 0 => Ok(got),
-        _ => Err(()),
+        _ => Err(Broke::Upstream),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod connections;
 pub mod edge;
 pub mod front;
 mod h1;
+pub mod path;
 pub mod policies;
 pub mod proxy;
 pub mod routes;

@@ -69,7 +69,7 @@ struct RouteCacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
+pub(crate) struct UpstreamLabels {
     service: String,
     outcome: String,
 }
@@ -545,22 +545,93 @@ impl TryFailure {
 /// The data plane: answers a request that is not for the gateway's own API.
 pub async fn handle(plane: &DataPlane, request: Request, client: Option<SocketAddr>) -> Response {
     let started = Instant::now();
+    if let Err(refused) = check_host(request.version(), request.headers().get_all(header::HOST).iter().count()) {
+        return refused.into_response();
+    }
     let table = plane.routes.load();
-    let path = request.uri().path();
-    let (route, rest_at) = match table.find(request.method(), path) {
-        Match::Route { route, rest } => (route, path.len() - rest.len()),
-        refused => return refusal(refused, request.method(), path),
+    let mut request = request;
+    let (route, upstream_path, normalised) = match locate(&table, request.method(), request.uri().path()) {
+        Ok(located) => {
+            let normalised = (located.forwarded != request.uri().path())
+                .then(|| with_path(request.uri(), &located.forwarded).ok())
+                .flatten();
+            (located.route, located.upstream_path().to_string(), normalised)
+        }
+        Err(refused) => return *refused,
     };
-    let response = apply_policies(plane, route, rest_at, request, client, started).await;
+    // What follows (the cache key, the tries) sees the path as forwarded.
+    if let Some(uri) = normalised {
+        *request.uri_mut() = uri;
+    }
+    let response = apply_policies(plane, route, &upstream_path, request, client, started).await;
     route.metrics.record(response.status(), started.elapsed());
     response
+}
+
+/// `uri` with its path replaced by `path` (its query kept).
+pub(crate) fn with_path(uri: &Uri, path: &str) -> Result<Uri, axum::http::Error> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse()?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without exactly one `Host` answers 400, whichever
+/// transport read it (HTTP/2 carries `:authority` instead).
+pub(crate) fn check_host(version: axum::http::Version, hosts: usize) -> Result<(), ApiError> {
+    if version != axum::http::Version::HTTP_11 || hosts == 1 {
+        return Ok(());
+    }
+    let problem = if hosts == 0 { "has no Host header" } else { "has more than one Host header" };
+    Err(error(StatusCode::BAD_REQUEST, "invalid_host", format!("the HTTP/1.1 request {problem}")))
+}
+
+/// A request's route and the path its upstream is sent, found the one way every transport
+/// finds them ([`crate::path`]): the path normalised, the route matched on it with runs of
+/// `/` merged, and the normalised path forwarded (merged unless the route keeps empty
+/// segments), less the version segment and, when the route strips it, its prefix.
+pub(crate) struct Located<'t, 'p> {
+    pub route: &'t crate::routes::CompiledRoute,
+    /// The whole normalised path as forwarded (version segment included).
+    pub forwarded: std::borrow::Cow<'p, str>,
+    /// Where the upstream's path starts in `forwarded` (its length: `/`).
+    upstream_at: usize,
+}
+
+impl Located<'_, '_> {
+    /// The path the upstream is sent.
+    pub fn upstream_path(&self) -> &str {
+        if self.upstream_at >= self.forwarded.len() { "/" } else { &self.forwarded[self.upstream_at..] }
+    }
+}
+
+/// Finds the route for `method` and the raw request path `raw`: 400 for a path that
+/// cannot be forwarded unambiguously, 404/405 when no route takes it.
+pub(crate) fn locate<'t, 'p>(
+    table: &'t RouteTable,
+    method: &Method,
+    raw: &'p str,
+) -> Result<Located<'t, 'p>, Box<Response>> {
+    let normal = crate::path::normalize(raw).map_err(|invalid| Box::new(ApiError::from(invalid).into_response()))?;
+    let matched = crate::path::merged(&normal);
+    let route = match table.find(method, &matched) {
+        Match::Route { route, .. } => route,
+        refused => return Err(Box::new(refusal(refused, method, &matched))),
+    };
+    let forwarded = if route.route.merge_slashes { matched } else { normal };
+    let skip = 1 + if route.route.strip_prefix { route.segments } else { 0 };
+    let upstream_at = crate::path::after_segments(&forwarded, skip);
+    Ok(Located { route, forwarded, upstream_at })
 }
 
 /// Auth, rate limits and the cache, as the route asks, around forwarding.
 async fn apply_policies(
     plane: &DataPlane,
     route: &crate::routes::CompiledRoute,
-    rest_at: usize,
+    upstream_path: &str,
     request: Request,
     client: Option<SocketAddr>,
     started: Instant,
@@ -592,7 +663,7 @@ async fn apply_policies(
         None => None,
     };
     let send = |request: Request| async move {
-        forward(plane, route, rest_at, request, client, started).await.unwrap_or_else(IntoResponse::into_response)
+        forward(plane, route, upstream_path, request, client, started).await.unwrap_or_else(IntoResponse::into_response)
     };
     let mut response = if settings.cache.enabled {
         let tenant = principal.as_ref().and_then(|verified| verified.principal.tenant.as_deref()).unwrap_or("-");
@@ -604,18 +675,6 @@ async fn apply_policies(
         crate::edge::add_headers(response.headers_mut(), &decision, limit);
     }
     response
-}
-
-/// The path the upstream sees: what follows the version segment, without the route's
-/// prefix when the route strips it.
-pub(crate) fn upstream_path<'p>(route: &gw::Route, path: &'p str, rest_at: usize) -> &'p str {
-    let rest = &path[rest_at..];
-    if route.strip_prefix {
-        let stripped = &rest[route.path_prefix.trim_end_matches('/').len()..];
-        if stripped.is_empty() { "/" } else { stripped }
-    } else {
-        rest
-    }
 }
 
 /// The answer to a request no route takes: 405 with `Allow` when routes match the path
@@ -739,14 +798,16 @@ impl<'a> Tries<'a> {
         Ok(Try { upstream, scheme, now, deadline, may_retry: self.attempt < self.max_retries })
     }
 
-    /// Accounts an answer with `status`; true when it is to be dropped and retried.
+    /// Accounts an answer with `status`; true when it is to be dropped and retried. A 5xx
+    /// counts against the instance at once; any other answer's outcome is known once its
+    /// body has been relayed: the caller reports it with [`Tries::settled`] or
+    /// [`Tries::broke_off`] (or hands it to a [`Verdict`]).
     pub fn answered(&mut self, done: &Try, status: StatusCode) -> bool {
-        let policy = self.policy;
-        let outcome = if status.is_server_error() { Outcome::ServerError } else { Outcome::Success };
-        done.upstream.record(outcome, &policy.circuit_breaker, &policy.outlier_detection);
-        if outcome == Outcome::Success {
+        if !status.is_server_error() {
             return false;
         }
+        let policy = self.policy;
+        done.upstream.record(Outcome::ServerError, &policy.circuit_breaker, &policy.outlier_detection);
         self.count_failure("5xx");
         let gateway_error = matches!(status.as_u16(), 502..=504);
         let retry = gateway_error && self.retry.retry_on.contains(&gw::RetryCondition::X5xx) && self.may_retry();
@@ -794,6 +855,23 @@ impl<'a> Tries<'a> {
         })
     }
 
+    /// Accounts a try that ended for the client's reasons (its body failed or was late):
+    /// nothing is held against the instance, and no retry follows.
+    pub fn abandoned(&mut self, done: &Try) {
+        done.upstream.release();
+    }
+
+    /// Accounts an answer relayed whole (or whose client went away): a success.
+    pub fn settled(&self, done: &Try) {
+        let policy = self.policy;
+        done.upstream.record(Outcome::Success, &policy.circuit_breaker, &policy.outlier_detection);
+    }
+
+    /// Accounts an answer relayed in part: the instance broke its body off.
+    pub fn broke_off(&self, done: &Try) {
+        record_broken_body(&self.plane.metrics.failed_tries, &done.upstream, self.policy);
+    }
+
     /// Takes a retry when the request allows another try, the deadline has not passed and
     /// the service's budget has one.
     fn may_retry(&mut self) -> bool {
@@ -820,7 +898,7 @@ impl<'a> Tries<'a> {
 async fn forward(
     plane: &DataPlane,
     route: &crate::routes::CompiledRoute,
-    rest_at: usize,
+    upstream_path: &str,
     request: Request,
     client: Option<SocketAddr>,
     started: Instant,
@@ -834,18 +912,27 @@ async fn forward(
     let service = snapshot.service_by_name(route.service.as_str());
     let mut tries = Tries::new(plane, route, service.map(|service| &**service), started, idempotent && bodyless)?;
 
-    let path = upstream_path(route, parts.uri.path(), rest_at);
     let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
+        Some(query) => format!("{upstream_path}?{query}"),
+        None => upstream_path.to_string(),
     };
     let invalid_path = || error(StatusCode::BAD_REQUEST, "invalid_path", "the request path cannot be forwarded".into());
     // The origin form (`/path?query`), as plain HTTP/1.1 tries send it.
     let origin = Uri::try_from(path_and_query).map_err(|_| invalid_path())?;
+    // A body of unknown length goes on chunked, whatever the method: hyper would send a
+    // GET's without framing, that is, drop it.
+    let chunked = !bodyless && HttpBody::size_hint(&body).exact().is_none();
     // Moved into the last try; copied only while a retry is possible.
     forward_headers(&mut parts.headers, client);
     let mut headers = Some(std::mem::take(&mut parts.headers));
-    let mut body = Some(body);
+    // A body is watched, so that a try that failed because the client's body did is not
+    // held against the instance.
+    let (mut body, watch) = if bodyless {
+        (Some(body), None)
+    } else {
+        let (body, watch) = ClientBody::watch(body);
+        (Some(body), Some(watch))
+    };
     loop {
         let attempt = tries.next(started)?;
         let upstream = &attempt.upstream;
@@ -865,6 +952,9 @@ async fn forward(
         *outgoing.headers_mut() =
             if attempt.may_retry { headers.clone().unwrap_or_default() } else { headers.take().unwrap_or_default() };
         outgoing.headers_mut().insert(header::HOST, upstream.host.clone());
+        if chunked && attempt.scheme == mesh::InstanceScheme::Http {
+            outgoing.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
 
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = send(&plane.https, attempt.scheme, &upstream.address, outgoing, attempt.now);
@@ -877,11 +967,181 @@ async fn forward(
                     continue;
                 }
                 remove_hop_by_hop(response.headers_mut());
-                return Ok(response);
+                let verdict = Verdict::new(plane, &attempt, service, response.status());
+                return Ok(response.map(|body| Body::new(UpstreamBody { body, verdict })));
             }
             Err(failure) => failure,
         };
+        if let Some(refused) = watch.as_ref().and_then(|watch| watch.client_fault(failure)) {
+            tries.abandoned(&attempt);
+            return Err(refused);
+        }
         tries.failed(&attempt, failure)?;
+    }
+}
+
+/// How far the client's request body has come, as [`ClientBody`] reports it.
+const BODY_READING: u8 = 0;
+const BODY_AWAITING_CLIENT: u8 = 1;
+const BODY_DONE: u8 = 2;
+const BODY_FAILED: u8 = 3;
+
+/// A client's request body on its way to an upstream, watched: reading it failed (the
+/// client closed early, sent malformed chunks), or it was waiting for the client when the
+/// try ran out of time. Either is the client's doing, not the instance's.
+struct ClientBody {
+    body: Body,
+    state: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// The watching side of a [`ClientBody`].
+struct BodyWatch {
+    state: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl ClientBody {
+    fn watch(body: Body) -> (Body, BodyWatch) {
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(BODY_READING));
+        (Body::new(ClientBody { body, state: state.clone() }), BodyWatch { state })
+    }
+}
+
+impl HttpBody for ClientBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(context);
+        let state = match &polled {
+            std::task::Poll::Pending => BODY_AWAITING_CLIENT,
+            std::task::Poll::Ready(None) => BODY_DONE,
+            std::task::Poll::Ready(Some(Err(_))) => BODY_FAILED,
+            std::task::Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => BODY_DONE,
+            std::task::Poll::Ready(Some(Ok(_))) => BODY_READING,
+        };
+        self.state.store(state, Ordering::Relaxed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl BodyWatch {
+    /// The answer to a try that failed because of the client's body, if it did.
+    fn client_fault(&self, failure: TryFailure) -> Option<ApiError> {
+        match (self.state.load(Ordering::Relaxed), failure) {
+            (BODY_FAILED, _) => Some(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "the request body ended before its announced length or was malformed".into(),
+            )),
+            (BODY_AWAITING_CLIENT, TryFailure::Timeout) => Some(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time".into(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of an answer still being relayed, given when its body ends: a success
+/// when it ends whole or the client goes away first (dropped), a failure of the instance
+/// when the instance breaks it off ([`record_broken_body`]). A 5xx was counted already.
+struct Verdict {
+    upstream: Arc<Upstream>,
+    service: Arc<pake_registry::model::ServiceData>,
+    failed_tries: Family<UpstreamLabels, Counter>,
+}
+
+impl Verdict {
+    fn new(
+        plane: &DataPlane,
+        attempt: &Try,
+        service: Option<&Arc<pake_registry::model::ServiceData>>,
+        status: StatusCode,
+    ) -> Option<Verdict> {
+        if status.is_server_error() {
+            return None;
+        }
+        Some(Verdict {
+            upstream: attempt.upstream.clone(),
+            service: service?.clone(),
+            failed_tries: plane.metrics.failed_tries.clone(),
+        })
+    }
+
+    fn broke_off(self) {
+        record_broken_body(&self.failed_tries, &self.upstream, &self.service.policy);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Verdict {
+    fn drop(&mut self) {
+        let policy = &self.service.policy;
+        self.upstream.record(Outcome::Success, &policy.circuit_breaker, &policy.outlier_detection);
+    }
+}
+
+/// Records an answer whose body the instance broke off (closed or reset before its end,
+/// malformed framing, silence): a failure of the instance for its breaker and outlier
+/// detection, and a failed try (`outcome="body"`).
+pub(crate) fn record_broken_body(
+    failed_tries: &Family<UpstreamLabels, Counter>,
+    upstream: &Upstream,
+    policy: &mesh::TrafficPolicy,
+) {
+    upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);
+    let labels = UpstreamLabels { service: upstream.service.clone(), outcome: "body".into() };
+    failed_tries.get_or_create(&labels).inc();
+    tracing::debug!(service = %upstream.service, address = %upstream.address, "upstream broke off a response body");
+}
+
+/// An upstream's response body on its way to the client, carrying the try's [`Verdict`].
+/// A client that goes away drops it without an error.
+struct UpstreamBody {
+    body: Body,
+    verdict: Option<Verdict>,
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(context);
+        match &polled {
+            std::task::Poll::Ready(Some(Err(_))) => {
+                if let Some(verdict) = self.verdict.take() {
+                    verdict.broke_off();
+                }
+            }
+            // The end: a success, given now rather than whenever the body is dropped.
+            std::task::Poll::Ready(None) => drop(self.verdict.take()),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -126,6 +126,8 @@ pub struct CompiledRoute {
     pub route: types::Route,
     /// The prefix without a trailing slash ("" for a route on the whole version).
     pub prefix: String,
+    /// The prefix's segments, removed from the path sent upstream when the route strips it.
+    pub segments: usize,
     pub methods: Vec<axum::http::Method>,
     /// `GET, HEAD` for the 405 answer.
     pub allow: String,
@@ -142,6 +144,7 @@ pub struct RouteTable {
 pub enum Match<'t, 'p> {
     Route {
         route: &'t CompiledRoute,
+        /// The path after the version segment.
         rest: &'p str,
     },
     /// The path matches routes, none of which takes this method.
@@ -164,7 +167,8 @@ impl RouteTable {
             let mut allow: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
             allow.sort();
             let metrics = metrics.for_route(route.name.as_str());
-            let compiled = CompiledRoute { prefix, methods, allow: allow.join(", "), metrics, route };
+            let segments = crate::path::segment_count(&prefix);
+            let compiled = CompiledRoute { prefix, segments, methods, allow: allow.join(", "), metrics, route };
             by_version.entry(compiled.route.api_version.to_string()).or_default().push(compiled);
         }
         for routes in by_version.values_mut() {
@@ -173,8 +177,9 @@ impl RouteTable {
         RouteTable { by_version }
     }
 
-    /// Matches `/{version}{rest}`: the longest prefix that ends at a segment boundary, then
-    /// the highest priority, among routes that take `method`.
+    /// Matches `/{version}{rest}`, a normalised path with merged slashes
+    /// ([`crate::path`]): the longest prefix of whole segments (a request segment's
+    /// parameters ignored), then the highest priority, among routes that take `method`.
     pub fn find<'t, 'p>(&'t self, method: &axum::http::Method, path: &'p str) -> Match<'t, 'p> {
         let Some(after_slash) = path.strip_prefix('/') else { return Match::NoRoute };
         let (version, rest) = match after_slash.find('/') {
@@ -184,8 +189,7 @@ impl RouteTable {
         let Some(routes) = self.by_version.get(version) else { return Match::NoRoute };
         let mut allow: Option<String> = None;
         for compiled in routes {
-            let Some(tail) = rest.strip_prefix(compiled.prefix.as_str()) else { continue };
-            if !(tail.is_empty() || tail.starts_with('/')) {
+            if !crate::path::has_prefix(rest, &compiled.prefix) {
                 continue;
             }
             if compiled.methods.iter().any(|m| m == method) {
@@ -255,6 +259,8 @@ mod tests {
         assert_eq!(matched(&table, "GET", "/v1/search/abc"), "search /search/abc");
         assert_eq!(matched(&table, "GET", "/v1/search/docs/7"), "search-docs /search/docs/7");
         assert_eq!(matched(&table, "GET", "/v1/searching"), "404");
+        assert_eq!(matched(&table, "GET", "/v1/search;p=1/docs/7"), "search-docs /search;p=1/docs/7");
+        assert_eq!(matched(&table, "GET", "/v1/search;p=1"), "search /search;p=1");
         assert_eq!(matched(&table, "GET", "/v2/search"), "search-v2 /search");
         assert_eq!(matched(&table, "GET", "/v1/x"), "high /x");
         assert_eq!(matched(&table, "DELETE", "/v1/search"), "405 GET");

@@ -228,6 +228,19 @@ impl Upstream {
         self.settle(&state);
     }
 
+    /// Gives back the admission of a try that ended without saying anything about the
+    /// instance (the client's body failed): a half-open breaker's probe slot is freed for
+    /// another probe; nothing is counted.
+    pub fn release(&self) {
+        if self.quiet.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.breaker.lock().expect("breaker lock");
+        if let BreakerMode::HalfOpen { in_flight } = state.mode {
+            state.mode = BreakerMode::HalfOpen { in_flight: in_flight.saturating_sub(1) };
+        }
+    }
+
     /// Closes the breaker and forgets ejections (the admin API's reset).
     pub fn reset(&self) {
         let mut state = self.breaker.lock().expect("breaker lock");

@@ -751,14 +751,19 @@ async fn an_upstream_answer_framed_two_ways_is_not_smuggled_through() {
     }
 }
 
+/// Paths reach the upstream normalised (unreserved escapes decoded, others kept as sent);
+/// queries verbatim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn percent_encoded_paths_and_queries_reach_the_upstream_verbatim() {
+async fn percent_encoded_paths_reach_the_upstream_normalised_and_queries_verbatim() {
     let origin = Origin::start(echo_target).await;
     let platform = gateway_to(&origin).await;
     let mut client = Client::connect(&platform).await;
     let cases = [
         ("/v1/echo/a%20b?x=1&y=%2F", "/a%20b?x=1&y=%2F"),
-        ("/v1/echo/%7Euser/x%2Fy/%E2%82%AC?q=a+b&empty=&flag", "/%7Euser/x%2Fy/%E2%82%AC?q=a+b&empty=&flag"),
+        (
+            "/v1/echo/%7Euser/x%2By/%E2%82%AC?q=a+b&empty=&flag&p=..%2F",
+            "/~user/x%2By/%E2%82%AC?q=a+b&empty=&flag&p=..%2F",
+        ),
         ("/v1/echo?only=query", "/?only=query"),
     ];
     for (target, upstream) in cases {
@@ -863,4 +868,332 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     assert_eq!((answered.head.status(), answered.text().as_str()), (200, "/slow-post"));
     within(Duration::from_secs(5), "the server to finish", stopping).await.unwrap();
     assert!(TcpStream::connect(address).await.is_err(), "no new connections after shutdown");
+}
+
+// ---- paths, hosts and bodies, the same on every transport ------------------------------
+
+/// The ways a request reaches the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// The gateway's own HTTP/1.1 path.
+    Own,
+    /// hyper's HTTP/1.1, after a request the own path hands over.
+    General,
+    /// HTTP/2 with prior knowledge.
+    H2,
+}
+
+const TRANSPORTS: [Transport; 3] = [Transport::Own, Transport::General, Transport::H2];
+
+/// A client connection over `transport`.
+enum Conn {
+    H1(Client),
+    H2(hyper::client::conn::http2::SendRequest<axum::body::Body>),
+}
+
+impl Conn {
+    async fn open(platform: &Platform, transport: Transport) -> Conn {
+        match transport {
+            Transport::Own => Conn::H1(Client::connect(platform).await),
+            Transport::General => {
+                let mut client = Client::connect(platform).await;
+                // `Connection` naming another header is the general path's: the connection
+                // stays there for the rest of its life.
+                client.send("GET /v1/webpub/warm HTTP/1.1\r\nHost: gateway.test\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\n").await;
+                assert_eq!(client.response("GET").await.head.status(), 200);
+                Conn::H1(client)
+            }
+            Transport::H2 => {
+                let stream = TcpStream::connect(platform.gateway_server.addr).await.unwrap();
+                let (sender, connection) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(stream),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(connection);
+                Conn::H2(sender)
+            }
+        }
+    }
+
+    /// `GET target` (sent as is), with extra header lines; the status and body. None when
+    /// the transport's client cannot even send the target.
+    async fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+        match self {
+            Conn::H1(client) => {
+                let mut request = format!("GET {target} HTTP/1.1\r\nHost: gateway.test\r\n");
+                for (name, value) in headers {
+                    request.push_str(&format!("{name}: {value}\r\n"));
+                }
+                client.send(request + "\r\n").await;
+                let response = client.response("GET").await;
+                Some((response.head.status(), response.text()))
+            }
+            Conn::H2(sender) => {
+                let uri: axum::http::Uri = format!("http://gateway.test{target}").parse().ok()?;
+                let mut request = axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap();
+                for (name, value) in headers {
+                    request.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                        axum::http::HeaderValue::from_str(value).unwrap(),
+                    );
+                }
+                sender.ready().await.unwrap();
+                let response = within(CLIENT_PATIENCE, "an HTTP/2 answer", sender.send_request(request)).await.unwrap();
+                let status = response.status().as_u16();
+                let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20).await.unwrap();
+                Some((status, String::from_utf8_lossy(&body).into_owned()))
+            }
+        }
+    }
+}
+
+/// One service behind four routes: `/webpub` (public), `/websec` (needs `arxiv:read`),
+/// `/strip` (prefix stripped) and `/keep` (empty segments kept).
+async fn routes_to(origin: &Origin) -> Platform {
+    let platform = Platform::start(Backend::Sqlite).await;
+    platform.service("origin", "round_robin", &[(origin.port, 100)], lenient_breaker()).await;
+    for (name, extra) in [
+        ("webpub", json!({})),
+        ("websec", json!({"required_scopes": ["arxiv:read"]})),
+        ("strip", json!({"strip_prefix": true})),
+        ("keep", json!({"merge_slashes": false})),
+    ] {
+        let mut spec = json!({"name": name, "path_prefix": format!("/{name}"), "methods": ["GET", "POST"],
+                              "api_version": "v1", "service": "origin", "retry": {"max_attempts": 0}});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        platform.route(spec).await;
+    }
+    platform
+}
+
+fn reader_token() -> String {
+    pake_tokens::TokenIssuer::hs256(SECRET).unwrap().issue("reader", None, &["arxiv:read"], Duration::from_secs(600))
+}
+
+/// No spelling of a path escapes its route: every dot-segment form is judged by the route
+/// it resolves to (and needs its token), or refused with 400; the upstream only ever sees
+/// normalised paths. The same on the own HTTP/1.1 path, hyper's, and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_path_form_escapes_its_route_on_any_transport() {
+    let origin = Origin::start(echo_target).await;
+    let platform = routes_to(&origin).await;
+    // (target, status without a token, what the upstream sees when one is given)
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        ("/v1/websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/../websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/%2e%2e/websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/%2E%2E/websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/.%2e/websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/%2e./websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/./../websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/../../v1/websec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1//websec/secret.txt", 401, Some("/websec/secret.txt")),
+        // RFC 3986 removes the dot-segment with the empty segment before it: what is
+        // forwarded is under /webpub, and has no dot left for an upstream to resolve.
+        ("/v1/webpub//..//websec/secret.txt", 200, Some("/webpub/websec/secret.txt")),
+        ("/v1/websec;jsessionid=1/secret.txt", 401, Some("/websec;jsessionid=1/secret.txt")),
+        ("/v1/%77ebsec/secret.txt", 401, Some("/websec/secret.txt")),
+        ("/v1/webpub/..;/websec/secret.txt", 400, None),
+        ("/v1/webpub/.;/websec/secret.txt", 400, None),
+        ("/v1/webpub/..%2fwebsec/secret.txt", 400, None),
+        ("/v1/webpub/..%2Fwebsec/secret.txt", 400, None),
+        ("/v1/webpub/..%5cwebsec/secret.txt", 400, None),
+        ("/v1/webpub/..\\websec/secret.txt", 400, None),
+        ("/v1/webpub/%252e%252e/websec/secret.txt", 400, None),
+        ("/v1/webpub/%2e%2e%2fwebsec/secret.txt", 400, None),
+        ("/v1/webpub/%00/x", 400, None),
+        ("/v1/webpub/%zz/x", 400, None),
+        // A stripped prefix cannot be climbed out of: what is left is matched, not sent.
+        ("/v1/strip/../internal/admin.txt", 404, None),
+        ("/v1/strip/%2e%2e/internal/admin.txt", 404, None),
+        ("/v1/strip/a/../b", 200, Some("/b")),
+        ("/v1/strip/./", 200, Some("/")),
+        ("/v1/webpub/./x/.", 200, Some("/webpub/x/")),
+        ("/v1/webpub//a///b", 200, Some("/webpub/a/b")),
+        ("/v1/keep//a///b", 200, Some("/keep//a///b")),
+        ("/v1/keep//a/..//b", 200, Some("/keep///b")),
+    ];
+    let bearer = format!("Bearer {}", reader_token());
+    for transport in TRANSPORTS {
+        let mut conn = Conn::open(&platform, transport).await;
+        for &(target, anonymous, authorised) in cases {
+            let Some((status, body)) = conn.get(target, &[]).await else {
+                assert_eq!(transport, Transport::H2, "{target}: only the HTTP/2 client refuses to send some targets");
+                assert_eq!(anonymous, 400, "{target}: an HTTP/2 client must be able to send it");
+                continue;
+            };
+            assert_eq!(status, anonymous, "{transport:?} {target}: {body}");
+            if status == 400 {
+                let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(error["code"], "invalid_path", "{transport:?} {target}: {body}");
+            }
+            if status == 200 {
+                assert_eq!(Some(body.as_str()), authorised, "{transport:?} {target}");
+            }
+            let (status, body) = conn.get(target, &[("authorization", &bearer)]).await.unwrap();
+            match authorised {
+                Some(upstream) => {
+                    assert_eq!((status, body.as_str()), (200, upstream), "{transport:?} {target} with a token")
+                }
+                None => assert_eq!(status, anonymous, "{transport:?} {target} with a token: {body}"),
+            }
+        }
+    }
+    for request in origin.seen() {
+        let target = request.head.target();
+        assert!(
+            !target.contains("..") && !target.contains("%2e") && !target.contains("%2E") && !target.contains('\\'),
+            "the upstream saw {target}"
+        );
+    }
+    // Without a token, no request for /websec ever reached the upstream: every one it saw
+    // for /websec carried the reader's token.
+    let secret_requests = origin.seen().iter().filter(|r| r.head.target().starts_with("/websec")).count();
+    let authorised = origin
+        .seen()
+        .iter()
+        .filter(|r| r.head.target().starts_with("/websec") && r.head.get("authorization") == Some(bearer.as_str()))
+        .count();
+    assert_eq!(secret_requests, authorised);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is a 400, on both HTTP/1.1
+/// paths; HTTP/1.0 needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_1_requests_need_exactly_one_host() {
+    let origin = Origin::start(echo_target).await;
+    let platform = routes_to(&origin).await;
+    for transport in [Transport::Own, Transport::General] {
+        for (what, head) in [
+            ("no Host", "GET /v1/webpub/a HTTP/1.1\r\n\r\n"),
+            ("two Hosts", "GET /v1/webpub/a HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),
+            ("no Host, admin API", "GET /v1/health HTTP/1.1\r\n\r\n"),
+        ] {
+            let Conn::H1(mut client) = Conn::open(&platform, transport).await else { unreachable!() };
+            client.send(head).await;
+            let response = client.response("GET").await;
+            assert_eq!(response.head.status(), 400, "{transport:?}, {what}");
+            let error: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+            assert_eq!(error["code"], "invalid_host", "{transport:?}, {what}");
+        }
+    }
+    assert!(origin.seen().iter().all(|r| r.head.target() == "/webpub/warm"), "no Host-less request was proxied");
+}
+
+/// A GET's body reaches the upstream however it is framed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_body_is_forwarded_whether_chunked_or_counted() {
+    let origin = Origin::start(digest).await;
+    let platform = routes_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    client.send("GET /v1/webpub/q HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\n\r\nhello").await;
+    let counted = client.response("GET").await;
+    client.send("GET /v1/webpub/q HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n").await;
+    let chunked = client.response("GET").await;
+    assert_eq!(counted.head.status(), 200);
+    assert_eq!(chunked.text(), counted.text(), "both bodies arrived alike");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|request| request.body == b"hello"),
+        "{:?}",
+        seen.iter().map(|r| r.text()).collect::<Vec<_>>()
+    );
+}
+
+/// The state of the one breaker of `service`.
+async fn breaker(platform: &Platform, service: &str) -> pake_gateway_client::types::CircuitBreakerState {
+    let listed = platform.admin.list_circuit_breakers().service(service).send().await.unwrap().into_inner();
+    listed.items.into_iter().next().expect("the service's instance has a breaker")
+}
+
+/// A client that announces a body and does not send it (closing early, or sending a
+/// malformed chunk) gets 400 and costs the instance nothing: five of them used to open a
+/// healthy instance's breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_s_broken_body_is_not_held_against_the_upstream() {
+    let origin = Origin::start(echo_target).await;
+    let platform = Platform::start(Backend::Sqlite).await;
+    let breaker_policy = json!({"failure_threshold": 2, "failure_rate_threshold": 1.0, "minimum_requests": 1000,
+                                "rate_window_seconds": 60, "open_seconds": 30, "half_open_max_requests": 1});
+    platform.service("origin", "round_robin", &[(origin.port, 100)], breaker_policy).await;
+    platform
+        .route(json!({"name": "upload", "path_prefix": "/upload", "methods": ["GET", "POST"], "api_version": "v1", "service": "origin"}))
+        .await;
+    for round in 0..5 {
+        // Announces 100000 bytes, sends 100, closes its sending side.
+        let mut client = Client::connect(&platform).await;
+        client
+            .send(format!(
+                "POST /v1/upload/{round} HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100000\r\n\r\n{}",
+                "x".repeat(100)
+            ))
+            .await;
+        client.wire.stream.shutdown().await.unwrap();
+        let answer = client.closed_within(Duration::from_secs(10)).await.expect("the gateway ends the connection");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(answer.is_empty() || text.starts_with("HTTP/1.1 400 "), "round {round}: {text}");
+
+        // A malformed chunk size.
+        let mut client = Client::connect(&platform).await;
+        client.send(format!("POST /v1/upload/{round} HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")).await;
+        let answer = client.closed_within(Duration::from_secs(10)).await.expect("the gateway ends the connection");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(answer.is_empty() || text.starts_with("HTTP/1.1 400 "), "round {round}: {text}");
+    }
+    let state = breaker(&platform, "origin").await;
+    assert_eq!(state.state, pake_gateway_client::types::CircuitState::Closed);
+    assert_eq!((state.total_failures, state.consecutive_failures), (0, 0), "{state:?}");
+    let mut client = Client::connect(&platform).await;
+    assert_eq!(client.get("/v1/upload/after").await.head.status(), 200, "the instance still takes traffic");
+}
+
+/// An upstream that dies mid-response (announces 100,000 bytes, sends 1,000, closes) is
+/// counted as failing, on both transports, and its breaker opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_breaks_off_its_answer_is_counted_as_failing() {
+    let origin = Origin::start(|_, _| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 1000));
+        Reply::closing(bytes)
+    })
+    .await;
+    for transport in [Transport::Own, Transport::General] {
+        let platform = Platform::start(Backend::Sqlite).await;
+        let breaker_policy = json!({"failure_threshold": 3, "failure_rate_threshold": 1.0, "minimum_requests": 1000,
+                                    "rate_window_seconds": 60, "open_seconds": 30, "half_open_max_requests": 1});
+        platform.service("origin", "round_robin", &[(origin.port, 100)], breaker_policy).await;
+        platform
+            .route(json!({"name": "cut", "path_prefix": "/cut", "methods": ["GET", "POST"], "api_version": "v1",
+                          "service": "origin", "retry": {"max_attempts": 0}}))
+            .await;
+        for _ in 0..2 {
+            let mut client = Client::connect(&platform).await;
+            match transport {
+                Transport::Own => client.send("GET /v1/cut HTTP/1.1\r\nHost: gateway.test\r\n\r\n").await,
+                _ => client.send("POST /v1/cut HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 2\r\n\r\nhi").await,
+            }
+            let answer = client.closed_within(Duration::from_secs(10)).await.expect("the gateway ends the connection");
+            let text = String::from_utf8_lossy(&answer);
+            assert!(text.starts_with("HTTP/1.1 200 ") && answer.len() < 100_000, "{transport:?}: a cut answer");
+        }
+        let state = breaker(&platform, "origin").await;
+        assert_eq!(state.total_failures, 2, "{transport:?}: {state:?}");
+        let metrics = platform.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.contains("pake_gateway_upstream_failed_tries_total{service=\"origin\",outcome=\"body\"} 2"),
+            "{transport:?}: {metrics}"
+        );
+        // The third opens the breaker.
+        let mut client = Client::connect(&platform).await;
+        client.send("GET /v1/cut HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n").await;
+        client.closed_within(Duration::from_secs(10)).await;
+        assert_eq!(
+            breaker(&platform, "origin").await.state,
+            pake_gateway_client::types::CircuitState::Open,
+            "{transport:?}"
+        );
+    }
 }
