@@ -754,7 +754,7 @@ mod tests {
     fn route(cache: serde_json::Value) -> types::Route {
         serde_json::from_value(json!({
             "id": Uuid::new_v4(), "name": "r", "path_prefix": "/", "methods": ["GET"], "api_version": "v1",
-            "service": "svc", "strip_prefix": false, "timeout_ms": 1000, "retry": {"max_attempts": 0},
+            "service": "svc", "strip_prefix": false, "merge_slashes": true, "timeout_ms": 1000, "retry": {"max_attempts": 0},
             "cache": cache, "rate_limit_policy_id": null, "required_scopes": [], "require_token": false,
             "priority": 0, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "version": 1
         }))
