@@ -809,7 +809,11 @@ fn plan(generator: &Generator, op: &Operation) -> Result<Plan, String> {
         auth: Auth::Token,
         description,
     };
-    if !op.params.is_empty() {
+    // Operations without parameters too, when their contract says they can answer 400: any
+    // query parameter is unknown to them, and the one mutation of their empty parameter
+    // object adds one. (Without a declared 400, that answer would break the contract; the
+    // linter's rule that every operation lists 400 is what closes the gap.)
+    if !op.params.is_empty() || op.declares(400) {
         let path: BTreeSet<String> =
             op.params.iter().filter(|p| p.location == ParamLocation::Path).map(|p| p.name.clone()).collect();
         let still_valid: Arc<dyn Fn(&Value) -> bool + Send + Sync> = Arc::new(reads_valid.clone());
@@ -835,7 +839,8 @@ fn plan(generator: &Generator, op: &Operation) -> Result<Plan, String> {
     if let Some((_, body_schema)) = &json_body {
         let validator = validators.get(body_schema).map_err(|e| format!("request body: {e}"))?;
         let body_positive = generator.positive(body_schema).map_err(|e| format!("request body: {e}"))?;
-        let still_valid: Arc<dyn Fn(&Value) -> bool + Send + Sync> = Arc::new(move |v: &Value| validator.is_valid(v));
+        let still_valid: Arc<dyn Fn(&Value) -> bool + Send + Sync> =
+            Arc::new(move |v: &Value| validator.is_valid(v) && !mutate::holds_nul(v));
         let broken =
             mutate::negative(contract.clone(), body_schema.clone(), body_positive.clone(), Shape::Body, still_valid);
         let strategy = (positive_params.clone(), broken)

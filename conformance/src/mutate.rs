@@ -88,6 +88,17 @@ pub fn negative(
         .sboxed()
 }
 
+/// Whether any string in `value`, member names included, holds U+0000, which servers
+/// refuse although no schema says so.
+pub fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(members) => members.iter().any(|(name, member)| name.contains('\0') || holds_nul(member)),
+        _ => false,
+    }
+}
+
 fn apply(mut value: Value, mutation: &Mutation) -> Option<Value> {
     let mut node = &mut value;
     for token in &mutation.tokens {
@@ -334,6 +345,11 @@ fn string_mutations(
         for breaker in breakers {
             push(found, tokens, Edit::Replace(Value::String(breaker)), format!("not matching the pattern {pattern}"));
         }
+    }
+    if !params {
+        // Whatever the schema says, servers refuse U+0000 in a string (PostgreSQL cannot
+        // store it); parameters are left out, since a header cannot carry one.
+        push(found, tokens, Edit::Replace(Value::String(format!("{text}\u{0}"))), "holding U+0000".into());
     }
     if let Some(format) = object.get("format").and_then(Value::as_str) {
         for broken in [format!("not-a-{format}"), format!("{text}#!")] {

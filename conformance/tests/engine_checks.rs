@@ -42,6 +42,7 @@ paths:
           content:
             application/json:
               schema: {$ref: '#/components/schemas/Quota'}
+        '400': {$ref: '#/components/responses/Error'}
         '429': {$ref: '#/components/responses/TooManyRequests'}
   /items:
     get:
@@ -334,6 +335,9 @@ static LIST: OperationSpec = OperationSpec::new(
     LIST_PARAMS,
     None,
 );
+// The operations without parameters refuse any query parameter, as generated routers do.
+static METRICS: OperationSpec = OperationSpec::new("getMetrics", "GET", "/metrics", None, &[], NO_PARAMS, None);
+static QUOTA: OperationSpec = OperationSpec::new("getQuota", "GET", "/quota", None, &[], NO_PARAMS, None);
 static CREATE: OperationSpec =
     OperationSpec::new("createItem", "POST", "/items", Some(WRITE), &[], NO_PARAMS, Some(ITEM_SPEC_SCHEMA));
 static GET_ITEM: OperationSpec =
@@ -416,12 +420,18 @@ fn position(items: &[Map<String, Value>], id: &str) -> Result<usize, ApiError> {
     items.iter().position(|item| item["id"] == id).ok_or_else(|| ApiError::not_found("no such item"))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>, request: Request) -> Response {
+    if let Err(error) = rt::reject_query(&METRICS, &request.into_parts().0) {
+        return error.into_response();
+    }
     let count = app.items().len();
     rt::text_response(200, "text/plain", format!("items_total {count}\n"), Vec::new())
 }
 
-async fn quota(State(app): State<Arc<App>>) -> Response {
+async fn quota(State(app): State<Arc<App>>, request: Request) -> Response {
+    if let Err(error) = rt::reject_query(&QUOTA, &request.into_parts().0) {
+        return error.into_response();
+    }
     match app.bug {
         Bug::WrongContentType => (StatusCode::OK, [("content-type", "text/html")], "<p>plenty</p>").into_response(),
         Bug::BodyViolatesSchema => json(200, &json!({"remaining": -1}), Vec::new()),
@@ -471,6 +481,7 @@ async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
     rt::respond(
         async {
             rt::authorize(&CREATE, &parts, |t| app.authenticate(t)).await?;
+            rt::reject_query(&CREATE, &parts)?;
             let spec: Map<String, Value> = if app.bug == Bug::AcceptsInvalidInput {
                 // The bug: whatever arrives is made into an item.
                 let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();

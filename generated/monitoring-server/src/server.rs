@@ -418,6 +418,8 @@ pub struct GetPrometheusMetricsRequest {}
 pub enum GetPrometheusMetricsResponse {
     /// 200: The metrics in the Prometheus text exposition format.
     Ok(::std::string::String),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
     /// 500: An unexpected failure; the cause is logged with the trace id.
     InternalServerError(types::Error),
 }
@@ -427,6 +429,10 @@ impl ::axum::response::IntoResponse for GetPrometheusMetricsResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::text_response(200u16, "text/plain", body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
             Self::InternalServerError(body) => {
                 let headers = ::std::vec::Vec::new();
@@ -714,6 +720,8 @@ pub struct GetLivenessRequest {}
 pub enum GetLivenessResponse {
     /// 200: The process is alive.
     Ok(types::Health),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
     /// 500: An unexpected failure; the cause is logged with the trace id.
     InternalServerError(types::Error),
 }
@@ -723,6 +731,10 @@ impl ::axum::response::IntoResponse for GetLivenessResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::json_response(200u16, "application/health+json", &body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
             Self::InternalServerError(body) => {
                 let headers = ::std::vec::Vec::new();
@@ -1023,6 +1035,8 @@ pub struct GetHealthSummaryRequest {
 pub enum GetHealthSummaryResponse {
     /// 200: The health summary.
     Ok(types::HealthSummary),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
     /// 401: No valid bearer token.
     Unauthorized {
         /// The response body.
@@ -1048,6 +1062,10 @@ impl ::axum::response::IntoResponse for GetHealthSummaryResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::json_response(200u16, "application/json", &body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
             Self::Unauthorized { body, www_authenticate } => {
                 let mut headers: ::std::vec::Vec<

@@ -318,6 +318,8 @@ pub struct GetLivenessRequest {}
 pub enum GetLivenessResponse {
     /// 200: The process is alive.
     Ok(types::Health),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
 }
 impl ::axum::response::IntoResponse for GetLivenessResponse {
     fn into_response(self) -> ::axum::response::Response {
@@ -325,6 +327,10 @@ impl ::axum::response::IntoResponse for GetLivenessResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::json_response(200u16, "application/health+json", &body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
         }
     }
@@ -390,6 +396,8 @@ pub struct GetMetricsRequest {}
 pub enum GetMetricsResponse {
     /// 200: Prometheus text exposition.
     Ok(::std::string::String),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
 }
 impl ::axum::response::IntoResponse for GetMetricsResponse {
     fn into_response(self) -> ::axum::response::Response {
@@ -397,6 +405,10 @@ impl ::axum::response::IntoResponse for GetMetricsResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::text_response(200u16, "text/plain", body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
         }
     }
