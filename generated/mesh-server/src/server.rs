@@ -108,7 +108,7 @@ pub trait ServiceMeshApi: Send + Sync + 'static {
     > + Send;
     /// `POST /api/v1/services/register`: Register a service
     ///
-    /// Registers a new service under a unique name. The service starts with no instances and with the default traffic policy (revision 1). Answers 409 when a service with the same name is already registered.
+    /// Registers a new service under a unique name. The service starts with no instances and with the default traffic policy (revision 1). Answers 409 when a service with the same name is already registered. With an `Idempotency-Key`, a retry of the same request (after a timeout, or a 503 `outcome_unknown`) within 24 hours answers what the first answered (201 with the same service) instead of 409; the same key with a different body answers 422 `idempotency_key_reused`.
     ///
     /// Needs the scope `mesh:write`; the router has checked it before this is called.
     fn register_service(
@@ -378,6 +378,8 @@ pub struct GetLivenessRequest {}
 pub enum GetLivenessResponse {
     /// 200: The process is alive.
     Ok(types::Health),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
 }
 impl ::axum::response::IntoResponse for GetLivenessResponse {
     fn into_response(self) -> ::axum::response::Response {
@@ -385,6 +387,10 @@ impl ::axum::response::IntoResponse for GetLivenessResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::json_response(200u16, "application/health+json", &body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
         }
     }
@@ -450,6 +456,8 @@ pub struct GetMetricsRequest {}
 pub enum GetMetricsResponse {
     /// 200: Metrics in the Prometheus text exposition format (version 0.0.4).
     Ok(::std::string::String),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
 }
 impl ::axum::response::IntoResponse for GetMetricsResponse {
     fn into_response(self) -> ::axum::response::Response {
@@ -457,6 +465,10 @@ impl ::axum::response::IntoResponse for GetMetricsResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::text_response(200u16, "text/plain", body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
         }
     }
@@ -467,8 +479,16 @@ pub static REGISTER_SERVICE: rt::OperationSpec = rt::OperationSpec::new(
     "POST",
     "/api/v1/services/register",
     Some(&["mesh:write"]),
-    &[],
-    "{\"type\":\"object\",\"properties\":{},\"required\":[]}",
+    &[
+        rt::ParamSpec {
+            name: "Idempotency-Key",
+            location: rt::ParamLocation::Header,
+            required: false,
+            kind: rt::ParamKind::String,
+            default: None,
+        },
+    ],
+    "{\"type\":\"object\",\"properties\":{\"Idempotency-Key\":{\"type\":\"string\",\"minLength\":8,\"maxLength\":255,\"pattern\":\"^[!-~]{8,255}$\"}},\"required\":[]}",
     Some(
         "{\"$ref\":\"#/$defs/ServiceRegistration\",\"$defs\":{\"Metadata\":{\"type\":\"object\",\"description\":\"Free-form string key/value pairs (at most 64; keys up to 128 characters by convention, values up to 512).\",\"maxProperties\":64,\"additionalProperties\":{\"type\":\"string\",\"maxLength\":512}},\"SemanticVersion\":{\"type\":\"string\",\"description\":\"Semantic version (semver 2.0.0).\",\"minLength\":5,\"maxLength\":128,\"pattern\":\"^(0|[1-9]\\\\d*)\\\\.(0|[1-9]\\\\d*)\\\\.(0|[1-9]\\\\d*)(-[0-9A-Za-z.-]+)?(\\\\+[0-9A-Za-z.-]+)?$\"},\"ServiceHealthCheck\":{\"type\":\"object\",\"description\":\"How the monitoring service actively checks each instance: it requests `path` on the instance (or the instance's `health_url`) every `interval_seconds`; the instance counts as healthy after `healthy_threshold` consecutive successes and unhealthy after `unhealthy_threshold` consecutive failures.\",\"additionalProperties\":false,\"required\":[\"path\",\"interval_seconds\",\"timeout_ms\",\"healthy_threshold\",\"unhealthy_threshold\"],\"properties\":{\"path\":{\"type\":\"string\",\"description\":\"Absolute path of the health endpoint on each instance.\",\"minLength\":1,\"maxLength\":1024,\"pattern\":\"^/[!-~]*$\"},\"interval_seconds\":{\"type\":\"integer\",\"description\":\"Seconds between two checks of one instance.\",\"minimum\":1,\"maximum\":3600},\"timeout_ms\":{\"type\":\"integer\",\"description\":\"Milliseconds to wait for the health endpoint before counting a failure.\",\"minimum\":1,\"maximum\":60000},\"healthy_threshold\":{\"type\":\"integer\",\"description\":\"Consecutive successes that make an unhealthy instance healthy.\",\"minimum\":1,\"maximum\":10},\"unhealthy_threshold\":{\"type\":\"integer\",\"description\":\"Consecutive failures that make a healthy instance unhealthy.\",\"minimum\":1,\"maximum\":10}}},\"ServiceName\":{\"type\":\"string\",\"description\":\"Unique service name; lowercase letters, digits and hyphens.\",\"minLength\":1,\"maxLength\":63,\"pattern\":\"^[a-z][a-z0-9-]{0,62}$\"},\"ServiceProtocol\":{\"type\":\"string\",\"description\":\"Protocol the service's instances speak.\",\"enum\":[\"http\",\"https\",\"grpc\"]},\"ServiceRegistration\":{\"type\":\"object\",\"description\":\"A service to register. Omitted fields take their defaults; without `health_check` the service gets `{path: /health, interval_seconds: 10, timeout_ms: 2000, healthy_threshold: 2, unhealthy_threshold: 3}`.\",\"additionalProperties\":false,\"required\":[\"name\",\"version\"],\"properties\":{\"name\":{\"$ref\":\"#/$defs/ServiceName\"},\"version\":{\"$ref\":\"#/$defs/SemanticVersion\"},\"description\":{\"type\":\"string\",\"description\":\"What the service does.\",\"maxLength\":1024},\"tags\":{\"$ref\":\"#/$defs/Tags\"},\"metadata\":{\"$ref\":\"#/$defs/Metadata\"},\"owner\":{\"type\":\"string\",\"description\":\"Team or person responsible for the service.\",\"minLength\":1,\"maxLength\":128},\"protocol\":{\"$ref\":\"#/$defs/ServiceProtocol\"},\"health_check\":{\"$ref\":\"#/$defs/ServiceHealthCheck\"}}},\"Tags\":{\"type\":\"array\",\"description\":\"Labels for filtering (services) and for discovery (instances, e.g. `canary`); unique, at most 32.\",\"maxItems\":32,\"uniqueItems\":true,\"items\":{\"type\":\"string\",\"minLength\":1,\"maxLength\":32,\"pattern\":\"^[a-z][a-z0-9-]{0,31}$\"}}}}",
     ),
@@ -478,8 +498,16 @@ pub static REGISTER_SERVICE: rt::OperationSpec = rt::OperationSpec::new(
 pub struct RegisterServiceRequest {
     /// Who is calling: the principal the bearer token was authenticated as.
     pub principal: rt::Principal,
+    /// `Idempotency-Key` (header parameter). A key the client makes unique per request (a UUID, say) so that the request can be retried safely: for 24 hours, the same caller sending the same key and body gets the first answer again, and the same key with a different body is refused with 422. 8 to 255 visible ASCII characters.
+    pub idempotency_key: ::std::option::Option<::std::string::String>,
     /// The request body, already validated against the contract.
     pub body: types::ServiceRegistration,
+}
+#[derive(::serde::Deserialize)]
+struct RegisterServiceParams {
+    #[serde(rename = "Idempotency-Key")]
+    #[serde(default)]
+    idempotency_key: ::std::option::Option<::std::string::String>,
 }
 /// Every response `registerService` documents, one variant per status.
 #[derive(Debug, Clone)]
@@ -3457,10 +3485,15 @@ async fn handle_register_service<A: ServiceMeshApi>(
                 |token| api.authenticate(token),
             )
             .await?;
-        rt::reject_query(&REGISTER_SERVICE, &parts)?;
+        let params: RegisterServiceParams = rt::extract_params(
+            &REGISTER_SERVICE,
+            &parts,
+            None,
+        )?;
         let body = rt::json_body(&REGISTER_SERVICE, &parts, body).await?;
         api.register_service(RegisterServiceRequest {
                 principal,
+                idempotency_key: params.idempotency_key,
                 body,
             })
             .await

@@ -2,8 +2,10 @@
 //! the [`Registry`] and its result into the contract's response. No SQL and no rules live
 //! here; [`RegistryError`] is mapped to statuses in one place, [`api_error`].
 
+use crate::registry::Idempotency;
 use crate::registry::{Page, Registry, RegistryError};
-use crate::store::Backend;
+use crate::store::{Backend, StoreError};
+use axum::http::StatusCode;
 use pake_api_runtime::{ApiError, Principal};
 use pake_mesh_server::*;
 use pake_observe::Metrics;
@@ -42,9 +44,28 @@ pub fn api_error(error: RegistryError) -> ApiError {
         RegistryError::PreconditionFailed(message) => ApiError::precondition_failed(message),
         RegistryError::Invalid(message) => ApiError::unprocessable(message),
         RegistryError::BadCursor(message) => ApiError::bad_request("invalid_cursor", message),
+        RegistryError::Unavailable(StoreError::Down) => ApiError::unavailable(
+            "the registry store is unavailable: it stopped answering, and requests that need it fail at once \
+             until it answers again",
+            RETRY_AFTER_SECONDS,
+        ),
         RegistryError::Unavailable(source) => {
             tracing::warn!(error = %source, "store unavailable");
             ApiError::unavailable("the registry store is unavailable", RETRY_AFTER_SECONDS)
+        }
+        RegistryError::OutcomeUnknown(source) => {
+            tracing::warn!(error = %source, "store lost while committing a write");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                "the registry store stopped answering while this write was committing, so it may or may not have \
+                 been applied: read the resource back before retrying, or retry registerService with the same \
+                 Idempotency-Key",
+            )
+            .with_retry_after(RETRY_AFTER_SECONDS)
+        }
+        RegistryError::KeyReused(message) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
         }
         RegistryError::Internal(source) => ApiError::internal(source.as_ref()),
     }
@@ -97,7 +118,12 @@ impl ServiceMeshApi for RegistryApi {
 
     async fn get_readiness(&self, _request: GetReadinessRequest) -> Result<GetReadinessResponse, ApiError> {
         let started = std::time::Instant::now();
-        let ping = tokio::time::timeout(Duration::from_secs(1), self.registry.store().ping()).await;
+        let ping = if self.registry.breaker().is_open() {
+            // Known to be down: say so at once rather than wait for the ping to time out.
+            Ok(Err(StoreError::Down))
+        } else {
+            tokio::time::timeout(Duration::from_secs(1), self.registry.store().ping()).await
+        };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let component = match self.registry.store().backend() {
             Backend::Postgres => "postgres",
@@ -132,7 +158,11 @@ impl ServiceMeshApi for RegistryApi {
     }
 
     async fn register_service(&self, request: RegisterServiceRequest) -> Result<RegisterServiceResponse, ApiError> {
-        let service = self.registry.register_service(request.body).await.map_err(api_error)?;
+        let idempotency = request
+            .idempotency_key
+            .as_deref()
+            .map(|key| Idempotency { owner: request.principal.subject.as_str(), key });
+        let service = self.registry.register_service(request.body, idempotency).await.map_err(api_error)?;
         Ok(RegisterServiceResponse::Created { location: format!("/api/v1/services/{}", service.id), body: service })
     }
 

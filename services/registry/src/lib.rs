@@ -10,6 +10,7 @@
 //! report through heartbeats), route traffic (the gateway does, from the snapshot).
 
 pub mod api;
+pub mod breaker;
 pub mod cursor;
 pub mod graph;
 pub mod model;

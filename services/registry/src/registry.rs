@@ -5,11 +5,12 @@
 //! Every write refreshes this replica's snapshot before it returns, so a client reads its
 //! own writes from any operation; other replicas catch up through change notifications.
 
+use crate::breaker::{StoreBreaker, probe_loop};
 use crate::cursor;
 use crate::graph;
 use crate::model::{ConfigKey, InstanceRecord, ServiceData, build, default_policy};
 use crate::snapshot::{Snapshot, SnapshotCell};
-use crate::store::{Store, StoreError};
+use crate::store::{IDEMPOTENCY_KEY_CONSTRAINT, IdempotencyRecord, IdempotentAnswer, Store, StoreError};
 use pake_mesh_server::types;
 use serde_json::json;
 use std::sync::Arc;
@@ -32,6 +33,12 @@ pub enum RegistryError {
     BadCursor(String),
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
+    /// The store went away while the write was committing.
+    #[error("the outcome of the write is unknown")]
+    OutcomeUnknown(#[source] StoreError),
+    /// An idempotency key reused for a different request.
+    #[error("{0}")]
+    KeyReused(String),
     #[error("registry failure")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -39,7 +46,8 @@ pub enum RegistryError {
 impl From<StoreError> for RegistryError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => RegistryError::Unavailable(error),
+            StoreError::Unavailable(_) | StoreError::Down => RegistryError::Unavailable(error),
+            StoreError::OutcomeUnknown(_) => RegistryError::OutcomeUnknown(error),
             StoreError::NotFound => RegistryError::NotFound("not found".into()),
             other => RegistryError::Internal(Box::new(other)),
         }
@@ -57,12 +65,24 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 /// How often expired instances are marked critical and overdue ones removed. Discovery
 /// does not wait for it (it compares expiry with the clock); blocking queries do.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the whole snapshot is reloaded regardless of notifications.
+/// How often the whole snapshot is reloaded regardless of notifications (and expired
+/// idempotency keys forgotten).
 const FULL_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const REGISTER_SERVICE: &str = "registerService";
+
+/// A write's `Idempotency-Key` and whose it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    pub owner: &'a str,
+    pub key: &'a str,
+}
 
 pub struct Registry {
     store: Store,
     snapshot: Arc<SnapshotCell>,
+    breaker: Arc<StoreBreaker>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -101,18 +121,49 @@ impl Registry {
     pub async fn start(store: Store) -> Result<Registry> {
         let snapshot = Arc::new(SnapshotCell::new());
         snapshot.reload_all(&store).await?;
+        let breaker = Arc::new(StoreBreaker::new());
         let mut tasks = vec![
-            tokio::spawn(reap_loop(store.clone(), snapshot.clone())),
-            tokio::spawn(reload_loop(store.clone(), snapshot.clone())),
+            tokio::spawn(reap_loop(store.clone(), snapshot.clone(), breaker.clone())),
+            tokio::spawn(reload_loop(store.clone(), snapshot.clone(), breaker.clone())),
+            tokio::spawn(probe_loop(breaker.clone(), store.clone(), snapshot.clone())),
         ];
         if store.postgres_pool().is_some() {
             tasks.push(tokio::spawn(listen_loop(store.clone(), snapshot.clone())));
         }
-        Ok(Registry { store, snapshot, tasks })
+        Ok(Registry { store, snapshot, breaker, tasks })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The breaker in front of the store: open while the store is known to be unreachable.
+    pub fn breaker(&self) -> &StoreBreaker {
+        &self.breaker
+    }
+
+    /// A store call on a request's path: refused at once while the breaker is open, and
+    /// opening it when the store turns out to be unreachable.
+    async fn guard<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<T, StoreError>>,
+    ) -> std::result::Result<T, StoreError> {
+        self.breaker.guard(call).await
+    }
+
+    /// After a committed write, refreshes this replica's view of the service and returns
+    /// it. The write stands whatever happens here, so a failure is logged and `None`
+    /// returned, and the write answers its success from what it wrote; the snapshot
+    /// catches up when the store answers again (the breaker's probe reloads it) or at the
+    /// next periodic reload.
+    async fn refresh_after_commit(&self, id: Uuid) -> Option<Arc<ServiceData>> {
+        match self.guard(self.snapshot.refresh_service(&self.store, id)).await {
+            Ok(()) => self.snapshot().service(id).cloned(),
+            Err(error) => {
+                tracing::warn!(%error, service = %id, "a committed write could not refresh the snapshot");
+                None
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -123,18 +174,40 @@ impl Registry {
         &self.snapshot
     }
 
-    async fn refreshed(&self, id: Uuid) -> Result<Arc<ServiceData>> {
-        self.snapshot.refresh_service(&self.store, id).await?;
-        self.snapshot().service(id).cloned().ok_or_else(|| not_found_service(id))
-    }
-
     fn service_data(&self, id: Uuid) -> Result<Arc<ServiceData>> {
         self.snapshot().service(id).cloned().ok_or_else(|| not_found_service(id))
     }
 
-    pub async fn register_service(&self, registration: types::ServiceRegistration) -> Result<types::Service> {
+    /// Registers a service. With an idempotency key, a retry of the same request within
+    /// [`IDEMPOTENCY_KEY_LIFETIME`] answers what the first answered, and a different
+    /// request under the key is refused.
+    pub async fn register_service(
+        &self,
+        registration: types::ServiceRegistration,
+        idempotency: Option<Idempotency<'_>>,
+    ) -> Result<types::Service> {
         let now = chrono::Utc::now();
         let mut doc = serde_json::to_value(&registration)?;
+        let request = canonical_json(&doc);
+        let expired_before_ms = now.timestamp_millis() - IDEMPOTENCY_KEY_LIFETIME.as_millis() as i64;
+        let earlier = |answer: Option<IdempotentAnswer>| -> Result<types::Service> {
+            match answer {
+                Some(answer) if answer.request == request => Ok(serde_json::from_value(answer.response)?),
+                Some(_) => Err(RegistryError::KeyReused(
+                    "this Idempotency-Key was used for a different registration; use a new key for a new request"
+                        .into(),
+                )),
+                None => Err(RegistryError::Conflict(
+                    "a request with this Idempotency-Key was being processed; retry it".into(),
+                )),
+            }
+        };
+        if let Some(Idempotency { owner, key }) = idempotency
+            && let Some(answer) =
+                self.guard(self.store.idempotent_answer(owner, REGISTER_SERVICE, key, expired_before_ms)).await?
+        {
+            return earlier(Some(answer));
+        }
         let object = doc.as_object_mut().expect("a registration is an object");
         let id = Uuid::new_v4();
         object.insert("id".into(), json!(id));
@@ -151,7 +224,25 @@ impl Registry {
         object.insert("revision".into(), json!(1));
         let service: types::Service = build(doc)?;
         let policy = default_policy(&service)?;
-        match self.store.register_service(&service, &policy).await {
+        let record = match idempotency {
+            Some(Idempotency { owner, key }) => Some(IdempotencyRecord {
+                owner: owner.to_string(),
+                operation: REGISTER_SERVICE,
+                key: key.to_string(),
+                request: request.clone(),
+                response: serde_json::to_value(&service)?,
+                expired_before_ms,
+            }),
+            None => None,
+        };
+        match self.guard(self.store.register_service(&service, &policy, record.as_ref())).await {
+            Err(StoreError::Conflict(IDEMPOTENCY_KEY_CONSTRAINT)) => {
+                // Another request under the key committed first: answer as it did.
+                let Some(Idempotency { owner, key }) = idempotency else { unreachable!("no key, no key conflict") };
+                let answer =
+                    self.guard(self.store.idempotent_answer(owner, REGISTER_SERVICE, key, expired_before_ms)).await?;
+                return earlier(answer);
+            }
             Err(StoreError::Conflict(_)) => {
                 return Err(RegistryError::Conflict(format!(
                     "a service named {} is already registered",
@@ -160,7 +251,7 @@ impl Registry {
             }
             other => other?,
         };
-        Ok(self.refreshed(service.id).await?.service.clone())
+        Ok(self.refresh_after_commit(service.id).await.map_or(service, |data| data.service.clone()))
     }
 
     pub fn list_services(
@@ -197,7 +288,7 @@ impl Registry {
     ) -> Result<types::Service> {
         // Read the current document from the store, not the snapshot, so the revision
         // check is against what is committed.
-        let current = self.store.load_service(id).await?.ok_or_else(|| not_found_service(id))?;
+        let current = self.guard(self.store.load_service(id)).await?.ok_or_else(|| not_found_service(id))?;
         let revision = current.service.revision.get() as i64;
         if let Some(expected) = if_match
             && expected != revision
@@ -217,7 +308,7 @@ impl Registry {
         object.insert("updated_at".into(), json!(chrono::Utc::now()));
         object.insert("revision".into(), json!(revision + 1));
         let service: types::Service = build(doc)?;
-        match self.store.update_service(&service, revision).await {
+        match self.guard(self.store.update_service(&service, revision)).await {
             Err(StoreError::Stale { expected, actual }) => {
                 return Err(RegistryError::PreconditionFailed(format!(
                     "the service changed concurrently (revision {expected} is now {actual}); read it again"
@@ -225,15 +316,15 @@ impl Registry {
             }
             other => other?,
         }
-        Ok(self.refreshed(id).await?.service.clone())
+        Ok(self.refresh_after_commit(id).await.map_or(service, |data| data.service.clone()))
     }
 
     pub async fn deregister_service(&self, id: Uuid) -> Result<()> {
-        match self.store.deregister_service(id).await {
+        match self.guard(self.store.deregister_service(id)).await {
             Err(StoreError::NotFound) => return Err(not_found_service(id)),
             other => other?,
         }
-        self.snapshot.refresh_service(&self.store, id).await?;
+        self.refresh_after_commit(id).await;
         Ok(())
     }
 
@@ -258,7 +349,7 @@ impl Registry {
         object.entry("health_url").or_insert(json!(null));
         object.insert("registered_at".into(), json!(chrono::Utc::now()));
         let record = InstanceRecord::from_parts(doc, "passing", None, None, now + ttl_ms)?;
-        match self.store.register_instance(&record).await {
+        match self.guard(self.store.register_instance(&record)).await {
             Err(StoreError::Conflict(_)) => {
                 return Err(RegistryError::Conflict(format!(
                     "an instance at {}:{} is already registered for {}",
@@ -268,7 +359,7 @@ impl Registry {
             Err(StoreError::NotFound) => return Err(not_found_service(service_id)),
             other => other?,
         };
-        self.snapshot.refresh_service(&self.store, service_id).await?;
+        self.refresh_after_commit(service_id).await;
         Ok(record.effective(now_ms()))
     }
 
@@ -304,11 +395,11 @@ impl Registry {
     }
 
     pub async fn deregister_instance(&self, service_id: Uuid, instance_id: Uuid) -> Result<()> {
-        match self.store.deregister_instance(service_id, instance_id).await {
+        match self.guard(self.store.deregister_instance(service_id, instance_id)).await {
             Err(StoreError::NotFound) => return Err(not_found_instance(instance_id)),
             other => other?,
         }
-        self.snapshot.refresh_service(&self.store, service_id).await?;
+        self.refresh_after_commit(service_id).await;
         Ok(())
     }
 
@@ -327,11 +418,11 @@ impl Registry {
             .ok_or_else(|| not_found_instance(instance_id))?;
         let status = heartbeat.status.to_string();
         let output = heartbeat.output.as_ref().map(|o| o.as_str());
-        let record = match self.store.heartbeat(service_id, instance_id, &status, output, ttl_ms).await {
+        let record = match self.guard(self.store.heartbeat(service_id, instance_id, &status, output, ttl_ms)).await {
             Err(StoreError::NotFound) => return Err(not_found_instance(instance_id)),
             other => other?,
         };
-        self.snapshot.refresh_service(&self.store, service_id).await?;
+        self.refresh_after_commit(service_id).await;
         Ok(record.effective(now_ms()))
     }
 
@@ -423,7 +514,7 @@ impl Registry {
             "description": create.description,
             "created_at": chrono::Utc::now(),
         }))?;
-        match self.store.add_dependency(&dependency).await {
+        match self.guard(self.store.add_dependency(&dependency)).await {
             Err(StoreError::Conflict(_)) => {
                 return Err(RegistryError::Conflict(format!(
                     "{} already depends on {}",
@@ -433,7 +524,7 @@ impl Registry {
             Err(StoreError::NotFound) => return Err(not_found_service(service_id)),
             other => other?,
         }
-        self.snapshot.refresh_service(&self.store, service_id).await?;
+        self.refresh_after_commit(service_id).await;
         Ok(dependency)
     }
 
@@ -447,11 +538,11 @@ impl Registry {
     }
 
     pub async fn delete_dependency(&self, service_id: Uuid, id: Uuid) -> Result<()> {
-        match self.store.delete_dependency(service_id, id).await {
+        match self.guard(self.store.delete_dependency(service_id, id)).await {
             Err(StoreError::NotFound) => return Err(RegistryError::NotFound(format!("no dependency {id}"))),
             other => other?,
         }
-        self.snapshot.refresh_service(&self.store, service_id).await?;
+        self.refresh_after_commit(service_id).await;
         Ok(())
     }
 
@@ -475,7 +566,8 @@ impl Registry {
         spec: types::TrafficPolicySpec,
         if_match: Option<i64>,
     ) -> Result<types::TrafficPolicy> {
-        let current = self.store.load_service(service_id).await?.ok_or_else(|| not_found_service(service_id))?;
+        let current =
+            self.guard(self.store.load_service(service_id)).await?.ok_or_else(|| not_found_service(service_id))?;
         let revision = current.policy.revision.get() as i64;
         if let Some(expected) = if_match
             && expected != revision
@@ -494,7 +586,7 @@ impl Registry {
         object.insert("updated_at".into(), json!(chrono::Utc::now()));
         object.insert("revision".into(), json!(revision + 1));
         let policy: types::TrafficPolicy = build(doc)?;
-        match self.store.replace_policy(&policy, revision).await {
+        match self.guard(self.store.replace_policy(&policy, revision)).await {
             Err(StoreError::Stale { expected, actual }) => {
                 return Err(RegistryError::PreconditionFailed(format!(
                     "the policy changed concurrently (revision {expected} is now {actual}); read it again"
@@ -502,7 +594,7 @@ impl Registry {
             }
             other => other?,
         }
-        Ok(self.refreshed(service_id).await?.policy.clone())
+        Ok(self.refresh_after_commit(service_id).await.map_or(policy, |data| data.policy.clone()))
     }
 
     /// Configuration belongs to registered services.
@@ -523,10 +615,14 @@ impl Registry {
     ) -> Result<Page<types::ConfigEntry>> {
         let key = self.config_key(service, environment, None)?;
         let after = after.map(cursor::decode).transpose()?;
-        let items = self
-            .store
-            .list_config(&key.service, &key.environment, prefix.unwrap_or(""), after.as_deref(), limit as i64 + 1)
-            .await?;
+        let listed = self.store.list_config(
+            &key.service,
+            &key.environment,
+            prefix.unwrap_or(""),
+            after.as_deref(),
+            limit as i64 + 1,
+        );
+        let items = self.guard(listed).await?;
         Ok(page(items, limit, |entry| entry.key.to_string()))
     }
 
@@ -537,7 +633,7 @@ impl Registry {
         key: &str,
     ) -> Result<types::ConfigEntry> {
         let key = self.config_key(service, environment, Some(key))?;
-        self.store.get_config(&key).await?.ok_or_else(|| not_found_key(&key))
+        self.guard(self.store.get_config(&key)).await?.ok_or_else(|| not_found_key(&key))
     }
 
     pub async fn put_config(
@@ -557,7 +653,7 @@ impl Registry {
             (body, header) => body.or(header),
         };
         let description = write.description.as_ref().map(|d| d.as_str());
-        match self.store.put_config(&key, write.value.as_str(), description, expected, changed_by).await {
+        match self.guard(self.store.put_config(&key, write.value.as_str(), description, expected, changed_by)).await {
             Ok(entry) => Ok(entry),
             Err(StoreError::Stale { expected, actual }) if if_match.is_some() && write.expected_version.is_none() => {
                 Err(RegistryError::PreconditionFailed(stale_message(expected, actual)))
@@ -581,7 +677,7 @@ impl Registry {
         changed_by: &str,
     ) -> Result<()> {
         let key = self.config_key(service, environment, Some(key))?;
-        match self.store.delete_config(&key, expected, changed_by).await {
+        match self.guard(self.store.delete_config(&key, expected, changed_by)).await {
             Ok(()) => Ok(()),
             Err(StoreError::NotFound) => Err(not_found_key(&key)),
             Err(StoreError::Stale { expected, actual }) => {
@@ -609,7 +705,7 @@ impl Registry {
             }
             None => None,
         };
-        let items = self.store.config_history(&key, before, limit as i64 + 1).await?;
+        let items = self.guard(self.store.config_history(&key, before, limit as i64 + 1)).await?;
         if items.is_empty() && before.is_none() {
             return Err(not_found_key(&key));
         }
@@ -643,12 +739,17 @@ fn not_found_key(key: &ConfigKey) -> RegistryError {
 
 /// Marks lapsed instances critical and removes those past their critical period. Every
 /// replica runs it; the conditional updates make the work idempotent.
-async fn reap_loop(store: Store, snapshot: Arc<SnapshotCell>) {
+/// While the store's breaker is open it waits for the probe; a failure that says the store
+/// is unreachable opens the breaker, so requests fail fast even before one has tried.
+async fn reap_loop(store: Store, snapshot: Arc<SnapshotCell>, breaker: Arc<StoreBreaker>) {
     let mut interval = tokio::time::interval(REAP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         interval.tick().await;
+        if breaker.is_open() {
+            continue;
+        }
         let result = async {
             let mut touched = store.expire_instances().await?;
             touched.extend(store.reap_instances().await?);
@@ -660,6 +761,7 @@ async fn reap_loop(store: Store, snapshot: Arc<SnapshotCell>) {
             Ok::<(), StoreError>(())
         }
         .await;
+        breaker.record(&result);
         match result {
             Ok(()) if failing => {
                 tracing::info!("instance expiry is running again");
@@ -675,16 +777,40 @@ async fn reap_loop(store: Store, snapshot: Arc<SnapshotCell>) {
     }
 }
 
-/// Reloads everything now and then, so that no missed notification lasts.
-async fn reload_loop(store: Store, snapshot: Arc<SnapshotCell>) {
+/// Reloads everything now and then, so that no missed notification lasts, and forgets
+/// idempotency keys past their lifetime. Skipped while the store's breaker is open.
+async fn reload_loop(store: Store, snapshot: Arc<SnapshotCell>, breaker: Arc<StoreBreaker>) {
     let mut interval = tokio::time::interval(FULL_RELOAD_INTERVAL);
     interval.tick().await;
     loop {
         interval.tick().await;
-        if let Err(error) = snapshot.reload_all(&store).await {
+        if let Err(error) = breaker.guard(snapshot.reload_all(&store)).await {
             tracing::debug!(%error, "periodic snapshot reload failed");
         }
+        let expired_before_ms = now_ms() - IDEMPOTENCY_KEY_LIFETIME.as_millis() as i64;
+        if let Err(error) = breaker.guard(store.purge_idempotency_keys(expired_before_ms)).await {
+            tracing::debug!(%error, "forgetting expired idempotency keys failed");
+        }
     }
+}
+
+/// `value` as JSON text with every object's members sorted by name: two requests that
+/// mean the same compare equal as text, whatever order their members came in.
+fn canonical_json(value: &serde_json::Value) -> String {
+    fn sorted(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(members) => {
+                let mut names: Vec<&String> = members.keys().collect();
+                names.sort();
+                serde_json::Value::Object(
+                    names.into_iter().map(|name| (name.clone(), sorted(&members[name]))).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
 }
 
 /// Follows `NOTIFY`s from every replica. A lost connection may have dropped

@@ -38,13 +38,45 @@ pub enum StoreError {
     /// A compare-and-set lost: the stored version is `actual`.
     #[error("expected version {expected} but the current version is {actual}")]
     Stale { expected: i64, actual: i64 },
-    /// The database cannot be reached; the caller should retry later.
+    /// The database cannot be reached; nothing was written and the caller should retry
+    /// later.
     #[error("the store is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The store was found unreachable a moment ago and has not answered a probe since:
+    /// refused without trying (see `crate::breaker`).
+    #[error("the store is unreachable; failing fast until it answers again")]
+    Down,
+    /// The connection failed while a write was committing: it may or may not have been
+    /// applied.
+    #[error("the store failed while committing; the write may or may not have been applied: {0}")]
+    OutcomeUnknown(#[source] sqlx::Error),
     #[error("store failure: {0}")]
     Internal(#[source] sqlx::Error),
     #[error("stored document is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
+}
+
+impl StoreError {
+    /// Whether the error says the store cannot be reached (rather than refusing one
+    /// statement): what opens the breaker.
+    pub fn store_is_down(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_) | StoreError::Down)
+    }
+
+    /// The error of a `COMMIT`: losing the store there leaves the outcome unknown.
+    fn at_commit(error: sqlx::Error) -> StoreError {
+        match StoreError::from(error) {
+            StoreError::Unavailable(source) => StoreError::OutcomeUnknown(source),
+            other => other,
+        }
+    }
+}
+
+/// SQLSTATEs that say the server or the connection went away, not that a statement was
+/// refused: class 08 (connection exception), 57P01–57P03 (administrator shutdown, crash
+/// shutdown, cannot connect now), 53300 (too many connections).
+fn connection_lost(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 /// Which backend, for the few statements that differ.
@@ -119,6 +151,14 @@ macro_rules! record_history {
             .execute($tx)
             .await?;
     }};
+}
+
+/// Commits a write transaction; a connection lost during the commit is
+/// [`StoreError::OutcomeUnknown`], since the server may have committed before it went.
+macro_rules! commit_write {
+    ($tx:expr) => {
+        $tx.commit().await.map_err(StoreError::at_commit)?
+    };
 }
 
 /// Increments the registry index inside a transaction and evaluates to the new value.
@@ -208,7 +248,35 @@ const CONSTRAINTS: &[(&str, &str)] = &[
     ("gateway_rate_limit_policies_name_key", "gateway_rate_limit_policies.name"),
     ("gateway_api_clients_client_id_key", "gateway_api_clients.client_id"),
     ("gateway_api_clients_name_key", "gateway_api_clients.tenant, gateway_api_clients.name"),
+    (
+        IDEMPOTENCY_KEY_CONSTRAINT,
+        "registry_idempotency_keys.owner, registry_idempotency_keys.operation, registry_idempotency_keys.key",
+    ),
 ];
+
+/// The constraint a second write under one idempotency key runs into.
+pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "registry_idempotency_keys_pkey";
+
+/// A write's idempotency key, recorded in the write's own transaction with the request
+/// (canonical JSON) and the answer a retry with the same key and request replays.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    /// Whose key: the caller's subject, so that callers cannot collide.
+    pub owner: String,
+    pub operation: &'static str,
+    pub key: String,
+    pub request: String,
+    pub response: Value,
+    /// Records created before this (epoch ms) have expired and are replaced.
+    pub expired_before_ms: i64,
+}
+
+/// What an earlier write under a key asked for and answered.
+#[derive(Debug, Clone)]
+pub struct IdempotentAnswer {
+    pub request: String,
+    pub response: Value,
+}
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
@@ -219,6 +287,9 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(db) if db.code().is_some_and(|code| connection_lost(&code)) => {
+                StoreError::Unavailable(error)
+            }
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 let named = db.constraint().map(str::to_string).unwrap_or_default();
                 let message = db.message().to_string();
@@ -245,6 +316,11 @@ fn postgres_migrator() -> sqlx::migrate::Migrator {
         (2, "gateway routes", include_str!("../../../migrations/postgres/0002_gateway_routes.sql")),
         (3, "gateway policies", include_str!("../../../migrations/postgres/0003_gateway_policies.sql")),
         (4, "route merge_slashes", include_str!("../../../migrations/postgres/0004_route_merge_slashes.sql")),
+        (
+            5,
+            "registry idempotency keys",
+            include_str!("../../../migrations/postgres/0005_registry_idempotency_keys.sql"),
+        ),
     ])
 }
 
@@ -254,6 +330,7 @@ fn sqlite_migrator() -> sqlx::migrate::Migrator {
         (2, "gateway routes", include_str!("../../../migrations/sqlite/0002_gateway_routes.sql")),
         (3, "gateway policies", include_str!("../../../migrations/sqlite/0003_gateway_policies.sql")),
         (4, "route merge_slashes", include_str!("../../../migrations/sqlite/0004_route_merge_slashes.sql")),
+        (5, "registry idempotency keys", include_str!("../../../migrations/sqlite/0005_registry_idempotency_keys.sql")),
     ])
 }
 
@@ -391,13 +468,41 @@ impl Store {
         })
     }
 
+    /// Registers a service with its default policy and, with `idempotency`, records the key
+    /// in the same transaction (an expired record under the key is replaced; a live one is
+    /// [`StoreError::Conflict`] on [`IDEMPOTENCY_KEY_CONSTRAINT`]).
     pub async fn register_service(
         &self,
         service: &types::Service,
         policy: &types::TrafficPolicy,
+        idempotency: Option<&IdempotencyRecord>,
     ) -> Result<i64, StoreError> {
         with_pool!(self, |pool, backend| {
             let mut tx = begin_write!(pool, backend);
+            if let Some(record) = idempotency {
+                sqlx::query(
+                    "DELETE FROM registry_idempotency_keys \
+                     WHERE owner = $1 AND operation = $2 AND key = $3 AND created_at_ms < $4",
+                )
+                .bind(&record.owner)
+                .bind(record.operation)
+                .bind(&record.key)
+                .bind(record.expired_before_ms)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO registry_idempotency_keys (owner, operation, key, request, response, created_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&record.owner)
+                .bind(record.operation)
+                .bind(&record.key)
+                .bind(&record.request)
+                .bind(Json(&record.response))
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
             let index = bump_index!(&mut *tx);
             sqlx::query("INSERT INTO services (id, name, doc, revision, change_index) VALUES ($1, $2, $3, $4, $5)")
                 .bind(service.id)
@@ -414,8 +519,43 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             notify!(&mut *tx, backend, service.id);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(index)
+        })
+    }
+
+    /// The live record under an idempotency key (created at or after
+    /// `expired_before_ms`), if any.
+    pub async fn idempotent_answer(
+        &self,
+        owner: &str,
+        operation: &str,
+        key: &str,
+        expired_before_ms: i64,
+    ) -> Result<Option<IdempotentAnswer>, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let row: Option<(String, Json<Value>)> = sqlx::query_as(
+                "SELECT request, response FROM registry_idempotency_keys \
+                 WHERE owner = $1 AND operation = $2 AND key = $3 AND created_at_ms >= $4",
+            )
+            .bind(owner)
+            .bind(operation)
+            .bind(key)
+            .bind(expired_before_ms)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(|(request, Json(response))| IdempotentAnswer { request, response }))
+        })
+    }
+
+    /// Forgets idempotency keys created before `expired_before_ms`; returns how many.
+    pub async fn purge_idempotency_keys(&self, expired_before_ms: i64) -> Result<u64, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let done = sqlx::query("DELETE FROM registry_idempotency_keys WHERE created_at_ms < $1")
+                .bind(expired_before_ms)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
         })
     }
 
@@ -446,7 +586,7 @@ impl Store {
                 });
             }
             notify!(&mut *tx, backend, service.id);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(())
         })
     }
@@ -466,7 +606,7 @@ impl Store {
             sqlx::query("DELETE FROM config_entries WHERE service = $1").bind(&name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM config_history WHERE service = $1").bind(&name).execute(&mut *tx).await?;
             notify!(&mut *tx, backend, id);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(())
         })
     }
@@ -495,7 +635,7 @@ impl Store {
             .await?;
             touch_service!(&mut *tx, instance.service_id, index);
             notify!(&mut *tx, backend, instance.service_id);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(index)
         })
     }
@@ -543,7 +683,7 @@ impl Store {
                 touch_service!(&mut *tx, service_id, index);
             }
             notify!(&mut *tx, backend, service_id);
-            tx.commit().await?;
+            commit_write!(tx);
             instance_record(row)
         })
     }
@@ -570,7 +710,7 @@ impl Store {
             }
             touch_service!(&mut *tx, service_id, index);
             notify!(&mut *tx, backend, service_id);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(())
         })
     }
@@ -607,7 +747,7 @@ impl Store {
                     notify!(&mut *tx, backend, *id);
                 }
             }
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(services)
         })
     }
@@ -625,7 +765,7 @@ impl Store {
                 .await?;
             touch_service!(&mut *tx, dependency.service_id, index);
             notify!(&mut *tx, backend, dependency.service_id);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(())
         })
     }
@@ -666,7 +806,7 @@ impl Store {
             }
             touch_service!(&mut *tx, policy.service_id, index);
             notify!(&mut *tx, backend, policy.service_id);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(())
         })
     }
@@ -781,7 +921,7 @@ impl Store {
             }
             let history = key.history("put", Some(value), description, version, now, changed_by)?;
             record_history!(&mut *tx, key, version, history);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(entry)
         })
     }
@@ -826,7 +966,7 @@ impl Store {
             let version = actual.max(last_history_version!(&mut *tx, key)) + 1;
             let history = key.history("delete", None, None, version, chrono::Utc::now(), changed_by)?;
             record_history!(&mut *tx, key, version, history);
-            tx.commit().await?;
+            commit_write!(tx);
             Ok(())
         })
     }
