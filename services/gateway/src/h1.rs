@@ -30,7 +30,6 @@ use axum::response::{IntoResponse, Response};
 use pake_mesh_server::types as mesh;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -398,7 +397,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let upstream_path = located.upstream_path();
     let head_request = method == Method::HEAD;
     loop {
-        let attempt = match tries.next(started) {
+        let mut attempt = match tries.next(started) {
             Ok(attempt) => attempt,
             Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
         };
@@ -417,25 +416,26 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&conn.forwarded);
 
-        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Counted in flight until the answer's head, or the try's end however it ends.
+        let busy = upstream.busy();
         let exchanged = exchange(conn, &upstream.address, head_request, idempotent, close, attempt.now);
         let result = tokio::time::timeout_at(attempt.deadline.into(), exchanged).await;
-        upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(busy);
         let failure = match TryFailure::check(result, settings.service.as_str()) {
             Ok(answer) => {
                 let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                if tries.answered(&attempt, status) {
+                if tries.answered(&mut attempt, status) {
                     continue;
                 }
                 route.metrics.record(status, started.elapsed());
                 let idle = Duration::from_millis(settings.timeout_ms.get());
-                let relayed = relay(conn, answer, &upstream.address, idle).await;
+                let relayed = relay(conn, answer, &attempt.upstream.address, idle).await;
                 if status.is_server_error() {
                     // Counted when it arrived.
                 } else if relayed == Err(Broke::Upstream) {
-                    tries.broke_off(&attempt);
+                    tries.broke_off(&mut attempt);
                 } else {
-                    tries.settled(&attempt);
+                    tries.settled(&mut attempt);
                 }
                 return match relayed {
                     Ok(()) if !close => Step::Next,
@@ -444,7 +444,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
             }
             Err(failure) => failure,
         };
-        if let Err(refused) = tries.failed(&attempt, failure) {
+        if let Err(refused) = tries.failed(&mut attempt, failure) {
             return refuse(conn, route, refused.into_response(), started, close).await;
         }
     }

@@ -19,7 +19,7 @@
 use crate::connections::{self, SendFailure};
 use crate::edge::{Edge, PolicyTable};
 use crate::routes::{Match, RouteTable};
-use crate::upstream::{Outcome, Upstream, Upstreams};
+use crate::upstream::{Admission, Outcome, Upstream, Upstreams};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::body::HttpBody;
@@ -69,7 +69,7 @@ struct RouteCacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct UpstreamLabels {
+struct UpstreamLabels {
     service: String,
     outcome: String,
 }
@@ -240,7 +240,8 @@ fn pick(
     candidates: &[&mesh::Instance],
     policy: &mesh::TrafficPolicy,
     tried: &[uuid::Uuid],
-) -> Result<(Arc<Upstream>, mesh::InstanceScheme), u64> {
+    deadline: Instant,
+) -> Result<(Arc<Upstream>, mesh::InstanceScheme, bool), u64> {
     // The pool: untried candidates, or all of them once every one has been tried. A first
     // try (nothing tried) uses the candidates as they are.
     let untried;
@@ -291,8 +292,10 @@ fn pick(
     let ejected = upstreams.iter().filter(|u| u.is_ejected()).count();
     let honour_ejection = ejected * 100 <= n * policy.outlier_detection.max_ejection_percent as usize;
     for k in (0..n).map(order) {
-        if upstreams[k].admit(&policy.circuit_breaker, honour_ejection) {
-            return Ok((upstreams[k].clone(), pool[k].scheme));
+        match upstreams[k].admit(&policy.circuit_breaker, honour_ejection, deadline) {
+            Admission::Refused => continue,
+            Admission::Admitted => return Ok((upstreams[k].clone(), pool[k].scheme, false)),
+            Admission::Probe => return Ok((upstreams[k].clone(), pool[k].scheme, true)),
         }
     }
     Err(upstreams.iter().map(|u| u.retry_after()).min().unwrap_or(1))
@@ -709,6 +712,25 @@ pub(crate) struct Try {
     pub deadline: Instant,
     /// Whether a retry may follow this try (so its request must stay available).
     pub may_retry: bool,
+    /// Whether this try holds one of a half-open breaker's probe slots that no outcome
+    /// has settled yet: dropped so (cancelled, abandoned), it gives the slot back.
+    probe: bool,
+}
+
+impl Try {
+    /// Records the try's outcome with its instance (which settles a probe).
+    fn record(&mut self, outcome: Outcome, policy: &mesh::TrafficPolicy) {
+        self.probe = false;
+        self.upstream.record(outcome, &policy.circuit_breaker, &policy.outlier_detection);
+    }
+}
+
+impl Drop for Try {
+    fn drop(&mut self) {
+        if self.probe {
+            self.upstream.release();
+        }
+    }
 }
 
 /// A request's tries: the service's instances, its traffic policy and the route's retry
@@ -778,36 +800,35 @@ impl<'a> Tries<'a> {
 
     /// The next try's instance, or 503 when every instance's breaker refuses.
     pub fn next(&mut self, started: Instant) -> Result<Try, ApiError> {
-        let tried = &self.tried[..self.attempt as usize];
-        let (upstream, scheme) = pick(self.plane, self.service_name, &self.state, &self.candidates, self.policy, tried)
-            .map_err(|retry_after| {
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "circuit_open",
-                    format!("every instance of {} is refusing requests (circuit open)", self.service_name),
-                )
-                .with_retry_after(retry_after)
-            })?;
-        self.tried[self.attempt as usize] = upstream.instance;
         // The first try starts as the request did (a few microseconds of routing later).
         let now = if self.attempt == 0 { started } else { Instant::now() };
         let deadline = match self.retry.per_try_timeout_ms {
             Some(ms) => self.deadline.min(now + Duration::from_millis(ms.get())),
             None => self.deadline,
         };
-        Ok(Try { upstream, scheme, now, deadline, may_retry: self.attempt < self.max_retries })
+        let tried = &self.tried[..self.attempt as usize];
+        let picked = pick(self.plane, self.service_name, &self.state, &self.candidates, self.policy, tried, deadline);
+        let (upstream, scheme, probe) = picked.map_err(|retry_after| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit_open",
+                format!("every instance of {} is refusing requests (circuit open)", self.service_name),
+            )
+            .with_retry_after(retry_after)
+        })?;
+        self.tried[self.attempt as usize] = upstream.instance;
+        Ok(Try { upstream, scheme, now, deadline, may_retry: self.attempt < self.max_retries, probe })
     }
 
     /// Accounts an answer with `status`; true when it is to be dropped and retried. A 5xx
     /// counts against the instance at once; any other answer's outcome is known once its
     /// body has been relayed: the caller reports it with [`Tries::settled`] or
     /// [`Tries::broke_off`] (or hands it to a [`Verdict`]).
-    pub fn answered(&mut self, done: &Try, status: StatusCode) -> bool {
+    pub fn answered(&mut self, done: &mut Try, status: StatusCode) -> bool {
         if !status.is_server_error() {
             return false;
         }
-        let policy = self.policy;
-        done.upstream.record(Outcome::ServerError, &policy.circuit_breaker, &policy.outlier_detection);
+        done.record(Outcome::ServerError, self.policy);
         self.count_failure("5xx");
         let gateway_error = matches!(status.as_u16(), 502..=504);
         let retry = gateway_error && self.retry.retry_on.contains(&gw::RetryCondition::X5xx) && self.may_retry();
@@ -819,9 +840,8 @@ impl<'a> Tries<'a> {
 
     /// Accounts a try that got no answer: `Ok` when another try follows, else the error
     /// to answer with.
-    pub fn failed(&mut self, done: &Try, failure: TryFailure) -> Result<(), ApiError> {
-        let policy = self.policy;
-        done.upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);
+    pub fn failed(&mut self, done: &mut Try, failure: TryFailure) -> Result<(), ApiError> {
+        done.record(Outcome::Failure, self.policy);
         let outcome = failure.label();
         self.count_failure(outcome);
         if self.retry.retry_on.contains(&failure.condition()) && self.may_retry() {
@@ -855,21 +875,14 @@ impl<'a> Tries<'a> {
         })
     }
 
-    /// Accounts a try that ended for the client's reasons (its body failed or was late):
-    /// nothing is held against the instance, and no retry follows.
-    pub fn abandoned(&mut self, done: &Try) {
-        done.upstream.release();
-    }
-
     /// Accounts an answer relayed whole (or whose client went away): a success.
-    pub fn settled(&self, done: &Try) {
-        let policy = self.policy;
-        done.upstream.record(Outcome::Success, &policy.circuit_breaker, &policy.outlier_detection);
+    pub fn settled(&self, done: &mut Try) {
+        done.record(Outcome::Success, self.policy);
     }
 
     /// Accounts an answer relayed in part: the instance broke its body off.
-    pub fn broke_off(&self, done: &Try) {
-        record_broken_body(&self.plane.metrics.failed_tries, &done.upstream, self.policy);
+    pub fn broke_off(&self, done: &mut Try) {
+        record_broken_body(&self.plane.metrics.failed_tries, done, self.policy);
     }
 
     /// Takes a retry when the request allows another try, the deadline has not passed and
@@ -934,7 +947,7 @@ async fn forward(
         (Some(body), Some(watch))
     };
     loop {
-        let attempt = tries.next(started)?;
+        let mut attempt = tries.next(started)?;
         let upstream = &attempt.upstream;
         // Plain HTTP/1.1 goes over this thread's pooled connections in origin form; h2c
         // and https through hyper-util's client, which wants the absolute form.
@@ -956,27 +969,29 @@ async fn forward(
             outgoing.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
 
-        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Counted in flight until the answer's head, or the try's end however it ends.
+        let busy = upstream.busy();
         let sent = send(&plane.https, attempt.scheme, &upstream.address, outgoing, attempt.now);
         let result = tokio::time::timeout_at(attempt.deadline.into(), sent).await;
-        upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(busy);
 
         let failure = match TryFailure::check(result, route.service.as_str()) {
             Ok(mut response) => {
-                if tries.answered(&attempt, response.status()) {
+                if tries.answered(&mut attempt, response.status()) {
                     continue;
                 }
                 remove_hop_by_hop(response.headers_mut());
-                let verdict = Verdict::new(plane, &attempt, service, response.status());
+                let verdict = Verdict::new(plane, attempt, service, response.status());
                 return Ok(response.map(|body| Body::new(UpstreamBody { body, verdict })));
             }
             Err(failure) => failure,
         };
+        // A try that failed for the client's reasons says nothing about the instance: it
+        // is dropped unrecorded (a probe's slot given back), and not retried.
         if let Some(refused) = watch.as_ref().and_then(|watch| watch.client_fault(failure)) {
-            tries.abandoned(&attempt);
             return Err(refused);
         }
-        tries.failed(&attempt, failure)?;
+        tries.failed(&mut attempt, failure)?;
     }
 }
 
@@ -1058,15 +1073,16 @@ impl BodyWatch {
 /// when it ends whole or the client goes away first (dropped), a failure of the instance
 /// when the instance breaks it off ([`record_broken_body`]). A 5xx was counted already.
 struct Verdict {
-    upstream: Arc<Upstream>,
+    attempt: Try,
     service: Arc<pake_registry::model::ServiceData>,
     failed_tries: Family<UpstreamLabels, Counter>,
+    given: bool,
 }
 
 impl Verdict {
     fn new(
         plane: &DataPlane,
-        attempt: &Try,
+        attempt: Try,
         service: Option<&Arc<pake_registry::model::ServiceData>>,
         status: StatusCode,
     ) -> Option<Verdict> {
@@ -1074,34 +1090,33 @@ impl Verdict {
             return None;
         }
         Some(Verdict {
-            upstream: attempt.upstream.clone(),
+            attempt,
             service: service?.clone(),
             failed_tries: plane.metrics.failed_tries.clone(),
+            given: false,
         })
     }
 
-    fn broke_off(self) {
-        record_broken_body(&self.failed_tries, &self.upstream, &self.service.policy);
-        std::mem::forget(self);
+    fn broke_off(mut self) {
+        self.given = true;
+        record_broken_body(&self.failed_tries, &mut self.attempt, &self.service.policy);
     }
 }
 
 impl Drop for Verdict {
     fn drop(&mut self) {
-        let policy = &self.service.policy;
-        self.upstream.record(Outcome::Success, &policy.circuit_breaker, &policy.outlier_detection);
+        if !self.given {
+            self.attempt.record(Outcome::Success, &self.service.policy);
+        }
     }
 }
 
 /// Records an answer whose body the instance broke off (closed or reset before its end,
 /// malformed framing, silence): a failure of the instance for its breaker and outlier
 /// detection, and a failed try (`outcome="body"`).
-pub(crate) fn record_broken_body(
-    failed_tries: &Family<UpstreamLabels, Counter>,
-    upstream: &Upstream,
-    policy: &mesh::TrafficPolicy,
-) {
-    upstream.record(Outcome::Failure, &policy.circuit_breaker, &policy.outlier_detection);
+fn record_broken_body(failed_tries: &Family<UpstreamLabels, Counter>, done: &mut Try, policy: &mesh::TrafficPolicy) {
+    done.record(Outcome::Failure, policy);
+    let upstream = &done.upstream;
     let labels = UpstreamLabels { service: upstream.service.clone(), outcome: "body".into() };
     failed_tries.get_or_create(&labels).inc();
     tracing::debug!(service = %upstream.service, address = %upstream.address, "upstream broke off a response body");

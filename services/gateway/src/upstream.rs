@@ -24,8 +24,34 @@ pub fn upstream_id(service: &str, instance: Uuid) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerMode {
     Closed,
-    Open { until: Instant },
-    HalfOpen { in_flight: u64 },
+    Open {
+        until: Instant,
+    },
+    /// Probes admitted and not yet reported, and when the last of them gives up: a
+    /// probe still unreported then is taken for lost and its slot for free.
+    HalfOpen {
+        in_flight: u64,
+        until: Instant,
+    },
+}
+
+/// What a breaker said to a try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Refused,
+    Admitted,
+    /// Admitted as one of a half-open breaker's probes: its outcome decides the breaker,
+    /// and one that ends without an outcome must give the slot back ([`Upstream::release`]).
+    Probe,
+}
+
+/// A request in flight to an instance, counted for least-request balancing while held.
+pub struct Busy<'a>(&'a AtomicU64);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -134,28 +160,41 @@ impl Upstream {
         self.quiet.store(quiet, Ordering::Release);
     }
 
-    pub fn admit(&self, policy: &types::CircuitBreakerPolicy, honour_ejection: bool) -> bool {
+    /// Whether a try that gives up at `deadline` may go to this instance now.
+    pub fn admit(&self, policy: &types::CircuitBreakerPolicy, honour_ejection: bool, deadline: Instant) -> Admission {
         if self.quiet.load(Ordering::Acquire) {
-            return true;
+            return Admission::Admitted;
         }
         let mut state = self.breaker.lock().expect("breaker lock");
         let now = Instant::now();
         if honour_ejection && state.ejected_until.is_some_and(|until| until > now) {
-            return false;
+            return Admission::Refused;
         }
         match state.mode {
-            BreakerMode::Closed => true,
-            BreakerMode::Open { until } if until > now => false,
+            BreakerMode::Closed => Admission::Admitted,
+            BreakerMode::Open { until } if until > now => Admission::Refused,
             BreakerMode::Open { .. } => {
-                state.mode = BreakerMode::HalfOpen { in_flight: 1 };
-                true
+                state.mode = BreakerMode::HalfOpen { in_flight: 1, until: deadline };
+                Admission::Probe
             }
-            BreakerMode::HalfOpen { in_flight } if in_flight < policy.half_open_max_requests.get() => {
-                state.mode = BreakerMode::HalfOpen { in_flight: in_flight + 1 };
-                true
+            BreakerMode::HalfOpen { in_flight, until } if in_flight < policy.half_open_max_requests.get() => {
+                let until = if in_flight == 0 { deadline } else { until.max(deadline) };
+                state.mode = BreakerMode::HalfOpen { in_flight: in_flight + 1, until };
+                Admission::Probe
             }
-            BreakerMode::HalfOpen { .. } => false,
+            // Every probe's deadline has passed without a report: the slots are free.
+            BreakerMode::HalfOpen { until, .. } if until <= now => {
+                state.mode = BreakerMode::HalfOpen { in_flight: 1, until: deadline };
+                Admission::Probe
+            }
+            BreakerMode::HalfOpen { .. } => Admission::Refused,
         }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn busy(&self) -> Busy<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(&self.in_flight)
     }
 
     /// Records a try's outcome and moves the breaker and outlier state accordingly.
@@ -228,16 +267,16 @@ impl Upstream {
         self.settle(&state);
     }
 
-    /// Gives back the admission of a try that ended without saying anything about the
-    /// instance (the client's body failed): a half-open breaker's probe slot is freed for
-    /// another probe; nothing is counted.
+    /// Gives back a probe's admission when its try ended without saying anything about
+    /// the instance (cancelled, or the client's body failed): the half-open breaker's slot
+    /// is free for another probe; nothing is counted.
     pub fn release(&self) {
         if self.quiet.load(Ordering::Acquire) {
             return;
         }
         let mut state = self.breaker.lock().expect("breaker lock");
-        if let BreakerMode::HalfOpen { in_flight } = state.mode {
-            state.mode = BreakerMode::HalfOpen { in_flight: in_flight.saturating_sub(1) };
+        if let BreakerMode::HalfOpen { in_flight, until } = state.mode {
+            state.mode = BreakerMode::HalfOpen { in_flight: in_flight.saturating_sub(1), until };
         }
     }
 
@@ -354,6 +393,11 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// The instance with `id`, if the gateway has sent it traffic.
+    pub fn get(&self, id: Uuid) -> Option<Arc<Upstream>> {
+        self.instances.load().get(&id).cloned()
+    }
+
     pub fn instance(&self, service: &str, instance: &types::Instance) -> Arc<Upstream> {
         if let Some(found) = self.instances.load().get(&instance.id) {
             return found.clone();
@@ -425,6 +469,14 @@ mod tests {
         (breaker, outliers)
     }
 
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    fn admitted(admission: Admission) -> bool {
+        admission != Admission::Refused
+    }
+
     fn upstream() -> Upstream {
         Upstream::new("svc", Uuid::new_v4(), "127.0.0.1:1".into())
     }
@@ -434,25 +486,56 @@ mod tests {
         let (breaker, outliers) = policies(3);
         let up = upstream();
         for _ in 0..2 {
-            assert!(up.admit(&breaker, true));
+            assert!(admitted(up.admit(&breaker, true, soon())));
             up.record(Outcome::Failure, &breaker, &outliers);
         }
         assert_eq!(up.state(), gw::CircuitState::Closed);
-        assert!(up.admit(&breaker, true));
+        assert!(admitted(up.admit(&breaker, true, soon())));
         up.record(Outcome::Failure, &breaker, &outliers);
         assert_eq!(up.state(), gw::CircuitState::Open);
-        assert!(!up.admit(&breaker, true), "an open breaker refuses");
+        assert!(!admitted(up.admit(&breaker, true, soon())), "an open breaker refuses");
         // After open_seconds one probe is let through; a second waits for its result.
         up.breaker.lock().unwrap().mode = BreakerMode::Open { until: Instant::now() };
-        assert!(up.admit(&breaker, true));
-        assert!(!up.admit(&breaker, true));
+        assert!(admitted(up.admit(&breaker, true, soon())));
+        assert!(!admitted(up.admit(&breaker, true, soon())));
         assert_eq!(up.state(), gw::CircuitState::HalfOpen);
         up.record(Outcome::Failure, &breaker, &outliers);
         assert_eq!(up.state(), gw::CircuitState::Open, "a failed probe opens it again");
         up.breaker.lock().unwrap().mode = BreakerMode::Open { until: Instant::now() };
-        assert!(up.admit(&breaker, true));
+        assert!(admitted(up.admit(&breaker, true, soon())));
         up.record(Outcome::Success, &breaker, &outliers);
         assert_eq!(up.state(), gw::CircuitState::Closed, "a good probe closes it");
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_frees_its_slot_when_given_back_or_past_its_deadline() {
+        let (breaker, outliers) = policies(1);
+        let up = upstream();
+        up.record(Outcome::Failure, &breaker, &outliers);
+        up.breaker.lock().unwrap().mode = BreakerMode::Open { until: Instant::now() };
+        assert_eq!(up.admit(&breaker, true, soon()), Admission::Probe);
+        assert_eq!(up.admit(&breaker, true, soon()), Admission::Refused, "one probe at a time");
+        up.release();
+        assert_eq!(up.admit(&breaker, true, soon()), Admission::Probe, "a given-back slot admits another probe");
+        // A probe lost without a trace (its deadline already past): the next try probes.
+        up.release();
+        assert_eq!(up.admit(&breaker, true, Instant::now()), Admission::Probe);
+        assert_eq!(up.admit(&breaker, true, soon()), Admission::Probe, "the lost probe's slot is free");
+        assert_eq!(up.admit(&breaker, true, soon()), Admission::Refused);
+        up.record(Outcome::Success, &breaker, &outliers);
+        assert_eq!(up.state(), gw::CircuitState::Closed);
+    }
+
+    #[test]
+    fn busy_counts_while_held() {
+        let up = upstream();
+        let first = up.busy();
+        {
+            let _second = up.busy();
+            assert_eq!(up.in_flight.load(Ordering::Relaxed), 2);
+        }
+        drop(first);
+        assert_eq!(up.in_flight.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -1197,3 +1197,62 @@ async fn an_upstream_that_breaks_off_its_answer_is_counted_as_failing() {
         );
     }
 }
+
+/// A half-open breaker's probe whose request is cancelled mid-try (an HTTP/2 client resets
+/// its stream; the request's future is dropped) gives its slot and its in-flight count
+/// back: the next request probes, and traffic flows again at once rather than never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_probe_leaves_no_breaker_stuck() {
+    for how in ["an HTTP/2 stream reset", "a dropped request future"] {
+        // The first answer fails, the second (the probe) takes 5 s, the rest are quick.
+        let origin = Origin::start(|_, n| match n {
+            0 => Reply::keep(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_vec()),
+            1 => Reply { delay: Duration::from_secs(5), ..Reply::keep(ok("slow")) },
+            _ => Reply::keep(ok("fine")),
+        })
+        .await;
+        let platform = Platform::start(Backend::Sqlite).await;
+        let breaker_policy = json!({"failure_threshold": 1, "failure_rate_threshold": 1.0, "minimum_requests": 1000,
+                                    "rate_window_seconds": 60, "open_seconds": 1, "half_open_max_requests": 1});
+        let (_, instances) = platform.service("origin", "least_request", &[(origin.port, 100)], breaker_policy).await;
+        platform
+            .route(json!({"name": "probe", "path_prefix": "/probe", "methods": ["GET"], "api_version": "v1",
+                          "service": "origin", "retry": {"max_attempts": 0}}))
+            .await;
+        assert_eq!(platform.get("/v1/probe").await.status().as_u16(), 500);
+        assert_eq!(breaker(&platform, "origin").await.state, pake_gateway_client::types::CircuitState::Open);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+
+        // The probe, given up on after 300 ms.
+        let patience = Duration::from_millis(300);
+        if how == "an HTTP/2 stream reset" {
+            let Conn::H2(mut sender) = Conn::open(&platform, Transport::H2).await else { unreachable!() };
+            let request =
+                axum::http::Request::get("http://gateway.test/v1/probe").body(axum::body::Body::empty()).unwrap();
+            sender.ready().await.unwrap();
+            assert!(tokio::time::timeout(patience, sender.send_request(request)).await.is_err(), "the probe is slow");
+        } else {
+            let mut request = axum::http::Request::get("/v1/probe").body(axum::body::Body::empty()).unwrap();
+            request.headers_mut().insert("host", "gateway.test".parse().unwrap());
+            let front = platform.gateway.front();
+            let call = front.call(request, std::net::SocketAddr::from(([127, 0, 0, 1], 40000)));
+            assert!(tokio::time::timeout(patience, call).await.is_err(), "the probe is slow");
+        }
+        let cancelled = Instant::now();
+        let upstream = platform.gateway.plane.upstreams.get(instances[0]).expect("the instance got traffic");
+        while upstream.in_flight.load(Ordering::SeqCst) != 0 {
+            assert!(
+                cancelled.elapsed() < Duration::from_secs(2),
+                "{how}: the cancelled try is still counted in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The next request probes (the slow one is still running upstream) and closes it.
+        let response = platform.get("/v1/probe").await;
+        let status = response.status().as_u16();
+        assert_eq!((status, response.text().await.unwrap().as_str()), (200, "fine"), "{how}");
+        assert!(cancelled.elapsed() < Duration::from_secs(2), "{how}: recovered before the abandoned try ended");
+        assert_eq!(breaker(&platform, "origin").await.state, pake_gateway_client::types::CircuitState::Closed, "{how}");
+        assert_eq!(upstream.in_flight.load(Ordering::SeqCst), 0, "{how}");
+    }
+}
