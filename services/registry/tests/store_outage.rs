@@ -6,7 +6,7 @@
 mod support;
 
 use conformance::http_client_with_token;
-use conformance::support::{FaultyProxy, eventually};
+use conformance::support::eventually;
 use pake_tokens::TokenIssuer;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -38,27 +38,135 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// PostgreSQL goes away (every connection cut, new ones refused): once the store is known
-/// to be down, writes answer 503 naming the store at once instead of each waiting 2 s for
-/// the pool, readiness says so at once too, and the breaker closes by itself when the
-/// database is back.
+/// How PostgreSQL is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// Stopped: connections are refused (what `pg_ctl stop` gives).
+    Refused,
+    /// Unreachable: connections are accepted and never answered (a partition, a hung
+    /// host).
+    Silent,
+}
+
+/// A TCP proxy in front of PostgreSQL that can take it away either way: every open
+/// connection is cut, and new ones are refused (the port is closed) or left hanging.
+struct OutageProxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    silent: Arc<AtomicBool>,
+    severed: Arc<Notify>,
+    accepting: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn listen_reusably(addr: SocketAddr) -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket.listen(128).unwrap()
+}
+
+impl OutageProxy {
+    async fn start(upstream: SocketAddr) -> OutageProxy {
+        let listener = listen_reusably("127.0.0.1:0".parse().unwrap());
+        let proxy = OutageProxy {
+            addr: listener.local_addr().unwrap(),
+            upstream,
+            silent: Arc::new(AtomicBool::new(false)),
+            severed: Arc::new(Notify::new()),
+            accepting: std::sync::Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (upstream, silent, severed) = (self.upstream, self.silent.clone(), self.severed.clone());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if silent.load(Ordering::SeqCst) {
+                    held.push(inbound);
+                    continue;
+                }
+                let severed = severed.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = severed.notified() => {}
+                    }
+                });
+            }
+        });
+        *self.accepting.lock().unwrap() = Some(task);
+    }
+
+    fn cut(&self, outage: Outage) {
+        match outage {
+            Outage::Refused => {
+                if let Some(task) = self.accepting.lock().unwrap().take() {
+                    task.abort();
+                }
+            }
+            Outage::Silent => self.silent.store(true, Ordering::SeqCst),
+        }
+        self.severed.notify_waiters();
+    }
+
+    async fn restore(&self) {
+        self.silent.store(false, Ordering::SeqCst);
+        if self.accepting.lock().unwrap().is_some() {
+            return;
+        }
+        // Give the aborted task the moment it needs to drop the listener.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.serve(listen_reusably(self.addr));
+    }
+}
+
+impl Drop for OutageProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.accepting.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_fail_fast_while_postgres_is_down_and_recover_after() {
+async fn writes_fail_fast_while_postgres_refuses_connections_and_recover_after() {
+    writes_fail_fast_during_an_outage_and_recover_after(Outage::Refused).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_fast_while_postgres_does_not_answer_and_recover_after() {
+    writes_fail_fast_during_an_outage_and_recover_after(Outage::Silent).await;
+}
+
+/// PostgreSQL goes away: once the store is known to be down, writes answer 503 naming the
+/// store at once instead of each waiting 2 s for the pool, readiness says so at once too,
+/// reads from the snapshot keep working, and the breaker closes by itself when the
+/// database is back.
+async fn writes_fail_fast_during_an_outage_and_recover_after(outage: Outage) {
     let db = TestDatabase::new(Backend::Postgres).await;
-    let proxy = FaultyProxy::start(POSTGRES.parse().unwrap()).await;
+    let proxy = OutageProxy::start(POSTGRES.parse().unwrap()).await;
     let registry = TestRegistry::start(&db.url_via(proxy.addr)).await;
     let (http, base) = (registry.http(), registry.url());
     let (status, _, _) = register(&http, &base, &json!({"name": "before", "version": "1.0.0"}), None).await;
     assert_eq!(status, 201);
 
-    proxy.cut();
-    // The first write (or the background expiry) finds the store gone; it may wait for the
-    // pool's 2 s acquire timeout.
+    proxy.cut(outage);
+    // Until the store is known to be down, a write may wait for the pool (2 s).
     let started = Instant::now();
-    let (status, error, _) = register(&http, &base, &json!({"name": "first", "version": "1.0.0"}), None).await;
-    let first = started.elapsed();
-    assert_eq!(status, 503, "{error}");
-    assert!(registry.registry.breaker().is_open(), "the breaker opened after {first:?}");
+    let mut first = Vec::new();
+    while !registry.registry.breaker().is_open() {
+        assert!(started.elapsed() < Duration::from_secs(5), "the breaker did not open");
+        let body = json!({"name": "first", "version": "1.0.0"});
+        let (status, error, _) = register(&http, &base, &body, None).await;
+        assert_eq!(status, 503, "{error}");
+        first.push(started.elapsed());
+    }
+    let opened = started.elapsed();
 
     // Every write after that answers at once.
     let mut took = Vec::new();
@@ -74,7 +182,10 @@ async fn writes_fail_fast_while_postgres_is_down_and_recover_after() {
     }
     took.sort();
     let (p50, p99, max) = (percentile(&took, 0.5), percentile(&took, 0.99), took[took.len() - 1]);
-    eprintln!("outage: first write answered 503 after {first:?}; the next 50: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    eprintln!(
+        "outage ({outage:?}): the breaker opened {opened:?} after the cut (writes before it answered at {first:?}); \
+         the next 50 writes answered 503 in p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
     assert!(max < Duration::from_millis(100), "writes during a known outage took up to {max:?}");
     // Other writes fail fast too, and readiness answers at once.
     let started = Instant::now();
@@ -88,14 +199,13 @@ async fn writes_fail_fast_while_postgres_is_down_and_recover_after() {
     let listed = http.get(format!("{base}/api/v1/services")).send().await.unwrap();
     assert_eq!(listed.status().as_u16(), 200);
 
-    proxy.restore();
-    let restored = Instant::now();
+    proxy.restore().await;
     let recovered = eventually(Duration::from_secs(10), || async {
         register(&http, &base, &json!({"name": "after", "version": "1.0.0"}), None).await.0 == 201
     })
     .await;
-    eprintln!("outage: writes succeeded again {recovered:?} after the database came back");
-    assert!(restored.elapsed() < Duration::from_secs(5));
+    eprintln!("outage ({outage:?}): writes succeeded again {recovered:?} after the database came back");
+    assert!(recovered < Duration::from_secs(5));
     assert!(!registry.registry.breaker().is_open());
     assert_eq!(reqwest::get(format!("{base}/health/ready")).await.unwrap().status().as_u16(), 200);
     let listed: Value = http.get(format!("{base}/api/v1/services")).send().await.unwrap().json().await.unwrap();
