@@ -330,6 +330,38 @@ async fn the_admin_api_validates_routes() {
     assert_eq!(http.get(format!("{url}/{id}")).send().await.unwrap().status().as_u16(), 404);
 }
 
+/// A route created without `retry` or `merge_slashes` gets what the contract says absent
+/// means, and behaves so: two retries of connect failures on another instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_retry_takes_the_contract_s_defaults() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    let live = Upstream::start("live", Behaviour::Ok).await;
+    // A port with nothing listening: every connection to it is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The dead instance's breaker opens after two failures, within the retry budget's floor.
+    let breaker = json!({"failure_threshold": 2, "failure_rate_threshold": 1.0, "minimum_requests": 1000,
+                         "rate_window_seconds": 60, "open_seconds": 60, "half_open_max_requests": 1});
+    platform.service("pair", "round_robin", &[(dead, 100), (live.port(), 100)], breaker).await;
+    let id = platform
+        .route(
+            json!({"name": "pair", "path_prefix": "/pair", "methods": ["GET"], "api_version": "v1", "service": "pair"}),
+        )
+        .await;
+    let route = platform.admin.get_route().route_id(id).send().await.unwrap().into_inner();
+    let route = serde_json::to_value(&route).unwrap();
+    assert_eq!(
+        route["retry"],
+        json!({"max_attempts": 2, "retry_on": ["connect_failure", "reset"], "budget_percent": 20}),
+        "the contract: Absent: `{{max_attempts: 2}}`"
+    );
+    assert_eq!(route["merge_slashes"], true);
+    for _ in 0..6 {
+        let response = platform.get("/v1/pair/x").await;
+        let status = response.status().as_u16();
+        assert_eq!(status, 200, "the dead instance is retried past: {}", response.text().await.unwrap());
+    }
+}
+
 /// Two gateway replicas on one PostgreSQL database: a route created through one routes on
 /// the other within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
