@@ -484,6 +484,8 @@ pub struct GetLivenessRequest {}
 pub enum GetLivenessResponse {
     /// 200: The process is alive.
     Ok(types::Health),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
 }
 impl ::axum::response::IntoResponse for GetLivenessResponse {
     fn into_response(self) -> ::axum::response::Response {
@@ -491,6 +493,10 @@ impl ::axum::response::IntoResponse for GetLivenessResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::json_response(200u16, "application/health+json", &body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
         }
     }
@@ -513,6 +519,8 @@ pub struct GetMetricsRequest {}
 pub enum GetMetricsResponse {
     /// 200: The current metrics.
     Ok(::std::string::String),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
 }
 impl ::axum::response::IntoResponse for GetMetricsResponse {
     fn into_response(self) -> ::axum::response::Response {
@@ -520,6 +528,10 @@ impl ::axum::response::IntoResponse for GetMetricsResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::text_response(200u16, "text/plain", body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
         }
     }
@@ -671,6 +683,8 @@ pub enum GetJwksResponse {
         /// The `Cache-Control` header.
         cache_control: ::std::string::String,
     },
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
     /// 500: An unexpected failure; the cause is logged with the trace id.
     InternalServerError(types::Error),
     /// 503: A dependency (store, Redis, upstream) is unavailable; try again later.
@@ -690,6 +704,10 @@ impl ::axum::response::IntoResponse for GetJwksResponse {
                 > = ::std::vec::Vec::new();
                 headers.push(("cache-control", cache_control.to_string()));
                 rt::json_response(200u16, "application/json", &body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
             Self::InternalServerError(body) => {
                 let headers = ::std::vec::Vec::new();
@@ -2916,6 +2934,8 @@ pub struct GetCacheStatsRequest {
 pub enum GetCacheStatsResponse {
     /// 200: The statistics.
     Ok(types::CacheStats),
+    /// 400: The request is malformed (bad JSON, bad parameter).
+    BadRequest(types::Error),
     /// 401: No valid bearer token.
     Unauthorized {
         /// The response body.
@@ -2941,6 +2961,10 @@ impl ::axum::response::IntoResponse for GetCacheStatsResponse {
             Self::Ok(body) => {
                 let headers = ::std::vec::Vec::new();
                 rt::json_response(200u16, "application/json", &body, headers)
+            }
+            Self::BadRequest(body) => {
+                let headers = ::std::vec::Vec::new();
+                rt::json_response(400u16, "application/json", &body, headers)
             }
             Self::Unauthorized { body, www_authenticate } => {
                 let mut headers: ::std::vec::Vec<
