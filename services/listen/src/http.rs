@@ -38,7 +38,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Http {
     /// HTTP/1.1 heads are bounded by bytes ([`HEAD_LIMIT`]; hyper answers 431 beyond it),
-    /// not by their number of lines; HTTP/2 header lists by the same bytes.
+    /// with room for [`MAX_HEADER_LINES`] lines; HTTP/2 header lists by the same bytes.
     pub fn new() -> Http {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
