@@ -45,8 +45,9 @@ pub struct GatewayOptions {
     pub replica_id: String,
     /// Memory for the in-process (L1) response cache.
     pub cache_bytes: u64,
-    /// Token requests allowed per second per client id and per source address (twice as
-    /// many at once): enough for any real client, too few to guess a 256-bit secret, and a
+    /// Token requests allowed per second per source address, and attempts that need
+    /// Argon2 per client id (twice as many at once; a quarter of it per client id and
+    /// address): enough for any real client, too few to guess a 256-bit secret, and a
     /// brake on the hashing work an attacker can cause.
     pub token_requests_per_second: u64,
     /// CA certificates (PEM) trusted for `https` instances besides the system's.
@@ -78,7 +79,8 @@ fn replica_id() -> String {
     if clean.is_empty() || !clean.starts_with(|c: char| c.is_ascii_alphanumeric()) { "gateway".into() } else { clean }
 }
 
-/// The limit on token requests per client id and per source address.
+/// The limit on token requests per source address, and (scaled by the token throttle) on
+/// attempts that need Argon2 per client id.
 pub fn token_limit(per_second: u64) -> pake_ratelimit::Limit {
     pake_ratelimit::Limit {
         policy: "token-issuance".into(),

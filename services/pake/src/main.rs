@@ -55,7 +55,8 @@ struct Config {
     /// Prefix of every Redis key and channel the gateway uses.
     #[arg(long, env = "PAKE_REDIS_PREFIX", default_value = "pake:", global = true)]
     redis_prefix: String,
-    /// Token requests the gateway allows per second per client id and per address.
+    /// Token requests the gateway allows per second per address, and attempts that need
+    /// Argon2 per client id.
     #[arg(long, env = "PAKE_TOKEN_REQUESTS_PER_SECOND", default_value_t = 20, global = true)]
     token_requests_per_second: u64,
     /// CA certificates (a PEM file) the gateway trusts for https instances, besides the
