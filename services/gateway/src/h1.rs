@@ -348,7 +348,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
             Err(refused) => return refuse(conn, route, refused, started, close).await,
         }
     }
-    let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+    let idempotent = proxy::idempotent(&method);
     let mut tries = match Tries::new(plane, settings, service, started, idempotent) {
         Ok(tries) => tries,
         Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
@@ -378,13 +378,8 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         push_header(forwarded, b"x-forwarded-host", host);
     }
     forwarded.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-for: ");
-    for (header, _) in headers.iter().zip(kinds.iter()).filter(|(_, kind)| **kind == Kind::XForwardedFor) {
-        forwarded.extend_from_slice(header.value);
-        forwarded.extend_from_slice(b", ");
-    }
-    let mut ip = [0u8; 48];
-    let length = proxy::write_ip(&mut ip, conn.client.ip());
-    forwarded.extend_from_slice(&ip[..length]);
+    let previous = headers.iter().zip(kinds.iter()).filter(|(_, kind)| **kind == Kind::XForwardedFor);
+    proxy::forwarded_for(forwarded, previous.map(|(header, _)| header.value), conn.client.ip());
     forwarded.extend_from_slice(b"\r\n");
     if !has_request_id {
         push_header(forwarded, b"x-request-id", &proxy::request_id());
@@ -652,6 +647,8 @@ fn client_head(
     let mut coding: Option<&[u8]> = None;
     let mut listed: [&[u8]; 8] = [&[]; 8];
     let mut listed_count = 0;
+    // More names than `listed` holds: they are looked up in the Connection lines instead.
+    let mut overflow = false;
     let mut dated = false;
     let mut kinds = [Kind::Other; MAX_HEADERS];
     for (header, slot) in response.headers.iter().zip(kinds.iter_mut()) {
@@ -664,10 +661,11 @@ fn client_head(
                         reusable = false;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                         if listed_count == listed.len() {
-                            return Err("too many headers named by Connection".into());
+                            overflow = true;
+                        } else {
+                            listed[listed_count] = token;
+                            listed_count += 1;
                         }
-                        listed[listed_count] = token;
-                        listed_count += 1;
                     }
                 }
             }
@@ -714,7 +712,13 @@ fn client_head(
     for (header, &kind) in response.headers.iter().zip(kinds.iter()) {
         let framing_or_hop =
             matches!(kind, Kind::Connection | Kind::Hop | Kind::TransferEncoding | Kind::ContentLength | Kind::Upgrade);
-        let named = listed[..listed_count].iter().any(|name| name.eq_ignore_ascii_case(header.name.as_bytes()));
+        let is_named = |name: &[u8]| name.eq_ignore_ascii_case(header.name.as_bytes());
+        let named = if overflow {
+            let lines = response.headers.iter().filter(|line| self::kind(line.name) == Kind::Connection);
+            lines.flat_map(|line| tokens(line.value)).any(is_named)
+        } else {
+            listed[..listed_count].iter().copied().any(is_named)
+        };
         if !framing_or_hop && !named {
             push_header(out, header.name.as_bytes(), header.value);
         }

@@ -314,16 +314,10 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(client) = client {
-        let ip = client.ip();
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) => HeaderValue::try_from(format!("{previous}, {ip}")),
-            None => {
-                let mut text = [0u8; 48];
-                let length = write_ip(&mut text, ip);
-                HeaderValue::from_bytes(&text[..length])
-            }
-        };
-        if let Ok(value) = value {
+        let mut value = Vec::with_capacity(48);
+        let previous = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
+        forwarded_for(&mut value, previous, client.ip());
+        if let Ok(value) = HeaderValue::from_bytes(&value) {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
@@ -333,6 +327,25 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
     if let header::Entry::Vacant(slot) = headers.entry(&TRACEPARENT) {
         slot.insert(HeaderValue::from_bytes(&traceparent()).expect("hex is a header value"));
     }
+}
+
+/// Whether requests with `method` may be sent more than once (RFC 9110 §9.2.2; the
+/// contract's retry rule): GET, HEAD, PUT, DELETE and OPTIONS.
+pub(crate) fn idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS)
+}
+
+/// Appends the `X-Forwarded-For` value sent upstream: every address the client's lines
+/// listed, in order (empty lines skipped), then the client's own. Both transports write it
+/// with this.
+pub(crate) fn forwarded_for<'v>(out: &mut Vec<u8>, previous: impl Iterator<Item = &'v [u8]>, ip: std::net::IpAddr) {
+    for value in previous.map(<[u8]>::trim_ascii).filter(|value| !value.is_empty()) {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    let mut text = [0u8; 48];
+    let length = write_ip(&mut text, ip);
+    out.extend_from_slice(&text[..length]);
 }
 
 /// A random version-4 UUID as text, without a system call or an allocation.
@@ -918,8 +931,7 @@ async fn forward(
 ) -> Result<Response, ApiError> {
     let route = &route.route;
     let (mut parts, body) = request.into_parts();
-    let idempotent =
-        matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+    let idempotent = idempotent(&parts.method);
     let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
     let snapshot = plane.registry.load();
     let service = snapshot.service_by_name(route.service.as_str());

@@ -960,7 +960,7 @@ async fn routes_to(origin: &Origin) -> Platform {
         ("strip", json!({"strip_prefix": true})),
         ("keep", json!({"merge_slashes": false})),
     ] {
-        let mut spec = json!({"name": name, "path_prefix": format!("/{name}"), "methods": ["GET", "POST"],
+        let mut spec = json!({"name": name, "path_prefix": format!("/{name}"), "methods": ["GET", "HEAD", "POST", "DELETE"],
                               "api_version": "v1", "service": "origin", "retry": {"max_attempts": 0}});
         spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         platform.route(spec).await;
@@ -1254,5 +1254,110 @@ async fn a_cancelled_probe_leaves_no_breaker_stuck() {
         assert!(cancelled.elapsed() < Duration::from_secs(2), "{how}: recovered before the abandoned try ended");
         assert_eq!(breaker(&platform, "origin").await.state, pake_gateway_client::types::CircuitState::Closed, "{how}");
         assert_eq!(upstream.in_flight.load(Ordering::SeqCst), 0, "{how}");
+    }
+}
+
+/// An upstream request head as comparable across paths: the request line and the header
+/// fields, names lower-cased, sorted; generated ids stand as `<generated>`.
+fn comparable_request(request: &Message, sent: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<(String, String)> = request
+        .head
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let generated = matches!(name.as_str(), "x-request-id" | "traceparent")
+                && !sent.to_ascii_lowercase().contains(&format!("\r\n{name}:"));
+            (name.clone(), if generated { "<generated>".into() } else { value.clone() })
+        })
+        .collect();
+    headers.sort();
+    (request.head.start.clone(), headers, request.body.clone())
+}
+
+fn comparable_response(response: &Message) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<(String, String)> =
+        response.head.headers.iter().filter(|(name, _)| name != "date").cloned().collect();
+    headers.sort();
+    (response.head.status(), headers, response.body.clone())
+}
+
+/// The same requests down the own HTTP/1.1 path and hyper's reach the upstream as the same
+/// heads and bring back the same answers: the two transports apply one set of rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http_1_1_paths_forward_and_answer_alike() {
+    let origin = Origin::start(|request, _| {
+        let body = format!("{} {}", request.head.method(), request.head.target());
+        // An answer whose Connection names more headers than a short list holds.
+        let hops: Vec<String> = (0..12).map(|n| format!("x-hop-{n}")).collect();
+        let connection =
+            if request.head.target().contains("many-hops") { hops.join(", ") } else { "x-up-hop".to_string() };
+        let named: String = hops.iter().map(|hop| format!("{hop}: 1\r\n")).collect();
+        let bytes = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nX-Upstream-Case: Kept\r\nconnection: {connection}\r\nx-up-hop: 1\r\n\
+             {named}set-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Reply::keep(bytes)
+    })
+    .await;
+    let platform = routes_to(&origin).await;
+    let requests: &[(&str, &str)] = &[
+        (
+            "GET",
+            "GET /v1/webpub/a?x=1&y=%2F&z HTTP/1.1\r\nHost: Api.Example:8443\r\nX-Mixed-Case: Value\r\nACCEPT: text/plain\r\n\r\n",
+        ),
+        (
+            "GET",
+            "GET /v1/webpub/multi HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.1\r\nx-forwarded-for: 198.51.100.2, 192.0.2.3\r\nX-Multi: a\r\nX-Multi: b\r\n\r\n",
+        ),
+        (
+            "GET",
+            "GET /v1/webpub/conn HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-A, x-b\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\n",
+        ),
+        (
+            "GET",
+            "GET /v1/webpub/te HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic eA==\r\n\r\n",
+        ),
+        ("GET", "GET /v1/webpub/%7Efoo/%41b/./c/../d?q=%20 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ("HEAD", "HEAD /v1/webpub/head HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (
+            "GET",
+            "GET /v1/webpub/ids HTTP/1.1\r\nHost: h\r\nX-Request-Id: mine\r\nTraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nauthorization: basic eA==\r\n\r\n",
+        ),
+        ("GET", "GET /v1/webpub/zero HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nX-Empty:\r\n\r\n"),
+        (
+            "POST",
+            "POST /v1/webpub/expect HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "POST",
+            "POST /v1/webpub/chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("GET", "GET /v1/nowhere HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ("GET", "GET /v1/webpub/many-hops HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ("DELETE", "DELETE /v1/webpub/method HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ("GET", "GET /v1/webpub/..%2f HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ("GET", "GET /v1/websec/x HTTP/1.1\r\nHost: h\r\nAuthorization: BEARER nonsense\r\n\r\n"),
+    ];
+    let Conn::H1(mut general) = Conn::open(&platform, Transport::General).await else { unreachable!() };
+    for (method, request) in requests {
+        // A new connection each time: one request the own path hands over takes the rest
+        // of its connection with it.
+        let mut own = Client::connect(&platform).await;
+        let mut seen = Vec::new();
+        let mut answers = Vec::new();
+        for client in [&mut own, &mut general] {
+            let before = origin.seen().len();
+            client.send(request).await;
+            answers.push(comparable_response(&client.response(method).await));
+            let after = origin.seen();
+            seen.push(after.get(before).map(|upstream| comparable_request(upstream, request)));
+            assert!(after.len() <= before + 1, "one request reached the upstream once");
+        }
+        assert_eq!(seen[0], seen[1], "the upstream saw different requests for {request:?}");
+        assert_eq!(answers[0], answers[1], "different answers to {request:?}");
+        if request.contains("/webpub/") && !request.contains("..%2f") {
+            assert_eq!(answers[0].0, 200, "{request:?}: {:?}", String::from_utf8_lossy(&answers[0].2));
+        }
     }
 }
