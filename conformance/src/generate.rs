@@ -271,19 +271,35 @@ fn integer(schema: &Map<String, Value>) -> Result<ValueStrategy, String> {
         if first > last {
             return Err(format!("no multiple of {step} lies within the bounds"));
         }
-        return Ok((first..=last).prop_map(move |k| Value::from(k.saturating_mul(step))).sboxed());
+        return Ok((first..=last, proptest::bool::weighted(WHOLE_FLOAT_SHARE))
+            .prop_map(move |(k, as_float)| integer_value(k.saturating_mul(step), as_float))
+            .sboxed());
     }
     // Bounds are where implementations go wrong, so they come up often; small values near
     // the lower bound keep requests cheap (timeouts, page sizes, wait times).
     let near = lo.saturating_add(16).min(hi);
-    Ok(Union::new_weighted(vec![
-        (2, Just(lo).sboxed()),
-        (2, Just(hi).sboxed()),
-        (3, (lo..=near).sboxed()),
-        (5, (lo..=hi).sboxed()),
-    ])
-    .prop_map(Value::from)
-    .sboxed())
+    Ok((
+        Union::new_weighted(vec![
+            (2, Just(lo).sboxed()),
+            (2, Just(hi).sboxed()),
+            (3, (lo..=near).sboxed()),
+            (5, (lo..=hi).sboxed()),
+        ]),
+        proptest::bool::weighted(WHOLE_FLOAT_SHARE),
+    )
+        .prop_map(|(k, as_float)| integer_value(k, as_float))
+        .sboxed())
+}
+
+/// How often an integer is written as a whole float (`3.0`, `3e0`, …; see
+/// [`crate::request::json_text`]), which JSON Schema counts as an integer and servers must
+/// therefore accept wherever the contract says `integer`.
+const WHOLE_FLOAT_SHARE: f64 = 0.25;
+
+/// An integer as JSON: integer form, or a float with the same whole value when asked and
+/// when a float holds it exactly.
+pub fn integer_value(k: i64, as_float: bool) -> Value {
+    if as_float && k.unsigned_abs() < 1 << 53 { Value::from(k as f64) } else { Value::from(k) }
 }
 
 /// The inclusive integer range a schema allows (3.1 numeric exclusive bounds and the 3.0

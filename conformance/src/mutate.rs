@@ -248,8 +248,11 @@ fn node_mutations(
             let n = value.as_f64().unwrap_or_default();
             let integral = allowed.contains(&"integer") && !allowed.contains(&"number");
             let nudge = if integral { 1.0 } else { 0.5 };
+            // A bound broken in the notation the valid value was written in: a whole float
+            // (`8080.0`) stays one, so that out-of-range whole floats are refused too.
+            let as_float = matches!(value, Value::Number(n) if n.is_f64());
             let number = |x: f64| {
-                if x.fract() == 0.0 && x.abs() < 9e15 { Value::from(x as i64) } else { Value::from(x) }
+                if x.fract() == 0.0 && x.abs() < 9e15 && !as_float { Value::from(x as i64) } else { Value::from(x) }
             };
             let bound = |key: &str| object.get(key).and_then(Value::as_f64);
             if let Some(minimum) = bound("minimum") {

@@ -73,6 +73,35 @@ impl HttpResponse {
     }
 }
 
+/// A JSON value as the engine sends it. Floats with a whole value (the generator writes
+/// some integers that way) come out in one of the notations JSON Schema reads as an
+/// integer, chosen by the value so that a case always serializes the same: `3.0`, `3e0`,
+/// `30e-1` or `3.0E0`. Every other number is written as `serde_json` writes it.
+pub fn json_text(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, WholeFloats);
+    serde::Serialize::serialize(value, &mut serializer).expect("a JSON value serializes");
+    out
+}
+
+struct WholeFloats;
+
+impl serde_json::ser::Formatter for WholeFloats {
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, value: f64) -> std::io::Result<()> {
+        if value.is_finite() && value.fract() == 0.0 && value.abs() < 9e15 {
+            let k = value as i64;
+            let sign = if value.is_sign_negative() && k == 0 { "-" } else { "" };
+            return match k.rem_euclid(4) {
+                0 => write!(writer, "{sign}{k}.0"),
+                1 => write!(writer, "{sign}{k}e0"),
+                2 => write!(writer, "{sign}{k}0e-1"),
+                _ => write!(writer, "{sign}{k}.0E0"),
+            };
+        }
+        serde_json::ser::CompactFormatter.write_f64(writer, value)
+    }
+}
+
 /// Percent-encodes a path segment: everything but RFC 3986 unreserved characters.
 pub fn encode_segment(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());
@@ -105,7 +134,7 @@ impl HttpRequest {
             Payload::None => (None, None),
             Payload::Json(value) => {
                 let media = op.body.as_ref().and_then(|b| b.json()).map_or("application/json", |(media, _)| media);
-                (Some(media.to_string()), Some(value.to_string().into_bytes()))
+                (Some(media.to_string()), Some(json_text(value)))
             }
             Payload::Raw { content_type, bytes } => (content_type.clone(), Some(bytes.clone())),
         };

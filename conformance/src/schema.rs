@@ -211,7 +211,7 @@ pub fn coerce_param(text: &str, types: &[&str]) -> Option<Value> {
             continue;
         }
         let value = match name {
-            "integer" => text.parse::<i64>().map(Value::from).or_else(|_| text.parse::<u64>().map(Value::from)).ok(),
+            "integer" => pake_api_runtime::integer_text(text),
             "number" => text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number),
             _ => match text {
                 "true" => Some(Value::Bool(true)),

@@ -387,6 +387,9 @@ enum Bug {
     NotFoundForUnknownMethod,
     /// (j) deleteItem answers 204 and keeps the item.
     DeleteDoesNotDelete,
+    /// (k) createItem refuses a whole number written as a float (`"size": 3.0`), which the
+    /// schema's `integer` admits, as a typed decode without normalisation would.
+    RefusesWholeFloats,
 }
 
 struct App {
@@ -493,6 +496,13 @@ async fn create(State(app): State<Arc<App>>, request: Request) -> Response {
                 spec.insert("name".into(), Value::String(name[..name.len().min(31)].to_string()));
                 spec.insert("size".into(), json!(loose["size"].as_i64().unwrap_or(1).clamp(1, 100)));
                 spec
+            } else if app.bug == Bug::RefusesWholeFloats {
+                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                let sent: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if sent["size"].is_f64() {
+                    return Err(ApiError::unprocessable("invalid type: floating point, expected u8"));
+                }
+                rt::json_body(&CREATE, &parts, axum::body::Body::from(bytes)).await?
             } else {
                 rt::json_body(&CREATE, &parts, body).await?
             };
@@ -697,6 +707,22 @@ async fn invalid_input_accepted_is_caught_and_shrunk_to_one_request() {
     assert_eq!(failure.reproduction.len(), 1, "{failure}");
     assert!(failure.reproduction[0].starts_with("curl -sS -i -X POST 'http://127.0.0.1:"), "{failure}");
     assert!(failure.reproduction[0].contains("$PAKE_TOKEN"), "the token is never printed: {failure}");
+}
+
+#[tokio::test]
+async fn a_whole_float_refused_where_an_integer_is_declared_is_caught() {
+    let report = caught(Bug::RefusesWholeFloats, "createItem", Check::PositiveAccepted).await;
+    let failure = report.failures().iter().find(|f| f.check == Check::PositiveAccepted).expect("the failure");
+    let whole_float = sends_size_as_whole_float(&failure.reproduction[0]);
+    assert!(whole_float, "the reproduction sends size as a whole float: {failure}");
+}
+
+/// Whether a curl command's body has `"size":` followed by a whole number written as a
+/// float (`3.0`, `3e0`, `30e-1`, `3.0E0`).
+fn sends_size_as_whole_float(command: &str) -> bool {
+    let Some((_, after)) = command.split_once("\"size\":") else { return false };
+    let number: String = after.chars().take_while(|c| c.is_ascii_digit() || "-+.eE".contains(*c)).collect();
+    number.contains(['.', 'e', 'E']) && number.parse::<f64>().is_ok_and(|x| x.fract() == 0.0)
 }
 
 #[tokio::test]

@@ -75,12 +75,16 @@ pub struct OperationSpec {
 
 struct Validators {
     params: Validator,
-    body: Option<Validator>,
+    /// The body's validator and its schema, which also says where integers stand.
+    body: Option<(Validator, Value)>,
 }
 
-fn compile(schema: &str) -> Result<Validator, String> {
-    let value: Value = serde_json::from_str(schema).map_err(|e| e.to_string())?;
-    jsonschema::draft202012::options().should_validate_formats(true).build(&value).map_err(|e| e.to_string())
+fn parse_schema(schema: &str) -> Result<Value, String> {
+    serde_json::from_str(schema).map_err(|e| e.to_string())
+}
+
+fn compile(value: &Value) -> Result<Validator, String> {
+    jsonschema::draft202012::options().should_validate_formats(true).build(value).map_err(|e| e.to_string())
 }
 
 impl OperationSpec {
@@ -108,7 +112,14 @@ impl OperationSpec {
 
     fn compiled(&self) -> &Result<Validators, String> {
         self.validators.get_or_init(|| {
-            Ok(Validators { params: compile(self.params_schema)?, body: self.body_schema.map(compile).transpose()? })
+            let body = match self.body_schema {
+                Some(text) => {
+                    let schema = parse_schema(text)?;
+                    Some((compile(&schema)?, schema))
+                }
+                None => None,
+            };
+            Ok(Validators { params: compile(&parse_schema(self.params_schema)?)?, body })
         })
     }
 
@@ -170,11 +181,7 @@ where
 fn coerce(kind: ParamKind, text: &str) -> Result<Value, String> {
     match kind {
         ParamKind::String => Ok(Value::String(text.to_string())),
-        ParamKind::Integer => text
-            .parse::<i64>()
-            .map(Value::from)
-            .or_else(|_| text.parse::<u64>().map(Value::from))
-            .map_err(|_| format!("{text:?} is not an integer")),
+        ParamKind::Integer => integer_text(text).ok_or_else(|| format!("{text:?} is not an integer")),
         ParamKind::Number => text
             .parse::<f64>()
             .ok()
@@ -187,6 +194,29 @@ fn coerce(kind: ParamKind, text: &str) -> Result<Value, String> {
             _ => Err(format!("{text:?} is not true or false")),
         },
     }
+}
+
+/// The integer a parameter's text stands for: digits (`3`, `-3`), or any number JSON
+/// Schema counts as an integer, which is one with a zero fraction (`3.0`, `3e0`,
+/// `30e-1`), when a 64-bit integer holds it. `None` for fractions (`3.5`), text that is
+/// not a number and values beyond 64 bits.
+pub fn integer_text(text: &str) -> Option<Value> {
+    if let Ok(integer) = text.parse::<i64>() {
+        return Some(Value::from(integer));
+    }
+    if let Ok(integer) = text.parse::<u64>() {
+        return Some(Value::from(integer));
+    }
+    // Only JSON number syntax (Rust's float parser also reads `inf`, `NaN`, `+1`, `.5`).
+    let json_number = text.strip_prefix('-').unwrap_or(text).starts_with(|c: char| c.is_ascii_digit())
+        && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+    if !json_number {
+        return None;
+    }
+    let Ok(Value::Number(number)) = serde_json::from_str::<Value>(text) else { return None };
+    let mut value = Value::Number(number);
+    crate::schema::whole_numbers_as_integers(&serde_json::json!({"type": "integer"}), &mut value);
+    (value.is_i64() || value.is_u64()).then_some(value)
 }
 
 /// Why a string holding U+0000 is refused: PostgreSQL's `text` and `jsonb` cannot store
@@ -384,7 +414,7 @@ pub async fn json_body<B: DeserializeOwned>(spec: &OperationSpec, parts: &Parts,
         .map_err(|e| ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}")))?;
     let mut details = Vec::new();
     nul_details(&value, &mut String::new(), &mut details);
-    if let Some(validator) = &validators.body {
+    if let Some((validator, _)) = &validators.body {
         details.extend(validator.iter_errors(&value).take(100).map(|error| {
             let mut field = error.instance_path().to_string();
             if let ValidationErrorKind::Required { property } = error.kind() {
@@ -404,6 +434,11 @@ pub async fn json_body<B: DeserializeOwned>(spec: &OperationSpec, parts: &Parts,
             first.message
         );
         return Err(ApiError::unprocessable(message).with_details(details));
+    }
+    // Valid, so a whole number where the schema says integer may still be written `3.0`.
+    let mut value = value;
+    if let Some((_, schema)) = &validators.body {
+        crate::schema::whole_numbers_as_integers(schema, &mut value);
     }
     serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable(format!("the request body does not match the schema: {e}")))
@@ -480,6 +515,109 @@ mod tests {
                 "metadata":{"type":"object","additionalProperties":{"type":"string"}}}}"#,
         ),
     );
+
+    static NUMBERS_OP: OperationSpec = OperationSpec::new(
+        "registerInstance",
+        "POST",
+        "/instances",
+        None,
+        &[ParamSpec {
+            name: "limit",
+            location: ParamLocation::Query,
+            required: false,
+            kind: ParamKind::Integer,
+            default: None,
+        }],
+        r#"{"type":"object","properties":{"limit":{"type":"integer","minimum":1,"maximum":100}}}"#,
+        Some(
+            r#"{"type":"object","additionalProperties":false,"required":["port"],"properties":{
+                "port":{"type":"integer","minimum":1,"maximum":65535},
+                "ttl_seconds":{"type":["integer","null"],"exclusiveMinimum":0},
+                "weight":{"type":"number"}}}"#,
+        ),
+    );
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Instance {
+        port: u16,
+        ttl_seconds: Option<std::num::NonZeroU64>,
+        weight: Option<f64>,
+    }
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Limit {
+        limit: Option<u32>,
+    }
+
+    async fn instance(text: &str) -> Result<Instance, ApiError> {
+        json_body::<Instance>(&NUMBERS_OP, &parts("/instances"), Body::from(text.to_string())).await
+    }
+
+    #[tokio::test]
+    async fn whole_numbers_in_any_notation_decode_as_integers() {
+        for text in [
+            r#"{"port": 8080.0, "ttl_seconds": 30.0}"#,
+            r#"{"port": 8080e0, "ttl_seconds": 3e1}"#,
+            r#"{"port": 8.08E3, "ttl_seconds": 3.0e1}"#,
+            r#"{"port": 80800e-1, "ttl_seconds": 300e-1}"#,
+            r#"{"port": 8080, "ttl_seconds": 30}"#,
+        ] {
+            let decoded = instance(text).await.unwrap_or_else(|e| panic!("{text}: {}", e.message()));
+            assert_eq!(
+                decoded,
+                Instance { port: 8080, ttl_seconds: std::num::NonZeroU64::new(30), weight: None },
+                "{text}"
+            );
+        }
+        let decoded = instance(r#"{"port": 1.0, "ttl_seconds": null, "weight": 2.0}"#).await.expect("accepted");
+        assert_eq!(decoded, Instance { port: 1, ttl_seconds: None, weight: Some(2.0) });
+    }
+
+    #[tokio::test]
+    async fn fractions_and_out_of_range_whole_numbers_are_refused_naming_the_field() {
+        for (text, field) in [
+            (r#"{"port": 8080.5}"#, "/port"),
+            (r#"{"port": 80805e-1}"#, "/port"),
+            (r#"{"port": 65536.0}"#, "/port"),
+            (r#"{"port": 0e0}"#, "/port"),
+            (r#"{"port": 1, "ttl_seconds": 0.5}"#, "/ttl_seconds"),
+            (r#"{"port": 1, "ttl_seconds": 0.0}"#, "/ttl_seconds"),
+        ] {
+            let error = instance(text).await.expect_err(text);
+            assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+            assert_eq!(error.code(), "validation_failed", "{text}");
+            assert_eq!(error.details()[0].field.as_deref(), Some(field), "{text}");
+            assert!(error.message().contains(field), "{text}: {}", error.message());
+        }
+    }
+
+    #[test]
+    fn integer_parameters_take_every_integer_notation() {
+        for (uri, limit) in [
+            ("/instances?limit=3", 3),
+            ("/instances?limit=3.0", 3),
+            ("/instances?limit=3e0", 3),
+            ("/instances?limit=30e-1", 3),
+            ("/instances?limit=1.00E2", 100),
+        ] {
+            let params = extract_params::<Limit>(&NUMBERS_OP, &parts(uri), None)
+                .unwrap_or_else(|e| panic!("{uri}: {}", e.message()));
+            assert_eq!(params, Limit { limit: Some(limit) }, "{uri}");
+        }
+        for uri in [
+            "/instances?limit=3.5",
+            "/instances?limit=inf",
+            "/instances?limit=NaN",
+            "/instances?limit=.5e1",
+            "/instances?limit=1e400",
+            "/instances?limit=3.",
+            "/instances?limit=101.0",
+        ] {
+            let error = extract_params::<Limit>(&NUMBERS_OP, &parts(uri), None).expect_err(uri);
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(error.details()[0].field.as_deref(), Some("limit"), "{uri}");
+        }
+    }
 
     static NO_PARAMS_OP: OperationSpec =
         OperationSpec::new("register", "POST", "/register", None, &[], r#"{"type":"object"}"#, None);

@@ -16,8 +16,8 @@ pub mod schema;
 
 pub use error::{ApiError, DetailLocation, ErrorDetail};
 pub use extract::{
-    OperationSpec, ParamKind, ParamLocation, ParamSpec, authorize, bearer_token, extract_params, json_body,
-    reject_query,
+    OperationSpec, ParamKind, ParamLocation, ParamSpec, authorize, bearer_token, extract_params, integer_text,
+    json_body, reject_query,
 };
 pub use respond::{
     docs_page, empty_response, json_response, method_not_allowed, not_found, openapi_json, respond, text_response,

@@ -86,6 +86,99 @@ fn rewrite_schema_refs(value: &mut Value) {
     }
 }
 
+/// How deep [`whole_numbers_as_integers`] follows references and nesting.
+const MAX_NORMALISE_DEPTH: usize = 64;
+
+/// Rewrites, in place, every number of `value` that stands where `schema` (a
+/// self-contained schema as [`standalone_schema`] makes) admits an `integer` and that was
+/// written as a float with a whole value (`3.0`, `3e0`, `30e-1`) into integer form (`3`).
+///
+/// JSON Schema counts any number with a zero fractional part as an integer, so a
+/// validated body may carry `8080.0` where the contract says `type: integer`; typed
+/// decoding (serde into `u16`, `NonZeroU64`, …) refuses floats. Call this after
+/// validation and before decoding. Numbers elsewhere (`type: number`, free-form values)
+/// are left exactly as sent; non-integral numbers are never touched (validation has
+/// refused them where an integer is required). Values beyond the 64-bit integers stay
+/// floats. `$ref`, `allOf`/`anyOf`/`oneOf`, `properties`, `additionalProperties`,
+/// `prefixItems` and `items` are followed; a union's branches are all followed, so a
+/// whole float in a union that admits an integer anywhere becomes an integer, which every
+/// `number` accepts too.
+pub fn whole_numbers_as_integers(schema: &Value, value: &mut Value) {
+    normalise(schema, schema, value, 0);
+}
+
+fn admits_integer(schema: &Map<String, Value>) -> bool {
+    match schema.get("type") {
+        Some(Value::String(name)) => name == "integer",
+        Some(Value::Array(names)) => names.iter().any(|name| name == "integer"),
+        _ => false,
+    }
+}
+
+/// A whole, finite float as a JSON integer, when one holds it exactly.
+fn integer_form(number: &serde_json::Number) -> Option<Value> {
+    if !number.is_f64() {
+        return None;
+    }
+    let x = number.as_f64()?;
+    if !x.is_finite() || x.fract() != 0.0 {
+        return None;
+    }
+    // 2^64 and -2^63 are exact in f64; `as` is exact for whole values in range.
+    if (0.0..18_446_744_073_709_551_616.0).contains(&x) {
+        Some(Value::from(x as u64))
+    } else if (-9_223_372_036_854_775_808.0..0.0).contains(&x) {
+        Some(Value::from(x as i64))
+    } else {
+        None
+    }
+}
+
+fn normalise(root: &Value, schema: &Value, value: &mut Value, depth: usize) {
+    if depth > MAX_NORMALISE_DEPTH {
+        return;
+    }
+    let Value::Object(schema) = schema else { return };
+    if let Some(target) = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|reference| reference.strip_prefix('#'))
+        .and_then(|pointer| root.pointer(pointer))
+    {
+        normalise(root, target, value, depth + 1);
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for branch in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+            normalise(root, branch, value, depth + 1);
+        }
+    }
+    match value {
+        Value::Number(number) if admits_integer(schema) => {
+            if let Some(integer) = integer_form(number) {
+                *value = integer;
+            }
+        }
+        Value::Object(members) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties");
+            for (name, member) in members.iter_mut() {
+                if let Some(sub) = properties.and_then(|p| p.get(name)).or(additional) {
+                    normalise(root, sub, member, depth + 1);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let prefix = schema.get("prefixItems").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+            for (index, item) in items.iter_mut().enumerate() {
+                if let Some(sub) = prefix.get(index).or_else(|| schema.get("items")) {
+                    normalise(root, sub, item, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +203,48 @@ mod tests {
             })
         );
         assert_eq!(standalone_schema(&doc, &json!({"type": "integer"})), json!({"type": "integer"}));
+    }
+
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).expect("valid JSON")
+    }
+
+    #[test]
+    fn whole_floats_become_integers_where_the_schema_says_integer() {
+        let doc = json!({"components": {"schemas": {
+            "Port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "Thing": {"type": "object", "properties": {
+                "port": {"$ref": "#/components/schemas/Port"},
+                "ttl": {"type": ["integer", "null"]},
+                "weight": {"type": "number"},
+                "free": {},
+                "list": {"type": "array", "items": {"type": "integer"}},
+                "map": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "both": {"allOf": [{"$ref": "#/components/schemas/Port"}]},
+                "huge": {"type": "integer"},
+                "negative": {"type": "integer"}
+            }}
+        }}});
+        let schema = standalone_schema(&doc, &json!({"$ref": "#/components/schemas/Thing"}));
+        let mut value = parse(
+            r#"{"port": 8080.0, "ttl": 3e1, "weight": 2.0, "free": 4.0, "list": [1.0, 30e-1, 5],
+                "map": {"a": 7.0e0}, "both": 9E0, "huge": 1e300, "negative": -2.0}"#,
+        );
+        whole_numbers_as_integers(&schema, &mut value);
+        assert_eq!(value["port"], json!(8080));
+        assert!(value["port"].is_u64());
+        assert_eq!(value["ttl"], json!(30));
+        assert!(value["weight"].is_f64(), "a number stays as sent");
+        assert!(value["free"].is_f64(), "a free-form value stays as sent");
+        assert_eq!(value["list"], json!([1, 3, 5]));
+        assert_eq!(value["map"], json!({"a": 7}));
+        assert_eq!(value["both"], json!(9));
+        assert!(value["huge"].is_f64(), "beyond 64 bits there is no integer form");
+        assert!(value["negative"].is_i64());
+        assert_eq!(value["negative"], json!(-2));
+        // A fraction is left for validation to refuse.
+        let mut fraction = parse(r#"{"port": 3.5}"#);
+        whole_numbers_as_integers(&schema, &mut fraction);
+        assert!(fraction["port"].is_f64());
     }
 }
