@@ -43,16 +43,18 @@ pub struct Options {
     pub duration_secs: u64,
     pub rounds: u32,
     pub connections: u32,
+    /// Idle keep-alive connections whose memory is measured, per server.
+    pub idle: u32,
     /// Redis for the gateway's rate limits and L2 cache; without it, both stay in process.
     pub redis: Option<String>,
 }
 
 impl Options {
     pub const USAGE: &'static str =
-        "cargo xtask bench gateway [--duration SECS] [--rounds N] [--connections N] [--redis URL]";
+        "cargo xtask bench gateway [--duration SECS] [--rounds N] [--connections N] [--idle N] [--redis URL]";
 
     pub fn parse(args: &[&str]) -> Result<Options> {
-        let mut options = Options { duration_secs: 5, rounds: 3, connections: 64, redis: None };
+        let mut options = Options { duration_secs: 5, rounds: 3, connections: 64, idle: 10_000, redis: None };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
             let value = args.next().with_context(|| format!("{flag} needs a value; usage: {}", Self::USAGE));
@@ -60,6 +62,7 @@ impl Options {
                 "--duration" => options.duration_secs = value?.parse().context("--duration takes whole seconds")?,
                 "--rounds" => options.rounds = value?.parse().context("--rounds takes a number")?,
                 "--connections" => options.connections = value?.parse().context("--connections takes a number")?,
+                "--idle" => options.idle = value?.parse().context("--idle takes a number")?,
                 "--redis" => options.redis = Some(value?.to_string()),
                 _ => bail!("unknown argument {flag}; usage: {}", Self::USAGE),
             }
@@ -149,8 +152,19 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
         rows.extend(GATEWAY_PATHS.iter().map(|name| Row::failed(name)));
     }
 
+    // Memory of idle keep-alive connections, each having made one proxied request: what a
+    // server keeps per client between requests.
+    let mut idle = Vec::new();
+    if options.idle > 0 {
+        let proxy_addr = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+        idle.push(idle_memory("nginx", proxy.child.id(), proxy_addr, "/hello", options.idle));
+        if let Ok(setup) = &gateway {
+            idle.push(idle_memory("gateway", setup.server.child.id(), setup.addr, "/v1/bench/hello", options.idle));
+        }
+    }
+
     let gateway_error = gateway.as_ref().err().map(|error| format!("{error:#}"));
-    let summary = Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error };
+    let summary = Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error, idle: &idle };
     println!("\n{}", summary.text());
     let report_path = bench_dir.join("gateway.md");
     std::fs::write(&report_path, summary.markdown()).with_context(|| format!("writing {}", report_path.display()))?;
@@ -396,7 +410,8 @@ fn nginx_main(prefix: &Path) -> String {
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{
-    worker_connections 4096;
+    # Room for the idle keep-alive connections whose memory is measured.
+    worker_connections 16384;
 }}
 "
     )
@@ -577,6 +592,9 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
             .env("PAKE_REGISTRY_ADDR", registry.to_string())
             .env("PAKE_GATEWAY_ADDR", gateway.to_string())
             .env("PAKE_LOG_FORMAT", "json")
+            // The idle connections measured stay under half the cap, where no pressure
+            // shortens their idle timeout (the default cap follows the descriptor limit).
+            .env("PAKE_MAX_CONNECTIONS", (2 * options.idle + 1024).to_string())
             .env("RUST_LOG", "warn");
         match &options.redis {
             Some(url) => {
@@ -899,6 +917,77 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(own + children)
 }
 
+/// What idle keep-alive connections cost a server: its resident memory (with its
+/// children's, such as nginx's workers) before they were opened and while they are held.
+struct IdleMemory {
+    server: &'static str,
+    connections: u32,
+    before_kib: u64,
+    after_kib: u64,
+}
+
+impl IdleMemory {
+    fn per_connection_kib(&self) -> f64 {
+        self.after_kib.saturating_sub(self.before_kib) as f64 / f64::from(self.connections.max(1))
+    }
+}
+
+/// Opens `connections` connections to `addr`, makes one `GET path` on each and keeps them
+/// open and idle, and measures the resident memory of process `pid` (and its children)
+/// before and after.
+fn idle_memory(server: &'static str, pid: u32, addr: SocketAddr, path: &str, connections: u32) -> Result<IdleMemory> {
+    use std::io::{Read, Write};
+    println!("opening {connections} idle keep-alive connections to {server}");
+    let before_kib = resident_kib(pid).context("reading the server's memory")?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let mut held = Vec::with_capacity(connections as usize);
+    for n in 0..connections {
+        let mut stream = std::net::TcpStream::connect(addr).with_context(|| format!("connection {n} to {server}"))?;
+        stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+        stream.write_all(request.as_bytes())?;
+        // The answer is small: read until its body (the upstream's) has arrived.
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(UPSTREAM_BODY.len()).any(|window| window == UPSTREAM_BODY.as_bytes()) {
+            let read = stream.read(&mut chunk).with_context(|| format!("reading answer {n} from {server}"))?;
+            if read == 0 {
+                bail!(
+                    "{server} closed connection {n} before answering in full: {:?}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        held.push(stream);
+    }
+    // Let allocators settle after the burst.
+    std::thread::sleep(Duration::from_secs(1));
+    let after_kib = resident_kib(pid).context("reading the server's memory")?;
+    drop(held);
+    Ok(IdleMemory { server, connections, before_kib, after_kib })
+}
+
+/// Resident memory of process `pid` and its children, in KiB (`/proc`; None elsewhere).
+fn resident_kib(pid: u32) -> Option<u64> {
+    let rss = |pid: &str| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let parent = |pid: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        text.get(text.rfind(')')? + 2..)?.split_whitespace().nth(1)?.parse().ok()
+    };
+    let own = rss(&pid.to_string())?;
+    let children: u64 = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()) && parent(name) == Some(pid))
+        .filter_map(|name| rss(&name))
+        .sum();
+    Some(own + children)
+}
+
 /// The kernel's clock ticks per second for `/proc` CPU times (`getconf CLK_TCK`; 100 on
 /// every Linux this runs on when getconf is missing).
 fn ticks_per_second() -> u64 {
@@ -1065,6 +1154,7 @@ struct Summary<'a> {
     /// Why the gateway row is empty, kept in the written table since the terminal's
     /// error message does not reach the file.
     gateway_error: Option<String>,
+    idle: &'a [Result<IdleMemory>],
 }
 
 impl Summary<'_> {
@@ -1135,6 +1225,27 @@ impl Summary<'_> {
             let _ = writeln!(text, "{:<14} {rps:>12} {p50:>12} {p99:>12} {cpu:>11} {errors:>8}", row.name);
         }
         let _ = write!(text, "\n{}\n\n{}", self.ratios(), self.setting());
+        let _ = write!(text, "\n{}", self.idle_lines());
+        text
+    }
+
+    /// One line per server: the memory its idle keep-alive connections hold.
+    fn idle_lines(&self) -> String {
+        let mut text = String::new();
+        for measured in self.idle {
+            let _ = match measured {
+                Ok(idle) => writeln!(
+                    text,
+                    "{} idle keep-alive connections: {:.1} KiB each on {} (RSS {:.1} → {:.1} MiB)",
+                    idle.connections,
+                    idle.per_connection_kib(),
+                    idle.server,
+                    idle.before_kib as f64 / 1024.0,
+                    idle.after_kib as f64 / 1024.0
+                ),
+                Err(error) => writeln!(text, "idle connections: {error:#}"),
+            };
+        }
         text
     }
 
@@ -1155,6 +1266,10 @@ impl Summary<'_> {
             None => "Embedded mode: rate limits and the cache in process (no Redis).",
         };
         let _ = write!(text, "\n{}\n\n{redis} {}\n", ratios.join("\n"), self.setting());
+        let idle: Vec<String> = self.idle_lines().lines().map(|line| format!("- {line}")).collect();
+        if !idle.is_empty() {
+            let _ = write!(text, "\n{}\n", idle.join("\n"));
+        }
         if let Some(error) = &self.gateway_error {
             let _ = write!(text, "\nThe gateway part failed:\n\n```text\n{error}\n```\n");
         }
@@ -1291,11 +1406,14 @@ Transfer/sec:     335.26B
 
     #[test]
     fn options() {
-        assert_eq!(Options::parse(&[]).unwrap(), Options { duration_secs: 5, rounds: 3, connections: 64, redis: None });
-        let options =
-            Options::parse(&["--duration", "3", "--rounds", "2", "--connections", "16", "--redis", "redis://r/"])
-                .unwrap();
-        assert_eq!(options, Options { duration_secs: 3, rounds: 2, connections: 16, redis: Some("redis://r/".into()) });
+        let defaults = Options { duration_secs: 5, rounds: 3, connections: 64, idle: 10_000, redis: None };
+        assert_eq!(Options::parse(&[]).unwrap(), defaults);
+        let arguments =
+            ["--duration", "3", "--rounds", "2", "--connections", "16", "--idle", "0", "--redis", "redis://r/"];
+        let options = Options::parse(&arguments).unwrap();
+        let expected =
+            Options { duration_secs: 3, rounds: 2, connections: 16, idle: 0, redis: Some("redis://r/".into()) };
+        assert_eq!(options, expected);
         assert!(Options::parse(&["--rounds", "0"]).is_err());
         assert!(Options::parse(&["--duration"]).is_err());
         assert!(Options::parse(&["--connections", "1"]).is_err());

@@ -120,7 +120,9 @@ impl Front {
             let front = front.clone();
             async move { Ok::<_, Infallible>(front.call(request.map(Body::new), client).await) }
         });
-        inner.http.serve(&mut conn, Rewind { read, at: 0, stream }, service).await;
+        // Boxed: the general path's state is allocated only for connections that take it,
+        // not carried by every connection's task.
+        Box::pin(inner.http.serve(&mut conn, Rewind { read, at: 0, stream }, service)).await;
     }
 }
 

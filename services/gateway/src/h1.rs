@@ -128,6 +128,60 @@ struct Conn<'a> {
     extra: Vec<u8>,
 }
 
+/// A connection's working buffers. They belong to requests in flight: a connection that
+/// goes idle gives them back to its thread's spares and takes a set again once its next
+/// request starts to arrive, so that thousands of idle keep-alive connections hold none.
+#[derive(Default)]
+struct Buffers {
+    input: Vec<u8>,
+    forwarded: Vec<u8>,
+    out: Vec<u8>,
+    upstream: Vec<u8>,
+    extra: Vec<u8>,
+}
+
+/// Spare buffer sets kept per thread, for as many connections as are busy at once.
+const SPARE_SETS: usize = 256;
+/// Buffers grown beyond this (a large head) are not kept as spares.
+const SPARE_CAPACITY: usize = 16 * 1024;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Conn<'_> {
+    /// Takes a set of buffers for a request, `input` (the head's) sized to read into.
+    fn unpark(&mut self, input: &mut Vec<u8>) {
+        let set = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+        *input = set.input;
+        if input.len() < INPUT_BUFFER {
+            input.resize(INPUT_BUFFER, 0);
+        }
+        (self.forwarded, self.out, self.upstream, self.extra) = (set.forwarded, set.out, set.upstream, set.extra);
+    }
+
+    /// Gives the buffers back while the connection is idle (`input` holds no bytes of a
+    /// request).
+    fn park(&mut self, input: &mut Vec<u8>) {
+        let set = Buffers {
+            input: std::mem::take(input),
+            forwarded: std::mem::take(&mut self.forwarded),
+            out: std::mem::take(&mut self.out),
+            upstream: std::mem::take(&mut self.upstream),
+            extra: std::mem::take(&mut self.extra),
+        };
+        let sizes = [&set.input, &set.forwarded, &set.out, &set.upstream, &set.extra];
+        if sizes.iter().all(|buffer| buffer.capacity() <= SPARE_CAPACITY) {
+            let _ = SPARE.try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_SETS {
+                    spare.push(set);
+                }
+            });
+        }
+    }
+}
+
 /// Serves requests from `stream` for as long as they are for this path; the first that is
 /// not ends it with [`Ended::Handover`]. A malformed head is answered 400 and a head over
 /// [`HEAD_LIMIT`] 431, with the contracts' `Error` body, and the connection closed. Returns
@@ -140,7 +194,8 @@ pub async fn serve(
     api_paths: &matchit::Router<()>,
     connection: &mut pake_listen::Conn,
 ) -> Ended {
-    let mut input = vec![0u8; INPUT_BUFFER];
+    // Taken when the first request starts to arrive (see `Buffers`).
+    let mut input = Vec::new();
     let mut filled = 0;
     let mut conn =
         Conn { stream, client, plane, forwarded: Vec::new(), out: Vec::new(), upstream: Vec::new(), extra: Vec::new() };
@@ -163,6 +218,9 @@ pub async fn serve(
                             served = true;
                             input.copy_within(head_length..filled, 0);
                             filled -= head_length;
+                            if filled == 0 {
+                                conn.park(&mut input);
+                            }
                             wait = pake_listen::Wait::Idle(Instant::now());
                             continue;
                         }
@@ -205,7 +263,14 @@ pub async fn serve(
             let deadline = timeouts.deadline(wait);
             let read = tokio::select! {
                 biased;
-                read = conn.stream.read(&mut input[filled..]) => read,
+                read = async {
+                    if input.is_empty() {
+                        // Idle, holding no buffers: they are taken once bytes arrive.
+                        conn.stream.readable().await?;
+                        conn.unpark(&mut input);
+                    }
+                    conn.stream.read(&mut input[filled..]).await
+                } => read,
                 // Between requests: shutdown closes the connection.
                 _ = &mut stopped, if filled == 0 => return Ended::Closed,
                 receiver = &mut pressure => {
