@@ -321,6 +321,7 @@ fn postgres_migrator() -> sqlx::migrate::Migrator {
             "registry idempotency keys",
             include_str!("../../../migrations/postgres/0005_registry_idempotency_keys.sql"),
         ),
+        (6, "monitoring", include_str!("../../../migrations/postgres/0006_monitoring.sql")),
     ])
 }
 
@@ -331,6 +332,7 @@ fn sqlite_migrator() -> sqlx::migrate::Migrator {
         (3, "gateway policies", include_str!("../../../migrations/sqlite/0003_gateway_policies.sql")),
         (4, "route merge_slashes", include_str!("../../../migrations/sqlite/0004_route_merge_slashes.sql")),
         (5, "registry idempotency keys", include_str!("../../../migrations/sqlite/0005_registry_idempotency_keys.sql")),
+        (6, "monitoring", include_str!("../../../migrations/sqlite/0006_monitoring.sql")),
     ])
 }
 
