@@ -4,7 +4,9 @@
 //! original 3.1 schemas (JSON Schema 2020-12), not against this lowered copy.
 //!
 //! Each rewrite is lossless for code generation purposes or drops a keyword that has no
-//! effect on generated types (`examples`, `$comment`, …).
+//! effect on generated types (`examples`, `$comment`, …), with one deliberate exception:
+//! `additionalProperties: false` is dropped, so that clients ignore response fields they
+//! do not know (see [`open_for_clients`]).
 
 use serde_json::{Map, Value};
 
@@ -197,6 +199,7 @@ pub fn lower_schema(schema: &mut Value) {
         properties.values_mut().for_each(lower_schema);
     }
 
+    open_for_clients(object);
     lower_type_array(object);
     lower_const(object);
     lower_empty_required(object);
@@ -206,6 +209,17 @@ pub fn lower_schema(schema: &mut Value) {
     lower_ref_siblings(object);
 
     object.retain(|key, _| SCHEMA_KEYWORDS_30.contains(&key.as_str()) || key.starts_with("x-"));
+}
+
+/// `additionalProperties: false` is dropped: the lowered document only feeds the client
+/// generator, and a client that refused fields it does not know would break the day a
+/// response gains one. Requests stay strict where it matters: the generated servers
+/// validate every request against the original 3.1 schemas, which keep
+/// `additionalProperties: false`, before the (shared) types decode it.
+fn open_for_clients(object: &mut Map<String, Value>) {
+    if object.get("additionalProperties") == Some(&Value::Bool(false)) {
+        object.remove("additionalProperties");
+    }
 }
 
 /// `type: [string, "null"]` → `type: string, nullable: true`; several non-null types
@@ -426,6 +440,27 @@ mod tests {
                 "type": "object",
                 "properties": {"labels": {"type": "object", "additionalProperties": {"type": "string"}}},
                 "x-kept": true
+            })
+        );
+    }
+
+    #[test]
+    fn closed_objects_are_opened_for_clients_and_maps_keep_their_values() {
+        assert_eq!(
+            lowered(json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "inner": {"type": "object", "additionalProperties": false, "properties": {"a": {"type": "string"}}},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+                }
+            })),
+            json!({
+                "type": "object",
+                "properties": {
+                    "inner": {"type": "object", "properties": {"a": {"type": "string"}}},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+                }
             })
         );
     }

@@ -10,7 +10,6 @@ use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderE
 pub mod types {
     ///A registered API client. Its secret is never part of it.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ApiClient {
         ///Public identifier the client presents to `POST /v1/auth/token`.
         pub client_id: ApiClientClientId,
@@ -96,7 +95,6 @@ pub mod types {
     }
     ///One page of API clients.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ApiClientList {
         pub items: ::std::vec::Vec<ApiClient>,
         ///Cursor of the next page; null on the last page.
@@ -231,7 +229,6 @@ pub mod types {
     }
     ///An API client to register.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ApiClientSpec {
         ///A disabled client cannot obtain tokens.
         #[serde(default)]
@@ -430,7 +427,6 @@ pub mod types {
     }
     ///Fields of an API client to change; at least one.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ApiClientUpdate {
         ///Disable or re-enable the client.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -514,7 +510,6 @@ pub mod types {
     }
     ///An API client together with its newly issued secret, returned once by creation and by rotation. Store the secret now: it cannot be read again.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ApiClientWithSecret {
         pub client_id: ApiClientWithSecretClientId,
         ///The secret in clear, 256 random bits or more, base64url.
@@ -780,7 +775,6 @@ pub mod types {
     }
     ///The outcome of an invalidation.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CacheInvalidation {
         ///Id of the invalidation, also in the message sent to other replicas and in logs.
         pub id: ::uuid::Uuid,
@@ -797,7 +791,6 @@ pub mod types {
     }
     ///What to invalidate; at least one non-empty list. An entry matches when it matches any item of any list.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CacheInvalidationRequest {
         ///Exact public request paths with their query string (`/v1/arxiv/search?q=llm`), every method and variant.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -942,7 +935,6 @@ pub mod types {
     }
     ///Counters of one cache level.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CacheLevelStats {
         ///Size of the stored entries now, in bytes.
         pub bytes: u64,
@@ -964,7 +956,6 @@ pub mod types {
     }
     ///Response caching for a route. Only 200, 203, 204, 301, 404 and 410 responses without `Cache-Control: no-store` or `private` and without `Set-Cookie` are stored, in L1 (in-process) and L2 (Redis). The cache key is the method, the path with its query string, the tenant and the `vary_headers` values.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CachePolicy {
         ///Whether responses of the route are cached.
         pub enabled: bool,
@@ -991,7 +982,6 @@ pub mod types {
     }
     ///Response-cache statistics as seen by the answering replica.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CacheStats {
         ///hits / lookups; 0 without lookups.
         pub hit_rate: f64,
@@ -1198,7 +1188,6 @@ pub mod types {
     }
     ///One page of circuit-breaker states.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CircuitBreakerList {
         pub items: ::std::vec::Vec<CircuitBreakerState>,
         ///Cursor of the next page; null on the last page.
@@ -1275,7 +1264,6 @@ pub mod types {
     }
     ///The circuit breaker of one upstream instance.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CircuitBreakerState {
         ///`host:port` the gateway connects to (IPv6 hosts in brackets).
         pub address: CircuitBreakerStateAddress,
@@ -1621,7 +1609,6 @@ pub mod types {
     }
     ///The body of every 4xx and 5xx response.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Error {
         ///Stable machine-readable error code; never changes meaning.
         pub code: ErrorCode,
@@ -1697,7 +1684,6 @@ pub mod types {
     }
     ///`ErrorDetail`
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ErrorDetail {
         ///The parameter name, or a JSON pointer into the body (`/spec/timeout_ms`).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2128,7 +2114,6 @@ pub mod types {
     }
     ///Health in the style of the IETF "Health Check Response Format for HTTP APIs" draft (`application/health+json`), with snake_case field names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Health {
         ///One entry per dependency, keyed by component: `store`, `redis` and `registry`. Absent from the liveness answer.
         #[serde(
@@ -2156,7 +2141,6 @@ pub mod types {
     }
     ///The result of probing one dependency.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HealthCheck {
         ///Kind of dependency: `datastore` for the store and Redis, `component` for the registry.
         pub component_type: HealthCheckComponentType,
@@ -2663,7 +2647,6 @@ pub mod types {
     }
     ///A public verification key (RFC 7517). RSA keys (`kty: RSA`, `alg: RS256`) carry `n` and `e`; Ed25519 keys (`kty: OKP`, `alg: EdDSA`, RFC 8037) carry `crv` and `x`. Binary values are base64url without padding.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Jwk {
         ///The signing algorithm used with this key.
         pub alg: JwkAlg,
@@ -3150,7 +3133,6 @@ pub mod types {
     }
     ///A JSON Web Key Set (RFC 7517 §5).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Jwks {
         ///The verification keys, the current signing key first. Empty when the gateway signs with a shared HS256 secret, which is never published.
         pub keys: ::std::vec::Vec<Jwk>,
@@ -3763,7 +3745,6 @@ pub mod types {
     }
     ///A rate-limit policy with its server-assigned fields.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RateLimitPolicy {
         pub algorithm: RateLimitAlgorithm,
         ///Requests allowed at once above the steady rate.
@@ -3786,7 +3767,6 @@ pub mod types {
     }
     ///One page of rate-limit policies.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RateLimitPolicyList {
         pub items: ::std::vec::Vec<RateLimitPolicy>,
         ///Cursor of the next page; null on the last page.
@@ -3922,7 +3902,6 @@ pub mod types {
     }
     ///A rate-limit policy as created or replaced: `rate` requests per `period_seconds`, plus up to `burst` requests above that at once. Counters live in Redis so that all replicas share them (in process in embedded mode).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RateLimitPolicySpec {
         pub algorithm: RateLimitAlgorithm,
         ///Requests allowed at once above the steady rate.
@@ -4254,7 +4233,6 @@ pub mod types {
     }
     ///Bounded retries of a proxied request on another healthy instance. Only idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS) are ever retried, and never after the route's `timeout_ms` has run out.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RetryPolicy {
         ///Retry budget: retries in flight may not exceed this percentage of the route's requests in flight, so that retries cannot amplify an outage.
         #[serde(default = "defaults::default_u64::<i64, 20>")]
@@ -4275,7 +4253,6 @@ pub mod types {
     }
     ///A route with its server-assigned fields and every default filled in.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Route {
         pub api_version: RouteApiVersion,
         pub cache: CachePolicy,
@@ -4371,7 +4348,6 @@ pub mod types {
     }
     ///Cache counters of one route, both levels together.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RouteCacheStats {
         pub hit_rate: f64,
         pub hits: u64,
@@ -4445,7 +4421,6 @@ pub mod types {
     }
     ///One page of routes.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RouteList {
         pub items: ::std::vec::Vec<Route>,
         ///Cursor of the next page; null on the last page.
@@ -4701,7 +4676,6 @@ pub mod types {
     }
     ///A route as created or replaced. Requests to `/{api_version}{path_prefix}` (the prefix matched on whole path segments) with one of `methods` are proxied to `service`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RouteSpec {
         ///API version, the first path segment (`v1`, `v2`).
         pub api_version: RouteSpecApiVersion,
@@ -5052,7 +5026,6 @@ pub mod types {
     }
     ///Client-credentials grant request (RFC 6749 §4.4), as JSON.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct TokenRequest {
         ///The `aud` claim of the token, naming the API it is meant for. Absent: `pake`.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -5379,7 +5352,6 @@ pub mod types {
     }
     ///An issued access token (RFC 6749 §5.1).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct TokenResponse {
         ///A JWS compact-serialised JWT signed with a key from the JWKS; its claims are `iss`, `sub` (the `client_id`), `aud`, `tenant`, `scope`, `iat`, `nbf`, `exp` and `jti`.
         pub access_token: TokenResponseAccessToken,

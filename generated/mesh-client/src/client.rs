@@ -10,7 +10,6 @@ use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderE
 pub mod types {
     ///Circuit breaker per upstream instance. It opens after `failure_threshold` consecutive failures, or when at least `minimum_requests` were made in the last `rate_window_seconds` and the share that failed reaches `failure_rate_threshold`. Open, it fails fast for `open_seconds`, then lets `half_open_max_requests` trial requests through: all succeeding closes it, any failing opens it again.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct CircuitBreakerPolicy {
         ///Share of failed requests (0 exclusive to 1 inclusive) that opens the circuit.
         pub failure_rate_threshold: f64,
@@ -32,7 +31,6 @@ pub mod types {
     }
     ///The current value of a configuration key.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ConfigEntry {
         ///When the key was first written (since its last deletion).
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
@@ -110,7 +108,6 @@ pub mod types {
     }
     ///One page of configuration entries.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ConfigEntryList {
         pub items: ::std::vec::Vec<ConfigEntry>,
         pub next_cursor: NextCursor,
@@ -240,7 +237,6 @@ pub mod types {
     }
     ///One version in a key's history.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ConfigVersion {
         ///When the change was made.
         pub changed_at: ::chrono::DateTime<::chrono::offset::Utc>,
@@ -375,7 +371,6 @@ pub mod types {
     }
     ///One page of a key's history, newest first.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ConfigVersionList {
         pub items: ::std::vec::Vec<ConfigVersion>,
         pub next_cursor: NextCursor,
@@ -496,7 +491,6 @@ pub mod types {
     }
     ///A new value for a key, optionally conditional on its current version.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ConfigWrite {
         ///Why this value (kept with the version in the history).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -811,7 +805,6 @@ pub mod types {
     }
     ///A dependency one service declares on another, by name.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Dependency {
         ///When the dependency was declared.
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
@@ -833,7 +826,6 @@ pub mod types {
     }
     ///A dependency to declare.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct DependencyCreate {
         pub depends_on: ServiceName,
         ///Why the service depends on it.
@@ -957,7 +949,6 @@ pub mod types {
     }
     ///`from` depends on `to`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct DependencyEdge {
         pub from: ServiceName,
         pub kind: DependencyKind,
@@ -970,7 +961,6 @@ pub mod types {
     }
     ///Services as nodes, declared dependencies as edges, and the cycles found.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct DependencyGraph {
         ///Each elementary cycle once, as the service names along it starting from the smallest name (the edge from the last back to the first closes it).
         pub cycles: ::std::vec::Vec<::std::vec::Vec<ServiceName>>,
@@ -1039,7 +1029,6 @@ pub mod types {
     }
     ///One page of dependencies.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct DependencyList {
         pub items: ::std::vec::Vec<Dependency>,
         pub next_cursor: NextCursor,
@@ -1051,7 +1040,6 @@ pub mod types {
     }
     ///A service in the graph.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct DependencyNode {
         ///False when the name is only depended on and not registered.
         pub registered: bool,
@@ -1323,7 +1311,6 @@ pub mod types {
     }
     ///The answer to a discovery query.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Discovery {
         ///The service's modify index; pass it as `index` to block for changes.
         pub index: i64,
@@ -1398,7 +1385,6 @@ pub mod types {
     }
     ///The body of every 4xx and 5xx response.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Error {
         ///Stable machine-readable error code; never changes meaning.
         pub code: ErrorCode,
@@ -1474,7 +1460,6 @@ pub mod types {
     }
     ///`ErrorDetail`
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ErrorDetail {
         ///The parameter name, or a JSON pointer into the body (`/spec/timeout_ms`).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2026,7 +2011,6 @@ pub mod types {
     }
     ///Health in the `application/health+json` style (draft-inadarei-api-health-check), with snake_case member names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Health {
         ///Results per check, keyed `component:measurement` (`store:connection`), each with one result per instance of the component.
         pub checks: ::std::collections::HashMap<
@@ -2048,7 +2032,6 @@ pub mod types {
     }
     ///One measurement of one component.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HealthCheckResult {
         ///Which instance of the component (`postgres`, `redis`).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2476,7 +2459,6 @@ pub mod types {
     }
     ///A TTL heartbeat with the instance's own view of its health.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HeartbeatRequest {
         ///Human-readable detail of the status (kept in `status_output`).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2614,7 +2596,6 @@ pub mod types {
     }
     ///A registered instance of a service.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Instance {
         pub address: HostAddress,
         ///Seconds the instance may stay `critical` before it is removed.
@@ -2714,7 +2695,6 @@ pub mod types {
     }
     ///One page of instances.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct InstanceList {
         pub items: ::std::vec::Vec<Instance>,
         pub next_cursor: NextCursor,
@@ -2726,7 +2706,6 @@ pub mod types {
     }
     ///An instance to register.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct InstanceRegistration {
         pub address: HostAddress,
         ///Seconds an instance may stay `critical` before it is removed.
@@ -4084,7 +4063,6 @@ pub mod types {
     }
     ///Passive outlier ejection: every `interval_seconds` the gateway ejects instances that answered `consecutive_5xx` 5xx responses in a row, for `base_ejection_seconds` times the number of times they were ejected, never ejecting more than `max_ejection_percent` of the instances at once.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct OutlierDetectionPolicy {
         ///Base ejection time, multiplied by the number of ejections so far.
         pub base_ejection_seconds: ::std::num::NonZeroU64,
@@ -4551,7 +4529,6 @@ pub mod types {
     }
     ///Bounded retries. The gateway only retries idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE), with jittered exponential backoff, and never past `request_timeout_ms`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct RetryPolicy {
         ///Retries allowed as a percentage of the requests in flight to the service, to avoid retry storms (0 allows none beyond a floor of one retry per second).
         pub budget_percent: i64,
@@ -4639,7 +4616,6 @@ pub mod types {
     }
     ///A registered service.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Service {
         ///When the service was registered.
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
@@ -4723,7 +4699,6 @@ pub mod types {
     }
     ///How the monitoring service actively checks each instance: it requests `path` on the instance (or the instance's `health_url`) every `interval_seconds`; the instance counts as healthy after `healthy_threshold` consecutive successes and unhealthy after `unhealthy_threshold` consecutive failures.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ServiceHealthCheck {
         ///Consecutive successes that make an unhealthy instance healthy.
         pub healthy_threshold: ::std::num::NonZeroU64,
@@ -4805,7 +4780,6 @@ pub mod types {
     }
     ///One page of services.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ServiceList {
         pub items: ::std::vec::Vec<Service>,
         pub next_cursor: NextCursor,
@@ -4995,7 +4969,6 @@ pub mod types {
     }
     ///A service to register. Omitted fields take their defaults; without `health_check` the service gets `{path: /health, interval_seconds: 10, timeout_ms: 2000, healthy_threshold: 2, unhealthy_threshold: 3}`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ServiceRegistration {
         ///What the service does.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -5133,7 +5106,6 @@ pub mod types {
     }
     ///Fields to change; at least one. Absent fields keep their value. `name` is immutable and not accepted.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ServiceUpdate {
         ///What the service does; an empty string clears it.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -5349,7 +5321,6 @@ pub mod types {
     }
     ///The traffic policy the gateway applies to calls to a service.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct TrafficPolicy {
         pub circuit_breaker: CircuitBreakerPolicy,
         ///Milliseconds to establish a connection to an instance.
@@ -5374,7 +5345,6 @@ pub mod types {
     }
     ///A complete traffic policy, replacing the previous one. The defaults given to a new service are `round_robin`, connect 1000 ms, request 30000 ms, 2 retries of 10000 ms on connect_failure, refused_stream and gateway_error with a 20 % budget, a breaker at 5 consecutive failures or 50 % of at least 20 requests in 30 s, open 30 s, 1 half-open request, and ejection after 5 consecutive 5xx every 10 s for 30 s, at most 50 %.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct TrafficPolicySpec {
         pub circuit_breaker: CircuitBreakerPolicy,
         ///Milliseconds to establish a connection to an instance.

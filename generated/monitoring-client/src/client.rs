@@ -81,7 +81,6 @@ pub mod types {
     }
     ///One alert: a rule's condition holding for one label set (identified by `fingerprint`). When a resolved alert's condition holds again, a new alert is created.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Alert {
         ///When the alert was acknowledged; null when unacknowledged.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
@@ -189,7 +188,6 @@ pub mod types {
     }
     ///Who acknowledges an alert, and why.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AlertAcknowledgement {
         ///Who is handling the alert (a user name or email).
         pub by: AlertAcknowledgementBy,
@@ -377,7 +375,6 @@ pub mod types {
     }
     ///One page of alerts.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AlertList {
         pub items: ::std::vec::Vec<Alert>,
         ///Cursor for the next page; null on the last page.
@@ -453,7 +450,6 @@ pub mod types {
     }
     ///The JSON body POSTed to webhook receivers, in the manner of Alertmanager's webhook payload: one notification per rule and receiver, carrying that rule's alerts that changed state (firing, and resolved when `send_resolved` is true). Silenced alerts are left out.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AlertNotification {
         pub alerts: ::std::vec::Vec<Alert>,
         ///The name of the receiver.
@@ -637,7 +633,6 @@ pub mod types {
     }
     ///An alert rule with its identity and current evaluation state.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AlertRule {
         pub aggregation: Aggregation,
         pub annotations: Annotations,
@@ -866,7 +861,6 @@ pub mod types {
     }
     ///One page of alert rules.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AlertRuleList {
         pub items: ::std::vec::Vec<AlertRule>,
         ///Cursor for the next page; null on the last page.
@@ -1068,7 +1062,6 @@ pub mod types {
     }
     ///The specification of an alert rule, as sent on create and (in full) on replace. At every evaluation interval the series of `metric` matching all `matchers` are aggregated and compared with `threshold`; each resulting series (or group) for which the comparison holds becomes a pending alert, which fires once the comparison has held for `for_seconds`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AlertRuleSpec {
         ///How the matched series are reduced; `none` when absent.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -1643,7 +1636,6 @@ pub mod types {
     }
     ///The body of every 4xx and 5xx response.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Error {
         ///Stable machine-readable error code; never changes meaning.
         pub code: ErrorCode,
@@ -1719,7 +1711,6 @@ pub mod types {
     }
     ///`ErrorDetail`
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ErrorDetail {
         ///The parameter name, or a JSON pointer into the body (`/spec/timeout_ms`).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2084,7 +2075,6 @@ pub mod types {
     }
     ///Health of this service in the `application/health+json` format (draft-inadarei-api-health-check), with snake_case field names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Health {
         ///Results of the dependency checks, keyed by `component:measurement` (`store:responseTime`); empty for the liveness probe.
         pub checks: ::std::collections::HashMap<
@@ -2112,7 +2102,6 @@ pub mod types {
     }
     ///The result of one dependency check.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HealthCheck {
         ///Which instance of the component was checked.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2587,7 +2576,6 @@ pub mod types {
     }
     ///Number of instances in each health status.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HealthStatusCounts {
         pub critical: u64,
         pub passing: u64,
@@ -2601,7 +2589,6 @@ pub mod types {
     }
     ///Instance health counted per service and overall.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HealthSummary {
         pub counts: HealthStatusCounts,
         ///When the summary was computed.
@@ -2684,7 +2671,6 @@ pub mod types {
     }
     ///One cumulative histogram bucket.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HistogramBucket {
         ///Number of observations less than or equal to `le`.
         pub count: u64,
@@ -2698,7 +2684,6 @@ pub mod types {
     }
     ///Health of one registered instance, from the active checks of its health URL (by default every 5 seconds, 2 second timeout).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct InstanceHealth {
         ///The instance's `host:port`.
         pub address: InstanceHealthAddress,
@@ -2847,7 +2832,6 @@ pub mod types {
     }
     ///One page of instance health.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct InstanceHealthList {
         pub items: ::std::vec::Vec<InstanceHealth>,
         ///Cursor for the next page; null on the last page.
@@ -3100,7 +3084,6 @@ pub mod types {
     }
     ///A condition on one label of a series or alert.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct LabelMatcher {
         ///The label name.
         pub label: LabelMatcherLabel,
@@ -4133,7 +4116,6 @@ pub mod types {
     }
     ///One pushed sample.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct MetricSample {
         ///Help text for the metric.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -4336,7 +4318,6 @@ pub mod types {
     }
     ///A batch of samples pushed in the manner of a Prometheus Pushgateway.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct MetricSamplesPush {
         pub samples: ::std::vec::Vec<MetricSample>,
         ///The pushing service or job, reported as the `source` of the resulting series. Defaults to the subject of the bearer token.
@@ -4414,7 +4395,6 @@ pub mod types {
     }
     ///The current value of one metric series (a metric name and one label set).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct MetricSeries {
         ///For a histogram, its cumulative buckets in increasing `le` order. The `+Inf` bucket is left out: its count is `value`.
         #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
@@ -4500,7 +4480,6 @@ pub mod types {
     }
     ///One page of metric series.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct MetricSeriesList {
         pub items: ::std::vec::Vec<MetricSeries>,
         ///Cursor for the next page; null on the last page.
@@ -4767,7 +4746,6 @@ pub mod types {
     }
     ///A webhook receiver.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Receiver {
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         ///The configured header names, each with the value `<redacted>`.
@@ -4909,7 +4887,6 @@ pub mod types {
     }
     ///One page of webhook receivers.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ReceiverList {
         pub items: ::std::vec::Vec<Receiver>,
         ///Cursor for the next page; null on the last page.
@@ -5047,7 +5024,6 @@ pub mod types {
     }
     ///The specification of a webhook receiver, as sent on create and (in full) on replace.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ReceiverSpec {
         ///Extra HTTP headers sent with every notification (e.g. `Authorization`). Values are stored encrypted and never returned.
         #[serde(
@@ -5254,7 +5230,6 @@ pub mod types {
     }
     ///The outcome of a test notification.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ReceiverTestResult {
         ///Whether the receiver answered with a 2xx status.
         pub delivered: bool,
@@ -5382,7 +5357,6 @@ pub mod types {
     }
     ///Acknowledgement of a pushed batch of samples.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SamplesAccepted {
         ///Number of samples accepted for ingestion.
         pub accepted: i64,
@@ -5394,7 +5368,6 @@ pub mod types {
     }
     ///Health of the instances of one service.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ServiceHealthSummary {
         pub counts: HealthStatusCounts,
         ///The service name.
@@ -5526,7 +5499,6 @@ pub mod types {
     }
     ///A silence.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Silence {
         pub comment: SilenceComment,
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
@@ -5602,7 +5574,6 @@ pub mod types {
     }
     ///A new silence.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SilenceCreate {
         ///Why the alerts are silenced.
         pub comment: SilenceCreateComment,
@@ -5794,7 +5765,6 @@ pub mod types {
     }
     ///One page of silences.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SilenceList {
         pub items: ::std::vec::Vec<Silence>,
         ///Cursor for the next page; null on the last page.
@@ -5929,7 +5899,6 @@ pub mod types {
     }
     ///One stored span.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Span {
         pub attributes: SpanAttributes,
         ///Duration in microseconds.
@@ -6048,7 +6017,6 @@ pub mod types {
     }
     ///A batch of finished spans.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SpanBatch {
         pub spans: ::std::vec::Vec<SpanIngest>,
     }
@@ -6059,7 +6027,6 @@ pub mod types {
     }
     ///A timestamped event within a span.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SpanEvent {
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub attributes: ::std::option::Option<SpanAttributes>,
@@ -6130,7 +6097,6 @@ pub mod types {
     }
     ///One finished span as sent by a service. `end_time` must not be before `start_time`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SpanIngest {
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub attributes: ::std::option::Option<SpanAttributes>,
@@ -7010,7 +6976,6 @@ pub mod types {
     }
     ///Acknowledgement of an ingested batch of spans.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SpansAccepted {
         ///Number of spans accepted for ingestion.
         pub accepted: i64,
@@ -7022,7 +6987,6 @@ pub mod types {
     }
     ///One quantile of a summary.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SummaryQuantile {
         ///The quantile, between 0 and 1.
         pub quantile: f64,
@@ -7036,7 +7000,6 @@ pub mod types {
     }
     ///One trace with all its stored spans.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Trace {
         ///The spans, ordered by `start_time`.
         pub spans: ::std::vec::Vec<Span>,
@@ -7049,7 +7012,6 @@ pub mod types {
     }
     ///Summary of one trace.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct TraceSummary {
         ///From the earliest start to the latest end, in milliseconds.
         pub duration_ms: f64,
@@ -7072,7 +7034,6 @@ pub mod types {
     }
     ///One page of trace summaries.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct TraceSummaryList {
         pub items: ::std::vec::Vec<TraceSummary>,
         ///Cursor for the next page; null on the last page.

@@ -10,7 +10,6 @@ use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderE
 pub mod types {
     ///A stored auto-scaling policy.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AutoscalingPolicy {
         ///When the policy was created.
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
@@ -50,7 +49,6 @@ pub mod types {
     }
     ///One page of auto-scaling policies.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AutoscalingPolicyList {
         pub items: ::std::vec::Vec<AutoscalingPolicy>,
         ///Cursor of the next page; null on the last page.
@@ -128,7 +126,6 @@ pub mod types {
     }
     ///An auto-scaling policy as written by the client (create and full replacement). At least one of the three targets is needed.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AutoscalingPolicySpec {
         ///Whether recommendations are acted upon.
         #[serde(default = "defaults::default_bool::<true>")]
@@ -167,7 +164,6 @@ pub mod types {
     }
     ///The replica count a policy recommends now.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct AutoscalingRecommendation {
         ///Healthy instances of the service in the registry now.
         pub current_replicas: u64,
@@ -250,7 +246,6 @@ pub mod types {
     }
     ///A benchmark and, once finished, its result and verdict.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Benchmark {
         ///Request body sent with every request.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -503,7 +498,6 @@ pub mod types {
     }
     ///One page of benchmarks.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct BenchmarkList {
         pub items: ::std::vec::Vec<Benchmark>,
         ///Cursor of the next page; null on the last page.
@@ -700,7 +694,6 @@ pub mod types {
     }
     ///Measurements of a benchmark run (partial for a cancelled run).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct BenchmarkResult {
         ///`failures / requests`; 0 when no request was sent.
         pub error_rate: f64,
@@ -719,7 +712,6 @@ pub mod types {
     }
     ///What to load-test and how.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct BenchmarkSpec {
         ///Request body sent with every request, verbatim.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -997,7 +989,6 @@ pub mod types {
     }
     ///Pass/fail thresholds of a benchmark; every one given must hold for the verdict to pass.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct BenchmarkThresholds {
         ///Highest acceptable fraction of failed requests.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -1013,7 +1004,6 @@ pub mod types {
     }
     ///Whether the result meets the SLA.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct BenchmarkVerdict {
         ///True when every threshold and the SLO (if any) hold.
         pub passed: bool,
@@ -1084,7 +1074,6 @@ pub mod types {
     }
     ///The burn rate over one window.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct BurnRate {
         ///Whether `rate` is at or above `threshold`.
         pub alerting: bool,
@@ -1101,7 +1090,6 @@ pub mod types {
     }
     ///A multi-window burn-rate alert: it fires when the burn rate over both the long and the short window is at or above the threshold.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct BurnRateAlert {
         ///Burn rate at or above which the alert fires.
         pub burn_rate_threshold: f64,
@@ -1249,7 +1237,6 @@ pub mod types {
     }
     ///The body of every 4xx and 5xx response.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Error {
         ///Stable machine-readable error code; never changes meaning.
         pub code: ErrorCode,
@@ -1269,7 +1256,6 @@ pub mod types {
     }
     ///The error budget over the SLO window, counted in requests: the number of bad requests the target allows given the traffic seen.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ErrorBudget {
         ///Bad requests in the window.
         pub consumed: f64,
@@ -1343,7 +1329,6 @@ pub mod types {
     }
     ///`ErrorDetail`
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ErrorDetail {
         ///The parameter name, or a JSON pointer into the body (`/spec/timeout_ms`).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -1764,7 +1749,6 @@ pub mod types {
     }
     ///Health in the `application/health+json` style (draft-inadarei-api-health-check), with snake_case field names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Health {
         ///Dependency checks keyed by `component:measurement` (e.g. `store:connection`), each with one entry per component instance.
         #[serde(
@@ -1796,7 +1780,6 @@ pub mod types {
     }
     ///The result of checking one dependency.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct HealthCheck {
         ///Identifier of the component instance, when there are several.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2559,7 +2542,6 @@ pub mod types {
     }
     ///Latency distribution in milliseconds.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct LatencySummary {
         ///Largest latency seen, ms.
         pub max: f64,
@@ -2946,7 +2928,6 @@ pub mod types {
     }
     ///The load a recommendation was computed from (over the last minute).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ObservedLoad {
         ///Mean CPU utilisation per replica as a fraction of its request (may exceed 1); null when not reported.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
@@ -3026,7 +3007,6 @@ pub mod types {
     }
     ///The timing of one request.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Sample {
         ///Id of the upstream instance that served the request.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -3050,7 +3030,6 @@ pub mod types {
     }
     ///A batch of request samples.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SampleBatch {
         pub samples: ::std::vec::Vec<Sample>,
     }
@@ -3061,7 +3040,6 @@ pub mod types {
     }
     ///Outcome of a sample ingestion.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SampleIngestResult {
         ///Number of samples accepted (the whole batch).
         pub accepted: ::std::num::NonZeroU64,
@@ -3200,7 +3178,6 @@ pub mod types {
     }
     ///Performance of a service over a window.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct ServiceStats {
         ///Requests in the window.
         pub count: u64,
@@ -3229,7 +3206,6 @@ pub mod types {
     }
     ///A stored SLO definition.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct Slo {
         ///When the SLO was created.
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
@@ -3320,7 +3296,6 @@ pub mod types {
     }
     ///One page of SLOs.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SloList {
         pub items: ::std::vec::Vec<Slo>,
         ///Cursor of the next page; null on the last page.
@@ -3514,7 +3489,6 @@ pub mod types {
     }
     ///Compliance of an SLO over its window.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SloReport {
         ///The multi-window, multi-burn-rate alerts of the SLO and whether they fire.
         pub alerts: ::std::vec::Vec<BurnRateAlert>,
@@ -3550,7 +3524,6 @@ pub mod types {
     }
     ///An SLO definition as written by the client (create and full replacement).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct SloSpec {
         ///What the SLO promises, for humans.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -3771,7 +3744,6 @@ pub mod types {
     }
     ///Request counts per HTTP status class.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
     pub struct StatusClassCounts {
         ///Responses with status 100–199.
         pub class_1xx: u64,
