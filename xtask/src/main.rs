@@ -1,7 +1,9 @@
 //! Developer commands for PAKE. Run through the cargo alias: `cargo xtask <command>`.
 //!
 //! - `codegen`: lint `openapi/*.yaml` and regenerate `generated/`.
-//! - `codegen --check`: regenerate in memory and fail with a diff when `generated/` is stale.
+//! - `codegen --check [--since REV]`: regenerate in memory and fail with a diff when
+//!   `generated/` is stale, and fail on breaking contract changes since the last release
+//!   tag (or `REV`; `HEAD` before the first tag); see `compat.rs`.
 //! - `bench gateway [--duration SECS] [--rounds N] [--connections N] [--redis URL]`:
 //!   compare the gateway with nginx in front of the same upstream, with wrk, in rounds
 //!   that measure every path in turn; writes `target/bench/gateway.md`.
@@ -10,6 +12,7 @@
 
 mod bench;
 mod codegen;
+mod compat;
 mod contract;
 mod docs;
 mod lint;
@@ -43,19 +46,56 @@ fn run() -> Result<()> {
             println!("generated/ is up to date ({written} file(s) written)");
             Ok(())
         }
-        ["codegen", "--check"] => {
+        ["codegen", "--check", rest @ ..] => {
+            let since = match rest {
+                [] => None,
+                ["--since", revision] => Some(*revision),
+                _ => bail!("usage: cargo xtask codegen --check [--since REV]"),
+            };
             let problems = codegen::check(&root)?;
-            if problems.is_empty() {
-                println!("generated/ is up to date");
-                return Ok(());
-            }
             for problem in &problems {
                 eprintln!("{problem}\n");
             }
-            bail!("generated/ is stale ({} file(s)); run `{}` and commit the result", problems.len(), codegen::COMMAND)
+            let breaking = report_breaking_changes(&root, since)?;
+            if !problems.is_empty() {
+                bail!(
+                    "generated/ is stale ({} file(s)); run `{}` and commit the result",
+                    problems.len(),
+                    codegen::COMMAND
+                )
+            }
+            if breaking > 0 {
+                bail!(
+                    "{breaking} breaking contract change(s); keep the contract compatible, or raise the major of its info.version to release them"
+                )
+            }
+            println!("generated/ is up to date");
+            Ok(())
         }
         ["bench", "gateway", options @ ..] => bench::gateway(&root, &bench::Options::parse(options)?),
         ["load", options @ ..] => load::run(&root, &load::Options::parse(options)?),
-        _ => bail!("usage: cargo xtask codegen [--check] | {} | {}", bench::Options::USAGE, load::Options::USAGE),
+        _ => bail!(
+            "usage: cargo xtask codegen [--check [--since REV]] | {} | {}",
+            bench::Options::USAGE,
+            load::Options::USAGE
+        ),
     }
+}
+
+/// Prints the comparison of the contracts with their baseline; returns how many breaking
+/// changes fail the check.
+fn report_breaking_changes(root: &std::path::Path, since: Option<&str>) -> Result<usize> {
+    let contracts = codegen::load_contracts(root)?;
+    let Some(report) = compat::check(root, &contracts, since)? else {
+        println!("not a git work tree: breaking changes were not checked");
+        return Ok(0);
+    };
+    println!("breaking changes checked against {}", report.baseline.how);
+    for change in &report.allowed {
+        println!("  allowed (major version raised): {change}");
+    }
+    for change in &report.breaking {
+        eprintln!("  breaking: {change}");
+    }
+    Ok(report.breaking.len())
 }
