@@ -79,6 +79,12 @@ struct Config {
     /// Address of the gateway: its API and the data plane.
     #[arg(long, env = "PAKE_GATEWAY_ADDR", default_value = "127.0.0.1:8080", global = true)]
     gateway_addr: SocketAddr,
+    /// Address of the performance (SLO, statistics, auto-scaling) API.
+    #[arg(long, env = "PAKE_PERFORMANCE_ADDR", default_value = "127.0.0.1:8090", global = true)]
+    performance_addr: SocketAddr,
+    /// The most simulated users one benchmark may ask for.
+    #[arg(long, env = "PAKE_BENCHMARK_MAX_USERS", default_value_t = 1000, global = true)]
+    benchmark_max_users: u64,
     /// Log format: text or json.
     #[arg(long, env = "PAKE_LOG_FORMAT", default_value = "text", global = true)]
     log_format: LogFormat,
@@ -127,9 +133,10 @@ enum Command {
 enum ServiceName {
     Registry,
     Gateway,
+    Performance,
 }
 
-const ALL_SERVICES: &[ServiceName] = &[ServiceName::Registry, ServiceName::Gateway];
+const ALL_SERVICES: &[ServiceName] = &[ServiceName::Registry, ServiceName::Gateway, ServiceName::Performance];
 
 impl Config {
     fn database_url(&self) -> Result<String> {
@@ -287,6 +294,9 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     // compile stops the start rather than failing the first request that needs it.
     pake_mesh_server::warm().map_err(anyhow::Error::msg).context("compiling the service-mesh contract's schemas")?;
     pake_gateway_server::warm().map_err(anyhow::Error::msg).context("compiling the gateway contract's schemas")?;
+    pake_performance_server::warm()
+        .map_err(anyhow::Error::msg)
+        .context("compiling the performance contract's schemas")?;
     let keys = config.key_ring()?;
     let verifier = keys.verifier();
     let url = config.database_url()?;
@@ -338,10 +348,35 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     Ok(())
                 });
             }
+            ServiceName::Performance => {
+                let metrics = Metrics::new("performance");
+                let server = limits.server();
+                server.register_metrics(&metrics);
+                let options = pake_performance::Options {
+                    max_benchmark_users: config.benchmark_max_users,
+                    ..pake_performance::Options::default()
+                };
+                // Current replicas come from the registry's own snapshot in this process.
+                let instances: Arc<dyn pake_performance::Registry> = Arc::new(registry.snapshot_cell().clone());
+                let performance = pake_performance::Performance::start(
+                    store.clone(),
+                    instances,
+                    pake_performance::PerformanceMetrics::new(metrics),
+                    options,
+                )
+                .await
+                .context("starting the performance service")?;
+                let router = pake_performance::router(performance, verifier.clone());
+                let listener = bind(config.performance_addr, "performance service").await?;
+                tracing::info!(addr = %listener.local_addr()?, backend, "performance service listening; contract at /openapi.json, docs at /docs");
+                running
+                    .spawn(async move { server.serve_router(listener, router, pake_observe::shutdown_signal()).await });
+            }
         }
     }
     tracing::info!(
-        "mint a token for the APIs with: pake token --scope mesh:read --scope mesh:write --scope gateway:admin"
+        "mint a token for the APIs with: pake token --scope mesh:read --scope mesh:write --scope gateway:admin \
+         --scope performance:read --scope performance:write"
     );
     while let Some(result) = running.join_next().await {
         result.context("a service task failed")?.context("a service stopped with an error")?;

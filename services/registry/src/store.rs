@@ -322,6 +322,7 @@ fn postgres_migrator() -> sqlx::migrate::Migrator {
             include_str!("../../../migrations/postgres/0005_registry_idempotency_keys.sql"),
         ),
         (6, "monitoring", include_str!("../../../migrations/postgres/0006_monitoring.sql")),
+        (7, "performance", include_str!("../../../migrations/postgres/0007_performance.sql")),
     ])
 }
 
@@ -333,6 +334,7 @@ fn sqlite_migrator() -> sqlx::migrate::Migrator {
         (4, "route merge_slashes", include_str!("../../../migrations/sqlite/0004_route_merge_slashes.sql")),
         (5, "registry idempotency keys", include_str!("../../../migrations/sqlite/0005_registry_idempotency_keys.sql")),
         (6, "monitoring", include_str!("../../../migrations/sqlite/0006_monitoring.sql")),
+        (7, "performance", include_str!("../../../migrations/sqlite/0007_performance.sql")),
     ])
 }
 

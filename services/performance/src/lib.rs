@@ -1,0 +1,36 @@
+//! The PAKE performance and SLA service (the performance contract): request samples kept
+//! as mergeable latency sketches in time buckets, statistics per service and route, SLOs
+//! with error budgets and multi-window burn rates, and auto-scaling recommendations
+//! computed as the Kubernetes HPA computes them.
+//!
+//! State lives in the platform database beside the registry's (PostgreSQL, or the embedded
+//! SQLite file): sketches, not raw samples, so that a restart keeps every SLO window and a
+//! 30-day report reads hundreds of rows, not millions. The HTTP surface is the generated
+//! `pake-performance-server` router.
+//!
+//! What it does not do (yet): run benchmarks (startBenchmark validates and then answers
+//! 503 `benchmarks_unavailable`), receive CPU reports, or take the gateway's samples in
+//! process.
+
+pub mod api;
+pub mod autoscaling;
+pub mod metrics;
+pub mod performance;
+pub mod sketch;
+pub mod slo;
+pub mod store;
+pub mod tiers;
+
+use std::sync::Arc;
+
+pub use metrics::PerformanceMetrics;
+pub use performance::{Options, Performance, PerformanceError, Registry};
+
+/// The service's HTTP service: the generated contract router over [`api::PerformanceApi`],
+/// with per-route metrics.
+pub fn router(performance: Arc<Performance>, verifier: pake_tokens::TokenVerifier) -> axum::Router {
+    let metrics = performance.metrics().http().clone();
+    let api = Arc::new(api::PerformanceApi::new(performance, verifier));
+    pake_performance_server::router(api)
+        .route_layer(axum::middleware::from_fn_with_state(metrics, pake_observe::Metrics::track))
+}

@@ -1,0 +1,806 @@
+//! The performance service's rules: what a sample batch, an SLO, a policy and a benchmark
+//! must satisfy beyond the contract's schemas, how statistics and reports are read from
+//! the sketches, and the background work (retention, the burn-rate and desired-replica
+//! metrics, benchmarks interrupted by a restart).
+//!
+//! No SQL here (`crate::store`), no HTTP (`crate::api`).
+
+use crate::autoscaling::{self, Observed};
+use crate::metrics::PerformanceMetrics;
+use crate::sketch::LatencySketch;
+use crate::slo::{self, Counts};
+use crate::store::{After, BucketKey, BucketRow, PerformanceStore};
+use crate::tiers::{self, TIERS};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use pake_performance_server::types;
+use pake_registry::store::{Store, StoreError};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What the service knows of the registry: whether a service is registered and how many
+/// of its instances pass their checks.
+pub trait Registry: Send + Sync + 'static {
+    /// `None` when the service is not registered.
+    fn passing_instances(&self, service: &str) -> Option<u64>;
+}
+
+/// The registry's own in-memory snapshot, as `pake serve` shares it.
+impl Registry for Arc<pake_registry::snapshot::SnapshotCell> {
+    fn passing_instances(&self, service: &str) -> Option<u64> {
+        let snapshot = self.load();
+        let data = snapshot.service_by_name(service)?;
+        let now = Utc::now().timestamp_millis();
+        let passing = data
+            .instances
+            .iter()
+            .filter(|record| record.effective(now).status == pake_mesh_server::types::InstanceStatus::Passing)
+            .count();
+        Some(passing as u64)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PerformanceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A body field breaks a rule of the service: the JSON pointer and why.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// A query parameter breaks a rule: its name and why.
+    #[error("{parameter}: {message}")]
+    BadParameter { parameter: &'static str, message: String },
+    #[error("cursor is not one this server issued")]
+    BadCursor,
+    /// Benchmarks need a load generator this process was not given.
+    #[error("{0}")]
+    NoRunner(String),
+    #[error(transparent)]
+    Unavailable(StoreError),
+    #[error(transparent)]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<StoreError> for PerformanceError {
+    fn from(error: StoreError) -> Self {
+        if error.store_is_down() {
+            PerformanceError::Unavailable(error)
+        } else {
+            PerformanceError::Internal(Box::new(error))
+        }
+    }
+}
+
+impl From<serde_json::Error> for PerformanceError {
+    fn from(error: serde_json::Error) -> Self {
+        PerformanceError::Internal(Box::new(error))
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> PerformanceError {
+    PerformanceError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// One page of a list.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(created_ms: i64, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{created_ms}:{id}"))
+}
+
+fn decode_cursor(cursor: Option<&str>) -> Result<After, PerformanceError> {
+    let Some(cursor) = cursor else { return Ok(None) };
+    let text = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(PerformanceError::BadCursor)?;
+    let (ms, id) = text.split_once(':').ok_or(PerformanceError::BadCursor)?;
+    Ok(Some((
+        ms.parse().map_err(|_| PerformanceError::BadCursor)?,
+        id.parse().map_err(|_| PerformanceError::BadCursor)?,
+    )))
+}
+
+fn page<T>(mut rows: Vec<(i64, T)>, limit: u64, id: impl Fn(&T) -> Uuid) -> Page<T> {
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more { rows.last().map(|(ms, item)| encode_cursor(*ms, id(item))) } else { None };
+    Page { items: rows.into_iter().map(|(_, item)| item).collect(), next_cursor }
+}
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The most simulated users a benchmark may ask for.
+    pub max_benchmark_users: u64,
+    /// How often the burn-rate and desired-replica metrics are recomputed (the HPA's
+    /// sync period by default).
+    pub evaluation_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { max_benchmark_users: 1_000, evaluation_interval: Duration::from_secs(15) }
+    }
+}
+
+/// Which requests count as good for an SLO.
+fn good_in(slo: &types::Slo, rows: &[BucketRow]) -> Result<Counts, PerformanceError> {
+    let mut counts = Counts::default();
+    let mut latencies: Option<LatencySketch> = None;
+    for row in rows.iter().filter(|row| route_matches(&row.route, slo.route.as_deref().map(String::as_str))) {
+        counts.total += row.requests;
+        match slo.objective {
+            types::SloObjective::Availability if row.status_class < 5 => counts.good += row.requests,
+            types::SloObjective::ErrorRate if row.status_class < 4 => counts.good += row.requests,
+            types::SloObjective::Latency if row.status_class < 5 => {
+                if let Some(sketch) = &row.sketch {
+                    latencies
+                        .get_or_insert_with(LatencySketch::new)
+                        .merge(sketch)
+                        .map_err(|e| PerformanceError::Internal(Box::new(e)))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    if let (Some(sketch), Some(threshold)) = (latencies, slo.latency_threshold_ms) {
+        counts.good += sketch.count_below(threshold.get() as f64);
+    }
+    Ok(counts)
+}
+
+/// A sample without a route counts for its service but for no route filter.
+fn route_matches(route: &str, prefix: Option<&str>) -> bool {
+    match prefix {
+        None => true,
+        Some(prefix) => !route.is_empty() && route.starts_with(prefix),
+    }
+}
+
+fn window_ms(window: types::StatsWindow) -> i64 {
+    match window {
+        types::StatsWindow::X1m => 60_000,
+        types::StatsWindow::X5m => 300_000,
+        types::StatsWindow::X15m => 900_000,
+        types::StatsWindow::X1h => 3_600_000,
+        types::StatsWindow::X6h => 21_600_000,
+        types::StatsWindow::X24h => 86_400_000,
+    }
+}
+
+fn millis_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Latency percentiles of a sketch, as the contract's `LatencySummary`.
+pub fn latency_summary(sketch: &LatencySketch) -> Option<serde_json::Value> {
+    let q = |q: f64| sketch.quantile(q).unwrap_or(0.0);
+    Some(json!({
+        "p50": q(0.5), "p90": q(0.9), "p95": q(0.95), "p99": q(0.99),
+        "max": sketch.max()?, "mean": sketch.mean()?,
+    }))
+}
+
+pub struct Performance {
+    store: PerformanceStore,
+    registry: Arc<dyn Registry>,
+    metrics: PerformanceMetrics,
+    options: Options,
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Performance {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.background.lock() {
+            tasks.iter().for_each(|task| task.abort());
+        }
+    }
+}
+
+impl Performance {
+    /// Starts the service over the platform store: benchmarks a previous process left
+    /// queued or running are marked failed, and the background work begins.
+    pub async fn start(
+        store: Store,
+        registry: Arc<dyn Registry>,
+        metrics: PerformanceMetrics,
+        options: Options,
+    ) -> Result<Arc<Performance>, PerformanceError> {
+        let performance = Arc::new(Performance {
+            store: PerformanceStore::new(store),
+            registry,
+            metrics,
+            options,
+            background: std::sync::Mutex::new(Vec::new()),
+        });
+        performance.fail_interrupted_benchmarks().await?;
+        let weak = Arc::downgrade(&performance);
+        let evaluation = tokio::spawn(evaluate_periodically(weak.clone()));
+        let retention = tokio::spawn(purge_periodically(weak));
+        performance.background.lock().expect("background task list").extend([evaluation, retention]);
+        Ok(performance)
+    }
+
+    pub fn store(&self) -> &PerformanceStore {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &PerformanceMetrics {
+        &self.metrics
+    }
+
+    // ---- samples and statistics ------------------------------------------------------
+
+    /// Validates the whole batch, then merges it into the 10 s, 5 min and 1 h sketches.
+    pub async fn ingest(&self, batch: &types::SampleBatch) -> Result<u64, PerformanceError> {
+        let now = Utc::now().timestamp_millis();
+        let mut buckets: BTreeMap<BucketKey, LatencySketch> = BTreeMap::new();
+        let mut services = BTreeSet::new();
+        for (i, sample) in batch.samples.iter().enumerate() {
+            let at = sample.timestamp.timestamp_millis();
+            if at > now + tiers::MAX_SAMPLE_AHEAD_MS {
+                return Err(invalid(format!("/samples/{i}/timestamp"), "is more than 5 minutes in the future"));
+            }
+            if at < now - tiers::MAX_SAMPLE_AGE_MS {
+                return Err(invalid(format!("/samples/{i}/timestamp"), "is older than the 90 days samples are kept"));
+            }
+            if !sample.latency_ms.is_finite() || sample.latency_ms < 0.0 {
+                return Err(invalid(format!("/samples/{i}/latency_ms"), "must be a finite number of milliseconds"));
+            }
+            let service = sample.service.as_str().to_string();
+            let route = sample.route.as_deref().map(String::as_str).unwrap_or("").to_string();
+            let status_class = (sample.status / 100).clamp(1, 5);
+            for tier in TIERS.iter().filter(|tier| tier.keeps(at, now)) {
+                let key = BucketKey {
+                    service: service.clone(),
+                    resolution_s: tier.seconds,
+                    bucket_ms: tier.bucket(at),
+                    route: route.clone(),
+                    status_class,
+                };
+                buckets.entry(key).or_default().add(sample.latency_ms);
+            }
+            services.insert(service);
+        }
+        let services: Vec<String> = services.into_iter().collect();
+        self.store.merge(&services, &buckets, now).await?;
+        let accepted = batch.samples.len() as u64;
+        self.metrics.samples_ingested.inc_by(accepted);
+        Ok(accepted)
+    }
+
+    /// Statistics of `service` over the `window` ending now.
+    pub async fn stats(
+        &self,
+        service: &str,
+        window: types::StatsWindow,
+        route: Option<&str>,
+    ) -> Result<types::ServiceStats, PerformanceError> {
+        if !self.store.has_samples(service).await? {
+            return Err(PerformanceError::NotFound(format!("no sample has been recorded for the service {service}")));
+        }
+        let now = Utc::now().timestamp_millis();
+        let length = window_ms(window);
+        let from = now - length;
+        let rows = self.store.buckets(service, &tiers::cover(from, now, now), true).await?;
+        let mut classes = [0u64; 5];
+        let mut merged = LatencySketch::new();
+        for row in rows.iter().filter(|row| route_matches(&row.route, route)) {
+            classes[(row.status_class.clamp(1, 5) - 1) as usize] += row.requests;
+            if let Some(sketch) = &row.sketch {
+                merged.merge(sketch).map_err(|e| PerformanceError::Internal(Box::new(e)))?;
+            }
+        }
+        let count: u64 = classes.iter().sum();
+        let mut body = json!({
+            "service": service,
+            "window": window,
+            "from": millis_to_time(from),
+            "to": millis_to_time(now),
+            "count": count,
+            "throughput_rps": count as f64 / (length as f64 / 1000.0),
+            "error_rate": if count == 0 { 0.0 } else { classes[4] as f64 / count as f64 },
+            "status_classes": {
+                "class_1xx": classes[0], "class_2xx": classes[1], "class_3xx": classes[2],
+                "class_4xx": classes[3], "class_5xx": classes[4],
+            },
+        });
+        if let Some(route) = route {
+            body["route"] = json!(route);
+        }
+        if count > 0
+            && let Some(summary) = latency_summary(&merged)
+        {
+            body["latency_ms"] = summary;
+        }
+        Ok(serde_json::from_value(body)?)
+    }
+
+    /// Good and total requests of an SLO in `[from, to)`.
+    async fn slo_counts(&self, slo: &types::Slo, from: i64, to: i64, now: i64) -> Result<Counts, PerformanceError> {
+        let latencies = slo.objective == types::SloObjective::Latency;
+        let rows = self.store.buckets(slo.service.as_str(), &tiers::cover(from, to, now), latencies).await?;
+        good_in(slo, &rows)
+    }
+
+    // ---- SLOs ------------------------------------------------------------------------
+
+    fn check_slo(spec: &types::SloSpec) -> Result<(), PerformanceError> {
+        if spec.objective == types::SloObjective::Latency && spec.latency_threshold_ms.is_none() {
+            return Err(invalid("/latency_threshold_ms", "a latency objective needs latency_threshold_ms"));
+        }
+        if spec.target >= 100.0 {
+            return Err(invalid(
+                "/target",
+                "a target of 100 leaves no error budget, so burn rates are undefined; promise at most 99.999",
+            ));
+        }
+        if let Some(labels) = &spec.labels {
+            for key in labels.keys() {
+                let valid = (1..=63).contains(&key.len())
+                    && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+                if !valid {
+                    return Err(invalid(format!("/labels/{key}"), "label keys are 1 to 63 characters of [a-z0-9_.-]"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn slo_document(
+        spec: &types::SloSpec,
+        id: Uuid,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    ) -> Result<types::Slo, PerformanceError> {
+        let mut doc = serde_json::to_value(spec)?;
+        doc["id"] = json!(id);
+        doc["created_at"] = json!(created_at);
+        doc["updated_at"] = json!(updated_at);
+        Ok(serde_json::from_value(doc)?)
+    }
+
+    fn slo_conflict(error: StoreError, spec: &types::SloSpec) -> PerformanceError {
+        match error {
+            StoreError::Conflict(_) => PerformanceError::Conflict(format!(
+                "the service {} already has an SLO named {}",
+                spec.service.as_str(),
+                spec.name.as_str()
+            )),
+            other => other.into(),
+        }
+    }
+
+    pub async fn create_slo(&self, spec: &types::SloSpec) -> Result<types::Slo, PerformanceError> {
+        Self::check_slo(spec)?;
+        let now = now_millis_time();
+        let slo = Self::slo_document(spec, Uuid::new_v4(), now, now)?;
+        self.store.insert_slo(&slo).await.map_err(|e| Self::slo_conflict(e, spec))?;
+        Ok(slo)
+    }
+
+    pub async fn replace_slo(&self, id: Uuid, spec: &types::SloSpec) -> Result<types::Slo, PerformanceError> {
+        Self::check_slo(spec)?;
+        let current = self.get_slo(id).await?;
+        let slo = Self::slo_document(spec, id, current.created_at, now_millis_time())?;
+        self.store.replace_slo(&slo).await.map_err(|e| match e {
+            StoreError::NotFound => not_found_slo(id),
+            other => Self::slo_conflict(other, spec),
+        })?;
+        if current.service != slo.service || current.name != slo.name {
+            self.metrics.forget_slo(&current);
+        }
+        Ok(slo)
+    }
+
+    pub async fn delete_slo(&self, id: Uuid) -> Result<(), PerformanceError> {
+        let current = self.get_slo(id).await?;
+        self.store.delete_slo(id).await.map_err(|e| match e {
+            StoreError::NotFound => not_found_slo(id),
+            other => other.into(),
+        })?;
+        self.metrics.forget_slo(&current);
+        Ok(())
+    }
+
+    pub async fn get_slo(&self, id: Uuid) -> Result<types::Slo, PerformanceError> {
+        self.store.slo(id).await?.ok_or_else(|| not_found_slo(id))
+    }
+
+    pub async fn list_slos(
+        &self,
+        service: Option<&str>,
+        objective: Option<types::SloObjective>,
+        limit: u64,
+        cursor: Option<&str>,
+    ) -> Result<Page<types::Slo>, PerformanceError> {
+        let after = decode_cursor(cursor)?;
+        let objective = objective.map(|o| o.to_string());
+        let rows = self.store.slos(service, objective.as_deref(), after, limit as i64 + 1).await?;
+        Ok(page(rows, limit, |slo| slo.id))
+    }
+
+    /// The compliance report of an SLO over its window ending at `at` (now when `None`),
+    /// computed from the buckets of that time.
+    pub async fn slo_report(&self, id: Uuid, at: Option<DateTime<Utc>>) -> Result<types::SloReport, PerformanceError> {
+        let slo = self.get_slo(id).await?;
+        let now = Utc::now();
+        if let Some(at) = at
+            && at > now
+        {
+            return Err(PerformanceError::BadParameter {
+                parameter: "at",
+                message: "must not be in the future".into(),
+            });
+        }
+        let report = self.report(&slo, at.unwrap_or(now), now).await?;
+        if at.is_none() {
+            self.metrics.record_report(&slo, &report);
+        }
+        Ok(report)
+    }
+
+    async fn report(
+        &self,
+        slo: &types::Slo,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<types::SloReport, PerformanceError> {
+        let (end_ms, now_ms) = (end.timestamp_millis(), now.timestamp_millis());
+        let window_days = slo.window_days.get();
+        let start_ms = end_ms - window_days as i64 * 86_400_000;
+        let counts = self.slo_counts(slo, start_ms, end_ms, now_ms).await?;
+        let mut rates = BTreeMap::new();
+        let mut burn_rates = Vec::new();
+        for (window, base_ms) in slo::WINDOWS {
+            let length = slo::scaled_ms(base_ms, window_days);
+            let counts = self.slo_counts(slo, end_ms - length, end_ms, now_ms).await?;
+            let rate = slo::burn_rate(counts, slo.target);
+            let threshold = slo::threshold_of(window);
+            rates.insert(window.to_string(), rate);
+            burn_rates
+                .push(json!({"window": window, "rate": rate, "threshold": threshold, "alerting": rate >= threshold}));
+        }
+        let alerts: Vec<serde_json::Value> = slo::ALERTS
+            .iter()
+            .map(|alert| {
+                let burning =
+                    |w: types::BurnRateWindow| rates.get(&w.to_string()).copied().unwrap_or(0.0) >= alert.threshold;
+                json!({
+                    "severity": alert.severity, "long_window": alert.long, "short_window": alert.short,
+                    "burn_rate_threshold": alert.threshold, "firing": burning(alert.long) && burning(alert.short),
+                })
+            })
+            .collect();
+        let sli = slo::sli(counts);
+        let budget = slo::budget(counts, slo.target);
+        let report = json!({
+            "slo_id": slo.id,
+            "service": slo.service,
+            "objective": slo.objective,
+            "window_start": millis_to_time(start_ms),
+            "window_end": millis_to_time(end_ms),
+            "sli": sli,
+            "target": slo.target,
+            "compliant": sli.is_none_or(|sli| sli >= slo.target),
+            "error_budget": {
+                "total": budget.total, "consumed": budget.consumed,
+                "remaining": budget.remaining, "remaining_percent": budget.remaining_percent,
+            },
+            "burn_rates": burn_rates,
+            "alerts": alerts,
+            "total_requests": counts.total,
+            "good_requests": counts.good,
+            "generated_at": Utc::now(),
+        });
+        Ok(serde_json::from_value(report)?)
+    }
+
+    // ---- auto-scaling ----------------------------------------------------------------
+
+    fn check_policy(spec: &types::AutoscalingPolicySpec) -> Result<(), PerformanceError> {
+        if spec.min_replicas > spec.max_replicas {
+            return Err(invalid("/min_replicas", "min_replicas must not exceed max_replicas"));
+        }
+        if spec.target_cpu_utilization.is_none()
+            && spec.target_rps_per_replica.is_none()
+            && spec.target_p95_latency_ms.is_none()
+        {
+            return Err(invalid(
+                "/target_rps_per_replica",
+                "a policy needs at least one of target_cpu_utilization, target_rps_per_replica, target_p95_latency_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    fn policy_document(
+        spec: &types::AutoscalingPolicySpec,
+        id: Uuid,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    ) -> Result<types::AutoscalingPolicy, PerformanceError> {
+        let mut doc = serde_json::to_value(spec)?;
+        doc["id"] = json!(id);
+        doc["created_at"] = json!(created_at);
+        doc["updated_at"] = json!(updated_at);
+        Ok(serde_json::from_value(doc)?)
+    }
+
+    fn policy_conflict(error: StoreError, service: &str) -> PerformanceError {
+        match error {
+            StoreError::Conflict(_) => {
+                PerformanceError::Conflict(format!("the service {service} already has an auto-scaling policy"))
+            }
+            other => other.into(),
+        }
+    }
+
+    pub async fn create_policy(
+        &self,
+        spec: &types::AutoscalingPolicySpec,
+    ) -> Result<types::AutoscalingPolicy, PerformanceError> {
+        Self::check_policy(spec)?;
+        let now = now_millis_time();
+        let policy = Self::policy_document(spec, Uuid::new_v4(), now, now)?;
+        self.store.insert_policy(&policy).await.map_err(|e| Self::policy_conflict(e, spec.service.as_str()))?;
+        Ok(policy)
+    }
+
+    pub async fn replace_policy(
+        &self,
+        id: Uuid,
+        spec: &types::AutoscalingPolicySpec,
+    ) -> Result<types::AutoscalingPolicy, PerformanceError> {
+        Self::check_policy(spec)?;
+        let current = self.get_policy(id).await?;
+        let policy = Self::policy_document(spec, id, current.created_at, now_millis_time())?;
+        let moved = current.service != policy.service;
+        self.store.replace_policy(&policy, moved).await.map_err(|e| match e {
+            StoreError::NotFound => not_found_policy(id),
+            other => Self::policy_conflict(other, spec.service.as_str()),
+        })?;
+        if moved || !policy.enabled {
+            self.metrics.forget_service(current.service.as_str());
+        }
+        Ok(policy)
+    }
+
+    pub async fn delete_policy(&self, id: Uuid) -> Result<(), PerformanceError> {
+        let current = self.get_policy(id).await?;
+        self.store.delete_policy(id).await.map_err(|e| match e {
+            StoreError::NotFound => not_found_policy(id),
+            other => other.into(),
+        })?;
+        self.metrics.forget_service(current.service.as_str());
+        Ok(())
+    }
+
+    pub async fn get_policy(&self, id: Uuid) -> Result<types::AutoscalingPolicy, PerformanceError> {
+        self.store.policy(id).await?.ok_or_else(|| not_found_policy(id))
+    }
+
+    pub async fn list_policies(
+        &self,
+        service: Option<&str>,
+        limit: u64,
+        cursor: Option<&str>,
+    ) -> Result<Page<types::AutoscalingPolicy>, PerformanceError> {
+        let after = decode_cursor(cursor)?;
+        let rows = self.store.policies(service, after, limit as i64 + 1).await?;
+        Ok(page(rows, limit, |policy| policy.id))
+    }
+
+    /// The load of `service` over the last minute.
+    async fn observed_load(&self, service: &str, now_ms: i64) -> Result<Observed, PerformanceError> {
+        let from = now_ms - 60_000;
+        let rows = self.store.buckets(service, &tiers::cover(from, now_ms, now_ms), true).await?;
+        let mut merged = LatencySketch::new();
+        let mut requests = 0;
+        for row in &rows {
+            requests += row.requests;
+            if let Some(sketch) = &row.sketch {
+                merged.merge(sketch).map_err(|e| PerformanceError::Internal(Box::new(e)))?;
+            }
+        }
+        // No operation of the contract reports CPU yet, so CPU targets have no data.
+        Ok(Observed { rps: requests as f64 / 60.0, p95_ms: merged.quantile(0.95), cpu_utilization: None })
+    }
+
+    /// The recommendation of a policy now, remembered for later stabilisation.
+    pub async fn recommendation(&self, id: Uuid) -> Result<types::AutoscalingRecommendation, PerformanceError> {
+        let policy = self.get_policy(id).await?;
+        self.recommend(&policy).await
+    }
+
+    async fn recommend(
+        &self,
+        policy: &types::AutoscalingPolicy,
+    ) -> Result<types::AutoscalingRecommendation, PerformanceError> {
+        let now = Utc::now();
+        let now_ms = now.timestamp_millis();
+        let service = policy.service.as_str();
+        let current = self.registry.passing_instances(service).unwrap_or(0);
+        let observed = self.observed_load(service, now_ms).await?;
+        let windows = policy.scale_up_stabilization_seconds.max(policy.scale_down_stabilization_seconds).max(0);
+        let history = self.store.recommendations(policy.id, now_ms - windows * 1000).await?;
+        let parameters = autoscaling::Policy {
+            min_replicas: policy.min_replicas.get(),
+            max_replicas: policy.max_replicas.get(),
+            target_cpu_utilization: policy.target_cpu_utilization,
+            target_rps_per_replica: policy.target_rps_per_replica,
+            target_p95_latency_ms: policy.target_p95_latency_ms.map(|t| t.get() as f64),
+            scale_up_stabilization_ms: policy.scale_up_stabilization_seconds * 1000,
+            scale_down_stabilization_ms: policy.scale_down_stabilization_seconds * 1000,
+            max_scale_up_step: policy.max_scale_up_step.get(),
+            max_scale_down_step: policy.max_scale_down_step.get(),
+        };
+        let decision = autoscaling::recommend(&parameters, current, &observed, &history, now_ms);
+        if let Some(raw) = decision.raw {
+            self.store.record_recommendation(policy.id, now_ms, raw).await?;
+        }
+        let mut reason = decision.reason;
+        if policy.enabled {
+            self.metrics.desired_replicas(service, decision.desired);
+        } else {
+            reason = format!("the policy is disabled, so this is not acted upon: {reason}");
+        }
+        reason = reason.chars().take(1024).collect();
+        Ok(serde_json::from_value(json!({
+            "policy_id": policy.id,
+            "service": policy.service,
+            "current_replicas": current,
+            "desired_replicas": decision.desired,
+            "recommended_at": now,
+            "reason": reason,
+            "metrics": {
+                "observed_rps": observed.rps,
+                "observed_p95_ms": observed.p95_ms,
+                "observed_cpu_utilization": observed.cpu_utilization,
+            },
+            "stabilized": decision.stabilized,
+        }))?)
+    }
+
+    // ---- benchmarks ------------------------------------------------------------------
+
+    pub async fn start_benchmark(&self, spec: &types::BenchmarkSpec) -> Result<types::Benchmark, PerformanceError> {
+        if self.registry.passing_instances(spec.service.as_str()).is_none() {
+            return Err(invalid("/service", format!("no service named {} is registered", spec.service.as_str())));
+        }
+        if spec.users.get() > self.options.max_benchmark_users {
+            return Err(invalid(
+                "/users",
+                format!("this server runs benchmarks of at most {} users", self.options.max_benchmark_users),
+            ));
+        }
+        if let Some(slo_id) = spec.slo_id
+            && self.store.slo(slo_id).await?.is_none()
+        {
+            return Err(invalid("/slo_id", format!("no SLO has the id {slo_id}")));
+        }
+        Err(PerformanceError::NoRunner(
+            "this server has no load generator for benchmarks yet; nothing was queued".into(),
+        ))
+    }
+
+    pub async fn get_benchmark(&self, id: Uuid) -> Result<types::Benchmark, PerformanceError> {
+        self.store.benchmark(id).await?.ok_or_else(|| not_found_benchmark(id))
+    }
+
+    pub async fn list_benchmarks(
+        &self,
+        status: Option<types::BenchmarkStatus>,
+        service: Option<&str>,
+        limit: u64,
+        cursor: Option<&str>,
+    ) -> Result<Page<types::Benchmark>, PerformanceError> {
+        let after = decode_cursor(cursor)?;
+        let status = status.map(|s| s.to_string());
+        let rows = self.store.benchmarks(status.as_deref(), service, after, limit as i64 + 1).await?;
+        Ok(page(rows, limit, |benchmark| benchmark.id))
+    }
+
+    /// Cancels a queued or running benchmark; 409 once it has finished.
+    pub async fn cancel_benchmark(&self, id: Uuid) -> Result<types::Benchmark, PerformanceError> {
+        let mut benchmark = self.get_benchmark(id).await?;
+        let from = benchmark.status.to_string();
+        if !matches!(benchmark.status, types::BenchmarkStatus::Queued | types::BenchmarkStatus::Running) {
+            return Err(PerformanceError::Conflict(format!("the benchmark is already {from}")));
+        }
+        benchmark.status = types::BenchmarkStatus::Cancelled;
+        benchmark.finished_at = Some(now_millis_time());
+        if !self.store.update_benchmark(&benchmark, &[from.as_str()]).await? {
+            let now = self.get_benchmark(id).await?;
+            return Err(PerformanceError::Conflict(format!("the benchmark is already {}", now.status)));
+        }
+        Ok(benchmark)
+    }
+
+    /// Benchmarks left queued or running by a process that stopped can never finish:
+    /// they fail, saying why.
+    async fn fail_interrupted_benchmarks(&self) -> Result<(), PerformanceError> {
+        for status in ["queued", "running"] {
+            for mut benchmark in self.store.benchmarks_in(status).await? {
+                benchmark.status = types::BenchmarkStatus::Failed;
+                benchmark.finished_at = Some(now_millis_time());
+                benchmark.error = Some(
+                    format!("interrupted: the performance service restarted while the benchmark was {status}")
+                        .parse()
+                        .map_err(|e: types::error::ConversionError| PerformanceError::Internal(e.to_string().into()))?,
+                );
+                self.store.update_benchmark(&benchmark, &[status]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- background ------------------------------------------------------------------
+
+    /// Recomputes the burn-rate metrics of every SLO and the desired replicas of every
+    /// enabled policy.
+    pub async fn evaluate(&self) -> Result<(), PerformanceError> {
+        let now = Utc::now();
+        for slo in self.store.all_slos().await? {
+            let report = self.report(&slo, now, now).await?;
+            self.metrics.record_report(&slo, &report);
+        }
+        for policy in self.store.all_policies().await? {
+            if policy.enabled {
+                self.recommend(&policy).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn now_millis_time() -> DateTime<Utc> {
+    millis_to_time(Utc::now().timestamp_millis())
+}
+
+fn not_found_slo(id: Uuid) -> PerformanceError {
+    PerformanceError::NotFound(format!("no SLO has the id {id}"))
+}
+
+fn not_found_policy(id: Uuid) -> PerformanceError {
+    PerformanceError::NotFound(format!("no auto-scaling policy has the id {id}"))
+}
+
+fn not_found_benchmark(id: Uuid) -> PerformanceError {
+    PerformanceError::NotFound(format!("no benchmark has the id {id}"))
+}
+
+async fn evaluate_periodically(performance: Weak<Performance>) {
+    loop {
+        let Some(interval) = performance.upgrade().map(|p| p.options.evaluation_interval) else { return };
+        tokio::time::sleep(interval).await;
+        let Some(performance) = performance.upgrade() else { return };
+        if let Err(error) = performance.evaluate().await {
+            tracing::warn!(%error, "evaluating SLO burn rates and scaling recommendations failed");
+        }
+    }
+}
+
+async fn purge_periodically(performance: Weak<Performance>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let Some(performance) = performance.upgrade() else { return };
+        let now = Utc::now().timestamp_millis();
+        match performance.store.purge(now, now - 3_600_000).await {
+            Ok(deleted) if deleted > 0 => tracing::debug!(deleted, "expired performance buckets removed"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "removing expired performance buckets failed"),
+        }
+    }
+}
