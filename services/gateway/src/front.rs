@@ -74,7 +74,11 @@ impl Front {
             {
                 *request.uri_mut() = uri;
             }
-            request.extensions_mut().insert(ConnectInfo(client));
+            // The API's per-address limits (the token endpoint's) count the client a trusted
+            // proxy reports.
+            let listed = request.headers().get_all("x-forwarded-for").iter().map(axum::http::HeaderValue::as_bytes);
+            let caller = inner.plane.trusted_proxies.caller(client, listed);
+            request.extensions_mut().insert(ConnectInfo(caller.client));
             // The router is always ready and never fails (its error type is Infallible).
             let Ok(response) = inner.api.clone().call(request).await;
             response

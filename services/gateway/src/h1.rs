@@ -396,13 +396,18 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         None
     };
     conn.extra.clear();
+    let forwarded_for = || {
+        let lines = headers.iter().zip(kinds.iter()).filter(|(_, kind)| **kind == Kind::XForwardedFor);
+        lines.map(|(header, _)| header.value)
+    };
+    let caller = plane.trusted_proxies.caller(conn.client, forwarded_for());
     if settings.rate_limit_policy_id.is_some() || principal.is_some() {
         let table = plane.policies.load();
         match Box::pin(plane.edge.rate_limit(
             &table,
             settings,
             principal.as_deref().map(|verified| &verified.principal),
-            Some(conn.client),
+            Some(caller.client),
         ))
         .await
         {
@@ -443,8 +448,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         push_header(forwarded, b"x-forwarded-host", host);
     }
     forwarded.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-for: ");
-    let previous = headers.iter().zip(kinds.iter()).filter(|(_, kind)| **kind == Kind::XForwardedFor);
-    proxy::forwarded_for(forwarded, previous.map(|(header, _)| header.value), conn.client.ip());
+    caller.forwarded_for(forwarded, forwarded_for());
     forwarded.extend_from_slice(b"\r\n");
     if !has_request_id {
         push_header(forwarded, b"x-request-id", &proxy::request_id());

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod connections;
 pub mod edge;
+pub mod forwarded;
 pub mod front;
 mod h1;
 pub mod path;
@@ -52,6 +53,8 @@ pub struct GatewayOptions {
     pub token_requests_per_second: u64,
     /// CA certificates (PEM) trusted for `https` instances besides the system's.
     pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// Load balancers in front of the gateway whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: forwarded::TrustedProxies,
 }
 
 impl GatewayOptions {
@@ -66,6 +69,7 @@ impl GatewayOptions {
             cache_bytes: 64 * 1024 * 1024,
             token_requests_per_second: 20,
             upstream_ca_file: None,
+            trusted_proxies: forwarded::TrustedProxies::default(),
         }
     }
 }
@@ -158,6 +162,7 @@ impl Gateway {
                 &metrics,
             ),
             connections::https_client(tls),
+            options.trusted_proxies.clone(),
         ));
         let routes = RouteStore::new(store.clone());
         let policies = PolicyStore::new(store.clone());

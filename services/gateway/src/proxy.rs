@@ -18,6 +18,7 @@
 
 use crate::connections::{self, SendFailure};
 use crate::edge::{Edge, PolicyTable};
+use crate::forwarded::Caller;
 use crate::routes::{Match, RouteTable};
 use crate::upstream::{Admission, Outcome, Upstream, Upstreams};
 use arc_swap::ArcSwap;
@@ -157,6 +158,8 @@ pub struct DataPlane {
     pub upstreams: Upstreams,
     pub metrics: ProxyMetrics,
     pub edge: Edge,
+    /// Whose `X-Forwarded-For` says who the client is.
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 impl DataPlane {
@@ -165,8 +168,10 @@ impl DataPlane {
         metrics: ProxyMetrics,
         edge: Edge,
         https: connections::HttpsClient,
+        trusted_proxies: crate::forwarded::TrustedProxies,
     ) -> DataPlane {
         DataPlane {
+            trusted_proxies,
             https,
             routes: ArcSwap::from_pointee(RouteTable::default()),
             policies: ArcSwap::from_pointee(PolicyTable::default()),
@@ -305,7 +310,7 @@ fn pick(
 /// those `Connection` names, moves `Host` to `X-Forwarded-Host` (each try sets the
 /// instance's own), and adds the other forwarding headers, a request id and a trace
 /// context where the client sent none.
-fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
+fn forward_headers(headers: &mut HeaderMap, caller: Option<Caller>) {
     remove_hop_by_hop(headers);
     // Room for the five headers added here and the Host each try sets, in one growth.
     headers.reserve(6);
@@ -313,10 +318,10 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(client) = client {
+    if let Some(caller) = caller {
         let mut value = Vec::with_capacity(48);
         let previous = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
-        forwarded_for(&mut value, previous, client.ip());
+        caller.forwarded_for(&mut value, previous);
         if let Ok(value) = HeaderValue::from_bytes(&value) {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
@@ -333,19 +338,6 @@ fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
 /// contract's retry rule): GET, HEAD, PUT, DELETE and OPTIONS.
 pub(crate) fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS)
-}
-
-/// Appends the `X-Forwarded-For` value sent upstream: every address the client's lines
-/// listed, in order (empty lines skipped), then the client's own. Both transports write it
-/// with this.
-pub(crate) fn forwarded_for<'v>(out: &mut Vec<u8>, previous: impl Iterator<Item = &'v [u8]>, ip: std::net::IpAddr) {
-    for value in previous.map(<[u8]>::trim_ascii).filter(|value| !value.is_empty()) {
-        out.extend_from_slice(value);
-        out.extend_from_slice(b", ");
-    }
-    let mut text = [0u8; 48];
-    let length = write_ip(&mut text, ip);
-    out.extend_from_slice(&text[..length]);
 }
 
 /// A random version-4 UUID as text, without a system call or an allocation.
@@ -559,8 +551,12 @@ impl TryFailure {
 }
 
 /// The data plane: answers a request that is not for the gateway's own API.
-pub async fn handle(plane: &DataPlane, request: Request, client: Option<SocketAddr>) -> Response {
+pub async fn handle(plane: &DataPlane, request: Request, peer: Option<SocketAddr>) -> Response {
     let started = Instant::now();
+    let caller = peer.map(|peer| {
+        let listed = request.headers().get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
+        plane.trusted_proxies.caller(peer, listed)
+    });
     if let Err(refused) = check_host(request.version(), request.headers().get_all(header::HOST).iter().count()) {
         return refused.into_response();
     }
@@ -579,7 +575,7 @@ pub async fn handle(plane: &DataPlane, request: Request, client: Option<SocketAd
     if let Some(uri) = normalised {
         *request.uri_mut() = uri;
     }
-    let response = apply_policies(plane, route, &upstream_path, request, client, started).await;
+    let response = apply_policies(plane, route, &upstream_path, request, caller, started).await;
     route.metrics.record(response.status(), started.elapsed());
     response
 }
@@ -649,7 +645,7 @@ async fn apply_policies(
     route: &crate::routes::CompiledRoute,
     upstream_path: &str,
     request: Request,
-    client: Option<SocketAddr>,
+    caller: Option<Caller>,
     started: Instant,
 ) -> Response {
     let settings = &route.route;
@@ -669,7 +665,7 @@ async fn apply_policies(
             table,
             settings,
             principal.as_deref().map(|verified| &verified.principal),
-            client,
+            caller.map(|caller| caller.client),
         ))
         .await
         {
@@ -679,7 +675,7 @@ async fn apply_policies(
         None => None,
     };
     let send = |request: Request| async move {
-        forward(plane, route, upstream_path, request, client, started).await.unwrap_or_else(IntoResponse::into_response)
+        forward(plane, route, upstream_path, request, caller, started).await.unwrap_or_else(IntoResponse::into_response)
     };
     let mut response = if settings.cache.enabled {
         let tenant = principal.as_ref().and_then(|verified| verified.principal.tenant.as_deref()).unwrap_or("-");
@@ -926,7 +922,7 @@ async fn forward(
     route: &crate::routes::CompiledRoute,
     upstream_path: &str,
     request: Request,
-    client: Option<SocketAddr>,
+    caller: Option<Caller>,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let route = &route.route;
@@ -948,7 +944,7 @@ async fn forward(
     // GET's without framing, that is, drop it.
     let chunked = !bodyless && HttpBody::size_hint(&body).exact().is_none();
     // Moved into the last try; copied only while a retry is possible.
-    forward_headers(&mut parts.headers, client);
+    forward_headers(&mut parts.headers, caller);
     let mut headers = Some(std::mem::take(&mut parts.headers));
     // A body is watched, so that a try that failed because the client's body did is not
     // held against the instance.
@@ -1240,7 +1236,11 @@ mod tests {
     #[test]
     fn forwarding_headers_are_added_and_the_client_host_moves_aside() {
         let mut headers = map(&[("host", "api.example"), ("x-forwarded-for", "203.0.113.7"), ("connection", "close")]);
-        forward_headers(&mut headers, Some(SocketAddr::from(([10, 0, 0, 9], 5000))));
+        let peer = SocketAddr::from(([10, 0, 0, 9], 5000));
+        forward_headers(
+            &mut headers,
+            Some(crate::forwarded::TrustedProxies::default().caller(peer, std::iter::empty())),
+        );
         assert!(headers.get(header::HOST).is_none(), "each try sets the instance's Host");
         assert_eq!(headers["x-forwarded-host"], "api.example");
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 10.0.0.9");

@@ -892,6 +892,20 @@ enum Conn {
 }
 
 impl Conn {
+    /// A connection over `transport`, handed over (for the general path) by a request to
+    /// no route, which reaches no upstream.
+    async fn open_plain(platform: &Platform, transport: Transport) -> Conn {
+        match transport {
+            Transport::General => {
+                let mut client = Client::connect(platform).await;
+                client.send("GET /v1/nowhere HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-hop\r\n\r\n").await;
+                assert_eq!(client.response("GET").await.head.status(), 404);
+                Conn::H1(client)
+            }
+            other => Conn::open(platform, other).await,
+        }
+    }
+
     async fn open(platform: &Platform, transport: Transport) -> Conn {
         match transport {
             Transport::Own => Conn::H1(Client::connect(platform).await),
@@ -1358,6 +1372,53 @@ async fn both_http_1_1_paths_forward_and_answer_alike() {
         assert_eq!(answers[0], answers[1], "different answers to {request:?}");
         if request.contains("/webpub/") && !request.contains("..%2f") {
             assert_eq!(answers[0].0, 200, "{request:?}: {:?}", String::from_utf8_lossy(&answers[0].2));
+        }
+    }
+}
+
+/// Behind trusted proxies, the client a per-address limit counts is the right-most
+/// untrusted address of `X-Forwarded-For`; from an untrusted peer the list is its own
+/// invention, dropped. Without trusted proxies the peer is the client, as before. The same
+/// on both HTTP/1.1 paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_decide_who_the_client_is() {
+    let origin = Origin::start(echo_target).await;
+    // (trusted networks, the limit's verdicts for four requests from two forwarded
+    // clients a, a, a, b, what the upstream sees for a's request)
+    let cases = [
+        ("127.0.0.0/8", [200, 200, 429, 200], "203.0.113.1, 127.0.0.1"),
+        ("10.0.0.0/8", [200, 200, 429, 429], "127.0.0.1"),
+        ("", [200, 200, 429, 429], "203.0.113.1, 127.0.0.1"),
+    ];
+    for (trusted, verdicts, upstream_sees) in cases {
+        for transport in [Transport::Own, Transport::General] {
+            let mut options = options();
+            options.trusted_proxies = pake_gateway::forwarded::TrustedProxies::parse(trusted).unwrap();
+            let platform = Platform::start_with(Backend::Sqlite, options).await;
+            platform.service("origin", "round_robin", &[(origin.port, 100)], lenient_breaker()).await;
+            let policy: pake_gateway_client::types::RateLimitPolicySpec = serde_json::from_value(json!({
+                "name": "one-a-minute", "algorithm": "gcra", "rate": 1, "period_seconds": 60, "burst": 1,
+                "scope": "per_tenant_route"
+            }))
+            .unwrap();
+            let policy = platform.admin.create_rate_limit_policy().body(policy).send().await.unwrap().into_inner();
+            platform
+                .route(json!({"name": "limited", "path_prefix": "/limited", "methods": ["GET"], "api_version": "v1",
+                              "service": "origin", "rate_limit_policy_id": policy.id}))
+                .await;
+            let Conn::H1(mut client) = Conn::open_plain(&platform, transport).await else { unreachable!() };
+            let mut got = Vec::new();
+            let before = origin.seen().len();
+            // One a minute, and a burst of one more.
+            for forwarded in ["203.0.113.1", "203.0.113.1", "203.0.113.1", "203.0.113.2"] {
+                client
+                    .send(format!("GET /v1/limited/x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: {forwarded}\r\n\r\n"))
+                    .await;
+                got.push(client.response("GET").await.head.status());
+            }
+            assert_eq!(got, verdicts, "trusted {trusted:?}, {transport:?}");
+            let first = &origin.seen()[before];
+            assert_eq!(first.head.get("x-forwarded-for"), Some(upstream_sees), "trusted {trusted:?}, {transport:?}");
         }
     }
 }

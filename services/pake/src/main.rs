@@ -63,6 +63,11 @@ struct Config {
     /// system's: for services whose certificates come from an internal CA.
     #[arg(long, env = "PAKE_UPSTREAM_CA_FILE", global = true)]
     upstream_ca_file: Option<PathBuf>,
+    /// Load balancers in front of the gateway (comma-separated CIDRs or addresses) whose
+    /// X-Forwarded-For is believed: the client is then the right-most address it lists
+    /// that is not one of them. Unset: the connection's peer is the client.
+    #[arg(long, env = "PAKE_TRUSTED_PROXIES", global = true, value_parser = pake_gateway::forwarded::TrustedProxies::parse)]
+    trusted_proxies: Option<pake_gateway::forwarded::TrustedProxies>,
     /// Memory for the gateway's in-process response cache, in bytes.
     #[arg(long, env = "PAKE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
     cache_bytes: u64,
@@ -224,6 +229,7 @@ impl Config {
         options.cache_bytes = self.cache_bytes;
         options.token_requests_per_second = self.token_requests_per_second;
         options.upstream_ca_file = self.upstream_ca_file.clone();
+        options.trusted_proxies = self.trusted_proxies.clone().unwrap_or_default();
         options
     }
 }
