@@ -87,7 +87,8 @@ pub fn threshold_of(window: BurnRateWindow) -> f64 {
 
 /// The error ratio the target allows (`1 − target/100`).
 pub fn allowed_error_ratio(target: f64) -> f64 {
-    1.0 - target / 100.0
+    // Subtract before dividing: 100 − 99.9 keeps more digits than 1 − 0.999.
+    (100.0 - target) / 100.0
 }
 
 /// Observed error ratio over allowed; 0 without traffic. A target of 100 % allows no
