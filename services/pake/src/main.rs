@@ -87,6 +87,24 @@ struct Config {
     /// Address of the performance (SLO, statistics, auto-scaling) API.
     #[arg(long, env = "PAKE_PERFORMANCE_ADDR", default_value = "127.0.0.1:8090", global = true)]
     performance_addr: SocketAddr,
+    /// Address of the monitoring (metrics, health, alerting) API.
+    #[arg(long, env = "PAKE_MONITORING_ADDR", default_value = "127.0.0.1:9090", global = true)]
+    monitoring_addr: SocketAddr,
+    /// A file holding the 32 bytes that seal alert receivers' header values in the store.
+    /// Without it, a key is generated once into the data directory; replicas sharing a
+    /// PostgreSQL store must share the key.
+    #[arg(long, env = "PAKE_MONITORING_SEALING_KEY_FILE", global = true)]
+    monitoring_sealing_key_file: Option<PathBuf>,
+    /// The most series the monitoring service keeps; pushes beyond are refused (422).
+    #[arg(long, env = "PAKE_MONITORING_MAX_SERIES", default_value_t = 100_000, global = true)]
+    monitoring_max_series: usize,
+    /// Seconds between two scrapes of the PAKE services and of registered instances
+    /// that declare a `metrics_path`.
+    #[arg(long, env = "PAKE_SCRAPE_INTERVAL_SECONDS", default_value_t = 5, global = true)]
+    scrape_interval_seconds: u64,
+    /// Seconds one scrape may take.
+    #[arg(long, env = "PAKE_SCRAPE_TIMEOUT_SECONDS", default_value_t = 2, global = true)]
+    scrape_timeout_seconds: u64,
     /// The most simulated users one benchmark may ask for.
     #[arg(long, env = "PAKE_BENCHMARK_MAX_USERS", default_value_t = 1000, global = true)]
     benchmark_max_users: u64,
@@ -139,9 +157,11 @@ enum ServiceName {
     Registry,
     Gateway,
     Performance,
+    Monitoring,
 }
 
-const ALL_SERVICES: &[ServiceName] = &[ServiceName::Registry, ServiceName::Gateway, ServiceName::Performance];
+const ALL_SERVICES: &[ServiceName] =
+    &[ServiceName::Registry, ServiceName::Gateway, ServiceName::Performance, ServiceName::Monitoring];
 
 impl Config {
     fn database_url(&self) -> Result<String> {
@@ -219,6 +239,32 @@ impl Config {
             max_connections: self.max_connections.unwrap_or_else(|| pake_listen::default_max_connections(nofile)),
             ..pake_listen::Settings::default()
         }
+    }
+
+    fn monitoring_options(&self) -> Result<pake_monitoring::MonitorOptions> {
+        let key = match &self.monitoring_sealing_key_file {
+            Some(path) => std::fs::read(path)
+                .with_context(|| format!("reading the sealing key {}", path.display()))?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the sealing key {} must hold exactly 32 bytes", path.display()))?,
+            None => pake_monitoring::sealing_key_in(&self.data_dir).context("the monitoring sealing key")?,
+        };
+        let mut options = pake_monitoring::MonitorOptions::new(key);
+        options.limits.max_series = self.monitoring_max_series.max(1);
+        options.scrape.interval = Duration::from_secs(self.scrape_interval_seconds.max(1));
+        options.scrape.timeout = Duration::from_secs(self.scrape_timeout_seconds.max(1));
+        // The other PAKE services, wherever this process or another one runs them.
+        let loopback = |addr: SocketAddr| {
+            let ip = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+            format!("http://{}/metrics", SocketAddr::new(ip, addr.port()))
+        };
+        options.scrape.services = vec![
+            ("registry".into(), loopback(self.registry_addr)),
+            ("gateway".into(), loopback(self.gateway_addr)),
+            ("performance".into(), loopback(self.performance_addr)),
+        ];
+        options.external_url = format!("http://{}", self.monitoring_addr);
+        Ok(options)
     }
 
     fn gateway_options(&self, keys: pake_tokens::KeyRing) -> pake_gateway::GatewayOptions {
@@ -303,6 +349,9 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     pake_performance_server::warm()
         .map_err(anyhow::Error::msg)
         .context("compiling the performance contract's schemas")?;
+    pake_monitoring_server::warm()
+        .map_err(anyhow::Error::msg)
+        .context("compiling the monitoring contract's schemas")?;
     let keys = config.key_ring()?;
     let verifier = keys.verifier();
     let url = config.database_url()?;
@@ -378,11 +427,29 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 running
                     .spawn(async move { server.serve_router(listener, router, pake_observe::shutdown_signal()).await });
             }
+            ServiceName::Monitoring => {
+                let metrics = Metrics::new("monitoring");
+                let server = limits.server();
+                server.register_metrics(&metrics);
+                let options = config.monitoring_options()?;
+                let monitor =
+                    pake_monitoring::Monitor::start(store.clone(), registry.clone(), metrics.clone(), options)
+                        .await
+                        .context("starting the monitoring service")?;
+                let router = pake_monitoring::router(&monitor, verifier.clone(), metrics);
+                let listener = bind(config.monitoring_addr, "monitoring service").await?;
+                tracing::info!(addr = %listener.local_addr()?, backend, "monitoring service listening; contract at /openapi.json, docs at /docs");
+                running.spawn(async move {
+                    // The monitor owns evaluation, health checks and scraping; keep it for the server's life.
+                    let _monitor = monitor;
+                    server.serve_router(listener, router, pake_observe::shutdown_signal()).await
+                });
+            }
         }
     }
     tracing::info!(
         "mint a token for the APIs with: pake token --scope mesh:read --scope mesh:write --scope gateway:admin \
-         --scope performance:read --scope performance:write"
+         --scope performance:read --scope performance:write --scope monitoring:read --scope monitoring:write"
     );
     while let Some(result) = running.join_next().await {
         result.context("a service task failed")?.context("a service stopped with an error")?;

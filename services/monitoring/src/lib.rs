@@ -1,0 +1,187 @@
+//! The PAKE monitoring service (the monitoring contract): a bounded in-memory series
+//! store fed by scrapes of the PAKE services and of registered instances and by pushed
+//! samples; active health checks of every registered instance, written back to the
+//! registry; alert rules evaluated with Prometheus's semantics; webhook receivers that get
+//! Alertmanager's payload; silences, acknowledgements and auto-healing.
+//!
+//! Rules, receivers, silences and alerts live in the platform store (PostgreSQL or the
+//! embedded SQLite file, beside the registry's tables); samples live in memory only. The
+//! HTTP surface is the generated `pake-monitoring-server` router.
+//!
+//! What it does not do (yet): store or export traces (`ingestSpans`, `listTraces` and
+//! `getTrace` answer 503 until the tracing work lands), share evaluation between replicas
+//! (run one monitoring replica per store).
+
+pub mod api;
+pub mod cursor;
+pub mod exposition;
+pub mod health;
+pub mod labels;
+pub mod model;
+pub mod monitor;
+pub mod notify;
+pub mod rules;
+pub mod scrape;
+pub mod secrets;
+pub mod series;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+pub use api::MonitoringService;
+pub use monitor::{Core, MonitorError};
+pub use scrape::ScrapeSettings;
+pub use series::Limits;
+
+/// How the service is set up.
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    pub limits: Limits,
+    pub scrape: ScrapeSettings,
+    /// The 32-byte key receiver header values are sealed with.
+    pub sealing_key: [u8; secrets::KEY_LEN],
+    /// Where this service is reached, for links in notifications.
+    pub external_url: String,
+    /// Deliver notifications only to loopback addresses.
+    pub loopback_only: bool,
+    /// After a start, how long rules with open alerts wait before their first evaluation
+    /// (the series store starts empty and fills from scrapes and pushes).
+    pub warm_up: std::time::Duration,
+}
+
+impl MonitorOptions {
+    pub fn new(sealing_key: [u8; secrets::KEY_LEN]) -> MonitorOptions {
+        MonitorOptions {
+            limits: Limits::default(),
+            scrape: ScrapeSettings::default(),
+            sealing_key,
+            external_url: "http://127.0.0.1:9090".into(),
+            loopback_only: false,
+            warm_up: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// The sealing key kept in `dir/monitoring-sealing.key` (created, readable by the owner
+/// only, on first use).
+pub fn sealing_key_in(dir: &Path) -> std::io::Result<[u8; secrets::KEY_LEN]> {
+    let path = dir.join("monitoring-sealing.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        return bytes.try_into().map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} must hold 32 bytes", path.display()))
+        });
+    }
+    std::fs::create_dir_all(dir)?;
+    let key = secrets::SealingKey::generate().map_err(std::io::Error::other)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, &key)?;
+            Ok(key)
+        }
+        // Another process wrote it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => sealing_key_in(dir),
+        Err(error) => Err(error),
+    }
+}
+
+/// The running service: its shared core and background tasks (stopped on drop).
+pub struct Monitor {
+    core: Arc<Core>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Monitor {
+    /// Loads rules, receivers, silences and alerts from `store` and starts evaluation,
+    /// health checks and scraping. `metrics` is this service's own registry (served at
+    /// `/metrics`, and scraped into the series store).
+    pub async fn start(
+        store: pake_registry::Store,
+        registry: Arc<pake_registry::Registry>,
+        metrics: pake_observe::Metrics,
+        options: MonitorOptions,
+    ) -> Result<Monitor, MonitorError> {
+        let series = Arc::new(series::SeriesStore::new(options.limits));
+        metrics.register("series", "Series in the series store", series.metrics.series.clone());
+        metrics.register(
+            "samples_ingested",
+            "Samples stored, by origin (push, scrape)",
+            series.metrics.ingested.clone(),
+        );
+        metrics.register(
+            "samples_refused",
+            "Samples refused, by reason (series_limit, series_limit_or_labels)",
+            series.metrics.refused.clone(),
+        );
+        let health = Arc::new(health::HealthBook::default());
+        metrics.register("health_checks", "Active health checks by result", health.checks.clone());
+        let scrape_metrics = scrape::ScrapeMetrics::default();
+        metrics.register("scrapes", "Scrapes by outcome", scrape_metrics.scrapes.clone());
+        let key = secrets::SealingKey::new(&options.sealing_key).map_err(|e| MonitorError::Internal(Box::new(e)))?;
+        let core = Arc::new(
+            Core::load(
+                store::MonitoringStore::new(store),
+                registry.clone(),
+                series.clone(),
+                health.clone(),
+                key,
+                &metrics,
+                options.external_url.clone(),
+                options.loopback_only,
+                options.warm_up,
+            )
+            .await?,
+        );
+        let evaluator = {
+            let core = core.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(monitor::TICK);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut rounds = 0u64;
+                loop {
+                    ticks.tick().await;
+                    core.tick().await;
+                    rounds += 1;
+                    // Forget what is past keeping, about once an hour.
+                    if rounds % 14_400 == 1 {
+                        let before = chrono::Utc::now().timestamp_millis() - monitor::KEEP_MS;
+                        if let Err(error) = core.purge(before).await {
+                            tracing::debug!(%error, "purging old alerts and silences failed");
+                        }
+                    }
+                }
+            })
+        };
+        let tasks = vec![
+            evaluator,
+            tokio::spawn(health::supervise(registry.clone(), health, series.clone())),
+            tokio::spawn(scrape::scrape_loop(options.scrape.clone(), registry, series, metrics, scrape_metrics)),
+        ];
+        Ok(Monitor { core, tasks })
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+
+/// The monitoring service's HTTP service: the generated contract router over
+/// [`MonitoringService`], with per-route metrics.
+pub fn router(monitor: &Monitor, verifier: pake_tokens::TokenVerifier, metrics: pake_observe::Metrics) -> axum::Router {
+    let api = Arc::new(MonitoringService::new(monitor.core.clone(), verifier, metrics.clone()));
+    pake_monitoring_server::router(api)
+        .route_layer(axum::middleware::from_fn_with_state(metrics, pake_observe::Metrics::track))
+}

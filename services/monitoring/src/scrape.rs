@@ -1,0 +1,192 @@
+//! Scraping: every interval, the Prometheus exposition of each PAKE service (this one in
+//! process, the others over HTTP) and of every registered instance whose service (or the
+//! instance itself) declares a `metrics_path` in its metadata, into the series store, with
+//! an `up{job="metrics"}` series per target (1 when the scrape succeeded). A target that
+//! fails, or disappears, gets stale markers for every series it produced.
+
+use crate::exposition;
+use crate::labels::LabelSet;
+use crate::series::{MetricType, SeriesKey, SeriesStore};
+use pake_registry::Registry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The most of one exposition read.
+const MAX_EXPOSITION_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ScrapeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// PAKE services scraped over HTTP: name and `/metrics` URL.
+    pub services: Vec<(String, String)>,
+}
+
+impl Default for ScrapeSettings {
+    fn default() -> Self {
+        ScrapeSettings { interval: Duration::from_secs(5), timeout: Duration::from_secs(2), services: Vec::new() }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct ScrapeMetrics {
+    pub scrapes: Family<Vec<(String, String)>, Counter>,
+}
+
+struct Target {
+    id: String,
+    source: String,
+    url: String,
+    labels: LabelSet,
+}
+
+fn up_key(labels: &LabelSet) -> SeriesKey {
+    let mut labels = labels.clone();
+    labels.insert("job".into(), "metrics".into());
+    SeriesKey { name: "up".into(), labels }
+}
+
+async fn fetch(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<String, String> {
+    let outcome = tokio::time::timeout(timeout, async {
+        let mut response = client.get(url).header("accept", "text/plain;version=0.0.4").send().await?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_EXPOSITION_BYTES {
+                return Ok(Err(format!("the exposition is larger than {MAX_EXPOSITION_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Ok(Err(format!("HTTP {}", status.as_u16())));
+        }
+        Ok::<_, reqwest::Error>(String::from_utf8(body).map_err(|_| "the exposition is not UTF-8".to_string()))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+/// The registered instances to scrape.
+fn instance_targets(registry: &Registry) -> Vec<Target> {
+    let snapshot = registry.snapshot();
+    let mut targets = Vec::new();
+    for data in snapshot.services() {
+        for record in &data.instances {
+            let instance = &record.instance;
+            let path = instance.metadata.get("metrics_path").or_else(|| data.service.metadata.get("metrics_path"));
+            let Some(path) = path.map(|p| p.to_string()).filter(|p| p.starts_with('/')) else { continue };
+            let scheme = if matches!(instance.scheme, pake_mesh_server::types::InstanceScheme::Https) {
+                "https"
+            } else {
+                "http"
+            };
+            let host = if instance.address.contains(':') {
+                format!("[{}]", *instance.address)
+            } else {
+                instance.address.to_string()
+            };
+            targets.push(Target {
+                id: instance.id.to_string(),
+                source: instance.id.to_string(),
+                url: format!("{scheme}://{host}:{}{path}", instance.port),
+                labels: [
+                    ("instance_id".to_string(), instance.id.to_string()),
+                    ("service".to_string(), data.service.name.to_string()),
+                ]
+                .into(),
+            });
+        }
+    }
+    targets
+}
+
+/// Scrapes every target every interval until the task is stopped.
+pub async fn scrape_loop(
+    settings: ScrapeSettings,
+    registry: Arc<Registry>,
+    series: Arc<SeriesStore>,
+    own: pake_observe::Metrics,
+    metrics: ScrapeMetrics,
+) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("the scrape client builds");
+    let mut ticks = tokio::time::interval(settings.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: HashSet<String> = HashSet::new();
+    let mut rounds = 0u64;
+    loop {
+        ticks.tick().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        // This service's own metrics, in process.
+        let own_labels: LabelSet = [("service".to_string(), "monitoring".to_string())].into();
+        series.ingest_scrape("pake:monitoring", "monitoring", &own_labels, &exposition::parse(&own.render()), now);
+        series.set_value(
+            up_key(&own_labels),
+            MetricType::Gauge,
+            "Whether the latest scrape of the target succeeded",
+            "monitoring",
+            now,
+            1.0,
+        );
+        let mut targets: Vec<Target> = settings
+            .services
+            .iter()
+            .map(|(name, url)| Target {
+                id: format!("pake:{name}"),
+                source: name.clone(),
+                url: url.clone(),
+                labels: [("service".to_string(), name.clone())].into(),
+            })
+            .collect();
+        targets.extend(instance_targets(&registry));
+        let scrapes = targets.iter().map(|target| {
+            let client = client.clone();
+            async move { (target, fetch(&client, &target.url, settings.timeout).await) }
+        });
+        let mut current = HashSet::new();
+        for (target, outcome) in futures::future::join_all(scrapes).await {
+            current.insert(target.id.clone());
+            let now = chrono::Utc::now().timestamp_millis();
+            let up = match outcome {
+                Ok(text) => {
+                    series.ingest_scrape(&target.id, &target.source, &target.labels, &exposition::parse(&text), now);
+                    metrics.scrapes.get_or_create(&vec![("outcome".into(), "ok".into())]).inc();
+                    1.0
+                }
+                Err(error) => {
+                    tracing::debug!(target = %target.url, %error, "scrape failed");
+                    series.end_target(&target.id, None, now);
+                    metrics.scrapes.get_or_create(&vec![("outcome".into(), "failed".into())]).inc();
+                    0.0
+                }
+            };
+            series.set_value(
+                up_key(&target.labels),
+                MetricType::Gauge,
+                "Whether the latest scrape of the target succeeded",
+                &target.source,
+                now,
+                up,
+            );
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        for gone in previous.difference(&current) {
+            series.end_target(gone, None, now);
+        }
+        previous = current;
+        rounds += 1;
+        if rounds % 12 == 0 {
+            series.collect_garbage(now);
+        }
+    }
+}

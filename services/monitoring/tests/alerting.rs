@@ -1,0 +1,373 @@
+//! The monitoring service end to end over real HTTP: pushed samples fire alerts that reach
+//! a real webhook receiver in Alertmanager's shape and resolve; an instance failing its
+//! health URL is taken out of discovery by an auto-heal alert and handed back when it
+//! recovers; rules, receivers (with sealed headers), silences and alerts survive a restart.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use conformance::TestServer;
+use conformance::support::{Backend, TestDatabase, eventually};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const SECRET: &[u8] = b"monitoring-test-secret-0123456789abcdef";
+
+struct Service {
+    monitor: Option<pake_monitoring::Monitor>,
+    server: Option<TestServer>,
+    registry: Arc<pake_registry::Registry>,
+    http: reqwest::Client,
+    url: String,
+}
+
+async fn start(db: &TestDatabase) -> Service {
+    let store = pake_registry::Store::open(&db.url).await.expect("store opens");
+    let registry = Arc::new(pake_registry::Registry::start(store.clone()).await.expect("registry starts"));
+    let metrics = pake_observe::Metrics::new("monitoring");
+    let mut options = pake_monitoring::MonitorOptions::new([9u8; 32]);
+    options.loopback_only = true;
+    options.warm_up = Duration::from_secs(2);
+    let monitor = pake_monitoring::Monitor::start(store, registry.clone(), metrics.clone(), options)
+        .await
+        .expect("monitor starts");
+    let verifier = pake_tokens::TokenVerifier::hs256(SECRET).expect("secret");
+    let server = TestServer::start(pake_monitoring::router(&monitor, verifier, metrics)).await.expect("server starts");
+    let token = pake_tokens::TokenIssuer::hs256(SECRET).expect("secret").issue(
+        "tester",
+        None,
+        &["monitoring:read", "monitoring:write"],
+        Duration::from_secs(3600),
+    );
+    let url = server.url();
+    Service {
+        monitor: Some(monitor),
+        server: Some(server),
+        registry,
+        http: conformance::http_client_with_token(&token),
+        url,
+    }
+}
+
+impl Service {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method.parse().expect("a method"), format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the service answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn push(&self, name: &str, labels: Value, value: f64) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/v1/metrics/samples",
+                Some(json!({"source": "test", "samples": [{"name": name, "labels": labels, "value": value}]})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+
+    async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        self.monitor.take();
+    }
+}
+
+/// A webhook receiver: every body it gets, with its Authorization header.
+async fn webhook() -> (TestServer, mpsc::UnboundedReceiver<(Value, Option<String>, Instant)>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    async fn take(
+        State(sender): State<mpsc::UnboundedSender<(Value, Option<String>, Instant)>>,
+        headers: HeaderMap,
+        body: axum::Json<Value>,
+    ) -> StatusCode {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let _ = sender.send((body.0, auth, Instant::now()));
+        StatusCode::OK
+    }
+    let router = axum::Router::new().route("/hook", axum::routing::post(take)).with_state(sender);
+    (TestServer::start(router).await.expect("webhook starts"), receiver)
+}
+
+async fn next_notification(
+    notifications: &mut mpsc::UnboundedReceiver<(Value, Option<String>, Instant)>,
+) -> (Value, Option<String>, Instant) {
+    tokio::time::timeout(Duration::from_secs(10), notifications.recv())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the webhook is up")
+}
+
+async fn alerts_fire_notify_and_resolve(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let service = start(&db).await;
+    let (hook, mut notifications) = webhook().await;
+    let (status, receiver) = service
+        .call(
+            "POST",
+            "/api/v1/receivers",
+            Some(json!({"name": "oncall", "url": format!("{}/hook", hook.url()), "headers": {"Authorization": "Bearer s3cret"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{receiver}");
+    assert_eq!(receiver["headers"]["Authorization"], "<redacted>");
+    let (status, rule) = service
+        .call(
+            "POST",
+            "/api/v1/alert-rules",
+            Some(json!({
+                "name": "deep-queue", "metric": "queue_depth", "comparison": "gt", "threshold": 10,
+                "severity": "warning", "receivers": [receiver["id"]],
+                "matchers": [{"label": "queue", "op": "match_regex", "value": "arx.*"}],
+                "annotations": {"summary": "{{ $labels.queue }} holds {{ $value }}"}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+
+    service.push("queue_depth", json!({"queue": "pubmed"}), 50.0).await;
+    let pushed = Instant::now();
+    service.push("queue_depth", json!({"queue": "arxiv"}), 20.0).await;
+    let (body, auth, arrived) = next_notification(&mut notifications).await;
+    eprintln!("push to webhook: {:?}", arrived - pushed);
+    assert!(arrived - pushed < Duration::from_secs(5), "the alert fired within 5 s");
+    assert_eq!(auth.as_deref(), Some("Bearer s3cret"));
+    assert_eq!(body["version"], "4");
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["receiver"], "oncall");
+    assert_eq!(body["alerts"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["alerts"][0]["labels"]["queue"], "arxiv");
+    assert_eq!(body["alerts"][0]["annotations"]["summary"], "arxiv holds 20");
+
+    let (_, alerts) = service.call("GET", "/api/v1/alerts?state=firing", None).await;
+    let alert = alerts["items"][0].clone();
+    assert_eq!(alert["fingerprint"], body["alerts"][0]["fingerprint"]);
+    let (status, acked) = service
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{}/acknowledge", alert["id"].as_str().unwrap()),
+            Some(json!({"by": "alice"})),
+        )
+        .await;
+    assert_eq!((status, acked["acknowledged_by"].clone()), (200, json!("alice")));
+    let (_, rule_now) =
+        service.call("GET", &format!("/api/v1/alert-rules/{}", rule["id"].as_str().unwrap()), None).await;
+    assert_eq!((rule_now["state"].clone(), rule_now["firing_alerts"].clone()), (json!("firing"), json!(1)));
+
+    // The condition clears: resolved, notified, kept readable; acknowledging it is refused.
+    service.push("queue_depth", json!({"queue": "arxiv"}), 3.0).await;
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(body["status"], "resolved");
+    assert_ne!(body["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    let (_, resolved) = service.call("GET", &format!("/api/v1/alerts/{}", alert["id"].as_str().unwrap()), None).await;
+    assert_eq!(resolved["state"], "resolved");
+    let (status, _) = service
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{}/acknowledge", alert["id"].as_str().unwrap()),
+            Some(json!({"by": "bob"})),
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    // A silence mutes the next alert; expiring it lets the notification through.
+    let ends = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (status, silence) = service
+        .call(
+            "POST",
+            "/api/v1/silences",
+            Some(json!({"matchers": [{"label": "queue", "op": "equal", "value": "arxiv"}], "ends_at": ends, "created_by": "alice", "comment": "reindexing"})),
+        )
+        .await;
+    assert_eq!((status, silence["state"].clone()), (201, json!("active")), "{silence}");
+    service.push("queue_depth", json!({"queue": "arxiv"}), 30.0).await;
+    let silenced = eventually(Duration::from_secs(5), || async {
+        let (_, alerts) = service.call("GET", "/api/v1/alerts?state=firing&silenced=true", None).await;
+        alerts["items"].as_array().is_some_and(|items| items.len() == 1)
+    })
+    .await;
+    eprintln!("silenced alert listed after {silenced:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), notifications.recv()).await.is_err(),
+        "a silenced alert is not notified"
+    );
+    let (status, _) =
+        service.call("DELETE", &format!("/api/v1/silences/{}", silence["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, 204);
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(body["status"], "firing");
+
+    // A receiver a rule names cannot be deleted; the rule's deletion resolves its alerts.
+    let (status, _) =
+        service.call("DELETE", &format!("/api/v1/receivers/{}", receiver["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, 409);
+
+    // Everything survives a restart on the same store, and the still-firing alert is
+    // notified once more (with the sealed header opened again).
+    service.stop().await;
+    let service = start(&db).await;
+    let (_, rules) = service.call("GET", "/api/v1/alert-rules", None).await;
+    assert_eq!(rules["items"][0]["name"], "deep-queue");
+    let (_, receivers) = service.call("GET", "/api/v1/receivers", None).await;
+    assert_eq!(receivers["items"][0]["headers"]["Authorization"], "<redacted>");
+    let (_, silences) = service.call("GET", "/api/v1/silences?state=expired", None).await;
+    assert_eq!(silences["items"].as_array().map(Vec::len), Some(1));
+    let (_, firing) = service.call("GET", "/api/v1/alerts?state=firing", None).await;
+    assert_eq!(firing["items"].as_array().map(Vec::len), Some(1), "{firing}");
+    // Samples are not kept across restarts: push again so the alert keeps holding.
+    service.push("queue_depth", json!({"queue": "arxiv"}), 30.0).await;
+    let (body, auth, _) = next_notification(&mut notifications).await;
+    assert_eq!((body["status"].clone(), auth.as_deref()), (json!("firing"), Some("Bearer s3cret")));
+    assert_eq!(body["alerts"][0]["fingerprint"], firing["items"][0]["fingerprint"]);
+
+    let (status, _) =
+        service.call("DELETE", &format!("/api/v1/alert-rules/{}", rule["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, 204);
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(body["status"], "resolved");
+    let (status, _) =
+        service.call("DELETE", &format!("/api/v1/receivers/{}", receiver["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, 204);
+    service.stop().await;
+    hook.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fire_notify_resolve_and_survive_a_restart_on_sqlite() {
+    alerts_fire_notify_and_resolve(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fire_notify_resolve_and_survive_a_restart_on_postgres() {
+    alerts_fire_notify_and_resolve(Backend::Postgres).await;
+}
+
+/// An upstream whose health URL answers 200 or 503 as the test says.
+async fn upstream(healthy: Arc<AtomicBool>) -> TestServer {
+    async fn health(State(healthy): State<Arc<AtomicBool>>) -> (StatusCode, axum::Json<Value>) {
+        if healthy.load(Ordering::SeqCst) {
+            (StatusCode::OK, axum::Json(json!({"status": "pass"})))
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "fail"})))
+        }
+    }
+    let router = axum::Router::new().route("/health", axum::routing::get(health)).with_state(healthy);
+    TestServer::start(router).await.expect("upstream starts")
+}
+
+fn discovered(registry: &pake_registry::Registry, instance: &str) -> bool {
+    let snapshot = registry.snapshot();
+    let now = chrono::Utc::now().timestamp_millis();
+    snapshot.service_by_name("search").is_some_and(|data| {
+        data.instances.iter().any(|r| {
+            r.instance.id.to_string() == instance
+                && !r.is_expired(now)
+                && r.effective(now).status != pake_mesh_server::types::InstanceStatus::Critical
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_heal_alert_takes_a_failing_instance_out_of_discovery_and_hands_it_back() {
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let service = start(&db).await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let upstream = upstream(healthy.clone()).await;
+    // Thresholds high enough that the checks alone would not mark it critical for a while:
+    // what takes it out is the alert.
+    let registration = serde_json::from_value(json!({
+        "name": "search", "version": "1.0.0",
+        "health_check": {"path": "/health", "interval_seconds": 1, "timeout_ms": 500, "healthy_threshold": 1, "unhealthy_threshold": 10}
+    }))
+    .unwrap();
+    let registered = service.registry.register_service(registration, None).await.expect("service registers");
+    let instance = service
+        .registry
+        .register_instance(
+            registered.id,
+            serde_json::from_value(json!({"address": "127.0.0.1", "port": upstream.addr.port(), "ttl_seconds": 3600}))
+                .unwrap(),
+        )
+        .await
+        .expect("instance registers");
+    let instance_id = instance.id.to_string();
+    let (status, rule) = service
+        .call(
+            "POST",
+            "/api/v1/alert-rules",
+            Some(json!({
+                "name": "search-instance-down", "metric": "up", "comparison": "lt", "threshold": 1,
+                "severity": "critical", "auto_heal": true,
+                "matchers": [{"label": "service", "op": "equal", "value": "search"}, {"label": "job", "op": "equal", "value": "health"}],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    eventually(Duration::from_secs(5), || async {
+        let (_, health) = service.call("GET", &format!("/api/v1/health/instances/{instance_id}"), None).await;
+        health["status"] == "passing"
+    })
+    .await;
+    assert!(discovered(&service.registry, &instance_id));
+
+    healthy.store(false, Ordering::SeqCst);
+    let out = eventually(Duration::from_secs(5), || async { !discovered(&service.registry, &instance_id) }).await;
+    eprintln!("out of discovery {out:?} after the health URL started failing");
+    let (_, alerts) = service.call("GET", "/api/v1/alerts?state=firing", None).await;
+    assert_eq!(alerts["items"][0]["auto_healed_instance_id"], json!(instance_id), "{alerts}");
+    let (_, summary) = service.call("GET", "/api/v1/health/summary", None).await;
+    assert_eq!(summary["services"][0]["service"], "search");
+
+    healthy.store(true, Ordering::SeqCst);
+    let back = eventually(Duration::from_secs(5), || async { discovered(&service.registry, &instance_id) }).await;
+    eprintln!("back in discovery {back:?} after the health URL recovered");
+    let (_, alerts) = service.call("GET", "/api/v1/alerts?state=resolved", None).await;
+    assert_eq!(alerts["items"].as_array().map(Vec::len), Some(1), "{alerts}");
+    service.stop().await;
+    upstream.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_over_the_series_limit_are_refused_naming_it_and_counted() {
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let store = pake_registry::Store::open(&db.url).await.expect("store opens");
+    let registry = Arc::new(pake_registry::Registry::start(store.clone()).await.expect("registry starts"));
+    let metrics = pake_observe::Metrics::new("monitoring");
+    let mut options = pake_monitoring::MonitorOptions::new([1u8; 32]);
+    // Own metrics and `up` take some series at the first scrape; leave room for them.
+    options.limits.max_series = 400;
+    let monitor = pake_monitoring::Monitor::start(store, registry, metrics.clone(), options).await.expect("starts");
+    let verifier = pake_tokens::TokenVerifier::hs256(SECRET).expect("secret");
+    let server = TestServer::start(pake_monitoring::router(&monitor, verifier, metrics)).await.expect("server starts");
+    let token = pake_tokens::TokenIssuer::hs256(SECRET).expect("secret").issue(
+        "t",
+        None,
+        &["monitoring:write"],
+        Duration::from_secs(60),
+    );
+    let http = conformance::http_client_with_token(&token);
+    let samples: Vec<Value> =
+        (0..500).map(|i| json!({"name": "wide", "labels": {"i": i.to_string()}, "value": 1})).collect();
+    let response = http
+        .post(format!("{}/api/v1/metrics/samples", server.url()))
+        .json(&json!({"samples": samples}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "series_limit");
+    assert!(body["message"].as_str().unwrap().contains("series limit of 400"), "{body}");
+    let exposition = reqwest::get(format!("{}/metrics", server.url())).await.unwrap().text().await.unwrap();
+    assert!(exposition.contains("pake_monitoring_samples_refused_total{reason=\"series_limit\"} 500"), "{exposition}");
+    server.stop().await;
+}
