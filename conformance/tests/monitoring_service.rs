@@ -2,10 +2,14 @@
 //! it, as `pake serve` runs them), served over real HTTP on a loopback port, on a fresh
 //! PostgreSQL database and on a fresh SQLite file.
 //!
-//! The three trace operations (`ingestSpans`, `listTraces`, `getTrace`) are left out of
-//! this run: they belong to the tracing work and answer 503 until it lands. Receivers are
-//! limited to loopback addresses here, so that generated webhook URLs never leave the
-//! machine.
+//! Left out of this run: the three trace operations (`ingestSpans`, `listTraces`,
+//! `getTrace`), which belong to the tracing work and answer 503 until it lands. Silences
+//! run as single operations, not as a create → read → delete sequence: `expireSilence`
+//! leaves the silence readable (as Alertmanager's DELETE does), which the engine's
+//! read-after-delete-gives-404 step cannot express yet, so the test's copy of the contract
+//! drops the link from `createSilence` to `getSilence` that makes silences a sequence
+//! (`services/monitoring/tests/alerting.rs` drives that life cycle). Receivers are limited
+//! to loopback addresses here, so that generated webhook URLs never leave the machine.
 
 use conformance::support::{Backend, TestDatabase};
 use conformance::{Config, ContractSource, Engine, Target, TestServer};
@@ -14,13 +18,22 @@ use std::time::Duration;
 
 const SECRET: &[u8] = b"conformance-secret-0123456789abcdefgh";
 
-/// The monitoring contract less its trace paths.
+/// The monitoring contract less its trace paths and the link that makes silences a
+/// create → delete sequence.
 fn contract_without_traces() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/monitoring.yaml");
     let mut contract: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(path).expect("the contract reads")).expect("the contract parses");
     let paths = contract.get_mut("paths").and_then(serde_yaml::Value::as_mapping_mut).expect("paths");
     paths.retain(|path, _| !path.as_str().is_some_and(|p| p.starts_with("/api/v1/traces")));
+    let created = paths
+        .get_mut("/api/v1/silences")
+        .and_then(|path| path.get_mut("post"))
+        .and_then(|post| post.get_mut("responses"))
+        .and_then(|responses| responses.get_mut("201"))
+        .and_then(serde_yaml::Value::as_mapping_mut)
+        .expect("createSilence answers 201");
+    created.remove("links");
     serde_yaml::to_string(&contract).expect("the contract serialises")
 }
 
@@ -52,6 +65,8 @@ async fn run_against_monitoring(backend: Backend) {
         // (`__…`), regexes may not compile, names may change type between pushes, silences
         // may end in the past or match everything, header names may not be HTTP's: 422
         // names the field.
+        // A `match` parameter whose regex does not compile is a bad parameter (400).
+        .accept_for_positive("listMetrics", 400)
         .accept_for_positive("createAlertRule", 422)
         .accept_for_positive("replaceAlertRule", 422)
         .accept_for_positive("pushMetricSamples", 422)

@@ -76,7 +76,7 @@ pub fn anchored(pattern: &str) -> Result<Regex, String> {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(text).trim().to_string()
+    text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(text).trim().to_string()
 }
 
 pub fn compile(specs: &[MatcherSpec]) -> Result<Vec<Matcher>, String> {

@@ -139,9 +139,11 @@ impl Monitor {
                 health.clone(),
                 key,
                 &metrics,
-                options.external_url.clone(),
-                options.loopback_only,
-                options.warm_up,
+                monitor::Settings {
+                    external_url: options.external_url.clone(),
+                    loopback_only: options.loopback_only,
+                    warm_up: options.warm_up,
+                },
             )
             .await?,
         );

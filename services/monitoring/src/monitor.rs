@@ -129,6 +129,13 @@ impl MonitorMetrics {
     }
 }
 
+/// What the core is told at start.
+pub struct Settings {
+    pub external_url: String,
+    pub loopback_only: bool,
+    pub warm_up: Duration,
+}
+
 /// Everything the service's tasks and handlers share.
 pub struct Core {
     pub db: MonitoringStore,
@@ -183,10 +190,9 @@ impl Core {
         health: Arc<HealthBook>,
         key: SealingKey,
         metrics: &pake_observe::Metrics,
-        external_url: String,
-        loopback_only: bool,
-        warm_up: Duration,
+        settings: Settings,
     ) -> Result<Core> {
+        let Settings { external_url, loopback_only, warm_up } = settings;
         let loaded = db.load(now().timestamp_millis() - KEEP_MS).await?;
         let mut state = State::default();
         for (mut receiver, sealed) in loaded.receivers {

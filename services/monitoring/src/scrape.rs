@@ -185,7 +185,7 @@ pub async fn scrape_loop(
         }
         previous = current;
         rounds += 1;
-        if rounds % 12 == 0 {
+        if rounds.is_multiple_of(12) {
             series.collect_garbage(now);
         }
     }
