@@ -29,45 +29,22 @@ pub mod types {
             Default::default()
         }
     }
-    ///The current value of a configuration key.
-    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
-    pub struct ConfigEntry {
-        ///When the key was first written (since its last deletion).
-        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
-        ///The description given with the current version; null when none.
-        #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub description: ::std::option::Option<ConfigEntryDescription>,
-        pub environment: Environment,
-        pub key: ConfigKey,
-        pub service: ServiceName,
-        ///When the current version was written.
-        pub updated_at: ::chrono::DateTime<::chrono::offset::Utc>,
-        ///The value.
-        pub value: ConfigEntryValue,
-        ///Version of the current value; the `ETag` value.
-        pub version: ::std::num::NonZeroU64,
-    }
-    impl ConfigEntry {
-        pub fn builder() -> builder::ConfigEntry {
-            Default::default()
-        }
-    }
-    ///The description given with the current version; null when none.
+    ///Why this value (kept with the version in the history).
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
-    pub struct ConfigEntryDescription(::std::string::String);
-    impl ::std::ops::Deref for ConfigEntryDescription {
+    pub struct ConfigDescription(::std::string::String);
+    impl ::std::ops::Deref for ConfigDescription {
         type Target = ::std::string::String;
         fn deref(&self) -> &::std::string::String {
             &self.0
         }
     }
-    impl ::std::convert::From<ConfigEntryDescription> for ::std::string::String {
-        fn from(value: ConfigEntryDescription) -> Self {
+    impl ::std::convert::From<ConfigDescription> for ::std::string::String {
+        fn from(value: ConfigDescription) -> Self {
             value.0
         }
     }
-    impl ::std::str::FromStr for ConfigEntryDescription {
+    impl ::std::str::FromStr for ConfigDescription {
         type Err = self::error::ConversionError;
         fn from_str(
             value: &str,
@@ -78,7 +55,7 @@ pub mod types {
             Ok(Self(value.to_string()))
         }
     }
-    impl ::std::convert::TryFrom<&str> for ConfigEntryDescription {
+    impl ::std::convert::TryFrom<&str> for ConfigDescription {
         type Error = self::error::ConversionError;
         fn try_from(
             value: &str,
@@ -86,7 +63,7 @@ pub mod types {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String> for ConfigEntryDescription {
+    impl ::std::convert::TryFrom<::std::string::String> for ConfigDescription {
         type Error = self::error::ConversionError;
         fn try_from(
             value: ::std::string::String,
@@ -94,7 +71,7 @@ pub mod types {
             value.parse()
         }
     }
-    impl<'de> ::serde::Deserialize<'de> for ConfigEntryDescription {
+    impl<'de> ::serde::Deserialize<'de> for ConfigDescription {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -104,6 +81,29 @@ pub mod types {
                 .map_err(|e: self::error::ConversionError| {
                     <D::Error as ::serde::de::Error>::custom(e.to_string())
                 })
+        }
+    }
+    ///The current value of a configuration key.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct ConfigEntry {
+        ///When the key was first written (since its last deletion).
+        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///The description given with the current version; null when none.
+        #[serde(deserialize_with = "::std::option::Option::deserialize")]
+        pub description: ::std::option::Option<ConfigDescription>,
+        pub environment: Environment,
+        pub key: ConfigKey,
+        pub service: ServiceName,
+        ///When the current version was written.
+        pub updated_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///The value.
+        pub value: ConfigValue,
+        ///Version of the current value; the `ETag` value.
+        pub version: ::std::num::NonZeroU64,
+    }
+    impl ConfigEntry {
+        pub fn builder() -> builder::ConfigEntry {
+            Default::default()
         }
     }
     ///One page of configuration entries.
@@ -115,60 +115,6 @@ pub mod types {
     impl ConfigEntryList {
         pub fn builder() -> builder::ConfigEntryList {
             Default::default()
-        }
-    }
-    ///The value.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ConfigEntryValue(::std::string::String);
-    impl ::std::ops::Deref for ConfigEntryValue {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ConfigEntryValue> for ::std::string::String {
-        fn from(value: ConfigEntryValue) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ConfigEntryValue {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 65536usize {
-                return Err("longer than 65536 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ConfigEntryValue {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ConfigEntryValue {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ConfigEntryValue {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///Configuration key.
@@ -235,6 +181,60 @@ pub mod types {
                 })
         }
     }
+    ///The value, up to 64 KiB (65536 characters); any text, JSON included.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ConfigValue(::std::string::String);
+    impl ::std::ops::Deref for ConfigValue {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ConfigValue> for ::std::string::String {
+        fn from(value: ConfigValue) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ConfigValue {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 65536usize {
+                return Err("longer than 65536 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ConfigValue {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ConfigValue {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ConfigValue {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///One version in a key's history.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ConfigVersion {
@@ -244,12 +244,12 @@ pub mod types {
         pub changed_by: ConfigVersionChangedBy,
         ///The description given with the write; null when none.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub description: ::std::option::Option<ConfigVersionDescription>,
+        pub description: ::std::option::Option<ConfigDescription>,
         ///`put` wrote a value, `delete` removed the key.
         pub operation: ConfigVersionOperation,
         ///The value written; null for a deletion.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub value: ::std::option::Option<ConfigVersionValue>,
+        pub value: ::std::option::Option<ConfigValue>,
         ///The version number.
         pub version: ::std::num::NonZeroU64,
     }
@@ -304,60 +304,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for ConfigVersionChangedBy {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///The description given with the write; null when none.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ConfigVersionDescription(::std::string::String);
-    impl ::std::ops::Deref for ConfigVersionDescription {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ConfigVersionDescription> for ::std::string::String {
-        fn from(value: ConfigVersionDescription) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ConfigVersionDescription {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 1024usize {
-                return Err("longer than 1024 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ConfigVersionDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ConfigVersionDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ConfigVersionDescription {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -435,183 +381,19 @@ pub mod types {
             value.parse()
         }
     }
-    ///The value written; null for a deletion.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ConfigVersionValue(::std::string::String);
-    impl ::std::ops::Deref for ConfigVersionValue {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ConfigVersionValue> for ::std::string::String {
-        fn from(value: ConfigVersionValue) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ConfigVersionValue {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 65536usize {
-                return Err("longer than 65536 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ConfigVersionValue {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ConfigVersionValue {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ConfigVersionValue {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
     ///A new value for a key, optionally conditional on its current version.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ConfigWrite {
-        ///Why this value (kept with the version in the history).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub description: ::std::option::Option<ConfigWriteDescription>,
+        pub description: ::std::option::Option<ConfigDescription>,
         ///Write only if this is the key's current version; 0 means the key must not exist. Absent: unconditional write.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub expected_version: ::std::option::Option<i64>,
-        ///The value, up to 64 KiB (65536 characters); any text, JSON included.
-        pub value: ConfigWriteValue,
+        pub value: ConfigValue,
     }
     impl ConfigWrite {
         pub fn builder() -> builder::ConfigWrite {
             Default::default()
-        }
-    }
-    ///Why this value (kept with the version in the history).
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ConfigWriteDescription(::std::string::String);
-    impl ::std::ops::Deref for ConfigWriteDescription {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ConfigWriteDescription> for ::std::string::String {
-        fn from(value: ConfigWriteDescription) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ConfigWriteDescription {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 1024usize {
-                return Err("longer than 1024 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ConfigWriteDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ConfigWriteDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ConfigWriteDescription {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///The value, up to 64 KiB (65536 characters); any text, JSON included.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ConfigWriteValue(::std::string::String);
-    impl ::std::ops::Deref for ConfigWriteValue {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ConfigWriteValue> for ::std::string::String {
-        fn from(value: ConfigWriteValue) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ConfigWriteValue {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 65536usize {
-                return Err("longer than 65536 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ConfigWriteValue {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ConfigWriteValue {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ConfigWriteValue {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///`DeleteConfigEntryEnvironment`
@@ -828,9 +610,8 @@ pub mod types {
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct DependencyCreate {
         pub depends_on: ServiceName,
-        ///Why the service depends on it.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub description: ::std::option::Option<DependencyCreateDescription>,
+        pub description: ::std::option::Option<DependencyDescription>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub kind: ::std::option::Option<DependencyKind>,
     }
@@ -840,60 +621,6 @@ pub mod types {
         }
     }
     ///Why the service depends on it.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct DependencyCreateDescription(::std::string::String);
-    impl ::std::ops::Deref for DependencyCreateDescription {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<DependencyCreateDescription> for ::std::string::String {
-        fn from(value: DependencyCreateDescription) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for DependencyCreateDescription {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 1024usize {
-                return Err("longer than 1024 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for DependencyCreateDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for DependencyCreateDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for DependencyCreateDescription {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///Why the service depends on it; null when not given.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct DependencyDescription(::std::string::String);
@@ -1046,81 +773,11 @@ pub mod types {
         pub service: ServiceName,
         ///The registered version; null when the name is not registered.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub version: ::std::option::Option<DependencyNodeVersion>,
+        pub version: ::std::option::Option<SemanticVersion>,
     }
     impl DependencyNode {
         pub fn builder() -> builder::DependencyNode {
             Default::default()
-        }
-    }
-    ///The registered version; null when the name is not registered.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct DependencyNodeVersion(::std::string::String);
-    impl ::std::ops::Deref for DependencyNodeVersion {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<DependencyNodeVersion> for ::std::string::String {
-        fn from(value: DependencyNodeVersion) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for DependencyNodeVersion {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 128usize {
-                return Err("longer than 128 characters".into());
-            }
-            if value.chars().count() < 5usize {
-                return Err("shorter than 5 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
-                ::regress::Regex::new(
-                        "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
-                    )
-                    .unwrap()
-            });
-            if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$\""
-                        .into(),
-                );
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for DependencyNodeVersion {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for DependencyNodeVersion {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for DependencyNodeVersion {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///`DiscoverServiceServiceName`
@@ -2462,66 +2119,12 @@ pub mod types {
     pub struct HeartbeatRequest {
         ///Human-readable detail of the status (kept in `status_output`).
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub output: ::std::option::Option<HeartbeatRequestOutput>,
+        pub output: ::std::option::Option<InstanceStatusOutput>,
         pub status: InstanceStatus,
     }
     impl HeartbeatRequest {
         pub fn builder() -> builder::HeartbeatRequest {
             Default::default()
-        }
-    }
-    ///Human-readable detail of the status (kept in `status_output`).
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct HeartbeatRequestOutput(::std::string::String);
-    impl ::std::ops::Deref for HeartbeatRequestOutput {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<HeartbeatRequestOutput> for ::std::string::String {
-        fn from(value: HeartbeatRequestOutput) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for HeartbeatRequestOutput {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for HeartbeatRequestOutput {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for HeartbeatRequestOutput {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for HeartbeatRequestOutput {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///Host name, IPv4 address or IPv6 address (without brackets) the instance listens on. It is stored as given and not resolved by the registry.
@@ -2632,14 +2235,14 @@ pub mod types {
         pub weight: ::std::num::NonZeroU64,
         ///Availability zone; null when not given.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub zone: ::std::option::Option<InstanceZone>,
+        pub zone: ::std::option::Option<Zone>,
     }
     impl Instance {
         pub fn builder() -> builder::Instance {
             Default::default()
         }
     }
-    ///URL checked actively; null when the default is used.
+    ///URL the monitoring service checks actively; by default the scheme, address and port of the instance with the service's `health_check.path`.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct InstanceHealthUrl(::std::string::String);
@@ -2711,9 +2314,8 @@ pub mod types {
         ///Seconds an instance may stay `critical` before it is removed.
         #[serde(default = "defaults::default_nzu64::<::std::num::NonZeroU64, 600>")]
         pub deregister_critical_after_seconds: ::std::num::NonZeroU64,
-        ///URL the monitoring service checks actively; by default the scheme, address and port of the instance with the service's `health_check.path`.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub health_url: ::std::option::Option<InstanceRegistrationHealthUrl>,
+        pub health_url: ::std::option::Option<InstanceHealthUrl>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub metadata: ::std::option::Option<Metadata>,
         ///TCP port the instance listens on.
@@ -2734,61 +2336,6 @@ pub mod types {
     impl InstanceRegistration {
         pub fn builder() -> builder::InstanceRegistration {
             Default::default()
-        }
-    }
-    ///URL the monitoring service checks actively; by default the scheme, address and port of the instance with the service's `health_check.path`.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct InstanceRegistrationHealthUrl(::std::string::String);
-    impl ::std::ops::Deref for InstanceRegistrationHealthUrl {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<InstanceRegistrationHealthUrl> for ::std::string::String {
-        fn from(value: InstanceRegistrationHealthUrl) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for InstanceRegistrationHealthUrl {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 2048usize {
-                return Err("longer than 2048 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for InstanceRegistrationHealthUrl {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for InstanceRegistrationHealthUrl {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for InstanceRegistrationHealthUrl {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///How the gateway reaches the instance: `http` (HTTP/1.1 with keep-alive), `https`, or `h2c` (HTTP/2 over cleartext TCP with prior knowledge: the instance speaks HTTP/2, and the gateway multiplexes requests over a few connections to it).
@@ -2909,7 +2456,7 @@ pub mod types {
             value.parse()
         }
     }
-    ///The `output` of the last heartbeat; null if none was given.
+    ///Human-readable detail of an instance's status, as its last heartbeat gave it.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct InstanceStatusOutput(::std::string::String);
@@ -2952,68 +2499,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for InstanceStatusOutput {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///Availability zone; null when not given.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct InstanceZone(::std::string::String);
-    impl ::std::ops::Deref for InstanceZone {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<InstanceZone> for ::std::string::String {
-        fn from(value: InstanceZone) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for InstanceZone {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            if value.chars().count() < 1usize {
-                return Err("shorter than 1 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z0-9][a-z0-9-]{0,62}$").unwrap() });
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for InstanceZone {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for InstanceZone {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for InstanceZone {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -4643,7 +4128,7 @@ pub mod types {
             Default::default()
         }
     }
-    ///What the service does; null when not given.
+    ///What the service does.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct ServiceDescription(::std::string::String);
@@ -4851,7 +4336,7 @@ pub mod types {
                 })
         }
     }
-    ///Team or person responsible; null when not given.
+    ///Team or person responsible for the service.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct ServiceOwner(::std::string::String);
@@ -4970,17 +4455,15 @@ pub mod types {
     ///A service to register. Omitted fields take their defaults; without `health_check` the service gets `{path: /health, interval_seconds: 10, timeout_ms: 2000, healthy_threshold: 2, unhealthy_threshold: 3}`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ServiceRegistration {
-        ///What the service does.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub description: ::std::option::Option<ServiceRegistrationDescription>,
+        pub description: ::std::option::Option<ServiceDescription>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub health_check: ::std::option::Option<ServiceHealthCheck>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub metadata: ::std::option::Option<Metadata>,
         pub name: ServiceName,
-        ///Team or person responsible for the service.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub owner: ::std::option::Option<ServiceRegistrationOwner>,
+        pub owner: ::std::option::Option<ServiceOwner>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub protocol: ::std::option::Option<ServiceProtocol>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -4992,124 +4475,12 @@ pub mod types {
             Default::default()
         }
     }
-    ///What the service does.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ServiceRegistrationDescription(::std::string::String);
-    impl ::std::ops::Deref for ServiceRegistrationDescription {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ServiceRegistrationDescription> for ::std::string::String {
-        fn from(value: ServiceRegistrationDescription) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ServiceRegistrationDescription {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 1024usize {
-                return Err("longer than 1024 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ServiceRegistrationDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ServiceRegistrationDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ServiceRegistrationDescription {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///Team or person responsible for the service.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ServiceRegistrationOwner(::std::string::String);
-    impl ::std::ops::Deref for ServiceRegistrationOwner {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ServiceRegistrationOwner> for ::std::string::String {
-        fn from(value: ServiceRegistrationOwner) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ServiceRegistrationOwner {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 128usize {
-                return Err("longer than 128 characters".into());
-            }
-            if value.chars().count() < 1usize {
-                return Err("shorter than 1 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ServiceRegistrationOwner {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ServiceRegistrationOwner {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ServiceRegistrationOwner {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
     ///Fields to change; at least one. Absent fields keep their value. `name` is immutable and not accepted.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
     pub struct ServiceUpdate {
         ///What the service does; an empty string clears it.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub description: ::std::option::Option<ServiceUpdateDescription>,
+        pub description: ::std::option::Option<ServiceDescription>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub health_check: ::std::option::Option<ServiceHealthCheck>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -5127,60 +4498,6 @@ pub mod types {
     impl ServiceUpdate {
         pub fn builder() -> builder::ServiceUpdate {
             Default::default()
-        }
-    }
-    ///What the service does; an empty string clears it.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ServiceUpdateDescription(::std::string::String);
-    impl ::std::ops::Deref for ServiceUpdateDescription {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ServiceUpdateDescription> for ::std::string::String {
-        fn from(value: ServiceUpdateDescription) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ServiceUpdateDescription {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 1024usize {
-                return Err("longer than 1024 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ServiceUpdateDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ServiceUpdateDescription {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ServiceUpdateDescription {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///Team or person responsible; an empty string clears it.
@@ -5651,7 +4968,7 @@ pub mod types {
                 ::std::string::String,
             >,
             description: ::std::result::Result<
-                ::std::option::Option<super::ConfigEntryDescription>,
+                ::std::option::Option<super::ConfigDescription>,
                 ::std::string::String,
             >,
             environment: ::std::result::Result<
@@ -5664,7 +4981,7 @@ pub mod types {
                 ::chrono::DateTime<::chrono::offset::Utc>,
                 ::std::string::String,
             >,
-            value: ::std::result::Result<super::ConfigEntryValue, ::std::string::String>,
+            value: ::std::result::Result<super::ConfigValue, ::std::string::String>,
             version: ::std::result::Result<
                 ::std::num::NonZeroU64,
                 ::std::string::String,
@@ -5700,7 +5017,7 @@ pub mod types {
             pub fn description<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ConfigEntryDescription>,
+                    ::std::option::Option<super::ConfigDescription>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -5761,7 +5078,7 @@ pub mod types {
             }
             pub fn value<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ConfigEntryValue>,
+                T: ::std::convert::TryInto<super::ConfigValue>,
                 T::Error: ::std::fmt::Display,
             {
                 self.value = value
@@ -5887,7 +5204,7 @@ pub mod types {
                 ::std::string::String,
             >,
             description: ::std::result::Result<
-                ::std::option::Option<super::ConfigVersionDescription>,
+                ::std::option::Option<super::ConfigDescription>,
                 ::std::string::String,
             >,
             operation: ::std::result::Result<
@@ -5895,7 +5212,7 @@ pub mod types {
                 ::std::string::String,
             >,
             value: ::std::result::Result<
-                ::std::option::Option<super::ConfigVersionValue>,
+                ::std::option::Option<super::ConfigValue>,
                 ::std::string::String,
             >,
             version: ::std::result::Result<
@@ -5943,7 +5260,7 @@ pub mod types {
             pub fn description<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ConfigVersionDescription>,
+                    ::std::option::Option<super::ConfigDescription>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -5968,9 +5285,7 @@ pub mod types {
             }
             pub fn value<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ConfigVersionValue>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ConfigValue>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.value = value
@@ -6084,14 +5399,14 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct ConfigWrite {
             description: ::std::result::Result<
-                ::std::option::Option<super::ConfigWriteDescription>,
+                ::std::option::Option<super::ConfigDescription>,
                 ::std::string::String,
             >,
             expected_version: ::std::result::Result<
                 ::std::option::Option<i64>,
                 ::std::string::String,
             >,
-            value: ::std::result::Result<super::ConfigWriteValue, ::std::string::String>,
+            value: ::std::result::Result<super::ConfigValue, ::std::string::String>,
         }
         impl ::std::default::Default for ConfigWrite {
             fn default() -> Self {
@@ -6106,7 +5421,7 @@ pub mod types {
             pub fn description<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ConfigWriteDescription>,
+                    ::std::option::Option<super::ConfigDescription>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -6133,7 +5448,7 @@ pub mod types {
             }
             pub fn value<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ConfigWriteValue>,
+                T: ::std::convert::TryInto<super::ConfigValue>,
                 T::Error: ::std::fmt::Display,
             {
                 self.value = value
@@ -6316,7 +5631,7 @@ pub mod types {
         pub struct DependencyCreate {
             depends_on: ::std::result::Result<super::ServiceName, ::std::string::String>,
             description: ::std::result::Result<
-                ::std::option::Option<super::DependencyCreateDescription>,
+                ::std::option::Option<super::DependencyDescription>,
                 ::std::string::String,
             >,
             kind: ::std::result::Result<
@@ -6349,7 +5664,7 @@ pub mod types {
             pub fn description<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::DependencyCreateDescription>,
+                    ::std::option::Option<super::DependencyDescription>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -6617,7 +5932,7 @@ pub mod types {
             registered: ::std::result::Result<bool, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
             version: ::std::result::Result<
-                ::std::option::Option<super::DependencyNodeVersion>,
+                ::std::option::Option<super::SemanticVersion>,
                 ::std::string::String,
             >,
         }
@@ -6658,7 +5973,7 @@ pub mod types {
             pub fn version<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::DependencyNodeVersion>,
+                    ::std::option::Option<super::SemanticVersion>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -7252,7 +6567,7 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct HeartbeatRequest {
             output: ::std::result::Result<
-                ::std::option::Option<super::HeartbeatRequestOutput>,
+                ::std::option::Option<super::InstanceStatusOutput>,
                 ::std::string::String,
             >,
             status: ::std::result::Result<super::InstanceStatus, ::std::string::String>,
@@ -7269,7 +6584,7 @@ pub mod types {
             pub fn output<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HeartbeatRequestOutput>,
+                    ::std::option::Option<super::InstanceStatusOutput>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -7356,7 +6671,7 @@ pub mod types {
             >,
             weight: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             zone: ::std::result::Result<
-                ::std::option::Option<super::InstanceZone>,
+                ::std::option::Option<super::Zone>,
                 ::std::string::String,
             >,
         }
@@ -7608,7 +6923,7 @@ pub mod types {
             }
             pub fn zone<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<::std::option::Option<super::InstanceZone>>,
+                T: ::std::convert::TryInto<::std::option::Option<super::Zone>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.zone = value
@@ -7742,7 +7057,7 @@ pub mod types {
                 ::std::string::String,
             >,
             health_url: ::std::result::Result<
-                ::std::option::Option<super::InstanceRegistrationHealthUrl>,
+                ::std::option::Option<super::InstanceHealthUrl>,
                 ::std::string::String,
             >,
             metadata: ::std::result::Result<
@@ -7820,7 +7135,7 @@ pub mod types {
             pub fn health_url<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::InstanceRegistrationHealthUrl>,
+                    ::std::option::Option<super::InstanceHealthUrl>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -8615,7 +7930,7 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct ServiceRegistration {
             description: ::std::result::Result<
-                ::std::option::Option<super::ServiceRegistrationDescription>,
+                ::std::option::Option<super::ServiceDescription>,
                 ::std::string::String,
             >,
             health_check: ::std::result::Result<
@@ -8628,7 +7943,7 @@ pub mod types {
             >,
             name: ::std::result::Result<super::ServiceName, ::std::string::String>,
             owner: ::std::result::Result<
-                ::std::option::Option<super::ServiceRegistrationOwner>,
+                ::std::option::Option<super::ServiceOwner>,
                 ::std::string::String,
             >,
             protocol: ::std::result::Result<
@@ -8662,7 +7977,7 @@ pub mod types {
             pub fn description<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceRegistrationDescription>,
+                    ::std::option::Option<super::ServiceDescription>,
                 >,
                 T::Error: ::std::fmt::Display,
             {
@@ -8713,9 +8028,7 @@ pub mod types {
             }
             pub fn owner<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceRegistrationOwner>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceOwner>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.owner = value
@@ -8799,7 +8112,7 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct ServiceUpdate {
             description: ::std::result::Result<
-                ::std::option::Option<super::ServiceUpdateDescription>,
+                ::std::option::Option<super::ServiceDescription>,
                 ::std::string::String,
             >,
             health_check: ::std::result::Result<
@@ -8844,7 +8157,7 @@ pub mod types {
             pub fn description<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceUpdateDescription>,
+                    ::std::option::Option<super::ServiceDescription>,
                 >,
                 T::Error: ::std::fmt::Display,
             {

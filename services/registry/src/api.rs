@@ -3,7 +3,7 @@
 //! here; [`RegistryError`] is mapped to statuses in one place, [`api_error`].
 
 use crate::registry::Idempotency;
-use crate::registry::{Page, Registry, RegistryError};
+use crate::registry::{Registry, RegistryError};
 use crate::store::{Backend, StoreError};
 use axum::http::StatusCode;
 use pake_api_runtime::{ApiError, Principal};
@@ -11,7 +11,7 @@ use pake_mesh_server::*;
 use pake_observe::Metrics;
 use pake_tokens::TokenVerifier;
 use prometheus_client::metrics::gauge::Gauge;
-use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,24 +87,31 @@ fn if_match(header: Option<&String>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-fn list<T: serde::Serialize, L: serde::de::DeserializeOwned>(page: Page<T>) -> Result<L, ApiError> {
-    serde_json::from_value(json!({"items": page.items, "next_cursor": page.next_cursor}))
-        .map_err(|error| ApiError::internal(&error))
-}
-
 fn environment(text: &str) -> Result<types::Environment, ApiError> {
     text.parse()
         .map_err(|_| ApiError::bad_request("invalid_parameter", format!("path parameter environment: {text:?}")))
 }
 
-fn health(status: &str, checks: serde_json::Value) -> Result<types::Health, ApiError> {
-    serde_json::from_value(json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "description": "pake service mesh",
-        "checks": checks,
-    }))
-    .map_err(|error| ApiError::internal(&error))
+/// Text the registry writes into a constrained field of an answer; text the contract
+/// refuses is a bug, answered 500.
+fn text<T>(value: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + 'static,
+{
+    value.parse().map_err(|error: T::Err| ApiError::internal(&error))
+}
+
+fn health(
+    status: types::HealthStatus,
+    checks: HashMap<String, Vec<types::HealthCheckResult>>,
+) -> Result<types::Health, ApiError> {
+    Ok(types::Health {
+        status,
+        version: Some(text(env!("CARGO_PKG_VERSION"))?),
+        description: Some(text("pake service mesh")?),
+        checks,
+    })
 }
 
 impl ServiceMeshApi for RegistryApi {
@@ -113,7 +120,7 @@ impl ServiceMeshApi for RegistryApi {
     }
 
     async fn get_liveness(&self, _request: GetLivenessRequest) -> Result<GetLivenessResponse, ApiError> {
-        Ok(GetLivenessResponse::Ok(health("pass", json!({}))?))
+        Ok(GetLivenessResponse::Ok(health(types::HealthStatus::Pass, HashMap::new())?))
     }
 
     async fn get_readiness(&self, _request: GetReadinessRequest) -> Result<GetReadinessResponse, ApiError> {
@@ -131,19 +138,21 @@ impl ServiceMeshApi for RegistryApi {
         };
         let now = chrono::Utc::now();
         let (status, output) = match ping {
-            Ok(Ok(())) => ("pass", None),
-            Ok(Err(error)) => ("fail", Some(error.to_string())),
-            Err(_) => ("fail", Some("no answer within 1 s".to_string())),
+            Ok(Ok(())) => (types::HealthStatus::Pass, None),
+            Ok(Err(error)) => (types::HealthStatus::Fail, Some(error.to_string())),
+            Err(_) => (types::HealthStatus::Fail, Some("no answer within 1 s".to_string())),
         };
-        let mut check = json!({
-            "component_id": component, "component_type": "datastore", "status": status,
-            "observed_value": elapsed_ms, "observed_unit": "ms", "time": now,
-        });
-        if let Some(output) = output {
-            check["output"] = json!(output.chars().take(1000).collect::<String>());
-        }
-        let body = health(status, json!({ "store:connection": [check] }))?;
-        Ok(if status == "pass" {
+        let check = types::HealthCheckResult {
+            component_id: Some(text(component)?),
+            component_type: Some(types::HealthCheckResultComponentType::Datastore),
+            status,
+            observed_value: Some(elapsed_ms),
+            observed_unit: Some(text("ms")?),
+            output: output.map(|output| text(&output.chars().take(1000).collect::<String>())).transpose()?,
+            time: now,
+        };
+        let body = health(status, HashMap::from([("store:connection".to_string(), vec![check])]))?;
+        Ok(if status == types::HealthStatus::Pass {
             GetReadinessResponse::Ok(body)
         } else {
             GetReadinessResponse::ServiceUnavailable { body, retry_after: RETRY_AFTER_SECONDS }
@@ -176,7 +185,7 @@ impl ServiceMeshApi for RegistryApi {
                 request.cursor.as_deref(),
             )
             .map_err(api_error)?;
-        Ok(ListServicesResponse::Ok(list(page)?))
+        Ok(ListServicesResponse::Ok(types::ServiceList { items: page.items, next_cursor: page.next_cursor }))
     }
 
     async fn get_service(&self, request: GetServiceRequest) -> Result<GetServiceResponse, ApiError> {
@@ -212,7 +221,7 @@ impl ServiceMeshApi for RegistryApi {
             .registry
             .list_instances(request.service_id, request.status, request.limit, request.cursor.as_deref())
             .map_err(api_error)?;
-        Ok(ListInstancesResponse::Ok(list(page)?))
+        Ok(ListInstancesResponse::Ok(types::InstanceList { items: page.items, next_cursor: page.next_cursor }))
     }
 
     async fn get_instance(&self, request: GetInstanceRequest) -> Result<GetInstanceResponse, ApiError> {
@@ -258,7 +267,7 @@ impl ServiceMeshApi for RegistryApi {
             .registry
             .list_dependencies(request.service_id, request.limit, request.cursor.as_deref())
             .map_err(api_error)?;
-        Ok(ListDependenciesResponse::Ok(list(page)?))
+        Ok(ListDependenciesResponse::Ok(types::DependencyList { items: page.items, next_cursor: page.next_cursor }))
     }
 
     async fn create_dependency(&self, request: CreateDependencyRequest) -> Result<CreateDependencyResponse, ApiError> {
@@ -320,7 +329,7 @@ impl ServiceMeshApi for RegistryApi {
             )
             .await
             .map_err(api_error)?;
-        Ok(ListConfigEntriesResponse::Ok(list(page)?))
+        Ok(ListConfigEntriesResponse::Ok(types::ConfigEntryList { items: page.items, next_cursor: page.next_cursor }))
     }
 
     async fn get_config_entry(&self, request: GetConfigEntryRequest) -> Result<GetConfigEntryResponse, ApiError> {
@@ -381,6 +390,6 @@ impl ServiceMeshApi for RegistryApi {
             )
             .await
             .map_err(api_error)?;
-        Ok(ListConfigHistoryResponse::Ok(list(page)?))
+        Ok(ListConfigHistoryResponse::Ok(types::ConfigVersionList { items: page.items, next_cursor: page.next_cursor }))
     }
 }

@@ -3,20 +3,21 @@
 //! the graph, and a registration must not fail because a peer declared a dependency back.
 
 use crate::snapshot::Snapshot;
-use pake_mesh_server::types;
-use serde_json::json;
+use pake_mesh_server::types::{self, ServiceName};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub fn build(snapshot: &Snapshot, root: Option<&str>) -> Result<types::DependencyGraph, serde_json::Error> {
+type Edges = BTreeMap<ServiceName, Vec<(ServiceName, types::DependencyKind)>>;
+
+pub fn build(snapshot: &Snapshot, root: Option<&ServiceName>) -> types::DependencyGraph {
     // Adjacency over names: registered services and whatever they depend on.
-    let mut edges: BTreeMap<String, Vec<(String, types::DependencyKind)>> = BTreeMap::new();
-    let mut versions: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut edges: Edges = BTreeMap::new();
+    let mut versions: BTreeMap<ServiceName, Option<types::SemanticVersion>> = BTreeMap::new();
     for data in snapshot.services() {
-        let name = data.service.name.to_string();
-        versions.insert(name.clone(), Some(data.service.version.to_string()));
+        let name = data.service.name.clone();
+        versions.insert(name.clone(), Some(data.service.version.clone()));
         let out = edges.entry(name).or_default();
         for dependency in &data.dependencies {
-            out.push((dependency.depends_on.to_string(), dependency.kind));
+            out.push((dependency.depends_on.clone(), dependency.kind));
         }
     }
     for targets in edges.clone().values() {
@@ -26,11 +27,11 @@ pub fn build(snapshot: &Snapshot, root: Option<&str>) -> Result<types::Dependenc
         }
     }
 
-    let included: BTreeSet<String> = match root {
+    let included: BTreeSet<ServiceName> = match root {
         None => versions.keys().cloned().collect(),
         Some(root) => {
             let mut seen = BTreeSet::new();
-            let mut pending = vec![root.to_string()];
+            let mut pending = vec![root.clone()];
             while let Some(next) = pending.pop() {
                 if seen.insert(next.clone()) {
                     pending.extend(edges.get(&next).into_iter().flatten().map(|(t, _)| t.clone()));
@@ -40,37 +41,41 @@ pub fn build(snapshot: &Snapshot, root: Option<&str>) -> Result<types::Dependenc
         }
     };
 
-    let nodes: Vec<_> = included
+    let nodes = included
         .iter()
-        .map(|name| json!({"service": name, "version": versions.get(name).cloned().flatten(), "registered": versions.get(name).is_some_and(Option::is_some)}))
+        .map(|name| {
+            let version = versions.get(name).cloned().flatten();
+            types::DependencyNode { service: name.clone(), registered: version.is_some(), version }
+        })
         .collect();
-    let edge_list: Vec<_> = included
+    let edge_list = included
         .iter()
         .flat_map(|from| {
-            edges.get(from).into_iter().flatten().map(move |(to, kind)| json!({"from": from, "to": to, "kind": kind}))
+            edges.get(from).into_iter().flatten().map(move |(to, kind)| types::DependencyEdge {
+                from: from.clone(),
+                to: to.clone(),
+                kind: *kind,
+            })
         })
         .collect();
     let cycles = strongly_connected(&included, &edges);
-    serde_json::from_value(json!({"nodes": nodes, "edges": edge_list, "cycles": cycles}))
+    types::DependencyGraph { nodes, edges: edge_list, cycles }
 }
 
 /// Tarjan's algorithm over the included names; returns the components of two or more
 /// services, each sorted, in name order.
-fn strongly_connected(
-    names: &BTreeSet<String>,
-    edges: &BTreeMap<String, Vec<(String, types::DependencyKind)>>,
-) -> Vec<Vec<String>> {
+fn strongly_connected(names: &BTreeSet<ServiceName>, edges: &Edges) -> Vec<Vec<ServiceName>> {
     struct State<'a> {
-        edges: &'a BTreeMap<String, Vec<(String, types::DependencyKind)>>,
-        names: &'a BTreeSet<String>,
+        edges: &'a Edges,
+        names: &'a BTreeSet<ServiceName>,
         next: usize,
-        index: BTreeMap<&'a str, usize>,
-        low: BTreeMap<&'a str, usize>,
-        stack: Vec<&'a str>,
-        on_stack: BTreeSet<&'a str>,
-        found: Vec<Vec<String>>,
+        index: BTreeMap<&'a ServiceName, usize>,
+        low: BTreeMap<&'a ServiceName, usize>,
+        stack: Vec<&'a ServiceName>,
+        on_stack: BTreeSet<&'a ServiceName>,
+        found: Vec<Vec<ServiceName>>,
     }
-    fn visit<'a>(state: &mut State<'a>, node: &'a str) {
+    fn visit<'a>(state: &mut State<'a>, node: &'a ServiceName) {
         state.index.insert(node, state.next);
         state.low.insert(node, state.next);
         state.next += 1;
@@ -78,7 +83,6 @@ fn strongly_connected(
         state.on_stack.insert(node);
         let edges = state.edges;
         for (target, _) in edges.get(node).into_iter().flatten() {
-            let target = target.as_str();
             if !state.names.contains(target) {
                 continue;
             }
@@ -95,7 +99,7 @@ fn strongly_connected(
             let mut component = Vec::new();
             while let Some(member) = state.stack.pop() {
                 state.on_stack.remove(member);
-                component.push(member.to_string());
+                component.push(member.clone());
                 if member == node {
                     break;
                 }
@@ -117,7 +121,7 @@ fn strongly_connected(
         found: Vec::new(),
     };
     for name in names {
-        if !state.index.contains_key(name.as_str()) {
+        if !state.index.contains_key(name) {
             visit(&mut state, name);
         }
     }
@@ -129,15 +133,22 @@ fn strongly_connected(
 mod tests {
     use super::*;
 
+    fn name(text: &str) -> ServiceName {
+        text.parse().expect("a valid service name")
+    }
+
     fn graph(pairs: &[(&str, &str)]) -> Vec<Vec<String>> {
-        let mut edges: BTreeMap<String, Vec<(String, types::DependencyKind)>> = BTreeMap::new();
+        let mut edges: Edges = BTreeMap::new();
         let mut names = BTreeSet::new();
         for (from, to) in pairs {
-            edges.entry(from.to_string()).or_default().push((to.to_string(), types::DependencyKind::Hard));
-            names.insert(from.to_string());
-            names.insert(to.to_string());
+            edges.entry(name(from)).or_default().push((name(to), types::DependencyKind::Hard));
+            names.insert(name(from));
+            names.insert(name(to));
         }
         strongly_connected(&names, &edges)
+            .into_iter()
+            .map(|cycle| cycle.into_iter().map(String::from).collect())
+            .collect()
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Registry records: the contract's resource types plus what the registry keeps beside
 //! them (expiry instants, the change index), and the rules that derive one from another.
 //!
-//! Resources are built through `serde_json` from the contract types, so a document the
-//! registry produces is checked by the same generated constraints a client applies.
+//! Resources are built as the generated types themselves, field by field, so the compiler
+//! checks every field a document carries; the only conversions left are from text the
+//! store keeps in its own columns.
 
 use crate::store::StoreError;
 use pake_mesh_server::types;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use std::num::NonZeroU64;
 
 /// A service and everything registered under it, as loaded from the store.
 #[derive(Debug, Clone)]
@@ -30,33 +30,47 @@ pub struct InstanceRecord {
     pub deregister_after_ms: i64,
 }
 
-/// Builds a contract type from JSON, reporting a document the types reject.
-pub fn build<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {
-    serde_json::from_value(value)
+/// A count the contract requires to be positive, checked when the constant is compiled:
+/// use it in a `const` block.
+pub const fn positive(n: u64) -> NonZeroU64 {
+    match NonZeroU64::new(n) {
+        Some(n) => n,
+        None => panic!("a positive count"),
+    }
 }
 
-fn millis_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
+pub fn millis_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// A stored column that does not hold what the contract allows.
+fn unreadable(column: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(<serde_json::Error as serde::de::Error>::custom(format!("{column}: {error}")))
+}
+
 impl InstanceRecord {
+    /// An instance with the instants the registry keeps beside it.
+    pub fn new(instance: types::Instance, last_heartbeat_ms: Option<i64>, expires_at_ms: i64) -> InstanceRecord {
+        let deregister_after_ms = instance.deregister_critical_after_seconds.get() as i64 * 1000;
+        InstanceRecord { instance, last_heartbeat_ms, expires_at_ms, deregister_after_ms }
+    }
+
     /// Combines the registration document with the columns heartbeats change.
     pub fn from_parts(
-        mut doc: Value,
+        mut instance: types::Instance,
         status: &str,
         status_output: Option<String>,
         last_heartbeat_ms: Option<i64>,
         expires_at_ms: i64,
     ) -> Result<InstanceRecord, StoreError> {
-        if let Some(object) = doc.as_object_mut() {
-            object.insert("status".into(), json!(status));
-            object.insert("status_output".into(), json!(status_output));
-            object.insert("last_heartbeat_at".into(), json!(last_heartbeat_ms.map(millis_to_time)));
-            object.insert("expires_at".into(), json!(millis_to_time(expires_at_ms)));
-        }
-        let instance: types::Instance = build(doc)?;
-        let deregister_after_ms = instance.deregister_critical_after_seconds.get() as i64 * 1000;
-        Ok(InstanceRecord { instance, last_heartbeat_ms, expires_at_ms, deregister_after_ms })
+        instance.status = status.parse().map_err(|error| unreadable("instances.status", error))?;
+        instance.status_output = status_output
+            .map(types::InstanceStatusOutput::try_from)
+            .transpose()
+            .map_err(|error| unreadable("instances.status_output", error))?;
+        instance.last_heartbeat_at = last_heartbeat_ms.map(millis_to_time);
+        instance.expires_at = millis_to_time(expires_at_ms);
+        Ok(InstanceRecord::new(instance, last_heartbeat_ms, expires_at_ms))
     }
 
     pub fn is_expired(&self, now_ms: i64) -> bool {
@@ -75,86 +89,108 @@ impl InstanceRecord {
     }
 }
 
+/// The health check a service gets when its registration names none.
+pub fn default_health_check() -> types::ServiceHealthCheck {
+    types::ServiceHealthCheck {
+        path: "/health".parse().expect("a constant absolute path"),
+        interval_seconds: const { positive(10) },
+        timeout_ms: const { positive(2000) },
+        healthy_threshold: const { positive(2) },
+        unhealthy_threshold: const { positive(3) },
+    }
+}
+
 /// The traffic policy a service gets at registration: conservative timeouts, retries of
 /// idempotent failures within a 20 % budget, a breaker that opens after 5 consecutive
 /// failures or a 50 % failure rate.
-pub fn default_policy(service: &types::Service) -> Result<types::TrafficPolicy, serde_json::Error> {
-    build(json!({
-        "service_id": service.id,
-        "service_name": service.name,
-        "load_balancing": "round_robin",
-        "connect_timeout_ms": 2000,
-        "request_timeout_ms": 15000,
-        "retries": {
-            "max_attempts": 2,
-            "per_try_timeout_ms": 5000,
-            "retry_on": ["connect_failure", "refused_stream", "reset", "gateway_error"],
-            "budget_percent": 20
+pub fn default_policy_spec() -> types::TrafficPolicySpec {
+    types::TrafficPolicySpec {
+        load_balancing: types::LoadBalancing::RoundRobin,
+        connect_timeout_ms: const { positive(2000) },
+        request_timeout_ms: const { positive(15000) },
+        retries: types::RetryPolicy {
+            max_attempts: 2,
+            per_try_timeout_ms: const { positive(5000) },
+            retry_on: vec![
+                types::RetryOn::ConnectFailure,
+                types::RetryOn::RefusedStream,
+                types::RetryOn::Reset,
+                types::RetryOn::GatewayError,
+            ],
+            budget_percent: 20,
         },
-        "circuit_breaker": {
-            "failure_threshold": 5,
-            "failure_rate_threshold": 0.5,
-            "minimum_requests": 20,
-            "rate_window_seconds": 30,
-            "open_seconds": 30,
-            "half_open_max_requests": 3
+        circuit_breaker: types::CircuitBreakerPolicy {
+            failure_threshold: const { positive(5) },
+            failure_rate_threshold: 0.5,
+            minimum_requests: const { positive(20) },
+            rate_window_seconds: const { positive(30) },
+            open_seconds: const { positive(30) },
+            half_open_max_requests: const { positive(3) },
         },
-        "outlier_detection": {
-            "consecutive_5xx": 5,
-            "interval_seconds": 10,
-            "base_ejection_seconds": 30,
-            "max_ejection_percent": 50
+        outlier_detection: types::OutlierDetectionPolicy {
+            consecutive_5xx: const { positive(5) },
+            interval_seconds: const { positive(10) },
+            base_ejection_seconds: const { positive(30) },
+            max_ejection_percent: 50,
         },
-        "updated_at": service.created_at,
-        "revision": 1
-    }))
+    }
+}
+
+/// A service's traffic policy: `spec` applied to `service` at `revision`.
+pub fn traffic_policy(
+    spec: types::TrafficPolicySpec,
+    service: &types::Service,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    revision: NonZeroU64,
+) -> types::TrafficPolicy {
+    let types::TrafficPolicySpec {
+        load_balancing,
+        connect_timeout_ms,
+        request_timeout_ms,
+        retries,
+        circuit_breaker,
+        outlier_detection,
+    } = spec;
+    types::TrafficPolicy {
+        service_id: service.id,
+        service_name: service.name.clone(),
+        load_balancing,
+        connect_timeout_ms,
+        request_timeout_ms,
+        retries,
+        circuit_breaker,
+        outlier_detection,
+        updated_at,
+        revision,
+    }
 }
 
 /// Where a configuration value lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigKey {
-    pub service: String,
-    pub environment: String,
-    pub key: String,
+    pub service: types::ServiceName,
+    pub environment: types::Environment,
+    pub key: types::ConfigKey,
 }
 
 impl ConfigKey {
     pub fn entry(
         &self,
-        value: &str,
-        description: Option<&str>,
-        version: i64,
+        value: types::ConfigValue,
+        description: Option<types::ConfigDescription>,
+        version: NonZeroU64,
         created_at: chrono::DateTime<chrono::Utc>,
         updated_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<types::ConfigEntry, serde_json::Error> {
-        build(json!({
-            "service": self.service,
-            "environment": self.environment,
-            "key": self.key,
-            "value": value,
-            "description": description,
-            "version": version,
-            "created_at": created_at,
-            "updated_at": updated_at,
-        }))
-    }
-
-    pub fn history(
-        &self,
-        operation: &str,
-        value: Option<&str>,
-        description: Option<&str>,
-        version: i64,
-        changed_at: chrono::DateTime<chrono::Utc>,
-        changed_by: &str,
-    ) -> Result<types::ConfigVersion, serde_json::Error> {
-        build(json!({
-            "version": version,
-            "operation": operation,
-            "value": value,
-            "description": description,
-            "changed_at": changed_at,
-            "changed_by": changed_by,
-        }))
+    ) -> types::ConfigEntry {
+        types::ConfigEntry {
+            service: self.service.clone(),
+            environment: self.environment,
+            key: self.key.clone(),
+            value,
+            description,
+            version,
+            created_at,
+            updated_at,
+        }
     }
 }

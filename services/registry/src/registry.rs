@@ -8,11 +8,11 @@
 use crate::breaker::{StoreBreaker, probe_loop};
 use crate::cursor;
 use crate::graph;
-use crate::model::{ConfigKey, InstanceRecord, ServiceData, build, default_policy};
+use crate::model::{self, ConfigKey, InstanceRecord, ServiceData, millis_to_time, positive};
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::store::{IDEMPOTENCY_KEY_CONSTRAINT, IdempotencyRecord, IdempotentAnswer, Store, StoreError};
 use pake_mesh_server::types;
-use serde_json::json;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -101,18 +101,28 @@ fn now_ms() -> i64 {
 /// One page of a sorted list and the cursor of the next.
 pub struct Page<T> {
     pub items: Vec<T>,
-    pub next_cursor: Option<String>,
+    pub next_cursor: types::NextCursor,
 }
 
-fn page<T, K: AsRef<str>>(mut items: Vec<T>, limit: u64, key: impl Fn(&T) -> K) -> Page<T> {
+fn page<T, K: AsRef<str>>(mut items: Vec<T>, limit: u64, key: impl Fn(&T) -> K) -> Result<Page<T>> {
     let limit = limit as usize;
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
-        items.last().map(|last| cursor::encode(key(last).as_ref()))
+        items.last().map(|last| cursor::encode(key(last).as_ref()).parse()).transpose().map_err(internal)?
     } else {
         None
     };
-    Page { items, next_cursor }
+    Ok(Page { items, next_cursor: types::NextCursor(next_cursor) })
+}
+
+/// A value the contract's types refuse although the registry made it: a bug, answered 500.
+fn internal(error: impl std::error::Error + Send + Sync + 'static) -> RegistryError {
+    RegistryError::Internal(Box::new(error))
+}
+
+/// The revision after `revision`.
+fn next_revision(revision: NonZeroU64) -> NonZeroU64 {
+    revision.saturating_add(1)
 }
 
 impl Registry {
@@ -187,8 +197,7 @@ impl Registry {
         idempotency: Option<Idempotency<'_>>,
     ) -> Result<types::Service> {
         let now = chrono::Utc::now();
-        let mut doc = serde_json::to_value(&registration)?;
-        let request = canonical_json(&doc);
+        let request = canonical_json(&serde_json::to_value(&registration)?);
         let expired_before_ms = now.timestamp_millis() - IDEMPOTENCY_KEY_LIFETIME.as_millis() as i64;
         let earlier = |answer: Option<IdempotentAnswer>| -> Result<types::Service> {
             match answer {
@@ -208,22 +217,23 @@ impl Registry {
         {
             return earlier(Some(answer));
         }
-        let object = doc.as_object_mut().expect("a registration is an object");
-        let id = Uuid::new_v4();
-        object.insert("id".into(), json!(id));
-        object.entry("description").or_insert(json!(null));
-        object.entry("owner").or_insert(json!(null));
-        object.entry("tags").or_insert(json!([]));
-        object.entry("metadata").or_insert(json!({}));
-        object.entry("protocol").or_insert(json!("http"));
-        object.entry("health_check").or_insert(json!({
-            "path": "/health", "interval_seconds": 10, "timeout_ms": 2000, "healthy_threshold": 2, "unhealthy_threshold": 3
-        }));
-        object.insert("created_at".into(), json!(now));
-        object.insert("updated_at".into(), json!(now));
-        object.insert("revision".into(), json!(1));
-        let service: types::Service = build(doc)?;
-        let policy = default_policy(&service)?;
+        let types::ServiceRegistration { name, version, description, tags, metadata, owner, protocol, health_check } =
+            registration;
+        let service = types::Service {
+            id: Uuid::new_v4(),
+            name,
+            version,
+            description,
+            tags: tags.unwrap_or_else(|| types::Tags(Vec::new())),
+            metadata: metadata.unwrap_or_else(|| types::Metadata(Default::default())),
+            owner,
+            protocol: protocol.unwrap_or(types::ServiceProtocol::Http),
+            health_check: health_check.unwrap_or_else(model::default_health_check),
+            created_at: now,
+            updated_at: now,
+            revision: const { positive(1) },
+        };
+        let policy = model::traffic_policy(model::default_policy_spec(), &service, now, const { positive(1) });
         let record = match idempotency {
             Some(Idempotency { owner, key }) => Some(IdempotencyRecord {
                 owner: owner.to_string(),
@@ -273,7 +283,7 @@ impl Registry {
             .take(limit as usize + 1)
             .cloned()
             .collect();
-        Ok(page(items, limit, |s| s.name.to_string()))
+        page(items, limit, |s| s.name.to_string())
     }
 
     pub fn get_service(&self, id: Uuid) -> Result<types::Service> {
@@ -297,17 +307,38 @@ impl Registry {
                 "if-match revision {expected} but the current revision is {revision}"
             )));
         }
-        let mut doc = serde_json::to_value(&current.service)?;
-        let object = doc.as_object_mut().expect("a service is an object");
-        let changes = serde_json::to_value(&update)?;
-        for (field, value) in changes.as_object().into_iter().flatten() {
-            // An empty description or owner clears it.
-            let cleared = matches!(field.as_str(), "description" | "owner") && value.as_str() == Some("");
-            object.insert(field.clone(), if cleared { json!(null) } else { value.clone() });
+        // Every field of the update is named, so that a field added to the contract does
+        // not compile until it is applied here.
+        let types::ServiceUpdate { version, description, tags, metadata, owner, protocol, health_check } = update;
+        let mut service = current.service;
+        if let Some(version) = version {
+            service.version = version;
         }
-        object.insert("updated_at".into(), json!(chrono::Utc::now()));
-        object.insert("revision".into(), json!(revision + 1));
-        let service: types::Service = build(doc)?;
+        // An empty description or owner clears it.
+        if let Some(description) = description {
+            service.description = Some(description).filter(|d| !d.is_empty());
+        }
+        if let Some(owner) = owner {
+            service.owner = match owner.as_str() {
+                "" => None,
+                // The update's owner differs from the service's only in admitting "".
+                text => Some(text.parse().map_err(internal)?),
+            };
+        }
+        if let Some(tags) = tags {
+            service.tags = tags;
+        }
+        if let Some(metadata) = metadata {
+            service.metadata = metadata;
+        }
+        if let Some(protocol) = protocol {
+            service.protocol = protocol;
+        }
+        if let Some(health_check) = health_check {
+            service.health_check = health_check;
+        }
+        service.updated_at = chrono::Utc::now();
+        service.revision = next_revision(service.revision);
         match self.guard(self.store.update_service(&service, revision)).await {
             Err(StoreError::Stale { expected, actual }) => {
                 return Err(RegistryError::PreconditionFailed(format!(
@@ -335,20 +366,40 @@ impl Registry {
     ) -> Result<types::Instance> {
         let data = self.service_data(service_id)?;
         let now = now_ms();
-        let ttl_ms = registration.ttl_seconds.get() as i64 * 1000;
-        let mut doc = serde_json::to_value(&registration)?;
-        let object = doc.as_object_mut().expect("a registration is an object");
-        let id = Uuid::new_v4();
-        object.insert("id".into(), json!(id));
-        object.insert("service_id".into(), json!(service_id));
-        object.insert("service_name".into(), json!(data.service.name));
-        object.entry("scheme").or_insert(json!("http"));
-        object.entry("tags").or_insert(json!([]));
-        object.entry("zone").or_insert(json!(null));
-        object.entry("metadata").or_insert(json!({}));
-        object.entry("health_url").or_insert(json!(null));
-        object.insert("registered_at".into(), json!(chrono::Utc::now()));
-        let record = InstanceRecord::from_parts(doc, "passing", None, None, now + ttl_ms)?;
+        let types::InstanceRegistration {
+            address,
+            port,
+            scheme,
+            tags,
+            weight,
+            zone,
+            metadata,
+            ttl_seconds,
+            health_url,
+            deregister_critical_after_seconds,
+        } = registration;
+        let expires_at_ms = now + ttl_seconds.get() as i64 * 1000;
+        let instance = types::Instance {
+            id: Uuid::new_v4(),
+            service_id,
+            service_name: data.service.name.clone(),
+            address,
+            port,
+            scheme: scheme.unwrap_or(types::InstanceScheme::Http),
+            tags: tags.unwrap_or_else(|| types::Tags(Vec::new())),
+            weight,
+            zone,
+            metadata: metadata.unwrap_or_else(|| types::Metadata(Default::default())),
+            status: types::InstanceStatus::Passing,
+            status_output: None,
+            ttl_seconds,
+            health_url,
+            last_heartbeat_at: None,
+            expires_at: millis_to_time(expires_at_ms),
+            registered_at: chrono::Utc::now(),
+            deregister_critical_after_seconds,
+        };
+        let record = InstanceRecord::new(instance, None, expires_at_ms);
         match self.guard(self.store.register_instance(&record)).await {
             Err(StoreError::Conflict(_)) => {
                 return Err(RegistryError::Conflict(format!(
@@ -382,7 +433,7 @@ impl Registry {
         items.sort_by_key(|instance| instance.id);
         items.retain(|instance| after.as_deref().is_none_or(|a| instance.id.to_string().as_str() > a));
         items.truncate(limit as usize + 1);
-        Ok(page(items, limit, |instance| instance.id.to_string()))
+        page(items, limit, |instance| instance.id.to_string())
     }
 
     pub fn get_instance(&self, service_id: Uuid, instance_id: Uuid) -> Result<types::Instance> {
@@ -416,8 +467,9 @@ impl Registry {
             .find(|record| record.instance.id == instance_id)
             .map(|record| record.instance.ttl_seconds.get() as i64 * 1000)
             .ok_or_else(|| not_found_instance(instance_id))?;
-        let status = heartbeat.status.to_string();
-        let output = heartbeat.output.as_ref().map(|o| o.as_str());
+        let types::HeartbeatRequest { status, output } = heartbeat;
+        let status = status.to_string();
+        let output = output.as_ref().map(|o| o.as_str());
         let record = match self.guard(self.store.heartbeat(service_id, instance_id, &status, output, ttl_ms)).await {
             Err(StoreError::NotFound) => return Err(not_found_instance(instance_id)),
             other => other?,
@@ -493,7 +545,7 @@ impl Registry {
             .take(limit as usize + 1)
             .cloned()
             .collect();
-        Ok(page(items, limit, |d| d.depends_on.to_string()))
+        page(items, limit, |d| d.depends_on.to_string())
     }
 
     pub async fn create_dependency(
@@ -505,15 +557,16 @@ impl Registry {
         if create.depends_on == data.service.name {
             return Err(RegistryError::Invalid(format!("{} cannot depend on itself", *data.service.name)));
         }
-        let dependency: types::Dependency = build(json!({
-            "id": Uuid::new_v4(),
-            "service_id": service_id,
-            "service_name": data.service.name,
-            "depends_on": create.depends_on,
-            "kind": create.kind.unwrap_or(types::DependencyKind::Hard),
-            "description": create.description,
-            "created_at": chrono::Utc::now(),
-        }))?;
+        let types::DependencyCreate { depends_on, kind, description } = create;
+        let dependency = types::Dependency {
+            id: Uuid::new_v4(),
+            service_id,
+            service_name: data.service.name.clone(),
+            depends_on,
+            kind: kind.unwrap_or(types::DependencyKind::Hard),
+            description,
+            created_at: chrono::Utc::now(),
+        };
         match self.guard(self.store.add_dependency(&dependency)).await {
             Err(StoreError::Conflict(_)) => {
                 return Err(RegistryError::Conflict(format!(
@@ -548,12 +601,13 @@ impl Registry {
 
     pub fn dependency_graph(&self, root: Option<&str>) -> Result<types::DependencyGraph> {
         let snapshot = self.snapshot();
-        if let Some(root) = root
-            && snapshot.service_by_name(root).is_none()
-        {
-            return Err(not_found_name(root));
-        }
-        Ok(graph::build(&snapshot, root)?)
+        let root = match root {
+            Some(root) => {
+                Some(snapshot.service_by_name(root).ok_or_else(|| not_found_name(root))?.service.name.clone())
+            }
+            None => None,
+        };
+        Ok(graph::build(&snapshot, root.as_ref()))
     }
 
     pub fn traffic_policy(&self, service_id: Uuid) -> Result<types::TrafficPolicy> {
@@ -568,7 +622,8 @@ impl Registry {
     ) -> Result<types::TrafficPolicy> {
         let current =
             self.guard(self.store.load_service(service_id)).await?.ok_or_else(|| not_found_service(service_id))?;
-        let revision = current.policy.revision.get() as i64;
+        let current_revision = current.policy.revision;
+        let revision = current_revision.get() as i64;
         if let Some(expected) = if_match
             && expected != revision
         {
@@ -579,13 +634,7 @@ impl Registry {
         if spec.retries.per_try_timeout_ms.get() > spec.request_timeout_ms.get() {
             return Err(RegistryError::Invalid("retries.per_try_timeout_ms cannot exceed request_timeout_ms".into()));
         }
-        let mut doc = serde_json::to_value(&spec)?;
-        let object = doc.as_object_mut().expect("a policy is an object");
-        object.insert("service_id".into(), json!(service_id));
-        object.insert("service_name".into(), json!(current.service.name));
-        object.insert("updated_at".into(), json!(chrono::Utc::now()));
-        object.insert("revision".into(), json!(revision + 1));
-        let policy: types::TrafficPolicy = build(doc)?;
+        let policy = model::traffic_policy(spec, &current.service, chrono::Utc::now(), next_revision(current_revision));
         match self.guard(self.store.replace_policy(&policy, revision)).await {
             Err(StoreError::Stale { expected, actual }) => {
                 return Err(RegistryError::PreconditionFailed(format!(
@@ -598,11 +647,17 @@ impl Registry {
     }
 
     /// Configuration belongs to registered services.
-    fn config_key(&self, service: &str, environment: types::Environment, key: Option<&str>) -> Result<ConfigKey> {
-        if self.snapshot().service_by_name(service).is_none() {
-            return Err(not_found_name(service));
-        }
-        Ok(ConfigKey { service: service.into(), environment: environment.to_string(), key: key.unwrap_or("").into() })
+    fn config_service(&self, service: &str) -> Result<types::ServiceName> {
+        let snapshot = self.snapshot();
+        let data = snapshot.service_by_name(service).ok_or_else(|| not_found_name(service))?;
+        Ok(data.service.name.clone())
+    }
+
+    fn config_key(&self, service: &str, environment: types::Environment, key: &str) -> Result<ConfigKey> {
+        let service = self.config_service(service)?;
+        // The router has checked the key against the contract's pattern.
+        let key = key.parse().map_err(|error| RegistryError::Invalid(format!("key {key:?}: {error}")))?;
+        Ok(ConfigKey { service, environment, key })
     }
 
     pub async fn list_config(
@@ -613,17 +668,18 @@ impl Registry {
         limit: u64,
         after: Option<&str>,
     ) -> Result<Page<types::ConfigEntry>> {
-        let key = self.config_key(service, environment, None)?;
+        let service = self.config_service(service)?;
+        let environment = environment.to_string();
         let after = after.map(cursor::decode).transpose()?;
         let listed = self.store.list_config(
-            &key.service,
-            &key.environment,
+            service.as_str(),
+            &environment,
             prefix.unwrap_or(""),
             after.as_deref(),
             limit as i64 + 1,
         );
         let items = self.guard(listed).await?;
-        Ok(page(items, limit, |entry| entry.key.to_string()))
+        page(items, limit, |entry| entry.key.to_string())
     }
 
     pub async fn get_config(
@@ -632,7 +688,7 @@ impl Registry {
         environment: types::Environment,
         key: &str,
     ) -> Result<types::ConfigEntry> {
-        let key = self.config_key(service, environment, Some(key))?;
+        let key = self.config_key(service, environment, key)?;
         self.guard(self.store.get_config(&key)).await?.ok_or_else(|| not_found_key(&key))
     }
 
@@ -645,15 +701,15 @@ impl Registry {
         if_match: Option<i64>,
         changed_by: &str,
     ) -> Result<types::ConfigEntry> {
-        let key = self.config_key(service, environment, Some(key))?;
+        let key = self.config_key(service, environment, key)?;
         let expected = match (write.expected_version, if_match) {
             (Some(body), Some(header)) if body != header => {
                 return Err(RegistryError::Invalid(format!("expected_version {body} and if-match {header} disagree")));
             }
             (body, header) => body.or(header),
         };
-        let description = write.description.as_ref().map(|d| d.as_str());
-        match self.guard(self.store.put_config(&key, write.value.as_str(), description, expected, changed_by)).await {
+        let put = self.store.put_config(&key, &write.value, write.description.as_ref(), expected, changed_by);
+        match self.guard(put).await {
             Ok(entry) => Ok(entry),
             Err(StoreError::Stale { expected, actual }) if if_match.is_some() && write.expected_version.is_none() => {
                 Err(RegistryError::PreconditionFailed(stale_message(expected, actual)))
@@ -676,7 +732,7 @@ impl Registry {
         expected: Option<i64>,
         changed_by: &str,
     ) -> Result<()> {
-        let key = self.config_key(service, environment, Some(key))?;
+        let key = self.config_key(service, environment, key)?;
         match self.guard(self.store.delete_config(&key, expected, changed_by)).await {
             Ok(()) => Ok(()),
             Err(StoreError::NotFound) => Err(not_found_key(&key)),
@@ -698,7 +754,7 @@ impl Registry {
         limit: u64,
         after: Option<&str>,
     ) -> Result<Page<types::ConfigVersion>> {
-        let key = self.config_key(service, environment, Some(key))?;
+        let key = self.config_key(service, environment, key)?;
         let before = match after.map(cursor::decode).transpose()? {
             Some(text) => {
                 Some(text.parse::<i64>().map_err(|_| RegistryError::BadCursor("cursor is not valid".into()))?)
@@ -709,7 +765,7 @@ impl Registry {
         if items.is_empty() && before.is_none() {
             return Err(not_found_key(&key));
         }
-        Ok(page(items, limit, |version| version.version.to_string()))
+        page(items, limit, |version| version.version.to_string())
     }
 }
 
@@ -734,7 +790,7 @@ fn not_found_instance(id: Uuid) -> RegistryError {
 }
 
 fn not_found_key(key: &ConfigKey) -> RegistryError {
-    RegistryError::NotFound(format!("no key {} for {} in {}", key.key, key.service, key.environment))
+    RegistryError::NotFound(format!("no key {} for {} in {}", *key.key, *key.service, key.environment))
 }
 
 /// Marks lapsed instances critical and removes those past their critical period. Every

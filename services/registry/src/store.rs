@@ -130,9 +130,9 @@ macro_rules! last_history_version {
         let (last,): (i64,) = sqlx::query_as(
             "SELECT COALESCE(MAX(version), 0) FROM config_history WHERE service = $1 AND environment = $2 AND key = $3",
         )
-        .bind(&$key.service)
-        .bind(&$key.environment)
-        .bind(&$key.key)
+        .bind($key.service.as_str())
+        .bind($key.environment.to_string())
+        .bind($key.key.as_str())
         .fetch_one($tx)
         .await?;
         last
@@ -143,9 +143,9 @@ macro_rules! last_history_version {
 macro_rules! record_history {
     ($tx:expr, $key:expr, $version:expr, $history:expr) => {{
         sqlx::query("INSERT INTO config_history (service, environment, key, version, doc) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&$key.service)
-            .bind(&$key.environment)
-            .bind(&$key.key)
+            .bind($key.service.as_str())
+            .bind($key.environment.to_string())
+            .bind($key.key.as_str())
             .bind($version)
             .bind(Json(&$history))
             .execute($tx)
@@ -359,11 +359,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-type InstanceRow = (Json<Value>, String, Option<String>, Option<i64>, i64);
+type InstanceRow = (Json<types::Instance>, String, Option<String>, Option<i64>, i64);
 
 fn instance_record(row: InstanceRow) -> Result<InstanceRecord, StoreError> {
-    let (Json(doc), status, status_output, last_heartbeat_ms, expires_at_ms) = row;
-    InstanceRecord::from_parts(doc, &status, status_output, last_heartbeat_ms, expires_at_ms)
+    let (Json(instance), status, status_output, last_heartbeat_ms, expires_at_ms) = row;
+    InstanceRecord::from_parts(instance, &status, status_output, last_heartbeat_ms, expires_at_ms)
 }
 
 impl Store {
@@ -819,9 +819,9 @@ impl Store {
         with_pool!(self, |pool, backend| {
             let row: Option<(Json<types::ConfigEntry>,)> =
                 sqlx::query_as("SELECT doc FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3")
-                    .bind(&key.service)
-                    .bind(&key.environment)
-                    .bind(&key.key)
+                    .bind(key.service.as_str())
+                    .bind(key.environment.to_string())
+                    .bind(key.key.as_str())
                     .fetch_optional(pool)
                     .await?;
             Ok(row.map(|(Json(entry),)| entry))
@@ -864,8 +864,8 @@ impl Store {
     pub async fn put_config(
         &self,
         key: &ConfigKey,
-        value: &str,
-        description: Option<&str>,
+        value: &types::ConfigValue,
+        description: Option<&types::ConfigDescription>,
         expected: Option<i64>,
         changed_by: &str,
     ) -> Result<types::ConfigEntry, StoreError> {
@@ -873,9 +873,9 @@ impl Store {
             let mut tx = begin_write!(pool, backend);
             let current: Option<(Json<types::ConfigEntry>,)> =
                 sqlx::query_as("SELECT doc FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3")
-                    .bind(&key.service)
-                    .bind(&key.environment)
-                    .bind(&key.key)
+                    .bind(key.service.as_str())
+                    .bind(key.environment.to_string())
+                    .bind(key.key.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
             let current = current.map(|(Json(entry),)| entry);
@@ -888,8 +888,13 @@ impl Store {
             let last = last_history_version!(&mut *tx, key);
             let version = last + 1;
             let now = chrono::Utc::now();
-            let entry =
-                key.entry(value, description, version, current.as_ref().map(|e| e.created_at).unwrap_or(now), now)?;
+            let entry = key.entry(
+                value.clone(),
+                description.cloned(),
+                version_number(version)?,
+                current.as_ref().map(|e| e.created_at).unwrap_or(now),
+                now,
+            );
             // The version guard makes the write itself the compare-and-set: of two writers
             // that read the same version, only one updates a row.
             let written = if current.is_some() {
@@ -899,9 +904,9 @@ impl Store {
                 )
                 .bind(Json(&entry))
                 .bind(version)
-                .bind(&key.service)
-                .bind(&key.environment)
-                .bind(&key.key)
+                .bind(key.service.as_str())
+                .bind(key.environment.to_string())
+                .bind(key.key.as_str())
                 .bind(actual)
                 .execute(&mut *tx)
                 .await?
@@ -911,9 +916,9 @@ impl Store {
                     "INSERT INTO config_entries (service, environment, key, doc, version) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT DO NOTHING",
                 )
-                .bind(&key.service)
-                .bind(&key.environment)
-                .bind(&key.key)
+                .bind(key.service.as_str())
+                .bind(key.environment.to_string())
+                .bind(key.key.as_str())
                 .bind(Json(&entry))
                 .bind(version)
                 .execute(&mut *tx)
@@ -923,7 +928,14 @@ impl Store {
             if written == 0 {
                 return Err(StoreError::Conflict("config_entries_pkey"));
             }
-            let history = key.history("put", Some(value), description, version, now, changed_by)?;
+            let history = types::ConfigVersion {
+                version: entry.version,
+                operation: types::ConfigVersionOperation::Put,
+                value: Some(value.clone()),
+                description: description.cloned(),
+                changed_at: now,
+                changed_by: changed_by_subject(changed_by)?,
+            };
             record_history!(&mut *tx, key, version, history);
             commit_write!(tx);
             Ok(entry)
@@ -941,9 +953,9 @@ impl Store {
             let current: Option<(i64,)> = sqlx::query_as(
                 "SELECT version FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3",
             )
-            .bind(&key.service)
-            .bind(&key.environment)
-            .bind(&key.key)
+            .bind(key.service.as_str())
+            .bind(key.environment.to_string())
+            .bind(key.key.as_str())
             .fetch_optional(&mut *tx)
             .await?;
             let Some((actual,)) = current else {
@@ -957,9 +969,9 @@ impl Store {
             let deleted = sqlx::query(
                 "DELETE FROM config_entries WHERE service = $1 AND environment = $2 AND key = $3 AND version = $4",
             )
-            .bind(&key.service)
-            .bind(&key.environment)
-            .bind(&key.key)
+            .bind(key.service.as_str())
+            .bind(key.environment.to_string())
+            .bind(key.key.as_str())
             .bind(actual)
             .execute(&mut *tx)
             .await?
@@ -968,7 +980,14 @@ impl Store {
                 return Err(StoreError::Conflict("config_entries_pkey"));
             }
             let version = actual.max(last_history_version!(&mut *tx, key)) + 1;
-            let history = key.history("delete", None, None, version, chrono::Utc::now(), changed_by)?;
+            let history = types::ConfigVersion {
+                version: version_number(version)?,
+                operation: types::ConfigVersionOperation::Delete,
+                value: None,
+                description: None,
+                changed_at: chrono::Utc::now(),
+                changed_by: changed_by_subject(changed_by)?,
+            };
             record_history!(&mut *tx, key, version, history);
             commit_write!(tx);
             Ok(())
@@ -987,9 +1006,9 @@ impl Store {
                 "SELECT doc FROM config_history WHERE service = $1 AND environment = $2 AND key = $3 AND version < $4 \
                  ORDER BY version DESC LIMIT $5",
             )
-            .bind(&key.service)
-            .bind(&key.environment)
-            .bind(&key.key)
+            .bind(key.service.as_str())
+            .bind(key.environment.to_string())
+            .bind(key.key.as_str())
             .bind(before.unwrap_or(i64::MAX))
             .bind(limit)
             .fetch_all(pool)
@@ -997,6 +1016,22 @@ impl Store {
             Ok(rows.into_iter().map(|(Json(version),)| version).collect())
         })
     }
+}
+
+/// The subject a history entry names; one the contract cannot hold fails the write.
+fn changed_by_subject(subject: &str) -> Result<types::ConfigVersionChangedBy, StoreError> {
+    subject.parse().map_err(|error| {
+        StoreError::Corrupt(<serde_json::Error as serde::de::Error>::custom(format!("changed_by {subject:?}: {error}")))
+    })
+}
+
+/// A version number the store counted, as the contract's positive integer.
+fn version_number(version: i64) -> Result<std::num::NonZeroU64, StoreError> {
+    u64::try_from(version).ok().and_then(std::num::NonZeroU64::new).ok_or_else(|| {
+        StoreError::Corrupt(<serde_json::Error as serde::de::Error>::custom(format!(
+            "version {version} is not positive"
+        )))
+    })
 }
 
 fn distinct(rows: Vec<(Uuid,)>) -> Vec<Uuid> {
