@@ -42,6 +42,7 @@ on_both_backends!(
     configuration_keeps_history_across_deletes,
     nul_characters_are_refused_in_every_string,
     unknown_query_parameters_are_refused_on_every_operation,
+    registrations_get_the_defaults_and_health_reports_the_store,
 );
 
 fn status_of<E: std::fmt::Debug>(error: pake_mesh_client::Error<E>) -> (u16, E) {
@@ -700,4 +701,123 @@ async fn unknown_query_parameters_are_refused_on_every_operation(backend: Backen
     assert_eq!(names, vec!["strict"]);
     assert_eq!(listed.items[0].description, None);
     assert!(client.list_instances().service_id(id).send().await.unwrap().into_inner().items.is_empty());
+}
+
+/// What the registry fills in itself, as JSON on the wire: the defaults of a minimal
+/// service and instance registration, the default traffic policy, an emptied description,
+/// and the health reports.
+async fn registrations_get_the_defaults_and_health_reports_the_store(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let http = registry.http();
+    let base = registry.url();
+    let send = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    let (status, service) =
+        send(http.post(format!("{base}/api/v1/services/register")).json(&json!({"name": "plain", "version": "1.0.0"})))
+            .await;
+    assert_eq!(status, 201, "{service}");
+    let id = service["id"].as_str().unwrap().to_string();
+    for (field, expected) in [
+        ("description", json!(null)),
+        ("owner", json!(null)),
+        ("tags", json!([])),
+        ("metadata", json!({})),
+        ("protocol", json!("http")),
+        (
+            "health_check",
+            json!({"path": "/health", "interval_seconds": 10, "timeout_ms": 2000, "healthy_threshold": 2, "unhealthy_threshold": 3}),
+        ),
+        ("revision", json!(1)),
+    ] {
+        assert_eq!(service[field], expected, "{field} in {service}");
+    }
+    assert_eq!(service["created_at"], service["updated_at"]);
+
+    let (status, mut policy) = send(http.get(format!("{base}/api/v1/services/{id}/traffic-policy"))).await;
+    assert_eq!(status, 200, "{policy}");
+    assert_eq!(policy["updated_at"], service["created_at"]);
+    policy.as_object_mut().unwrap().remove("updated_at");
+    assert_eq!(
+        policy,
+        json!({
+            "service_id": id, "service_name": "plain", "load_balancing": "round_robin",
+            "connect_timeout_ms": 2000, "request_timeout_ms": 15000,
+            "retries": {
+                "max_attempts": 2, "per_try_timeout_ms": 5000,
+                "retry_on": ["connect_failure", "refused_stream", "reset", "gateway_error"], "budget_percent": 20
+            },
+            "circuit_breaker": {
+                "failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20,
+                "rate_window_seconds": 30, "open_seconds": 30, "half_open_max_requests": 3
+            },
+            "outlier_detection": {
+                "consecutive_5xx": 5, "interval_seconds": 10, "base_ejection_seconds": 30, "max_ejection_percent": 50
+            },
+            "revision": 1
+        })
+    );
+
+    let (status, instance) = send(
+        http.post(format!("{base}/api/v1/services/{id}/instances"))
+            .json(&json!({"address": "127.0.0.1", "port": 9000})),
+    )
+    .await;
+    assert_eq!(status, 201, "{instance}");
+    for (field, expected) in [
+        ("service_id", json!(id)),
+        ("service_name", json!("plain")),
+        ("scheme", json!("http")),
+        ("tags", json!([])),
+        ("weight", json!(100)),
+        ("zone", json!(null)),
+        ("metadata", json!({})),
+        ("status", json!("passing")),
+        ("status_output", json!(null)),
+        ("ttl_seconds", json!(30)),
+        ("health_url", json!(null)),
+        ("last_heartbeat_at", json!(null)),
+        ("deregister_critical_after_seconds", json!(600)),
+    ] {
+        assert_eq!(instance[field], expected, "{field} in {instance}");
+    }
+    let registered = chrono::DateTime::parse_from_rfc3339(instance["registered_at"].as_str().unwrap()).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(instance["expires_at"].as_str().unwrap()).unwrap();
+    assert!((expires - registered - chrono::Duration::seconds(30)).num_milliseconds().abs() < 1000, "{instance}");
+
+    // An empty description clears it, as an empty owner does.
+    let url = format!("{base}/api/v1/services/{id}");
+    let (_, described) = send(http.patch(&url).json(&json!({"description": "plain text"}))).await;
+    assert_eq!((&described["description"], &described["revision"]), (&json!("plain text"), &json!(2)));
+    let (_, cleared) = send(http.patch(&url).json(&json!({"description": ""}))).await;
+    assert_eq!((&cleared["description"], &cleared["revision"]), (&json!(null), &json!(3)));
+
+    let (status, live) = send(http.get(format!("{base}/health/live"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        live,
+        json!({"status": "pass", "version": env!("CARGO_PKG_VERSION"), "description": "pake service mesh", "checks": {}})
+    );
+    let (status, mut ready) = send(http.get(format!("{base}/health/ready"))).await;
+    assert_eq!(status, 200, "{ready}");
+    let check = ready["checks"]["store:connection"][0].as_object_mut().unwrap();
+    assert!(check.remove("observed_value").unwrap().as_f64().unwrap() >= 0.0);
+    assert!(check.remove("time").unwrap().is_string());
+    let component = match backend {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    assert_eq!(
+        ready,
+        json!({
+            "status": "pass", "version": env!("CARGO_PKG_VERSION"), "description": "pake service mesh",
+            "checks": {"store:connection": [
+                {"component_id": component, "component_type": "datastore", "status": "pass", "observed_unit": "ms"}
+            ]}
+        })
+    );
 }
