@@ -3,7 +3,7 @@
 //! cache. Handlers parse, call the stores or the data plane's state, and map errors once
 //! ([`entity_error`]).
 
-use crate::policies::PolicyStore;
+use crate::policy_store::PolicyStore;
 use crate::proxy::DataPlane;
 use crate::routes::RouteStore;
 use crate::upstream::{Upstream, upstream_id};
@@ -404,7 +404,7 @@ impl GatewayApi for GatewayAdmin {
         let client_id = body.client_id.to_string();
         let secret = body.client_secret.to_string();
         let edge = &self.plane.edge;
-        let address = crate::edge::token_caller();
+        let address = crate::token_guard::token_caller();
         let rate_limited = |wait: Duration| {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             ApiError::too_many_requests(

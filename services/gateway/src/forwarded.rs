@@ -91,7 +91,7 @@ impl Caller {
             }
         }
         let mut text = [0u8; 48];
-        let length = crate::proxy::write_ip(&mut text, self.peer.ip());
+        let length = crate::headers::write_ip(&mut text, self.peer.ip());
         out.extend_from_slice(&text[..length]);
     }
 }

@@ -24,7 +24,9 @@
 //! survives it.
 
 use crate::connections::{self, SendFailure};
-use crate::proxy::{self, DataPlane, Tries, TryFailure};
+use crate::headers::{self, TraceContext};
+use crate::proxy::{self, DataPlane};
+use crate::tries::{self, Tries, TryFailure};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pake_mesh_server::types as mesh;
@@ -78,6 +80,7 @@ enum Kind {
     XForwardedProto,
     XRequestId,
     Traceparent,
+    Tracestate,
     Authorization,
     Date,
     Other,
@@ -94,6 +97,7 @@ fn kind(name: &str) -> Kind {
         7 if is("trailer") => Kind::Hop,
         10 if is("connection") => Kind::Connection,
         10 if is("keep-alive") => Kind::Hop,
+        10 if is("tracestate") => Kind::Tracestate,
         11 if is("traceparent") => Kind::Traceparent,
         12 if is("x-request-id") => Kind::XRequestId,
         13 if is("authorization") => Kind::Authorization,
@@ -330,7 +334,8 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut close = false;
-    let (mut has_request_id, mut has_traceparent) = (false, false);
+    let mut has_request_id = false;
+    let (mut traceparent, mut traceparents): (Option<&[u8]>, usize) = (None, 0);
     let mut authorization: Option<&[u8]> = None;
     for (header, slot) in headers.iter().zip(kinds.iter_mut()) {
         *slot = kind(header.name);
@@ -356,7 +361,10 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
             Kind::Authorization => {
                 authorization.get_or_insert(header.value);
             }
-            Kind::Traceparent => has_traceparent = true,
+            Kind::Traceparent => {
+                traceparent = Some(header.value);
+                traceparents += 1;
+            }
             _ => {}
         }
     }
@@ -418,12 +426,14 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
             Err(refused) => return refuse(conn, route, refused, started, close).await,
         }
     }
-    let idempotent = proxy::idempotent(&method);
+    let idempotent = tries::idempotent(&method);
     let mut tries = match Tries::new(plane, settings, service, started, idempotent) {
         Ok(tries) => tries,
         Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
     };
 
+    // The trace continued, or a new one (`tracestate` goes with a continued one only).
+    let trace = traceparent.filter(|_| traceparents == 1).and_then(TraceContext::continued);
     // The forwarding headers: the client's, less hop-by-hop ones and those replaced here.
     let forwarded = &mut conn.forwarded;
     forwarded.clear();
@@ -431,12 +441,8 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         // X-Forwarded-For is extended below (several lines join as one list); Host moves
         // to X-Forwarded-Host, and each try sets the instance's own.
         let kept = match kind {
-            Kind::Other
-            | Kind::Date
-            | Kind::ContentLength
-            | Kind::XRequestId
-            | Kind::Traceparent
-            | Kind::Authorization => true,
+            Kind::Other | Kind::Date | Kind::ContentLength | Kind::XRequestId | Kind::Authorization => true,
+            Kind::Tracestate => trace.is_some(),
             Kind::XForwardedHost => host.is_none(),
             _ => false,
         };
@@ -451,11 +457,9 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     caller.forwarded_for(forwarded, forwarded_for());
     forwarded.extend_from_slice(b"\r\n");
     if !has_request_id {
-        push_header(forwarded, b"x-request-id", &proxy::request_id());
+        push_header(forwarded, b"x-request-id", &headers::request_id());
     }
-    if !has_traceparent {
-        push_header(forwarded, b"traceparent", &proxy::traceparent());
-    }
+    push_header(forwarded, b"traceparent", &trace.unwrap_or_else(TraceContext::new).traceparent());
     forwarded.extend_from_slice(b"\r\n");
 
     let upstream_path = located.upstream_path();
@@ -912,7 +916,7 @@ async fn read_body(stream: &mut TcpStream, buffer: &mut [u8], idle: Duration) ->
 fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     let mut size = [0u8; 16];
     let digits = 16 - (data.len().leading_zeros() as usize / 4).min(15);
-    proxy::write_hex(&mut size[..digits], data.len() as u64);
+    headers::write_hex(&mut size[..digits], data.len() as u64);
     out.extend_from_slice(&size[..digits]);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
@@ -1104,6 +1108,7 @@ mod tests {
             ("X-Forwarded-Proto", Kind::XForwardedProto),
             ("X-Request-Id", Kind::XRequestId),
             ("Traceparent", Kind::Traceparent),
+            ("TraceState", Kind::Tracestate),
             ("authorization", Kind::Authorization),
             ("DATE", Kind::Date),
             ("Content-Type", Kind::Other),

@@ -8,24 +8,30 @@
 //! beside the registry, followed through change notifications when apart.
 
 pub mod api;
+mod bodies;
+pub mod caching;
 pub mod connections;
 pub mod edge;
 pub mod forwarded;
 pub mod front;
 mod h1;
+mod headers;
 pub mod path;
-pub mod policies;
+mod plane_metrics;
+pub mod policy_store;
 pub mod proxy;
 pub mod routes;
 pub mod secrets;
 pub mod tls;
+pub mod token_guard;
+mod tries;
 pub mod upstream;
 
 use edge::PolicyTable;
 use pake_registry::snapshot::SnapshotCell;
 use pake_registry::store::{Store, StoreError};
 use pake_tokens::KeyRing;
-use policies::PolicyStore;
+use policy_store::PolicyStore;
 use proxy::{DataPlane, ProxyMetrics};
 use routes::{RouteStore, RouteTable};
 use std::sync::Arc;
@@ -192,7 +198,7 @@ impl Gateway {
         );
         let api = pake_gateway_server::router(Arc::new(admin))
             .route_layer(axum::middleware::from_fn_with_state(self.metrics.clone(), pake_observe::Metrics::track))
-            .layer(axum::middleware::from_fn_with_state(self.plane.clone(), edge::token_endpoint_guard));
+            .layer(axum::middleware::from_fn_with_state(self.plane.clone(), token_guard::token_endpoint_guard));
         front::Front::new(api, pake_gateway_server::PATHS, self.plane.clone())
     }
 

@@ -217,6 +217,18 @@ impl RouteTable {
     }
 }
 
+/// A route on `/` of `v1` with `cache`, for tests.
+#[cfg(test)]
+pub(crate) fn test_route(cache: serde_json::Value) -> types::Route {
+    serde_json::from_value(serde_json::json!({
+        "id": Uuid::new_v4(), "name": "r", "path_prefix": "/", "methods": ["GET"], "api_version": "v1",
+        "service": "svc", "strip_prefix": false, "merge_slashes": true, "timeout_ms": 1000, "retry": {"max_attempts": 0},
+        "cache": cache, "rate_limit_policy_id": null, "required_scopes": [], "require_token": false,
+        "priority": 0, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "version": 1
+    }))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
