@@ -100,7 +100,7 @@ pub mod types {
         ///The instance this alert took out of discovery (rule with `auto_heal`, firing, labels carrying `instance_id`); null otherwise.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub auto_healed_instance_id: ::std::option::Option<::uuid::Uuid>,
-        ///Hash of the rule id and label set, stable across evaluations.
+        ///Alertmanager's fingerprint of the alert's labels (FNV-1a over the sorted names and values), stable across evaluations; the labels carry `alertname`, unique per rule.
         pub fingerprint: AlertFingerprint,
         ///When the alert fired; null while pending.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
@@ -311,7 +311,7 @@ pub mod types {
                 })
         }
     }
-    ///Hash of the rule id and label set, stable across evaluations.
+    ///Alertmanager's fingerprint of the alert's labels (FNV-1a over the sorted names and values), stable across evaluations; the labels carry `alertname`, unique per rule.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct AlertFingerprint(::std::string::String);
@@ -448,22 +448,147 @@ pub mod types {
                 })
         }
     }
-    ///The JSON body POSTed to webhook receivers, in the manner of Alertmanager's webhook payload: one notification per rule and receiver, carrying that rule's alerts that changed state (firing, and resolved when `send_resolved` is true). Silenced alerts are left out.
+    ///The JSON body POSTed to webhook receivers: Alertmanager's webhook payload, version "4", so that every tool that takes Alertmanager webhooks (incident tools, chat bridges) takes it unchanged. One notification per rule and receiver carries that rule's alerts that changed state (firing, and resolved when `send_resolved` is true); silenced alerts are left out. Firing alerts are notified again after a restart of the service and when a silence that muted them ends.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct AlertNotification {
-        pub alerts: ::std::vec::Vec<Alert>,
+        pub alerts: ::std::vec::Vec<WebhookAlert>,
+        ///The annotations every alert in `alerts` carries with the same value.
+        #[serde(rename = "commonAnnotations")]
+        pub common_annotations: Annotations,
+        ///The labels every alert in `alerts` carries with the same value.
+        #[serde(rename = "commonLabels")]
+        pub common_labels: Labels,
+        ///Where this monitoring service is reached.
+        #[serde(rename = "externalURL")]
+        pub external_url: AlertNotificationExternalUrl,
+        ///Identifies the group of alerts (here, the rule) across notifications.
+        #[serde(rename = "groupKey")]
+        pub group_key: AlertNotificationGroupKey,
+        ///The labels the alerts are grouped by (`alertname`).
+        #[serde(rename = "groupLabels")]
+        pub group_labels: Labels,
         ///The name of the receiver.
         pub receiver: AlertNotificationReceiver,
-        ///When this delivery attempt was made.
-        pub sent_at: ::chrono::DateTime<::chrono::offset::Utc>,
         ///`firing` when any alert in `alerts` is firing, `resolved` otherwise.
         pub status: AlertNotificationStatus,
-        ///Payload format version.
+        ///Alerts left out of `alerts` because there were too many; always 0 here.
+        #[serde(rename = "truncatedAlerts")]
+        pub truncated_alerts: u64,
+        ///Payload format version (Alertmanager's).
         pub version: AlertNotificationVersion,
     }
     impl AlertNotification {
         pub fn builder() -> builder::AlertNotification {
             Default::default()
+        }
+    }
+    ///Where this monitoring service is reached.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AlertNotificationExternalUrl(::std::string::String);
+    impl ::std::ops::Deref for AlertNotificationExternalUrl {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AlertNotificationExternalUrl> for ::std::string::String {
+        fn from(value: AlertNotificationExternalUrl) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AlertNotificationExternalUrl {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 2048usize {
+                return Err("longer than 2048 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AlertNotificationExternalUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for AlertNotificationExternalUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AlertNotificationExternalUrl {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///Identifies the group of alerts (here, the rule) across notifications.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AlertNotificationGroupKey(::std::string::String);
+    impl ::std::ops::Deref for AlertNotificationGroupKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AlertNotificationGroupKey> for ::std::string::String {
+        fn from(value: AlertNotificationGroupKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AlertNotificationGroupKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 2048usize {
+                return Err("longer than 2048 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AlertNotificationGroupKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AlertNotificationGroupKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AlertNotificationGroupKey {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
         }
     }
     ///The name of the receiver.
@@ -580,7 +705,7 @@ pub mod types {
             value.parse()
         }
     }
-    ///Payload format version.
+    ///Payload format version (Alertmanager's).
     #[derive(
         ::serde::Deserialize,
         ::serde::Serialize,
@@ -594,13 +719,13 @@ pub mod types {
         PartialOrd
     )]
     pub enum AlertNotificationVersion {
-        #[serde(rename = "1")]
-        X1,
+        #[serde(rename = "4")]
+        X4,
     }
     impl ::std::fmt::Display for AlertNotificationVersion {
         fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
             match *self {
-                Self::X1 => f.write_str("1"),
+                Self::X4 => f.write_str("4"),
             }
         }
     }
@@ -610,7 +735,7 @@ pub mod types {
             value: &str,
         ) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
-                "1" => Ok(Self::X1),
+                "4" => Ok(Self::X4),
                 _ => Err("invalid value".into()),
             }
         }
@@ -7347,6 +7472,201 @@ pub mod types {
                 })
         }
     }
+    ///One alert of an `AlertNotification`, as Alertmanager's webhook sends it.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct WebhookAlert {
+        pub annotations: Annotations,
+        ///When it resolved; `0001-01-01T00:00:00Z` while it fires.
+        #[serde(rename = "endsAt")]
+        pub ends_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///The alert's fingerprint (see `Alert.fingerprint`).
+        pub fingerprint: WebhookAlertFingerprint,
+        ///The alert in this service's API.
+        #[serde(rename = "generatorURL")]
+        pub generator_url: WebhookAlertGeneratorUrl,
+        pub labels: Labels,
+        ///When the alert fired.
+        #[serde(rename = "startsAt")]
+        pub starts_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///Whether this alert is firing or resolved.
+        pub status: WebhookAlertStatus,
+    }
+    impl WebhookAlert {
+        pub fn builder() -> builder::WebhookAlert {
+            Default::default()
+        }
+    }
+    ///The alert's fingerprint (see `Alert.fingerprint`).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct WebhookAlertFingerprint(::std::string::String);
+    impl ::std::ops::Deref for WebhookAlertFingerprint {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<WebhookAlertFingerprint> for ::std::string::String {
+        fn from(value: WebhookAlertFingerprint) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for WebhookAlertFingerprint {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 16usize {
+                return Err("longer than 16 characters".into());
+            }
+            if value.chars().count() < 16usize {
+                return Err("shorter than 16 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[0-9a-f]{16}$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[0-9a-f]{16}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for WebhookAlertFingerprint {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for WebhookAlertFingerprint {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for WebhookAlertFingerprint {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///The alert in this service's API.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct WebhookAlertGeneratorUrl(::std::string::String);
+    impl ::std::ops::Deref for WebhookAlertGeneratorUrl {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<WebhookAlertGeneratorUrl> for ::std::string::String {
+        fn from(value: WebhookAlertGeneratorUrl) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for WebhookAlertGeneratorUrl {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 2048usize {
+                return Err("longer than 2048 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for WebhookAlertGeneratorUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for WebhookAlertGeneratorUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for WebhookAlertGeneratorUrl {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///Whether this alert is firing or resolved.
+    #[derive(
+        ::serde::Deserialize,
+        ::serde::Serialize,
+        Clone,
+        Copy,
+        Debug,
+        Eq,
+        Hash,
+        Ord,
+        PartialEq,
+        PartialOrd
+    )]
+    pub enum WebhookAlertStatus {
+        #[serde(rename = "firing")]
+        Firing,
+        #[serde(rename = "resolved")]
+        Resolved,
+    }
+    impl ::std::fmt::Display for WebhookAlertStatus {
+        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+            match *self {
+                Self::Firing => f.write_str("firing"),
+                Self::Resolved => f.write_str("resolved"),
+            }
+        }
+    }
+    impl ::std::str::FromStr for WebhookAlertStatus {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            match value {
+                "firing" => Ok(Self::Firing),
+                "resolved" => Ok(Self::Resolved),
+                _ => Err("invalid value".into()),
+            }
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for WebhookAlertStatus {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for WebhookAlertStatus {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
     /// Types for composing complex structures.
     pub mod builder {
         #[derive(Clone, Debug)]
@@ -7854,21 +8174,32 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct AlertNotification {
             alerts: ::std::result::Result<
-                ::std::vec::Vec<super::Alert>,
+                ::std::vec::Vec<super::WebhookAlert>,
                 ::std::string::String,
             >,
+            common_annotations: ::std::result::Result<
+                super::Annotations,
+                ::std::string::String,
+            >,
+            common_labels: ::std::result::Result<super::Labels, ::std::string::String>,
+            external_url: ::std::result::Result<
+                super::AlertNotificationExternalUrl,
+                ::std::string::String,
+            >,
+            group_key: ::std::result::Result<
+                super::AlertNotificationGroupKey,
+                ::std::string::String,
+            >,
+            group_labels: ::std::result::Result<super::Labels, ::std::string::String>,
             receiver: ::std::result::Result<
                 super::AlertNotificationReceiver,
-                ::std::string::String,
-            >,
-            sent_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
                 ::std::string::String,
             >,
             status: ::std::result::Result<
                 super::AlertNotificationStatus,
                 ::std::string::String,
             >,
+            truncated_alerts: ::std::result::Result<u64, ::std::string::String>,
             version: ::std::result::Result<
                 super::AlertNotificationVersion,
                 ::std::string::String,
@@ -7878,9 +8209,20 @@ pub mod types {
             fn default() -> Self {
                 Self {
                     alerts: Err("no value supplied for alerts".to_string()),
+                    common_annotations: Err(
+                        "no value supplied for common_annotations".to_string(),
+                    ),
+                    common_labels: Err(
+                        "no value supplied for common_labels".to_string(),
+                    ),
+                    external_url: Err("no value supplied for external_url".to_string()),
+                    group_key: Err("no value supplied for group_key".to_string()),
+                    group_labels: Err("no value supplied for group_labels".to_string()),
                     receiver: Err("no value supplied for receiver".to_string()),
-                    sent_at: Err("no value supplied for sent_at".to_string()),
                     status: Err("no value supplied for status".to_string()),
+                    truncated_alerts: Err(
+                        "no value supplied for truncated_alerts".to_string(),
+                    ),
                     version: Err("no value supplied for version".to_string()),
                 }
             }
@@ -7888,13 +8230,75 @@ pub mod types {
         impl AlertNotification {
             pub fn alerts<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<::std::vec::Vec<super::Alert>>,
+                T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookAlert>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.alerts = value
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for alerts: {e}")
+                    });
+                self
+            }
+            pub fn common_annotations<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Annotations>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.common_annotations = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for common_annotations: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn common_labels<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Labels>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.common_labels = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for common_labels: {e}")
+                    });
+                self
+            }
+            pub fn external_url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::AlertNotificationExternalUrl>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.external_url = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for external_url: {e}")
+                    });
+                self
+            }
+            pub fn group_key<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::AlertNotificationGroupKey>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.group_key = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for group_key: {e}")
+                    });
+                self
+            }
+            pub fn group_labels<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Labels>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.group_labels = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for group_labels: {e}")
                     });
                 self
             }
@@ -7910,18 +8314,6 @@ pub mod types {
                     });
                 self
             }
-            pub fn sent_at<T>(mut self, value: T) -> Self
-            where
-                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
-                T::Error: ::std::fmt::Display,
-            {
-                self.sent_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for sent_at: {e}")
-                    });
-                self
-            }
             pub fn status<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<super::AlertNotificationStatus>,
@@ -7931,6 +8323,20 @@ pub mod types {
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for status: {e}")
+                    });
+                self
+            }
+            pub fn truncated_alerts<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<u64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.truncated_alerts = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for truncated_alerts: {e}"
+                        )
                     });
                 self
             }
@@ -7954,9 +8360,14 @@ pub mod types {
             ) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     alerts: value.alerts?,
+                    common_annotations: value.common_annotations?,
+                    common_labels: value.common_labels?,
+                    external_url: value.external_url?,
+                    group_key: value.group_key?,
+                    group_labels: value.group_labels?,
                     receiver: value.receiver?,
-                    sent_at: value.sent_at?,
                     status: value.status?,
+                    truncated_alerts: value.truncated_alerts?,
                     version: value.version?,
                 })
             }
@@ -7965,9 +8376,14 @@ pub mod types {
             fn from(value: super::AlertNotification) -> Self {
                 Self {
                     alerts: Ok(value.alerts),
+                    common_annotations: Ok(value.common_annotations),
+                    common_labels: Ok(value.common_labels),
+                    external_url: Ok(value.external_url),
+                    group_key: Ok(value.group_key),
+                    group_labels: Ok(value.group_labels),
                     receiver: Ok(value.receiver),
-                    sent_at: Ok(value.sent_at),
                     status: Ok(value.status),
+                    truncated_alerts: Ok(value.truncated_alerts),
                     version: Ok(value.version),
                 }
             }
@@ -12527,6 +12943,164 @@ pub mod types {
                 Self {
                     items: Ok(value.items),
                     next_cursor: Ok(value.next_cursor),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct WebhookAlert {
+            annotations: ::std::result::Result<
+                super::Annotations,
+                ::std::string::String,
+            >,
+            ends_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            fingerprint: ::std::result::Result<
+                super::WebhookAlertFingerprint,
+                ::std::string::String,
+            >,
+            generator_url: ::std::result::Result<
+                super::WebhookAlertGeneratorUrl,
+                ::std::string::String,
+            >,
+            labels: ::std::result::Result<super::Labels, ::std::string::String>,
+            starts_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            status: ::std::result::Result<
+                super::WebhookAlertStatus,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for WebhookAlert {
+            fn default() -> Self {
+                Self {
+                    annotations: Err("no value supplied for annotations".to_string()),
+                    ends_at: Err("no value supplied for ends_at".to_string()),
+                    fingerprint: Err("no value supplied for fingerprint".to_string()),
+                    generator_url: Err(
+                        "no value supplied for generator_url".to_string(),
+                    ),
+                    labels: Err("no value supplied for labels".to_string()),
+                    starts_at: Err("no value supplied for starts_at".to_string()),
+                    status: Err("no value supplied for status".to_string()),
+                }
+            }
+        }
+        impl WebhookAlert {
+            pub fn annotations<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Annotations>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.annotations = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for annotations: {e}")
+                    });
+                self
+            }
+            pub fn ends_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.ends_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for ends_at: {e}")
+                    });
+                self
+            }
+            pub fn fingerprint<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::WebhookAlertFingerprint>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.fingerprint = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for fingerprint: {e}")
+                    });
+                self
+            }
+            pub fn generator_url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::WebhookAlertGeneratorUrl>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.generator_url = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for generator_url: {e}")
+                    });
+                self
+            }
+            pub fn labels<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Labels>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.labels = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for labels: {e}")
+                    });
+                self
+            }
+            pub fn starts_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.starts_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for starts_at: {e}")
+                    });
+                self
+            }
+            pub fn status<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::WebhookAlertStatus>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.status = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for status: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<WebhookAlert> for super::WebhookAlert {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: WebhookAlert,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    annotations: value.annotations?,
+                    ends_at: value.ends_at?,
+                    fingerprint: value.fingerprint?,
+                    generator_url: value.generator_url?,
+                    labels: value.labels?,
+                    starts_at: value.starts_at?,
+                    status: value.status?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::WebhookAlert> for WebhookAlert {
+            fn from(value: super::WebhookAlert) -> Self {
+                Self {
+                    annotations: Ok(value.annotations),
+                    ends_at: Ok(value.ends_at),
+                    fingerprint: Ok(value.fingerprint),
+                    generator_url: Ok(value.generator_url),
+                    labels: Ok(value.labels),
+                    starts_at: Ok(value.starts_at),
+                    status: Ok(value.status),
                 }
             }
         }

@@ -98,13 +98,21 @@ async fn webhook() -> (TestServer, mpsc::UnboundedReceiver<(Value, Option<String
     (TestServer::start(router).await.expect("webhook starts"), receiver)
 }
 
+/// The next notification, checked against the contract's `AlertNotification` schema.
 async fn next_notification(
     notifications: &mut mpsc::UnboundedReceiver<(Value, Option<String>, Instant)>,
 ) -> (Value, Option<String>, Instant) {
-    tokio::time::timeout(Duration::from_secs(10), notifications.recv())
+    let notification = tokio::time::timeout(Duration::from_secs(10), notifications.recv())
         .await
         .expect("a notification within 10 s")
-        .expect("the webhook is up")
+        .expect("the webhook is up");
+    let doc: Value = serde_json::from_str(pake_monitoring_server::OPENAPI_JSON).expect("the contract is JSON");
+    let reference = json!({"$ref": "#/components/schemas/AlertNotification"});
+    let schema = pake_api_runtime::schema::standalone_schema(&doc, &reference);
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let problems: Vec<String> = validator.iter_errors(&notification.0).map(|e| e.to_string()).collect();
+    assert!(problems.is_empty(), "the notification breaks the contract: {problems:?}\n{}", notification.0);
+    notification
 }
 
 async fn alerts_fire_notify_and_resolve(backend: Backend) {
