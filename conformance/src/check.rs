@@ -5,7 +5,7 @@
 //! What a case expects beyond that (valid data accepted, invalid data rejected, 401
 //! without a token…) is decided by the engine, which knows what it sent.
 
-use crate::contract::{Operation, is_json_media_type};
+use crate::contract::Operation;
 use crate::report::Check;
 use crate::request::HttpResponse;
 use crate::schema::{self, Validators};
@@ -112,14 +112,14 @@ fn header_check(name: &str) -> Check {
 }
 
 fn check_content(
-    declared: &crate::contract::ResponseSpec,
+    declared: &crate::contract::Response,
     validators: &Validators,
     response: &HttpResponse,
     found: &mut Vec<Violation>,
 ) {
     let status = response.status;
     let content_type = response.header("content-type");
-    let media_types: Vec<&str> = declared.content.iter().map(|(media, _)| media.as_str()).collect();
+    let media_types: Vec<&str> = declared.content.iter().map(|m| m.media_type.as_str()).collect();
     if declared.content.is_empty() {
         if !response.body.is_empty() {
             found.push(Violation::new(
@@ -149,8 +149,7 @@ fn check_content(
         ));
         return;
     };
-    let Some((media, schema)) = declared.content.iter().find(|(media, _)| media_type_matches(media, content_type))
-    else {
+    let Some(declared) = declared.content.iter().find(|m| media_type_matches(&m.media_type, content_type)) else {
         found.push(Violation::new(
             Check::ContentTypeDeclared,
             format!("answered {status} with {content_type} where the contract declares {}", media_types.join(" or ")),
@@ -158,9 +157,10 @@ fn check_content(
         return;
     };
     // Text bodies (Prometheus exposition) are checked for their status and type only.
-    if !is_json_media_type(media) || schema.is_null() {
+    if !declared.is_json() {
         return;
     }
+    let schema = &declared.schema;
     let body: Value = match serde_json::from_slice(&response.body) {
         Ok(body) => body,
         Err(error) => {

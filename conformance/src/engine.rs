@@ -718,14 +718,16 @@ fn expectations(
 }
 
 /// Whether a parameter value can travel as the engine sends it: header values are
-/// visible ASCII without surrounding space (HTTP would trim it), path values are not
-/// empty and not `.` or `..` (URL normalisation would remove them).
+/// visible ASCII without surrounding space (HTTP would trim it), cookie values are
+/// RFC 6265 cookie-octets (no space, `"`, `,`, `;` or `\`), path values are not empty and
+/// not `.` or `..` (URL normalisation would remove them).
 fn transportable(location: ParamLocation, value: &Value) -> bool {
     let text = schema::param_text(value);
     match location {
         ParamLocation::Header => {
             text.bytes().all(|b| (0x20..0x7f).contains(&b)) && text.trim() == text && !text.is_empty()
         }
+        ParamLocation::Cookie => text.bytes().all(|b| (0x21..0x7f).contains(&b) && !b"\",;\\".contains(&b)),
         ParamLocation::Path => !text.is_empty() && text != "." && text != "..",
         ParamLocation::Query => true,
     }

@@ -117,18 +117,23 @@ pub fn encode_segment(text: &str) -> String {
 
 impl HttpRequest {
     /// The request for `op` with these parameters (name → JSON value; names the operation
-    /// does not declare go in the query) and body.
+    /// does not declare go in the query; cookies go in one `Cookie` header) and body.
     pub fn build(op: &Operation, params: &Map<String, Value>, payload: &Payload, auth: Auth) -> HttpRequest {
         let mut path = op.path.clone();
         let mut query = Vec::new();
         let mut headers = Vec::new();
+        let mut cookies = Vec::new();
         for (name, value) in params {
             let text = param_text(value);
             match op.params.iter().find(|p| &p.name == name).map(|p| p.location) {
                 Some(ParamLocation::Path) => path = path.replace(&format!("{{{name}}}"), &encode_segment(&text)),
                 Some(ParamLocation::Header) => headers.push((name.clone(), text)),
+                Some(ParamLocation::Cookie) => cookies.push(format!("{name}={text}")),
                 Some(ParamLocation::Query) | None => query.push((name.clone(), text)),
             }
+        }
+        if !cookies.is_empty() {
+            headers.push(("Cookie".to_string(), cookies.join("; ")));
         }
         let (content_type, body) = match payload {
             Payload::None => (None, None),

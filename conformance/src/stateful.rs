@@ -11,7 +11,7 @@
 //! the smallest sequence that still fails.
 
 use crate::check::{Violation, check_response};
-use crate::contract::{Contract, Link, Operation, ParamLocation, is_json_media_type};
+use crate::contract::{Contract, Link, Operation, ParamLocation};
 use crate::engine::{Attempt, Config, Engine, Input};
 use crate::report::{CaseKind, Check, Report};
 use crate::request::{Auth, HttpRequest, HttpResponse, Payload};
@@ -432,8 +432,8 @@ fn success_schema(op: &Operation) -> Option<&Value> {
         .iter()
         .filter(|r| (200..300).contains(&r.status))
         .flat_map(|r| r.content.iter())
-        .find(|(media, schema)| is_json_media_type(media) && !schema.is_null())
-        .map(|(_, schema)| schema)
+        .find(|media| media.is_json())
+        .map(|media| &media.schema)
 }
 
 /// Fields of `sent` that `got` does not echo, where `got`'s schema has the property.
