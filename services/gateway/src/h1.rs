@@ -145,7 +145,7 @@ struct Buffers {
 }
 
 /// Spare buffer sets kept per thread, for as many connections as are busy at once.
-const SPARE_SETS: usize = 256;
+const SPARE_SETS: usize = 64;
 /// Buffers grown beyond this (a large head) are not kept as spares.
 const SPARE_CAPACITY: usize = 16 * 1024;
 
@@ -217,20 +217,24 @@ pub async fn serve(
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut request = httparse::Request::new(&mut headers);
                 match request.parse(&input[..filled]) {
-                    Ok(httparse::Status::Complete(head_length)) => match one(&mut conn, &request, api_paths).await {
-                        Step::Next => {
-                            served = true;
-                            input.copy_within(head_length..filled, 0);
-                            filled -= head_length;
-                            if filled == 0 {
-                                conn.park(&mut input);
+                    // Boxed: a request's state (its tries, the upstream exchange, the relay)
+                    // exists while it is in flight, not in every idle connection's task.
+                    Ok(httparse::Status::Complete(head_length)) => {
+                        match Box::pin(one(&mut conn, &request, api_paths)).await {
+                            Step::Next => {
+                                served = true;
+                                input.copy_within(head_length..filled, 0);
+                                filled -= head_length;
+                                if filled == 0 {
+                                    conn.park(&mut input);
+                                }
+                                wait = pake_listen::Wait::Idle(Instant::now());
+                                continue;
                             }
-                            wait = pake_listen::Wait::Idle(Instant::now());
-                            continue;
+                            Step::Close => return Ended::Closed,
+                            Step::Handover => break input[..filled].to_vec(),
                         }
-                        Step::Close => return Ended::Closed,
-                        Step::Handover => break input[..filled].to_vec(),
-                    },
+                    }
                     Ok(httparse::Status::Partial) => {
                         if let pake_listen::Wait::Idle(_) = wait {
                             wait = pake_listen::Wait::Head(Instant::now());

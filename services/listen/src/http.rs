@@ -64,7 +64,7 @@ impl Http {
         B::Error: Into<BoxError>,
     {
         let activity = Arc::new(Activity::new(conn));
-        let io = TokioIo::new(Watched { io, activity: activity.clone() });
+        let io = TokioIo::new(Watched { io, activity: activity.clone(), pending: Vec::new() });
         let service = Tracked { inner: service, activity: activity.clone() };
         let connection = self.builder.serve_connection(io, service);
         drive(conn, &activity, connection, |connection| connection.graceful_shutdown()).await;
@@ -83,7 +83,7 @@ impl Http {
         B::Error: Into<BoxError>,
     {
         let activity = Arc::new(Activity::new(conn));
-        let io = TokioIo::new(Watched { io, activity: activity.clone() });
+        let io = TokioIo::new(Watched { io, activity: activity.clone(), pending: Vec::new() });
         let service = Tracked { inner: service, activity: activity.clone() };
         let connection = self.builder.serve_connection_with_upgrades(io, service);
         drive(conn, &activity, connection, |connection| connection.graceful_shutdown()).await;
@@ -273,6 +273,55 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 struct Watched<I> {
     io: I,
     activity: Arc<Activity>,
+    /// Bytes of a rewritten answer (see [`error_body`]) not yet written.
+    pending: Vec<u8>,
+}
+
+/// The bodies of the answers hyper writes by itself, with no body, when it cannot parse a
+/// request head: the contracts' `Error` body instead, as the gateway's own HTTP/1.1 path
+/// answers them.
+const MALFORMED: &str = "{\"code\":\"malformed_request\",\"message\":\"the request head is malformed\"}";
+const TOO_LARGE: &str = "{\"code\":\"header_fields_too_large\",\"message\":\"the request head exceeds 64 KiB\"}";
+const URI_TOO_LONG: &str = "{\"code\":\"uri_too_long\",\"message\":\"the request target is too long\"}";
+
+/// When `data` is one of hyper's automatic answers to a request head it could not parse
+/// (400, 414 or 431, a whole head with `content-length: 0` written while no request is
+/// in flight, since every answer of ours has a body), the same answer with the `Error`
+/// body.
+fn error_body(data: &[u8], in_flight: bool) -> Option<Vec<u8>> {
+    if in_flight || !data.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let body = match data.get(..13)? {
+        b"HTTP/1.1 400 " => MALFORMED,
+        b"HTTP/1.1 414 " => URI_TOO_LONG,
+        b"HTTP/1.1 431 " => TOO_LARGE,
+        _ => return None,
+    };
+    let head = std::str::from_utf8(data).ok()?;
+    let at = head.to_ascii_lowercase().find("\r\ncontent-length: 0\r\n")?;
+    let length = "\r\ncontent-length: 0".len();
+    let mut answer = Vec::with_capacity(data.len() + body.len() + 64);
+    answer.extend_from_slice(&data[..at]);
+    answer
+        .extend_from_slice(format!("\r\ncontent-type: application/json\r\ncontent-length: {}", body.len()).as_bytes());
+    answer.extend_from_slice(&data[at + length..]);
+    answer.extend_from_slice(body.as_bytes());
+    Some(answer)
+}
+
+impl<I: AsyncWrite + Unpin> Watched<I> {
+    /// Writes what is left of a rewritten answer.
+    fn poll_pending(&mut self, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            let written = std::task::ready!(Pin::new(&mut self.io).poll_write(context, &self.pending))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..written);
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -294,6 +343,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(context))?;
+        let in_flight = self.activity.in_flight.load(Ordering::Acquire) > 0;
+        if let Some(answer) = error_body(data, in_flight) {
+            // Taken whole; written from here and by the flush that follows.
+            self.pending = answer;
+            let _ = self.poll_pending(context)?;
+            return Poll::Ready(Ok(data.len()));
+        }
         Pin::new(&mut self.io).poll_write(context, data)
     }
 
@@ -302,6 +359,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         context: &mut Context<'_>,
         data: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(context))?;
+        if let [only] = data {
+            return self.poll_write(context, only);
+        }
         Pin::new(&mut self.io).poll_write_vectored(context, data)
     }
 
@@ -310,10 +371,65 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(context))?;
         Pin::new(&mut self.io).poll_flush(context)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(context))?;
         Pin::new(&mut self.io).poll_shutdown(context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use pake_api_runtime::ApiError;
+
+    async fn rendered(error: ApiError) -> String {
+        let body = axum::body::to_bytes(error.into_response().into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_bodies_are_the_contracts_error_bodies() {
+        use axum::http::StatusCode;
+        let error = |status, code, message: &str| ApiError::new(status, code, message.to_string());
+        let cases = [
+            (MALFORMED, error(StatusCode::BAD_REQUEST, "malformed_request", "the request head is malformed")),
+            (
+                TOO_LARGE,
+                error(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "header_fields_too_large",
+                    "the request head exceeds 64 KiB",
+                ),
+            ),
+            (URI_TOO_LONG, error(StatusCode::URI_TOO_LONG, "uri_too_long", "the request target is too long")),
+        ];
+        for (body, error) in cases {
+            assert_eq!(body, rendered(error).await);
+        }
+    }
+
+    #[test]
+    fn only_hyper_s_own_bodiless_refusals_are_rewritten() {
+        let canned = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sun, 06 Dec 2026 08:00:00 GMT\r\n\r\n";
+        let answer = String::from_utf8(error_body(canned, false).unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, MALFORMED);
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\nconnection: close\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len())));
+        assert!(head.ends_with("date: Sun, 06 Dec 2026 08:00:00 GMT"), "{head}");
+        let large = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert!(String::from_utf8(error_body(large, false).unwrap()).unwrap().ends_with(TOO_LARGE));
+        // A request in flight: the answer is a service's, passed on as it is.
+        assert_eq!(error_body(canned, true), None);
+        // Answers with a body, other statuses, or a part of a message are not hyper's.
+        assert_eq!(error_body(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n", false), None);
+        assert_eq!(error_body(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false), None);
+        assert_eq!(error_body(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n", false), None);
+        assert_eq!(error_body(b"{\"a\": 1}", false), None);
     }
 }
