@@ -402,7 +402,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let principal = if settings.require_token {
         match plane.edge.authorize(authorization, settings) {
             Ok(principal) => Some(principal),
-            Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
+            Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
         }
     } else {
         None
@@ -427,13 +427,13 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
                 push_header(&mut conn.extra, field.name().as_bytes(), value.as_bytes());
             }),
             Ok(None) => {}
-            Err(refused) => return refuse(conn, route, refused, started, close).await,
+            Err(refused) => return refuse(conn, route, &method, refused, started, close).await,
         }
     }
     let idempotent = tries::idempotent(&method);
     let mut tries = match Tries::new(plane, settings, service, started, idempotent) {
         Ok(tries) => tries,
-        Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
+        Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
     };
 
     // The trace continued, or a new one (`tracestate` goes with a continued one only).
@@ -471,7 +471,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     loop {
         let mut attempt = match tries.next(started) {
             Ok(attempt) => attempt,
-            Err(refused) => return refuse(conn, route, refused.into_response(), started, close).await,
+            Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
         };
         let upstream = &attempt.upstream;
         let out = &mut conn.out;
@@ -499,7 +499,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
                 if tries.answered(&mut attempt, status) {
                     continue;
                 }
-                route.metrics.record(status, started.elapsed());
+                route.metrics.record(&method, status, started.elapsed());
                 let idle = Duration::from_millis(settings.timeout_ms.get());
                 let relayed = relay(conn, answer, &attempt.upstream.address, idle).await;
                 if status.is_server_error() {
@@ -517,7 +517,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
             Err(failure) => failure,
         };
         if let Err(refused) = tries.failed(&mut attempt, failure) {
-            return refuse(conn, route, refused.into_response(), started, close).await;
+            return refuse(conn, route, &method, refused.into_response(), started, close).await;
         }
     }
 }
@@ -537,11 +537,12 @@ fn finish(written: std::io::Result<()>, close: bool) -> Step {
 async fn refuse(
     conn: &mut Conn<'_>,
     route: &crate::routes::CompiledRoute,
+    method: &Method,
     refused: Response,
     started: Instant,
     close: bool,
 ) -> Step {
-    route.metrics.record(refused.status(), started.elapsed());
+    route.metrics.record(method, refused.status(), started.elapsed());
     finish(write_response(conn, refused, close).await, close)
 }
 

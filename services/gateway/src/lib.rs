@@ -21,6 +21,7 @@ mod plane_metrics;
 pub mod policy_store;
 pub mod proxy;
 pub mod routes;
+pub mod samples;
 pub mod secrets;
 pub mod tls;
 pub mod token_guard;
@@ -61,6 +62,8 @@ pub struct GatewayOptions {
     pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Load balancers in front of the gateway whose `X-Forwarded-For` is believed.
     pub trusted_proxies: forwarded::TrustedProxies,
+    /// Where the gateway's request samples go (the performance service); none: not fed.
+    pub samples: Option<Arc<dyn samples::SampleSink>>,
 }
 
 impl GatewayOptions {
@@ -76,6 +79,7 @@ impl GatewayOptions {
             token_requests_per_second: 20,
             upstream_ca_file: None,
             trusted_proxies: forwarded::TrustedProxies::default(),
+            samples: None,
         }
     }
 }
@@ -157,9 +161,16 @@ impl Gateway {
         .await
         .map_err(|e| StartError::Redis(e.to_string()))?;
         let tls = tls::client_config(options.upstream_ca_file.as_deref()).map_err(StartError::Config)?;
+        let mut proxy_metrics = ProxyMetrics::new(&metrics);
+        let mut feeding = None;
+        if let Some(sink) = options.samples.clone() {
+            let (feed, task) = samples::SampleFeed::start(sink, &metrics);
+            proxy_metrics.feed(feed);
+            feeding = Some(task);
+        }
         let plane = Arc::new(DataPlane::new(
             registry,
-            ProxyMetrics::new(&metrics),
+            proxy_metrics,
             edge::Edge::new(
                 options.keys.verifier(),
                 limiter,
@@ -174,6 +185,7 @@ impl Gateway {
         let policies = PolicyStore::new(store.clone());
         reload(&plane, &routes, &policies).await?;
         let mut tasks = vec![tokio::spawn(reload_loop(plane.clone(), routes.clone(), policies.clone()))];
+        tasks.extend(feeding);
         if store.postgres_pool().is_some() {
             tasks.push(tokio::spawn(listen_loop(plane.clone(), routes.clone(), policies.clone())));
         }

@@ -1,11 +1,13 @@
 //! The data plane's metrics: requests and latency per route, cache lookups, failed tries
 //! and retries per service.
 
-use axum::http::StatusCode;
+use crate::samples::{RequestSample, SampleFeed};
+use axum::http::{Method, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +36,8 @@ pub struct ProxyMetrics {
     cache: Family<RouteCacheLabels, Counter>,
     pub(crate) failed_tries: Family<UpstreamLabels, Counter>,
     pub(crate) retries: Family<UpstreamLabels, Counter>,
+    /// Where each request's timing goes, when the performance service is fed.
+    pub(crate) samples: Option<SampleFeed>,
 }
 
 /// One route's metric handles, resolved when the route table is built so that the proxy
@@ -46,18 +50,33 @@ pub struct RouteMetrics {
     /// Cache lookups of the route answered from the cache, and not.
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    /// The route's service and prefix, and the feed its samples go to.
+    samples: Option<(SampleFeed, Arc<str>, Arc<str>)>,
 }
 
 impl RouteMetrics {
-    pub(crate) fn record(&self, status: StatusCode, elapsed: Duration) {
+    /// Records a request's answer: the route's metrics, and a sample for the performance
+    /// service when it is fed.
+    pub(crate) fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
         self.durations[class].observe(elapsed.as_secs_f64());
+        if let Some((feed, service, route)) = &self.samples {
+            feed.record(RequestSample {
+                service: service.clone(),
+                route: route.clone(),
+                method: method.clone(),
+                status: status.as_u16(),
+                latency: elapsed,
+                at: std::time::SystemTime::now(),
+            });
+        }
     }
 }
 
 impl ProxyMetrics {
-    pub fn for_route(&self, route: &str) -> RouteMetrics {
+    /// The handles of the route `route` (its name) to `service` on `prefix`.
+    pub fn for_route(&self, route: &str, service: &str, prefix: &str) -> RouteMetrics {
         let labels = |class: usize| RouteLabels { route: route.to_string(), status: format!("{}xx", class + 1) };
         // Each handle is cloned out before the next lookup: a family's read guard held
         // across a lookup that creates a label would deadlock on its write lock.
@@ -69,7 +88,13 @@ impl ProxyMetrics {
             durations: std::array::from_fn(|class| self.duration.get_or_create(&labels(class)).clone()),
             cache_hits,
             cache_misses,
+            samples: self.samples.as_ref().map(|feed| (feed.clone(), service.into(), prefix.into())),
         }
+    }
+
+    /// Feeds every route's request samples to `feed` (routes compiled from now on).
+    pub fn feed(&mut self, feed: SampleFeed) {
+        self.samples = Some(feed);
     }
 
     pub fn new(metrics: &pake_observe::Metrics) -> ProxyMetrics {
@@ -81,6 +106,7 @@ impl ProxyMetrics {
             cache: Family::default(),
             failed_tries: Family::default(),
             retries: Family::default(),
+            samples: None,
         };
         metrics.register("proxy_requests", "Proxied requests by route and status class", proxy.requests.clone());
         metrics.register("proxy_request_duration_seconds", "Proxied request latency by route", proxy.duration.clone());

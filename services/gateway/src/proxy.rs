@@ -145,8 +145,9 @@ pub async fn handle(plane: &DataPlane, request: Request, peer: Option<SocketAddr
     if let Some(uri) = normalised {
         *request.uri_mut() = uri;
     }
+    let method = request.method().clone();
     let response = apply_policies(plane, route, &upstream_path, request, caller, started).await;
-    route.metrics.record(response.status(), started.elapsed());
+    route.metrics.record(&method, response.status(), started.elapsed());
     response
 }
 

@@ -166,7 +166,7 @@ impl RouteTable {
                 .collect();
             let mut allow: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
             allow.sort();
-            let metrics = metrics.for_route(route.name.as_str());
+            let metrics = metrics.for_route(route.name.as_str(), route.service.as_str(), route.path_prefix.as_str());
             let segments = crate::path::segment_count(&prefix);
             let compiled = CompiledRoute { prefix, segments, methods, allow: allow.join(", "), metrics, route };
             by_version.entry(compiled.route.api_version.to_string()).or_default().push(compiled);

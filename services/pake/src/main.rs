@@ -361,6 +361,9 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let store = pake_registry::Store::open(&url).await.context("opening the platform store")?;
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await?);
     let mut running = tokio::task::JoinSet::new();
+    // The gateway's request timings feed the performance service when both run here.
+    let samples = (services.contains(&ServiceName::Gateway) && services.contains(&ServiceName::Performance))
+        .then(|| Arc::new(InProcessSamples::default()));
     for service in services {
         match service {
             ServiceName::Registry => {
@@ -374,7 +377,8 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     .spawn(async move { server.serve_router(listener, router, pake_observe::shutdown_signal()).await });
             }
             ServiceName::Gateway => {
-                let options = config.gateway_options(keys.clone());
+                let mut options = config.gateway_options(keys.clone());
+                options.samples = samples.clone().map(|sink| sink as Arc<dyn pake_gateway::samples::SampleSink>);
                 let gateway =
                     pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone(), options).await?;
                 if let (Some(id), Some(secret)) = (&config.admin_client_id, &config.admin_client_secret) {
@@ -421,6 +425,9 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 )
                 .await
                 .context("starting the performance service")?;
+                if let Some(samples) = &samples {
+                    let _ = samples.0.set(performance.clone());
+                }
                 let router = pake_performance::router(performance, verifier.clone());
                 let listener = bind(config.performance_addr, "performance service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "performance service listening; contract at /openapi.json, docs at /docs");
@@ -512,4 +519,52 @@ fn serve_on_own_thread(
         let _ = done.send(result);
     })?;
     Ok((listening, finished))
+}
+
+/// The performance service of this process, where the gateway's request samples go.
+#[derive(Default)]
+struct InProcessSamples(std::sync::OnceLock<Arc<pake_performance::Performance>>);
+
+impl std::fmt::Debug for InProcessSamples {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("InProcessSamples").field("started", &self.0.get().is_some()).finish()
+    }
+}
+
+impl pake_gateway::samples::SampleSink for InProcessSamples {
+    fn deliver(
+        &self,
+        samples: Vec<pake_gateway::samples::RequestSample>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let performance = self.0.get().ok_or("the performance service has not started")?;
+            let batch = sample_batch(&samples);
+            if batch.samples.is_empty() {
+                return Ok(());
+            }
+            performance.ingest(&batch).await.map(drop).map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// The gateway's samples as the performance contract's batch. A sample the contract
+/// cannot carry (a method it does not list) is left out.
+fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_performance_server::types::SampleBatch {
+    use pake_performance_server::types;
+    let samples = samples
+        .iter()
+        .filter_map(|sample| {
+            let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
+            Some(types::Sample {
+                instance_id: None,
+                latency_ms: sample.latency.as_secs_f64() * 1000.0,
+                method: sample.method.as_str().parse().ok()?,
+                route: sample.route.parse().ok(),
+                service: sample.service.parse().ok()?,
+                status: i64::from(sample.status),
+                timestamp: chrono::DateTime::<chrono::Utc>::from(received),
+            })
+        })
+        .collect();
+    types::SampleBatch { samples }
 }

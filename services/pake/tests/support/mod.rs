@@ -42,6 +42,8 @@ impl Pake {
             .args(services)
             .env("PAKE_GATEWAY_ADDR", "127.0.0.1:0")
             .env("PAKE_REGISTRY_ADDR", "127.0.0.1:0")
+            .env("PAKE_PERFORMANCE_ADDR", "127.0.0.1:0")
+            .env("PAKE_MONITORING_ADDR", "127.0.0.1:0")
             .env("PAKE_LOG_FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -60,7 +62,9 @@ impl Pake {
                 let (Some(addr), Some(message)) = (event["addr"].as_str(), event["message"].as_str()) else { continue };
                 let addr = addr.parse::<SocketAddr>().expect("an address");
                 for service in services {
-                    if message.starts_with(&format!("{service} listening")) {
+                    if message.starts_with(&format!("{service} listening"))
+                        || message.starts_with(&format!("{service} service listening"))
+                    {
                         addrs.insert(*service, addr);
                     }
                 }
