@@ -1,14 +1,23 @@
 //! `cargo xtask codegen [--check]`: lint the contracts, lower them to 3.0.3 for
 //! progenitor, generate one client crate and one server crate per contract, format them
-//! with prettyplease and write `generated/` (or, with `--check`, compare in memory and
-//! fail with a diff when `generated/` is stale).
+//! and write `generated/` (or, with `--check`, compare in memory and fail with a diff when
+//! `generated/` is stale).
+//!
+//! Formatting takes two steps. prettyplease turns the token streams into source (it
+//! writes `#[doc]` attributes as `///` comments, which rustfmt cannot), then the
+//! toolchain's `rustfmt` formats that source with the repository's `rustfmt.toml`, so
+//! the generated crates read like the rest of the workspace and `cargo fmt` leaves them
+//! as they are. rustfmt runs at codegen time only, as a program (the one `cargo fmt` and
+//! CI use already); nothing builds against it, and a build of `generated/` needs none.
 
 use crate::contract::{CONTRACTS, Contract, ContractInfo};
 use crate::{docs, lint, lower, server};
 use anyhow::{Context, Result, bail};
 use progenitor_impl::{GenerationSettings, Generator, InterfaceStyle, TagStyle};
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// The command that regenerates `generated/`, named in every generated file.
 pub const COMMAND: &str = "cargo xtask codegen";
@@ -28,7 +37,8 @@ pub fn repo_root() -> PathBuf {
 /// Loads and lints the four contracts; fails with every finding when any are found.
 pub fn load_contracts(root: &Path) -> Result<Vec<Contract>> {
     let dir = root.join("openapi");
-    let contracts = CONTRACTS.iter().map(|info| Contract::load(&dir.join(info.file))).collect::<Result<Vec<_>>>()?;
+    let contracts =
+        CONTRACTS.iter().map(|info| Ok(Contract::load(&dir.join(info.file))?)).collect::<Result<Vec<_>>>()?;
     let shared_text =
         std::fs::read_to_string(dir.join("shared-components.yaml")).context("reading shared-components.yaml")?;
     let shared: serde_json::Value = serde_yaml::from_str(&shared_text).context("parsing shared-components.yaml")?;
@@ -42,16 +52,77 @@ pub fn load_contracts(root: &Path) -> Result<Vec<Contract>> {
     Ok(contracts)
 }
 
-/// Formats a token stream as a Rust file.
+/// Formats a token stream as a Rust file (see the module's documentation), with a blank
+/// line between items other than consecutive private `use`s.
 fn unparse(tokens: proc_macro2::TokenStream, what: &str) -> Result<String> {
     let file: syn::File = syn::parse2(tokens).with_context(|| format!("generated {what} does not parse"))?;
-    Ok(prettyplease::unparse(&file))
+    let syn::File { attrs, items, .. } = file;
+    let empty: syn::File = syn::parse_str("")?;
+    let alone = |attrs, items| prettyplease::unparse(&syn::File { attrs, items, ..empty.clone() });
+    let mut text = alone(attrs, Vec::new());
+    let mut after_use = false;
+    for item in items {
+        let is_use = matches!(&item, syn::Item::Use(u) if matches!(u.vis, syn::Visibility::Inherited));
+        let in_use_group = is_use && after_use;
+        if !text.is_empty() && !in_use_group {
+            text.push('\n');
+        }
+        after_use = is_use;
+        text.push_str(&alone(Vec::new(), vec![item]));
+    }
+    Ok(text)
 }
 
-/// The crate root: a header line, then the generated module, kept out of rustfmt's way
-/// (the generator formats it with prettyplease).
+/// The edition the workspace's crates are formatted for (`[workspace.package]`).
+const EDITION: &str = "2024";
+
+/// Formats Rust source as `cargo fmt` does in this repository: the toolchain's rustfmt
+/// (`$RUSTFMT` if set) with `rustfmt.toml`.
+fn rustfmt(root: &Path, source: String) -> Result<String> {
+    let program = std::env::var_os("RUSTFMT").unwrap_or_else(|| "rustfmt".into());
+    let mut child = Command::new(&program)
+        .args(["--edition", EDITION, "--config-path"])
+        .arg(root.join("rustfmt.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} (install it with `rustup component add rustfmt`)", program.display()))?;
+    let mut stdin = child.stdin.take().context("rustfmt's stdin")?;
+    // Written from another thread: rustfmt may fill its stdout before it has read all.
+    let writer = std::thread::spawn(move || stdin.write_all(source.as_bytes()));
+    let output = child.wait_with_output().context("waiting for rustfmt")?;
+    writer.join().map_err(|_| anyhow::anyhow!("writing to rustfmt panicked"))?.context("writing to rustfmt")?;
+    if !output.status.success() {
+        bail!("rustfmt failed on generated code: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    String::from_utf8(output.stdout).context("rustfmt's output is not UTF-8")
+}
+
+/// A blank line before each documented member of a block (trait methods, struct fields,
+/// enum variants) that follows another member, as a person would write them.
+fn space_members(text: &str) -> String {
+    let mut spaced = String::with_capacity(text.len() + text.len() / 16);
+    let mut previous = "";
+    for line in text.lines() {
+        let member_doc = line.starts_with(' ') && line.trim_start().starts_with("///");
+        let after_member = !previous.trim().is_empty()
+            && !previous.trim_start().starts_with("///")
+            && !previous.trim_start().starts_with("#[")
+            && !previous.trim_end().ends_with('{');
+        if member_doc && after_member {
+            spaced.push('\n');
+        }
+        spaced.push_str(line);
+        spaced.push('\n');
+        previous = line;
+    }
+    spaced
+}
+
+/// The crate root: a header line, the crate's documentation and the generated module.
 fn crate_root(header: &str, doc: &str, module: &str) -> String {
-    format!("// {header}\n//! {doc}\n\n#[rustfmt::skip]\nmod {module};\n\npub use {module}::*;\n")
+    format!("// {header}\n//! {doc}\n\nmod {module};\n\npub use {module}::*;\n")
 }
 
 fn client_crate_name(info: &ContractInfo) -> String {
@@ -63,7 +134,7 @@ fn server_crate_name(info: &ContractInfo) -> String {
 }
 
 /// Generates every file for one contract.
-fn generate_contract(info: &ContractInfo, contract: &Contract, files: &mut Files) -> Result<()> {
+fn generate_contract(root: &Path, info: &ContractInfo, contract: &Contract, files: &mut Files) -> Result<()> {
     let header = header(info);
     let title = contract.doc.pointer("/info/title").and_then(|v| v.as_str()).unwrap_or(info.short);
     let client_name = client_crate_name(info);
@@ -88,7 +159,12 @@ fn generate_contract(info: &ContractInfo, contract: &Contract, files: &mut Files
     ));
     files.insert(
         client_dir.join("src/client.rs"),
-        format!("// {header}\n#![allow(clippy::all, clippy::pedantic, unused_imports, dead_code, missing_docs)]\n\n{client_body}"),
+        rustfmt(
+            root,
+            format!(
+                "// {header}\n#![allow(clippy::all, clippy::pedantic, unused_imports, dead_code, missing_docs)]\n\n{client_body}"
+            ),
+        )?,
     );
     let futures_dep = if generator.uses_futures() { "futures.workspace = true\n" } else { "" };
     files.insert(
@@ -98,20 +174,25 @@ fn generate_contract(info: &ContractInfo, contract: &Contract, files: &mut Files
              edition.workspace = true\nrust-version.workspace = true\nlicense.workspace = true\npublish.workspace = true\n\n\
              # Doc comments are copied from the contract; they hold no doctests to run.\n[lib]\ndoctest = false\n\n\
              [dependencies]\nbytes.workspace = true\nchrono.workspace = true\n{futures_dep}progenitor-client.workspace = true\nregress.workspace = true\n\
-             reqwest.workspace = true\nserde.workspace = true\nserde_json.workspace = true\nuuid.workspace = true\n",
+             reqwest.workspace = true\nserde.workspace = true\nserde_json.workspace = true\nuuid.workspace = true\n\n[lints]\nworkspace = true\n",
             file = info.file
         ),
     );
 
     // Server: our generator over the original 3.1 document.
-    let server_tokens = server::generate(info, contract, &client_name);
-    let server_body = unparse(server_tokens, "server")?;
+    let server = server::generate(info, contract, &client_name);
+    let server_body = unparse(server.tokens, "server")?;
     files.insert(server_dir.join("src/lib.rs"), crate_root(
         &header,
         &format!("Server side of the {title} API (`openapi/{}`): an axum trait per contract, its request and response types and a validating router.", info.file),
         "server",
     ));
-    files.insert(server_dir.join("src/server.rs"), format!("// {header}\n{server_body}"));
+    let server_body = space_members(&server_body);
+    files.insert(server_dir.join("src/server.rs"), rustfmt(root, format!("// {header}\n{server_body}"))?);
+    for (name, schema) in &server.schemas {
+        let json = serde_json::to_string_pretty(schema)?;
+        files.insert(server_dir.join(server::SCHEMA_DIR).join(name), format!("{json}\n"));
+    }
     let json = serde_json::to_string_pretty(&contract.doc)?;
     files.insert(server_dir.join("openapi.json"), format!("{json}\n"));
     files.insert(server_dir.join("docs.html"), docs::render(contract, &header));
@@ -122,7 +203,7 @@ fn generate_contract(info: &ContractInfo, contract: &Contract, files: &mut Files
              edition.workspace = true\nrust-version.workspace = true\nlicense.workspace = true\npublish.workspace = true\n\n\
              # Doc comments are copied from the contract; they hold no doctests to run.\n[lib]\ndoctest = false\n\n\
              [dependencies]\naxum.workspace = true\nchrono.workspace = true\n{client_name}.workspace = true\npake-api-runtime.workspace = true\n\
-             serde.workspace = true\nserde_json.workspace = true\nuuid.workspace = true\n",
+             serde.workspace = true\nserde_json.workspace = true\nuuid.workspace = true\n\n[lints]\nworkspace = true\n",
             file = info.file
         ),
     );
@@ -134,7 +215,7 @@ pub fn generate(root: &Path) -> Result<Files> {
     let contracts = load_contracts(root)?;
     let mut files = Files::new();
     for (info, contract) in CONTRACTS.iter().zip(&contracts) {
-        generate_contract(info, contract, &mut files)?;
+        generate_contract(root, info, contract, &mut files)?;
     }
     Ok(files)
 }

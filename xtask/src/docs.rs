@@ -77,8 +77,8 @@ fn render_operation(out: &mut String, contract: &Contract, op: &Operation) {
         "<section class=\"op\" id=\"op-{id}\"><h3><span class=\"method {m}\">{M}</span> <code>{path}</code></h3>\
          <p class=\"summary\">{summary} <span class=\"opid\">{id}</span></p><p>{description}</p>",
         id = escape(&op.id),
-        m = op.method,
-        M = op.method.to_uppercase(),
+        m = op.method.to_lowercase(),
+        M = op.method,
         path = escape(&op.path),
         summary = escape(&op.summary),
         description = escape(&op.description),
@@ -93,7 +93,7 @@ fn render_operation(out: &mut String, contract: &Contract, op: &Operation) {
     if !op.params.is_empty() {
         out.push_str("<table><tr><th>Parameter</th><th>In</th><th>Schema</th><th>Description</th></tr>");
         for param in &op.params {
-            let resolved = Contract::resolve(&contract.doc, &param.schema).unwrap_or(&param.schema);
+            let resolved = contract.resolve(&param.schema).unwrap_or(&param.schema);
             let schema = if param.schema.get("$ref").is_some() {
                 format!("{} ({})", schema_summary(&param.schema), schema_summary(resolved))
             } else {
@@ -111,25 +111,26 @@ fn render_operation(out: &mut String, contract: &Contract, op: &Operation) {
         }
         out.push_str("</table>");
     }
-    if let Some(body) = &op.body {
+    for media in op.body.iter().flat_map(|body| &body.content) {
         let _ = write!(
             out,
             "<p><b>Body</b> <code>{}</code>: {}</p>",
-            escape(&body.media_type),
-            schema_summary(&body.schema)
+            escape(&media.media_type),
+            schema_summary(&media.schema)
         );
-        if let Some(example) = &body.example {
+        if let Some(example) = &media.example {
             let pretty = serde_json::to_string_pretty(example).unwrap_or_default();
             let _ = write!(out, "<pre>{}</pre>", escape(&pretty));
         }
     }
     out.push_str("<table><tr><th>Status</th><th>Body</th><th>Headers</th><th>Description</th></tr>");
     for response in &op.responses {
-        let body = response
+        let bodies: Vec<String> = response
             .content
-            .as_ref()
+            .iter()
             .map(|c| format!("<code>{}</code> {}", escape(&c.media_type), schema_summary(&c.schema)))
-            .unwrap_or_default();
+            .collect();
+        let body = bodies.join(" ");
         let headers: Vec<String> =
             response.headers.iter().map(|h| format!("<code>{}</code>", escape(&h.name))).collect();
         let _ = write!(
@@ -143,7 +144,7 @@ fn render_operation(out: &mut String, contract: &Contract, op: &Operation) {
     }
     out.push_str("</table>");
     for response in op.success_responses() {
-        if let Some(example) = response.content.as_ref().and_then(|c| c.example.as_ref()) {
+        if let Some(example) = response.content.first().and_then(|c| c.example.as_ref()) {
             let pretty = match example {
                 Value::String(text) => text.clone(),
                 other => serde_json::to_string_pretty(other).unwrap_or_default(),
@@ -193,15 +194,15 @@ pub fn render(contract: &Contract, header: &str) -> String {
             out,
             "<li><a href=\"#op-{id}\"><span class=\"method {m}\">{M}</span> {path}</a></li>",
             id = escape(&op.id),
-            m = op.method,
-            M = op.method.to_uppercase(),
+            m = op.method.to_lowercase(),
+            M = op.method,
             path = escape(&op.path)
         );
     }
     out.push_str("</ul></nav><main>");
     for (tag, tag_description) in &tags {
         let _ = write!(out, "<h2 id=\"tag-{}\">{}</h2><p>{}</p>", anchor(tag), escape(tag), escape(tag_description));
-        for op in contract.operations.iter().filter(|op| &op.tag == tag) {
+        for op in contract.operations.iter().filter(|op| op.tags.first() == Some(tag)) {
             render_operation(&mut out, contract, op);
         }
     }

@@ -2,7 +2,7 @@
 //! conventions in `openapi/CONVENTIONS.md`. Every finding names the file and the JSON
 //! pointer of the offending node.
 
-use crate::contract::{Contract, METHODS, ParamLocation, pointer_token};
+use crate::contract::{Contract, METHODS, Operation, ParamLocation, RequestBody, pointer_token};
 use heck::{ToLowerCamelCase, ToUpperCamelCase};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +29,7 @@ struct Linter<'a> {
 impl Linter<'_> {
     fn report(&mut self, pointer: impl Into<String>, message: impl Into<String>) {
         self.findings.push(Finding {
-            file: self.contract.file.clone(),
+            file: self.contract.name.clone(),
             pointer: pointer.into(),
             message: message.into(),
         });
@@ -74,7 +74,8 @@ pub fn lint(contract: &Contract) -> Vec<Finding> {
         .filter_map(|t| t.get("name").and_then(Value::as_str))
         .collect();
 
-    // Paths: no `$ref` path items, and every templated parameter declared.
+    // Paths: no `$ref` path items (the reader follows them; the conventions keep every
+    // operation where its path is written), and every templated parameter declared.
     if let Some(paths) = doc.get("paths").and_then(Value::as_object) {
         for (path, item) in paths {
             let pointer = format!("/paths/{}", pointer_token(path));
@@ -85,7 +86,8 @@ pub fn lint(contract: &Contract) -> Vec<Finding> {
                 linter.report(&pointer, "path items may not be references");
             }
             for key in item.as_object().into_iter().flat_map(|o| o.keys()) {
-                if !METHODS.contains(&key.as_str()) && !matches!(key.as_str(), "parameters" | "summary" | "description")
+                if !METHODS.contains(&key.as_str())
+                    && !matches!(key.as_str(), "$ref" | "parameters" | "summary" | "description")
                 {
                     linter.report(format!("{pointer}/{key}"), "unsupported path item field");
                 }
@@ -93,9 +95,9 @@ pub fn lint(contract: &Contract) -> Vec<Finding> {
         }
     }
 
-    let mut ids = BTreeSet::new();
+    // Duplicate operationIds are refused by the reader already.
     for op in &contract.operations {
-        lint_operation(&mut linter, op, &declared_tags, &mut ids);
+        lint_operation(&mut linter, op, &declared_tags);
     }
 
     if let Some(schemas) = doc.pointer("/components/schemas").and_then(Value::as_object) {
@@ -116,12 +118,7 @@ pub fn lint(contract: &Contract) -> Vec<Finding> {
     linter.findings
 }
 
-fn lint_operation(
-    linter: &mut Linter<'_>,
-    op: &crate::contract::Operation,
-    tags: &BTreeSet<&str>,
-    ids: &mut BTreeSet<String>,
-) {
+fn lint_operation(linter: &mut Linter<'_>, op: &Operation, tags: &BTreeSet<&str>) {
     let doc = &linter.contract.doc;
     let raw = doc.pointer(&op.pointer).cloned().unwrap_or(Value::Null);
     let pointer = op.pointer.clone();
@@ -129,16 +126,10 @@ fn lint_operation(
     if op.id.to_lower_camel_case() != op.id {
         linter.report(format!("{pointer}/operationId"), format!("operationId {} is not lowerCamelCase", op.id));
     }
-    if !ids.insert(op.id.clone()) {
-        linter.report(format!("{pointer}/operationId"), format!("duplicate operationId {}", op.id));
-    }
-    match raw.get("tags").and_then(Value::as_array) {
-        Some(list) if list.len() == 1 => {
-            if !tags.contains(op.tag.as_str()) {
-                linter.report(
-                    format!("{pointer}/tags/0"),
-                    format!("tag {} is not declared in the top-level tags", op.tag),
-                );
+    match op.tags.as_slice() {
+        [tag] => {
+            if !tags.contains(tag.as_str()) {
+                linter.report(format!("{pointer}/tags/0"), format!("tag {tag} is not declared in the top-level tags"));
             }
         }
         _ => linter.report(format!("{pointer}/tags"), "an operation has exactly one tag"),
@@ -172,16 +163,26 @@ fn lint_operation(
         .collect();
     let mut declared_path_params = BTreeSet::new();
     for param in &op.params {
-        if param.location == ParamLocation::Path {
-            declared_path_params.insert(param.name.clone());
-            if !param.required {
-                linter.report(&param.pointer, "path parameters are required");
+        match param.location {
+            ParamLocation::Path => {
+                declared_path_params.insert(param.name.clone());
+                // The reader counts every path parameter as required, as OpenAPI does; the
+                // document must say so too.
+                let written = doc.pointer(&param.pointer).map(|raw| linter.contract.resolve(raw));
+                if !matches!(written, Some(Ok(raw)) if raw.get("required") == Some(&Value::Bool(true))) {
+                    linter.report(&param.pointer, "path parameters are required: true");
+                }
             }
+            ParamLocation::Cookie => {
+                linter.report(&param.pointer, "cookie parameters are not supported (path, query or header)");
+                continue;
+            }
+            ParamLocation::Query | ParamLocation::Header => {}
         }
-        let schema = match Contract::resolve(doc, &param.schema) {
+        let schema = match linter.contract.resolve(&param.schema) {
             Ok(schema) => schema,
             Err(error) => {
-                linter.report(&param.pointer, error.to_string());
+                linter.report(&param.pointer, error);
                 continue;
             }
         };
@@ -208,51 +209,8 @@ fn lint_operation(
         linter.report(format!("{pointer}/responses"), "an operation with parameters or a body lists 400");
     }
 
-    // Request body.
     if let Some(body) = &op.body {
-        let raw_body =
-            Contract::resolve(doc, raw.get("requestBody").unwrap_or(&Value::Null)).cloned().unwrap_or(Value::Null);
-        if raw_body.get("required").and_then(Value::as_bool) != Some(true) {
-            linter.report(&body.pointer, "request bodies are required: true");
-        }
-        if raw_body.get("content").and_then(Value::as_object).map(|c| c.len()) != Some(1)
-            || body.media_type != "application/json"
-        {
-            linter.report(format!("{}/content", body.pointer), "request bodies are application/json only");
-        }
-        match component_name(&body.schema) {
-            None => linter.report(
-                format!("{}/content/application~1json/schema", body.pointer),
-                "request body schemas are a $ref to a component schema",
-            ),
-            Some(name) => {
-                let schema = doc.pointer(&format!("/components/schemas/{}", pointer_token(name)));
-                let schema_pointer = format!("/components/schemas/{}", pointer_token(name));
-                match schema {
-                    None => linter.report(&schema_pointer, "dangling reference"),
-                    Some(schema) => {
-                        if schema.get("type").and_then(Value::as_str) != Some("object") {
-                            linter.report(&schema_pointer, "request body schemas are objects");
-                        }
-                        if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
-                            linter.report(&schema_pointer, "request body schemas set additionalProperties: false");
-                        }
-                        lint_optional_nullables(linter, schema, &schema_pointer);
-                    }
-                }
-            }
-        }
-        for status in [413, 415, 422] {
-            if !op.responses.iter().any(|r| r.status == status) {
-                linter.report(format!("{pointer}/responses"), format!("an operation with a JSON body lists {status}"));
-            }
-        }
-        lint_example(
-            linter,
-            &body.schema,
-            body.example.as_ref(),
-            &format!("{}/content/application~1json", body.pointer),
-        );
+        lint_body(linter, op, body);
     }
 
     // Responses.
@@ -271,7 +229,10 @@ fn lint_operation(
     let mut error_schemas = BTreeSet::new();
     for response in &op.responses {
         let is_success = (200..300).contains(&response.status);
-        if let Some(content) = &response.content {
+        if response.content.len() > 1 {
+            linter.report(format!("{}/content", response.pointer), "a response has exactly one media type");
+        }
+        if let Some(content) = response.content.first() {
             let content_pointer = format!("{}/content/{}", response.pointer, pointer_token(&content.media_type));
             let essence = content.media_type.as_str();
             if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
@@ -287,12 +248,6 @@ fn lint_operation(
                 }
             } else {
                 linter.report(&content_pointer, format!("unsupported response media type {essence}"));
-            }
-            let raw_response = doc.pointer(&response.pointer).map(|r| Contract::resolve(doc, r));
-            if let Some(Ok(raw_response)) = raw_response
-                && raw_response.get("content").and_then(Value::as_object).map(|c| c.len()) != Some(1)
-            {
-                linter.report(format!("{}/content", response.pointer), "a response has exactly one media type");
             }
             if is_success {
                 lint_example(linter, &content.schema, content.example.as_ref(), &content_pointer);
@@ -331,6 +286,49 @@ fn lint_operation(
     if error_schemas.len() > 1 {
         linter.report(format!("{pointer}/responses"), "error responses of one operation share one body schema");
     }
+}
+
+/// A request body: required, `application/json` only, a `$ref` to an object schema that
+/// refuses unknown fields, with a valid example; and the statuses a JSON body can cause.
+fn lint_body(linter: &mut Linter<'_>, op: &Operation, body: &RequestBody) {
+    let doc = &linter.contract.doc;
+    for status in [413, 415, 422] {
+        if !op.declares(status) {
+            linter.report(format!("{}/responses", op.pointer), format!("an operation with a JSON body lists {status}"));
+        }
+    }
+    if !body.required {
+        linter.report(&body.pointer, "request bodies are required: true");
+    }
+    let media = match body.content.as_slice() {
+        [media] if media.media_type == "application/json" => media,
+        _ => {
+            linter.report(format!("{}/content", body.pointer), "request bodies are application/json only");
+            return;
+        }
+    };
+    match component_name(&media.schema) {
+        None => linter.report(
+            format!("{}/content/application~1json/schema", body.pointer),
+            "request body schemas are a $ref to a component schema",
+        ),
+        Some(name) => {
+            let schema_pointer = format!("/components/schemas/{}", pointer_token(name));
+            match doc.pointer(&schema_pointer) {
+                None => linter.report(&schema_pointer, "dangling reference"),
+                Some(schema) => {
+                    if schema.get("type").and_then(Value::as_str) != Some("object") {
+                        linter.report(&schema_pointer, "request body schemas are objects");
+                    }
+                    if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
+                        linter.report(&schema_pointer, "request body schemas set additionalProperties: false");
+                    }
+                    lint_optional_nullables(linter, schema, &schema_pointer);
+                }
+            }
+        }
+    }
+    lint_example(linter, &media.schema, media.example.as_ref(), &format!("{}/content/application~1json", body.pointer));
 }
 
 /// A typed client cannot tell `null` from absent for an optional property (both are
@@ -461,7 +459,7 @@ pub fn lint_shared(shared: &Value, contracts: &[Contract]) -> Vec<Finding> {
             let actual = contract.doc.pointer(pointer);
             if actual != *expected {
                 findings.push(Finding {
-                    file: contract.file.clone(),
+                    file: contract.name.clone(),
                     pointer: pointer.to_string(),
                     message: if actual.is_none() {
                         "missing shared component (copy it from shared-components.yaml)".into()
@@ -481,7 +479,7 @@ mod tests {
     use serde_json::json;
 
     fn contract(doc: Value) -> Contract {
-        Contract::from_value("test.yaml".into(), doc).expect("parses")
+        Contract::from_value("test.yaml", doc).expect("parses")
     }
 
     fn messages(doc: Value) -> Vec<String> {
@@ -575,6 +573,29 @@ mod tests {
         let found = messages(doc);
         assert!(found.iter().any(|m| m.contains("path parameter thing_id is not declared")), "{found:?}");
         assert!(found.iter().any(|m| m.contains("parameters are a single primitive type")), "{found:?}");
+    }
+
+    /// The linter reads a contract as the conformance engine does (`pake-contract`) and
+    /// reports what the conventions forbid in that reading.
+    #[test]
+    fn cookie_parameters_unrequired_path_parameters_and_path_item_refs_are_reported() {
+        let mut doc = minimal();
+        let op = &mut doc["paths"]["/things/{thing_id}"]["get"];
+        op["parameters"] = json!([
+            {"name": "thing_id", "in": "path", "schema": {"type": "string", "format": "uuid"}},
+            {"name": "session", "in": "cookie", "schema": {"type": "string"}},
+        ]);
+        let item = doc["paths"]["/things/{thing_id}"].take();
+        doc["components"]["pathItems"] = json!({"Thing": item});
+        doc["paths"]["/things/{thing_id}"] = json!({"$ref": "#/components/pathItems/Thing"});
+        assert_eq!(
+            messages(doc),
+            vec![
+                "test.yaml#/paths/~1things~1{thing_id}: path items may not be references",
+                "test.yaml#/components/pathItems/Thing/get/parameters/0: path parameters are required: true",
+                "test.yaml#/components/pathItems/Thing/get/parameters/1: cookie parameters are not supported (path, query or header)",
+            ]
+        );
     }
 
     #[test]

@@ -1,18 +1,20 @@
 //! Generates the server side of a contract: per operation a request type and a response
-//! enum (one variant per documented status, headers as fields) that implements
-//! `IntoResponse`; one trait with one async method per operationId; and a `router`
-//! function that authenticates, validates parameters and bodies against the contract's
-//! schemas, calls the trait and answers undeclared methods with 405 + `Allow`.
+//! enum that implements `IntoResponse` (one variant per status the implementation answers
+//! itself — successes, and errors whose body is not the shared `Error`, which are
+//! `ApiError`s — headers as fields); one trait with one async method per operationId; and
+//! a `router` function that authenticates, validates parameters and bodies against the
+//! contract's schemas (written as JSON files beside the code and included with
+//! `include_str!`), calls the trait and answers undeclared methods with 405 + `Allow`.
 //!
 //! The models are not generated here: the server reuses the `types` module of the
 //! progenitor client crate of the same contract, so both sides share one set of models.
 
-use crate::contract::{Contract, ContractInfo, Operation, ParamLocation, Response};
+use crate::contract::{Contract, ContractInfo, Operation, ParamLocation, RequestBody, Response};
 use crate::lint::component_name;
 use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
-use proc_macro2::{Ident, Span, TokenStream};
+use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 const RUST_KEYWORDS: &[&str] = &[
@@ -105,7 +107,7 @@ fn param_type(contract: &Contract, schema: &Value) -> TokenStream {
         let ident = type_ident(name);
         return quote!(types::#ident);
     }
-    let resolved = Contract::resolve(&contract.doc, schema).unwrap_or(schema);
+    let resolved = contract.resolve(schema).unwrap_or(schema);
     match resolved.get("type").and_then(Value::as_str) {
         Some("integer") => {
             if resolved.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0) {
@@ -117,15 +119,15 @@ fn param_type(contract: &Contract, schema: &Value) -> TokenStream {
         Some("number") => quote!(f64),
         Some("boolean") => quote!(bool),
         _ => match resolved.get("format").and_then(Value::as_str) {
-            Some("uuid") => quote!(::uuid::Uuid),
-            Some("date-time") => quote!(::chrono::DateTime<::chrono::Utc>),
-            _ => quote!(::std::string::String),
+            Some("uuid") => quote!(uuid::Uuid),
+            Some("date-time") => quote!(chrono::DateTime<chrono::Utc>),
+            _ => quote!(String),
         },
     }
 }
 
 fn param_kind(contract: &Contract, schema: &Value) -> TokenStream {
-    let resolved = Contract::resolve(&contract.doc, schema).unwrap_or(schema);
+    let resolved = contract.resolve(schema).unwrap_or(schema);
     match resolved.get("type").and_then(Value::as_str) {
         Some("integer") => quote!(rt::ParamKind::Integer),
         Some("number") => quote!(rt::ParamKind::Number),
@@ -135,7 +137,7 @@ fn param_kind(contract: &Contract, schema: &Value) -> TokenStream {
 }
 
 fn param_default(contract: &Contract, schema: &Value) -> Option<Value> {
-    let resolved = Contract::resolve(&contract.doc, schema).unwrap_or(schema);
+    let resolved = contract.resolve(schema).unwrap_or(schema);
     schema.get("default").or_else(|| resolved.get("default")).cloned()
 }
 
@@ -143,7 +145,7 @@ fn header_type(schema: &Value) -> TokenStream {
     match schema.get("type").and_then(Value::as_str) {
         Some("integer") if schema.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0) => quote!(u64),
         Some("integer") => quote!(i64),
-        _ => quote!(::std::string::String),
+        _ => quote!(String),
     }
 }
 
@@ -155,7 +157,7 @@ enum BodyKind {
 }
 
 fn body_kind(response: &Response) -> BodyKind {
-    match &response.content {
+    match response.content.first() {
         None => BodyKind::None,
         Some(content) if content.media_type.starts_with("text/") => BodyKind::Text,
         Some(content) => match component_name(&content.schema) {
@@ -170,20 +172,38 @@ fn body_kind(response: &Response) -> BodyKind {
 
 /// The JSON Schema of all of an operation's parameters, as one object keyed by name.
 fn params_schema(contract: &Contract, op: &Operation) -> Value {
-    let mut properties = Map::new();
-    let mut required = Vec::new();
-    for param in &op.params {
-        properties.insert(param.name.clone(), param.schema.clone());
-        if param.required {
-            required.push(Value::String(param.name.clone()));
-        }
-    }
-    let schema = serde_json::json!({ "type": "object", "properties": properties, "required": required });
-    contract.standalone_schema(&schema)
+    contract.standalone_schema(&contract.params_schema(op))
 }
 
-/// Generates the server crate's `lib.rs` for one contract.
-pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) -> TokenStream {
+/// Whether an implementation answers `response` through the operation's response enum:
+/// every non-error status, and errors whose body is not the contract's shared `Error`
+/// (a health check's 503 carries the health report). Errors with the `Error` body are
+/// `ApiError`s, which the router renders.
+fn returned_by_implementations(response: &Response) -> bool {
+    response.status < 400 || response.content.first().is_none_or(|c| component_name(&c.schema) != Some("Error"))
+}
+
+/// The schema of a request body (the linter has checked it is one `application/json`).
+fn request_schema(body: &RequestBody) -> &Value {
+    body.json().map_or(&Value::Bool(true), |(_, schema)| schema)
+}
+
+/// Where the JSON Schemas the router validates with are written, relative to the crate.
+pub const SCHEMA_DIR: &str = "schemas";
+
+/// The generated server code of one contract.
+pub struct Server {
+    /// The crate's code (`src/server.rs`).
+    pub tokens: TokenStream,
+    /// Self-contained JSON Schemas by file name under [`SCHEMA_DIR`]: per operation its
+    /// parameters (`<operationId>.params.json`) and its body (`<operationId>.body.json`),
+    /// included by the code with `include_str!`.
+    pub schemas: BTreeMap<String, Value>,
+}
+
+/// Generates the server crate's code for one contract.
+pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) -> Server {
+    let mut schemas = BTreeMap::new();
     let client_crate = Ident::new(&client_crate.replace('-', "_"), Span::call_site());
     let trait_ident = Ident::new(info.trait_name, Span::call_site());
     let title = contract.doc.pointer("/info/title").and_then(Value::as_str).unwrap_or_default();
@@ -198,7 +218,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
     let mut trait_methods = Vec::new();
     let mut handlers = Vec::new();
     // path → (method, handler ident)
-    let mut routes: BTreeMap<&str, Vec<(&str, Ident)>> = BTreeMap::new();
+    let mut routes: BTreeMap<&str, Vec<(String, Ident)>> = BTreeMap::new();
 
     for op in &contract.operations {
         let method_ident = field_ident(&op.id);
@@ -207,11 +227,11 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         let params_ident = format_ident!("{}Params", op.id.to_upper_camel_case());
         let spec_ident = format_ident!("{}", op.id.to_shouty_snake_case());
         let handler_ident = format_ident!("handle_{}", op.id.to_snake_case());
-        routes.entry(op.path.as_str()).or_default().push((op.method.as_str(), handler_ident.clone()));
+        routes.entry(op.path.as_str()).or_default().push((op.method.to_lowercase(), handler_ident.clone()));
 
         // --- The operation's static description, used by the runtime to validate. ---
         let op_id = &op.id;
-        let method_upper = op.method.to_uppercase();
+        let method_upper = &op.method;
         let path = &op.path;
         let scopes = match &op.scopes {
             Some(scopes) => quote!(Some(&[#(#scopes),*])),
@@ -223,6 +243,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
                 ParamLocation::Path => quote!(rt::ParamLocation::Path),
                 ParamLocation::Query => quote!(rt::ParamLocation::Query),
                 ParamLocation::Header => quote!(rt::ParamLocation::Header),
+                ParamLocation::Cookie => unreachable!("the linter refuses cookie parameters before generation"),
             };
             let required = param.required;
             let kind = param_kind(contract, &param.schema);
@@ -235,11 +256,16 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
             };
             quote!(rt::ParamSpec { name: #name, location: #location, required: #required, kind: #kind, default: #default })
         });
-        let params_schema_text = params_schema(contract, op).to_string();
+        let params_file = format!("{op_id}.params.json");
+        let params_path = format!("../{SCHEMA_DIR}/{params_file}");
+        schemas.insert(params_file, params_schema(contract, op));
+        let params_schema = quote!(include_str!(#params_path));
         let body_schema = match &op.body {
             Some(body) => {
-                let text = contract.standalone_schema(&body.schema).to_string();
-                quote!(Some(#text))
+                let body_file = format!("{op_id}.body.json");
+                let body_path = format!("../{SCHEMA_DIR}/{body_file}");
+                schemas.insert(body_file, contract.standalone_schema(request_schema(body)));
+                quote!(Some(include_str!(#body_path)))
             }
             None => quote!(None),
         };
@@ -247,7 +273,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         items.push(quote! {
             #[doc = #spec_doc]
             pub static #spec_ident: rt::OperationSpec = rt::OperationSpec::new(
-                #op_id, #method_upper, #path, #scopes, &[#(#param_specs),*], #params_schema_text, #body_schema,
+                #op_id, #method_upper, #path, #scopes, &[#(#param_specs),*], #params_schema, #body_schema,
             );
         });
 
@@ -270,7 +296,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
             let name = &param.name;
             let base = param_type(contract, &param.schema);
             let optional = !param.required && param_default(contract, &param.schema).is_none();
-            let ty = if optional { quote!(::std::option::Option<#base>) } else { base };
+            let ty = if optional { quote!(Option<#base>) } else { base };
             let doc =
                 doc_attr(&format!("`{}` ({} parameter). {}", param.name, param.location.as_str(), param.description));
             request_fields.push(quote!(#doc pub #ident: #ty,));
@@ -278,7 +304,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
             params_fields.push(quote!(#[serde(rename = #name)] #default_attr #ident: #ty,));
             request_inits.push(quote!(#ident: params.#ident));
         }
-        let body_type = op.body.as_ref().map(|body| match component_name(&body.schema) {
+        let body_type = op.body.as_ref().map(|body| match component_name(request_schema(body)) {
             Some(name) => {
                 let ident = type_ident(name);
                 quote!(types::#ident)
@@ -300,62 +326,72 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         });
         if !op.params.is_empty() {
             items.push(quote! {
-                #[derive(::serde::Deserialize)]
+                #[derive(serde::Deserialize)]
                 struct #params_ident { #(#params_fields)* }
             });
         }
 
-        // --- Response enum. ---
+        // --- Response enum: what the implementation answers itself. ---
         let mut variants = Vec::new();
         let mut arms = Vec::new();
-        for response in &op.responses {
+        for response in op.responses.iter().filter(|r| returned_by_implementations(r)) {
             let variant = format_ident!("{}", variant_name(response.status));
-            let status = response.status;
+            let status = Literal::u16_unsuffixed(response.status);
             let doc = doc_attr(&format!("{status}: {}", response.description));
             let kind = body_kind(response);
-            let content_type = response.content.as_ref().map(|c| c.media_type.clone()).unwrap_or_default();
+            let content_type = response.content.first().map(|c| c.media_type.clone()).unwrap_or_default();
             let header_fields: Vec<(Ident, TokenStream, &str, bool)> = response
                 .headers
                 .iter()
                 .map(|h| {
                     let base = header_type(&h.schema);
-                    let ty = if h.required { base } else { quote!(::std::option::Option<#base>) };
+                    let ty = if h.required { base } else { quote!(Option<#base>) };
                     (header_ident(&h.name), ty, h.name.as_str(), h.required)
                 })
                 .collect();
-            let header_pushes: Vec<TokenStream> = header_fields
-                .iter()
-                .map(|(ident, _, name, required)| {
+            // Required headers in the list as it is made; optional ones pushed when present.
+            let required_headers =
+                header_fields.iter().filter(|(.., required)| *required).map(|(ident, _, name, _)| {
                     let lower = name.to_ascii_lowercase();
-                    if *required {
-                        quote!(headers.push((#lower, #ident.to_string()));)
-                    } else {
-                        quote!(if let Some(value) = #ident { headers.push((#lower, value.to_string())); })
-                    }
+                    quote!((#lower, #ident.to_string()))
+                });
+            let optional_pushes: Vec<TokenStream> = header_fields
+                .iter()
+                .filter(|(.., required)| !*required)
+                .map(|(ident, _, name, _)| {
+                    let lower = name.to_ascii_lowercase();
+                    quote!(if let Some(value) = #ident { headers.push((#lower, value.to_string())); })
                 })
                 .collect();
-            let build = match &kind {
-                BodyKind::None => quote!(rt::empty_response(#status, headers)),
-                BodyKind::Json(_) => quote!(rt::json_response(#status, #content_type, &body, headers)),
-                BodyKind::Text => quote!(rt::text_response(#status, #content_type, body, headers)),
+            let mutable = if optional_pushes.is_empty() { quote!() } else { quote!(mut) };
+            let headers = quote! {
+                let #mutable headers: Vec<(&'static str, String)> = vec![#(#required_headers),*];
+                #(#optional_pushes)*
+            };
+            let build = |headers: TokenStream| match &kind {
+                BodyKind::None => quote!(rt::empty_response(#status, #headers)),
+                BodyKind::Json(_) => quote!(rt::json_response(#status, #content_type, &body, #headers)),
+                BodyKind::Text => quote!(rt::text_response(#status, #content_type, body, #headers)),
             };
             let body_ty = match &kind {
                 BodyKind::None => None,
                 BodyKind::Json(ty) => Some(ty.clone()),
-                BodyKind::Text => Some(quote!(::std::string::String)),
+                BodyKind::Text => Some(quote!(String)),
             };
             if header_fields.is_empty() {
+                let build = build(quote!(Vec::new()));
                 match body_ty {
                     None => {
                         variants.push(quote!(#doc #variant,));
-                        arms.push(quote!(Self::#variant => { let headers = ::std::vec::Vec::new(); #build }));
+                        arms.push(quote!(Self::#variant => #build,));
                     }
                     Some(ty) => {
                         variants.push(quote!(#doc #variant(#ty),));
-                        arms.push(quote!(Self::#variant(body) => { let headers = ::std::vec::Vec::new(); #build }));
+                        arms.push(quote!(Self::#variant(body) => #build,));
                     }
                 }
             } else {
+                let build = build(quote!(headers));
                 let field_decls = header_fields.iter().map(|(ident, ty, name, _)| {
                     let doc = format!(" The `{name}` header.");
                     quote!(#[doc = #doc] #ident: #ty,)
@@ -372,21 +408,23 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
                 variants.push(quote!(#doc #variant { #body_decl #(#field_decls)* },));
                 arms.push(quote! {
                     Self::#variant { #body_bind #(#field_names),* } => {
-                        let mut headers: ::std::vec::Vec<(&'static str, ::std::string::String)> = ::std::vec::Vec::new();
-                        #(#header_pushes)*
+                        #headers
                         #build
                     }
                 });
             }
         }
-        let response_doc = doc_attr(&format!("Every response `{op_id}` documents, one variant per status."));
+        let response_doc = doc_attr(&format!(
+            "What `{op_id}` answers itself, one variant per status. Errors with the contract's \
+             `Error` body are returned as `Err(ApiError)` instead."
+        ));
         items.push(quote! {
             #response_doc
             #[derive(Debug, Clone)]
             pub enum #response_ident { #(#variants)* }
 
-            impl ::axum::response::IntoResponse for #response_ident {
-                fn into_response(self) -> ::axum::response::Response {
+            impl IntoResponse for #response_ident {
+                fn into_response(self) -> Response {
                     match self { #(#arms)* }
                 }
             }
@@ -404,16 +442,13 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         trait_methods.push(quote! {
             #method_doc
             fn #method_ident(&self, request: #request_ident)
-                -> impl ::std::future::Future<Output = ::std::result::Result<#response_ident, rt::ApiError>> + Send;
+                -> impl Future<Output = Result<#response_ident, rt::ApiError>> + Send;
         });
 
         // --- Handler. ---
         let has_path_params = op.params.iter().any(|p| p.location == ParamLocation::Path);
-        let path_arg = if has_path_params {
-            quote!(path: ::std::result::Result<::axum::extract::RawPathParams, ::axum::extract::rejection::RawPathParamsRejection>,)
-        } else {
-            quote!()
-        };
+        let path_arg =
+            if has_path_params { quote!(path: Result<RawPathParams, RawPathParamsRejection>,) } else { quote!() };
         let path_value = if has_path_params { quote!(Some(path)) } else { quote!(None) };
         let authenticate = if op.scopes.is_some() {
             quote!(let principal = rt::authorize(&#spec_ident, &parts, |token| api.authenticate(token)).await?;)
@@ -432,10 +467,10 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         };
         handlers.push(quote! {
             async fn #handler_ident<A: #trait_ident>(
-                ::axum::extract::State(api): ::axum::extract::State<::std::sync::Arc<A>>,
+                State(api): State<Arc<A>>,
                 #path_arg
-                request: ::axum::extract::Request,
-            ) -> ::axum::response::Response {
+                request: Request,
+            ) -> Response {
                 let (parts, body) = request.into_parts();
                 let result = async {
                     #authenticate
@@ -452,7 +487,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
     // --- Router. ---
     let route_calls = routes.iter().map(|(path, methods)| {
         let mut allowed: Vec<String> = methods.iter().map(|(m, _)| m.to_uppercase()).collect();
-        if methods.iter().any(|(m, _)| *m == "get") && !methods.iter().any(|(m, _)| *m == "head") {
+        if methods.iter().any(|(m, _)| m == "get") && !methods.iter().any(|(m, _)| m == "head") {
             allowed.push("HEAD".into());
         }
         allowed.sort();
@@ -461,7 +496,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         for (index, (method, handler)) in methods.iter().enumerate() {
             let method = format_ident!("{}", method);
             if index == 0 {
-                chain.push(quote!(::axum::routing::#method(#handler::<A>)));
+                chain.push(quote!(axum::routing::#method(#handler::<A>)));
             } else {
                 chain.push(quote!(.#method(#handler::<A>)));
             }
@@ -476,8 +511,8 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
             /// Authenticates the bearer token of a secured operation and returns the
             /// principal it stands for, or an error (normally 401). The router calls it
             /// before any secured operation and then checks the operation's scope itself.
-            fn authenticate(&self, bearer_token: ::std::string::String)
-                -> impl ::std::future::Future<Output = ::std::result::Result<rt::Principal, rt::ApiError>> + Send;
+            fn authenticate(&self, bearer_token: String)
+                -> impl Future<Output = Result<rt::Principal, rt::ApiError>> + Send;
         }
     } else {
         quote!()
@@ -487,18 +522,25 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         info.file
     ));
     let file = info.file;
-    let operation_count = contract.operations.len();
+    let operation_count = Literal::usize_unsuffixed(contract.operations.len());
     let spec_idents: Vec<Ident> =
         contract.operations.iter().map(|op| format_ident!("{}", op.id.to_shouty_snake_case())).collect();
 
-    quote! {
+    let mut extractors = vec![quote!(Request), quote!(State)];
+    if contract.operations.iter().any(|op| op.path_params().next().is_some()) {
+        extractors.insert(0, quote!(RawPathParams));
+        extractors.push(quote!(rejection::RawPathParamsRejection));
+    }
+    let tokens = quote! {
         #crate_doc
-        #![allow(clippy::all, clippy::pedantic, unused_variables, unused_mut)]
 
-        use ::pake_api_runtime as rt;
+        use axum::extract::{#(#extractors),*};
+        use axum::response::{IntoResponse, Response};
+        use pake_api_runtime as rt;
+        use std::sync::Arc;
 
         /// The models of this contract, shared with the client crate.
-        pub use ::#client_crate::types;
+        pub use #client_crate::types;
 
         /// The contract this server implements, as served at `/openapi.json`.
         pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -517,7 +559,7 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         pub static OPERATIONS: &[&rt::OperationSpec] = &[#(&#spec_idents),*];
 
         /// Compiles every operation's schemas; call it at start-up to fail fast.
-        pub fn warm() -> ::std::result::Result<(), ::std::string::String> {
+        pub fn warm() -> Result<(), String> {
             OPERATIONS.iter().try_for_each(|spec| spec.warm())
         }
 
@@ -534,13 +576,14 @@ pub fn generate(info: &ContractInfo, contract: &Contract, client_crate: &str) ->
         /// Serves `api` with every operation of the contract, `/openapi.json` and `/docs`.
         /// Unknown paths answer 404 and known paths with an undeclared method 405 with
         /// `Allow`, both with the contract's error body.
-        pub fn router<A: #trait_ident>(api: ::std::sync::Arc<A>) -> ::axum::Router {
-            ::axum::Router::new()
+        pub fn router<A: #trait_ident>(api: Arc<A>) -> axum::Router {
+            axum::Router::new()
                 #(#route_calls)*
-                .route("/openapi.json", ::axum::routing::get(|| async { rt::openapi_json(OPENAPI_JSON) }))
-                .route("/docs", ::axum::routing::get(|| async { rt::docs_page(DOCS_HTML) }))
+                .route("/openapi.json", axum::routing::get(|| async { rt::openapi_json(OPENAPI_JSON) }))
+                .route("/docs", axum::routing::get(|| async { rt::docs_page(DOCS_HTML) }))
                 .fallback(rt::not_found)
                 .with_state(api)
         }
-    }
+    };
+    Server { tokens, schemas }
 }

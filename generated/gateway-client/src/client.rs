@@ -3,8 +3,10 @@
 
 #[allow(unused_imports)]
 pub use progenitor_client::{ByteStream, ClientInfo, Error, ResponseValue};
+
 #[allow(unused_imports)]
-use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderExt};
+use progenitor_client::{ClientHooks, OperationInfo, RequestBuilderExt, encode_path};
+
 /// Types used as operation parameters and responses.
 #[allow(clippy::all)]
 pub mod types {
@@ -49,35 +51,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientClientId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ApiClientClientId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientClientId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -88,9 +82,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of API clients.
@@ -123,17 +115,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -142,17 +132,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -163,9 +149,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ApiClientName`
@@ -185,14 +169,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -201,17 +183,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -222,9 +200,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///An API client to register.
@@ -265,14 +241,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientSpecName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -281,17 +255,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -302,9 +272,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Tenant the client acts for; it is put in every token and never changes.
@@ -324,14 +292,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientSpecTenant {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -340,17 +306,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientSpecTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientSpecTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -361,9 +323,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ApiClientTenant`
@@ -383,14 +343,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientTenant {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -399,17 +357,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -420,9 +374,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Fields of an API client to change; at least one.
@@ -466,14 +418,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientUpdateName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -482,17 +432,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientUpdateName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientUpdateName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -503,9 +449,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///An API client together with its newly issued secret, returned once by creation and by rotation. Store the secret now: it cannot be read again.
@@ -547,35 +491,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientWithSecretClientId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ApiClientWithSecretClientId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientWithSecretClientId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -586,9 +522,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The secret in clear, 256 random bits or more, base64url.
@@ -601,25 +535,22 @@ pub mod types {
             &self.0
         }
     }
-    impl ::std::convert::From<ApiClientWithSecretClientSecret>
-    for ::std::string::String {
+    impl ::std::convert::From<ApiClientWithSecretClientSecret> for ::std::string::String {
         fn from(value: ApiClientWithSecretClientSecret) -> Self {
             value.0
         }
     }
     impl ::std::str::FromStr for ApiClientWithSecretClientSecret {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
             if value.chars().count() < 32usize {
                 return Err("shorter than 32 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -628,18 +559,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientWithSecretClientSecret {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ApiClientWithSecretClientSecret {
+    impl ::std::convert::TryFrom<::std::string::String> for ApiClientWithSecretClientSecret {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -650,9 +576,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ApiClientWithSecretName`
@@ -672,14 +596,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientWithSecretName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -688,17 +610,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientWithSecretName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientWithSecretName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -709,9 +627,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ApiClientWithSecretTenant`
@@ -731,14 +647,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ApiClientWithSecretTenant {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -747,17 +661,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ApiClientWithSecretTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ApiClientWithSecretTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -768,9 +678,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The outcome of an invalidation.
@@ -794,14 +702,10 @@ pub mod types {
     pub struct CacheInvalidationRequest {
         ///Exact public request paths with their query string (`/v1/arxiv/search?q=llm`), every method and variant.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub keys: ::std::option::Option<
-            ::std::vec::Vec<CacheInvalidationRequestKeysItem>,
-        >,
+        pub keys: ::std::option::Option<::std::vec::Vec<CacheInvalidationRequestKeysItem>>,
         ///Public path prefixes (`/v1/arxiv/`); every entry under them.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub prefixes: ::std::option::Option<
-            ::std::vec::Vec<CacheInvalidationRequestPrefixesItem>,
-        >,
+        pub prefixes: ::std::option::Option<::std::vec::Vec<CacheInvalidationRequestPrefixesItem>>,
         ///Tags, from routes' `cache.tags` or upstreams' tag headers.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub tags: ::std::option::Option<::std::vec::Vec<CacheTag>>,
@@ -821,22 +725,19 @@ pub mod types {
             &self.0
         }
     }
-    impl ::std::convert::From<CacheInvalidationRequestKeysItem>
-    for ::std::string::String {
+    impl ::std::convert::From<CacheInvalidationRequestKeysItem> for ::std::string::String {
         fn from(value: CacheInvalidationRequestKeysItem) -> Self {
             value.0
         }
     }
     impl ::std::str::FromStr for CacheInvalidationRequestKeysItem {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^/\\S*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^/\\S*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^/\\S*$\"".into());
             }
@@ -845,18 +746,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for CacheInvalidationRequestKeysItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for CacheInvalidationRequestKeysItem {
+    impl ::std::convert::TryFrom<::std::string::String> for CacheInvalidationRequestKeysItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -867,9 +763,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`CacheInvalidationRequestPrefixesItem`
@@ -882,22 +776,19 @@ pub mod types {
             &self.0
         }
     }
-    impl ::std::convert::From<CacheInvalidationRequestPrefixesItem>
-    for ::std::string::String {
+    impl ::std::convert::From<CacheInvalidationRequestPrefixesItem> for ::std::string::String {
         fn from(value: CacheInvalidationRequestPrefixesItem) -> Self {
             value.0
         }
     }
     impl ::std::str::FromStr for CacheInvalidationRequestPrefixesItem {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^/\\S*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^/\\S*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^/\\S*$\"".into());
             }
@@ -906,18 +797,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for CacheInvalidationRequestPrefixesItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for CacheInvalidationRequestPrefixesItem {
+    impl ::std::convert::TryFrom<::std::string::String> for CacheInvalidationRequestPrefixesItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -928,9 +814,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Counters of one cache level.
@@ -1025,35 +909,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for CacheStatsReplicaId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 253usize {
                 return Err("longer than 253 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for CacheStatsReplicaId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for CacheStatsReplicaId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1064,9 +940,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A label attached to cached responses, used to invalidate them together.
@@ -1086,36 +960,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for CacheTag {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$\""
-                        .into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for CacheTag {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for CacheTag {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1126,24 +991,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A method whose responses the cache may store.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum CacheableMethod {
         #[serde(rename = "GET")]
         Get,
@@ -1160,9 +1012,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for CacheableMethod {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "GET" => Ok(Self::Get),
                 "HEAD" => Ok(Self::Head),
@@ -1172,17 +1022,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for CacheableMethod {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for CacheableMethod {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1216,17 +1062,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for CircuitBreakerListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -1235,18 +1079,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for CircuitBreakerListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for CircuitBreakerListNextCursor {
+    impl ::std::convert::TryFrom<::std::string::String> for CircuitBreakerListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1257,9 +1096,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The circuit breaker of one upstream instance.
@@ -1275,9 +1112,7 @@ pub mod types {
         pub instance_id: ::uuid::Uuid,
         ///When an open breaker lets probes through; null unless it is open.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub next_probe_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub next_probe_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///When the breaker last opened; null when it is closed.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub opened_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
@@ -1312,41 +1147,28 @@ pub mod types {
     }
     impl ::std::str::FromStr for CircuitBreakerStateAddress {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 261usize {
                 return Err("longer than 261 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
-                ::regress::Regex::new(
-                        "^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
-                    )
-                    .unwrap()
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
+                ::regress::Regex::new("^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$").unwrap()
             });
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$\""
-                        .into(),
-                );
+                return Err("doesn't match pattern \"^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for CircuitBreakerStateAddress {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for CircuitBreakerStateAddress {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1357,9 +1179,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`CircuitBreakerStateService`
@@ -1379,14 +1199,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for CircuitBreakerStateService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -1395,17 +1213,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for CircuitBreakerStateService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for CircuitBreakerStateService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1416,9 +1230,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`{service}.{instance_id}`.
@@ -1438,18 +1250,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for CircuitBreakerStateUpstreamId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 100usize {
                 return Err("longer than 100 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-                    )
-                    .unwrap()
+                    "^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -1462,18 +1271,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for CircuitBreakerStateUpstreamId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for CircuitBreakerStateUpstreamId {
+    impl ::std::convert::TryFrom<::std::string::String> for CircuitBreakerStateUpstreamId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1484,24 +1288,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`closed`: requests flow; `open`: the instance gets no requests until `next_probe_at`; `half_open`: a few probe requests decide between closing and opening again.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum CircuitState {
         #[serde(rename = "closed")]
         Closed,
@@ -1521,9 +1312,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for CircuitState {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "closed" => Ok(Self::Closed),
                 "open" => Ok(Self::Open),
@@ -1534,17 +1323,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for CircuitState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for CircuitState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1565,14 +1350,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for DeleteRouteIfMatch {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 20usize {
                 return Err("longer than 20 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^\"[1-9][0-9]{0,17}\"$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^\"[1-9][0-9]{0,17}\"$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^\"[1-9][0-9]{0,17}\"$\"".into());
             }
@@ -1581,17 +1364,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for DeleteRouteIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for DeleteRouteIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1602,9 +1381,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The body of every 4xx and 5xx response.
@@ -1643,11 +1420,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorCode {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9_]{1,63}$\"".into());
             }
@@ -1656,17 +1431,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1677,9 +1448,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ErrorDetail`
@@ -1714,9 +1483,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailField {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
@@ -1725,17 +1492,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1746,24 +1509,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Where the problem is.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum ErrorDetailLocation {
         #[serde(rename = "body")]
         Body,
@@ -1786,9 +1536,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailLocation {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "body" => Ok(Self::Body),
                 "path" => Ok(Self::Path),
@@ -1800,17 +1548,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1831,9 +1575,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -1845,17 +1587,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1866,9 +1604,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Human-readable explanation, lowercase, without a trailing period.
@@ -1888,9 +1624,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -1902,17 +1636,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1923,9 +1653,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///W3C trace id of the request, for correlating logs and traces.
@@ -1945,11 +1673,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -1958,17 +1684,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1979,9 +1701,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetCircuitBreakerUpstreamId`
@@ -2001,18 +1721,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetCircuitBreakerUpstreamId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 100usize {
                 return Err("longer than 100 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-                    )
-                    .unwrap()
+                    "^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -2025,17 +1742,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for GetCircuitBreakerUpstreamId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetCircuitBreakerUpstreamId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2046,9 +1759,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///An HTTP header field name (case-insensitive).
@@ -2068,35 +1779,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for HeaderName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z][A-Za-z0-9-]{0,63}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z][A-Za-z0-9-]{0,63}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z][A-Za-z0-9-]{0,63}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z][A-Za-z0-9-]{0,63}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for HeaderName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HeaderName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2107,19 +1810,14 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Health in the style of the IETF "Health Check Response Format for HTTP APIs" draft (`application/health+json`), with snake_case field names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Health {
         ///One entry per dependency, keyed by component: `store`, `redis` and `registry`. Absent from the liveness answer.
-        #[serde(
-            default,
-            skip_serializing_if = ":: std :: collections :: HashMap::is_empty"
-        )]
+        #[serde(default, skip_serializing_if = ":: std :: collections :: HashMap::is_empty")]
         pub checks: ::std::collections::HashMap<::std::string::String, HealthCheck>,
         ///Human-readable name of the service.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -2159,18 +1857,7 @@ pub mod types {
         }
     }
     ///Kind of dependency: `datastore` for the store and Redis, `component` for the registry.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthCheckComponentType {
         #[serde(rename = "datastore")]
         Datastore,
@@ -2190,9 +1877,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckComponentType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "datastore" => Ok(Self::Datastore),
                 "component" => Ok(Self::Component),
@@ -2203,17 +1888,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2234,9 +1915,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -2248,17 +1927,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2269,9 +1944,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Human-readable name of the service.
@@ -2291,9 +1964,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -2302,17 +1973,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2323,9 +1990,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Why the status is not `pass`; absent when it is.
@@ -2345,9 +2010,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -2359,17 +2022,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2380,9 +2039,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the service reporting, `api-gateway`.
@@ -2402,14 +2059,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthServiceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2418,17 +2073,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthServiceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthServiceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2439,24 +2090,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`pass`: healthy; `warn`: serving, degraded; `fail`: not serving.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthStatus {
         #[serde(rename = "pass")]
         Pass,
@@ -2476,9 +2114,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "pass" => Ok(Self::Pass),
                 "warn" => Ok(Self::Warn),
@@ -2489,17 +2125,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2520,18 +2152,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
-                    )
-                    .unwrap()
+                    "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -2544,17 +2173,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2565,24 +2190,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///An HTTP request method a route can match.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HttpMethod {
         #[serde(rename = "GET")]
         Get,
@@ -2614,9 +2226,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HttpMethod {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "GET" => Ok(Self::Get),
                 "HEAD" => Ok(Self::Head),
@@ -2631,17 +2241,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HttpMethod {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HttpMethod {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2676,18 +2282,7 @@ pub mod types {
         }
     }
     ///The signing algorithm used with this key.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum JwkAlg {
         #[serde(rename = "RS256")]
         Rs256,
@@ -2704,9 +2299,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkAlg {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "RS256" => Ok(Self::Rs256),
                 "EdDSA" => Ok(Self::EdDsa),
@@ -2716,33 +2309,18 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkAlg {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkAlg {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///Curve of an OKP key.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum JwkCrv {
         Ed25519,
     }
@@ -2755,9 +2333,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkCrv {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "Ed25519" => Ok(Self::Ed25519),
                 _ => Err("invalid value".into()),
@@ -2766,17 +2342,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkCrv {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkCrv {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2797,17 +2369,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkE {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 12usize {
                 return Err("longer than 12 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -2816,17 +2386,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkE {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkE {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2837,9 +2403,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Key id, matched against the `kid` in a token's header.
@@ -2859,14 +2423,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkKid {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]{1,64}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]{1,64}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]{1,64}$\"".into());
             }
@@ -2875,17 +2437,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkKid {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkKid {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2896,24 +2454,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Key type.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum JwkKty {
         #[serde(rename = "RSA")]
         Rsa,
@@ -2930,9 +2475,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkKty {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "RSA" => Ok(Self::Rsa),
                 "OKP" => Ok(Self::Okp),
@@ -2942,17 +2485,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkKty {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkKty {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2973,17 +2512,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkN {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 683usize {
                 return Err("longer than 683 characters".into());
             }
             if value.chars().count() < 342usize {
                 return Err("shorter than 342 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -2992,17 +2529,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkN {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkN {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3013,24 +2546,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Always signature verification.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum JwkUse {
         #[serde(rename = "sig")]
         Sig,
@@ -3044,9 +2564,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkUse {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "sig" => Ok(Self::Sig),
                 _ => Err("invalid value".into()),
@@ -3055,17 +2573,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkUse {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkUse {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3086,17 +2600,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for JwkX {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 43usize {
                 return Err("longer than 43 characters".into());
             }
             if value.chars().count() < 43usize {
                 return Err("shorter than 43 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3105,17 +2617,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for JwkX {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for JwkX {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3126,9 +2634,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A JSON Web Key Set (RFC 7517 §5).
@@ -3159,17 +2665,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListApiClientsCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3178,17 +2682,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListApiClientsCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListApiClientsCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3199,9 +2699,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListApiClientsTenant`
@@ -3221,14 +2719,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListApiClientsTenant {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3237,17 +2733,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListApiClientsTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListApiClientsTenant {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3258,9 +2750,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListCircuitBreakersCursor`
@@ -3280,17 +2770,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListCircuitBreakersCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3299,17 +2787,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListCircuitBreakersCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListCircuitBreakersCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3320,9 +2804,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListCircuitBreakersService`
@@ -3342,14 +2824,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListCircuitBreakersService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3358,17 +2838,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListCircuitBreakersService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListCircuitBreakersService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3379,9 +2855,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListRateLimitPoliciesCursor`
@@ -3401,17 +2875,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListRateLimitPoliciesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3420,17 +2892,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListRateLimitPoliciesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListRateLimitPoliciesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3441,9 +2909,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListRoutesApiVersion`
@@ -3463,14 +2929,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListRoutesApiVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4usize {
                 return Err("longer than 4 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^v[1-9][0-9]{0,2}$\"".into());
             }
@@ -3479,17 +2943,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListRoutesApiVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListRoutesApiVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3500,9 +2960,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListRoutesCursor`
@@ -3522,17 +2980,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListRoutesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3541,17 +2997,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListRoutesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListRoutesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3562,9 +3014,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListRoutesPathPrefix`
@@ -3584,17 +3034,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListRoutesPathPrefix {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^(/[A-Za-z0-9._~-]+)*/?$\"".into());
             }
@@ -3603,17 +3051,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListRoutesPathPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListRoutesPathPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3624,9 +3068,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListRoutesService`
@@ -3646,14 +3088,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListRoutesService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3662,17 +3102,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListRoutesService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListRoutesService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3683,24 +3119,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`gcra`: generic cell rate algorithm (a smooth token bucket, one timestamp per key); `sliding_window`: sliding-window counter over `period_seconds`.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum RateLimitAlgorithm {
         #[serde(rename = "gcra")]
         Gcra,
@@ -3717,9 +3140,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for RateLimitAlgorithm {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "gcra" => Ok(Self::Gcra),
                 "sliding_window" => Ok(Self::SlidingWindow),
@@ -3729,17 +3150,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RateLimitAlgorithm {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RateLimitAlgorithm {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3795,17 +3212,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for RateLimitPolicyListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3814,18 +3229,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RateLimitPolicyListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for RateLimitPolicyListNextCursor {
+    impl ::std::convert::TryFrom<::std::string::String> for RateLimitPolicyListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3836,9 +3246,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`RateLimitPolicyName`
@@ -3858,14 +3266,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RateLimitPolicyName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3874,17 +3280,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RateLimitPolicyName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RateLimitPolicyName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3895,9 +3297,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A rate-limit policy as created or replaced: `rate` requests per `period_seconds`, plus up to `burst` requests above that at once. Counters live in Redis so that all replicas share them (in process in embedded mode).
@@ -3940,14 +3340,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RateLimitPolicySpecName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3956,17 +3354,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RateLimitPolicySpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RateLimitPolicySpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3977,24 +3371,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///What one counter covers: `per_tenant`: all requests of a tenant; `per_tenant_route`: a tenant's requests on one route; `per_client`: all requests of one API client. Requests without a token (on routes that do not require one) count as a tenant and client of their own per client address.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum RateLimitScope {
         #[serde(rename = "per_tenant")]
         PerTenant,
@@ -4014,9 +3395,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for RateLimitScope {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "per_tenant" => Ok(Self::PerTenant),
                 "per_tenant_route" => Ok(Self::PerTenantRoute),
@@ -4027,33 +3406,18 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RateLimitScope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RateLimitScope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///What the gateway does while Redis is unreachable: `fail_open` admits every request; `fail_closed` answers 503 with `Retry-After`; `local` enforces the limit in each replica's memory, so the effective limit is multiplied by the number of replicas.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum RedisUnavailableBehaviour {
         #[serde(rename = "fail_open")]
         FailOpen,
@@ -4073,9 +3437,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for RedisUnavailableBehaviour {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "fail_open" => Ok(Self::FailOpen),
                 "fail_closed" => Ok(Self::FailClosed),
@@ -4086,17 +3448,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RedisUnavailableBehaviour {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RedisUnavailableBehaviour {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4117,18 +3475,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ResetCircuitBreakerUpstreamId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 100usize {
                 return Err("longer than 100 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-                    )
-                    .unwrap()
+                    "^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -4141,18 +3496,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ResetCircuitBreakerUpstreamId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ResetCircuitBreakerUpstreamId {
+    impl ::std::convert::TryFrom<::std::string::String> for ResetCircuitBreakerUpstreamId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4163,24 +3513,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`connect_failure`: the connection could not be opened; `timeout`: the try exceeded `per_try_timeout_ms`; `5xx`: the upstream answered 502, 503 or 504; `reset`: the connection was reset before a response arrived.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum RetryCondition {
         #[serde(rename = "connect_failure")]
         ConnectFailure,
@@ -4203,9 +3540,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for RetryCondition {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "connect_failure" => Ok(Self::ConnectFailure),
                 "timeout" => Ok(Self::Timeout),
@@ -4217,17 +3552,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RetryCondition {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RetryCondition {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4304,14 +3635,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteApiVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4usize {
                 return Err("longer than 4 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^v[1-9][0-9]{0,2}$\"".into());
             }
@@ -4320,17 +3649,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteApiVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteApiVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4341,9 +3666,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Cache counters of one route, both levels together.
@@ -4377,14 +3700,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteCacheStatsRouteName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -4393,17 +3714,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteCacheStatsRouteName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteCacheStatsRouteName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4414,9 +3731,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of routes.
@@ -4449,17 +3764,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -4468,17 +3781,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4489,9 +3798,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Unique name of the route, used in metrics and logs.
@@ -4511,14 +3818,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -4527,17 +3832,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4548,9 +3849,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Path prefix after the version segment, starting with `/`.
@@ -4570,17 +3869,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for RoutePathPrefix {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^(/[A-Za-z0-9._~-]+)*/?$\"".into());
             }
@@ -4589,17 +3886,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RoutePathPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RoutePathPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4610,9 +3903,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the target service in the registry.
@@ -4632,14 +3923,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -4648,17 +3937,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4669,9 +3954,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A route as created or replaced. Requests to `/{api_version}{path_prefix}` (the prefix matched on whole path segments) with one of `methods` are proxied to `service`.
@@ -4737,14 +4020,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteSpecApiVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4usize {
                 return Err("longer than 4 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^v[1-9][0-9]{0,2}$\"".into());
             }
@@ -4753,17 +4034,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteSpecApiVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteSpecApiVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4774,9 +4051,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Unique name of the route, used in metrics and logs.
@@ -4796,14 +4071,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteSpecName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -4812,17 +4085,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4833,9 +4102,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Path prefix after the version segment, starting with `/`; `/` matches every path of the version.
@@ -4855,17 +4122,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteSpecPathPrefix {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^(/[A-Za-z0-9._~-]+)*/?$\"".into());
             }
@@ -4874,17 +4139,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteSpecPathPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteSpecPathPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4895,9 +4156,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the target service in the registry.
@@ -4917,14 +4176,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for RouteSpecService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -4933,17 +4190,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RouteSpecService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RouteSpecService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4954,9 +4207,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A permission, `{resource}:{action}`: `gateway:admin`, `mesh:read`, or the scopes that routes require such as `arxiv:read`.
@@ -4976,39 +4227,28 @@ pub mod types {
     }
     impl ::std::str::FromStr for Scope {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 127usize {
                 return Err("longer than 127 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
-                ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}$")
-                    .unwrap()
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
+                ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}$").unwrap()
             });
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}$\""
-                        .into(),
-                );
+                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for Scope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for Scope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5019,9 +4259,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Client-credentials grant request (RFC 6749 §4.4), as JSON.
@@ -5062,38 +4300,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenRequestAudience {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:/-]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:/-]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:/-]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:/-]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for TokenRequestAudience {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenRequestAudience {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5104,9 +4334,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The client's public identifier.
@@ -5126,35 +4354,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenRequestClientId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for TokenRequestClientId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenRequestClientId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5165,9 +4385,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The secret returned when the client was created or last rotated.
@@ -5187,17 +4405,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenRequestClientSecret {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
             if value.chars().count() < 32usize {
                 return Err("shorter than 32 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -5206,17 +4422,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TokenRequestClientSecret {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenRequestClientSecret {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5227,24 +4439,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The only grant the gateway supports.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum TokenRequestGrantType {
         #[serde(rename = "client_credentials")]
         ClientCredentials,
@@ -5258,9 +4457,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenRequestGrantType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "client_credentials" => Ok(Self::ClientCredentials),
                 _ => Err("invalid value".into()),
@@ -5269,17 +4466,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TokenRequestGrantType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenRequestGrantType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5300,18 +4493,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenRequestScope {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 8191usize {
                 return Err("longer than 8191 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}( [a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}){0,63}$",
-                    )
-                    .unwrap()
+                    "^[a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}( [a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}){0,63}$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -5324,17 +4514,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TokenRequestScope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenRequestScope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5345,9 +4531,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///An issued access token (RFC 6749 §5.1).
@@ -5383,41 +4567,28 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenResponseAccessToken {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 8192usize {
                 return Err("longer than 8192 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
-                ::regress::Regex::new(
-                        "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$",
-                    )
-                    .unwrap()
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
+                ::regress::Regex::new("^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$").unwrap()
             });
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$\""
-                        .into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for TokenResponseAccessToken {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenResponseAccessToken {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5428,9 +4599,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Space-separated scopes the token carries; empty when it carries none.
@@ -5450,18 +4619,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenResponseScope {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 8191usize {
                 return Err("longer than 8191 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^([a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}( [a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}){0,63})?$",
-                    )
-                    .unwrap()
+                    "^([a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}( [a-z][a-z0-9-]{0,62}:[a-z][a-z0-9-]{0,62}){0,63})?$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -5474,17 +4640,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TokenResponseScope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenResponseScope {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5495,24 +4657,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`TokenResponseTokenType`
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum TokenResponseTokenType {
         Bearer,
     }
@@ -5525,9 +4674,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for TokenResponseTokenType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "Bearer" => Ok(Self::Bearer),
                 _ => Err("invalid value".into()),
@@ -5536,17 +4683,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TokenResponseTokenType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TokenResponseTokenType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5567,14 +4710,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for UpdateRouteIfMatch {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 20usize {
                 return Err("longer than 20 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^\"[1-9][0-9]{0,17}\"$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^\"[1-9][0-9]{0,17}\"$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^\"[1-9][0-9]{0,17}\"$\"".into());
             }
@@ -5583,17 +4724,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for UpdateRouteIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for UpdateRouteIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5604,43 +4741,23 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     /// Types for composing complex structures.
     pub mod builder {
         #[derive(Clone, Debug)]
         pub struct ApiClient {
-            client_id: ::std::result::Result<
-                super::ApiClientClientId,
-                ::std::string::String,
-            >,
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            client_id: ::std::result::Result<super::ApiClientClientId, ::std::string::String>,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             disabled: ::std::result::Result<bool, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             name: ::std::result::Result<super::ApiClientName, ::std::string::String>,
-            rate_limit_policy_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
-            scopes: ::std::result::Result<
-                ::std::vec::Vec<super::Scope>,
-                ::std::string::String,
-            >,
-            secret_rotated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
+            scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
+            secret_rotated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             tenant: ::std::result::Result<super::ApiClientTenant, ::std::string::String>,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClient {
             fn default() -> Self {
@@ -5650,13 +4767,9 @@ pub mod types {
                     disabled: Err("no value supplied for disabled".to_string()),
                     id: Err("no value supplied for id".to_string()),
                     name: Err("no value supplied for name".to_string()),
-                    rate_limit_policy_id: Err(
-                        "no value supplied for rate_limit_policy_id".to_string(),
-                    ),
+                    rate_limit_policy_id: Err("no value supplied for rate_limit_policy_id".to_string()),
                     scopes: Err("no value supplied for scopes".to_string()),
-                    secret_rotated_at: Err(
-                        "no value supplied for secret_rotated_at".to_string(),
-                    ),
+                    secret_rotated_at: Err("no value supplied for secret_rotated_at".to_string()),
                     tenant: Err("no value supplied for tenant".to_string()),
                     updated_at: Err("no value supplied for updated_at".to_string()),
                 }
@@ -5668,11 +4781,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientClientId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.client_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for client_id: {e}")
-                    });
+                self.client_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for client_id: {e}"));
                 self
             }
             pub fn created_at<T>(mut self, value: T) -> Self
@@ -5680,11 +4790,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn disabled<T>(mut self, value: T) -> Self
@@ -5692,11 +4799,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.disabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for disabled: {e}")
-                    });
+                self.disabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for disabled: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -5704,9 +4808,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -5714,11 +4816,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn rate_limit_policy_id<T>(mut self, value: T) -> Self
@@ -5728,11 +4826,7 @@ pub mod types {
             {
                 self.rate_limit_policy_id = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_limit_policy_id: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_limit_policy_id: {e}"));
                 self
             }
             pub fn scopes<T>(mut self, value: T) -> Self
@@ -5740,11 +4834,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Scope>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scopes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scopes: {e}")
-                    });
+                self.scopes = value.try_into().map_err(|e| format!("error converting supplied value for scopes: {e}"));
                 self
             }
             pub fn secret_rotated_at<T>(mut self, value: T) -> Self
@@ -5752,13 +4842,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.secret_rotated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for secret_rotated_at: {e}"
-                        )
-                    });
+                self.secret_rotated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for secret_rotated_at: {e}"));
                 self
             }
             pub fn tenant<T>(mut self, value: T) -> Self
@@ -5766,11 +4851,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientTenant>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tenant = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tenant: {e}")
-                    });
+                self.tenant = value.try_into().map_err(|e| format!("error converting supplied value for tenant: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -5778,19 +4859,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ApiClient> for super::ApiClient {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ApiClient,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ApiClient) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     client_id: value.client_id?,
                     created_at: value.created_at?,
@@ -5823,14 +4899,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ApiClientList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::ApiClient>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::ApiClientListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::ApiClient>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::ApiClientListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClientList {
             fn default() -> Self {
@@ -5846,63 +4917,37 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ApiClient>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ApiClientListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ApiClientListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ApiClientList> for super::ApiClientList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ApiClientList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: ApiClientList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::ApiClientList> for ApiClientList {
             fn from(value: super::ApiClientList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct ApiClientSpec {
             disabled: ::std::result::Result<bool, ::std::string::String>,
             name: ::std::result::Result<super::ApiClientSpecName, ::std::string::String>,
-            rate_limit_policy_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
-            scopes: ::std::result::Result<
-                ::std::vec::Vec<super::Scope>,
-                ::std::string::String,
-            >,
-            tenant: ::std::result::Result<
-                super::ApiClientSpecTenant,
-                ::std::string::String,
-            >,
+            rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
+            scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
+            tenant: ::std::result::Result<super::ApiClientSpecTenant, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClientSpec {
             fn default() -> Self {
@@ -5921,11 +4966,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.disabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for disabled: {e}")
-                    });
+                self.disabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for disabled: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -5933,11 +4975,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientSpecName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn rate_limit_policy_id<T>(mut self, value: T) -> Self
@@ -5947,11 +4985,7 @@ pub mod types {
             {
                 self.rate_limit_policy_id = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_limit_policy_id: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_limit_policy_id: {e}"));
                 self
             }
             pub fn scopes<T>(mut self, value: T) -> Self
@@ -5959,11 +4993,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Scope>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scopes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scopes: {e}")
-                    });
+                self.scopes = value.try_into().map_err(|e| format!("error converting supplied value for scopes: {e}"));
                 self
             }
             pub fn tenant<T>(mut self, value: T) -> Self
@@ -5971,19 +5001,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientSpecTenant>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tenant = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tenant: {e}")
-                    });
+                self.tenant = value.try_into().map_err(|e| format!("error converting supplied value for tenant: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ApiClientSpec> for super::ApiClientSpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ApiClientSpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ApiClientSpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     disabled: value.disabled?,
                     name: value.name?,
@@ -6006,26 +5030,11 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ApiClientUpdate {
-            disabled: ::std::result::Result<
-                ::std::option::Option<bool>,
-                ::std::string::String,
-            >,
-            name: ::std::result::Result<
-                ::std::option::Option<super::ApiClientUpdateName>,
-                ::std::string::String,
-            >,
-            rate_limit_policy_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
-            remove_rate_limit_policy: ::std::result::Result<
-                ::std::option::Option<bool>,
-                ::std::string::String,
-            >,
-            scopes: ::std::result::Result<
-                ::std::option::Option<::std::vec::Vec<super::Scope>>,
-                ::std::string::String,
-            >,
+            disabled: ::std::result::Result<::std::option::Option<bool>, ::std::string::String>,
+            name: ::std::result::Result<::std::option::Option<super::ApiClientUpdateName>, ::std::string::String>,
+            rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
+            remove_rate_limit_policy: ::std::result::Result<::std::option::Option<bool>, ::std::string::String>,
+            scopes: ::std::result::Result<::std::option::Option<::std::vec::Vec<super::Scope>>, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClientUpdate {
             fn default() -> Self {
@@ -6044,25 +5053,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<bool>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.disabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for disabled: {e}")
-                    });
+                self.disabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for disabled: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ApiClientUpdateName>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ApiClientUpdateName>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn rate_limit_policy_id<T>(mut self, value: T) -> Self
@@ -6072,11 +5072,7 @@ pub mod types {
             {
                 self.rate_limit_policy_id = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_limit_policy_id: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_limit_policy_id: {e}"));
                 self
             }
             pub fn remove_rate_limit_policy<T>(mut self, value: T) -> Self
@@ -6086,33 +5082,21 @@ pub mod types {
             {
                 self.remove_rate_limit_policy = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for remove_rate_limit_policy: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for remove_rate_limit_policy: {e}"));
                 self
             }
             pub fn scopes<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::vec::Vec<super::Scope>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::vec::Vec<super::Scope>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scopes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scopes: {e}")
-                    });
+                self.scopes = value.try_into().map_err(|e| format!("error converting supplied value for scopes: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ApiClientUpdate> for super::ApiClientUpdate {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ApiClientUpdate,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ApiClientUpdate) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     disabled: value.disabled?,
                     name: value.name?,
@@ -6135,63 +5119,30 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ApiClientWithSecret {
-            client_id: ::std::result::Result<
-                super::ApiClientWithSecretClientId,
-                ::std::string::String,
-            >,
-            client_secret: ::std::result::Result<
-                super::ApiClientWithSecretClientSecret,
-                ::std::string::String,
-            >,
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            client_id: ::std::result::Result<super::ApiClientWithSecretClientId, ::std::string::String>,
+            client_secret: ::std::result::Result<super::ApiClientWithSecretClientSecret, ::std::string::String>,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             disabled: ::std::result::Result<bool, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            name: ::std::result::Result<
-                super::ApiClientWithSecretName,
-                ::std::string::String,
-            >,
-            rate_limit_policy_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
-            scopes: ::std::result::Result<
-                ::std::vec::Vec<super::Scope>,
-                ::std::string::String,
-            >,
-            secret_rotated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            tenant: ::std::result::Result<
-                super::ApiClientWithSecretTenant,
-                ::std::string::String,
-            >,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            name: ::std::result::Result<super::ApiClientWithSecretName, ::std::string::String>,
+            rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
+            scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
+            secret_rotated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            tenant: ::std::result::Result<super::ApiClientWithSecretTenant, ::std::string::String>,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClientWithSecret {
             fn default() -> Self {
                 Self {
                     client_id: Err("no value supplied for client_id".to_string()),
-                    client_secret: Err(
-                        "no value supplied for client_secret".to_string(),
-                    ),
+                    client_secret: Err("no value supplied for client_secret".to_string()),
                     created_at: Err("no value supplied for created_at".to_string()),
                     disabled: Err("no value supplied for disabled".to_string()),
                     id: Err("no value supplied for id".to_string()),
                     name: Err("no value supplied for name".to_string()),
-                    rate_limit_policy_id: Err(
-                        "no value supplied for rate_limit_policy_id".to_string(),
-                    ),
+                    rate_limit_policy_id: Err("no value supplied for rate_limit_policy_id".to_string()),
                     scopes: Err("no value supplied for scopes".to_string()),
-                    secret_rotated_at: Err(
-                        "no value supplied for secret_rotated_at".to_string(),
-                    ),
+                    secret_rotated_at: Err("no value supplied for secret_rotated_at".to_string()),
                     tenant: Err("no value supplied for tenant".to_string()),
                     updated_at: Err("no value supplied for updated_at".to_string()),
                 }
@@ -6203,11 +5154,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientWithSecretClientId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.client_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for client_id: {e}")
-                    });
+                self.client_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for client_id: {e}"));
                 self
             }
             pub fn client_secret<T>(mut self, value: T) -> Self
@@ -6215,11 +5163,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientWithSecretClientSecret>,
                 T::Error: ::std::fmt::Display,
             {
-                self.client_secret = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for client_secret: {e}")
-                    });
+                self.client_secret =
+                    value.try_into().map_err(|e| format!("error converting supplied value for client_secret: {e}"));
                 self
             }
             pub fn created_at<T>(mut self, value: T) -> Self
@@ -6227,11 +5172,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn disabled<T>(mut self, value: T) -> Self
@@ -6239,11 +5181,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.disabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for disabled: {e}")
-                    });
+                self.disabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for disabled: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -6251,9 +5190,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -6261,11 +5198,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientWithSecretName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn rate_limit_policy_id<T>(mut self, value: T) -> Self
@@ -6275,11 +5208,7 @@ pub mod types {
             {
                 self.rate_limit_policy_id = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_limit_policy_id: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_limit_policy_id: {e}"));
                 self
             }
             pub fn scopes<T>(mut self, value: T) -> Self
@@ -6287,11 +5216,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Scope>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scopes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scopes: {e}")
-                    });
+                self.scopes = value.try_into().map_err(|e| format!("error converting supplied value for scopes: {e}"));
                 self
             }
             pub fn secret_rotated_at<T>(mut self, value: T) -> Self
@@ -6299,13 +5224,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.secret_rotated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for secret_rotated_at: {e}"
-                        )
-                    });
+                self.secret_rotated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for secret_rotated_at: {e}"));
                 self
             }
             pub fn tenant<T>(mut self, value: T) -> Self
@@ -6313,11 +5233,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ApiClientWithSecretTenant>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tenant = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tenant: {e}")
-                    });
+                self.tenant = value.try_into().map_err(|e| format!("error converting supplied value for tenant: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -6325,20 +5241,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<ApiClientWithSecret>
-        for super::ApiClientWithSecret {
+        impl ::std::convert::TryFrom<ApiClientWithSecret> for super::ApiClientWithSecret {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ApiClientWithSecret,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ApiClientWithSecret) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     client_id: value.client_id?,
                     client_secret: value.client_secret?,
@@ -6376,19 +5286,14 @@ pub mod types {
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             invalidated: ::std::result::Result<u64, ::std::string::String>,
             propagated_to: ::std::result::Result<u64, ::std::string::String>,
-            requested_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            requested_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for CacheInvalidation {
             fn default() -> Self {
                 Self {
                     id: Err("no value supplied for id".to_string()),
                     invalidated: Err("no value supplied for invalidated".to_string()),
-                    propagated_to: Err(
-                        "no value supplied for propagated_to".to_string(),
-                    ),
+                    propagated_to: Err("no value supplied for propagated_to".to_string()),
                     requested_at: Err("no value supplied for requested_at".to_string()),
                 }
             }
@@ -6399,9 +5304,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn invalidated<T>(mut self, value: T) -> Self
@@ -6409,11 +5312,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.invalidated = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for invalidated: {e}")
-                    });
+                self.invalidated =
+                    value.try_into().map_err(|e| format!("error converting supplied value for invalidated: {e}"));
                 self
             }
             pub fn propagated_to<T>(mut self, value: T) -> Self
@@ -6421,11 +5321,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.propagated_to = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for propagated_to: {e}")
-                    });
+                self.propagated_to =
+                    value.try_into().map_err(|e| format!("error converting supplied value for propagated_to: {e}"));
                 self
             }
             pub fn requested_at<T>(mut self, value: T) -> Self
@@ -6433,19 +5330,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.requested_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for requested_at: {e}")
-                    });
+                self.requested_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for requested_at: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<CacheInvalidation> for super::CacheInvalidation {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CacheInvalidation,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: CacheInvalidation) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     id: value.id?,
                     invalidated: value.invalidated?,
@@ -6467,100 +5359,60 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct CacheInvalidationRequest {
             keys: ::std::result::Result<
-                ::std::option::Option<
-                    ::std::vec::Vec<super::CacheInvalidationRequestKeysItem>,
-                >,
+                ::std::option::Option<::std::vec::Vec<super::CacheInvalidationRequestKeysItem>>,
                 ::std::string::String,
             >,
             prefixes: ::std::result::Result<
-                ::std::option::Option<
-                    ::std::vec::Vec<super::CacheInvalidationRequestPrefixesItem>,
-                >,
+                ::std::option::Option<::std::vec::Vec<super::CacheInvalidationRequestPrefixesItem>>,
                 ::std::string::String,
             >,
-            tags: ::std::result::Result<
-                ::std::option::Option<::std::vec::Vec<super::CacheTag>>,
-                ::std::string::String,
-            >,
+            tags: ::std::result::Result<::std::option::Option<::std::vec::Vec<super::CacheTag>>, ::std::string::String>,
         }
         impl ::std::default::Default for CacheInvalidationRequest {
             fn default() -> Self {
-                Self {
-                    keys: Ok(Default::default()),
-                    prefixes: Ok(Default::default()),
-                    tags: Ok(Default::default()),
-                }
+                Self { keys: Ok(Default::default()), prefixes: Ok(Default::default()), tags: Ok(Default::default()) }
             }
         }
         impl CacheInvalidationRequest {
             pub fn keys<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<
-                        ::std::vec::Vec<super::CacheInvalidationRequestKeysItem>,
+                        ::std::option::Option<::std::vec::Vec<super::CacheInvalidationRequestKeysItem>>,
                     >,
-                >,
                 T::Error: ::std::fmt::Display,
             {
-                self.keys = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for keys: {e}")
-                    });
+                self.keys = value.try_into().map_err(|e| format!("error converting supplied value for keys: {e}"));
                 self
             }
             pub fn prefixes<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::option::Option<
-                        ::std::vec::Vec<super::CacheInvalidationRequestPrefixesItem>,
+                        ::std::option::Option<::std::vec::Vec<super::CacheInvalidationRequestPrefixesItem>>,
                     >,
-                >,
                 T::Error: ::std::fmt::Display,
             {
-                self.prefixes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for prefixes: {e}")
-                    });
+                self.prefixes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for prefixes: {e}"));
                 self
             }
             pub fn tags<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::vec::Vec<super::CacheTag>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::vec::Vec<super::CacheTag>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tags = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tags: {e}")
-                    });
+                self.tags = value.try_into().map_err(|e| format!("error converting supplied value for tags: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<CacheInvalidationRequest>
-        for super::CacheInvalidationRequest {
+        impl ::std::convert::TryFrom<CacheInvalidationRequest> for super::CacheInvalidationRequest {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CacheInvalidationRequest,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    keys: value.keys?,
-                    prefixes: value.prefixes?,
-                    tags: value.tags?,
-                })
+            fn try_from(value: CacheInvalidationRequest) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { keys: value.keys?, prefixes: value.prefixes?, tags: value.tags? })
             }
         }
-        impl ::std::convert::From<super::CacheInvalidationRequest>
-        for CacheInvalidationRequest {
+        impl ::std::convert::From<super::CacheInvalidationRequest> for CacheInvalidationRequest {
             fn from(value: super::CacheInvalidationRequest) -> Self {
-                Self {
-                    keys: Ok(value.keys),
-                    prefixes: Ok(value.prefixes),
-                    tags: Ok(value.tags),
-                }
+                Self { keys: Ok(value.keys), prefixes: Ok(value.prefixes), tags: Ok(value.tags) }
             }
         }
         #[derive(Clone, Debug)]
@@ -6590,11 +5442,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.bytes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for bytes: {e}")
-                    });
+                self.bytes = value.try_into().map_err(|e| format!("error converting supplied value for bytes: {e}"));
                 self
             }
             pub fn entries<T>(mut self, value: T) -> Self
@@ -6602,11 +5450,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.entries = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for entries: {e}")
-                    });
+                self.entries =
+                    value.try_into().map_err(|e| format!("error converting supplied value for entries: {e}"));
                 self
             }
             pub fn evictions<T>(mut self, value: T) -> Self
@@ -6614,11 +5459,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.evictions = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for evictions: {e}")
-                    });
+                self.evictions =
+                    value.try_into().map_err(|e| format!("error converting supplied value for evictions: {e}"));
                 self
             }
             pub fn hit_rate<T>(mut self, value: T) -> Self
@@ -6626,11 +5468,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.hit_rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for hit_rate: {e}")
-                    });
+                self.hit_rate =
+                    value.try_into().map_err(|e| format!("error converting supplied value for hit_rate: {e}"));
                 self
             }
             pub fn hits<T>(mut self, value: T) -> Self
@@ -6638,11 +5477,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.hits = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for hits: {e}")
-                    });
+                self.hits = value.try_into().map_err(|e| format!("error converting supplied value for hits: {e}"));
                 self
             }
             pub fn misses<T>(mut self, value: T) -> Self
@@ -6650,19 +5485,13 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.misses = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for misses: {e}")
-                    });
+                self.misses = value.try_into().map_err(|e| format!("error converting supplied value for misses: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<CacheLevelStats> for super::CacheLevelStats {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CacheLevelStats,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: CacheLevelStats) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     bytes: value.bytes?,
                     entries: value.entries?,
@@ -6688,26 +5517,11 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct CachePolicy {
             enabled: ::std::result::Result<bool, ::std::string::String>,
-            methods: ::std::result::Result<
-                ::std::vec::Vec<super::CacheableMethod>,
-                ::std::string::String,
-            >,
-            tag_header: ::std::result::Result<
-                ::std::option::Option<super::HeaderName>,
-                ::std::string::String,
-            >,
-            tags: ::std::result::Result<
-                ::std::vec::Vec<super::CacheTag>,
-                ::std::string::String,
-            >,
-            ttl_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            vary_headers: ::std::result::Result<
-                ::std::vec::Vec<super::HeaderName>,
-                ::std::string::String,
-            >,
+            methods: ::std::result::Result<::std::vec::Vec<super::CacheableMethod>, ::std::string::String>,
+            tag_header: ::std::result::Result<::std::option::Option<super::HeaderName>, ::std::string::String>,
+            tags: ::std::result::Result<::std::vec::Vec<super::CacheTag>, ::std::string::String>,
+            ttl_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            vary_headers: ::std::result::Result<::std::vec::Vec<super::HeaderName>, ::std::string::String>,
         }
         impl ::std::default::Default for CachePolicy {
             fn default() -> Self {
@@ -6716,9 +5530,7 @@ pub mod types {
                     methods: Ok(super::defaults::cache_policy_methods()),
                     tag_header: Ok(Default::default()),
                     tags: Ok(super::defaults::cache_policy_tags()),
-                    ttl_seconds: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 60>(),
-                    ),
+                    ttl_seconds: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 60>()),
                     vary_headers: Ok(super::defaults::cache_policy_vary_headers()),
                 }
             }
@@ -6729,11 +5541,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.enabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for enabled: {e}")
-                    });
+                self.enabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for enabled: {e}"));
                 self
             }
             pub fn methods<T>(mut self, value: T) -> Self
@@ -6741,11 +5550,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::CacheableMethod>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.methods = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for methods: {e}")
-                    });
+                self.methods =
+                    value.try_into().map_err(|e| format!("error converting supplied value for methods: {e}"));
                 self
             }
             pub fn tag_header<T>(mut self, value: T) -> Self
@@ -6753,11 +5559,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::HeaderName>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tag_header = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tag_header: {e}")
-                    });
+                self.tag_header =
+                    value.try_into().map_err(|e| format!("error converting supplied value for tag_header: {e}"));
                 self
             }
             pub fn tags<T>(mut self, value: T) -> Self
@@ -6765,11 +5568,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::CacheTag>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tags = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tags: {e}")
-                    });
+                self.tags = value.try_into().map_err(|e| format!("error converting supplied value for tags: {e}"));
                 self
             }
             pub fn ttl_seconds<T>(mut self, value: T) -> Self
@@ -6777,11 +5576,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.ttl_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for ttl_seconds: {e}")
-                    });
+                self.ttl_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for ttl_seconds: {e}"));
                 self
             }
             pub fn vary_headers<T>(mut self, value: T) -> Self
@@ -6789,19 +5585,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::HeaderName>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.vary_headers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for vary_headers: {e}")
-                    });
+                self.vary_headers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for vary_headers: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<CachePolicy> for super::CachePolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CachePolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: CachePolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     enabled: value.enabled?,
                     methods: value.methods?,
@@ -6829,24 +5620,12 @@ pub mod types {
             hit_rate: ::std::result::Result<f64, ::std::string::String>,
             hits: ::std::result::Result<u64, ::std::string::String>,
             l1: ::std::result::Result<super::CacheLevelStats, ::std::string::String>,
-            l2: ::std::result::Result<
-                ::std::option::Option<super::CacheLevelStats>,
-                ::std::string::String,
-            >,
+            l2: ::std::result::Result<::std::option::Option<super::CacheLevelStats>, ::std::string::String>,
             lookups: ::std::result::Result<u64, ::std::string::String>,
             misses: ::std::result::Result<u64, ::std::string::String>,
-            replica_id: ::std::result::Result<
-                super::CacheStatsReplicaId,
-                ::std::string::String,
-            >,
-            routes: ::std::result::Result<
-                ::std::vec::Vec<super::RouteCacheStats>,
-                ::std::string::String,
-            >,
-            since: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            replica_id: ::std::result::Result<super::CacheStatsReplicaId, ::std::string::String>,
+            routes: ::std::result::Result<::std::vec::Vec<super::RouteCacheStats>, ::std::string::String>,
+            since: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for CacheStats {
             fn default() -> Self {
@@ -6869,11 +5648,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.hit_rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for hit_rate: {e}")
-                    });
+                self.hit_rate =
+                    value.try_into().map_err(|e| format!("error converting supplied value for hit_rate: {e}"));
                 self
             }
             pub fn hits<T>(mut self, value: T) -> Self
@@ -6881,11 +5657,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.hits = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for hits: {e}")
-                    });
+                self.hits = value.try_into().map_err(|e| format!("error converting supplied value for hits: {e}"));
                 self
             }
             pub fn l1<T>(mut self, value: T) -> Self
@@ -6893,21 +5665,15 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CacheLevelStats>,
                 T::Error: ::std::fmt::Display,
             {
-                self.l1 = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for l1: {e}"));
+                self.l1 = value.try_into().map_err(|e| format!("error converting supplied value for l1: {e}"));
                 self
             }
             pub fn l2<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::CacheLevelStats>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::CacheLevelStats>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.l2 = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for l2: {e}"));
+                self.l2 = value.try_into().map_err(|e| format!("error converting supplied value for l2: {e}"));
                 self
             }
             pub fn lookups<T>(mut self, value: T) -> Self
@@ -6915,11 +5681,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.lookups = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for lookups: {e}")
-                    });
+                self.lookups =
+                    value.try_into().map_err(|e| format!("error converting supplied value for lookups: {e}"));
                 self
             }
             pub fn misses<T>(mut self, value: T) -> Self
@@ -6927,11 +5690,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.misses = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for misses: {e}")
-                    });
+                self.misses = value.try_into().map_err(|e| format!("error converting supplied value for misses: {e}"));
                 self
             }
             pub fn replica_id<T>(mut self, value: T) -> Self
@@ -6939,11 +5698,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CacheStatsReplicaId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.replica_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for replica_id: {e}")
-                    });
+                self.replica_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for replica_id: {e}"));
                 self
             }
             pub fn routes<T>(mut self, value: T) -> Self
@@ -6951,11 +5707,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::RouteCacheStats>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.routes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for routes: {e}")
-                    });
+                self.routes = value.try_into().map_err(|e| format!("error converting supplied value for routes: {e}"));
                 self
             }
             pub fn since<T>(mut self, value: T) -> Self
@@ -6963,19 +5715,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.since = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for since: {e}")
-                    });
+                self.since = value.try_into().map_err(|e| format!("error converting supplied value for since: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<CacheStats> for super::CacheStats {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CacheStats,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: CacheStats) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     hit_rate: value.hit_rate?,
                     hits: value.hits?,
@@ -7006,10 +5752,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct CircuitBreakerList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::CircuitBreakerState>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::CircuitBreakerState>, ::std::string::String>,
             next_cursor: ::std::result::Result<
                 ::std::option::Option<super::CircuitBreakerListNextCursor>,
                 ::std::string::String,
@@ -7029,53 +5772,33 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::CircuitBreakerState>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::CircuitBreakerListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::CircuitBreakerListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<CircuitBreakerList> for super::CircuitBreakerList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CircuitBreakerList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: CircuitBreakerList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::CircuitBreakerList> for CircuitBreakerList {
             fn from(value: super::CircuitBreakerList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct CircuitBreakerState {
-            address: ::std::result::Result<
-                super::CircuitBreakerStateAddress,
-                ::std::string::String,
-            >,
+            address: ::std::result::Result<super::CircuitBreakerStateAddress, ::std::string::String>,
             consecutive_failures: ::std::result::Result<u64, ::std::string::String>,
             failure_rate: ::std::result::Result<f64, ::std::string::String>,
             instance_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
@@ -7087,39 +5810,25 @@ pub mod types {
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
-            service: ::std::result::Result<
-                super::CircuitBreakerStateService,
-                ::std::string::String,
-            >,
+            service: ::std::result::Result<super::CircuitBreakerStateService, ::std::string::String>,
             state: ::std::result::Result<super::CircuitState, ::std::string::String>,
             total_failures: ::std::result::Result<u64, ::std::string::String>,
             total_requests: ::std::result::Result<u64, ::std::string::String>,
-            upstream_id: ::std::result::Result<
-                super::CircuitBreakerStateUpstreamId,
-                ::std::string::String,
-            >,
+            upstream_id: ::std::result::Result<super::CircuitBreakerStateUpstreamId, ::std::string::String>,
         }
         impl ::std::default::Default for CircuitBreakerState {
             fn default() -> Self {
                 Self {
                     address: Err("no value supplied for address".to_string()),
-                    consecutive_failures: Err(
-                        "no value supplied for consecutive_failures".to_string(),
-                    ),
+                    consecutive_failures: Err("no value supplied for consecutive_failures".to_string()),
                     failure_rate: Err("no value supplied for failure_rate".to_string()),
                     instance_id: Err("no value supplied for instance_id".to_string()),
-                    next_probe_at: Err(
-                        "no value supplied for next_probe_at".to_string(),
-                    ),
+                    next_probe_at: Err("no value supplied for next_probe_at".to_string()),
                     opened_at: Err("no value supplied for opened_at".to_string()),
                     service: Err("no value supplied for service".to_string()),
                     state: Err("no value supplied for state".to_string()),
-                    total_failures: Err(
-                        "no value supplied for total_failures".to_string(),
-                    ),
-                    total_requests: Err(
-                        "no value supplied for total_requests".to_string(),
-                    ),
+                    total_failures: Err("no value supplied for total_failures".to_string()),
+                    total_requests: Err("no value supplied for total_requests".to_string()),
                     upstream_id: Err("no value supplied for upstream_id".to_string()),
                 }
             }
@@ -7130,11 +5839,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CircuitBreakerStateAddress>,
                 T::Error: ::std::fmt::Display,
             {
-                self.address = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for address: {e}")
-                    });
+                self.address =
+                    value.try_into().map_err(|e| format!("error converting supplied value for address: {e}"));
                 self
             }
             pub fn consecutive_failures<T>(mut self, value: T) -> Self
@@ -7144,11 +5850,7 @@ pub mod types {
             {
                 self.consecutive_failures = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for consecutive_failures: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for consecutive_failures: {e}"));
                 self
             }
             pub fn failure_rate<T>(mut self, value: T) -> Self
@@ -7156,11 +5858,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.failure_rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for failure_rate: {e}")
-                    });
+                self.failure_rate =
+                    value.try_into().map_err(|e| format!("error converting supplied value for failure_rate: {e}"));
                 self
             }
             pub fn instance_id<T>(mut self, value: T) -> Self
@@ -7168,39 +5867,26 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.instance_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for instance_id: {e}")
-                    });
+                self.instance_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for instance_id: {e}"));
                 self
             }
             pub fn next_probe_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_probe_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_probe_at: {e}")
-                    });
+                self.next_probe_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_probe_at: {e}"));
                 self
             }
             pub fn opened_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.opened_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for opened_at: {e}")
-                    });
+                self.opened_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for opened_at: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -7208,11 +5894,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CircuitBreakerStateService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn state<T>(mut self, value: T) -> Self
@@ -7220,11 +5903,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CircuitState>,
                 T::Error: ::std::fmt::Display,
             {
-                self.state = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for state: {e}")
-                    });
+                self.state = value.try_into().map_err(|e| format!("error converting supplied value for state: {e}"));
                 self
             }
             pub fn total_failures<T>(mut self, value: T) -> Self
@@ -7232,13 +5911,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.total_failures = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for total_failures: {e}"
-                        )
-                    });
+                self.total_failures =
+                    value.try_into().map_err(|e| format!("error converting supplied value for total_failures: {e}"));
                 self
             }
             pub fn total_requests<T>(mut self, value: T) -> Self
@@ -7246,13 +5920,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.total_requests = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for total_requests: {e}"
-                        )
-                    });
+                self.total_requests =
+                    value.try_into().map_err(|e| format!("error converting supplied value for total_requests: {e}"));
                 self
             }
             pub fn upstream_id<T>(mut self, value: T) -> Self
@@ -7260,20 +5929,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CircuitBreakerStateUpstreamId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.upstream_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for upstream_id: {e}")
-                    });
+                self.upstream_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for upstream_id: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<CircuitBreakerState>
-        for super::CircuitBreakerState {
+        impl ::std::convert::TryFrom<CircuitBreakerState> for super::CircuitBreakerState {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CircuitBreakerState,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: CircuitBreakerState) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     address: value.address?,
                     consecutive_failures: value.consecutive_failures?,
@@ -7309,15 +5972,9 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct Error {
             code: ::std::result::Result<super::ErrorCode, ::std::string::String>,
-            details: ::std::result::Result<
-                ::std::vec::Vec<super::ErrorDetail>,
-                ::std::string::String,
-            >,
+            details: ::std::result::Result<::std::vec::Vec<super::ErrorDetail>, ::std::string::String>,
             message: ::std::result::Result<super::ErrorMessage, ::std::string::String>,
-            trace_id: ::std::result::Result<
-                ::std::option::Option<super::ErrorTraceId>,
-                ::std::string::String,
-            >,
+            trace_id: ::std::result::Result<::std::option::Option<super::ErrorTraceId>, ::std::string::String>,
         }
         impl ::std::default::Default for Error {
             fn default() -> Self {
@@ -7335,11 +5992,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorCode>,
                 T::Error: ::std::fmt::Display,
             {
-                self.code = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for code: {e}")
-                    });
+                self.code = value.try_into().map_err(|e| format!("error converting supplied value for code: {e}"));
                 self
             }
             pub fn details<T>(mut self, value: T) -> Self
@@ -7347,11 +6000,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ErrorDetail>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.details = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for details: {e}")
-                    });
+                self.details =
+                    value.try_into().map_err(|e| format!("error converting supplied value for details: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -7359,11 +6009,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -7371,19 +6018,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::ErrorTraceId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Error> for super::Error {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Error,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Error) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     code: value.code?,
                     details: value.details?,
@@ -7404,18 +6046,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ErrorDetail {
-            field: ::std::result::Result<
-                ::std::option::Option<super::ErrorDetailField>,
-                ::std::string::String,
-            >,
-            location: ::std::result::Result<
-                super::ErrorDetailLocation,
-                ::std::string::String,
-            >,
-            message: ::std::result::Result<
-                super::ErrorDetailMessage,
-                ::std::string::String,
-            >,
+            field: ::std::result::Result<::std::option::Option<super::ErrorDetailField>, ::std::string::String>,
+            location: ::std::result::Result<super::ErrorDetailLocation, ::std::string::String>,
+            message: ::std::result::Result<super::ErrorDetailMessage, ::std::string::String>,
         }
         impl ::std::default::Default for ErrorDetail {
             fn default() -> Self {
@@ -7429,16 +6062,10 @@ pub mod types {
         impl ErrorDetail {
             pub fn field<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ErrorDetailField>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ErrorDetailField>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.field = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for field: {e}")
-                    });
+                self.field = value.try_into().map_err(|e| format!("error converting supplied value for field: {e}"));
                 self
             }
             pub fn location<T>(mut self, value: T) -> Self
@@ -7446,11 +6073,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailLocation>,
                 T::Error: ::std::fmt::Display,
             {
-                self.location = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for location: {e}")
-                    });
+                self.location =
+                    value.try_into().map_err(|e| format!("error converting supplied value for location: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -7458,33 +6082,20 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ErrorDetail> for super::ErrorDetail {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ErrorDetail,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    field: value.field?,
-                    location: value.location?,
-                    message: value.message?,
-                })
+            fn try_from(value: ErrorDetail) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { field: value.field?, location: value.location?, message: value.message? })
             }
         }
         impl ::std::convert::From<super::ErrorDetail> for ErrorDetail {
             fn from(value: super::ErrorDetail) -> Self {
-                Self {
-                    field: Ok(value.field),
-                    location: Ok(value.location),
-                    message: Ok(value.message),
-                }
+                Self { field: Ok(value.field), location: Ok(value.location), message: Ok(value.message) }
             }
         }
         #[derive(Clone, Debug)]
@@ -7493,18 +6104,9 @@ pub mod types {
                 ::std::collections::HashMap<::std::string::String, super::HealthCheck>,
                 ::std::string::String,
             >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::HealthDescription>,
-                ::std::string::String,
-            >,
-            output: ::std::result::Result<
-                ::std::option::Option<super::HealthOutput>,
-                ::std::string::String,
-            >,
-            service_id: ::std::result::Result<
-                super::HealthServiceId,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::HealthDescription>, ::std::string::String>,
+            output: ::std::result::Result<::std::option::Option<super::HealthOutput>, ::std::string::String>,
+            service_id: ::std::result::Result<super::HealthServiceId, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
             version: ::std::result::Result<super::HealthVersion, ::std::string::String>,
         }
@@ -7523,33 +6125,19 @@ pub mod types {
         impl Health {
             pub fn checks<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::collections::HashMap<
-                        ::std::string::String,
-                        super::HealthCheck,
-                    >,
-                >,
+                T: ::std::convert::TryInto<::std::collections::HashMap<::std::string::String, super::HealthCheck>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.checks = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for checks: {e}")
-                    });
+                self.checks = value.try_into().map_err(|e| format!("error converting supplied value for checks: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
@@ -7557,11 +6145,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::HealthOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn service_id<T>(mut self, value: T) -> Self
@@ -7569,11 +6153,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthServiceId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_id: {e}")
-                    });
+                self.service_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_id: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -7581,11 +6162,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -7593,19 +6170,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthVersion>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Health> for super::Health {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Health,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Health) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     checks: value.checks?,
                     description: value.description?,
@@ -7630,27 +6202,16 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct HealthCheck {
-            component_type: ::std::result::Result<
-                super::HealthCheckComponentType,
-                ::std::string::String,
-            >,
+            component_type: ::std::result::Result<super::HealthCheckComponentType, ::std::string::String>,
             latency_ms: ::std::result::Result<i64, ::std::string::String>,
-            output: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckOutput>,
-                ::std::string::String,
-            >,
+            output: ::std::result::Result<::std::option::Option<super::HealthCheckOutput>, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
-            time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for HealthCheck {
             fn default() -> Self {
                 Self {
-                    component_type: Err(
-                        "no value supplied for component_type".to_string(),
-                    ),
+                    component_type: Err("no value supplied for component_type".to_string()),
                     latency_ms: Err("no value supplied for latency_ms".to_string()),
                     output: Ok(Default::default()),
                     status: Err("no value supplied for status".to_string()),
@@ -7664,13 +6225,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthCheckComponentType>,
                 T::Error: ::std::fmt::Display,
             {
-                self.component_type = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for component_type: {e}"
-                        )
-                    });
+                self.component_type =
+                    value.try_into().map_err(|e| format!("error converting supplied value for component_type: {e}"));
                 self
             }
             pub fn latency_ms<T>(mut self, value: T) -> Self
@@ -7678,25 +6234,16 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.latency_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for latency_ms: {e}")
-                    });
+                self.latency_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for latency_ms: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckOutput>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -7704,11 +6251,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn time<T>(mut self, value: T) -> Self
@@ -7716,19 +6259,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for time: {e}")
-                    });
+                self.time = value.try_into().map_err(|e| format!("error converting supplied value for time: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HealthCheck> for super::HealthCheck {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HealthCheck,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: HealthCheck) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     component_type: value.component_type?,
                     latency_ms: value.latency_ms?,
@@ -7752,25 +6289,13 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct Jwk {
             alg: ::std::result::Result<super::JwkAlg, ::std::string::String>,
-            crv: ::std::result::Result<
-                ::std::option::Option<super::JwkCrv>,
-                ::std::string::String,
-            >,
-            e: ::std::result::Result<
-                ::std::option::Option<super::JwkE>,
-                ::std::string::String,
-            >,
+            crv: ::std::result::Result<::std::option::Option<super::JwkCrv>, ::std::string::String>,
+            e: ::std::result::Result<::std::option::Option<super::JwkE>, ::std::string::String>,
             kid: ::std::result::Result<super::JwkKid, ::std::string::String>,
             kty: ::std::result::Result<super::JwkKty, ::std::string::String>,
-            n: ::std::result::Result<
-                ::std::option::Option<super::JwkN>,
-                ::std::string::String,
-            >,
+            n: ::std::result::Result<::std::option::Option<super::JwkN>, ::std::string::String>,
             use_: ::std::result::Result<super::JwkUse, ::std::string::String>,
-            x: ::std::result::Result<
-                ::std::option::Option<super::JwkX>,
-                ::std::string::String,
-            >,
+            x: ::std::result::Result<::std::option::Option<super::JwkX>, ::std::string::String>,
         }
         impl ::std::default::Default for Jwk {
             fn default() -> Self {
@@ -7792,11 +6317,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::JwkAlg>,
                 T::Error: ::std::fmt::Display,
             {
-                self.alg = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for alg: {e}")
-                    });
+                self.alg = value.try_into().map_err(|e| format!("error converting supplied value for alg: {e}"));
                 self
             }
             pub fn crv<T>(mut self, value: T) -> Self
@@ -7804,11 +6325,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::JwkCrv>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.crv = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for crv: {e}")
-                    });
+                self.crv = value.try_into().map_err(|e| format!("error converting supplied value for crv: {e}"));
                 self
             }
             pub fn e<T>(mut self, value: T) -> Self
@@ -7816,9 +6333,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::JwkE>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.e = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for e: {e}"));
+                self.e = value.try_into().map_err(|e| format!("error converting supplied value for e: {e}"));
                 self
             }
             pub fn kid<T>(mut self, value: T) -> Self
@@ -7826,11 +6341,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::JwkKid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.kid = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for kid: {e}")
-                    });
+                self.kid = value.try_into().map_err(|e| format!("error converting supplied value for kid: {e}"));
                 self
             }
             pub fn kty<T>(mut self, value: T) -> Self
@@ -7838,11 +6349,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::JwkKty>,
                 T::Error: ::std::fmt::Display,
             {
-                self.kty = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for kty: {e}")
-                    });
+                self.kty = value.try_into().map_err(|e| format!("error converting supplied value for kty: {e}"));
                 self
             }
             pub fn n<T>(mut self, value: T) -> Self
@@ -7850,9 +6357,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::JwkN>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.n = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for n: {e}"));
+                self.n = value.try_into().map_err(|e| format!("error converting supplied value for n: {e}"));
                 self
             }
             pub fn use_<T>(mut self, value: T) -> Self
@@ -7860,11 +6365,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::JwkUse>,
                 T::Error: ::std::fmt::Display,
             {
-                self.use_ = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for use_: {e}")
-                    });
+                self.use_ = value.try_into().map_err(|e| format!("error converting supplied value for use_: {e}"));
                 self
             }
             pub fn x<T>(mut self, value: T) -> Self
@@ -7872,17 +6373,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::JwkX>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.x = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for x: {e}"));
+                self.x = value.try_into().map_err(|e| format!("error converting supplied value for x: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Jwk> for super::Jwk {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Jwk,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Jwk) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     alg: value.alg?,
                     crv: value.crv?,
@@ -7911,16 +6408,11 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Jwks {
-            keys: ::std::result::Result<
-                ::std::vec::Vec<super::Jwk>,
-                ::std::string::String,
-            >,
+            keys: ::std::result::Result<::std::vec::Vec<super::Jwk>, ::std::string::String>,
         }
         impl ::std::default::Default for Jwks {
             fn default() -> Self {
-                Self {
-                    keys: Err("no value supplied for keys".to_string()),
-                }
+                Self { keys: Err("no value supplied for keys".to_string()) }
             }
         }
         impl Jwks {
@@ -7929,19 +6421,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Jwk>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.keys = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for keys: {e}")
-                    });
+                self.keys = value.try_into().map_err(|e| format!("error converting supplied value for keys: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Jwks> for super::Jwks {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Jwks,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Jwks) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self { keys: value.keys? })
             }
         }
@@ -7952,34 +6438,16 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct RateLimitPolicy {
-            algorithm: ::std::result::Result<
-                super::RateLimitAlgorithm,
-                ::std::string::String,
-            >,
+            algorithm: ::std::result::Result<super::RateLimitAlgorithm, ::std::string::String>,
             burst: ::std::result::Result<i64, ::std::string::String>,
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            name: ::std::result::Result<
-                super::RateLimitPolicyName,
-                ::std::string::String,
-            >,
-            on_redis_unavailable: ::std::result::Result<
-                super::RedisUnavailableBehaviour,
-                ::std::string::String,
-            >,
-            period_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            name: ::std::result::Result<super::RateLimitPolicyName, ::std::string::String>,
+            on_redis_unavailable: ::std::result::Result<super::RedisUnavailableBehaviour, ::std::string::String>,
+            period_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             rate: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             scope: ::std::result::Result<super::RateLimitScope, ::std::string::String>,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for RateLimitPolicy {
             fn default() -> Self {
@@ -7989,12 +6457,8 @@ pub mod types {
                     created_at: Err("no value supplied for created_at".to_string()),
                     id: Err("no value supplied for id".to_string()),
                     name: Err("no value supplied for name".to_string()),
-                    on_redis_unavailable: Err(
-                        "no value supplied for on_redis_unavailable".to_string(),
-                    ),
-                    period_seconds: Err(
-                        "no value supplied for period_seconds".to_string(),
-                    ),
+                    on_redis_unavailable: Err("no value supplied for on_redis_unavailable".to_string()),
+                    period_seconds: Err("no value supplied for period_seconds".to_string()),
                     rate: Err("no value supplied for rate".to_string()),
                     scope: Err("no value supplied for scope".to_string()),
                     updated_at: Err("no value supplied for updated_at".to_string()),
@@ -8007,11 +6471,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RateLimitAlgorithm>,
                 T::Error: ::std::fmt::Display,
             {
-                self.algorithm = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for algorithm: {e}")
-                    });
+                self.algorithm =
+                    value.try_into().map_err(|e| format!("error converting supplied value for algorithm: {e}"));
                 self
             }
             pub fn burst<T>(mut self, value: T) -> Self
@@ -8019,11 +6480,7 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.burst = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for burst: {e}")
-                    });
+                self.burst = value.try_into().map_err(|e| format!("error converting supplied value for burst: {e}"));
                 self
             }
             pub fn created_at<T>(mut self, value: T) -> Self
@@ -8031,11 +6488,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -8043,9 +6497,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -8053,11 +6505,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RateLimitPolicyName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn on_redis_unavailable<T>(mut self, value: T) -> Self
@@ -8067,11 +6515,7 @@ pub mod types {
             {
                 self.on_redis_unavailable = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for on_redis_unavailable: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for on_redis_unavailable: {e}"));
                 self
             }
             pub fn period_seconds<T>(mut self, value: T) -> Self
@@ -8079,13 +6523,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.period_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for period_seconds: {e}"
-                        )
-                    });
+                self.period_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for period_seconds: {e}"));
                 self
             }
             pub fn rate<T>(mut self, value: T) -> Self
@@ -8093,11 +6532,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for rate: {e}")
-                    });
+                self.rate = value.try_into().map_err(|e| format!("error converting supplied value for rate: {e}"));
                 self
             }
             pub fn scope<T>(mut self, value: T) -> Self
@@ -8105,11 +6540,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RateLimitScope>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scope = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scope: {e}")
-                    });
+                self.scope = value.try_into().map_err(|e| format!("error converting supplied value for scope: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -8117,19 +6548,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<RateLimitPolicy> for super::RateLimitPolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RateLimitPolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: RateLimitPolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     algorithm: value.algorithm?,
                     burst: value.burst?,
@@ -8162,10 +6588,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct RateLimitPolicyList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::RateLimitPolicy>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::RateLimitPolicy>, ::std::string::String>,
             next_cursor: ::std::result::Result<
                 ::std::option::Option<super::RateLimitPolicyListNextCursor>,
                 ::std::string::String,
@@ -8185,67 +6608,38 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::RateLimitPolicy>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::RateLimitPolicyListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::RateLimitPolicyListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<RateLimitPolicyList>
-        for super::RateLimitPolicyList {
+        impl ::std::convert::TryFrom<RateLimitPolicyList> for super::RateLimitPolicyList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RateLimitPolicyList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: RateLimitPolicyList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::RateLimitPolicyList> for RateLimitPolicyList {
             fn from(value: super::RateLimitPolicyList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct RateLimitPolicySpec {
-            algorithm: ::std::result::Result<
-                super::RateLimitAlgorithm,
-                ::std::string::String,
-            >,
+            algorithm: ::std::result::Result<super::RateLimitAlgorithm, ::std::string::String>,
             burst: ::std::result::Result<i64, ::std::string::String>,
-            name: ::std::result::Result<
-                super::RateLimitPolicySpecName,
-                ::std::string::String,
-            >,
-            on_redis_unavailable: ::std::result::Result<
-                ::std::option::Option<super::RedisUnavailableBehaviour>,
-                ::std::string::String,
-            >,
-            period_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            name: ::std::result::Result<super::RateLimitPolicySpecName, ::std::string::String>,
+            on_redis_unavailable:
+                ::std::result::Result<::std::option::Option<super::RedisUnavailableBehaviour>, ::std::string::String>,
+            period_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             rate: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             scope: ::std::result::Result<super::RateLimitScope, ::std::string::String>,
         }
@@ -8256,9 +6650,7 @@ pub mod types {
                     burst: Ok(Default::default()),
                     name: Err("no value supplied for name".to_string()),
                     on_redis_unavailable: Ok(Default::default()),
-                    period_seconds: Err(
-                        "no value supplied for period_seconds".to_string(),
-                    ),
+                    period_seconds: Err("no value supplied for period_seconds".to_string()),
                     rate: Err("no value supplied for rate".to_string()),
                     scope: Err("no value supplied for scope".to_string()),
                 }
@@ -8270,11 +6662,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RateLimitAlgorithm>,
                 T::Error: ::std::fmt::Display,
             {
-                self.algorithm = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for algorithm: {e}")
-                    });
+                self.algorithm =
+                    value.try_into().map_err(|e| format!("error converting supplied value for algorithm: {e}"));
                 self
             }
             pub fn burst<T>(mut self, value: T) -> Self
@@ -8282,11 +6671,7 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.burst = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for burst: {e}")
-                    });
+                self.burst = value.try_into().map_err(|e| format!("error converting supplied value for burst: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -8294,27 +6679,17 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RateLimitPolicySpecName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn on_redis_unavailable<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::RedisUnavailableBehaviour>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::RedisUnavailableBehaviour>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.on_redis_unavailable = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for on_redis_unavailable: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for on_redis_unavailable: {e}"));
                 self
             }
             pub fn period_seconds<T>(mut self, value: T) -> Self
@@ -8322,13 +6697,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.period_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for period_seconds: {e}"
-                        )
-                    });
+                self.period_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for period_seconds: {e}"));
                 self
             }
             pub fn rate<T>(mut self, value: T) -> Self
@@ -8336,11 +6706,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for rate: {e}")
-                    });
+                self.rate = value.try_into().map_err(|e| format!("error converting supplied value for rate: {e}"));
                 self
             }
             pub fn scope<T>(mut self, value: T) -> Self
@@ -8348,20 +6714,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RateLimitScope>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scope = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scope: {e}")
-                    });
+                self.scope = value.try_into().map_err(|e| format!("error converting supplied value for scope: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<RateLimitPolicySpec>
-        for super::RateLimitPolicySpec {
+        impl ::std::convert::TryFrom<RateLimitPolicySpec> for super::RateLimitPolicySpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RateLimitPolicySpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: RateLimitPolicySpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     algorithm: value.algorithm?,
                     burst: value.burst?,
@@ -8390,14 +6749,9 @@ pub mod types {
         pub struct RetryPolicy {
             budget_percent: ::std::result::Result<i64, ::std::string::String>,
             max_attempts: ::std::result::Result<i64, ::std::string::String>,
-            per_try_timeout_ms: ::std::result::Result<
-                ::std::option::Option<::std::num::NonZeroU64>,
-                ::std::string::String,
-            >,
-            retry_on: ::std::result::Result<
-                ::std::vec::Vec<super::RetryCondition>,
-                ::std::string::String,
-            >,
+            per_try_timeout_ms:
+                ::std::result::Result<::std::option::Option<::std::num::NonZeroU64>, ::std::string::String>,
+            retry_on: ::std::result::Result<::std::vec::Vec<super::RetryCondition>, ::std::string::String>,
         }
         impl ::std::default::Default for RetryPolicy {
             fn default() -> Self {
@@ -8415,13 +6769,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.budget_percent = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for budget_percent: {e}"
-                        )
-                    });
+                self.budget_percent =
+                    value.try_into().map_err(|e| format!("error converting supplied value for budget_percent: {e}"));
                 self
             }
             pub fn max_attempts<T>(mut self, value: T) -> Self
@@ -8429,27 +6778,18 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_attempts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for max_attempts: {e}")
-                    });
+                self.max_attempts =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_attempts: {e}"));
                 self
             }
             pub fn per_try_timeout_ms<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::num::NonZeroU64>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.per_try_timeout_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for per_try_timeout_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for per_try_timeout_ms: {e}"));
                 self
             }
             pub fn retry_on<T>(mut self, value: T) -> Self
@@ -8457,19 +6797,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::RetryCondition>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.retry_on = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for retry_on: {e}")
-                    });
+                self.retry_on =
+                    value.try_into().map_err(|e| format!("error converting supplied value for retry_on: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<RetryPolicy> for super::RetryPolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RetryPolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: RetryPolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     budget_percent: value.budget_percent?,
                     max_attempts: value.max_attempts?,
@@ -8490,51 +6825,24 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Route {
-            api_version: ::std::result::Result<
-                super::RouteApiVersion,
-                ::std::string::String,
-            >,
+            api_version: ::std::result::Result<super::RouteApiVersion, ::std::string::String>,
             cache: ::std::result::Result<super::CachePolicy, ::std::string::String>,
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             merge_slashes: ::std::result::Result<bool, ::std::string::String>,
-            methods: ::std::result::Result<
-                ::std::vec::Vec<super::HttpMethod>,
-                ::std::string::String,
-            >,
+            methods: ::std::result::Result<::std::vec::Vec<super::HttpMethod>, ::std::string::String>,
             name: ::std::result::Result<super::RouteName, ::std::string::String>,
-            path_prefix: ::std::result::Result<
-                super::RoutePathPrefix,
-                ::std::string::String,
-            >,
+            path_prefix: ::std::result::Result<super::RoutePathPrefix, ::std::string::String>,
             priority: ::std::result::Result<i64, ::std::string::String>,
-            rate_limit_policy_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
+            rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             require_token: ::std::result::Result<bool, ::std::string::String>,
-            required_scopes: ::std::result::Result<
-                ::std::vec::Vec<super::Scope>,
-                ::std::string::String,
-            >,
+            required_scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
             retry: ::std::result::Result<super::RetryPolicy, ::std::string::String>,
             service: ::std::result::Result<super::RouteService, ::std::string::String>,
             strip_prefix: ::std::result::Result<bool, ::std::string::String>,
-            timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            version: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            version: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for Route {
             fn default() -> Self {
@@ -8543,22 +6851,14 @@ pub mod types {
                     cache: Err("no value supplied for cache".to_string()),
                     created_at: Err("no value supplied for created_at".to_string()),
                     id: Err("no value supplied for id".to_string()),
-                    merge_slashes: Err(
-                        "no value supplied for merge_slashes".to_string(),
-                    ),
+                    merge_slashes: Err("no value supplied for merge_slashes".to_string()),
                     methods: Err("no value supplied for methods".to_string()),
                     name: Err("no value supplied for name".to_string()),
                     path_prefix: Err("no value supplied for path_prefix".to_string()),
                     priority: Err("no value supplied for priority".to_string()),
-                    rate_limit_policy_id: Err(
-                        "no value supplied for rate_limit_policy_id".to_string(),
-                    ),
-                    require_token: Err(
-                        "no value supplied for require_token".to_string(),
-                    ),
-                    required_scopes: Err(
-                        "no value supplied for required_scopes".to_string(),
-                    ),
+                    rate_limit_policy_id: Err("no value supplied for rate_limit_policy_id".to_string()),
+                    require_token: Err("no value supplied for require_token".to_string()),
+                    required_scopes: Err("no value supplied for required_scopes".to_string()),
                     retry: Err("no value supplied for retry".to_string()),
                     service: Err("no value supplied for service".to_string()),
                     strip_prefix: Err("no value supplied for strip_prefix".to_string()),
@@ -8574,11 +6874,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteApiVersion>,
                 T::Error: ::std::fmt::Display,
             {
-                self.api_version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for api_version: {e}")
-                    });
+                self.api_version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for api_version: {e}"));
                 self
             }
             pub fn cache<T>(mut self, value: T) -> Self
@@ -8586,11 +6883,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CachePolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.cache = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for cache: {e}")
-                    });
+                self.cache = value.try_into().map_err(|e| format!("error converting supplied value for cache: {e}"));
                 self
             }
             pub fn created_at<T>(mut self, value: T) -> Self
@@ -8598,11 +6891,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -8610,9 +6900,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn merge_slashes<T>(mut self, value: T) -> Self
@@ -8620,11 +6908,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.merge_slashes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for merge_slashes: {e}")
-                    });
+                self.merge_slashes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for merge_slashes: {e}"));
                 self
             }
             pub fn methods<T>(mut self, value: T) -> Self
@@ -8632,11 +6917,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::HttpMethod>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.methods = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for methods: {e}")
-                    });
+                self.methods =
+                    value.try_into().map_err(|e| format!("error converting supplied value for methods: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -8644,11 +6926,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn path_prefix<T>(mut self, value: T) -> Self
@@ -8656,11 +6934,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RoutePathPrefix>,
                 T::Error: ::std::fmt::Display,
             {
-                self.path_prefix = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for path_prefix: {e}")
-                    });
+                self.path_prefix =
+                    value.try_into().map_err(|e| format!("error converting supplied value for path_prefix: {e}"));
                 self
             }
             pub fn priority<T>(mut self, value: T) -> Self
@@ -8668,11 +6943,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.priority = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for priority: {e}")
-                    });
+                self.priority =
+                    value.try_into().map_err(|e| format!("error converting supplied value for priority: {e}"));
                 self
             }
             pub fn rate_limit_policy_id<T>(mut self, value: T) -> Self
@@ -8682,11 +6954,7 @@ pub mod types {
             {
                 self.rate_limit_policy_id = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_limit_policy_id: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_limit_policy_id: {e}"));
                 self
             }
             pub fn require_token<T>(mut self, value: T) -> Self
@@ -8694,11 +6962,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.require_token = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for require_token: {e}")
-                    });
+                self.require_token =
+                    value.try_into().map_err(|e| format!("error converting supplied value for require_token: {e}"));
                 self
             }
             pub fn required_scopes<T>(mut self, value: T) -> Self
@@ -8706,13 +6971,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Scope>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.required_scopes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for required_scopes: {e}"
-                        )
-                    });
+                self.required_scopes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for required_scopes: {e}"));
                 self
             }
             pub fn retry<T>(mut self, value: T) -> Self
@@ -8720,11 +6980,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RetryPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.retry = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for retry: {e}")
-                    });
+                self.retry = value.try_into().map_err(|e| format!("error converting supplied value for retry: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -8732,11 +6988,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn strip_prefix<T>(mut self, value: T) -> Self
@@ -8744,11 +6997,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.strip_prefix = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for strip_prefix: {e}")
-                    });
+                self.strip_prefix =
+                    value.try_into().map_err(|e| format!("error converting supplied value for strip_prefix: {e}"));
                 self
             }
             pub fn timeout_ms<T>(mut self, value: T) -> Self
@@ -8756,11 +7006,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timeout_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timeout_ms: {e}")
-                    });
+                self.timeout_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timeout_ms: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -8768,11 +7015,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -8780,19 +7024,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Route> for super::Route {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Route,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Route) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     api_version: value.api_version?,
                     cache: value.cache?,
@@ -8845,10 +7084,7 @@ pub mod types {
             hits: ::std::result::Result<u64, ::std::string::String>,
             misses: ::std::result::Result<u64, ::std::string::String>,
             route_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            route_name: ::std::result::Result<
-                super::RouteCacheStatsRouteName,
-                ::std::string::String,
-            >,
+            route_name: ::std::result::Result<super::RouteCacheStatsRouteName, ::std::string::String>,
         }
         impl ::std::default::Default for RouteCacheStats {
             fn default() -> Self {
@@ -8867,11 +7103,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.hit_rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for hit_rate: {e}")
-                    });
+                self.hit_rate =
+                    value.try_into().map_err(|e| format!("error converting supplied value for hit_rate: {e}"));
                 self
             }
             pub fn hits<T>(mut self, value: T) -> Self
@@ -8879,11 +7112,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.hits = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for hits: {e}")
-                    });
+                self.hits = value.try_into().map_err(|e| format!("error converting supplied value for hits: {e}"));
                 self
             }
             pub fn misses<T>(mut self, value: T) -> Self
@@ -8891,11 +7120,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.misses = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for misses: {e}")
-                    });
+                self.misses = value.try_into().map_err(|e| format!("error converting supplied value for misses: {e}"));
                 self
             }
             pub fn route_id<T>(mut self, value: T) -> Self
@@ -8903,11 +7128,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.route_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for route_id: {e}")
-                    });
+                self.route_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for route_id: {e}"));
                 self
             }
             pub fn route_name<T>(mut self, value: T) -> Self
@@ -8915,19 +7137,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteCacheStatsRouteName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.route_name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for route_name: {e}")
-                    });
+                self.route_name =
+                    value.try_into().map_err(|e| format!("error converting supplied value for route_name: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<RouteCacheStats> for super::RouteCacheStats {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RouteCacheStats,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: RouteCacheStats) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     hit_rate: value.hit_rate?,
                     hits: value.hits?,
@@ -8950,14 +7167,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct RouteList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Route>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::RouteListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Route>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::RouteListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for RouteList {
             fn default() -> Self {
@@ -8973,93 +7185,46 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Route>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::RouteListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::RouteListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<RouteList> for super::RouteList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RouteList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: RouteList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::RouteList> for RouteList {
             fn from(value: super::RouteList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct RouteSpec {
-            api_version: ::std::result::Result<
-                super::RouteSpecApiVersion,
-                ::std::string::String,
-            >,
-            cache: ::std::result::Result<
-                ::std::option::Option<super::CachePolicy>,
-                ::std::string::String,
-            >,
+            api_version: ::std::result::Result<super::RouteSpecApiVersion, ::std::string::String>,
+            cache: ::std::result::Result<::std::option::Option<super::CachePolicy>, ::std::string::String>,
             merge_slashes: ::std::result::Result<bool, ::std::string::String>,
-            methods: ::std::result::Result<
-                ::std::vec::Vec<super::HttpMethod>,
-                ::std::string::String,
-            >,
+            methods: ::std::result::Result<::std::vec::Vec<super::HttpMethod>, ::std::string::String>,
             name: ::std::result::Result<super::RouteSpecName, ::std::string::String>,
-            path_prefix: ::std::result::Result<
-                super::RouteSpecPathPrefix,
-                ::std::string::String,
-            >,
+            path_prefix: ::std::result::Result<super::RouteSpecPathPrefix, ::std::string::String>,
             priority: ::std::result::Result<i64, ::std::string::String>,
-            rate_limit_policy_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
-            require_token: ::std::result::Result<
-                ::std::option::Option<bool>,
-                ::std::string::String,
-            >,
-            required_scopes: ::std::result::Result<
-                ::std::vec::Vec<super::Scope>,
-                ::std::string::String,
-            >,
-            retry: ::std::result::Result<
-                ::std::option::Option<super::RetryPolicy>,
-                ::std::string::String,
-            >,
-            service: ::std::result::Result<
-                super::RouteSpecService,
-                ::std::string::String,
-            >,
+            rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
+            require_token: ::std::result::Result<::std::option::Option<bool>, ::std::string::String>,
+            required_scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
+            retry: ::std::result::Result<::std::option::Option<super::RetryPolicy>, ::std::string::String>,
+            service: ::std::result::Result<super::RouteSpecService, ::std::string::String>,
             strip_prefix: ::std::result::Result<bool, ::std::string::String>,
-            timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for RouteSpec {
             fn default() -> Self {
@@ -9077,9 +7242,7 @@ pub mod types {
                     retry: Ok(Default::default()),
                     service: Err("no value supplied for service".to_string()),
                     strip_prefix: Ok(Default::default()),
-                    timeout_ms: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 30000>(),
-                    ),
+                    timeout_ms: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 30000>()),
                 }
             }
         }
@@ -9089,11 +7252,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteSpecApiVersion>,
                 T::Error: ::std::fmt::Display,
             {
-                self.api_version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for api_version: {e}")
-                    });
+                self.api_version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for api_version: {e}"));
                 self
             }
             pub fn cache<T>(mut self, value: T) -> Self
@@ -9101,11 +7261,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::CachePolicy>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.cache = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for cache: {e}")
-                    });
+                self.cache = value.try_into().map_err(|e| format!("error converting supplied value for cache: {e}"));
                 self
             }
             pub fn merge_slashes<T>(mut self, value: T) -> Self
@@ -9113,11 +7269,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.merge_slashes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for merge_slashes: {e}")
-                    });
+                self.merge_slashes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for merge_slashes: {e}"));
                 self
             }
             pub fn methods<T>(mut self, value: T) -> Self
@@ -9125,11 +7278,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::HttpMethod>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.methods = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for methods: {e}")
-                    });
+                self.methods =
+                    value.try_into().map_err(|e| format!("error converting supplied value for methods: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -9137,11 +7287,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteSpecName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn path_prefix<T>(mut self, value: T) -> Self
@@ -9149,11 +7295,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteSpecPathPrefix>,
                 T::Error: ::std::fmt::Display,
             {
-                self.path_prefix = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for path_prefix: {e}")
-                    });
+                self.path_prefix =
+                    value.try_into().map_err(|e| format!("error converting supplied value for path_prefix: {e}"));
                 self
             }
             pub fn priority<T>(mut self, value: T) -> Self
@@ -9161,11 +7304,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.priority = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for priority: {e}")
-                    });
+                self.priority =
+                    value.try_into().map_err(|e| format!("error converting supplied value for priority: {e}"));
                 self
             }
             pub fn rate_limit_policy_id<T>(mut self, value: T) -> Self
@@ -9175,11 +7315,7 @@ pub mod types {
             {
                 self.rate_limit_policy_id = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_limit_policy_id: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_limit_policy_id: {e}"));
                 self
             }
             pub fn require_token<T>(mut self, value: T) -> Self
@@ -9187,11 +7323,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<bool>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.require_token = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for require_token: {e}")
-                    });
+                self.require_token =
+                    value.try_into().map_err(|e| format!("error converting supplied value for require_token: {e}"));
                 self
             }
             pub fn required_scopes<T>(mut self, value: T) -> Self
@@ -9199,13 +7332,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Scope>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.required_scopes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for required_scopes: {e}"
-                        )
-                    });
+                self.required_scopes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for required_scopes: {e}"));
                 self
             }
             pub fn retry<T>(mut self, value: T) -> Self
@@ -9213,11 +7341,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::RetryPolicy>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.retry = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for retry: {e}")
-                    });
+                self.retry = value.try_into().map_err(|e| format!("error converting supplied value for retry: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -9225,11 +7349,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RouteSpecService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn strip_prefix<T>(mut self, value: T) -> Self
@@ -9237,11 +7358,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.strip_prefix = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for strip_prefix: {e}")
-                    });
+                self.strip_prefix =
+                    value.try_into().map_err(|e| format!("error converting supplied value for strip_prefix: {e}"));
                 self
             }
             pub fn timeout_ms<T>(mut self, value: T) -> Self
@@ -9249,19 +7367,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timeout_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timeout_ms: {e}")
-                    });
+                self.timeout_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timeout_ms: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<RouteSpec> for super::RouteSpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RouteSpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: RouteSpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     api_version: value.api_version?,
                     cache: value.cache?,
@@ -9302,35 +7415,18 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct TokenRequest {
-            audience: ::std::result::Result<
-                ::std::option::Option<super::TokenRequestAudience>,
-                ::std::string::String,
-            >,
-            client_id: ::std::result::Result<
-                super::TokenRequestClientId,
-                ::std::string::String,
-            >,
-            client_secret: ::std::result::Result<
-                super::TokenRequestClientSecret,
-                ::std::string::String,
-            >,
-            grant_type: ::std::result::Result<
-                super::TokenRequestGrantType,
-                ::std::string::String,
-            >,
-            scope: ::std::result::Result<
-                ::std::option::Option<super::TokenRequestScope>,
-                ::std::string::String,
-            >,
+            audience: ::std::result::Result<::std::option::Option<super::TokenRequestAudience>, ::std::string::String>,
+            client_id: ::std::result::Result<super::TokenRequestClientId, ::std::string::String>,
+            client_secret: ::std::result::Result<super::TokenRequestClientSecret, ::std::string::String>,
+            grant_type: ::std::result::Result<super::TokenRequestGrantType, ::std::string::String>,
+            scope: ::std::result::Result<::std::option::Option<super::TokenRequestScope>, ::std::string::String>,
         }
         impl ::std::default::Default for TokenRequest {
             fn default() -> Self {
                 Self {
                     audience: Ok(Default::default()),
                     client_id: Err("no value supplied for client_id".to_string()),
-                    client_secret: Err(
-                        "no value supplied for client_secret".to_string(),
-                    ),
+                    client_secret: Err("no value supplied for client_secret".to_string()),
                     grant_type: Err("no value supplied for grant_type".to_string()),
                     scope: Ok(Default::default()),
                 }
@@ -9339,16 +7435,11 @@ pub mod types {
         impl TokenRequest {
             pub fn audience<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::TokenRequestAudience>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::TokenRequestAudience>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.audience = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for audience: {e}")
-                    });
+                self.audience =
+                    value.try_into().map_err(|e| format!("error converting supplied value for audience: {e}"));
                 self
             }
             pub fn client_id<T>(mut self, value: T) -> Self
@@ -9356,11 +7447,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TokenRequestClientId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.client_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for client_id: {e}")
-                    });
+                self.client_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for client_id: {e}"));
                 self
             }
             pub fn client_secret<T>(mut self, value: T) -> Self
@@ -9368,11 +7456,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TokenRequestClientSecret>,
                 T::Error: ::std::fmt::Display,
             {
-                self.client_secret = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for client_secret: {e}")
-                    });
+                self.client_secret =
+                    value.try_into().map_err(|e| format!("error converting supplied value for client_secret: {e}"));
                 self
             }
             pub fn grant_type<T>(mut self, value: T) -> Self
@@ -9380,33 +7465,22 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TokenRequestGrantType>,
                 T::Error: ::std::fmt::Display,
             {
-                self.grant_type = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for grant_type: {e}")
-                    });
+                self.grant_type =
+                    value.try_into().map_err(|e| format!("error converting supplied value for grant_type: {e}"));
                 self
             }
             pub fn scope<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::TokenRequestScope>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::TokenRequestScope>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scope = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scope: {e}")
-                    });
+                self.scope = value.try_into().map_err(|e| format!("error converting supplied value for scope: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<TokenRequest> for super::TokenRequest {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: TokenRequest,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: TokenRequest) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     audience: value.audience?,
                     client_id: value.client_id?,
@@ -9429,22 +7503,10 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct TokenResponse {
-            access_token: ::std::result::Result<
-                super::TokenResponseAccessToken,
-                ::std::string::String,
-            >,
-            expires_in: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            scope: ::std::result::Result<
-                super::TokenResponseScope,
-                ::std::string::String,
-            >,
-            token_type: ::std::result::Result<
-                super::TokenResponseTokenType,
-                ::std::string::String,
-            >,
+            access_token: ::std::result::Result<super::TokenResponseAccessToken, ::std::string::String>,
+            expires_in: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            scope: ::std::result::Result<super::TokenResponseScope, ::std::string::String>,
+            token_type: ::std::result::Result<super::TokenResponseTokenType, ::std::string::String>,
         }
         impl ::std::default::Default for TokenResponse {
             fn default() -> Self {
@@ -9462,11 +7524,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TokenResponseAccessToken>,
                 T::Error: ::std::fmt::Display,
             {
-                self.access_token = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for access_token: {e}")
-                    });
+                self.access_token =
+                    value.try_into().map_err(|e| format!("error converting supplied value for access_token: {e}"));
                 self
             }
             pub fn expires_in<T>(mut self, value: T) -> Self
@@ -9474,11 +7533,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.expires_in = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for expires_in: {e}")
-                    });
+                self.expires_in =
+                    value.try_into().map_err(|e| format!("error converting supplied value for expires_in: {e}"));
                 self
             }
             pub fn scope<T>(mut self, value: T) -> Self
@@ -9486,11 +7542,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TokenResponseScope>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scope = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scope: {e}")
-                    });
+                self.scope = value.try_into().map_err(|e| format!("error converting supplied value for scope: {e}"));
                 self
             }
             pub fn token_type<T>(mut self, value: T) -> Self
@@ -9498,19 +7550,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TokenResponseTokenType>,
                 T::Error: ::std::fmt::Display,
             {
-                self.token_type = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for token_type: {e}")
-                    });
+                self.token_type =
+                    value.try_into().map_err(|e| format!("error converting supplied value for token_type: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<TokenResponse> for super::TokenResponse {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: TokenResponse,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: TokenResponse) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     access_token: value.access_token?,
                     expires_in: value.expires_in?,
@@ -9545,9 +7592,7 @@ pub mod types {
         pub(super) fn default_nzu64<T, const V: u64>() -> T
         where
             T: ::std::convert::TryFrom<::std::num::NonZeroU64>,
-            <T as ::std::convert::TryFrom<
-                ::std::num::NonZeroU64,
-            >>::Error: ::std::fmt::Debug,
+            <T as ::std::convert::TryFrom<::std::num::NonZeroU64>>::Error: ::std::fmt::Debug,
         {
             T::try_from(::std::num::NonZeroU64::try_from(V).unwrap()).unwrap()
         }
@@ -9573,18 +7618,12 @@ pub mod types {
         pub struct ConversionError(::std::borrow::Cow<'static, str>);
         impl ::std::error::Error for ConversionError {}
         impl ::std::fmt::Display for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Display::fmt(&self.0, f)
             }
         }
         impl ::std::fmt::Debug for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Debug::fmt(&self.0, f)
             }
         }
@@ -9600,6 +7639,7 @@ pub mod types {
         }
     }
 }
+
 #[derive(Clone, Debug)]
 /**Client for PAKE API Gateway
 
@@ -9646,6 +7686,7 @@ pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
 }
+
 impl Client {
     /// Create a new client.
     ///
@@ -9669,12 +7710,10 @@ impl Client {
     /// `reqwest::Client`, and should include a scheme and hostname,
     /// as well as port and a path stem if applicable.
     pub fn new_with_client(baseurl: &str, client: reqwest::Client) -> Self {
-        Self {
-            baseurl: baseurl.to_string(),
-            client,
-        }
+        Self { baseurl: baseurl.to_string(), client }
     }
 }
+
 impl ClientInfo<()> for Client {
     fn api_version() -> &'static str {
         "0.1.0"
@@ -9689,537 +7728,539 @@ impl ClientInfo<()> for Client {
         &()
     }
 }
+
 impl ClientHooks<()> for &Client {}
+
 impl Client {
     /**Health of the gateway and its dependencies
 
-Checks the gateway's dependencies — the store (PostgreSQL, or SQLite in embedded
-mode), Redis (the in-process substitute in embedded mode) and the service registry —
-and reports each under `checks` with the latency of its probe. `status` is `pass`
-when every check passes; `warn` when the gateway still serves traffic in a degraded
-way (Redis unavailable so rate limits fall back to their `on_redis_unavailable`
-behaviour and L2 is bypassed; store unavailable while the in-memory route snapshot
-serves; registry unavailable while the discovery snapshot is still within its TTL);
-`fail` when it cannot serve, which answers 503 with the same body so that load
-balancers and Kubernetes readiness probes take the replica out.
+    Checks the gateway's dependencies — the store (PostgreSQL, or SQLite in embedded
+    mode), Redis (the in-process substitute in embedded mode) and the service registry —
+    and reports each under `checks` with the latency of its probe. `status` is `pass`
+    when every check passes; `warn` when the gateway still serves traffic in a degraded
+    way (Redis unavailable so rate limits fall back to their `on_redis_unavailable`
+    behaviour and L2 is bypassed; store unavailable while the in-memory route snapshot
+    serves; registry unavailable while the discovery snapshot is still within its TTL);
+    `fail` when it cannot serve, which answers 503 with the same body so that load
+    balancers and Kubernetes readiness probes take the replica out.
 
-Sends a `GET` request to `/v1/health`
+    Sends a `GET` request to `/v1/health`
 
-```ignore
-let response = client.get_health()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_health()
+        .send()
+        .await;
+    ```*/
     pub fn get_health(&self) -> builder::GetHealth<'_> {
         builder::GetHealth::new(self)
     }
     /**Liveness of the gateway process
 
-Answers 200 as long as the process runs and its event loop responds; it checks no
-dependency, so a Kubernetes liveness probe never restarts a replica because Redis or
-the store is down. `checks` is absent.
+    Answers 200 as long as the process runs and its event loop responds; it checks no
+    dependency, so a Kubernetes liveness probe never restarts a replica because Redis or
+    the store is down. `checks` is absent.
 
-Sends a `GET` request to `/v1/health/live`
+    Sends a `GET` request to `/v1/health/live`
 
-```ignore
-let response = client.get_liveness()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_liveness()
+        .send()
+        .await;
+    ```*/
     pub fn get_liveness(&self) -> builder::GetLiveness<'_> {
         builder::GetLiveness::new(self)
     }
     /**Prometheus metrics of the gateway
 
-The gateway's own metrics in the Prometheus text exposition format (version 0.0.4):
-request counts and latency histograms per route, method and status class, upstream
-attempts and retries, circuit-breaker states and transitions, rate-limit decisions,
-cache hits, misses and evictions per level, token issuance, and process metrics.
-Label values are bounded (route names, never raw paths).
+    The gateway's own metrics in the Prometheus text exposition format (version 0.0.4):
+    request counts and latency histograms per route, method and status class, upstream
+    attempts and retries, circuit-breaker states and transitions, rate-limit decisions,
+    cache hits, misses and evictions per level, token issuance, and process metrics.
+    Label values are bounded (route names, never raw paths).
 
-Sends a `GET` request to `/metrics`
+    Sends a `GET` request to `/metrics`
 
-```ignore
-let response = client.get_metrics()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_metrics()
+        .send()
+        .await;
+    ```*/
     pub fn get_metrics(&self) -> builder::GetMetrics<'_> {
         builder::GetMetrics::new(self)
     }
     /**Issue an access token to an API client
 
-The OAuth 2.0 client-credentials grant (RFC 6749 §4.4) with a JSON body. The client
-secret is checked against its Argon2 hash; an unknown client, a wrong secret or a
-disabled client all answer 401 with the same message (nothing tells them apart).
-The token carries the client's tenant and either all of the client's scopes or, when
-`scope` is given, exactly the requested ones; a requested scope the client does not
-hold answers 400 with code `invalid_scope` (RFC 6749 §5.2). Issuance is rate limited per client id
-and source address to slow down secret guessing (429).
+    The OAuth 2.0 client-credentials grant (RFC 6749 §4.4) with a JSON body. The client
+    secret is checked against its Argon2 hash; an unknown client, a wrong secret or a
+    disabled client all answer 401 with the same message (nothing tells them apart).
+    The token carries the client's tenant and either all of the client's scopes or, when
+    `scope` is given, exactly the requested ones; a requested scope the client does not
+    hold answers 400 with code `invalid_scope` (RFC 6749 §5.2). Issuance is rate limited per client id
+    and source address to slow down secret guessing (429).
 
-Sends a `POST` request to `/v1/auth/token`
+    Sends a `POST` request to `/v1/auth/token`
 
-```ignore
-let response = client.issue_token()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.issue_token()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn issue_token(&self) -> builder::IssueToken<'_> {
         builder::IssueToken::new(self)
     }
     /**Public keys that verify gateway tokens
 
-The JSON Web Key Set (RFC 7517) of the keys the gateway signs tokens with: the
-current signing key and, during a rotation, the previous one until every token it
-signed has expired. Upstream services verify tokens with these keys; the `kid` in a
-token's header names its key.
+    The JSON Web Key Set (RFC 7517) of the keys the gateway signs tokens with: the
+    current signing key and, during a rotation, the previous one until every token it
+    signed has expired. Upstream services verify tokens with these keys; the `kid` in a
+    token's header names its key.
 
-Sends a `GET` request to `/v1/auth/jwks`
+    Sends a `GET` request to `/v1/auth/jwks`
 
-```ignore
-let response = client.get_jwks()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_jwks()
+        .send()
+        .await;
+    ```*/
     pub fn get_jwks(&self) -> builder::GetJwks<'_> {
         builder::GetJwks::new(self)
     }
     /**List routes
 
-Routes ordered by `api_version`, then `path_prefix`, then `name`, optionally
-filtered. Filters combine with AND.
+    Routes ordered by `api_version`, then `path_prefix`, then `name`, optionally
+    filtered. Filters combine with AND.
 
-Sends a `GET` request to `/v1/admin/routes`
+    Sends a `GET` request to `/v1/admin/routes`
 
-Arguments:
-- `api_version`: Only routes of this API version.
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `path_prefix`: Only routes whose `path_prefix` starts with this string.
-- `service`: Only routes whose target is this service.
-```ignore
-let response = client.list_routes()
-    .api_version(api_version)
-    .cursor(cursor)
-    .limit(limit)
-    .path_prefix(path_prefix)
-    .service(service)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `api_version`: Only routes of this API version.
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `path_prefix`: Only routes whose `path_prefix` starts with this string.
+    - `service`: Only routes whose target is this service.
+    ```ignore
+    let response = client.list_routes()
+        .api_version(api_version)
+        .cursor(cursor)
+        .limit(limit)
+        .path_prefix(path_prefix)
+        .service(service)
+        .send()
+        .await;
+    ```*/
     pub fn list_routes(&self) -> builder::ListRoutes<'_> {
         builder::ListRoutes::new(self)
     }
     /**Create a route
 
-Adds a route; every gateway replica serves it within a second (the change is
-broadcast). The route name must be unique (409), and no other route may have the
-same `api_version` and `path_prefix` with a method in common (409). A prefix under
-`/v1/admin`, `/v1/auth` or `/v1/health`, an unknown `rate_limit_policy_id`, or a
-`retry.per_try_timeout_ms` above `timeout_ms` answers 422. The service need not be
-registered yet: until it has a healthy instance the route answers 503.
+    Adds a route; every gateway replica serves it within a second (the change is
+    broadcast). The route name must be unique (409), and no other route may have the
+    same `api_version` and `path_prefix` with a method in common (409). A prefix under
+    `/v1/admin`, `/v1/auth` or `/v1/health`, an unknown `rate_limit_policy_id`, or a
+    `retry.per_try_timeout_ms` above `timeout_ms` answers 422. The service need not be
+    registered yet: until it has a healthy instance the route answers 503.
 
-Sends a `POST` request to `/v1/admin/routes`
+    Sends a `POST` request to `/v1/admin/routes`
 
-```ignore
-let response = client.create_route()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_route()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_route(&self) -> builder::CreateRoute<'_> {
         builder::CreateRoute::new(self)
     }
     /**Get a route
 
-The route with this id; the `ETag` header carries its `version`.
+    The route with this id; the `ETag` header carries its `version`.
 
-Sends a `GET` request to `/v1/admin/routes/{route_id}`
+    Sends a `GET` request to `/v1/admin/routes/{route_id}`
 
-Arguments:
-- `route_id`: The route's `id`.
-```ignore
-let response = client.get_route()
-    .route_id(route_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `route_id`: The route's `id`.
+    ```ignore
+    let response = client.get_route()
+        .route_id(route_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_route(&self) -> builder::GetRoute<'_> {
         builder::GetRoute::new(self)
     }
     /**Replace a route
 
-Replaces the whole route with the body (fields left out take their defaults) and
-increments `version`. With `If-Match`, the replacement only happens when the
-route's current `version` matches (412 otherwise), which protects against lost
-updates between admins. The same uniqueness (409) and validation (422) rules as
-for creation apply. Cached responses of the route are invalidated when the change
-affects the cache key (path, methods, vary headers).
+    Replaces the whole route with the body (fields left out take their defaults) and
+    increments `version`. With `If-Match`, the replacement only happens when the
+    route's current `version` matches (412 otherwise), which protects against lost
+    updates between admins. The same uniqueness (409) and validation (422) rules as
+    for creation apply. Cached responses of the route are invalidated when the change
+    affects the cache key (path, methods, vary headers).
 
-Sends a `PUT` request to `/v1/admin/routes/{route_id}`
+    Sends a `PUT` request to `/v1/admin/routes/{route_id}`
 
-Arguments:
-- `route_id`: The route's `id`.
-- `if_match`: The route's `ETag` (its `version` in double quotes) as last read; the change only happens while that is still the current version, otherwise 412.
-- `body`
-```ignore
-let response = client.update_route()
-    .route_id(route_id)
-    .if_match(if_match)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `route_id`: The route's `id`.
+    - `if_match`: The route's `ETag` (its `version` in double quotes) as last read; the change only happens while that is still the current version, otherwise 412.
+    - `body`
+    ```ignore
+    let response = client.update_route()
+        .route_id(route_id)
+        .if_match(if_match)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn update_route(&self) -> builder::UpdateRoute<'_> {
         builder::UpdateRoute::new(self)
     }
     /**Delete a route
 
-Removes the route from every replica and drops its cached responses. Requests in
-flight on the route complete. With `If-Match`, the route is only deleted when its
-current `version` matches (412 otherwise).
+    Removes the route from every replica and drops its cached responses. Requests in
+    flight on the route complete. With `If-Match`, the route is only deleted when its
+    current `version` matches (412 otherwise).
 
-Sends a `DELETE` request to `/v1/admin/routes/{route_id}`
+    Sends a `DELETE` request to `/v1/admin/routes/{route_id}`
 
-Arguments:
-- `route_id`: The route's `id`.
-- `if_match`: The route's `ETag` (its `version` in double quotes) as last read; the change only happens while that is still the current version, otherwise 412.
-```ignore
-let response = client.delete_route()
-    .route_id(route_id)
-    .if_match(if_match)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `route_id`: The route's `id`.
+    - `if_match`: The route's `ETag` (its `version` in double quotes) as last read; the change only happens while that is still the current version, otherwise 412.
+    ```ignore
+    let response = client.delete_route()
+        .route_id(route_id)
+        .if_match(if_match)
+        .send()
+        .await;
+    ```*/
     pub fn delete_route(&self) -> builder::DeleteRoute<'_> {
         builder::DeleteRoute::new(self)
     }
     /**List API clients
 
-API clients ordered by `tenant`, then `name`, optionally filtered. Secrets are never
-returned. Filters combine with AND.
+    API clients ordered by `tenant`, then `name`, optionally filtered. Secrets are never
+    returned. Filters combine with AND.
 
-Sends a `GET` request to `/v1/admin/clients`
+    Sends a `GET` request to `/v1/admin/clients`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `disabled`: Only disabled (`true`) or only enabled (`false`) clients.
-- `limit`: Maximum number of items to return in one page.
-- `tenant`: Only clients of this tenant.
-```ignore
-let response = client.list_api_clients()
-    .cursor(cursor)
-    .disabled(disabled)
-    .limit(limit)
-    .tenant(tenant)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `disabled`: Only disabled (`true`) or only enabled (`false`) clients.
+    - `limit`: Maximum number of items to return in one page.
+    - `tenant`: Only clients of this tenant.
+    ```ignore
+    let response = client.list_api_clients()
+        .cursor(cursor)
+        .disabled(disabled)
+        .limit(limit)
+        .tenant(tenant)
+        .send()
+        .await;
+    ```*/
     pub fn list_api_clients(&self) -> builder::ListApiClients<'_> {
         builder::ListApiClients::new(self)
     }
     /**Create an API client
 
-Registers an API client and generates its public `client_id` and its secret. The
-secret is returned in this response only; the gateway keeps an Argon2 hash of it
-and can never show it again (rotate it if it is lost). The name must be unique
-within the tenant (409); an unknown `rate_limit_policy_id` answers 422.
+    Registers an API client and generates its public `client_id` and its secret. The
+    secret is returned in this response only; the gateway keeps an Argon2 hash of it
+    and can never show it again (rotate it if it is lost). The name must be unique
+    within the tenant (409); an unknown `rate_limit_policy_id` answers 422.
 
-Sends a `POST` request to `/v1/admin/clients`
+    Sends a `POST` request to `/v1/admin/clients`
 
-```ignore
-let response = client.create_api_client()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_api_client()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_api_client(&self) -> builder::CreateApiClient<'_> {
         builder::CreateApiClient::new(self)
     }
     /**Get an API client
 
-The API client with this id. Its secret is never returned.
+    The API client with this id. Its secret is never returned.
 
-Sends a `GET` request to `/v1/admin/clients/{api_client_id}`
+    Sends a `GET` request to `/v1/admin/clients/{api_client_id}`
 
-Arguments:
-- `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
-```ignore
-let response = client.get_api_client()
-    .api_client_id(api_client_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
+    ```ignore
+    let response = client.get_api_client()
+        .api_client_id(api_client_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_api_client(&self) -> builder::GetApiClient<'_> {
         builder::GetApiClient::new(self)
     }
     /**Delete an API client
 
-Deletes the client and its secret hash; it can no longer obtain tokens. Tokens
-already issued stay valid until they expire.
+    Deletes the client and its secret hash; it can no longer obtain tokens. Tokens
+    already issued stay valid until they expire.
 
-Sends a `DELETE` request to `/v1/admin/clients/{api_client_id}`
+    Sends a `DELETE` request to `/v1/admin/clients/{api_client_id}`
 
-Arguments:
-- `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
-```ignore
-let response = client.delete_api_client()
-    .api_client_id(api_client_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
+    ```ignore
+    let response = client.delete_api_client()
+        .api_client_id(api_client_id)
+        .send()
+        .await;
+    ```*/
     pub fn delete_api_client(&self) -> builder::DeleteApiClient<'_> {
         builder::DeleteApiClient::new(self)
     }
     /**Update an API client
 
-Changes the fields present in the body and leaves the others as they are;
-`remove_rate_limit_policy: true` removes the client's policy. The tenant and the
-`client_id` never change. Disabling a client makes token issuance answer 401 at
-once; tokens already issued stay valid until they expire, and narrowed scopes apply
-to tokens issued from then on.
+    Changes the fields present in the body and leaves the others as they are;
+    `remove_rate_limit_policy: true` removes the client's policy. The tenant and the
+    `client_id` never change. Disabling a client makes token issuance answer 401 at
+    once; tokens already issued stay valid until they expire, and narrowed scopes apply
+    to tokens issued from then on.
 
-Sends a `PATCH` request to `/v1/admin/clients/{api_client_id}`
+    Sends a `PATCH` request to `/v1/admin/clients/{api_client_id}`
 
-Arguments:
-- `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
-- `body`
-```ignore
-let response = client.update_api_client()
-    .api_client_id(api_client_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
+    - `body`
+    ```ignore
+    let response = client.update_api_client()
+        .api_client_id(api_client_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn update_api_client(&self) -> builder::UpdateApiClient<'_> {
         builder::UpdateApiClient::new(self)
     }
     /**Rotate an API client's secret
 
-Generates a new secret, stores its Argon2 hash in place of the old one and returns
-it in this response only. The old secret stops working at once; tokens already
-issued stay valid until they expire. `secret_rotated_at` is set to now.
+    Generates a new secret, stores its Argon2 hash in place of the old one and returns
+    it in this response only. The old secret stops working at once; tokens already
+    issued stay valid until they expire. `secret_rotated_at` is set to now.
 
-Sends a `POST` request to `/v1/admin/clients/{api_client_id}/rotate-secret`
+    Sends a `POST` request to `/v1/admin/clients/{api_client_id}/rotate-secret`
 
-Arguments:
-- `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
-```ignore
-let response = client.rotate_api_client_secret()
-    .api_client_id(api_client_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `api_client_id`: The client's `id` (a UUID), not its public `client_id`.
+    ```ignore
+    let response = client.rotate_api_client_secret()
+        .api_client_id(api_client_id)
+        .send()
+        .await;
+    ```*/
     pub fn rotate_api_client_secret(&self) -> builder::RotateApiClientSecret<'_> {
         builder::RotateApiClientSecret::new(self)
     }
     /**List rate-limit policies
 
-Rate-limit policies ordered by `name`.
+    Rate-limit policies ordered by `name`.
 
-Sends a `GET` request to `/v1/admin/rate-limit-policies`
+    Sends a `GET` request to `/v1/admin/rate-limit-policies`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-```ignore
-let response = client.list_rate_limit_policies()
-    .cursor(cursor)
-    .limit(limit)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    ```ignore
+    let response = client.list_rate_limit_policies()
+        .cursor(cursor)
+        .limit(limit)
+        .send()
+        .await;
+    ```*/
     pub fn list_rate_limit_policies(&self) -> builder::ListRateLimitPolicies<'_> {
         builder::ListRateLimitPolicies::new(self)
     }
     /**Create a rate-limit policy
 
-Adds a policy that routes and API clients can reference by id. The name must be
-unique (409).
+    Adds a policy that routes and API clients can reference by id. The name must be
+    unique (409).
 
-Sends a `POST` request to `/v1/admin/rate-limit-policies`
+    Sends a `POST` request to `/v1/admin/rate-limit-policies`
 
-```ignore
-let response = client.create_rate_limit_policy()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_rate_limit_policy()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_rate_limit_policy(&self) -> builder::CreateRateLimitPolicy<'_> {
         builder::CreateRateLimitPolicy::new(self)
     }
     /**Get a rate-limit policy
 
-The rate-limit policy with this id.
+    The rate-limit policy with this id.
 
-Sends a `GET` request to `/v1/admin/rate-limit-policies/{policy_id}`
+    Sends a `GET` request to `/v1/admin/rate-limit-policies/{policy_id}`
 
-Arguments:
-- `policy_id`: The policy's `id`.
-```ignore
-let response = client.get_rate_limit_policy()
-    .policy_id(policy_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `policy_id`: The policy's `id`.
+    ```ignore
+    let response = client.get_rate_limit_policy()
+        .policy_id(policy_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_rate_limit_policy(&self) -> builder::GetRateLimitPolicy<'_> {
         builder::GetRateLimitPolicy::new(self)
     }
     /**Replace a rate-limit policy
 
-Replaces the whole policy with the body (fields left out take their defaults). Every
-replica applies the new limits within a second; counters already kept for the
-policy carry over when the algorithm is unchanged and restart otherwise. The name
-must stay unique (409).
+    Replaces the whole policy with the body (fields left out take their defaults). Every
+    replica applies the new limits within a second; counters already kept for the
+    policy carry over when the algorithm is unchanged and restart otherwise. The name
+    must stay unique (409).
 
-Sends a `PUT` request to `/v1/admin/rate-limit-policies/{policy_id}`
+    Sends a `PUT` request to `/v1/admin/rate-limit-policies/{policy_id}`
 
-Arguments:
-- `policy_id`: The policy's `id`.
-- `body`
-```ignore
-let response = client.update_rate_limit_policy()
-    .policy_id(policy_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `policy_id`: The policy's `id`.
+    - `body`
+    ```ignore
+    let response = client.update_rate_limit_policy()
+        .policy_id(policy_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn update_rate_limit_policy(&self) -> builder::UpdateRateLimitPolicy<'_> {
         builder::UpdateRateLimitPolicy::new(self)
     }
     /**Delete a rate-limit policy
 
-Deletes the policy and its counters. A policy still referenced by a route or an API
-client cannot be deleted (409); detach it first.
+    Deletes the policy and its counters. A policy still referenced by a route or an API
+    client cannot be deleted (409); detach it first.
 
-Sends a `DELETE` request to `/v1/admin/rate-limit-policies/{policy_id}`
+    Sends a `DELETE` request to `/v1/admin/rate-limit-policies/{policy_id}`
 
-Arguments:
-- `policy_id`: The policy's `id`.
-```ignore
-let response = client.delete_rate_limit_policy()
-    .policy_id(policy_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `policy_id`: The policy's `id`.
+    ```ignore
+    let response = client.delete_rate_limit_policy()
+        .policy_id(policy_id)
+        .send()
+        .await;
+    ```*/
     pub fn delete_rate_limit_policy(&self) -> builder::DeleteRateLimitPolicy<'_> {
         builder::DeleteRateLimitPolicy::new(self)
     }
     /**List circuit-breaker states
 
-The circuit breaker of every upstream instance the gateway has sent traffic to,
-ordered by `service`, then `instance_id`. Breakers trip on the thresholds of the
-service's traffic policy in the registry (consecutive failures or failure rate),
-stay open for the policy's break duration, then let probe requests through
-(`half_open`). The state is shared by all replicas through Redis (kept in process in
-embedded mode).
+    The circuit breaker of every upstream instance the gateway has sent traffic to,
+    ordered by `service`, then `instance_id`. Breakers trip on the thresholds of the
+    service's traffic policy in the registry (consecutive failures or failure rate),
+    stay open for the policy's break duration, then let probe requests through
+    (`half_open`). The state is shared by all replicas through Redis (kept in process in
+    embedded mode).
 
-Sends a `GET` request to `/v1/admin/circuit-breakers`
+    Sends a `GET` request to `/v1/admin/circuit-breakers`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `service`: Only breakers of this service's instances.
-- `state`: Only breakers in this state.
-```ignore
-let response = client.list_circuit_breakers()
-    .cursor(cursor)
-    .limit(limit)
-    .service(service)
-    .state(state)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `service`: Only breakers of this service's instances.
+    - `state`: Only breakers in this state.
+    ```ignore
+    let response = client.list_circuit_breakers()
+        .cursor(cursor)
+        .limit(limit)
+        .service(service)
+        .state(state)
+        .send()
+        .await;
+    ```*/
     pub fn list_circuit_breakers(&self) -> builder::ListCircuitBreakers<'_> {
         builder::ListCircuitBreakers::new(self)
     }
     /**Get one circuit breaker
 
-The circuit breaker of one upstream instance.
+    The circuit breaker of one upstream instance.
 
-Sends a `GET` request to `/v1/admin/circuit-breakers/{upstream_id}`
+    Sends a `GET` request to `/v1/admin/circuit-breakers/{upstream_id}`
 
-Arguments:
-- `upstream_id`: The upstream, as `{service}.{instance_id}`.
-```ignore
-let response = client.get_circuit_breaker()
-    .upstream_id(upstream_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `upstream_id`: The upstream, as `{service}.{instance_id}`.
+    ```ignore
+    let response = client.get_circuit_breaker()
+        .upstream_id(upstream_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_circuit_breaker(&self) -> builder::GetCircuitBreaker<'_> {
         builder::GetCircuitBreaker::new(self)
     }
     /**Reset a circuit breaker
 
-Closes the breaker and clears its failure counters (`consecutive_failures`,
-`failure_rate`) on every replica, for instance after the operator fixed the
-upstream. Lifetime totals are kept. The breaker trips again if failures continue.
+    Closes the breaker and clears its failure counters (`consecutive_failures`,
+    `failure_rate`) on every replica, for instance after the operator fixed the
+    upstream. Lifetime totals are kept. The breaker trips again if failures continue.
 
-Sends a `POST` request to `/v1/admin/circuit-breakers/{upstream_id}/reset`
+    Sends a `POST` request to `/v1/admin/circuit-breakers/{upstream_id}/reset`
 
-Arguments:
-- `upstream_id`: The upstream, as `{service}.{instance_id}`.
-```ignore
-let response = client.reset_circuit_breaker()
-    .upstream_id(upstream_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `upstream_id`: The upstream, as `{service}.{instance_id}`.
+    ```ignore
+    let response = client.reset_circuit_breaker()
+        .upstream_id(upstream_id)
+        .send()
+        .await;
+    ```*/
     pub fn reset_circuit_breaker(&self) -> builder::ResetCircuitBreaker<'_> {
         builder::ResetCircuitBreaker::new(self)
     }
     /**Response-cache statistics
 
-Hits, misses, hit rates, sizes and evictions of the response cache since `since`
-(the start of the answering replica): `l1` is that replica's in-process cache, `l2`
-the Redis cache shared by all replicas (absent in embedded mode, which has no L2).
-A lookup is a hit when either level answers; `hit_rate` is hits over lookups, 0 when
-there were none. `routes` gives the same figures per route with caching enabled.
+    Hits, misses, hit rates, sizes and evictions of the response cache since `since`
+    (the start of the answering replica): `l1` is that replica's in-process cache, `l2`
+    the Redis cache shared by all replicas (absent in embedded mode, which has no L2).
+    A lookup is a hit when either level answers; `hit_rate` is hits over lookups, 0 when
+    there were none. `routes` gives the same figures per route with caching enabled.
 
-Sends a `GET` request to `/v1/admin/cache/stats`
+    Sends a `GET` request to `/v1/admin/cache/stats`
 
-```ignore
-let response = client.get_cache_stats()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_cache_stats()
+        .send()
+        .await;
+    ```*/
     pub fn get_cache_stats(&self) -> builder::GetCacheStats<'_> {
         builder::GetCacheStats::new(self)
     }
     /**Invalidate cached responses
 
-Removes every cached response that matches any of the given keys (exact request
-paths with their query string, all methods and variants), path prefixes or tags,
-from L2 and this replica's L1 before answering, and publishes the invalidation on
-Redis so every other replica drops its L1 entries too. `propagated_to` is the
-number of other replicas that received the message.
+    Removes every cached response that matches any of the given keys (exact request
+    paths with their query string, all methods and variants), path prefixes or tags,
+    from L2 and this replica's L1 before answering, and publishes the invalidation on
+    Redis so every other replica drops its L1 entries too. `propagated_to` is the
+    number of other replicas that received the message.
 
-Sends a `POST` request to `/v1/admin/cache/invalidations`
+    Sends a `POST` request to `/v1/admin/cache/invalidations`
 
-```ignore
-let response = client.invalidate_cache()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.invalidate_cache()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn invalidate_cache(&self) -> builder::InvalidateCache<'_> {
         builder::InvalidateCache::new(self)
     }
 }
+
 /// Types for composing operation parameters.
 #[allow(clippy::all)]
 pub mod builder {
     use super::types;
     #[allow(unused_imports)]
     use super::{
-        encode_path, ByteStream, ClientInfo, ClientHooks, Error, OperationInfo,
-        RequestBuilderExt, ResponseValue,
+        ByteStream, ClientHooks, ClientInfo, Error, OperationInfo, RequestBuilderExt, ResponseValue, encode_path,
     };
     /**Builder for [`Client::get_health`]
 
-[`Client::get_health`]: super::Client::get_health*/
+    [`Client::get_health`]: super::Client::get_health*/
     #[derive(Debug, Clone)]
     pub struct GetHealth<'a> {
         client: &'a super::Client,
@@ -10229,52 +8270,36 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/v1/health`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
             let Self { client } = self;
             let url = format!("{}/v1/health", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_health",
-            };
+            let info = OperationInfo { operation_id: "get_health" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_liveness`]
 
-[`Client::get_liveness`]: super::Client::get_liveness*/
+    [`Client::get_liveness`]: super::Client::get_liveness*/
     #[derive(Debug, Clone)]
     pub struct GetLiveness<'a> {
         client: &'a super::Client,
@@ -10284,52 +8309,36 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/v1/health/live`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/v1/health/live", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_liveness",
-            };
+            let info = OperationInfo { operation_id: "get_liveness" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_metrics`]
 
-[`Client::get_metrics`]: super::Client::get_metrics*/
+    [`Client::get_metrics`]: super::Client::get_metrics*/
     #[derive(Debug, Clone)]
     pub struct GetMetrics<'a> {
         client: &'a super::Client,
@@ -10339,44 +8348,31 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/metrics`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/metrics", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client.client.get(url).headers(header_map).build()?;
-            let info = OperationInfo {
-                operation_id: "get_metrics",
-            };
+            let info = OperationInfo { operation_id: "get_metrics" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => Ok(ResponseValue::stream(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::issue_token`]
 
-[`Client::issue_token`]: super::Client::issue_token*/
+    [`Client::issue_token`]: super::Client::issue_token*/
     #[derive(Debug, Clone)]
     pub struct IssueToken<'a> {
         client: &'a super::Client,
@@ -10384,10 +8380,7 @@ pub mod builder {
     }
     impl<'a> IssueToken<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -10397,122 +8390,58 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `TokenRequest` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `TokenRequest` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::TokenRequest,
-            ) -> types::builder::TokenRequest,
+            F: std::ops::FnOnce(types::builder::TokenRequest) -> types::builder::TokenRequest,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/v1/auth/token`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::TokenResponse>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::TokenResponse>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::TokenRequest::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::TokenRequest::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/auth/token", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "issue_token",
-            };
+            let info = OperationInfo { operation_id: "issue_token" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                429u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                429u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_jwks`]
 
-[`Client::get_jwks`]: super::Client::get_jwks*/
+    [`Client::get_jwks`]: super::Client::get_jwks*/
     #[derive(Debug, Clone)]
     pub struct GetJwks<'a> {
         client: &'a super::Client,
@@ -10522,66 +8451,38 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/v1/auth/jwks`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Jwks>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Jwks>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/v1/auth/jwks", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_jwks",
-            };
+            let info = OperationInfo { operation_id: "get_jwks" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_routes`]
 
-[`Client::list_routes`]: super::Client::list_routes*/
+    [`Client::list_routes`]: super::Client::list_routes*/
     #[derive(Debug, Clone)]
     pub struct ListRoutes<'a> {
         client: &'a super::Client,
@@ -10609,10 +8510,7 @@ pub mod builder {
             self.api_version = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListRoutesApiVersion` for api_version failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListRoutesApiVersion` for api_version failed".to_string());
             self
         }
         pub fn cursor<V>(mut self, value: V) -> Self
@@ -10622,9 +8520,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListRoutesCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListRoutesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -10634,10 +8530,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn path_prefix<V>(mut self, value: V) -> Self
@@ -10647,10 +8540,7 @@ pub mod builder {
             self.path_prefix = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListRoutesPathPrefix` for path_prefix failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListRoutesPathPrefix` for path_prefix failed".to_string());
             self
         }
         pub fn service<V>(mut self, value: V) -> Self
@@ -10660,15 +8550,11 @@ pub mod builder {
             self.service = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListRoutesService` for service failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListRoutesService` for service failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/routes`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::RouteList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::RouteList>, Error<types::Error>> {
             let Self { client, api_version, cursor, limit, path_prefix, service } = self;
             let api_version = api_version.map_err(Error::InvalidRequest)?;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
@@ -10677,21 +8563,15 @@ pub mod builder {
             let service = service.map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/routes", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("api_version", &api_version))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
@@ -10699,57 +8579,25 @@ pub mod builder {
                 .query(&progenitor_client::QueryParam::new("service", &service))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_routes",
-            };
+            let info = OperationInfo { operation_id: "list_routes" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_route`]
 
-[`Client::create_route`]: super::Client::create_route*/
+    [`Client::create_route`]: super::Client::create_route*/
     #[derive(Debug, Clone)]
     pub struct CreateRoute<'a> {
         client: &'a super::Client,
@@ -10757,10 +8605,7 @@ pub mod builder {
     }
     impl<'a> CreateRoute<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -10770,9 +8615,7 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `RouteSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `RouteSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
@@ -10783,112 +8626,48 @@ pub mod builder {
             self
         }
         ///Sends a `POST` request to `/v1/admin/routes`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Route>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Route>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
                 .and_then(|v| types::RouteSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/routes", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_route",
-            };
+            let info = OperationInfo { operation_id: "create_route" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_route`]
 
-[`Client::get_route`]: super::Client::get_route*/
+    [`Client::get_route`]: super::Client::get_route*/
     #[derive(Debug, Clone)]
     pub struct GetRoute<'a> {
         client: &'a super::Client,
@@ -10896,108 +8675,53 @@ pub mod builder {
     }
     impl<'a> GetRoute<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                route_id: Err("route_id was not initialized".to_string()),
-            }
+            Self { client: client, route_id: Err("route_id was not initialized".to_string()) }
         }
         pub fn route_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.route_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for route_id failed".to_string()
-                });
+            self.route_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for route_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/routes/{route_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Route>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Route>, Error<types::Error>> {
             let Self { client, route_id } = self;
             let route_id = route_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/routes/{}", client.baseurl, encode_path(& route_id
-                .to_string()),
-            );
+            let url = format!("{}/v1/admin/routes/{}", client.baseurl, encode_path(&route_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_route",
-            };
+            let info = OperationInfo { operation_id: "get_route" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::update_route`]
 
-[`Client::update_route`]: super::Client::update_route*/
+    [`Client::update_route`]: super::Client::update_route*/
     #[derive(Debug, Clone)]
     pub struct UpdateRoute<'a> {
         client: &'a super::Client,
@@ -11018,11 +8742,8 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.route_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for route_id failed".to_string()
-                });
+            self.route_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for route_id failed".to_string());
             self
         }
         pub fn if_match<V>(mut self, value: V) -> Self
@@ -11032,9 +8753,7 @@ pub mod builder {
             self.if_match = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `UpdateRouteIfMatch` for if_match failed".to_string()
-                });
+                .map_err(|_| "conversion to `UpdateRouteIfMatch` for if_match failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
@@ -11045,9 +8764,7 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `RouteSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `RouteSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
@@ -11058,27 +8775,19 @@ pub mod builder {
             self
         }
         ///Sends a `PUT` request to `/v1/admin/routes/{route_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Route>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Route>, Error<types::Error>> {
             let Self { client, route_id, if_match, body } = self;
             let route_id = route_id.map_err(Error::InvalidRequest)?;
             let if_match = if_match.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| types::RouteSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/routes/{}", client.baseurl, encode_path(& route_id
-                .to_string()),
-            );
+            let url = format!("{}/v1/admin/routes/{}", client.baseurl, encode_path(&route_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             if let Some(value) = if_match {
                 header_map.append("If-Match", value.to_string().try_into()?);
             }
@@ -11086,106 +8795,35 @@ pub mod builder {
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "update_route",
-            };
+            let info = OperationInfo { operation_id: "update_route" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                412u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                412u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_route`]
 
-[`Client::delete_route`]: super::Client::delete_route*/
+    [`Client::delete_route`]: super::Client::delete_route*/
     #[derive(Debug, Clone)]
     pub struct DeleteRoute<'a> {
         client: &'a super::Client,
@@ -11194,21 +8832,14 @@ pub mod builder {
     }
     impl<'a> DeleteRoute<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                route_id: Err("route_id was not initialized".to_string()),
-                if_match: Ok(None),
-            }
+            Self { client: client, route_id: Err("route_id was not initialized".to_string()), if_match: Ok(None) }
         }
         pub fn route_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.route_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for route_id failed".to_string()
-                });
+            self.route_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for route_id failed".to_string());
             self
         }
         pub fn if_match<V>(mut self, value: V) -> Self
@@ -11218,9 +8849,7 @@ pub mod builder {
             self.if_match = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `DeleteRouteIfMatch` for if_match failed".to_string()
-                });
+                .map_err(|_| "conversion to `DeleteRouteIfMatch` for if_match failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/v1/admin/routes/{route_id}`
@@ -11228,18 +8857,12 @@ pub mod builder {
             let Self { client, route_id, if_match } = self;
             let route_id = route_id.map_err(Error::InvalidRequest)?;
             let if_match = if_match.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/routes/{}", client.baseurl, encode_path(& route_id
-                .to_string()),
-            );
+            let url = format!("{}/v1/admin/routes/{}", client.baseurl, encode_path(&route_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             if let Some(value) = if_match {
                 header_map.append("If-Match", value.to_string().try_into()?);
             }
@@ -11247,77 +8870,30 @@ pub mod builder {
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_route",
-            };
+            let info = OperationInfo { operation_id: "delete_route" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                412u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                412u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_api_clients`]
 
-[`Client::list_api_clients`]: super::Client::list_api_clients*/
+    [`Client::list_api_clients`]: super::Client::list_api_clients*/
     #[derive(Debug, Clone)]
     pub struct ListApiClients<'a> {
         client: &'a super::Client,
@@ -11328,13 +8904,7 @@ pub mod builder {
     }
     impl<'a> ListApiClients<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                disabled: Ok(None),
-                limit: Ok(None),
-                tenant: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), disabled: Ok(None), limit: Ok(None), tenant: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -11343,19 +8913,15 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListApiClientsCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListApiClientsCursor` for cursor failed".to_string());
             self
         }
         pub fn disabled<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<bool>,
         {
-            self.disabled = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `bool` for disabled failed".to_string());
+            self.disabled =
+                value.try_into().map(Some).map_err(|_| "conversion to `bool` for disabled failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -11365,10 +8931,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn tenant<V>(mut self, value: V) -> Self
@@ -11378,15 +8941,11 @@ pub mod builder {
             self.tenant = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListApiClientsTenant` for tenant failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListApiClientsTenant` for tenant failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/clients`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ApiClientList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ApiClientList>, Error<types::Error>> {
             let Self { client, cursor, disabled, limit, tenant } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let disabled = disabled.map_err(Error::InvalidRequest)?;
@@ -11394,78 +8953,40 @@ pub mod builder {
             let tenant = tenant.map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/clients", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("disabled", &disabled))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("tenant", &tenant))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_api_clients",
-            };
+            let info = OperationInfo { operation_id: "list_api_clients" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_api_client`]
 
-[`Client::create_api_client`]: super::Client::create_api_client*/
+    [`Client::create_api_client`]: super::Client::create_api_client*/
     #[derive(Debug, Clone)]
     pub struct CreateApiClient<'a> {
         client: &'a super::Client,
@@ -11473,10 +8994,7 @@ pub mod builder {
     }
     impl<'a> CreateApiClient<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -11486,129 +9004,59 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `ApiClientSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `ApiClientSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::ApiClientSpec,
-            ) -> types::builder::ApiClientSpec,
+            F: std::ops::FnOnce(types::builder::ApiClientSpec) -> types::builder::ApiClientSpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/v1/admin/clients`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ApiClientWithSecret>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ApiClientWithSecret>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::ApiClientSpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::ApiClientSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/clients", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_api_client",
-            };
+            let info = OperationInfo { operation_id: "create_api_client" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_api_client`]
 
-[`Client::get_api_client`]: super::Client::get_api_client*/
+    [`Client::get_api_client`]: super::Client::get_api_client*/
     #[derive(Debug, Clone)]
     pub struct GetApiClient<'a> {
         client: &'a super::Client,
@@ -11616,109 +9064,53 @@ pub mod builder {
     }
     impl<'a> GetApiClient<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                api_client_id: Err("api_client_id was not initialized".to_string()),
-            }
+            Self { client: client, api_client_id: Err("api_client_id was not initialized".to_string()) }
         }
         pub fn api_client_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.api_client_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for api_client_id failed"
-                        .to_string()
-                });
+            self.api_client_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for api_client_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/clients/{api_client_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ApiClient>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ApiClient>, Error<types::Error>> {
             let Self { client, api_client_id } = self;
             let api_client_id = api_client_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/clients/{}", client.baseurl, encode_path(& api_client_id
-                .to_string()),
-            );
+            let url = format!("{}/v1/admin/clients/{}", client.baseurl, encode_path(&api_client_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_api_client",
-            };
+            let info = OperationInfo { operation_id: "get_api_client" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_api_client`]
 
-[`Client::delete_api_client`]: super::Client::delete_api_client*/
+    [`Client::delete_api_client`]: super::Client::delete_api_client*/
     #[derive(Debug, Clone)]
     pub struct DeleteApiClient<'a> {
         client: &'a super::Client,
@@ -11726,107 +9118,53 @@ pub mod builder {
     }
     impl<'a> DeleteApiClient<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                api_client_id: Err("api_client_id was not initialized".to_string()),
-            }
+            Self { client: client, api_client_id: Err("api_client_id was not initialized".to_string()) }
         }
         pub fn api_client_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.api_client_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for api_client_id failed"
-                        .to_string()
-                });
+            self.api_client_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for api_client_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/v1/admin/clients/{api_client_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, api_client_id } = self;
             let api_client_id = api_client_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/clients/{}", client.baseurl, encode_path(& api_client_id
-                .to_string()),
-            );
+            let url = format!("{}/v1/admin/clients/{}", client.baseurl, encode_path(&api_client_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_api_client",
-            };
+            let info = OperationInfo { operation_id: "delete_api_client" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::update_api_client`]
 
-[`Client::update_api_client`]: super::Client::update_api_client*/
+    [`Client::update_api_client`]: super::Client::update_api_client*/
     #[derive(Debug, Clone)]
     pub struct UpdateApiClient<'a> {
         client: &'a super::Client,
@@ -11845,158 +9183,73 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.api_client_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for api_client_id failed"
-                        .to_string()
-                });
+            self.api_client_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for api_client_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::ApiClientUpdate>,
-            <V as std::convert::TryInto<
-                types::ApiClientUpdate,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::ApiClientUpdate>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `ApiClientUpdate` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `ApiClientUpdate` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::ApiClientUpdate,
-            ) -> types::builder::ApiClientUpdate,
+            F: std::ops::FnOnce(types::builder::ApiClientUpdate) -> types::builder::ApiClientUpdate,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PATCH` request to `/v1/admin/clients/{api_client_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ApiClient>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ApiClient>, Error<types::Error>> {
             let Self { client, api_client_id, body } = self;
             let api_client_id = api_client_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::ApiClientUpdate::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::ApiClientUpdate::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/clients/{}", client.baseurl, encode_path(& api_client_id
-                .to_string()),
-            );
+            let url = format!("{}/v1/admin/clients/{}", client.baseurl, encode_path(&api_client_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .patch(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "update_api_client",
-            };
+            let info = OperationInfo { operation_id: "update_api_client" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::rotate_api_client_secret`]
 
-[`Client::rotate_api_client_secret`]: super::Client::rotate_api_client_secret*/
+    [`Client::rotate_api_client_secret`]: super::Client::rotate_api_client_secret*/
     #[derive(Debug, Clone)]
     pub struct RotateApiClientSecret<'a> {
         client: &'a super::Client,
@@ -12004,109 +9257,57 @@ pub mod builder {
     }
     impl<'a> RotateApiClientSecret<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                api_client_id: Err("api_client_id was not initialized".to_string()),
-            }
+            Self { client: client, api_client_id: Err("api_client_id was not initialized".to_string()) }
         }
         pub fn api_client_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.api_client_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for api_client_id failed"
-                        .to_string()
-                });
+            self.api_client_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for api_client_id failed".to_string());
             self
         }
         ///Sends a `POST` request to `/v1/admin/clients/{api_client_id}/rotate-secret`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ApiClientWithSecret>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ApiClientWithSecret>, Error<types::Error>> {
             let Self { client, api_client_id } = self;
             let api_client_id = api_client_id.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/v1/admin/clients/{}/rotate-secret", client.baseurl, encode_path(&
-                api_client_id.to_string()),
+                "{}/v1/admin/clients/{}/rotate-secret",
+                client.baseurl,
+                encode_path(&api_client_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "rotate_api_client_secret",
-            };
+            let info = OperationInfo { operation_id: "rotate_api_client_secret" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_rate_limit_policies`]
 
-[`Client::list_rate_limit_policies`]: super::Client::list_rate_limit_policies*/
+    [`Client::list_rate_limit_policies`]: super::Client::list_rate_limit_policies*/
     #[derive(Debug, Clone)]
     pub struct ListRateLimitPolicies<'a> {
         client: &'a super::Client,
@@ -12115,11 +9316,7 @@ pub mod builder {
     }
     impl<'a> ListRateLimitPolicies<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -12128,10 +9325,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListRateLimitPoliciesCursor` for cursor failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListRateLimitPoliciesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -12141,91 +9335,48 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/rate-limit-policies`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::RateLimitPolicyList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::RateLimitPolicyList>, Error<types::Error>> {
             let Self { client, cursor, limit } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/rate-limit-policies", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_rate_limit_policies",
-            };
+            let info = OperationInfo { operation_id: "list_rate_limit_policies" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_rate_limit_policy`]
 
-[`Client::create_rate_limit_policy`]: super::Client::create_rate_limit_policy*/
+    [`Client::create_rate_limit_policy`]: super::Client::create_rate_limit_policy*/
     #[derive(Debug, Clone)]
     pub struct CreateRateLimitPolicy<'a> {
         client: &'a super::Client,
@@ -12233,144 +9384,69 @@ pub mod builder {
     }
     impl<'a> CreateRateLimitPolicy<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::RateLimitPolicySpec>,
-            <V as std::convert::TryInto<
-                types::RateLimitPolicySpec,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::RateLimitPolicySpec>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `RateLimitPolicySpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `RateLimitPolicySpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::RateLimitPolicySpec,
-            ) -> types::builder::RateLimitPolicySpec,
+            F: std::ops::FnOnce(types::builder::RateLimitPolicySpec) -> types::builder::RateLimitPolicySpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/v1/admin/rate-limit-policies`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::RateLimitPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::RateLimitPolicy>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::RateLimitPolicySpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::RateLimitPolicySpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/rate-limit-policies", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_rate_limit_policy",
-            };
+            let info = OperationInfo { operation_id: "create_rate_limit_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_rate_limit_policy`]
 
-[`Client::get_rate_limit_policy`]: super::Client::get_rate_limit_policy*/
+    [`Client::get_rate_limit_policy`]: super::Client::get_rate_limit_policy*/
     #[derive(Debug, Clone)]
     pub struct GetRateLimitPolicy<'a> {
         client: &'a super::Client,
@@ -12378,108 +9454,54 @@ pub mod builder {
     }
     impl<'a> GetRateLimitPolicy<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                policy_id: Err("policy_id was not initialized".to_string()),
-            }
+            Self { client: client, policy_id: Err("policy_id was not initialized".to_string()) }
         }
         pub fn policy_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.policy_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for policy_id failed".to_string()
-                });
+            self.policy_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for policy_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/rate-limit-policies/{policy_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::RateLimitPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::RateLimitPolicy>, Error<types::Error>> {
             let Self { client, policy_id } = self;
             let policy_id = policy_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/rate-limit-policies/{}", client.baseurl, encode_path(&
-                policy_id.to_string()),
-            );
+            let url =
+                format!("{}/v1/admin/rate-limit-policies/{}", client.baseurl, encode_path(&policy_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_rate_limit_policy",
-            };
+            let info = OperationInfo { operation_id: "get_rate_limit_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::update_rate_limit_policy`]
 
-[`Client::update_rate_limit_policy`]: super::Client::update_rate_limit_policy*/
+    [`Client::update_rate_limit_policy`]: super::Client::update_rate_limit_policy*/
     #[derive(Debug, Clone)]
     pub struct UpdateRateLimitPolicy<'a> {
         client: &'a super::Client,
@@ -12498,157 +9520,74 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.policy_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for policy_id failed".to_string()
-                });
+            self.policy_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for policy_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::RateLimitPolicySpec>,
-            <V as std::convert::TryInto<
-                types::RateLimitPolicySpec,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::RateLimitPolicySpec>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `RateLimitPolicySpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `RateLimitPolicySpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::RateLimitPolicySpec,
-            ) -> types::builder::RateLimitPolicySpec,
+            F: std::ops::FnOnce(types::builder::RateLimitPolicySpec) -> types::builder::RateLimitPolicySpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PUT` request to `/v1/admin/rate-limit-policies/{policy_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::RateLimitPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::RateLimitPolicy>, Error<types::Error>> {
             let Self { client, policy_id, body } = self;
             let policy_id = policy_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::RateLimitPolicySpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::RateLimitPolicySpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/rate-limit-policies/{}", client.baseurl, encode_path(&
-                policy_id.to_string()),
-            );
+            let url =
+                format!("{}/v1/admin/rate-limit-policies/{}", client.baseurl, encode_path(&policy_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "update_rate_limit_policy",
-            };
+            let info = OperationInfo { operation_id: "update_rate_limit_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_rate_limit_policy`]
 
-[`Client::delete_rate_limit_policy`]: super::Client::delete_rate_limit_policy*/
+    [`Client::delete_rate_limit_policy`]: super::Client::delete_rate_limit_policy*/
     #[derive(Debug, Clone)]
     pub struct DeleteRateLimitPolicy<'a> {
         client: &'a super::Client,
@@ -12656,113 +9595,55 @@ pub mod builder {
     }
     impl<'a> DeleteRateLimitPolicy<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                policy_id: Err("policy_id was not initialized".to_string()),
-            }
+            Self { client: client, policy_id: Err("policy_id was not initialized".to_string()) }
         }
         pub fn policy_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.policy_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for policy_id failed".to_string()
-                });
+            self.policy_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for policy_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/v1/admin/rate-limit-policies/{policy_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, policy_id } = self;
             let policy_id = policy_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/rate-limit-policies/{}", client.baseurl, encode_path(&
-                policy_id.to_string()),
-            );
+            let url =
+                format!("{}/v1/admin/rate-limit-policies/{}", client.baseurl, encode_path(&policy_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_rate_limit_policy",
-            };
+            let info = OperationInfo { operation_id: "delete_rate_limit_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_circuit_breakers`]
 
-[`Client::list_circuit_breakers`]: super::Client::list_circuit_breakers*/
+    [`Client::list_circuit_breakers`]: super::Client::list_circuit_breakers*/
     #[derive(Debug, Clone)]
     pub struct ListCircuitBreakers<'a> {
         client: &'a super::Client,
@@ -12773,13 +9654,7 @@ pub mod builder {
     }
     impl<'a> ListCircuitBreakers<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-                service: Ok(None),
-                state: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None), service: Ok(None), state: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -12788,10 +9663,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListCircuitBreakersCursor` for cursor failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListCircuitBreakersCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -12801,10 +9673,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn service<V>(mut self, value: V) -> Self
@@ -12814,28 +9683,19 @@ pub mod builder {
             self.service = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListCircuitBreakersService` for service failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListCircuitBreakersService` for service failed".to_string());
             self
         }
         pub fn state<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::CircuitState>,
         {
-            self.state = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `CircuitState` for state failed".to_string()
-                });
+            self.state =
+                value.try_into().map(Some).map_err(|_| "conversion to `CircuitState` for state failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/circuit-breakers`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::CircuitBreakerList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::CircuitBreakerList>, Error<types::Error>> {
             let Self { client, cursor, limit, service, state } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -12843,78 +9703,40 @@ pub mod builder {
             let state = state.map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/circuit-breakers", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("service", &service))
                 .query(&progenitor_client::QueryParam::new("state", &state))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_circuit_breakers",
-            };
+            let info = OperationInfo { operation_id: "list_circuit_breakers" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_circuit_breaker`]
 
-[`Client::get_circuit_breaker`]: super::Client::get_circuit_breaker*/
+    [`Client::get_circuit_breaker`]: super::Client::get_circuit_breaker*/
     #[derive(Debug, Clone)]
     pub struct GetCircuitBreaker<'a> {
         client: &'a super::Client,
@@ -12922,10 +9744,7 @@ pub mod builder {
     }
     impl<'a> GetCircuitBreaker<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                upstream_id: Err("upstream_id was not initialized".to_string()),
-            }
+            Self { client: client, upstream_id: Err("upstream_id was not initialized".to_string()) }
         }
         pub fn upstream_id<V>(mut self, value: V) -> Self
         where
@@ -12933,98 +9752,47 @@ pub mod builder {
         {
             self.upstream_id = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `GetCircuitBreakerUpstreamId` for upstream_id failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `GetCircuitBreakerUpstreamId` for upstream_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/v1/admin/circuit-breakers/{upstream_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::CircuitBreakerState>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::CircuitBreakerState>, Error<types::Error>> {
             let Self { client, upstream_id } = self;
             let upstream_id = upstream_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/v1/admin/circuit-breakers/{}", client.baseurl, encode_path(&
-                upstream_id.to_string()),
-            );
+            let url =
+                format!("{}/v1/admin/circuit-breakers/{}", client.baseurl, encode_path(&upstream_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_circuit_breaker",
-            };
+            let info = OperationInfo { operation_id: "get_circuit_breaker" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::reset_circuit_breaker`]
 
-[`Client::reset_circuit_breaker`]: super::Client::reset_circuit_breaker*/
+    [`Client::reset_circuit_breaker`]: super::Client::reset_circuit_breaker*/
     #[derive(Debug, Clone)]
     pub struct ResetCircuitBreaker<'a> {
         client: &'a super::Client,
@@ -13032,10 +9800,7 @@ pub mod builder {
     }
     impl<'a> ResetCircuitBreaker<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                upstream_id: Err("upstream_id was not initialized".to_string()),
-            }
+            Self { client: client, upstream_id: Err("upstream_id was not initialized".to_string()) }
         }
         pub fn upstream_id<V>(mut self, value: V) -> Self
         where
@@ -13043,98 +9808,50 @@ pub mod builder {
         {
             self.upstream_id = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `ResetCircuitBreakerUpstreamId` for upstream_id failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ResetCircuitBreakerUpstreamId` for upstream_id failed".to_string());
             self
         }
         ///Sends a `POST` request to `/v1/admin/circuit-breakers/{upstream_id}/reset`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::CircuitBreakerState>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::CircuitBreakerState>, Error<types::Error>> {
             let Self { client, upstream_id } = self;
             let upstream_id = upstream_id.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/v1/admin/circuit-breakers/{}/reset", client.baseurl, encode_path(&
-                upstream_id.to_string()),
+                "{}/v1/admin/circuit-breakers/{}/reset",
+                client.baseurl,
+                encode_path(&upstream_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "reset_circuit_breaker",
-            };
+            let info = OperationInfo { operation_id: "reset_circuit_breaker" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_cache_stats`]
 
-[`Client::get_cache_stats`]: super::Client::get_cache_stats*/
+    [`Client::get_cache_stats`]: super::Client::get_cache_stats*/
     #[derive(Debug, Clone)]
     pub struct GetCacheStats<'a> {
         client: &'a super::Client,
@@ -13144,80 +9861,40 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/v1/admin/cache/stats`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::CacheStats>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::CacheStats>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/v1/admin/cache/stats", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_cache_stats",
-            };
+            let info = OperationInfo { operation_id: "get_cache_stats" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::invalidate_cache`]
 
-[`Client::invalidate_cache`]: super::Client::invalidate_cache*/
+    [`Client::invalidate_cache`]: super::Client::invalidate_cache*/
     #[derive(Debug, Clone)]
     pub struct InvalidateCache<'a> {
         client: &'a super::Client,
@@ -13225,138 +9902,67 @@ pub mod builder {
     }
     impl<'a> InvalidateCache<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::CacheInvalidationRequest>,
-            <V as std::convert::TryInto<
-                types::CacheInvalidationRequest,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::CacheInvalidationRequest>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!(
-                        "conversion to `CacheInvalidationRequest` for body failed: {}", s
-                    )
-                });
+                .map_err(|s| format!("conversion to `CacheInvalidationRequest` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::CacheInvalidationRequest,
-            ) -> types::builder::CacheInvalidationRequest,
+            F: std::ops::FnOnce(types::builder::CacheInvalidationRequest) -> types::builder::CacheInvalidationRequest,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/v1/admin/cache/invalidations`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::CacheInvalidation>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::CacheInvalidation>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::CacheInvalidationRequest::try_from(v)
-                        .map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::CacheInvalidationRequest::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/admin/cache/invalidations", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "invalidate_cache",
-            };
+            let info = OperationInfo { operation_id: "invalidate_cache" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
 }
+
 /// Items consumers will typically use such as the Client.
 pub mod prelude {
     pub use self::super::Client;

@@ -3,8 +3,10 @@
 
 #[allow(unused_imports)]
 pub use progenitor_client::{ByteStream, ClientInfo, Error, ResponseValue};
+
 #[allow(unused_imports)]
-use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderExt};
+use progenitor_client::{ClientHooks, OperationInfo, RequestBuilderExt, encode_path};
+
 /// Types used as operation parameters and responses.
 #[allow(clippy::all)]
 pub mod types {
@@ -46,9 +48,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ConfigDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -57,17 +57,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ConfigDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ConfigDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -78,9 +74,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The current value of a configuration key.
@@ -134,38 +128,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for ConfigKey {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ConfigKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ConfigKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -176,9 +162,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The value, up to 64 KiB (65536 characters); any text, JSON included.
@@ -198,9 +182,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ConfigValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 65536usize {
                 return Err("longer than 65536 characters".into());
             }
@@ -209,17 +191,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ConfigValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ConfigValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -230,9 +208,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One version in a key's history.
@@ -275,9 +251,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ConfigVersionChangedBy {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -289,17 +263,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ConfigVersionChangedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ConfigVersionChangedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -310,9 +280,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of a key's history, newest first.
@@ -327,18 +295,7 @@ pub mod types {
         }
     }
     ///`put` wrote a value, `delete` removed the key.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum ConfigVersionOperation {
         #[serde(rename = "put")]
         Put,
@@ -355,9 +312,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ConfigVersionOperation {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "put" => Ok(Self::Put),
                 "delete" => Ok(Self::Delete),
@@ -367,17 +322,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ConfigVersionOperation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ConfigVersionOperation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -413,36 +364,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for DeleteConfigEntryEnvironment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 10usize {
                 return Err("longer than 10 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(dev|staging|production)$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(dev|staging|production)$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^(dev|staging|production)$\"".into(),
-                );
+                return Err("doesn't match pattern \"^(dev|staging|production)$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for DeleteConfigEntryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for DeleteConfigEntryEnvironment {
+    impl ::std::convert::TryFrom<::std::string::String> for DeleteConfigEntryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -453,9 +395,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`DeleteConfigEntryKey`
@@ -475,38 +415,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for DeleteConfigEntryKey {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for DeleteConfigEntryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for DeleteConfigEntryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -517,9 +449,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`DeleteConfigEntryServiceName`
@@ -539,17 +469,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for DeleteConfigEntryServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -558,18 +486,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for DeleteConfigEntryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for DeleteConfigEntryServiceName {
+    impl ::std::convert::TryFrom<::std::string::String> for DeleteConfigEntryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -580,9 +503,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A dependency one service declares on another, by name.
@@ -637,9 +558,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for DependencyDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -648,17 +567,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for DependencyDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for DependencyDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -669,9 +584,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`from` depends on `to`.
@@ -700,18 +613,7 @@ pub mod types {
         }
     }
     ///`hard`: the service cannot work without it; `soft`: the service degrades gracefully without it.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum DependencyKind {
         #[serde(rename = "hard")]
         Hard,
@@ -728,9 +630,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for DependencyKind {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "hard" => Ok(Self::Hard),
                 "soft" => Ok(Self::Soft),
@@ -740,17 +640,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for DependencyKind {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for DependencyKind {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -797,17 +693,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for DiscoverServiceServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -816,17 +710,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for DiscoverServiceServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for DiscoverServiceServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -837,9 +727,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`DiscoverServiceTag`
@@ -859,17 +747,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for DiscoverServiceTag {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,31}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,31}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,31}$\"".into());
             }
@@ -878,17 +764,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for DiscoverServiceTag {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for DiscoverServiceTag {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -899,9 +781,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`DiscoverServiceZone`
@@ -921,17 +801,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for DiscoverServiceZone {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z0-9][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z0-9][a-z0-9-]{0,62}$\"".into());
             }
@@ -940,17 +818,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for DiscoverServiceZone {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for DiscoverServiceZone {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -961,9 +835,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The answer to a discovery query.
@@ -982,18 +854,7 @@ pub mod types {
         }
     }
     ///Deployment environment.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum Environment {
         #[serde(rename = "dev")]
         Dev,
@@ -1013,9 +874,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for Environment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "dev" => Ok(Self::Dev),
                 "staging" => Ok(Self::Staging),
@@ -1026,17 +885,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for Environment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for Environment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1076,11 +931,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorCode {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9_]{1,63}$\"".into());
             }
@@ -1089,17 +942,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1110,9 +959,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ErrorDetail`
@@ -1147,9 +994,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailField {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
@@ -1158,17 +1003,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1179,24 +1020,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Where the problem is.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum ErrorDetailLocation {
         #[serde(rename = "body")]
         Body,
@@ -1219,9 +1047,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailLocation {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "body" => Ok(Self::Body),
                 "path" => Ok(Self::Path),
@@ -1233,17 +1059,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1264,9 +1086,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -1278,17 +1098,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1299,9 +1115,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Human-readable explanation, lowercase, without a trailing period.
@@ -1321,9 +1135,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -1335,17 +1147,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1356,9 +1164,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///W3C trace id of the request, for correlating logs and traces.
@@ -1378,11 +1184,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -1391,17 +1195,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1412,9 +1212,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetConfigEntryEnvironment`
@@ -1434,35 +1232,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetConfigEntryEnvironment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 10usize {
                 return Err("longer than 10 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(dev|staging|production)$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(dev|staging|production)$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^(dev|staging|production)$\"".into(),
-                );
+                return Err("doesn't match pattern \"^(dev|staging|production)$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for GetConfigEntryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetConfigEntryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1473,9 +1263,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetConfigEntryKey`
@@ -1495,38 +1283,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetConfigEntryKey {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for GetConfigEntryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetConfigEntryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1537,9 +1317,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetConfigEntryServiceName`
@@ -1559,17 +1337,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetConfigEntryServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -1578,17 +1354,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for GetConfigEntryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetConfigEntryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1599,9 +1371,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetDependencyGraphRoot`
@@ -1621,17 +1391,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetDependencyGraphRoot {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -1640,17 +1408,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for GetDependencyGraphRoot {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetDependencyGraphRoot {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1661,19 +1425,14 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Health in the `application/health+json` style (draft-inadarei-api-health-check), with snake_case member names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Health {
         ///Results per check, keyed `component:measurement` (`store:connection`), each with one result per instance of the component.
-        pub checks: ::std::collections::HashMap<
-            ::std::string::String,
-            ::std::vec::Vec<HealthCheckResult>,
-        >,
+        pub checks: ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<HealthCheckResult>>,
         ///What this health report is about.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub description: ::std::option::Option<HealthDescription>,
@@ -1731,9 +1490,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckResultComponentId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -1745,18 +1502,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckResultComponentId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for HealthCheckResultComponentId {
+    impl ::std::convert::TryFrom<::std::string::String> for HealthCheckResultComponentId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1767,24 +1519,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Kind of component.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthCheckResultComponentType {
         #[serde(rename = "component")]
         Component,
@@ -1804,9 +1543,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckResultComponentType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "component" => Ok(Self::Component),
                 "datastore" => Ok(Self::Datastore),
@@ -1817,18 +1554,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckResultComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for HealthCheckResultComponentType {
+    impl ::std::convert::TryFrom<::std::string::String> for HealthCheckResultComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1849,9 +1581,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckResultObservedUnit {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
@@ -1863,18 +1593,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckResultObservedUnit {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for HealthCheckResultObservedUnit {
+    impl ::std::convert::TryFrom<::std::string::String> for HealthCheckResultObservedUnit {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1885,9 +1610,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Error or warning text when `status` is not `pass`.
@@ -1907,9 +1630,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckResultOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -1918,17 +1639,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckResultOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckResultOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1939,9 +1656,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///What this health report is about.
@@ -1961,9 +1676,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -1972,17 +1685,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1993,24 +1702,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`pass` healthy, `warn` healthy with a concern, `fail` unhealthy.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthStatus {
         #[serde(rename = "pass")]
         Pass,
@@ -2030,9 +1726,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "pass" => Ok(Self::Pass),
                 "warn" => Ok(Self::Warn),
@@ -2043,17 +1737,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2074,9 +1764,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
@@ -2088,17 +1776,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2109,9 +1793,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A TTL heartbeat with the instance's own view of its health.
@@ -2144,17 +1826,14 @@ pub mod types {
     }
     impl ::std::str::FromStr for HostAddress {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 253usize {
                 return Err("longer than 253 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
                         "^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:(:[0-9A-Fa-f]{1,4}){1,7}|::)$",
                     )
@@ -2171,17 +1850,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HostAddress {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HostAddress {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2192,9 +1867,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A registered instance of a service.
@@ -2212,9 +1885,7 @@ pub mod types {
         pub id: ::uuid::Uuid,
         ///When the last heartbeat arrived; null before the first one.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub last_heartbeat_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub last_heartbeat_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         pub metadata: Metadata,
         ///TCP port the instance listens on.
         pub port: ::std::num::NonZeroU64,
@@ -2259,9 +1930,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceHealthUrl {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -2270,17 +1939,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceHealthUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceHealthUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2291,9 +1956,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of instances.
@@ -2339,18 +2002,7 @@ pub mod types {
         }
     }
     ///How the gateway reaches the instance: `http` (HTTP/1.1 with keep-alive), `https`, or `h2c` (HTTP/2 over cleartext TCP with prior knowledge: the instance speaks HTTP/2, and the gateway multiplexes requests over a few connections to it).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum InstanceScheme {
         #[serde(rename = "http")]
         Http,
@@ -2370,9 +2022,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceScheme {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "http" => Ok(Self::Http),
                 "https" => Ok(Self::Https),
@@ -2383,33 +2033,18 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceScheme {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceScheme {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///`passing` healthy; `warning` serving with a concern (returned by discovery only when `passing_only=false`); `critical` failing or expired, never returned by discovery.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum InstanceStatus {
         #[serde(rename = "passing")]
         Passing,
@@ -2429,9 +2064,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "passing" => Ok(Self::Passing),
                 "warning" => Ok(Self::Warning),
@@ -2442,17 +2075,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2473,9 +2102,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceStatusOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4096usize {
                 return Err("longer than 4096 characters".into());
             }
@@ -2484,17 +2111,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceStatusOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceStatusOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2505,9 +2128,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigEntriesCursor`
@@ -2527,17 +2148,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigEntriesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -2546,17 +2165,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListConfigEntriesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListConfigEntriesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2567,9 +2182,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigEntriesEnvironment`
@@ -2589,36 +2202,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigEntriesEnvironment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 10usize {
                 return Err("longer than 10 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(dev|staging|production)$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(dev|staging|production)$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^(dev|staging|production)$\"".into(),
-                );
+                return Err("doesn't match pattern \"^(dev|staging|production)$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ListConfigEntriesEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ListConfigEntriesEnvironment {
+    impl ::std::convert::TryFrom<::std::string::String> for ListConfigEntriesEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2629,9 +2233,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigEntriesKeyPrefix`
@@ -2651,38 +2253,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigEntriesKeyPrefix {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ListConfigEntriesKeyPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListConfigEntriesKeyPrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2693,9 +2287,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigEntriesServiceName`
@@ -2715,17 +2307,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigEntriesServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2734,18 +2324,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListConfigEntriesServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ListConfigEntriesServiceName {
+    impl ::std::convert::TryFrom<::std::string::String> for ListConfigEntriesServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2756,9 +2341,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigHistoryCursor`
@@ -2778,17 +2361,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigHistoryCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -2797,17 +2378,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListConfigHistoryCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListConfigHistoryCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2818,9 +2395,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigHistoryEnvironment`
@@ -2840,36 +2415,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigHistoryEnvironment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 10usize {
                 return Err("longer than 10 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(dev|staging|production)$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(dev|staging|production)$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^(dev|staging|production)$\"".into(),
-                );
+                return Err("doesn't match pattern \"^(dev|staging|production)$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ListConfigHistoryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ListConfigHistoryEnvironment {
+    impl ::std::convert::TryFrom<::std::string::String> for ListConfigHistoryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2880,9 +2446,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigHistoryKey`
@@ -2902,38 +2466,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigHistoryKey {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ListConfigHistoryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListConfigHistoryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2944,9 +2500,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListConfigHistoryServiceName`
@@ -2966,17 +2520,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListConfigHistoryServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2985,18 +2537,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListConfigHistoryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ListConfigHistoryServiceName {
+    impl ::std::convert::TryFrom<::std::string::String> for ListConfigHistoryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3007,9 +2554,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListDependenciesCursor`
@@ -3029,17 +2574,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListDependenciesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3048,17 +2591,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListDependenciesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListDependenciesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3069,9 +2608,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListInstancesCursor`
@@ -3091,17 +2628,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListInstancesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3110,17 +2645,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListInstancesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListInstancesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3131,9 +2662,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListServicesCursor`
@@ -3153,17 +2682,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListServicesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3172,17 +2699,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListServicesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListServicesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3193,9 +2716,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListServicesNamePrefix`
@@ -3215,17 +2736,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListServicesNamePrefix {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3234,17 +2753,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListServicesNamePrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListServicesNamePrefix {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3255,9 +2770,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListServicesTag`
@@ -3277,17 +2790,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListServicesTag {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,31}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,31}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,31}$\"".into());
             }
@@ -3296,17 +2807,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListServicesTag {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListServicesTag {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3317,24 +2824,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`round_robin` cycles through instances; `least_request` picks the instance with fewer requests in flight of two chosen at random; `weighted` picks at random in proportion to instance `weight`.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum LoadBalancing {
         #[serde(rename = "round_robin")]
         RoundRobin,
@@ -3354,9 +2848,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for LoadBalancing {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "round_robin" => Ok(Self::RoundRobin),
                 "least_request" => Ok(Self::LeastRequest),
@@ -3367,46 +2859,33 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for LoadBalancing {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for LoadBalancing {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///Free-form string key/value pairs (at most 64; keys up to 128 characters by convention, values up to 512).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     #[serde(transparent)]
-    pub struct Metadata(
-        pub ::std::collections::HashMap<::std::string::String, MetadataValue>,
-    );
+    pub struct Metadata(pub ::std::collections::HashMap<::std::string::String, MetadataValue>);
     impl ::std::ops::Deref for Metadata {
         type Target = ::std::collections::HashMap<::std::string::String, MetadataValue>;
-        fn deref(
-            &self,
-        ) -> &::std::collections::HashMap<::std::string::String, MetadataValue> {
+        fn deref(&self) -> &::std::collections::HashMap<::std::string::String, MetadataValue> {
             &self.0
         }
     }
-    impl ::std::convert::From<Metadata>
-    for ::std::collections::HashMap<::std::string::String, MetadataValue> {
+    impl ::std::convert::From<Metadata> for ::std::collections::HashMap<::std::string::String, MetadataValue> {
         fn from(value: Metadata) -> Self {
             value.0
         }
     }
-    impl ::std::convert::From<
-        ::std::collections::HashMap<::std::string::String, MetadataValue>,
-    > for Metadata {
-        fn from(
-            value: ::std::collections::HashMap<::std::string::String, MetadataValue>,
-        ) -> Self {
+    impl ::std::convert::From<::std::collections::HashMap<::std::string::String, MetadataValue>> for Metadata {
+        fn from(value: ::std::collections::HashMap<::std::string::String, MetadataValue>) -> Self {
             Self(value)
         }
     }
@@ -3427,9 +2906,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetadataValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
@@ -3438,17 +2915,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for MetadataValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetadataValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3459,9 +2932,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Cursor for the next page; null on the last page.
@@ -3501,17 +2972,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for NextCursorInner {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3520,17 +2989,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for NextCursorInner {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for NextCursorInner {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3541,9 +3006,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Passive outlier ejection: every `interval_seconds` the gateway ejects instances that answered `consecutive_5xx` 5xx responses in a row, for `base_ejection_seconds` times the number of times they were ejected, never ejecting more than `max_ejection_percent` of the instances at once.
@@ -3580,35 +3043,27 @@ pub mod types {
     }
     impl ::std::str::FromStr for PutConfigEntryEnvironment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 10usize {
                 return Err("longer than 10 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^(dev|staging|production)$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(dev|staging|production)$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^(dev|staging|production)$\"".into(),
-                );
+                return Err("doesn't match pattern \"^(dev|staging|production)$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for PutConfigEntryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for PutConfigEntryEnvironment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3619,9 +3074,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`PutConfigEntryIfMatch`
@@ -3641,17 +3094,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for PutConfigEntryIfMatch {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 21usize {
                 return Err("longer than 21 characters".into());
             }
             if value.chars().count() < 3usize {
                 return Err("shorter than 3 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^\"[1-9][0-9]{0,18}\"$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^\"[1-9][0-9]{0,18}\"$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^\"[1-9][0-9]{0,18}\"$\"".into());
             }
@@ -3660,17 +3111,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for PutConfigEntryIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for PutConfigEntryIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3681,9 +3128,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`PutConfigEntryKey`
@@ -3703,38 +3148,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for PutConfigEntryKey {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for PutConfigEntryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for PutConfigEntryKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3745,9 +3182,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`PutConfigEntryServiceName`
@@ -3767,17 +3202,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for PutConfigEntryServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3786,17 +3219,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for PutConfigEntryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for PutConfigEntryServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3807,9 +3236,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`RegisterServiceIdempotencyKey`
@@ -3829,17 +3256,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for RegisterServiceIdempotencyKey {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 8usize {
                 return Err("shorter than 8 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[!-~]{8,255}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[!-~]{8,255}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[!-~]{8,255}$\"".into());
             }
@@ -3848,18 +3273,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RegisterServiceIdempotencyKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for RegisterServiceIdempotencyKey {
+    impl ::std::convert::TryFrom<::std::string::String> for RegisterServiceIdempotencyKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3870,9 +3290,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ReplaceTrafficPolicyIfMatch`
@@ -3892,17 +3310,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReplaceTrafficPolicyIfMatch {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 21usize {
                 return Err("longer than 21 characters".into());
             }
             if value.chars().count() < 3usize {
                 return Err("shorter than 3 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^\"[1-9][0-9]{0,18}\"$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^\"[1-9][0-9]{0,18}\"$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^\"[1-9][0-9]{0,18}\"$\"".into());
             }
@@ -3911,17 +3327,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReplaceTrafficPolicyIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReplaceTrafficPolicyIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3932,24 +3344,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A condition that makes a request eligible for retry: `connect_failure` (connection refused or connect timeout), `refused_stream` (HTTP/2 REFUSED_STREAM), `reset` (connection reset before a response), `timeout` (per-try timeout), `gateway_error` (502, 503, 504), `server_error` (any 5xx), `too_many_requests` (429).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum RetryOn {
         #[serde(rename = "connect_failure")]
         ConnectFailure,
@@ -3981,9 +3380,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for RetryOn {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "connect_failure" => Ok(Self::ConnectFailure),
                 "refused_stream" => Ok(Self::RefusedStream),
@@ -3998,17 +3395,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RetryOn {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RetryOn {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4046,21 +3439,18 @@ pub mod types {
     }
     impl ::std::str::FromStr for SemanticVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
             if value.chars().count() < 5usize {
                 return Err("shorter than 5 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
-                    )
-                    .unwrap()
+                    "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -4073,17 +3463,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SemanticVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SemanticVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4094,9 +3480,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A registered service.
@@ -4145,9 +3529,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -4156,17 +3538,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4177,9 +3555,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///How the monitoring service actively checks each instance: it requests `path` on the instance (or the instance's `health_url`) every `interval_seconds`; the instance counts as healthy after `healthy_threshold` consecutive successes and unhealthy after `unhealthy_threshold` consecutive failures.
@@ -4218,17 +3594,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceHealthCheckPath {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^/[!-~]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^/[!-~]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^/[!-~]*$\"".into());
             }
@@ -4237,17 +3611,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceHealthCheckPath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceHealthCheckPath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4258,9 +3628,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of services.
@@ -4291,17 +3659,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -4310,17 +3676,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4331,9 +3693,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Team or person responsible for the service.
@@ -4353,9 +3713,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceOwner {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -4367,17 +3725,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceOwner {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceOwner {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4388,24 +3742,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Protocol the service's instances speak.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum ServiceProtocol {
         #[serde(rename = "http")]
         Http,
@@ -4425,9 +3766,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceProtocol {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "http" => Ok(Self::Http),
                 "https" => Ok(Self::Https),
@@ -4438,17 +3777,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceProtocol {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceProtocol {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4517,9 +3852,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceUpdateOwner {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -4528,17 +3861,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceUpdateOwner {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceUpdateOwner {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4549,9 +3878,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Labels for filtering (services) and for discovery (instances, e.g. `canary`); unique, at most 32.
@@ -4591,17 +3918,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for TagsItem {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,31}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,31}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,31}$\"".into());
             }
@@ -4610,17 +3935,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TagsItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TagsItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4631,9 +3952,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The traffic policy the gateway applies to calls to a service.
@@ -4694,17 +4013,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for UpdateServiceIfMatch {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 21usize {
                 return Err("longer than 21 characters".into());
             }
             if value.chars().count() < 3usize {
                 return Err("shorter than 3 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^\"[1-9][0-9]{0,18}\"$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^\"[1-9][0-9]{0,18}\"$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^\"[1-9][0-9]{0,18}\"$\"".into());
             }
@@ -4713,17 +4030,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for UpdateServiceIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for UpdateServiceIfMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4734,9 +4047,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Availability zone or locality of the instance.
@@ -4756,17 +4067,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for Zone {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z0-9][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z0-9][a-z0-9-]{0,62}$\"".into());
             }
@@ -4775,17 +4084,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for Zone {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for Zone {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4796,9 +4101,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     /// Types for composing complex structures.
@@ -4806,46 +4109,21 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct CircuitBreakerPolicy {
             failure_rate_threshold: ::std::result::Result<f64, ::std::string::String>,
-            failure_threshold: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            half_open_max_requests: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            minimum_requests: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            open_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            rate_window_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            failure_threshold: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            half_open_max_requests: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            minimum_requests: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            open_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            rate_window_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for CircuitBreakerPolicy {
             fn default() -> Self {
                 Self {
-                    failure_rate_threshold: Err(
-                        "no value supplied for failure_rate_threshold".to_string(),
-                    ),
-                    failure_threshold: Err(
-                        "no value supplied for failure_threshold".to_string(),
-                    ),
-                    half_open_max_requests: Err(
-                        "no value supplied for half_open_max_requests".to_string(),
-                    ),
-                    minimum_requests: Err(
-                        "no value supplied for minimum_requests".to_string(),
-                    ),
+                    failure_rate_threshold: Err("no value supplied for failure_rate_threshold".to_string()),
+                    failure_threshold: Err("no value supplied for failure_threshold".to_string()),
+                    half_open_max_requests: Err("no value supplied for half_open_max_requests".to_string()),
+                    minimum_requests: Err("no value supplied for minimum_requests".to_string()),
                     open_seconds: Err("no value supplied for open_seconds".to_string()),
-                    rate_window_seconds: Err(
-                        "no value supplied for rate_window_seconds".to_string(),
-                    ),
+                    rate_window_seconds: Err("no value supplied for rate_window_seconds".to_string()),
                 }
             }
         }
@@ -4857,11 +4135,7 @@ pub mod types {
             {
                 self.failure_rate_threshold = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for failure_rate_threshold: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for failure_rate_threshold: {e}"));
                 self
             }
             pub fn failure_threshold<T>(mut self, value: T) -> Self
@@ -4869,13 +4143,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.failure_threshold = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for failure_threshold: {e}"
-                        )
-                    });
+                self.failure_threshold =
+                    value.try_into().map_err(|e| format!("error converting supplied value for failure_threshold: {e}"));
                 self
             }
             pub fn half_open_max_requests<T>(mut self, value: T) -> Self
@@ -4885,11 +4154,7 @@ pub mod types {
             {
                 self.half_open_max_requests = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for half_open_max_requests: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for half_open_max_requests: {e}"));
                 self
             }
             pub fn minimum_requests<T>(mut self, value: T) -> Self
@@ -4897,13 +4162,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.minimum_requests = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for minimum_requests: {e}"
-                        )
-                    });
+                self.minimum_requests =
+                    value.try_into().map_err(|e| format!("error converting supplied value for minimum_requests: {e}"));
                 self
             }
             pub fn open_seconds<T>(mut self, value: T) -> Self
@@ -4911,11 +4171,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.open_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for open_seconds: {e}")
-                    });
+                self.open_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for open_seconds: {e}"));
                 self
             }
             pub fn rate_window_seconds<T>(mut self, value: T) -> Self
@@ -4925,20 +4182,13 @@ pub mod types {
             {
                 self.rate_window_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_window_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_window_seconds: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<CircuitBreakerPolicy>
-        for super::CircuitBreakerPolicy {
+        impl ::std::convert::TryFrom<CircuitBreakerPolicy> for super::CircuitBreakerPolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: CircuitBreakerPolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: CircuitBreakerPolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     failure_rate_threshold: value.failure_rate_threshold?,
                     failure_threshold: value.failure_threshold?,
@@ -4963,29 +4213,14 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ConfigEntry {
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::ConfigDescription>,
-                ::std::string::String,
-            >,
-            environment: ::std::result::Result<
-                super::Environment,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            description: ::std::result::Result<::std::option::Option<super::ConfigDescription>, ::std::string::String>,
+            environment: ::std::result::Result<super::Environment, ::std::string::String>,
             key: ::std::result::Result<super::ConfigKey, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             value: ::std::result::Result<super::ConfigValue, ::std::string::String>,
-            version: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            version: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for ConfigEntry {
             fn default() -> Self {
@@ -5007,25 +4242,17 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ConfigDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ConfigDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn environment<T>(mut self, value: T) -> Self
@@ -5033,11 +4260,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Environment>,
                 T::Error: ::std::fmt::Display,
             {
-                self.environment = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for environment: {e}")
-                    });
+                self.environment =
+                    value.try_into().map_err(|e| format!("error converting supplied value for environment: {e}"));
                 self
             }
             pub fn key<T>(mut self, value: T) -> Self
@@ -5045,11 +4269,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ConfigKey>,
                 T::Error: ::std::fmt::Display,
             {
-                self.key = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for key: {e}")
-                    });
+                self.key = value.try_into().map_err(|e| format!("error converting supplied value for key: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -5057,11 +4277,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -5069,11 +4286,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -5081,11 +4295,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ConfigValue>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -5093,19 +4303,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ConfigEntry> for super::ConfigEntry {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ConfigEntry,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ConfigEntry) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     created_at: value.created_at?,
                     description: value.description?,
@@ -5134,10 +4339,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ConfigEntryList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::ConfigEntry>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::ConfigEntry>, ::std::string::String>,
             next_cursor: ::std::result::Result<super::NextCursor, ::std::string::String>,
         }
         impl ::std::default::Default for ConfigEntryList {
@@ -5154,11 +4356,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ConfigEntry>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
@@ -5166,59 +4364,30 @@ pub mod types {
                 T: ::std::convert::TryInto<super::NextCursor>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ConfigEntryList> for super::ConfigEntryList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ConfigEntryList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: ConfigEntryList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::ConfigEntryList> for ConfigEntryList {
             fn from(value: super::ConfigEntryList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct ConfigVersion {
-            changed_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            changed_by: ::std::result::Result<
-                super::ConfigVersionChangedBy,
-                ::std::string::String,
-            >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::ConfigDescription>,
-                ::std::string::String,
-            >,
-            operation: ::std::result::Result<
-                super::ConfigVersionOperation,
-                ::std::string::String,
-            >,
-            value: ::std::result::Result<
-                ::std::option::Option<super::ConfigValue>,
-                ::std::string::String,
-            >,
-            version: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            changed_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            changed_by: ::std::result::Result<super::ConfigVersionChangedBy, ::std::string::String>,
+            description: ::std::result::Result<::std::option::Option<super::ConfigDescription>, ::std::string::String>,
+            operation: ::std::result::Result<super::ConfigVersionOperation, ::std::string::String>,
+            value: ::std::result::Result<::std::option::Option<super::ConfigValue>, ::std::string::String>,
+            version: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for ConfigVersion {
             fn default() -> Self {
@@ -5238,11 +4407,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.changed_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for changed_at: {e}")
-                    });
+                self.changed_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for changed_at: {e}"));
                 self
             }
             pub fn changed_by<T>(mut self, value: T) -> Self
@@ -5250,25 +4416,17 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ConfigVersionChangedBy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.changed_by = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for changed_by: {e}")
-                    });
+                self.changed_by =
+                    value.try_into().map_err(|e| format!("error converting supplied value for changed_by: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ConfigDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ConfigDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn operation<T>(mut self, value: T) -> Self
@@ -5276,11 +4434,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ConfigVersionOperation>,
                 T::Error: ::std::fmt::Display,
             {
-                self.operation = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for operation: {e}")
-                    });
+                self.operation =
+                    value.try_into().map_err(|e| format!("error converting supplied value for operation: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -5288,11 +4443,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::ConfigValue>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -5300,19 +4451,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ConfigVersion> for super::ConfigVersion {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ConfigVersion,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ConfigVersion) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     changed_at: value.changed_at?,
                     changed_by: value.changed_by?,
@@ -5337,10 +4483,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ConfigVersionList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::ConfigVersion>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::ConfigVersion>, ::std::string::String>,
             next_cursor: ::std::result::Result<super::NextCursor, ::std::string::String>,
         }
         impl ::std::default::Default for ConfigVersionList {
@@ -5357,11 +4500,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ConfigVersion>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
@@ -5369,43 +4508,26 @@ pub mod types {
                 T: ::std::convert::TryInto<super::NextCursor>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ConfigVersionList> for super::ConfigVersionList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ConfigVersionList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: ConfigVersionList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::ConfigVersionList> for ConfigVersionList {
             fn from(value: super::ConfigVersionList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct ConfigWrite {
-            description: ::std::result::Result<
-                ::std::option::Option<super::ConfigDescription>,
-                ::std::string::String,
-            >,
-            expected_version: ::std::result::Result<
-                ::std::option::Option<i64>,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::ConfigDescription>, ::std::string::String>,
+            expected_version: ::std::result::Result<::std::option::Option<i64>, ::std::string::String>,
             value: ::std::result::Result<super::ConfigValue, ::std::string::String>,
         }
         impl ::std::default::Default for ConfigWrite {
@@ -5420,16 +4542,11 @@ pub mod types {
         impl ConfigWrite {
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ConfigDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ConfigDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn expected_version<T>(mut self, value: T) -> Self
@@ -5437,13 +4554,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<i64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.expected_version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for expected_version: {e}"
-                        )
-                    });
+                self.expected_version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for expected_version: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -5451,19 +4563,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ConfigValue>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ConfigWrite> for super::ConfigWrite {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ConfigWrite,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ConfigWrite) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     description: value.description?,
                     expected_version: value.expected_version?,
@@ -5482,22 +4588,14 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Dependency {
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             depends_on: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            description: ::std::result::Result<
-                ::std::option::Option<super::DependencyDescription>,
-                ::std::string::String,
-            >,
+            description:
+                ::std::result::Result<::std::option::Option<super::DependencyDescription>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             kind: ::std::result::Result<super::DependencyKind, ::std::string::String>,
             service_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            service_name: ::std::result::Result<
-                super::ServiceName,
-                ::std::string::String,
-            >,
+            service_name: ::std::result::Result<super::ServiceName, ::std::string::String>,
         }
         impl ::std::default::Default for Dependency {
             fn default() -> Self {
@@ -5518,11 +4616,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn depends_on<T>(mut self, value: T) -> Self
@@ -5530,25 +4625,17 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.depends_on = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for depends_on: {e}")
-                    });
+                self.depends_on =
+                    value.try_into().map_err(|e| format!("error converting supplied value for depends_on: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::DependencyDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::DependencyDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -5556,9 +4643,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn kind<T>(mut self, value: T) -> Self
@@ -5566,11 +4651,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::DependencyKind>,
                 T::Error: ::std::fmt::Display,
             {
-                self.kind = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for kind: {e}")
-                    });
+                self.kind = value.try_into().map_err(|e| format!("error converting supplied value for kind: {e}"));
                 self
             }
             pub fn service_id<T>(mut self, value: T) -> Self
@@ -5578,11 +4659,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_id: {e}")
-                    });
+                self.service_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_id: {e}"));
                 self
             }
             pub fn service_name<T>(mut self, value: T) -> Self
@@ -5590,19 +4668,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_name: {e}")
-                    });
+                self.service_name =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_name: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Dependency> for super::Dependency {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Dependency,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Dependency) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     created_at: value.created_at?,
                     depends_on: value.depends_on?,
@@ -5630,14 +4703,9 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct DependencyCreate {
             depends_on: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            description: ::std::result::Result<
-                ::std::option::Option<super::DependencyDescription>,
-                ::std::string::String,
-            >,
-            kind: ::std::result::Result<
-                ::std::option::Option<super::DependencyKind>,
-                ::std::string::String,
-            >,
+            description:
+                ::std::result::Result<::std::option::Option<super::DependencyDescription>, ::std::string::String>,
+            kind: ::std::result::Result<::std::option::Option<super::DependencyKind>, ::std::string::String>,
         }
         impl ::std::default::Default for DependencyCreate {
             fn default() -> Self {
@@ -5654,25 +4722,17 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.depends_on = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for depends_on: {e}")
-                    });
+                self.depends_on =
+                    value.try_into().map_err(|e| format!("error converting supplied value for depends_on: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::DependencyDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::DependencyDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn kind<T>(mut self, value: T) -> Self
@@ -5680,33 +4740,19 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::DependencyKind>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.kind = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for kind: {e}")
-                    });
+                self.kind = value.try_into().map_err(|e| format!("error converting supplied value for kind: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<DependencyCreate> for super::DependencyCreate {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: DependencyCreate,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    depends_on: value.depends_on?,
-                    description: value.description?,
-                    kind: value.kind?,
-                })
+            fn try_from(value: DependencyCreate) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { depends_on: value.depends_on?, description: value.description?, kind: value.kind? })
             }
         }
         impl ::std::convert::From<super::DependencyCreate> for DependencyCreate {
             fn from(value: super::DependencyCreate) -> Self {
-                Self {
-                    depends_on: Ok(value.depends_on),
-                    description: Ok(value.description),
-                    kind: Ok(value.kind),
-                }
+                Self { depends_on: Ok(value.depends_on), description: Ok(value.description), kind: Ok(value.kind) }
             }
         }
         #[derive(Clone, Debug)]
@@ -5730,11 +4776,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.from = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for from: {e}")
-                    });
+                self.from = value.try_into().map_err(|e| format!("error converting supplied value for from: {e}"));
                 self
             }
             pub fn kind<T>(mut self, value: T) -> Self
@@ -5742,11 +4784,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::DependencyKind>,
                 T::Error: ::std::fmt::Display,
             {
-                self.kind = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for kind: {e}")
-                    });
+                self.kind = value.try_into().map_err(|e| format!("error converting supplied value for kind: {e}"));
                 self
             }
             pub fn to<T>(mut self, value: T) -> Self
@@ -5754,47 +4792,26 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.to = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for to: {e}"));
+                self.to = value.try_into().map_err(|e| format!("error converting supplied value for to: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<DependencyEdge> for super::DependencyEdge {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: DependencyEdge,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    from: value.from?,
-                    kind: value.kind?,
-                    to: value.to?,
-                })
+            fn try_from(value: DependencyEdge) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { from: value.from?, kind: value.kind?, to: value.to? })
             }
         }
         impl ::std::convert::From<super::DependencyEdge> for DependencyEdge {
             fn from(value: super::DependencyEdge) -> Self {
-                Self {
-                    from: Ok(value.from),
-                    kind: Ok(value.kind),
-                    to: Ok(value.to),
-                }
+                Self { from: Ok(value.from), kind: Ok(value.kind), to: Ok(value.to) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct DependencyGraph {
-            cycles: ::std::result::Result<
-                ::std::vec::Vec<::std::vec::Vec<super::ServiceName>>,
-                ::std::string::String,
-            >,
-            edges: ::std::result::Result<
-                ::std::vec::Vec<super::DependencyEdge>,
-                ::std::string::String,
-            >,
-            nodes: ::std::result::Result<
-                ::std::vec::Vec<super::DependencyNode>,
-                ::std::string::String,
-            >,
+            cycles: ::std::result::Result<::std::vec::Vec<::std::vec::Vec<super::ServiceName>>, ::std::string::String>,
+            edges: ::std::result::Result<::std::vec::Vec<super::DependencyEdge>, ::std::string::String>,
+            nodes: ::std::result::Result<::std::vec::Vec<super::DependencyNode>, ::std::string::String>,
         }
         impl ::std::default::Default for DependencyGraph {
             fn default() -> Self {
@@ -5808,16 +4825,10 @@ pub mod types {
         impl DependencyGraph {
             pub fn cycles<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::vec::Vec<::std::vec::Vec<super::ServiceName>>,
-                >,
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::vec::Vec<super::ServiceName>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.cycles = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for cycles: {e}")
-                    });
+                self.cycles = value.try_into().map_err(|e| format!("error converting supplied value for cycles: {e}"));
                 self
             }
             pub fn edges<T>(mut self, value: T) -> Self
@@ -5825,11 +4836,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::DependencyEdge>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.edges = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for edges: {e}")
-                    });
+                self.edges = value.try_into().map_err(|e| format!("error converting supplied value for edges: {e}"));
                 self
             }
             pub fn nodes<T>(mut self, value: T) -> Self
@@ -5837,41 +4844,24 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::DependencyNode>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.nodes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for nodes: {e}")
-                    });
+                self.nodes = value.try_into().map_err(|e| format!("error converting supplied value for nodes: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<DependencyGraph> for super::DependencyGraph {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: DependencyGraph,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    cycles: value.cycles?,
-                    edges: value.edges?,
-                    nodes: value.nodes?,
-                })
+            fn try_from(value: DependencyGraph) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { cycles: value.cycles?, edges: value.edges?, nodes: value.nodes? })
             }
         }
         impl ::std::convert::From<super::DependencyGraph> for DependencyGraph {
             fn from(value: super::DependencyGraph) -> Self {
-                Self {
-                    cycles: Ok(value.cycles),
-                    edges: Ok(value.edges),
-                    nodes: Ok(value.nodes),
-                }
+                Self { cycles: Ok(value.cycles), edges: Ok(value.edges), nodes: Ok(value.nodes) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct DependencyList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Dependency>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Dependency>, ::std::string::String>,
             next_cursor: ::std::result::Result<super::NextCursor, ::std::string::String>,
         }
         impl ::std::default::Default for DependencyList {
@@ -5888,11 +4878,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Dependency>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
@@ -5900,41 +4886,27 @@ pub mod types {
                 T: ::std::convert::TryInto<super::NextCursor>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<DependencyList> for super::DependencyList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: DependencyList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: DependencyList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::DependencyList> for DependencyList {
             fn from(value: super::DependencyList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct DependencyNode {
             registered: ::std::result::Result<bool, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            version: ::std::result::Result<
-                ::std::option::Option<super::SemanticVersion>,
-                ::std::string::String,
-            >,
+            version: ::std::result::Result<::std::option::Option<super::SemanticVersion>, ::std::string::String>,
         }
         impl ::std::default::Default for DependencyNode {
             fn default() -> Self {
@@ -5951,11 +4923,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.registered = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for registered: {e}")
-                    });
+                self.registered =
+                    value.try_into().map_err(|e| format!("error converting supplied value for registered: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -5963,61 +4932,37 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SemanticVersion>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SemanticVersion>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<DependencyNode> for super::DependencyNode {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: DependencyNode,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    registered: value.registered?,
-                    service: value.service?,
-                    version: value.version?,
-                })
+            fn try_from(value: DependencyNode) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { registered: value.registered?, service: value.service?, version: value.version? })
             }
         }
         impl ::std::convert::From<super::DependencyNode> for DependencyNode {
             fn from(value: super::DependencyNode) -> Self {
-                Self {
-                    registered: Ok(value.registered),
-                    service: Ok(value.service),
-                    version: Ok(value.version),
-                }
+                Self { registered: Ok(value.registered), service: Ok(value.service), version: Ok(value.version) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Discovery {
             index: ::std::result::Result<i64, ::std::string::String>,
-            instances: ::std::result::Result<
-                ::std::vec::Vec<super::Instance>,
-                ::std::string::String,
-            >,
+            instances: ::std::result::Result<::std::vec::Vec<super::Instance>, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            traffic_policy: ::std::result::Result<
-                super::TrafficPolicy,
-                ::std::string::String,
-            >,
+            traffic_policy: ::std::result::Result<super::TrafficPolicy, ::std::string::String>,
         }
         impl ::std::default::Default for Discovery {
             fn default() -> Self {
@@ -6025,9 +4970,7 @@ pub mod types {
                     index: Err("no value supplied for index".to_string()),
                     instances: Err("no value supplied for instances".to_string()),
                     service: Err("no value supplied for service".to_string()),
-                    traffic_policy: Err(
-                        "no value supplied for traffic_policy".to_string(),
-                    ),
+                    traffic_policy: Err("no value supplied for traffic_policy".to_string()),
                 }
             }
         }
@@ -6037,11 +4980,7 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.index = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for index: {e}")
-                    });
+                self.index = value.try_into().map_err(|e| format!("error converting supplied value for index: {e}"));
                 self
             }
             pub fn instances<T>(mut self, value: T) -> Self
@@ -6049,11 +4988,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Instance>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.instances = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for instances: {e}")
-                    });
+                self.instances =
+                    value.try_into().map_err(|e| format!("error converting supplied value for instances: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -6061,11 +4997,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn traffic_policy<T>(mut self, value: T) -> Self
@@ -6073,21 +5006,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TrafficPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.traffic_policy = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for traffic_policy: {e}"
-                        )
-                    });
+                self.traffic_policy =
+                    value.try_into().map_err(|e| format!("error converting supplied value for traffic_policy: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Discovery> for super::Discovery {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Discovery,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Discovery) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     index: value.index?,
                     instances: value.instances?,
@@ -6109,15 +5035,9 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct Error {
             code: ::std::result::Result<super::ErrorCode, ::std::string::String>,
-            details: ::std::result::Result<
-                ::std::vec::Vec<super::ErrorDetail>,
-                ::std::string::String,
-            >,
+            details: ::std::result::Result<::std::vec::Vec<super::ErrorDetail>, ::std::string::String>,
             message: ::std::result::Result<super::ErrorMessage, ::std::string::String>,
-            trace_id: ::std::result::Result<
-                ::std::option::Option<super::ErrorTraceId>,
-                ::std::string::String,
-            >,
+            trace_id: ::std::result::Result<::std::option::Option<super::ErrorTraceId>, ::std::string::String>,
         }
         impl ::std::default::Default for Error {
             fn default() -> Self {
@@ -6135,11 +5055,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorCode>,
                 T::Error: ::std::fmt::Display,
             {
-                self.code = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for code: {e}")
-                    });
+                self.code = value.try_into().map_err(|e| format!("error converting supplied value for code: {e}"));
                 self
             }
             pub fn details<T>(mut self, value: T) -> Self
@@ -6147,11 +5063,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ErrorDetail>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.details = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for details: {e}")
-                    });
+                self.details =
+                    value.try_into().map_err(|e| format!("error converting supplied value for details: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -6159,11 +5072,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -6171,19 +5081,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::ErrorTraceId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Error> for super::Error {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Error,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Error) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     code: value.code?,
                     details: value.details?,
@@ -6204,18 +5109,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ErrorDetail {
-            field: ::std::result::Result<
-                ::std::option::Option<super::ErrorDetailField>,
-                ::std::string::String,
-            >,
-            location: ::std::result::Result<
-                super::ErrorDetailLocation,
-                ::std::string::String,
-            >,
-            message: ::std::result::Result<
-                super::ErrorDetailMessage,
-                ::std::string::String,
-            >,
+            field: ::std::result::Result<::std::option::Option<super::ErrorDetailField>, ::std::string::String>,
+            location: ::std::result::Result<super::ErrorDetailLocation, ::std::string::String>,
+            message: ::std::result::Result<super::ErrorDetailMessage, ::std::string::String>,
         }
         impl ::std::default::Default for ErrorDetail {
             fn default() -> Self {
@@ -6229,16 +5125,10 @@ pub mod types {
         impl ErrorDetail {
             pub fn field<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ErrorDetailField>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ErrorDetailField>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.field = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for field: {e}")
-                    });
+                self.field = value.try_into().map_err(|e| format!("error converting supplied value for field: {e}"));
                 self
             }
             pub fn location<T>(mut self, value: T) -> Self
@@ -6246,11 +5136,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailLocation>,
                 T::Error: ::std::fmt::Display,
             {
-                self.location = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for location: {e}")
-                    });
+                self.location =
+                    value.try_into().map_err(|e| format!("error converting supplied value for location: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -6258,53 +5145,31 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ErrorDetail> for super::ErrorDetail {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ErrorDetail,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    field: value.field?,
-                    location: value.location?,
-                    message: value.message?,
-                })
+            fn try_from(value: ErrorDetail) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { field: value.field?, location: value.location?, message: value.message? })
             }
         }
         impl ::std::convert::From<super::ErrorDetail> for ErrorDetail {
             fn from(value: super::ErrorDetail) -> Self {
-                Self {
-                    field: Ok(value.field),
-                    location: Ok(value.location),
-                    message: Ok(value.message),
-                }
+                Self { field: Ok(value.field), location: Ok(value.location), message: Ok(value.message) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Health {
             checks: ::std::result::Result<
-                ::std::collections::HashMap<
-                    ::std::string::String,
-                    ::std::vec::Vec<super::HealthCheckResult>,
-                >,
+                ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<super::HealthCheckResult>>,
                 ::std::string::String,
             >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::HealthDescription>,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::HealthDescription>, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
-            version: ::std::result::Result<
-                ::std::option::Option<super::HealthVersion>,
-                ::std::string::String,
-            >,
+            version: ::std::result::Result<::std::option::Option<super::HealthVersion>, ::std::string::String>,
         }
         impl ::std::default::Default for Health {
             fn default() -> Self {
@@ -6320,32 +5185,20 @@ pub mod types {
             pub fn checks<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::collections::HashMap<
-                        ::std::string::String,
-                        ::std::vec::Vec<super::HealthCheckResult>,
+                        ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<super::HealthCheckResult>>,
                     >,
-                >,
                 T::Error: ::std::fmt::Display,
             {
-                self.checks = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for checks: {e}")
-                    });
+                self.checks = value.try_into().map_err(|e| format!("error converting supplied value for checks: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -6353,11 +5206,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -6365,19 +5214,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::HealthVersion>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Health> for super::Health {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Health,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Health) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     checks: value.checks?,
                     description: value.description?,
@@ -6410,19 +5254,10 @@ pub mod types {
                 ::std::option::Option<super::HealthCheckResultObservedUnit>,
                 ::std::string::String,
             >,
-            observed_value: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            output: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckResultOutput>,
-                ::std::string::String,
-            >,
+            observed_value: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            output: ::std::result::Result<::std::option::Option<super::HealthCheckResultOutput>, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
-            time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for HealthCheckResult {
             fn default() -> Self {
@@ -6440,46 +5275,29 @@ pub mod types {
         impl HealthCheckResult {
             pub fn component_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckResultComponentId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckResultComponentId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.component_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for component_id: {e}")
-                    });
+                self.component_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for component_id: {e}"));
                 self
             }
             pub fn component_type<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckResultComponentType>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckResultComponentType>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.component_type = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for component_type: {e}"
-                        )
-                    });
+                self.component_type =
+                    value.try_into().map_err(|e| format!("error converting supplied value for component_type: {e}"));
                 self
             }
             pub fn observed_unit<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckResultObservedUnit>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckResultObservedUnit>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_unit = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for observed_unit: {e}")
-                    });
+                self.observed_unit =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_unit: {e}"));
                 self
             }
             pub fn observed_value<T>(mut self, value: T) -> Self
@@ -6487,27 +5305,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for observed_value: {e}"
-                        )
-                    });
+                self.observed_value =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_value: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckResultOutput>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckResultOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -6515,11 +5322,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn time<T>(mut self, value: T) -> Self
@@ -6527,19 +5330,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for time: {e}")
-                    });
+                self.time = value.try_into().map_err(|e| format!("error converting supplied value for time: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HealthCheckResult> for super::HealthCheckResult {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HealthCheckResult,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: HealthCheckResult) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     component_id: value.component_id?,
                     component_type: value.component_type?,
@@ -6566,33 +5363,21 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct HeartbeatRequest {
-            output: ::std::result::Result<
-                ::std::option::Option<super::InstanceStatusOutput>,
-                ::std::string::String,
-            >,
+            output: ::std::result::Result<::std::option::Option<super::InstanceStatusOutput>, ::std::string::String>,
             status: ::std::result::Result<super::InstanceStatus, ::std::string::String>,
         }
         impl ::std::default::Default for HeartbeatRequest {
             fn default() -> Self {
-                Self {
-                    output: Ok(Default::default()),
-                    status: Err("no value supplied for status".to_string()),
-                }
+                Self { output: Ok(Default::default()), status: Err("no value supplied for status".to_string()) }
             }
         }
         impl HeartbeatRequest {
             pub fn output<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::InstanceStatusOutput>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::InstanceStatusOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -6600,48 +5385,27 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HeartbeatRequest> for super::HeartbeatRequest {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HeartbeatRequest,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    output: value.output?,
-                    status: value.status?,
-                })
+            fn try_from(value: HeartbeatRequest) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { output: value.output?, status: value.status? })
             }
         }
         impl ::std::convert::From<super::HeartbeatRequest> for HeartbeatRequest {
             fn from(value: super::HeartbeatRequest) -> Self {
-                Self {
-                    output: Ok(value.output),
-                    status: Ok(value.status),
-                }
+                Self { output: Ok(value.output), status: Ok(value.status) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Instance {
             address: ::std::result::Result<super::HostAddress, ::std::string::String>,
-            deregister_critical_after_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            expires_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            health_url: ::std::result::Result<
-                ::std::option::Option<super::InstanceHealthUrl>,
-                ::std::string::String,
-            >,
+            deregister_critical_after_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            expires_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            health_url: ::std::result::Result<::std::option::Option<super::InstanceHealthUrl>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             last_heartbeat_at: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
@@ -6649,58 +5413,37 @@ pub mod types {
             >,
             metadata: ::std::result::Result<super::Metadata, ::std::string::String>,
             port: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
-            registered_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            registered_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             scheme: ::std::result::Result<super::InstanceScheme, ::std::string::String>,
             service_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            service_name: ::std::result::Result<
-                super::ServiceName,
-                ::std::string::String,
-            >,
+            service_name: ::std::result::Result<super::ServiceName, ::std::string::String>,
             status: ::std::result::Result<super::InstanceStatus, ::std::string::String>,
-            status_output: ::std::result::Result<
-                ::std::option::Option<super::InstanceStatusOutput>,
-                ::std::string::String,
-            >,
+            status_output:
+                ::std::result::Result<::std::option::Option<super::InstanceStatusOutput>, ::std::string::String>,
             tags: ::std::result::Result<super::Tags, ::std::string::String>,
-            ttl_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            ttl_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             weight: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
-            zone: ::std::result::Result<
-                ::std::option::Option<super::Zone>,
-                ::std::string::String,
-            >,
+            zone: ::std::result::Result<::std::option::Option<super::Zone>, ::std::string::String>,
         }
         impl ::std::default::Default for Instance {
             fn default() -> Self {
                 Self {
                     address: Err("no value supplied for address".to_string()),
                     deregister_critical_after_seconds: Err(
-                        "no value supplied for deregister_critical_after_seconds"
-                            .to_string(),
+                        "no value supplied for deregister_critical_after_seconds".to_string()
                     ),
                     expires_at: Err("no value supplied for expires_at".to_string()),
                     health_url: Err("no value supplied for health_url".to_string()),
                     id: Err("no value supplied for id".to_string()),
-                    last_heartbeat_at: Err(
-                        "no value supplied for last_heartbeat_at".to_string(),
-                    ),
+                    last_heartbeat_at: Err("no value supplied for last_heartbeat_at".to_string()),
                     metadata: Err("no value supplied for metadata".to_string()),
                     port: Err("no value supplied for port".to_string()),
-                    registered_at: Err(
-                        "no value supplied for registered_at".to_string(),
-                    ),
+                    registered_at: Err("no value supplied for registered_at".to_string()),
                     scheme: Err("no value supplied for scheme".to_string()),
                     service_id: Err("no value supplied for service_id".to_string()),
                     service_name: Err("no value supplied for service_name".to_string()),
                     status: Err("no value supplied for status".to_string()),
-                    status_output: Err(
-                        "no value supplied for status_output".to_string(),
-                    ),
+                    status_output: Err("no value supplied for status_output".to_string()),
                     tags: Err("no value supplied for tags".to_string()),
                     ttl_seconds: Err("no value supplied for ttl_seconds".to_string()),
                     weight: Err("no value supplied for weight".to_string()),
@@ -6714,11 +5457,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HostAddress>,
                 T::Error: ::std::fmt::Display,
             {
-                self.address = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for address: {e}")
-                    });
+                self.address =
+                    value.try_into().map_err(|e| format!("error converting supplied value for address: {e}"));
                 self
             }
             pub fn deregister_critical_after_seconds<T>(mut self, value: T) -> Self
@@ -6728,11 +5468,7 @@ pub mod types {
             {
                 self.deregister_critical_after_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for deregister_critical_after_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for deregister_critical_after_seconds: {e}"));
                 self
             }
             pub fn expires_at<T>(mut self, value: T) -> Self
@@ -6740,25 +5476,17 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.expires_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for expires_at: {e}")
-                    });
+                self.expires_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for expires_at: {e}"));
                 self
             }
             pub fn health_url<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::InstanceHealthUrl>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::InstanceHealthUrl>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.health_url = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for health_url: {e}")
-                    });
+                self.health_url =
+                    value.try_into().map_err(|e| format!("error converting supplied value for health_url: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -6766,25 +5494,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn last_heartbeat_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.last_heartbeat_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for last_heartbeat_at: {e}"
-                        )
-                    });
+                self.last_heartbeat_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for last_heartbeat_at: {e}"));
                 self
             }
             pub fn metadata<T>(mut self, value: T) -> Self
@@ -6792,11 +5511,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Metadata>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metadata = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metadata: {e}")
-                    });
+                self.metadata =
+                    value.try_into().map_err(|e| format!("error converting supplied value for metadata: {e}"));
                 self
             }
             pub fn port<T>(mut self, value: T) -> Self
@@ -6804,11 +5520,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.port = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for port: {e}")
-                    });
+                self.port = value.try_into().map_err(|e| format!("error converting supplied value for port: {e}"));
                 self
             }
             pub fn registered_at<T>(mut self, value: T) -> Self
@@ -6816,11 +5528,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.registered_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for registered_at: {e}")
-                    });
+                self.registered_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for registered_at: {e}"));
                 self
             }
             pub fn scheme<T>(mut self, value: T) -> Self
@@ -6828,11 +5537,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceScheme>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scheme = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scheme: {e}")
-                    });
+                self.scheme = value.try_into().map_err(|e| format!("error converting supplied value for scheme: {e}"));
                 self
             }
             pub fn service_id<T>(mut self, value: T) -> Self
@@ -6840,11 +5545,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_id: {e}")
-                    });
+                self.service_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_id: {e}"));
                 self
             }
             pub fn service_name<T>(mut self, value: T) -> Self
@@ -6852,11 +5554,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_name: {e}")
-                    });
+                self.service_name =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_name: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -6864,25 +5563,16 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn status_output<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::InstanceStatusOutput>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::InstanceStatusOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status_output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status_output: {e}")
-                    });
+                self.status_output =
+                    value.try_into().map_err(|e| format!("error converting supplied value for status_output: {e}"));
                 self
             }
             pub fn tags<T>(mut self, value: T) -> Self
@@ -6890,11 +5580,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Tags>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tags = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tags: {e}")
-                    });
+                self.tags = value.try_into().map_err(|e| format!("error converting supplied value for tags: {e}"));
                 self
             }
             pub fn ttl_seconds<T>(mut self, value: T) -> Self
@@ -6902,11 +5588,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.ttl_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for ttl_seconds: {e}")
-                    });
+                self.ttl_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for ttl_seconds: {e}"));
                 self
             }
             pub fn weight<T>(mut self, value: T) -> Self
@@ -6914,11 +5597,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.weight = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for weight: {e}")
-                    });
+                self.weight = value.try_into().map_err(|e| format!("error converting supplied value for weight: {e}"));
                 self
             }
             pub fn zone<T>(mut self, value: T) -> Self
@@ -6926,23 +5605,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Zone>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.zone = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for zone: {e}")
-                    });
+                self.zone = value.try_into().map_err(|e| format!("error converting supplied value for zone: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Instance> for super::Instance {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Instance,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Instance) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     address: value.address?,
-                    deregister_critical_after_seconds: value
-                        .deregister_critical_after_seconds?,
+                    deregister_critical_after_seconds: value.deregister_critical_after_seconds?,
                     expires_at: value.expires_at?,
                     health_url: value.health_url?,
                     id: value.id?,
@@ -6966,9 +5638,7 @@ pub mod types {
             fn from(value: super::Instance) -> Self {
                 Self {
                     address: Ok(value.address),
-                    deregister_critical_after_seconds: Ok(
-                        value.deregister_critical_after_seconds,
-                    ),
+                    deregister_critical_after_seconds: Ok(value.deregister_critical_after_seconds),
                     expires_at: Ok(value.expires_at),
                     health_url: Ok(value.health_url),
                     id: Ok(value.id),
@@ -6990,10 +5660,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct InstanceList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Instance>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Instance>, ::std::string::String>,
             next_cursor: ::std::result::Result<super::NextCursor, ::std::string::String>,
         }
         impl ::std::default::Default for InstanceList {
@@ -7010,11 +5677,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Instance>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
@@ -7022,66 +5685,34 @@ pub mod types {
                 T: ::std::convert::TryInto<super::NextCursor>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<InstanceList> for super::InstanceList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: InstanceList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: InstanceList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::InstanceList> for InstanceList {
             fn from(value: super::InstanceList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct InstanceRegistration {
             address: ::std::result::Result<super::HostAddress, ::std::string::String>,
-            deregister_critical_after_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            health_url: ::std::result::Result<
-                ::std::option::Option<super::InstanceHealthUrl>,
-                ::std::string::String,
-            >,
-            metadata: ::std::result::Result<
-                ::std::option::Option<super::Metadata>,
-                ::std::string::String,
-            >,
+            deregister_critical_after_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            health_url: ::std::result::Result<::std::option::Option<super::InstanceHealthUrl>, ::std::string::String>,
+            metadata: ::std::result::Result<::std::option::Option<super::Metadata>, ::std::string::String>,
             port: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
-            scheme: ::std::result::Result<
-                ::std::option::Option<super::InstanceScheme>,
-                ::std::string::String,
-            >,
-            tags: ::std::result::Result<
-                ::std::option::Option<super::Tags>,
-                ::std::string::String,
-            >,
-            ttl_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            scheme: ::std::result::Result<::std::option::Option<super::InstanceScheme>, ::std::string::String>,
+            tags: ::std::result::Result<::std::option::Option<super::Tags>, ::std::string::String>,
+            ttl_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             weight: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
-            zone: ::std::result::Result<
-                ::std::option::Option<super::Zone>,
-                ::std::string::String,
-            >,
+            zone: ::std::result::Result<::std::option::Option<super::Zone>, ::std::string::String>,
         }
         impl ::std::default::Default for InstanceRegistration {
             fn default() -> Self {
@@ -7095,12 +5726,8 @@ pub mod types {
                     port: Err("no value supplied for port".to_string()),
                     scheme: Ok(Default::default()),
                     tags: Ok(Default::default()),
-                    ttl_seconds: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 30>(),
-                    ),
-                    weight: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 100>(),
-                    ),
+                    ttl_seconds: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 30>()),
+                    weight: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 100>()),
                     zone: Ok(Default::default()),
                 }
             }
@@ -7111,11 +5738,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HostAddress>,
                 T::Error: ::std::fmt::Display,
             {
-                self.address = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for address: {e}")
-                    });
+                self.address =
+                    value.try_into().map_err(|e| format!("error converting supplied value for address: {e}"));
                 self
             }
             pub fn deregister_critical_after_seconds<T>(mut self, value: T) -> Self
@@ -7125,25 +5749,16 @@ pub mod types {
             {
                 self.deregister_critical_after_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for deregister_critical_after_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for deregister_critical_after_seconds: {e}"));
                 self
             }
             pub fn health_url<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::InstanceHealthUrl>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::InstanceHealthUrl>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.health_url = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for health_url: {e}")
-                    });
+                self.health_url =
+                    value.try_into().map_err(|e| format!("error converting supplied value for health_url: {e}"));
                 self
             }
             pub fn metadata<T>(mut self, value: T) -> Self
@@ -7151,11 +5766,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Metadata>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metadata = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metadata: {e}")
-                    });
+                self.metadata =
+                    value.try_into().map_err(|e| format!("error converting supplied value for metadata: {e}"));
                 self
             }
             pub fn port<T>(mut self, value: T) -> Self
@@ -7163,11 +5775,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.port = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for port: {e}")
-                    });
+                self.port = value.try_into().map_err(|e| format!("error converting supplied value for port: {e}"));
                 self
             }
             pub fn scheme<T>(mut self, value: T) -> Self
@@ -7175,11 +5783,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::InstanceScheme>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.scheme = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for scheme: {e}")
-                    });
+                self.scheme = value.try_into().map_err(|e| format!("error converting supplied value for scheme: {e}"));
                 self
             }
             pub fn tags<T>(mut self, value: T) -> Self
@@ -7187,11 +5791,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Tags>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tags = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tags: {e}")
-                    });
+                self.tags = value.try_into().map_err(|e| format!("error converting supplied value for tags: {e}"));
                 self
             }
             pub fn ttl_seconds<T>(mut self, value: T) -> Self
@@ -7199,11 +5799,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.ttl_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for ttl_seconds: {e}")
-                    });
+                self.ttl_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for ttl_seconds: {e}"));
                 self
             }
             pub fn weight<T>(mut self, value: T) -> Self
@@ -7211,11 +5808,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.weight = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for weight: {e}")
-                    });
+                self.weight = value.try_into().map_err(|e| format!("error converting supplied value for weight: {e}"));
                 self
             }
             pub fn zone<T>(mut self, value: T) -> Self
@@ -7223,24 +5816,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Zone>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.zone = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for zone: {e}")
-                    });
+                self.zone = value.try_into().map_err(|e| format!("error converting supplied value for zone: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<InstanceRegistration>
-        for super::InstanceRegistration {
+        impl ::std::convert::TryFrom<InstanceRegistration> for super::InstanceRegistration {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: InstanceRegistration,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: InstanceRegistration) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     address: value.address?,
-                    deregister_critical_after_seconds: value
-                        .deregister_critical_after_seconds?,
+                    deregister_critical_after_seconds: value.deregister_critical_after_seconds?,
                     health_url: value.health_url?,
                     metadata: value.metadata?,
                     port: value.port?,
@@ -7256,9 +5841,7 @@ pub mod types {
             fn from(value: super::InstanceRegistration) -> Self {
                 Self {
                     address: Ok(value.address),
-                    deregister_critical_after_seconds: Ok(
-                        value.deregister_critical_after_seconds,
-                    ),
+                    deregister_critical_after_seconds: Ok(value.deregister_critical_after_seconds),
                     health_url: Ok(value.health_url),
                     metadata: Ok(value.metadata),
                     port: Ok(value.port),
@@ -7272,35 +5855,18 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct OutlierDetectionPolicy {
-            base_ejection_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            consecutive_5xx: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            interval_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            base_ejection_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            consecutive_5xx: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            interval_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             max_ejection_percent: ::std::result::Result<i64, ::std::string::String>,
         }
         impl ::std::default::Default for OutlierDetectionPolicy {
             fn default() -> Self {
                 Self {
-                    base_ejection_seconds: Err(
-                        "no value supplied for base_ejection_seconds".to_string(),
-                    ),
-                    consecutive_5xx: Err(
-                        "no value supplied for consecutive_5xx".to_string(),
-                    ),
-                    interval_seconds: Err(
-                        "no value supplied for interval_seconds".to_string(),
-                    ),
-                    max_ejection_percent: Err(
-                        "no value supplied for max_ejection_percent".to_string(),
-                    ),
+                    base_ejection_seconds: Err("no value supplied for base_ejection_seconds".to_string()),
+                    consecutive_5xx: Err("no value supplied for consecutive_5xx".to_string()),
+                    interval_seconds: Err("no value supplied for interval_seconds".to_string()),
+                    max_ejection_percent: Err("no value supplied for max_ejection_percent".to_string()),
                 }
             }
         }
@@ -7312,11 +5878,7 @@ pub mod types {
             {
                 self.base_ejection_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for base_ejection_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for base_ejection_seconds: {e}"));
                 self
             }
             pub fn consecutive_5xx<T>(mut self, value: T) -> Self
@@ -7324,13 +5886,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.consecutive_5xx = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for consecutive_5xx: {e}"
-                        )
-                    });
+                self.consecutive_5xx =
+                    value.try_into().map_err(|e| format!("error converting supplied value for consecutive_5xx: {e}"));
                 self
             }
             pub fn interval_seconds<T>(mut self, value: T) -> Self
@@ -7338,13 +5895,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.interval_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for interval_seconds: {e}"
-                        )
-                    });
+                self.interval_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for interval_seconds: {e}"));
                 self
             }
             pub fn max_ejection_percent<T>(mut self, value: T) -> Self
@@ -7354,20 +5906,13 @@ pub mod types {
             {
                 self.max_ejection_percent = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for max_ejection_percent: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for max_ejection_percent: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<OutlierDetectionPolicy>
-        for super::OutlierDetectionPolicy {
+        impl ::std::convert::TryFrom<OutlierDetectionPolicy> for super::OutlierDetectionPolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: OutlierDetectionPolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: OutlierDetectionPolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     base_ejection_seconds: value.base_ejection_seconds?,
                     consecutive_5xx: value.consecutive_5xx?,
@@ -7376,8 +5921,7 @@ pub mod types {
                 })
             }
         }
-        impl ::std::convert::From<super::OutlierDetectionPolicy>
-        for OutlierDetectionPolicy {
+        impl ::std::convert::From<super::OutlierDetectionPolicy> for OutlierDetectionPolicy {
             fn from(value: super::OutlierDetectionPolicy) -> Self {
                 Self {
                     base_ejection_seconds: Ok(value.base_ejection_seconds),
@@ -7391,25 +5935,15 @@ pub mod types {
         pub struct RetryPolicy {
             budget_percent: ::std::result::Result<i64, ::std::string::String>,
             max_attempts: ::std::result::Result<i64, ::std::string::String>,
-            per_try_timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            retry_on: ::std::result::Result<
-                ::std::vec::Vec<super::RetryOn>,
-                ::std::string::String,
-            >,
+            per_try_timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            retry_on: ::std::result::Result<::std::vec::Vec<super::RetryOn>, ::std::string::String>,
         }
         impl ::std::default::Default for RetryPolicy {
             fn default() -> Self {
                 Self {
-                    budget_percent: Err(
-                        "no value supplied for budget_percent".to_string(),
-                    ),
+                    budget_percent: Err("no value supplied for budget_percent".to_string()),
                     max_attempts: Err("no value supplied for max_attempts".to_string()),
-                    per_try_timeout_ms: Err(
-                        "no value supplied for per_try_timeout_ms".to_string(),
-                    ),
+                    per_try_timeout_ms: Err("no value supplied for per_try_timeout_ms".to_string()),
                     retry_on: Err("no value supplied for retry_on".to_string()),
                 }
             }
@@ -7420,13 +5954,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.budget_percent = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for budget_percent: {e}"
-                        )
-                    });
+                self.budget_percent =
+                    value.try_into().map_err(|e| format!("error converting supplied value for budget_percent: {e}"));
                 self
             }
             pub fn max_attempts<T>(mut self, value: T) -> Self
@@ -7434,11 +5963,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_attempts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for max_attempts: {e}")
-                    });
+                self.max_attempts =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_attempts: {e}"));
                 self
             }
             pub fn per_try_timeout_ms<T>(mut self, value: T) -> Self
@@ -7448,11 +5974,7 @@ pub mod types {
             {
                 self.per_try_timeout_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for per_try_timeout_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for per_try_timeout_ms: {e}"));
                 self
             }
             pub fn retry_on<T>(mut self, value: T) -> Self
@@ -7460,19 +5982,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::RetryOn>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.retry_on = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for retry_on: {e}")
-                    });
+                self.retry_on =
+                    value.try_into().map_err(|e| format!("error converting supplied value for retry_on: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<RetryPolicy> for super::RetryPolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: RetryPolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: RetryPolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     budget_percent: value.budget_percent?,
                     max_attempts: value.max_attempts?,
@@ -7493,42 +6010,18 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Service {
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::ServiceDescription>,
-                ::std::string::String,
-            >,
-            health_check: ::std::result::Result<
-                super::ServiceHealthCheck,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            description: ::std::result::Result<::std::option::Option<super::ServiceDescription>, ::std::string::String>,
+            health_check: ::std::result::Result<super::ServiceHealthCheck, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             metadata: ::std::result::Result<super::Metadata, ::std::string::String>,
             name: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            owner: ::std::result::Result<
-                ::std::option::Option<super::ServiceOwner>,
-                ::std::string::String,
-            >,
-            protocol: ::std::result::Result<
-                super::ServiceProtocol,
-                ::std::string::String,
-            >,
-            revision: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            owner: ::std::result::Result<::std::option::Option<super::ServiceOwner>, ::std::string::String>,
+            protocol: ::std::result::Result<super::ServiceProtocol, ::std::string::String>,
+            revision: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             tags: ::std::result::Result<super::Tags, ::std::string::String>,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            version: ::std::result::Result<
-                super::SemanticVersion,
-                ::std::string::String,
-            >,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            version: ::std::result::Result<super::SemanticVersion, ::std::string::String>,
         }
         impl ::std::default::Default for Service {
             fn default() -> Self {
@@ -7554,25 +6047,17 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn health_check<T>(mut self, value: T) -> Self
@@ -7580,11 +6065,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceHealthCheck>,
                 T::Error: ::std::fmt::Display,
             {
-                self.health_check = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for health_check: {e}")
-                    });
+                self.health_check =
+                    value.try_into().map_err(|e| format!("error converting supplied value for health_check: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -7592,9 +6074,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn metadata<T>(mut self, value: T) -> Self
@@ -7602,11 +6082,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Metadata>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metadata = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metadata: {e}")
-                    });
+                self.metadata =
+                    value.try_into().map_err(|e| format!("error converting supplied value for metadata: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -7614,11 +6091,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn owner<T>(mut self, value: T) -> Self
@@ -7626,11 +6099,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::ServiceOwner>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.owner = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for owner: {e}")
-                    });
+                self.owner = value.try_into().map_err(|e| format!("error converting supplied value for owner: {e}"));
                 self
             }
             pub fn protocol<T>(mut self, value: T) -> Self
@@ -7638,11 +6107,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceProtocol>,
                 T::Error: ::std::fmt::Display,
             {
-                self.protocol = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for protocol: {e}")
-                    });
+                self.protocol =
+                    value.try_into().map_err(|e| format!("error converting supplied value for protocol: {e}"));
                 self
             }
             pub fn revision<T>(mut self, value: T) -> Self
@@ -7650,11 +6116,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.revision = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for revision: {e}")
-                    });
+                self.revision =
+                    value.try_into().map_err(|e| format!("error converting supplied value for revision: {e}"));
                 self
             }
             pub fn tags<T>(mut self, value: T) -> Self
@@ -7662,11 +6125,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Tags>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tags = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tags: {e}")
-                    });
+                self.tags = value.try_into().map_err(|e| format!("error converting supplied value for tags: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -7674,11 +6133,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -7686,19 +6142,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SemanticVersion>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Service> for super::Service {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Service,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Service) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     created_at: value.created_at?,
                     description: value.description?,
@@ -7735,41 +6186,20 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ServiceHealthCheck {
-            healthy_threshold: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            interval_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            path: ::std::result::Result<
-                super::ServiceHealthCheckPath,
-                ::std::string::String,
-            >,
-            timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            unhealthy_threshold: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            healthy_threshold: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            interval_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            path: ::std::result::Result<super::ServiceHealthCheckPath, ::std::string::String>,
+            timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            unhealthy_threshold: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for ServiceHealthCheck {
             fn default() -> Self {
                 Self {
-                    healthy_threshold: Err(
-                        "no value supplied for healthy_threshold".to_string(),
-                    ),
-                    interval_seconds: Err(
-                        "no value supplied for interval_seconds".to_string(),
-                    ),
+                    healthy_threshold: Err("no value supplied for healthy_threshold".to_string()),
+                    interval_seconds: Err("no value supplied for interval_seconds".to_string()),
                     path: Err("no value supplied for path".to_string()),
                     timeout_ms: Err("no value supplied for timeout_ms".to_string()),
-                    unhealthy_threshold: Err(
-                        "no value supplied for unhealthy_threshold".to_string(),
-                    ),
+                    unhealthy_threshold: Err("no value supplied for unhealthy_threshold".to_string()),
                 }
             }
         }
@@ -7779,13 +6209,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.healthy_threshold = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for healthy_threshold: {e}"
-                        )
-                    });
+                self.healthy_threshold =
+                    value.try_into().map_err(|e| format!("error converting supplied value for healthy_threshold: {e}"));
                 self
             }
             pub fn interval_seconds<T>(mut self, value: T) -> Self
@@ -7793,13 +6218,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.interval_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for interval_seconds: {e}"
-                        )
-                    });
+                self.interval_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for interval_seconds: {e}"));
                 self
             }
             pub fn path<T>(mut self, value: T) -> Self
@@ -7807,11 +6227,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceHealthCheckPath>,
                 T::Error: ::std::fmt::Display,
             {
-                self.path = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for path: {e}")
-                    });
+                self.path = value.try_into().map_err(|e| format!("error converting supplied value for path: {e}"));
                 self
             }
             pub fn timeout_ms<T>(mut self, value: T) -> Self
@@ -7819,11 +6235,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timeout_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timeout_ms: {e}")
-                    });
+                self.timeout_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timeout_ms: {e}"));
                 self
             }
             pub fn unhealthy_threshold<T>(mut self, value: T) -> Self
@@ -7833,19 +6246,13 @@ pub mod types {
             {
                 self.unhealthy_threshold = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for unhealthy_threshold: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for unhealthy_threshold: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ServiceHealthCheck> for super::ServiceHealthCheck {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ServiceHealthCheck,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ServiceHealthCheck) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     healthy_threshold: value.healthy_threshold?,
                     interval_seconds: value.interval_seconds?,
@@ -7868,10 +6275,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ServiceList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Service>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Service>, ::std::string::String>,
             next_cursor: ::std::result::Result<super::NextCursor, ::std::string::String>,
         }
         impl ::std::default::Default for ServiceList {
@@ -7888,11 +6292,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Service>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
@@ -7900,64 +6300,33 @@ pub mod types {
                 T: ::std::convert::TryInto<super::NextCursor>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ServiceList> for super::ServiceList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ServiceList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: ServiceList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::ServiceList> for ServiceList {
             fn from(value: super::ServiceList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct ServiceRegistration {
-            description: ::std::result::Result<
-                ::std::option::Option<super::ServiceDescription>,
-                ::std::string::String,
-            >,
-            health_check: ::std::result::Result<
-                ::std::option::Option<super::ServiceHealthCheck>,
-                ::std::string::String,
-            >,
-            metadata: ::std::result::Result<
-                ::std::option::Option<super::Metadata>,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::ServiceDescription>, ::std::string::String>,
+            health_check:
+                ::std::result::Result<::std::option::Option<super::ServiceHealthCheck>, ::std::string::String>,
+            metadata: ::std::result::Result<::std::option::Option<super::Metadata>, ::std::string::String>,
             name: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            owner: ::std::result::Result<
-                ::std::option::Option<super::ServiceOwner>,
-                ::std::string::String,
-            >,
-            protocol: ::std::result::Result<
-                ::std::option::Option<super::ServiceProtocol>,
-                ::std::string::String,
-            >,
-            tags: ::std::result::Result<
-                ::std::option::Option<super::Tags>,
-                ::std::string::String,
-            >,
-            version: ::std::result::Result<
-                super::SemanticVersion,
-                ::std::string::String,
-            >,
+            owner: ::std::result::Result<::std::option::Option<super::ServiceOwner>, ::std::string::String>,
+            protocol: ::std::result::Result<::std::option::Option<super::ServiceProtocol>, ::std::string::String>,
+            tags: ::std::result::Result<::std::option::Option<super::Tags>, ::std::string::String>,
+            version: ::std::result::Result<super::SemanticVersion, ::std::string::String>,
         }
         impl ::std::default::Default for ServiceRegistration {
             fn default() -> Self {
@@ -7976,30 +6345,20 @@ pub mod types {
         impl ServiceRegistration {
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn health_check<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceHealthCheck>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceHealthCheck>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.health_check = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for health_check: {e}")
-                    });
+                self.health_check =
+                    value.try_into().map_err(|e| format!("error converting supplied value for health_check: {e}"));
                 self
             }
             pub fn metadata<T>(mut self, value: T) -> Self
@@ -8007,11 +6366,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Metadata>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metadata = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metadata: {e}")
-                    });
+                self.metadata =
+                    value.try_into().map_err(|e| format!("error converting supplied value for metadata: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -8019,11 +6375,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn owner<T>(mut self, value: T) -> Self
@@ -8031,25 +6383,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::ServiceOwner>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.owner = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for owner: {e}")
-                    });
+                self.owner = value.try_into().map_err(|e| format!("error converting supplied value for owner: {e}"));
                 self
             }
             pub fn protocol<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceProtocol>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceProtocol>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.protocol = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for protocol: {e}")
-                    });
+                self.protocol =
+                    value.try_into().map_err(|e| format!("error converting supplied value for protocol: {e}"));
                 self
             }
             pub fn tags<T>(mut self, value: T) -> Self
@@ -8057,11 +6400,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Tags>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tags = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tags: {e}")
-                    });
+                self.tags = value.try_into().map_err(|e| format!("error converting supplied value for tags: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -8069,20 +6408,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SemanticVersion>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<ServiceRegistration>
-        for super::ServiceRegistration {
+        impl ::std::convert::TryFrom<ServiceRegistration> for super::ServiceRegistration {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ServiceRegistration,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ServiceRegistration) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     description: value.description?,
                     health_check: value.health_check?,
@@ -8111,34 +6444,14 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ServiceUpdate {
-            description: ::std::result::Result<
-                ::std::option::Option<super::ServiceDescription>,
-                ::std::string::String,
-            >,
-            health_check: ::std::result::Result<
-                ::std::option::Option<super::ServiceHealthCheck>,
-                ::std::string::String,
-            >,
-            metadata: ::std::result::Result<
-                ::std::option::Option<super::Metadata>,
-                ::std::string::String,
-            >,
-            owner: ::std::result::Result<
-                ::std::option::Option<super::ServiceUpdateOwner>,
-                ::std::string::String,
-            >,
-            protocol: ::std::result::Result<
-                ::std::option::Option<super::ServiceProtocol>,
-                ::std::string::String,
-            >,
-            tags: ::std::result::Result<
-                ::std::option::Option<super::Tags>,
-                ::std::string::String,
-            >,
-            version: ::std::result::Result<
-                ::std::option::Option<super::SemanticVersion>,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::ServiceDescription>, ::std::string::String>,
+            health_check:
+                ::std::result::Result<::std::option::Option<super::ServiceHealthCheck>, ::std::string::String>,
+            metadata: ::std::result::Result<::std::option::Option<super::Metadata>, ::std::string::String>,
+            owner: ::std::result::Result<::std::option::Option<super::ServiceUpdateOwner>, ::std::string::String>,
+            protocol: ::std::result::Result<::std::option::Option<super::ServiceProtocol>, ::std::string::String>,
+            tags: ::std::result::Result<::std::option::Option<super::Tags>, ::std::string::String>,
+            version: ::std::result::Result<::std::option::Option<super::SemanticVersion>, ::std::string::String>,
         }
         impl ::std::default::Default for ServiceUpdate {
             fn default() -> Self {
@@ -8156,30 +6469,20 @@ pub mod types {
         impl ServiceUpdate {
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn health_check<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceHealthCheck>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceHealthCheck>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.health_check = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for health_check: {e}")
-                    });
+                self.health_check =
+                    value.try_into().map_err(|e| format!("error converting supplied value for health_check: {e}"));
                 self
             }
             pub fn metadata<T>(mut self, value: T) -> Self
@@ -8187,39 +6490,25 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Metadata>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metadata = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metadata: {e}")
-                    });
+                self.metadata =
+                    value.try_into().map_err(|e| format!("error converting supplied value for metadata: {e}"));
                 self
             }
             pub fn owner<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceUpdateOwner>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceUpdateOwner>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.owner = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for owner: {e}")
-                    });
+                self.owner = value.try_into().map_err(|e| format!("error converting supplied value for owner: {e}"));
                 self
             }
             pub fn protocol<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ServiceProtocol>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ServiceProtocol>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.protocol = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for protocol: {e}")
-                    });
+                self.protocol =
+                    value.try_into().map_err(|e| format!("error converting supplied value for protocol: {e}"));
                 self
             }
             pub fn tags<T>(mut self, value: T) -> Self
@@ -8227,33 +6516,22 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Tags>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.tags = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for tags: {e}")
-                    });
+                self.tags = value.try_into().map_err(|e| format!("error converting supplied value for tags: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SemanticVersion>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SemanticVersion>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ServiceUpdate> for super::ServiceUpdate {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ServiceUpdate,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ServiceUpdate) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     description: value.description?,
                     health_check: value.health_check?,
@@ -8280,59 +6558,25 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct TrafficPolicy {
-            circuit_breaker: ::std::result::Result<
-                super::CircuitBreakerPolicy,
-                ::std::string::String,
-            >,
-            connect_timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            load_balancing: ::std::result::Result<
-                super::LoadBalancing,
-                ::std::string::String,
-            >,
-            outlier_detection: ::std::result::Result<
-                super::OutlierDetectionPolicy,
-                ::std::string::String,
-            >,
-            request_timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            circuit_breaker: ::std::result::Result<super::CircuitBreakerPolicy, ::std::string::String>,
+            connect_timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            load_balancing: ::std::result::Result<super::LoadBalancing, ::std::string::String>,
+            outlier_detection: ::std::result::Result<super::OutlierDetectionPolicy, ::std::string::String>,
+            request_timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             retries: ::std::result::Result<super::RetryPolicy, ::std::string::String>,
-            revision: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            revision: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             service_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            service_name: ::std::result::Result<
-                super::ServiceName,
-                ::std::string::String,
-            >,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            service_name: ::std::result::Result<super::ServiceName, ::std::string::String>,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for TrafficPolicy {
             fn default() -> Self {
                 Self {
-                    circuit_breaker: Err(
-                        "no value supplied for circuit_breaker".to_string(),
-                    ),
-                    connect_timeout_ms: Err(
-                        "no value supplied for connect_timeout_ms".to_string(),
-                    ),
-                    load_balancing: Err(
-                        "no value supplied for load_balancing".to_string(),
-                    ),
-                    outlier_detection: Err(
-                        "no value supplied for outlier_detection".to_string(),
-                    ),
-                    request_timeout_ms: Err(
-                        "no value supplied for request_timeout_ms".to_string(),
-                    ),
+                    circuit_breaker: Err("no value supplied for circuit_breaker".to_string()),
+                    connect_timeout_ms: Err("no value supplied for connect_timeout_ms".to_string()),
+                    load_balancing: Err("no value supplied for load_balancing".to_string()),
+                    outlier_detection: Err("no value supplied for outlier_detection".to_string()),
+                    request_timeout_ms: Err("no value supplied for request_timeout_ms".to_string()),
                     retries: Err("no value supplied for retries".to_string()),
                     revision: Err("no value supplied for revision".to_string()),
                     service_id: Err("no value supplied for service_id".to_string()),
@@ -8347,13 +6591,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CircuitBreakerPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.circuit_breaker = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for circuit_breaker: {e}"
-                        )
-                    });
+                self.circuit_breaker =
+                    value.try_into().map_err(|e| format!("error converting supplied value for circuit_breaker: {e}"));
                 self
             }
             pub fn connect_timeout_ms<T>(mut self, value: T) -> Self
@@ -8363,11 +6602,7 @@ pub mod types {
             {
                 self.connect_timeout_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for connect_timeout_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for connect_timeout_ms: {e}"));
                 self
             }
             pub fn load_balancing<T>(mut self, value: T) -> Self
@@ -8375,13 +6610,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::LoadBalancing>,
                 T::Error: ::std::fmt::Display,
             {
-                self.load_balancing = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for load_balancing: {e}"
-                        )
-                    });
+                self.load_balancing =
+                    value.try_into().map_err(|e| format!("error converting supplied value for load_balancing: {e}"));
                 self
             }
             pub fn outlier_detection<T>(mut self, value: T) -> Self
@@ -8389,13 +6619,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::OutlierDetectionPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.outlier_detection = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for outlier_detection: {e}"
-                        )
-                    });
+                self.outlier_detection =
+                    value.try_into().map_err(|e| format!("error converting supplied value for outlier_detection: {e}"));
                 self
             }
             pub fn request_timeout_ms<T>(mut self, value: T) -> Self
@@ -8405,11 +6630,7 @@ pub mod types {
             {
                 self.request_timeout_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for request_timeout_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for request_timeout_ms: {e}"));
                 self
             }
             pub fn retries<T>(mut self, value: T) -> Self
@@ -8417,11 +6638,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RetryPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.retries = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for retries: {e}")
-                    });
+                self.retries =
+                    value.try_into().map_err(|e| format!("error converting supplied value for retries: {e}"));
                 self
             }
             pub fn revision<T>(mut self, value: T) -> Self
@@ -8429,11 +6647,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.revision = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for revision: {e}")
-                    });
+                self.revision =
+                    value.try_into().map_err(|e| format!("error converting supplied value for revision: {e}"));
                 self
             }
             pub fn service_id<T>(mut self, value: T) -> Self
@@ -8441,11 +6656,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_id: {e}")
-                    });
+                self.service_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_id: {e}"));
                 self
             }
             pub fn service_name<T>(mut self, value: T) -> Self
@@ -8453,11 +6665,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_name: {e}")
-                    });
+                self.service_name =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_name: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -8465,19 +6674,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<TrafficPolicy> for super::TrafficPolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: TrafficPolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: TrafficPolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     circuit_breaker: value.circuit_breaker?,
                     connect_timeout_ms: value.connect_timeout_ms?,
@@ -8510,46 +6714,21 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct TrafficPolicySpec {
-            circuit_breaker: ::std::result::Result<
-                super::CircuitBreakerPolicy,
-                ::std::string::String,
-            >,
-            connect_timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            load_balancing: ::std::result::Result<
-                super::LoadBalancing,
-                ::std::string::String,
-            >,
-            outlier_detection: ::std::result::Result<
-                super::OutlierDetectionPolicy,
-                ::std::string::String,
-            >,
-            request_timeout_ms: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            circuit_breaker: ::std::result::Result<super::CircuitBreakerPolicy, ::std::string::String>,
+            connect_timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            load_balancing: ::std::result::Result<super::LoadBalancing, ::std::string::String>,
+            outlier_detection: ::std::result::Result<super::OutlierDetectionPolicy, ::std::string::String>,
+            request_timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             retries: ::std::result::Result<super::RetryPolicy, ::std::string::String>,
         }
         impl ::std::default::Default for TrafficPolicySpec {
             fn default() -> Self {
                 Self {
-                    circuit_breaker: Err(
-                        "no value supplied for circuit_breaker".to_string(),
-                    ),
-                    connect_timeout_ms: Err(
-                        "no value supplied for connect_timeout_ms".to_string(),
-                    ),
-                    load_balancing: Err(
-                        "no value supplied for load_balancing".to_string(),
-                    ),
-                    outlier_detection: Err(
-                        "no value supplied for outlier_detection".to_string(),
-                    ),
-                    request_timeout_ms: Err(
-                        "no value supplied for request_timeout_ms".to_string(),
-                    ),
+                    circuit_breaker: Err("no value supplied for circuit_breaker".to_string()),
+                    connect_timeout_ms: Err("no value supplied for connect_timeout_ms".to_string()),
+                    load_balancing: Err("no value supplied for load_balancing".to_string()),
+                    outlier_detection: Err("no value supplied for outlier_detection".to_string()),
+                    request_timeout_ms: Err("no value supplied for request_timeout_ms".to_string()),
                     retries: Err("no value supplied for retries".to_string()),
                 }
             }
@@ -8560,13 +6739,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::CircuitBreakerPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.circuit_breaker = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for circuit_breaker: {e}"
-                        )
-                    });
+                self.circuit_breaker =
+                    value.try_into().map_err(|e| format!("error converting supplied value for circuit_breaker: {e}"));
                 self
             }
             pub fn connect_timeout_ms<T>(mut self, value: T) -> Self
@@ -8576,11 +6750,7 @@ pub mod types {
             {
                 self.connect_timeout_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for connect_timeout_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for connect_timeout_ms: {e}"));
                 self
             }
             pub fn load_balancing<T>(mut self, value: T) -> Self
@@ -8588,13 +6758,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::LoadBalancing>,
                 T::Error: ::std::fmt::Display,
             {
-                self.load_balancing = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for load_balancing: {e}"
-                        )
-                    });
+                self.load_balancing =
+                    value.try_into().map_err(|e| format!("error converting supplied value for load_balancing: {e}"));
                 self
             }
             pub fn outlier_detection<T>(mut self, value: T) -> Self
@@ -8602,13 +6767,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::OutlierDetectionPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.outlier_detection = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for outlier_detection: {e}"
-                        )
-                    });
+                self.outlier_detection =
+                    value.try_into().map_err(|e| format!("error converting supplied value for outlier_detection: {e}"));
                 self
             }
             pub fn request_timeout_ms<T>(mut self, value: T) -> Self
@@ -8618,11 +6778,7 @@ pub mod types {
             {
                 self.request_timeout_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for request_timeout_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for request_timeout_ms: {e}"));
                 self
             }
             pub fn retries<T>(mut self, value: T) -> Self
@@ -8630,19 +6786,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::RetryPolicy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.retries = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for retries: {e}")
-                    });
+                self.retries =
+                    value.try_into().map_err(|e| format!("error converting supplied value for retries: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<TrafficPolicySpec> for super::TrafficPolicySpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: TrafficPolicySpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: TrafficPolicySpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     circuit_breaker: value.circuit_breaker?,
                     connect_timeout_ms: value.connect_timeout_ms?,
@@ -8671,9 +6822,7 @@ pub mod types {
         pub(super) fn default_nzu64<T, const V: u64>() -> T
         where
             T: ::std::convert::TryFrom<::std::num::NonZeroU64>,
-            <T as ::std::convert::TryFrom<
-                ::std::num::NonZeroU64,
-            >>::Error: ::std::fmt::Debug,
+            <T as ::std::convert::TryFrom<::std::num::NonZeroU64>>::Error: ::std::fmt::Debug,
         {
             T::try_from(::std::num::NonZeroU64::try_from(V).unwrap()).unwrap()
         }
@@ -8684,18 +6833,12 @@ pub mod types {
         pub struct ConversionError(::std::borrow::Cow<'static, str>);
         impl ::std::error::Error for ConversionError {}
         impl ::std::fmt::Display for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Display::fmt(&self.0, f)
             }
         }
         impl ::std::fmt::Debug for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Debug::fmt(&self.0, f)
             }
         }
@@ -8711,6 +6854,7 @@ pub mod types {
         }
     }
 }
+
 #[derive(Clone, Debug)]
 /**Client for PAKE Service Mesh
 
@@ -8721,6 +6865,7 @@ pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
 }
+
 impl Client {
     /// Create a new client.
     ///
@@ -8744,12 +6889,10 @@ impl Client {
     /// `reqwest::Client`, and should include a scheme and hostname,
     /// as well as port and a path stem if applicable.
     pub fn new_with_client(baseurl: &str, client: reqwest::Client) -> Self {
-        Self {
-            baseurl: baseurl.to_string(),
-            client,
-        }
+        Self { baseurl: baseurl.to_string(), client }
     }
 }
+
 impl ClientInfo<()> for Client {
     fn api_version() -> &'static str {
         "1.0.0"
@@ -8764,540 +6907,542 @@ impl ClientInfo<()> for Client {
         &()
     }
 }
+
 impl ClientHooks<()> for &Client {}
+
 impl Client {
     /**Liveness probe
 
-Answers 200 while the process is running and able to serve requests. It does not check dependencies, so an orchestrator restarts the process only when the process itself is broken.
+    Answers 200 while the process is running and able to serve requests. It does not check dependencies, so an orchestrator restarts the process only when the process itself is broken.
 
-Sends a `GET` request to `/health/live`
+    Sends a `GET` request to `/health/live`
 
-```ignore
-let response = client.get_liveness()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_liveness()
+        .send()
+        .await;
+    ```*/
     pub fn get_liveness(&self) -> builder::GetLiveness<'_> {
         builder::GetLiveness::new(self)
     }
     /**Readiness probe
 
-Checks the dependencies the registry needs to serve traffic (the store and, when configured, Redis). Answers 200 when every check passes or only warns, and 503 with the same body and a `Retry-After` header when the store is unreachable, so a load balancer takes the replica out of rotation until it recovers.
+    Checks the dependencies the registry needs to serve traffic (the store and, when configured, Redis). Answers 200 when every check passes or only warns, and 503 with the same body and a `Retry-After` header when the store is unreachable, so a load balancer takes the replica out of rotation until it recovers.
 
-Sends a `GET` request to `/health/ready`
+    Sends a `GET` request to `/health/ready`
 
-```ignore
-let response = client.get_readiness()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_readiness()
+        .send()
+        .await;
+    ```*/
     pub fn get_readiness(&self) -> builder::GetReadiness<'_> {
         builder::GetReadiness::new(self)
     }
     /**Prometheus metrics
 
-The registry's own metrics in the Prometheus text exposition format: request counts and latencies per operation, registered services and instances by status, heartbeats, expirations and blocking queries in flight.
+    The registry's own metrics in the Prometheus text exposition format: request counts and latencies per operation, registered services and instances by status, heartbeats, expirations and blocking queries in flight.
 
-Sends a `GET` request to `/metrics`
+    Sends a `GET` request to `/metrics`
 
-```ignore
-let response = client.get_metrics()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_metrics()
+        .send()
+        .await;
+    ```*/
     pub fn get_metrics(&self) -> builder::GetMetrics<'_> {
         builder::GetMetrics::new(self)
     }
     /**Register a service
 
-Registers a new service under a unique name. The service starts with no instances and with the default traffic policy (revision 1). Answers 409 when a service with the same name is already registered. With an `Idempotency-Key`, a retry of the same request (after a timeout, or a 503 `outcome_unknown`) within 24 hours answers what the first answered (201 with the same service) instead of 409; the same key with a different body answers 422 `idempotency_key_reused`.
+    Registers a new service under a unique name. The service starts with no instances and with the default traffic policy (revision 1). Answers 409 when a service with the same name is already registered. With an `Idempotency-Key`, a retry of the same request (after a timeout, or a 503 `outcome_unknown`) within 24 hours answers what the first answered (201 with the same service) instead of 409; the same key with a different body answers 422 `idempotency_key_reused`.
 
-Sends a `POST` request to `/api/v1/services/register`
+    Sends a `POST` request to `/api/v1/services/register`
 
-Arguments:
-- `idempotency_key`: A key the client makes unique per request (a UUID, say) so that the request can be retried safely: for 24 hours, the same caller sending the same key and body gets the first answer again, and the same key with a different body is refused with 422. 8 to 255 visible ASCII characters.
-- `body`
-```ignore
-let response = client.register_service()
-    .idempotency_key(idempotency_key)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `idempotency_key`: A key the client makes unique per request (a UUID, say) so that the request can be retried safely: for 24 hours, the same caller sending the same key and body gets the first answer again, and the same key with a different body is refused with 422. 8 to 255 visible ASCII characters.
+    - `body`
+    ```ignore
+    let response = client.register_service()
+        .idempotency_key(idempotency_key)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn register_service(&self) -> builder::RegisterService<'_> {
         builder::RegisterService::new(self)
     }
     /**List services
 
-Lists registered services ordered by name, optionally filtered by a name prefix and by a tag. Filters combine with AND.
+    Lists registered services ordered by name, optionally filtered by a name prefix and by a tag. Filters combine with AND.
 
-Sends a `GET` request to `/api/v1/services`
+    Sends a `GET` request to `/api/v1/services`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `name_prefix`: Only services whose name starts with this prefix.
-- `tag`: Only services carrying this tag.
-```ignore
-let response = client.list_services()
-    .cursor(cursor)
-    .limit(limit)
-    .name_prefix(name_prefix)
-    .tag(tag)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `name_prefix`: Only services whose name starts with this prefix.
+    - `tag`: Only services carrying this tag.
+    ```ignore
+    let response = client.list_services()
+        .cursor(cursor)
+        .limit(limit)
+        .name_prefix(name_prefix)
+        .tag(tag)
+        .send()
+        .await;
+    ```*/
     pub fn list_services(&self) -> builder::ListServices<'_> {
         builder::ListServices::new(self)
     }
     /**Get a service
 
-Returns one registered service. The `ETag` header carries its revision.
+    Returns one registered service. The `ETag` header carries its revision.
 
-Sends a `GET` request to `/api/v1/services/{service_id}`
+    Sends a `GET` request to `/api/v1/services/{service_id}`
 
-Arguments:
-- `service_id`: Id of the service.
-```ignore
-let response = client.get_service()
-    .service_id(service_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    ```ignore
+    let response = client.get_service()
+        .service_id(service_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_service(&self) -> builder::GetService<'_> {
         builder::GetService::new(self)
     }
     /**Deregister a service
 
-Removes a service together with its instances, its traffic policy, the dependencies it declares, and its configuration entries and their history. Dependencies that other services declare on it remain and point at a name that is no longer registered.
+    Removes a service together with its instances, its traffic policy, the dependencies it declares, and its configuration entries and their history. Dependencies that other services declare on it remain and point at a name that is no longer registered.
 
-Sends a `DELETE` request to `/api/v1/services/{service_id}`
+    Sends a `DELETE` request to `/api/v1/services/{service_id}`
 
-Arguments:
-- `service_id`: Id of the service.
-```ignore
-let response = client.deregister_service()
-    .service_id(service_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    ```ignore
+    let response = client.deregister_service()
+        .service_id(service_id)
+        .send()
+        .await;
+    ```*/
     pub fn deregister_service(&self) -> builder::DeregisterService<'_> {
         builder::DeregisterService::new(self)
     }
     /**Update a service
 
-Changes the given fields of a service and leaves the others as they are; `tags`, `metadata` and `health_check` are replaced as a whole when present. The name is immutable (sending it answers 422). Each update increments `revision`; with `If-Match` the update applies only if the current revision matches, otherwise 412.
+    Changes the given fields of a service and leaves the others as they are; `tags`, `metadata` and `health_check` are replaced as a whole when present. The name is immutable (sending it answers 422). Each update increments `revision`; with `If-Match` the update applies only if the current revision matches, otherwise 412.
 
-Sends a `PATCH` request to `/api/v1/services/{service_id}`
+    Sends a `PATCH` request to `/api/v1/services/{service_id}`
 
-Arguments:
-- `service_id`: Id of the service.
-- `if_match`: Apply the change only if the resource's current revision (or version) is the one in this strong entity tag, as returned in `ETag`; otherwise 412.
-- `body`
-```ignore
-let response = client.update_service()
-    .service_id(service_id)
-    .if_match(if_match)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `if_match`: Apply the change only if the resource's current revision (or version) is the one in this strong entity tag, as returned in `ETag`; otherwise 412.
+    - `body`
+    ```ignore
+    let response = client.update_service()
+        .service_id(service_id)
+        .if_match(if_match)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn update_service(&self) -> builder::UpdateService<'_> {
         builder::UpdateService::new(self)
     }
     /**List instances of a service
 
-Lists every registered instance of the service, whatever its status unless `status` filters, ordered by registration time. Use discovery to find the instances to send traffic to.
+    Lists every registered instance of the service, whatever its status unless `status` filters, ordered by registration time. Use discovery to find the instances to send traffic to.
 
-Sends a `GET` request to `/api/v1/services/{service_id}/instances`
+    Sends a `GET` request to `/api/v1/services/{service_id}/instances`
 
-Arguments:
-- `service_id`: Id of the service.
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `status`: Only instances in this status.
-```ignore
-let response = client.list_instances()
-    .service_id(service_id)
-    .cursor(cursor)
-    .limit(limit)
-    .status(status)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `status`: Only instances in this status.
+    ```ignore
+    let response = client.list_instances()
+        .service_id(service_id)
+        .cursor(cursor)
+        .limit(limit)
+        .status(status)
+        .send()
+        .await;
+    ```*/
     pub fn list_instances(&self) -> builder::ListInstances<'_> {
         builder::ListInstances::new(self)
     }
     /**Register an instance
 
-Registers a running instance of the service. It starts `passing` and expires `ttl_seconds` after registration unless a heartbeat arrives; an expired instance becomes `critical`, is no longer returned by discovery, and is removed after `deregister_critical_after_seconds` in that state. Answers 409 when an instance with the same address and port is already registered for the service.
+    Registers a running instance of the service. It starts `passing` and expires `ttl_seconds` after registration unless a heartbeat arrives; an expired instance becomes `critical`, is no longer returned by discovery, and is removed after `deregister_critical_after_seconds` in that state. Answers 409 when an instance with the same address and port is already registered for the service.
 
-Sends a `POST` request to `/api/v1/services/{service_id}/instances`
+    Sends a `POST` request to `/api/v1/services/{service_id}/instances`
 
-Arguments:
-- `service_id`: Id of the service.
-- `body`
-```ignore
-let response = client.register_instance()
-    .service_id(service_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `body`
+    ```ignore
+    let response = client.register_instance()
+        .service_id(service_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn register_instance(&self) -> builder::RegisterInstance<'_> {
         builder::RegisterInstance::new(self)
     }
     /**Get an instance
 
-Returns one instance of the service with its current status and expiry.
+    Returns one instance of the service with its current status and expiry.
 
-Sends a `GET` request to `/api/v1/services/{service_id}/instances/{instance_id}`
+    Sends a `GET` request to `/api/v1/services/{service_id}/instances/{instance_id}`
 
-Arguments:
-- `service_id`: Id of the service.
-- `instance_id`: Id of the instance.
-```ignore
-let response = client.get_instance()
-    .service_id(service_id)
-    .instance_id(instance_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `instance_id`: Id of the instance.
+    ```ignore
+    let response = client.get_instance()
+        .service_id(service_id)
+        .instance_id(instance_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_instance(&self) -> builder::GetInstance<'_> {
         builder::GetInstance::new(self)
     }
     /**Deregister an instance
 
-Removes the instance at once, for a graceful shutdown; discovery stops returning it and blocked discovery queries for the service return.
+    Removes the instance at once, for a graceful shutdown; discovery stops returning it and blocked discovery queries for the service return.
 
-Sends a `DELETE` request to `/api/v1/services/{service_id}/instances/{instance_id}`
+    Sends a `DELETE` request to `/api/v1/services/{service_id}/instances/{instance_id}`
 
-Arguments:
-- `service_id`: Id of the service.
-- `instance_id`: Id of the instance.
-```ignore
-let response = client.deregister_instance()
-    .service_id(service_id)
-    .instance_id(instance_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `instance_id`: Id of the instance.
+    ```ignore
+    let response = client.deregister_instance()
+        .service_id(service_id)
+        .instance_id(instance_id)
+        .send()
+        .await;
+    ```*/
     pub fn deregister_instance(&self) -> builder::DeregisterInstance<'_> {
         builder::DeregisterInstance::new(self)
     }
     /**Send a TTL heartbeat
 
-Renews the instance's TTL (`expires_at` becomes now plus `ttl_seconds`) and sets its status: `passing` and `warning` instances are served by discovery (`warning` only when `passing_only=false`), `critical` ones are not. The monitoring service also uses this operation to mark an instance `critical` when its active health check fails. An instance that was already removed answers 404 and must register again.
+    Renews the instance's TTL (`expires_at` becomes now plus `ttl_seconds`) and sets its status: `passing` and `warning` instances are served by discovery (`warning` only when `passing_only=false`), `critical` ones are not. The monitoring service also uses this operation to mark an instance `critical` when its active health check fails. An instance that was already removed answers 404 and must register again.
 
-Sends a `POST` request to `/api/v1/services/{service_id}/instances/{instance_id}/heartbeat`
+    Sends a `POST` request to `/api/v1/services/{service_id}/instances/{instance_id}/heartbeat`
 
-Arguments:
-- `service_id`: Id of the service.
-- `instance_id`: Id of the instance.
-- `body`
-```ignore
-let response = client.heartbeat_instance()
-    .service_id(service_id)
-    .instance_id(instance_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `instance_id`: Id of the instance.
+    - `body`
+    ```ignore
+    let response = client.heartbeat_instance()
+        .service_id(service_id)
+        .instance_id(instance_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn heartbeat_instance(&self) -> builder::HeartbeatInstance<'_> {
         builder::HeartbeatInstance::new(self)
     }
     /**Discover healthy instances
 
-Returns the instances to send traffic to for a service name, with the service's traffic policy, and the service's modify index in `index` and `X-Pake-Index`. The index is taken from a registry-wide counter that grows with every change and is the value at the last change to this service's instances, instance statuses or traffic policy. With `index` this is a blocking query: if the service's index is not greater than `index`, the answer waits until it is or until `wait_seconds` have passed, then answers 200 with the current state (unchanged on timeout). Expired instances are never returned.
+    Returns the instances to send traffic to for a service name, with the service's traffic policy, and the service's modify index in `index` and `X-Pake-Index`. The index is taken from a registry-wide counter that grows with every change and is the value at the last change to this service's instances, instance statuses or traffic policy. With `index` this is a blocking query: if the service's index is not greater than `index`, the answer waits until it is or until `wait_seconds` have passed, then answers 200 with the current state (unchanged on timeout). Expired instances are never returned.
 
-Sends a `GET` request to `/api/v1/discovery/{service_name}`
+    Sends a `GET` request to `/api/v1/discovery/{service_name}`
 
-Arguments:
-- `service_name`: Name of a registered service.
-- `index`: Index from a previous answer; block until the service's index exceeds it. Without it the answer is immediate.
-- `passing_only`: When true only `passing` instances are returned; when false `warning` instances are returned too. `critical` and expired instances never are.
-- `tag`: Only instances carrying this tag (e.g. `canary`).
-- `wait_seconds`: Longest time to block, in seconds, when `index` is given (0 answers at once). The server adds up to 1/16 of this as jitter.
-- `zone`: Only instances in this zone.
-```ignore
-let response = client.discover_service()
-    .service_name(service_name)
-    .index(index)
-    .passing_only(passing_only)
-    .tag(tag)
-    .wait_seconds(wait_seconds)
-    .zone(zone)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_name`: Name of a registered service.
+    - `index`: Index from a previous answer; block until the service's index exceeds it. Without it the answer is immediate.
+    - `passing_only`: When true only `passing` instances are returned; when false `warning` instances are returned too. `critical` and expired instances never are.
+    - `tag`: Only instances carrying this tag (e.g. `canary`).
+    - `wait_seconds`: Longest time to block, in seconds, when `index` is given (0 answers at once). The server adds up to 1/16 of this as jitter.
+    - `zone`: Only instances in this zone.
+    ```ignore
+    let response = client.discover_service()
+        .service_name(service_name)
+        .index(index)
+        .passing_only(passing_only)
+        .tag(tag)
+        .wait_seconds(wait_seconds)
+        .zone(zone)
+        .send()
+        .await;
+    ```*/
     pub fn discover_service(&self) -> builder::DiscoverService<'_> {
         builder::DiscoverService::new(self)
     }
     /**List a service's dependencies
 
-Lists the dependencies the service declares, ordered by the name depended on.
+    Lists the dependencies the service declares, ordered by the name depended on.
 
-Sends a `GET` request to `/api/v1/services/{service_id}/dependencies`
+    Sends a `GET` request to `/api/v1/services/{service_id}/dependencies`
 
-Arguments:
-- `service_id`: Id of the service.
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-```ignore
-let response = client.list_dependencies()
-    .service_id(service_id)
-    .cursor(cursor)
-    .limit(limit)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    ```ignore
+    let response = client.list_dependencies()
+        .service_id(service_id)
+        .cursor(cursor)
+        .limit(limit)
+        .send()
+        .await;
+    ```*/
     pub fn list_dependencies(&self) -> builder::ListDependencies<'_> {
         builder::ListDependencies::new(self)
     }
     /**Declare a dependency
 
-Declares that the service calls another service, by name. The name depended on need not be registered yet (it shows in the graph as an unregistered node). Cycles are allowed and reported by the dependency graph; a service cannot depend on itself (422). Answers 409 when the service already declares a dependency on that name.
+    Declares that the service calls another service, by name. The name depended on need not be registered yet (it shows in the graph as an unregistered node). Cycles are allowed and reported by the dependency graph; a service cannot depend on itself (422). Answers 409 when the service already declares a dependency on that name.
 
-Sends a `POST` request to `/api/v1/services/{service_id}/dependencies`
+    Sends a `POST` request to `/api/v1/services/{service_id}/dependencies`
 
-Arguments:
-- `service_id`: Id of the service.
-- `body`
-```ignore
-let response = client.create_dependency()
-    .service_id(service_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `body`
+    ```ignore
+    let response = client.create_dependency()
+        .service_id(service_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_dependency(&self) -> builder::CreateDependency<'_> {
         builder::CreateDependency::new(self)
     }
     /**Get a dependency
 
-Returns one dependency the service declares.
+    Returns one dependency the service declares.
 
-Sends a `GET` request to `/api/v1/services/{service_id}/dependencies/{dependency_id}`
+    Sends a `GET` request to `/api/v1/services/{service_id}/dependencies/{dependency_id}`
 
-Arguments:
-- `service_id`: Id of the service.
-- `dependency_id`: Id of the dependency.
-```ignore
-let response = client.get_dependency()
-    .service_id(service_id)
-    .dependency_id(dependency_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `dependency_id`: Id of the dependency.
+    ```ignore
+    let response = client.get_dependency()
+        .service_id(service_id)
+        .dependency_id(dependency_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_dependency(&self) -> builder::GetDependency<'_> {
         builder::GetDependency::new(self)
     }
     /**Remove a dependency
 
-Removes a dependency the service declares.
+    Removes a dependency the service declares.
 
-Sends a `DELETE` request to `/api/v1/services/{service_id}/dependencies/{dependency_id}`
+    Sends a `DELETE` request to `/api/v1/services/{service_id}/dependencies/{dependency_id}`
 
-Arguments:
-- `service_id`: Id of the service.
-- `dependency_id`: Id of the dependency.
-```ignore
-let response = client.delete_dependency()
-    .service_id(service_id)
-    .dependency_id(dependency_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `dependency_id`: Id of the dependency.
+    ```ignore
+    let response = client.delete_dependency()
+        .service_id(service_id)
+        .dependency_id(dependency_id)
+        .send()
+        .await;
+    ```*/
     pub fn delete_dependency(&self) -> builder::DeleteDependency<'_> {
         builder::DeleteDependency::new(self)
     }
     /**Get the dependency graph
 
-Returns the whole dependency graph, or with `root` the part reachable from one service through its transitive dependencies. Nodes are every registered service and every name depended on; cycles are reported in `cycles`, not rejected. Answers 404 when `root` is neither registered nor depended on.
+    Returns the whole dependency graph, or with `root` the part reachable from one service through its transitive dependencies. Nodes are every registered service and every name depended on; cycles are reported in `cycles`, not rejected. Answers 404 when `root` is neither registered nor depended on.
 
-Sends a `GET` request to `/api/v1/dependency-graph`
+    Sends a `GET` request to `/api/v1/dependency-graph`
 
-Arguments:
-- `root`: Service name to start from; the whole graph when absent.
-```ignore
-let response = client.get_dependency_graph()
-    .root(root)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `root`: Service name to start from; the whole graph when absent.
+    ```ignore
+    let response = client.get_dependency_graph()
+        .root(root)
+        .send()
+        .await;
+    ```*/
     pub fn get_dependency_graph(&self) -> builder::GetDependencyGraph<'_> {
         builder::GetDependencyGraph::new(self)
     }
     /**Get a service's traffic policy
 
-Returns the traffic policy the gateway applies to calls to this service. Every service has one from registration on (the defaults, revision 1). The `ETag` header carries its revision.
+    Returns the traffic policy the gateway applies to calls to this service. Every service has one from registration on (the defaults, revision 1). The `ETag` header carries its revision.
 
-Sends a `GET` request to `/api/v1/services/{service_id}/traffic-policy`
+    Sends a `GET` request to `/api/v1/services/{service_id}/traffic-policy`
 
-Arguments:
-- `service_id`: Id of the service.
-```ignore
-let response = client.get_traffic_policy()
-    .service_id(service_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    ```ignore
+    let response = client.get_traffic_policy()
+        .service_id(service_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_traffic_policy(&self) -> builder::GetTrafficPolicy<'_> {
         builder::GetTrafficPolicy::new(self)
     }
     /**Replace a service's traffic policy
 
-Replaces the whole traffic policy and increments its revision; the gateway picks the change up through discovery. With `If-Match` the replacement applies only if the current revision matches, otherwise 412. Answers 422 when `retries.per_try_timeout_ms` exceeds `request_timeout_ms`.
+    Replaces the whole traffic policy and increments its revision; the gateway picks the change up through discovery. With `If-Match` the replacement applies only if the current revision matches, otherwise 412. Answers 422 when `retries.per_try_timeout_ms` exceeds `request_timeout_ms`.
 
-Sends a `PUT` request to `/api/v1/services/{service_id}/traffic-policy`
+    Sends a `PUT` request to `/api/v1/services/{service_id}/traffic-policy`
 
-Arguments:
-- `service_id`: Id of the service.
-- `if_match`: Apply the change only if the resource's current revision (or version) is the one in this strong entity tag, as returned in `ETag`; otherwise 412.
-- `body`
-```ignore
-let response = client.replace_traffic_policy()
-    .service_id(service_id)
-    .if_match(if_match)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_id`: Id of the service.
+    - `if_match`: Apply the change only if the resource's current revision (or version) is the one in this strong entity tag, as returned in `ETag`; otherwise 412.
+    - `body`
+    ```ignore
+    let response = client.replace_traffic_policy()
+        .service_id(service_id)
+        .if_match(if_match)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn replace_traffic_policy(&self) -> builder::ReplaceTrafficPolicy<'_> {
         builder::ReplaceTrafficPolicy::new(self)
     }
     /**List configuration entries
 
-Lists the current configuration entries of a registered service in one environment, ordered by key, optionally only keys starting with `key_prefix`. Answers 404 when no service of that name is registered.
+    Lists the current configuration entries of a registered service in one environment, ordered by key, optionally only keys starting with `key_prefix`. Answers 404 when no service of that name is registered.
 
-Sends a `GET` request to `/api/v1/config/{service_name}/{environment}`
+    Sends a `GET` request to `/api/v1/config/{service_name}/{environment}`
 
-Arguments:
-- `service_name`: Name of a registered service.
-- `environment`: Deployment environment: `dev`, `staging` or `production`.
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `key_prefix`: Only keys starting with this prefix.
-- `limit`: Maximum number of items to return in one page.
-```ignore
-let response = client.list_config_entries()
-    .service_name(service_name)
-    .environment(environment)
-    .cursor(cursor)
-    .key_prefix(key_prefix)
-    .limit(limit)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_name`: Name of a registered service.
+    - `environment`: Deployment environment: `dev`, `staging` or `production`.
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `key_prefix`: Only keys starting with this prefix.
+    - `limit`: Maximum number of items to return in one page.
+    ```ignore
+    let response = client.list_config_entries()
+        .service_name(service_name)
+        .environment(environment)
+        .cursor(cursor)
+        .key_prefix(key_prefix)
+        .limit(limit)
+        .send()
+        .await;
+    ```*/
     pub fn list_config_entries(&self) -> builder::ListConfigEntries<'_> {
         builder::ListConfigEntries::new(self)
     }
     /**Get a configuration entry
 
-Returns the current value and version of one key. The `ETag` header carries the version, for a later `If-Match`.
+    Returns the current value and version of one key. The `ETag` header carries the version, for a later `If-Match`.
 
-Sends a `GET` request to `/api/v1/config/{service_name}/{environment}/{key}`
+    Sends a `GET` request to `/api/v1/config/{service_name}/{environment}/{key}`
 
-Arguments:
-- `service_name`: Name of a registered service.
-- `environment`: Deployment environment: `dev`, `staging` or `production`.
-- `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
-```ignore
-let response = client.get_config_entry()
-    .service_name(service_name)
-    .environment(environment)
-    .key(key)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_name`: Name of a registered service.
+    - `environment`: Deployment environment: `dev`, `staging` or `production`.
+    - `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
+    ```ignore
+    let response = client.get_config_entry()
+        .service_name(service_name)
+        .environment(environment)
+        .key(key)
+        .send()
+        .await;
+    ```*/
     pub fn get_config_entry(&self) -> builder::GetConfigEntry<'_> {
         builder::GetConfigEntry::new(self)
     }
     /**Create or update a configuration entry
 
-Writes a new version of the key (version 1 for a new key, or one more than the key's latest version, so a key deleted and written again keeps counting) and records it in the history. Both creation and update answer 200. Compare-and-set: with `expected_version` the write applies only if the key's current version equals it (0 means the key must not exist), otherwise 409; `If-Match: "<version>"` is the header form of the same check and answers 412 when it fails. When both are given and disagree the request answers 400. Answers 404 when no service of that name is registered.
+    Writes a new version of the key (version 1 for a new key, or one more than the key's latest version, so a key deleted and written again keeps counting) and records it in the history. Both creation and update answer 200. Compare-and-set: with `expected_version` the write applies only if the key's current version equals it (0 means the key must not exist), otherwise 409; `If-Match: "<version>"` is the header form of the same check and answers 412 when it fails. When both are given and disagree the request answers 400. Answers 404 when no service of that name is registered.
 
-Sends a `PUT` request to `/api/v1/config/{service_name}/{environment}/{key}`
+    Sends a `PUT` request to `/api/v1/config/{service_name}/{environment}/{key}`
 
-Arguments:
-- `service_name`: Name of a registered service.
-- `environment`: Deployment environment: `dev`, `staging` or `production`.
-- `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
-- `if_match`: Apply the change only if the resource's current revision (or version) is the one in this strong entity tag, as returned in `ETag`; otherwise 412.
-- `body`
-```ignore
-let response = client.put_config_entry()
-    .service_name(service_name)
-    .environment(environment)
-    .key(key)
-    .if_match(if_match)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_name`: Name of a registered service.
+    - `environment`: Deployment environment: `dev`, `staging` or `production`.
+    - `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
+    - `if_match`: Apply the change only if the resource's current revision (or version) is the one in this strong entity tag, as returned in `ETag`; otherwise 412.
+    - `body`
+    ```ignore
+    let response = client.put_config_entry()
+        .service_name(service_name)
+        .environment(environment)
+        .key(key)
+        .if_match(if_match)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn put_config_entry(&self) -> builder::PutConfigEntry<'_> {
         builder::PutConfigEntry::new(self)
     }
     /**Delete a configuration entry
 
-Deletes the key; its history is kept and the deletion is recorded in it as a version with a null value. With `expected_version` the deletion applies only if the key's current version equals it, otherwise 409.
+    Deletes the key; its history is kept and the deletion is recorded in it as a version with a null value. With `expected_version` the deletion applies only if the key's current version equals it, otherwise 409.
 
-Sends a `DELETE` request to `/api/v1/config/{service_name}/{environment}/{key}`
+    Sends a `DELETE` request to `/api/v1/config/{service_name}/{environment}/{key}`
 
-Arguments:
-- `service_name`: Name of a registered service.
-- `environment`: Deployment environment: `dev`, `staging` or `production`.
-- `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
-- `expected_version`: Delete only if this is the key's current version.
-```ignore
-let response = client.delete_config_entry()
-    .service_name(service_name)
-    .environment(environment)
-    .key(key)
-    .expected_version(expected_version)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_name`: Name of a registered service.
+    - `environment`: Deployment environment: `dev`, `staging` or `production`.
+    - `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
+    - `expected_version`: Delete only if this is the key's current version.
+    ```ignore
+    let response = client.delete_config_entry()
+        .service_name(service_name)
+        .environment(environment)
+        .key(key)
+        .expected_version(expected_version)
+        .send()
+        .await;
+    ```*/
     pub fn delete_config_entry(&self) -> builder::DeleteConfigEntry<'_> {
         builder::DeleteConfigEntry::new(self)
     }
     /**List a configuration entry's history
 
-Lists every version of the key, newest first, including deletions (with a null value) and versions written before a deletion. Answers 404 when the key was never written.
+    Lists every version of the key, newest first, including deletions (with a null value) and versions written before a deletion. Answers 404 when the key was never written.
 
-Sends a `GET` request to `/api/v1/config/{service_name}/{environment}/{key}/history`
+    Sends a `GET` request to `/api/v1/config/{service_name}/{environment}/{key}/history`
 
-Arguments:
-- `service_name`: Name of a registered service.
-- `environment`: Deployment environment: `dev`, `staging` or `production`.
-- `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-```ignore
-let response = client.list_config_history()
-    .service_name(service_name)
-    .environment(environment)
-    .key(key)
-    .cursor(cursor)
-    .limit(limit)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_name`: Name of a registered service.
+    - `environment`: Deployment environment: `dev`, `staging` or `production`.
+    - `key`: Configuration key: letters, digits, `.`, `_` and `-`, starting with a letter or digit (use `.` to build hierarchies, `/` is not allowed).
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    ```ignore
+    let response = client.list_config_history()
+        .service_name(service_name)
+        .environment(environment)
+        .key(key)
+        .cursor(cursor)
+        .limit(limit)
+        .send()
+        .await;
+    ```*/
     pub fn list_config_history(&self) -> builder::ListConfigHistory<'_> {
         builder::ListConfigHistory::new(self)
     }
 }
+
 /// Types for composing operation parameters.
 #[allow(clippy::all)]
 pub mod builder {
     use super::types;
     #[allow(unused_imports)]
     use super::{
-        encode_path, ByteStream, ClientInfo, ClientHooks, Error, OperationInfo,
-        RequestBuilderExt, ResponseValue,
+        ByteStream, ClientHooks, ClientInfo, Error, OperationInfo, RequestBuilderExt, ResponseValue, encode_path,
     };
     /**Builder for [`Client::get_liveness`]
 
-[`Client::get_liveness`]: super::Client::get_liveness*/
+    [`Client::get_liveness`]: super::Client::get_liveness*/
     #[derive(Debug, Clone)]
     pub struct GetLiveness<'a> {
         client: &'a super::Client,
@@ -9307,52 +7452,36 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/health/live`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/health/live", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_liveness",
-            };
+            let info = OperationInfo { operation_id: "get_liveness" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_readiness`]
 
-[`Client::get_readiness`]: super::Client::get_readiness*/
+    [`Client::get_readiness`]: super::Client::get_readiness*/
     #[derive(Debug, Clone)]
     pub struct GetReadiness<'a> {
         client: &'a super::Client,
@@ -9362,52 +7491,36 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/health/ready`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
             let Self { client } = self;
             let url = format!("{}/health/ready", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_readiness",
-            };
+            let info = OperationInfo { operation_id: "get_readiness" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_metrics`]
 
-[`Client::get_metrics`]: super::Client::get_metrics*/
+    [`Client::get_metrics`]: super::Client::get_metrics*/
     #[derive(Debug, Clone)]
     pub struct GetMetrics<'a> {
         client: &'a super::Client,
@@ -9417,44 +7530,31 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/metrics`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/metrics", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client.client.get(url).headers(header_map).build()?;
-            let info = OperationInfo {
-                operation_id: "get_metrics",
-            };
+            let info = OperationInfo { operation_id: "get_metrics" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => Ok(ResponseValue::stream(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::register_service`]
 
-[`Client::register_service`]: super::Client::register_service*/
+    [`Client::register_service`]: super::Client::register_service*/
     #[derive(Debug, Clone)]
     pub struct RegisterService<'a> {
         client: &'a super::Client,
@@ -9463,11 +7563,7 @@ pub mod builder {
     }
     impl<'a> RegisterService<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                idempotency_key: Ok(None),
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, idempotency_key: Ok(None), body: Ok(::std::default::Default::default()) }
         }
         pub fn idempotency_key<V>(mut self, value: V) -> Self
         where
@@ -9476,56 +7572,40 @@ pub mod builder {
             self.idempotency_key = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `RegisterServiceIdempotencyKey` for idempotency_key failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `RegisterServiceIdempotencyKey` for idempotency_key failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::ServiceRegistration>,
-            <V as std::convert::TryInto<
-                types::ServiceRegistration,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::ServiceRegistration>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `ServiceRegistration` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `ServiceRegistration` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::ServiceRegistration,
-            ) -> types::builder::ServiceRegistration,
+            F: std::ops::FnOnce(types::builder::ServiceRegistration) -> types::builder::ServiceRegistration,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/services/register`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Service>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Service>, Error<types::Error>> {
             let Self { client, idempotency_key, body } = self;
             let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::ServiceRegistration::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::ServiceRegistration::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/services/register", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             if let Some(value) = idempotency_key {
                 header_map.append("Idempotency-Key", value.to_string().try_into()?);
             }
@@ -9533,92 +7613,33 @@ pub mod builder {
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "register_service",
-            };
+            let info = OperationInfo { operation_id: "register_service" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_services`]
 
-[`Client::list_services`]: super::Client::list_services*/
+    [`Client::list_services`]: super::Client::list_services*/
     #[derive(Debug, Clone)]
     pub struct ListServices<'a> {
         client: &'a super::Client,
@@ -9629,13 +7650,7 @@ pub mod builder {
     }
     impl<'a> ListServices<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-                name_prefix: Ok(None),
-                tag: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None), name_prefix: Ok(None), tag: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -9644,9 +7659,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListServicesCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListServicesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -9656,10 +7669,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn name_prefix<V>(mut self, value: V) -> Self
@@ -9669,28 +7679,19 @@ pub mod builder {
             self.name_prefix = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListServicesNamePrefix` for name_prefix failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListServicesNamePrefix` for name_prefix failed".to_string());
             self
         }
         pub fn tag<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::ListServicesTag>,
         {
-            self.tag = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListServicesTag` for tag failed".to_string()
-                });
+            self.tag =
+                value.try_into().map(Some).map_err(|_| "conversion to `ListServicesTag` for tag failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ServiceList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ServiceList>, Error<types::Error>> {
             let Self { client, cursor, limit, name_prefix, tag } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -9698,78 +7699,40 @@ pub mod builder {
             let tag = tag.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/services", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("name_prefix", &name_prefix))
                 .query(&progenitor_client::QueryParam::new("tag", &tag))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_services",
-            };
+            let info = OperationInfo { operation_id: "list_services" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_service`]
 
-[`Client::get_service`]: super::Client::get_service*/
+    [`Client::get_service`]: super::Client::get_service*/
     #[derive(Debug, Clone)]
     pub struct GetService<'a> {
         client: &'a super::Client,
@@ -9777,108 +7740,53 @@ pub mod builder {
     }
     impl<'a> GetService<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                service_id: Err("service_id was not initialized".to_string()),
-            }
+            Self { client: client, service_id: Err("service_id was not initialized".to_string()) }
         }
         pub fn service_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services/{service_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Service>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Service>, Error<types::Error>> {
             let Self { client, service_id } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}", client.baseurl, encode_path(& service_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/services/{}", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_service",
-            };
+            let info = OperationInfo { operation_id: "get_service" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::deregister_service`]
 
-[`Client::deregister_service`]: super::Client::deregister_service*/
+    [`Client::deregister_service`]: super::Client::deregister_service*/
     #[derive(Debug, Clone)]
     pub struct DeregisterService<'a> {
         client: &'a super::Client,
@@ -9886,106 +7794,53 @@ pub mod builder {
     }
     impl<'a> DeregisterService<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                service_id: Err("service_id was not initialized".to_string()),
-            }
+            Self { client: client, service_id: Err("service_id was not initialized".to_string()) }
         }
         pub fn service_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/services/{service_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, service_id } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}", client.baseurl, encode_path(& service_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/services/{}", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "deregister_service",
-            };
+            let info = OperationInfo { operation_id: "deregister_service" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::update_service`]
 
-[`Client::update_service`]: super::Client::update_service*/
+    [`Client::update_service`]: super::Client::update_service*/
     #[derive(Debug, Clone)]
     pub struct UpdateService<'a> {
         client: &'a super::Client,
@@ -10006,11 +7861,8 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn if_match<V>(mut self, value: V) -> Self
@@ -10020,10 +7872,7 @@ pub mod builder {
             self.if_match = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `UpdateServiceIfMatch` for if_match failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `UpdateServiceIfMatch` for if_match failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
@@ -10034,44 +7883,30 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `ServiceUpdate` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `ServiceUpdate` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::ServiceUpdate,
-            ) -> types::builder::ServiceUpdate,
+            F: std::ops::FnOnce(types::builder::ServiceUpdate) -> types::builder::ServiceUpdate,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PATCH` request to `/api/v1/services/{service_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Service>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Service>, Error<types::Error>> {
             let Self { client, service_id, if_match, body } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let if_match = if_match.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::ServiceUpdate::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::ServiceUpdate::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}", client.baseurl, encode_path(& service_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/services/{}", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             if let Some(value) = if_match {
                 header_map.append("If-Match", value.to_string().try_into()?);
             }
@@ -10079,99 +7914,34 @@ pub mod builder {
             let mut request = client
                 .client
                 .patch(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "update_service",
-            };
+            let info = OperationInfo { operation_id: "update_service" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                412u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                412u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_instances`]
 
-[`Client::list_instances`]: super::Client::list_instances*/
+    [`Client::list_instances`]: super::Client::list_instances*/
     #[derive(Debug, Clone)]
     pub struct ListInstances<'a> {
         client: &'a super::Client,
@@ -10194,11 +7964,8 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn cursor<V>(mut self, value: V) -> Self
@@ -10208,9 +7975,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListInstancesCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListInstancesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -10220,116 +7985,60 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn status<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::InstanceStatus>,
         {
-            self.status = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `InstanceStatus` for status failed".to_string()
-                });
+            self.status =
+                value.try_into().map(Some).map_err(|_| "conversion to `InstanceStatus` for status failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services/{service_id}/instances`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::InstanceList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::InstanceList>, Error<types::Error>> {
             let Self { client, service_id, cursor, limit, status } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let status = status.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}/instances", client.baseurl, encode_path(&
-                service_id.to_string()),
-            );
+            let url = format!("{}/api/v1/services/{}/instances", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("status", &status))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_instances",
-            };
+            let info = OperationInfo { operation_id: "list_instances" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::register_instance`]
 
-[`Client::register_instance`]: super::Client::register_instance*/
+    [`Client::register_instance`]: super::Client::register_instance*/
     #[derive(Debug, Clone)]
     pub struct RegisterInstance<'a> {
         client: &'a super::Client,
@@ -10348,159 +8057,73 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::InstanceRegistration>,
-            <V as std::convert::TryInto<
-                types::InstanceRegistration,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::InstanceRegistration>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!(
-                        "conversion to `InstanceRegistration` for body failed: {}", s
-                    )
-                });
+                .map_err(|s| format!("conversion to `InstanceRegistration` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::InstanceRegistration,
-            ) -> types::builder::InstanceRegistration,
+            F: std::ops::FnOnce(types::builder::InstanceRegistration) -> types::builder::InstanceRegistration,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/services/{service_id}/instances`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Instance>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Instance>, Error<types::Error>> {
             let Self { client, service_id, body } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::InstanceRegistration::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::InstanceRegistration::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}/instances", client.baseurl, encode_path(&
-                service_id.to_string()),
-            );
+            let url = format!("{}/api/v1/services/{}/instances", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "register_instance",
-            };
+            let info = OperationInfo { operation_id: "register_instance" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_instance`]
 
-[`Client::get_instance`]: super::Client::get_instance*/
+    [`Client::get_instance`]: super::Client::get_instance*/
     #[derive(Debug, Clone)]
     pub struct GetInstance<'a> {
         client: &'a super::Client,
@@ -10519,111 +8142,61 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn instance_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.instance_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for instance_id failed".to_string()
-                });
+            self.instance_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for instance_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services/{service_id}/instances/{instance_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Instance>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Instance>, Error<types::Error>> {
             let Self { client, service_id, instance_id } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let instance_id = instance_id.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/services/{}/instances/{}", client.baseurl, encode_path(&
-                service_id.to_string()), encode_path(& instance_id.to_string()),
+                "{}/api/v1/services/{}/instances/{}",
+                client.baseurl,
+                encode_path(&service_id.to_string()),
+                encode_path(&instance_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_instance",
-            };
+            let info = OperationInfo { operation_id: "get_instance" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::deregister_instance`]
 
-[`Client::deregister_instance`]: super::Client::deregister_instance*/
+    [`Client::deregister_instance`]: super::Client::deregister_instance*/
     #[derive(Debug, Clone)]
     pub struct DeregisterInstance<'a> {
         client: &'a super::Client,
@@ -10642,22 +8215,16 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn instance_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.instance_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for instance_id failed".to_string()
-                });
+            self.instance_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for instance_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/services/{service_id}/instances/{instance_id}`
@@ -10666,85 +8233,43 @@ pub mod builder {
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let instance_id = instance_id.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/services/{}/instances/{}", client.baseurl, encode_path(&
-                service_id.to_string()), encode_path(& instance_id.to_string()),
+                "{}/api/v1/services/{}/instances/{}",
+                client.baseurl,
+                encode_path(&service_id.to_string()),
+                encode_path(&instance_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "deregister_instance",
-            };
+            let info = OperationInfo { operation_id: "deregister_instance" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::heartbeat_instance`]
 
-[`Client::heartbeat_instance`]: super::Client::heartbeat_instance*/
+    [`Client::heartbeat_instance`]: super::Client::heartbeat_instance*/
     #[derive(Debug, Clone)]
     pub struct HeartbeatInstance<'a> {
         client: &'a super::Client,
@@ -10765,163 +8290,86 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn instance_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.instance_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for instance_id failed".to_string()
-                });
+            self.instance_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for instance_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::HeartbeatRequest>,
-            <V as std::convert::TryInto<
-                types::HeartbeatRequest,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::HeartbeatRequest>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `HeartbeatRequest` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `HeartbeatRequest` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::HeartbeatRequest,
-            ) -> types::builder::HeartbeatRequest,
+            F: std::ops::FnOnce(types::builder::HeartbeatRequest) -> types::builder::HeartbeatRequest,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/services/{service_id}/instances/{instance_id}/heartbeat`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Instance>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Instance>, Error<types::Error>> {
             let Self { client, service_id, instance_id, body } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let instance_id = instance_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::HeartbeatRequest::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::HeartbeatRequest::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/services/{}/instances/{}/heartbeat", client.baseurl,
-                encode_path(& service_id.to_string()), encode_path(& instance_id
-                .to_string()),
+                "{}/api/v1/services/{}/instances/{}/heartbeat",
+                client.baseurl,
+                encode_path(&service_id.to_string()),
+                encode_path(&instance_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "heartbeat_instance",
-            };
+            let info = OperationInfo { operation_id: "heartbeat_instance" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::discover_service`]
 
-[`Client::discover_service`]: super::Client::discover_service*/
+    [`Client::discover_service`]: super::Client::discover_service*/
     #[derive(Debug, Clone)]
     pub struct DiscoverService<'a> {
         client: &'a super::Client,
@@ -10950,52 +8398,38 @@ pub mod builder {
         {
             self.service_name = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `DiscoverServiceServiceName` for service_name failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `DiscoverServiceServiceName` for service_name failed".to_string());
             self
         }
         pub fn index<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<i64>,
         {
-            self.index = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `i64` for index failed".to_string());
+            self.index = value.try_into().map(Some).map_err(|_| "conversion to `i64` for index failed".to_string());
             self
         }
         pub fn passing_only<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<bool>,
         {
-            self.passing_only = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `bool` for passing_only failed".to_string());
+            self.passing_only =
+                value.try_into().map(Some).map_err(|_| "conversion to `bool` for passing_only failed".to_string());
             self
         }
         pub fn tag<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::DiscoverServiceTag>,
         {
-            self.tag = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `DiscoverServiceTag` for tag failed".to_string()
-                });
+            self.tag =
+                value.try_into().map(Some).map_err(|_| "conversion to `DiscoverServiceTag` for tag failed".to_string());
             self
         }
         pub fn wait_seconds<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<i64>,
         {
-            self.wait_seconds = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `i64` for wait_seconds failed".to_string());
+            self.wait_seconds =
+                value.try_into().map(Some).map_err(|_| "conversion to `i64` for wait_seconds failed".to_string());
             self
         }
         pub fn zone<V>(mut self, value: V) -> Self
@@ -11005,119 +8439,56 @@ pub mod builder {
             self.zone = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `DiscoverServiceZone` for zone failed".to_string()
-                });
+                .map_err(|_| "conversion to `DiscoverServiceZone` for zone failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/discovery/{service_name}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Discovery>, Error<types::Error>> {
-            let Self {
-                client,
-                service_name,
-                index,
-                passing_only,
-                tag,
-                wait_seconds,
-                zone,
-            } = self;
+        pub async fn send(self) -> Result<ResponseValue<types::Discovery>, Error<types::Error>> {
+            let Self { client, service_name, index, passing_only, tag, wait_seconds, zone } = self;
             let service_name = service_name.map_err(Error::InvalidRequest)?;
             let index = index.map_err(Error::InvalidRequest)?;
             let passing_only = passing_only.map_err(Error::InvalidRequest)?;
             let tag = tag.map_err(Error::InvalidRequest)?;
             let wait_seconds = wait_seconds.map_err(Error::InvalidRequest)?;
             let zone = zone.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/discovery/{}", client.baseurl, encode_path(& service_name
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/discovery/{}", client.baseurl, encode_path(&service_name.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("index", &index))
-                .query(
-                    &progenitor_client::QueryParam::new("passing_only", &passing_only),
-                )
+                .query(&progenitor_client::QueryParam::new("passing_only", &passing_only))
                 .query(&progenitor_client::QueryParam::new("tag", &tag))
-                .query(
-                    &progenitor_client::QueryParam::new("wait_seconds", &wait_seconds),
-                )
+                .query(&progenitor_client::QueryParam::new("wait_seconds", &wait_seconds))
                 .query(&progenitor_client::QueryParam::new("zone", &zone))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "discover_service",
-            };
+            let info = OperationInfo { operation_id: "discover_service" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_dependencies`]
 
-[`Client::list_dependencies`]: super::Client::list_dependencies*/
+    [`Client::list_dependencies`]: super::Client::list_dependencies*/
     #[derive(Debug, Clone)]
     pub struct ListDependencies<'a> {
         client: &'a super::Client,
@@ -11138,11 +8509,8 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn cursor<V>(mut self, value: V) -> Self
@@ -11152,10 +8520,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListDependenciesCursor` for cursor failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListDependenciesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -11165,102 +8530,51 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services/{service_id}/dependencies`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::DependencyList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::DependencyList>, Error<types::Error>> {
             let Self { client, service_id, cursor, limit } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}/dependencies", client.baseurl, encode_path(&
-                service_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/services/{}/dependencies", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_dependencies",
-            };
+            let info = OperationInfo { operation_id: "list_dependencies" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_dependency`]
 
-[`Client::create_dependency`]: super::Client::create_dependency*/
+    [`Client::create_dependency`]: super::Client::create_dependency*/
     #[derive(Debug, Clone)]
     pub struct CreateDependency<'a> {
         client: &'a super::Client,
@@ -11279,157 +8593,74 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::DependencyCreate>,
-            <V as std::convert::TryInto<
-                types::DependencyCreate,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::DependencyCreate>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `DependencyCreate` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `DependencyCreate` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::DependencyCreate,
-            ) -> types::builder::DependencyCreate,
+            F: std::ops::FnOnce(types::builder::DependencyCreate) -> types::builder::DependencyCreate,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/services/{service_id}/dependencies`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Dependency>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Dependency>, Error<types::Error>> {
             let Self { client, service_id, body } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::DependencyCreate::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::DependencyCreate::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}/dependencies", client.baseurl, encode_path(&
-                service_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/services/{}/dependencies", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_dependency",
-            };
+            let info = OperationInfo { operation_id: "create_dependency" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_dependency`]
 
-[`Client::get_dependency`]: super::Client::get_dependency*/
+    [`Client::get_dependency`]: super::Client::get_dependency*/
     #[derive(Debug, Clone)]
     pub struct GetDependency<'a> {
         client: &'a super::Client,
@@ -11448,112 +8679,61 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn dependency_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.dependency_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for dependency_id failed"
-                        .to_string()
-                });
+            self.dependency_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for dependency_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services/{service_id}/dependencies/{dependency_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Dependency>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Dependency>, Error<types::Error>> {
             let Self { client, service_id, dependency_id } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let dependency_id = dependency_id.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/services/{}/dependencies/{}", client.baseurl, encode_path(&
-                service_id.to_string()), encode_path(& dependency_id.to_string()),
+                "{}/api/v1/services/{}/dependencies/{}",
+                client.baseurl,
+                encode_path(&service_id.to_string()),
+                encode_path(&dependency_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_dependency",
-            };
+            let info = OperationInfo { operation_id: "get_dependency" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_dependency`]
 
-[`Client::delete_dependency`]: super::Client::delete_dependency*/
+    [`Client::delete_dependency`]: super::Client::delete_dependency*/
     #[derive(Debug, Clone)]
     pub struct DeleteDependency<'a> {
         client: &'a super::Client,
@@ -11572,23 +8752,16 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn dependency_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.dependency_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for dependency_id failed"
-                        .to_string()
-                });
+            self.dependency_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for dependency_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/services/{service_id}/dependencies/{dependency_id}`
@@ -11597,85 +8770,43 @@ pub mod builder {
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let dependency_id = dependency_id.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/services/{}/dependencies/{}", client.baseurl, encode_path(&
-                service_id.to_string()), encode_path(& dependency_id.to_string()),
+                "{}/api/v1/services/{}/dependencies/{}",
+                client.baseurl,
+                encode_path(&service_id.to_string()),
+                encode_path(&dependency_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_dependency",
-            };
+            let info = OperationInfo { operation_id: "delete_dependency" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_dependency_graph`]
 
-[`Client::get_dependency_graph`]: super::Client::get_dependency_graph*/
+    [`Client::get_dependency_graph`]: super::Client::get_dependency_graph*/
     #[derive(Debug, Clone)]
     pub struct GetDependencyGraph<'a> {
         client: &'a super::Client,
@@ -11683,10 +8814,7 @@ pub mod builder {
     }
     impl<'a> GetDependencyGraph<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                root: Ok(None),
-            }
+            Self { client: client, root: Ok(None) }
         }
         pub fn root<V>(mut self, value: V) -> Self
         where
@@ -11695,95 +8823,47 @@ pub mod builder {
             self.root = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `GetDependencyGraphRoot` for root failed".to_string()
-                });
+                .map_err(|_| "conversion to `GetDependencyGraphRoot` for root failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/dependency-graph`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::DependencyGraph>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::DependencyGraph>, Error<types::Error>> {
             let Self { client, root } = self;
             let root = root.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/dependency-graph", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("root", &root))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_dependency_graph",
-            };
+            let info = OperationInfo { operation_id: "get_dependency_graph" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_traffic_policy`]
 
-[`Client::get_traffic_policy`]: super::Client::get_traffic_policy*/
+    [`Client::get_traffic_policy`]: super::Client::get_traffic_policy*/
     #[derive(Debug, Clone)]
     pub struct GetTrafficPolicy<'a> {
         client: &'a super::Client,
@@ -11791,108 +8871,54 @@ pub mod builder {
     }
     impl<'a> GetTrafficPolicy<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                service_id: Err("service_id was not initialized".to_string()),
-            }
+            Self { client: client, service_id: Err("service_id was not initialized".to_string()) }
         }
         pub fn service_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services/{service_id}/traffic-policy`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::TrafficPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::TrafficPolicy>, Error<types::Error>> {
             let Self { client, service_id } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}/traffic-policy", client.baseurl, encode_path(&
-                service_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/services/{}/traffic-policy", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_traffic_policy",
-            };
+            let info = OperationInfo { operation_id: "get_traffic_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::replace_traffic_policy`]
 
-[`Client::replace_traffic_policy`]: super::Client::replace_traffic_policy*/
+    [`Client::replace_traffic_policy`]: super::Client::replace_traffic_policy*/
     #[derive(Debug, Clone)]
     pub struct ReplaceTrafficPolicy<'a> {
         client: &'a super::Client,
@@ -11913,11 +8939,8 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.service_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for service_id failed".to_string()
-                });
+            self.service_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for service_id failed".to_string());
             self
         }
         pub fn if_match<V>(mut self, value: V) -> Self
@@ -11927,60 +8950,42 @@ pub mod builder {
             self.if_match = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ReplaceTrafficPolicyIfMatch` for if_match failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ReplaceTrafficPolicyIfMatch` for if_match failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::TrafficPolicySpec>,
-            <V as std::convert::TryInto<
-                types::TrafficPolicySpec,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::TrafficPolicySpec>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `TrafficPolicySpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `TrafficPolicySpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::TrafficPolicySpec,
-            ) -> types::builder::TrafficPolicySpec,
+            F: std::ops::FnOnce(types::builder::TrafficPolicySpec) -> types::builder::TrafficPolicySpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PUT` request to `/api/v1/services/{service_id}/traffic-policy`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::TrafficPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::TrafficPolicy>, Error<types::Error>> {
             let Self { client, service_id, if_match, body } = self;
             let service_id = service_id.map_err(Error::InvalidRequest)?;
             let if_match = if_match.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::TrafficPolicySpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::TrafficPolicySpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}/traffic-policy", client.baseurl, encode_path(&
-                service_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/services/{}/traffic-policy", client.baseurl, encode_path(&service_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             if let Some(value) = if_match {
                 header_map.append("If-Match", value.to_string().try_into()?);
             }
@@ -11988,99 +8993,34 @@ pub mod builder {
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "replace_traffic_policy",
-            };
+            let info = OperationInfo { operation_id: "replace_traffic_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                412u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                412u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_config_entries`]
 
-[`Client::list_config_entries`]: super::Client::list_config_entries*/
+    [`Client::list_config_entries`]: super::Client::list_config_entries*/
     #[derive(Debug, Clone)]
     pub struct ListConfigEntries<'a> {
         client: &'a super::Client,
@@ -12107,10 +9047,7 @@ pub mod builder {
         {
             self.service_name = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `ListConfigEntriesServiceName` for service_name failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListConfigEntriesServiceName` for service_name failed".to_string());
             self
         }
         pub fn environment<V>(mut self, value: V) -> Self
@@ -12119,10 +9056,7 @@ pub mod builder {
         {
             self.environment = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `ListConfigEntriesEnvironment` for environment failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListConfigEntriesEnvironment` for environment failed".to_string());
             self
         }
         pub fn cursor<V>(mut self, value: V) -> Self
@@ -12132,10 +9066,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListConfigEntriesCursor` for cursor failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListConfigEntriesCursor` for cursor failed".to_string());
             self
         }
         pub fn key_prefix<V>(mut self, value: V) -> Self
@@ -12145,10 +9076,7 @@ pub mod builder {
             self.key_prefix = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListConfigEntriesKeyPrefix` for key_prefix failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListConfigEntriesKeyPrefix` for key_prefix failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -12158,16 +9086,11 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/config/{service_name}/{environment}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ConfigEntryList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ConfigEntryList>, Error<types::Error>> {
             let Self { client, service_name, environment, cursor, key_prefix, limit } = self;
             let service_name = service_name.map_err(Error::InvalidRequest)?;
             let environment = environment.map_err(Error::InvalidRequest)?;
@@ -12175,88 +9098,46 @@ pub mod builder {
             let key_prefix = key_prefix.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/config/{}/{}", client.baseurl, encode_path(& service_name
-                .to_string()), encode_path(& environment.to_string()),
+                "{}/api/v1/config/{}/{}",
+                client.baseurl,
+                encode_path(&service_name.to_string()),
+                encode_path(&environment.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("key_prefix", &key_prefix))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_config_entries",
-            };
+            let info = OperationInfo { operation_id: "list_config_entries" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_config_entry`]
 
-[`Client::get_config_entry`]: super::Client::get_config_entry*/
+    [`Client::get_config_entry`]: super::Client::get_config_entry*/
     #[derive(Debug, Clone)]
     pub struct GetConfigEntry<'a> {
         client: &'a super::Client,
@@ -12279,10 +9160,7 @@ pub mod builder {
         {
             self.service_name = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `GetConfigEntryServiceName` for service_name failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `GetConfigEntryServiceName` for service_name failed".to_string());
             self
         }
         pub fn environment<V>(mut self, value: V) -> Self
@@ -12291,112 +9169,61 @@ pub mod builder {
         {
             self.environment = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `GetConfigEntryEnvironment` for environment failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `GetConfigEntryEnvironment` for environment failed".to_string());
             self
         }
         pub fn key<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::GetConfigEntryKey>,
         {
-            self.key = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `GetConfigEntryKey` for key failed".to_string()
-                });
+            self.key = value.try_into().map_err(|_| "conversion to `GetConfigEntryKey` for key failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/config/{service_name}/{environment}/{key}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ConfigEntry>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ConfigEntry>, Error<types::Error>> {
             let Self { client, service_name, environment, key } = self;
             let service_name = service_name.map_err(Error::InvalidRequest)?;
             let environment = environment.map_err(Error::InvalidRequest)?;
             let key = key.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/config/{}/{}/{}", client.baseurl, encode_path(& service_name
-                .to_string()), encode_path(& environment.to_string()), encode_path(& key
-                .to_string()),
+                "{}/api/v1/config/{}/{}/{}",
+                client.baseurl,
+                encode_path(&service_name.to_string()),
+                encode_path(&environment.to_string()),
+                encode_path(&key.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_config_entry",
-            };
+            let info = OperationInfo { operation_id: "get_config_entry" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::put_config_entry`]
 
-[`Client::put_config_entry`]: super::Client::put_config_entry*/
+    [`Client::put_config_entry`]: super::Client::put_config_entry*/
     #[derive(Debug, Clone)]
     pub struct PutConfigEntry<'a> {
         client: &'a super::Client,
@@ -12423,10 +9250,7 @@ pub mod builder {
         {
             self.service_name = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `PutConfigEntryServiceName` for service_name failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `PutConfigEntryServiceName` for service_name failed".to_string());
             self
         }
         pub fn environment<V>(mut self, value: V) -> Self
@@ -12435,21 +9259,14 @@ pub mod builder {
         {
             self.environment = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `PutConfigEntryEnvironment` for environment failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `PutConfigEntryEnvironment` for environment failed".to_string());
             self
         }
         pub fn key<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::PutConfigEntryKey>,
         {
-            self.key = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `PutConfigEntryKey` for key failed".to_string()
-                });
+            self.key = value.try_into().map_err(|_| "conversion to `PutConfigEntryKey` for key failed".to_string());
             self
         }
         pub fn if_match<V>(mut self, value: V) -> Self
@@ -12459,10 +9276,7 @@ pub mod builder {
             self.if_match = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `PutConfigEntryIfMatch` for if_match failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `PutConfigEntryIfMatch` for if_match failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
@@ -12473,24 +9287,18 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `ConfigWrite` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `ConfigWrite` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::ConfigWrite,
-            ) -> types::builder::ConfigWrite,
+            F: std::ops::FnOnce(types::builder::ConfigWrite) -> types::builder::ConfigWrite,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PUT` request to `/api/v1/config/{service_name}/{environment}/{key}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ConfigEntry>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ConfigEntry>, Error<types::Error>> {
             let Self { client, service_name, environment, key, if_match, body } = self;
             let service_name = service_name.map_err(Error::InvalidRequest)?;
             let environment = environment.map_err(Error::InvalidRequest)?;
@@ -12500,18 +9308,17 @@ pub mod builder {
                 .and_then(|v| types::ConfigWrite::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/config/{}/{}/{}", client.baseurl, encode_path(& service_name
-                .to_string()), encode_path(& environment.to_string()), encode_path(& key
-                .to_string()),
+                "{}/api/v1/config/{}/{}/{}",
+                client.baseurl,
+                encode_path(&service_name.to_string()),
+                encode_path(&environment.to_string()),
+                encode_path(&key.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             if let Some(value) = if_match {
                 header_map.append("If-Match", value.to_string().try_into()?);
             }
@@ -12519,106 +9326,35 @@ pub mod builder {
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "put_config_entry",
-            };
+            let info = OperationInfo { operation_id: "put_config_entry" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                412u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                412u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_config_entry`]
 
-[`Client::delete_config_entry`]: super::Client::delete_config_entry*/
+    [`Client::delete_config_entry`]: super::Client::delete_config_entry*/
     #[derive(Debug, Clone)]
     pub struct DeleteConfigEntry<'a> {
         client: &'a super::Client,
@@ -12643,10 +9379,7 @@ pub mod builder {
         {
             self.service_name = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `DeleteConfigEntryServiceName` for service_name failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `DeleteConfigEntryServiceName` for service_name failed".to_string());
             self
         }
         pub fn environment<V>(mut self, value: V) -> Self
@@ -12655,21 +9388,14 @@ pub mod builder {
         {
             self.environment = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `DeleteConfigEntryEnvironment` for environment failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `DeleteConfigEntryEnvironment` for environment failed".to_string());
             self
         }
         pub fn key<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::DeleteConfigEntryKey>,
         {
-            self.key = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `DeleteConfigEntryKey` for key failed".to_string()
-                });
+            self.key = value.try_into().map_err(|_| "conversion to `DeleteConfigEntryKey` for key failed".to_string());
             self
         }
         pub fn expected_version<V>(mut self, value: V) -> Self
@@ -12679,10 +9405,7 @@ pub mod builder {
             self.expected_version = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for expected_version failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for expected_version failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/config/{service_name}/{environment}/{key}`
@@ -12693,99 +9416,46 @@ pub mod builder {
             let key = key.map_err(Error::InvalidRequest)?;
             let expected_version = expected_version.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/config/{}/{}/{}", client.baseurl, encode_path(& service_name
-                .to_string()), encode_path(& environment.to_string()), encode_path(& key
-                .to_string()),
+                "{}/api/v1/config/{}/{}/{}",
+                client.baseurl,
+                encode_path(&service_name.to_string()),
+                encode_path(&environment.to_string()),
+                encode_path(&key.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
-                .query(
-                    &progenitor_client::QueryParam::new(
-                        "expected_version",
-                        &expected_version,
-                    ),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
+                .query(&progenitor_client::QueryParam::new("expected_version", &expected_version))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_config_entry",
-            };
+            let info = OperationInfo { operation_id: "delete_config_entry" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_config_history`]
 
-[`Client::list_config_history`]: super::Client::list_config_history*/
+    [`Client::list_config_history`]: super::Client::list_config_history*/
     #[derive(Debug, Clone)]
     pub struct ListConfigHistory<'a> {
         client: &'a super::Client,
@@ -12812,10 +9482,7 @@ pub mod builder {
         {
             self.service_name = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `ListConfigHistoryServiceName` for service_name failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListConfigHistoryServiceName` for service_name failed".to_string());
             self
         }
         pub fn environment<V>(mut self, value: V) -> Self
@@ -12824,21 +9491,14 @@ pub mod builder {
         {
             self.environment = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `ListConfigHistoryEnvironment` for environment failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListConfigHistoryEnvironment` for environment failed".to_string());
             self
         }
         pub fn key<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::ListConfigHistoryKey>,
         {
-            self.key = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `ListConfigHistoryKey` for key failed".to_string()
-                });
+            self.key = value.try_into().map_err(|_| "conversion to `ListConfigHistoryKey` for key failed".to_string());
             self
         }
         pub fn cursor<V>(mut self, value: V) -> Self
@@ -12848,10 +9508,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListConfigHistoryCursor` for cursor failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListConfigHistoryCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -12861,16 +9518,11 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/config/{service_name}/{environment}/{key}/history`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ConfigVersionList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ConfigVersionList>, Error<types::Error>> {
             let Self { client, service_name, environment, key, cursor, limit } = self;
             let service_name = service_name.map_err(Error::InvalidRequest)?;
             let environment = environment.map_err(Error::InvalidRequest)?;
@@ -12878,86 +9530,45 @@ pub mod builder {
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/config/{}/{}/{}/history", client.baseurl, encode_path(&
-                service_name.to_string()), encode_path(& environment.to_string()),
-                encode_path(& key.to_string()),
+                "{}/api/v1/config/{}/{}/{}/history",
+                client.baseurl,
+                encode_path(&service_name.to_string()),
+                encode_path(&environment.to_string()),
+                encode_path(&key.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_config_history",
-            };
+            let info = OperationInfo { operation_id: "list_config_history" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
 }
+
 /// Items consumers will typically use such as the Client.
 pub mod prelude {
     pub use self::super::Client;

@@ -3,24 +3,15 @@
 
 #[allow(unused_imports)]
 pub use progenitor_client::{ByteStream, ClientInfo, Error, ResponseValue};
+
 #[allow(unused_imports)]
-use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderExt};
+use progenitor_client::{ClientHooks, OperationInfo, RequestBuilderExt, encode_path};
+
 /// Types used as operation parameters and responses.
 #[allow(clippy::all)]
 pub mod types {
     ///How the matched series are reduced before comparison: `none` (each series is compared on its own and gives its own alert), `sum`, `avg`, `max`, `min` (across the series of each `group_by` group), `rate` (per-second increase of a counter over `rate_window_seconds`, summed per `group_by` group).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum Aggregation {
         #[serde(rename = "none")]
         None,
@@ -49,9 +40,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for Aggregation {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "none" => Ok(Self::None),
                 "sum" => Ok(Self::Sum),
@@ -65,17 +54,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for Aggregation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for Aggregation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -84,9 +69,7 @@ pub mod types {
     pub struct Alert {
         ///When the alert was acknowledged; null when unacknowledged.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub acknowledged_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub acknowledged_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///Who acknowledged the alert; null when unacknowledged.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub acknowledged_by: ::std::option::Option<AlertAcknowledgedBy>,
@@ -111,9 +94,7 @@ pub mod types {
         pub labels: Labels,
         ///When the alert resolved; null while pending or firing.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub resolved_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub resolved_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///The rule that produced the alert.
         pub rule_id: ::uuid::Uuid,
         ///The name of that rule.
@@ -149,9 +130,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertAcknowledgedBy {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -160,17 +139,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertAcknowledgedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertAcknowledgedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -181,9 +156,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Who acknowledges an alert, and why.
@@ -217,9 +190,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertAcknowledgementBy {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -231,17 +202,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertAcknowledgementBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertAcknowledgementBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -252,9 +219,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The comment given with the acknowledgement.
@@ -274,9 +239,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertAcknowledgementComment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -285,17 +248,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertAcknowledgementComment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertAcknowledgementComment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -306,9 +265,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Alertmanager's fingerprint of the alert's labels (FNV-1a over the sorted names and values), stable across evaluations; the labels carry `alertname`, unique per rule.
@@ -328,17 +285,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertFingerprint {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 16usize {
                 return Err("longer than 16 characters".into());
             }
             if value.chars().count() < 16usize {
                 return Err("shorter than 16 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{16}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{16}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{16}$\"".into());
             }
@@ -347,17 +302,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertFingerprint {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertFingerprint {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -368,9 +319,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of alerts.
@@ -403,17 +352,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -422,17 +369,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -443,9 +386,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The JSON body POSTed to webhook receivers: Alertmanager's webhook payload, version "4", so that every tool that takes Alertmanager webhooks (incident tools, chat bridges) takes it unchanged. One notification per rule and receiver carries that rule's alerts that changed state (firing, and resolved when `send_resolved` is true); silenced alerts are left out. Firing alerts are notified again after a restart of the service and when a silence that muted them ends.
@@ -499,9 +440,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertNotificationExternalUrl {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -510,18 +449,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertNotificationExternalUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for AlertNotificationExternalUrl {
+    impl ::std::convert::TryFrom<::std::string::String> for AlertNotificationExternalUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -532,9 +466,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Identifies the group of alerts (here, the rule) across notifications.
@@ -554,9 +486,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertNotificationGroupKey {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -565,17 +495,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertNotificationGroupKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertNotificationGroupKey {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -586,9 +512,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The name of the receiver.
@@ -608,14 +532,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertNotificationReceiver {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -624,17 +546,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertNotificationReceiver {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertNotificationReceiver {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -645,24 +563,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`firing` when any alert in `alerts` is firing, `resolved` otherwise.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum AlertNotificationStatus {
         #[serde(rename = "firing")]
         Firing,
@@ -679,9 +584,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertNotificationStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "firing" => Ok(Self::Firing),
                 "resolved" => Ok(Self::Resolved),
@@ -691,33 +594,18 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertNotificationStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertNotificationStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///Payload format version (Alertmanager's).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum AlertNotificationVersion {
         #[serde(rename = "4")]
         X4,
@@ -731,9 +619,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertNotificationVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "4" => Ok(Self::X4),
                 _ => Err("invalid value".into()),
@@ -742,17 +628,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertNotificationVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertNotificationVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -785,9 +667,7 @@ pub mod types {
         pub last_error: ::std::option::Option<AlertRuleLastError>,
         ///When the rule was last evaluated; null before its first evaluation.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub last_evaluated_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub last_evaluated_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///How long the last evaluation took, in milliseconds.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub last_evaluation_ms: ::std::option::Option<f64>,
@@ -831,9 +711,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -842,17 +720,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -863,9 +737,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`AlertRuleGroupByItem`
@@ -885,17 +757,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleGroupByItem {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-zA-Z_][a-zA-Z0-9_]*$\"".into());
             }
@@ -904,17 +774,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleGroupByItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleGroupByItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -925,9 +791,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Why the last evaluation failed; null when it succeeded.
@@ -947,9 +811,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleLastError {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -958,17 +820,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleLastError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleLastError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -979,9 +837,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of alert rules.
@@ -1014,17 +870,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -1033,17 +887,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1054,9 +904,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The metric name the rule evaluates.
@@ -1076,38 +924,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleMetric {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 200usize {
                 return Err("longer than 200 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleMetric {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleMetric {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1118,9 +958,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Unique rule name; the `alertname` label of its alerts.
@@ -1140,17 +978,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -1159,17 +995,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1180,9 +1012,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The specification of an alert rule, as sent on create and (in full) on replace. At every evaluation interval the series of `metric` matching all `matchers` are aggregated and compared with `threshold`; each resulting series (or group) for which the comparison holds becomes a pending alert, which fires once the comparison has held for `for_seconds`.
@@ -1259,9 +1089,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleSpecDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -1270,17 +1098,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleSpecDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleSpecDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1291,9 +1115,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`AlertRuleSpecGroupByItem`
@@ -1313,17 +1135,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleSpecGroupByItem {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-zA-Z_][a-zA-Z0-9_]*$\"".into());
             }
@@ -1332,17 +1152,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleSpecGroupByItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleSpecGroupByItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1353,9 +1169,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The metric name the rule evaluates.
@@ -1375,38 +1189,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleSpecMetric {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 200usize {
                 return Err("longer than 200 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleSpecMetric {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleSpecMetric {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1417,9 +1223,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Unique rule name; becomes the `alertname` label of its alerts.
@@ -1439,17 +1243,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleSpecName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -1458,17 +1260,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1479,24 +1277,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The most severe state among a rule's active alerts: `inactive` (none), `pending` or `firing`.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum AlertRuleState {
         #[serde(rename = "inactive")]
         Inactive,
@@ -1516,9 +1301,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertRuleState {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "inactive" => Ok(Self::Inactive),
                 "pending" => Ok(Self::Pending),
@@ -1529,33 +1312,18 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertRuleState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertRuleState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///`pending`: the condition holds but not yet for `for_seconds`; `firing`: it has held for at least `for_seconds` and notifications are sent; `resolved`: the condition cleared (or its rule was deleted or disabled).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum AlertState {
         #[serde(rename = "pending")]
         Pending,
@@ -1575,9 +1343,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AlertState {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "pending" => Ok(Self::Pending),
                 "firing" => Ok(Self::Firing),
@@ -1588,49 +1354,33 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AlertState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AlertState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///Informational key/values attached to alerts, such as `summary`, `description` and `runbook_url`. In a rule, values may use the templates `{{ $labels.<name> }}` and `{{ $value }}`, which are expanded in its alerts.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     #[serde(transparent)]
-    pub struct Annotations(
-        pub ::std::collections::HashMap<::std::string::String, AnnotationsValue>,
-    );
+    pub struct Annotations(pub ::std::collections::HashMap<::std::string::String, AnnotationsValue>);
     impl ::std::ops::Deref for Annotations {
-        type Target = ::std::collections::HashMap<
-            ::std::string::String,
-            AnnotationsValue,
-        >;
-        fn deref(
-            &self,
-        ) -> &::std::collections::HashMap<::std::string::String, AnnotationsValue> {
+        type Target = ::std::collections::HashMap<::std::string::String, AnnotationsValue>;
+        fn deref(&self) -> &::std::collections::HashMap<::std::string::String, AnnotationsValue> {
             &self.0
         }
     }
-    impl ::std::convert::From<Annotations>
-    for ::std::collections::HashMap<::std::string::String, AnnotationsValue> {
+    impl ::std::convert::From<Annotations> for ::std::collections::HashMap<::std::string::String, AnnotationsValue> {
         fn from(value: Annotations) -> Self {
             value.0
         }
     }
-    impl ::std::convert::From<
-        ::std::collections::HashMap<::std::string::String, AnnotationsValue>,
-    > for Annotations {
-        fn from(
-            value: ::std::collections::HashMap<::std::string::String, AnnotationsValue>,
-        ) -> Self {
+    impl ::std::convert::From<::std::collections::HashMap<::std::string::String, AnnotationsValue>> for Annotations {
+        fn from(value: ::std::collections::HashMap<::std::string::String, AnnotationsValue>) -> Self {
             Self(value)
         }
     }
@@ -1651,9 +1401,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for AnnotationsValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4096usize {
                 return Err("longer than 4096 characters".into());
             }
@@ -1662,17 +1410,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AnnotationsValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for AnnotationsValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1683,24 +1427,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///How the (aggregated) value is compared with the threshold: greater than, greater or equal, less than, less or equal, equal, not equal.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum Comparison {
         #[serde(rename = "gt")]
         Gt,
@@ -1729,9 +1460,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for Comparison {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "gt" => Ok(Self::Gt),
                 "ge" => Ok(Self::Ge),
@@ -1745,17 +1474,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for Comparison {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for Comparison {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1795,11 +1520,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorCode {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9_]{1,63}$\"".into());
             }
@@ -1808,17 +1531,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1829,9 +1548,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ErrorDetail`
@@ -1866,9 +1583,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailField {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
@@ -1877,17 +1592,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1898,24 +1609,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Where the problem is.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum ErrorDetailLocation {
         #[serde(rename = "body")]
         Body,
@@ -1938,9 +1636,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailLocation {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "body" => Ok(Self::Body),
                 "path" => Ok(Self::Path),
@@ -1952,17 +1648,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1983,9 +1675,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -1997,17 +1687,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2018,9 +1704,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Human-readable explanation, lowercase, without a trailing period.
@@ -2040,9 +1724,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -2054,17 +1736,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2075,9 +1753,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///W3C trace id of the request, for correlating logs and traces.
@@ -2097,11 +1773,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -2110,17 +1784,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2131,9 +1801,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetTraceTraceId`
@@ -2153,17 +1821,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetTraceTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 32usize {
                 return Err("shorter than 32 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -2172,17 +1838,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for GetTraceTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetTraceTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2193,19 +1855,14 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Health of this service in the `application/health+json` format (draft-inadarei-api-health-check), with snake_case field names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Health {
         ///Results of the dependency checks, keyed by `component:measurement` (`store:responseTime`); empty for the liveness probe.
-        pub checks: ::std::collections::HashMap<
-            ::std::string::String,
-            ::std::vec::Vec<HealthCheck>,
-        >,
+        pub checks: ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<HealthCheck>>,
         ///Human-readable description of the service.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub description: ::std::option::Option<HealthDescription>,
@@ -2269,9 +1926,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckComponentId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
@@ -2280,17 +1935,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckComponentId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckComponentId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2301,24 +1952,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The kind of component.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthCheckComponentType {
         #[serde(rename = "component")]
         Component,
@@ -2338,9 +1976,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckComponentType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "component" => Ok(Self::Component),
                 "datastore" => Ok(Self::Datastore),
@@ -2351,17 +1987,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2382,9 +2014,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckObservedUnit {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
@@ -2393,17 +2023,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckObservedUnit {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckObservedUnit {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2414,9 +2040,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The error, when the check did not pass.
@@ -2436,9 +2060,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -2447,17 +2069,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2468,9 +2086,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Human-readable description of the service.
@@ -2490,9 +2106,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -2501,17 +2115,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2522,9 +2132,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Why the status is not `pass`, when it is not.
@@ -2544,9 +2152,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -2555,17 +2161,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2576,9 +2178,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The name of the service.
@@ -2598,14 +2198,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthServiceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2614,17 +2212,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthServiceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthServiceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2635,24 +2229,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Health status in the `application/health+json` sense.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthStatus {
         #[serde(rename = "pass")]
         Pass,
@@ -2672,9 +2253,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "pass" => Ok(Self::Pass),
                 "warn" => Ok(Self::Warn),
@@ -2685,17 +2264,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2744,18 +2319,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
-                    )
-                    .unwrap()
+                    "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -2768,17 +2340,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2789,9 +2357,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One cumulative histogram bucket.
@@ -2822,14 +2388,10 @@ pub mod types {
         pub instance_id: ::uuid::Uuid,
         ///When the latest check finished; null before the first check.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub last_checked_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub last_checked_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///When a check last passed; null if none has.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub last_success_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub last_success_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///Response time of the latest check in milliseconds; null when it got no answer or before the first check.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub latency_ms: ::std::option::Option<f64>,
@@ -2861,9 +2423,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceHealthAddress {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 261usize {
                 return Err("longer than 261 characters".into());
             }
@@ -2875,17 +2435,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceHealthAddress {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceHealthAddress {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2896,9 +2452,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The URL the health check calls.
@@ -2918,9 +2472,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceHealthHealthUrl {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -2929,17 +2481,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceHealthHealthUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceHealthHealthUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2950,9 +2498,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of instance health.
@@ -2985,17 +2531,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceHealthListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3004,18 +2548,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceHealthListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for InstanceHealthListNextCursor {
+    impl ::std::convert::TryFrom<::std::string::String> for InstanceHealthListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3026,9 +2565,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The outcome of the latest check (status line or error), truncated.
@@ -3048,9 +2585,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceHealthOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4096usize {
                 return Err("longer than 4096 characters".into());
             }
@@ -3059,17 +2594,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceHealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceHealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3080,9 +2611,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The service the instance belongs to.
@@ -3102,14 +2631,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceHealthService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3118,17 +2645,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceHealthService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceHealthService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3139,24 +2662,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Result of the active health checks of an instance, in Consul's terms: `passing` (2xx with health status `pass`), `warning` (health status `warn`, or slower than the check's latency threshold), `critical` (failure, timeout, non-2xx or status `fail`), `unknown` (not checked yet).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum InstanceHealthStatus {
         #[serde(rename = "passing")]
         Passing,
@@ -3179,9 +2689,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for InstanceHealthStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "passing" => Ok(Self::Passing),
                 "warning" => Ok(Self::Warning),
@@ -3193,17 +2701,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for InstanceHealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for InstanceHealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3238,17 +2742,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for LabelMatcherLabel {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-zA-Z_][a-zA-Z0-9_]*$\"".into());
             }
@@ -3257,17 +2759,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for LabelMatcherLabel {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for LabelMatcherLabel {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3278,9 +2776,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The value to compare with, or the regular expression for the regex operators.
@@ -3300,9 +2796,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for LabelMatcherValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -3311,17 +2805,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for LabelMatcherValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for LabelMatcherValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3332,37 +2822,26 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Label names (`^[a-zA-Z_][a-zA-Z0-9_]*$`, at most 128 characters, not starting with `__`) mapped to label values.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     #[serde(transparent)]
-    pub struct Labels(
-        pub ::std::collections::HashMap<::std::string::String, LabelsValue>,
-    );
+    pub struct Labels(pub ::std::collections::HashMap<::std::string::String, LabelsValue>);
     impl ::std::ops::Deref for Labels {
         type Target = ::std::collections::HashMap<::std::string::String, LabelsValue>;
-        fn deref(
-            &self,
-        ) -> &::std::collections::HashMap<::std::string::String, LabelsValue> {
+        fn deref(&self) -> &::std::collections::HashMap<::std::string::String, LabelsValue> {
             &self.0
         }
     }
-    impl ::std::convert::From<Labels>
-    for ::std::collections::HashMap<::std::string::String, LabelsValue> {
+    impl ::std::convert::From<Labels> for ::std::collections::HashMap<::std::string::String, LabelsValue> {
         fn from(value: Labels) -> Self {
             value.0
         }
     }
-    impl ::std::convert::From<
-        ::std::collections::HashMap<::std::string::String, LabelsValue>,
-    > for Labels {
-        fn from(
-            value: ::std::collections::HashMap<::std::string::String, LabelsValue>,
-        ) -> Self {
+    impl ::std::convert::From<::std::collections::HashMap<::std::string::String, LabelsValue>> for Labels {
+        fn from(value: ::std::collections::HashMap<::std::string::String, LabelsValue>) -> Self {
             Self(value)
         }
     }
@@ -3383,9 +2862,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for LabelsValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -3394,17 +2871,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for LabelsValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for LabelsValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3415,9 +2888,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListAlertRulesCursor`
@@ -3437,17 +2908,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListAlertRulesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3456,17 +2925,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListAlertRulesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListAlertRulesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3477,9 +2942,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListAlertsCursor`
@@ -3499,17 +2962,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListAlertsCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3518,17 +2979,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListAlertsCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListAlertsCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3539,9 +2996,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListInstanceHealthCursor`
@@ -3561,17 +3016,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListInstanceHealthCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3580,17 +3033,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListInstanceHealthCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListInstanceHealthCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3601,9 +3050,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListInstanceHealthService`
@@ -3623,17 +3070,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListInstanceHealthService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3642,17 +3087,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListInstanceHealthService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListInstanceHealthService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3663,9 +3104,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListMetricsCursor`
@@ -3685,17 +3124,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListMetricsCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3704,17 +3141,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListMetricsCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListMetricsCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3725,9 +3158,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListMetricsMatch`
@@ -3747,17 +3178,14 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListMetricsMatch {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
             if value.chars().count() < 4usize {
                 return Err("shorter than 4 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
                         "^[a-zA-Z_][a-zA-Z0-9_]*(=|!=|=~|!~)\"([^\"\\\\]|\\\\.)*\"(,[a-zA-Z_][a-zA-Z0-9_]*(=|!=|=~|!~)\"([^\"\\\\]|\\\\.)*\")*$",
                     )
@@ -3774,17 +3202,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListMetricsMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListMetricsMatch {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3795,9 +3219,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListMetricsName`
@@ -3817,38 +3239,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListMetricsName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 200usize {
                 return Err("longer than 200 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ListMetricsName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListMetricsName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3859,9 +3273,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListMetricsSource`
@@ -3881,38 +3293,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListMetricsSource {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for ListMetricsSource {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListMetricsSource {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3923,9 +3327,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListReceiversCursor`
@@ -3945,17 +3347,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListReceiversCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3964,17 +3364,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListReceiversCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListReceiversCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3985,9 +3381,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListSilencesCursor`
@@ -4007,17 +3401,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListSilencesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -4026,17 +3418,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListSilencesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListSilencesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4047,9 +3435,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListTracesCursor`
@@ -4069,17 +3455,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListTracesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -4088,17 +3472,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListTracesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListTracesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4109,9 +3489,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListTracesService`
@@ -4131,17 +3509,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListTracesService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -4150,17 +3526,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListTracesService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListTracesService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4171,24 +3543,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///How a label matcher compares a label value, named after the PromQL operators: `equal` (`=`), `not_equal` (`!=`), `match_regex` (`=~`) and `not_match_regex` (`!~`). Regular expressions use the RE2 syntax and are fully anchored. A label that is absent has the empty value.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum MatchOperator {
         #[serde(rename = "equal")]
         Equal,
@@ -4211,9 +3570,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for MatchOperator {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "equal" => Ok(Self::Equal),
                 "not_equal" => Ok(Self::NotEqual),
@@ -4225,17 +3582,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for MatchOperator {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MatchOperator {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4280,9 +3633,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSampleHelp {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -4291,17 +3642,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for MetricSampleHelp {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSampleHelp {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4312,9 +3659,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The metric name.
@@ -4334,38 +3679,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSampleName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 200usize {
                 return Err("longer than 200 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for MetricSampleName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSampleName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4376,24 +3713,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The metric type; a counter's value must not decrease between pushes for the same label set. A name keeps the type it was first pushed with (422 otherwise).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum MetricSampleType {
         #[serde(rename = "counter")]
         Counter,
@@ -4410,9 +3734,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSampleType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "counter" => Ok(Self::Counter),
                 "gauge" => Ok(Self::Gauge),
@@ -4422,17 +3744,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for MetricSampleType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSampleType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4471,38 +3789,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSamplesPushSource {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for MetricSamplesPushSource {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSamplesPushSource {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4513,9 +3823,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The current value of one metric series (a metric name and one label set).
@@ -4566,9 +3874,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSeriesHelp {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -4577,17 +3883,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for MetricSeriesHelp {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSeriesHelp {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4598,9 +3900,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of metric series.
@@ -4633,17 +3933,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSeriesListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -4652,17 +3950,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for MetricSeriesListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSeriesListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4673,9 +3967,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The metric name.
@@ -4695,38 +3987,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSeriesName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 200usize {
                 return Err("longer than 200 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[a-zA-Z_:][a-zA-Z0-9_:]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for MetricSeriesName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSeriesName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4737,9 +4021,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Who produced the series: `monitoring` for this service's own metrics, the service name or instance address of a scraped instance, or the `source` of a push.
@@ -4759,38 +4041,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricSeriesSource {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 255usize {
                 return Err("longer than 255 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]*$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]*$\"".into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]*$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for MetricSeriesSource {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricSeriesSource {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4801,24 +4075,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The Prometheus metric type of a series.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum MetricType {
         #[serde(rename = "counter")]
         Counter,
@@ -4841,9 +4102,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for MetricType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "counter" => Ok(Self::Counter),
                 "gauge" => Ok(Self::Gauge),
@@ -4855,17 +4114,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for MetricType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for MetricType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4874,17 +4129,12 @@ pub mod types {
     pub struct Receiver {
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         ///The configured header names, each with the value `<redacted>`.
-        pub headers: ::std::collections::HashMap<
-            ::std::string::String,
-            ReceiverHeadersValue,
-        >,
+        pub headers: ::std::collections::HashMap<::std::string::String, ReceiverHeadersValue>,
         ///The receiver id.
         pub id: ::uuid::Uuid,
         ///When a notification was last delivered or given up on; null if never.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub last_delivery_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub last_delivery_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///Why the last delivery failed after all retries; null if it succeeded.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub last_delivery_error: ::std::option::Option<ReceiverLastDeliveryError>,
@@ -4906,18 +4156,7 @@ pub mod types {
         }
     }
     ///`ReceiverHeadersValue`
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum ReceiverHeadersValue {
         #[serde(rename = "<redacted>")]
         Redacted,
@@ -4931,9 +4170,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverHeadersValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "<redacted>" => Ok(Self::Redacted),
                 _ => Err("invalid value".into()),
@@ -4942,17 +4179,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverHeadersValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverHeadersValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -4973,9 +4206,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverLastDeliveryError {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -4984,17 +4215,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverLastDeliveryError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverLastDeliveryError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5005,9 +4232,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of webhook receivers.
@@ -5040,17 +4265,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -5059,17 +4282,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5080,9 +4299,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Unique receiver name.
@@ -5102,17 +4319,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -5121,17 +4336,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5142,23 +4353,15 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The specification of a webhook receiver, as sent on create and (in full) on replace.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ReceiverSpec {
         ///Extra HTTP headers sent with every notification (e.g. `Authorization`). Values are stored encrypted and never returned.
-        #[serde(
-            default,
-            skip_serializing_if = ":: std :: collections :: HashMap::is_empty"
-        )]
-        pub headers: ::std::collections::HashMap<
-            ::std::string::String,
-            ReceiverSpecHeadersValue,
-        >,
+        #[serde(default, skip_serializing_if = ":: std :: collections :: HashMap::is_empty")]
+        pub headers: ::std::collections::HashMap<::std::string::String, ReceiverSpecHeadersValue>,
         ///Retries after a failed delivery attempt, with exponential backoff.
         #[serde(default = "defaults::default_u64::<i64, 3>")]
         pub max_retries: i64,
@@ -5195,9 +4398,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverSpecHeadersValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -5206,17 +4407,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverSpecHeadersValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverSpecHeadersValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5227,9 +4424,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Unique receiver name.
@@ -5249,17 +4444,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverSpecName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -5268,17 +4461,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5289,9 +4478,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The http or https URL notifications are POSTed to.
@@ -5311,14 +4498,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverSpecUrl {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^https?://").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^https?://").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^https?://\"".into());
             }
@@ -5327,17 +4512,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverSpecUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverSpecUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5348,9 +4529,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The outcome of a test notification.
@@ -5389,9 +4568,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverTestResultError {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -5400,17 +4577,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverTestResultError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverTestResultError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5421,9 +4594,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The URL notifications are POSTed to.
@@ -5443,9 +4614,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ReceiverUrl {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -5454,17 +4623,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ReceiverUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ReceiverUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5475,9 +4640,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Acknowledgement of a pushed batch of samples.
@@ -5521,14 +4684,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceHealthSummaryService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -5537,17 +4698,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceHealthSummaryService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceHealthSummaryService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5558,24 +4715,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///How urgent an alert is.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum Severity {
         #[serde(rename = "critical")]
         Critical,
@@ -5595,9 +4739,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for Severity {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "critical" => Ok(Self::Critical),
                 "warning" => Ok(Self::Warning),
@@ -5608,17 +4750,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for Severity {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for Severity {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5657,9 +4795,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SilenceComment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -5671,17 +4807,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SilenceComment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SilenceComment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5692,9 +4824,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A new silence.
@@ -5734,9 +4864,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SilenceCreateComment {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -5748,17 +4876,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SilenceCreateComment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SilenceCreateComment {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5769,9 +4893,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Who creates the silence.
@@ -5791,9 +4913,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SilenceCreateCreatedBy {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -5805,17 +4925,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SilenceCreateCreatedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SilenceCreateCreatedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5826,9 +4942,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`SilenceCreatedBy`
@@ -5848,9 +4962,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SilenceCreatedBy {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -5862,17 +4974,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SilenceCreatedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SilenceCreatedBy {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5883,9 +4991,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of silences.
@@ -5918,17 +5024,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SilenceListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -5937,17 +5041,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SilenceListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SilenceListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -5958,24 +5058,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`pending`: `starts_at` is in the future; `active`: now is between `starts_at` and `ends_at`; `expired`: `ends_at` has passed or the silence was expired.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum SilenceState {
         #[serde(rename = "pending")]
         Pending,
@@ -5995,9 +5082,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SilenceState {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "pending" => Ok(Self::Pending),
                 "active" => Ok(Self::Active),
@@ -6008,17 +5093,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SilenceState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SilenceState {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6054,35 +5135,20 @@ pub mod types {
     ///OpenTelemetry attributes (semantic-convention keys such as `http.route`), values rendered as strings.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     #[serde(transparent)]
-    pub struct SpanAttributes(
-        pub ::std::collections::HashMap<::std::string::String, SpanAttributesValue>,
-    );
+    pub struct SpanAttributes(pub ::std::collections::HashMap<::std::string::String, SpanAttributesValue>);
     impl ::std::ops::Deref for SpanAttributes {
-        type Target = ::std::collections::HashMap<
-            ::std::string::String,
-            SpanAttributesValue,
-        >;
-        fn deref(
-            &self,
-        ) -> &::std::collections::HashMap<::std::string::String, SpanAttributesValue> {
+        type Target = ::std::collections::HashMap<::std::string::String, SpanAttributesValue>;
+        fn deref(&self) -> &::std::collections::HashMap<::std::string::String, SpanAttributesValue> {
             &self.0
         }
     }
-    impl ::std::convert::From<SpanAttributes>
-    for ::std::collections::HashMap<::std::string::String, SpanAttributesValue> {
+    impl ::std::convert::From<SpanAttributes> for ::std::collections::HashMap<::std::string::String, SpanAttributesValue> {
         fn from(value: SpanAttributes) -> Self {
             value.0
         }
     }
-    impl ::std::convert::From<
-        ::std::collections::HashMap<::std::string::String, SpanAttributesValue>,
-    > for SpanAttributes {
-        fn from(
-            value: ::std::collections::HashMap<
-                ::std::string::String,
-                SpanAttributesValue,
-            >,
-        ) -> Self {
+    impl ::std::convert::From<::std::collections::HashMap<::std::string::String, SpanAttributesValue>> for SpanAttributes {
+        fn from(value: ::std::collections::HashMap<::std::string::String, SpanAttributesValue>) -> Self {
             Self(value)
         }
     }
@@ -6103,9 +5169,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanAttributesValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4096usize {
                 return Err("longer than 4096 characters".into());
             }
@@ -6114,17 +5178,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanAttributesValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanAttributesValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6135,9 +5195,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A batch of finished spans.
@@ -6180,9 +5238,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanEventName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -6194,17 +5250,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanEventName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanEventName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6215,9 +5267,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One finished span as sent by a service. `end_time` must not be before `start_time`.
@@ -6272,9 +5322,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanIngestName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -6286,17 +5334,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanIngestName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanIngestName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6307,9 +5351,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Id of the parent span; null or absent for a root span.
@@ -6329,17 +5371,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanIngestParentSpanId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 16usize {
                 return Err("longer than 16 characters".into());
             }
             if value.chars().count() < 16usize {
                 return Err("shorter than 16 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{16}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{16}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{16}$\"".into());
             }
@@ -6348,17 +5388,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanIngestParentSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanIngestParentSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6369,9 +5405,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The service that recorded the span (OpenTelemetry `service.name`).
@@ -6391,17 +5425,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanIngestService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -6410,17 +5442,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanIngestService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanIngestService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6431,9 +5459,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Span id, 16 lowercase hexadecimal digits.
@@ -6453,17 +5479,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanIngestSpanId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 16usize {
                 return Err("longer than 16 characters".into());
             }
             if value.chars().count() < 16usize {
                 return Err("shorter than 16 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{16}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{16}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{16}$\"".into());
             }
@@ -6472,17 +5496,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanIngestSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanIngestSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6493,9 +5513,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Description of the error when `status` is `error`.
@@ -6515,9 +5533,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanIngestStatusMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -6526,17 +5542,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanIngestStatusMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanIngestStatusMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6547,9 +5559,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///W3C trace id, 32 lowercase hexadecimal digits.
@@ -6569,17 +5579,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanIngestTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 32usize {
                 return Err("shorter than 32 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -6588,17 +5596,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanIngestTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanIngestTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6609,24 +5613,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The OpenTelemetry span kind.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum SpanKind {
         #[serde(rename = "server")]
         Server,
@@ -6652,9 +5643,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanKind {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "server" => Ok(Self::Server),
                 "client" => Ok(Self::Client),
@@ -6667,17 +5656,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanKind {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanKind {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6698,9 +5683,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -6712,17 +5695,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6733,9 +5712,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Id of the parent span; null for a root span.
@@ -6755,17 +5732,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanParentSpanId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 16usize {
                 return Err("longer than 16 characters".into());
             }
             if value.chars().count() < 16usize {
                 return Err("shorter than 16 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{16}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{16}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{16}$\"".into());
             }
@@ -6774,17 +5749,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanParentSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanParentSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6795,9 +5766,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`SpanService`
@@ -6817,17 +5786,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -6836,17 +5803,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6857,9 +5820,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Span id.
@@ -6879,17 +5840,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanSpanId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 16usize {
                 return Err("longer than 16 characters".into());
             }
             if value.chars().count() < 16usize {
                 return Err("shorter than 16 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{16}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{16}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{16}$\"".into());
             }
@@ -6898,17 +5857,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanSpanId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -6919,24 +5874,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The OpenTelemetry span status code.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum SpanStatus {
         #[serde(rename = "unset")]
         Unset,
@@ -6956,9 +5898,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "unset" => Ok(Self::Unset),
                 "ok" => Ok(Self::Ok),
@@ -6969,17 +5909,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7000,9 +5936,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanStatusMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -7011,17 +5945,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanStatusMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanStatusMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7032,9 +5962,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///W3C trace id.
@@ -7054,17 +5982,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SpanTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 32usize {
                 return Err("shorter than 32 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -7073,17 +5999,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SpanTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SpanTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7094,9 +6016,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Acknowledgement of an ingested batch of spans.
@@ -7187,17 +6107,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for TraceSummaryListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -7206,17 +6124,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TraceSummaryListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TraceSummaryListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7227,9 +6141,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of that span.
@@ -7249,9 +6161,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for TraceSummaryRootName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -7263,17 +6173,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TraceSummaryRootName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TraceSummaryRootName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7284,9 +6190,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Service of the root span (the earliest span while the root is missing).
@@ -7306,14 +6210,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for TraceSummaryRootService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -7322,17 +6224,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TraceSummaryRootService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TraceSummaryRootService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7343,9 +6241,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`TraceSummaryTraceId`
@@ -7365,17 +6261,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for TraceSummaryTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 32usize {
                 return Err("shorter than 32 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -7384,17 +6278,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TraceSummaryTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TraceSummaryTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7405,9 +6295,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`TraceTraceId`
@@ -7427,17 +6315,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for TraceTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 32usize {
                 return Err("longer than 32 characters".into());
             }
             if value.chars().count() < 32usize {
                 return Err("shorter than 32 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -7446,17 +6332,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for TraceTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for TraceTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7467,9 +6349,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One alert of an `AlertNotification`, as Alertmanager's webhook sends it.
@@ -7513,17 +6393,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for WebhookAlertFingerprint {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 16usize {
                 return Err("longer than 16 characters".into());
             }
             if value.chars().count() < 16usize {
                 return Err("shorter than 16 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{16}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{16}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{16}$\"".into());
             }
@@ -7532,17 +6410,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for WebhookAlertFingerprint {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for WebhookAlertFingerprint {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7553,9 +6427,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The alert in this service's API.
@@ -7575,9 +6447,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for WebhookAlertGeneratorUrl {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -7586,17 +6456,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for WebhookAlertGeneratorUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for WebhookAlertGeneratorUrl {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7607,24 +6473,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Whether this alert is firing or resolved.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum WebhookAlertStatus {
         #[serde(rename = "firing")]
         Firing,
@@ -7641,9 +6494,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for WebhookAlertStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "firing" => Ok(Self::Firing),
                 "resolved" => Ok(Self::Resolved),
@@ -7653,17 +6504,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for WebhookAlertStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for WebhookAlertStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -7675,30 +6522,14 @@ pub mod types {
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
-            acknowledged_by: ::std::result::Result<
-                ::std::option::Option<super::AlertAcknowledgedBy>,
-                ::std::string::String,
-            >,
-            acknowledgement_comment: ::std::result::Result<
-                ::std::option::Option<super::AlertAcknowledgementComment>,
-                ::std::string::String,
-            >,
-            active_since: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            annotations: ::std::result::Result<
-                super::Annotations,
-                ::std::string::String,
-            >,
-            auto_healed_instance_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
-            fingerprint: ::std::result::Result<
-                super::AlertFingerprint,
-                ::std::string::String,
-            >,
+            acknowledged_by:
+                ::std::result::Result<::std::option::Option<super::AlertAcknowledgedBy>, ::std::string::String>,
+            acknowledgement_comment:
+                ::std::result::Result<::std::option::Option<super::AlertAcknowledgementComment>, ::std::string::String>,
+            active_since: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            annotations: ::std::result::Result<super::Annotations, ::std::string::String>,
+            auto_healed_instance_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
+            fingerprint: ::std::result::Result<super::AlertFingerprint, ::std::string::String>,
             fired_at: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
@@ -7710,36 +6541,22 @@ pub mod types {
                 ::std::string::String,
             >,
             rule_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            rule_name: ::std::result::Result<
-                super::AlertRuleName,
-                ::std::string::String,
-            >,
+            rule_name: ::std::result::Result<super::AlertRuleName, ::std::string::String>,
             severity: ::std::result::Result<super::Severity, ::std::string::String>,
             silenced: ::std::result::Result<bool, ::std::string::String>,
-            silenced_by: ::std::result::Result<
-                ::std::vec::Vec<::uuid::Uuid>,
-                ::std::string::String,
-            >,
+            silenced_by: ::std::result::Result<::std::vec::Vec<::uuid::Uuid>, ::std::string::String>,
             state: ::std::result::Result<super::AlertState, ::std::string::String>,
             value: ::std::result::Result<f64, ::std::string::String>,
         }
         impl ::std::default::Default for Alert {
             fn default() -> Self {
                 Self {
-                    acknowledged_at: Err(
-                        "no value supplied for acknowledged_at".to_string(),
-                    ),
-                    acknowledged_by: Err(
-                        "no value supplied for acknowledged_by".to_string(),
-                    ),
-                    acknowledgement_comment: Err(
-                        "no value supplied for acknowledgement_comment".to_string(),
-                    ),
+                    acknowledged_at: Err("no value supplied for acknowledged_at".to_string()),
+                    acknowledged_by: Err("no value supplied for acknowledged_by".to_string()),
+                    acknowledgement_comment: Err("no value supplied for acknowledgement_comment".to_string()),
                     active_since: Err("no value supplied for active_since".to_string()),
                     annotations: Err("no value supplied for annotations".to_string()),
-                    auto_healed_instance_id: Err(
-                        "no value supplied for auto_healed_instance_id".to_string(),
-                    ),
+                    auto_healed_instance_id: Err("no value supplied for auto_healed_instance_id".to_string()),
                     fingerprint: Err("no value supplied for fingerprint".to_string()),
                     fired_at: Err("no value supplied for fired_at".to_string()),
                     id: Err("no value supplied for id".to_string()),
@@ -7758,50 +6575,30 @@ pub mod types {
         impl Alert {
             pub fn acknowledged_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.acknowledged_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for acknowledged_at: {e}"
-                        )
-                    });
+                self.acknowledged_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for acknowledged_at: {e}"));
                 self
             }
             pub fn acknowledged_by<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::AlertAcknowledgedBy>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::AlertAcknowledgedBy>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.acknowledged_by = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for acknowledged_by: {e}"
-                        )
-                    });
+                self.acknowledged_by =
+                    value.try_into().map_err(|e| format!("error converting supplied value for acknowledged_by: {e}"));
                 self
             }
             pub fn acknowledgement_comment<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::AlertAcknowledgementComment>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::AlertAcknowledgementComment>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.acknowledgement_comment = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for acknowledgement_comment: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for acknowledgement_comment: {e}"));
                 self
             }
             pub fn active_since<T>(mut self, value: T) -> Self
@@ -7809,11 +6606,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.active_since = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for active_since: {e}")
-                    });
+                self.active_since =
+                    value.try_into().map_err(|e| format!("error converting supplied value for active_since: {e}"));
                 self
             }
             pub fn annotations<T>(mut self, value: T) -> Self
@@ -7821,11 +6615,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Annotations>,
                 T::Error: ::std::fmt::Display,
             {
-                self.annotations = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for annotations: {e}")
-                    });
+                self.annotations =
+                    value.try_into().map_err(|e| format!("error converting supplied value for annotations: {e}"));
                 self
             }
             pub fn auto_healed_instance_id<T>(mut self, value: T) -> Self
@@ -7835,11 +6626,7 @@ pub mod types {
             {
                 self.auto_healed_instance_id = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for auto_healed_instance_id: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for auto_healed_instance_id: {e}"));
                 self
             }
             pub fn fingerprint<T>(mut self, value: T) -> Self
@@ -7847,25 +6634,17 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertFingerprint>,
                 T::Error: ::std::fmt::Display,
             {
-                self.fingerprint = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for fingerprint: {e}")
-                    });
+                self.fingerprint =
+                    value.try_into().map_err(|e| format!("error converting supplied value for fingerprint: {e}"));
                 self
             }
             pub fn fired_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.fired_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for fired_at: {e}")
-                    });
+                self.fired_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for fired_at: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -7873,9 +6652,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -7883,25 +6660,16 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Labels>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn resolved_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.resolved_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for resolved_at: {e}")
-                    });
+                self.resolved_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for resolved_at: {e}"));
                 self
             }
             pub fn rule_id<T>(mut self, value: T) -> Self
@@ -7909,11 +6677,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.rule_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for rule_id: {e}")
-                    });
+                self.rule_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for rule_id: {e}"));
                 self
             }
             pub fn rule_name<T>(mut self, value: T) -> Self
@@ -7921,11 +6686,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.rule_name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for rule_name: {e}")
-                    });
+                self.rule_name =
+                    value.try_into().map_err(|e| format!("error converting supplied value for rule_name: {e}"));
                 self
             }
             pub fn severity<T>(mut self, value: T) -> Self
@@ -7933,11 +6695,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Severity>,
                 T::Error: ::std::fmt::Display,
             {
-                self.severity = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for severity: {e}")
-                    });
+                self.severity =
+                    value.try_into().map_err(|e| format!("error converting supplied value for severity: {e}"));
                 self
             }
             pub fn silenced<T>(mut self, value: T) -> Self
@@ -7945,11 +6704,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.silenced = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for silenced: {e}")
-                    });
+                self.silenced =
+                    value.try_into().map_err(|e| format!("error converting supplied value for silenced: {e}"));
                 self
             }
             pub fn silenced_by<T>(mut self, value: T) -> Self
@@ -7957,11 +6713,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<::uuid::Uuid>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.silenced_by = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for silenced_by: {e}")
-                    });
+                self.silenced_by =
+                    value.try_into().map_err(|e| format!("error converting supplied value for silenced_by: {e}"));
                 self
             }
             pub fn state<T>(mut self, value: T) -> Self
@@ -7969,11 +6722,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertState>,
                 T::Error: ::std::fmt::Display,
             {
-                self.state = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for state: {e}")
-                    });
+                self.state = value.try_into().map_err(|e| format!("error converting supplied value for state: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -7981,19 +6730,13 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Alert> for super::Alert {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Alert,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Alert) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     acknowledged_at: value.acknowledged_at?,
                     acknowledged_by: value.acknowledged_by?,
@@ -8042,21 +6785,13 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct AlertAcknowledgement {
-            by: ::std::result::Result<
-                super::AlertAcknowledgementBy,
-                ::std::string::String,
-            >,
-            comment: ::std::result::Result<
-                ::std::option::Option<super::AlertAcknowledgementComment>,
-                ::std::string::String,
-            >,
+            by: ::std::result::Result<super::AlertAcknowledgementBy, ::std::string::String>,
+            comment:
+                ::std::result::Result<::std::option::Option<super::AlertAcknowledgementComment>, ::std::string::String>,
         }
         impl ::std::default::Default for AlertAcknowledgement {
             fn default() -> Self {
-                Self {
-                    by: Err("no value supplied for by".to_string()),
-                    comment: Ok(Default::default()),
-                }
+                Self { by: Err("no value supplied for by".to_string()), comment: Ok(Default::default()) }
             }
         }
         impl AlertAcknowledgement {
@@ -8065,56 +6800,35 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertAcknowledgementBy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.by = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for by: {e}"));
+                self.by = value.try_into().map_err(|e| format!("error converting supplied value for by: {e}"));
                 self
             }
             pub fn comment<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::AlertAcknowledgementComment>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::AlertAcknowledgementComment>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.comment = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for comment: {e}")
-                    });
+                self.comment =
+                    value.try_into().map_err(|e| format!("error converting supplied value for comment: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<AlertAcknowledgement>
-        for super::AlertAcknowledgement {
+        impl ::std::convert::TryFrom<AlertAcknowledgement> for super::AlertAcknowledgement {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AlertAcknowledgement,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    by: value.by?,
-                    comment: value.comment?,
-                })
+            fn try_from(value: AlertAcknowledgement) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { by: value.by?, comment: value.comment? })
             }
         }
         impl ::std::convert::From<super::AlertAcknowledgement> for AlertAcknowledgement {
             fn from(value: super::AlertAcknowledgement) -> Self {
-                Self {
-                    by: Ok(value.by),
-                    comment: Ok(value.comment),
-                }
+                Self { by: Ok(value.by), comment: Ok(value.comment) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct AlertList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Alert>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::AlertListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Alert>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::AlertListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for AlertList {
             fn default() -> Self {
@@ -8130,99 +6844,55 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Alert>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::AlertListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::AlertListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<AlertList> for super::AlertList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AlertList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: AlertList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::AlertList> for AlertList {
             fn from(value: super::AlertList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct AlertNotification {
-            alerts: ::std::result::Result<
-                ::std::vec::Vec<super::WebhookAlert>,
-                ::std::string::String,
-            >,
-            common_annotations: ::std::result::Result<
-                super::Annotations,
-                ::std::string::String,
-            >,
+            alerts: ::std::result::Result<::std::vec::Vec<super::WebhookAlert>, ::std::string::String>,
+            common_annotations: ::std::result::Result<super::Annotations, ::std::string::String>,
             common_labels: ::std::result::Result<super::Labels, ::std::string::String>,
-            external_url: ::std::result::Result<
-                super::AlertNotificationExternalUrl,
-                ::std::string::String,
-            >,
-            group_key: ::std::result::Result<
-                super::AlertNotificationGroupKey,
-                ::std::string::String,
-            >,
+            external_url: ::std::result::Result<super::AlertNotificationExternalUrl, ::std::string::String>,
+            group_key: ::std::result::Result<super::AlertNotificationGroupKey, ::std::string::String>,
             group_labels: ::std::result::Result<super::Labels, ::std::string::String>,
-            receiver: ::std::result::Result<
-                super::AlertNotificationReceiver,
-                ::std::string::String,
-            >,
-            status: ::std::result::Result<
-                super::AlertNotificationStatus,
-                ::std::string::String,
-            >,
+            receiver: ::std::result::Result<super::AlertNotificationReceiver, ::std::string::String>,
+            status: ::std::result::Result<super::AlertNotificationStatus, ::std::string::String>,
             truncated_alerts: ::std::result::Result<u64, ::std::string::String>,
-            version: ::std::result::Result<
-                super::AlertNotificationVersion,
-                ::std::string::String,
-            >,
+            version: ::std::result::Result<super::AlertNotificationVersion, ::std::string::String>,
         }
         impl ::std::default::Default for AlertNotification {
             fn default() -> Self {
                 Self {
                     alerts: Err("no value supplied for alerts".to_string()),
-                    common_annotations: Err(
-                        "no value supplied for common_annotations".to_string(),
-                    ),
-                    common_labels: Err(
-                        "no value supplied for common_labels".to_string(),
-                    ),
+                    common_annotations: Err("no value supplied for common_annotations".to_string()),
+                    common_labels: Err("no value supplied for common_labels".to_string()),
                     external_url: Err("no value supplied for external_url".to_string()),
                     group_key: Err("no value supplied for group_key".to_string()),
                     group_labels: Err("no value supplied for group_labels".to_string()),
                     receiver: Err("no value supplied for receiver".to_string()),
                     status: Err("no value supplied for status".to_string()),
-                    truncated_alerts: Err(
-                        "no value supplied for truncated_alerts".to_string(),
-                    ),
+                    truncated_alerts: Err("no value supplied for truncated_alerts".to_string()),
                     version: Err("no value supplied for version".to_string()),
                 }
             }
@@ -8233,11 +6903,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookAlert>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.alerts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for alerts: {e}")
-                    });
+                self.alerts = value.try_into().map_err(|e| format!("error converting supplied value for alerts: {e}"));
                 self
             }
             pub fn common_annotations<T>(mut self, value: T) -> Self
@@ -8247,11 +6913,7 @@ pub mod types {
             {
                 self.common_annotations = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for common_annotations: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for common_annotations: {e}"));
                 self
             }
             pub fn common_labels<T>(mut self, value: T) -> Self
@@ -8259,11 +6921,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Labels>,
                 T::Error: ::std::fmt::Display,
             {
-                self.common_labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for common_labels: {e}")
-                    });
+                self.common_labels =
+                    value.try_into().map_err(|e| format!("error converting supplied value for common_labels: {e}"));
                 self
             }
             pub fn external_url<T>(mut self, value: T) -> Self
@@ -8271,11 +6930,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertNotificationExternalUrl>,
                 T::Error: ::std::fmt::Display,
             {
-                self.external_url = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for external_url: {e}")
-                    });
+                self.external_url =
+                    value.try_into().map_err(|e| format!("error converting supplied value for external_url: {e}"));
                 self
             }
             pub fn group_key<T>(mut self, value: T) -> Self
@@ -8283,11 +6939,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertNotificationGroupKey>,
                 T::Error: ::std::fmt::Display,
             {
-                self.group_key = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for group_key: {e}")
-                    });
+                self.group_key =
+                    value.try_into().map_err(|e| format!("error converting supplied value for group_key: {e}"));
                 self
             }
             pub fn group_labels<T>(mut self, value: T) -> Self
@@ -8295,11 +6948,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Labels>,
                 T::Error: ::std::fmt::Display,
             {
-                self.group_labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for group_labels: {e}")
-                    });
+                self.group_labels =
+                    value.try_into().map_err(|e| format!("error converting supplied value for group_labels: {e}"));
                 self
             }
             pub fn receiver<T>(mut self, value: T) -> Self
@@ -8307,11 +6957,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertNotificationReceiver>,
                 T::Error: ::std::fmt::Display,
             {
-                self.receiver = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for receiver: {e}")
-                    });
+                self.receiver =
+                    value.try_into().map_err(|e| format!("error converting supplied value for receiver: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -8319,11 +6966,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertNotificationStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn truncated_alerts<T>(mut self, value: T) -> Self
@@ -8331,13 +6974,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.truncated_alerts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for truncated_alerts: {e}"
-                        )
-                    });
+                self.truncated_alerts =
+                    value.try_into().map_err(|e| format!("error converting supplied value for truncated_alerts: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -8345,19 +6983,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertNotificationVersion>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<AlertNotification> for super::AlertNotification {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AlertNotification,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: AlertNotification) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     alerts: value.alerts?,
                     common_annotations: value.common_annotations?,
@@ -8390,71 +7023,35 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct AlertRule {
-            aggregation: ::std::result::Result<
-                super::Aggregation,
-                ::std::string::String,
-            >,
-            annotations: ::std::result::Result<
-                super::Annotations,
-                ::std::string::String,
-            >,
+            aggregation: ::std::result::Result<super::Aggregation, ::std::string::String>,
+            annotations: ::std::result::Result<super::Annotations, ::std::string::String>,
             auto_heal: ::std::result::Result<bool, ::std::string::String>,
             comparison: ::std::result::Result<super::Comparison, ::std::string::String>,
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            description: ::std::result::Result<
-                super::AlertRuleDescription,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            description: ::std::result::Result<super::AlertRuleDescription, ::std::string::String>,
             enabled: ::std::result::Result<bool, ::std::string::String>,
-            evaluation_interval_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            evaluation_interval_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             firing_alerts: ::std::result::Result<u64, ::std::string::String>,
             for_seconds: ::std::result::Result<i64, ::std::string::String>,
-            group_by: ::std::result::Result<
-                ::std::vec::Vec<super::AlertRuleGroupByItem>,
-                ::std::string::String,
-            >,
+            group_by: ::std::result::Result<::std::vec::Vec<super::AlertRuleGroupByItem>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             labels: ::std::result::Result<super::Labels, ::std::string::String>,
-            last_error: ::std::result::Result<
-                ::std::option::Option<super::AlertRuleLastError>,
-                ::std::string::String,
-            >,
+            last_error: ::std::result::Result<::std::option::Option<super::AlertRuleLastError>, ::std::string::String>,
             last_evaluated_at: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
-            last_evaluation_ms: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            matchers: ::std::result::Result<
-                ::std::vec::Vec<super::LabelMatcher>,
-                ::std::string::String,
-            >,
+            last_evaluation_ms: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            matchers: ::std::result::Result<::std::vec::Vec<super::LabelMatcher>, ::std::string::String>,
             metric: ::std::result::Result<super::AlertRuleMetric, ::std::string::String>,
             name: ::std::result::Result<super::AlertRuleName, ::std::string::String>,
             pending_alerts: ::std::result::Result<u64, ::std::string::String>,
-            rate_window_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            receivers: ::std::result::Result<
-                ::std::vec::Vec<::uuid::Uuid>,
-                ::std::string::String,
-            >,
+            rate_window_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            receivers: ::std::result::Result<::std::vec::Vec<::uuid::Uuid>, ::std::string::String>,
             severity: ::std::result::Result<super::Severity, ::std::string::String>,
             state: ::std::result::Result<super::AlertRuleState, ::std::string::String>,
             threshold: ::std::result::Result<f64, ::std::string::String>,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for AlertRule {
             fn default() -> Self {
@@ -8466,32 +7063,20 @@ pub mod types {
                     created_at: Err("no value supplied for created_at".to_string()),
                     description: Err("no value supplied for description".to_string()),
                     enabled: Err("no value supplied for enabled".to_string()),
-                    evaluation_interval_seconds: Err(
-                        "no value supplied for evaluation_interval_seconds".to_string(),
-                    ),
-                    firing_alerts: Err(
-                        "no value supplied for firing_alerts".to_string(),
-                    ),
+                    evaluation_interval_seconds: Err("no value supplied for evaluation_interval_seconds".to_string()),
+                    firing_alerts: Err("no value supplied for firing_alerts".to_string()),
                     for_seconds: Err("no value supplied for for_seconds".to_string()),
                     group_by: Err("no value supplied for group_by".to_string()),
                     id: Err("no value supplied for id".to_string()),
                     labels: Err("no value supplied for labels".to_string()),
                     last_error: Err("no value supplied for last_error".to_string()),
-                    last_evaluated_at: Err(
-                        "no value supplied for last_evaluated_at".to_string(),
-                    ),
-                    last_evaluation_ms: Err(
-                        "no value supplied for last_evaluation_ms".to_string(),
-                    ),
+                    last_evaluated_at: Err("no value supplied for last_evaluated_at".to_string()),
+                    last_evaluation_ms: Err("no value supplied for last_evaluation_ms".to_string()),
                     matchers: Err("no value supplied for matchers".to_string()),
                     metric: Err("no value supplied for metric".to_string()),
                     name: Err("no value supplied for name".to_string()),
-                    pending_alerts: Err(
-                        "no value supplied for pending_alerts".to_string(),
-                    ),
-                    rate_window_seconds: Err(
-                        "no value supplied for rate_window_seconds".to_string(),
-                    ),
+                    pending_alerts: Err("no value supplied for pending_alerts".to_string()),
+                    rate_window_seconds: Err("no value supplied for rate_window_seconds".to_string()),
                     receivers: Err("no value supplied for receivers".to_string()),
                     severity: Err("no value supplied for severity".to_string()),
                     state: Err("no value supplied for state".to_string()),
@@ -8506,11 +7091,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Aggregation>,
                 T::Error: ::std::fmt::Display,
             {
-                self.aggregation = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for aggregation: {e}")
-                    });
+                self.aggregation =
+                    value.try_into().map_err(|e| format!("error converting supplied value for aggregation: {e}"));
                 self
             }
             pub fn annotations<T>(mut self, value: T) -> Self
@@ -8518,11 +7100,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Annotations>,
                 T::Error: ::std::fmt::Display,
             {
-                self.annotations = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for annotations: {e}")
-                    });
+                self.annotations =
+                    value.try_into().map_err(|e| format!("error converting supplied value for annotations: {e}"));
                 self
             }
             pub fn auto_heal<T>(mut self, value: T) -> Self
@@ -8530,11 +7109,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.auto_heal = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for auto_heal: {e}")
-                    });
+                self.auto_heal =
+                    value.try_into().map_err(|e| format!("error converting supplied value for auto_heal: {e}"));
                 self
             }
             pub fn comparison<T>(mut self, value: T) -> Self
@@ -8542,11 +7118,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Comparison>,
                 T::Error: ::std::fmt::Display,
             {
-                self.comparison = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for comparison: {e}")
-                    });
+                self.comparison =
+                    value.try_into().map_err(|e| format!("error converting supplied value for comparison: {e}"));
                 self
             }
             pub fn created_at<T>(mut self, value: T) -> Self
@@ -8554,11 +7127,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
@@ -8566,11 +7136,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleDescription>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn enabled<T>(mut self, value: T) -> Self
@@ -8578,11 +7145,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.enabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for enabled: {e}")
-                    });
+                self.enabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for enabled: {e}"));
                 self
             }
             pub fn evaluation_interval_seconds<T>(mut self, value: T) -> Self
@@ -8592,11 +7156,7 @@ pub mod types {
             {
                 self.evaluation_interval_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for evaluation_interval_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for evaluation_interval_seconds: {e}"));
                 self
             }
             pub fn firing_alerts<T>(mut self, value: T) -> Self
@@ -8604,11 +7164,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.firing_alerts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for firing_alerts: {e}")
-                    });
+                self.firing_alerts =
+                    value.try_into().map_err(|e| format!("error converting supplied value for firing_alerts: {e}"));
                 self
             }
             pub fn for_seconds<T>(mut self, value: T) -> Self
@@ -8616,11 +7173,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.for_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for for_seconds: {e}")
-                    });
+                self.for_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for for_seconds: {e}"));
                 self
             }
             pub fn group_by<T>(mut self, value: T) -> Self
@@ -8628,11 +7182,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::AlertRuleGroupByItem>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.group_by = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for group_by: {e}")
-                    });
+                self.group_by =
+                    value.try_into().map_err(|e| format!("error converting supplied value for group_by: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -8640,9 +7191,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -8650,41 +7199,25 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Labels>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn last_error<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::AlertRuleLastError>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::AlertRuleLastError>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.last_error = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for last_error: {e}")
-                    });
+                self.last_error =
+                    value.try_into().map_err(|e| format!("error converting supplied value for last_error: {e}"));
                 self
             }
             pub fn last_evaluated_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.last_evaluated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for last_evaluated_at: {e}"
-                        )
-                    });
+                self.last_evaluated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for last_evaluated_at: {e}"));
                 self
             }
             pub fn last_evaluation_ms<T>(mut self, value: T) -> Self
@@ -8694,11 +7227,7 @@ pub mod types {
             {
                 self.last_evaluation_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for last_evaluation_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for last_evaluation_ms: {e}"));
                 self
             }
             pub fn matchers<T>(mut self, value: T) -> Self
@@ -8706,11 +7235,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::LabelMatcher>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.matchers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for matchers: {e}")
-                    });
+                self.matchers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for matchers: {e}"));
                 self
             }
             pub fn metric<T>(mut self, value: T) -> Self
@@ -8718,11 +7244,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleMetric>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metric = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metric: {e}")
-                    });
+                self.metric = value.try_into().map_err(|e| format!("error converting supplied value for metric: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -8730,11 +7252,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn pending_alerts<T>(mut self, value: T) -> Self
@@ -8742,13 +7260,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.pending_alerts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for pending_alerts: {e}"
-                        )
-                    });
+                self.pending_alerts =
+                    value.try_into().map_err(|e| format!("error converting supplied value for pending_alerts: {e}"));
                 self
             }
             pub fn rate_window_seconds<T>(mut self, value: T) -> Self
@@ -8758,11 +7271,7 @@ pub mod types {
             {
                 self.rate_window_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_window_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_window_seconds: {e}"));
                 self
             }
             pub fn receivers<T>(mut self, value: T) -> Self
@@ -8770,11 +7279,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<::uuid::Uuid>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.receivers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for receivers: {e}")
-                    });
+                self.receivers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for receivers: {e}"));
                 self
             }
             pub fn severity<T>(mut self, value: T) -> Self
@@ -8782,11 +7288,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Severity>,
                 T::Error: ::std::fmt::Display,
             {
-                self.severity = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for severity: {e}")
-                    });
+                self.severity =
+                    value.try_into().map_err(|e| format!("error converting supplied value for severity: {e}"));
                 self
             }
             pub fn state<T>(mut self, value: T) -> Self
@@ -8794,11 +7297,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleState>,
                 T::Error: ::std::fmt::Display,
             {
-                self.state = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for state: {e}")
-                    });
+                self.state = value.try_into().map_err(|e| format!("error converting supplied value for state: {e}"));
                 self
             }
             pub fn threshold<T>(mut self, value: T) -> Self
@@ -8806,11 +7305,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.threshold = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for threshold: {e}")
-                    });
+                self.threshold =
+                    value.try_into().map_err(|e| format!("error converting supplied value for threshold: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -8818,19 +7314,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<AlertRule> for super::AlertRule {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AlertRule,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: AlertRule) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     aggregation: value.aggregation?,
                     annotations: value.annotations?,
@@ -8895,14 +7386,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct AlertRuleList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::AlertRule>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::AlertRuleListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::AlertRule>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::AlertRuleListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for AlertRuleList {
             fn default() -> Self {
@@ -8918,94 +7404,47 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::AlertRule>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::AlertRuleListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::AlertRuleListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<AlertRuleList> for super::AlertRuleList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AlertRuleList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: AlertRuleList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::AlertRuleList> for AlertRuleList {
             fn from(value: super::AlertRuleList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct AlertRuleSpec {
-            aggregation: ::std::result::Result<
-                ::std::option::Option<super::Aggregation>,
-                ::std::string::String,
-            >,
-            annotations: ::std::result::Result<
-                ::std::option::Option<super::Annotations>,
-                ::std::string::String,
-            >,
+            aggregation: ::std::result::Result<::std::option::Option<super::Aggregation>, ::std::string::String>,
+            annotations: ::std::result::Result<::std::option::Option<super::Annotations>, ::std::string::String>,
             auto_heal: ::std::result::Result<bool, ::std::string::String>,
             comparison: ::std::result::Result<super::Comparison, ::std::string::String>,
-            description: ::std::result::Result<
-                super::AlertRuleSpecDescription,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<super::AlertRuleSpecDescription, ::std::string::String>,
             enabled: ::std::result::Result<bool, ::std::string::String>,
-            evaluation_interval_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            evaluation_interval_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             for_seconds: ::std::result::Result<i64, ::std::string::String>,
-            group_by: ::std::result::Result<
-                ::std::vec::Vec<super::AlertRuleSpecGroupByItem>,
-                ::std::string::String,
-            >,
-            labels: ::std::result::Result<
-                ::std::option::Option<super::Labels>,
-                ::std::string::String,
-            >,
-            matchers: ::std::result::Result<
-                ::std::vec::Vec<super::LabelMatcher>,
-                ::std::string::String,
-            >,
-            metric: ::std::result::Result<
-                super::AlertRuleSpecMetric,
-                ::std::string::String,
-            >,
+            group_by: ::std::result::Result<::std::vec::Vec<super::AlertRuleSpecGroupByItem>, ::std::string::String>,
+            labels: ::std::result::Result<::std::option::Option<super::Labels>, ::std::string::String>,
+            matchers: ::std::result::Result<::std::vec::Vec<super::LabelMatcher>, ::std::string::String>,
+            metric: ::std::result::Result<super::AlertRuleSpecMetric, ::std::string::String>,
             name: ::std::result::Result<super::AlertRuleSpecName, ::std::string::String>,
-            rate_window_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            receivers: ::std::result::Result<
-                ::std::vec::Vec<::uuid::Uuid>,
-                ::std::string::String,
-            >,
+            rate_window_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            receivers: ::std::result::Result<::std::vec::Vec<::uuid::Uuid>, ::std::string::String>,
             severity: ::std::result::Result<super::Severity, ::std::string::String>,
             threshold: ::std::result::Result<f64, ::std::string::String>,
         }
@@ -9018,18 +7457,14 @@ pub mod types {
                     comparison: Err("no value supplied for comparison".to_string()),
                     description: Ok(super::defaults::alert_rule_spec_description()),
                     enabled: Ok(super::defaults::default_bool::<true>()),
-                    evaluation_interval_seconds: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 1>(),
-                    ),
+                    evaluation_interval_seconds: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 1>()),
                     for_seconds: Ok(Default::default()),
                     group_by: Ok(super::defaults::alert_rule_spec_group_by()),
                     labels: Ok(Default::default()),
                     matchers: Ok(Default::default()),
                     metric: Err("no value supplied for metric".to_string()),
                     name: Err("no value supplied for name".to_string()),
-                    rate_window_seconds: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 60>(),
-                    ),
+                    rate_window_seconds: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 60>()),
                     receivers: Ok(super::defaults::alert_rule_spec_receivers()),
                     severity: Err("no value supplied for severity".to_string()),
                     threshold: Err("no value supplied for threshold".to_string()),
@@ -9042,11 +7477,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Aggregation>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.aggregation = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for aggregation: {e}")
-                    });
+                self.aggregation =
+                    value.try_into().map_err(|e| format!("error converting supplied value for aggregation: {e}"));
                 self
             }
             pub fn annotations<T>(mut self, value: T) -> Self
@@ -9054,11 +7486,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Annotations>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.annotations = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for annotations: {e}")
-                    });
+                self.annotations =
+                    value.try_into().map_err(|e| format!("error converting supplied value for annotations: {e}"));
                 self
             }
             pub fn auto_heal<T>(mut self, value: T) -> Self
@@ -9066,11 +7495,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.auto_heal = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for auto_heal: {e}")
-                    });
+                self.auto_heal =
+                    value.try_into().map_err(|e| format!("error converting supplied value for auto_heal: {e}"));
                 self
             }
             pub fn comparison<T>(mut self, value: T) -> Self
@@ -9078,11 +7504,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Comparison>,
                 T::Error: ::std::fmt::Display,
             {
-                self.comparison = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for comparison: {e}")
-                    });
+                self.comparison =
+                    value.try_into().map_err(|e| format!("error converting supplied value for comparison: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
@@ -9090,11 +7513,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleSpecDescription>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn enabled<T>(mut self, value: T) -> Self
@@ -9102,11 +7522,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.enabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for enabled: {e}")
-                    });
+                self.enabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for enabled: {e}"));
                 self
             }
             pub fn evaluation_interval_seconds<T>(mut self, value: T) -> Self
@@ -9116,11 +7533,7 @@ pub mod types {
             {
                 self.evaluation_interval_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for evaluation_interval_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for evaluation_interval_seconds: {e}"));
                 self
             }
             pub fn for_seconds<T>(mut self, value: T) -> Self
@@ -9128,25 +7541,17 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.for_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for for_seconds: {e}")
-                    });
+                self.for_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for for_seconds: {e}"));
                 self
             }
             pub fn group_by<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::vec::Vec<super::AlertRuleSpecGroupByItem>,
-                >,
+                T: ::std::convert::TryInto<::std::vec::Vec<super::AlertRuleSpecGroupByItem>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.group_by = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for group_by: {e}")
-                    });
+                self.group_by =
+                    value.try_into().map_err(|e| format!("error converting supplied value for group_by: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -9154,11 +7559,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Labels>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn matchers<T>(mut self, value: T) -> Self
@@ -9166,11 +7567,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::LabelMatcher>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.matchers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for matchers: {e}")
-                    });
+                self.matchers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for matchers: {e}"));
                 self
             }
             pub fn metric<T>(mut self, value: T) -> Self
@@ -9178,11 +7576,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleSpecMetric>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metric = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metric: {e}")
-                    });
+                self.metric = value.try_into().map_err(|e| format!("error converting supplied value for metric: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -9190,11 +7584,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AlertRuleSpecName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn rate_window_seconds<T>(mut self, value: T) -> Self
@@ -9204,11 +7594,7 @@ pub mod types {
             {
                 self.rate_window_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for rate_window_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for rate_window_seconds: {e}"));
                 self
             }
             pub fn receivers<T>(mut self, value: T) -> Self
@@ -9216,11 +7602,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<::uuid::Uuid>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.receivers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for receivers: {e}")
-                    });
+                self.receivers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for receivers: {e}"));
                 self
             }
             pub fn severity<T>(mut self, value: T) -> Self
@@ -9228,11 +7611,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Severity>,
                 T::Error: ::std::fmt::Display,
             {
-                self.severity = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for severity: {e}")
-                    });
+                self.severity =
+                    value.try_into().map_err(|e| format!("error converting supplied value for severity: {e}"));
                 self
             }
             pub fn threshold<T>(mut self, value: T) -> Self
@@ -9240,19 +7620,14 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.threshold = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for threshold: {e}")
-                    });
+                self.threshold =
+                    value.try_into().map_err(|e| format!("error converting supplied value for threshold: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<AlertRuleSpec> for super::AlertRuleSpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AlertRuleSpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: AlertRuleSpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     aggregation: value.aggregation?,
                     annotations: value.annotations?,
@@ -9300,15 +7675,9 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct Error {
             code: ::std::result::Result<super::ErrorCode, ::std::string::String>,
-            details: ::std::result::Result<
-                ::std::vec::Vec<super::ErrorDetail>,
-                ::std::string::String,
-            >,
+            details: ::std::result::Result<::std::vec::Vec<super::ErrorDetail>, ::std::string::String>,
             message: ::std::result::Result<super::ErrorMessage, ::std::string::String>,
-            trace_id: ::std::result::Result<
-                ::std::option::Option<super::ErrorTraceId>,
-                ::std::string::String,
-            >,
+            trace_id: ::std::result::Result<::std::option::Option<super::ErrorTraceId>, ::std::string::String>,
         }
         impl ::std::default::Default for Error {
             fn default() -> Self {
@@ -9326,11 +7695,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorCode>,
                 T::Error: ::std::fmt::Display,
             {
-                self.code = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for code: {e}")
-                    });
+                self.code = value.try_into().map_err(|e| format!("error converting supplied value for code: {e}"));
                 self
             }
             pub fn details<T>(mut self, value: T) -> Self
@@ -9338,11 +7703,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ErrorDetail>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.details = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for details: {e}")
-                    });
+                self.details =
+                    value.try_into().map_err(|e| format!("error converting supplied value for details: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -9350,11 +7712,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -9362,19 +7721,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::ErrorTraceId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Error> for super::Error {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Error,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Error) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     code: value.code?,
                     details: value.details?,
@@ -9395,18 +7749,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ErrorDetail {
-            field: ::std::result::Result<
-                ::std::option::Option<super::ErrorDetailField>,
-                ::std::string::String,
-            >,
-            location: ::std::result::Result<
-                super::ErrorDetailLocation,
-                ::std::string::String,
-            >,
-            message: ::std::result::Result<
-                super::ErrorDetailMessage,
-                ::std::string::String,
-            >,
+            field: ::std::result::Result<::std::option::Option<super::ErrorDetailField>, ::std::string::String>,
+            location: ::std::result::Result<super::ErrorDetailLocation, ::std::string::String>,
+            message: ::std::result::Result<super::ErrorDetailMessage, ::std::string::String>,
         }
         impl ::std::default::Default for ErrorDetail {
             fn default() -> Self {
@@ -9420,16 +7765,10 @@ pub mod types {
         impl ErrorDetail {
             pub fn field<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ErrorDetailField>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ErrorDetailField>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.field = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for field: {e}")
-                    });
+                self.field = value.try_into().map_err(|e| format!("error converting supplied value for field: {e}"));
                 self
             }
             pub fn location<T>(mut self, value: T) -> Self
@@ -9437,11 +7776,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailLocation>,
                 T::Error: ::std::fmt::Display,
             {
-                self.location = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for location: {e}")
-                    });
+                self.location =
+                    value.try_into().map_err(|e| format!("error converting supplied value for location: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -9449,61 +7785,33 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ErrorDetail> for super::ErrorDetail {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ErrorDetail,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    field: value.field?,
-                    location: value.location?,
-                    message: value.message?,
-                })
+            fn try_from(value: ErrorDetail) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { field: value.field?, location: value.location?, message: value.message? })
             }
         }
         impl ::std::convert::From<super::ErrorDetail> for ErrorDetail {
             fn from(value: super::ErrorDetail) -> Self {
-                Self {
-                    field: Ok(value.field),
-                    location: Ok(value.location),
-                    message: Ok(value.message),
-                }
+                Self { field: Ok(value.field), location: Ok(value.location), message: Ok(value.message) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Health {
             checks: ::std::result::Result<
-                ::std::collections::HashMap<
-                    ::std::string::String,
-                    ::std::vec::Vec<super::HealthCheck>,
-                >,
+                ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<super::HealthCheck>>,
                 ::std::string::String,
             >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::HealthDescription>,
-                ::std::string::String,
-            >,
-            output: ::std::result::Result<
-                ::std::option::Option<super::HealthOutput>,
-                ::std::string::String,
-            >,
-            service_id: ::std::result::Result<
-                ::std::option::Option<super::HealthServiceId>,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::HealthDescription>, ::std::string::String>,
+            output: ::std::result::Result<::std::option::Option<super::HealthOutput>, ::std::string::String>,
+            service_id: ::std::result::Result<::std::option::Option<super::HealthServiceId>, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
-            version: ::std::result::Result<
-                ::std::option::Option<super::HealthVersion>,
-                ::std::string::String,
-            >,
+            version: ::std::result::Result<::std::option::Option<super::HealthVersion>, ::std::string::String>,
         }
         impl ::std::default::Default for Health {
             fn default() -> Self {
@@ -9521,32 +7829,20 @@ pub mod types {
             pub fn checks<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::collections::HashMap<
-                        ::std::string::String,
-                        ::std::vec::Vec<super::HealthCheck>,
+                        ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<super::HealthCheck>>,
                     >,
-                >,
                 T::Error: ::std::fmt::Display,
             {
-                self.checks = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for checks: {e}")
-                    });
+                self.checks = value.try_into().map_err(|e| format!("error converting supplied value for checks: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
@@ -9554,25 +7850,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::HealthOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn service_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthServiceId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthServiceId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_id: {e}")
-                    });
+                self.service_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_id: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -9580,11 +7867,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -9592,19 +7875,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::HealthVersion>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Health> for super::Health {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Health,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Health) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     checks: value.checks?,
                     description: value.description?,
@@ -9629,31 +7907,16 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct HealthCheck {
-            component_id: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckComponentId>,
-                ::std::string::String,
-            >,
-            component_type: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckComponentType>,
-                ::std::string::String,
-            >,
-            observed_unit: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckObservedUnit>,
-                ::std::string::String,
-            >,
-            observed_value: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            output: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckOutput>,
-                ::std::string::String,
-            >,
+            component_id:
+                ::std::result::Result<::std::option::Option<super::HealthCheckComponentId>, ::std::string::String>,
+            component_type:
+                ::std::result::Result<::std::option::Option<super::HealthCheckComponentType>, ::std::string::String>,
+            observed_unit:
+                ::std::result::Result<::std::option::Option<super::HealthCheckObservedUnit>, ::std::string::String>,
+            observed_value: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            output: ::std::result::Result<::std::option::Option<super::HealthCheckOutput>, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
-            time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for HealthCheck {
             fn default() -> Self {
@@ -9671,46 +7934,29 @@ pub mod types {
         impl HealthCheck {
             pub fn component_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckComponentId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckComponentId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.component_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for component_id: {e}")
-                    });
+                self.component_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for component_id: {e}"));
                 self
             }
             pub fn component_type<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckComponentType>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckComponentType>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.component_type = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for component_type: {e}"
-                        )
-                    });
+                self.component_type =
+                    value.try_into().map_err(|e| format!("error converting supplied value for component_type: {e}"));
                 self
             }
             pub fn observed_unit<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckObservedUnit>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckObservedUnit>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_unit = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for observed_unit: {e}")
-                    });
+                self.observed_unit =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_unit: {e}"));
                 self
             }
             pub fn observed_value<T>(mut self, value: T) -> Self
@@ -9718,27 +7964,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for observed_value: {e}"
-                        )
-                    });
+                self.observed_value =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_value: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckOutput>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -9746,11 +7981,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn time<T>(mut self, value: T) -> Self
@@ -9758,19 +7989,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for time: {e}")
-                    });
+                self.time = value.try_into().map_err(|e| format!("error converting supplied value for time: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HealthCheck> for super::HealthCheck {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HealthCheck,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: HealthCheck) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     component_id: value.component_id?,
                     component_type: value.component_type?,
@@ -9818,11 +8043,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.critical = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for critical: {e}")
-                    });
+                self.critical =
+                    value.try_into().map_err(|e| format!("error converting supplied value for critical: {e}"));
                 self
             }
             pub fn passing<T>(mut self, value: T) -> Self
@@ -9830,11 +8052,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.passing = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for passing: {e}")
-                    });
+                self.passing =
+                    value.try_into().map_err(|e| format!("error converting supplied value for passing: {e}"));
                 self
             }
             pub fn unknown<T>(mut self, value: T) -> Self
@@ -9842,11 +8061,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.unknown = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for unknown: {e}")
-                    });
+                self.unknown =
+                    value.try_into().map_err(|e| format!("error converting supplied value for unknown: {e}"));
                 self
             }
             pub fn warning<T>(mut self, value: T) -> Self
@@ -9854,19 +8070,14 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.warning = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for warning: {e}")
-                    });
+                self.warning =
+                    value.try_into().map_err(|e| format!("error converting supplied value for warning: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HealthStatusCounts> for super::HealthStatusCounts {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HealthStatusCounts,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: HealthStatusCounts) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     critical: value.critical?,
                     passing: value.passing?,
@@ -9887,22 +8098,10 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct HealthSummary {
-            counts: ::std::result::Result<
-                super::HealthStatusCounts,
-                ::std::string::String,
-            >,
-            generated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            services: ::std::result::Result<
-                ::std::vec::Vec<super::ServiceHealthSummary>,
-                ::std::string::String,
-            >,
-            status: ::std::result::Result<
-                super::InstanceHealthStatus,
-                ::std::string::String,
-            >,
+            counts: ::std::result::Result<super::HealthStatusCounts, ::std::string::String>,
+            generated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            services: ::std::result::Result<::std::vec::Vec<super::ServiceHealthSummary>, ::std::string::String>,
+            status: ::std::result::Result<super::InstanceHealthStatus, ::std::string::String>,
         }
         impl ::std::default::Default for HealthSummary {
             fn default() -> Self {
@@ -9920,11 +8119,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatusCounts>,
                 T::Error: ::std::fmt::Display,
             {
-                self.counts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for counts: {e}")
-                    });
+                self.counts = value.try_into().map_err(|e| format!("error converting supplied value for counts: {e}"));
                 self
             }
             pub fn generated_at<T>(mut self, value: T) -> Self
@@ -9932,11 +8127,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.generated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for generated_at: {e}")
-                    });
+                self.generated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for generated_at: {e}"));
                 self
             }
             pub fn services<T>(mut self, value: T) -> Self
@@ -9944,11 +8136,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ServiceHealthSummary>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.services = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for services: {e}")
-                    });
+                self.services =
+                    value.try_into().map_err(|e| format!("error converting supplied value for services: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -9956,19 +8145,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceHealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HealthSummary> for super::HealthSummary {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HealthSummary,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: HealthSummary) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     counts: value.counts?,
                     generated_at: value.generated_at?,
@@ -10006,11 +8189,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.count = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for count: {e}")
-                    });
+                self.count = value.try_into().map_err(|e| format!("error converting supplied value for count: {e}"));
                 self
             }
             pub fn le<T>(mut self, value: T) -> Self
@@ -10018,42 +8197,26 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.le = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for le: {e}"));
+                self.le = value.try_into().map_err(|e| format!("error converting supplied value for le: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HistogramBucket> for super::HistogramBucket {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HistogramBucket,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    count: value.count?,
-                    le: value.le?,
-                })
+            fn try_from(value: HistogramBucket) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { count: value.count?, le: value.le? })
             }
         }
         impl ::std::convert::From<super::HistogramBucket> for HistogramBucket {
             fn from(value: super::HistogramBucket) -> Self {
-                Self {
-                    count: Ok(value.count),
-                    le: Ok(value.le),
-                }
+                Self { count: Ok(value.count), le: Ok(value.le) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct InstanceHealth {
-            address: ::std::result::Result<
-                super::InstanceHealthAddress,
-                ::std::string::String,
-            >,
+            address: ::std::result::Result<super::InstanceHealthAddress, ::std::string::String>,
             consecutive_failures: ::std::result::Result<u64, ::std::string::String>,
-            health_url: ::std::result::Result<
-                super::InstanceHealthHealthUrl,
-                ::std::string::String,
-            >,
+            health_url: ::std::result::Result<super::InstanceHealthHealthUrl, ::std::string::String>,
             in_discovery: ::std::result::Result<bool, ::std::string::String>,
             instance_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             last_checked_at: ::std::result::Result<
@@ -10064,39 +8227,21 @@ pub mod types {
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
-            latency_ms: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            output: ::std::result::Result<
-                super::InstanceHealthOutput,
-                ::std::string::String,
-            >,
-            service: ::std::result::Result<
-                super::InstanceHealthService,
-                ::std::string::String,
-            >,
-            status: ::std::result::Result<
-                super::InstanceHealthStatus,
-                ::std::string::String,
-            >,
+            latency_ms: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            output: ::std::result::Result<super::InstanceHealthOutput, ::std::string::String>,
+            service: ::std::result::Result<super::InstanceHealthService, ::std::string::String>,
+            status: ::std::result::Result<super::InstanceHealthStatus, ::std::string::String>,
         }
         impl ::std::default::Default for InstanceHealth {
             fn default() -> Self {
                 Self {
                     address: Err("no value supplied for address".to_string()),
-                    consecutive_failures: Err(
-                        "no value supplied for consecutive_failures".to_string(),
-                    ),
+                    consecutive_failures: Err("no value supplied for consecutive_failures".to_string()),
                     health_url: Err("no value supplied for health_url".to_string()),
                     in_discovery: Err("no value supplied for in_discovery".to_string()),
                     instance_id: Err("no value supplied for instance_id".to_string()),
-                    last_checked_at: Err(
-                        "no value supplied for last_checked_at".to_string(),
-                    ),
-                    last_success_at: Err(
-                        "no value supplied for last_success_at".to_string(),
-                    ),
+                    last_checked_at: Err("no value supplied for last_checked_at".to_string()),
+                    last_success_at: Err("no value supplied for last_success_at".to_string()),
                     latency_ms: Err("no value supplied for latency_ms".to_string()),
                     output: Err("no value supplied for output".to_string()),
                     service: Err("no value supplied for service".to_string()),
@@ -10110,11 +8255,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceHealthAddress>,
                 T::Error: ::std::fmt::Display,
             {
-                self.address = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for address: {e}")
-                    });
+                self.address =
+                    value.try_into().map_err(|e| format!("error converting supplied value for address: {e}"));
                 self
             }
             pub fn consecutive_failures<T>(mut self, value: T) -> Self
@@ -10124,11 +8266,7 @@ pub mod types {
             {
                 self.consecutive_failures = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for consecutive_failures: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for consecutive_failures: {e}"));
                 self
             }
             pub fn health_url<T>(mut self, value: T) -> Self
@@ -10136,11 +8274,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceHealthHealthUrl>,
                 T::Error: ::std::fmt::Display,
             {
-                self.health_url = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for health_url: {e}")
-                    });
+                self.health_url =
+                    value.try_into().map_err(|e| format!("error converting supplied value for health_url: {e}"));
                 self
             }
             pub fn in_discovery<T>(mut self, value: T) -> Self
@@ -10148,11 +8283,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.in_discovery = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for in_discovery: {e}")
-                    });
+                self.in_discovery =
+                    value.try_into().map_err(|e| format!("error converting supplied value for in_discovery: {e}"));
                 self
             }
             pub fn instance_id<T>(mut self, value: T) -> Self
@@ -10160,43 +8292,26 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.instance_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for instance_id: {e}")
-                    });
+                self.instance_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for instance_id: {e}"));
                 self
             }
             pub fn last_checked_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.last_checked_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for last_checked_at: {e}"
-                        )
-                    });
+                self.last_checked_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for last_checked_at: {e}"));
                 self
             }
             pub fn last_success_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.last_success_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for last_success_at: {e}"
-                        )
-                    });
+                self.last_success_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for last_success_at: {e}"));
                 self
             }
             pub fn latency_ms<T>(mut self, value: T) -> Self
@@ -10204,11 +8319,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.latency_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for latency_ms: {e}")
-                    });
+                self.latency_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for latency_ms: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
@@ -10216,11 +8328,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceHealthOutput>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -10228,11 +8336,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceHealthService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -10240,19 +8345,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceHealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<InstanceHealth> for super::InstanceHealth {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: InstanceHealth,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: InstanceHealth) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     address: value.address?,
                     consecutive_failures: value.consecutive_failures?,
@@ -10287,10 +8386,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct InstanceHealthList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::InstanceHealth>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::InstanceHealth>, ::std::string::String>,
             next_cursor: ::std::result::Result<
                 ::std::option::Option<super::InstanceHealthListNextCursor>,
                 ::std::string::String,
@@ -10310,58 +8406,35 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::InstanceHealth>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::InstanceHealthListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::InstanceHealthListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<InstanceHealthList> for super::InstanceHealthList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: InstanceHealthList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: InstanceHealthList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::InstanceHealthList> for InstanceHealthList {
             fn from(value: super::InstanceHealthList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct LabelMatcher {
-            label: ::std::result::Result<
-                super::LabelMatcherLabel,
-                ::std::string::String,
-            >,
+            label: ::std::result::Result<super::LabelMatcherLabel, ::std::string::String>,
             op: ::std::result::Result<super::MatchOperator, ::std::string::String>,
-            value: ::std::result::Result<
-                super::LabelMatcherValue,
-                ::std::string::String,
-            >,
+            value: ::std::result::Result<super::LabelMatcherValue, ::std::string::String>,
         }
         impl ::std::default::Default for LabelMatcher {
             fn default() -> Self {
@@ -10378,11 +8451,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::LabelMatcherLabel>,
                 T::Error: ::std::fmt::Display,
             {
-                self.label = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for label: {e}")
-                    });
+                self.label = value.try_into().map_err(|e| format!("error converting supplied value for label: {e}"));
                 self
             }
             pub fn op<T>(mut self, value: T) -> Self
@@ -10390,9 +8459,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::MatchOperator>,
                 T::Error: ::std::fmt::Display,
             {
-                self.op = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for op: {e}"));
+                self.op = value.try_into().map_err(|e| format!("error converting supplied value for op: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -10400,45 +8467,25 @@ pub mod types {
                 T: ::std::convert::TryInto<super::LabelMatcherValue>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<LabelMatcher> for super::LabelMatcher {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: LabelMatcher,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    label: value.label?,
-                    op: value.op?,
-                    value: value.value?,
-                })
+            fn try_from(value: LabelMatcher) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { label: value.label?, op: value.op?, value: value.value? })
             }
         }
         impl ::std::convert::From<super::LabelMatcher> for LabelMatcher {
             fn from(value: super::LabelMatcher) -> Self {
-                Self {
-                    label: Ok(value.label),
-                    op: Ok(value.op),
-                    value: Ok(value.value),
-                }
+                Self { label: Ok(value.label), op: Ok(value.op), value: Ok(value.value) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct MetricSample {
-            help: ::std::result::Result<
-                ::std::option::Option<super::MetricSampleHelp>,
-                ::std::string::String,
-            >,
-            labels: ::std::result::Result<
-                ::std::option::Option<super::Labels>,
-                ::std::string::String,
-            >,
+            help: ::std::result::Result<::std::option::Option<super::MetricSampleHelp>, ::std::string::String>,
+            labels: ::std::result::Result<::std::option::Option<super::Labels>, ::std::string::String>,
             name: ::std::result::Result<super::MetricSampleName, ::std::string::String>,
             timestamp: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
@@ -10462,16 +8509,10 @@ pub mod types {
         impl MetricSample {
             pub fn help<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::MetricSampleHelp>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::MetricSampleHelp>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.help = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for help: {e}")
-                    });
+                self.help = value.try_into().map_err(|e| format!("error converting supplied value for help: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -10479,11 +8520,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Labels>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -10491,25 +8528,16 @@ pub mod types {
                 T: ::std::convert::TryInto<super::MetricSampleName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn timestamp<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timestamp = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timestamp: {e}")
-                    });
+                self.timestamp =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timestamp: {e}"));
                 self
             }
             pub fn type_<T>(mut self, value: T) -> Self
@@ -10517,11 +8545,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::MetricSampleType>,
                 T::Error: ::std::fmt::Display,
             {
-                self.type_ = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for type_: {e}")
-                    });
+                self.type_ = value.try_into().map_err(|e| format!("error converting supplied value for type_: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -10529,19 +8553,13 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<MetricSample> for super::MetricSample {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: MetricSample,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: MetricSample) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     help: value.help?,
                     labels: value.labels?,
@@ -10566,21 +8584,12 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct MetricSamplesPush {
-            samples: ::std::result::Result<
-                ::std::vec::Vec<super::MetricSample>,
-                ::std::string::String,
-            >,
-            source: ::std::result::Result<
-                ::std::option::Option<super::MetricSamplesPushSource>,
-                ::std::string::String,
-            >,
+            samples: ::std::result::Result<::std::vec::Vec<super::MetricSample>, ::std::string::String>,
+            source: ::std::result::Result<::std::option::Option<super::MetricSamplesPushSource>, ::std::string::String>,
         }
         impl ::std::default::Default for MetricSamplesPush {
             fn default() -> Self {
-                Self {
-                    samples: Err("no value supplied for samples".to_string()),
-                    source: Ok(Default::default()),
-                }
+                Self { samples: Err("no value supplied for samples".to_string()), source: Ok(Default::default()) }
             }
         }
         impl MetricSamplesPush {
@@ -10589,72 +8598,40 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::MetricSample>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.samples = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for samples: {e}")
-                    });
+                self.samples =
+                    value.try_into().map_err(|e| format!("error converting supplied value for samples: {e}"));
                 self
             }
             pub fn source<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::MetricSamplesPushSource>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::MetricSamplesPushSource>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.source = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for source: {e}")
-                    });
+                self.source = value.try_into().map_err(|e| format!("error converting supplied value for source: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<MetricSamplesPush> for super::MetricSamplesPush {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: MetricSamplesPush,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    samples: value.samples?,
-                    source: value.source?,
-                })
+            fn try_from(value: MetricSamplesPush) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { samples: value.samples?, source: value.source? })
             }
         }
         impl ::std::convert::From<super::MetricSamplesPush> for MetricSamplesPush {
             fn from(value: super::MetricSamplesPush) -> Self {
-                Self {
-                    samples: Ok(value.samples),
-                    source: Ok(value.source),
-                }
+                Self { samples: Ok(value.samples), source: Ok(value.source) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct MetricSeries {
-            buckets: ::std::result::Result<
-                ::std::vec::Vec<super::HistogramBucket>,
-                ::std::string::String,
-            >,
+            buckets: ::std::result::Result<::std::vec::Vec<super::HistogramBucket>, ::std::string::String>,
             help: ::std::result::Result<super::MetricSeriesHelp, ::std::string::String>,
             labels: ::std::result::Result<super::Labels, ::std::string::String>,
             name: ::std::result::Result<super::MetricSeriesName, ::std::string::String>,
-            quantiles: ::std::result::Result<
-                ::std::vec::Vec<super::SummaryQuantile>,
-                ::std::string::String,
-            >,
-            source: ::std::result::Result<
-                super::MetricSeriesSource,
-                ::std::string::String,
-            >,
-            sum: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            timestamp: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            quantiles: ::std::result::Result<::std::vec::Vec<super::SummaryQuantile>, ::std::string::String>,
+            source: ::std::result::Result<super::MetricSeriesSource, ::std::string::String>,
+            sum: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            timestamp: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             type_: ::std::result::Result<super::MetricType, ::std::string::String>,
             value: ::std::result::Result<f64, ::std::string::String>,
         }
@@ -10680,11 +8657,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::HistogramBucket>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.buckets = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for buckets: {e}")
-                    });
+                self.buckets =
+                    value.try_into().map_err(|e| format!("error converting supplied value for buckets: {e}"));
                 self
             }
             pub fn help<T>(mut self, value: T) -> Self
@@ -10692,11 +8666,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::MetricSeriesHelp>,
                 T::Error: ::std::fmt::Display,
             {
-                self.help = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for help: {e}")
-                    });
+                self.help = value.try_into().map_err(|e| format!("error converting supplied value for help: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -10704,11 +8674,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Labels>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -10716,11 +8682,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::MetricSeriesName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn quantiles<T>(mut self, value: T) -> Self
@@ -10728,11 +8690,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::SummaryQuantile>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.quantiles = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for quantiles: {e}")
-                    });
+                self.quantiles =
+                    value.try_into().map_err(|e| format!("error converting supplied value for quantiles: {e}"));
                 self
             }
             pub fn source<T>(mut self, value: T) -> Self
@@ -10740,11 +8699,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::MetricSeriesSource>,
                 T::Error: ::std::fmt::Display,
             {
-                self.source = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for source: {e}")
-                    });
+                self.source = value.try_into().map_err(|e| format!("error converting supplied value for source: {e}"));
                 self
             }
             pub fn sum<T>(mut self, value: T) -> Self
@@ -10752,11 +8707,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.sum = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for sum: {e}")
-                    });
+                self.sum = value.try_into().map_err(|e| format!("error converting supplied value for sum: {e}"));
                 self
             }
             pub fn timestamp<T>(mut self, value: T) -> Self
@@ -10764,11 +8715,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timestamp = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timestamp: {e}")
-                    });
+                self.timestamp =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timestamp: {e}"));
                 self
             }
             pub fn type_<T>(mut self, value: T) -> Self
@@ -10776,11 +8724,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::MetricType>,
                 T::Error: ::std::fmt::Display,
             {
-                self.type_ = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for type_: {e}")
-                    });
+                self.type_ = value.try_into().map_err(|e| format!("error converting supplied value for type_: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -10788,19 +8732,13 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<MetricSeries> for super::MetricSeries {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: MetricSeries,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: MetricSeries) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     buckets: value.buckets?,
                     help: value.help?,
@@ -10833,14 +8771,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct MetricSeriesList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::MetricSeries>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::MetricSeriesListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::MetricSeries>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::MetricSeriesListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for MetricSeriesList {
             fn default() -> Self {
@@ -10856,58 +8789,35 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::MetricSeries>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::MetricSeriesListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::MetricSeriesListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<MetricSeriesList> for super::MetricSeriesList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: MetricSeriesList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: MetricSeriesList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::MetricSeriesList> for MetricSeriesList {
             fn from(value: super::MetricSeriesList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Receiver {
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             headers: ::std::result::Result<
-                ::std::collections::HashMap<
-                    ::std::string::String,
-                    super::ReceiverHeadersValue,
-                >,
+                ::std::collections::HashMap<::std::string::String, super::ReceiverHeadersValue>,
                 ::std::string::String,
             >,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
@@ -10915,18 +8825,13 @@ pub mod types {
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
-            last_delivery_error: ::std::result::Result<
-                ::std::option::Option<super::ReceiverLastDeliveryError>,
-                ::std::string::String,
-            >,
+            last_delivery_error:
+                ::std::result::Result<::std::option::Option<super::ReceiverLastDeliveryError>, ::std::string::String>,
             max_retries: ::std::result::Result<i64, ::std::string::String>,
             name: ::std::result::Result<super::ReceiverName, ::std::string::String>,
             send_resolved: ::std::result::Result<bool, ::std::string::String>,
             timeout_ms: ::std::result::Result<i64, ::std::string::String>,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             url: ::std::result::Result<super::ReceiverUrl, ::std::string::String>,
         }
         impl ::std::default::Default for Receiver {
@@ -10935,17 +8840,11 @@ pub mod types {
                     created_at: Err("no value supplied for created_at".to_string()),
                     headers: Err("no value supplied for headers".to_string()),
                     id: Err("no value supplied for id".to_string()),
-                    last_delivery_at: Err(
-                        "no value supplied for last_delivery_at".to_string(),
-                    ),
-                    last_delivery_error: Err(
-                        "no value supplied for last_delivery_error".to_string(),
-                    ),
+                    last_delivery_at: Err("no value supplied for last_delivery_at".to_string()),
+                    last_delivery_error: Err("no value supplied for last_delivery_error".to_string()),
                     max_retries: Err("no value supplied for max_retries".to_string()),
                     name: Err("no value supplied for name".to_string()),
-                    send_resolved: Err(
-                        "no value supplied for send_resolved".to_string(),
-                    ),
+                    send_resolved: Err("no value supplied for send_resolved".to_string()),
                     timeout_ms: Err("no value supplied for timeout_ms".to_string()),
                     updated_at: Err("no value supplied for updated_at".to_string()),
                     url: Err("no value supplied for url".to_string()),
@@ -10958,28 +8857,19 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn headers<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::collections::HashMap<
-                        ::std::string::String,
-                        super::ReceiverHeadersValue,
+                        ::std::collections::HashMap<::std::string::String, super::ReceiverHeadersValue>,
                     >,
-                >,
                 T::Error: ::std::fmt::Display,
             {
-                self.headers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for headers: {e}")
-                    });
+                self.headers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for headers: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -10987,41 +8877,26 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn last_delivery_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.last_delivery_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for last_delivery_at: {e}"
-                        )
-                    });
+                self.last_delivery_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for last_delivery_at: {e}"));
                 self
             }
             pub fn last_delivery_error<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ReceiverLastDeliveryError>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ReceiverLastDeliveryError>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.last_delivery_error = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for last_delivery_error: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for last_delivery_error: {e}"));
                 self
             }
             pub fn max_retries<T>(mut self, value: T) -> Self
@@ -11029,11 +8904,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_retries = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for max_retries: {e}")
-                    });
+                self.max_retries =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_retries: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -11041,11 +8913,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ReceiverName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn send_resolved<T>(mut self, value: T) -> Self
@@ -11053,11 +8921,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.send_resolved = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for send_resolved: {e}")
-                    });
+                self.send_resolved =
+                    value.try_into().map_err(|e| format!("error converting supplied value for send_resolved: {e}"));
                 self
             }
             pub fn timeout_ms<T>(mut self, value: T) -> Self
@@ -11065,11 +8930,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timeout_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timeout_ms: {e}")
-                    });
+                self.timeout_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timeout_ms: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -11077,11 +8939,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
             pub fn url<T>(mut self, value: T) -> Self
@@ -11089,19 +8948,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ReceiverUrl>,
                 T::Error: ::std::fmt::Display,
             {
-                self.url = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for url: {e}")
-                    });
+                self.url = value.try_into().map_err(|e| format!("error converting supplied value for url: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Receiver> for super::Receiver {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Receiver,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Receiver) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     created_at: value.created_at?,
                     headers: value.headers?,
@@ -11136,14 +8989,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ReceiverList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Receiver>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::ReceiverListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Receiver>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::ReceiverListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for ReceiverList {
             fn default() -> Self {
@@ -11159,54 +9007,34 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Receiver>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ReceiverListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ReceiverListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ReceiverList> for super::ReceiverList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ReceiverList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: ReceiverList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::ReceiverList> for ReceiverList {
             fn from(value: super::ReceiverList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct ReceiverSpec {
             headers: ::std::result::Result<
-                ::std::collections::HashMap<
-                    ::std::string::String,
-                    super::ReceiverSpecHeadersValue,
-                >,
+                ::std::collections::HashMap<::std::string::String, super::ReceiverSpecHeadersValue>,
                 ::std::string::String,
             >,
             max_retries: ::std::result::Result<i64, ::std::string::String>,
@@ -11231,18 +9059,12 @@ pub mod types {
             pub fn headers<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::collections::HashMap<
-                        ::std::string::String,
-                        super::ReceiverSpecHeadersValue,
+                        ::std::collections::HashMap<::std::string::String, super::ReceiverSpecHeadersValue>,
                     >,
-                >,
                 T::Error: ::std::fmt::Display,
             {
-                self.headers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for headers: {e}")
-                    });
+                self.headers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for headers: {e}"));
                 self
             }
             pub fn max_retries<T>(mut self, value: T) -> Self
@@ -11250,11 +9072,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_retries = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for max_retries: {e}")
-                    });
+                self.max_retries =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_retries: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -11262,11 +9081,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ReceiverSpecName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn send_resolved<T>(mut self, value: T) -> Self
@@ -11274,11 +9089,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.send_resolved = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for send_resolved: {e}")
-                    });
+                self.send_resolved =
+                    value.try_into().map_err(|e| format!("error converting supplied value for send_resolved: {e}"));
                 self
             }
             pub fn timeout_ms<T>(mut self, value: T) -> Self
@@ -11286,11 +9098,8 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timeout_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timeout_ms: {e}")
-                    });
+                self.timeout_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timeout_ms: {e}"));
                 self
             }
             pub fn url<T>(mut self, value: T) -> Self
@@ -11298,19 +9107,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ReceiverSpecUrl>,
                 T::Error: ::std::fmt::Display,
             {
-                self.url = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for url: {e}")
-                    });
+                self.url = value.try_into().map_err(|e| format!("error converting supplied value for url: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ReceiverSpec> for super::ReceiverSpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ReceiverSpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ReceiverSpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     headers: value.headers?,
                     max_retries: value.max_retries?,
@@ -11336,15 +9139,9 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct ReceiverTestResult {
             delivered: ::std::result::Result<bool, ::std::string::String>,
-            error: ::std::result::Result<
-                ::std::option::Option<super::ReceiverTestResultError>,
-                ::std::string::String,
-            >,
+            error: ::std::result::Result<::std::option::Option<super::ReceiverTestResultError>, ::std::string::String>,
             latency_ms: ::std::result::Result<f64, ::std::string::String>,
-            status_code: ::std::result::Result<
-                ::std::option::Option<i64>,
-                ::std::string::String,
-            >,
+            status_code: ::std::result::Result<::std::option::Option<i64>, ::std::string::String>,
         }
         impl ::std::default::Default for ReceiverTestResult {
             fn default() -> Self {
@@ -11362,25 +9159,16 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.delivered = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for delivered: {e}")
-                    });
+                self.delivered =
+                    value.try_into().map_err(|e| format!("error converting supplied value for delivered: {e}"));
                 self
             }
             pub fn error<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ReceiverTestResultError>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ReceiverTestResultError>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.error = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for error: {e}")
-                    });
+                self.error = value.try_into().map_err(|e| format!("error converting supplied value for error: {e}"));
                 self
             }
             pub fn latency_ms<T>(mut self, value: T) -> Self
@@ -11388,11 +9176,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.latency_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for latency_ms: {e}")
-                    });
+                self.latency_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for latency_ms: {e}"));
                 self
             }
             pub fn status_code<T>(mut self, value: T) -> Self
@@ -11400,19 +9185,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<i64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status_code = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status_code: {e}")
-                    });
+                self.status_code =
+                    value.try_into().map_err(|e| format!("error converting supplied value for status_code: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ReceiverTestResult> for super::ReceiverTestResult {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ReceiverTestResult,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ReceiverTestResult) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     delivered: value.delivered?,
                     error: value.error?,
@@ -11437,9 +9217,7 @@ pub mod types {
         }
         impl ::std::default::Default for SamplesAccepted {
             fn default() -> Self {
-                Self {
-                    accepted: Err("no value supplied for accepted".to_string()),
-                }
+                Self { accepted: Err("no value supplied for accepted".to_string()) }
             }
         }
         impl SamplesAccepted {
@@ -11448,43 +9226,27 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.accepted = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for accepted: {e}")
-                    });
+                self.accepted =
+                    value.try_into().map_err(|e| format!("error converting supplied value for accepted: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SamplesAccepted> for super::SamplesAccepted {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SamplesAccepted,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SamplesAccepted) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self { accepted: value.accepted? })
             }
         }
         impl ::std::convert::From<super::SamplesAccepted> for SamplesAccepted {
             fn from(value: super::SamplesAccepted) -> Self {
-                Self {
-                    accepted: Ok(value.accepted),
-                }
+                Self { accepted: Ok(value.accepted) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct ServiceHealthSummary {
-            counts: ::std::result::Result<
-                super::HealthStatusCounts,
-                ::std::string::String,
-            >,
-            service: ::std::result::Result<
-                super::ServiceHealthSummaryService,
-                ::std::string::String,
-            >,
-            status: ::std::result::Result<
-                super::InstanceHealthStatus,
-                ::std::string::String,
-            >,
+            counts: ::std::result::Result<super::HealthStatusCounts, ::std::string::String>,
+            service: ::std::result::Result<super::ServiceHealthSummaryService, ::std::string::String>,
+            status: ::std::result::Result<super::InstanceHealthStatus, ::std::string::String>,
         }
         impl ::std::default::Default for ServiceHealthSummary {
             fn default() -> Self {
@@ -11501,11 +9263,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatusCounts>,
                 T::Error: ::std::fmt::Display,
             {
-                self.counts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for counts: {e}")
-                    });
+                self.counts = value.try_into().map_err(|e| format!("error converting supplied value for counts: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -11513,11 +9271,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceHealthSummaryService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -11525,60 +9280,30 @@ pub mod types {
                 T: ::std::convert::TryInto<super::InstanceHealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<ServiceHealthSummary>
-        for super::ServiceHealthSummary {
+        impl ::std::convert::TryFrom<ServiceHealthSummary> for super::ServiceHealthSummary {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ServiceHealthSummary,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    counts: value.counts?,
-                    service: value.service?,
-                    status: value.status?,
-                })
+            fn try_from(value: ServiceHealthSummary) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { counts: value.counts?, service: value.service?, status: value.status? })
             }
         }
         impl ::std::convert::From<super::ServiceHealthSummary> for ServiceHealthSummary {
             fn from(value: super::ServiceHealthSummary) -> Self {
-                Self {
-                    counts: Ok(value.counts),
-                    service: Ok(value.service),
-                    status: Ok(value.status),
-                }
+                Self { counts: Ok(value.counts), service: Ok(value.service), status: Ok(value.status) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Silence {
             comment: ::std::result::Result<super::SilenceComment, ::std::string::String>,
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            created_by: ::std::result::Result<
-                super::SilenceCreatedBy,
-                ::std::string::String,
-            >,
-            ends_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            created_by: ::std::result::Result<super::SilenceCreatedBy, ::std::string::String>,
+            ends_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            matchers: ::std::result::Result<
-                ::std::vec::Vec<super::LabelMatcher>,
-                ::std::string::String,
-            >,
-            starts_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            matchers: ::std::result::Result<::std::vec::Vec<super::LabelMatcher>, ::std::string::String>,
+            starts_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             state: ::std::result::Result<super::SilenceState, ::std::string::String>,
         }
         impl ::std::default::Default for Silence {
@@ -11601,11 +9326,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SilenceComment>,
                 T::Error: ::std::fmt::Display,
             {
-                self.comment = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for comment: {e}")
-                    });
+                self.comment =
+                    value.try_into().map_err(|e| format!("error converting supplied value for comment: {e}"));
                 self
             }
             pub fn created_at<T>(mut self, value: T) -> Self
@@ -11613,11 +9335,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn created_by<T>(mut self, value: T) -> Self
@@ -11625,11 +9344,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SilenceCreatedBy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_by = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_by: {e}")
-                    });
+                self.created_by =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_by: {e}"));
                 self
             }
             pub fn ends_at<T>(mut self, value: T) -> Self
@@ -11637,11 +9353,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.ends_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for ends_at: {e}")
-                    });
+                self.ends_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for ends_at: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -11649,9 +9362,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn matchers<T>(mut self, value: T) -> Self
@@ -11659,11 +9370,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::LabelMatcher>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.matchers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for matchers: {e}")
-                    });
+                self.matchers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for matchers: {e}"));
                 self
             }
             pub fn starts_at<T>(mut self, value: T) -> Self
@@ -11671,11 +9379,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.starts_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for starts_at: {e}")
-                    });
+                self.starts_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for starts_at: {e}"));
                 self
             }
             pub fn state<T>(mut self, value: T) -> Self
@@ -11683,19 +9388,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SilenceState>,
                 T::Error: ::std::fmt::Display,
             {
-                self.state = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for state: {e}")
-                    });
+                self.state = value.try_into().map_err(|e| format!("error converting supplied value for state: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Silence> for super::Silence {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Silence,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Silence) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     comment: value.comment?,
                     created_at: value.created_at?,
@@ -11724,22 +9423,10 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SilenceCreate {
-            comment: ::std::result::Result<
-                super::SilenceCreateComment,
-                ::std::string::String,
-            >,
-            created_by: ::std::result::Result<
-                super::SilenceCreateCreatedBy,
-                ::std::string::String,
-            >,
-            ends_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            matchers: ::std::result::Result<
-                ::std::vec::Vec<super::LabelMatcher>,
-                ::std::string::String,
-            >,
+            comment: ::std::result::Result<super::SilenceCreateComment, ::std::string::String>,
+            created_by: ::std::result::Result<super::SilenceCreateCreatedBy, ::std::string::String>,
+            ends_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            matchers: ::std::result::Result<::std::vec::Vec<super::LabelMatcher>, ::std::string::String>,
             starts_at: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
@@ -11762,11 +9449,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SilenceCreateComment>,
                 T::Error: ::std::fmt::Display,
             {
-                self.comment = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for comment: {e}")
-                    });
+                self.comment =
+                    value.try_into().map_err(|e| format!("error converting supplied value for comment: {e}"));
                 self
             }
             pub fn created_by<T>(mut self, value: T) -> Self
@@ -11774,11 +9458,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SilenceCreateCreatedBy>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_by = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_by: {e}")
-                    });
+                self.created_by =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_by: {e}"));
                 self
             }
             pub fn ends_at<T>(mut self, value: T) -> Self
@@ -11786,11 +9467,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.ends_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for ends_at: {e}")
-                    });
+                self.ends_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for ends_at: {e}"));
                 self
             }
             pub fn matchers<T>(mut self, value: T) -> Self
@@ -11798,33 +9476,23 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::LabelMatcher>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.matchers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for matchers: {e}")
-                    });
+                self.matchers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for matchers: {e}"));
                 self
             }
             pub fn starts_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.starts_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for starts_at: {e}")
-                    });
+                self.starts_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for starts_at: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SilenceCreate> for super::SilenceCreate {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SilenceCreate,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SilenceCreate) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     comment: value.comment?,
                     created_by: value.created_by?,
@@ -11847,14 +9515,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SilenceList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Silence>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::SilenceListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Silence>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::SilenceListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for SilenceList {
             fn default() -> Self {
@@ -11870,79 +9533,46 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Silence>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SilenceListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SilenceListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SilenceList> for super::SilenceList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SilenceList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: SilenceList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::SilenceList> for SilenceList {
             fn from(value: super::SilenceList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Span {
-            attributes: ::std::result::Result<
-                super::SpanAttributes,
-                ::std::string::String,
-            >,
+            attributes: ::std::result::Result<super::SpanAttributes, ::std::string::String>,
             duration_us: ::std::result::Result<u64, ::std::string::String>,
-            end_time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            events: ::std::result::Result<
-                ::std::vec::Vec<super::SpanEvent>,
-                ::std::string::String,
-            >,
+            end_time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            events: ::std::result::Result<::std::vec::Vec<super::SpanEvent>, ::std::string::String>,
             kind: ::std::result::Result<super::SpanKind, ::std::string::String>,
             name: ::std::result::Result<super::SpanName, ::std::string::String>,
-            parent_span_id: ::std::result::Result<
-                ::std::option::Option<super::SpanParentSpanId>,
-                ::std::string::String,
-            >,
+            parent_span_id:
+                ::std::result::Result<::std::option::Option<super::SpanParentSpanId>, ::std::string::String>,
             service: ::std::result::Result<super::SpanService, ::std::string::String>,
             span_id: ::std::result::Result<super::SpanSpanId, ::std::string::String>,
-            start_time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            start_time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             status: ::std::result::Result<super::SpanStatus, ::std::string::String>,
-            status_message: ::std::result::Result<
-                ::std::option::Option<super::SpanStatusMessage>,
-                ::std::string::String,
-            >,
+            status_message:
+                ::std::result::Result<::std::option::Option<super::SpanStatusMessage>, ::std::string::String>,
             trace_id: ::std::result::Result<super::SpanTraceId, ::std::string::String>,
         }
         impl ::std::default::Default for Span {
@@ -11954,16 +9584,12 @@ pub mod types {
                     events: Err("no value supplied for events".to_string()),
                     kind: Err("no value supplied for kind".to_string()),
                     name: Err("no value supplied for name".to_string()),
-                    parent_span_id: Err(
-                        "no value supplied for parent_span_id".to_string(),
-                    ),
+                    parent_span_id: Err("no value supplied for parent_span_id".to_string()),
                     service: Err("no value supplied for service".to_string()),
                     span_id: Err("no value supplied for span_id".to_string()),
                     start_time: Err("no value supplied for start_time".to_string()),
                     status: Err("no value supplied for status".to_string()),
-                    status_message: Err(
-                        "no value supplied for status_message".to_string(),
-                    ),
+                    status_message: Err("no value supplied for status_message".to_string()),
                     trace_id: Err("no value supplied for trace_id".to_string()),
                 }
             }
@@ -11974,11 +9600,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanAttributes>,
                 T::Error: ::std::fmt::Display,
             {
-                self.attributes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for attributes: {e}")
-                    });
+                self.attributes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for attributes: {e}"));
                 self
             }
             pub fn duration_us<T>(mut self, value: T) -> Self
@@ -11986,11 +9609,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.duration_us = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for duration_us: {e}")
-                    });
+                self.duration_us =
+                    value.try_into().map_err(|e| format!("error converting supplied value for duration_us: {e}"));
                 self
             }
             pub fn end_time<T>(mut self, value: T) -> Self
@@ -11998,11 +9618,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.end_time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for end_time: {e}")
-                    });
+                self.end_time =
+                    value.try_into().map_err(|e| format!("error converting supplied value for end_time: {e}"));
                 self
             }
             pub fn events<T>(mut self, value: T) -> Self
@@ -12010,11 +9627,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::SpanEvent>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.events = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for events: {e}")
-                    });
+                self.events = value.try_into().map_err(|e| format!("error converting supplied value for events: {e}"));
                 self
             }
             pub fn kind<T>(mut self, value: T) -> Self
@@ -12022,11 +9635,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanKind>,
                 T::Error: ::std::fmt::Display,
             {
-                self.kind = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for kind: {e}")
-                    });
+                self.kind = value.try_into().map_err(|e| format!("error converting supplied value for kind: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -12034,27 +9643,16 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn parent_span_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SpanParentSpanId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SpanParentSpanId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.parent_span_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for parent_span_id: {e}"
-                        )
-                    });
+                self.parent_span_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for parent_span_id: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -12062,11 +9660,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn span_id<T>(mut self, value: T) -> Self
@@ -12074,11 +9669,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanSpanId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.span_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for span_id: {e}")
-                    });
+                self.span_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for span_id: {e}"));
                 self
             }
             pub fn start_time<T>(mut self, value: T) -> Self
@@ -12086,11 +9678,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.start_time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for start_time: {e}")
-                    });
+                self.start_time =
+                    value.try_into().map_err(|e| format!("error converting supplied value for start_time: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -12098,27 +9687,16 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn status_message<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SpanStatusMessage>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SpanStatusMessage>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status_message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for status_message: {e}"
-                        )
-                    });
+                self.status_message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for status_message: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -12126,19 +9704,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanTraceId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Span> for super::Span {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Span,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Span) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     attributes: value.attributes?,
                     duration_us: value.duration_us?,
@@ -12177,16 +9750,11 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SpanBatch {
-            spans: ::std::result::Result<
-                ::std::vec::Vec<super::SpanIngest>,
-                ::std::string::String,
-            >,
+            spans: ::std::result::Result<::std::vec::Vec<super::SpanIngest>, ::std::string::String>,
         }
         impl ::std::default::Default for SpanBatch {
             fn default() -> Self {
-                Self {
-                    spans: Err("no value supplied for spans".to_string()),
-                }
+                Self { spans: Err("no value supplied for spans".to_string()) }
             }
         }
         impl SpanBatch {
@@ -12195,19 +9763,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::SpanIngest>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.spans = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for spans: {e}")
-                    });
+                self.spans = value.try_into().map_err(|e| format!("error converting supplied value for spans: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SpanBatch> for super::SpanBatch {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SpanBatch,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SpanBatch) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self { spans: value.spans? })
             }
         }
@@ -12218,15 +9780,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SpanEvent {
-            attributes: ::std::result::Result<
-                ::std::option::Option<super::SpanAttributes>,
-                ::std::string::String,
-            >,
+            attributes: ::std::result::Result<::std::option::Option<super::SpanAttributes>, ::std::string::String>,
             name: ::std::result::Result<super::SpanEventName, ::std::string::String>,
-            time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for SpanEvent {
             fn default() -> Self {
@@ -12243,11 +9799,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::SpanAttributes>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.attributes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for attributes: {e}")
-                    });
+                self.attributes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for attributes: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -12255,11 +9808,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanEventName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn time<T>(mut self, value: T) -> Self
@@ -12267,80 +9816,38 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for time: {e}")
-                    });
+                self.time = value.try_into().map_err(|e| format!("error converting supplied value for time: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SpanEvent> for super::SpanEvent {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SpanEvent,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    attributes: value.attributes?,
-                    name: value.name?,
-                    time: value.time?,
-                })
+            fn try_from(value: SpanEvent) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { attributes: value.attributes?, name: value.name?, time: value.time? })
             }
         }
         impl ::std::convert::From<super::SpanEvent> for SpanEvent {
             fn from(value: super::SpanEvent) -> Self {
-                Self {
-                    attributes: Ok(value.attributes),
-                    name: Ok(value.name),
-                    time: Ok(value.time),
-                }
+                Self { attributes: Ok(value.attributes), name: Ok(value.name), time: Ok(value.time) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct SpanIngest {
-            attributes: ::std::result::Result<
-                ::std::option::Option<super::SpanAttributes>,
-                ::std::string::String,
-            >,
-            duration_us: ::std::result::Result<
-                ::std::option::Option<u64>,
-                ::std::string::String,
-            >,
-            end_time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            events: ::std::result::Result<
-                ::std::vec::Vec<super::SpanEvent>,
-                ::std::string::String,
-            >,
+            attributes: ::std::result::Result<::std::option::Option<super::SpanAttributes>, ::std::string::String>,
+            duration_us: ::std::result::Result<::std::option::Option<u64>, ::std::string::String>,
+            end_time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            events: ::std::result::Result<::std::vec::Vec<super::SpanEvent>, ::std::string::String>,
             kind: ::std::result::Result<super::SpanKind, ::std::string::String>,
             name: ::std::result::Result<super::SpanIngestName, ::std::string::String>,
-            parent_span_id: ::std::result::Result<
-                ::std::option::Option<super::SpanIngestParentSpanId>,
-                ::std::string::String,
-            >,
-            service: ::std::result::Result<
-                super::SpanIngestService,
-                ::std::string::String,
-            >,
-            span_id: ::std::result::Result<
-                super::SpanIngestSpanId,
-                ::std::string::String,
-            >,
-            start_time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            parent_span_id:
+                ::std::result::Result<::std::option::Option<super::SpanIngestParentSpanId>, ::std::string::String>,
+            service: ::std::result::Result<super::SpanIngestService, ::std::string::String>,
+            span_id: ::std::result::Result<super::SpanIngestSpanId, ::std::string::String>,
+            start_time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             status: ::std::result::Result<super::SpanStatus, ::std::string::String>,
-            status_message: ::std::result::Result<
-                ::std::option::Option<super::SpanIngestStatusMessage>,
-                ::std::string::String,
-            >,
-            trace_id: ::std::result::Result<
-                super::SpanIngestTraceId,
-                ::std::string::String,
-            >,
+            status_message:
+                ::std::result::Result<::std::option::Option<super::SpanIngestStatusMessage>, ::std::string::String>,
+            trace_id: ::std::result::Result<super::SpanIngestTraceId, ::std::string::String>,
         }
         impl ::std::default::Default for SpanIngest {
             fn default() -> Self {
@@ -12367,11 +9874,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::SpanAttributes>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.attributes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for attributes: {e}")
-                    });
+                self.attributes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for attributes: {e}"));
                 self
             }
             pub fn duration_us<T>(mut self, value: T) -> Self
@@ -12379,11 +9883,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<u64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.duration_us = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for duration_us: {e}")
-                    });
+                self.duration_us =
+                    value.try_into().map_err(|e| format!("error converting supplied value for duration_us: {e}"));
                 self
             }
             pub fn end_time<T>(mut self, value: T) -> Self
@@ -12391,11 +9892,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.end_time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for end_time: {e}")
-                    });
+                self.end_time =
+                    value.try_into().map_err(|e| format!("error converting supplied value for end_time: {e}"));
                 self
             }
             pub fn events<T>(mut self, value: T) -> Self
@@ -12403,11 +9901,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::SpanEvent>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.events = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for events: {e}")
-                    });
+                self.events = value.try_into().map_err(|e| format!("error converting supplied value for events: {e}"));
                 self
             }
             pub fn kind<T>(mut self, value: T) -> Self
@@ -12415,11 +9909,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanKind>,
                 T::Error: ::std::fmt::Display,
             {
-                self.kind = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for kind: {e}")
-                    });
+                self.kind = value.try_into().map_err(|e| format!("error converting supplied value for kind: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -12427,27 +9917,16 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanIngestName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn parent_span_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SpanIngestParentSpanId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SpanIngestParentSpanId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.parent_span_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for parent_span_id: {e}"
-                        )
-                    });
+                self.parent_span_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for parent_span_id: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -12455,11 +9934,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanIngestService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn span_id<T>(mut self, value: T) -> Self
@@ -12467,11 +9943,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanIngestSpanId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.span_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for span_id: {e}")
-                    });
+                self.span_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for span_id: {e}"));
                 self
             }
             pub fn start_time<T>(mut self, value: T) -> Self
@@ -12479,11 +9952,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.start_time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for start_time: {e}")
-                    });
+                self.start_time =
+                    value.try_into().map_err(|e| format!("error converting supplied value for start_time: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -12491,27 +9961,16 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn status_message<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SpanIngestStatusMessage>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SpanIngestStatusMessage>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status_message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for status_message: {e}"
-                        )
-                    });
+                self.status_message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for status_message: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -12519,19 +9978,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SpanIngestTraceId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SpanIngest> for super::SpanIngest {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SpanIngest,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SpanIngest) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     attributes: value.attributes?,
                     duration_us: value.duration_us?,
@@ -12574,9 +10028,7 @@ pub mod types {
         }
         impl ::std::default::Default for SpansAccepted {
             fn default() -> Self {
-                Self {
-                    accepted: Err("no value supplied for accepted".to_string()),
-                }
+                Self { accepted: Err("no value supplied for accepted".to_string()) }
             }
         }
         impl SpansAccepted {
@@ -12585,27 +10037,20 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.accepted = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for accepted: {e}")
-                    });
+                self.accepted =
+                    value.try_into().map_err(|e| format!("error converting supplied value for accepted: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SpansAccepted> for super::SpansAccepted {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SpansAccepted,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SpansAccepted) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self { accepted: value.accepted? })
             }
         }
         impl ::std::convert::From<super::SpansAccepted> for SpansAccepted {
             fn from(value: super::SpansAccepted) -> Self {
-                Self {
-                    accepted: Ok(value.accepted),
-                }
+                Self { accepted: Ok(value.accepted) }
             }
         }
         #[derive(Clone, Debug)]
@@ -12627,11 +10072,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.quantile = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for quantile: {e}")
-                    });
+                self.quantile =
+                    value.try_into().map_err(|e| format!("error converting supplied value for quantile: {e}"));
                 self
             }
             pub fn value<T>(mut self, value: T) -> Self
@@ -12639,39 +10081,24 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for value: {e}")
-                    });
+                self.value = value.try_into().map_err(|e| format!("error converting supplied value for value: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SummaryQuantile> for super::SummaryQuantile {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SummaryQuantile,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    quantile: value.quantile?,
-                    value: value.value?,
-                })
+            fn try_from(value: SummaryQuantile) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { quantile: value.quantile?, value: value.value? })
             }
         }
         impl ::std::convert::From<super::SummaryQuantile> for SummaryQuantile {
             fn from(value: super::SummaryQuantile) -> Self {
-                Self {
-                    quantile: Ok(value.quantile),
-                    value: Ok(value.value),
-                }
+                Self { quantile: Ok(value.quantile), value: Ok(value.value) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Trace {
-            spans: ::std::result::Result<
-                ::std::vec::Vec<super::Span>,
-                ::std::string::String,
-            >,
+            spans: ::std::result::Result<::std::vec::Vec<super::Span>, ::std::string::String>,
             trace_id: ::std::result::Result<super::TraceTraceId, ::std::string::String>,
         }
         impl ::std::default::Default for Trace {
@@ -12688,11 +10115,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Span>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.spans = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for spans: {e}")
-                    });
+                self.spans = value.try_into().map_err(|e| format!("error converting supplied value for spans: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -12700,57 +10123,31 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TraceTraceId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Trace> for super::Trace {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Trace,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    spans: value.spans?,
-                    trace_id: value.trace_id?,
-                })
+            fn try_from(value: Trace) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { spans: value.spans?, trace_id: value.trace_id? })
             }
         }
         impl ::std::convert::From<super::Trace> for Trace {
             fn from(value: super::Trace) -> Self {
-                Self {
-                    spans: Ok(value.spans),
-                    trace_id: Ok(value.trace_id),
-                }
+                Self { spans: Ok(value.spans), trace_id: Ok(value.trace_id) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct TraceSummary {
             duration_ms: ::std::result::Result<f64, ::std::string::String>,
             error: ::std::result::Result<bool, ::std::string::String>,
-            root_name: ::std::result::Result<
-                super::TraceSummaryRootName,
-                ::std::string::String,
-            >,
-            root_service: ::std::result::Result<
-                super::TraceSummaryRootService,
-                ::std::string::String,
-            >,
-            span_count: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            start_time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            trace_id: ::std::result::Result<
-                super::TraceSummaryTraceId,
-                ::std::string::String,
-            >,
+            root_name: ::std::result::Result<super::TraceSummaryRootName, ::std::string::String>,
+            root_service: ::std::result::Result<super::TraceSummaryRootService, ::std::string::String>,
+            span_count: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            start_time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            trace_id: ::std::result::Result<super::TraceSummaryTraceId, ::std::string::String>,
         }
         impl ::std::default::Default for TraceSummary {
             fn default() -> Self {
@@ -12771,11 +10168,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.duration_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for duration_ms: {e}")
-                    });
+                self.duration_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for duration_ms: {e}"));
                 self
             }
             pub fn error<T>(mut self, value: T) -> Self
@@ -12783,11 +10177,7 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.error = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for error: {e}")
-                    });
+                self.error = value.try_into().map_err(|e| format!("error converting supplied value for error: {e}"));
                 self
             }
             pub fn root_name<T>(mut self, value: T) -> Self
@@ -12795,11 +10185,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TraceSummaryRootName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.root_name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for root_name: {e}")
-                    });
+                self.root_name =
+                    value.try_into().map_err(|e| format!("error converting supplied value for root_name: {e}"));
                 self
             }
             pub fn root_service<T>(mut self, value: T) -> Self
@@ -12807,11 +10194,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TraceSummaryRootService>,
                 T::Error: ::std::fmt::Display,
             {
-                self.root_service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for root_service: {e}")
-                    });
+                self.root_service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for root_service: {e}"));
                 self
             }
             pub fn span_count<T>(mut self, value: T) -> Self
@@ -12819,11 +10203,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.span_count = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for span_count: {e}")
-                    });
+                self.span_count =
+                    value.try_into().map_err(|e| format!("error converting supplied value for span_count: {e}"));
                 self
             }
             pub fn start_time<T>(mut self, value: T) -> Self
@@ -12831,11 +10212,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.start_time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for start_time: {e}")
-                    });
+                self.start_time =
+                    value.try_into().map_err(|e| format!("error converting supplied value for start_time: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -12843,19 +10221,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::TraceSummaryTraceId>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<TraceSummary> for super::TraceSummary {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: TraceSummary,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: TraceSummary) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     duration_ms: value.duration_ms?,
                     error: value.error?,
@@ -12882,14 +10255,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct TraceSummaryList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::TraceSummary>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::TraceSummaryListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::TraceSummary>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::TraceSummaryListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for TraceSummaryList {
             fn default() -> Self {
@@ -12905,74 +10273,39 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::TraceSummary>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::TraceSummaryListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::TraceSummaryListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<TraceSummaryList> for super::TraceSummaryList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: TraceSummaryList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: TraceSummaryList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::TraceSummaryList> for TraceSummaryList {
             fn from(value: super::TraceSummaryList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct WebhookAlert {
-            annotations: ::std::result::Result<
-                super::Annotations,
-                ::std::string::String,
-            >,
-            ends_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            fingerprint: ::std::result::Result<
-                super::WebhookAlertFingerprint,
-                ::std::string::String,
-            >,
-            generator_url: ::std::result::Result<
-                super::WebhookAlertGeneratorUrl,
-                ::std::string::String,
-            >,
+            annotations: ::std::result::Result<super::Annotations, ::std::string::String>,
+            ends_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            fingerprint: ::std::result::Result<super::WebhookAlertFingerprint, ::std::string::String>,
+            generator_url: ::std::result::Result<super::WebhookAlertGeneratorUrl, ::std::string::String>,
             labels: ::std::result::Result<super::Labels, ::std::string::String>,
-            starts_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            status: ::std::result::Result<
-                super::WebhookAlertStatus,
-                ::std::string::String,
-            >,
+            starts_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            status: ::std::result::Result<super::WebhookAlertStatus, ::std::string::String>,
         }
         impl ::std::default::Default for WebhookAlert {
             fn default() -> Self {
@@ -12980,9 +10313,7 @@ pub mod types {
                     annotations: Err("no value supplied for annotations".to_string()),
                     ends_at: Err("no value supplied for ends_at".to_string()),
                     fingerprint: Err("no value supplied for fingerprint".to_string()),
-                    generator_url: Err(
-                        "no value supplied for generator_url".to_string(),
-                    ),
+                    generator_url: Err("no value supplied for generator_url".to_string()),
                     labels: Err("no value supplied for labels".to_string()),
                     starts_at: Err("no value supplied for starts_at".to_string()),
                     status: Err("no value supplied for status".to_string()),
@@ -12995,11 +10326,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Annotations>,
                 T::Error: ::std::fmt::Display,
             {
-                self.annotations = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for annotations: {e}")
-                    });
+                self.annotations =
+                    value.try_into().map_err(|e| format!("error converting supplied value for annotations: {e}"));
                 self
             }
             pub fn ends_at<T>(mut self, value: T) -> Self
@@ -13007,11 +10335,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.ends_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for ends_at: {e}")
-                    });
+                self.ends_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for ends_at: {e}"));
                 self
             }
             pub fn fingerprint<T>(mut self, value: T) -> Self
@@ -13019,11 +10344,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::WebhookAlertFingerprint>,
                 T::Error: ::std::fmt::Display,
             {
-                self.fingerprint = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for fingerprint: {e}")
-                    });
+                self.fingerprint =
+                    value.try_into().map_err(|e| format!("error converting supplied value for fingerprint: {e}"));
                 self
             }
             pub fn generator_url<T>(mut self, value: T) -> Self
@@ -13031,11 +10353,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::WebhookAlertGeneratorUrl>,
                 T::Error: ::std::fmt::Display,
             {
-                self.generator_url = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for generator_url: {e}")
-                    });
+                self.generator_url =
+                    value.try_into().map_err(|e| format!("error converting supplied value for generator_url: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -13043,11 +10362,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::Labels>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn starts_at<T>(mut self, value: T) -> Self
@@ -13055,11 +10370,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.starts_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for starts_at: {e}")
-                    });
+                self.starts_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for starts_at: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -13067,19 +10379,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::WebhookAlertStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<WebhookAlert> for super::WebhookAlert {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: WebhookAlert,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: WebhookAlert) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     annotations: value.annotations?,
                     ends_at: value.ends_at?,
@@ -13120,18 +10426,14 @@ pub mod types {
         pub(super) fn default_nzu64<T, const V: u64>() -> T
         where
             T: ::std::convert::TryFrom<::std::num::NonZeroU64>,
-            <T as ::std::convert::TryFrom<
-                ::std::num::NonZeroU64,
-            >>::Error: ::std::fmt::Debug,
+            <T as ::std::convert::TryFrom<::std::num::NonZeroU64>>::Error: ::std::fmt::Debug,
         {
             T::try_from(::std::num::NonZeroU64::try_from(V).unwrap()).unwrap()
         }
         pub(super) fn alert_rule_spec_description() -> super::AlertRuleSpecDescription {
             super::AlertRuleSpecDescription("".to_string())
         }
-        pub(super) fn alert_rule_spec_group_by() -> ::std::vec::Vec<
-            super::AlertRuleSpecGroupByItem,
-        > {
+        pub(super) fn alert_rule_spec_group_by() -> ::std::vec::Vec<super::AlertRuleSpecGroupByItem> {
             vec![]
         }
         pub(super) fn alert_rule_spec_receivers() -> ::std::vec::Vec<::uuid::Uuid> {
@@ -13147,18 +10449,12 @@ pub mod types {
         pub struct ConversionError(::std::borrow::Cow<'static, str>);
         impl ::std::error::Error for ConversionError {}
         impl ::std::fmt::Display for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Display::fmt(&self.0, f)
             }
         }
         impl ::std::fmt::Debug for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Debug::fmt(&self.0, f)
             }
         }
@@ -13174,6 +10470,7 @@ pub mod types {
         }
     }
 }
+
 #[derive(Clone, Debug)]
 /**Client for PAKE Monitoring
 
@@ -13184,6 +10481,7 @@ pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
 }
+
 impl Client {
     /// Create a new client.
     ///
@@ -13207,12 +10505,10 @@ impl Client {
     /// `reqwest::Client`, and should include a scheme and hostname,
     /// as well as port and a path stem if applicable.
     pub fn new_with_client(baseurl: &str, client: reqwest::Client) -> Self {
-        Self {
-            baseurl: baseurl.to_string(),
-            client,
-        }
+        Self { baseurl: baseurl.to_string(), client }
     }
 }
+
 impl ClientInfo<()> for Client {
     fn api_version() -> &'static str {
         "1.0.0"
@@ -13227,544 +10523,546 @@ impl ClientInfo<()> for Client {
         &()
     }
 }
+
 impl ClientHooks<()> for &Client {}
+
 impl Client {
     /**Prometheus exposition of this service
 
-Returns the metrics of this monitoring service itself in the Prometheus text exposition format (version 0.0.4): HTTP request counters and latency histograms, rule evaluation durations, notification deliveries, health-check results and span ingestion counters. Public, for scraping by Prometheus.
+    Returns the metrics of this monitoring service itself in the Prometheus text exposition format (version 0.0.4): HTTP request counters and latency histograms, rule evaluation durations, notification deliveries, health-check results and span ingestion counters. Public, for scraping by Prometheus.
 
-Sends a `GET` request to `/metrics`
+    Sends a `GET` request to `/metrics`
 
-```ignore
-let response = client.get_prometheus_metrics()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_prometheus_metrics()
+        .send()
+        .await;
+    ```*/
     pub fn get_prometheus_metrics(&self) -> builder::GetPrometheusMetrics<'_> {
         builder::GetPrometheusMetrics::new(self)
     }
     /**List current metric series as JSON
 
-Returns the current value of every metric series known to the service (its own, those scraped from instances, and pushed samples), optionally filtered by metric name, label matchers and source. Series are ordered by metric name, then by their label set.
+    Returns the current value of every metric series known to the service (its own, those scraped from instances, and pushed samples), optionally filtered by metric name, label matchers and source. Series are ordered by metric name, then by their label set.
 
-Sends a `GET` request to `/api/v1/metrics`
+    Sends a `GET` request to `/api/v1/metrics`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `match_`: One or more comma-separated PromQL label matchers that a series must all satisfy, e.g. `service="search"` or `service="search",code=~"5.."`. Operators are `=`, `!=`, `=~` and `!~`; regular expressions are fully anchored. Quotes and backslashes inside a value are escaped with a backslash.
-- `name`: Only series whose metric name equals this name.
-- `source`: Only series produced by this source: a service name (`search`), an instance id (UUID) or an instance address (`10.0.3.7:8081`).
-- `type_`: Only series of this metric type.
-```ignore
-let response = client.list_metrics()
-    .cursor(cursor)
-    .limit(limit)
-    .match_(match_)
-    .name(name)
-    .source(source)
-    .type_(type_)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `match_`: One or more comma-separated PromQL label matchers that a series must all satisfy, e.g. `service="search"` or `service="search",code=~"5.."`. Operators are `=`, `!=`, `=~` and `!~`; regular expressions are fully anchored. Quotes and backslashes inside a value are escaped with a backslash.
+    - `name`: Only series whose metric name equals this name.
+    - `source`: Only series produced by this source: a service name (`search`), an instance id (UUID) or an instance address (`10.0.3.7:8081`).
+    - `type_`: Only series of this metric type.
+    ```ignore
+    let response = client.list_metrics()
+        .cursor(cursor)
+        .limit(limit)
+        .match_(match_)
+        .name(name)
+        .source(source)
+        .type_(type_)
+        .send()
+        .await;
+    ```*/
     pub fn list_metrics(&self) -> builder::ListMetrics<'_> {
         builder::ListMetrics::new(self)
     }
     /**Push metric samples
 
-Accepts a batch of 1 to 1000 samples, in the manner of a Prometheus Pushgateway. The batch is validated as a whole (one invalid sample rejects the batch with 422) and then queued for ingestion; pushed series become visible in `listMetrics` and in alert rule evaluation within one second. A later sample for the same name and label set replaces the earlier value.
+    Accepts a batch of 1 to 1000 samples, in the manner of a Prometheus Pushgateway. The batch is validated as a whole (one invalid sample rejects the batch with 422) and then queued for ingestion; pushed series become visible in `listMetrics` and in alert rule evaluation within one second. A later sample for the same name and label set replaces the earlier value.
 
-Sends a `POST` request to `/api/v1/metrics/samples`
+    Sends a `POST` request to `/api/v1/metrics/samples`
 
-```ignore
-let response = client.push_metric_samples()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.push_metric_samples()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn push_metric_samples(&self) -> builder::PushMetricSamples<'_> {
         builder::PushMetricSamples::new(self)
     }
     /**Liveness of this service
 
-Answers 200 with status `pass` as long as the process is running and able to serve requests. It does not check dependencies (see `getReadiness`), so a restart is only triggered for a wedged process. Public.
+    Answers 200 with status `pass` as long as the process is running and able to serve requests. It does not check dependencies (see `getReadiness`), so a restart is only triggered for a wedged process. Public.
 
-Sends a `GET` request to `/health/live`
+    Sends a `GET` request to `/health/live`
 
-```ignore
-let response = client.get_liveness()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_liveness()
+        .send()
+        .await;
+    ```*/
     pub fn get_liveness(&self) -> builder::GetLiveness<'_> {
         builder::GetLiveness::new(self)
     }
     /**Readiness of this service
 
-Checks the dependencies this service needs to serve traffic (the store, Redis when configured, the service registry, and the OTLP exporter when configured) and answers 200 with status `pass` or `warn` when it can serve, or 503 with status `fail` and `Retry-After` when a required dependency is down. Public.
+    Checks the dependencies this service needs to serve traffic (the store, Redis when configured, the service registry, and the OTLP exporter when configured) and answers 200 with status `pass` or `warn` when it can serve, or 503 with status `fail` and `Retry-After` when a required dependency is down. Public.
 
-Sends a `GET` request to `/health/ready`
+    Sends a `GET` request to `/health/ready`
 
-```ignore
-let response = client.get_readiness()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_readiness()
+        .send()
+        .await;
+    ```*/
     pub fn get_readiness(&self) -> builder::GetReadiness<'_> {
         builder::GetReadiness::new(self)
     }
     /**List the health of registered instances
 
-Returns the health of every instance registered in the service mesh, as found by active health checks of their health URLs, optionally filtered by service and status. Instances are ordered by service name, then by instance id.
+    Returns the health of every instance registered in the service mesh, as found by active health checks of their health URLs, optionally filtered by service and status. Instances are ordered by service name, then by instance id.
 
-Sends a `GET` request to `/api/v1/health/instances`
+    Sends a `GET` request to `/api/v1/health/instances`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `service`: Only instances of this service.
-- `status`: Only instances in this health status.
-```ignore
-let response = client.list_instance_health()
-    .cursor(cursor)
-    .limit(limit)
-    .service(service)
-    .status(status)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `service`: Only instances of this service.
+    - `status`: Only instances in this health status.
+    ```ignore
+    let response = client.list_instance_health()
+        .cursor(cursor)
+        .limit(limit)
+        .service(service)
+        .status(status)
+        .send()
+        .await;
+    ```*/
     pub fn list_instance_health(&self) -> builder::ListInstanceHealth<'_> {
         builder::ListInstanceHealth::new(self)
     }
     /**Get the health of one instance
 
-Returns the result of the latest active health check of one registered instance, and whether it is currently served by discovery.
+    Returns the result of the latest active health check of one registered instance, and whether it is currently served by discovery.
 
-Sends a `GET` request to `/api/v1/health/instances/{instance_id}`
+    Sends a `GET` request to `/api/v1/health/instances/{instance_id}`
 
-Arguments:
-- `instance_id`: The instance id assigned by the service mesh.
-```ignore
-let response = client.get_instance_health()
-    .instance_id(instance_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `instance_id`: The instance id assigned by the service mesh.
+    ```ignore
+    let response = client.get_instance_health()
+        .instance_id(instance_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_instance_health(&self) -> builder::GetInstanceHealth<'_> {
         builder::GetInstanceHealth::new(self)
     }
     /**Summarise instance health per service
 
-Counts instances per health status for every service and overall. A service is `passing` when all its instances pass, `critical` when none passes, `warning` otherwise, and `unknown` when none has been checked yet; the overall status follows the same rule over all services.
+    Counts instances per health status for every service and overall. A service is `passing` when all its instances pass, `critical` when none passes, `warning` otherwise, and `unknown` when none has been checked yet; the overall status follows the same rule over all services.
 
-Sends a `GET` request to `/api/v1/health/summary`
+    Sends a `GET` request to `/api/v1/health/summary`
 
-```ignore
-let response = client.get_health_summary()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_health_summary()
+        .send()
+        .await;
+    ```*/
     pub fn get_health_summary(&self) -> builder::GetHealthSummary<'_> {
         builder::GetHealthSummary::new(self)
     }
     /**List alert rules
 
-Returns the alert rules with their current evaluation state, optionally filtered by severity and whether they are enabled. Rules are ordered by name.
+    Returns the alert rules with their current evaluation state, optionally filtered by severity and whether they are enabled. Rules are ordered by name.
 
-Sends a `GET` request to `/api/v1/alert-rules`
+    Sends a `GET` request to `/api/v1/alert-rules`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `enabled`: Only enabled (`true`) or disabled (`false`) rules.
-- `limit`: Maximum number of items to return in one page.
-- `severity`: Only rules of this severity.
-```ignore
-let response = client.list_alert_rules()
-    .cursor(cursor)
-    .enabled(enabled)
-    .limit(limit)
-    .severity(severity)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `enabled`: Only enabled (`true`) or disabled (`false`) rules.
+    - `limit`: Maximum number of items to return in one page.
+    - `severity`: Only rules of this severity.
+    ```ignore
+    let response = client.list_alert_rules()
+        .cursor(cursor)
+        .enabled(enabled)
+        .limit(limit)
+        .severity(severity)
+        .send()
+        .await;
+    ```*/
     pub fn list_alert_rules(&self) -> builder::ListAlertRules<'_> {
         builder::ListAlertRules::new(self)
     }
     /**Create an alert rule
 
-Creates an alert rule, which is evaluated from the next evaluation tick when enabled. Rule names are unique (409 otherwise); every receiver id must name an existing receiver (422 otherwise).
+    Creates an alert rule, which is evaluated from the next evaluation tick when enabled. Rule names are unique (409 otherwise); every receiver id must name an existing receiver (422 otherwise).
 
-Sends a `POST` request to `/api/v1/alert-rules`
+    Sends a `POST` request to `/api/v1/alert-rules`
 
-```ignore
-let response = client.create_alert_rule()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_alert_rule()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_alert_rule(&self) -> builder::CreateAlertRule<'_> {
         builder::CreateAlertRule::new(self)
     }
     /**Get an alert rule
 
-Returns one alert rule with its current evaluation state.
+    Returns one alert rule with its current evaluation state.
 
-Sends a `GET` request to `/api/v1/alert-rules/{rule_id}`
+    Sends a `GET` request to `/api/v1/alert-rules/{rule_id}`
 
-Arguments:
-- `rule_id`: The alert rule id.
-```ignore
-let response = client.get_alert_rule()
-    .rule_id(rule_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `rule_id`: The alert rule id.
+    ```ignore
+    let response = client.get_alert_rule()
+        .rule_id(rule_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_alert_rule(&self) -> builder::GetAlertRule<'_> {
         builder::GetAlertRule::new(self)
     }
     /**Replace an alert rule
 
-Replaces the whole specification of an alert rule; optional fields left out take their defaults. Alerts of the rule whose label set no longer matches are resolved at the next evaluation. Rule names are unique (409 otherwise); every receiver id must name an existing receiver (422 otherwise).
+    Replaces the whole specification of an alert rule; optional fields left out take their defaults. Alerts of the rule whose label set no longer matches are resolved at the next evaluation. Rule names are unique (409 otherwise); every receiver id must name an existing receiver (422 otherwise).
 
-Sends a `PUT` request to `/api/v1/alert-rules/{rule_id}`
+    Sends a `PUT` request to `/api/v1/alert-rules/{rule_id}`
 
-Arguments:
-- `rule_id`: The alert rule id.
-- `body`
-```ignore
-let response = client.replace_alert_rule()
-    .rule_id(rule_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `rule_id`: The alert rule id.
+    - `body`
+    ```ignore
+    let response = client.replace_alert_rule()
+        .rule_id(rule_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn replace_alert_rule(&self) -> builder::ReplaceAlertRule<'_> {
         builder::ReplaceAlertRule::new(self)
     }
     /**Delete an alert rule
 
-Deletes an alert rule. Its pending and firing alerts are resolved, resolved notifications are sent to receivers with `send_resolved`, and instances it took out of discovery are handed back to the registry's own health state.
+    Deletes an alert rule. Its pending and firing alerts are resolved, resolved notifications are sent to receivers with `send_resolved`, and instances it took out of discovery are handed back to the registry's own health state.
 
-Sends a `DELETE` request to `/api/v1/alert-rules/{rule_id}`
+    Sends a `DELETE` request to `/api/v1/alert-rules/{rule_id}`
 
-Arguments:
-- `rule_id`: The alert rule id.
-```ignore
-let response = client.delete_alert_rule()
-    .rule_id(rule_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `rule_id`: The alert rule id.
+    ```ignore
+    let response = client.delete_alert_rule()
+        .rule_id(rule_id)
+        .send()
+        .await;
+    ```*/
     pub fn delete_alert_rule(&self) -> builder::DeleteAlertRule<'_> {
         builder::DeleteAlertRule::new(self)
     }
     /**List alerts
 
-Returns alerts, newest `active_since` first, optionally filtered by state, severity, rule and whether they are silenced. Resolved alerts are kept for at least 7 days.
+    Returns alerts, newest `active_since` first, optionally filtered by state, severity, rule and whether they are silenced. Resolved alerts are kept for at least 7 days.
 
-Sends a `GET` request to `/api/v1/alerts`
+    Sends a `GET` request to `/api/v1/alerts`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `rule_id`: Only alerts produced by this rule.
-- `severity`: Only alerts of this severity.
-- `silenced`: Only silenced (`true`) or unsilenced (`false`) alerts.
-- `state`: Only alerts in this state.
-```ignore
-let response = client.list_alerts()
-    .cursor(cursor)
-    .limit(limit)
-    .rule_id(rule_id)
-    .severity(severity)
-    .silenced(silenced)
-    .state(state)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `rule_id`: Only alerts produced by this rule.
+    - `severity`: Only alerts of this severity.
+    - `silenced`: Only silenced (`true`) or unsilenced (`false`) alerts.
+    - `state`: Only alerts in this state.
+    ```ignore
+    let response = client.list_alerts()
+        .cursor(cursor)
+        .limit(limit)
+        .rule_id(rule_id)
+        .severity(severity)
+        .silenced(silenced)
+        .state(state)
+        .send()
+        .await;
+    ```*/
     pub fn list_alerts(&self) -> builder::ListAlerts<'_> {
         builder::ListAlerts::new(self)
     }
     /**Get an alert
 
-Returns one alert with its current state, silencing and acknowledgement.
+    Returns one alert with its current state, silencing and acknowledgement.
 
-Sends a `GET` request to `/api/v1/alerts/{alert_id}`
+    Sends a `GET` request to `/api/v1/alerts/{alert_id}`
 
-Arguments:
-- `alert_id`: The alert id.
-```ignore
-let response = client.get_alert()
-    .alert_id(alert_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `alert_id`: The alert id.
+    ```ignore
+    let response = client.get_alert()
+        .alert_id(alert_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_alert(&self) -> builder::GetAlert<'_> {
         builder::GetAlert::new(self)
     }
     /**Acknowledge an alert
 
-Records that someone is handling a pending or firing alert. Acknowledging does not mute notifications (use a silence for that). Acknowledging an acknowledged alert replaces the acknowledgement; acknowledging a resolved alert answers 409.
+    Records that someone is handling a pending or firing alert. Acknowledging does not mute notifications (use a silence for that). Acknowledging an acknowledged alert replaces the acknowledgement; acknowledging a resolved alert answers 409.
 
-Sends a `POST` request to `/api/v1/alerts/{alert_id}/acknowledge`
+    Sends a `POST` request to `/api/v1/alerts/{alert_id}/acknowledge`
 
-Arguments:
-- `alert_id`: The alert id.
-- `body`
-```ignore
-let response = client.acknowledge_alert()
-    .alert_id(alert_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `alert_id`: The alert id.
+    - `body`
+    ```ignore
+    let response = client.acknowledge_alert()
+        .alert_id(alert_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn acknowledge_alert(&self) -> builder::AcknowledgeAlert<'_> {
         builder::AcknowledgeAlert::new(self)
     }
     /**List silences
 
-Returns silences, latest `starts_at` first, optionally filtered by state. Expired silences are kept for at least 7 days.
+    Returns silences, latest `starts_at` first, optionally filtered by state. Expired silences are kept for at least 7 days.
 
-Sends a `GET` request to `/api/v1/silences`
+    Sends a `GET` request to `/api/v1/silences`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `state`: Only silences in this state.
-```ignore
-let response = client.list_silences()
-    .cursor(cursor)
-    .limit(limit)
-    .state(state)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `state`: Only silences in this state.
+    ```ignore
+    let response = client.list_silences()
+        .cursor(cursor)
+        .limit(limit)
+        .state(state)
+        .send()
+        .await;
+    ```*/
     pub fn list_silences(&self) -> builder::ListSilences<'_> {
         builder::ListSilences::new(self)
     }
     /**Create a silence
 
-Creates a silence: between `starts_at` (default: now) and `ends_at`, alerts whose labels satisfy every matcher are marked silenced and no notification is sent for them. `ends_at` must be after `starts_at` and after now (422 otherwise).
+    Creates a silence: between `starts_at` (default: now) and `ends_at`, alerts whose labels satisfy every matcher are marked silenced and no notification is sent for them. `ends_at` must be after `starts_at` and after now (422 otherwise).
 
-Sends a `POST` request to `/api/v1/silences`
+    Sends a `POST` request to `/api/v1/silences`
 
-```ignore
-let response = client.create_silence()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_silence()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_silence(&self) -> builder::CreateSilence<'_> {
         builder::CreateSilence::new(self)
     }
     /**Get a silence
 
-Returns one silence.
+    Returns one silence.
 
-Sends a `GET` request to `/api/v1/silences/{silence_id}`
+    Sends a `GET` request to `/api/v1/silences/{silence_id}`
 
-Arguments:
-- `silence_id`: The silence id.
-```ignore
-let response = client.get_silence()
-    .silence_id(silence_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `silence_id`: The silence id.
+    ```ignore
+    let response = client.get_silence()
+        .silence_id(silence_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_silence(&self) -> builder::GetSilence<'_> {
         builder::GetSilence::new(self)
     }
     /**Expire a silence
 
-Expires a silence now: its `ends_at` becomes the current time (a pending silence also gets `starts_at` set to it) and its state `expired`; the alerts it muted are notified again at their next evaluation. The silence stays readable. Expiring an expired silence succeeds and changes nothing.
+    Expires a silence now: its `ends_at` becomes the current time (a pending silence also gets `starts_at` set to it) and its state `expired`; the alerts it muted are notified again at their next evaluation. The silence stays readable. Expiring an expired silence succeeds and changes nothing.
 
-Sends a `DELETE` request to `/api/v1/silences/{silence_id}`
+    Sends a `DELETE` request to `/api/v1/silences/{silence_id}`
 
-Arguments:
-- `silence_id`: The silence id.
-```ignore
-let response = client.expire_silence()
-    .silence_id(silence_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `silence_id`: The silence id.
+    ```ignore
+    let response = client.expire_silence()
+        .silence_id(silence_id)
+        .send()
+        .await;
+    ```*/
     pub fn expire_silence(&self) -> builder::ExpireSilence<'_> {
         builder::ExpireSilence::new(self)
     }
     /**List webhook receivers
 
-Returns the webhook receivers, ordered by name. Header values are redacted.
+    Returns the webhook receivers, ordered by name. Header values are redacted.
 
-Sends a `GET` request to `/api/v1/receivers`
+    Sends a `GET` request to `/api/v1/receivers`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-```ignore
-let response = client.list_receivers()
-    .cursor(cursor)
-    .limit(limit)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    ```ignore
+    let response = client.list_receivers()
+        .cursor(cursor)
+        .limit(limit)
+        .send()
+        .await;
+    ```*/
     pub fn list_receivers(&self) -> builder::ListReceivers<'_> {
         builder::ListReceivers::new(self)
     }
     /**Create a webhook receiver
 
-Creates a webhook receiver. Notifications are POSTed to `url` as an `AlertNotification` JSON body, retried with exponential backoff up to `max_retries` times on connection errors, timeouts and 5xx answers. Receiver names are unique (409 otherwise).
+    Creates a webhook receiver. Notifications are POSTed to `url` as an `AlertNotification` JSON body, retried with exponential backoff up to `max_retries` times on connection errors, timeouts and 5xx answers. Receiver names are unique (409 otherwise).
 
-Sends a `POST` request to `/api/v1/receivers`
+    Sends a `POST` request to `/api/v1/receivers`
 
-```ignore
-let response = client.create_receiver()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_receiver()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_receiver(&self) -> builder::CreateReceiver<'_> {
         builder::CreateReceiver::new(self)
     }
     /**Get a webhook receiver
 
-Returns one webhook receiver. Header values are redacted.
+    Returns one webhook receiver. Header values are redacted.
 
-Sends a `GET` request to `/api/v1/receivers/{receiver_id}`
+    Sends a `GET` request to `/api/v1/receivers/{receiver_id}`
 
-Arguments:
-- `receiver_id`: The receiver id.
-```ignore
-let response = client.get_receiver()
-    .receiver_id(receiver_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `receiver_id`: The receiver id.
+    ```ignore
+    let response = client.get_receiver()
+        .receiver_id(receiver_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_receiver(&self) -> builder::GetReceiver<'_> {
         builder::GetReceiver::new(self)
     }
     /**Replace a webhook receiver
 
-Replaces the whole specification of a webhook receiver; optional fields left out take their defaults, and `headers` must be sent again in full because responses redact their values. Receiver names are unique (409 otherwise).
+    Replaces the whole specification of a webhook receiver; optional fields left out take their defaults, and `headers` must be sent again in full because responses redact their values. Receiver names are unique (409 otherwise).
 
-Sends a `PUT` request to `/api/v1/receivers/{receiver_id}`
+    Sends a `PUT` request to `/api/v1/receivers/{receiver_id}`
 
-Arguments:
-- `receiver_id`: The receiver id.
-- `body`
-```ignore
-let response = client.replace_receiver()
-    .receiver_id(receiver_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `receiver_id`: The receiver id.
+    - `body`
+    ```ignore
+    let response = client.replace_receiver()
+        .receiver_id(receiver_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn replace_receiver(&self) -> builder::ReplaceReceiver<'_> {
         builder::ReplaceReceiver::new(self)
     }
     /**Delete a webhook receiver
 
-Deletes a webhook receiver. A receiver still named by an alert rule cannot be deleted (409); remove it from those rules first.
+    Deletes a webhook receiver. A receiver still named by an alert rule cannot be deleted (409); remove it from those rules first.
 
-Sends a `DELETE` request to `/api/v1/receivers/{receiver_id}`
+    Sends a `DELETE` request to `/api/v1/receivers/{receiver_id}`
 
-Arguments:
-- `receiver_id`: The receiver id.
-```ignore
-let response = client.delete_receiver()
-    .receiver_id(receiver_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `receiver_id`: The receiver id.
+    ```ignore
+    let response = client.delete_receiver()
+        .receiver_id(receiver_id)
+        .send()
+        .await;
+    ```*/
     pub fn delete_receiver(&self) -> builder::DeleteReceiver<'_> {
         builder::DeleteReceiver::new(self)
     }
     /**Send a test notification to a webhook receiver
 
-Sends one synthetic `AlertNotification` (status `firing`, one alert labelled `alertname="pake-test"`) to the receiver, once, without retries, within its `timeout_ms`, and reports the outcome. A failed delivery is still a 200 with `delivered: false`.
+    Sends one synthetic `AlertNotification` (status `firing`, one alert labelled `alertname="pake-test"`) to the receiver, once, without retries, within its `timeout_ms`, and reports the outcome. A failed delivery is still a 200 with `delivered: false`.
 
-Sends a `POST` request to `/api/v1/receivers/{receiver_id}/test`
+    Sends a `POST` request to `/api/v1/receivers/{receiver_id}/test`
 
-Arguments:
-- `receiver_id`: The receiver id.
-```ignore
-let response = client.test_receiver()
-    .receiver_id(receiver_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `receiver_id`: The receiver id.
+    ```ignore
+    let response = client.test_receiver()
+        .receiver_id(receiver_id)
+        .send()
+        .await;
+    ```*/
     pub fn test_receiver(&self) -> builder::TestReceiver<'_> {
         builder::TestReceiver::new(self)
     }
     /**Ingest spans
 
-Accepts a batch of 1 to 1000 finished OpenTelemetry spans (the gateway and services send theirs here, carrying the W3C `traceparent` trace id). The batch is validated as a whole (422 on any invalid span) and queued: spans become readable through `getTrace` within a few seconds, and are also exported over OTLP/HTTP when an OTLP endpoint is configured.
+    Accepts a batch of 1 to 1000 finished OpenTelemetry spans (the gateway and services send theirs here, carrying the W3C `traceparent` trace id). The batch is validated as a whole (422 on any invalid span) and queued: spans become readable through `getTrace` within a few seconds, and are also exported over OTLP/HTTP when an OTLP endpoint is configured.
 
-Sends a `POST` request to `/api/v1/traces/spans`
+    Sends a `POST` request to `/api/v1/traces/spans`
 
-```ignore
-let response = client.ingest_spans()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.ingest_spans()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn ingest_spans(&self) -> builder::IngestSpans<'_> {
         builder::IngestSpans::new(self)
     }
     /**List recent traces
 
-Returns summaries of recent traces, newest `start_time` first, optionally filtered by a service taking part, a minimum duration and a start time. Traces are retained for a bounded time (24 hours by default); their spans are also exported over OTLP/HTTP when an OTLP endpoint is configured.
+    Returns summaries of recent traces, newest `start_time` first, optionally filtered by a service taking part, a minimum duration and a start time. Traces are retained for a bounded time (24 hours by default); their spans are also exported over OTLP/HTTP when an OTLP endpoint is configured.
 
-Sends a `GET` request to `/api/v1/traces`
+    Sends a `GET` request to `/api/v1/traces`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `min_duration_ms`: Only traces lasting at least this many milliseconds.
-- `service`: Only traces with at least one span from this service.
-- `since`: Only traces that started at or after this time (RFC 3339).
-```ignore
-let response = client.list_traces()
-    .cursor(cursor)
-    .limit(limit)
-    .min_duration_ms(min_duration_ms)
-    .service(service)
-    .since(since)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `min_duration_ms`: Only traces lasting at least this many milliseconds.
+    - `service`: Only traces with at least one span from this service.
+    - `since`: Only traces that started at or after this time (RFC 3339).
+    ```ignore
+    let response = client.list_traces()
+        .cursor(cursor)
+        .limit(limit)
+        .min_duration_ms(min_duration_ms)
+        .service(service)
+        .since(since)
+        .send()
+        .await;
+    ```*/
     pub fn list_traces(&self) -> builder::ListTraces<'_> {
         builder::ListTraces::new(self)
     }
     /**Get a trace by id
 
-Returns every stored span of one trace, ordered by `start_time`. A trace whose spans have all expired, or were never received, answers 404.
+    Returns every stored span of one trace, ordered by `start_time`. A trace whose spans have all expired, or were never received, answers 404.
 
-Sends a `GET` request to `/api/v1/traces/{trace_id}`
+    Sends a `GET` request to `/api/v1/traces/{trace_id}`
 
-Arguments:
-- `trace_id`: The W3C trace id (32 lowercase hexadecimal digits, not all zero).
-```ignore
-let response = client.get_trace()
-    .trace_id(trace_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `trace_id`: The W3C trace id (32 lowercase hexadecimal digits, not all zero).
+    ```ignore
+    let response = client.get_trace()
+        .trace_id(trace_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_trace(&self) -> builder::GetTrace<'_> {
         builder::GetTrace::new(self)
     }
 }
+
 /// Types for composing operation parameters.
 #[allow(clippy::all)]
 pub mod builder {
     use super::types;
     #[allow(unused_imports)]
     use super::{
-        encode_path, ByteStream, ClientInfo, ClientHooks, Error, OperationInfo,
-        RequestBuilderExt, ResponseValue,
+        ByteStream, ClientHooks, ClientInfo, Error, OperationInfo, RequestBuilderExt, ResponseValue, encode_path,
     };
     /**Builder for [`Client::get_prometheus_metrics`]
 
-[`Client::get_prometheus_metrics`]: super::Client::get_prometheus_metrics*/
+    [`Client::get_prometheus_metrics`]: super::Client::get_prometheus_metrics*/
     #[derive(Debug, Clone)]
     pub struct GetPrometheusMetrics<'a> {
         client: &'a super::Client,
@@ -13774,51 +11072,32 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/metrics`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/metrics", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client.client.get(url).headers(header_map).build()?;
-            let info = OperationInfo {
-                operation_id: "get_prometheus_metrics",
-            };
+            let info = OperationInfo { operation_id: "get_prometheus_metrics" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => Ok(ResponseValue::stream(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_metrics`]
 
-[`Client::list_metrics`]: super::Client::list_metrics*/
+    [`Client::list_metrics`]: super::Client::list_metrics*/
     #[derive(Debug, Clone)]
     pub struct ListMetrics<'a> {
         client: &'a super::Client,
@@ -13848,9 +11127,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListMetricsCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListMetricsCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -13860,10 +11137,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn match_<V>(mut self, value: V) -> Self
@@ -13873,21 +11147,15 @@ pub mod builder {
             self.match_ = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListMetricsMatch` for match_ failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListMetricsMatch` for match_ failed".to_string());
             self
         }
         pub fn name<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::ListMetricsName>,
         {
-            self.name = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListMetricsName` for name failed".to_string()
-                });
+            self.name =
+                value.try_into().map(Some).map_err(|_| "conversion to `ListMetricsName` for name failed".to_string());
             self
         }
         pub fn source<V>(mut self, value: V) -> Self
@@ -13897,25 +11165,19 @@ pub mod builder {
             self.source = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListMetricsSource` for source failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListMetricsSource` for source failed".to_string());
             self
         }
         pub fn type_<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::MetricType>,
         {
-            self.type_ = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `MetricType` for type_ failed".to_string());
+            self.type_ =
+                value.try_into().map(Some).map_err(|_| "conversion to `MetricType` for type_ failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/metrics`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::MetricSeriesList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::MetricSeriesList>, Error<types::Error>> {
             let Self { client, cursor, limit, match_, name, source, type_ } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -13925,21 +11187,15 @@ pub mod builder {
             let type_ = type_.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/metrics", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("match", &match_))
@@ -13948,57 +11204,25 @@ pub mod builder {
                 .query(&progenitor_client::QueryParam::new("type", &type_))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_metrics",
-            };
+            let info = OperationInfo { operation_id: "list_metrics" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::push_metric_samples`]
 
-[`Client::push_metric_samples`]: super::Client::push_metric_samples*/
+    [`Client::push_metric_samples`]: super::Client::push_metric_samples*/
     #[derive(Debug, Clone)]
     pub struct PushMetricSamples<'a> {
         client: &'a super::Client,
@@ -14006,137 +11230,68 @@ pub mod builder {
     }
     impl<'a> PushMetricSamples<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::MetricSamplesPush>,
-            <V as std::convert::TryInto<
-                types::MetricSamplesPush,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::MetricSamplesPush>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `MetricSamplesPush` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `MetricSamplesPush` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::MetricSamplesPush,
-            ) -> types::builder::MetricSamplesPush,
+            F: std::ops::FnOnce(types::builder::MetricSamplesPush) -> types::builder::MetricSamplesPush,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/metrics/samples`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::SamplesAccepted>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::SamplesAccepted>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::MetricSamplesPush::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::MetricSamplesPush::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/metrics/samples", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "push_metric_samples",
-            };
+            let info = OperationInfo { operation_id: "push_metric_samples" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 202u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_liveness`]
 
-[`Client::get_liveness`]: super::Client::get_liveness*/
+    [`Client::get_liveness`]: super::Client::get_liveness*/
     #[derive(Debug, Clone)]
     pub struct GetLiveness<'a> {
         client: &'a super::Client,
@@ -14146,59 +11301,37 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/health/live`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/health/live", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_liveness",
-            };
+            let info = OperationInfo { operation_id: "get_liveness" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_readiness`]
 
-[`Client::get_readiness`]: super::Client::get_readiness*/
+    [`Client::get_readiness`]: super::Client::get_readiness*/
     #[derive(Debug, Clone)]
     pub struct GetReadiness<'a> {
         client: &'a super::Client,
@@ -14208,52 +11341,36 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/health/ready`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
             let Self { client } = self;
             let url = format!("{}/health/ready", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_readiness",
-            };
+            let info = OperationInfo { operation_id: "get_readiness" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_instance_health`]
 
-[`Client::list_instance_health`]: super::Client::list_instance_health*/
+    [`Client::list_instance_health`]: super::Client::list_instance_health*/
     #[derive(Debug, Clone)]
     pub struct ListInstanceHealth<'a> {
         client: &'a super::Client,
@@ -14264,13 +11381,7 @@ pub mod builder {
     }
     impl<'a> ListInstanceHealth<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-                service: Ok(None),
-                status: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None), service: Ok(None), status: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -14279,10 +11390,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListInstanceHealthCursor` for cursor failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListInstanceHealthCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -14292,10 +11400,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn service<V>(mut self, value: V) -> Self
@@ -14305,10 +11410,7 @@ pub mod builder {
             self.service = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListInstanceHealthService` for service failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListInstanceHealthService` for service failed".to_string());
             self
         }
         pub fn status<V>(mut self, value: V) -> Self
@@ -14318,15 +11420,11 @@ pub mod builder {
             self.status = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `InstanceHealthStatus` for status failed".to_string()
-                });
+                .map_err(|_| "conversion to `InstanceHealthStatus` for status failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/health/instances`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::InstanceHealthList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::InstanceHealthList>, Error<types::Error>> {
             let Self { client, cursor, limit, service, status } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -14334,78 +11432,40 @@ pub mod builder {
             let status = status.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/health/instances", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("service", &service))
                 .query(&progenitor_client::QueryParam::new("status", &status))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_instance_health",
-            };
+            let info = OperationInfo { operation_id: "list_instance_health" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_instance_health`]
 
-[`Client::get_instance_health`]: super::Client::get_instance_health*/
+    [`Client::get_instance_health`]: super::Client::get_instance_health*/
     #[derive(Debug, Clone)]
     pub struct GetInstanceHealth<'a> {
         client: &'a super::Client,
@@ -14413,108 +11473,53 @@ pub mod builder {
     }
     impl<'a> GetInstanceHealth<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                instance_id: Err("instance_id was not initialized".to_string()),
-            }
+            Self { client: client, instance_id: Err("instance_id was not initialized".to_string()) }
         }
         pub fn instance_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.instance_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for instance_id failed".to_string()
-                });
+            self.instance_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for instance_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/health/instances/{instance_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::InstanceHealth>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::InstanceHealth>, Error<types::Error>> {
             let Self { client, instance_id } = self;
             let instance_id = instance_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/health/instances/{}", client.baseurl, encode_path(&
-                instance_id.to_string()),
-            );
+            let url = format!("{}/api/v1/health/instances/{}", client.baseurl, encode_path(&instance_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_instance_health",
-            };
+            let info = OperationInfo { operation_id: "get_instance_health" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_health_summary`]
 
-[`Client::get_health_summary`]: super::Client::get_health_summary*/
+    [`Client::get_health_summary`]: super::Client::get_health_summary*/
     #[derive(Debug, Clone)]
     pub struct GetHealthSummary<'a> {
         client: &'a super::Client,
@@ -14524,80 +11529,40 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/api/v1/health/summary`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::HealthSummary>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::HealthSummary>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/api/v1/health/summary", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_health_summary",
-            };
+            let info = OperationInfo { operation_id: "get_health_summary" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_alert_rules`]
 
-[`Client::list_alert_rules`]: super::Client::list_alert_rules*/
+    [`Client::list_alert_rules`]: super::Client::list_alert_rules*/
     #[derive(Debug, Clone)]
     pub struct ListAlertRules<'a> {
         client: &'a super::Client,
@@ -14608,13 +11573,7 @@ pub mod builder {
     }
     impl<'a> ListAlertRules<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                enabled: Ok(None),
-                limit: Ok(None),
-                severity: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), enabled: Ok(None), limit: Ok(None), severity: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -14623,19 +11582,15 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListAlertRulesCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListAlertRulesCursor` for cursor failed".to_string());
             self
         }
         pub fn enabled<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<bool>,
         {
-            self.enabled = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `bool` for enabled failed".to_string());
+            self.enabled =
+                value.try_into().map(Some).map_err(|_| "conversion to `bool` for enabled failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -14645,26 +11600,19 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn severity<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::Severity>,
         {
-            self.severity = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `Severity` for severity failed".to_string());
+            self.severity =
+                value.try_into().map(Some).map_err(|_| "conversion to `Severity` for severity failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/alert-rules`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AlertRuleList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AlertRuleList>, Error<types::Error>> {
             let Self { client, cursor, enabled, limit, severity } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let enabled = enabled.map_err(Error::InvalidRequest)?;
@@ -14672,78 +11620,40 @@ pub mod builder {
             let severity = severity.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/alert-rules", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("enabled", &enabled))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("severity", &severity))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_alert_rules",
-            };
+            let info = OperationInfo { operation_id: "list_alert_rules" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_alert_rule`]
 
-[`Client::create_alert_rule`]: super::Client::create_alert_rule*/
+    [`Client::create_alert_rule`]: super::Client::create_alert_rule*/
     #[derive(Debug, Clone)]
     pub struct CreateAlertRule<'a> {
         client: &'a super::Client,
@@ -14751,10 +11661,7 @@ pub mod builder {
     }
     impl<'a> CreateAlertRule<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -14764,129 +11671,59 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `AlertRuleSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `AlertRuleSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::AlertRuleSpec,
-            ) -> types::builder::AlertRuleSpec,
+            F: std::ops::FnOnce(types::builder::AlertRuleSpec) -> types::builder::AlertRuleSpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/alert-rules`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AlertRule>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AlertRule>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::AlertRuleSpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::AlertRuleSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/alert-rules", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_alert_rule",
-            };
+            let info = OperationInfo { operation_id: "create_alert_rule" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_alert_rule`]
 
-[`Client::get_alert_rule`]: super::Client::get_alert_rule*/
+    [`Client::get_alert_rule`]: super::Client::get_alert_rule*/
     #[derive(Debug, Clone)]
     pub struct GetAlertRule<'a> {
         client: &'a super::Client,
@@ -14894,108 +11731,53 @@ pub mod builder {
     }
     impl<'a> GetAlertRule<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                rule_id: Err("rule_id was not initialized".to_string()),
-            }
+            Self { client: client, rule_id: Err("rule_id was not initialized".to_string()) }
         }
         pub fn rule_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.rule_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for rule_id failed".to_string()
-                });
+            self.rule_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for rule_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/alert-rules/{rule_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AlertRule>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AlertRule>, Error<types::Error>> {
             let Self { client, rule_id } = self;
             let rule_id = rule_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/alert-rules/{}", client.baseurl, encode_path(& rule_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/alert-rules/{}", client.baseurl, encode_path(&rule_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_alert_rule",
-            };
+            let info = OperationInfo { operation_id: "get_alert_rule" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::replace_alert_rule`]
 
-[`Client::replace_alert_rule`]: super::Client::replace_alert_rule*/
+    [`Client::replace_alert_rule`]: super::Client::replace_alert_rule*/
     #[derive(Debug, Clone)]
     pub struct ReplaceAlertRule<'a> {
         client: &'a super::Client,
@@ -15014,11 +11796,8 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.rule_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for rule_id failed".to_string()
-                });
+            self.rule_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for rule_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
@@ -15029,140 +11808,61 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `AlertRuleSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `AlertRuleSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::AlertRuleSpec,
-            ) -> types::builder::AlertRuleSpec,
+            F: std::ops::FnOnce(types::builder::AlertRuleSpec) -> types::builder::AlertRuleSpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PUT` request to `/api/v1/alert-rules/{rule_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AlertRule>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AlertRule>, Error<types::Error>> {
             let Self { client, rule_id, body } = self;
             let rule_id = rule_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::AlertRuleSpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::AlertRuleSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/alert-rules/{}", client.baseurl, encode_path(& rule_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/alert-rules/{}", client.baseurl, encode_path(&rule_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "replace_alert_rule",
-            };
+            let info = OperationInfo { operation_id: "replace_alert_rule" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_alert_rule`]
 
-[`Client::delete_alert_rule`]: super::Client::delete_alert_rule*/
+    [`Client::delete_alert_rule`]: super::Client::delete_alert_rule*/
     #[derive(Debug, Clone)]
     pub struct DeleteAlertRule<'a> {
         client: &'a super::Client,
@@ -15170,106 +11870,53 @@ pub mod builder {
     }
     impl<'a> DeleteAlertRule<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                rule_id: Err("rule_id was not initialized".to_string()),
-            }
+            Self { client: client, rule_id: Err("rule_id was not initialized".to_string()) }
         }
         pub fn rule_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.rule_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for rule_id failed".to_string()
-                });
+            self.rule_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for rule_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/alert-rules/{rule_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, rule_id } = self;
             let rule_id = rule_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/alert-rules/{}", client.baseurl, encode_path(& rule_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/alert-rules/{}", client.baseurl, encode_path(&rule_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_alert_rule",
-            };
+            let info = OperationInfo { operation_id: "delete_alert_rule" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_alerts`]
 
-[`Client::list_alerts`]: super::Client::list_alerts*/
+    [`Client::list_alerts`]: super::Client::list_alerts*/
     #[derive(Debug, Clone)]
     pub struct ListAlerts<'a> {
         client: &'a super::Client,
@@ -15299,9 +11946,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListAlertsCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListAlertsCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -15311,10 +11956,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn rule_id<V>(mut self, value: V) -> Self
@@ -15324,45 +11966,35 @@ pub mod builder {
             self.rule_id = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for rule_id failed".to_string()
-                });
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for rule_id failed".to_string());
             self
         }
         pub fn severity<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::Severity>,
         {
-            self.severity = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `Severity` for severity failed".to_string());
+            self.severity =
+                value.try_into().map(Some).map_err(|_| "conversion to `Severity` for severity failed".to_string());
             self
         }
         pub fn silenced<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<bool>,
         {
-            self.silenced = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `bool` for silenced failed".to_string());
+            self.silenced =
+                value.try_into().map(Some).map_err(|_| "conversion to `bool` for silenced failed".to_string());
             self
         }
         pub fn state<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::AlertState>,
         {
-            self.state = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| "conversion to `AlertState` for state failed".to_string());
+            self.state =
+                value.try_into().map(Some).map_err(|_| "conversion to `AlertState` for state failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/alerts`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AlertList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AlertList>, Error<types::Error>> {
             let Self { client, cursor, limit, rule_id, severity, silenced, state } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -15372,21 +12004,15 @@ pub mod builder {
             let state = state.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/alerts", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("rule_id", &rule_id))
@@ -15395,57 +12021,25 @@ pub mod builder {
                 .query(&progenitor_client::QueryParam::new("state", &state))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_alerts",
-            };
+            let info = OperationInfo { operation_id: "list_alerts" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_alert`]
 
-[`Client::get_alert`]: super::Client::get_alert*/
+    [`Client::get_alert`]: super::Client::get_alert*/
     #[derive(Debug, Clone)]
     pub struct GetAlert<'a> {
         client: &'a super::Client,
@@ -15453,108 +12047,53 @@ pub mod builder {
     }
     impl<'a> GetAlert<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                alert_id: Err("alert_id was not initialized".to_string()),
-            }
+            Self { client: client, alert_id: Err("alert_id was not initialized".to_string()) }
         }
         pub fn alert_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.alert_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for alert_id failed".to_string()
-                });
+            self.alert_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for alert_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/alerts/{alert_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Alert>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Alert>, Error<types::Error>> {
             let Self { client, alert_id } = self;
             let alert_id = alert_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/alerts/{}", client.baseurl, encode_path(& alert_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/alerts/{}", client.baseurl, encode_path(&alert_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_alert",
-            };
+            let info = OperationInfo { operation_id: "get_alert" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::acknowledge_alert`]
 
-[`Client::acknowledge_alert`]: super::Client::acknowledge_alert*/
+    [`Client::acknowledge_alert`]: super::Client::acknowledge_alert*/
     #[derive(Debug, Clone)]
     pub struct AcknowledgeAlert<'a> {
         client: &'a super::Client,
@@ -15573,159 +12112,73 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.alert_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for alert_id failed".to_string()
-                });
+            self.alert_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for alert_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::AlertAcknowledgement>,
-            <V as std::convert::TryInto<
-                types::AlertAcknowledgement,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::AlertAcknowledgement>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!(
-                        "conversion to `AlertAcknowledgement` for body failed: {}", s
-                    )
-                });
+                .map_err(|s| format!("conversion to `AlertAcknowledgement` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::AlertAcknowledgement,
-            ) -> types::builder::AlertAcknowledgement,
+            F: std::ops::FnOnce(types::builder::AlertAcknowledgement) -> types::builder::AlertAcknowledgement,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/alerts/{alert_id}/acknowledge`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Alert>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Alert>, Error<types::Error>> {
             let Self { client, alert_id, body } = self;
             let alert_id = alert_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::AlertAcknowledgement::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::AlertAcknowledgement::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/alerts/{}/acknowledge", client.baseurl, encode_path(& alert_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/alerts/{}/acknowledge", client.baseurl, encode_path(&alert_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "acknowledge_alert",
-            };
+            let info = OperationInfo { operation_id: "acknowledge_alert" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_silences`]
 
-[`Client::list_silences`]: super::Client::list_silences*/
+    [`Client::list_silences`]: super::Client::list_silences*/
     #[derive(Debug, Clone)]
     pub struct ListSilences<'a> {
         client: &'a super::Client,
@@ -15735,12 +12188,7 @@ pub mod builder {
     }
     impl<'a> ListSilences<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-                state: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None), state: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -15749,9 +12197,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListSilencesCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListSilencesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -15761,105 +12207,58 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn state<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::SilenceState>,
         {
-            self.state = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `SilenceState` for state failed".to_string()
-                });
+            self.state =
+                value.try_into().map(Some).map_err(|_| "conversion to `SilenceState` for state failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/silences`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::SilenceList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::SilenceList>, Error<types::Error>> {
             let Self { client, cursor, limit, state } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let state = state.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/silences", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("state", &state))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_silences",
-            };
+            let info = OperationInfo { operation_id: "list_silences" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_silence`]
 
-[`Client::create_silence`]: super::Client::create_silence*/
+    [`Client::create_silence`]: super::Client::create_silence*/
     #[derive(Debug, Clone)]
     pub struct CreateSilence<'a> {
         client: &'a super::Client,
@@ -15867,10 +12266,7 @@ pub mod builder {
     }
     impl<'a> CreateSilence<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -15880,122 +12276,58 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `SilenceCreate` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `SilenceCreate` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::SilenceCreate,
-            ) -> types::builder::SilenceCreate,
+            F: std::ops::FnOnce(types::builder::SilenceCreate) -> types::builder::SilenceCreate,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/silences`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Silence>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Silence>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::SilenceCreate::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::SilenceCreate::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/silences", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_silence",
-            };
+            let info = OperationInfo { operation_id: "create_silence" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_silence`]
 
-[`Client::get_silence`]: super::Client::get_silence*/
+    [`Client::get_silence`]: super::Client::get_silence*/
     #[derive(Debug, Clone)]
     pub struct GetSilence<'a> {
         client: &'a super::Client,
@@ -16003,108 +12335,53 @@ pub mod builder {
     }
     impl<'a> GetSilence<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                silence_id: Err("silence_id was not initialized".to_string()),
-            }
+            Self { client: client, silence_id: Err("silence_id was not initialized".to_string()) }
         }
         pub fn silence_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.silence_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for silence_id failed".to_string()
-                });
+            self.silence_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for silence_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/silences/{silence_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Silence>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Silence>, Error<types::Error>> {
             let Self { client, silence_id } = self;
             let silence_id = silence_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/silences/{}", client.baseurl, encode_path(& silence_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/silences/{}", client.baseurl, encode_path(&silence_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_silence",
-            };
+            let info = OperationInfo { operation_id: "get_silence" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::expire_silence`]
 
-[`Client::expire_silence`]: super::Client::expire_silence*/
+    [`Client::expire_silence`]: super::Client::expire_silence*/
     #[derive(Debug, Clone)]
     pub struct ExpireSilence<'a> {
         client: &'a super::Client,
@@ -16112,106 +12389,53 @@ pub mod builder {
     }
     impl<'a> ExpireSilence<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                silence_id: Err("silence_id was not initialized".to_string()),
-            }
+            Self { client: client, silence_id: Err("silence_id was not initialized".to_string()) }
         }
         pub fn silence_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.silence_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for silence_id failed".to_string()
-                });
+            self.silence_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for silence_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/silences/{silence_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, silence_id } = self;
             let silence_id = silence_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/silences/{}", client.baseurl, encode_path(& silence_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/silences/{}", client.baseurl, encode_path(&silence_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "expire_silence",
-            };
+            let info = OperationInfo { operation_id: "expire_silence" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_receivers`]
 
-[`Client::list_receivers`]: super::Client::list_receivers*/
+    [`Client::list_receivers`]: super::Client::list_receivers*/
     #[derive(Debug, Clone)]
     pub struct ListReceivers<'a> {
         client: &'a super::Client,
@@ -16220,11 +12444,7 @@ pub mod builder {
     }
     impl<'a> ListReceivers<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -16233,9 +12453,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListReceiversCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListReceiversCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -16245,91 +12463,48 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/receivers`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ReceiverList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ReceiverList>, Error<types::Error>> {
             let Self { client, cursor, limit } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/receivers", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_receivers",
-            };
+            let info = OperationInfo { operation_id: "list_receivers" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_receiver`]
 
-[`Client::create_receiver`]: super::Client::create_receiver*/
+    [`Client::create_receiver`]: super::Client::create_receiver*/
     #[derive(Debug, Clone)]
     pub struct CreateReceiver<'a> {
         client: &'a super::Client,
@@ -16337,10 +12512,7 @@ pub mod builder {
     }
     impl<'a> CreateReceiver<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -16350,129 +12522,59 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `ReceiverSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `ReceiverSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::ReceiverSpec,
-            ) -> types::builder::ReceiverSpec,
+            F: std::ops::FnOnce(types::builder::ReceiverSpec) -> types::builder::ReceiverSpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/receivers`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Receiver>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Receiver>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::ReceiverSpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::ReceiverSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/receivers", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_receiver",
-            };
+            let info = OperationInfo { operation_id: "create_receiver" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_receiver`]
 
-[`Client::get_receiver`]: super::Client::get_receiver*/
+    [`Client::get_receiver`]: super::Client::get_receiver*/
     #[derive(Debug, Clone)]
     pub struct GetReceiver<'a> {
         client: &'a super::Client,
@@ -16480,108 +12582,53 @@ pub mod builder {
     }
     impl<'a> GetReceiver<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                receiver_id: Err("receiver_id was not initialized".to_string()),
-            }
+            Self { client: client, receiver_id: Err("receiver_id was not initialized".to_string()) }
         }
         pub fn receiver_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.receiver_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string()
-                });
+            self.receiver_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/receivers/{receiver_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Receiver>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Receiver>, Error<types::Error>> {
             let Self { client, receiver_id } = self;
             let receiver_id = receiver_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/receivers/{}", client.baseurl, encode_path(& receiver_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/receivers/{}", client.baseurl, encode_path(&receiver_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_receiver",
-            };
+            let info = OperationInfo { operation_id: "get_receiver" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::replace_receiver`]
 
-[`Client::replace_receiver`]: super::Client::replace_receiver*/
+    [`Client::replace_receiver`]: super::Client::replace_receiver*/
     #[derive(Debug, Clone)]
     pub struct ReplaceReceiver<'a> {
         client: &'a super::Client,
@@ -16600,11 +12647,8 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.receiver_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string()
-                });
+            self.receiver_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
@@ -16615,140 +12659,61 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `ReceiverSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `ReceiverSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::ReceiverSpec,
-            ) -> types::builder::ReceiverSpec,
+            F: std::ops::FnOnce(types::builder::ReceiverSpec) -> types::builder::ReceiverSpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PUT` request to `/api/v1/receivers/{receiver_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Receiver>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Receiver>, Error<types::Error>> {
             let Self { client, receiver_id, body } = self;
             let receiver_id = receiver_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::ReceiverSpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::ReceiverSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/receivers/{}", client.baseurl, encode_path(& receiver_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/receivers/{}", client.baseurl, encode_path(&receiver_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "replace_receiver",
-            };
+            let info = OperationInfo { operation_id: "replace_receiver" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_receiver`]
 
-[`Client::delete_receiver`]: super::Client::delete_receiver*/
+    [`Client::delete_receiver`]: super::Client::delete_receiver*/
     #[derive(Debug, Clone)]
     pub struct DeleteReceiver<'a> {
         client: &'a super::Client,
@@ -16756,113 +12721,54 @@ pub mod builder {
     }
     impl<'a> DeleteReceiver<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                receiver_id: Err("receiver_id was not initialized".to_string()),
-            }
+            Self { client: client, receiver_id: Err("receiver_id was not initialized".to_string()) }
         }
         pub fn receiver_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.receiver_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string()
-                });
+            self.receiver_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/receivers/{receiver_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, receiver_id } = self;
             let receiver_id = receiver_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/receivers/{}", client.baseurl, encode_path(& receiver_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/receivers/{}", client.baseurl, encode_path(&receiver_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_receiver",
-            };
+            let info = OperationInfo { operation_id: "delete_receiver" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::test_receiver`]
 
-[`Client::test_receiver`]: super::Client::test_receiver*/
+    [`Client::test_receiver`]: super::Client::test_receiver*/
     #[derive(Debug, Clone)]
     pub struct TestReceiver<'a> {
         client: &'a super::Client,
@@ -16870,108 +12776,53 @@ pub mod builder {
     }
     impl<'a> TestReceiver<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                receiver_id: Err("receiver_id was not initialized".to_string()),
-            }
+            Self { client: client, receiver_id: Err("receiver_id was not initialized".to_string()) }
         }
         pub fn receiver_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.receiver_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string()
-                });
+            self.receiver_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for receiver_id failed".to_string());
             self
         }
         ///Sends a `POST` request to `/api/v1/receivers/{receiver_id}/test`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ReceiverTestResult>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ReceiverTestResult>, Error<types::Error>> {
             let Self { client, receiver_id } = self;
             let receiver_id = receiver_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/receivers/{}/test", client.baseurl, encode_path(& receiver_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/receivers/{}/test", client.baseurl, encode_path(&receiver_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "test_receiver",
-            };
+            let info = OperationInfo { operation_id: "test_receiver" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::ingest_spans`]
 
-[`Client::ingest_spans`]: super::Client::ingest_spans*/
+    [`Client::ingest_spans`]: super::Client::ingest_spans*/
     #[derive(Debug, Clone)]
     pub struct IngestSpans<'a> {
         client: &'a super::Client,
@@ -16979,10 +12830,7 @@ pub mod builder {
     }
     impl<'a> IngestSpans<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -16992,9 +12840,7 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `SpanBatch` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `SpanBatch` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
@@ -17005,105 +12851,47 @@ pub mod builder {
             self
         }
         ///Sends a `POST` request to `/api/v1/traces/spans`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::SpansAccepted>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::SpansAccepted>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
                 .and_then(|v| types::SpanBatch::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/traces/spans", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "ingest_spans",
-            };
+            let info = OperationInfo { operation_id: "ingest_spans" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 202u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_traces`]
 
-[`Client::list_traces`]: super::Client::list_traces*/
+    [`Client::list_traces`]: super::Client::list_traces*/
     #[derive(Debug, Clone)]
     pub struct ListTraces<'a> {
         client: &'a super::Client,
@@ -17131,9 +12919,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListTracesCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListTracesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -17143,22 +12929,15 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn min_duration_ms<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<i64>,
         {
-            self.min_duration_ms = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `i64` for min_duration_ms failed".to_string()
-                });
+            self.min_duration_ms =
+                value.try_into().map(Some).map_err(|_| "conversion to `i64` for min_duration_ms failed".to_string());
             self
         }
         pub fn service<V>(mut self, value: V) -> Self
@@ -17168,28 +12947,20 @@ pub mod builder {
             self.service = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListTracesService` for service failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListTracesService` for service failed".to_string());
             self
         }
         pub fn since<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
         {
-            self.since = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: chrono :: DateTime < :: chrono :: offset :: Utc >` for since failed"
-                        .to_string()
-                });
+            self.since = value.try_into().map(Some).map_err(|_| {
+                "conversion to `:: chrono :: DateTime < :: chrono :: offset :: Utc >` for since failed".to_string()
+            });
             self
         }
         ///Sends a `GET` request to `/api/v1/traces`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::TraceSummaryList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::TraceSummaryList>, Error<types::Error>> {
             let Self { client, cursor, limit, min_duration_ms, service, since } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -17198,84 +12969,41 @@ pub mod builder {
             let since = since.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/traces", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
-                .query(
-                    &progenitor_client::QueryParam::new(
-                        "min_duration_ms",
-                        &min_duration_ms,
-                    ),
-                )
+                .query(&progenitor_client::QueryParam::new("min_duration_ms", &min_duration_ms))
                 .query(&progenitor_client::QueryParam::new("service", &service))
                 .query(&progenitor_client::QueryParam::new("since", &since))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_traces",
-            };
+            let info = OperationInfo { operation_id: "list_traces" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_trace`]
 
-[`Client::get_trace`]: super::Client::get_trace*/
+    [`Client::get_trace`]: super::Client::get_trace*/
     #[derive(Debug, Clone)]
     pub struct GetTrace<'a> {
         client: &'a super::Client,
@@ -17283,106 +13011,52 @@ pub mod builder {
     }
     impl<'a> GetTrace<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                trace_id: Err("trace_id was not initialized".to_string()),
-            }
+            Self { client: client, trace_id: Err("trace_id was not initialized".to_string()) }
         }
         pub fn trace_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::GetTraceTraceId>,
         {
-            self.trace_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `GetTraceTraceId` for trace_id failed".to_string()
-                });
+            self.trace_id =
+                value.try_into().map_err(|_| "conversion to `GetTraceTraceId` for trace_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/traces/{trace_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Trace>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Trace>, Error<types::Error>> {
             let Self { client, trace_id } = self;
             let trace_id = trace_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/traces/{}", client.baseurl, encode_path(& trace_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/traces/{}", client.baseurl, encode_path(&trace_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_trace",
-            };
+            let info = OperationInfo { operation_id: "get_trace" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
 }
+
 /// Items consumers will typically use such as the Client.
 pub mod prelude {
     pub use self::super::Client;

@@ -3,8 +3,10 @@
 
 #[allow(unused_imports)]
 pub use progenitor_client::{ByteStream, ClientInfo, Error, ResponseValue};
+
 #[allow(unused_imports)]
-use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderExt};
+use progenitor_client::{ClientHooks, OperationInfo, RequestBuilderExt, encode_path};
+
 /// Types used as operation parameters and responses.
 #[allow(clippy::all)]
 pub mod types {
@@ -70,25 +72,22 @@ pub mod types {
             &self.0
         }
     }
-    impl ::std::convert::From<AutoscalingPolicyListNextCursor>
-    for ::std::string::String {
+    impl ::std::convert::From<AutoscalingPolicyListNextCursor> for ::std::string::String {
         fn from(value: AutoscalingPolicyListNextCursor) -> Self {
             value.0
         }
     }
     impl ::std::str::FromStr for AutoscalingPolicyListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -97,18 +96,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AutoscalingPolicyListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for AutoscalingPolicyListNextCursor {
+    impl ::std::convert::TryFrom<::std::string::String> for AutoscalingPolicyListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -119,9 +113,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///An auto-scaling policy as written by the client (create and full replacement). At least one of the three targets is needed.
@@ -195,17 +187,14 @@ pub mod types {
             &self.0
         }
     }
-    impl ::std::convert::From<AutoscalingRecommendationReason>
-    for ::std::string::String {
+    impl ::std::convert::From<AutoscalingRecommendationReason> for ::std::string::String {
         fn from(value: AutoscalingRecommendationReason) -> Self {
             value.0
         }
     }
     impl ::std::str::FromStr for AutoscalingRecommendationReason {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -217,18 +206,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for AutoscalingRecommendationReason {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for AutoscalingRecommendationReason {
+    impl ::std::convert::TryFrom<::std::string::String> for AutoscalingRecommendationReason {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -239,9 +223,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A benchmark and, once finished, its result and verdict.
@@ -259,9 +241,7 @@ pub mod types {
         pub error: ::std::option::Option<BenchmarkError>,
         ///When it completed, failed or was cancelled; null before.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
-        pub finished_at: ::std::option::Option<
-            ::chrono::DateTime<::chrono::offset::Utc>,
-        >,
+        pub finished_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
         ///Users started per second.
         pub hatch_rate_per_second: f64,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -316,9 +296,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkBody {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 65536usize {
                 return Err("longer than 65536 characters".into());
             }
@@ -327,17 +305,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkBody {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkBody {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -348,9 +322,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Why the benchmark failed; present only when `status` is `failed`.
@@ -370,9 +342,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkError {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -381,17 +351,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkError {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -402,43 +368,30 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Extra request headers sent by every simulated user (name → value).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     #[serde(transparent)]
-    pub struct BenchmarkHeaders(
-        pub ::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue>,
-    );
+    pub struct BenchmarkHeaders(pub ::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue>);
     impl ::std::ops::Deref for BenchmarkHeaders {
-        type Target = ::std::collections::HashMap<
-            ::std::string::String,
-            BenchmarkHeadersValue,
-        >;
-        fn deref(
-            &self,
-        ) -> &::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue> {
+        type Target = ::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue>;
+        fn deref(&self) -> &::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue> {
             &self.0
         }
     }
     impl ::std::convert::From<BenchmarkHeaders>
-    for ::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue> {
+        for ::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue>
+    {
         fn from(value: BenchmarkHeaders) -> Self {
             value.0
         }
     }
-    impl ::std::convert::From<
-        ::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue>,
-    > for BenchmarkHeaders {
-        fn from(
-            value: ::std::collections::HashMap<
-                ::std::string::String,
-                BenchmarkHeadersValue,
-            >,
-        ) -> Self {
+    impl ::std::convert::From<::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue>>
+        for BenchmarkHeaders
+    {
+        fn from(value: ::std::collections::HashMap<::std::string::String, BenchmarkHeadersValue>) -> Self {
             Self(value)
         }
     }
@@ -459,9 +412,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkHeadersValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4096usize {
                 return Err("longer than 4096 characters".into());
             }
@@ -470,17 +421,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkHeadersValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkHeadersValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -491,9 +438,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of benchmarks.
@@ -526,17 +471,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -545,17 +488,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -566,9 +505,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the benchmark.
@@ -588,14 +525,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -604,17 +539,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -625,9 +556,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Request path (and optional query string) on the service.
@@ -647,17 +576,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkPath {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^/[^\\s#]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^/[^\\s#]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^/[^\\s#]*$\"".into());
             }
@@ -666,17 +593,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkPath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkPath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -687,9 +610,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Measurements of a benchmark run (partial for a cancelled run).
@@ -762,9 +683,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkSpecBody {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 65536usize {
                 return Err("longer than 65536 characters".into());
             }
@@ -773,17 +692,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkSpecBody {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkSpecBody {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -794,9 +709,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the benchmark, for humans and dashboards.
@@ -816,14 +729,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkSpecName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -832,17 +743,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -853,9 +760,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Request path (and optional query string) on the service, through the gateway.
@@ -875,17 +780,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkSpecPath {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^/[^\\s#]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^/[^\\s#]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^/[^\\s#]*$\"".into());
             }
@@ -894,17 +797,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkSpecPath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkSpecPath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -915,24 +814,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Lifecycle of a benchmark: `queued` → `running` → `completed` | `failed`; `queued`/`running` → `cancelled`.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum BenchmarkStatus {
         #[serde(rename = "queued")]
         Queued,
@@ -958,9 +844,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "queued" => Ok(Self::Queued),
                 "running" => Ok(Self::Running),
@@ -973,17 +857,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1032,9 +912,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BenchmarkVerdictReasonsItem {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
@@ -1046,17 +924,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BenchmarkVerdictReasonsItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BenchmarkVerdictReasonsItem {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1067,9 +941,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The burn rate over one window.
@@ -1106,18 +978,7 @@ pub mod types {
         }
     }
     ///`page` wakes someone up, `ticket` is handled in working hours.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum BurnRateAlertSeverity {
         #[serde(rename = "page")]
         Page,
@@ -1134,9 +995,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BurnRateAlertSeverity {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "page" => Ok(Self::Page),
                 "ticket" => Ok(Self::Ticket),
@@ -1146,33 +1005,18 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BurnRateAlertSeverity {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BurnRateAlertSeverity {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///A burn-rate evaluation window.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum BurnRateWindow {
         #[serde(rename = "5m")]
         X5m,
@@ -1204,9 +1048,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for BurnRateWindow {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "5m" => Ok(Self::X5m),
                 "30m" => Ok(Self::X30m),
@@ -1221,17 +1063,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for BurnRateWindow {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for BurnRateWindow {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1288,11 +1126,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorCode {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9_]{1,63}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9_]{1,63}$\"".into());
             }
@@ -1301,17 +1137,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorCode {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1322,9 +1154,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ErrorDetail`
@@ -1359,9 +1189,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailField {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
@@ -1370,17 +1198,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailField {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1391,24 +1215,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Where the problem is.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum ErrorDetailLocation {
         #[serde(rename = "body")]
         Body,
@@ -1431,9 +1242,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailLocation {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "body" => Ok(Self::Body),
                 "path" => Ok(Self::Path),
@@ -1445,17 +1254,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailLocation {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1476,9 +1281,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorDetailMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -1490,17 +1293,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorDetailMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1511,9 +1310,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Human-readable explanation, lowercase, without a trailing period.
@@ -1533,9 +1330,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorMessage {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 2048usize {
                 return Err("longer than 2048 characters".into());
             }
@@ -1547,17 +1342,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorMessage {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1568,9 +1359,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///W3C trace id of the request, for correlating logs and traces.
@@ -1590,11 +1379,9 @@ pub mod types {
     }
     impl ::std::str::FromStr for ErrorTraceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[0-9a-f]{32}$").unwrap() });
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[0-9a-f]{32}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[0-9a-f]{32}$\"".into());
             }
@@ -1603,17 +1390,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ErrorTraceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1624,9 +1407,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetServiceStatsRoute`
@@ -1646,14 +1427,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetServiceStatsRoute {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^/[^\\s?#]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^/[^\\s?#]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^/[^\\s?#]*$\"".into());
             }
@@ -1662,17 +1441,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for GetServiceStatsRoute {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetServiceStatsRoute {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1683,9 +1458,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`GetServiceStatsServiceName`
@@ -1705,14 +1478,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for GetServiceStatsServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -1721,17 +1492,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for GetServiceStatsServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for GetServiceStatsServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1742,23 +1509,15 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Health in the `application/health+json` style (draft-inadarei-api-health-check), with snake_case field names.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Health {
         ///Dependency checks keyed by `component:measurement` (e.g. `store:connection`), each with one entry per component instance.
-        #[serde(
-            default,
-            skip_serializing_if = ":: std :: collections :: HashMap::is_empty"
-        )]
-        pub checks: ::std::collections::HashMap<
-            ::std::string::String,
-            ::std::vec::Vec<HealthCheck>,
-        >,
+        #[serde(default, skip_serializing_if = ":: std :: collections :: HashMap::is_empty")]
+        pub checks: ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<HealthCheck>>,
         ///Human-readable description of the service.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub description: ::std::option::Option<HealthDescription>,
@@ -1822,9 +1581,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckComponentId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
@@ -1833,17 +1590,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckComponentId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckComponentId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1854,24 +1607,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Kind of component.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthCheckComponentType {
         #[serde(rename = "component")]
         Component,
@@ -1891,9 +1631,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckComponentType {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "component" => Ok(Self::Component),
                 "datastore" => Ok(Self::Datastore),
@@ -1904,17 +1642,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckComponentType {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1935,9 +1669,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckObservedUnit {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 16usize {
                 return Err("longer than 16 characters".into());
             }
@@ -1946,17 +1678,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckObservedUnit {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckObservedUnit {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -1967,9 +1695,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Error message of a failing check.
@@ -1989,9 +1715,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthCheckOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -2000,17 +1724,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthCheckOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthCheckOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2021,9 +1741,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Human-readable description of the service.
@@ -2043,9 +1761,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -2054,17 +1770,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2075,9 +1787,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Explanation of a `warn` or `fail` status.
@@ -2097,9 +1807,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthOutput {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -2108,17 +1816,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthOutput {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2129,9 +1833,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the service reporting its health.
@@ -2151,14 +1853,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthServiceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2167,17 +1867,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthServiceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthServiceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2188,24 +1884,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`pass` healthy, `warn` healthy with a concern, `fail` unhealthy.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HealthStatus {
         #[serde(rename = "pass")]
         Pass,
@@ -2225,9 +1908,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthStatus {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "pass" => Ok(Self::Pass),
                 "warn" => Ok(Self::Warn),
@@ -2238,17 +1919,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthStatus {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2269,18 +1946,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for HealthVersion {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 64usize {
                 return Err("longer than 64 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            {
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(|| {
                 ::regress::Regex::new(
-                        "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
-                    )
-                    .unwrap()
+                    "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$",
+                )
+                .unwrap()
             });
             if PATTERN.find(value).is_none() {
                 return Err(
@@ -2293,17 +1967,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HealthVersion {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2314,24 +1984,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///HTTP request method.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum HttpMethod {
         #[serde(rename = "GET")]
         Get,
@@ -2363,9 +2020,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for HttpMethod {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "GET" => Ok(Self::Get),
                 "HEAD" => Ok(Self::Head),
@@ -2380,46 +2035,33 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for HttpMethod {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for HttpMethod {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     ///Free-form labels (key → value), e.g. `team`. Keys are 1–63 characters `[a-z0-9_.-]`, values at most 256 characters.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     #[serde(transparent)]
-    pub struct Labels(
-        pub ::std::collections::HashMap<::std::string::String, LabelsValue>,
-    );
+    pub struct Labels(pub ::std::collections::HashMap<::std::string::String, LabelsValue>);
     impl ::std::ops::Deref for Labels {
         type Target = ::std::collections::HashMap<::std::string::String, LabelsValue>;
-        fn deref(
-            &self,
-        ) -> &::std::collections::HashMap<::std::string::String, LabelsValue> {
+        fn deref(&self) -> &::std::collections::HashMap<::std::string::String, LabelsValue> {
             &self.0
         }
     }
-    impl ::std::convert::From<Labels>
-    for ::std::collections::HashMap<::std::string::String, LabelsValue> {
+    impl ::std::convert::From<Labels> for ::std::collections::HashMap<::std::string::String, LabelsValue> {
         fn from(value: Labels) -> Self {
             value.0
         }
     }
-    impl ::std::convert::From<
-        ::std::collections::HashMap<::std::string::String, LabelsValue>,
-    > for Labels {
-        fn from(
-            value: ::std::collections::HashMap<::std::string::String, LabelsValue>,
-        ) -> Self {
+    impl ::std::convert::From<::std::collections::HashMap<::std::string::String, LabelsValue>> for Labels {
+        fn from(value: ::std::collections::HashMap<::std::string::String, LabelsValue>) -> Self {
             Self(value)
         }
     }
@@ -2440,9 +2082,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for LabelsValue {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 256usize {
                 return Err("longer than 256 characters".into());
             }
@@ -2451,17 +2091,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for LabelsValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for LabelsValue {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2472,24 +2108,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The percentile the latency objective is phrased as (informational; the target is what is evaluated).
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum LatencyPercentile {
         #[serde(rename = "p50")]
         P50,
@@ -2512,9 +2135,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for LatencyPercentile {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "p50" => Ok(Self::P50),
                 "p90" => Ok(Self::P90),
@@ -2526,17 +2147,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for LatencyPercentile {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for LatencyPercentile {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2578,17 +2195,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListAutoscalingPoliciesCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -2597,18 +2212,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListAutoscalingPoliciesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ListAutoscalingPoliciesCursor {
+    impl ::std::convert::TryFrom<::std::string::String> for ListAutoscalingPoliciesCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2619,9 +2229,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListAutoscalingPoliciesService`
@@ -2641,14 +2249,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListAutoscalingPoliciesService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2657,18 +2263,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListAutoscalingPoliciesService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for ListAutoscalingPoliciesService {
+    impl ::std::convert::TryFrom<::std::string::String> for ListAutoscalingPoliciesService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2679,9 +2280,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListBenchmarksCursor`
@@ -2701,17 +2300,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListBenchmarksCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -2720,17 +2317,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListBenchmarksCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListBenchmarksCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2741,9 +2334,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListBenchmarksService`
@@ -2763,14 +2354,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListBenchmarksService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2779,17 +2368,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListBenchmarksService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListBenchmarksService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2800,9 +2385,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListSlosCursor`
@@ -2822,17 +2405,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListSlosCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -2841,17 +2422,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListSlosCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListSlosCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2862,9 +2439,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`ListSlosService`
@@ -2884,14 +2459,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for ListSlosService {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -2900,17 +2473,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ListSlosService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ListSlosService {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -2921,9 +2490,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The load a recommendation was computed from (over the last minute).
@@ -2960,17 +2527,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for RoutePath {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^/[^\\s?#]*$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^/[^\\s?#]*$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^/[^\\s?#]*$\"".into());
             }
@@ -2979,17 +2544,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for RoutePath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for RoutePath {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3000,9 +2561,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The timing of one request.
@@ -3066,39 +2625,30 @@ pub mod types {
     }
     impl ::std::str::FromStr for SampleInstanceId {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 128usize {
                 return Err("longer than 128 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err(
-                    "doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$\""
-                        .into(),
-                );
+                return Err("doesn't match pattern \"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
     impl ::std::convert::TryFrom<&str> for SampleInstanceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SampleInstanceId {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3109,9 +2659,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of a service as registered in the service mesh.
@@ -3131,17 +2679,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for ServiceName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3150,17 +2696,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for ServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for ServiceName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3171,9 +2713,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Performance of a service over a window.
@@ -3257,9 +2797,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SloDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -3268,17 +2806,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SloDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SloDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3289,9 +2823,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of SLOs.
@@ -3324,17 +2856,15 @@ pub mod types {
     }
     impl ::std::str::FromStr for SloListNextCursor {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 512usize {
                 return Err("longer than 512 characters".into());
             }
             if value.chars().count() < 1usize {
                 return Err("shorter than 1 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[A-Za-z0-9_-]+$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[A-Za-z0-9_-]+$\"".into());
             }
@@ -3343,17 +2873,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SloListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SloListNextCursor {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3364,9 +2890,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the SLO, unique within its service.
@@ -3386,14 +2910,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for SloName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3402,17 +2924,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SloName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SloName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3423,24 +2941,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///What the SLO measures, as the percentage of good requests: `availability` — a request is good when its status is below 500; `error_rate` — good when its status is below 400 (client errors count too); `latency` — good when its status is below 500 and it answered in less than `latency_threshold_ms`.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum SloObjective {
         #[serde(rename = "latency")]
         Latency,
@@ -3460,9 +2965,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SloObjective {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "latency" => Ok(Self::Latency),
                 "availability" => Ok(Self::Availability),
@@ -3473,17 +2976,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SloObjective {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SloObjective {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3570,9 +3069,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for SloSpecDescription {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 1024usize {
                 return Err("longer than 1024 characters".into());
             }
@@ -3581,17 +3078,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SloSpecDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SloSpecDescription {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3602,9 +3095,7 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Name of the SLO, unique within its service.
@@ -3624,14 +3115,12 @@ pub mod types {
     }
     impl ::std::str::FromStr for SloSpecName {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 63usize {
                 return Err("longer than 63 characters".into());
             }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
-            { ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap() });
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
             if PATTERN.find(value).is_none() {
                 return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
             }
@@ -3640,17 +3129,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for SloSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for SloSpecName {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3661,24 +3146,11 @@ pub mod types {
         {
             ::std::string::String::deserialize(deserializer)?
                 .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Length of a statistics window ending now.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum StatsWindow {
         #[serde(rename = "1m")]
         X1m,
@@ -3707,9 +3179,7 @@ pub mod types {
     }
     impl ::std::str::FromStr for StatsWindow {
         type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             match value {
                 "1m" => Ok(Self::X1m),
                 "5m" => Ok(Self::X5m),
@@ -3723,17 +3193,13 @@ pub mod types {
     }
     impl ::std::convert::TryFrom<&str> for StatsWindow {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
     impl ::std::convert::TryFrom<::std::string::String> for StatsWindow {
         type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
@@ -3765,53 +3231,21 @@ pub mod types {
     pub mod builder {
         #[derive(Clone, Debug)]
         pub struct AutoscalingPolicy {
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             enabled: ::std::result::Result<bool, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            max_replicas: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            max_scale_down_step: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            max_scale_up_step: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            min_replicas: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            scale_down_stabilization_seconds: ::std::result::Result<
-                i64,
-                ::std::string::String,
-            >,
-            scale_up_stabilization_seconds: ::std::result::Result<
-                i64,
-                ::std::string::String,
-            >,
+            max_replicas: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            max_scale_down_step: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            max_scale_up_step: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            min_replicas: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            scale_down_stabilization_seconds: ::std::result::Result<i64, ::std::string::String>,
+            scale_up_stabilization_seconds: ::std::result::Result<i64, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            target_cpu_utilization: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            target_p95_latency_ms: ::std::result::Result<
-                ::std::option::Option<::std::num::NonZeroU64>,
-                ::std::string::String,
-            >,
-            target_rps_per_replica: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            target_cpu_utilization: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            target_p95_latency_ms:
+                ::std::result::Result<::std::option::Option<::std::num::NonZeroU64>, ::std::string::String>,
+            target_rps_per_replica: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for AutoscalingPolicy {
             fn default() -> Self {
@@ -3820,20 +3254,14 @@ pub mod types {
                     enabled: Err("no value supplied for enabled".to_string()),
                     id: Err("no value supplied for id".to_string()),
                     max_replicas: Err("no value supplied for max_replicas".to_string()),
-                    max_scale_down_step: Err(
-                        "no value supplied for max_scale_down_step".to_string(),
-                    ),
-                    max_scale_up_step: Err(
-                        "no value supplied for max_scale_up_step".to_string(),
-                    ),
+                    max_scale_down_step: Err("no value supplied for max_scale_down_step".to_string()),
+                    max_scale_up_step: Err("no value supplied for max_scale_up_step".to_string()),
                     min_replicas: Err("no value supplied for min_replicas".to_string()),
                     scale_down_stabilization_seconds: Err(
-                        "no value supplied for scale_down_stabilization_seconds"
-                            .to_string(),
+                        "no value supplied for scale_down_stabilization_seconds".to_string()
                     ),
                     scale_up_stabilization_seconds: Err(
-                        "no value supplied for scale_up_stabilization_seconds"
-                            .to_string(),
+                        "no value supplied for scale_up_stabilization_seconds".to_string()
                     ),
                     service: Err("no value supplied for service".to_string()),
                     target_cpu_utilization: Ok(Default::default()),
@@ -3849,11 +3277,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn enabled<T>(mut self, value: T) -> Self
@@ -3861,11 +3286,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.enabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for enabled: {e}")
-                    });
+                self.enabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for enabled: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -3873,9 +3295,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn max_replicas<T>(mut self, value: T) -> Self
@@ -3883,11 +3303,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_replicas = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for max_replicas: {e}")
-                    });
+                self.max_replicas =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_replicas: {e}"));
                 self
             }
             pub fn max_scale_down_step<T>(mut self, value: T) -> Self
@@ -3897,11 +3314,7 @@ pub mod types {
             {
                 self.max_scale_down_step = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for max_scale_down_step: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for max_scale_down_step: {e}"));
                 self
             }
             pub fn max_scale_up_step<T>(mut self, value: T) -> Self
@@ -3909,13 +3322,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_scale_up_step = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for max_scale_up_step: {e}"
-                        )
-                    });
+                self.max_scale_up_step =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_scale_up_step: {e}"));
                 self
             }
             pub fn min_replicas<T>(mut self, value: T) -> Self
@@ -3923,11 +3331,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.min_replicas = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for min_replicas: {e}")
-                    });
+                self.min_replicas =
+                    value.try_into().map_err(|e| format!("error converting supplied value for min_replicas: {e}"));
                 self
             }
             pub fn scale_down_stabilization_seconds<T>(mut self, value: T) -> Self
@@ -3937,11 +3342,7 @@ pub mod types {
             {
                 self.scale_down_stabilization_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for scale_down_stabilization_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for scale_down_stabilization_seconds: {e}"));
                 self
             }
             pub fn scale_up_stabilization_seconds<T>(mut self, value: T) -> Self
@@ -3951,11 +3352,7 @@ pub mod types {
             {
                 self.scale_up_stabilization_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for scale_up_stabilization_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for scale_up_stabilization_seconds: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -3963,11 +3360,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn target_cpu_utilization<T>(mut self, value: T) -> Self
@@ -3977,27 +3371,17 @@ pub mod types {
             {
                 self.target_cpu_utilization = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for target_cpu_utilization: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for target_cpu_utilization: {e}"));
                 self
             }
             pub fn target_p95_latency_ms<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::num::NonZeroU64>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.target_p95_latency_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for target_p95_latency_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for target_p95_latency_ms: {e}"));
                 self
             }
             pub fn target_rps_per_replica<T>(mut self, value: T) -> Self
@@ -4007,11 +3391,7 @@ pub mod types {
             {
                 self.target_rps_per_replica = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for target_rps_per_replica: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for target_rps_per_replica: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -4019,19 +3399,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<AutoscalingPolicy> for super::AutoscalingPolicy {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AutoscalingPolicy,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: AutoscalingPolicy) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     created_at: value.created_at?,
                     enabled: value.enabled?,
@@ -4040,10 +3415,8 @@ pub mod types {
                     max_scale_down_step: value.max_scale_down_step?,
                     max_scale_up_step: value.max_scale_up_step?,
                     min_replicas: value.min_replicas?,
-                    scale_down_stabilization_seconds: value
-                        .scale_down_stabilization_seconds?,
-                    scale_up_stabilization_seconds: value
-                        .scale_up_stabilization_seconds?,
+                    scale_down_stabilization_seconds: value.scale_down_stabilization_seconds?,
+                    scale_up_stabilization_seconds: value.scale_up_stabilization_seconds?,
                     service: value.service?,
                     target_cpu_utilization: value.target_cpu_utilization?,
                     target_p95_latency_ms: value.target_p95_latency_ms?,
@@ -4062,12 +3435,8 @@ pub mod types {
                     max_scale_down_step: Ok(value.max_scale_down_step),
                     max_scale_up_step: Ok(value.max_scale_up_step),
                     min_replicas: Ok(value.min_replicas),
-                    scale_down_stabilization_seconds: Ok(
-                        value.scale_down_stabilization_seconds,
-                    ),
-                    scale_up_stabilization_seconds: Ok(
-                        value.scale_up_stabilization_seconds,
-                    ),
+                    scale_down_stabilization_seconds: Ok(value.scale_down_stabilization_seconds),
+                    scale_up_stabilization_seconds: Ok(value.scale_up_stabilization_seconds),
                     service: Ok(value.service),
                     target_cpu_utilization: Ok(value.target_cpu_utilization),
                     target_p95_latency_ms: Ok(value.target_p95_latency_ms),
@@ -4078,10 +3447,7 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct AutoscalingPolicyList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::AutoscalingPolicy>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::AutoscalingPolicy>, ::std::string::String>,
             next_cursor: ::std::result::Result<
                 ::std::option::Option<super::AutoscalingPolicyListNextCursor>,
                 ::std::string::String,
@@ -4101,105 +3467,54 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::AutoscalingPolicy>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::AutoscalingPolicyListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::AutoscalingPolicyListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<AutoscalingPolicyList>
-        for super::AutoscalingPolicyList {
+        impl ::std::convert::TryFrom<AutoscalingPolicyList> for super::AutoscalingPolicyList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AutoscalingPolicyList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: AutoscalingPolicyList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
-        impl ::std::convert::From<super::AutoscalingPolicyList>
-        for AutoscalingPolicyList {
+        impl ::std::convert::From<super::AutoscalingPolicyList> for AutoscalingPolicyList {
             fn from(value: super::AutoscalingPolicyList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct AutoscalingPolicySpec {
             enabled: ::std::result::Result<bool, ::std::string::String>,
-            max_replicas: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            max_scale_down_step: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            max_scale_up_step: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            min_replicas: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            scale_down_stabilization_seconds: ::std::result::Result<
-                i64,
-                ::std::string::String,
-            >,
-            scale_up_stabilization_seconds: ::std::result::Result<
-                i64,
-                ::std::string::String,
-            >,
+            max_replicas: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            max_scale_down_step: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            max_scale_up_step: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            min_replicas: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            scale_down_stabilization_seconds: ::std::result::Result<i64, ::std::string::String>,
+            scale_up_stabilization_seconds: ::std::result::Result<i64, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            target_cpu_utilization: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            target_p95_latency_ms: ::std::result::Result<
-                ::std::option::Option<::std::num::NonZeroU64>,
-                ::std::string::String,
-            >,
-            target_rps_per_replica: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
+            target_cpu_utilization: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            target_p95_latency_ms:
+                ::std::result::Result<::std::option::Option<::std::num::NonZeroU64>, ::std::string::String>,
+            target_rps_per_replica: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
         }
         impl ::std::default::Default for AutoscalingPolicySpec {
             fn default() -> Self {
                 Self {
                     enabled: Ok(super::defaults::default_bool::<true>()),
                     max_replicas: Err("no value supplied for max_replicas".to_string()),
-                    max_scale_down_step: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 1>(),
-                    ),
-                    max_scale_up_step: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 4>(),
-                    ),
+                    max_scale_down_step: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 1>()),
+                    max_scale_up_step: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 4>()),
                     min_replicas: Err("no value supplied for min_replicas".to_string()),
-                    scale_down_stabilization_seconds: Ok(
-                        super::defaults::default_u64::<i64, 300>(),
-                    ),
+                    scale_down_stabilization_seconds: Ok(super::defaults::default_u64::<i64, 300>()),
                     scale_up_stabilization_seconds: Ok(Default::default()),
                     service: Err("no value supplied for service".to_string()),
                     target_cpu_utilization: Ok(Default::default()),
@@ -4214,11 +3529,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.enabled = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for enabled: {e}")
-                    });
+                self.enabled =
+                    value.try_into().map_err(|e| format!("error converting supplied value for enabled: {e}"));
                 self
             }
             pub fn max_replicas<T>(mut self, value: T) -> Self
@@ -4226,11 +3538,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_replicas = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for max_replicas: {e}")
-                    });
+                self.max_replicas =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_replicas: {e}"));
                 self
             }
             pub fn max_scale_down_step<T>(mut self, value: T) -> Self
@@ -4240,11 +3549,7 @@ pub mod types {
             {
                 self.max_scale_down_step = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for max_scale_down_step: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for max_scale_down_step: {e}"));
                 self
             }
             pub fn max_scale_up_step<T>(mut self, value: T) -> Self
@@ -4252,13 +3557,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max_scale_up_step = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for max_scale_up_step: {e}"
-                        )
-                    });
+                self.max_scale_up_step =
+                    value.try_into().map_err(|e| format!("error converting supplied value for max_scale_up_step: {e}"));
                 self
             }
             pub fn min_replicas<T>(mut self, value: T) -> Self
@@ -4266,11 +3566,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.min_replicas = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for min_replicas: {e}")
-                    });
+                self.min_replicas =
+                    value.try_into().map_err(|e| format!("error converting supplied value for min_replicas: {e}"));
                 self
             }
             pub fn scale_down_stabilization_seconds<T>(mut self, value: T) -> Self
@@ -4280,11 +3577,7 @@ pub mod types {
             {
                 self.scale_down_stabilization_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for scale_down_stabilization_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for scale_down_stabilization_seconds: {e}"));
                 self
             }
             pub fn scale_up_stabilization_seconds<T>(mut self, value: T) -> Self
@@ -4294,11 +3587,7 @@ pub mod types {
             {
                 self.scale_up_stabilization_seconds = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for scale_up_stabilization_seconds: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for scale_up_stabilization_seconds: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -4306,11 +3595,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn target_cpu_utilization<T>(mut self, value: T) -> Self
@@ -4320,27 +3606,17 @@ pub mod types {
             {
                 self.target_cpu_utilization = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for target_cpu_utilization: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for target_cpu_utilization: {e}"));
                 self
             }
             pub fn target_p95_latency_ms<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::num::NonZeroU64>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.target_p95_latency_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for target_p95_latency_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for target_p95_latency_ms: {e}"));
                 self
             }
             pub fn target_rps_per_replica<T>(mut self, value: T) -> Self
@@ -4350,30 +3626,21 @@ pub mod types {
             {
                 self.target_rps_per_replica = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for target_rps_per_replica: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for target_rps_per_replica: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<AutoscalingPolicySpec>
-        for super::AutoscalingPolicySpec {
+        impl ::std::convert::TryFrom<AutoscalingPolicySpec> for super::AutoscalingPolicySpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: AutoscalingPolicySpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: AutoscalingPolicySpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     enabled: value.enabled?,
                     max_replicas: value.max_replicas?,
                     max_scale_down_step: value.max_scale_down_step?,
                     max_scale_up_step: value.max_scale_up_step?,
                     min_replicas: value.min_replicas?,
-                    scale_down_stabilization_seconds: value
-                        .scale_down_stabilization_seconds?,
-                    scale_up_stabilization_seconds: value
-                        .scale_up_stabilization_seconds?,
+                    scale_down_stabilization_seconds: value.scale_down_stabilization_seconds?,
+                    scale_up_stabilization_seconds: value.scale_up_stabilization_seconds?,
                     service: value.service?,
                     target_cpu_utilization: value.target_cpu_utilization?,
                     target_p95_latency_ms: value.target_p95_latency_ms?,
@@ -4381,8 +3648,7 @@ pub mod types {
                 })
             }
         }
-        impl ::std::convert::From<super::AutoscalingPolicySpec>
-        for AutoscalingPolicySpec {
+        impl ::std::convert::From<super::AutoscalingPolicySpec> for AutoscalingPolicySpec {
             fn from(value: super::AutoscalingPolicySpec) -> Self {
                 Self {
                     enabled: Ok(value.enabled),
@@ -4390,12 +3656,8 @@ pub mod types {
                     max_scale_down_step: Ok(value.max_scale_down_step),
                     max_scale_up_step: Ok(value.max_scale_up_step),
                     min_replicas: Ok(value.min_replicas),
-                    scale_down_stabilization_seconds: Ok(
-                        value.scale_down_stabilization_seconds,
-                    ),
-                    scale_up_stabilization_seconds: Ok(
-                        value.scale_up_stabilization_seconds,
-                    ),
+                    scale_down_stabilization_seconds: Ok(value.scale_down_stabilization_seconds),
+                    scale_up_stabilization_seconds: Ok(value.scale_up_stabilization_seconds),
                     service: Ok(value.service),
                     target_cpu_utilization: Ok(value.target_cpu_utilization),
                     target_p95_latency_ms: Ok(value.target_p95_latency_ms),
@@ -4406,38 +3668,23 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct AutoscalingRecommendation {
             current_replicas: ::std::result::Result<u64, ::std::string::String>,
-            desired_replicas: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            desired_replicas: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             metrics: ::std::result::Result<super::ObservedLoad, ::std::string::String>,
             policy_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            reason: ::std::result::Result<
-                super::AutoscalingRecommendationReason,
-                ::std::string::String,
-            >,
-            recommended_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            reason: ::std::result::Result<super::AutoscalingRecommendationReason, ::std::string::String>,
+            recommended_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
             stabilized: ::std::result::Result<bool, ::std::string::String>,
         }
         impl ::std::default::Default for AutoscalingRecommendation {
             fn default() -> Self {
                 Self {
-                    current_replicas: Err(
-                        "no value supplied for current_replicas".to_string(),
-                    ),
-                    desired_replicas: Err(
-                        "no value supplied for desired_replicas".to_string(),
-                    ),
+                    current_replicas: Err("no value supplied for current_replicas".to_string()),
+                    desired_replicas: Err("no value supplied for desired_replicas".to_string()),
                     metrics: Err("no value supplied for metrics".to_string()),
                     policy_id: Err("no value supplied for policy_id".to_string()),
                     reason: Err("no value supplied for reason".to_string()),
-                    recommended_at: Err(
-                        "no value supplied for recommended_at".to_string(),
-                    ),
+                    recommended_at: Err("no value supplied for recommended_at".to_string()),
                     service: Err("no value supplied for service".to_string()),
                     stabilized: Err("no value supplied for stabilized".to_string()),
                 }
@@ -4449,13 +3696,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.current_replicas = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for current_replicas: {e}"
-                        )
-                    });
+                self.current_replicas =
+                    value.try_into().map_err(|e| format!("error converting supplied value for current_replicas: {e}"));
                 self
             }
             pub fn desired_replicas<T>(mut self, value: T) -> Self
@@ -4463,13 +3705,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.desired_replicas = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for desired_replicas: {e}"
-                        )
-                    });
+                self.desired_replicas =
+                    value.try_into().map_err(|e| format!("error converting supplied value for desired_replicas: {e}"));
                 self
             }
             pub fn metrics<T>(mut self, value: T) -> Self
@@ -4477,11 +3714,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ObservedLoad>,
                 T::Error: ::std::fmt::Display,
             {
-                self.metrics = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for metrics: {e}")
-                    });
+                self.metrics =
+                    value.try_into().map_err(|e| format!("error converting supplied value for metrics: {e}"));
                 self
             }
             pub fn policy_id<T>(mut self, value: T) -> Self
@@ -4489,11 +3723,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.policy_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for policy_id: {e}")
-                    });
+                self.policy_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for policy_id: {e}"));
                 self
             }
             pub fn reason<T>(mut self, value: T) -> Self
@@ -4501,11 +3732,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::AutoscalingRecommendationReason>,
                 T::Error: ::std::fmt::Display,
             {
-                self.reason = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for reason: {e}")
-                    });
+                self.reason = value.try_into().map_err(|e| format!("error converting supplied value for reason: {e}"));
                 self
             }
             pub fn recommended_at<T>(mut self, value: T) -> Self
@@ -4513,13 +3740,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.recommended_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for recommended_at: {e}"
-                        )
-                    });
+                self.recommended_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for recommended_at: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -4527,11 +3749,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn stabilized<T>(mut self, value: T) -> Self
@@ -4539,16 +3758,12 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.stabilized = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for stabilized: {e}")
-                    });
+                self.stabilized =
+                    value.try_into().map_err(|e| format!("error converting supplied value for stabilized: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<AutoscalingRecommendation>
-        for super::AutoscalingRecommendation {
+        impl ::std::convert::TryFrom<AutoscalingRecommendation> for super::AutoscalingRecommendation {
             type Error = super::error::ConversionError;
             fn try_from(
                 value: AutoscalingRecommendation,
@@ -4565,8 +3780,7 @@ pub mod types {
                 })
             }
         }
-        impl ::std::convert::From<super::AutoscalingRecommendation>
-        for AutoscalingRecommendation {
+        impl ::std::convert::From<super::AutoscalingRecommendation> for AutoscalingRecommendation {
             fn from(value: super::AutoscalingRecommendation) -> Self {
                 Self {
                     current_replicas: Ok(value.current_replicas),
@@ -4582,73 +3796,42 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Benchmark {
-            body: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkBody>,
-                ::std::string::String,
-            >,
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            duration_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
-            error: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkError>,
-                ::std::string::String,
-            >,
+            body: ::std::result::Result<::std::option::Option<super::BenchmarkBody>, ::std::string::String>,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            duration_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
+            error: ::std::result::Result<::std::option::Option<super::BenchmarkError>, ::std::string::String>,
             finished_at: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
             hatch_rate_per_second: ::std::result::Result<f64, ::std::string::String>,
-            headers: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkHeaders>,
-                ::std::string::String,
-            >,
+            headers: ::std::result::Result<::std::option::Option<super::BenchmarkHeaders>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             method: ::std::result::Result<super::HttpMethod, ::std::string::String>,
             name: ::std::result::Result<super::BenchmarkName, ::std::string::String>,
             path: ::std::result::Result<super::BenchmarkPath, ::std::string::String>,
-            result: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkResult>,
-                ::std::string::String,
-            >,
+            result: ::std::result::Result<::std::option::Option<super::BenchmarkResult>, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            slo_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
+            slo_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             started_at: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
             status: ::std::result::Result<super::BenchmarkStatus, ::std::string::String>,
             think_time_ms: ::std::result::Result<i64, ::std::string::String>,
-            thresholds: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkThresholds>,
-                ::std::string::String,
-            >,
+            thresholds: ::std::result::Result<::std::option::Option<super::BenchmarkThresholds>, ::std::string::String>,
             users: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
-            verdict: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkVerdict>,
-                ::std::string::String,
-            >,
+            verdict: ::std::result::Result<::std::option::Option<super::BenchmarkVerdict>, ::std::string::String>,
         }
         impl ::std::default::Default for Benchmark {
             fn default() -> Self {
                 Self {
                     body: Ok(Default::default()),
                     created_at: Err("no value supplied for created_at".to_string()),
-                    duration_seconds: Err(
-                        "no value supplied for duration_seconds".to_string(),
-                    ),
+                    duration_seconds: Err("no value supplied for duration_seconds".to_string()),
                     error: Ok(Default::default()),
                     finished_at: Err("no value supplied for finished_at".to_string()),
-                    hatch_rate_per_second: Err(
-                        "no value supplied for hatch_rate_per_second".to_string(),
-                    ),
+                    hatch_rate_per_second: Err("no value supplied for hatch_rate_per_second".to_string()),
                     headers: Ok(Default::default()),
                     id: Err("no value supplied for id".to_string()),
                     method: Err("no value supplied for method".to_string()),
@@ -4659,9 +3842,7 @@ pub mod types {
                     slo_id: Ok(Default::default()),
                     started_at: Err("no value supplied for started_at".to_string()),
                     status: Err("no value supplied for status".to_string()),
-                    think_time_ms: Err(
-                        "no value supplied for think_time_ms".to_string(),
-                    ),
+                    think_time_ms: Err("no value supplied for think_time_ms".to_string()),
                     thresholds: Ok(Default::default()),
                     users: Err("no value supplied for users".to_string()),
                     verdict: Ok(Default::default()),
@@ -4674,11 +3855,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkBody>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.body = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for body: {e}")
-                    });
+                self.body = value.try_into().map_err(|e| format!("error converting supplied value for body: {e}"));
                 self
             }
             pub fn created_at<T>(mut self, value: T) -> Self
@@ -4686,11 +3863,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn duration_seconds<T>(mut self, value: T) -> Self
@@ -4698,13 +3872,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.duration_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for duration_seconds: {e}"
-                        )
-                    });
+                self.duration_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for duration_seconds: {e}"));
                 self
             }
             pub fn error<T>(mut self, value: T) -> Self
@@ -4712,25 +3881,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkError>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.error = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for error: {e}")
-                    });
+                self.error = value.try_into().map_err(|e| format!("error converting supplied value for error: {e}"));
                 self
             }
             pub fn finished_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.finished_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for finished_at: {e}")
-                    });
+                self.finished_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for finished_at: {e}"));
                 self
             }
             pub fn hatch_rate_per_second<T>(mut self, value: T) -> Self
@@ -4740,25 +3900,16 @@ pub mod types {
             {
                 self.hatch_rate_per_second = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for hatch_rate_per_second: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for hatch_rate_per_second: {e}"));
                 self
             }
             pub fn headers<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkHeaders>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkHeaders>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.headers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for headers: {e}")
-                    });
+                self.headers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for headers: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -4766,9 +3917,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn method<T>(mut self, value: T) -> Self
@@ -4776,11 +3925,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HttpMethod>,
                 T::Error: ::std::fmt::Display,
             {
-                self.method = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for method: {e}")
-                    });
+                self.method = value.try_into().map_err(|e| format!("error converting supplied value for method: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -4788,11 +3933,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BenchmarkName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn path<T>(mut self, value: T) -> Self
@@ -4800,25 +3941,15 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BenchmarkPath>,
                 T::Error: ::std::fmt::Display,
             {
-                self.path = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for path: {e}")
-                    });
+                self.path = value.try_into().map_err(|e| format!("error converting supplied value for path: {e}"));
                 self
             }
             pub fn result<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkResult>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkResult>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.result = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for result: {e}")
-                    });
+                self.result = value.try_into().map_err(|e| format!("error converting supplied value for result: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -4826,11 +3957,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn slo_id<T>(mut self, value: T) -> Self
@@ -4838,25 +3966,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.slo_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for slo_id: {e}")
-                    });
+                self.slo_id = value.try_into().map_err(|e| format!("error converting supplied value for slo_id: {e}"));
                 self
             }
             pub fn started_at<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.started_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for started_at: {e}")
-                    });
+                self.started_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for started_at: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -4864,11 +3983,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BenchmarkStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn think_time_ms<T>(mut self, value: T) -> Self
@@ -4876,25 +3991,17 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.think_time_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for think_time_ms: {e}")
-                    });
+                self.think_time_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for think_time_ms: {e}"));
                 self
             }
             pub fn thresholds<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkThresholds>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkThresholds>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.thresholds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for thresholds: {e}")
-                    });
+                self.thresholds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for thresholds: {e}"));
                 self
             }
             pub fn users<T>(mut self, value: T) -> Self
@@ -4902,33 +4009,22 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.users = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for users: {e}")
-                    });
+                self.users = value.try_into().map_err(|e| format!("error converting supplied value for users: {e}"));
                 self
             }
             pub fn verdict<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkVerdict>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkVerdict>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.verdict = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for verdict: {e}")
-                    });
+                self.verdict =
+                    value.try_into().map_err(|e| format!("error converting supplied value for verdict: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Benchmark> for super::Benchmark {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Benchmark,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Benchmark) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     body: value.body?,
                     created_at: value.created_at?,
@@ -4981,14 +4077,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct BenchmarkList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Benchmark>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Benchmark>, ::std::string::String>,
+            next_cursor:
+                ::std::result::Result<::std::option::Option<super::BenchmarkListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for BenchmarkList {
             fn default() -> Self {
@@ -5004,55 +4095,35 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Benchmark>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<BenchmarkList> for super::BenchmarkList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: BenchmarkList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: BenchmarkList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::BenchmarkList> for BenchmarkList {
             fn from(value: super::BenchmarkList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct BenchmarkResult {
             error_rate: ::std::result::Result<f64, ::std::string::String>,
             failures: ::std::result::Result<u64, ::std::string::String>,
-            latency_ms: ::std::result::Result<
-                super::LatencySummary,
-                ::std::string::String,
-            >,
+            latency_ms: ::std::result::Result<super::LatencySummary, ::std::string::String>,
             requests: ::std::result::Result<u64, ::std::string::String>,
             requests_per_second: ::std::result::Result<f64, ::std::string::String>,
         }
@@ -5063,9 +4134,7 @@ pub mod types {
                     failures: Err("no value supplied for failures".to_string()),
                     latency_ms: Err("no value supplied for latency_ms".to_string()),
                     requests: Err("no value supplied for requests".to_string()),
-                    requests_per_second: Err(
-                        "no value supplied for requests_per_second".to_string(),
-                    ),
+                    requests_per_second: Err("no value supplied for requests_per_second".to_string()),
                 }
             }
         }
@@ -5075,11 +4144,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.error_rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for error_rate: {e}")
-                    });
+                self.error_rate =
+                    value.try_into().map_err(|e| format!("error converting supplied value for error_rate: {e}"));
                 self
             }
             pub fn failures<T>(mut self, value: T) -> Self
@@ -5087,11 +4153,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.failures = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for failures: {e}")
-                    });
+                self.failures =
+                    value.try_into().map_err(|e| format!("error converting supplied value for failures: {e}"));
                 self
             }
             pub fn latency_ms<T>(mut self, value: T) -> Self
@@ -5099,11 +4162,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::LatencySummary>,
                 T::Error: ::std::fmt::Display,
             {
-                self.latency_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for latency_ms: {e}")
-                    });
+                self.latency_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for latency_ms: {e}"));
                 self
             }
             pub fn requests<T>(mut self, value: T) -> Self
@@ -5111,11 +4171,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.requests = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for requests: {e}")
-                    });
+                self.requests =
+                    value.try_into().map_err(|e| format!("error converting supplied value for requests: {e}"));
                 self
             }
             pub fn requests_per_second<T>(mut self, value: T) -> Self
@@ -5125,19 +4182,13 @@ pub mod types {
             {
                 self.requests_per_second = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for requests_per_second: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for requests_per_second: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<BenchmarkResult> for super::BenchmarkResult {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: BenchmarkResult,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: BenchmarkResult) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     error_rate: value.error_rate?,
                     failures: value.failures?,
@@ -5160,44 +4211,25 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct BenchmarkSpec {
-            body: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkSpecBody>,
-                ::std::string::String,
-            >,
-            duration_seconds: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            body: ::std::result::Result<::std::option::Option<super::BenchmarkSpecBody>, ::std::string::String>,
+            duration_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             hatch_rate_per_second: ::std::result::Result<f64, ::std::string::String>,
-            headers: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkHeaders>,
-                ::std::string::String,
-            >,
+            headers: ::std::result::Result<::std::option::Option<super::BenchmarkHeaders>, ::std::string::String>,
             method: ::std::result::Result<super::HttpMethod, ::std::string::String>,
             name: ::std::result::Result<super::BenchmarkSpecName, ::std::string::String>,
             path: ::std::result::Result<super::BenchmarkSpecPath, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            slo_id: ::std::result::Result<
-                ::std::option::Option<::uuid::Uuid>,
-                ::std::string::String,
-            >,
+            slo_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             think_time_ms: ::std::result::Result<i64, ::std::string::String>,
-            thresholds: ::std::result::Result<
-                ::std::option::Option<super::BenchmarkThresholds>,
-                ::std::string::String,
-            >,
+            thresholds: ::std::result::Result<::std::option::Option<super::BenchmarkThresholds>, ::std::string::String>,
             users: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for BenchmarkSpec {
             fn default() -> Self {
                 Self {
                     body: Ok(Default::default()),
-                    duration_seconds: Err(
-                        "no value supplied for duration_seconds".to_string(),
-                    ),
-                    hatch_rate_per_second: Ok(
-                        super::defaults::benchmark_spec_hatch_rate_per_second(),
-                    ),
+                    duration_seconds: Err("no value supplied for duration_seconds".to_string()),
+                    hatch_rate_per_second: Ok(super::defaults::benchmark_spec_hatch_rate_per_second()),
                     headers: Ok(Default::default()),
                     method: Err("no value supplied for method".to_string()),
                     name: Err("no value supplied for name".to_string()),
@@ -5213,16 +4245,10 @@ pub mod types {
         impl BenchmarkSpec {
             pub fn body<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkSpecBody>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkSpecBody>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.body = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for body: {e}")
-                    });
+                self.body = value.try_into().map_err(|e| format!("error converting supplied value for body: {e}"));
                 self
             }
             pub fn duration_seconds<T>(mut self, value: T) -> Self
@@ -5230,13 +4256,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.duration_seconds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for duration_seconds: {e}"
-                        )
-                    });
+                self.duration_seconds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for duration_seconds: {e}"));
                 self
             }
             pub fn hatch_rate_per_second<T>(mut self, value: T) -> Self
@@ -5246,25 +4267,16 @@ pub mod types {
             {
                 self.hatch_rate_per_second = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for hatch_rate_per_second: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for hatch_rate_per_second: {e}"));
                 self
             }
             pub fn headers<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkHeaders>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkHeaders>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.headers = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for headers: {e}")
-                    });
+                self.headers =
+                    value.try_into().map_err(|e| format!("error converting supplied value for headers: {e}"));
                 self
             }
             pub fn method<T>(mut self, value: T) -> Self
@@ -5272,11 +4284,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HttpMethod>,
                 T::Error: ::std::fmt::Display,
             {
-                self.method = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for method: {e}")
-                    });
+                self.method = value.try_into().map_err(|e| format!("error converting supplied value for method: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -5284,11 +4292,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BenchmarkSpecName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn path<T>(mut self, value: T) -> Self
@@ -5296,11 +4300,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BenchmarkSpecPath>,
                 T::Error: ::std::fmt::Display,
             {
-                self.path = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for path: {e}")
-                    });
+                self.path = value.try_into().map_err(|e| format!("error converting supplied value for path: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -5308,11 +4308,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn slo_id<T>(mut self, value: T) -> Self
@@ -5320,11 +4317,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.slo_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for slo_id: {e}")
-                    });
+                self.slo_id = value.try_into().map_err(|e| format!("error converting supplied value for slo_id: {e}"));
                 self
             }
             pub fn think_time_ms<T>(mut self, value: T) -> Self
@@ -5332,25 +4325,17 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.think_time_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for think_time_ms: {e}")
-                    });
+                self.think_time_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for think_time_ms: {e}"));
                 self
             }
             pub fn thresholds<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::BenchmarkThresholds>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::BenchmarkThresholds>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.thresholds = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for thresholds: {e}")
-                    });
+                self.thresholds =
+                    value.try_into().map_err(|e| format!("error converting supplied value for thresholds: {e}"));
                 self
             }
             pub fn users<T>(mut self, value: T) -> Self
@@ -5358,19 +4343,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.users = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for users: {e}")
-                    });
+                self.users = value.try_into().map_err(|e| format!("error converting supplied value for users: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<BenchmarkSpec> for super::BenchmarkSpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: BenchmarkSpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: BenchmarkSpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     body: value.body?,
                     duration_seconds: value.duration_seconds?,
@@ -5407,21 +4386,12 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct BenchmarkThresholds {
-            error_rate: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            p95_ms: ::std::result::Result<
-                ::std::option::Option<::std::num::NonZeroU64>,
-                ::std::string::String,
-            >,
+            error_rate: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            p95_ms: ::std::result::Result<::std::option::Option<::std::num::NonZeroU64>, ::std::string::String>,
         }
         impl ::std::default::Default for BenchmarkThresholds {
             fn default() -> Self {
-                Self {
-                    error_rate: Ok(Default::default()),
-                    p95_ms: Ok(Default::default()),
-                }
+                Self { error_rate: Ok(Default::default()), p95_ms: Ok(Default::default()) }
             }
         }
         impl BenchmarkThresholds {
@@ -5430,55 +4400,34 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.error_rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for error_rate: {e}")
-                    });
+                self.error_rate =
+                    value.try_into().map_err(|e| format!("error converting supplied value for error_rate: {e}"));
                 self
             }
             pub fn p95_ms<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::num::NonZeroU64>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.p95_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for p95_ms: {e}")
-                    });
+                self.p95_ms = value.try_into().map_err(|e| format!("error converting supplied value for p95_ms: {e}"));
                 self
             }
         }
-        impl ::std::convert::TryFrom<BenchmarkThresholds>
-        for super::BenchmarkThresholds {
+        impl ::std::convert::TryFrom<BenchmarkThresholds> for super::BenchmarkThresholds {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: BenchmarkThresholds,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    error_rate: value.error_rate?,
-                    p95_ms: value.p95_ms?,
-                })
+            fn try_from(value: BenchmarkThresholds) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { error_rate: value.error_rate?, p95_ms: value.p95_ms? })
             }
         }
         impl ::std::convert::From<super::BenchmarkThresholds> for BenchmarkThresholds {
             fn from(value: super::BenchmarkThresholds) -> Self {
-                Self {
-                    error_rate: Ok(value.error_rate),
-                    p95_ms: Ok(value.p95_ms),
-                }
+                Self { error_rate: Ok(value.error_rate), p95_ms: Ok(value.p95_ms) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct BenchmarkVerdict {
             passed: ::std::result::Result<bool, ::std::string::String>,
-            reasons: ::std::result::Result<
-                ::std::vec::Vec<super::BenchmarkVerdictReasonsItem>,
-                ::std::string::String,
-            >,
+            reasons: ::std::result::Result<::std::vec::Vec<super::BenchmarkVerdictReasonsItem>, ::std::string::String>,
         }
         impl ::std::default::Default for BenchmarkVerdict {
             fn default() -> Self {
@@ -5494,45 +4443,28 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.passed = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for passed: {e}")
-                    });
+                self.passed = value.try_into().map_err(|e| format!("error converting supplied value for passed: {e}"));
                 self
             }
             pub fn reasons<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::vec::Vec<super::BenchmarkVerdictReasonsItem>,
-                >,
+                T: ::std::convert::TryInto<::std::vec::Vec<super::BenchmarkVerdictReasonsItem>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.reasons = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for reasons: {e}")
-                    });
+                self.reasons =
+                    value.try_into().map_err(|e| format!("error converting supplied value for reasons: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<BenchmarkVerdict> for super::BenchmarkVerdict {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: BenchmarkVerdict,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    passed: value.passed?,
-                    reasons: value.reasons?,
-                })
+            fn try_from(value: BenchmarkVerdict) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { passed: value.passed?, reasons: value.reasons? })
             }
         }
         impl ::std::convert::From<super::BenchmarkVerdict> for BenchmarkVerdict {
             fn from(value: super::BenchmarkVerdict) -> Self {
-                Self {
-                    passed: Ok(value.passed),
-                    reasons: Ok(value.reasons),
-                }
+                Self { passed: Ok(value.passed), reasons: Ok(value.reasons) }
             }
         }
         #[derive(Clone, Debug)]
@@ -5558,11 +4490,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.alerting = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for alerting: {e}")
-                    });
+                self.alerting =
+                    value.try_into().map_err(|e| format!("error converting supplied value for alerting: {e}"));
                 self
             }
             pub fn rate<T>(mut self, value: T) -> Self
@@ -5570,11 +4499,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for rate: {e}")
-                    });
+                self.rate = value.try_into().map_err(|e| format!("error converting supplied value for rate: {e}"));
                 self
             }
             pub fn threshold<T>(mut self, value: T) -> Self
@@ -5582,11 +4507,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.threshold = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for threshold: {e}")
-                    });
+                self.threshold =
+                    value.try_into().map_err(|e| format!("error converting supplied value for threshold: {e}"));
                 self
             }
             pub fn window<T>(mut self, value: T) -> Self
@@ -5594,19 +4516,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BurnRateWindow>,
                 T::Error: ::std::fmt::Display,
             {
-                self.window = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for window: {e}")
-                    });
+                self.window = value.try_into().map_err(|e| format!("error converting supplied value for window: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<BurnRate> for super::BurnRate {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: BurnRate,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: BurnRate) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     alerting: value.alerting?,
                     rate: value.rate?,
@@ -5629,25 +4545,14 @@ pub mod types {
         pub struct BurnRateAlert {
             burn_rate_threshold: ::std::result::Result<f64, ::std::string::String>,
             firing: ::std::result::Result<bool, ::std::string::String>,
-            long_window: ::std::result::Result<
-                super::BurnRateWindow,
-                ::std::string::String,
-            >,
-            severity: ::std::result::Result<
-                super::BurnRateAlertSeverity,
-                ::std::string::String,
-            >,
-            short_window: ::std::result::Result<
-                super::BurnRateWindow,
-                ::std::string::String,
-            >,
+            long_window: ::std::result::Result<super::BurnRateWindow, ::std::string::String>,
+            severity: ::std::result::Result<super::BurnRateAlertSeverity, ::std::string::String>,
+            short_window: ::std::result::Result<super::BurnRateWindow, ::std::string::String>,
         }
         impl ::std::default::Default for BurnRateAlert {
             fn default() -> Self {
                 Self {
-                    burn_rate_threshold: Err(
-                        "no value supplied for burn_rate_threshold".to_string(),
-                    ),
+                    burn_rate_threshold: Err("no value supplied for burn_rate_threshold".to_string()),
                     firing: Err("no value supplied for firing".to_string()),
                     long_window: Err("no value supplied for long_window".to_string()),
                     severity: Err("no value supplied for severity".to_string()),
@@ -5663,11 +4568,7 @@ pub mod types {
             {
                 self.burn_rate_threshold = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for burn_rate_threshold: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for burn_rate_threshold: {e}"));
                 self
             }
             pub fn firing<T>(mut self, value: T) -> Self
@@ -5675,11 +4576,7 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.firing = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for firing: {e}")
-                    });
+                self.firing = value.try_into().map_err(|e| format!("error converting supplied value for firing: {e}"));
                 self
             }
             pub fn long_window<T>(mut self, value: T) -> Self
@@ -5687,11 +4584,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BurnRateWindow>,
                 T::Error: ::std::fmt::Display,
             {
-                self.long_window = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for long_window: {e}")
-                    });
+                self.long_window =
+                    value.try_into().map_err(|e| format!("error converting supplied value for long_window: {e}"));
                 self
             }
             pub fn severity<T>(mut self, value: T) -> Self
@@ -5699,11 +4593,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BurnRateAlertSeverity>,
                 T::Error: ::std::fmt::Display,
             {
-                self.severity = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for severity: {e}")
-                    });
+                self.severity =
+                    value.try_into().map_err(|e| format!("error converting supplied value for severity: {e}"));
                 self
             }
             pub fn short_window<T>(mut self, value: T) -> Self
@@ -5711,19 +4602,14 @@ pub mod types {
                 T: ::std::convert::TryInto<super::BurnRateWindow>,
                 T::Error: ::std::fmt::Display,
             {
-                self.short_window = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for short_window: {e}")
-                    });
+                self.short_window =
+                    value.try_into().map_err(|e| format!("error converting supplied value for short_window: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<BurnRateAlert> for super::BurnRateAlert {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: BurnRateAlert,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: BurnRateAlert) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     burn_rate_threshold: value.burn_rate_threshold?,
                     firing: value.firing?,
@@ -5747,15 +4633,9 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct Error {
             code: ::std::result::Result<super::ErrorCode, ::std::string::String>,
-            details: ::std::result::Result<
-                ::std::vec::Vec<super::ErrorDetail>,
-                ::std::string::String,
-            >,
+            details: ::std::result::Result<::std::vec::Vec<super::ErrorDetail>, ::std::string::String>,
             message: ::std::result::Result<super::ErrorMessage, ::std::string::String>,
-            trace_id: ::std::result::Result<
-                ::std::option::Option<super::ErrorTraceId>,
-                ::std::string::String,
-            >,
+            trace_id: ::std::result::Result<::std::option::Option<super::ErrorTraceId>, ::std::string::String>,
         }
         impl ::std::default::Default for Error {
             fn default() -> Self {
@@ -5773,11 +4653,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorCode>,
                 T::Error: ::std::fmt::Display,
             {
-                self.code = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for code: {e}")
-                    });
+                self.code = value.try_into().map_err(|e| format!("error converting supplied value for code: {e}"));
                 self
             }
             pub fn details<T>(mut self, value: T) -> Self
@@ -5785,11 +4661,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::ErrorDetail>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.details = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for details: {e}")
-                    });
+                self.details =
+                    value.try_into().map_err(|e| format!("error converting supplied value for details: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -5797,11 +4670,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
             pub fn trace_id<T>(mut self, value: T) -> Self
@@ -5809,19 +4679,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::ErrorTraceId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.trace_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for trace_id: {e}")
-                    });
+                self.trace_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for trace_id: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Error> for super::Error {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Error,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Error) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     code: value.code?,
                     details: value.details?,
@@ -5852,9 +4717,7 @@ pub mod types {
                 Self {
                     consumed: Err("no value supplied for consumed".to_string()),
                     remaining: Err("no value supplied for remaining".to_string()),
-                    remaining_percent: Err(
-                        "no value supplied for remaining_percent".to_string(),
-                    ),
+                    remaining_percent: Err("no value supplied for remaining_percent".to_string()),
                     total: Err("no value supplied for total".to_string()),
                 }
             }
@@ -5865,11 +4728,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.consumed = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for consumed: {e}")
-                    });
+                self.consumed =
+                    value.try_into().map_err(|e| format!("error converting supplied value for consumed: {e}"));
                 self
             }
             pub fn remaining<T>(mut self, value: T) -> Self
@@ -5877,11 +4737,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.remaining = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for remaining: {e}")
-                    });
+                self.remaining =
+                    value.try_into().map_err(|e| format!("error converting supplied value for remaining: {e}"));
                 self
             }
             pub fn remaining_percent<T>(mut self, value: T) -> Self
@@ -5889,13 +4746,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.remaining_percent = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for remaining_percent: {e}"
-                        )
-                    });
+                self.remaining_percent =
+                    value.try_into().map_err(|e| format!("error converting supplied value for remaining_percent: {e}"));
                 self
             }
             pub fn total<T>(mut self, value: T) -> Self
@@ -5903,19 +4755,13 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.total = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for total: {e}")
-                    });
+                self.total = value.try_into().map_err(|e| format!("error converting supplied value for total: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ErrorBudget> for super::ErrorBudget {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ErrorBudget,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ErrorBudget) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     consumed: value.consumed?,
                     remaining: value.remaining?,
@@ -5936,18 +4782,9 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ErrorDetail {
-            field: ::std::result::Result<
-                ::std::option::Option<super::ErrorDetailField>,
-                ::std::string::String,
-            >,
-            location: ::std::result::Result<
-                super::ErrorDetailLocation,
-                ::std::string::String,
-            >,
-            message: ::std::result::Result<
-                super::ErrorDetailMessage,
-                ::std::string::String,
-            >,
+            field: ::std::result::Result<::std::option::Option<super::ErrorDetailField>, ::std::string::String>,
+            location: ::std::result::Result<super::ErrorDetailLocation, ::std::string::String>,
+            message: ::std::result::Result<super::ErrorDetailMessage, ::std::string::String>,
         }
         impl ::std::default::Default for ErrorDetail {
             fn default() -> Self {
@@ -5961,16 +4798,10 @@ pub mod types {
         impl ErrorDetail {
             pub fn field<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::ErrorDetailField>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::ErrorDetailField>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.field = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for field: {e}")
-                    });
+                self.field = value.try_into().map_err(|e| format!("error converting supplied value for field: {e}"));
                 self
             }
             pub fn location<T>(mut self, value: T) -> Self
@@ -5978,11 +4809,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailLocation>,
                 T::Error: ::std::fmt::Display,
             {
-                self.location = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for location: {e}")
-                    });
+                self.location =
+                    value.try_into().map_err(|e| format!("error converting supplied value for location: {e}"));
                 self
             }
             pub fn message<T>(mut self, value: T) -> Self
@@ -5990,61 +4818,33 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorDetailMessage>,
                 T::Error: ::std::fmt::Display,
             {
-                self.message = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for message: {e}")
-                    });
+                self.message =
+                    value.try_into().map_err(|e| format!("error converting supplied value for message: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ErrorDetail> for super::ErrorDetail {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ErrorDetail,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    field: value.field?,
-                    location: value.location?,
-                    message: value.message?,
-                })
+            fn try_from(value: ErrorDetail) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { field: value.field?, location: value.location?, message: value.message? })
             }
         }
         impl ::std::convert::From<super::ErrorDetail> for ErrorDetail {
             fn from(value: super::ErrorDetail) -> Self {
-                Self {
-                    field: Ok(value.field),
-                    location: Ok(value.location),
-                    message: Ok(value.message),
-                }
+                Self { field: Ok(value.field), location: Ok(value.location), message: Ok(value.message) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct Health {
             checks: ::std::result::Result<
-                ::std::collections::HashMap<
-                    ::std::string::String,
-                    ::std::vec::Vec<super::HealthCheck>,
-                >,
+                ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<super::HealthCheck>>,
                 ::std::string::String,
             >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::HealthDescription>,
-                ::std::string::String,
-            >,
-            output: ::std::result::Result<
-                ::std::option::Option<super::HealthOutput>,
-                ::std::string::String,
-            >,
-            service_id: ::std::result::Result<
-                ::std::option::Option<super::HealthServiceId>,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::HealthDescription>, ::std::string::String>,
+            output: ::std::result::Result<::std::option::Option<super::HealthOutput>, ::std::string::String>,
+            service_id: ::std::result::Result<::std::option::Option<super::HealthServiceId>, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
-            version: ::std::result::Result<
-                ::std::option::Option<super::HealthVersion>,
-                ::std::string::String,
-            >,
+            version: ::std::result::Result<::std::option::Option<super::HealthVersion>, ::std::string::String>,
         }
         impl ::std::default::Default for Health {
             fn default() -> Self {
@@ -6062,32 +4862,20 @@ pub mod types {
             pub fn checks<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<
-                    ::std::collections::HashMap<
-                        ::std::string::String,
-                        ::std::vec::Vec<super::HealthCheck>,
+                        ::std::collections::HashMap<::std::string::String, ::std::vec::Vec<super::HealthCheck>>,
                     >,
-                >,
                 T::Error: ::std::fmt::Display,
             {
-                self.checks = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for checks: {e}")
-                    });
+                self.checks = value.try_into().map_err(|e| format!("error converting supplied value for checks: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
@@ -6095,25 +4883,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::HealthOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn service_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthServiceId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthServiceId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service_id: {e}")
-                    });
+                self.service_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service_id: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -6121,11 +4900,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn version<T>(mut self, value: T) -> Self
@@ -6133,19 +4908,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::HealthVersion>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.version = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for version: {e}")
-                    });
+                self.version =
+                    value.try_into().map_err(|e| format!("error converting supplied value for version: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Health> for super::Health {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Health,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Health) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     checks: value.checks?,
                     description: value.description?,
@@ -6170,31 +4940,16 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct HealthCheck {
-            component_id: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckComponentId>,
-                ::std::string::String,
-            >,
-            component_type: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckComponentType>,
-                ::std::string::String,
-            >,
-            observed_unit: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckObservedUnit>,
-                ::std::string::String,
-            >,
-            observed_value: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            output: ::std::result::Result<
-                ::std::option::Option<super::HealthCheckOutput>,
-                ::std::string::String,
-            >,
+            component_id:
+                ::std::result::Result<::std::option::Option<super::HealthCheckComponentId>, ::std::string::String>,
+            component_type:
+                ::std::result::Result<::std::option::Option<super::HealthCheckComponentType>, ::std::string::String>,
+            observed_unit:
+                ::std::result::Result<::std::option::Option<super::HealthCheckObservedUnit>, ::std::string::String>,
+            observed_value: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            output: ::std::result::Result<::std::option::Option<super::HealthCheckOutput>, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
-            time: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            time: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for HealthCheck {
             fn default() -> Self {
@@ -6212,46 +4967,29 @@ pub mod types {
         impl HealthCheck {
             pub fn component_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckComponentId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckComponentId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.component_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for component_id: {e}")
-                    });
+                self.component_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for component_id: {e}"));
                 self
             }
             pub fn component_type<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckComponentType>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckComponentType>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.component_type = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for component_type: {e}"
-                        )
-                    });
+                self.component_type =
+                    value.try_into().map_err(|e| format!("error converting supplied value for component_type: {e}"));
                 self
             }
             pub fn observed_unit<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckObservedUnit>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckObservedUnit>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_unit = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for observed_unit: {e}")
-                    });
+                self.observed_unit =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_unit: {e}"));
                 self
             }
             pub fn observed_value<T>(mut self, value: T) -> Self
@@ -6259,27 +4997,16 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_value = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for observed_value: {e}"
-                        )
-                    });
+                self.observed_value =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_value: {e}"));
                 self
             }
             pub fn output<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::HealthCheckOutput>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::HealthCheckOutput>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.output = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for output: {e}")
-                    });
+                self.output = value.try_into().map_err(|e| format!("error converting supplied value for output: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -6287,11 +5014,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HealthStatus>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn time<T>(mut self, value: T) -> Self
@@ -6299,19 +5022,13 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.time = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for time: {e}")
-                    });
+                self.time = value.try_into().map_err(|e| format!("error converting supplied value for time: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<HealthCheck> for super::HealthCheck {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: HealthCheck,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: HealthCheck) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     component_id: value.component_id?,
                     component_type: value.component_type?,
@@ -6363,11 +5080,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.max = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for max: {e}")
-                    });
+                self.max = value.try_into().map_err(|e| format!("error converting supplied value for max: {e}"));
                 self
             }
             pub fn mean<T>(mut self, value: T) -> Self
@@ -6375,11 +5088,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.mean = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for mean: {e}")
-                    });
+                self.mean = value.try_into().map_err(|e| format!("error converting supplied value for mean: {e}"));
                 self
             }
             pub fn p50<T>(mut self, value: T) -> Self
@@ -6387,11 +5096,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.p50 = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for p50: {e}")
-                    });
+                self.p50 = value.try_into().map_err(|e| format!("error converting supplied value for p50: {e}"));
                 self
             }
             pub fn p90<T>(mut self, value: T) -> Self
@@ -6399,11 +5104,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.p90 = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for p90: {e}")
-                    });
+                self.p90 = value.try_into().map_err(|e| format!("error converting supplied value for p90: {e}"));
                 self
             }
             pub fn p95<T>(mut self, value: T) -> Self
@@ -6411,11 +5112,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.p95 = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for p95: {e}")
-                    });
+                self.p95 = value.try_into().map_err(|e| format!("error converting supplied value for p95: {e}"));
                 self
             }
             pub fn p99<T>(mut self, value: T) -> Self
@@ -6423,19 +5120,13 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.p99 = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for p99: {e}")
-                    });
+                self.p99 = value.try_into().map_err(|e| format!("error converting supplied value for p99: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<LatencySummary> for super::LatencySummary {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: LatencySummary,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: LatencySummary) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     max: value.max?,
                     mean: value.mean?,
@@ -6460,25 +5151,15 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ObservedLoad {
-            observed_cpu_utilization: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
-            observed_p95_ms: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
+            observed_cpu_utilization: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
+            observed_p95_ms: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
             observed_rps: ::std::result::Result<f64, ::std::string::String>,
         }
         impl ::std::default::Default for ObservedLoad {
             fn default() -> Self {
                 Self {
-                    observed_cpu_utilization: Err(
-                        "no value supplied for observed_cpu_utilization".to_string(),
-                    ),
-                    observed_p95_ms: Err(
-                        "no value supplied for observed_p95_ms".to_string(),
-                    ),
+                    observed_cpu_utilization: Err("no value supplied for observed_cpu_utilization".to_string()),
+                    observed_p95_ms: Err("no value supplied for observed_p95_ms".to_string()),
                     observed_rps: Err("no value supplied for observed_rps".to_string()),
                 }
             }
@@ -6491,11 +5172,7 @@ pub mod types {
             {
                 self.observed_cpu_utilization = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for observed_cpu_utilization: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for observed_cpu_utilization: {e}"));
                 self
             }
             pub fn observed_p95_ms<T>(mut self, value: T) -> Self
@@ -6503,13 +5180,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_p95_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for observed_p95_ms: {e}"
-                        )
-                    });
+                self.observed_p95_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_p95_ms: {e}"));
                 self
             }
             pub fn observed_rps<T>(mut self, value: T) -> Self
@@ -6517,19 +5189,14 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.observed_rps = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for observed_rps: {e}")
-                    });
+                self.observed_rps =
+                    value.try_into().map_err(|e| format!("error converting supplied value for observed_rps: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ObservedLoad> for super::ObservedLoad {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ObservedLoad,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ObservedLoad) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     observed_cpu_utilization: value.observed_cpu_utilization?,
                     observed_p95_ms: value.observed_p95_ms?,
@@ -6548,22 +5215,13 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Sample {
-            instance_id: ::std::result::Result<
-                ::std::option::Option<super::SampleInstanceId>,
-                ::std::string::String,
-            >,
+            instance_id: ::std::result::Result<::std::option::Option<super::SampleInstanceId>, ::std::string::String>,
             latency_ms: ::std::result::Result<f64, ::std::string::String>,
             method: ::std::result::Result<super::HttpMethod, ::std::string::String>,
-            route: ::std::result::Result<
-                ::std::option::Option<super::RoutePath>,
-                ::std::string::String,
-            >,
+            route: ::std::result::Result<::std::option::Option<super::RoutePath>, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
             status: ::std::result::Result<i64, ::std::string::String>,
-            timestamp: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            timestamp: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for Sample {
             fn default() -> Self {
@@ -6581,16 +5239,11 @@ pub mod types {
         impl Sample {
             pub fn instance_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SampleInstanceId>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SampleInstanceId>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.instance_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for instance_id: {e}")
-                    });
+                self.instance_id =
+                    value.try_into().map_err(|e| format!("error converting supplied value for instance_id: {e}"));
                 self
             }
             pub fn latency_ms<T>(mut self, value: T) -> Self
@@ -6598,11 +5251,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.latency_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for latency_ms: {e}")
-                    });
+                self.latency_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for latency_ms: {e}"));
                 self
             }
             pub fn method<T>(mut self, value: T) -> Self
@@ -6610,11 +5260,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::HttpMethod>,
                 T::Error: ::std::fmt::Display,
             {
-                self.method = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for method: {e}")
-                    });
+                self.method = value.try_into().map_err(|e| format!("error converting supplied value for method: {e}"));
                 self
             }
             pub fn route<T>(mut self, value: T) -> Self
@@ -6622,11 +5268,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::RoutePath>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.route = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for route: {e}")
-                    });
+                self.route = value.try_into().map_err(|e| format!("error converting supplied value for route: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -6634,11 +5276,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn status<T>(mut self, value: T) -> Self
@@ -6646,11 +5285,7 @@ pub mod types {
                 T: ::std::convert::TryInto<i64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for status: {e}")
-                    });
+                self.status = value.try_into().map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
             pub fn timestamp<T>(mut self, value: T) -> Self
@@ -6658,19 +5293,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.timestamp = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for timestamp: {e}")
-                    });
+                self.timestamp =
+                    value.try_into().map_err(|e| format!("error converting supplied value for timestamp: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Sample> for super::Sample {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Sample,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Sample) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     instance_id: value.instance_id?,
                     latency_ms: value.latency_ms?,
@@ -6697,16 +5327,11 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SampleBatch {
-            samples: ::std::result::Result<
-                ::std::vec::Vec<super::Sample>,
-                ::std::string::String,
-            >,
+            samples: ::std::result::Result<::std::vec::Vec<super::Sample>, ::std::string::String>,
         }
         impl ::std::default::Default for SampleBatch {
             fn default() -> Self {
-                Self {
-                    samples: Err("no value supplied for samples".to_string()),
-                }
+                Self { samples: Err("no value supplied for samples".to_string()) }
             }
         }
         impl SampleBatch {
@@ -6715,19 +5340,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Sample>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.samples = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for samples: {e}")
-                    });
+                self.samples =
+                    value.try_into().map_err(|e| format!("error converting supplied value for samples: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SampleBatch> for super::SampleBatch {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SampleBatch,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SampleBatch) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self { samples: value.samples? })
             }
         }
@@ -6738,16 +5358,11 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SampleIngestResult {
-            accepted: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            accepted: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for SampleIngestResult {
             fn default() -> Self {
-                Self {
-                    accepted: Err("no value supplied for accepted".to_string()),
-                }
+                Self { accepted: Err("no value supplied for accepted".to_string()) }
             }
         }
         impl SampleIngestResult {
@@ -6756,55 +5371,33 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.accepted = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for accepted: {e}")
-                    });
+                self.accepted =
+                    value.try_into().map_err(|e| format!("error converting supplied value for accepted: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SampleIngestResult> for super::SampleIngestResult {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SampleIngestResult,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SampleIngestResult) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self { accepted: value.accepted? })
             }
         }
         impl ::std::convert::From<super::SampleIngestResult> for SampleIngestResult {
             fn from(value: super::SampleIngestResult) -> Self {
-                Self {
-                    accepted: Ok(value.accepted),
-                }
+                Self { accepted: Ok(value.accepted) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct ServiceStats {
             count: ::std::result::Result<u64, ::std::string::String>,
             error_rate: ::std::result::Result<f64, ::std::string::String>,
-            from: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            latency_ms: ::std::result::Result<
-                ::std::option::Option<super::LatencySummary>,
-                ::std::string::String,
-            >,
-            route: ::std::result::Result<
-                ::std::option::Option<super::RoutePath>,
-                ::std::string::String,
-            >,
+            from: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            latency_ms: ::std::result::Result<::std::option::Option<super::LatencySummary>, ::std::string::String>,
+            route: ::std::result::Result<::std::option::Option<super::RoutePath>, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            status_classes: ::std::result::Result<
-                super::StatusClassCounts,
-                ::std::string::String,
-            >,
+            status_classes: ::std::result::Result<super::StatusClassCounts, ::std::string::String>,
             throughput_rps: ::std::result::Result<f64, ::std::string::String>,
-            to: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            to: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             window: ::std::result::Result<super::StatsWindow, ::std::string::String>,
         }
         impl ::std::default::Default for ServiceStats {
@@ -6816,12 +5409,8 @@ pub mod types {
                     latency_ms: Ok(Default::default()),
                     route: Ok(Default::default()),
                     service: Err("no value supplied for service".to_string()),
-                    status_classes: Err(
-                        "no value supplied for status_classes".to_string(),
-                    ),
-                    throughput_rps: Err(
-                        "no value supplied for throughput_rps".to_string(),
-                    ),
+                    status_classes: Err("no value supplied for status_classes".to_string()),
+                    throughput_rps: Err("no value supplied for throughput_rps".to_string()),
                     to: Err("no value supplied for to".to_string()),
                     window: Err("no value supplied for window".to_string()),
                 }
@@ -6833,11 +5422,7 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.count = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for count: {e}")
-                    });
+                self.count = value.try_into().map_err(|e| format!("error converting supplied value for count: {e}"));
                 self
             }
             pub fn error_rate<T>(mut self, value: T) -> Self
@@ -6845,11 +5430,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.error_rate = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for error_rate: {e}")
-                    });
+                self.error_rate =
+                    value.try_into().map_err(|e| format!("error converting supplied value for error_rate: {e}"));
                 self
             }
             pub fn from<T>(mut self, value: T) -> Self
@@ -6857,11 +5439,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.from = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for from: {e}")
-                    });
+                self.from = value.try_into().map_err(|e| format!("error converting supplied value for from: {e}"));
                 self
             }
             pub fn latency_ms<T>(mut self, value: T) -> Self
@@ -6869,11 +5447,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::LatencySummary>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.latency_ms = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for latency_ms: {e}")
-                    });
+                self.latency_ms =
+                    value.try_into().map_err(|e| format!("error converting supplied value for latency_ms: {e}"));
                 self
             }
             pub fn route<T>(mut self, value: T) -> Self
@@ -6881,11 +5456,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::RoutePath>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.route = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for route: {e}")
-                    });
+                self.route = value.try_into().map_err(|e| format!("error converting supplied value for route: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -6893,11 +5464,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn status_classes<T>(mut self, value: T) -> Self
@@ -6905,13 +5473,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::StatusClassCounts>,
                 T::Error: ::std::fmt::Display,
             {
-                self.status_classes = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for status_classes: {e}"
-                        )
-                    });
+                self.status_classes =
+                    value.try_into().map_err(|e| format!("error converting supplied value for status_classes: {e}"));
                 self
             }
             pub fn throughput_rps<T>(mut self, value: T) -> Self
@@ -6919,13 +5482,8 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.throughput_rps = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for throughput_rps: {e}"
-                        )
-                    });
+                self.throughput_rps =
+                    value.try_into().map_err(|e| format!("error converting supplied value for throughput_rps: {e}"));
                 self
             }
             pub fn to<T>(mut self, value: T) -> Self
@@ -6933,9 +5491,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.to = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for to: {e}"));
+                self.to = value.try_into().map_err(|e| format!("error converting supplied value for to: {e}"));
                 self
             }
             pub fn window<T>(mut self, value: T) -> Self
@@ -6943,19 +5499,13 @@ pub mod types {
                 T: ::std::convert::TryInto<super::StatsWindow>,
                 T::Error: ::std::fmt::Display,
             {
-                self.window = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for window: {e}")
-                    });
+                self.window = value.try_into().map_err(|e| format!("error converting supplied value for window: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<ServiceStats> for super::ServiceStats {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: ServiceStats,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: ServiceStats) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     count: value.count?,
                     error_rate: value.error_rate?,
@@ -6988,43 +5538,21 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Slo {
-            created_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            description: ::std::result::Result<
-                ::std::option::Option<super::SloDescription>,
-                ::std::string::String,
-            >,
+            created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            description: ::std::result::Result<::std::option::Option<super::SloDescription>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            labels: ::std::result::Result<
-                ::std::option::Option<super::Labels>,
-                ::std::string::String,
-            >,
-            latency_percentile: ::std::result::Result<
-                ::std::option::Option<super::LatencyPercentile>,
-                ::std::string::String,
-            >,
-            latency_threshold_ms: ::std::result::Result<
-                ::std::option::Option<::std::num::NonZeroU64>,
-                ::std::string::String,
-            >,
+            labels: ::std::result::Result<::std::option::Option<super::Labels>, ::std::string::String>,
+            latency_percentile:
+                ::std::result::Result<::std::option::Option<super::LatencyPercentile>, ::std::string::String>,
+            latency_threshold_ms:
+                ::std::result::Result<::std::option::Option<::std::num::NonZeroU64>, ::std::string::String>,
             name: ::std::result::Result<super::SloName, ::std::string::String>,
             objective: ::std::result::Result<super::SloObjective, ::std::string::String>,
-            route: ::std::result::Result<
-                ::std::option::Option<super::RoutePath>,
-                ::std::string::String,
-            >,
+            route: ::std::result::Result<::std::option::Option<super::RoutePath>, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
             target: ::std::result::Result<f64, ::std::string::String>,
-            updated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            window_days: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            window_days: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for Slo {
             fn default() -> Self {
@@ -7051,11 +5579,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.created_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for created_at: {e}")
-                    });
+                self.created_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for created_at: {e}"));
                 self
             }
             pub fn description<T>(mut self, value: T) -> Self
@@ -7063,11 +5588,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::SloDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn id<T>(mut self, value: T) -> Self
@@ -7075,9 +5597,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.id = value
-                    .try_into()
-                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self.id = value.try_into().map_err(|e| format!("error converting supplied value for id: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -7085,43 +5605,27 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Labels>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn latency_percentile<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::LatencyPercentile>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::LatencyPercentile>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.latency_percentile = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for latency_percentile: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for latency_percentile: {e}"));
                 self
             }
             pub fn latency_threshold_ms<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::num::NonZeroU64>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.latency_threshold_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for latency_threshold_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for latency_threshold_ms: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -7129,11 +5633,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SloName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn objective<T>(mut self, value: T) -> Self
@@ -7141,11 +5641,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SloObjective>,
                 T::Error: ::std::fmt::Display,
             {
-                self.objective = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for objective: {e}")
-                    });
+                self.objective =
+                    value.try_into().map_err(|e| format!("error converting supplied value for objective: {e}"));
                 self
             }
             pub fn route<T>(mut self, value: T) -> Self
@@ -7153,11 +5650,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::RoutePath>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.route = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for route: {e}")
-                    });
+                self.route = value.try_into().map_err(|e| format!("error converting supplied value for route: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -7165,11 +5658,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn target<T>(mut self, value: T) -> Self
@@ -7177,11 +5667,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.target = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for target: {e}")
-                    });
+                self.target = value.try_into().map_err(|e| format!("error converting supplied value for target: {e}"));
                 self
             }
             pub fn updated_at<T>(mut self, value: T) -> Self
@@ -7189,11 +5675,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.updated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for updated_at: {e}")
-                    });
+                self.updated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for updated_at: {e}"));
                 self
             }
             pub fn window_days<T>(mut self, value: T) -> Self
@@ -7201,19 +5684,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.window_days = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for window_days: {e}")
-                    });
+                self.window_days =
+                    value.try_into().map_err(|e| format!("error converting supplied value for window_days: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<Slo> for super::Slo {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: Slo,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: Slo) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     created_at: value.created_at?,
                     description: value.description?,
@@ -7252,14 +5730,8 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SloList {
-            items: ::std::result::Result<
-                ::std::vec::Vec<super::Slo>,
-                ::std::string::String,
-            >,
-            next_cursor: ::std::result::Result<
-                ::std::option::Option<super::SloListNextCursor>,
-                ::std::string::String,
-            >,
+            items: ::std::result::Result<::std::vec::Vec<super::Slo>, ::std::string::String>,
+            next_cursor: ::std::result::Result<::std::option::Option<super::SloListNextCursor>, ::std::string::String>,
         }
         impl ::std::default::Default for SloList {
             fn default() -> Self {
@@ -7275,84 +5747,46 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Slo>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.items = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for items: {e}")
-                    });
+                self.items = value.try_into().map_err(|e| format!("error converting supplied value for items: {e}"));
                 self
             }
             pub fn next_cursor<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SloListNextCursor>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SloListNextCursor>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.next_cursor = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for next_cursor: {e}")
-                    });
+                self.next_cursor =
+                    value.try_into().map_err(|e| format!("error converting supplied value for next_cursor: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SloList> for super::SloList {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SloList,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self {
-                    items: value.items?,
-                    next_cursor: value.next_cursor?,
-                })
+            fn try_from(value: SloList) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { items: value.items?, next_cursor: value.next_cursor? })
             }
         }
         impl ::std::convert::From<super::SloList> for SloList {
             fn from(value: super::SloList) -> Self {
-                Self {
-                    items: Ok(value.items),
-                    next_cursor: Ok(value.next_cursor),
-                }
+                Self { items: Ok(value.items), next_cursor: Ok(value.next_cursor) }
             }
         }
         #[derive(Clone, Debug)]
         pub struct SloReport {
-            alerts: ::std::result::Result<
-                ::std::vec::Vec<super::BurnRateAlert>,
-                ::std::string::String,
-            >,
-            burn_rates: ::std::result::Result<
-                ::std::vec::Vec<super::BurnRate>,
-                ::std::string::String,
-            >,
+            alerts: ::std::result::Result<::std::vec::Vec<super::BurnRateAlert>, ::std::string::String>,
+            burn_rates: ::std::result::Result<::std::vec::Vec<super::BurnRate>, ::std::string::String>,
             compliant: ::std::result::Result<bool, ::std::string::String>,
-            error_budget: ::std::result::Result<
-                super::ErrorBudget,
-                ::std::string::String,
-            >,
-            generated_at: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            error_budget: ::std::result::Result<super::ErrorBudget, ::std::string::String>,
+            generated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             good_requests: ::std::result::Result<u64, ::std::string::String>,
             objective: ::std::result::Result<super::SloObjective, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
-            sli: ::std::result::Result<
-                ::std::option::Option<f64>,
-                ::std::string::String,
-            >,
+            sli: ::std::result::Result<::std::option::Option<f64>, ::std::string::String>,
             slo_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             target: ::std::result::Result<f64, ::std::string::String>,
             total_requests: ::std::result::Result<u64, ::std::string::String>,
-            window_end: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
-            window_start: ::std::result::Result<
-                ::chrono::DateTime<::chrono::offset::Utc>,
-                ::std::string::String,
-            >,
+            window_end: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
+            window_start: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for SloReport {
             fn default() -> Self {
@@ -7362,17 +5796,13 @@ pub mod types {
                     compliant: Err("no value supplied for compliant".to_string()),
                     error_budget: Err("no value supplied for error_budget".to_string()),
                     generated_at: Err("no value supplied for generated_at".to_string()),
-                    good_requests: Err(
-                        "no value supplied for good_requests".to_string(),
-                    ),
+                    good_requests: Err("no value supplied for good_requests".to_string()),
                     objective: Err("no value supplied for objective".to_string()),
                     service: Err("no value supplied for service".to_string()),
                     sli: Err("no value supplied for sli".to_string()),
                     slo_id: Err("no value supplied for slo_id".to_string()),
                     target: Err("no value supplied for target".to_string()),
-                    total_requests: Err(
-                        "no value supplied for total_requests".to_string(),
-                    ),
+                    total_requests: Err("no value supplied for total_requests".to_string()),
                     window_end: Err("no value supplied for window_end".to_string()),
                     window_start: Err("no value supplied for window_start".to_string()),
                 }
@@ -7384,11 +5814,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::BurnRateAlert>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.alerts = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for alerts: {e}")
-                    });
+                self.alerts = value.try_into().map_err(|e| format!("error converting supplied value for alerts: {e}"));
                 self
             }
             pub fn burn_rates<T>(mut self, value: T) -> Self
@@ -7396,11 +5822,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::vec::Vec<super::BurnRate>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.burn_rates = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for burn_rates: {e}")
-                    });
+                self.burn_rates =
+                    value.try_into().map_err(|e| format!("error converting supplied value for burn_rates: {e}"));
                 self
             }
             pub fn compliant<T>(mut self, value: T) -> Self
@@ -7408,11 +5831,8 @@ pub mod types {
                 T: ::std::convert::TryInto<bool>,
                 T::Error: ::std::fmt::Display,
             {
-                self.compliant = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for compliant: {e}")
-                    });
+                self.compliant =
+                    value.try_into().map_err(|e| format!("error converting supplied value for compliant: {e}"));
                 self
             }
             pub fn error_budget<T>(mut self, value: T) -> Self
@@ -7420,11 +5840,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ErrorBudget>,
                 T::Error: ::std::fmt::Display,
             {
-                self.error_budget = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for error_budget: {e}")
-                    });
+                self.error_budget =
+                    value.try_into().map_err(|e| format!("error converting supplied value for error_budget: {e}"));
                 self
             }
             pub fn generated_at<T>(mut self, value: T) -> Self
@@ -7432,11 +5849,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.generated_at = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for generated_at: {e}")
-                    });
+                self.generated_at =
+                    value.try_into().map_err(|e| format!("error converting supplied value for generated_at: {e}"));
                 self
             }
             pub fn good_requests<T>(mut self, value: T) -> Self
@@ -7444,11 +5858,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.good_requests = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for good_requests: {e}")
-                    });
+                self.good_requests =
+                    value.try_into().map_err(|e| format!("error converting supplied value for good_requests: {e}"));
                 self
             }
             pub fn objective<T>(mut self, value: T) -> Self
@@ -7456,11 +5867,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SloObjective>,
                 T::Error: ::std::fmt::Display,
             {
-                self.objective = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for objective: {e}")
-                    });
+                self.objective =
+                    value.try_into().map_err(|e| format!("error converting supplied value for objective: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -7468,11 +5876,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn sli<T>(mut self, value: T) -> Self
@@ -7480,11 +5885,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<f64>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.sli = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for sli: {e}")
-                    });
+                self.sli = value.try_into().map_err(|e| format!("error converting supplied value for sli: {e}"));
                 self
             }
             pub fn slo_id<T>(mut self, value: T) -> Self
@@ -7492,11 +5893,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::uuid::Uuid>,
                 T::Error: ::std::fmt::Display,
             {
-                self.slo_id = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for slo_id: {e}")
-                    });
+                self.slo_id = value.try_into().map_err(|e| format!("error converting supplied value for slo_id: {e}"));
                 self
             }
             pub fn target<T>(mut self, value: T) -> Self
@@ -7504,11 +5901,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.target = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for target: {e}")
-                    });
+                self.target = value.try_into().map_err(|e| format!("error converting supplied value for target: {e}"));
                 self
             }
             pub fn total_requests<T>(mut self, value: T) -> Self
@@ -7516,13 +5909,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.total_requests = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for total_requests: {e}"
-                        )
-                    });
+                self.total_requests =
+                    value.try_into().map_err(|e| format!("error converting supplied value for total_requests: {e}"));
                 self
             }
             pub fn window_end<T>(mut self, value: T) -> Self
@@ -7530,11 +5918,8 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.window_end = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for window_end: {e}")
-                    });
+                self.window_end =
+                    value.try_into().map_err(|e| format!("error converting supplied value for window_end: {e}"));
                 self
             }
             pub fn window_start<T>(mut self, value: T) -> Self
@@ -7542,19 +5927,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.window_start = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for window_start: {e}")
-                    });
+                self.window_start =
+                    value.try_into().map_err(|e| format!("error converting supplied value for window_start: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SloReport> for super::SloReport {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SloReport,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SloReport) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     alerts: value.alerts?,
                     burn_rates: value.burn_rates?,
@@ -7595,34 +5975,18 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct SloSpec {
-            description: ::std::result::Result<
-                ::std::option::Option<super::SloSpecDescription>,
-                ::std::string::String,
-            >,
-            labels: ::std::result::Result<
-                ::std::option::Option<super::Labels>,
-                ::std::string::String,
-            >,
-            latency_percentile: ::std::result::Result<
-                ::std::option::Option<super::LatencyPercentile>,
-                ::std::string::String,
-            >,
-            latency_threshold_ms: ::std::result::Result<
-                ::std::option::Option<::std::num::NonZeroU64>,
-                ::std::string::String,
-            >,
+            description: ::std::result::Result<::std::option::Option<super::SloSpecDescription>, ::std::string::String>,
+            labels: ::std::result::Result<::std::option::Option<super::Labels>, ::std::string::String>,
+            latency_percentile:
+                ::std::result::Result<::std::option::Option<super::LatencyPercentile>, ::std::string::String>,
+            latency_threshold_ms:
+                ::std::result::Result<::std::option::Option<::std::num::NonZeroU64>, ::std::string::String>,
             name: ::std::result::Result<super::SloSpecName, ::std::string::String>,
             objective: ::std::result::Result<super::SloObjective, ::std::string::String>,
-            route: ::std::result::Result<
-                ::std::option::Option<super::RoutePath>,
-                ::std::string::String,
-            >,
+            route: ::std::result::Result<::std::option::Option<super::RoutePath>, ::std::string::String>,
             service: ::std::result::Result<super::ServiceName, ::std::string::String>,
             target: ::std::result::Result<f64, ::std::string::String>,
-            window_days: ::std::result::Result<
-                ::std::num::NonZeroU64,
-                ::std::string::String,
-            >,
+            window_days: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
         impl ::std::default::Default for SloSpec {
             fn default() -> Self {
@@ -7636,25 +6000,18 @@ pub mod types {
                     route: Ok(Default::default()),
                     service: Err("no value supplied for service".to_string()),
                     target: Err("no value supplied for target".to_string()),
-                    window_days: Ok(
-                        super::defaults::default_nzu64::<::std::num::NonZeroU64, 30>(),
-                    ),
+                    window_days: Ok(super::defaults::default_nzu64::<::std::num::NonZeroU64, 30>()),
                 }
             }
         }
         impl SloSpec {
             pub fn description<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::SloSpecDescription>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::SloSpecDescription>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.description = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for description: {e}")
-                    });
+                self.description =
+                    value.try_into().map_err(|e| format!("error converting supplied value for description: {e}"));
                 self
             }
             pub fn labels<T>(mut self, value: T) -> Self
@@ -7662,43 +6019,27 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::Labels>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.labels = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for labels: {e}")
-                    });
+                self.labels = value.try_into().map_err(|e| format!("error converting supplied value for labels: {e}"));
                 self
             }
             pub fn latency_percentile<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<super::LatencyPercentile>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<super::LatencyPercentile>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.latency_percentile = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for latency_percentile: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for latency_percentile: {e}"));
                 self
             }
             pub fn latency_threshold_ms<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<
-                    ::std::option::Option<::std::num::NonZeroU64>,
-                >,
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.latency_threshold_ms = value
                     .try_into()
-                    .map_err(|e| {
-                        format!(
-                            "error converting supplied value for latency_threshold_ms: {e}"
-                        )
-                    });
+                    .map_err(|e| format!("error converting supplied value for latency_threshold_ms: {e}"));
                 self
             }
             pub fn name<T>(mut self, value: T) -> Self
@@ -7706,11 +6047,7 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SloSpecName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.name = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for name: {e}")
-                    });
+                self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
                 self
             }
             pub fn objective<T>(mut self, value: T) -> Self
@@ -7718,11 +6055,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::SloObjective>,
                 T::Error: ::std::fmt::Display,
             {
-                self.objective = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for objective: {e}")
-                    });
+                self.objective =
+                    value.try_into().map_err(|e| format!("error converting supplied value for objective: {e}"));
                 self
             }
             pub fn route<T>(mut self, value: T) -> Self
@@ -7730,11 +6064,7 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::option::Option<super::RoutePath>>,
                 T::Error: ::std::fmt::Display,
             {
-                self.route = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for route: {e}")
-                    });
+                self.route = value.try_into().map_err(|e| format!("error converting supplied value for route: {e}"));
                 self
             }
             pub fn service<T>(mut self, value: T) -> Self
@@ -7742,11 +6072,8 @@ pub mod types {
                 T: ::std::convert::TryInto<super::ServiceName>,
                 T::Error: ::std::fmt::Display,
             {
-                self.service = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for service: {e}")
-                    });
+                self.service =
+                    value.try_into().map_err(|e| format!("error converting supplied value for service: {e}"));
                 self
             }
             pub fn target<T>(mut self, value: T) -> Self
@@ -7754,11 +6081,7 @@ pub mod types {
                 T: ::std::convert::TryInto<f64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.target = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for target: {e}")
-                    });
+                self.target = value.try_into().map_err(|e| format!("error converting supplied value for target: {e}"));
                 self
             }
             pub fn window_days<T>(mut self, value: T) -> Self
@@ -7766,19 +6089,14 @@ pub mod types {
                 T: ::std::convert::TryInto<::std::num::NonZeroU64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.window_days = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for window_days: {e}")
-                    });
+                self.window_days =
+                    value.try_into().map_err(|e| format!("error converting supplied value for window_days: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<SloSpec> for super::SloSpec {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: SloSpec,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: SloSpec) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     description: value.description?,
                     labels: value.labels?,
@@ -7834,11 +6152,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.class_1xx = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for class_1xx: {e}")
-                    });
+                self.class_1xx =
+                    value.try_into().map_err(|e| format!("error converting supplied value for class_1xx: {e}"));
                 self
             }
             pub fn class_2xx<T>(mut self, value: T) -> Self
@@ -7846,11 +6161,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.class_2xx = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for class_2xx: {e}")
-                    });
+                self.class_2xx =
+                    value.try_into().map_err(|e| format!("error converting supplied value for class_2xx: {e}"));
                 self
             }
             pub fn class_3xx<T>(mut self, value: T) -> Self
@@ -7858,11 +6170,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.class_3xx = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for class_3xx: {e}")
-                    });
+                self.class_3xx =
+                    value.try_into().map_err(|e| format!("error converting supplied value for class_3xx: {e}"));
                 self
             }
             pub fn class_4xx<T>(mut self, value: T) -> Self
@@ -7870,11 +6179,8 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.class_4xx = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for class_4xx: {e}")
-                    });
+                self.class_4xx =
+                    value.try_into().map_err(|e| format!("error converting supplied value for class_4xx: {e}"));
                 self
             }
             pub fn class_5xx<T>(mut self, value: T) -> Self
@@ -7882,19 +6188,14 @@ pub mod types {
                 T: ::std::convert::TryInto<u64>,
                 T::Error: ::std::fmt::Display,
             {
-                self.class_5xx = value
-                    .try_into()
-                    .map_err(|e| {
-                        format!("error converting supplied value for class_5xx: {e}")
-                    });
+                self.class_5xx =
+                    value.try_into().map_err(|e| format!("error converting supplied value for class_5xx: {e}"));
                 self
             }
         }
         impl ::std::convert::TryFrom<StatusClassCounts> for super::StatusClassCounts {
             type Error = super::error::ConversionError;
-            fn try_from(
-                value: StatusClassCounts,
-            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+            fn try_from(value: StatusClassCounts) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     class_1xx: value.class_1xx?,
                     class_2xx: value.class_2xx?,
@@ -7938,9 +6239,7 @@ pub mod types {
         pub(super) fn default_nzu64<T, const V: u64>() -> T
         where
             T: ::std::convert::TryFrom<::std::num::NonZeroU64>,
-            <T as ::std::convert::TryFrom<
-                ::std::num::NonZeroU64,
-            >>::Error: ::std::fmt::Debug,
+            <T as ::std::convert::TryFrom<::std::num::NonZeroU64>>::Error: ::std::fmt::Debug,
         {
             T::try_from(::std::num::NonZeroU64::try_from(V).unwrap()).unwrap()
         }
@@ -7954,18 +6253,12 @@ pub mod types {
         pub struct ConversionError(::std::borrow::Cow<'static, str>);
         impl ::std::error::Error for ConversionError {}
         impl ::std::fmt::Display for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Display::fmt(&self.0, f)
             }
         }
         impl ::std::fmt::Debug for ConversionError {
-            fn fmt(
-                &self,
-                f: &mut ::std::fmt::Formatter<'_>,
-            ) -> Result<(), ::std::fmt::Error> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> Result<(), ::std::fmt::Error> {
                 ::std::fmt::Debug::fmt(&self.0, f)
             }
         }
@@ -7981,6 +6274,7 @@ pub mod types {
         }
     }
 }
+
 #[derive(Clone, Debug)]
 /**Client for PAKE Performance
 
@@ -7993,6 +6287,7 @@ pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
 }
+
 impl Client {
     /// Create a new client.
     ///
@@ -8016,12 +6311,10 @@ impl Client {
     /// `reqwest::Client`, and should include a scheme and hostname,
     /// as well as port and a path stem if applicable.
     pub fn new_with_client(baseurl: &str, client: reqwest::Client) -> Self {
-        Self {
-            baseurl: baseurl.to_string(),
-            client,
-        }
+        Self { baseurl: baseurl.to_string(), client }
     }
 }
+
 impl ClientInfo<()> for Client {
     fn api_version() -> &'static str {
         "0.1.0"
@@ -8036,389 +6329,389 @@ impl ClientInfo<()> for Client {
         &()
     }
 }
+
 impl ClientHooks<()> for &Client {}
+
 impl Client {
     /**Liveness probe
 
-Answers 200 while the process is running and able to serve requests. Does not check dependencies; use `/health/ready` for that.
+    Answers 200 while the process is running and able to serve requests. Does not check dependencies; use `/health/ready` for that.
 
-Sends a `GET` request to `/health/live`
+    Sends a `GET` request to `/health/live`
 
-```ignore
-let response = client.get_liveness()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_liveness()
+        .send()
+        .await;
+    ```*/
     pub fn get_liveness(&self) -> builder::GetLiveness<'_> {
         builder::GetLiveness::new(self)
     }
     /**Readiness probe
 
-Checks the dependencies (store, cache) and answers 200 when the service can take traffic (status `pass` or `warn`), or 503 with the same body shape and a `Retry-After` header when a required dependency fails.
+    Checks the dependencies (store, cache) and answers 200 when the service can take traffic (status `pass` or `warn`), or 503 with the same body shape and a `Retry-After` header when a required dependency fails.
 
-Sends a `GET` request to `/health/ready`
+    Sends a `GET` request to `/health/ready`
 
-```ignore
-let response = client.get_readiness()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_readiness()
+        .send()
+        .await;
+    ```*/
     pub fn get_readiness(&self) -> builder::GetReadiness<'_> {
         builder::GetReadiness::new(self)
     }
     /**Prometheus metrics
 
-This service's own metrics in the Prometheus text exposition format (version 0.0.4): request counts and latencies of this API, sample ingestion rate, running benchmarks.
+    This service's own metrics in the Prometheus text exposition format (version 0.0.4): request counts and latencies of this API, sample ingestion rate, running benchmarks.
 
-Sends a `GET` request to `/metrics`
+    Sends a `GET` request to `/metrics`
 
-```ignore
-let response = client.get_metrics()
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.get_metrics()
+        .send()
+        .await;
+    ```*/
     pub fn get_metrics(&self) -> builder::GetMetrics<'_> {
         builder::GetMetrics::new(self)
     }
     /**List SLOs
 
-Lists SLO definitions, optionally filtered by service and objective kind, ordered by creation time.
+    Lists SLO definitions, optionally filtered by service and objective kind, ordered by creation time.
 
-Sends a `GET` request to `/api/v1/slos`
+    Sends a `GET` request to `/api/v1/slos`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `objective`: Only SLOs of this objective kind.
-- `service`: Only SLOs of this service.
-```ignore
-let response = client.list_slos()
-    .cursor(cursor)
-    .limit(limit)
-    .objective(objective)
-    .service(service)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `objective`: Only SLOs of this objective kind.
+    - `service`: Only SLOs of this service.
+    ```ignore
+    let response = client.list_slos()
+        .cursor(cursor)
+        .limit(limit)
+        .objective(objective)
+        .service(service)
+        .send()
+        .await;
+    ```*/
     pub fn list_slos(&self) -> builder::ListSlos<'_> {
         builder::ListSlos::new(self)
     }
     /**Create an SLO
 
-Defines a new SLO for a service. The name is unique per service (409 otherwise). A `latency` objective needs `latency_threshold_ms` (422 otherwise).
+    Defines a new SLO for a service. The name is unique per service (409 otherwise). A `latency` objective needs `latency_threshold_ms` (422 otherwise).
 
-Sends a `POST` request to `/api/v1/slos`
+    Sends a `POST` request to `/api/v1/slos`
 
-```ignore
-let response = client.create_slo()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_slo()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_slo(&self) -> builder::CreateSlo<'_> {
         builder::CreateSlo::new(self)
     }
     /**Get an SLO
 
-Returns one SLO definition.
+    Returns one SLO definition.
 
-Sends a `GET` request to `/api/v1/slos/{slo_id}`
+    Sends a `GET` request to `/api/v1/slos/{slo_id}`
 
-Arguments:
-- `slo_id`: Id of the SLO.
-```ignore
-let response = client.get_slo()
-    .slo_id(slo_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `slo_id`: Id of the SLO.
+    ```ignore
+    let response = client.get_slo()
+        .slo_id(slo_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_slo(&self) -> builder::GetSlo<'_> {
         builder::GetSlo::new(self)
     }
     /**Replace an SLO
 
-Replaces the whole SLO definition (fields left out take their defaults). The id and `created_at` are kept; the error budget is recomputed over the new definition.
+    Replaces the whole SLO definition (fields left out take their defaults). The id and `created_at` are kept; the error budget is recomputed over the new definition.
 
-Sends a `PUT` request to `/api/v1/slos/{slo_id}`
+    Sends a `PUT` request to `/api/v1/slos/{slo_id}`
 
-Arguments:
-- `slo_id`: Id of the SLO.
-- `body`
-```ignore
-let response = client.replace_slo()
-    .slo_id(slo_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `slo_id`: Id of the SLO.
+    - `body`
+    ```ignore
+    let response = client.replace_slo()
+        .slo_id(slo_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn replace_slo(&self) -> builder::ReplaceSlo<'_> {
         builder::ReplaceSlo::new(self)
     }
     /**Delete an SLO
 
-Deletes the SLO. Benchmarks that referenced it keep their recorded verdict.
+    Deletes the SLO. Benchmarks that referenced it keep their recorded verdict.
 
-Sends a `DELETE` request to `/api/v1/slos/{slo_id}`
+    Sends a `DELETE` request to `/api/v1/slos/{slo_id}`
 
-Arguments:
-- `slo_id`: Id of the SLO.
-```ignore
-let response = client.delete_slo()
-    .slo_id(slo_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `slo_id`: Id of the SLO.
+    ```ignore
+    let response = client.delete_slo()
+        .slo_id(slo_id)
+        .send()
+        .await;
+    ```*/
     pub fn delete_slo(&self) -> builder::DeleteSlo<'_> {
         builder::DeleteSlo::new(self)
     }
     /**SLO compliance report
 
-Computes the compliance of the SLO over its rolling window ending at `at` (now when absent): the SLI, the error budget (total, consumed, remaining), the burn rate over each alerting window and the state of the multi-window, multi-burn-rate alerts. A burn rate is the observed error ratio divided by the error ratio the target allows (`1 - target/100`): 1 spends the budget exactly over the window. `at` in the future answers 400.
+    Computes the compliance of the SLO over its rolling window ending at `at` (now when absent): the SLI, the error budget (total, consumed, remaining), the burn rate over each alerting window and the state of the multi-window, multi-burn-rate alerts. A burn rate is the observed error ratio divided by the error ratio the target allows (`1 - target/100`): 1 spends the budget exactly over the window. `at` in the future answers 400.
 
-Sends a `GET` request to `/api/v1/slos/{slo_id}/report`
+    Sends a `GET` request to `/api/v1/slos/{slo_id}/report`
 
-Arguments:
-- `slo_id`: Id of the SLO.
-- `at`: End of the evaluation window (RFC 3339). Defaults to now; must not be in the future.
-```ignore
-let response = client.get_slo_report()
-    .slo_id(slo_id)
-    .at(at)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `slo_id`: Id of the SLO.
+    - `at`: End of the evaluation window (RFC 3339). Defaults to now; must not be in the future.
+    ```ignore
+    let response = client.get_slo_report()
+        .slo_id(slo_id)
+        .at(at)
+        .send()
+        .await;
+    ```*/
     pub fn get_slo_report(&self) -> builder::GetSloReport<'_> {
         builder::GetSloReport::new(self)
     }
     /**Ingest performance samples
 
-Accepts a batch of per-request samples (the gateway sends its own request timings here). The batch is validated as a whole: one invalid sample rejects the batch with 422. Accepted samples feed statistics, SLO reports and auto-scaling recommendations within seconds.
+    Accepts a batch of per-request samples (the gateway sends its own request timings here). The batch is validated as a whole: one invalid sample rejects the batch with 422. Accepted samples feed statistics, SLO reports and auto-scaling recommendations within seconds.
 
-Sends a `POST` request to `/api/v1/samples`
+    Sends a `POST` request to `/api/v1/samples`
 
-```ignore
-let response = client.ingest_samples()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.ingest_samples()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn ingest_samples(&self) -> builder::IngestSamples<'_> {
         builder::IngestSamples::new(self)
     }
     /**Service performance statistics
 
-Latency percentiles, throughput and error rate of a service over the last `window`, optionally restricted to routes starting with `route`. Answers 404 when no sample has ever been recorded for the service; a window without samples answers 200 with `count` 0 and no `latency_ms`.
+    Latency percentiles, throughput and error rate of a service over the last `window`, optionally restricted to routes starting with `route`. Answers 404 when no sample has ever been recorded for the service; a window without samples answers 200 with `count` 0 and no `latency_ms`.
 
-Sends a `GET` request to `/api/v1/services/{service_name}/stats`
+    Sends a `GET` request to `/api/v1/services/{service_name}/stats`
 
-Arguments:
-- `service_name`: Name of the service.
-- `route`: Only samples whose route starts with this path prefix.
-- `window`: Length of the window ending now. Defaults to `5m`.
-```ignore
-let response = client.get_service_stats()
-    .service_name(service_name)
-    .route(route)
-    .window(window)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `service_name`: Name of the service.
+    - `route`: Only samples whose route starts with this path prefix.
+    - `window`: Length of the window ending now. Defaults to `5m`.
+    ```ignore
+    let response = client.get_service_stats()
+        .service_name(service_name)
+        .route(route)
+        .window(window)
+        .send()
+        .await;
+    ```*/
     pub fn get_service_stats(&self) -> builder::GetServiceStats<'_> {
         builder::GetServiceStats::new(self)
     }
     /**List benchmarks
 
-Lists benchmarks, newest first, optionally filtered by status and target service.
+    Lists benchmarks, newest first, optionally filtered by status and target service.
 
-Sends a `GET` request to `/api/v1/benchmarks`
+    Sends a `GET` request to `/api/v1/benchmarks`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `service`: Only benchmarks against this service.
-- `status`: Only benchmarks in this status.
-```ignore
-let response = client.list_benchmarks()
-    .cursor(cursor)
-    .limit(limit)
-    .service(service)
-    .status(status)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `service`: Only benchmarks against this service.
+    - `status`: Only benchmarks in this status.
+    ```ignore
+    let response = client.list_benchmarks()
+        .cursor(cursor)
+        .limit(limit)
+        .service(service)
+        .status(status)
+        .send()
+        .await;
+    ```*/
     pub fn list_benchmarks(&self) -> builder::ListBenchmarks<'_> {
         builder::ListBenchmarks::new(self)
     }
     /**Start a benchmark
 
-Queues a goose load test against a registered service (through the gateway). The run is asynchronous: the answer is 202 with the queued benchmark and its `Location`; poll it until `status` is final. 422 when the service is not registered or `slo_id` does not exist; 409 when a benchmark against the same service is already queued or running. The verdict judges the result against the SLO named by `slo_id` and/or `thresholds`; with neither, the platform SLA applies (p95 under 500 ms, error rate under 1%).
+    Queues a goose load test against a registered service (through the gateway). The run is asynchronous: the answer is 202 with the queued benchmark and its `Location`; poll it until `status` is final. 422 when the service is not registered or `slo_id` does not exist; 409 when a benchmark against the same service is already queued or running. The verdict judges the result against the SLO named by `slo_id` and/or `thresholds`; with neither, the platform SLA applies (p95 under 500 ms, error rate under 1%).
 
-Sends a `POST` request to `/api/v1/benchmarks`
+    Sends a `POST` request to `/api/v1/benchmarks`
 
-```ignore
-let response = client.start_benchmark()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.start_benchmark()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn start_benchmark(&self) -> builder::StartBenchmark<'_> {
         builder::StartBenchmark::new(self)
     }
     /**Get a benchmark
 
-Returns one benchmark with its status and, once finished, its result and SLA verdict.
+    Returns one benchmark with its status and, once finished, its result and SLA verdict.
 
-Sends a `GET` request to `/api/v1/benchmarks/{benchmark_id}`
+    Sends a `GET` request to `/api/v1/benchmarks/{benchmark_id}`
 
-Arguments:
-- `benchmark_id`: Id of the benchmark.
-```ignore
-let response = client.get_benchmark()
-    .benchmark_id(benchmark_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `benchmark_id`: Id of the benchmark.
+    ```ignore
+    let response = client.get_benchmark()
+        .benchmark_id(benchmark_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_benchmark(&self) -> builder::GetBenchmark<'_> {
         builder::GetBenchmark::new(self)
     }
     /**Cancel a benchmark
 
-Cancels a queued or running benchmark; a running load test is stopped and its partial result kept. 409 when the benchmark is already completed, failed or cancelled.
+    Cancels a queued or running benchmark; a running load test is stopped and its partial result kept. 409 when the benchmark is already completed, failed or cancelled.
 
-Sends a `POST` request to `/api/v1/benchmarks/{benchmark_id}/cancel`
+    Sends a `POST` request to `/api/v1/benchmarks/{benchmark_id}/cancel`
 
-Arguments:
-- `benchmark_id`: Id of the benchmark.
-```ignore
-let response = client.cancel_benchmark()
-    .benchmark_id(benchmark_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `benchmark_id`: Id of the benchmark.
+    ```ignore
+    let response = client.cancel_benchmark()
+        .benchmark_id(benchmark_id)
+        .send()
+        .await;
+    ```*/
     pub fn cancel_benchmark(&self) -> builder::CancelBenchmark<'_> {
         builder::CancelBenchmark::new(self)
     }
     /**List auto-scaling policies
 
-Lists auto-scaling policies, optionally filtered by service, ordered by creation time.
+    Lists auto-scaling policies, optionally filtered by service, ordered by creation time.
 
-Sends a `GET` request to `/api/v1/autoscaling-policies`
+    Sends a `GET` request to `/api/v1/autoscaling-policies`
 
-Arguments:
-- `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
-- `limit`: Maximum number of items to return in one page.
-- `service`: Only the policy of this service.
-```ignore
-let response = client.list_autoscaling_policies()
-    .cursor(cursor)
-    .limit(limit)
-    .service(service)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `cursor`: Opaque cursor from the `next_cursor` of the previous page. Absent for the first page.
+    - `limit`: Maximum number of items to return in one page.
+    - `service`: Only the policy of this service.
+    ```ignore
+    let response = client.list_autoscaling_policies()
+        .cursor(cursor)
+        .limit(limit)
+        .service(service)
+        .send()
+        .await;
+    ```*/
     pub fn list_autoscaling_policies(&self) -> builder::ListAutoscalingPolicies<'_> {
         builder::ListAutoscalingPolicies::new(self)
     }
     /**Create an auto-scaling policy
 
-Creates the auto-scaling policy of a service (one per service; 409 when the service already has one). At least one target (`target_cpu_utilization`, `target_rps_per_replica`, `target_p95_latency_ms`) is needed and `min_replicas` must not exceed `max_replicas` (422 otherwise).
+    Creates the auto-scaling policy of a service (one per service; 409 when the service already has one). At least one target (`target_cpu_utilization`, `target_rps_per_replica`, `target_p95_latency_ms`) is needed and `min_replicas` must not exceed `max_replicas` (422 otherwise).
 
-Sends a `POST` request to `/api/v1/autoscaling-policies`
+    Sends a `POST` request to `/api/v1/autoscaling-policies`
 
-```ignore
-let response = client.create_autoscaling_policy()
-    .body(body)
-    .send()
-    .await;
-```*/
+    ```ignore
+    let response = client.create_autoscaling_policy()
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn create_autoscaling_policy(&self) -> builder::CreateAutoscalingPolicy<'_> {
         builder::CreateAutoscalingPolicy::new(self)
     }
     /**Get an auto-scaling policy
 
-Returns one auto-scaling policy.
+    Returns one auto-scaling policy.
 
-Sends a `GET` request to `/api/v1/autoscaling-policies/{policy_id}`
+    Sends a `GET` request to `/api/v1/autoscaling-policies/{policy_id}`
 
-Arguments:
-- `policy_id`: Id of the auto-scaling policy.
-```ignore
-let response = client.get_autoscaling_policy()
-    .policy_id(policy_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `policy_id`: Id of the auto-scaling policy.
+    ```ignore
+    let response = client.get_autoscaling_policy()
+        .policy_id(policy_id)
+        .send()
+        .await;
+    ```*/
     pub fn get_autoscaling_policy(&self) -> builder::GetAutoscalingPolicy<'_> {
         builder::GetAutoscalingPolicy::new(self)
     }
     /**Replace an auto-scaling policy
 
-Replaces the whole policy (fields left out take their defaults). The id and `created_at` are kept. The same rules as on creation apply (422, 409).
+    Replaces the whole policy (fields left out take their defaults). The id and `created_at` are kept. The same rules as on creation apply (422, 409).
 
-Sends a `PUT` request to `/api/v1/autoscaling-policies/{policy_id}`
+    Sends a `PUT` request to `/api/v1/autoscaling-policies/{policy_id}`
 
-Arguments:
-- `policy_id`: Id of the auto-scaling policy.
-- `body`
-```ignore
-let response = client.replace_autoscaling_policy()
-    .policy_id(policy_id)
-    .body(body)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `policy_id`: Id of the auto-scaling policy.
+    - `body`
+    ```ignore
+    let response = client.replace_autoscaling_policy()
+        .policy_id(policy_id)
+        .body(body)
+        .send()
+        .await;
+    ```*/
     pub fn replace_autoscaling_policy(&self) -> builder::ReplaceAutoscalingPolicy<'_> {
         builder::ReplaceAutoscalingPolicy::new(self)
     }
     /**Delete an auto-scaling policy
 
-Deletes the policy; no further recommendations are made for the service.
+    Deletes the policy; no further recommendations are made for the service.
 
-Sends a `DELETE` request to `/api/v1/autoscaling-policies/{policy_id}`
+    Sends a `DELETE` request to `/api/v1/autoscaling-policies/{policy_id}`
 
-Arguments:
-- `policy_id`: Id of the auto-scaling policy.
-```ignore
-let response = client.delete_autoscaling_policy()
-    .policy_id(policy_id)
-    .send()
-    .await;
-```*/
+    Arguments:
+    - `policy_id`: Id of the auto-scaling policy.
+    ```ignore
+    let response = client.delete_autoscaling_policy()
+        .policy_id(policy_id)
+        .send()
+        .await;
+    ```*/
     pub fn delete_autoscaling_policy(&self) -> builder::DeleteAutoscalingPolicy<'_> {
         builder::DeleteAutoscalingPolicy::new(self)
     }
     /**Current replica recommendation
 
-Computes the desired replica count of the policy's service from the observed load (samples of the last minutes and reported CPU) against the policy's targets, in the manner of the Kubernetes HPA: for each target, `ceil(current_replicas * observed / target)`, the largest wins, limited by the step sizes and clamped to `min_replicas..max_replicas`. A change is held back (`stabilized: true`) while the scale-up or scale-down stabilisation window has not elapsed; `desired_replicas` is then the value still in force. `current_replicas` is the number of healthy instances in the registry. A disabled policy still answers, with a reason saying it is disabled.
+    Computes the desired replica count of the policy's service from the observed load (samples of the last minutes and reported CPU) against the policy's targets, in the manner of the Kubernetes HPA: for each target, `ceil(current_replicas * observed / target)`, the largest wins, limited by the step sizes and clamped to `min_replicas..max_replicas`. A change is held back (`stabilized: true`) while the scale-up or scale-down stabilisation window has not elapsed; `desired_replicas` is then the value still in force. `current_replicas` is the number of healthy instances in the registry. A disabled policy still answers, with a reason saying it is disabled.
 
-Sends a `GET` request to `/api/v1/autoscaling-policies/{policy_id}/recommendation`
+    Sends a `GET` request to `/api/v1/autoscaling-policies/{policy_id}/recommendation`
 
-Arguments:
-- `policy_id`: Id of the auto-scaling policy.
-```ignore
-let response = client.get_autoscaling_recommendation()
-    .policy_id(policy_id)
-    .send()
-    .await;
-```*/
-    pub fn get_autoscaling_recommendation(
-        &self,
-    ) -> builder::GetAutoscalingRecommendation<'_> {
+    Arguments:
+    - `policy_id`: Id of the auto-scaling policy.
+    ```ignore
+    let response = client.get_autoscaling_recommendation()
+        .policy_id(policy_id)
+        .send()
+        .await;
+    ```*/
+    pub fn get_autoscaling_recommendation(&self) -> builder::GetAutoscalingRecommendation<'_> {
         builder::GetAutoscalingRecommendation::new(self)
     }
 }
+
 /// Types for composing operation parameters.
 #[allow(clippy::all)]
 pub mod builder {
     use super::types;
     #[allow(unused_imports)]
     use super::{
-        encode_path, ByteStream, ClientInfo, ClientHooks, Error, OperationInfo,
-        RequestBuilderExt, ResponseValue,
+        ByteStream, ClientHooks, ClientInfo, Error, OperationInfo, RequestBuilderExt, ResponseValue, encode_path,
     };
     /**Builder for [`Client::get_liveness`]
 
-[`Client::get_liveness`]: super::Client::get_liveness*/
+    [`Client::get_liveness`]: super::Client::get_liveness*/
     #[derive(Debug, Clone)]
     pub struct GetLiveness<'a> {
         client: &'a super::Client,
@@ -8428,52 +6721,36 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/health/live`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/health/live", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_liveness",
-            };
+            let info = OperationInfo { operation_id: "get_liveness" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_readiness`]
 
-[`Client::get_readiness`]: super::Client::get_readiness*/
+    [`Client::get_readiness`]: super::Client::get_readiness*/
     #[derive(Debug, Clone)]
     pub struct GetReadiness<'a> {
         client: &'a super::Client,
@@ -8483,52 +6760,36 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/health/ready`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Health>, Error<types::Health>> {
             let Self { client } = self;
             let url = format!("{}/health/ready", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_readiness",
-            };
+            let info = OperationInfo { operation_id: "get_readiness" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_metrics`]
 
-[`Client::get_metrics`]: super::Client::get_metrics*/
+    [`Client::get_metrics`]: super::Client::get_metrics*/
     #[derive(Debug, Clone)]
     pub struct GetMetrics<'a> {
         client: &'a super::Client,
@@ -8538,44 +6799,31 @@ pub mod builder {
             Self { client: client }
         }
         ///Sends a `GET` request to `/metrics`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<ByteStream>, Error<types::Error>> {
             let Self { client } = self;
             let url = format!("{}/metrics", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client.client.get(url).headers(header_map).build()?;
-            let info = OperationInfo {
-                operation_id: "get_metrics",
-            };
+            let info = OperationInfo { operation_id: "get_metrics" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => Ok(ResponseValue::stream(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_slos`]
 
-[`Client::list_slos`]: super::Client::list_slos*/
+    [`Client::list_slos`]: super::Client::list_slos*/
     #[derive(Debug, Clone)]
     pub struct ListSlos<'a> {
         client: &'a super::Client,
@@ -8586,24 +6834,14 @@ pub mod builder {
     }
     impl<'a> ListSlos<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-                objective: Ok(None),
-                service: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None), objective: Ok(None), service: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::ListSlosCursor>,
         {
-            self.cursor = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListSlosCursor` for cursor failed".to_string()
-                });
+            self.cursor =
+                value.try_into().map(Some).map_err(|_| "conversion to `ListSlosCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -8613,22 +6851,15 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn objective<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::SloObjective>,
         {
-            self.objective = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `SloObjective` for objective failed".to_string()
-                });
+            self.objective =
+                value.try_into().map(Some).map_err(|_| "conversion to `SloObjective` for objective failed".to_string());
             self
         }
         pub fn service<V>(mut self, value: V) -> Self
@@ -8638,15 +6869,11 @@ pub mod builder {
             self.service = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListSlosService` for service failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListSlosService` for service failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/slos`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::SloList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::SloList>, Error<types::Error>> {
             let Self { client, cursor, limit, objective, service } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -8654,78 +6881,40 @@ pub mod builder {
             let service = service.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/slos", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("objective", &objective))
                 .query(&progenitor_client::QueryParam::new("service", &service))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_slos",
-            };
+            let info = OperationInfo { operation_id: "list_slos" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_slo`]
 
-[`Client::create_slo`]: super::Client::create_slo*/
+    [`Client::create_slo`]: super::Client::create_slo*/
     #[derive(Debug, Clone)]
     pub struct CreateSlo<'a> {
         client: &'a super::Client,
@@ -8733,20 +6922,15 @@ pub mod builder {
     }
     impl<'a> CreateSlo<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::SloSpec>,
             <V as std::convert::TryInto<types::SloSpec>>::Error: std::fmt::Display,
         {
-            self.body = value
-                .try_into()
-                .map(From::from)
-                .map_err(|s| format!("conversion to `SloSpec` for body failed: {}", s));
+            self.body =
+                value.try_into().map(From::from).map_err(|s| format!("conversion to `SloSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
@@ -8757,112 +6941,48 @@ pub mod builder {
             self
         }
         ///Sends a `POST` request to `/api/v1/slos`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Slo>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Slo>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
                 .and_then(|v| types::SloSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/slos", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_slo",
-            };
+            let info = OperationInfo { operation_id: "create_slo" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_slo`]
 
-[`Client::get_slo`]: super::Client::get_slo*/
+    [`Client::get_slo`]: super::Client::get_slo*/
     #[derive(Debug, Clone)]
     pub struct GetSlo<'a> {
         client: &'a super::Client,
@@ -8870,107 +6990,52 @@ pub mod builder {
     }
     impl<'a> GetSlo<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                slo_id: Err("slo_id was not initialized".to_string()),
-            }
+            Self { client: client, slo_id: Err("slo_id was not initialized".to_string()) }
         }
         pub fn slo_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.slo_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for slo_id failed".to_string()
-                });
+            self.slo_id = value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for slo_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/slos/{slo_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Slo>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Slo>, Error<types::Error>> {
             let Self { client, slo_id } = self;
             let slo_id = slo_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/slos/{}", client.baseurl, encode_path(& slo_id.to_string()),
-            );
+            let url = format!("{}/api/v1/slos/{}", client.baseurl, encode_path(&slo_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_slo",
-            };
+            let info = OperationInfo { operation_id: "get_slo" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::replace_slo`]
 
-[`Client::replace_slo`]: super::Client::replace_slo*/
+    [`Client::replace_slo`]: super::Client::replace_slo*/
     #[derive(Debug, Clone)]
     pub struct ReplaceSlo<'a> {
         client: &'a super::Client,
@@ -8989,11 +7054,7 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.slo_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for slo_id failed".to_string()
-                });
+            self.slo_id = value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for slo_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
@@ -9001,10 +7062,8 @@ pub mod builder {
             V: std::convert::TryInto<types::SloSpec>,
             <V as std::convert::TryInto<types::SloSpec>>::Error: std::fmt::Display,
         {
-            self.body = value
-                .try_into()
-                .map(From::from)
-                .map_err(|s| format!("conversion to `SloSpec` for body failed: {}", s));
+            self.body =
+                value.try_into().map(From::from).map_err(|s| format!("conversion to `SloSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
@@ -9015,122 +7074,50 @@ pub mod builder {
             self
         }
         ///Sends a `PUT` request to `/api/v1/slos/{slo_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Slo>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Slo>, Error<types::Error>> {
             let Self { client, slo_id, body } = self;
             let slo_id = slo_id.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| types::SloSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/slos/{}", client.baseurl, encode_path(& slo_id.to_string()),
-            );
+            let url = format!("{}/api/v1/slos/{}", client.baseurl, encode_path(&slo_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "replace_slo",
-            };
+            let info = OperationInfo { operation_id: "replace_slo" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_slo`]
 
-[`Client::delete_slo`]: super::Client::delete_slo*/
+    [`Client::delete_slo`]: super::Client::delete_slo*/
     #[derive(Debug, Clone)]
     pub struct DeleteSlo<'a> {
         client: &'a super::Client,
@@ -9138,105 +7125,52 @@ pub mod builder {
     }
     impl<'a> DeleteSlo<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                slo_id: Err("slo_id was not initialized".to_string()),
-            }
+            Self { client: client, slo_id: Err("slo_id was not initialized".to_string()) }
         }
         pub fn slo_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.slo_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for slo_id failed".to_string()
-                });
+            self.slo_id = value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for slo_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/slos/{slo_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, slo_id } = self;
             let slo_id = slo_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/slos/{}", client.baseurl, encode_path(& slo_id.to_string()),
-            );
+            let url = format!("{}/api/v1/slos/{}", client.baseurl, encode_path(&slo_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_slo",
-            };
+            let info = OperationInfo { operation_id: "delete_slo" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_slo_report`]
 
-[`Client::get_slo_report`]: super::Client::get_slo_report*/
+    [`Client::get_slo_report`]: super::Client::get_slo_report*/
     #[derive(Debug, Clone)]
     pub struct GetSloReport<'a> {
         client: &'a super::Client,
@@ -9245,124 +7179,63 @@ pub mod builder {
     }
     impl<'a> GetSloReport<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                slo_id: Err("slo_id was not initialized".to_string()),
-                at: Ok(None),
-            }
+            Self { client: client, slo_id: Err("slo_id was not initialized".to_string()), at: Ok(None) }
         }
         pub fn slo_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.slo_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for slo_id failed".to_string()
-                });
+            self.slo_id = value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for slo_id failed".to_string());
             self
         }
         pub fn at<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
         {
-            self.at = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: chrono :: DateTime < :: chrono :: offset :: Utc >` for at failed"
-                        .to_string()
-                });
+            self.at = value.try_into().map(Some).map_err(|_| {
+                "conversion to `:: chrono :: DateTime < :: chrono :: offset :: Utc >` for at failed".to_string()
+            });
             self
         }
         ///Sends a `GET` request to `/api/v1/slos/{slo_id}/report`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::SloReport>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::SloReport>, Error<types::Error>> {
             let Self { client, slo_id, at } = self;
             let slo_id = slo_id.map_err(Error::InvalidRequest)?;
             let at = at.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/slos/{}/report", client.baseurl, encode_path(& slo_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/slos/{}/report", client.baseurl, encode_path(&slo_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("at", &at))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_slo_report",
-            };
+            let info = OperationInfo { operation_id: "get_slo_report" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::ingest_samples`]
 
-[`Client::ingest_samples`]: super::Client::ingest_samples*/
+    [`Client::ingest_samples`]: super::Client::ingest_samples*/
     #[derive(Debug, Clone)]
     pub struct IngestSamples<'a> {
         client: &'a super::Client,
@@ -9370,10 +7243,7 @@ pub mod builder {
     }
     impl<'a> IngestSamples<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -9383,120 +7253,58 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `SampleBatch` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `SampleBatch` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::SampleBatch,
-            ) -> types::builder::SampleBatch,
+            F: std::ops::FnOnce(types::builder::SampleBatch) -> types::builder::SampleBatch,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/samples`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::SampleIngestResult>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::SampleIngestResult>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
                 .and_then(|v| types::SampleBatch::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/samples", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "ingest_samples",
-            };
+            let info = OperationInfo { operation_id: "ingest_samples" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 202u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_service_stats`]
 
-[`Client::get_service_stats`]: super::Client::get_service_stats*/
+    [`Client::get_service_stats`]: super::Client::get_service_stats*/
     #[derive(Debug, Clone)]
     pub struct GetServiceStats<'a> {
         client: &'a super::Client,
@@ -9519,10 +7327,7 @@ pub mod builder {
         {
             self.service_name = value
                 .try_into()
-                .map_err(|_| {
-                    "conversion to `GetServiceStatsServiceName` for service_name failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `GetServiceStatsServiceName` for service_name failed".to_string());
             self
         }
         pub fn route<V>(mut self, value: V) -> Self
@@ -9532,113 +7337,58 @@ pub mod builder {
             self.route = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `GetServiceStatsRoute` for route failed".to_string()
-                });
+                .map_err(|_| "conversion to `GetServiceStatsRoute` for route failed".to_string());
             self
         }
         pub fn window<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::StatsWindow>,
         {
-            self.window = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `StatsWindow` for window failed".to_string()
-                });
+            self.window =
+                value.try_into().map(Some).map_err(|_| "conversion to `StatsWindow` for window failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/services/{service_name}/stats`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::ServiceStats>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::ServiceStats>, Error<types::Error>> {
             let Self { client, service_name, route, window } = self;
             let service_name = service_name.map_err(Error::InvalidRequest)?;
             let route = route.map_err(Error::InvalidRequest)?;
             let window = window.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/services/{}/stats", client.baseurl, encode_path(& service_name
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/services/{}/stats", client.baseurl, encode_path(&service_name.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("route", &route))
                 .query(&progenitor_client::QueryParam::new("window", &window))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_service_stats",
-            };
+            let info = OperationInfo { operation_id: "get_service_stats" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_benchmarks`]
 
-[`Client::list_benchmarks`]: super::Client::list_benchmarks*/
+    [`Client::list_benchmarks`]: super::Client::list_benchmarks*/
     #[derive(Debug, Clone)]
     pub struct ListBenchmarks<'a> {
         client: &'a super::Client,
@@ -9649,13 +7399,7 @@ pub mod builder {
     }
     impl<'a> ListBenchmarks<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-                service: Ok(None),
-                status: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None), service: Ok(None), status: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -9664,9 +7408,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListBenchmarksCursor` for cursor failed".to_string()
-                });
+                .map_err(|_| "conversion to `ListBenchmarksCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -9676,10 +7418,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn service<V>(mut self, value: V) -> Self
@@ -9689,28 +7428,19 @@ pub mod builder {
             self.service = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListBenchmarksService` for service failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListBenchmarksService` for service failed".to_string());
             self
         }
         pub fn status<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::BenchmarkStatus>,
         {
-            self.status = value
-                .try_into()
-                .map(Some)
-                .map_err(|_| {
-                    "conversion to `BenchmarkStatus` for status failed".to_string()
-                });
+            self.status =
+                value.try_into().map(Some).map_err(|_| "conversion to `BenchmarkStatus` for status failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/benchmarks`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::BenchmarkList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::BenchmarkList>, Error<types::Error>> {
             let Self { client, cursor, limit, service, status } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
@@ -9718,78 +7448,40 @@ pub mod builder {
             let status = status.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/benchmarks", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("service", &service))
                 .query(&progenitor_client::QueryParam::new("status", &status))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_benchmarks",
-            };
+            let info = OperationInfo { operation_id: "list_benchmarks" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::start_benchmark`]
 
-[`Client::start_benchmark`]: super::Client::start_benchmark*/
+    [`Client::start_benchmark`]: super::Client::start_benchmark*/
     #[derive(Debug, Clone)]
     pub struct StartBenchmark<'a> {
         client: &'a super::Client,
@@ -9797,10 +7489,7 @@ pub mod builder {
     }
     impl<'a> StartBenchmark<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -9810,129 +7499,59 @@ pub mod builder {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!("conversion to `BenchmarkSpec` for body failed: {}", s)
-                });
+                .map_err(|s| format!("conversion to `BenchmarkSpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::BenchmarkSpec,
-            ) -> types::builder::BenchmarkSpec,
+            F: std::ops::FnOnce(types::builder::BenchmarkSpec) -> types::builder::BenchmarkSpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/benchmarks`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Benchmark>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Benchmark>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::BenchmarkSpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::BenchmarkSpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/benchmarks", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "start_benchmark",
-            };
+            let info = OperationInfo { operation_id: "start_benchmark" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 202u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_benchmark`]
 
-[`Client::get_benchmark`]: super::Client::get_benchmark*/
+    [`Client::get_benchmark`]: super::Client::get_benchmark*/
     #[derive(Debug, Clone)]
     pub struct GetBenchmark<'a> {
         client: &'a super::Client,
@@ -9940,108 +7559,53 @@ pub mod builder {
     }
     impl<'a> GetBenchmark<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                benchmark_id: Err("benchmark_id was not initialized".to_string()),
-            }
+            Self { client: client, benchmark_id: Err("benchmark_id was not initialized".to_string()) }
         }
         pub fn benchmark_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.benchmark_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for benchmark_id failed".to_string()
-                });
+            self.benchmark_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for benchmark_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/benchmarks/{benchmark_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Benchmark>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Benchmark>, Error<types::Error>> {
             let Self { client, benchmark_id } = self;
             let benchmark_id = benchmark_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/benchmarks/{}", client.baseurl, encode_path(& benchmark_id
-                .to_string()),
-            );
+            let url = format!("{}/api/v1/benchmarks/{}", client.baseurl, encode_path(&benchmark_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_benchmark",
-            };
+            let info = OperationInfo { operation_id: "get_benchmark" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::cancel_benchmark`]
 
-[`Client::cancel_benchmark`]: super::Client::cancel_benchmark*/
+    [`Client::cancel_benchmark`]: super::Client::cancel_benchmark*/
     #[derive(Debug, Clone)]
     pub struct CancelBenchmark<'a> {
         client: &'a super::Client,
@@ -10049,115 +7613,55 @@ pub mod builder {
     }
     impl<'a> CancelBenchmark<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                benchmark_id: Err("benchmark_id was not initialized".to_string()),
-            }
+            Self { client: client, benchmark_id: Err("benchmark_id was not initialized".to_string()) }
         }
         pub fn benchmark_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.benchmark_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for benchmark_id failed".to_string()
-                });
+            self.benchmark_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for benchmark_id failed".to_string());
             self
         }
         ///Sends a `POST` request to `/api/v1/benchmarks/{benchmark_id}/cancel`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::Benchmark>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::Benchmark>, Error<types::Error>> {
             let Self { client, benchmark_id } = self;
             let benchmark_id = benchmark_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/benchmarks/{}/cancel", client.baseurl, encode_path(&
-                benchmark_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/benchmarks/{}/cancel", client.baseurl, encode_path(&benchmark_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "cancel_benchmark",
-            };
+            let info = OperationInfo { operation_id: "cancel_benchmark" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::list_autoscaling_policies`]
 
-[`Client::list_autoscaling_policies`]: super::Client::list_autoscaling_policies*/
+    [`Client::list_autoscaling_policies`]: super::Client::list_autoscaling_policies*/
     #[derive(Debug, Clone)]
     pub struct ListAutoscalingPolicies<'a> {
         client: &'a super::Client,
@@ -10167,12 +7671,7 @@ pub mod builder {
     }
     impl<'a> ListAutoscalingPolicies<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                cursor: Ok(None),
-                limit: Ok(None),
-                service: Ok(None),
-            }
+            Self { client: client, cursor: Ok(None), limit: Ok(None), service: Ok(None) }
         }
         pub fn cursor<V>(mut self, value: V) -> Self
         where
@@ -10181,10 +7680,7 @@ pub mod builder {
             self.cursor = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListAutoscalingPoliciesCursor` for cursor failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListAutoscalingPoliciesCursor` for cursor failed".to_string());
             self
         }
         pub fn limit<V>(mut self, value: V) -> Self
@@ -10194,10 +7690,7 @@ pub mod builder {
             self.limit = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `:: std :: num :: NonZeroU64` for limit failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `:: std :: num :: NonZeroU64` for limit failed".to_string());
             self
         }
         pub fn service<V>(mut self, value: V) -> Self
@@ -10207,93 +7700,50 @@ pub mod builder {
             self.service = value
                 .try_into()
                 .map(Some)
-                .map_err(|_| {
-                    "conversion to `ListAutoscalingPoliciesService` for service failed"
-                        .to_string()
-                });
+                .map_err(|_| "conversion to `ListAutoscalingPoliciesService` for service failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/autoscaling-policies`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AutoscalingPolicyList>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AutoscalingPolicyList>, Error<types::Error>> {
             let Self { client, cursor, limit, service } = self;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let service = service.map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/autoscaling-policies", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .query(&progenitor_client::QueryParam::new("cursor", &cursor))
                 .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .query(&progenitor_client::QueryParam::new("service", &service))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "list_autoscaling_policies",
-            };
+            let info = OperationInfo { operation_id: "list_autoscaling_policies" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::create_autoscaling_policy`]
 
-[`Client::create_autoscaling_policy`]: super::Client::create_autoscaling_policy*/
+    [`Client::create_autoscaling_policy`]: super::Client::create_autoscaling_policy*/
     #[derive(Debug, Clone)]
     pub struct CreateAutoscalingPolicy<'a> {
         client: &'a super::Client,
@@ -10301,146 +7751,69 @@ pub mod builder {
     }
     impl<'a> CreateAutoscalingPolicy<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                body: Ok(::std::default::Default::default()),
-            }
+            Self { client: client, body: Ok(::std::default::Default::default()) }
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::AutoscalingPolicySpec>,
-            <V as std::convert::TryInto<
-                types::AutoscalingPolicySpec,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::AutoscalingPolicySpec>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!(
-                        "conversion to `AutoscalingPolicySpec` for body failed: {}", s
-                    )
-                });
+                .map_err(|s| format!("conversion to `AutoscalingPolicySpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::AutoscalingPolicySpec,
-            ) -> types::builder::AutoscalingPolicySpec,
+            F: std::ops::FnOnce(types::builder::AutoscalingPolicySpec) -> types::builder::AutoscalingPolicySpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `POST` request to `/api/v1/autoscaling-policies`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AutoscalingPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AutoscalingPolicy>, Error<types::Error>> {
             let Self { client, body } = self;
             let body = body
-                .and_then(|v| {
-                    types::AutoscalingPolicySpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::AutoscalingPolicySpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/api/v1/autoscaling-policies", client.baseurl,);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .post(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "create_autoscaling_policy",
-            };
+            let info = OperationInfo { operation_id: "create_autoscaling_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 201u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_autoscaling_policy`]
 
-[`Client::get_autoscaling_policy`]: super::Client::get_autoscaling_policy*/
+    [`Client::get_autoscaling_policy`]: super::Client::get_autoscaling_policy*/
     #[derive(Debug, Clone)]
     pub struct GetAutoscalingPolicy<'a> {
         client: &'a super::Client,
@@ -10448,108 +7821,54 @@ pub mod builder {
     }
     impl<'a> GetAutoscalingPolicy<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                policy_id: Err("policy_id was not initialized".to_string()),
-            }
+            Self { client: client, policy_id: Err("policy_id was not initialized".to_string()) }
         }
         pub fn policy_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.policy_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for policy_id failed".to_string()
-                });
+            self.policy_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for policy_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/autoscaling-policies/{policy_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AutoscalingPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AutoscalingPolicy>, Error<types::Error>> {
             let Self { client, policy_id } = self;
             let policy_id = policy_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/autoscaling-policies/{}", client.baseurl, encode_path(&
-                policy_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/autoscaling-policies/{}", client.baseurl, encode_path(&policy_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_autoscaling_policy",
-            };
+            let info = OperationInfo { operation_id: "get_autoscaling_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::replace_autoscaling_policy`]
 
-[`Client::replace_autoscaling_policy`]: super::Client::replace_autoscaling_policy*/
+    [`Client::replace_autoscaling_policy`]: super::Client::replace_autoscaling_policy*/
     #[derive(Debug, Clone)]
     pub struct ReplaceAutoscalingPolicy<'a> {
         client: &'a super::Client,
@@ -10568,159 +7887,74 @@ pub mod builder {
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.policy_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for policy_id failed".to_string()
-                });
+            self.policy_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for policy_id failed".to_string());
             self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<types::AutoscalingPolicySpec>,
-            <V as std::convert::TryInto<
-                types::AutoscalingPolicySpec,
-            >>::Error: std::fmt::Display,
+            <V as std::convert::TryInto<types::AutoscalingPolicySpec>>::Error: std::fmt::Display,
         {
             self.body = value
                 .try_into()
                 .map(From::from)
-                .map_err(|s| {
-                    format!(
-                        "conversion to `AutoscalingPolicySpec` for body failed: {}", s
-                    )
-                });
+                .map_err(|s| format!("conversion to `AutoscalingPolicySpec` for body failed: {}", s));
             self
         }
         pub fn body_map<F>(mut self, f: F) -> Self
         where
-            F: std::ops::FnOnce(
-                types::builder::AutoscalingPolicySpec,
-            ) -> types::builder::AutoscalingPolicySpec,
+            F: std::ops::FnOnce(types::builder::AutoscalingPolicySpec) -> types::builder::AutoscalingPolicySpec,
         {
             self.body = self.body.map(f);
             self
         }
         ///Sends a `PUT` request to `/api/v1/autoscaling-policies/{policy_id}`
-        pub async fn send(
-            self,
-        ) -> Result<ResponseValue<types::AutoscalingPolicy>, Error<types::Error>> {
+        pub async fn send(self) -> Result<ResponseValue<types::AutoscalingPolicy>, Error<types::Error>> {
             let Self { client, policy_id, body } = self;
             let policy_id = policy_id.map_err(Error::InvalidRequest)?;
             let body = body
-                .and_then(|v| {
-                    types::AutoscalingPolicySpec::try_from(v).map_err(|e| e.to_string())
-                })
+                .and_then(|v| types::AutoscalingPolicySpec::try_from(v).map_err(|e| e.to_string()))
                 .map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/autoscaling-policies/{}", client.baseurl, encode_path(&
-                policy_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/autoscaling-policies/{}", client.baseurl, encode_path(&policy_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .put(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .json(&body)
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "replace_autoscaling_policy",
-            };
+            let info = OperationInfo { operation_id: "replace_autoscaling_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                409u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                413u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                415u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                422u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                409u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                413u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                415u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                422u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::delete_autoscaling_policy`]
 
-[`Client::delete_autoscaling_policy`]: super::Client::delete_autoscaling_policy*/
+    [`Client::delete_autoscaling_policy`]: super::Client::delete_autoscaling_policy*/
     #[derive(Debug, Clone)]
     pub struct DeleteAutoscalingPolicy<'a> {
         client: &'a super::Client,
@@ -10728,106 +7962,54 @@ pub mod builder {
     }
     impl<'a> DeleteAutoscalingPolicy<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                policy_id: Err("policy_id was not initialized".to_string()),
-            }
+            Self { client: client, policy_id: Err("policy_id was not initialized".to_string()) }
         }
         pub fn policy_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.policy_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for policy_id failed".to_string()
-                });
+            self.policy_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for policy_id failed".to_string());
             self
         }
         ///Sends a `DELETE` request to `/api/v1/autoscaling-policies/{policy_id}`
         pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Error>> {
             let Self { client, policy_id } = self;
             let policy_id = policy_id.map_err(Error::InvalidRequest)?;
-            let url = format!(
-                "{}/api/v1/autoscaling-policies/{}", client.baseurl, encode_path(&
-                policy_id.to_string()),
-            );
+            let url =
+                format!("{}/api/v1/autoscaling-policies/{}", client.baseurl, encode_path(&policy_id.to_string()),);
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .delete(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "delete_autoscaling_policy",
-            };
+            let info = OperationInfo { operation_id: "delete_autoscaling_policy" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 204u16 => Ok(ResponseValue::empty(response)),
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
     /**Builder for [`Client::get_autoscaling_recommendation`]
 
-[`Client::get_autoscaling_recommendation`]: super::Client::get_autoscaling_recommendation*/
+    [`Client::get_autoscaling_recommendation`]: super::Client::get_autoscaling_recommendation*/
     #[derive(Debug, Clone)]
     pub struct GetAutoscalingRecommendation<'a> {
         client: &'a super::Client,
@@ -10835,109 +8017,56 @@ pub mod builder {
     }
     impl<'a> GetAutoscalingRecommendation<'a> {
         pub fn new(client: &'a super::Client) -> Self {
-            Self {
-                client: client,
-                policy_id: Err("policy_id was not initialized".to_string()),
-            }
+            Self { client: client, policy_id: Err("policy_id was not initialized".to_string()) }
         }
         pub fn policy_id<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::uuid::Uuid>,
         {
-            self.policy_id = value
-                .try_into()
-                .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for policy_id failed".to_string()
-                });
+            self.policy_id =
+                value.try_into().map_err(|_| "conversion to `:: uuid :: Uuid` for policy_id failed".to_string());
             self
         }
         ///Sends a `GET` request to `/api/v1/autoscaling-policies/{policy_id}/recommendation`
-        pub async fn send(
-            self,
-        ) -> Result<
-            ResponseValue<types::AutoscalingRecommendation>,
-            Error<types::Error>,
-        > {
+        pub async fn send(self) -> Result<ResponseValue<types::AutoscalingRecommendation>, Error<types::Error>> {
             let Self { client, policy_id } = self;
             let policy_id = policy_id.map_err(Error::InvalidRequest)?;
             let url = format!(
-                "{}/api/v1/autoscaling-policies/{}/recommendation", client.baseurl,
-                encode_path(& policy_id.to_string()),
+                "{}/api/v1/autoscaling-policies/{}/recommendation",
+                client.baseurl,
+                encode_path(&policy_id.to_string()),
             );
             let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
-            header_map
-                .append(
-                    ::reqwest::header::HeaderName::from_static("api-version"),
-                    ::reqwest::header::HeaderValue::from_static(
-                        super::Client::api_version(),
-                    ),
-                );
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
             #[allow(unused_mut)]
             let mut request = client
                 .client
                 .get(url)
-                .header(
-                    ::reqwest::header::ACCEPT,
-                    ::reqwest::header::HeaderValue::from_static("application/json"),
-                )
+                .header(::reqwest::header::ACCEPT, ::reqwest::header::HeaderValue::from_static("application/json"))
                 .headers(header_map)
                 .build()?;
-            let info = OperationInfo {
-                operation_id: "get_autoscaling_recommendation",
-            };
+            let info = OperationInfo { operation_id: "get_autoscaling_recommendation" };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;
             client.post(&result, &info).await?;
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
-                400u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                401u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                403u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                404u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                500u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
-                503u16 => {
-                    Err(
-                        Error::ErrorResponse(
-                            ResponseValue::from_response(response).await?,
-                        ),
-                    )
-                }
+                400u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                401u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                403u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                404u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                500u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
+                503u16 => Err(Error::ErrorResponse(ResponseValue::from_response(response).await?)),
                 _ => Err(Error::UnexpectedResponse(response)),
             }
         }
     }
 }
+
 /// Items consumers will typically use such as the Client.
 pub mod prelude {
     pub use self::super::Client;
