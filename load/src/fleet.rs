@@ -130,6 +130,9 @@ async fn start(
     router: Router<Shared>,
 ) -> std::io::Result<Upstream> {
     let hits = Arc::new(AtomicU64::new(0));
+    // A health URL, as every real service has: the monitoring service checks it, and an
+    // instance without one leaves discovery.
+    let router = router.route("/health", get(|| async { "ok" }));
     let router = router.with_state(Shared { behaviour, hits: hits.clone() });
     let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;

@@ -591,6 +591,8 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
             .env("PAKE_TOKEN_SECRET", &secret)
             .env("PAKE_REGISTRY_ADDR", registry.to_string())
             .env("PAKE_GATEWAY_ADDR", gateway.to_string())
+            .env("PAKE_PERFORMANCE_ADDR", "127.0.0.1:0")
+            .env("PAKE_MONITORING_ADDR", "127.0.0.1:0")
             .env("PAKE_LOG_FORMAT", "json")
             // The idle connections measured stay under half the cap, where no pressure
             // shortens their idle timeout (the default cap follows the descriptor limit).

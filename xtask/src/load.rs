@@ -84,6 +84,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         .env("PAKE_DATA_DIR", &data_dir)
         .env("PAKE_REGISTRY_ADDR", registry.to_string())
         .env("PAKE_GATEWAY_ADDR", gateway.to_string())
+        .env("PAKE_PERFORMANCE_ADDR", "127.0.0.1:0")
+        .env("PAKE_MONITORING_ADDR", "127.0.0.1:0")
         .env("PAKE_ADMIN_CLIENT_ID", admin_id)
         .env("PAKE_ADMIN_CLIENT_SECRET", &admin_secret)
         // The load generator's one address stands for a thousand users signing in.
