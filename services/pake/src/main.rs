@@ -87,6 +87,10 @@ struct Config {
     /// Address of the performance (SLO, statistics, auto-scaling) API.
     #[arg(long, env = "PAKE_PERFORMANCE_ADDR", default_value = "127.0.0.1:8090", global = true)]
     performance_addr: SocketAddr,
+    /// The performance service the gateway sends its request samples to when it does not
+    /// run in the same process (http://host:port); unset, such a gateway sends none.
+    #[arg(long, env = "PAKE_PERFORMANCE_URL", global = true)]
+    performance_url: Option<String>,
     /// Address of the monitoring (metrics, health, alerting) API.
     #[arg(long, env = "PAKE_MONITORING_ADDR", default_value = "127.0.0.1:9090", global = true)]
     monitoring_addr: SocketAddr,
@@ -362,8 +366,16 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await?);
     let mut running = tokio::task::JoinSet::new();
     // The gateway's request timings feed the performance service when both run here.
-    let samples = (services.contains(&ServiceName::Gateway) && services.contains(&ServiceName::Performance))
+    let in_process = (services.contains(&ServiceName::Gateway) && services.contains(&ServiceName::Performance))
         .then(|| Arc::new(InProcessSamples::default()));
+    let samples: Option<Arc<dyn pake_gateway::samples::SampleSink>> = match (&in_process, &config.performance_url) {
+        (Some(local), _) => Some(local.clone()),
+        (None, Some(url)) if services.contains(&ServiceName::Gateway) => {
+            tracing::info!(%url, "the gateway sends its request samples to the performance service at this URL");
+            Some(Arc::new(RemoteSamples::new(url, keys.issuer())))
+        }
+        _ => None,
+    };
     for service in services {
         match service {
             ServiceName::Registry => {
@@ -378,7 +390,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
             }
             ServiceName::Gateway => {
                 let mut options = config.gateway_options(keys.clone());
-                options.samples = samples.clone().map(|sink| sink as Arc<dyn pake_gateway::samples::SampleSink>);
+                options.samples = samples.clone();
                 let gateway =
                     pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone(), options).await?;
                 if let (Some(id), Some(secret)) = (&config.admin_client_id, &config.admin_client_secret) {
@@ -425,8 +437,8 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 )
                 .await
                 .context("starting the performance service")?;
-                if let Some(samples) = &samples {
-                    let _ = samples.0.set(performance.clone());
+                if let Some(local) = &in_process {
+                    let _ = local.0.set(performance.clone());
                 }
                 let router = pake_performance::router(performance, verifier.clone());
                 let listener = bind(config.performance_addr, "performance service").await?;
@@ -543,6 +555,67 @@ impl pake_gateway::samples::SampleSink for InProcessSamples {
                 return Ok(());
             }
             performance.ingest(&batch).await.map(drop).map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// The performance service of another process, where the gateway's request samples go
+/// through its API (the generated client), with a token of this process's key ring.
+struct RemoteSamples {
+    url: String,
+    issuer: pake_tokens::TokenIssuer,
+    /// A client carrying a token, and until when to use it (well before the token ends).
+    client: std::sync::Mutex<Option<(pake_performance_client::Client, std::time::Instant)>>,
+}
+
+impl std::fmt::Debug for RemoteSamples {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("RemoteSamples").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl RemoteSamples {
+    const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+    fn new(url: &str, issuer: pake_tokens::TokenIssuer) -> RemoteSamples {
+        RemoteSamples { url: url.trim_end_matches('/').to_string(), issuer, client: std::sync::Mutex::new(None) }
+    }
+
+    fn client(&self) -> Result<pake_performance_client::Client, String> {
+        let mut cached = self.client.lock().map_err(|_| "a sample sender panicked")?;
+        if let Some((client, until)) = &*cached
+            && std::time::Instant::now() < *until
+        {
+            return Ok(client.clone());
+        }
+        let token = self.issuer.issue("pake-gateway", None, &["performance:write"], Self::TOKEN_TTL);
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let client = pake_performance_client::Client::new_with_client(&self.url, http);
+        let until = std::time::Instant::now() + Self::TOKEN_TTL - Duration::from_secs(300);
+        *cached = Some((client.clone(), until));
+        Ok(client)
+    }
+}
+
+impl pake_gateway::samples::SampleSink for RemoteSamples {
+    fn deliver(
+        &self,
+        samples: Vec<pake_gateway::samples::RequestSample>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let batch = sample_batch(&samples);
+            if batch.samples.is_empty() {
+                return Ok(());
+            }
+            let client = self.client()?;
+            client.ingest_samples().body(batch).send().await.map(drop).map_err(|error| error.to_string())
         })
     }
 }

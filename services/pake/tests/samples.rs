@@ -20,6 +20,48 @@ fn token() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxied_requests_reach_the_performance_service_as_samples() {
+    let dir = data_dir();
+    let pake = Pake::start(
+        &["registry", "gateway", "performance"],
+        &[("PAKE_DATA_DIR", dir.display().to_string()), ("PAKE_TOKEN_SECRET", SECRET.to_string())],
+    )
+    .await;
+    proxy_and_read_back(&pake.url("registry"), &pake.url("gateway"), &pake.url("performance")).await;
+    drop(pake);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A gateway without the performance service in its process sends its samples to the
+/// one `PAKE_PERFORMANCE_URL` names, through its API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_gateway_sends_its_samples_over_the_api() {
+    let (gateway_dir, performance_dir) = (data_dir(), data_dir());
+    let secret = ("PAKE_TOKEN_SECRET", SECRET.to_string());
+    let performance =
+        Pake::start(&["performance"], &[("PAKE_DATA_DIR", performance_dir.display().to_string()), secret.clone()])
+            .await;
+    let gateway = Pake::start(
+        &["registry", "gateway"],
+        &[
+            ("PAKE_DATA_DIR", gateway_dir.display().to_string()),
+            ("PAKE_PERFORMANCE_URL", performance.url("performance")),
+            secret,
+        ],
+    )
+    .await;
+    proxy_and_read_back(&gateway.url("registry"), &gateway.url("gateway"), &performance.url("performance")).await;
+    drop((gateway, performance));
+    let _ = std::fs::remove_dir_all(gateway_dir);
+    let _ = std::fs::remove_dir_all(performance_dir);
+}
+
+fn data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("pake-samples-{}", uuid::Uuid::new_v4()))
+}
+
+/// Routes `/v1/timed` to a real upstream, proxies 30 requests (10 answered 404), and waits
+/// for the performance service to count them.
+async fn proxy_and_read_back(registry: &str, gateway: &str, performance: &str) {
     let upstream = conformance::TestServer::start(
         axum::Router::new()
             .route("/timed/missing", axum::routing::get(|| async { (axum::http::StatusCode::NOT_FOUND, "no") }))
@@ -27,13 +69,6 @@ async fn proxied_requests_reach_the_performance_service_as_samples() {
     )
     .await
     .unwrap();
-    let dir = std::env::temp_dir().join(format!("pake-samples-{}", uuid::Uuid::new_v4()));
-    let pake = Pake::start(
-        &["registry", "gateway", "performance"],
-        &[("PAKE_DATA_DIR", dir.display().to_string()), ("PAKE_TOKEN_SECRET", SECRET.to_string())],
-    )
-    .await;
-    let (registry, gateway, performance) = (pake.url("registry"), pake.url("gateway"), pake.url("performance"));
     let http = conformance::http_client_with_token(&token());
     let expect = |response: reqwest::Response, status: u16| async move {
         let got = response.status().as_u16();
@@ -90,6 +125,4 @@ async fn proxied_requests_reach_the_performance_service_as_samples() {
     let by_route =
         http.get(format!("{performance}/api/v1/services/timed/stats?window=5m&route=/timed")).send().await.unwrap();
     assert_eq!(by_route.json::<Value>().await.unwrap()["count"], 30, "samples carry the route's prefix");
-    drop(pake);
-    let _ = std::fs::remove_dir_all(dir);
 }
