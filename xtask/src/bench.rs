@@ -591,8 +591,6 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
             .env("PAKE_TOKEN_SECRET", &secret)
             .env("PAKE_REGISTRY_ADDR", registry.to_string())
             .env("PAKE_GATEWAY_ADDR", gateway.to_string())
-            .env("PAKE_PERFORMANCE_ADDR", "127.0.0.1:0")
-            .env("PAKE_MONITORING_ADDR", "127.0.0.1:0")
             .env("PAKE_LOG_FORMAT", "json")
             // The idle connections measured stay under half the cap, where no pressure
             // shortens their idle timeout (the default cap follows the descriptor limit).
@@ -609,7 +607,10 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
     let log_path = bench_dir.join("pake.log");
     let log = std::fs::File::create(&log_path)?;
     let mut command = Command::new(pake);
-    command.arg("serve").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // The registry and the gateway only: what is compared with nginx is the proxy, not the
+    // performance and monitoring services sharing its two cores (and, in process, taking
+    // the gateway's request samples).
+    command.args(["serve", "registry", "gateway"]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     environment(&mut command);
     println!("starting pake serve (registry {registry}, gateway {gateway}; log in {})", log_path.display());
     let child = command.spawn().with_context(|| format!("starting {}", pake.display()))?;
