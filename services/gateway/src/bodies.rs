@@ -88,7 +88,7 @@ impl BodyWatch {
 /// A client that goes away drops it without an error.
 pub(crate) struct UpstreamBody {
     pub(crate) body: Body,
-    pub(crate) verdict: Option<Verdict>,
+    pub(crate) verdict: Verdict,
 }
 
 impl HttpBody for UpstreamBody {
@@ -101,13 +101,9 @@ impl HttpBody for UpstreamBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(context);
         match &polled {
-            std::task::Poll::Ready(Some(Err(_))) => {
-                if let Some(verdict) = self.verdict.take() {
-                    verdict.broke_off();
-                }
-            }
+            std::task::Poll::Ready(Some(Err(_))) => self.verdict.broke_off(),
             // The end: a success, given now rather than whenever the body is dropped.
-            std::task::Poll::Ready(None) => drop(self.verdict.take()),
+            std::task::Poll::Ready(None) => self.verdict.settle(),
             _ => {}
         }
         polled

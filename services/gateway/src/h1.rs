@@ -324,10 +324,11 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    // The gateway's API is judged on the path as normalised; a path that cannot be is
-    // answered below.
-    if let Ok(normal) = crate::path::normalize(path)
-        && api_paths.at(&crate::path::merge_slashes(&normal)).is_ok()
+    // The gateway's API is judged on the path as normalised (once, for routing too); a
+    // path that cannot be is answered below.
+    let normal = crate::path::normalize(path);
+    if let Ok(normal) = &normal
+        && api_paths.at(&crate::path::merge_slashes(normal)).is_ok()
     {
         return Step::Handover;
     }
@@ -378,7 +379,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     }
     let plane = conn.plane;
     let table = plane.routes.load();
-    let located = match proxy::locate(&table, &method, path) {
+    let located = match proxy::locate(&table, &method, normal) {
         Ok(located) => located,
         Err(refused) => return finish(write_response(conn, *refused, close).await, close),
     };

@@ -132,15 +132,16 @@ pub async fn handle(plane: &DataPlane, request: Request, peer: Option<SocketAddr
     }
     let table = plane.routes.load();
     let mut request = request;
-    let (route, upstream_path, normalised) = match locate(&table, request.method(), request.uri().path()) {
-        Ok(located) => {
-            let normalised = (located.forwarded != request.uri().path())
-                .then(|| with_path(request.uri(), &located.forwarded).ok())
-                .flatten();
-            (located.route, located.upstream_path().to_string(), normalised)
-        }
-        Err(refused) => return *refused,
-    };
+    let (route, upstream_path, normalised) =
+        match locate(&table, request.method(), crate::path::normalize(request.uri().path())) {
+            Ok(located) => {
+                let normalised = (located.forwarded != request.uri().path())
+                    .then(|| with_path(request.uri(), &located.forwarded).ok())
+                    .flatten();
+                (located.route, located.upstream_path().to_string(), normalised)
+            }
+            Err(refused) => return *refused,
+        };
     // What follows (the cache key, the tries) sees the path as forwarded.
     if let Some(uri) = normalised {
         *request.uri_mut() = uri;
@@ -191,14 +192,14 @@ impl Located<'_, '_> {
     }
 }
 
-/// Finds the route for `method` and the raw request path `raw`: 400 for a path that
-/// cannot be forwarded unambiguously, 404/405 when no route takes it.
+/// Finds the route for `method` and a request path as [`crate::path::normalize`] read it:
+/// 400 for a path that cannot be forwarded unambiguously, 404/405 when no route takes it.
 pub(crate) fn locate<'t, 'p>(
     table: &'t RouteTable,
     method: &Method,
-    raw: &'p str,
+    normal: Result<std::borrow::Cow<'p, str>, crate::path::PathError>,
 ) -> Result<Located<'t, 'p>, Box<Response>> {
-    let normal = crate::path::normalize(raw).map_err(|invalid| Box::new(ApiError::from(invalid).into_response()))?;
+    let normal = normal.map_err(|invalid| Box::new(ApiError::from(invalid).into_response()))?;
     let matched = crate::path::merged(&normal);
     let route = match table.find(method, &matched) {
         Match::Route { route, .. } => route,
@@ -354,8 +355,11 @@ async fn forward(
                     continue;
                 }
                 remove_hop_by_hop(response.headers_mut());
-                let verdict = Verdict::new(plane, attempt, service, response.status());
-                return Ok(response.map(|body| Body::new(UpstreamBody { body, verdict })));
+                // A 5xx was counted when it arrived; any other answer is judged by its end.
+                return Ok(match Verdict::new(plane, attempt, service, response.status()) {
+                    Some(verdict) => response.map(|body| Body::new(UpstreamBody { body, verdict })),
+                    None => response,
+                });
             }
             Err(failure) => failure,
         };

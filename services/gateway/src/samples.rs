@@ -97,37 +97,25 @@ async fn drain(
 ) {
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         ticks.tick().await;
-        let mut open = true;
-        loop {
-            batch.clear();
-            match receiver.try_recv() {
-                Ok(sample) => batch.push(sample),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
+        // Everything queued by now, in batches of at most MAX_BATCH.
+        while !receiver.is_empty() {
+            let mut batch = Vec::with_capacity(receiver.len().min(MAX_BATCH));
             while batch.len() < MAX_BATCH
                 && let Ok(sample) = receiver.try_recv()
             {
                 batch.push(sample);
             }
             let count = batch.len() as u64;
-            match sink.deliver(std::mem::take(&mut batch)).await {
-                Ok(()) => {
-                    delivered.inc_by(count);
-                }
-                Err(error) => {
-                    failed.inc_by(count);
-                    tracing::warn!(%error, samples = count, "request samples could not be delivered");
-                }
+            if let Err(error) = sink.deliver(batch).await {
+                failed.inc_by(count);
+                tracing::warn!(%error, samples = count, "request samples could not be delivered");
+            } else {
+                delivered.inc_by(count);
             }
         }
-        if !open {
+        if receiver.is_closed() {
             return;
         }
     }

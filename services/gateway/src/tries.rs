@@ -405,17 +405,24 @@ impl Verdict {
         })
     }
 
-    pub(crate) fn broke_off(mut self) {
-        self.given = true;
-        record_broken_body(&self.failed_tries, &mut self.attempt, &self.service.policy);
+    /// The instance broke the body off: a failure (once).
+    pub(crate) fn broke_off(&mut self) {
+        if !std::mem::replace(&mut self.given, true) {
+            record_broken_body(&self.failed_tries, &mut self.attempt, &self.service.policy);
+        }
+    }
+
+    /// The body ended whole, or the client went away first: a success (once).
+    pub(crate) fn settle(&mut self) {
+        if !std::mem::replace(&mut self.given, true) {
+            self.attempt.record(Outcome::Success, &self.service.policy);
+        }
     }
 }
 
 impl Drop for Verdict {
     fn drop(&mut self) {
-        if !self.given {
-            self.attempt.record(Outcome::Success, &self.service.policy);
-        }
+        self.settle();
     }
 }
 

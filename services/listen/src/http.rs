@@ -52,27 +52,10 @@ impl Http {
     }
 
     /// Serves `io` with `service` until the connection ends, times out, or (between
-    /// requests) shutdown starts.
+    /// requests) shutdown starts. A `101` answer to an HTTP/1.1 upgrade hands the
+    /// connection to the upgraded protocol, out of the watchdog's reach; a service that
+    /// never answers `101` sees no difference.
     pub async fn serve<I, S, B>(&self, conn: &mut Conn, io: I, service: S)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError> + Send + 'static,
-        B: Body + Unpin + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let activity = Arc::new(Activity::new(conn));
-        let io = TokioIo::new(Watched { io, activity: activity.clone(), pending: Vec::new() });
-        let service = Tracked { inner: service, activity: activity.clone() };
-        let connection = self.builder.serve_connection(io, service);
-        drive(conn, &activity, connection, |connection| connection.graceful_shutdown()).await;
-    }
-
-    /// [`Http::serve`], with HTTP/1.1 upgrades (the connection is handed to the upgraded
-    /// protocol and leaves the watchdog).
-    pub async fn serve_with_upgrades<I, S, B>(&self, conn: &mut Conn, io: I, service: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,

@@ -338,7 +338,7 @@ impl Server {
                     request.extensions_mut().insert(axum::extract::ConnectInfo(client));
                     router.clone().call(request)
                 });
-                http.serve_with_upgrades(&mut conn, stream, service).await;
+                http.serve(&mut conn, stream, service).await;
             }
         })
         .await
