@@ -26,7 +26,7 @@
 use crate::connections::{self, SendFailure};
 use crate::headers::{self, TraceContext};
 use crate::proxy::{self, DataPlane};
-use crate::tries::{self, Tries, TryFailure};
+use crate::tries::{self, Answered, Transport, Tries, Try};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pake_mesh_server::types as mesh;
@@ -469,56 +469,61 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
 
     let upstream_path = located.upstream_path();
     let head_request = method == Method::HEAD;
-    loop {
-        let mut attempt = match tries.next(started) {
-            Ok(attempt) => attempt,
-            Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
-        };
-        let upstream = &attempt.upstream;
-        let out = &mut conn.out;
+    let mut transport =
+        H1Try { conn: &mut *conn, method: method_text, upstream_path, query, head_request, idempotent, close };
+    let (mut attempt, answer) = match tries.run(started, &mut transport, |_| None).await {
+        Ok(answered) => answered,
+        Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
+    };
+    let status = answer.status();
+    route.metrics.record(&method, status, started.elapsed());
+    let idle = Duration::from_millis(settings.timeout_ms.get());
+    let relayed = relay(conn, answer, &attempt.upstream.address, idle).await;
+    if status.is_server_error() {
+        // Counted when it arrived.
+    } else if relayed == Err(Broke::Upstream) {
+        tries.broke_off(&mut attempt);
+    } else {
+        tries.settled(&mut attempt);
+    }
+    match relayed {
+        Ok(()) if !close => Step::Next,
+        _ => Step::Close,
+    }
+}
+
+/// A request sent the short path's way: its head written out here, over this thread's
+/// pooled HTTP/1.1 connections.
+struct H1Try<'c, 'a, 'r> {
+    conn: &'c mut Conn<'a>,
+    method: &'r str,
+    upstream_path: &'r str,
+    query: Option<&'r str>,
+    head_request: bool,
+    idempotent: bool,
+    close: bool,
+}
+
+impl Transport for H1Try<'_, '_, '_> {
+    type Answer = Answer;
+
+    fn send(&mut self, attempt: &Try) -> impl Future<Output = Result<Answer, SendFailure>> + Send {
+        let out = &mut self.conn.out;
         out.clear();
-        out.extend_from_slice(method_text.as_bytes());
+        out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(upstream_path.as_bytes());
-        if let Some(query) = query {
+        out.extend_from_slice(self.upstream_path.as_bytes());
+        if let Some(query) = self.query {
             out.push(b'?');
             out.extend_from_slice(query.as_bytes());
         }
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(upstream.host.as_bytes());
+        out.extend_from_slice(attempt.upstream.host.as_bytes());
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&conn.forwarded);
-
-        // Counted in flight until the answer's head, or the try's end however it ends.
-        let busy = upstream.busy();
-        let exchanged = exchange(conn, &upstream.address, head_request, idempotent, close, attempt.now);
-        let result = tokio::time::timeout_at(attempt.deadline.into(), exchanged).await;
-        drop(busy);
-        let failure = match TryFailure::check(result, settings.service.as_str()) {
-            Ok(answer) => {
-                let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                if tries.answered(&mut attempt, status) {
-                    continue;
-                }
-                route.metrics.record(&method, status, started.elapsed());
-                let idle = Duration::from_millis(settings.timeout_ms.get());
-                let relayed = relay(conn, answer, &attempt.upstream.address, idle).await;
-                if status.is_server_error() {
-                    // Counted when it arrived.
-                } else if relayed == Err(Broke::Upstream) {
-                    tries.broke_off(&mut attempt);
-                } else {
-                    tries.settled(&mut attempt);
-                }
-                return match relayed {
-                    Ok(()) if !close => Step::Next,
-                    _ => Step::Close,
-                };
-            }
-            Err(failure) => failure,
-        };
-        if let Err(refused) = tries.failed(&mut attempt, failure) {
-            return refuse(conn, route, &method, refused.into_response(), started, close).await;
+        out.extend_from_slice(&self.conn.forwarded);
+        async move {
+            exchange(self.conn, &attempt.upstream.address, self.head_request, self.idempotent, self.close, attempt.now)
+                .await
         }
     }
 }
@@ -630,6 +635,12 @@ struct Answer {
     framing: Framing,
     /// Whether the connection can carry another request once the body is read.
     reusable: bool,
+}
+
+impl Answered for Answer {
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY)
+    }
 }
 
 /// Sends the request head in `conn.out` to `address` (over a pooled connection, or a new

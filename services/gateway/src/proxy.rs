@@ -22,13 +22,13 @@ use crate::edge::{Edge, PolicyTable};
 use crate::forwarded::Caller;
 use crate::headers::{X_FORWARDED_FOR, forward_headers, remove_hop_by_hop};
 use crate::routes::{Match, RouteTable};
-use crate::tries::{Tries, TryFailure, Verdict, idempotent};
+use crate::tries::{Transport, Tries, Try, Verdict, idempotent};
 use crate::upstream::Upstreams;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::body::HttpBody;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use pake_api_runtime::ApiError;
 use pake_mesh_server::types as mesh;
@@ -303,71 +303,77 @@ async fn forward(
         Some(query) => format!("{upstream_path}?{query}"),
         None => upstream_path.to_string(),
     };
-    let invalid_path = || error(StatusCode::BAD_REQUEST, "invalid_path", "the request path cannot be forwarded".into());
     // The origin form (`/path?query`), as plain HTTP/1.1 tries send it.
-    let origin = Uri::try_from(path_and_query).map_err(|_| invalid_path())?;
+    let origin = Uri::try_from(path_and_query)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "invalid_path", "the request path cannot be forwarded".into()))?;
     // A body of unknown length goes on chunked, whatever the method: hyper would send a
     // GET's without framing, that is, drop it.
     let chunked = !bodyless && HttpBody::size_hint(&body).exact().is_none();
-    // Moved into the last try; copied only while a retry is possible.
     forward_headers(&mut parts.headers, caller);
-    let mut headers = Some(std::mem::take(&mut parts.headers));
     // A body is watched, so that a try that failed because the client's body did is not
     // held against the instance.
-    let (mut body, watch) = if bodyless {
-        (Some(body), None)
+    let (body, watch) = if bodyless {
+        (body, None)
     } else {
         let (body, watch) = ClientBody::watch(body);
-        (Some(body), Some(watch))
+        (body, Some(watch))
     };
-    loop {
-        let mut attempt = tries.next(started)?;
+    let mut transport =
+        HyperTry { plane, method: parts.method, origin, headers: Some(parts.headers), body: Some(body), chunked };
+    let client_fault = |failure| watch.as_ref().and_then(|watch| watch.client_fault(failure));
+    let (attempt, mut response) = tries.run(started, &mut transport, client_fault).await?;
+    remove_hop_by_hop(response.headers_mut());
+    // A 5xx was counted when it arrived; any other answer is judged by its end.
+    Ok(match Verdict::new(plane, attempt, service, response.status()) {
+        Some(verdict) => response.map(|body| Body::new(UpstreamBody { body, verdict })),
+        None => response,
+    })
+}
+
+/// A request sent the general path's way: plain HTTP/1.1 over this thread's pooled
+/// connections, h2c and https through hyper-util's client.
+struct HyperTry<'a> {
+    plane: &'a DataPlane,
+    method: Method,
+    /// The origin form (`/path?query`).
+    origin: Uri,
+    /// Moved into the last try; copied only while a retry is possible.
+    headers: Option<HeaderMap>,
+    body: Option<Body>,
+    /// Whether the body goes chunked (its length is unknown).
+    chunked: bool,
+}
+
+impl Transport for HyperTry<'_> {
+    type Answer = axum::http::Response<Body>;
+
+    fn send(&mut self, attempt: &Try) -> impl Future<Output = Result<Self::Answer, SendFailure>> + Send {
         let upstream = &attempt.upstream;
-        // Plain HTTP/1.1 goes over this thread's pooled connections in origin form; h2c
-        // and https through hyper-util's client, which wants the absolute form.
+        // Plain HTTP/1.1 sends the origin form; hyper-util's client wants the absolute form.
+        let origin = &self.origin;
         let uri = match attempt.scheme {
             mesh::InstanceScheme::Http => Ok(origin.clone()),
             mesh::InstanceScheme::Https => Uri::try_from(format!("https://{}{origin}", upstream.address)),
             mesh::InstanceScheme::H2c => Uri::try_from(format!("http://{}{origin}", upstream.address)),
         };
-        let Ok(uri) = uri else {
-            return Err(invalid_path());
+        let mut outgoing = axum::http::Request::new(self.body.take().unwrap_or_default());
+        *outgoing.method_mut() = self.method.clone();
+        *outgoing.headers_mut() = if attempt.may_retry {
+            self.headers.clone().unwrap_or_default()
+        } else {
+            self.headers.take().unwrap_or_default()
         };
-        let mut outgoing = axum::http::Request::new(body.take().unwrap_or_default());
-        *outgoing.method_mut() = parts.method.clone();
-        *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() =
-            if attempt.may_retry { headers.clone().unwrap_or_default() } else { headers.take().unwrap_or_default() };
         outgoing.headers_mut().insert(header::HOST, upstream.host.clone());
-        if chunked && attempt.scheme == mesh::InstanceScheme::Http {
+        if self.chunked && attempt.scheme == mesh::InstanceScheme::Http {
             outgoing.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
-
-        // Counted in flight until the answer's head, or the try's end however it ends.
-        let busy = upstream.busy();
-        let sent = send(&plane.https, attempt.scheme, &upstream.address, outgoing, attempt.now);
-        let result = tokio::time::timeout_at(attempt.deadline.into(), sent).await;
-        drop(busy);
-
-        let failure = match TryFailure::check(result, route.service.as_str()) {
-            Ok(mut response) => {
-                if tries.answered(&mut attempt, response.status()) {
-                    continue;
-                }
-                remove_hop_by_hop(response.headers_mut());
-                // A 5xx was counted when it arrived; any other answer is judged by its end.
-                return Ok(match Verdict::new(plane, attempt, service, response.status()) {
-                    Some(verdict) => response.map(|body| Body::new(UpstreamBody { body, verdict })),
-                    None => response,
-                });
-            }
-            Err(failure) => failure,
-        };
-        // A try that failed for the client's reasons says nothing about the instance: it
-        // is dropped unrecorded (a probe's slot given back), and not retried.
-        if let Some(refused) = watch.as_ref().and_then(|watch| watch.client_fault(failure)) {
-            return Err(refused);
+        let https = &self.plane.https;
+        async move {
+            let address = &attempt.upstream.address;
+            // The origin form is valid, so only an address that is no authority fails here.
+            *outgoing.uri_mut() =
+                uri.map_err(|_| SendFailure::Connect(format!("{address} is not a usable address")))?;
+            send(https, attempt.scheme, address, outgoing, attempt.now).await
         }
-        tries.failed(&mut attempt, failure)?;
     }
 }

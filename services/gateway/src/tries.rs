@@ -1,7 +1,7 @@
 //! A request's tries: which instance (balancing, breakers, outlier ejection), how long,
 //! whether another follows (retry conditions and budget), and how each one is accounted
-//! (breaker outcomes, failed-try and retry metrics). Both transports send the tries their
-//! own way and report back here.
+//! (breaker outcomes, failed-try and retry metrics). The try loop is [`Tries::run`]; both
+//! transports call it, each sending a try its own way.
 
 use crate::connections::SendFailure;
 use crate::headers::random;
@@ -117,6 +117,24 @@ pub(crate) fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS)
 }
 
+/// How a transport sends one try (the request as it stands, to the try's instance).
+pub(crate) trait Transport {
+    type Answer: Answered;
+
+    fn send(&mut self, attempt: &Try) -> impl Future<Output = Result<Self::Answer, SendFailure>> + Send;
+}
+
+/// An upstream's answer, as far as the tries need to see it.
+pub(crate) trait Answered {
+    fn status(&self) -> StatusCode;
+}
+
+impl<B> Answered for axum::http::Response<B> {
+    fn status(&self) -> StatusCode {
+        self.status()
+    }
+}
+
 /// Why a try failed without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TryFailure {
@@ -130,7 +148,7 @@ pub(crate) enum TryFailure {
 impl TryFailure {
     /// A try's answer, or why it got none (logged for `service`): the send failed, or the
     /// try's deadline passed first.
-    pub(crate) fn check<T>(
+    fn check<T>(
         sent: Result<Result<T, SendFailure>, tokio::time::error::Elapsed>,
         service: &str,
     ) -> Result<T, TryFailure> {
@@ -267,8 +285,41 @@ impl<'a> Tries<'a> {
         })
     }
 
+    /// Makes the request's tries, each sent by `send` the transport's way, until one gets
+    /// an answer to relay (returned with its try, whose outcome the caller settles once the
+    /// body has been relayed: [`Tries::settled`], [`Tries::broke_off`] or a [`Verdict`]), or
+    /// no further try may follow (the error to answer with). Each try is counted in flight
+    /// and bounded by its deadline here; a failure `client_fault` lays at the client's door
+    /// ends the tries unrecorded, with its error.
+    pub async fn run<T: Transport>(
+        &mut self,
+        started: Instant,
+        transport: &mut T,
+        client_fault: impl Fn(TryFailure) -> Option<ApiError>,
+    ) -> Result<(Try, T::Answer), ApiError> {
+        loop {
+            let mut attempt = self.next(started)?;
+            // Counted in flight until the answer's head, or the try's end however it ends
+            // (the future dropped included).
+            let busy = attempt.upstream.busy();
+            let sent = tokio::time::timeout_at(attempt.deadline.into(), transport.send(&attempt)).await;
+            drop(busy);
+            let failure = match TryFailure::check(sent, self.service_name) {
+                Ok(answer) if self.answered(&mut attempt, answer.status()) => continue,
+                Ok(answer) => return Ok((attempt, answer)),
+                Err(failure) => failure,
+            };
+            // A try that failed for the client's reasons says nothing about the instance:
+            // it is dropped unrecorded (a probe's slot given back), and not retried.
+            if let Some(refused) = client_fault(failure) {
+                return Err(refused);
+            }
+            self.failed(&mut attempt, failure)?;
+        }
+    }
+
     /// The next try's instance, or 503 when every instance's breaker refuses.
-    pub fn next(&mut self, started: Instant) -> Result<Try, ApiError> {
+    fn next(&mut self, started: Instant) -> Result<Try, ApiError> {
         // The first try starts as the request did (a few microseconds of routing later).
         let now = if self.attempt == 0 { started } else { Instant::now() };
         let deadline = match self.retry.per_try_timeout_ms {
@@ -293,7 +344,7 @@ impl<'a> Tries<'a> {
     /// counts against the instance at once; any other answer's outcome is known once its
     /// body has been relayed: the caller reports it with [`Tries::settled`] or
     /// [`Tries::broke_off`] (or hands it to a [`Verdict`]).
-    pub fn answered(&mut self, done: &mut Try, status: StatusCode) -> bool {
+    fn answered(&mut self, done: &mut Try, status: StatusCode) -> bool {
         if !status.is_server_error() {
             return false;
         }
@@ -309,7 +360,7 @@ impl<'a> Tries<'a> {
 
     /// Accounts a try that got no answer: `Ok` when another try follows, else the error
     /// to answer with.
-    pub fn failed(&mut self, done: &mut Try, failure: TryFailure) -> Result<(), ApiError> {
+    fn failed(&mut self, done: &mut Try, failure: TryFailure) -> Result<(), ApiError> {
         done.record(Outcome::Failure, self.policy);
         let outcome = failure.label();
         self.count_failure(outcome);
