@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Checks the Helm chart: `helm lint --strict` and `helm template` over each values set
+# (the defaults, deploy/helm/pake/ci/*-values.yaml), every rendered manifest validated
+# against the Kubernetes schemas of each version in KUBERNETES_VERSIONS (strictly: an
+# unknown field fails), and the PrometheusRule's rules read by promtool.
+#
+# usage: deploy/check_chart.sh HELM KUBERNETES_VALIDATE
+set -euo pipefail
+helm=$1
+validate=$2
+versions=${KUBERNETES_VERSIONS:-"1.30.0 1.33.0"}
+chart=deploy/helm/pake
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+sets=(default)
+for file in "$chart"/ci/*-values.yaml; do sets+=("$file"); done
+for set in "${sets[@]}"; do
+  args=()
+  name=default
+  if [ "$set" != default ]; then
+    args=(-f "$set")
+    name=$(basename "$set" -values.yaml)
+  fi
+  # The chart's files/ links to deploy/prometheus and deploy/grafana; helm says so on
+  # every load, which is expected here.
+  "$helm" lint --strict "$chart" "${args[@]}" 2> >(grep -v 'found symbolic link in path' >&2)
+  "$helm" template pake "$chart" --namespace pake "${args[@]}" > "$out/$name.yaml" \
+    2> >(grep -v 'found symbolic link in path' >&2)
+  kinds=$(grep -c '^kind:' "$out/$name.yaml")
+  for version in $versions; do
+    # Custom resources (ServiceMonitor, PrometheusRule) have no schema here: warned, and
+    # the PrometheusRule's rules are checked by promtool below.
+    if ! report=$("$validate" --strict --quiet -k "$version" "$out/$name.yaml" 2>&1); then
+      printf '%s\n' "$report" >&2
+      echo "values set $name: manifests invalid for Kubernetes $version" >&2
+      exit 1
+    fi
+    printf '%s\n' "$report" | { grep -v "Couldn't find schema for kind \(PrometheusRule\|ServiceMonitor\) \|^$" || true; }
+  done
+  if grep -q '^kind: PrometheusRule' "$out/$name.yaml"; then
+    python3 - "$out/$name.yaml" "$out/$name-rules.yaml" <<'PY'
+import sys
+# The rendered PrometheusRule's spec, in the rule-file format promtool reads; without a
+# YAML library: the spec is re-read by promtool itself, so a plain cut is enough.
+text = open(sys.argv[1]).read()
+doc = next(d for d in text.split("\n---\n") if "\nkind: PrometheusRule\n" in "\n" + d)
+spec = doc.split("\nspec:\n", 1)[1]
+lines = [line[2:] if line.startswith("  ") else line for line in spec.splitlines()]
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+PY
+    promtool check rules "$out/$name-rules.yaml" >/dev/null
+    cmp -s <(promtool check rules "$out/$name-rules.yaml" 2>&1 | tail -1) \
+      <(promtool check rules deploy/prometheus/rules.yaml 2>&1 | tail -1) \
+      || { echo "the chart's PrometheusRule does not hold the rules of deploy/prometheus/rules.yaml" >&2; exit 1; }
+  fi
+  echo "values set $name: lint clean, $kinds manifests valid for Kubernetes $versions"
+done
