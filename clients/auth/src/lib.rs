@@ -276,7 +276,9 @@ impl Auth {
                 // A gateway that cannot issue one right now: the old token serves until it
                 // expires.
                 Err(error) => match &*slot {
-                    Some(current) if current.expires_at.is_some_and(|at| now < at) && error.status.is_none_or(|s| s >= 500) => {
+                    Some(current)
+                        if current.expires_at.is_some_and(|at| now < at) && error.status.is_none_or(|s| s >= 500) =>
+                    {
                         return Ok(current.clone());
                     }
                     _ => return Err(error),
@@ -302,14 +304,11 @@ impl Auth {
         let url = format!("{}/v1/auth/token", credentials.gateway_url.trim_end_matches('/'));
         // Timed from before the request, so the token is never thought to live longer than it does.
         let asked = Instant::now();
-        let response = self
-            .inner
-            .plain
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|error| TokenError { status: None, code: None, message: format!("{url}: {error}") })?;
+        let response = self.inner.plain.post(&url).json(&body).send().await.map_err(|error| TokenError {
+            status: None,
+            code: None,
+            message: format!("{url}: {error}"),
+        })?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|error| TokenError {
             status: Some(status),

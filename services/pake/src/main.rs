@@ -1,6 +1,7 @@
 //! `pake`: runs the platform. `pake serve` (or plain `pake`) starts every implemented
 //! service, each on its own port; `pake serve registry` starts one; `pake token` mints a
-//! platform token for an operator.
+//! platform token for an operator. Every other command (`pake services ls`, `pake apply
+//! -f`, …) is the operator's CLI over the generated clients, in [`cli`].
 //!
 //! Configuration comes from flags or `PAKE_*` environment variables. With no database URL
 //! the services use an embedded SQLite file under the data directory, so a bare machine
@@ -14,11 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "pake", version, about = "The PAKE platform")]
 struct Cli {
     #[command(flatten)]
     config: Config,
+    #[command(flatten)]
+    target: cli::Target,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -89,6 +94,7 @@ struct Config {
     performance_addr: SocketAddr,
     /// The performance service the gateway sends its request samples to when it does not
     /// run in the same process (http://host:port); unset, such a gateway sends none.
+    /// Operator commands call it there too (default http://127.0.0.1:8090).
     #[arg(long, env = "PAKE_PERFORMANCE_URL", global = true)]
     performance_url: Option<String>,
     /// Address of the monitoring (metrics, health, alerting) API.
@@ -153,6 +159,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    #[command(flatten)]
+    Operator(cli::Command),
 }
 
 /// The services this binary can run. Services not implemented yet are absent, not stubbed.
@@ -307,6 +315,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Operator(cli::Command::Completions { shell })) => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "pake",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Some(Command::Operator(command)) => {
+            let target = cli::Target { performance_url: cli.config.performance_url.clone(), ..cli.target };
+            let code = cli::run(command, target).await;
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::process::exit(code);
+        }
+        _ => {}
+    }
     pake_observe::init_logging(cli.config.log_format);
     match cli.command.unwrap_or(Command::Serve { services: Vec::new() }) {
         Command::Serve { services } => serve(&cli.config, &services).await,
@@ -316,6 +342,7 @@ async fn main() -> Result<()> {
             println!("{}", issuer.issue(&subject, tenant.as_deref(), &scopes, Duration::from_secs(ttl)));
             Ok(())
         }
+        Command::Operator(_) => unreachable!("operator commands return above"),
     }
 }
 
