@@ -328,7 +328,7 @@ async fn main() -> Result<()> {
         Some(Command::Operator(command)) => {
             let target = cli::Target { performance_url: cli.config.performance_url.clone(), ..cli.target };
             let code = cli::run(command, target).await;
-            std::io::Write::flush(&mut std::io::stdout())?;
+            let _ = std::io::Write::flush(&mut std::io::stdout());
             std::process::exit(code);
         }
         _ => {}

@@ -122,19 +122,56 @@ fn normalised(kind: Kind, spec: &Value) -> Result<Value, Failure> {
     match kind {
         Kind::Route => through::<gateway::RouteSpec>(spec),
         Kind::RateLimitPolicy => through::<gateway::RateLimitPolicySpec>(spec),
-        Kind::AlertRule => through::<monitoring::AlertRuleSpec>(spec),
+        Kind::AlertRule => {
+            // Receivers named but not created yet (a diff before the first apply) stand in
+            // as the nil id while the rest of the spec is checked.
+            let mut checked = spec.clone();
+            if let Some(receivers) = checked.get_mut("receivers").and_then(Value::as_array_mut) {
+                for receiver in
+                    receivers.iter_mut().filter(|r| r.as_str().is_some_and(|r| r.parse::<uuid::Uuid>().is_err()))
+                {
+                    *receiver = json!(uuid::Uuid::nil());
+                }
+            }
+            let mut value = through::<monitoring::AlertRuleSpec>(&checked)?;
+            value["receivers"] = spec.get("receivers").cloned().unwrap_or(json!([]));
+            Ok(value)
+        }
         Kind::Receiver => through::<monitoring::ReceiverSpec>(spec),
         Kind::Slo => through::<performance::SloSpec>(spec),
         Kind::AutoscalingPolicy => through::<performance::AutoscalingPolicySpec>(spec),
         Kind::TrafficPolicy => {
-            let mut policy = spec.clone();
-            if let Some(map) = policy.as_object_mut() {
-                map.remove("service");
-            }
-            let mut value = through::<mesh::TrafficPolicySpec>(&policy)?;
+            let mut value = through::<mesh::TrafficPolicySpec>(&without_service(spec))?;
             value["service"] = spec["service"].clone();
             Ok(value)
         }
+    }
+}
+
+/// The fields of a traffic policy a file may set (`TrafficPolicySpec`).
+const TRAFFIC_POLICY_FIELDS: [&str; 6] =
+    ["load_balancing", "connect_timeout_ms", "request_timeout_ms", "retries", "circuit_breaker", "outlier_detection"];
+
+fn without_service(spec: &Value) -> Value {
+    let mut policy = spec.clone();
+    if let Some(fields) = policy.as_object_mut() {
+        fields.remove("service");
+    }
+    policy
+}
+
+/// `declared` laid over `current`: maps merge field by field, anything else replaces.
+fn overlay(current: &Value, declared: &Value) -> Value {
+    match (current, declared) {
+        (Value::Object(current), Value::Object(declared)) => {
+            let mut merged = current.clone();
+            for (field, value) in declared {
+                let base = current.get(field).unwrap_or(&Value::Null);
+                merged.insert(field.clone(), overlay(base, value));
+            }
+            Value::Object(merged)
+        }
+        (_, declared) => declared.clone(),
     }
 }
 
@@ -201,23 +238,46 @@ async fn resolve_receivers(session: &Session, existing: &mut Existing, spec: &mu
 }
 
 async fn plan(session: &Session, existing: &mut Existing, resource: &mut Resource) -> Result<Plan, Failure> {
+    let label = format!("{} {}", resource.kind.name(), resource.name);
+    plan_checked(session, existing, resource).await.map_err(|mut failure| {
+        if failure.class == Class::Usage {
+            failure.message = format!("{label}: {}", failure.message);
+        }
+        failure
+    })
+}
+
+async fn plan_checked(session: &Session, existing: &mut Existing, resource: &mut Resource) -> Result<Plan, Failure> {
     if resource.kind == Kind::AlertRule {
         resolve_receivers(session, existing, &mut resource.spec).await?;
     }
-    let desired = normalised(resource.kind, &resource.spec)?;
     let (id, current) = if resource.kind == Kind::TrafficPolicy {
+        // A traffic policy always exists (a new service gets the defaults): the file's
+        // fields are laid over the current policy, so it may name only what it changes.
         let service = traffic_service(session, &resource.name).await?;
         let policy =
             call(&session.mesh(), |c| async move { c.get_traffic_policy().service_id(service).send().await }).await?;
+        let base: serde_json::Map<String, Value> = TRAFFIC_POLICY_FIELDS
+            .iter()
+            .filter_map(|field| Some((field.to_string(), policy.get(*field)?.clone())))
+            .collect();
+        resource.spec = overlay(&Value::Object(base), &resource.spec);
         (None, policy)
     } else {
         let key = resource.kind.key();
         match existing.of(session, resource.kind).await?.iter().find(|item| item[key].as_str() == Some(&resource.name))
         {
-            None => return Ok(Plan::Create),
+            None => {
+                normalised(resource.kind, &resource.spec)?;
+                return Ok(Plan::Create);
+            }
             Some(found) => (found["id"].as_str().and_then(|id| id.parse().ok()), found.clone()),
         }
     };
+    let mut desired = normalised(resource.kind, &resource.spec)?;
+    if resource.kind == Kind::TrafficPolicy {
+        desired = without_service(&desired);
+    }
     let changes: Vec<(String, Value, Value)> = desired
         .as_object()
         .into_iter()
@@ -293,11 +353,7 @@ async fn write(session: &Session, resource: &Resource, id: Option<uuid::Uuid>) -
         ),
         Kind::TrafficPolicy => {
             let service = traffic_service(session, &resource.name).await?;
-            let mut policy = spec.clone();
-            if let Some(map) = policy.as_object_mut() {
-                map.remove("service");
-            }
-            let body: mesh::TrafficPolicySpec = typed(policy)?;
+            let body: mesh::TrafficPolicySpec = typed(without_service(spec))?;
             let body = &body;
             call(&session.mesh(), |c| async move {
                 c.replace_traffic_policy().service_id(service).body(body.clone()).send().await

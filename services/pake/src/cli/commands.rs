@@ -390,6 +390,8 @@ pub enum Bench {
         service: String,
         #[arg(long, default_value = "/")]
         path: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
         #[arg(long, default_value_t = 10)]
         users: u64,
         /// Seconds.
@@ -555,8 +557,11 @@ pub async fn run(command: Command, session: &Session) -> Result<(), Failure> {
             Ok(())
         }
         Command::Cache(Cache::Invalidate { tags, prefixes, keys }) => {
+            if tags.is_empty() && prefixes.is_empty() && keys.is_empty() {
+                return Err(Failure::usage("name what to invalidate: --tag, --prefix or --key"));
+            }
             let body: pake_gateway_client::types::CacheInvalidationRequest =
-                typed(json!({"tags": tags, "prefixes": prefixes, "keys": keys}))?;
+                body(json!({"tags": tags, "prefixes": prefixes, "keys": keys}))?;
             let body = &body;
             let done =
                 call(&session.gateway(), |c| async move { c.invalidate_cache().body(body.clone()).send().await })
@@ -684,6 +689,15 @@ pub fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Failure>
     serde_json::from_value(value).map_err(|error| Failure::usage(format!("invalid input: {error}")))
 }
 
+/// A request body the command assembled from its flags: flags not given (null, or an
+/// empty list) are left out.
+pub fn body<T: serde::de::DeserializeOwned>(mut value: Value) -> Result<T, Failure> {
+    if let Some(fields) = value.as_object_mut() {
+        fields.retain(|_, field| !field.is_null() && field.as_array().is_none_or(|list| !list.is_empty()));
+    }
+    typed(value)
+}
+
 /// A YAML or JSON file as JSON.
 pub fn read_document(path: &std::path::Path) -> Result<Value, Failure> {
     let text = std::fs::read_to_string(path)
@@ -727,7 +741,7 @@ async fn services(command: Services, session: &Session) -> Result<(), Failure> {
         }
         Services::Register { name, version, description, tags } => {
             let body: pake_mesh_client::types::ServiceRegistration =
-                typed(json!({"name": name, "version": version, "description": description, "tags": tags}))?;
+                body(json!({"name": name, "version": version, "description": description, "tags": tags}))?;
             let body = &body;
             let created = call(&mesh, |c| async move { c.register_service().body(body.clone()).send().await }).await?;
             out.one(&created, SERVICE_COLUMNS);
@@ -794,7 +808,7 @@ async fn instances(command: Instances, session: &Session) -> Result<(), Failure>
         }
         Instances::Heartbeat { service, instance } => {
             let id = service_id(session, &service).await?;
-            let body: pake_mesh_client::types::HeartbeatRequest = typed(json!({}))?;
+            let body: pake_mesh_client::types::HeartbeatRequest = body(json!({}))?;
             let body = &body;
             let renewed = call(&mesh, |c| async move {
                 c.heartbeat_instance().service_id(id).instance_id(instance).body(body.clone()).send().await
@@ -837,7 +851,7 @@ async fn config(command: ConfigCommand, session: &Session) -> Result<(), Failure
         }
         ConfigCommand::Set { service, environment, key, value, expect_version } => {
             let body: pake_mesh_client::types::ConfigWrite =
-                typed(json!({"value": value, "expected_version": expect_version}))?;
+                body(json!({"value": value, "expected_version": expect_version}))?;
             let (service, environment, key, body) = (service.as_str(), environment.as_str(), key.as_str(), &body);
             let entry = call(&mesh, |c| async move {
                 c.put_config_entry()
@@ -1054,7 +1068,7 @@ async fn alerts(command: Alerts, session: &Session) -> Result<(), Failure> {
         }
         Alerts::Ack { alert, comment, by } => {
             let body: pake_monitoring_client::types::AlertAcknowledgement =
-                typed(json!({"by": by, "comment": comment}))?;
+                body(json!({"by": by, "comment": comment}))?;
             let body = &body;
             let acknowledged =
                 call(
@@ -1079,7 +1093,7 @@ async fn alerts(command: Alerts, session: &Session) -> Result<(), Failure> {
             }
             let ends_at = chrono::Utc::now() + chrono::Duration::seconds((hours * 3600.0) as i64);
             let body: pake_monitoring_client::types::SilenceCreate =
-                typed(json!({"matchers": matchers, "ends_at": ends_at, "comment": comment, "created_by": by}))?;
+                body(json!({"matchers": matchers, "ends_at": ends_at, "comment": comment, "created_by": by}))?;
             let body = &body;
             let silence =
                 call(&monitoring, |c| async move { c.create_silence().body(body.clone()).send().await }).await?;
@@ -1139,9 +1153,10 @@ async fn bench(command: Bench, session: &Session) -> Result<(), Failure> {
             .await?;
             out.list(&Value::Array(items), BENCH_COLUMNS);
         }
-        Bench::Start { service, path, users, duration, name, detach } => {
-            let body: pake_performance_client::types::BenchmarkSpec = typed(json!({
-                "service": service, "path": path, "users": users, "duration_seconds": duration, "name": name,
+        Bench::Start { service, path, method, users, duration, name, detach } => {
+            let name = name.unwrap_or_else(|| format!("{service}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")));
+            let body: pake_performance_client::types::BenchmarkSpec = body(json!({
+                "service": service, "path": path, "method": method, "users": users, "duration_seconds": duration, "name": name,
             }))?;
             let body = &body;
             let started =

@@ -88,6 +88,7 @@ impl Failure {
             }
             pake_client_auth::Error::Api(error) => error,
         };
+        let status = error.status().map(|status| status.as_u16());
         let mut failure = match error {
             Api::ErrorResponse(answer) => {
                 let status = answer.status().as_u16();
@@ -109,8 +110,12 @@ impl Failure {
             }
             Api::Custom(message) => Failure::new(Class::General, message),
         };
-        if failure.class == Class::Auth {
-            failure.details.push("log in with pake login, or set PAKE_TOKEN".into());
+        match status {
+            Some(401) => failure.details.push("log in with pake login, or set PAKE_TOKEN".into()),
+            Some(403) => {
+                failure.details.push("the credentials in use lack this scope: log in with ones that have it".into())
+            }
+            _ => {}
         }
         failure
     }

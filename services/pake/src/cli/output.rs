@@ -53,7 +53,7 @@ impl Output {
         match self.format {
             Format::Json | Format::Yaml => self.document(value),
             Format::Table if self.quiet => {}
-            Format::Table => println!("{message}"),
+            Format::Table => emit(&format!("{message}\n")),
         }
     }
 
@@ -62,7 +62,7 @@ impl Output {
             Format::Yaml => serde_yaml::to_string(value).unwrap_or_default(),
             _ => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
         };
-        print!("{text}");
+        emit(&text);
     }
 
     fn table(&self, rows: &[Value], columns: &[Column]) {
@@ -111,6 +111,11 @@ impl Output {
             );
         }
     }
+}
+
+/// Writes to standard output; a reader that went away (`| head`) is not an error.
+pub fn emit(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// A value as a table cell: strings as they are, lists joined, maps as `k=v`, nothing as `-`.
