@@ -21,6 +21,7 @@ pub mod model;
 pub mod monitor;
 pub mod notify;
 pub mod rules;
+pub mod rules_test;
 pub mod scrape;
 pub mod secrets;
 pub mod series;

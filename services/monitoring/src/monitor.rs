@@ -574,8 +574,7 @@ impl Core {
                     Instant::now() + Duration::from_secs(entry.record.spec.evaluation_interval_seconds.max(1));
                 let changes = if entry.record.spec.enabled {
                     let started = Instant::now();
-                    let results = rules::evaluate(&entry.record.spec, &entry.matchers, &self.series, ms);
-                    let outcome = entry.alerts.step(&entry.record.spec, results, ms);
+                    let outcome = entry.alerts.evaluate(&entry.record.spec, &entry.matchers, &self.series, ms);
                     let elapsed = started.elapsed();
                     self.metrics.evaluation.observe(elapsed.as_secs_f64());
                     entry.last_evaluated = Some(t);

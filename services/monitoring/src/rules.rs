@@ -181,18 +181,22 @@ pub struct Element {
 
 /// The rule's expression at `t`: the elements for which the comparison holds.
 pub fn evaluate(spec: &RuleSpec, matchers: &[Matcher], series: &SeriesStore, t: i64) -> Vec<Element> {
-    let values: Vec<(LabelSet, f64)> = match spec.aggregation {
+    let mut values: Vec<(u64, LabelSet, f64)> = match spec.aggregation {
         Aggregation::Rate => {
             let window = spec.rate_window_seconds as i64 * 1000;
             series.select(&spec.metric, matchers, |labels, s| {
                 let points = s.range(t - window, t);
-                extrapolated_rate(&points, t - window, t, true, true).map(|v| (labels.clone(), v))
+                extrapolated_rate(&points, t - window, t, true, true).map(|v| (s.created, labels.clone(), v))
             })
         }
-        _ => series.select(&spec.metric, matchers, |labels, s| s.value_at(t).map(|v| (labels.clone(), v))),
+        _ => series.select(&spec.metric, matchers, |labels, s| s.value_at(t).map(|v| (s.created, labels.clone(), v))),
     };
+    // Aggregated in the order Prometheus hands a query its series (creation order), so
+    // that sums round as Prometheus's do.
+    values.sort_by_key(|(created, _, _)| *created);
+    let values = values.into_iter().map(|(_, labels, value)| (labels, value));
     let results: Vec<Element> = match spec.aggregation {
-        Aggregation::None => values.into_iter().map(|(labels, value)| Element { labels, value }).collect(),
+        Aggregation::None => values.map(|(labels, value)| Element { labels, value }).collect(),
         aggregation => {
             // Groups in label order, as PromQL's `by` keeps only the named labels (an absent
             // one is absent from the group's labels too).
@@ -266,6 +270,19 @@ pub struct RuleAlerts {
 }
 
 impl RuleAlerts {
+    /// Evaluates the rule at `t` over `series` and runs the state machine on the result:
+    /// what the service's evaluation loop and the offline rule tests both call.
+    pub fn evaluate(
+        &mut self,
+        spec: &RuleSpec,
+        matchers: &[Matcher],
+        series: &SeriesStore,
+        t: i64,
+    ) -> Result<Vec<Change>, String> {
+        let results = evaluate(spec, matchers, series, t);
+        self.step(spec, results, t)
+    }
+
     /// One evaluation at `t` over the expression's `results`: `AlertingRule.Eval`.
     pub fn step(&mut self, spec: &RuleSpec, results: Vec<Element>, t: i64) -> Result<Vec<Change>, String> {
         let mut fresh: HashMap<String, ActiveAlert> = HashMap::new();
@@ -277,7 +294,13 @@ impl RuleAlerts {
             let expand = |text: &str| expand_template(text, &template_labels, element.value);
             let mut labels = element.labels.clone();
             for (name, value) in &spec.labels {
-                labels.insert(name.clone(), expand(value));
+                // A label whose template expands to nothing is absent (Prometheus's
+                // `labels.Builder.Set` deletes a label set to the empty string), so a
+                // rule label may also remove a series label.
+                match expand(value) {
+                    expanded if expanded.is_empty() => labels.remove(name),
+                    expanded => labels.insert(name.clone(), expanded),
+                };
             }
             labels.insert("alertname".into(), spec.name.clone());
             let annotations = spec.annotations.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
@@ -364,6 +387,28 @@ impl RuleAlerts {
         });
         changes
     }
+}
+
+/// The `ALERTS` and `ALERTS_FOR_STATE` series Prometheus writes for a pending or firing
+/// alert at each evaluation (`AlertingRule.sample` and `forStateSample`): the rule's labels
+/// as written (templates unexpanded, empty ones absent), the alert's labels over them,
+/// then `__name__`, `alertname` and (for `ALERTS`) `alertstate`; values 1 and the alert's
+/// `active_at` in whole seconds. `None` for a resolved alert, which has no such series.
+pub fn alert_series(spec: &RuleSpec, alert: &ActiveAlert) -> Option<[(LabelSet, f64); 2]> {
+    let state = match alert.state {
+        AlertState::Pending => "pending",
+        AlertState::Firing => "firing",
+        AlertState::Resolved => return None,
+    };
+    let mut labels: LabelSet =
+        spec.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    labels.extend(alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels.insert("alertname".into(), spec.name.clone());
+    let mut for_state = labels.clone();
+    for_state.insert("__name__".into(), "ALERTS_FOR_STATE".into());
+    labels.insert("__name__".into(), "ALERTS".into());
+    labels.insert("alertstate".into(), state.into());
+    Some([(labels, 1.0), (for_state, alert.active_at.div_euclid(1000) as f64)])
 }
 
 /// Expands the templates Prometheus rules use most: `{{ $labels.name }}`,

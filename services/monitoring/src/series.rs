@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How far back an instant query looks for a sample (Prometheus's default lookback delta).
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
@@ -58,6 +59,10 @@ pub struct Point {
 
 #[derive(Debug, Clone)]
 pub struct Series {
+    /// When the series was created, counting from the store's first: the order
+    /// Prometheus's head index hands series to a query in (its postings are series
+    /// references, given out in creation order), which is the order a `sum` adds them in.
+    pub created: u64,
     pub kind: MetricType,
     pub help: String,
     pub source: String,
@@ -71,8 +76,9 @@ pub struct Series {
 }
 
 impl Series {
-    fn new(kind: MetricType, help: &str, source: &str, hidden: bool) -> Series {
+    fn new(created: u64, kind: MetricType, help: &str, source: &str, hidden: bool) -> Series {
         Series {
+            created,
             kind,
             help: help.chars().take(1024).collect(),
             source: source.to_string(),
@@ -199,6 +205,8 @@ impl SeriesMetrics {
 
 pub struct SeriesStore {
     inner: RwLock<Inner>,
+    /// Series created so far (under the write lock, so in creation order).
+    created: AtomicU64,
     limits: Limits,
     pub metrics: SeriesMetrics,
 }
@@ -228,7 +236,16 @@ pub struct SeriesView {
 
 impl SeriesStore {
     pub fn new(limits: Limits) -> SeriesStore {
-        SeriesStore { inner: RwLock::new(Inner::default()), limits, metrics: SeriesMetrics::default() }
+        SeriesStore {
+            inner: RwLock::new(Inner::default()),
+            created: AtomicU64::new(0),
+            limits,
+            metrics: SeriesMetrics::default(),
+        }
+    }
+
+    fn create(&self) -> u64 {
+        self.created.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn limits(&self) -> Limits {
@@ -309,10 +326,9 @@ impl SeriesStore {
         for sample in samples {
             inner.pushed_types.entry(sample.name.clone()).or_insert(sample.kind);
             let key = SeriesKey { name: sample.name.clone(), labels: sample.labels.clone() };
-            let series = inner
-                .series
-                .entry(key)
-                .or_insert_with(|| Series::new(sample.kind, sample.help.as_deref().unwrap_or(""), source, false));
+            let series = inner.series.entry(key).or_insert_with(|| {
+                Series::new(self.create(), sample.kind, sample.help.as_deref().unwrap_or(""), source, false)
+            });
             if let Some(help) = &sample.help {
                 series.help = help.chars().take(1024).collect();
             }
@@ -352,7 +368,10 @@ impl SeriesStore {
                 refused += 1;
                 return None;
             }
-            let series = inner.series.entry(key.clone()).or_insert_with(|| Series::new(kind, help, source, hidden));
+            let series = inner
+                .series
+                .entry(key.clone())
+                .or_insert_with(|| Series::new(self.create(), kind, help, source, hidden));
             series.kind = kind;
             series.source = source.to_string();
             series.insert(Point { t, v, stale: false }, &self.limits);
@@ -458,9 +477,25 @@ impl SeriesStore {
             return;
         }
         let limits = self.limits;
-        let series = inner.series.entry(key).or_insert_with(|| Series::new(kind, help, source, false));
+        let series = inner.series.entry(key).or_insert_with(|| Series::new(self.create(), kind, help, source, false));
         series.insert(Point { t, v, stale: false }, &limits);
         self.metrics.series.set(inner.series.len() as i64);
+    }
+
+    /// Writes one point as it is (a stale marker or a NaN included), outside any scrape or
+    /// push: how offline rule tests load their input series and the `ALERTS` series. False
+    /// when the series limit refuses a new series.
+    pub fn append(&self, key: SeriesKey, source: &str, point: Point) -> bool {
+        let mut inner = self.inner.write().expect("series lock");
+        if !inner.series.contains_key(&key) && inner.series.len() >= self.limits.max_series {
+            return false;
+        }
+        let limits = self.limits;
+        let series =
+            inner.series.entry(key).or_insert_with(|| Series::new(self.create(), MetricType::Gauge, "", source, false));
+        series.insert(point, &limits);
+        self.metrics.series.set(inner.series.len() as i64);
+        true
     }
 
     /// Marks everything `target` produced stale (the target is gone), and a given series.

@@ -3,6 +3,9 @@
 //! health URL is taken out of discovery by an auto-heal alert and handed back when it
 //! recovers; rules, receivers (with sealed headers), silences and alerts survive a restart.
 
+#[path = "alerting/promtool.rs"]
+mod promtool;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use conformance::TestServer;
