@@ -14,75 +14,24 @@ pub mod types {
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ApiClient {
         ///Public identifier the client presents to `POST /v1/auth/token`.
-        pub client_id: ApiClientClientId,
+        pub client_id: ClientId,
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         pub disabled: bool,
         ///Identifier of the client in the admin API.
         pub id: ::uuid::Uuid,
-        pub name: ApiClientName,
+        pub name: ResourceName,
         ///The client's rate-limit policy, or null.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
         pub scopes: ::std::vec::Vec<Scope>,
         ///When the current secret was issued; `created_at` until the first rotation.
         pub secret_rotated_at: ::chrono::DateTime<::chrono::offset::Utc>,
-        pub tenant: ApiClientTenant,
+        pub tenant: ResourceName,
         pub updated_at: ::chrono::DateTime<::chrono::offset::Utc>,
     }
     impl ApiClient {
         pub fn builder() -> builder::ApiClient {
             Default::default()
-        }
-    }
-    ///Public identifier the client presents to `POST /v1/auth/token`.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientClientId(::std::string::String);
-    impl ::std::ops::Deref for ApiClientClientId {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientClientId> for ::std::string::String {
-        fn from(value: ApiClientClientId) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientClientId {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 64usize {
-                return Err("longer than 64 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientClientId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientClientId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientClientId {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of API clients.
@@ -152,57 +101,6 @@ pub mod types {
                 .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
-    ///`ApiClientName`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientName(::std::string::String);
-    impl ::std::ops::Deref for ApiClientName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientName> for ::std::string::String {
-        fn from(value: ApiClientName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
     ///An API client to register.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ApiClientSpec {
@@ -210,171 +108,18 @@ pub mod types {
         #[serde(default)]
         pub disabled: bool,
         ///Name of the client, unique within its tenant.
-        pub name: ApiClientSpecName,
+        pub name: ResourceName,
         ///Rate-limit policy applied to the client's requests. Absent: none.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
         ///Scopes the client may put in its tokens.
         pub scopes: ::std::vec::Vec<Scope>,
         ///Tenant the client acts for; it is put in every token and never changes.
-        pub tenant: ApiClientSpecTenant,
+        pub tenant: ResourceName,
     }
     impl ApiClientSpec {
         pub fn builder() -> builder::ApiClientSpec {
             Default::default()
-        }
-    }
-    ///Name of the client, unique within its tenant.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientSpecName(::std::string::String);
-    impl ::std::ops::Deref for ApiClientSpecName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientSpecName> for ::std::string::String {
-        fn from(value: ApiClientSpecName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientSpecName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientSpecName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientSpecName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientSpecName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///Tenant the client acts for; it is put in every token and never changes.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientSpecTenant(::std::string::String);
-    impl ::std::ops::Deref for ApiClientSpecTenant {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientSpecTenant> for ::std::string::String {
-        fn from(value: ApiClientSpecTenant) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientSpecTenant {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientSpecTenant {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientSpecTenant {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientSpecTenant {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///`ApiClientTenant`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientTenant(::std::string::String);
-    impl ::std::ops::Deref for ApiClientTenant {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientTenant> for ::std::string::String {
-        fn from(value: ApiClientTenant) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientTenant {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientTenant {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientTenant {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientTenant {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///Fields of an API client to change; at least one.
@@ -385,7 +130,7 @@ pub mod types {
         pub disabled: ::std::option::Option<bool>,
         ///New name, unique within the tenant.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
-        pub name: ::std::option::Option<ApiClientUpdateName>,
+        pub name: ::std::option::Option<ResourceName>,
         ///The new rate-limit policy.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
@@ -401,128 +146,26 @@ pub mod types {
             Default::default()
         }
     }
-    ///New name, unique within the tenant.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientUpdateName(::std::string::String);
-    impl ::std::ops::Deref for ApiClientUpdateName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientUpdateName> for ::std::string::String {
-        fn from(value: ApiClientUpdateName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientUpdateName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientUpdateName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientUpdateName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientUpdateName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
     ///An API client together with its newly issued secret, returned once by creation and by rotation. Store the secret now: it cannot be read again.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ApiClientWithSecret {
-        pub client_id: ApiClientWithSecretClientId,
+        pub client_id: ClientId,
         ///The secret in clear, 256 random bits or more, base64url.
         pub client_secret: ApiClientWithSecretClientSecret,
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         pub disabled: bool,
         pub id: ::uuid::Uuid,
-        pub name: ApiClientWithSecretName,
+        pub name: ResourceName,
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub rate_limit_policy_id: ::std::option::Option<::uuid::Uuid>,
         pub scopes: ::std::vec::Vec<Scope>,
         pub secret_rotated_at: ::chrono::DateTime<::chrono::offset::Utc>,
-        pub tenant: ApiClientWithSecretTenant,
+        pub tenant: ResourceName,
         pub updated_at: ::chrono::DateTime<::chrono::offset::Utc>,
     }
     impl ApiClientWithSecret {
         pub fn builder() -> builder::ApiClientWithSecret {
             Default::default()
-        }
-    }
-    ///`ApiClientWithSecretClientId`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientWithSecretClientId(::std::string::String);
-    impl ::std::ops::Deref for ApiClientWithSecretClientId {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientWithSecretClientId> for ::std::string::String {
-        fn from(value: ApiClientWithSecretClientId) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientWithSecretClientId {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 64usize {
-                return Err("longer than 64 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientWithSecretClientId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientWithSecretClientId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientWithSecretClientId {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///The secret in clear, 256 random bits or more, base64url.
@@ -579,99 +222,48 @@ pub mod types {
                 .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
-    ///`ApiClientWithSecretName`
+    ///API version, the first path segment (`v1`, `v2`).
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
-    pub struct ApiClientWithSecretName(::std::string::String);
-    impl ::std::ops::Deref for ApiClientWithSecretName {
+    pub struct ApiVersion(::std::string::String);
+    impl ::std::ops::Deref for ApiVersion {
         type Target = ::std::string::String;
         fn deref(&self) -> &::std::string::String {
             &self.0
         }
     }
-    impl ::std::convert::From<ApiClientWithSecretName> for ::std::string::String {
-        fn from(value: ApiClientWithSecretName) -> Self {
+    impl ::std::convert::From<ApiVersion> for ::std::string::String {
+        fn from(value: ApiVersion) -> Self {
             value.0
         }
     }
-    impl ::std::str::FromStr for ApiClientWithSecretName {
+    impl ::std::str::FromStr for ApiVersion {
         type Err = self::error::ConversionError;
         fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
+            if value.chars().count() > 4usize {
+                return Err("longer than 4 characters".into());
             }
             static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap());
             if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
+                return Err("doesn't match pattern \"^v[1-9][0-9]{0,2}$\"".into());
             }
             Ok(Self(value.to_string()))
         }
     }
-    impl ::std::convert::TryFrom<&str> for ApiClientWithSecretName {
+    impl ::std::convert::TryFrom<&str> for ApiVersion {
         type Error = self::error::ConversionError;
         fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientWithSecretName {
+    impl ::std::convert::TryFrom<::std::string::String> for ApiVersion {
         type Error = self::error::ConversionError;
         fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
         }
     }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientWithSecretName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///`ApiClientWithSecretTenant`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ApiClientWithSecretTenant(::std::string::String);
-    impl ::std::ops::Deref for ApiClientWithSecretTenant {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ApiClientWithSecretTenant> for ::std::string::String {
-        fn from(value: ApiClientWithSecretTenant) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ApiClientWithSecretTenant {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ApiClientWithSecretTenant {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ApiClientWithSecretTenant {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ApiClientWithSecretTenant {
+    impl<'de> ::serde::Deserialize<'de> for ApiVersion {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -1116,7 +708,7 @@ pub mod types {
         ///When the breaker last opened; null when it is closed.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub opened_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
-        pub service: CircuitBreakerStateService,
+        pub service: ResourceName,
         pub state: CircuitState,
         ///Of those, the failed ones (connect failures, timeouts, resets, 5xx).
         pub total_failures: u64,
@@ -1173,57 +765,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for CircuitBreakerStateAddress {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///`CircuitBreakerStateService`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct CircuitBreakerStateService(::std::string::String);
-    impl ::std::ops::Deref for CircuitBreakerStateService {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<CircuitBreakerStateService> for ::std::string::String {
-        fn from(value: CircuitBreakerStateService) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for CircuitBreakerStateService {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for CircuitBreakerStateService {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for CircuitBreakerStateService {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for CircuitBreakerStateService {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -1331,6 +872,57 @@ pub mod types {
         type Error = self::error::ConversionError;
         fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
             value.parse()
+        }
+    }
+    ///Public identifier an API client presents to `POST /v1/auth/token`.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ClientId(::std::string::String);
+    impl ::std::ops::Deref for ClientId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ClientId> for ::std::string::String {
+        fn from(value: ClientId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ClientId {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap());
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ClientId {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ClientId {
+        type Error = self::error::ConversionError;
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ClientId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///`DeleteRouteIfMatch`
@@ -1826,7 +1418,7 @@ pub mod types {
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub output: ::std::option::Option<HealthOutput>,
         ///Name of the service reporting, `api-gateway`.
-        pub service_id: HealthServiceId,
+        pub service_id: ResourceName,
         ///Overall status, the worst that the gateway's rules derive from the checks.
         pub status: HealthStatus,
         ///Semantic version of the running gateway.
@@ -2033,57 +1625,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for HealthOutput {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///Name of the service reporting, `api-gateway`.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct HealthServiceId(::std::string::String);
-    impl ::std::ops::Deref for HealthServiceId {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<HealthServiceId> for ::std::string::String {
-        fn from(value: HealthServiceId) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for HealthServiceId {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for HealthServiceId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for HealthServiceId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for HealthServiceId {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -3122,6 +2663,60 @@ pub mod types {
                 .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
+    ///A route's path prefix after the version segment, starting with `/`.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct PathPrefix(::std::string::String);
+    impl ::std::ops::Deref for PathPrefix {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<PathPrefix> for ::std::string::String {
+        fn from(value: PathPrefix) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for PathPrefix {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 256usize {
+                return Err("longer than 256 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap());
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^(/[A-Za-z0-9._~-]+)*/?$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for PathPrefix {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for PathPrefix {
+        type Error = self::error::ConversionError;
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for PathPrefix {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        }
+    }
     ///`gcra`: generic cell rate algorithm (a smooth token bucket, one timestamp per key); `sliding_window`: sliding-window counter over `period_seconds`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum RateLimitAlgorithm {
@@ -3168,7 +2763,7 @@ pub mod types {
         pub burst: i64,
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         pub id: ::uuid::Uuid,
-        pub name: RateLimitPolicyName,
+        pub name: ResourceName,
         pub on_redis_unavailable: RedisUnavailableBehaviour,
         ///Length of the period, in seconds.
         pub period_seconds: ::std::num::NonZeroU64,
@@ -3249,57 +2844,6 @@ pub mod types {
                 .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
-    ///`RateLimitPolicyName`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RateLimitPolicyName(::std::string::String);
-    impl ::std::ops::Deref for RateLimitPolicyName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RateLimitPolicyName> for ::std::string::String {
-        fn from(value: RateLimitPolicyName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RateLimitPolicyName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RateLimitPolicyName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RateLimitPolicyName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RateLimitPolicyName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
     ///A rate-limit policy as created or replaced: `rate` requests per `period_seconds`, plus up to `burst` requests above that at once. Counters live in Redis so that all replicas share them (in process in embedded mode).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct RateLimitPolicySpec {
@@ -3308,7 +2852,7 @@ pub mod types {
         #[serde(default)]
         pub burst: i64,
         ///Unique name of the policy.
-        pub name: RateLimitPolicySpecName,
+        pub name: ResourceName,
         ///Behaviour while Redis is unreachable. Absent: `local`.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub on_redis_unavailable: ::std::option::Option<RedisUnavailableBehaviour>,
@@ -3321,57 +2865,6 @@ pub mod types {
     impl RateLimitPolicySpec {
         pub fn builder() -> builder::RateLimitPolicySpec {
             Default::default()
-        }
-    }
-    ///Unique name of the policy.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RateLimitPolicySpecName(::std::string::String);
-    impl ::std::ops::Deref for RateLimitPolicySpecName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RateLimitPolicySpecName> for ::std::string::String {
-        fn from(value: RateLimitPolicySpecName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RateLimitPolicySpecName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RateLimitPolicySpecName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RateLimitPolicySpecName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RateLimitPolicySpecName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///What one counter covers: `per_tenant`: all requests of a tenant; `per_tenant_route`: a tenant's requests on one route; `per_client`: all requests of one API client. Requests without a token (on routes that do not require one) count as a tenant and client of their own per client address.
@@ -3516,6 +3009,57 @@ pub mod types {
                 .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
+    ///A name: lowercase letters, digits and `-`, starting with a letter, at most 63 characters (a DNS label).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ResourceName(::std::string::String);
+    impl ::std::ops::Deref for ResourceName {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ResourceName> for ::std::string::String {
+        fn from(value: ResourceName) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ResourceName {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 63usize {
+                return Err("longer than 63 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ResourceName {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ResourceName {
+        type Error = self::error::ConversionError;
+        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ResourceName {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
+        }
+    }
     ///`connect_failure`: the connection could not be opened; `timeout`: the try exceeded `per_try_timeout_ms`; `5xx`: the upstream answered 502, 503 or 504; `reset`: the connection was reset before a response arrived.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     pub enum RetryCondition {
@@ -3585,7 +3129,7 @@ pub mod types {
     ///A route with its server-assigned fields and every default filled in.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Route {
-        pub api_version: RouteApiVersion,
+        pub api_version: ApiVersion,
         pub cache: CachePolicy,
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         pub id: ::uuid::Uuid,
@@ -3593,9 +3137,9 @@ pub mod types {
         pub merge_slashes: bool,
         pub methods: ::std::vec::Vec<HttpMethod>,
         ///Unique name of the route, used in metrics and logs.
-        pub name: RouteName,
+        pub name: ResourceName,
         ///Path prefix after the version segment, starting with `/`.
-        pub path_prefix: RoutePathPrefix,
+        pub path_prefix: PathPrefix,
         pub priority: i64,
         ///The route's rate-limit policy, or null.
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
@@ -3605,7 +3149,7 @@ pub mod types {
         pub required_scopes: ::std::vec::Vec<Scope>,
         pub retry: RetryPolicy,
         ///Name of the target service in the registry.
-        pub service: RouteService,
+        pub service: ResourceName,
         pub strip_prefix: bool,
         ///Total time for the request including retries, in milliseconds.
         pub timeout_ms: ::std::num::NonZeroU64,
@@ -3618,57 +3162,6 @@ pub mod types {
             Default::default()
         }
     }
-    ///`RouteApiVersion`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteApiVersion(::std::string::String);
-    impl ::std::ops::Deref for RouteApiVersion {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteApiVersion> for ::std::string::String {
-        fn from(value: RouteApiVersion) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteApiVersion {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4usize {
-                return Err("longer than 4 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^v[1-9][0-9]{0,2}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteApiVersion {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteApiVersion {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteApiVersion {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
     ///Cache counters of one route, both levels together.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct RouteCacheStats {
@@ -3676,62 +3169,11 @@ pub mod types {
         pub hits: u64,
         pub misses: u64,
         pub route_id: ::uuid::Uuid,
-        pub route_name: RouteCacheStatsRouteName,
+        pub route_name: ResourceName,
     }
     impl RouteCacheStats {
         pub fn builder() -> builder::RouteCacheStats {
             Default::default()
-        }
-    }
-    ///`RouteCacheStatsRouteName`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteCacheStatsRouteName(::std::string::String);
-    impl ::std::ops::Deref for RouteCacheStatsRouteName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteCacheStatsRouteName> for ::std::string::String {
-        fn from(value: RouteCacheStatsRouteName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteCacheStatsRouteName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteCacheStatsRouteName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteCacheStatsRouteName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteCacheStatsRouteName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///One page of routes.
@@ -3801,167 +3243,11 @@ pub mod types {
                 .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
-    ///Unique name of the route, used in metrics and logs.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteName(::std::string::String);
-    impl ::std::ops::Deref for RouteName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteName> for ::std::string::String {
-        fn from(value: RouteName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///Path prefix after the version segment, starting with `/`.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RoutePathPrefix(::std::string::String);
-    impl ::std::ops::Deref for RoutePathPrefix {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RoutePathPrefix> for ::std::string::String {
-        fn from(value: RoutePathPrefix) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RoutePathPrefix {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 256usize {
-                return Err("longer than 256 characters".into());
-            }
-            if value.chars().count() < 1usize {
-                return Err("shorter than 1 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^(/[A-Za-z0-9._~-]+)*/?$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RoutePathPrefix {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RoutePathPrefix {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RoutePathPrefix {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///Name of the target service in the registry.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteService(::std::string::String);
-    impl ::std::ops::Deref for RouteService {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteService> for ::std::string::String {
-        fn from(value: RouteService) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteService {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteService {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteService {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteService {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
     ///A route as created or replaced. Requests to `/{api_version}{path_prefix}` (the prefix matched on whole path segments) with one of `methods` are proxied to `service`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct RouteSpec {
         ///API version, the first path segment (`v1`, `v2`).
-        pub api_version: RouteSpecApiVersion,
+        pub api_version: ApiVersion,
         ///Response caching. Absent: `{enabled: false}`.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub cache: ::std::option::Option<CachePolicy>,
@@ -3971,9 +3257,9 @@ pub mod types {
         ///Methods the route matches.
         pub methods: ::std::vec::Vec<HttpMethod>,
         ///Unique name of the route, used in metrics and logs.
-        pub name: RouteSpecName,
+        pub name: ResourceName,
         ///Path prefix after the version segment, starting with `/`; `/` matches every path of the version.
-        pub path_prefix: RouteSpecPathPrefix,
+        pub path_prefix: PathPrefix,
         ///Breaks ties between routes with equally long matching prefixes; higher wins.
         #[serde(default)]
         pub priority: i64,
@@ -3990,7 +3276,7 @@ pub mod types {
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub retry: ::std::option::Option<RetryPolicy>,
         ///Name of the target service in the registry.
-        pub service: RouteSpecService,
+        pub service: ResourceName,
         ///Whether `/{api_version}{path_prefix}` is removed from the path sent upstream (what remains, or `/`, is sent).
         #[serde(default)]
         pub strip_prefix: bool,
@@ -4001,213 +3287,6 @@ pub mod types {
     impl RouteSpec {
         pub fn builder() -> builder::RouteSpec {
             Default::default()
-        }
-    }
-    ///API version, the first path segment (`v1`, `v2`).
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteSpecApiVersion(::std::string::String);
-    impl ::std::ops::Deref for RouteSpecApiVersion {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteSpecApiVersion> for ::std::string::String {
-        fn from(value: RouteSpecApiVersion) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteSpecApiVersion {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4usize {
-                return Err("longer than 4 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^v[1-9][0-9]{0,2}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^v[1-9][0-9]{0,2}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteSpecApiVersion {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteSpecApiVersion {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteSpecApiVersion {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///Unique name of the route, used in metrics and logs.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteSpecName(::std::string::String);
-    impl ::std::ops::Deref for RouteSpecName {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteSpecName> for ::std::string::String {
-        fn from(value: RouteSpecName) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteSpecName {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteSpecName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteSpecName {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteSpecName {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///Path prefix after the version segment, starting with `/`; `/` matches every path of the version.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteSpecPathPrefix(::std::string::String);
-    impl ::std::ops::Deref for RouteSpecPathPrefix {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteSpecPathPrefix> for ::std::string::String {
-        fn from(value: RouteSpecPathPrefix) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteSpecPathPrefix {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 256usize {
-                return Err("longer than 256 characters".into());
-            }
-            if value.chars().count() < 1usize {
-                return Err("shorter than 1 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^(/[A-Za-z0-9._~-]+)*/?$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^(/[A-Za-z0-9._~-]+)*/?$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteSpecPathPrefix {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteSpecPathPrefix {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteSpecPathPrefix {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///Name of the target service in the registry.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct RouteSpecService(::std::string::String);
-    impl ::std::ops::Deref for RouteSpecService {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<RouteSpecService> for ::std::string::String {
-        fn from(value: RouteSpecService) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for RouteSpecService {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 63usize {
-                return Err("longer than 63 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z][a-z0-9-]{0,62}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z][a-z0-9-]{0,62}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for RouteSpecService {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for RouteSpecService {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for RouteSpecService {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
         }
     }
     ///A permission, `{resource}:{action}`: `gateway:admin`, `mesh:read`, or the scopes that routes require such as `arxiv:read`.
@@ -4269,7 +3348,7 @@ pub mod types {
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub audience: ::std::option::Option<TokenRequestAudience>,
         ///The client's public identifier.
-        pub client_id: TokenRequestClientId,
+        pub client_id: ClientId,
         ///The secret returned when the client was created or last rotated.
         pub client_secret: TokenRequestClientSecret,
         ///The only grant the gateway supports.
@@ -4328,57 +3407,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for TokenRequestAudience {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| <D::Error as ::serde::de::Error>::custom(e.to_string()))
-        }
-    }
-    ///The client's public identifier.
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct TokenRequestClientId(::std::string::String);
-    impl ::std::ops::Deref for TokenRequestClientId {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<TokenRequestClientId> for ::std::string::String {
-        fn from(value: TokenRequestClientId) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for TokenRequestClientId {
-        type Err = self::error::ConversionError;
-        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 64usize {
-                return Err("longer than 64 characters".into());
-            }
-            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
-                ::std::sync::LazyLock::new(|| ::regress::Regex::new("^[a-z0-9][a-z0-9_-]{2,63}$").unwrap());
-            if PATTERN.find(value).is_none() {
-                return Err("doesn't match pattern \"^[a-z0-9][a-z0-9_-]{2,63}$\"".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for TokenRequestClientId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for TokenRequestClientId {
-        type Error = self::error::ConversionError;
-        fn try_from(value: ::std::string::String) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for TokenRequestClientId {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -4748,15 +3776,15 @@ pub mod types {
     pub mod builder {
         #[derive(Clone, Debug)]
         pub struct ApiClient {
-            client_id: ::std::result::Result<super::ApiClientClientId, ::std::string::String>,
+            client_id: ::std::result::Result<super::ClientId, ::std::string::String>,
             created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             disabled: ::std::result::Result<bool, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            name: ::std::result::Result<super::ApiClientName, ::std::string::String>,
+            name: ::std::result::Result<super::ResourceName, ::std::string::String>,
             rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
             secret_rotated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
-            tenant: ::std::result::Result<super::ApiClientTenant, ::std::string::String>,
+            tenant: ::std::result::Result<super::ResourceName, ::std::string::String>,
             updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClient {
@@ -4778,7 +3806,7 @@ pub mod types {
         impl ApiClient {
             pub fn client_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientClientId>,
+                T: ::std::convert::TryInto<super::ClientId>,
                 T::Error: ::std::fmt::Display,
             {
                 self.client_id =
@@ -4813,7 +3841,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -4848,7 +3876,7 @@ pub mod types {
             }
             pub fn tenant<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientTenant>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.tenant = value.try_into().map_err(|e| format!("error converting supplied value for tenant: {e}"));
@@ -4944,10 +3972,10 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct ApiClientSpec {
             disabled: ::std::result::Result<bool, ::std::string::String>,
-            name: ::std::result::Result<super::ApiClientSpecName, ::std::string::String>,
+            name: ::std::result::Result<super::ResourceName, ::std::string::String>,
             rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
-            tenant: ::std::result::Result<super::ApiClientSpecTenant, ::std::string::String>,
+            tenant: ::std::result::Result<super::ResourceName, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClientSpec {
             fn default() -> Self {
@@ -4972,7 +4000,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientSpecName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -4998,7 +4026,7 @@ pub mod types {
             }
             pub fn tenant<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientSpecTenant>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.tenant = value.try_into().map_err(|e| format!("error converting supplied value for tenant: {e}"));
@@ -5031,7 +4059,7 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct ApiClientUpdate {
             disabled: ::std::result::Result<::std::option::Option<bool>, ::std::string::String>,
-            name: ::std::result::Result<::std::option::Option<super::ApiClientUpdateName>, ::std::string::String>,
+            name: ::std::result::Result<::std::option::Option<super::ResourceName>, ::std::string::String>,
             rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             remove_rate_limit_policy: ::std::result::Result<::std::option::Option<bool>, ::std::string::String>,
             scopes: ::std::result::Result<::std::option::Option<::std::vec::Vec<super::Scope>>, ::std::string::String>,
@@ -5059,7 +4087,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<::std::option::Option<super::ApiClientUpdateName>>,
+                T: ::std::convert::TryInto<::std::option::Option<super::ResourceName>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -5119,16 +4147,16 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct ApiClientWithSecret {
-            client_id: ::std::result::Result<super::ApiClientWithSecretClientId, ::std::string::String>,
+            client_id: ::std::result::Result<super::ClientId, ::std::string::String>,
             client_secret: ::std::result::Result<super::ApiClientWithSecretClientSecret, ::std::string::String>,
             created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             disabled: ::std::result::Result<bool, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            name: ::std::result::Result<super::ApiClientWithSecretName, ::std::string::String>,
+            name: ::std::result::Result<super::ResourceName, ::std::string::String>,
             rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
             secret_rotated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
-            tenant: ::std::result::Result<super::ApiClientWithSecretTenant, ::std::string::String>,
+            tenant: ::std::result::Result<super::ResourceName, ::std::string::String>,
             updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
         }
         impl ::std::default::Default for ApiClientWithSecret {
@@ -5151,7 +4179,7 @@ pub mod types {
         impl ApiClientWithSecret {
             pub fn client_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientWithSecretClientId>,
+                T: ::std::convert::TryInto<super::ClientId>,
                 T::Error: ::std::fmt::Display,
             {
                 self.client_id =
@@ -5195,7 +4223,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientWithSecretName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -5230,7 +4258,7 @@ pub mod types {
             }
             pub fn tenant<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::ApiClientWithSecretTenant>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.tenant = value.try_into().map_err(|e| format!("error converting supplied value for tenant: {e}"));
@@ -5810,7 +4838,7 @@ pub mod types {
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
-            service: ::std::result::Result<super::CircuitBreakerStateService, ::std::string::String>,
+            service: ::std::result::Result<super::ResourceName, ::std::string::String>,
             state: ::std::result::Result<super::CircuitState, ::std::string::String>,
             total_failures: ::std::result::Result<u64, ::std::string::String>,
             total_requests: ::std::result::Result<u64, ::std::string::String>,
@@ -5891,7 +4919,7 @@ pub mod types {
             }
             pub fn service<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::CircuitBreakerStateService>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.service =
@@ -6106,7 +5134,7 @@ pub mod types {
             >,
             description: ::std::result::Result<::std::option::Option<super::HealthDescription>, ::std::string::String>,
             output: ::std::result::Result<::std::option::Option<super::HealthOutput>, ::std::string::String>,
-            service_id: ::std::result::Result<super::HealthServiceId, ::std::string::String>,
+            service_id: ::std::result::Result<super::ResourceName, ::std::string::String>,
             status: ::std::result::Result<super::HealthStatus, ::std::string::String>,
             version: ::std::result::Result<super::HealthVersion, ::std::string::String>,
         }
@@ -6150,7 +5178,7 @@ pub mod types {
             }
             pub fn service_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::HealthServiceId>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.service_id =
@@ -6442,7 +5470,7 @@ pub mod types {
             burst: ::std::result::Result<i64, ::std::string::String>,
             created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            name: ::std::result::Result<super::RateLimitPolicyName, ::std::string::String>,
+            name: ::std::result::Result<super::ResourceName, ::std::string::String>,
             on_redis_unavailable: ::std::result::Result<super::RedisUnavailableBehaviour, ::std::string::String>,
             period_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             rate: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
@@ -6502,7 +5530,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RateLimitPolicyName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -6636,7 +5664,7 @@ pub mod types {
         pub struct RateLimitPolicySpec {
             algorithm: ::std::result::Result<super::RateLimitAlgorithm, ::std::string::String>,
             burst: ::std::result::Result<i64, ::std::string::String>,
-            name: ::std::result::Result<super::RateLimitPolicySpecName, ::std::string::String>,
+            name: ::std::result::Result<super::ResourceName, ::std::string::String>,
             on_redis_unavailable:
                 ::std::result::Result<::std::option::Option<super::RedisUnavailableBehaviour>, ::std::string::String>,
             period_seconds: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
@@ -6676,7 +5704,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RateLimitPolicySpecName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -6825,20 +5853,20 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct Route {
-            api_version: ::std::result::Result<super::RouteApiVersion, ::std::string::String>,
+            api_version: ::std::result::Result<super::ApiVersion, ::std::string::String>,
             cache: ::std::result::Result<super::CachePolicy, ::std::string::String>,
             created_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             merge_slashes: ::std::result::Result<bool, ::std::string::String>,
             methods: ::std::result::Result<::std::vec::Vec<super::HttpMethod>, ::std::string::String>,
-            name: ::std::result::Result<super::RouteName, ::std::string::String>,
-            path_prefix: ::std::result::Result<super::RoutePathPrefix, ::std::string::String>,
+            name: ::std::result::Result<super::ResourceName, ::std::string::String>,
+            path_prefix: ::std::result::Result<super::PathPrefix, ::std::string::String>,
             priority: ::std::result::Result<i64, ::std::string::String>,
             rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             require_token: ::std::result::Result<bool, ::std::string::String>,
             required_scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
             retry: ::std::result::Result<super::RetryPolicy, ::std::string::String>,
-            service: ::std::result::Result<super::RouteService, ::std::string::String>,
+            service: ::std::result::Result<super::ResourceName, ::std::string::String>,
             strip_prefix: ::std::result::Result<bool, ::std::string::String>,
             timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
             updated_at: ::std::result::Result<::chrono::DateTime<::chrono::offset::Utc>, ::std::string::String>,
@@ -6871,7 +5899,7 @@ pub mod types {
         impl Route {
             pub fn api_version<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteApiVersion>,
+                T: ::std::convert::TryInto<super::ApiVersion>,
                 T::Error: ::std::fmt::Display,
             {
                 self.api_version =
@@ -6923,7 +5951,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -6931,7 +5959,7 @@ pub mod types {
             }
             pub fn path_prefix<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RoutePathPrefix>,
+                T: ::std::convert::TryInto<super::PathPrefix>,
                 T::Error: ::std::fmt::Display,
             {
                 self.path_prefix =
@@ -6985,7 +6013,7 @@ pub mod types {
             }
             pub fn service<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteService>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.service =
@@ -7084,7 +6112,7 @@ pub mod types {
             hits: ::std::result::Result<u64, ::std::string::String>,
             misses: ::std::result::Result<u64, ::std::string::String>,
             route_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
-            route_name: ::std::result::Result<super::RouteCacheStatsRouteName, ::std::string::String>,
+            route_name: ::std::result::Result<super::ResourceName, ::std::string::String>,
         }
         impl ::std::default::Default for RouteCacheStats {
             fn default() -> Self {
@@ -7134,7 +6162,7 @@ pub mod types {
             }
             pub fn route_name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteCacheStatsRouteName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.route_name =
@@ -7211,18 +6239,18 @@ pub mod types {
         }
         #[derive(Clone, Debug)]
         pub struct RouteSpec {
-            api_version: ::std::result::Result<super::RouteSpecApiVersion, ::std::string::String>,
+            api_version: ::std::result::Result<super::ApiVersion, ::std::string::String>,
             cache: ::std::result::Result<::std::option::Option<super::CachePolicy>, ::std::string::String>,
             merge_slashes: ::std::result::Result<bool, ::std::string::String>,
             methods: ::std::result::Result<::std::vec::Vec<super::HttpMethod>, ::std::string::String>,
-            name: ::std::result::Result<super::RouteSpecName, ::std::string::String>,
-            path_prefix: ::std::result::Result<super::RouteSpecPathPrefix, ::std::string::String>,
+            name: ::std::result::Result<super::ResourceName, ::std::string::String>,
+            path_prefix: ::std::result::Result<super::PathPrefix, ::std::string::String>,
             priority: ::std::result::Result<i64, ::std::string::String>,
             rate_limit_policy_id: ::std::result::Result<::std::option::Option<::uuid::Uuid>, ::std::string::String>,
             require_token: ::std::result::Result<::std::option::Option<bool>, ::std::string::String>,
             required_scopes: ::std::result::Result<::std::vec::Vec<super::Scope>, ::std::string::String>,
             retry: ::std::result::Result<::std::option::Option<super::RetryPolicy>, ::std::string::String>,
-            service: ::std::result::Result<super::RouteSpecService, ::std::string::String>,
+            service: ::std::result::Result<super::ResourceName, ::std::string::String>,
             strip_prefix: ::std::result::Result<bool, ::std::string::String>,
             timeout_ms: ::std::result::Result<::std::num::NonZeroU64, ::std::string::String>,
         }
@@ -7249,7 +6277,7 @@ pub mod types {
         impl RouteSpec {
             pub fn api_version<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteSpecApiVersion>,
+                T: ::std::convert::TryInto<super::ApiVersion>,
                 T::Error: ::std::fmt::Display,
             {
                 self.api_version =
@@ -7284,7 +6312,7 @@ pub mod types {
             }
             pub fn name<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteSpecName>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.name = value.try_into().map_err(|e| format!("error converting supplied value for name: {e}"));
@@ -7292,7 +6320,7 @@ pub mod types {
             }
             pub fn path_prefix<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteSpecPathPrefix>,
+                T: ::std::convert::TryInto<super::PathPrefix>,
                 T::Error: ::std::fmt::Display,
             {
                 self.path_prefix =
@@ -7346,7 +6374,7 @@ pub mod types {
             }
             pub fn service<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::RouteSpecService>,
+                T: ::std::convert::TryInto<super::ResourceName>,
                 T::Error: ::std::fmt::Display,
             {
                 self.service =
@@ -7416,7 +6444,7 @@ pub mod types {
         #[derive(Clone, Debug)]
         pub struct TokenRequest {
             audience: ::std::result::Result<::std::option::Option<super::TokenRequestAudience>, ::std::string::String>,
-            client_id: ::std::result::Result<super::TokenRequestClientId, ::std::string::String>,
+            client_id: ::std::result::Result<super::ClientId, ::std::string::String>,
             client_secret: ::std::result::Result<super::TokenRequestClientSecret, ::std::string::String>,
             grant_type: ::std::result::Result<super::TokenRequestGrantType, ::std::string::String>,
             scope: ::std::result::Result<::std::option::Option<super::TokenRequestScope>, ::std::string::String>,
@@ -7444,7 +6472,7 @@ pub mod types {
             }
             pub fn client_id<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::TokenRequestClientId>,
+                T: ::std::convert::TryInto<super::ClientId>,
                 T::Error: ::std::fmt::Display,
             {
                 self.client_id =

@@ -16,7 +16,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,28 +96,76 @@ impl GatewayAdmin {
 }
 
 /// The client with its secret in clear, for the one response that shows it.
-fn with_secret(client: &types::ApiClient, secret: &str) -> Result<types::ApiClientWithSecret, ApiError> {
-    let mut doc = serde_json::to_value(client).map_err(internal)?;
-    doc["client_secret"] = json!(secret);
-    serde_json::from_value(doc).map_err(internal)
+fn with_secret(client: types::ApiClient, secret: &str) -> Result<types::ApiClientWithSecret, ApiError> {
+    let types::ApiClient {
+        id,
+        client_id,
+        name,
+        tenant,
+        scopes,
+        rate_limit_policy_id,
+        disabled,
+        created_at,
+        updated_at,
+        secret_rotated_at,
+    } = client;
+    Ok(types::ApiClientWithSecret {
+        id,
+        client_id,
+        client_secret: typed(secret)?,
+        name,
+        tenant,
+        scopes,
+        rate_limit_policy_id,
+        disabled,
+        created_at,
+        updated_at,
+        secret_rotated_at,
+    })
 }
 
-/// A policy document from a spec, with the contract's defaults filled in.
+/// A policy from a spec, with the contract's defaults filled in.
 fn policy_from_spec(
-    spec: &types::RateLimitPolicySpec,
+    spec: types::RateLimitPolicySpec,
     id: uuid::Uuid,
     created_at: chrono::DateTime<chrono::Utc>,
-) -> Result<types::RateLimitPolicy, ApiError> {
-    let mut doc = serde_json::to_value(spec).map_err(internal)?;
-    let object = doc.as_object_mut().expect("a spec is an object");
-    object.insert("id".into(), json!(id));
-    object.entry("on_redis_unavailable").or_insert(json!("local"));
-    if object.get("on_redis_unavailable").is_some_and(serde_json::Value::is_null) {
-        object.insert("on_redis_unavailable".into(), json!("local"));
+) -> types::RateLimitPolicy {
+    let types::RateLimitPolicySpec { name, algorithm, rate, period_seconds, burst, scope, on_redis_unavailable } = spec;
+    types::RateLimitPolicy {
+        id,
+        name,
+        algorithm,
+        rate,
+        period_seconds,
+        burst,
+        scope,
+        on_redis_unavailable: on_redis_unavailable.unwrap_or(types::RedisUnavailableBehaviour::Local),
+        created_at,
+        updated_at: chrono::Utc::now(),
     }
-    object.insert("created_at".into(), json!(created_at));
-    object.insert("updated_at".into(), json!(chrono::Utc::now()));
-    serde_json::from_value(doc).map_err(internal)
+}
+
+/// The gateway's health with `status` and no checks.
+fn health(status: types::HealthStatus) -> Result<types::Health, ApiError> {
+    Ok(types::Health {
+        status,
+        version: typed(env!("CARGO_PKG_VERSION"))?,
+        service_id: typed("pake-gateway")?,
+        description: None,
+        output: None,
+        checks: Default::default(),
+    })
+}
+
+/// A value from a contract type's builder (the schema's defaults filled in).
+fn built<B: TryInto<T, Error = types::error::ConversionError>, T>(builder: B) -> Result<T, ApiError> {
+    builder.try_into().map_err(|error| ApiError::internal(&error))
+}
+
+/// A value the gateway made itself, in the contract's constrained type: one that does
+/// not fit is the gateway's own fault (500).
+fn typed<T: std::str::FromStr<Err = types::error::ConversionError>>(value: &str) -> Result<T, ApiError> {
+    value.parse().map_err(|error: types::error::ConversionError| ApiError::internal(&error))
 }
 
 /// The one mapping from store errors to HTTP answers, for routes.
@@ -154,15 +201,11 @@ fn etag(version: u64) -> String {
     format!("\"{version}\"")
 }
 
-fn internal(error: serde_json::Error) -> ApiError {
-    ApiError::internal(&error)
-}
-
-/// A route document from a spec, with the contract's defaults filled in.
+/// A route from a spec, with the contract's defaults filled in.
 fn route_from_spec(
-    spec: &types::RouteSpec,
+    spec: types::RouteSpec,
     id: uuid::Uuid,
-    version: i64,
+    version: std::num::NonZeroU64,
     created_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<types::Route, ApiError> {
     if spec.api_version.as_str() == "v1" {
@@ -172,12 +215,6 @@ fn route_from_spec(
             return Err(ApiError::unprocessable(format!("/v1{reserved} belongs to the gateway and cannot be routed")));
         }
     }
-    let mut doc = serde_json::to_value(spec).map_err(internal)?;
-    let object = doc.as_object_mut().expect("a spec is an object");
-    object.insert("id".into(), json!(id));
-    object.entry("retry").or_insert(json!({"max_attempts": 2}));
-    object.entry("cache").or_insert(json!({"enabled": false}));
-    object.entry("rate_limit_policy_id").or_insert(json!(null));
     // Naming scopes means a token is needed to hold them.
     let require_token = match spec.require_token {
         Some(false) if !spec.required_scopes.is_empty() => {
@@ -188,45 +225,65 @@ fn route_from_spec(
         Some(require) => require,
         None => !spec.required_scopes.is_empty(),
     };
-    object.insert("require_token".into(), json!(require_token));
-    object.insert("created_at".into(), json!(created_at));
-    object.insert("updated_at".into(), json!(chrono::Utc::now()));
-    object.insert("version".into(), json!(version));
-    serde_json::from_value(doc).map_err(internal)
+    Ok(types::Route {
+        id,
+        name: spec.name,
+        path_prefix: spec.path_prefix,
+        methods: spec.methods,
+        api_version: spec.api_version,
+        service: spec.service,
+        strip_prefix: spec.strip_prefix,
+        merge_slashes: spec.merge_slashes,
+        timeout_ms: spec.timeout_ms,
+        retry: match spec.retry {
+            Some(retry) => retry,
+            None => built(types::builder::RetryPolicy::default().max_attempts(2))?,
+        },
+        cache: match spec.cache {
+            Some(cache) => cache,
+            None => built(types::builder::CachePolicy::default().enabled(false))?,
+        },
+        rate_limit_policy_id: spec.rate_limit_policy_id,
+        required_scopes: spec.required_scopes,
+        require_token,
+        priority: spec.priority,
+        created_at,
+        updated_at: chrono::Utc::now(),
+        version,
+    })
 }
 
 fn breaker_state(upstream: &Upstream) -> Result<types::CircuitBreakerState, ApiError> {
     let state = upstream.state();
     let breaker = upstream.breaker.lock().expect("breaker lock");
-    serde_json::from_value(json!({
-        "upstream_id": upstream_id(&upstream.service, upstream.instance),
-        "service": upstream.service,
-        "instance_id": upstream.instance,
-        "address": &*upstream.address,
-        "state": state,
-        "consecutive_failures": breaker.consecutive_failures,
-        "failure_rate": breaker.failure_rate(),
-        "opened_at": breaker.opened_at,
-        "next_probe_at": breaker.next_probe_at,
-        "total_requests": upstream.total_requests(&breaker),
-        "total_failures": breaker.total_failures,
-    }))
-    .map_err(internal)
+    Ok(types::CircuitBreakerState {
+        upstream_id: typed(&upstream_id(&upstream.service, upstream.instance))?,
+        service: typed(&upstream.service)?,
+        instance_id: upstream.instance,
+        address: typed(&upstream.address)?,
+        state,
+        consecutive_failures: breaker.consecutive_failures,
+        failure_rate: breaker.failure_rate(),
+        opened_at: breaker.opened_at,
+        next_probe_at: breaker.next_probe_at,
+        total_requests: upstream.total_requests(&breaker),
+        total_failures: breaker.total_failures,
+    })
 }
 
-fn list<T: serde::Serialize, L: serde::de::DeserializeOwned>(
-    items: Vec<T>,
+/// One page of `items` (fetched one beyond `limit`, to tell whether another page
+/// follows) and the cursor of the next page, keyed by `key`.
+fn page<T, C: std::str::FromStr<Err = types::error::ConversionError>>(
+    mut items: Vec<T>,
     limit: u64,
     key: impl Fn(&T) -> String,
-) -> Result<L, ApiError> {
-    let mut items = items;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|last| pake_registry::cursor::encode(&key(last)))
-    } else {
-        None
-    };
-    serde_json::from_value(json!({"items": items, "next_cursor": next_cursor})).map_err(internal)
+) -> Result<(Vec<T>, Option<C>), ApiError> {
+    if items.len() <= limit as usize {
+        return Ok((items, None));
+    }
+    items.truncate(limit as usize);
+    let next = items.last().map(|last| typed(&pake_registry::cursor::encode(&key(last)))).transpose()?;
+    Ok((items, next))
 }
 
 fn after(cursor: Option<&String>) -> Result<Option<String>, ApiError> {
@@ -249,32 +306,36 @@ impl GatewayApi for GatewayAdmin {
         let ping = tokio::time::timeout(Duration::from_secs(1), self.routes.store().ping()).await;
         let latency_ms = started.elapsed().as_millis() as u64;
         let store_ok = matches!(ping, Ok(Ok(())));
-        let mut store = json!({"status": if store_ok { "pass" } else { "fail" }, "component_type": "datastore", "latency_ms": latency_ms, "time": now});
-        if !store_ok {
-            store["output"] = json!("the store does not answer; routing continues from memory");
-        }
+        let store = types::HealthCheck {
+            status: if store_ok { types::HealthStatus::Pass } else { types::HealthStatus::Fail },
+            component_type: types::HealthCheckComponentType::Datastore,
+            latency_ms: latency_ms as i64,
+            time: now,
+            output: if store_ok {
+                None
+            } else {
+                Some(typed("the store does not answer; routing continues from memory")?)
+            },
+        };
         let snapshot = self.plane.registry.load();
         let routes = self.plane.routes.load().len();
-        let registry = json!({
-            "status": "pass", "component_type": "component", "latency_ms": 0, "time": now,
-            "output": format!("{} services known, {routes} routes", snapshot.len()),
-        });
+        let registry = types::HealthCheck {
+            status: types::HealthStatus::Pass,
+            component_type: types::HealthCheckComponentType::Component,
+            latency_ms: 0,
+            time: now,
+            output: Some(typed(&format!("{} services known, {routes} routes", snapshot.len()))?),
+        };
         // The data plane keeps routing from memory when the store is down: degraded, not down.
-        let status = if store_ok { "pass" } else { "warn" };
-        let body: types::Health = serde_json::from_value(json!({
-            "status": status, "version": env!("CARGO_PKG_VERSION"), "service_id": "pake-gateway",
-            "description": "pake api gateway", "checks": {"store": store, "registry": registry},
-        }))
-        .map_err(internal)?;
+        let status = if store_ok { types::HealthStatus::Pass } else { types::HealthStatus::Warn };
+        let mut body = health(status)?;
+        body.description = Some(typed("pake api gateway")?);
+        body.checks = [("store".to_string(), store), ("registry".to_string(), registry)].into();
         Ok(GetHealthResponse::Ok(body))
     }
 
     async fn get_liveness(&self, _request: GetLivenessRequest) -> Result<GetLivenessResponse, ApiError> {
-        let body: types::Health = serde_json::from_value(json!({
-            "status": "pass", "version": env!("CARGO_PKG_VERSION"), "service_id": "pake-gateway",
-        }))
-        .map_err(internal)?;
-        Ok(GetLivenessResponse::Ok(body))
+        Ok(GetLivenessResponse::Ok(health(types::HealthStatus::Pass)?))
     }
 
     async fn get_metrics(&self, _request: GetMetricsRequest) -> Result<GetMetricsResponse, ApiError> {
@@ -304,12 +365,13 @@ impl GatewayApi for GatewayAdmin {
             .filter(|r| after.as_ref().is_none_or(|a| r.name.as_str() > a.as_str()))
             .take(request.limit as usize + 1)
             .collect();
-        Ok(ListRoutesResponse::Ok(list(routes, request.limit, |r| r.name.to_string())?))
+        let (items, next_cursor) = page(routes, request.limit, |r| r.name.to_string())?;
+        Ok(ListRoutesResponse::Ok(types::RouteList { items, next_cursor }))
     }
 
     async fn create_route(&self, request: CreateRouteRequest) -> Result<CreateRouteResponse, ApiError> {
         self.require_policy(request.body.rate_limit_policy_id).await?;
-        let route = route_from_spec(&request.body, uuid::Uuid::new_v4(), 1, chrono::Utc::now())?;
+        let route = route_from_spec(request.body, uuid::Uuid::new_v4(), std::num::NonZeroU64::MIN, chrono::Utc::now())?;
         self.routes.insert(&route).await.map_err(store_error)?;
         self.reload().await?;
         Ok(CreateRouteResponse::Created {
@@ -345,7 +407,7 @@ impl GatewayApi for GatewayAdmin {
             )));
         }
         self.require_policy(request.body.rate_limit_policy_id).await?;
-        let route = route_from_spec(&request.body, current.id, version + 1, current.created_at)?;
+        let route = route_from_spec(request.body, current.id, current.version.saturating_add(1), current.created_at)?;
         self.routes.replace(&route, version).await.map_err(store_error)?;
         self.reload().await?;
         Ok(UpdateRouteResponse::Ok { etag: etag(route.version.get()), body: route })
@@ -376,7 +438,8 @@ impl GatewayApi for GatewayAdmin {
                 break;
             }
         }
-        Ok(ListCircuitBreakersResponse::Ok(list(items, request.limit, |b| b.upstream_id.to_string())?))
+        let (items, next_cursor) = page(items, request.limit, |b| b.upstream_id.to_string())?;
+        Ok(ListCircuitBreakersResponse::Ok(types::CircuitBreakerList { items, next_cursor }))
     }
 
     async fn get_circuit_breaker(
@@ -471,16 +534,18 @@ impl GatewayApi for GatewayAdmin {
             self.token_ttl,
         );
         self.tokens_issued("issued");
-        let body: types::TokenResponse = serde_json::from_value(json!({
-            "access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl.as_secs(),
-            "scope": granted.join(" "),
-        }))
-        .map_err(internal)?;
+        let body = types::TokenResponse {
+            access_token: typed(&token)?,
+            token_type: types::TokenResponseTokenType::Bearer,
+            expires_in: std::num::NonZeroU64::MIN.saturating_add(self.token_ttl.as_secs().saturating_sub(1)),
+            scope: typed(&granted.join(" "))?,
+        };
         Ok(IssueTokenResponse::Ok { body, cache_control: "no-store".into() })
     }
 
     async fn get_jwks(&self, _request: GetJwksRequest) -> Result<GetJwksResponse, ApiError> {
-        let keys: Vec<serde_json::Value> = self
+        // The key ring's JWKs, read as the contract's (their other members left out).
+        let keys = self
             .keys
             .jwks()
             .into_iter()
@@ -491,10 +556,10 @@ impl GatewayApi for GatewayAdmin {
                         published.insert(field.into(), value.clone());
                     }
                 }
-                serde_json::Value::Object(published)
+                serde_json::from_value(serde_json::Value::Object(published)).map_err(|error| ApiError::internal(&error))
             })
-            .collect();
-        let body: types::Jwks = serde_json::from_value(json!({ "keys": keys })).map_err(internal)?;
+            .collect::<Result<_, _>>()?;
+        let body = types::Jwks { keys };
         Ok(GetJwksResponse::Ok { body, cache_control: "public, max-age=300".into() })
     }
 
@@ -512,7 +577,8 @@ impl GatewayApi for GatewayAdmin {
             .filter(|c| after.as_ref().is_none_or(|a| key(c).as_str() > a.as_str()))
             .take(request.limit as usize + 1)
             .collect();
-        Ok(ListApiClientsResponse::Ok(list(clients, request.limit, key)?))
+        let (items, next_cursor) = page(clients, request.limit, key)?;
+        Ok(ListApiClientsResponse::Ok(types::ApiClientList { items, next_cursor }))
     }
 
     async fn create_api_client(&self, request: CreateApiClientRequest) -> Result<CreateApiClientResponse, ApiError> {
@@ -520,12 +586,18 @@ impl GatewayApi for GatewayAdmin {
         self.require_policy(spec.rate_limit_policy_id).await?;
         let now = chrono::Utc::now();
         let secret = crate::secrets::new_secret();
-        let client: types::ApiClient = serde_json::from_value(json!({
-            "id": uuid::Uuid::new_v4(), "client_id": crate::secrets::new_client_id(), "name": spec.name,
-            "tenant": spec.tenant, "scopes": spec.scopes, "rate_limit_policy_id": spec.rate_limit_policy_id,
-            "disabled": spec.disabled, "created_at": now, "updated_at": now, "secret_rotated_at": now,
-        }))
-        .map_err(internal)?;
+        let client = types::ApiClient {
+            id: uuid::Uuid::new_v4(),
+            client_id: typed(&crate::secrets::new_client_id())?,
+            name: spec.name,
+            tenant: spec.tenant,
+            scopes: spec.scopes,
+            rate_limit_policy_id: spec.rate_limit_policy_id,
+            disabled: spec.disabled,
+            created_at: now,
+            updated_at: now,
+            secret_rotated_at: now,
+        };
         let hash = crate::secrets::hash(secret.clone()).await;
         self.policies.insert_client(&client, &hash).await.map_err(entity_error("API client"))?;
         self.reload().await?;
@@ -533,7 +605,7 @@ impl GatewayApi for GatewayAdmin {
         Ok(CreateApiClientResponse::Created {
             location: format!("/v1/admin/clients/{}", client.id),
             cache_control: "no-store".into(),
-            body: with_secret(&client, &secret)?,
+            body: with_secret(client, &secret)?,
         })
     }
 
@@ -591,7 +663,7 @@ impl GatewayApi for GatewayAdmin {
         client.secret_rotated_at = now;
         self.policies.update_client(&client, Some(&hash)).await.map_err(entity_error("API client"))?;
         tracing::info!(client_id = %client.client_id.as_str(), by = %request.principal.subject, "API client secret rotated");
-        Ok(RotateApiClientSecretResponse::Ok { body: with_secret(&client, &secret)?, cache_control: "no-store".into() })
+        Ok(RotateApiClientSecretResponse::Ok { body: with_secret(client, &secret)?, cache_control: "no-store".into() })
     }
 
     async fn list_rate_limit_policies(
@@ -608,7 +680,8 @@ impl GatewayApi for GatewayAdmin {
             .filter(|p| after.as_ref().is_none_or(|a| p.name.as_str() > a.as_str()))
             .take(request.limit as usize + 1)
             .collect();
-        Ok(ListRateLimitPoliciesResponse::Ok(list(policies, request.limit, |p| p.name.to_string())?))
+        let (items, next_cursor) = page(policies, request.limit, |p| p.name.to_string())?;
+        Ok(ListRateLimitPoliciesResponse::Ok(types::RateLimitPolicyList { items, next_cursor }))
     }
 
     async fn create_rate_limit_policy(
@@ -616,7 +689,7 @@ impl GatewayApi for GatewayAdmin {
         request: CreateRateLimitPolicyRequest,
     ) -> Result<CreateRateLimitPolicyResponse, ApiError> {
         let now = chrono::Utc::now();
-        let policy = policy_from_spec(&request.body, uuid::Uuid::new_v4(), now)?;
+        let policy = policy_from_spec(request.body, uuid::Uuid::new_v4(), now);
         self.policies.insert_policy(&policy).await.map_err(entity_error("rate-limit policy"))?;
         self.reload().await?;
         Ok(CreateRateLimitPolicyResponse::Created {
@@ -648,7 +721,7 @@ impl GatewayApi for GatewayAdmin {
             .await
             .map_err(entity_error("rate-limit policy"))?
             .ok_or_else(|| ApiError::not_found("no such rate-limit policy"))?;
-        let policy = policy_from_spec(&request.body, current.id, current.created_at)?;
+        let policy = policy_from_spec(request.body, current.id, current.created_at);
         self.policies.replace_policy(&policy).await.map_err(entity_error("rate-limit policy"))?;
         self.reload().await?;
         Ok(UpdateRateLimitPolicyResponse::Ok(policy))
@@ -682,30 +755,42 @@ impl GatewayApi for GatewayAdmin {
     async fn get_cache_stats(&self, _request: GetCacheStatsRequest) -> Result<GetCacheStatsResponse, ApiError> {
         let stats = self.plane.edge.cache.stats().await;
         let table = self.plane.routes.load();
-        let level = |l: &pake_cache::LevelStats| {
-            json!({"hits": l.hits, "misses": l.misses, "hit_rate": l.hit_rate(), "entries": l.entries,
-                   "bytes": l.bytes, "evictions": l.evictions})
+        let level = |l: &pake_cache::LevelStats| types::CacheLevelStats {
+            hits: l.hits,
+            misses: l.misses,
+            hit_rate: l.hit_rate(),
+            entries: l.entries,
+            bytes: l.bytes,
+            evictions: l.evictions,
         };
         let ratio =
             |hits: u64, misses: u64| if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
-        let mut routes: Vec<serde_json::Value> = table
+        let mut routes: Vec<types::RouteCacheStats> = table
             .routes()
             .filter(|compiled| compiled.route.cache.enabled)
             .map(|compiled| {
                 let (hits, misses) = (compiled.metrics.cache_hits.get(), compiled.metrics.cache_misses.get());
-                json!({"route_id": compiled.route.id, "route_name": compiled.route.name, "hits": hits,
-                       "misses": misses, "hit_rate": ratio(hits, misses)})
+                types::RouteCacheStats {
+                    route_id: compiled.route.id,
+                    route_name: compiled.route.name.clone(),
+                    hits,
+                    misses,
+                    hit_rate: ratio(hits, misses),
+                }
             })
             .collect();
-        routes.sort_by(|a, b| a["route_name"].as_str().cmp(&b["route_name"].as_str()));
-        let mut body = json!({
-            "replica_id": stats.replica_id, "since": stats.since, "lookups": stats.lookups, "hits": stats.hits,
-            "misses": stats.misses, "hit_rate": stats.hit_rate(), "l1": level(&stats.l1), "routes": routes,
-        });
-        if let Some(l2) = &stats.l2 {
-            body["l2"] = level(l2);
-        }
-        Ok(GetCacheStatsResponse::Ok(serde_json::from_value(body).map_err(internal)?))
+        routes.sort_by(|a, b| a.route_name.as_str().cmp(b.route_name.as_str()));
+        Ok(GetCacheStatsResponse::Ok(types::CacheStats {
+            replica_id: typed(&stats.replica_id)?,
+            since: stats.since,
+            lookups: stats.lookups,
+            hits: stats.hits,
+            misses: stats.misses,
+            hit_rate: stats.hit_rate(),
+            l1: level(&stats.l1),
+            l2: stats.l2.as_ref().map(level),
+            routes,
+        }))
     }
 
     async fn invalidate_cache(&self, request: InvalidateCacheRequest) -> Result<InvalidateCacheResponse, ApiError> {
@@ -721,9 +806,12 @@ impl GatewayApi for GatewayAdmin {
             Ok(done) => {
                 tracing::info!(id = %done.id, invalidated = done.invalidated, propagated_to = done.propagated_to,
                     by = %request.principal.subject, "cache invalidated");
-                let body = json!({"id": done.id, "invalidated": done.invalidated, "propagated_to": done.propagated_to,
-                                  "requested_at": done.requested_at});
-                Ok(InvalidateCacheResponse::Ok(serde_json::from_value(body).map_err(internal)?))
+                Ok(InvalidateCacheResponse::Ok(types::CacheInvalidation {
+                    id: done.id,
+                    invalidated: done.invalidated,
+                    propagated_to: done.propagated_to,
+                    requested_at: done.requested_at,
+                }))
             }
             Err(error) => {
                 tracing::warn!(%error, "cache invalidation incomplete");
