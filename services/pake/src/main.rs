@@ -141,11 +141,13 @@ struct Config {
 #[derive(Subcommand)]
 enum Command {
     /// Run services (all implemented ones when none is named).
+    #[command(after_help = "Examples:\n  pake serve\n  PAKE_DATABASE_URL=postgres://… pake serve registry gateway")]
     Serve {
         #[arg(value_enum)]
         services: Vec<ServiceName>,
     },
     /// Print a platform token signed with the configured secret.
+    #[command(after_help = "Example:\n  pake token --scope mesh:read --scope mesh:write --ttl 600")]
     Token {
         /// A scope to grant (repeat for several), e.g. mesh:read.
         #[arg(long = "scope", required = true)]
@@ -667,4 +669,28 @@ fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_perfor
         })
         .collect();
     types::SampleBatch { samples }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+
+    /// Every command, down to each verb, ends its `--help` with an example.
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                if !sub.get_after_help().is_some_and(|help| help.to_string().contains("Example")) {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let command = <Cli as clap::CommandFactory>::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "pake", &mut missing);
+        assert!(missing.is_empty(), "commands without an example: {missing:?}");
+    }
 }

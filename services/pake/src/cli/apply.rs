@@ -181,7 +181,7 @@ struct Existing(HashMap<Kind, Vec<Value>>);
 
 impl Existing {
     async fn of(&mut self, session: &Session, kind: Kind) -> Result<&[Value], Failure> {
-        if !self.0.contains_key(&kind) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.0.entry(kind) {
             let items = match kind {
                 Kind::Route => all_routes(session).await?,
                 Kind::RateLimitPolicy => all_rate_limit_policies(session).await?,
@@ -209,7 +209,7 @@ impl Existing {
                 }
                 Kind::TrafficPolicy => Vec::new(),
             };
-            self.0.insert(kind, items);
+            slot.insert(items);
         }
         Ok(self.0.get(&kind).map_or(&[], Vec::as_slice))
     }

@@ -84,6 +84,9 @@ pub enum Command {
         #[arg(long)]
         source: Option<String>,
     },
+    /// A trace's spans as a tree with a waterfall of their timing.
+    #[command(after_help = "Example:\n  pake trace 4bf92f3577b34da6a3ce929d0e0e4736")]
+    Trace { trace_id: String },
     /// Service level objectives.
     #[command(subcommand, after_help = "Example:\n  pake slos report availability")]
     Slos(Slos),
@@ -193,7 +196,16 @@ pub enum Instances {
     },
     /// Renew an instance's TTL.
     #[command(after_help = "Example:\n  pake instances heartbeat arxiv-search 6f1c…")]
-    Heartbeat { service: String, instance: uuid::Uuid },
+    Heartbeat {
+        service: String,
+        instance: uuid::Uuid,
+        /// passing, warning or critical.
+        #[arg(long, default_value = "passing")]
+        status: String,
+        /// What the instance says about its status.
+        #[arg(long = "note")]
+        note: Option<String>,
+    },
     /// Remove an instance.
     #[command(after_help = "Example:\n  pake instances deregister arxiv-search 6f1c…")]
     Deregister { service: String, instance: uuid::Uuid },
@@ -517,7 +529,10 @@ pub async fn run(command: Command, session: &Session) -> Result<(), Failure> {
                 request.send().await
             })
             .await?;
-            out.list(&json!({"items": found["instances"]}), INSTANCE_COLUMNS);
+            match out.format {
+                super::Format::Table => out.list(&json!({"items": found["instances"]}), INSTANCE_COLUMNS),
+                _ => out.document(&found),
+            }
             Ok(())
         }
         Command::Config(command) => config(command, session).await,
@@ -679,6 +694,24 @@ pub async fn run(command: Command, session: &Session) -> Result<(), Failure> {
             Ok(())
         }
         Command::Bench(command) => bench(command, session).await,
+        Command::Trace { trace_id } => {
+            let id = trace_id.as_str();
+            let trace = call(&session.monitoring(), |c| async move { c.get_trace().trace_id(id).send().await }).await?;
+            match out.format {
+                super::Format::Table => out.list(
+                    &Value::Array(waterfall(&trace)),
+                    &[
+                        ("SPAN", "/span"),
+                        ("SERVICE", "/service"),
+                        ("STATUS", "/status"),
+                        ("DURATION MS", "/duration_ms"),
+                        ("TIMELINE", "/bar"),
+                    ],
+                ),
+                _ => out.document(&trace),
+            }
+            Ok(())
+        }
         Command::Apply { file } => apply::apply(session, &file, None).await,
         Command::Diff { file } => apply::diff(session, &file).await,
     }
@@ -806,9 +839,9 @@ async fn instances(command: Instances, session: &Session) -> Result<(), Failure>
                     .await?;
             out.one(&created, INSTANCE_COLUMNS);
         }
-        Instances::Heartbeat { service, instance } => {
+        Instances::Heartbeat { service, instance, status, note } => {
             let id = service_id(session, &service).await?;
-            let body: pake_mesh_client::types::HeartbeatRequest = body(json!({}))?;
+            let body: pake_mesh_client::types::HeartbeatRequest = body(json!({"status": status, "output": note}))?;
             let body = &body;
             let renewed = call(&mesh, |c| async move {
                 c.heartbeat_instance().service_id(id).instance_id(instance).body(body.clone()).send().await
@@ -1356,4 +1389,50 @@ pub fn context(command: ContextCommand, _target: &Target, out: Output) -> Result
         }
     }
     Ok(())
+}
+
+/// The spans of a trace in tree order (children after their parent, by start), each
+/// with its name indented by depth and a bar placing it on the trace's timeline.
+fn waterfall(trace: &Value) -> Vec<Value> {
+    const WIDTH: f64 = 40.0;
+    let spans = trace["spans"].as_array().map_or(&[][..], Vec::as_slice);
+    let start = |span: &Value| {
+        span["start_time"]
+            .as_str()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map_or(0, |at| at.timestamp_micros())
+    };
+    let duration = |span: &Value| span["duration_us"].as_i64().unwrap_or(0).max(0);
+    let first = spans.iter().map(start).min().unwrap_or(0);
+    let last = spans.iter().map(|span| start(span) + duration(span)).max().unwrap_or(0);
+    let total = (last - first).max(1) as f64;
+    let ids: std::collections::HashSet<&str> = spans.iter().filter_map(|span| span["span_id"].as_str()).collect();
+    let mut rows = Vec::new();
+    // Roots are spans whose parent is absent from the trace.
+    let mut stack: Vec<(&Value, usize)> = spans
+        .iter()
+        .filter(|span| span["parent_span_id"].as_str().is_none_or(|parent| !ids.contains(parent)))
+        .map(|span| (span, 0))
+        .collect();
+    stack.sort_by_key(|(span, _)| std::cmp::Reverse(start(span)));
+    while let Some((span, depth)) = stack.pop().filter(|_| rows.len() < spans.len()) {
+        let offset = ((start(span) - first) as f64 / total * WIDTH).round() as usize;
+        let length = ((duration(span) as f64 / total * WIDTH).round() as usize)
+            .max(1)
+            .min(WIDTH as usize - offset.min(WIDTH as usize - 1));
+        rows.push(json!({
+            "span": format!("{}{}", "  ".repeat(depth), span["name"].as_str().unwrap_or("?")),
+            "service": span["service"],
+            "status": span["status"],
+            "duration_ms": duration(span) as f64 / 1000.0,
+            "bar": format!("|{}{}{}|", " ".repeat(offset), "#".repeat(length), " ".repeat((WIDTH as usize).saturating_sub(offset + length))),
+        }));
+        let mut children: Vec<&Value> = spans
+            .iter()
+            .filter(|child| child["parent_span_id"] == span["span_id"] && child["span_id"] != span["span_id"])
+            .collect();
+        children.sort_by_key(|child| std::cmp::Reverse(start(child)));
+        stack.extend(children.into_iter().map(|child| (child, depth + 1)));
+    }
+    rows
 }

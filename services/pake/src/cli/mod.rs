@@ -65,8 +65,8 @@ pub async fn run(command: Command, target: Target) -> i32 {
     let out = Output::new(target.output, target.quiet);
     let result = async {
         match command {
-            Command::Login(login) => return commands::login(login, &target, out).await,
-            Command::Context(context) => return commands::context(context, &target, out),
+            Command::Login(login) => commands::login(login, &target, out).await,
+            Command::Context(context) => commands::context(context, &target, out),
             command => {
                 let session = Session::open(target.clone(), out).await?;
                 let result = commands::run(command, &session).await;
