@@ -214,28 +214,22 @@ pub async fn serve(
         let mut wait = pake_listen::Wait::Head(timeouts.accepted());
         loop {
             if filled > 0 {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut request = httparse::Request::new(&mut headers);
-                match request.parse(&input[..filled]) {
-                    // Boxed: a request's state (its tries, the upstream exchange, the relay)
-                    // exists while it is in flight, not in every idle connection's task.
-                    Ok(httparse::Status::Complete(head_length)) => {
-                        match Box::pin(one(&mut conn, &request, api_paths)).await {
-                            Step::Next => {
-                                served = true;
-                                input.copy_within(head_length..filled, 0);
-                                filled -= head_length;
-                                if filled == 0 {
-                                    conn.park(&mut input);
-                                }
-                                wait = pake_listen::Wait::Idle(Instant::now());
-                                continue;
-                            }
-                            Step::Close => return Ended::Closed,
-                            Step::Handover => break input[..filled].to_vec(),
+                // Boxed: a request's state (its parsed head, its tries, the upstream exchange,
+                // the relay) exists while it is in flight, not in every idle connection's task.
+                match Box::pin(request(&mut conn, &input[..filled], api_paths)).await {
+                    Head::Answered(head_length) => {
+                        served = true;
+                        input.copy_within(head_length..filled, 0);
+                        filled -= head_length;
+                        if filled == 0 {
+                            conn.park(&mut input);
                         }
+                        wait = pake_listen::Wait::Idle(Instant::now());
+                        continue;
                     }
-                    Ok(httparse::Status::Partial) => {
+                    Head::Close => return Ended::Closed,
+                    Head::Handover => break input[..filled].to_vec(),
+                    Head::Partial => {
                         if let pake_listen::Wait::Idle(_) = wait {
                             wait = pake_listen::Wait::Head(Instant::now());
                         }
@@ -246,25 +240,11 @@ pub async fn serve(
                                     "header_fields_too_large",
                                     format!("the request head exceeds {} KiB", HEAD_LIMIT / 1024),
                                 );
-                                let _ = write_response(&mut conn, refused.into_response(), true).await;
+                                let _ = Box::pin(write_response(&mut conn, refused.into_response(), true)).await;
                                 return Ended::Closed;
                             }
                             input.resize(input.len() * 2, 0);
                         }
-                    }
-                    // More header lines than parsed here, or another protocol (the HTTP/2
-                    // preface): the general path takes them.
-                    Err(httparse::Error::TooManyHeaders) => break input[..filled].to_vec(),
-                    Err(httparse::Error::Version) if input[..filled].starts_with(b"PRI * HTTP/2") => {
-                        break input[..filled].to_vec();
-                    }
-                    Err(error) => {
-                        let refused = pake_api_runtime::ApiError::bad_request(
-                            "malformed_request",
-                            format!("malformed request head: {error}"),
-                        );
-                        let _ = write_response(&mut conn, refused.into_response(), true).await;
-                        return Ended::Closed;
                     }
                 }
             }
@@ -293,7 +273,7 @@ pub async fn serve(
                             "request_timeout",
                             "the request head did not arrive in time",
                         );
-                        let _ = write_response(&mut conn, refused.into_response(), true).await;
+                        let _ = Box::pin(write_response(&mut conn, refused.into_response(), true)).await;
                     }
                     return Ended::Closed;
                 }
@@ -308,6 +288,43 @@ pub async fn serve(
         connection.set_served();
     }
     Ended::Handover(handover)
+}
+
+/// What the bytes of a connection's next request came to.
+enum Head {
+    /// A request was answered; its head was this long.
+    Answered(usize),
+    /// The head is not complete yet.
+    Partial,
+    Close,
+    Handover,
+}
+
+/// Parses the head at the start of `input` and, once it is complete, answers its request.
+/// A malformed head is answered 400 and closes the connection.
+async fn request(conn: &mut Conn<'_>, input: &[u8], api_paths: &matchit::Router<()>) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(input) {
+        Ok(httparse::Status::Complete(head_length)) => match one(conn, &request, api_paths).await {
+            Step::Next => Head::Answered(head_length),
+            Step::Close => Head::Close,
+            Step::Handover => Head::Handover,
+        },
+        Ok(httparse::Status::Partial) => Head::Partial,
+        // More header lines than parsed here, or another protocol (the HTTP/2 preface): the
+        // general path takes them.
+        Err(httparse::Error::TooManyHeaders) => Head::Handover,
+        Err(httparse::Error::Version) if input.starts_with(b"PRI * HTTP/2") => Head::Handover,
+        Err(error) => {
+            let refused = pake_api_runtime::ApiError::bad_request(
+                "malformed_request",
+                format!("malformed request head: {error}"),
+            );
+            let _ = write_response(conn, refused.into_response(), true).await;
+            Head::Close
+        }
+    }
 }
 
 /// Answers one request whose head is complete (and which has no body when taken here).
