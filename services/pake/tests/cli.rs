@@ -293,6 +293,9 @@ async fn operator_commands_against_a_running_platform() {
     let again = cli.run_with(&["diff", "-f", &platform], &as_root).await.ok();
     assert_eq!(again.stdout.trim(), "no differences");
 
+    // Traces: this build's monitoring service keeps none yet and says so (503).
+    cli.run(&["trace", "4bf92f3577b34da6a3ce929d0e0e4736"]).await.fails(6, "tracing is not available");
+
     // Performance: SLOs and their report; benchmarks answer 503 here, shown cleanly.
     assert_eq!(
         table(&cli.run(&["slos", "ls"]).await.ok().stdout)[1][1..4],

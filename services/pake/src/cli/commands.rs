@@ -1436,3 +1436,33 @@ fn waterfall(trace: &Value) -> Vec<Value> {
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::waterfall;
+    use serde_json::json;
+
+    #[test]
+    fn a_waterfall_places_children_under_their_parent_on_the_traces_timeline() {
+        let span = |id: &str, parent: Option<&str>, name: &str, from_ms: u32, duration_us: u64| {
+            json!({"span_id": id, "parent_span_id": parent, "name": name, "service": "gateway", "status": "ok",
+                "start_time": format!("2026-01-01T00:00:00.{from_ms:03}Z"), "duration_us": duration_us})
+        };
+        // Given out of order, with a span whose parent is not in the trace (a root too).
+        let trace = json!({"spans": [
+            span("b", Some("a"), "search", 50, 50_000),
+            span("c", Some("b"), "query", 60, 20_000),
+            span("a", None, "GET /v1/search", 0, 100_000),
+            span("d", Some("elsewhere"), "late", 90, 10_000),
+        ]});
+        let rows = waterfall(&trace);
+        let names: Vec<&str> = rows.iter().map(|row| row["span"].as_str().unwrap()).collect();
+        assert_eq!(names, ["GET /v1/search", "  search", "    query", "late"]);
+        let bars: Vec<&str> = rows.iter().map(|row| row["bar"].as_str().unwrap()).collect();
+        assert_eq!(bars[0], format!("|{}|", "#".repeat(40)));
+        assert_eq!(bars[1], format!("|{}{}|", " ".repeat(20), "#".repeat(20)));
+        assert_eq!(bars[2], format!("|{}{}{}|", " ".repeat(24), "#".repeat(8), " ".repeat(8)));
+        assert_eq!(bars[3], format!("|{}{}|", " ".repeat(36), "#".repeat(4)));
+        assert_eq!(rows[1]["duration_ms"], 50.0);
+    }
+}
