@@ -306,6 +306,40 @@ async fn operator_commands_against_a_running_platform() {
     cli.run(&["bench", "start", "--service", "arxiv-search", "--path", "/search"]).await.fails(6, "load generator");
     cli.run(&["bench", "watch", &uuid::Uuid::new_v4().to_string()]).await.fails(3, "");
 
+    // Alerts: a silence by label; acknowledging an alert that does not exist is exit 3.
+    let silence = table(
+        &cli.run(&["alerts", "silence", "--matcher", "service=arxiv-search", "--hours", "0.5", "--comment", "deploy"])
+            .await
+            .ok()
+            .stdout,
+    );
+    assert_eq!(silence[1][1..3], ["active", "service=arxiv-search"]);
+    cli.run(&["alerts", "silence", "--matcher", "service", "--comment", "x"]).await.fails(2, "label=value");
+    cli.run(&["alerts", "ack", &uuid::Uuid::new_v4().to_string()]).await.fails(3, "");
+
+    // Removal verbs, by name.
+    cli.run_with(&["rules", "delete", "search-down"], &as_root).await.ok();
+    assert_eq!(table(&cli.run(&["rules", "ls"]).await.ok().stdout).len(), 1, "only the header is left");
+    cli.run(&["clients", "rotate-secret", "ops", "-q"]).await.ok();
+    // The ops context's client secret was rotated: its cached token still works until it
+    // expires, but a fresh login with the old secret is refused.
+    cli.run(&["login", "--context", "ops", "--client-id", ops_id, "--client-secret", ops_secret]).await.fails(5, "");
+    cli.run(&["routes", "delete", "search", "--context", "default"]).await.ok();
+    cli.run(&["routes", "get", "search", "--context", "default"]).await.fails(3, "no route named search");
+    cli.run(&["instances", "deregister", "arxiv-search", &instance_id, "--context", "default"]).await.ok();
+    cli.run(&["services", "deregister", "arxiv-search", "--context", "default"]).await.ok();
+    cli.run(&["services", "get", "arxiv-search", "--context", "default"]).await.fails(3, "");
+
+    // Without PAKE_CONFIG the file is under $XDG_CONFIG_HOME, else under ~/.config.
+    let xdg = dir.join("xdg");
+    let elsewhere = [("PAKE_CONFIG", ""), ("XDG_CONFIG_HOME", xdg.to_str().unwrap())];
+    cli.run_with(&["login", "--token", "t0k3n"], &elsewhere).await.ok();
+    assert!(std::fs::read_to_string(xdg.join("pake/config.toml")).unwrap().contains("token = \"t0k3n\""));
+    let home = dir.join("home-dir");
+    let at_home = [("PAKE_CONFIG", ""), ("XDG_CONFIG_HOME", ""), ("HOME", home.to_str().unwrap())];
+    cli.run_with(&["login", "--token", "t0k3n"], &at_home).await.ok();
+    assert!(home.join(".config/pake/config.toml").exists());
+
     // Completions for the shells, generated from the same command tree.
     let bash = cli.run(&["completions", "bash"]).await.ok();
     assert!(bash.stdout.contains("pake") && bash.stdout.contains("services"), "{}", &bash.stdout[..200]);

@@ -131,6 +131,17 @@ pub fn cell(value: Option<&Value>) -> String {
         Some(Value::Array(items)) if items.is_empty() => "-".into(),
         Some(Value::Array(items)) => items.iter().map(|item| cell(Some(item))).collect::<Vec<_>>().join(","),
         Some(Value::Object(map)) if map.is_empty() => "-".into(),
+        // A label matcher reads as Prometheus writes it: service=~"arxiv-.*".
+        Some(Value::Object(map)) if map.len() == 3 && map.contains_key("label") && map.contains_key("op") => {
+            let op = match map["op"].as_str() {
+                Some("equal") => "=",
+                Some("not_equal") => "!=",
+                Some("match_regex") => "=~",
+                Some("not_match_regex") => "!~",
+                _ => "?",
+            };
+            format!("{}{op}{}", cell(map.get("label")), cell(map.get("value")))
+        }
         Some(Value::Object(map)) => {
             map.iter().map(|(k, v)| format!("{k}={}", cell(Some(v)))).collect::<Vec<_>>().join(",")
         }
