@@ -340,6 +340,26 @@ async fn operator_commands_against_a_running_platform() {
     cli.run_with(&["login", "--token", "t0k3n"], &at_home).await.ok();
     assert!(home.join(".config/pake/config.toml").exists());
 
+    // Offline rule tests in promtool's format: no platform, no login.
+    write(
+        &dir,
+        "down.yml",
+        "- {name: down, metric: up, comparison: lt, threshold: 1, for_seconds: 60, severity: critical}\n",
+    );
+    let case = |expected: &str| {
+        format!(
+            "rule_files: [down.yml]\nevaluation_interval: 1m\ntests:\n- interval: 1m\n  input_series:\n  \
+             - {{series: 'up{{service=\"a\"}}', values: '1 0x5'}}\n  alert_rule_test:\n  \
+             - {{eval_time: {expected}, alertname: down, exp_alerts: []}}\n"
+        )
+    };
+    let quiet_at_start = write(&dir, "quiet.yml", &case("0m"));
+    let wrong = write(&dir, "wrong.yml", &case("5m"));
+    let offline = [("PAKE_CONFIG", "/nonexistent/config.toml")];
+    let passed = cli.run_with(&["rules", "test", &quiet_at_start], &offline).await.ok();
+    assert!(passed.stdout.contains("SUCCESS"), "{passed:?}");
+    cli.run_with(&["rules", "test", &quiet_at_start, &wrong], &offline).await.fails(1, "FAILED");
+
     // Completions for the shells, generated from the same command tree.
     let bash = cli.run(&["completions", "bash"]).await.ok();
     assert!(bash.stdout.contains("pake") && bash.stdout.contains("services"), "{}", &bash.stdout[..200]);

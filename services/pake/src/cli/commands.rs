@@ -370,6 +370,13 @@ pub enum Rules {
     /// Delete a rule (name or id).
     #[command(after_help = "Example:\n  pake rules delete search-down")]
     Delete { rule: String },
+    /// Run offline rule tests in `promtool test rules`' format against rule files of
+    /// AlertRuleSpecs; prints and exits as promtool does (1 when a test fails).
+    #[command(after_help = "Example:\n  pake rules test tests/search.yaml")]
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -628,6 +635,7 @@ pub async fn run(command: Command, session: &Session) -> Result<(), Failure> {
             Ok(())
         }
         Command::Rules(Rules::Apply { file }) => apply::apply(session, &file, Some(apply::Kind::AlertRule)).await,
+        Command::Rules(Rules::Test { files }) => rules_test(&files),
         Command::Rules(Rules::Delete { rule }) => {
             let id = rule_id(session, &rule).await?;
             call(&session.monitoring(), |c| async move { c.delete_alert_rule().rule_id(id).send().await }).await?;
@@ -715,6 +723,12 @@ pub async fn run(command: Command, session: &Session) -> Result<(), Failure> {
         Command::Apply { file } => apply::apply(session, &file, None).await,
         Command::Diff { file } => apply::diff(session, &file).await,
     }
+}
+
+/// `pake rules test`: the monitoring service's own engine, offline; nothing is called.
+pub fn rules_test(files: &[PathBuf]) -> Result<(), Failure> {
+    let passed = pake_monitoring::rules_test::run(files, &mut std::io::stdout(), &mut std::io::stderr());
+    if passed { Ok(()) } else { Err(Failure::new(Class::General, String::new())) }
 }
 
 /// A request body of the contract's type, from JSON the command assembled or a file held.

@@ -67,6 +67,7 @@ pub async fn run(command: Command, target: Target) -> i32 {
         match command {
             Command::Login(login) => commands::login(login, &target, out).await,
             Command::Context(context) => commands::context(context, &target, out),
+            Command::Rules(commands::Rules::Test { files }) => commands::rules_test(&files),
             command => {
                 let session = Session::open(target.clone(), out).await?;
                 let result = commands::run(command, &session).await;
