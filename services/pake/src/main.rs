@@ -317,34 +317,31 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Operator(cli::Command::Completions { shell })) => {
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "pake",
-                &mut std::io::stdout(),
-            );
-            return Ok(());
-        }
-        Some(Command::Operator(command)) => {
-            let target = cli::Target { performance_url: cli.config.performance_url.clone(), ..cli.target };
-            let code = cli::run(command, target).await;
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-            std::process::exit(code);
-        }
-        _ => {}
-    }
-    pake_observe::init_logging(cli.config.log_format);
     match cli.command.unwrap_or(Command::Serve { services: Vec::new() }) {
-        Command::Serve { services } => serve(&cli.config, &services).await,
+        Command::Serve { services } => {
+            pake_observe::init_logging(cli.config.log_format);
+            serve(&cli.config, &services).await
+        }
         Command::Token { scopes, subject, tenant, ttl } => {
+            pake_observe::init_logging(cli.config.log_format);
             let issuer = cli.config.key_ring()?.issuer();
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
             println!("{}", issuer.issue(&subject, tenant.as_deref(), &scopes, Duration::from_secs(ttl)));
             Ok(())
         }
-        Command::Operator(_) => unreachable!("operator commands return above"),
+        Command::Operator(cli::Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "pake", &mut std::io::stdout());
+            Ok(())
+        }
+        // Operator commands log nothing; they print their results and exit with a code
+        // that says how they failed.
+        Command::Operator(command) => {
+            let target = cli::Target { performance_url: cli.config.performance_url.clone(), ..cli.target };
+            let code = cli::run(command, target).await;
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(code)
+        }
     }
 }
 
