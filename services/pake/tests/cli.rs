@@ -1,8 +1,12 @@
 //! The operator CLI, run as a user would (`pake <noun> <verb>` in a process of its own)
 //! against one real `pake serve` of the four services: tables and JSON, exit codes, login
 //! and contexts in a config file of the test's own, a 401 that refreshes the cached token,
-//! and declarative apply/diff.
+//! and declarative apply/diff. `client_auth` tests the token helper the CLI is built on;
+//! it is a module of this binary so that the two run side by side.
 
+// Under its own directory: a file directly in tests/ would be a test binary of its own.
+#[path = "cli/client_auth.rs"]
+mod client_auth;
 mod support;
 
 use serde_json::Value;

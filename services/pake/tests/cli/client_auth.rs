@@ -2,11 +2,9 @@
 //! lifetime: one token request for many concurrent calls, a new token before the old one
 //! expires, and a call refused 401 with a truly expired token that succeeds once refreshed.
 
-mod support;
-
+use crate::support::Pake;
 use pake_client_auth::{Auth, Error};
 use std::time::{Duration, Instant};
-use support::Pake;
 
 const SECRET: &str = "client-auth-test-secret-0123456789abcdef";
 const CLIENT_ID: &str = "auth-helper-admin";
