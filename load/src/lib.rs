@@ -3,10 +3,12 @@
 //! (1000 concurrent users, p95 under 500 ms, error rate under 0.1 %).
 //!
 //! [`run`] does it all: starts the fleet, sets the workload up on the platform
-//! ([`setup`]), runs goose ([`scenario`]), and returns the verdict ([`report`]) with the
+//! ([`setup`]), reads the limits the run will meet and warns about those it cannot pass
+//! ([`limits`]), runs goose ([`scenario`]), and returns the verdict ([`report`]) with the
 //! reports written under the output directory.
 
 pub mod fleet;
+pub mod limits;
 pub mod report;
 pub mod scenario;
 pub mod setup;
@@ -35,6 +37,12 @@ pub struct Options {
     pub registry: String,
     pub admin: Admin,
     pub users: usize,
+    /// Tenants (API clients) the users are dealt to in turn.
+    pub tenants: usize,
+    /// Who signs in: each user, or each tenant once for its users.
+    pub token_per: scenario::TokenPer,
+    /// The gateway's token requests per second per address, as this run assumes it.
+    pub token_rate: u64,
     /// Users started per second.
     pub hatch_rate: u32,
     pub run_time: Duration,
@@ -52,13 +60,17 @@ pub struct Options {
 }
 
 impl Options {
-    /// The defaults: 1000 users started at 100 per second, 60 s, 1–3 s of think time.
+    /// The defaults: 1000 users in 4 tenants sharing a token per tenant, started at 100
+    /// per second, 60 s, 1–3 s of think time, against the gateway's default token limit.
     pub fn new(host: &str, registry: &str, admin: Admin) -> Options {
         Options {
             host: host.trim_end_matches('/').to_string(),
             registry: registry.trim_end_matches('/').to_string(),
             admin,
             users: 1000,
+            tenants: 4,
+            token_per: scenario::TokenPer::Tenant,
+            token_rate: limits::GATEWAY_DEFAULT_TOKEN_RATE,
             hatch_rate: 100,
             run_time: Duration::from_secs(60),
             think: (Duration::from_secs(1), Duration::from_secs(3)),
@@ -87,8 +99,23 @@ pub async fn run(options: &Options) -> Result<report::Summary> {
         Admin::Client { id, secret } => setup::admin_token(&options.host, id, secret).await?,
     };
     let platform = setup::Platform::new(&options.host, &options.registry, socket_addr(&options.registry)?, &token)?;
-    let credentials = platform.set_up(&fleet, options.advertise).await.context("setting the workload up")?;
-    let state = scenario::install(credentials);
+    let credentials =
+        platform.set_up(&fleet, options.advertise, options.tenants).await.context("setting the workload up")?;
+    let tenants: Vec<String> = credentials.iter().map(|c| c.tenant.clone()).collect();
+    let workload = limits::Workload {
+        users: options.users,
+        hatch_rate: options.hatch_rate,
+        run_time: options.run_time,
+        think: options.think,
+        tenants: tenants.len(),
+        token_per: options.token_per,
+    };
+    let policies = limits::read(&platform, &tenants).await.context("reading the platform's rate-limit policies")?;
+    let preflight = limits::check(&workload, options.token_rate, &policies);
+    preflight.print();
+    // Throttled sign-ins are retried until the run is over, not past it.
+    let patience = Duration::from_secs_f64(workload.ramp_secs()) + options.run_time;
+    let state = scenario::install(credentials, options.token_per, patience);
     let cache_before = platform.cache_stats().await.ok();
     let cpu_before = options.gateway_pid.and_then(report::process_sample);
 
@@ -140,15 +167,18 @@ pub async fn run(options: &Options) -> Result<report::Summary> {
         (_, Some(after)) => Some(after.hit_rate),
         _ => None,
     };
-    let summary = report::Summary::new(
-        &options.host,
-        options.users,
-        duration,
-        state.recorder.snapshot(),
+    let summary = report::Summary::new(report::Measured {
+        target: options.host.clone(),
+        users: options.users,
+        duration_secs: duration,
+        samples: state.recorder.snapshot(),
+        tenants,
+        token_per: options.token_per,
+        preflight,
         cache_hit_rate,
         gateway,
-        options.sla,
-    );
+        sla: options.sla,
+    });
     println!("\n{}", summary.markdown());
     summary.write(&options.out_dir).with_context(|| format!("writing the summary to {}", options.out_dir.display()))?;
     println!("reports: {}/{{report.html,report.json,report.md,summary.json,summary.md}}", options.out_dir.display());

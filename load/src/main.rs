@@ -29,6 +29,17 @@ struct Cli {
     admin_client_secret: Option<String>,
     #[arg(long, default_value_t = 1000)]
     users: usize,
+    /// Tenants (API clients) the users are dealt to in turn.
+    #[arg(long, default_value_t = 4)]
+    tenants: usize,
+    /// Who signs in: each user, or each tenant once for its users (as a tenant's backend
+    /// would; every request still carries the token).
+    #[arg(long, value_enum, default_value_t = load::scenario::TokenPer::Tenant)]
+    token_per: load::scenario::TokenPer,
+    /// The gateway's token requests per second per address, for the check before the ramp
+    /// (the gateway does not publish it): read from the gateway's own setting when set.
+    #[arg(long, env = "PAKE_TOKEN_REQUESTS_PER_SECOND", default_value_t = load::limits::GATEWAY_DEFAULT_TOKEN_RATE)]
+    token_rate: u64,
     /// Users started per second.
     #[arg(long, default_value_t = 100)]
     hatch_rate: u32,
@@ -74,6 +85,9 @@ async fn main() -> Result<()> {
     };
     let mut options = load::Options::new(&cli.host, &cli.registry, admin);
     options.users = cli.users;
+    options.tenants = cli.tenants.max(1);
+    options.token_per = cli.token_per;
+    options.token_rate = cli.token_rate;
     options.hatch_rate = cli.hatch_rate;
     options.run_time = Duration::from_secs(cli.run_time);
     options.think =

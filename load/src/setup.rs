@@ -1,10 +1,12 @@
 //! Puts the research workload on a running platform, entirely through the generated
 //! clients: the fleet's services and instances in the registry (with traffic policies),
-//! and on the gateway a rate-limit policy, the routes with their scopes and cache
-//! policies, and the API client whose credentials the virtual users present.
+//! and on the gateway the rate-limit policies, the routes with their scopes and cache
+//! policies, and one API client per tenant whose credentials that tenant's users present.
 //!
 //! Every step is idempotent, so a staging deployment can be set up again: a service or a
-//! route that exists is reused or replaced, the API client's secret is rotated.
+//! route that exists is reused or replaced, an API client's secret is rotated. A rate-limit
+//! policy that exists keeps the numbers its operator gave it: the run reads them before the
+//! ramp ([`crate::limits`]) and warns when the workload cannot pass them.
 
 use crate::fleet::Fleet;
 use anyhow::{Context, Result, anyhow};
@@ -17,9 +19,31 @@ use std::net::SocketAddr;
 pub const READ_SCOPE: &str = "research:read";
 pub const WRITE_SCOPE: &str = "research:write";
 
-/// What the virtual users sign in with.
+/// The gateway routes the workload goes through, by name.
+pub mod routes {
+    pub const SEARCH: &str = "research-search";
+    pub const DOCUMENTS: &str = "research-documents";
+    pub const SUMMARIES: &str = "research-summaries";
+    pub const DISCOVERY: &str = "research-discovery";
+}
+
+/// The rate-limit policies the set-up creates when missing, by name.
+pub mod policies {
+    /// On the summaries route, per tenant.
+    pub const WRITES: &str = "research-writes";
+    /// On every research client, per client.
+    pub const CLIENT: &str = "research-client";
+}
+
+/// The research tenants: `research-1`, `research-2`, …
+pub fn tenant_name(index: usize) -> String {
+    format!("research-{}", index + 1)
+}
+
+/// What one tenant's users sign in with.
 #[derive(Clone, Debug)]
 pub struct Credentials {
+    pub tenant: String,
     pub client_id: String,
     pub client_secret: String,
 }
@@ -73,8 +97,11 @@ impl Platform {
         })
     }
 
-    /// Registers a service (or finds it), its instance at `addr`, and its traffic policy.
-    async fn service(&self, name: &str, addr: SocketAddr) -> Result<()> {
+    /// Registers a service (or finds it), its instance at `addr` (checked at `health_path`
+    /// when given, else at the service's default health path), and its traffic policy.
+    /// The service's earlier instances — left by an earlier run, whose fleet listened on
+    /// other ports — are deregistered first, so no request is sent to them.
+    async fn service(&self, name: &str, addr: SocketAddr, health_path: Option<&str>) -> Result<()> {
         let registration: mesh::ServiceRegistration =
             typed(json!({"name": name, "version": "1.0.0", "description": "PAKE load-test demo upstream"}))?;
         let id = match self.mesh.register_service().body(registration).send().await {
@@ -90,8 +117,28 @@ impl Platform {
             }
             Err(error) => return Err(anyhow!("registering {name}: {error}")),
         };
-        let instance: mesh::InstanceRegistration =
-            typed(json!({"address": addr.ip().to_string(), "port": addr.port(), "ttl_seconds": 3600}))?;
+        let existing = self
+            .mesh
+            .list_instances()
+            .service_id(id)
+            .limit(500)
+            .send()
+            .await
+            .map_err(|e| anyhow!("listing the instances of {name}: {e}"))?;
+        for stale in existing.into_inner().items {
+            self.mesh
+                .deregister_instance()
+                .service_id(id)
+                .instance_id(stale.id)
+                .send()
+                .await
+                .map_err(|e| anyhow!("deregistering an earlier instance of {name}: {e}"))?;
+        }
+        let mut instance = json!({"address": addr.ip().to_string(), "port": addr.port(), "ttl_seconds": 3600});
+        if let Some(path) = health_path {
+            instance["health_url"] = json!(format!("http://{addr}{path}"));
+        }
+        let instance: mesh::InstanceRegistration = typed(instance)?;
         self.mesh
             .register_instance()
             .service_id(id)
@@ -164,10 +211,12 @@ impl Platform {
         }
     }
 
-    /// The research API client, created or with a fresh secret.
-    async fn research_client(&self) -> Result<Credentials> {
+    /// The research API client of `tenant`, created or with a fresh secret, limited by
+    /// `policy`.
+    async fn research_client(&self, tenant: &str, policy: uuid::Uuid) -> Result<Credentials> {
         let spec: gw::ApiClientSpec = typed(json!({
-            "name": "researcher", "tenant": "research", "scopes": [READ_SCOPE, WRITE_SCOPE, "mesh:read"],
+            "name": "researcher", "tenant": tenant, "scopes": [READ_SCOPE, WRITE_SCOPE, "mesh:read"],
+            "rate_limit_policy_id": policy,
         }))?;
         let created = match self.gateway.create_api_client().body(spec).send().await {
             Ok(created) => created.into_inner(),
@@ -175,7 +224,7 @@ impl Platform {
                 let page = self
                     .gateway
                     .list_api_clients()
-                    .tenant("research")
+                    .tenant(tenant)
                     .limit(500)
                     .send()
                     .await
@@ -185,56 +234,82 @@ impl Platform {
                     .items
                     .into_iter()
                     .find(|c| c.name.as_str() == "researcher")
-                    .ok_or_else(|| anyhow!("the researcher client exists but is not listed"))?;
+                    .ok_or_else(|| anyhow!("the researcher client of {tenant} exists but is not listed"))?;
+                let update: gw::ApiClientUpdate = typed(json!({
+                    "scopes": [READ_SCOPE, WRITE_SCOPE, "mesh:read"], "rate_limit_policy_id": policy, "disabled": false,
+                }))?;
+                self.gateway
+                    .update_api_client()
+                    .api_client_id(existing.id)
+                    .body(update)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("updating the researcher client of {tenant}: {e}"))?;
                 self.gateway
                     .rotate_api_client_secret()
                     .api_client_id(existing.id)
                     .send()
                     .await
-                    .map_err(|e| anyhow!("rotating the researcher's secret: {e}"))?
+                    .map_err(|e| anyhow!("rotating the secret of the researcher client of {tenant}: {e}"))?
                     .into_inner()
             }
-            Err(error) => return Err(anyhow!("creating the researcher client: {error}")),
+            Err(error) => return Err(anyhow!("creating the researcher client of {tenant}: {error}")),
         };
-        Ok(Credentials { client_id: created.client_id.to_string(), client_secret: created.client_secret.to_string() })
+        Ok(Credentials {
+            tenant: tenant.to_string(),
+            client_id: created.client_id.to_string(),
+            client_secret: created.client_secret.to_string(),
+        })
     }
 
-    /// Sets the whole workload up; returns the researcher's credentials.
-    pub async fn set_up(&self, fleet: &Fleet, advertise: Option<std::net::IpAddr>) -> Result<Credentials> {
+    /// Sets the whole workload up for `tenants` tenants; returns their credentials.
+    pub async fn set_up(
+        &self,
+        fleet: &Fleet,
+        advertise: Option<std::net::IpAddr>,
+        tenants: usize,
+    ) -> Result<Vec<Credentials>> {
         let addr = |upstream: &crate::fleet::Upstream| match advertise {
             Some(ip) => SocketAddr::new(ip, upstream.addr.port()),
             None => upstream.addr,
         };
         for upstream in fleet.upstreams() {
-            self.service(upstream.name, addr(upstream)).await?;
+            self.service(upstream.name, addr(upstream), None).await?;
         }
-        self.service("pake-registry", self.registry_addr).await?;
-        // Writes are limited per tenant, generously: the limit is applied on every write
-        // without refusing a well-behaved run.
+        // The registry has no `/health`, the services' default health path: monitoring
+        // would take it out of discovery.
+        self.service("pake-registry", self.registry_addr, Some("/health/live")).await?;
+        // The limits a research tenant would be sold: writes per tenant on the summaries
+        // route, and everything a client sends. A default run (1000 users over 4 tenants)
+        // uses about a quarter of each; a heavier one is warned about before its ramp.
         let writes = self
-            .rate_limit_policy(json!({"name": "research-writes", "algorithm": "gcra", "rate": 100000,
-                "period_seconds": 60, "burst": 5000, "scope": "per_tenant", "on_redis_unavailable": "local"}))
+            .rate_limit_policy(json!({"name": policies::WRITES, "algorithm": "gcra", "rate": 3000,
+                "period_seconds": 60, "burst": 100, "scope": "per_tenant", "on_redis_unavailable": "local"}))
             .await?;
-        self.route(
-            json!({"name": "research-search", "path_prefix": "/search", "methods": ["GET"], "api_version": "v1",
+        let client = self
+            .rate_limit_policy(json!({"name": policies::CLIENT, "algorithm": "gcra", "rate": 30000,
+                "period_seconds": 60, "burst": 500, "scope": "per_client", "on_redis_unavailable": "local"}))
+            .await?;
+        self.route(json!({"name": routes::SEARCH, "path_prefix": "/search", "methods": ["GET"], "api_version": "v1",
             "service": "research-search", "required_scopes": [READ_SCOPE],
-            "cache": {"enabled": true, "ttl_seconds": 60, "tags": ["search"], "tag_header": "Cache-Tag"}}),
-        )
-        .await?;
-        self.route(json!({"name": "research-documents", "path_prefix": "/documents", "methods": ["GET"],
+            "cache": {"enabled": true, "ttl_seconds": 60, "tags": ["search"], "tag_header": "Cache-Tag"}}))
+            .await?;
+        self.route(json!({"name": routes::DOCUMENTS, "path_prefix": "/documents", "methods": ["GET"],
             "api_version": "v1", "service": "research-documents", "required_scopes": [READ_SCOPE],
             "cache": {"enabled": true, "ttl_seconds": 300, "tag_header": "Cache-Tag"}}))
             .await?;
-        self.route(json!({"name": "research-summaries", "path_prefix": "/summaries", "methods": ["POST"],
+        self.route(json!({"name": routes::SUMMARIES, "path_prefix": "/summaries", "methods": ["POST"],
             "api_version": "v1", "service": "research-summarise", "required_scopes": [WRITE_SCOPE],
             "rate_limit_policy_id": writes}))
             .await?;
-        self.route(
-            json!({"name": "research-discovery", "path_prefix": "/mesh", "methods": ["GET"], "api_version": "v1",
-            "service": "pake-registry", "strip_prefix": true, "required_scopes": ["mesh:read"]}),
-        )
-        .await?;
-        self.research_client().await
+        self.route(json!({"name": routes::DISCOVERY, "path_prefix": "/mesh", "methods": ["GET"], "api_version": "v1",
+            "service": "pake-registry", "strip_prefix": true, "required_scopes": ["mesh:read"]}))
+            .await?;
+        let mut credentials = Vec::with_capacity(tenants);
+        for index in 0..tenants.max(1) {
+            credentials.push(self.research_client(&tenant_name(index), client).await?);
+        }
+        Ok(credentials)
     }
 
     /// The gateway's cache statistics (admin API).
