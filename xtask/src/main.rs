@@ -7,8 +7,9 @@
 //! - `bench gateway [--duration SECS] [--rounds N] [--connections N] [--redis URL]`:
 //!   compare the gateway with nginx in front of the same upstream, with wrk, in rounds
 //!   that measure every path in turn; writes `target/bench/gateway.md`.
-//! - `load [--users N] [--hatch-rate N] [--run-time SECS] [--postgres URL] [--redis URL]`:
-//!   the SLA run of the research workload through `pake serve`; reports in `target/load/`.
+//! - `load [--users N] [--hatch-rate N] [--run-time SECS] [--tenants N] [--token-per tenant|user]
+//!   [--postgres URL] [--redis URL]`: the SLA run of the research workload through `pake
+//!   serve` with its default settings; reports in `target/load/`.
 
 mod bench;
 mod codegen;
