@@ -364,6 +364,11 @@ async fn operator_commands_against_a_running_platform() {
     assert!(passed.stdout.contains("SUCCESS"), "{passed:?}");
     cli.run_with(&["rules", "test", &quiet_at_start, &wrong], &offline).await.fails(1, "FAILED");
 
+    // A service nobody answers for is exit 6, naming where it was looked for.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    cli.run(&["services", "ls", "--registry-url", &nowhere]).await.fails(6, &nowhere);
+
     // Completions for the shells, generated from the same command tree.
     let bash = cli.run(&["completions", "bash"]).await.ok();
     assert!(bash.stdout.contains("pake") && bash.stdout.contains("services"), "{}", &bash.stdout[..200]);

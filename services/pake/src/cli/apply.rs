@@ -434,3 +434,29 @@ pub async fn diff(session: &Session, path: &Path) -> Result<(), Failure> {
     }
     if differing > 0 { Err(Failure::new(Class::General, String::new())) } else { Ok(()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{overlay, same};
+    use serde_json::json;
+
+    #[test]
+    fn numbers_compare_by_value_and_absent_lists_are_empty() {
+        assert!(same(&json!(1), &json!(1.0)));
+        assert!(!same(&json!(1), &json!(2)));
+        assert!(same(&json!([]), &json!(null)));
+        assert!(same(&json!({"a": 1, "b": null}), &json!({"a": 1.0})));
+        assert!(!same(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+        assert!(!same(&json!(["x"]), &json!(["x", "y"])));
+    }
+
+    #[test]
+    fn a_declared_policy_is_laid_over_the_current_one() {
+        let current = json!({"load_balancing": "round_robin", "retries": {"attempts": 2, "budget_percent": 20}});
+        let declared = json!({"service": "search", "retries": {"attempts": 3}});
+        assert_eq!(
+            overlay(&current, &declared),
+            json!({"load_balancing": "round_robin", "retries": {"attempts": 3, "budget_percent": 20}, "service": "search"})
+        );
+    }
+}

@@ -150,3 +150,26 @@ impl From<std::io::Error> for Failure {
         Failure::new(Class::General, error.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Class, Failure};
+    use serde_json::json;
+
+    #[test]
+    fn statuses_map_to_the_documented_exit_codes() {
+        let codes: Vec<i32> =
+            [400, 422, 404, 409, 412, 401, 403, 503, 429, 500].map(|s| Class::of_status(s) as i32).to_vec();
+        assert_eq!(codes, [2, 2, 3, 4, 4, 5, 5, 6, 6, 1]);
+    }
+
+    #[test]
+    fn the_contracts_error_body_gives_message_code_and_details() {
+        let body = json!({"code": "validation_failed", "message": "the request body does not match the schema",
+            "details": [{"field": "/port", "location": "body", "message": "must be at most 65535"}, {"message": "and one more"}]});
+        let failure = Failure::from_body(422, &body);
+        assert_eq!(failure.class, Class::Usage);
+        assert_eq!(failure.message, "the request body does not match the schema (validation_failed)");
+        assert_eq!(failure.details, ["/port: must be at most 65535", "and one more"]);
+    }
+}
