@@ -29,6 +29,7 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Platform options (serve, token)")]
 struct Config {
     /// PostgreSQL URL (postgres://…). Without it, an embedded SQLite file under the data
     /// directory is used.

@@ -22,6 +22,7 @@ use std::future::Future;
 
 /// Where operator commands send their calls and how they print; global flags.
 #[derive(clap::Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Operator options")]
 pub struct Target {
     /// The context (from `pake login`) to use instead of the current one.
     #[arg(long, env = "PAKE_CONTEXT", global = true)]
