@@ -144,6 +144,7 @@ enum Command {
     /// Run services (all implemented ones when none is named).
     #[command(after_help = "Examples:\n  pake serve\n  PAKE_DATABASE_URL=postgres://… pake serve registry gateway")]
     Serve {
+        /// The services to run; all of them when none is named.
         #[arg(value_enum)]
         services: Vec<ServiceName>,
     },
@@ -156,6 +157,7 @@ enum Command {
         /// Who the token stands for.
         #[arg(long, default_value = "operator")]
         subject: String,
+        /// The tenant the token carries.
         #[arg(long)]
         tenant: Option<String>,
         /// Lifetime in seconds.
@@ -673,7 +675,16 @@ fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_perfor
 mod tests {
     use super::Cli;
 
-    /// Every command, down to each verb, ends its `--help` with an example.
+    /// Client secrets are URL-safe base64 and may start with a dash.
+    #[test]
+    fn a_secret_may_start_with_a_dash() {
+        let parsed =
+            <Cli as clap::Parser>::try_parse_from(["pake", "login", "--client-id", "ops", "--client-secret", "-Pq4"]);
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
+    }
+
+    /// Every command, down to each verb, ends its `--help` with an example, and says what
+    /// each of its arguments is.
     #[test]
     fn every_command_has_an_example() {
         fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
@@ -681,6 +692,11 @@ mod tests {
                 let path = format!("{path} {}", sub.get_name());
                 if !sub.get_after_help().is_some_and(|help| help.to_string().contains("Example")) {
                     missing.push(path.clone());
+                }
+                for arg in sub.get_arguments().filter(|arg| !arg.is_global_set() && arg.get_id() != "help") {
+                    if arg.get_help().is_none() {
+                        missing.push(format!("{path} <{}> without help", arg.get_id()));
+                    }
                 }
                 walk(sub, &path, missing);
             }

@@ -21,6 +21,7 @@ pub enum Command {
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  pake completions bash > /etc/bash_completion.d/pake")]
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -33,9 +34,12 @@ pub enum Command {
     /// The healthy instances of a service, as the gateway would route to them.
     #[command(after_help = "Example:\n  pake discover arxiv-search --tag primary")]
     Discover {
+        /// The service name.
         service: String,
+        /// Only instances with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only instances in this zone.
         #[arg(long)]
         zone: Option<String>,
         /// Include instances that are not passing.
@@ -51,6 +55,7 @@ pub enum Command {
     /// Health of every service (the aggregated table), or of one service's instances.
     #[command(after_help = "Examples:\n  pake health --service all\n  pake health --service arxiv-search")]
     Health {
+        /// `all`, or a service name for its instances.
         #[arg(long, default_value = "all")]
         service: String,
     },
@@ -78,6 +83,7 @@ pub enum Command {
     /// Current metric series in the monitoring service.
     #[command(after_help = "Example:\n  pake metrics --name pake_http_requests_total --source gateway")]
     Metrics {
+        /// Only series of this metric name.
         #[arg(long)]
         name: Option<String>,
         /// Only series whose source (scrape target, push) is this.
@@ -86,7 +92,10 @@ pub enum Command {
     },
     /// A trace's spans as a tree with a waterfall of their timing.
     #[command(after_help = "Example:\n  pake trace 4bf92f3577b34da6a3ce929d0e0e4736")]
-    Trace { trace_id: String },
+    Trace {
+        /// The trace id (32 hex digits).
+        trace_id: String,
+    },
     /// Service level objectives.
     #[command(subcommand, after_help = "Example:\n  pake slos report availability")]
     Slos(Slos),
@@ -102,12 +111,14 @@ pub enum Command {
         after_help = "Example:\n  pake apply -f platform.yaml\n\nEach document of the file is `kind: Route|RateLimitPolicy|AlertRule|Receiver|Slo|TrafficPolicy|AutoscalingPolicy` and `spec:` (the contract's create body). Resources are matched by name (policies by service)."
     )]
     Apply {
+        /// A YAML file of `kind`/`spec` documents.
         #[arg(short, long)]
         file: PathBuf,
     },
     /// Show what `apply -f` would change; exits 1 when something would.
     #[command(after_help = "Example:\n  pake diff -f platform.yaml")]
     Diff {
+        /// A YAML file of `kind`/`spec` documents.
         #[arg(short, long)]
         file: PathBuf,
     },
@@ -119,7 +130,7 @@ pub struct Login {
     #[arg(long, conflicts_with = "token")]
     client_id: Option<String>,
     /// Its secret; read from standard input when not given.
-    #[arg(long, env = "PAKE_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "PAKE_CLIENT_SECRET", hide_env_values = true, allow_hyphen_values = true)]
     client_secret: Option<String>,
     /// A scope to ask for (repeat); by default all of the client's.
     #[arg(long = "scope")]
@@ -133,7 +144,10 @@ pub enum ContextCommand {
     Ls,
     /// Make a context the current one.
     #[command(after_help = "Example:\n  pake context use staging")]
-    Use { name: String },
+    Use {
+        /// A context stored by `pake login`.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,63 +155,87 @@ pub enum Services {
     /// List services.
     #[command(after_help = "Example:\n  pake services ls --tag search")]
     Ls {
+        /// Only services with this tag.
         #[arg(long)]
         tag: Option<String>,
     },
     /// One service, by name or id.
     #[command(after_help = "Example:\n  pake services get arxiv-search")]
-    Get { service: String },
+    Get {
+        /// The service, by name or id.
+        service: String,
+    },
     /// Register a service.
     #[command(after_help = "Example:\n  pake services register --name arxiv-search --version 1.0.0 --tag search")]
     Register {
+        /// The service name (lowercase letters, digits and dashes).
         #[arg(long)]
         name: String,
+        /// Its version, e.g. 1.0.0.
         #[arg(long)]
         version: String,
+        /// What the service does.
         #[arg(long)]
         description: Option<String>,
+        /// A tag (repeat for several).
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
     /// Change a service's version, description or tags.
     #[command(after_help = "Example:\n  pake services update arxiv-search --version 1.1.0")]
     Update {
+        /// The service, by name or id.
         service: String,
+        /// The new version.
         #[arg(long)]
         version: Option<String>,
+        /// The new description.
         #[arg(long)]
         description: Option<String>,
+        /// The tags (repeat; replaces them all).
         #[arg(long = "tag")]
         tags: Option<Vec<String>>,
     },
     /// Remove a service and its instances.
     #[command(after_help = "Example:\n  pake services deregister arxiv-search")]
-    Deregister { service: String },
+    Deregister {
+        /// The service, by name or id.
+        service: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Instances {
     /// List a service's instances.
     #[command(after_help = "Example:\n  pake instances ls arxiv-search")]
-    Ls { service: String },
+    Ls {
+        /// The service, by name or id.
+        service: String,
+    },
     /// Register an instance of a service.
     #[command(after_help = "Example:\n  pake instances register arxiv-search --address 10.0.0.7 --port 9001 --ttl 30")]
     Register {
+        /// The service, by name or id.
         service: String,
+        /// Host name or IP address the instance answers on.
         #[arg(long)]
         address: String,
+        /// Its port.
         #[arg(long)]
         port: u16,
         /// Seconds between heartbeats before the instance leaves discovery.
         #[arg(long)]
         ttl: Option<u64>,
+        /// The URL the monitoring service checks (default: the service's health path).
         #[arg(long)]
         health_url: Option<String>,
     },
     /// Renew an instance's TTL.
     #[command(after_help = "Example:\n  pake instances heartbeat arxiv-search 6f1c…")]
     Heartbeat {
+        /// The service, by name or id.
         service: String,
+        /// The instance id (see pake instances ls).
         instance: uuid::Uuid,
         /// passing, warning or critical.
         #[arg(long, default_value = "passing")]
@@ -208,27 +246,51 @@ pub enum Instances {
     },
     /// Remove an instance.
     #[command(after_help = "Example:\n  pake instances deregister arxiv-search 6f1c…")]
-    Deregister { service: String, instance: uuid::Uuid },
+    Deregister {
+        /// The service, by name or id.
+        service: String,
+        /// The instance id (see pake instances ls).
+        instance: uuid::Uuid,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// One entry, or every entry of the environment when no key is given.
     #[command(after_help = "Example:\n  pake config get arxiv-search production max_results")]
-    Get { service: String, environment: String, key: Option<String> },
+    Get {
+        /// The service name.
+        service: String,
+        /// dev, staging or production.
+        environment: String,
+        /// The entry's key.
+        key: Option<String>,
+    },
     /// Write an entry; with --expect-version only if it is still at that version.
     #[command(after_help = "Example:\n  pake config set arxiv-search production max_results 50 --expect-version 3")]
     Set {
+        /// The service name.
         service: String,
+        /// dev, staging or production.
         environment: String,
+        /// The entry's key.
         key: String,
+        /// The new value.
         value: String,
+        /// Write only if the entry is at this version (0: only if it does not exist).
         #[arg(long)]
         expect_version: Option<i64>,
     },
     /// Every version of an entry.
     #[command(after_help = "Example:\n  pake config history arxiv-search production max_results")]
-    History { service: String, environment: String, key: String },
+    History {
+        /// The service name.
+        service: String,
+        /// dev, staging or production.
+        environment: String,
+        /// The entry's key.
+        key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,16 +300,23 @@ pub enum Routes {
     Ls,
     /// One route, by name or id.
     #[command(after_help = "Example:\n  pake routes get search")]
-    Get { route: String },
+    Get {
+        /// The route, by name or id.
+        route: String,
+    },
     /// Create a route from a YAML or JSON file (the contract's RouteSpec).
     #[command(after_help = "Example:\n  pake routes create -f route.yaml")]
     Create {
+        /// A YAML or JSON file holding a RouteSpec.
         #[arg(short, long)]
         file: PathBuf,
     },
     /// Delete a route, by name or id.
     #[command(after_help = "Example:\n  pake routes delete search")]
-    Delete { route: String },
+    Delete {
+        /// The route, by name or id.
+        route: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,19 +327,28 @@ pub enum Clients {
     /// Create an API client; its secret is shown once.
     #[command(after_help = "Example:\n  pake clients create --name web --tenant acme --scope arxiv:read")]
     Create {
+        /// A name for people.
         #[arg(long)]
         name: String,
+        /// The tenant its tokens carry.
         #[arg(long)]
         tenant: String,
+        /// A scope its tokens may carry (repeat for several).
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
     /// Issue a new secret for a client (name or id); the old one stops working.
     #[command(after_help = "Example:\n  pake clients rotate-secret web")]
-    RotateSecret { client: String },
+    RotateSecret {
+        /// The client, by name, client id or id.
+        client: String,
+    },
     /// Delete an API client (name or id).
     #[command(after_help = "Example:\n  pake clients delete web")]
-    Delete { client: String },
+    Delete {
+        /// The client, by name, client id or id.
+        client: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -281,12 +359,16 @@ pub enum Ratelimits {
     /// Create a policy from a YAML or JSON file (the contract's RateLimitPolicySpec).
     #[command(after_help = "Example:\n  pake ratelimits create -f policy.yaml")]
     Create {
+        /// A YAML or JSON file holding a RateLimitPolicySpec.
         #[arg(short, long)]
         file: PathBuf,
     },
     /// Delete a policy (name or id).
     #[command(after_help = "Example:\n  pake ratelimits delete per-tenant")]
-    Delete { policy: String },
+    Delete {
+        /// The policy, by name or id.
+        policy: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,10 +379,13 @@ pub enum Cache {
     /// Drop cached answers by tag, key prefix or key, on every replica.
     #[command(after_help = "Example:\n  pake cache invalidate --tag arxiv --prefix /v1/search")]
     Invalidate {
+        /// Answers cached with this tag (repeat).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Answers whose path starts with this (repeat).
         #[arg(long = "prefix")]
         prefixes: Vec<String>,
+        /// One cached answer by its key (repeat).
         #[arg(long = "key")]
         keys: Vec<String>,
     },
@@ -311,6 +396,7 @@ pub enum Breakers {
     /// List circuit breakers.
     #[command(after_help = "Example:\n  pake breakers ls --state open")]
     Ls {
+        /// Only this service's breakers.
         #[arg(long)]
         service: Option<String>,
         /// closed, open or half_open.
@@ -319,7 +405,10 @@ pub enum Breakers {
     },
     /// Close a breaker by hand.
     #[command(after_help = "Example:\n  pake breakers reset 6f1c…")]
-    Reset { upstream: String },
+    Reset {
+        /// The upstream id (see pake breakers ls).
+        upstream: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,9 +423,12 @@ pub enum Alerts {
     /// Acknowledge an alert.
     #[command(after_help = "Example:\n  pake alerts ack 6f1c… --comment \"looking\"")]
     Ack {
+        /// The alert id (see pake alerts ls).
         alert: uuid::Uuid,
+        /// Why, for the others on call.
         #[arg(long)]
         comment: Option<String>,
+        /// Who acknowledges it.
         #[arg(long, env = "USER", default_value = "operator")]
         by: String,
     },
@@ -346,10 +438,13 @@ pub enum Alerts {
         /// label=value (repeat); every one must match.
         #[arg(long = "matcher", required = true)]
         matchers: Vec<String>,
+        /// How long the silence lasts.
         #[arg(long, default_value_t = 1.0)]
         hours: f64,
+        /// Why the alerts are silenced.
         #[arg(long)]
         comment: String,
+        /// Who silences them.
         #[arg(long, env = "USER", default_value = "operator")]
         by: String,
     },
@@ -364,16 +459,21 @@ pub enum Rules {
     /// `kind: AlertRule` ones).
     #[command(after_help = "Example:\n  pake rules apply -f rules.yaml")]
     Apply {
+        /// A YAML file of AlertRuleSpec documents (or a list of them).
         #[arg(short, long)]
         file: PathBuf,
     },
     /// Delete a rule (name or id).
     #[command(after_help = "Example:\n  pake rules delete search-down")]
-    Delete { rule: String },
+    Delete {
+        /// The rule, by name or id.
+        rule: String,
+    },
     /// Run offline rule tests in `promtool test rules`' format against rule files of
     /// AlertRuleSpecs; prints and exits as promtool does (1 when a test fails).
     #[command(after_help = "Example:\n  pake rules test tests/search.yaml")]
     Test {
+        /// Test files in promtool's format; their rule_files hold AlertRuleSpecs.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -387,12 +487,16 @@ pub enum Slos {
     /// Create or update the SLOs of a YAML file (SloSpec documents, or `kind: Slo` ones).
     #[command(after_help = "Example:\n  pake slos apply -f slos.yaml")]
     Apply {
+        /// A YAML file of SloSpec documents (or a list of them).
         #[arg(short, long)]
         file: PathBuf,
     },
     /// Compliance, error budget and burn rates of an SLO (name or id).
     #[command(after_help = "Example:\n  pake slos report availability")]
-    Report { slo: String },
+    Report {
+        /// The SLO, by name or id.
+        slo: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -405,17 +509,22 @@ pub enum Bench {
         after_help = "Example:\n  pake bench start --service arxiv-search --path /search --users 100 --duration 60"
     )]
     Start {
+        /// The registered service to load.
         #[arg(long)]
         service: String,
+        /// The path every simulated user requests.
         #[arg(long, default_value = "/")]
         path: String,
+        /// The HTTP method of those requests.
         #[arg(long, default_value = "GET")]
         method: String,
+        /// Simulated users at once.
         #[arg(long, default_value_t = 10)]
         users: u64,
         /// Seconds.
         #[arg(long, default_value_t = 30)]
         duration: u64,
+        /// A name for the run (default: the service and the time).
         #[arg(long)]
         name: Option<String>,
         /// Print the benchmark and return instead of watching it.
@@ -424,10 +533,16 @@ pub enum Bench {
     },
     /// Follow a benchmark with a progress bar until its verdict.
     #[command(after_help = "Example:\n  pake bench watch 6f1c…")]
-    Watch { benchmark: uuid::Uuid },
+    Watch {
+        /// The benchmark id (see pake bench ls).
+        benchmark: uuid::Uuid,
+    },
     /// Stop a running benchmark.
     #[command(after_help = "Example:\n  pake bench cancel 6f1c…")]
-    Cancel { benchmark: uuid::Uuid },
+    Cancel {
+        /// The benchmark id (see pake bench ls).
+        benchmark: uuid::Uuid,
+    },
 }
 
 const SERVICE_COLUMNS: &[Column] =
