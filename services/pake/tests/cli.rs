@@ -250,8 +250,16 @@ async fn operator_commands_against_a_running_platform() {
     let health = table(&cli.run(&["health", "--service", "all"]).await.ok().stdout);
     assert_eq!(health[0], ["SERVICE", "STATUS", "PASSING", "WARNING", "CRITICAL", "UNKNOWN"]);
     assert!(health.iter().any(|row| row[0] == "arxiv-search"), "{health:?}");
-    let metrics = cli.run(&["metrics", "--source", "gateway", "-o", "json"]).await.ok().json();
-    assert!(metrics.as_array().is_some_and(|series| !series.is_empty()), "{metrics}");
+    // The gateway's series arrive with the monitoring service's first scrape of it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = cli.run(&["metrics", "--source", "gateway", "-o", "json"]).await.ok().json();
+        if metrics.as_array().is_some_and(|series| !series.is_empty()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no gateway series scraped: {metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     let rules = write(
         &dir,
         "rules.yaml",
