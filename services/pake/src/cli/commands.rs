@@ -1477,7 +1477,7 @@ pub async fn login(login: Login, target: &Target, out: Output) -> Result<(), Fai
     Ok(())
 }
 
-pub fn context(command: ContextCommand, _target: &Target, out: Output) -> Result<(), Failure> {
+pub fn context(command: ContextCommand, out: Output) -> Result<(), Failure> {
     let path = ConfigFile::path();
     let mut file = ConfigFile::load(&path)?;
     match command {

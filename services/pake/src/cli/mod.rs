@@ -67,7 +67,7 @@ pub async fn run(command: Command, target: Target) -> i32 {
     let result = async {
         match command {
             Command::Login(login) => commands::login(login, &target, out).await,
-            Command::Context(context) => commands::context(context, &target, out),
+            Command::Context(context) => commands::context(context, out),
             Command::Rules(commands::Rules::Test { files }) => commands::rules_test(&files),
             command => {
                 let session = Session::open(target.clone(), out).await?;
