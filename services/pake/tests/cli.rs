@@ -56,6 +56,11 @@ impl Operator {
     }
 
     async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.run_full(args, env, "").await
+    }
+
+    /// Runs with `input` on standard input.
+    async fn run_full(&self, args: &[&str], env: &[(&str, &str)], input: &str) -> Run {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pake"));
         command.args(args).env("PAKE_CONFIG", &self.config).env("NO_COLOR", "1");
         for variable in ["PAKE_TOKEN", "PAKE_CONTEXT", "PAKE_CLIENT_SECRET", "PAKE_PERFORMANCE_URL"] {
@@ -67,7 +72,15 @@ impl Operator {
         for (name, value) in env {
             command.env(name, value);
         }
-        let output = command.output().await.expect("pake runs");
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("pake runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes()).await.expect("input written");
+        drop(stdin);
+        let output = child.wait_with_output().await.expect("pake ends");
         Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -236,7 +249,8 @@ async fn operator_commands_against_a_running_platform() {
 
     // The admin client has no monitoring scope (403 is exit 5); a second context has.
     cli.run(&["alerts", "ls"]).await.fails(5, "lack this scope");
-    cli.run(&["login", "--context", "ops", "--client-id", ops_id, "--client-secret", ops_secret]).await.ok();
+    // The secret may come on standard input, kept out of the process list.
+    cli.run_full(&["login", "--context", "ops", "--client-id", ops_id], &[], &format!("{ops_secret}\n")).await.ok();
     cli.run(&["context", "use", "default"]).await.ok();
     let contexts = table(&cli.run(&["context", "ls"]).await.ok().stdout);
     assert_eq!(contexts[1][..2], ["default", "*"]);

@@ -1432,6 +1432,10 @@ pub async fn login(login: Login, target: &Target, out: Output) -> Result<(), Fai
             let secret = match login.client_secret {
                 Some(secret) => secret,
                 None => {
+                    use std::io::IsTerminal;
+                    if std::io::stdin().is_terminal() {
+                        eprint!("client secret for {client_id}: ");
+                    }
                     let mut line = String::new();
                     std::io::stdin().read_line(&mut line)?;
                     line.trim().to_string()
