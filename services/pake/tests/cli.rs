@@ -89,6 +89,23 @@ impl Operator {
     }
 }
 
+/// A directory of the test's own, removed when the test ends, passed or not.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("pake-{what}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -105,8 +122,9 @@ fn table(text: &str) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_against_a_running_platform() {
-    let dir = std::env::temp_dir().join(format!("pake-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Declared before the platform, so it is removed after the platform is stopped.
+    let scratch = Scratch::new("cli");
+    let dir = &scratch.0;
     let pake = Pake::start(
         &["registry", "gateway", "performance", "monitoring"],
         &[
@@ -394,7 +412,4 @@ async fn operator_commands_against_a_running_platform() {
     // Completions for the shells, generated from the same command tree.
     let bash = cli.run(&["completions", "bash"]).await.ok();
     assert!(bash.stdout.contains("pake") && bash.stdout.contains("services"), "{}", &bash.stdout[..200]);
-
-    drop(pake);
-    let _ = std::fs::remove_dir_all(dir);
 }

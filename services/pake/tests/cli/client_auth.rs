@@ -15,7 +15,8 @@ const LEEWAY: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_shared_refreshed_before_expiry_and_after_a_401() {
-    let dir = std::env::temp_dir().join(format!("pake-client-auth-{}", uuid::Uuid::new_v4()));
+    let scratch = crate::Scratch::new("client-auth");
+    let dir = &scratch.0;
     let pake = Pake::start(
         &["registry", "gateway"],
         &[
@@ -78,8 +79,6 @@ async fn tokens_are_shared_refreshed_before_expiry_and_after_a_401() {
         Err(Error::Token(error)) => assert_eq!(error.status, Some(401), "{error}"),
         other => panic!("wrong credentials were not a token error: {other:?}"),
     }
-    drop(pake);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Lists services `n` times at once; the number of services each call saw.
