@@ -124,7 +124,7 @@ fn table(text: &str) -> Vec<Vec<String>> {
 async fn operator_commands_against_a_running_platform() {
     // Declared before the platform, so it is removed after the platform is stopped.
     let scratch = Scratch::new("cli");
-    let dir = &scratch.0;
+    let dir = scratch.0.clone();
     let pake = Pake::start(
         &["registry", "gateway", "performance", "monitoring"],
         &[

@@ -16,7 +16,7 @@ const LEEWAY: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_shared_refreshed_before_expiry_and_after_a_401() {
     let scratch = crate::Scratch::new("client-auth");
-    let dir = &scratch.0;
+    let dir = scratch.0.clone();
     let pake = Pake::start(
         &["registry", "gateway"],
         &[
