@@ -10,12 +10,20 @@
 //! - `load [--users N] [--hatch-rate N] [--run-time SECS] [--tenants N] [--token-per tenant|user]
 //!   [--postgres URL] [--redis URL]`: the SLA run of the research workload through `pake
 //!   serve` with its default settings; reports in `target/load/`.
+//! - `image [--tag NAME:TAG] [--engine podman|docker|buildah]`: the static `pake` binary
+//!   packed into the minimal image of deploy/Containerfile; see `image.rs`.
+//! - `cluster [--pake PATH] [--postgres URL] [--redis URL] [--prometheus PATH]`: two
+//!   gateways, two registries, monitoring and performance as separate processes on one
+//!   PostgreSQL and Redis, scraped by Prometheus, and the multi-replica checks; see
+//!   `cluster.rs`.
 
 mod bench;
+mod cluster;
 mod codegen;
 mod compat;
 mod contract;
 mod docs;
+mod image;
 mod lint;
 mod load;
 mod lower;
@@ -75,10 +83,14 @@ fn run() -> Result<()> {
         }
         ["bench", "gateway", options @ ..] => bench::gateway(&root, &bench::Options::parse(options)?),
         ["load", options @ ..] => load::run(&root, &load::Options::parse(options)?),
+        ["image", options @ ..] => image::build(&root, &image::Options::parse(options)?),
+        ["cluster", options @ ..] => cluster::run(&root, &cluster::Options::parse(options)?),
         _ => bail!(
-            "usage: cargo xtask codegen [--check [--since REV]] | {} | {}",
+            "usage: cargo xtask codegen [--check [--since REV]] | {} | {} | {} | {}",
             bench::Options::USAGE,
-            load::Options::USAGE
+            load::Options::USAGE,
+            image::Options::USAGE,
+            cluster::Options::USAGE
         ),
     }
 }
