@@ -13,7 +13,9 @@
 //! 4. a cache invalidation sent to one gateway evicts on the other;
 //! 5. a gateway's SIGTERM lets every request in flight finish;
 //! 6. a gateway killed mid-load loses no request that the client retries on the other;
-//! 7. every dashboard query returns data from the live Prometheus.
+//! 7. every dashboard query returns data from the live Prometheus;
+//! 8. every rule of the chart evaluates without error there, and the SLO page fires on the
+//!    performance service's real metrics.
 //!
 //! What the kubelet and the scheduler do (probes, endpoints, drains) needs a real cluster;
 //! deploy/README.md says which is which.
@@ -267,7 +269,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 
     // 7. Every dashboard query returns data from the live Prometheus.
     match prometheus {
-        Some(prometheus) => prometheus.check_dashboards(root, &api, &cluster)?,
+        Some(prometheus) => {
+            prometheus.check_dashboards(root, &api, &cluster)?;
+            prometheus.check_rules()?;
+        }
         None => println!("skipped: {} is not installed, the dashboards were not queried", options.prometheus),
     }
     println!("cluster checks passed in {:.1} s", started.elapsed().as_secs_f64());
@@ -695,6 +700,52 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(())
+    }
+
+    /// Every rule of deploy/prometheus/rules.yaml evaluates without error on the cluster's
+    /// series, and the SLO page (made to burn by the dashboards' check) fires.
+    fn check_rules(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = http(self.addr, "GET", "/api/v1/rules", None, None)?;
+            let answer: Value = serde_json::from_str(&response.body).context("prometheus answered invalid JSON")?;
+            let rules: Vec<&Value> = answer["data"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+                .collect();
+            if rules.is_empty() {
+                bail!("prometheus loaded no rules: {}", response.body);
+            }
+            let failing: Vec<String> = rules
+                .iter()
+                .filter(|rule| rule["health"] == "err")
+                .map(|rule| format!("{}: {}", rule["name"], rule["lastError"]))
+                .collect();
+            if !failing.is_empty() {
+                bail!("rules that fail to evaluate:\n  {}", failing.join("\n  "));
+            }
+            let firing = self.query(r#"ALERTS{alertname="PakeSLOErrorBudgetBurnPage", alertstate="firing"}"#)?;
+            let evaluated = rules.iter().all(|rule| rule["health"] == "ok");
+            if evaluated && !firing.is_empty() {
+                let services: Vec<&str> =
+                    firing.iter().filter_map(|alert| alert["metric"]["service"].as_str()).collect();
+                println!(
+                    "ok: all {} rules evaluate without error; PakeSLOErrorBudgetBurnPage fires for {}",
+                    rules.len(),
+                    services.join(", ")
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "within 30 s: rules evaluated {evaluated}, PakeSLOErrorBudgetBurnPage firing {}",
+                    !firing.is_empty()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 
