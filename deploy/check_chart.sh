@@ -56,3 +56,17 @@ PY
   fi
   echo "values set $name: lint clean, $kinds manifests valid for Kubernetes $versions"
 done
+
+# With the default values, the Prometheus operator's kinds appear when the cluster serves
+# them (a ServiceMonitor per service and the PrometheusRule), and not otherwise.
+operator_kinds() {
+  "$helm" template pake "$chart" "$@" 2>/dev/null | grep -c '^kind: \(ServiceMonitor\|PrometheusRule\)$' || true
+}
+detected=$(operator_kinds --api-versions monitoring.coreos.com/v1/ServiceMonitor \
+  --api-versions monitoring.coreos.com/v1/PrometheusRule)
+absent=$(operator_kinds)
+if [ "$detected" != 5 ] || [ "$absent" != 0 ]; then
+  echo "operator detection: $detected operator manifests with the CRDs served (want 5), $absent without (want 0)" >&2
+  exit 1
+fi
+echo "operator detection: 4 ServiceMonitors and a PrometheusRule when the cluster serves their kinds, none otherwise"
