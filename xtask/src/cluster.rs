@@ -385,7 +385,8 @@ impl Cluster {
         let child = command.spawn().with_context(|| format!("starting {name}"))?;
         self.nodes.retain(|(node, _)| node != name);
         self.nodes.push((name.to_string(), ChildGuard { name: name.to_string(), child }));
-        let ready = if service == "gateway" { "/v1/health/live" } else { "/health/ready" };
+        // The readiness paths the Helm chart probes.
+        let ready = if service == "gateway" { "/v1/health" } else { "/health/ready" };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some((_, guard)) = self.nodes.iter_mut().find(|(node, _)| node == name) {
