@@ -116,7 +116,12 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     for (name, _, _) in &NODES[1..] {
         cluster.start(name)?;
     }
-    println!("cluster up in {:.1} s: {}", started.elapsed().as_secs_f64(), cluster.describe());
+    println!(
+        "cluster up in {:.1} s: {}; logs under {} (kept if a check fails)",
+        started.elapsed().as_secs_f64(),
+        cluster.describe(),
+        work.display()
+    );
     let prometheus = Prometheus::start(&options.prometheus, root, &work, &cluster)?;
 
     let token = token(&cluster)?;
@@ -276,6 +281,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         None => println!("skipped: {} is not installed, the dashboards were not queried", options.prometheus),
     }
     println!("cluster checks passed in {:.1} s", started.elapsed().as_secs_f64());
+    // The logs and Prometheus's data stay only when a check failed.
+    drop(cluster);
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     Ok(())
 }
 
