@@ -2,7 +2,9 @@
 # Checks the Helm chart: `helm lint --strict` and `helm template` over each values set
 # (the defaults, deploy/helm/pake/ci/*-values.yaml), every rendered manifest validated
 # against the Kubernetes schemas of each version in KUBERNETES_VERSIONS (strictly: an
-# unknown field fails), and the PrometheusRule's rules read by promtool.
+# unknown field fails), and the PrometheusRule's rules read by promtool; then that the
+# operator's kinds follow what the cluster serves, and that the values schema refuses
+# wrong values.
 #
 # usage: deploy/check_chart.sh HELM KUBERNETES_VALIDATE
 set -euo pipefail
@@ -70,3 +72,15 @@ if [ "$detected" != 5 ] || [ "$absent" != 0 ]; then
   exit 1
 fi
 echo "operator detection: 4 ServiceMonitors and a PrometheusRule when the cluster serves their kinds, none otherwise"
+
+# values.schema.json turns wrong values away before anything is rendered.
+for wrong in services.gateway.port=0 config.logFormat=xml services.gatway.replicas=2 \
+  extraEnv.HOME=/ services.registry.resources.requests.cpu=lots podDisruptionBudget.enabled=yes; do
+  if answer=$("$helm" template pake "$chart" --set "$wrong" 2>&1); then
+    echo "the schema let --set $wrong through" >&2
+    exit 1
+  fi
+  grep -q "values don't meet the specifications of the schema" <<<"$answer" \
+    || { echo "--set $wrong failed, but not on the schema: $answer" >&2; exit 1; }
+done
+echo "values schema: 6 wrong values refused"
