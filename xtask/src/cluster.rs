@@ -2,9 +2,11 @@
 //! separate processes can fail.
 //!
 //! Two registries, two gateways, one monitoring and one performance service run as six
-//! `pake serve <service>` processes, each on a loopback address of its own (127.0.0.x, as
-//! hosts of a cluster would have their own), over one fresh PostgreSQL database and one
-//! Redis key prefix; Debian's Prometheus scrapes them as jobs `pake-<service>` with the
+//! `pake serve <service>` processes, each a host of its own: as root, a network namespace
+//! with its own address on a bridge (10.213.N.x/24, its own loopback, reaching PostgreSQL
+//! and Redis through relays on the bridge); otherwise, or with `--hosts loopback`, a
+//! loopback address of its own (127.0.0.x). They share one fresh PostgreSQL database and
+//! one Redis key prefix; Debian's Prometheus scrapes them as jobs `pake-<service>` with the
 //! chart's rules (deploy/prometheus/rules.yaml). Then, in order:
 //!
 //! 1. a registration on one registry is served by the other within a second;
@@ -36,10 +38,13 @@ pub struct Options {
     postgres: String,
     redis: String,
     prometheus: String,
+    /// Network namespaces (`true`) or loopback addresses; by default namespaces when root.
+    namespaces: Option<bool>,
 }
 
 impl Options {
-    pub const USAGE: &str = "cluster [--pake PATH] [--postgres URL] [--redis URL] [--prometheus PATH]";
+    pub const USAGE: &str =
+        "cluster [--pake PATH] [--postgres URL] [--redis URL] [--prometheus PATH] [--hosts netns|loopback]";
 
     pub fn parse(arguments: &[&str]) -> Result<Options> {
         let mut options = Options {
@@ -47,6 +52,7 @@ impl Options {
             postgres: "postgres://postgres@127.0.0.1:5432".into(),
             redis: "redis://127.0.0.1:6379/".into(),
             prometheus: "prometheus".into(),
+            namespaces: None,
         };
         let mut rest = arguments.iter();
         while let Some(argument) = rest.next() {
@@ -56,6 +62,13 @@ impl Options {
                 "--postgres" => options.postgres = value.trim_end_matches('/').to_string(),
                 "--redis" => options.redis = value,
                 "--prometheus" => options.prometheus = value,
+                "--hosts" => {
+                    options.namespaces = Some(match value.as_str() {
+                        "netns" => true,
+                        "loopback" => false,
+                        other => bail!("--hosts takes netns or loopback, not {other}"),
+                    })
+                }
                 other => bail!("unknown option {other}; usage: cargo xtask {}", Options::USAGE),
             }
         }
@@ -63,17 +76,15 @@ impl Options {
     }
 }
 
-/// The PAKE processes: (name, service, loopback address).
-const NODES: [(&str, &str, [u8; 4]); 6] = [
-    ("registry-a", "registry", [127, 0, 0, 11]),
-    ("registry-b", "registry", [127, 0, 0, 12]),
-    ("gateway-a", "gateway", [127, 0, 0, 21]),
-    ("gateway-b", "gateway", [127, 0, 0, 22]),
-    ("monitoring", "monitoring", [127, 0, 0, 31]),
-    ("performance", "performance", [127, 0, 0, 41]),
+/// The PAKE processes: (name, service, the last byte of its address).
+const NODES: [(&str, &str, u8); 6] = [
+    ("registry-a", "registry", 11),
+    ("registry-b", "registry", 12),
+    ("gateway-a", "gateway", 21),
+    ("gateway-b", "gateway", 22),
+    ("monitoring", "monitoring", 31),
+    ("performance", "performance", 41),
 ];
-const UPSTREAM_HOST: [u8; 4] = [127, 0, 0, 51];
-const PROMETHEUS_HOST: [u8; 4] = [127, 0, 0, 61];
 /// How soon a write on one replica must be served by another.
 const PROPAGATION: Duration = Duration::from_secs(1);
 
@@ -91,13 +102,16 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let _redis_keys = RedisKeys { url: options.redis.clone(), prefix: redis_prefix.clone() };
     std::fs::write(work.join("sealing-key"), &token_secret()[..32])?;
     let secret = token_secret();
-    let upstream = Upstream::start()?;
+    let namespaces = options.namespaces.unwrap_or_else(is_root);
+    let network = if namespaces { Network::namespaces(suffix)? } else { Network::loopback()? };
+    let upstream = Upstream::start(network.host)?;
+    let (database_url, redis_url) = (network.reach(&database.url())?, network.reach(&options.redis)?);
 
-    let addresses: Vec<SocketAddr> = NODES.iter().map(|(_, _, host)| free_addr(*host)).collect::<Result<_>>()?;
+    let addresses = network.nodes.clone();
     let addr = |name: &str| addresses[NODES.iter().position(|(node, _, _)| *node == name).expect("a node")];
     let env: Vec<(String, String)> = vec![
-        ("PAKE_DATABASE_URL".into(), database.url()),
-        ("PAKE_REDIS_URL".into(), options.redis.clone()),
+        ("PAKE_DATABASE_URL".into(), database_url),
+        ("PAKE_REDIS_URL".into(), redis_url),
         ("PAKE_REDIS_PREFIX".into(), redis_prefix),
         ("PAKE_TOKEN_SECRET".into(), secret),
         ("PAKE_MONITORING_SEALING_KEY_FILE".into(), work.join("sealing-key").display().to_string()),
@@ -110,7 +124,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         ("PAKE_MONITORING_ADDR".into(), addr("monitoring").to_string()),
         ("PAKE_PERFORMANCE_URL".into(), format!("http://{}", addr("performance"))),
     ];
-    let mut cluster = Cluster { pake, work: work.clone(), env, addresses: addresses.clone(), nodes: Vec::new() };
+    let mut cluster = Cluster { pake, work: work.clone(), env, nodes: Vec::new(), network };
     // The first registry applies the migrations; the others start on a migrated database.
     cluster.start("registry-a")?;
     for (name, _, _) in &NODES[1..] {
@@ -123,6 +137,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         work.display()
     );
     let prometheus = Prometheus::start(&options.prometheus, root, &work, &cluster)?;
+    let upstream_host = cluster.network.host.to_string();
 
     let token = token(&cluster)?;
     let api = Api { token };
@@ -142,7 +157,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         Ok(api.get(registry_b, &format!("/api/v1/services/{id}"))?.status == 200)
     })?;
     println!("ok: a registration on registry-a is served by registry-b after {} ms", took.as_millis());
-    let instance = json!({"address": "127.0.0.51", "port": upstream.addr.port(), "ttl_seconds": 300});
+    let instance = json!({"address": upstream_host, "port": upstream.addr.port(), "ttl_seconds": 300});
     api.expect(registry_a, "POST", &format!("/api/v1/services/{id}/instances"), instance, 201)?;
 
     // 2. A route made on one gateway is served by the other.
@@ -297,9 +312,148 @@ fn build_pake(root: &Path) -> Result<PathBuf> {
 }
 
 /// A free port on `host`.
-fn free_addr(host: [u8; 4]) -> Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::from(host), 0)).with_context(|| format!("binding {host:?}"))?;
+fn free_addr(host: Ipv4Addr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind((host, 0)).with_context(|| format!("binding {host}"))?;
     Ok(listener.local_addr()?)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.trim_ascii() == b"0")
+}
+
+/// Where the nodes live: their addresses, the host address the rest of the cluster (the
+/// upstream, Prometheus, the relays to PostgreSQL and Redis) listens on, and the network
+/// namespaces, removed with the bridge when this is dropped.
+struct Network {
+    nodes: Vec<SocketAddr>,
+    host: Ipv4Addr,
+    /// (node, namespace) when the nodes run in namespaces.
+    namespaces: Vec<String>,
+    bridge: Option<String>,
+}
+
+impl Network {
+    /// Loopback addresses of their own (127.0.0.x) and free ports.
+    fn loopback() -> Result<Network> {
+        let nodes =
+            NODES.iter().map(|(_, _, last)| free_addr(Ipv4Addr::new(127, 0, 0, *last))).collect::<Result<_>>()?;
+        Ok(Network { nodes, host: Ipv4Addr::new(127, 0, 0, 51), namespaces: Vec::new(), bridge: None })
+    }
+
+    /// A network namespace per node, joined by a bridge whose address is the host's; each
+    /// node listens on its service's usual port.
+    fn namespaces(suffix: &str) -> Result<Network> {
+        // A subnet of its own for each run: 10.213.N.0/24, N from the run's suffix.
+        let subnet = 100 + u8::from_str_radix(&suffix[..2], 16).unwrap_or(0) % 100;
+        let host = Ipv4Addr::new(10, 213, subnet, 1);
+        let bridge = format!("pk{}", &suffix[..8]);
+        let mut network = Network { nodes: Vec::new(), host, namespaces: Vec::new(), bridge: None };
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        network.bridge = Some(bridge.clone());
+        ip(&["addr", "add", &format!("{host}/24"), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for (index, (name, service, last)) in NODES.iter().enumerate() {
+            let namespace = format!("pk{}-{name}", &suffix[..8]);
+            ip(&["netns", "add", &namespace])?;
+            network.namespaces.push(namespace.clone());
+            let (outside, inside) = (format!("pk{}{index}", &suffix[..8]), format!("pk{}{index}i", &suffix[..8]));
+            ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside])?;
+            ip(&["link", "set", &outside, "master", &bridge, "up"])?;
+            ip(&["link", "set", &inside, "netns", &namespace])?;
+            let address = Ipv4Addr::new(10, 213, subnet, *last);
+            ip(&["-n", &namespace, "addr", "add", &format!("{address}/24"), "dev", &inside])?;
+            ip(&["-n", &namespace, "link", "set", &inside, "up"])?;
+            ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+            ip(&["-n", &namespace, "route", "add", "default", "via", &host.to_string()])?;
+            let port = match *service {
+                "registry" => 8000,
+                "gateway" => 8080,
+                "performance" => 8090,
+                _ => 9090,
+            };
+            network.nodes.push(SocketAddr::from((address, port)));
+        }
+        Ok(network)
+    }
+
+    /// The command that runs `program` on node `index`'s host.
+    fn command(&self, index: usize, program: &Path) -> Command {
+        match self.namespaces.get(index) {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// `url` (postgres://… or redis://…) as the nodes reach it: through a relay on the
+    /// bridge when they live in namespaces, whose loopback is their own.
+    fn reach(&self, url: &str) -> Result<String> {
+        if self.namespaces.is_empty() {
+            return Ok(url.to_string());
+        }
+        let (scheme, rest) = url.split_once("://").context("a URL")?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, target) = match authority.rsplit_once('@') {
+            Some((user, target)) => (format!("{user}@"), target),
+            None => (String::new(), authority),
+        };
+        let relay = Relay::start(self.host, target.to_string())?;
+        Ok(format!("{scheme}://{user}{relay}/{path}"))
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for namespace in &self.namespaces {
+            let _ = ip(&["netns", "del", namespace]);
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = ip(&["link", "del", bridge]);
+        }
+    }
+}
+
+fn ip(arguments: &[&str]) -> Result<()> {
+    let output = Command::new("ip").args(arguments).output().context("running ip (iproute2)")?;
+    if !output.status.success() {
+        bail!("ip {}: {}", arguments.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Copies connections made to an address on the bridge to `target` (PostgreSQL or Redis on
+/// the machine's loopback), for as long as the program runs.
+struct Relay;
+
+impl Relay {
+    fn start(host: Ipv4Addr, target: String) -> Result<SocketAddr> {
+        let listener = TcpListener::bind((host, 0))?;
+        let addr = listener.local_addr()?;
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let target = target.clone();
+                std::thread::spawn(move || {
+                    let Ok(server) = TcpStream::connect(&target) else { return };
+                    let (Ok(client_reader), Ok(server_reader)) = (client.try_clone(), server.try_clone()) else {
+                        return;
+                    };
+                    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        })
+                    };
+                    let upstream = pipe(client_reader, server);
+                    let downstream = pipe(server_reader, client);
+                    let _ = (upstream.join(), downstream.join());
+                });
+            }
+        });
+        Ok(addr)
+    }
 }
 
 /// Polls `done` every 20 ms until it holds; fails after `limit`. Returns how long it took.
@@ -361,8 +515,9 @@ struct Cluster {
     pake: PathBuf,
     work: PathBuf,
     env: Vec<(String, String)>,
-    addresses: Vec<SocketAddr>,
+    /// Dropped (stopped) before the network they live in.
     nodes: Vec<(String, ChildGuard)>,
+    network: Network,
 }
 
 impl Cluster {
@@ -374,12 +529,12 @@ impl Cluster {
     fn start(&mut self, name: &str) -> Result<()> {
         let index = self.index(name);
         let (_, service, _) = NODES[index];
-        let addr = self.addresses[index];
+        let addr = self.network.nodes[index];
         let data = self.work.join(name);
         std::fs::create_dir_all(&data)?;
         let log_path = self.work.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut command = Command::new(&self.pake);
+        let mut command = self.network.command(index, &self.pake);
         command
             .args(["serve", service])
             .env_clear()
@@ -435,7 +590,7 @@ impl Cluster {
     fn describe(&self) -> String {
         NODES
             .iter()
-            .zip(&self.addresses)
+            .zip(&self.network.nodes)
             .map(|((name, _, _), addr)| format!("{name} {addr}"))
             .collect::<Vec<_>>()
             .join(", ")
@@ -444,7 +599,7 @@ impl Cluster {
     /// Prometheus scrape jobs: `pake-<service>` and its targets.
     fn jobs(&self) -> Vec<(String, Vec<SocketAddr>)> {
         let mut jobs: Vec<(String, Vec<SocketAddr>)> = Vec::new();
-        for ((_, service, _), addr) in NODES.iter().zip(&self.addresses) {
+        for ((_, service, _), addr) in NODES.iter().zip(&self.network.nodes) {
             let job = format!("pake-{service}");
             match jobs.iter_mut().find(|(name, _)| *name == job) {
                 Some((_, targets)) => targets.push(*addr),
@@ -517,8 +672,8 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn start() -> Result<Upstream> {
-        let listener = TcpListener::bind((Ipv4Addr::from(UPSTREAM_HOST), 0))?;
+    fn start(host: Ipv4Addr) -> Result<Upstream> {
+        let listener = TcpListener::bind((host, 0))?;
         let addr = listener.local_addr()?;
         let (hits, sleeping) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (counted, asleep) = (hits.clone(), sleeping.clone());
@@ -580,7 +735,7 @@ impl Prometheus {
         if Command::new(program).arg("--version").output().is_err() {
             return Ok(None);
         }
-        let addr = free_addr(PROMETHEUS_HOST)?;
+        let addr = free_addr(cluster.network.host)?;
         let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n");
         config.push_str(&format!("rule_files:\n  - {}\n", root.join("deploy/prometheus/rules.yaml").display()));
         config.push_str("scrape_configs:\n");
@@ -624,7 +779,7 @@ impl Prometheus {
     /// Makes every kind of event the dashboards show happen, then requires each dashboard
     /// query to return at least one series.
     fn check_dashboards(&self, root: &Path, api: &Api, cluster: &Cluster) -> Result<()> {
-        let addr = |name: &str| cluster.addresses[cluster.index(name)];
+        let addr = |name: &str| cluster.network.nodes[cluster.index(name)];
         let (gateway_a, gateway_b) = (addr("gateway-a"), addr("gateway-b"));
         // An upstream that refuses connections opens its breaker; 503s make 5xx ratios and
         // retries; an SLO of the service with failures burns; a policy recommends replicas.
@@ -635,12 +790,12 @@ impl Prometheus {
             json!({"name": "broken", "version": "1.0.0"}),
             201,
         )?;
-        let closed = free_addr(UPSTREAM_HOST)?;
+        let closed = free_addr(cluster.network.host)?;
         api.expect(
             addr("registry-b"),
             "POST",
             &format!("/api/v1/services/{}/instances", broken["id"].as_str().unwrap_or_default()),
-            json!({"address": "127.0.0.51", "port": closed.port(), "ttl_seconds": 300}),
+            json!({"address": cluster.network.host.to_string(), "port": closed.port(), "ttl_seconds": 300}),
             201,
         )?;
         let retried = json!({"retry": {"max_attempts": 1, "retry_on": ["5xx"], "budget_percent": 100}});
