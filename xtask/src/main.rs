@@ -12,10 +12,10 @@
 //!   serve` with its default settings; reports in `target/load/`.
 //! - `image [--tag NAME:TAG] [--engine podman|docker|buildah]`: the static `pake` binary
 //!   packed into the minimal image of deploy/Containerfile; see `image.rs`.
-//! - `cluster [--pake PATH] [--postgres URL] [--redis URL] [--prometheus PATH]`: two
-//!   gateways, two registries, monitoring and performance as separate processes on one
-//!   PostgreSQL and Redis, scraped by Prometheus, and the multi-replica checks; see
-//!   `cluster.rs`.
+//! - `cluster [--pake PATH] [--postgres URL] [--redis URL] [--prometheus PATH]
+//!   [--hosts netns|loopback]`: two gateways, two registries, monitoring and performance as
+//!   separate processes on hosts of their own over one PostgreSQL and Redis, scraped by
+//!   Prometheus, and the multi-replica checks; see `cluster.rs`.
 
 mod bench;
 mod cluster;
