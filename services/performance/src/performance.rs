@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use pake_performance_server::types;
 use pake_registry::store::{Store, StoreError};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use uuid::Uuid;
@@ -245,8 +246,10 @@ impl Performance {
     /// Validates the whole batch, then merges it into the 10 s, 5 min and 1 h sketches.
     pub async fn ingest(&self, batch: &types::SampleBatch) -> Result<u64, PerformanceError> {
         let now = Utc::now().timestamp_millis();
-        let mut buckets: BTreeMap<BucketKey, LatencySketch> = BTreeMap::new();
-        let mut services = BTreeSet::new();
+        // Each sample goes into the finest tier that keeps it, keyed by borrowed names (no
+        // allocation per sample); the coarser tiers' buckets are then merged from those,
+        // since every tier's buckets are whole multiples of the finer ones'.
+        let mut finest: HashMap<(&str, &str, i64, usize, i64), LatencySketch> = HashMap::new();
         for (i, sample) in batch.samples.iter().enumerate() {
             let at = sample.timestamp.timestamp_millis();
             if at > now + tiers::MAX_SAMPLE_AHEAD_MS {
@@ -258,20 +261,33 @@ impl Performance {
             if !sample.latency_ms.is_finite() || sample.latency_ms < 0.0 {
                 return Err(invalid(format!("/samples/{i}/latency_ms"), "must be a finite number of milliseconds"));
             }
-            let service = sample.service.as_str().to_string();
-            let route = sample.route.as_deref().map(String::as_str).unwrap_or("").to_string();
+            let Some(tier) = TIERS.iter().position(|tier| tier.keeps(at, now)) else { continue };
+            let route = sample.route.as_deref().map(String::as_str).unwrap_or("");
             let status_class = (sample.status / 100).clamp(1, 5);
-            for tier in TIERS.iter().filter(|tier| tier.keeps(at, now)) {
+            let key = (sample.service.as_str(), route, status_class, tier, TIERS[tier].bucket(at));
+            finest.entry(key).or_default().add(sample.latency_ms);
+        }
+        let mut buckets: BTreeMap<BucketKey, LatencySketch> = BTreeMap::new();
+        let mut services = BTreeSet::new();
+        for ((service, route, status_class, tier, bucket_ms), sketch) in finest {
+            for coarser in &TIERS[tier..] {
                 let key = BucketKey {
-                    service: service.clone(),
-                    resolution_s: tier.seconds,
-                    bucket_ms: tier.bucket(at),
-                    route: route.clone(),
+                    service: service.to_string(),
+                    resolution_s: coarser.seconds,
+                    bucket_ms: coarser.bucket(bucket_ms),
+                    route: route.to_string(),
                     status_class,
                 };
-                buckets.entry(key).or_default().add(sample.latency_ms);
+                match buckets.entry(key) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(sketch.clone());
+                    }
+                    Entry::Occupied(mut occupied) => {
+                        occupied.get_mut().merge(&sketch).map_err(|e| PerformanceError::Internal(Box::new(e)))?;
+                    }
+                }
             }
-            services.insert(service);
+            services.insert(service.to_string());
         }
         let services: Vec<String> = services.into_iter().collect();
         self.store.merge(&services, &buckets, now).await?;

@@ -1,10 +1,10 @@
 //! The time buckets samples are kept in, and how a window is read back from them.
 //!
-//! Every sample is merged into three buckets at once: its 10-second bucket (kept 2 days),
-//! its 5-minute bucket (kept 15 days) and its hour (kept 92 days, past the longest SLO
-//! window of 90 days). A window is read from the coarsest buckets that lie wholly inside
-//! it, and its edges from finer ones, so that a 30-day report reads about 720 hours and a
-//! few dozen finer buckets rather than 259,200 ten-second ones.
+//! Every sample is merged into four buckets at once: its 10-second bucket (kept 2 days),
+//! its 5-minute bucket (kept 15 days), its hour and its (UTC) day (both kept 92 days, past
+//! the longest SLO window of 90 days). A window is read from the coarsest buckets that lie
+//! wholly inside it, and its edges from finer ones, so that a 30-day report reads 29 or 30
+//! days and a few dozen finer buckets rather than 720 hours or 259,200 ten-second ones.
 //!
 //! The rule of membership is the bucket's start: a bucket whose start lies in `[from, to)`
 //! counts whole. Where the finer buckets of an edge have expired (a report at a past `at`
@@ -21,10 +21,11 @@ pub struct Tier {
 const DAY_MS: i64 = 86_400_000;
 
 /// Finest first.
-pub const TIERS: [Tier; 3] = [
+pub const TIERS: [Tier; 4] = [
     Tier { seconds: 10, retention_ms: 2 * DAY_MS },
     Tier { seconds: 300, retention_ms: 15 * DAY_MS },
     Tier { seconds: 3_600, retention_ms: 92 * DAY_MS },
+    Tier { seconds: 86_400, retention_ms: 92 * DAY_MS },
 ];
 
 /// Samples older than this are refused: no SLO window reaches further back.
@@ -145,19 +146,29 @@ mod tests {
     }
 
     #[test]
-    fn a_thirty_day_window_reads_hours_in_the_middle() {
+    fn a_thirty_day_window_reads_days_in_the_middle_and_hours_at_its_edges() {
         let now = 10_000 * H + 5 * M;
-        let spans = cover(now - 30 * DAY_MS, now, now);
+        let from = now - 30 * DAY_MS;
+        let spans = cover(from, now, now);
         let read = buckets(&spans);
+        let days = read.iter().filter(|(res, _)| *res == 86_400).count();
         let hours = read.iter().filter(|(res, _)| *res == 3_600).count();
-        assert!((718..=720).contains(&hours), "{hours} hours");
+        assert_eq!(days, 29, "whole days inside the window");
+        assert!(hours <= 2 * 23, "{hours} hours at the edges");
+        // Every hour of the window but the partial ones at its edges is read exactly once.
+        let mut hour = from.div_euclid(H) * H + H;
+        while hour + H <= now - H {
+            let holders = read.iter().filter(|(res, start)| *start <= hour && hour < start + res * 1000).count();
+            assert_eq!(holders, 1, "hour at {hour} is read {holders} times");
+            hour += H;
+        }
         // Far from now the 5-minute and 10-second buckets have expired: the old edge is
         // read at hourly resolution, never at a resolution no longer kept.
         for (res, start) in &read {
             let tier = TIERS.iter().find(|t| t.seconds == *res).unwrap();
             assert!(tier.keeps(*start, now), "{res}s bucket at {start} has expired");
         }
-        assert!(read.len() < 800, "{} buckets", read.len());
+        assert!(read.len() < 120, "{} buckets", read.len());
     }
 
     #[test]
