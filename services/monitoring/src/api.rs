@@ -602,6 +602,7 @@ impl MonitoringApi for MonitoringService {
             .state()
             .silences
             .values()
+            .map(|s| &s.record)
             .filter(|s| wanted.as_deref().is_none_or(|w| w == s.state(now).as_str()))
             .map(|s| (key(s), silence_view(s, now)))
             .filter(|(k, _)| after.as_deref().is_none_or(|a| k.as_str() > a))
@@ -643,7 +644,7 @@ impl MonitoringApi for MonitoringService {
     }
 
     async fn get_silence(&self, request: GetSilenceRequest) -> Result<GetSilenceResponse, ApiError> {
-        let silence = self.core.state().silences.get(&request.silence_id).cloned();
+        let silence = self.core.state().silences.get(&request.silence_id).map(|s| s.record.clone());
         let silence = silence.ok_or_else(|| ApiError::not_found(format!("no silence {}", request.silence_id)))?;
         Ok(GetSilenceResponse::Ok(build(silence_view(&silence, chrono::Utc::now()))?))
     }

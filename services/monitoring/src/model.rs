@@ -100,11 +100,26 @@ impl SilenceRecord {
             SilenceState::Expired
         }
     }
+}
+
+/// A silence in memory: its record and its matchers compiled once, since they are
+/// checked against alerts at every evaluation and every listing.
+#[derive(Debug, Clone)]
+pub struct Silence {
+    pub record: SilenceRecord,
+    matchers: Vec<Matcher>,
+}
+
+impl Silence {
+    /// Compiles the record's matchers; the error says which regex does not compile.
+    pub fn new(record: SilenceRecord) -> Result<Silence, String> {
+        let matchers = crate::labels::compile(&record.matchers)?;
+        Ok(Silence { record, matchers })
+    }
 
     /// Whether an alert with `labels` is muted by this silence at `now`.
     pub fn mutes(&self, labels: &LabelSet, now: DateTime<Utc>) -> bool {
-        self.state(now) == SilenceState::Active
-            && self.matchers.iter().all(|spec| Matcher::new(spec).is_ok_and(|m| m.matches(labels)))
+        self.record.state(now) == SilenceState::Active && crate::labels::all_match(&self.matchers, labels)
     }
 }
 

@@ -9,7 +9,7 @@
 
 use crate::health::HealthBook;
 use crate::labels::LabelSet;
-use crate::model::{AlertRecord, ReceiverRecord, ReceiverSpec, RuleRecord, SilenceRecord, millis, time};
+use crate::model::{AlertRecord, ReceiverRecord, ReceiverSpec, RuleRecord, Silence, SilenceRecord, millis, time};
 use crate::notify::{self, Notification};
 use crate::rules::{self, AlertState, Change, RuleAlerts, RuleSpec};
 use crate::secrets::SealingKey;
@@ -76,13 +76,13 @@ pub struct State {
     pub rules: BTreeMap<Uuid, RuleEntry>,
     /// Receivers with their sealed headers.
     pub receivers: HashMap<Uuid, (ReceiverRecord, String)>,
-    pub silences: HashMap<Uuid, SilenceRecord>,
+    pub silences: HashMap<Uuid, Silence>,
     pub alerts: HashMap<Uuid, AlertRecord>,
 }
 
 impl State {
     pub fn silenced_by(&self, labels: &LabelSet, now: DateTime<Utc>) -> Vec<Uuid> {
-        let mut ids: Vec<Uuid> = self.silences.values().filter(|s| s.mutes(labels, now)).map(|s| s.id).collect();
+        let mut ids: Vec<Uuid> = self.silences.values().filter(|s| s.mutes(labels, now)).map(|s| s.record.id).collect();
         ids.sort();
         ids
     }
@@ -200,7 +200,14 @@ impl Core {
             state.receivers.insert(receiver.id, (receiver, sealed));
         }
         for silence in loaded.silences {
-            state.silences.insert(silence.id, silence);
+            // Its matchers compiled when it was created; one that no longer does (a
+            // changed regex engine) would mute nothing, so it is left out, loudly.
+            match Silence::new(silence.clone()) {
+                Ok(compiled) => {
+                    state.silences.insert(silence.id, compiled);
+                }
+                Err(error) => tracing::warn!(silence = %silence.id, %error, "a stored silence does not compile"),
+            }
         }
         for mut alert in loaded.alerts {
             // A firing alert is notified once more after a restart (Alertmanager would
@@ -488,16 +495,18 @@ impl Core {
                 "at least one matcher must not match the empty string, or the silence would mute every alert",
             ));
         }
+        let compiled = Silence::new(silence.clone()).map_err(|m| invalid("/matchers", m))?;
         let _writer = self.writer.lock().await;
         self.db.put_silence(&silence).await?;
-        self.state().silences.insert(silence.id, silence.clone());
+        self.state().silences.insert(silence.id, compiled);
         Ok(silence)
     }
 
     pub async fn expire_silence(&self, id: Uuid) -> Result<()> {
         let _writer = self.writer.lock().await;
         let current = self.state().silences.get(&id).cloned();
-        let mut silence = current.ok_or_else(|| MonitorError::NotFound(format!("no silence {id}")))?;
+        let Silence { record: mut silence, .. } =
+            current.ok_or_else(|| MonitorError::NotFound(format!("no silence {id}")))?;
         let t = now();
         if silence.ends_at <= t {
             return Ok(());
@@ -507,7 +516,9 @@ impl Core {
         }
         silence.ends_at = t;
         self.db.put_silence(&silence).await?;
-        self.state().silences.insert(id, silence);
+        if let Some(current) = self.state().silences.get_mut(&id) {
+            current.record = silence;
+        }
         Ok(())
     }
 
@@ -551,7 +562,7 @@ impl Core {
         self.db.purge(before_ms).await?;
         let mut state = self.state();
         state.alerts.retain(|_, a| a.resolved_at.is_none_or(|r| millis(r) >= before_ms));
-        state.silences.retain(|_, s| millis(s.ends_at) >= before_ms);
+        state.silences.retain(|_, s| millis(s.record.ends_at) >= before_ms);
         Ok(())
     }
 
@@ -559,23 +570,51 @@ impl Core {
 
     /// Evaluates every enabled rule that is due, writes what changed and hands
     /// notifications to the receivers' queues.
+    ///
+    /// `RuleAlerts::evaluate` in two halves: every due rule's expression is evaluated
+    /// over the series store holding neither the state lock nor the writer lock; then,
+    /// under the writer lock, each result goes through the state machine under the state
+    /// lock, one rule at a time. Handlers reading rules and alerts wait for one rule's
+    /// bookkeeping at most, writers for the bookkeeping of one round, never for a whole
+    /// round's series scans. A rule replaced or deleted meanwhile is left to the next
+    /// tick (a replaced rule is due at once).
     pub async fn tick(self: &Arc<Self>) {
+        let t = now();
+        let ms = millis(t);
+        let due: Vec<(Uuid, RuleRecord, Vec<crate::labels::Matcher>)> = {
+            let mut state = self.state();
+            let at = Instant::now();
+            state
+                .rules
+                .iter_mut()
+                .filter(|(_, entry)| entry.next_due <= at)
+                .map(|(id, entry)| {
+                    entry.next_due = at + Duration::from_secs(entry.record.spec.evaluation_interval_seconds.max(1));
+                    (*id, entry.record.clone(), entry.matchers.clone())
+                })
+                .collect()
+        };
+        let evaluated: Vec<_> = due
+            .into_iter()
+            .map(|(id, record, matchers)| {
+                let started = Instant::now();
+                let results = record.spec.enabled.then(|| rules::evaluate(&record.spec, &matchers, &self.series, ms));
+                (id, record, results, started.elapsed())
+            })
+            .collect();
         let mut writer = self.writer.lock().await;
         let mut notifications = Vec::new();
-        {
+        for (id, record, results, scan) in evaluated {
             let mut state = self.state();
-            let t = now();
-            let ms = millis(t);
-            let due: Vec<Uuid> =
-                state.rules.iter().filter(|(_, r)| r.next_due <= Instant::now()).map(|(id, _)| *id).collect();
-            for id in due {
-                let Some(entry) = state.rules.get_mut(&id) else { continue };
-                entry.next_due =
-                    Instant::now() + Duration::from_secs(entry.record.spec.evaluation_interval_seconds.max(1));
-                let changes = if entry.record.spec.enabled {
+            let Some(entry) = state.rules.get_mut(&id) else { continue };
+            if entry.record.updated_at != record.updated_at || entry.record.spec != record.spec {
+                continue;
+            }
+            let changes = match results {
+                Some(results) => {
                     let started = Instant::now();
-                    let outcome = entry.alerts.evaluate(&entry.record.spec, &entry.matchers, &self.series, ms);
-                    let elapsed = started.elapsed();
+                    let outcome = entry.alerts.step(&record.spec, results, ms);
+                    let elapsed = scan + started.elapsed();
                     self.metrics.evaluation.observe(elapsed.as_secs_f64());
                     entry.last_evaluated = Some(t);
                     entry.last_evaluation_ms = Some(elapsed.as_secs_f64() * 1000.0);
@@ -590,14 +629,13 @@ impl Core {
                             Vec::new()
                         }
                     }
-                } else {
-                    entry.alerts.resolve_all(ms)
-                };
-                self.apply_changes(&mut state, id, &changes, t, &mut writer, &mut notifications);
-                // Firing alerts not yet notified: new ones above, ones a silence muted until
-                // now, and ones restored after a restart.
-                self.renotify(&mut state, id, t, &mut writer, &mut notifications);
-            }
+                }
+                None => entry.alerts.resolve_all(ms),
+            };
+            self.apply_changes(&mut state, id, &changes, t, &mut writer, &mut notifications);
+            // Firing alerts not yet notified: new ones above, ones a silence muted until
+            // now, and ones restored after a restart.
+            self.renotify(&mut state, id, t, &mut writer, &mut notifications);
         }
         self.flush(&mut writer).await;
         drop(writer);

@@ -11,7 +11,7 @@
 //! labels (templates expanded), then `alertname`.
 
 use crate::labels::{self, LabelSet, Matcher, MatcherSpec};
-use crate::series::SeriesStore;
+use crate::series::{Series, SeriesStore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
@@ -181,53 +181,53 @@ pub struct Element {
 
 /// The rule's expression at `t`: the elements for which the comparison holds.
 pub fn evaluate(spec: &RuleSpec, matchers: &[Matcher], series: &SeriesStore, t: i64) -> Vec<Element> {
-    let mut values: Vec<(u64, LabelSet, f64)> = match spec.aggregation {
-        Aggregation::Rate => {
-            let window = spec.rate_window_seconds as i64 * 1000;
-            series.select(&spec.metric, matchers, |labels, s| {
-                let points = s.range(t - window, t);
-                extrapolated_rate(&points, t - window, t, true, true).map(|v| (s.created, labels.clone(), v))
-            })
-        }
-        _ => series.select(&spec.metric, matchers, |labels, s| s.value_at(t).map(|v| (s.created, labels.clone(), v))),
+    let window = spec.rate_window_seconds as i64 * 1000;
+    let value = |s: &Series| match spec.aggregation {
+        Aggregation::Rate => extrapolated_rate(&s.range(t - window, t), t - window, t, true, true),
+        _ => s.value_at(t),
     };
+    if spec.aggregation == Aggregation::None {
+        return series
+            .select(&spec.metric, matchers, |labels, s| value(s).map(|value| Element { labels: labels.clone(), value }))
+            .into_iter()
+            .filter(|e| spec.comparison.holds(e.value, spec.threshold))
+            .collect();
+    }
+    // Only the labels the aggregation keeps are copied (an absent or empty one is absent
+    // from the group's labels too, as PromQL's `by` keeps them).
+    let mut values: Vec<(u64, LabelSet, f64)> = series.select(&spec.metric, matchers, |labels, s| {
+        let key: LabelSet = spec
+            .group_by
+            .iter()
+            .filter_map(|name| labels.get(name).filter(|v| !v.is_empty()).map(|v| (name.clone(), v.clone())))
+            .collect();
+        value(s).map(|v| (s.created, key, v))
+    });
     // Aggregated in the order Prometheus hands a query its series (creation order), so
     // that sums round as Prometheus's do.
     values.sort_by_key(|(created, _, _)| *created);
-    let values = values.into_iter().map(|(_, labels, value)| (labels, value));
-    let results: Vec<Element> = match spec.aggregation {
-        Aggregation::None => values.map(|(labels, value)| Element { labels, value }).collect(),
-        aggregation => {
-            // Groups in label order, as PromQL's `by` keeps only the named labels (an absent
-            // one is absent from the group's labels too).
-            let mut groups: BTreeMap<LabelSet, (f64, usize)> = BTreeMap::new();
-            for (labels, value) in values {
-                let key: LabelSet = spec
-                    .group_by
-                    .iter()
-                    .filter_map(|name| labels.get(name).filter(|v| !v.is_empty()).map(|v| (name.clone(), v.clone())))
-                    .collect();
-                let entry = groups.entry(key).or_insert((f64::NAN, 0));
-                entry.0 = match (aggregation, entry.1) {
-                    (_, 0) => value,
-                    (Aggregation::Sum | Aggregation::Rate | Aggregation::Avg, _) => entry.0 + value,
-                    // PromQL's max/min replace NaN by any number.
-                    (Aggregation::Max, _) if value > entry.0 || entry.0.is_nan() => value,
-                    (Aggregation::Min, _) if value < entry.0 || entry.0.is_nan() => value,
-                    _ => entry.0,
-                };
-                entry.1 += 1;
-            }
-            groups
-                .into_iter()
-                .map(|(labels, (value, n))| Element {
-                    labels,
-                    value: if aggregation == Aggregation::Avg { value / n as f64 } else { value },
-                })
-                .collect()
-        }
-    };
-    results.into_iter().filter(|e| spec.comparison.holds(e.value, spec.threshold)).collect()
+    let aggregation = spec.aggregation;
+    let mut groups: BTreeMap<LabelSet, (f64, usize)> = BTreeMap::new();
+    for (_, key, value) in values {
+        let entry = groups.entry(key).or_insert((f64::NAN, 0));
+        entry.0 = match (aggregation, entry.1) {
+            (_, 0) => value,
+            (Aggregation::Sum | Aggregation::Rate | Aggregation::Avg, _) => entry.0 + value,
+            // PromQL's max/min replace NaN by any number.
+            (Aggregation::Max, _) if value > entry.0 || entry.0.is_nan() => value,
+            (Aggregation::Min, _) if value < entry.0 || entry.0.is_nan() => value,
+            _ => entry.0,
+        };
+        entry.1 += 1;
+    }
+    groups
+        .into_iter()
+        .map(|(labels, (value, n))| Element {
+            labels,
+            value: if aggregation == Aggregation::Avg { value / n as f64 } else { value },
+        })
+        .filter(|e| spec.comparison.holds(e.value, spec.threshold))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,7 +104,10 @@ impl Series {
 
     /// The values in `(start, end]`, stale markers left out.
     pub fn range(&self, start: i64, end: i64) -> Vec<(i64, f64)> {
-        self.points.iter().filter(|p| p.t > start && p.t <= end && !p.stale).map(|p| (p.t, p.v)).collect()
+        // Points are ordered by time: find the window's edges by bisection.
+        let first = self.points.partition_point(|p| p.t <= start);
+        let last = self.points.partition_point(|p| p.t <= end);
+        self.points.range(first..last.max(first)).filter(|p| !p.stale).map(|p| (p.t, p.v)).collect()
     }
 
     fn insert(&mut self, point: Point, limits: &Limits) {
