@@ -335,8 +335,11 @@ async fn send(
 ) -> Result<Option<reqwest::Response>, Box<TransactionError>> {
     let state = state()?;
     // A user whose sign-in failed sends without a token, and its 401s are counted.
-    let signed_in = user.get_session_data::<Session>().is_some();
-    let token = if signed_in { ensure_token(user, &state).await? } else { None };
+    // A token that could not be renewed is sent while it lasts.
+    let token = match user.get_session_data::<Session>().map(|session| session.issued.token.clone()) {
+        Some(current) => ensure_token(user, &state).await?.or(Some(current)),
+        None => None,
+    };
     let mut builder = user.get_request_builder(&method, path)?;
     if let Some(token) = &token {
         builder = builder.bearer_auth(token);

@@ -112,9 +112,14 @@ impl Pake {
     }
 }
 
-/// Runs the `load` binary against `pake` with `args`; its exit status and `summary.json`.
-fn load(pake: &Pake, admin: (&str, &str), args: &[&str]) -> (std::process::ExitStatus, Value) {
+/// Runs the `load` binary against `pake` with `args`; whether it passed (with its output
+/// when it did not) and its `summary.json`.
+fn load(pake: &Pake, admin: (&str, &str), args: &[&str]) -> (Result<(), String>, Value) {
     let out_dir = pake.data_dir.join(format!("load-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&out_dir).expect("an output directory");
+    // Its output (goose's tables, the summary) is shown only when the run fails.
+    let output_path = out_dir.join("output.txt");
+    let output = std::fs::File::create(&output_path).expect("an output file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_load"))
         .args(["--host", &format!("http://{}", pake.gateway), "--registry", &format!("http://{}", pake.registry)])
         // Fast upstreams and short thoughts: many requests in a few seconds.
@@ -129,6 +134,8 @@ fn load(pake: &Pake, admin: (&str, &str), args: &[&str]) -> (std::process::ExitS
         .env("PAKE_LOAD_ADMIN_CLIENT_ID", admin.0)
         .env("PAKE_LOAD_ADMIN_CLIENT_SECRET", admin.1)
         .stdin(Stdio::null())
+        .stdout(output.try_clone().expect("the output file"))
+        .stderr(output)
         .spawn()
         .expect("load starts");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -142,8 +149,11 @@ fn load(pake: &Pake, admin: (&str, &str), args: &[&str]) -> (std::process::ExitS
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let summary = std::fs::read_to_string(out_dir.join("summary.json")).expect("summary.json is written");
-    (status, serde_json::from_str(&summary).expect("summary.json is JSON"))
+    let output = std::fs::read_to_string(&output_path).unwrap_or_default();
+    let passed = if status.success() { Ok(()) } else { Err(format!("load {args:?} exited {status}:\n{output}")) };
+    let summary = std::fs::read_to_string(out_dir.join("summary.json"))
+        .unwrap_or_else(|e| panic!("summary.json is written ({e}); the run's output:\n{output}"));
+    (passed, serde_json::from_str(&summary).expect("summary.json is JSON"))
 }
 
 fn count(summary: &Value, pointer: &str) -> u64 {
@@ -158,8 +168,10 @@ fn the_load_binary_passes_against_pake_serve_with_default_settings() {
     let admin = (admin_id, admin_secret.as_str());
 
     // The default: four tenants, one token each, shared by their users.
-    let (status, summary) = load(&pake, admin, &["--users", "40", "--hatch-rate", "40", "--run-time", "5"]);
-    assert!(status.success(), "the run passes: {:#}", summary["breaches"]);
+    let (passed, summary) = load(&pake, admin, &["--users", "40", "--hatch-rate", "40", "--run-time", "5"]);
+    if let Err(output) = passed {
+        panic!("the run passes: {output}");
+    }
     assert_eq!(count(&summary, "/overall/errors"), 0, "no error at all: {:#}", summary["overall"]);
     assert_eq!(count(&summary, "/sign_ins/answered"), 4, "one sign-in per tenant: {:#}", summary["sign_ins"]);
     assert_eq!(count(&summary, "/sign_ins/throttled_and_retried"), 0);
@@ -180,9 +192,11 @@ fn the_load_binary_passes_against_pake_serve_with_default_settings() {
 
     // A token per user: sixty sign-ins in a third of a second from one address pass the
     // default limit (20/s, 40 at once) only by waiting for Retry-After, and that is no error.
-    let (status, summary) =
+    let (passed, summary) =
         load(&pake, admin, &["--users", "60", "--hatch-rate", "200", "--run-time", "5", "--token-per", "user"]);
-    assert!(status.success(), "the run passes: {:#}", summary["breaches"]);
+    if let Err(output) = passed {
+        panic!("the run passes: {output}");
+    }
     assert_eq!(count(&summary, "/overall/errors"), 0, "no error at all: {:#}", summary["overall"]);
     assert_eq!(count(&summary, "/sign_ins/answered"), 60, "every user signs in: {:#}", summary["sign_ins"]);
     assert!(count(&summary, "/sign_ins/throttled_and_retried") > 0, "{:#}", summary["sign_ins"]);
