@@ -113,6 +113,12 @@ struct Config {
     /// that declare a `metrics_path`.
     #[arg(long, env = "PAKE_SCRAPE_INTERVAL_SECONDS", default_value_t = 5, global = true)]
     scrape_interval_seconds: u64,
+    /// The PAKE services the monitoring service scrapes, as `name=url` pairs separated by
+    /// commas (`registry=http://pake-registry:8000/metrics,…`), where they do not listen
+    /// at the addresses above (separate hosts, a cluster's service names); empty: none.
+    /// Unset: the registry, gateway and performance addresses of this configuration.
+    #[arg(long, env = "PAKE_SCRAPE_SERVICES", global = true, value_parser = scrape_services)]
+    scrape_services: Option<ScrapeServices>,
     /// Seconds one scrape may take.
     #[arg(long, env = "PAKE_SCRAPE_TIMEOUT_SECONDS", default_value_t = 2, global = true)]
     scrape_timeout_seconds: u64,
@@ -137,6 +143,31 @@ struct Config {
     /// upstream connections, the database pools and files.
     #[arg(long, env = "PAKE_MAX_CONNECTIONS", global = true)]
     max_connections: Option<usize>,
+}
+
+/// Scrape targets named on the command line: `(service, metrics URL)` pairs.
+#[derive(Clone, Debug, PartialEq)]
+struct ScrapeServices(Vec<(String, String)>);
+
+fn scrape_services(text: &str) -> Result<ScrapeServices, String> {
+    let mut listed = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+        let Some((name, url)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not name=url"));
+        };
+        let (name, url) = (name.trim(), url.trim());
+        let valid_name = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_name {
+            return Err(format!("{name:?} is not a service name (lowercase letters, digits and -)"));
+        }
+        match url.parse::<axum::http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => return Err(format!("{url:?} is not an http(s) URL")),
+        }
+        listed.push((name.to_string(), url.to_string()));
+    }
+    Ok(ScrapeServices(listed))
 }
 
 #[derive(Subcommand)]
@@ -164,6 +195,10 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Apply the store's pending migrations and exit: a deployment's migration step
+    /// (a Helm hook), before replicas of a new version start. `serve` applies them too.
+    #[command(after_help = "Example:\n  PAKE_DATABASE_URL=postgres://pake@db/pake pake migrate")]
+    Migrate,
     #[command(flatten)]
     Operator(cli::Command),
 }
@@ -275,11 +310,14 @@ impl Config {
             let ip = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
             format!("http://{}/metrics", SocketAddr::new(ip, addr.port()))
         };
-        options.scrape.services = vec![
-            ("registry".into(), loopback(self.registry_addr)),
-            ("gateway".into(), loopback(self.gateway_addr)),
-            ("performance".into(), loopback(self.performance_addr)),
-        ];
+        options.scrape.services = match &self.scrape_services {
+            Some(ScrapeServices(listed)) => listed.clone(),
+            None => vec![
+                ("registry".into(), loopback(self.registry_addr)),
+                ("gateway".into(), loopback(self.gateway_addr)),
+                ("performance".into(), loopback(self.performance_addr)),
+            ],
+        };
         options.external_url = format!("http://{}", self.monitoring_addr);
         Ok(options)
     }
@@ -324,6 +362,15 @@ async fn main() -> Result<()> {
         Command::Serve { services } => {
             pake_observe::init_logging(cli.config.log_format);
             serve(&cli.config, &services).await
+        }
+        Command::Migrate => {
+            pake_observe::init_logging(cli.config.log_format);
+            let url = cli.config.database_url()?;
+            let store = pake_registry::Store::open(&url).await.context("migrating the platform store")?;
+            let version = store.schema_version().await.context("reading the schema version")?;
+            store.close().await;
+            println!("the platform store is at schema version {version}");
+            Ok(())
         }
         Command::Token { scopes, subject, tenant, ttl } => {
             pake_observe::init_logging(cli.config.log_format);
@@ -673,7 +720,22 @@ fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_perfor
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{Cli, ScrapeServices, scrape_services};
+
+    #[test]
+    fn scrape_services_are_name_url_pairs() {
+        let listed = scrape_services("registry=http://pake-registry:8000/metrics, gateway=https://gw.example/metrics");
+        let expected = ScrapeServices(vec![
+            ("registry".into(), "http://pake-registry:8000/metrics".into()),
+            ("gateway".into(), "https://gw.example/metrics".into()),
+        ]);
+        assert_eq!(listed, Ok(expected));
+        assert_eq!(scrape_services(""), Ok(ScrapeServices(Vec::new())), "empty: scrape none");
+        for bad in ["registry", "Registry=http://a/metrics", "registry=ftp://a/metrics", "registry=/metrics"] {
+            let refused = scrape_services(bad);
+            assert!(refused.is_err(), "{bad:?} gave {refused:?}");
+        }
+    }
 
     /// Client secrets are URL-safe base64 and may start with a dash.
     #[test]

@@ -395,6 +395,15 @@ impl Store {
         Ok(store)
     }
 
+    /// The version of the last migration applied (0 before any).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        with_pool!(self, |pool, backend| {
+            let (version,): (Option<i64>,) =
+                sqlx::query_as("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+            Ok(version.unwrap_or(0))
+        })
+    }
+
     /// Applies pending migrations. On PostgreSQL the migrator holds an advisory lock, so
     /// replicas starting together apply each migration once.
     pub async fn migrate(&self) -> Result<(), StoreError> {
