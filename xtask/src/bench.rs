@@ -1,8 +1,11 @@
 //! `cargo xtask bench gateway`: compares our gateway with nginx as a keep-alive reverse
 //! proxy, both in front of the same fixed upstream, with one load generator (wrk).
 //!
-//! Three paths are measured in one run: straight to the upstream, through nginx, and
-//! through `pake serve`. The command installs wrk and nginx from Debian's packages when
+//! The paths measured in one run: straight to the upstream, through nginx, and through
+//! `pake serve registry gateway` (plain, with a JWT and a rate limit, a cache hit), and the
+//! plain path again through a second `pake serve` that also runs the performance service,
+//! which takes a sample of every request in process (what the sample feed costs). The
+//! command installs wrk and nginx from Debian's packages when
 //! they are missing, builds the release binary, sets the gateway up through its real
 //! APIs, prints a table with the gateway/nginx ratios and writes it to
 //! `target/bench/gateway.md`.
@@ -106,13 +109,25 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
     let direct_url = format!("http://127.0.0.1:{upstream_port}/hello");
     let nginx_url = format!("http://127.0.0.1:{proxy_port}/hello");
     let mut gateway = pake_binary
-        .and_then(|binary| start_gateway(&binary, &bench_dir, upstream_port, options))
+        .as_ref()
+        .map_err(|error| anyhow::anyhow!("{error:#}"))
+        .and_then(|binary| start_gateway(binary, &bench_dir, upstream_port, options, Feed::Off))
         .context("the gateway part failed");
+    // The same gateway with the performance service in its process, taking every
+    // request's sample: what the sample feed costs.
+    let mut fed = match (&gateway, &pake_binary) {
+        (Ok(_), Ok(binary)) => start_gateway(binary, &bench_dir, upstream_port, options, Feed::InProcess)
+            .context("the gateway with the sample feed failed"),
+        _ => Err(anyhow::anyhow!("the gateway part failed")),
+    };
     let mut paths = vec![
         Target { name: "direct", url: direct_url, header: None, server: Server::Upstream },
         Target { name: "nginx", url: nginx_url, header: None, server: Server::Proxy },
     ];
     if let Ok(setup) = &mut gateway {
+        paths.append(&mut setup.paths);
+    }
+    if let Ok(setup) = &mut fed {
         paths.append(&mut setup.paths);
     }
     let mut rounds: Vec<Vec<WrkReport>> = vec![Vec::new(); paths.len()];
@@ -129,6 +144,16 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
                         // The gateway's remaining measurements are skipped after a failure.
                         Err(error) => {
                             gateway = Err(error.context("the gateway part failed"));
+                            continue;
+                        }
+                    }
+                }
+                Server::FedGateway => {
+                    let Ok(setup) = &mut fed else { continue };
+                    match setup.measure(&tools.wrk, path, options, round) {
+                        Ok(report) => report,
+                        Err(error) => {
+                            fed = Err(error.context("the gateway with the sample feed failed"));
                             continue;
                         }
                     }
@@ -151,6 +176,24 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
         rows.retain(|row| !GATEWAY_PATHS.contains(&row.name));
         rows.extend(GATEWAY_PATHS.iter().map(|name| Row::failed(name)));
     }
+    // The samples the fed gateway's feed delivered, dropped or failed to deliver.
+    let feed = match &fed {
+        Ok(setup) => {
+            let count = |outcome: &str| metric_sum(setup.addr, &format!("pake_gateway_samples_{outcome}_total"));
+            let [delivered, dropped, failed] = ["delivered", "dropped", "failed"].map(count);
+            Ok(format!(
+                "the sample feed delivered {:.0} request samples to the performance service in process, dropped {:.0}, failed {:.0}",
+                delivered.unwrap_or(0.0),
+                dropped.unwrap_or(0.0),
+                failed.unwrap_or(0.0)
+            ))
+        }
+        Err(error) => {
+            rows.retain(|row| row.name != FED_PATH);
+            rows.push(Row::failed(FED_PATH));
+            Err(format!("{error:#}"))
+        }
+    };
 
     // Memory of idle keep-alive connections, each having made one proxied request: what a
     // server keeps per client between requests.
@@ -164,7 +207,7 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
     }
 
     let gateway_error = gateway.as_ref().err().map(|error| format!("{error:#}"));
-    let summary = Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error, idle: &idle };
+    let summary = Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error, idle: &idle, feed };
     println!("\n{}", summary.text());
     let report_path = bench_dir.join("gateway.md");
     std::fs::write(&report_path, summary.markdown()).with_context(|| format!("writing {}", report_path.display()))?;
@@ -512,12 +555,27 @@ fn start_nginx(nginx: &Path, prefix: &Path, conf: &dyn Fn(&Path) -> String, port
 /// response cache.
 const GATEWAY_PATHS: [&str; 3] = ["gateway", "gw+jwt+limit", "gw cache hit"];
 
+/// The plain proxy path of a gateway sharing its process with the performance service,
+/// which takes a sample of every request it answers.
+const FED_PATH: &str = "gw+samples";
+
+/// Whether a benchmarked gateway feeds its request samples to a performance service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// `pake serve registry gateway`: no performance service, no samples taken.
+    Off,
+    /// `pake serve registry gateway performance`: samples go to it in process.
+    InProcess,
+}
+
 /// Which process answers a path (whose CPU time is measured with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Upstream,
     Proxy,
     Gateway,
+    /// The gateway with the sample feed ([`FED_PATH`]).
+    FedGateway,
 }
 
 /// One measured path.
@@ -571,10 +629,18 @@ impl GatewayBench {
 /// Starts `pake serve`, routes `/v1/bench`, `/v1/bench-policies` and `/v1/bench-cached` to
 /// the upstream through the registry and the admin API, obtains a token as an API client
 /// and checks each route once.
-fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Options) -> Result<GatewayBench> {
+fn start_gateway(
+    pake: &Path,
+    bench_dir: &Path,
+    upstream_port: u16,
+    options: &Options,
+    feed: Feed,
+) -> Result<GatewayBench> {
     let registry = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let data_dir = bench_dir.join("pake-data");
+    let performance = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let suffix = if feed == Feed::InProcess { "-fed" } else { "" };
+    let data_dir = bench_dir.join(format!("pake-data{suffix}"));
     // A fresh store each run, so the service and route created below never collide with
     // a previous run's.
     if data_dir.exists() {
@@ -591,6 +657,8 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
             .env("PAKE_TOKEN_SECRET", &secret)
             .env("PAKE_REGISTRY_ADDR", registry.to_string())
             .env("PAKE_GATEWAY_ADDR", gateway.to_string())
+            .env("PAKE_PERFORMANCE_ADDR", performance.to_string())
+            .env_remove("PAKE_PERFORMANCE_URL")
             .env("PAKE_LOG_FORMAT", "json")
             // The idle connections measured stay under half the cap, where no pressure
             // shortens their idle timeout (the default cap follows the descriptor limit).
@@ -604,13 +672,17 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
         };
     };
 
-    let log_path = bench_dir.join("pake.log");
+    let log_path = bench_dir.join(format!("pake{suffix}.log"));
     let log = std::fs::File::create(&log_path)?;
     let mut command = Command::new(pake);
     // The registry and the gateway only: what is compared with nginx is the proxy, not the
-    // performance and monitoring services sharing its two cores (and, in process, taking
-    // the gateway's request samples).
-    command.args(["serve", "registry", "gateway"]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // performance and monitoring services sharing its two cores. The fed gateway adds the
+    // performance service, in process, taking the gateway's request samples.
+    command.args(["serve", "registry", "gateway"]);
+    if feed == Feed::InProcess {
+        command.arg("performance");
+    }
+    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     environment(&mut command);
     println!("starting pake serve (registry {registry}, gateway {gateway}; log in {})", log_path.display());
     let child = command.spawn().with_context(|| format!("starting {}", pake.display()))?;
@@ -693,11 +765,15 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
     route("bench-cached", "/bench-cached", serde_json::json!({"cache": {"enabled": true, "ttl_seconds": 30}}))?;
 
     let mut paths = Vec::new();
-    for (name, path, bearer) in [
-        (GATEWAY_PATHS[0], "/v1/bench/hello", None),
-        (GATEWAY_PATHS[1], "/v1/bench-policies/hello", Some(client_token.as_str())),
-        (GATEWAY_PATHS[2], "/v1/bench-cached/hello", None),
-    ] {
+    let measured = match feed {
+        Feed::Off => vec![
+            (GATEWAY_PATHS[0], "/v1/bench/hello", None),
+            (GATEWAY_PATHS[1], "/v1/bench-policies/hello", Some(client_token.as_str())),
+            (GATEWAY_PATHS[2], "/v1/bench-cached/hello", None),
+        ],
+        Feed::InProcess => vec![(FED_PATH, "/v1/bench/hello", None)],
+    };
+    for (name, path, bearer) in measured {
         // A route may reach the data plane a moment after the admin API answers, so the
         // check is retried for a few seconds before the last answer is reported.
         let mut last = None;
@@ -720,7 +796,7 @@ fn start_gateway(pake: &Path, bench_dir: &Path, upstream_port: u16, options: &Op
             name,
             url: format!("http://{gateway}{path}"),
             header: bearer.map(|token| format!("Authorization: Bearer {token}")),
-            server: Server::Gateway,
+            server: if feed == Feed::InProcess { Server::FedGateway } else { Server::Gateway },
         });
     }
     Ok(GatewayBench { server, log_path, addr: gateway, paths, rate_limiting: [0.0; 2] })
@@ -1158,6 +1234,8 @@ struct Summary<'a> {
     /// error message does not reach the file.
     gateway_error: Option<String>,
     idle: &'a [Result<IdleMemory>],
+    /// What the fed gateway's sample feed did, or why that gateway failed.
+    feed: Result<String, String>,
 }
 
 impl Summary<'_> {
@@ -1195,6 +1273,11 @@ impl Summary<'_> {
             ratio(GATEWAY_PATHS[1], "gateway", "goal: the policies cost at most 20 %, throughput at least 0.80x"),
             ratio(GATEWAY_PATHS[2], "gateway", "a cache hit against going upstream through the gateway"),
             ratio(GATEWAY_PATHS[2], "direct", "a cache hit against the upstream itself"),
+            ratio(FED_PATH, "gateway", "goal: the sample feed costs at most 3 %, throughput at least 0.97x"),
+            match &self.feed {
+                Ok(feed) => feed.clone(),
+                Err(error) => format!("the gateway with the sample feed failed: {error}"),
+            },
         ]
         .join("\n")
     }
