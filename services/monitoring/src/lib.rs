@@ -8,15 +8,19 @@
 //! embedded SQLite file, beside the registry's tables); samples live in memory only. The
 //! HTTP surface is the generated `pake-monitoring-server` router.
 //!
+//! Several replicas may share one PostgreSQL database: one evaluates and notifies at a
+//! time (`lease.rs`), the others answer from the store and take over when it goes.
+//!
 //! What it does not do (yet): store or export traces (`ingestSpans`, `listTraces` and
-//! `getTrace` answer 503 until the tracing work lands), share evaluation between replicas
-//! (run one monitoring replica per store).
+//! `getTrace` answer 503 until the tracing work lands), share samples between replicas
+//! (each scrapes for itself, and a push reaches only the replica it is sent to).
 
 pub mod api;
 pub mod cursor;
 pub mod exposition;
 pub mod health;
 pub mod labels;
+pub mod lease;
 pub mod model;
 pub mod monitor;
 pub mod notify;
@@ -35,6 +39,9 @@ pub use api::MonitoringService;
 pub use monitor::{Core, MonitorError};
 pub use scrape::ScrapeSettings;
 pub use series::Limits;
+
+/// How often the evaluation lease is checked (and followers re-read the store).
+const LEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How the service is set up.
 #[derive(Debug, Clone)]
@@ -115,6 +122,7 @@ impl Monitor {
         metrics: pake_observe::Metrics,
         options: MonitorOptions,
     ) -> Result<Monitor, MonitorError> {
+        let store_for_lease = store.clone();
         let series = Arc::new(series::SeriesStore::new(options.limits));
         metrics.register("series", "Series in the series store", series.metrics.series.clone());
         metrics.register(
@@ -150,12 +158,43 @@ impl Monitor {
         );
         let evaluator = {
             let core = core.clone();
+            let mut lease = lease::Lease::new(&store_for_lease);
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(monitor::TICK);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut rounds = 0u64;
+                // The state loaded at start is a leader's (a restart's notifications
+                // included) until the lease says otherwise.
+                let mut leading = true;
+                let mut checked = std::time::Instant::now() - LEASE_CHECK;
                 loop {
                     ticks.tick().await;
+                    if checked.elapsed() >= LEASE_CHECK {
+                        checked = std::time::Instant::now();
+                        let holds = lease.hold().await;
+                        let outcome = match (leading, holds) {
+                            (false, true) => core.reload(true).await,
+                            (true, false) => {
+                                core.follow();
+                                Ok(())
+                            }
+                            (true, true) if !lease.is_single() => core.sync().await,
+                            (false, false) => core.reload(false).await,
+                            _ => Ok(()),
+                        };
+                        match outcome {
+                            Ok(()) => {
+                                if holds != leading {
+                                    tracing::info!(leading = holds, "monitoring evaluation lease changed hands");
+                                }
+                                leading = holds;
+                            }
+                            Err(error) => tracing::warn!(%error, "monitoring could not read the store; retrying"),
+                        }
+                    }
+                    if !leading {
+                        continue;
+                    }
                     core.tick().await;
                     rounds += 1;
                     // Forget what is past keeping, about once an hour.

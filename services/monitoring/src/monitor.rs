@@ -21,6 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -69,6 +70,25 @@ pub struct RuleEntry {
     pub last_evaluation_ms: Option<f64>,
     pub last_error: Option<String>,
     next_due: Instant,
+}
+
+impl RuleEntry {
+    fn new(
+        record: RuleRecord,
+        matchers: Vec<crate::labels::Matcher>,
+        alerts: RuleAlerts,
+        next_due: Instant,
+    ) -> RuleEntry {
+        RuleEntry {
+            record,
+            matchers,
+            alerts,
+            last_evaluated: None,
+            last_evaluation_ms: None,
+            last_error: None,
+            next_due,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -152,6 +172,9 @@ pub struct Core {
     pub loopback_only: bool,
     client: reqwest::Client,
     queues: Mutex<HashMap<Uuid, mpsc::Sender<Notification>>>,
+    /// Whether this replica holds the evaluation lease (see `lease.rs`).
+    leading: AtomicBool,
+    warm_up: Duration,
 }
 
 /// Alert changes the store has not taken yet.
@@ -194,61 +217,9 @@ impl Core {
     ) -> Result<Core> {
         let Settings { external_url, loopback_only, warm_up } = settings;
         let loaded = db.load(now().timestamp_millis() - KEEP_MS).await?;
-        let mut state = State::default();
-        for (mut receiver, sealed) in loaded.receivers {
-            receiver.headers = key.open(receiver.id, &sealed).map_err(|e| MonitorError::Internal(Box::new(e)))?;
-            state.receivers.insert(receiver.id, (receiver, sealed));
-        }
-        for silence in loaded.silences {
-            // Its matchers compiled when it was created; one that no longer does (a
-            // changed regex engine) would mute nothing, so it is left out, loudly.
-            match Silence::new(silence.clone()) {
-                Ok(compiled) => {
-                    state.silences.insert(silence.id, compiled);
-                }
-                Err(error) => tracing::warn!(silence = %silence.id, %error, "a stored silence does not compile"),
-            }
-        }
-        for mut alert in loaded.alerts {
-            // A firing alert is notified once more after a restart (Alertmanager would
-            // repeat it too); resolved ones are not.
-            if alert.state == AlertState::Firing {
-                alert.notified_firing = false;
-            }
-            state.alerts.insert(alert.id, alert);
-        }
-        for record in loaded.rules {
-            let matchers = crate::labels::compile(&record.spec.matchers).unwrap_or_default();
-            let mut alerts = RuleAlerts::default();
-            // Restore the `for` state of the rule's open alerts (Prometheus's
-            // ALERTS_FOR_STATE), and resolved ones still within the retention.
-            let horizon = now().timestamp_millis() - rules::RESOLVED_RETENTION_MS;
-            // Samples are not kept across restarts: a rule with open alerts waits for
-            // `warm_up` (scrapes and pushes refilling the series store) before it judges them,
-            // rather than resolving them all at its first evaluation.
-            let mut next_due = Instant::now();
-            for alert in state.alerts.values().filter(|a| a.rule_id == record.id) {
-                if alert.state != AlertState::Resolved {
-                    next_due = Instant::now() + warm_up;
-                }
-                if alert.state == AlertState::Resolved && alert.resolved_at.is_some_and(|r| millis(r) < horizon) {
-                    continue;
-                }
-                alerts.active.insert(alert.fingerprint.clone(), active_from(alert));
-            }
-            state.rules.insert(
-                record.id,
-                RuleEntry {
-                    record,
-                    matchers,
-                    alerts,
-                    last_evaluated: None,
-                    last_evaluation_ms: None,
-                    last_error: None,
-                    next_due,
-                },
-            );
-        }
+        // A firing alert is notified once more after a restart (Alertmanager would repeat
+        // it too); resolved ones are not.
+        let state = state_from(loaded, &key, warm_up, true)?;
         // Instances taken out of discovery before the restart stay out.
         for alert in state.alerts.values() {
             if let (AlertState::Firing, Some(instance)) = (alert.state, alert.auto_healed_instance_id) {
@@ -268,7 +239,101 @@ impl Core {
             loopback_only,
             client: notify::client(),
             queues: Mutex::new(HashMap::new()),
+            leading: AtomicBool::new(true),
+            warm_up,
         })
+    }
+
+    // ---- Replicas -------------------------------------------------------------------
+
+    /// Whether this replica evaluates rules and sends notifications (it holds the
+    /// evaluation lease; always so on the embedded store).
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// Becomes a follower: reads the store, evaluates nothing and notifies nobody.
+    pub fn follow(&self) {
+        self.leading.store(false, Ordering::Release);
+    }
+
+    /// Replaces everything in memory by what the store holds: a follower's way of keeping
+    /// its answers current, and a new leader's first step (it goes on from the alerts the
+    /// last leader stored, their `for` clocks and whether they were notified included, so
+    /// a fail-over repeats no notification). Auto-heal holds are taken over by a leader.
+    pub async fn reload(&self, lead: bool) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        let loaded = self.db.load(now().timestamp_millis() - KEEP_MS).await?;
+        let state = state_from(loaded, &self.key, if lead { self.warm_up } else { Duration::ZERO }, false)?;
+        if lead {
+            for alert in state.alerts.values() {
+                if let (AlertState::Firing, Some(instance)) = (alert.state, alert.auto_healed_instance_id) {
+                    self.health.heal(instance, alert.id);
+                }
+            }
+        }
+        *self.state() = state;
+        self.leading.store(lead, Ordering::Release);
+        Ok(())
+    }
+
+    /// A leader takes up what other replicas wrote to the store: receivers and silences
+    /// as stored, rules created, changed or deleted elsewhere (their alerts resolved as
+    /// when it is done here), acknowledgements.
+    pub async fn sync(self: &Arc<Self>) -> Result<()> {
+        let mut writer = self.writer.lock().await;
+        let loaded = self.db.load(now().timestamp_millis() - KEEP_MS).await?;
+        let mut receivers = HashMap::new();
+        for (mut receiver, sealed) in loaded.receivers {
+            receiver.headers = self.key.open(receiver.id, &sealed).map_err(|e| MonitorError::Internal(Box::new(e)))?;
+            receivers.insert(receiver.id, (receiver, sealed));
+        }
+        let silences: HashMap<Uuid, Silence> = loaded
+            .silences
+            .into_iter()
+            .filter_map(|record| Silence::new(record).ok().map(|s| (s.record.id, s)))
+            .collect();
+        let mut notifications = Vec::new();
+        {
+            let mut state = self.state();
+            state.receivers = receivers;
+            state.silences = silences;
+            let t = now();
+            let stored: HashMap<Uuid, RuleRecord> = loaded.rules.into_iter().map(|r| (r.id, r)).collect();
+            let gone: Vec<Uuid> = state.rules.keys().filter(|id| !stored.contains_key(id)).copied().collect();
+            for id in gone {
+                let changes = state.rules.get_mut(&id).map(|e| e.alerts.resolve_all(millis(t))).unwrap_or_default();
+                self.apply_changes(&mut state, id, &changes, t, &mut writer, &mut notifications);
+                state.rules.remove(&id);
+            }
+            for (id, record) in stored {
+                let Some(entry) = state.rules.get_mut(&id) else {
+                    let matchers = crate::labels::compile(&record.spec.matchers).unwrap_or_default();
+                    state.rules.insert(id, RuleEntry::new(record, matchers, RuleAlerts::default(), Instant::now()));
+                    continue;
+                };
+                if entry.record.updated_at == record.updated_at {
+                    continue;
+                }
+                let ends = entry.record.spec.name != record.spec.name || !record.spec.enabled;
+                let changes = if ends { entry.alerts.resolve_all(millis(t)) } else { Vec::new() };
+                entry.matchers = crate::labels::compile(&record.spec.matchers).unwrap_or_default();
+                entry.record = record;
+                entry.next_due = Instant::now();
+                self.apply_changes(&mut state, id, &changes, t, &mut writer, &mut notifications);
+            }
+            for stored in loaded.alerts.into_iter().filter(|a| a.acknowledged_by.is_some()) {
+                if let Some(alert) = state.alerts.get_mut(&stored.id).filter(|a| a.acknowledged_by.is_none()) {
+                    alert.acknowledged_by = stored.acknowledged_by;
+                    alert.acknowledged_at = stored.acknowledged_at;
+                    alert.acknowledgement_comment = stored.acknowledgement_comment;
+                }
+            }
+        }
+        self.flush(&mut writer).await;
+        drop(writer);
+        self.dispatch(notifications);
+        Ok(())
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -292,18 +357,9 @@ impl Core {
         let at = now();
         let record = RuleRecord { id: Uuid::new_v4(), spec, created_at: at, updated_at: at };
         self.write_rule(&record, false).await?;
-        self.state().rules.insert(
-            record.id,
-            RuleEntry {
-                record: record.clone(),
-                matchers,
-                alerts: RuleAlerts::default(),
-                last_evaluated: None,
-                last_evaluation_ms: None,
-                last_error: None,
-                next_due: Instant::now(),
-            },
-        );
+        self.state()
+            .rules
+            .insert(record.id, RuleEntry::new(record.clone(), matchers, RuleAlerts::default(), Instant::now()));
         Ok(record)
     }
 
@@ -338,8 +394,10 @@ impl Core {
             let renamed = state.rules.get(&id).is_some_and(|r| r.record.spec.name != record.spec.name);
             let disabled = !record.spec.enabled;
             let t = now();
+            // Alerts change on the leader only (a follower's leader takes the change up
+            // from the store).
             let changes = match state.rules.get_mut(&id) {
-                Some(entry) if renamed || disabled => entry.alerts.resolve_all(millis(t)),
+                Some(entry) if (renamed || disabled) && self.is_leader() => entry.alerts.resolve_all(millis(t)),
                 _ => Vec::new(),
             };
             if let Some(entry) = state.rules.get_mut(&id) {
@@ -364,7 +422,10 @@ impl Core {
         {
             let mut state = self.state();
             let t = now();
-            let changes = state.rules.get_mut(&id).map(|e| e.alerts.resolve_all(millis(t))).unwrap_or_default();
+            let changes = match state.rules.get_mut(&id) {
+                Some(entry) if self.is_leader() => entry.alerts.resolve_all(millis(t)),
+                _ => Vec::new(),
+            };
             self.apply_changes(&mut state, id, &changes, t, &mut writer, &mut notifications);
             state.rules.remove(&id);
         }
@@ -869,6 +930,53 @@ async fn deliveries(core: std::sync::Weak<Core>, receiver_id: Uuid, mut queue: m
         let error = attempt.error.map(|e| if retries > 0 { format!("{e} after {retries} retries") } else { e });
         core.record_delivery(receiver_id, error).await;
     }
+}
+
+/// Memory as the store holds it: receivers opened, silences compiled, each rule with its
+/// open alerts restored (Prometheus's `ALERTS_FOR_STATE`) and resolved ones still within
+/// the retention. Samples are not kept across restarts: a rule with open alerts waits for
+/// `warm_up` (scrapes and pushes refilling the series store) before it judges them,
+/// rather than resolving them all at its first evaluation. With `restart`, firing alerts
+/// are marked not notified, so that they are notified once more.
+fn state_from(loaded: crate::store::Loaded, key: &SealingKey, warm_up: Duration, restart: bool) -> Result<State> {
+    let mut state = State::default();
+    for (mut receiver, sealed) in loaded.receivers {
+        receiver.headers = key.open(receiver.id, &sealed).map_err(|e| MonitorError::Internal(Box::new(e)))?;
+        state.receivers.insert(receiver.id, (receiver, sealed));
+    }
+    for silence in loaded.silences {
+        // Its matchers compiled when it was created; one that no longer does (a changed
+        // regex engine) would mute nothing, so it is left out, loudly.
+        match Silence::new(silence.clone()) {
+            Ok(compiled) => {
+                state.silences.insert(silence.id, compiled);
+            }
+            Err(error) => tracing::warn!(silence = %silence.id, %error, "a stored silence does not compile"),
+        }
+    }
+    for mut alert in loaded.alerts {
+        if restart && alert.state == AlertState::Firing {
+            alert.notified_firing = false;
+        }
+        state.alerts.insert(alert.id, alert);
+    }
+    let horizon = now().timestamp_millis() - rules::RESOLVED_RETENTION_MS;
+    for record in loaded.rules {
+        let matchers = crate::labels::compile(&record.spec.matchers).unwrap_or_default();
+        let mut alerts = RuleAlerts::default();
+        let mut next_due = Instant::now();
+        for alert in state.alerts.values().filter(|a| a.rule_id == record.id) {
+            if alert.state != AlertState::Resolved {
+                next_due = Instant::now() + warm_up;
+            }
+            if alert.state == AlertState::Resolved && alert.resolved_at.is_some_and(|r| millis(r) < horizon) {
+                continue;
+            }
+            alerts.active.insert(alert.fingerprint.clone(), active_from(alert));
+        }
+        state.rules.insert(record.id, RuleEntry::new(record, matchers, alerts, next_due));
+    }
+    Ok(state)
 }
 
 fn finite(value: f64) -> f64 {

@@ -382,3 +382,88 @@ async fn pushes_over_the_series_limit_are_refused_naming_it_and_counted() {
     assert!(exposition.contains("pake_monitoring_samples_refused_total{reason=\"series_limit\"} 500"), "{exposition}");
     server.stop().await;
 }
+
+/// Whether the replica evaluates (holds the lease).
+fn leads(service: &Service) -> bool {
+    service.monitor.as_ref().expect("running").core().is_leader()
+}
+
+/// No notification arrives for `quiet`.
+async fn no_more_notifications(
+    notifications: &mut mpsc::UnboundedReceiver<(Value, Option<String>, Instant)>,
+    quiet: Duration,
+) {
+    if let Ok(Some((body, _, _))) = tokio::time::timeout(quiet, notifications.recv()).await {
+        panic!("a notification too many: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_database_notify_once_and_fail_over() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let first = start(&db).await;
+    let second = start(&db).await;
+    eventually(Duration::from_secs(10), || async { leads(&first) != leads(&second) }).await;
+    let (hook, mut notifications) = webhook().await;
+    let (status, receiver) = first
+        .call("POST", "/api/v1/receivers", Some(json!({"name": "oncall", "url": format!("{}/hook", hook.url())})))
+        .await;
+    assert_eq!(status, 201, "{receiver}");
+    // Replicas read what the others wrote within about a second.
+    let path = format!("/api/v1/receivers/{}", receiver["id"].as_str().unwrap_or_default());
+    eventually(Duration::from_secs(5), || async { second.call("GET", &path, None).await.0 == 200 }).await;
+    // One rule created through each replica: the leader takes up the follower's from the
+    // store.
+    for (service, name) in [(&first, "deep-queue"), (&second, "long-queue")] {
+        let (status, rule) = service
+            .call(
+                "POST",
+                "/api/v1/alert-rules",
+                Some(json!({
+                    "name": name, "metric": format!("{}_depth", name.replace('-', "_")), "comparison": "gt",
+                    "threshold": 10, "severity": "warning", "receivers": [receiver["id"]]
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{rule}");
+    }
+    // Every replica scrapes and takes pushes for itself: a producer pushes to each.
+    for service in [&first, &second] {
+        service.push("deep_queue_depth", json!({"queue": "arxiv"}), 20.0).await;
+        service.push("long_queue_depth", json!({"queue": "pubmed"}), 30.0).await;
+    }
+    let mut fired = Vec::new();
+    for _ in 0..2 {
+        let (body, _, _) = next_notification(&mut notifications).await;
+        assert_eq!(body["status"], "firing", "{body}");
+        fired.push(body["commonLabels"]["alertname"].as_str().unwrap_or_default().to_string());
+    }
+    fired.sort();
+    assert_eq!(fired, ["deep-queue", "long-queue"]);
+    no_more_notifications(&mut notifications, Duration::from_secs(3)).await;
+    // Both answer with the alerts the leader stored.
+    for service in [&first, &second] {
+        let seen = eventually(Duration::from_secs(5), || async {
+            let (_, alerts) = service.call("GET", "/api/v1/alerts?state=firing", None).await;
+            alerts["items"].as_array().map_or(0, Vec::len) == 2
+        });
+        seen.await;
+    }
+
+    // The leader goes; the follower takes over without notifying again what was notified,
+    // and goes on: a resolution is notified once.
+    let (leader, survivor) = if leads(&first) { (first, second) } else { (second, first) };
+    leader.stop().await;
+    let took = eventually(Duration::from_secs(10), || async { leads(&survivor) }).await;
+    no_more_notifications(&mut notifications, Duration::from_secs(4)).await;
+    survivor.push("deep_queue_depth", json!({"queue": "arxiv"}), 1.0).await;
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(
+        (body["status"].as_str(), body["commonLabels"]["alertname"].as_str()),
+        (Some("resolved"), Some("deep-queue"))
+    );
+    no_more_notifications(&mut notifications, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(5), "fail-over took {took:?}");
+    survivor.stop().await;
+    hook.stop().await;
+}
