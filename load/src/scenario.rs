@@ -219,13 +219,17 @@ struct Session {
     issued: Issued,
 }
 
-/// How long to wait before retrying a 429: its `Retry-After` (delta-seconds; 1 s when
-/// absent or unreadable) plus up to half of it and a quarter second more at random, so that
-/// the refused do not all come back in the same instant.
-pub fn retry_wait(retry_after: Option<&str>, random: f64) -> Duration {
+/// How long to wait before retrying a 429 for the `attempt`th time (1 for the first): its
+/// `Retry-After` (delta-seconds; 1 s when absent or unreadable), never less, plus a random
+/// share of a window — half of it and a quarter second — that doubles with each refusal up
+/// to eight times, so that the refused do not all come back in the same instant and a crowd
+/// refused again and again thins out (capped exponential backoff with jitter, as client
+/// libraries do).
+pub fn retry_wait(retry_after: Option<&str>, attempt: u32, random: f64) -> Duration {
     let seconds = retry_after.and_then(|value| value.trim().parse::<u64>().ok()).unwrap_or(1);
     let base = Duration::from_secs(seconds);
-    base + (base / 2 + Duration::from_millis(250)).mul_f64(random.clamp(0.0, 1.0))
+    let window = (base / 2 + Duration::from_millis(250)) * (1u32 << attempt.clamp(1, 4).saturating_sub(1));
+    base + window.mul_f64(random.clamp(0.0, 1.0))
 }
 
 /// Signs in with the tenant's credentials, retrying throttled attempts; `None` when no
@@ -244,6 +248,7 @@ async fn sign_in(
         "grant_type": "client_credentials", "client_id": credentials.client_id,
         "client_secret": credentials.client_secret,
     });
+    let mut refusals = 0;
     loop {
         let builder = user.get_request_builder(&GooseMethod::Post, "/v1/auth/token")?.json(&grant);
         let started = Instant::now();
@@ -254,7 +259,8 @@ async fn sign_in(
             && let Ok(response) = &answer
         {
             let header = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
-            let wait = retry_wait(header, rand::random::<f64>());
+            refusals += 1;
+            let wait = retry_wait(header, refusals, rand::random::<f64>());
             if Instant::now() + wait < state.retry_until() {
                 state.recorder.retried_sign_in(tenant, wait);
                 user.record_custom_request_duration("POST", THROTTLED_SIGN_IN, took, true, Some(429), None).await?;
@@ -418,10 +424,14 @@ mod tests {
 
     #[test]
     fn retries_wait_for_retry_after_plus_jitter() {
-        assert_eq!(retry_wait(Some("2"), 0.0), Duration::from_secs(2));
-        assert_eq!(retry_wait(Some("2"), 1.0), Duration::from_millis(3250));
-        assert_eq!(retry_wait(None, 0.0), Duration::from_secs(1));
-        assert_eq!(retry_wait(Some("soon"), 1.0), Duration::from_millis(1750));
+        assert_eq!(retry_wait(Some("2"), 1, 0.0), Duration::from_secs(2));
+        assert_eq!(retry_wait(Some("2"), 1, 1.0), Duration::from_millis(3250));
+        assert_eq!(retry_wait(None, 1, 0.0), Duration::from_secs(1));
+        assert_eq!(retry_wait(Some("soon"), 1, 1.0), Duration::from_millis(1750));
+        // The window doubles with each refusal, up to eight times.
+        assert_eq!(retry_wait(Some("1"), 2, 1.0), Duration::from_millis(2500));
+        assert_eq!(retry_wait(Some("1"), 4, 1.0), Duration::from_millis(7000));
+        assert_eq!(retry_wait(Some("1"), 30, 1.0), Duration::from_millis(7000));
     }
 
     #[test]
