@@ -15,6 +15,7 @@
 
 use crate::check::{Violation, check_response};
 use crate::contract::{Contract, ContractError, Operation, ParamLocation};
+use crate::coverage::{self, Place};
 use crate::generate::Generator;
 use crate::mutate::{self, Negative, Shape};
 use crate::report::{CaseKind, Check, Failure, Report};
@@ -261,7 +262,16 @@ pub struct Input {
 pub(crate) struct Plan {
     pub positive: SBoxedStrategy<Input>,
     pub negative: Option<SBoxedStrategy<Case>>,
+    /// Valid input with every optional parameter and property present (the coverage
+    /// phase's starting point); `None` when the schemas cannot give one.
+    pub complete: Option<SBoxedStrategy<Input>>,
+    pub params_valid: Predicate,
+    pub params_travel: Predicate,
+    pub body_valid: Predicate,
 }
+
+/// A test on a generated value, shared between strategies.
+pub(crate) type Predicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
 /// What one request (or sequence) showed.
 #[derive(Debug, Clone)]
@@ -363,6 +373,15 @@ impl Engine {
         let ids: Vec<String> = self.contract.operations.iter().map(|op| op.id.clone()).collect();
         let mut report =
             Report::new(&self.contract.name, &self.target.base_url, config.seed, config.cases_per_operation, &ids);
+        for (index, op) in self.contract.operations.iter().enumerate() {
+            // Body properties of a create or an update must also reach a checked read-back.
+            let written = config.stateful
+                && self.resources.iter().any(|r| r.create == op.id || r.update.as_deref() == Some(op.id.as_str()));
+            let places = self.tracked(index, config);
+            let labels = places.iter().map(|p| p.label(op)).collect();
+            let in_sequence = places.iter().map(|p| written && matches!(p, Place::Body(_))).collect();
+            report.track(&op.id, labels, in_sequence);
+        }
         for index in 0..self.contract.operations.len() {
             self.run_operation(index, config, &mut report).await;
         }
@@ -420,6 +439,7 @@ impl Engine {
         if op.is_secured() && self.target.token.is_none() {
             report.note(format!("{}: no token given, so only authentication cases ran", op.id));
         } else {
+            self.run_coverage(index, config, report).await;
             let positive = self.positive_cases(index, config);
             let cases = config.cases_per_operation;
             self.run_cases(index, CaseKind::Positive, "positive", &positive, cases, config, report).await;
@@ -433,6 +453,81 @@ impl Engine {
             for (auth, phase) in [(Auth::Anonymous, "anonymous"), (Auth::BadToken, "bad-token")] {
                 let cases = self.positive_cases(index, config).prop_map(move |case| Case { auth, ..case }).sboxed();
                 self.run_cases(index, CaseKind::Auth, phase, &cases, 1, config, report).await;
+            }
+        }
+    }
+
+    /// The optional parameters and body properties of an operation that positive cases
+    /// must send both present and absent.
+    pub(crate) fn tracked(&self, index: usize, config: &Config) -> Vec<Place> {
+        let op = &self.contract.operations[index];
+        coverage::tracked(&self.contract, op, |name| config.leaves_out(&op.id, name))
+    }
+
+    /// Records which tracked properties a positive case sent.
+    fn observe(&self, index: usize, config: &Config, case: &Case, report: &mut Report) {
+        let body = match &case.payload {
+            Payload::Json(body) => Some(body),
+            _ => None,
+        };
+        let held = coverage::presence(&self.tracked(index, config), &case.params, body);
+        report.observe(&self.contract.operations[index].id, &held, false);
+    }
+
+    /// The deterministic coverage phase of one operation ([`crate::coverage`]): a
+    /// complete request, a minimal one and one per interesting value, each sent once.
+    async fn run_coverage(&self, index: usize, config: &Config, report: &mut Report) {
+        let op = &self.contract.operations[index];
+        let plan = &self.plans[index];
+        let Some(complete) = &plan.complete else {
+            report.note(format!("{}: no complete request could be generated for the coverage phase", op.id));
+            return;
+        };
+        let mut runner = self.runner(config, &[&op.id, "coverage"]);
+        let input = match complete.new_tree(&mut runner) {
+            Ok(tree) => tree.current(),
+            Err(reason) => {
+                report.note(format!("{}: no complete request could be generated: {reason}", op.id));
+                return;
+            }
+        };
+        let keep = |mut params: Map<String, Value>| {
+            params.retain(|name, _| {
+                op.params.iter().any(|p| &p.name == name && (p.required || !config.leaves_out(&op.id, name)))
+            });
+            params
+        };
+        let params = keep(input.params);
+        let mut fresh_params = || match complete.new_tree(&mut runner) {
+            Ok(tree) => keep(tree.current().params),
+            Err(_) => params.clone(),
+        };
+        let places = self.tracked(index, config);
+        let checks = coverage::Checks {
+            params_valid: &*plan.params_valid,
+            params_travel: &*plan.params_travel,
+            body_valid: &*plan.body_valid,
+        };
+        let auth = self.auth_for(op);
+        for variant in
+            coverage::variants(&self.contract, op, &places, &params, input.body.as_ref(), &checks, &mut fresh_params)
+        {
+            let kind = if variant.valid { CaseKind::Positive } else { CaseKind::Negative };
+            let case = Case {
+                params: variant.params,
+                payload: variant.body.map_or(Payload::None, Payload::Json),
+                auth,
+                description: variant.description,
+            };
+            if kind == CaseKind::Positive {
+                self.observe(index, config, &case, report);
+            }
+            let attempt = self.attempt(op, kind, &case, config).await;
+            report.count(&op.id, kind);
+            for violation in attempt.violations.clone() {
+                if !report.seen(&op.id, kind, violation.check) {
+                    report.record(self.failure(&op.id, kind, violation, &attempt));
+                }
             }
         }
     }
@@ -458,6 +553,9 @@ impl Engine {
                     return;
                 }
             };
+            if kind == CaseKind::Positive {
+                self.observe(index, config, &tree.current(), report);
+            }
             let first = self.attempt(op, kind, &tree.current(), config).await;
             report.count(&op.id, kind);
             if first.violations.is_empty() {
@@ -803,6 +901,32 @@ fn plan(generator: &Generator, op: &Operation) -> Result<Plan, String> {
     let positive = (positive_params.clone(), positive_body.clone())
         .prop_map(|(params, body)| Input { params: params.as_object().cloned().unwrap_or_default(), body })
         .sboxed();
+    let complete = {
+        let generator = generator.complete();
+        let (reads_valid, travels) = (reads_valid.clone(), travels.clone());
+        let params = generator.positive_where(&params_schema, move |params| reads_valid(params) && travels(params));
+        let body: Result<SBoxedStrategy<Option<Value>>, String> = match &json_body {
+            Some((_, schema)) => generator.positive(schema).map(|s| s.prop_map(Some).sboxed()),
+            None => Ok(Just(None).sboxed()),
+        };
+        match (params, body) {
+            (Ok(params), Ok(body)) => Some(
+                (params, body)
+                    .prop_map(|(params, body)| Input { params: params.as_object().cloned().unwrap_or_default(), body })
+                    .sboxed(),
+            ),
+            _ => None,
+        }
+    };
+    let body_valid: Predicate = match &json_body {
+        Some((_, schema)) => {
+            let validator = validators.get(schema).map_err(|e| format!("request body: {e}"))?;
+            Arc::new(move |v: &Value| validator.is_valid(v) && !mutate::holds_nul(v))
+        }
+        None => Arc::new(|_: &Value| true),
+    };
+    let params_valid: Predicate = Arc::new(reads_valid.clone());
+    let params_travel: Predicate = Arc::new(travels.clone());
 
     let mut negatives: Vec<(u32, SBoxedStrategy<Case>)> = Vec::new();
     let as_case = |params: Value, payload: Payload, description: String| Case {
@@ -888,5 +1012,5 @@ fn plan(generator: &Generator, op: &Operation) -> Result<Plan, String> {
         0 => None,
         _ => Some(Union::new_weighted(negatives).sboxed()),
     };
-    Ok(Plan { positive, negative })
+    Ok(Plan { positive, negative, complete, params_valid, params_travel, body_valid })
 }

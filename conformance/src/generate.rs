@@ -41,11 +41,23 @@ const DEFAULT_SPAN: i64 = 1_000_000;
 pub struct Generator {
     contract: Arc<Contract>,
     validators: Arc<Validators>,
+    /// Whether every optional property (down to [`COMPLETE_DEPTH`]) is present and every
+    /// array holds at least one item: the coverage phase's "everything sent" values.
+    complete: bool,
 }
+
+/// Nesting down to which a complete value holds every optional property.
+const COMPLETE_DEPTH: usize = 3;
 
 impl Generator {
     pub fn new(contract: Arc<Contract>, validators: Arc<Validators>) -> Generator {
-        Generator { contract, validators }
+        Generator { contract, validators, complete: false }
+    }
+
+    /// This generator making complete values: every optional property present (down to a
+    /// few levels) and no array empty, so that a value exercises every field it can hold.
+    pub fn complete(&self) -> Generator {
+        Generator { complete: true, ..self.clone() }
     }
 
     pub fn contract(&self) -> &Arc<Contract> {
@@ -161,6 +173,7 @@ impl Generator {
         let item = self.build(&items, depth + 1).map_err(|e| format!("items: {e}"))?;
         let extra = if depth >= OPTIONAL_DEPTH { 0 } else { EXTRA_ITEMS };
         let hi = declared_hi.unwrap_or(usize::MAX).min(lo + extra);
+        let lo = if self.complete && depth < COMPLETE_DEPTH { lo.max(1).min(hi) } else { lo };
         let unique = schema.get("uniqueItems") == Some(&Value::Bool(true));
         Ok(proptest::collection::vec(item, lo..=hi)
             .prop_map(move |items| if unique { distinct(items) } else { items })
@@ -186,7 +199,11 @@ impl Generator {
                 // making the whole object impossible.
                 if let Ok(strategy) = self.build(sub, depth + 1) {
                     let pair = strategy.prop_map(move |value| (key.clone(), value));
-                    fields.push(proptest::option::weighted(0.5, pair).sboxed());
+                    if self.complete && depth < COMPLETE_DEPTH {
+                        fields.push(pair.prop_map(Some).sboxed());
+                    } else {
+                        fields.push(proptest::option::weighted(0.5, pair).sboxed());
+                    }
                 }
             }
         }

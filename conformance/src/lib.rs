@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod contract;
+pub mod coverage;
 pub mod engine;
 pub mod generate;
 pub mod mutate;
@@ -31,7 +32,7 @@ pub mod support;
 
 pub use contract::{Contract, ContractError, Operation};
 pub use engine::{Config, ConfigError, ContractSource, Engine, EngineError, Target};
-pub use report::{CaseKind, Check, Coverage, Failure, Report};
+pub use report::{CaseKind, Check, Coverage, Failure, PropertyCoverage, Report};
 pub use stateful::Resource;
 
 use axum::Router;

@@ -142,6 +142,48 @@ pub struct Coverage {
     pub stateful: u32,
 }
 
+/// Which optional parameters and body properties of one operation positive cases sent
+/// present and absent, and (for creates and updates) in a sequence whose read-back was
+/// checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropertyCoverage {
+    /// `query limit`, `body tags`, in the contract's order.
+    pub labels: Vec<String>,
+    pub present: Vec<bool>,
+    pub absent: Vec<bool>,
+    /// Whether the property must also reach a checked read-back.
+    pub needs_sequence: Vec<bool>,
+    pub in_sequence: Vec<bool>,
+}
+
+impl PropertyCoverage {
+    /// Properties exercised and the total.
+    pub fn exercised(&self) -> (usize, usize) {
+        (self.labels.len() - self.missing().len(), self.labels.len())
+    }
+
+    /// What each property not yet exercised still lacks.
+    pub fn missing(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        for (i, label) in self.labels.iter().enumerate() {
+            let mut lacks = Vec::new();
+            if !self.present[i] {
+                lacks.push("never sent");
+            }
+            if !self.absent[i] {
+                lacks.push("never left out");
+            }
+            if self.needs_sequence[i] && !self.in_sequence[i] {
+                lacks.push("never read back in a sequence");
+            }
+            if !lacks.is_empty() {
+                missing.push(format!("{label} ({})", lacks.join(", ")));
+            }
+        }
+        missing
+    }
+}
+
 /// The outcome of one run against one contract.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -154,6 +196,8 @@ pub struct Report {
     /// Undeclared methods probed on known paths.
     pub method_probes: u32,
     pub failures: Vec<Failure>,
+    /// Per operationId, the optional properties exercised.
+    pub properties: BTreeMap<String, PropertyCoverage>,
     /// What the run could not do (no token for secured operations, setup refused…).
     pub notes: Vec<String>,
 }
@@ -168,7 +212,63 @@ impl Report {
             coverage: operations.iter().map(|id| (id.clone(), Coverage::default())).collect(),
             method_probes: 0,
             failures: Vec::new(),
+            properties: BTreeMap::new(),
             notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn track(&mut self, operation_id: &str, labels: Vec<String>, needs_sequence: Vec<bool>) {
+        let n = labels.len();
+        self.properties.insert(
+            operation_id.to_string(),
+            PropertyCoverage {
+                labels,
+                present: vec![false; n],
+                absent: vec![false; n],
+                needs_sequence,
+                in_sequence: vec![false; n],
+            },
+        );
+    }
+
+    /// Records which tracked properties a request held: a positive case's, or a create's
+    /// or update's whose read-back was checked (`sequence`).
+    pub(crate) fn observe(&mut self, operation_id: &str, held: &[bool], sequence: bool) {
+        let Some(coverage) = self.properties.get_mut(operation_id) else { return };
+        for (i, held) in held.iter().enumerate().take(coverage.labels.len()) {
+            match (sequence, *held) {
+                (true, true) => coverage.in_sequence[i] = true,
+                (true, false) => {}
+                (false, true) => coverage.present[i] = true,
+                (false, false) => coverage.absent[i] = true,
+            }
+        }
+    }
+
+    /// Per operation, the properties not yet exercised.
+    pub fn missing_property_coverage(&self) -> Vec<(String, Vec<String>)> {
+        self.coverage
+            .iter()
+            .filter_map(|(id, _)| {
+                let missing = self.properties.get(id)?.missing();
+                (!missing.is_empty()).then(|| (id.clone(), missing))
+            })
+            .collect()
+    }
+
+    /// Panics when an operation has an optional parameter or body property positive
+    /// cases did not send both present and absent, or (for creates and updates) that no
+    /// sequence read back.
+    pub fn require_property_coverage(&self) {
+        let missing = self.missing_property_coverage();
+        if !missing.is_empty() {
+            let lines: Vec<String> = missing.iter().map(|(id, what)| format!("  {id}: {}", what.join("; "))).collect();
+            panic!(
+                "properties of {} not exercised (the run needs 100 %):\n{}\n\n{}",
+                self.contract,
+                lines.join("\n"),
+                self.coverage_table()
+            );
         }
     }
 
@@ -238,19 +338,30 @@ impl Report {
             self.contract, self.base_url, self.seed, self.cases_per_operation
         );
         table.push_str(&format!(
-            "{:<width$}  {:>8}  {:>8}  {:>4}  {:>8}  {:>8}\n",
-            "operationId", "positive", "negative", "auth", "stateful", "failures"
+            "{:<width$}  {:>8}  {:>8}  {:>4}  {:>8}  {:>10}  {:>8}\n",
+            "operationId", "positive", "negative", "auth", "stateful", "properties", "failures"
         ));
+        let (mut all_done, mut all_total) = (0, 0);
         for (id, c) in &self.coverage {
+            let (done, total) = self.properties.get(id).map_or((0, 0), PropertyCoverage::exercised);
+            (all_done, all_total) = (all_done + done, all_total + total);
             table.push_str(&format!(
-                "{:<width$}  {:>8}  {:>8}  {:>4}  {:>8}  {:>8}\n",
+                "{:<width$}  {:>8}  {:>8}  {:>4}  {:>8}  {:>10}  {:>8}\n",
                 id,
                 c.positive,
                 c.negative,
                 c.auth,
                 c.stateful,
+                format!("{done}/{total}"),
                 failures.get(id.as_str()).copied().unwrap_or(0)
             ));
+        }
+        let percent = if all_total == 0 { 100.0 } else { 100.0 * all_done as f64 / all_total as f64 };
+        table.push_str(&format!(
+            "optional properties exercised (sent present and absent; creates and updates read back): {all_done}/{all_total} ({percent:.1} %)\n"
+        ));
+        for (id, missing) in self.missing_property_coverage() {
+            table.push_str(&format!("not exercised: {id}: {}\n", missing.join("; ")));
         }
         let others = self.failures.iter().filter(|f| !self.coverage.iter().any(|(id, _)| *id == f.operation)).count();
         table.push_str(&format!(

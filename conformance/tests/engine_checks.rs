@@ -390,6 +390,9 @@ enum Bug {
     /// (k) createItem refuses a whole number written as a float (`"size": 3.0`), which the
     /// schema's `integer` admits, as a typed decode without normalisation would.
     RefusesWholeFloats,
+    /// (l) replaceItem keeps the item's old `tags` whatever it is sent (one `continue` in
+    /// an update loop): a lost write that only a read-back with `tags` sent can show.
+    ReplaceIgnoresTags,
 }
 
 struct App {
@@ -574,6 +577,12 @@ async fn replace(
             for key in ["id", "created_at"] {
                 item.insert(key.into(), items[index][key].clone());
             }
+            if app.bug == Bug::ReplaceIgnoresTags {
+                match items[index].get("tags") {
+                    Some(tags) => item.insert("tags".into(), tags.clone()),
+                    None => item.remove("tags"),
+                };
+            }
             item.insert("revision".into(), json!(revision + 1));
             items[index] = item.clone();
             Ok(json(200, &Value::Object(item), Vec::new()))
@@ -650,10 +659,15 @@ async fn a_correct_server_has_no_failures_and_full_coverage() {
     let report = run(Bug::None, &config()).await;
     report.assert_ok();
     report.require_positive_coverage();
+    report.require_property_coverage();
     let table = report.coverage_table();
+    assert!(table.contains("(100.0 %)"), "{table}");
+    let properties = &report.properties["replaceItem"];
+    assert_eq!(properties.labels, ["header If-Match", "body color", "body note", "body tags"], "{table}");
     for (operation, coverage) in &report.coverage {
         assert!(table.contains(operation.as_str()), "{table}");
-        assert_eq!(coverage.positive, 10, "{operation}: {table}");
+        // The coverage phase's cases come before the 10 random ones.
+        assert!(coverage.positive > 10, "{operation}: {table}");
     }
     let coverage = |id: &str| report.coverage_of(id).expect("an operation of the contract");
     assert!(coverage("createItem").negative > 0 && coverage("listItems").negative > 0, "{table}");
@@ -781,4 +795,41 @@ async fn without_a_token_only_authentication_runs_and_coverage_can_be_required()
     assert_eq!(report.missing_positive_coverage(), ["listItems", "createItem", "getItem", "replaceItem", "deleteItem"]);
     let required = std::panic::catch_unwind(|| report.require_positive_coverage());
     assert!(required.is_err(), "operations without positive cases make require_positive_coverage fail");
+    let missing = report.missing_property_coverage();
+    assert!(missing.iter().any(|(id, what)| id == "replaceItem" && what.iter().any(|w| w.starts_with("body tags"))));
+    let required = std::panic::catch_unwind(|| report.require_property_coverage());
+    assert!(required.is_err(), "properties never sent make require_property_coverage fail");
+}
+
+#[tokio::test]
+async fn an_update_that_ignores_an_optional_field_is_caught_by_the_default_run() {
+    // The default settings, as CI runs them: the coverage phase's complete sequence sends
+    // every optional property in the update and reads it back, whatever the random draws.
+    let report = run(Bug::ReplaceIgnoresTags, &Config::default()).await;
+    let failure = report
+        .failures()
+        .iter()
+        .find(|f| f.check == Check::FieldsEchoed && f.message.contains("tags was sent as"))
+        .unwrap_or_else(|| panic!("the lost write of tags is reported:\n{}", describe(&report)));
+    assert!(failure.reproduction.iter().any(|curl| curl.contains("-X PUT")), "{failure}");
+}
+
+#[tokio::test]
+async fn the_coverage_phase_sends_every_enum_value_and_bound() {
+    let server = TestServer::start(router(Bug::None)).await.expect("server starts");
+    let target = Target::new(server.url()).with_token("good");
+    let engine = Engine::new(ContractSource::text("items.yaml", CONTRACT), target).expect("the contract loads");
+    let report = engine.run(&Config { cases_per_operation: 0, stateful: false, ..config() }).await;
+    server.stop().await;
+    report.assert_ok();
+    // Without random cases, coverage alone sends each optional property both ways.
+    report.require_property_coverage();
+    let create = report.coverage_of("createItem").expect("createItem");
+    // complete, minimal, 3 colours, size at 1 / 100 / as a float, note at 0 and 40
+    // characters, tags empty (and full when the complete draw has 3 distinct tags);
+    // negatives: size 0 and 101, note of 41, 4 tags.
+    assert!(create.positive >= 10, "{}", report.coverage_table());
+    assert!(create.negative >= 4, "{}", report.coverage_table());
+    let limit = report.coverage_of("listItems").expect("listItems");
+    assert!(limit.positive >= 5 && limit.negative >= 2, "{}", report.coverage_table());
 }

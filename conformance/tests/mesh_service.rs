@@ -30,6 +30,7 @@ async fn run_against_registry(backend: Backend) {
     let report = engine.run(&config).await;
     report.assert_ok();
     report.require_positive_coverage();
+    report.require_property_coverage();
     server.stop().await;
 }
 
