@@ -187,29 +187,45 @@ pub fn evaluate(spec: &RuleSpec, matchers: &[Matcher], series: &SeriesStore, t: 
         _ => s.value_at(t),
     };
     if spec.aggregation == Aggregation::None {
-        return series
-            .select(&spec.metric, matchers, |labels, s| value(s).map(|value| Element { labels: labels.clone(), value }))
-            .into_iter()
-            .filter(|e| spec.comparison.holds(e.value, spec.threshold))
-            .collect();
+        // Labels are copied only for the series whose comparison holds.
+        return series.select(&spec.metric, matchers, |labels, s| {
+            value(s)
+                .filter(|v| spec.comparison.holds(*v, spec.threshold))
+                .map(|value| Element { labels: labels.clone(), value })
+        });
     }
-    // Only the labels the aggregation keeps are copied (an absent or empty one is absent
-    // from the group's labels too, as PromQL's `by` keeps them).
-    let mut values: Vec<(u64, LabelSet, f64)> = series.select(&spec.metric, matchers, |labels, s| {
-        let key: LabelSet = spec
-            .group_by
-            .iter()
-            .filter_map(|name| labels.get(name).filter(|v| !v.is_empty()).map(|v| (name.clone(), v.clone())))
-            .collect();
-        value(s).map(|v| (s.created, key, v))
+    // Each series goes to its group by the values of the `by` labels (an absent or empty
+    // one is absent from the group's labels too, as PromQL's `by` keeps them); a group's
+    // labels are copied once, when it is first seen.
+    let mut groups: Vec<LabelSet> = Vec::new();
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut values: Vec<(u64, usize, f64)> = series.select(&spec.metric, matchers, |labels, s| {
+        let v = value(s)?;
+        let kept =
+            || spec.group_by.iter().filter_map(|name| labels.get(name).filter(|v| !v.is_empty()).map(|v| (name, v)));
+        let mut hasher = std::hash::DefaultHasher::new();
+        for (name, value) in kept() {
+            std::hash::Hash::hash(&(name, value), &mut hasher);
+        }
+        let candidates = by_hash.entry(std::hash::Hasher::finish(&hasher)).or_default();
+        let same = |group: &LabelSet| group.len() == kept().count() && kept().all(|(n, v)| group.get(n) == Some(v));
+        let index = match candidates.iter().find(|&&i| same(&groups[i])) {
+            Some(&i) => i,
+            None => {
+                groups.push(kept().map(|(n, v)| (n.clone(), v.clone())).collect());
+                candidates.push(groups.len() - 1);
+                groups.len() - 1
+            }
+        };
+        Some((s.created, index, v))
     });
     // Aggregated in the order Prometheus hands a query its series (creation order), so
     // that sums round as Prometheus's do.
     values.sort_by_key(|(created, _, _)| *created);
     let aggregation = spec.aggregation;
-    let mut groups: BTreeMap<LabelSet, (f64, usize)> = BTreeMap::new();
-    for (_, key, value) in values {
-        let entry = groups.entry(key).or_insert((f64::NAN, 0));
+    let mut folded: Vec<(f64, usize)> = vec![(f64::NAN, 0); groups.len()];
+    for (_, index, value) in values {
+        let entry = &mut folded[index];
         entry.0 = match (aggregation, entry.1) {
             (_, 0) => value,
             (Aggregation::Sum | Aggregation::Rate | Aggregation::Avg, _) => entry.0 + value,
@@ -220,14 +236,17 @@ pub fn evaluate(spec: &RuleSpec, matchers: &[Matcher], series: &SeriesStore, t: 
         };
         entry.1 += 1;
     }
-    groups
+    let mut results: Vec<Element> = groups
         .into_iter()
+        .zip(folded)
         .map(|(labels, (value, n))| Element {
             labels,
             value: if aggregation == Aggregation::Avg { value / n as f64 } else { value },
         })
         .filter(|e| spec.comparison.holds(e.value, spec.threshold))
-        .collect()
+        .collect();
+    results.sort_by(|a, b| a.labels.cmp(&b.labels));
+    results
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
