@@ -16,6 +16,9 @@
 //!   [--hosts netns|loopback]`: two gateways, two registries, monitoring and performance as
 //!   separate processes on hosts of their own over one PostgreSQL and Redis, scraped by
 //!   Prometheus, and the multi-replica checks; see `cluster.rs`.
+//! - `mutants [--service NAME]... [--minutes N] [--test-timeout SECS] [--shard K/N] [--re REGEX]`:
+//!   cargo-mutants over the services' domain code with their tests and the conformance
+//!   suites; reports in `target/mutants/`; see `mutants.rs`.
 
 mod bench;
 mod cluster;
@@ -27,6 +30,7 @@ mod image;
 mod lint;
 mod load;
 mod lower;
+mod mutants;
 mod server;
 
 #[cfg(test)]
@@ -85,12 +89,14 @@ fn run() -> Result<()> {
         ["load", options @ ..] => load::run(&root, &load::Options::parse(options)?),
         ["image", options @ ..] => image::build(&root, &image::Options::parse(options)?),
         ["cluster", options @ ..] => cluster::run(&root, &cluster::Options::parse(options)?),
+        ["mutants", options @ ..] => mutants::run(&root, &mutants::Options::parse(options)?),
         _ => bail!(
-            "usage: cargo xtask codegen [--check [--since REV]] | {} | {} | {} | {}",
+            "usage: cargo xtask codegen [--check [--since REV]] | {} | {} | {} | {} | {}",
             bench::Options::USAGE,
             load::Options::USAGE,
             image::Options::USAGE,
-            cluster::Options::USAGE
+            cluster::Options::USAGE,
+            mutants::Options::USAGE
         ),
     }
 }
