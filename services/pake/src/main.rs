@@ -700,6 +700,13 @@ impl pake_gateway::samples::SampleSink for RemoteSamples {
 /// cannot carry (a method it does not list) is left out.
 fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_performance_server::types::SampleBatch {
     use pake_performance_server::types;
+    use std::collections::HashMap;
+    // A batch names few services and routes many times: each is checked against the
+    // contract's pattern once per batch, not once per sample.
+    fn parsed<'a, T: std::str::FromStr + Clone>(seen: &mut HashMap<&'a str, Option<T>>, text: &'a str) -> Option<T> {
+        seen.entry(text).or_insert_with(|| text.parse().ok()).clone()
+    }
+    let (mut services, mut routes) = (HashMap::new(), HashMap::new());
     let samples = samples
         .iter()
         .filter_map(|sample| {
@@ -708,8 +715,8 @@ fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_perfor
                 instance_id: None,
                 latency_ms: sample.latency.as_secs_f64() * 1000.0,
                 method: sample.method.as_str().parse().ok()?,
-                route: sample.route.parse().ok(),
-                service: sample.service.parse().ok()?,
+                route: parsed(&mut routes, &sample.route),
+                service: parsed(&mut services, &sample.service)?,
                 status: i64::from(sample.status),
                 timestamp: chrono::DateTime::<chrono::Utc>::from(received),
             })
