@@ -33,7 +33,7 @@ pub mod support;
 pub use contract::{Contract, ContractError, Operation};
 pub use engine::{Config, ConfigError, ContractSource, Engine, EngineError, Target};
 pub use report::{CaseKind, Check, Coverage, Failure, PropertyCoverage, Report};
-pub use stateful::Resource;
+pub use stateful::{Reference, Resource};
 
 use axum::Router;
 use std::future::Future;

@@ -102,6 +102,38 @@ fn resources_are_found_from_links_and_paths() {
 }
 
 #[test]
+fn body_properties_naming_another_resource_are_found() {
+    let references = |file: &str| -> BTreeMap<String, Vec<String>> {
+        let engine = offline(file);
+        engine
+            .resources()
+            .iter()
+            .map(|r| {
+                let named = r
+                    .references
+                    .iter()
+                    .map(|x| {
+                        let many = if x.many { "[]" } else { "" };
+                        format!("{}{many}→{}", x.property, engine.resources()[x.resource].create)
+                    })
+                    .collect();
+                (r.create.clone(), named)
+            })
+            .collect()
+    };
+    let gateway = references("api-gateway.yaml");
+    assert_eq!(gateway["createRoute"], ["rate_limit_policy_id→createRateLimitPolicy"], "{gateway:?}");
+    assert_eq!(gateway["createApiClient"], ["rate_limit_policy_id→createRateLimitPolicy"], "{gateway:?}");
+    let monitoring = references("monitoring.yaml");
+    assert_eq!(monitoring["createAlertRule"], ["receivers[]→createReceiver"], "{monitoring:?}");
+    let performance = references("performance.yaml");
+    assert_eq!(performance["startBenchmark"], ["slo_id→createSlo"], "{performance:?}");
+    // Dependencies name the service depended on by name, not by id: nothing to resolve.
+    let mesh = references("service-mesh.yaml");
+    assert!(mesh.values().all(Vec::is_empty), "{mesh:?}");
+}
+
+#[test]
 fn every_operation_yields_positive_and_negative_requests() {
     let config = Config::default();
     for file in CONTRACTS {

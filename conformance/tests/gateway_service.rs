@@ -45,6 +45,7 @@ async fn run_against_gateway(backend: Backend, redis: bool) {
     let report = engine.run(&config).await;
     report.assert_ok();
     report.require_positive_coverage();
+    report.require_property_coverage();
     server.stop().await;
 }
 

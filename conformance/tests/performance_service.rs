@@ -51,6 +51,9 @@ async fn run_against_performance(backend: Backend) {
     println!("{}", report.coverage_table());
     report.assert_ok();
     report.require_positive_coverage();
+    // startBenchmark cannot create a benchmark yet (the service has no load generator and
+    // answers 503 after checking the request), so nothing it is sent can be read back.
+    report.require_property_coverage_except(&["startBenchmark"]);
     server.stop().await;
 }
 
