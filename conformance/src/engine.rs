@@ -2,12 +2,17 @@
 //! generates requests for every operation from its schemas with proptest, sends them over
 //! real HTTP to a base URL and checks every answer against the contract.
 //!
+//! Per operation it first runs the deterministic coverage phase ([`crate::coverage`]:
+//! every optional property present and absent, every enum value, bounds and just past
+//! them, empty and full arrays, integers written as whole floats), then random cases.
 //! Per operation it runs positive cases (valid parameters and body: accepted), negative
 //! cases (one thing broken: rejected with a 4xx and the error body) and, for secured
 //! operations, requests without a token and with a bad one (401). Per path it probes the
 //! undeclared methods (405 with `Allow`). Per resource the contract's links describe, it
 //! runs create → read → update → list → delete → read-is-404 sequences
-//! ([`crate::stateful`]). A failing case is shrunk and reported with `curl` commands.
+//! ([`crate::stateful`]), the first of complete inputs so that every optional property of
+//! a create and an update is read back, with the resources a body names created first.
+//! A failing case is shrunk and reported with `curl` commands.
 //!
 //! Nothing here knows a particular contract: a new contract needs no change to the engine.
 //! It does not start servers either (tests do, or the target is already running) and

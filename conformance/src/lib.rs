@@ -15,6 +15,7 @@
 //! let report = engine.run(&Config::from_env().expect("valid PAKE_CONFORMANCE_* variables")).await;
 //! report.assert_ok();
 //! report.require_positive_coverage();
+//! report.require_property_coverage();
 //! # }
 //! ```
 
