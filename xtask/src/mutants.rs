@@ -238,11 +238,31 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     for service in chosen {
         let out_dir: PathBuf = target.join("mutants").join(service.name);
         std::fs::create_dir_all(&out_dir)?;
+        // The test command: the service's unit tests, its integration tests and its
+        // contract's conformance suite (not the engine's own tests, which no service code
+        // can fail).
+        let mut tests = vec!["--lib".to_string(), "--test".to_string(), service.suite.to_string()];
+        for test in integration_tests(&root.join("services").join(service.dir).join("tests"))? {
+            tests.extend(["--test".to_string(), test]);
+        }
+        // The baseline, here rather than in cargo-mutants (whose baseline runs only the
+        // mutated package's tests, where the conformance suite is not): a red suite would
+        // count every mutant as killed.
+        println!("{}: baseline: cargo test -p {} -p conformance {}", service.name, service.package, tests.join(" "));
+        let baseline = Command::new(&cargo)
+            .current_dir(root)
+            .args(["test", "-p", service.package, "-p", "conformance"])
+            .args(&tests)
+            .status()
+            .context("cargo test starts")?;
+        if !baseline.success() {
+            bail!("{}: the tests fail without any mutant ({baseline}); fix them first", service.name);
+        }
         let mut command = Command::new(&cargo);
         command
             .current_dir(root)
-            .args(["mutants", "--package", service.package, "--test-package", service.package])
-            .args(["--test-package", "conformance", "--jobs", "1", "--no-shuffle"])
+            .args(["mutants", "--package", service.package, "--baseline", "skip"])
+            .args(["--test-package", &format!("{},conformance", service.package), "--jobs", "1", "--no-shuffle"])
             .arg("--timeout")
             .arg(options.test_timeout_secs.to_string())
             .arg("--output")
@@ -259,13 +279,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         if let Some(matching) = &options.matching {
             command.args(["--re", matching]);
         }
-        // The test command: the service's unit tests, its integration tests and its
-        // contract's conformance suite (not the engine's own tests, which no service code
-        // can fail).
-        command.args(["--", "--lib", "--test", service.suite]);
-        for test in integration_tests(&root.join("services").join(service.dir).join("tests"))? {
-            command.args(["--test", &test]);
-        }
+        command.arg("--").args(&tests);
         println!(
             "{}: cargo mutants over {} for at most {} min",
             service.name,
