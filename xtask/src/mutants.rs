@@ -274,7 +274,9 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             command.args(["--file", file]);
         }
         if let Some(shard) = &options.shard {
-            command.args(["--shard", shard]);
+            // Every k-th mutant, so that a shard samples every file rather than the first few
+            // functions of one.
+            command.args(["--shard", shard, "--sharding", "round-robin"]);
         }
         if let Some(matching) = &options.matching {
             command.args(["--re", matching]);
