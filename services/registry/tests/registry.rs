@@ -283,6 +283,52 @@ async fn lists_page_and_filter_and_bad_cursors_are_refused(backend: Backend) {
 
     let (status, error) = status_of(client.list_services().cursor("bm90LWEtbmFtZQ_x").send().await.unwrap_err());
     assert_eq!((status, error.code.as_str()), (400, "invalid_cursor"));
+
+    // Instances and dependencies page the same way: every item once, in order, across pages.
+    let service = client.list_services().name_prefix("svc-a").send().await.unwrap().into_inner().items[0].id;
+    let mut registered = Vec::new();
+    for port in 9201..9206 {
+        let created = client.register_instance().service_id(service).body(instance(port, 30, 60)).send().await;
+        registered.push(created.unwrap().into_inner().id);
+    }
+    registered.sort();
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client.list_instances().service_id(service).limit(2u64);
+        if let Some(cursor) = &cursor {
+            request = request.cursor(cursor.clone());
+        }
+        let page = request.send().await.unwrap().into_inner();
+        assert!(page.items.len() <= 2);
+        listed.extend(page.items.iter().map(|i| i.id));
+        match page.next_cursor.0 {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, registered, "instances page in id order, each once");
+
+    for target in ["svc-e", "svc-c", "svc-d", "svc-b"] {
+        let body: types::DependencyCreate = serde_json::from_value(json!({"depends_on": target})).unwrap();
+        client.create_dependency().service_id(service).body(body).send().await.unwrap();
+    }
+    let mut targets = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client.list_dependencies().service_id(service).limit(3u64);
+        if let Some(cursor) = &cursor {
+            request = request.cursor(cursor.clone());
+        }
+        let page = request.send().await.unwrap().into_inner();
+        assert!(page.items.len() <= 3);
+        targets.extend(page.items.iter().map(|d| d.depends_on.to_string()));
+        match page.next_cursor.0 {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(targets, vec!["svc-b", "svc-c", "svc-d", "svc-e"], "dependencies page by name, each once");
 }
 
 async fn dependencies_form_a_graph_with_cycles_reported(backend: Backend) {
@@ -709,6 +755,17 @@ async fn unknown_query_parameters_are_refused_on_every_operation(backend: Backen
 async fn registrations_get_the_defaults_and_health_reports_the_store(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let registry = TestRegistry::start(&db.url).await;
+    // The store reports the last migration on disk as applied (what `pake migrate` prints).
+    let folder = match backend {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    let on_disk = std::fs::read_dir(format!("{}/../../migrations/{folder}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .filter_map(|entry| entry.unwrap().file_name().to_str()?.split('_').next()?.parse::<i64>().ok())
+        .max()
+        .unwrap();
+    assert_eq!(registry.registry.store().schema_version().await.unwrap(), on_disk);
     let http = registry.http();
     let base = registry.url();
     let send = |request: reqwest::RequestBuilder| async move {
