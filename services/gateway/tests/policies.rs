@@ -319,8 +319,8 @@ async fn rate_limits_refuse_with_retry_after_and_every_answer_carries_the_header
         statuses.push(response.status().as_u16());
         let headers = response.headers();
         assert_eq!(
-            headers["ratelimit-policy"], "\"five\";q=9;w=3600",
-            "every answer names the policy (quota: rate + burst)"
+            headers["ratelimit-policy"], "\"five\";q=5;w=3600",
+            "every answer names the policy (5 per hour, which is also its burst: 5 at once)"
         );
         assert!(headers.contains_key("ratelimit") && headers.contains_key("ratelimit-limit"));
         assert!(headers.contains_key("ratelimit-remaining") && headers.contains_key("ratelimit-reset"));

@@ -20,7 +20,7 @@ pub(crate) const WEIGHT_ONE: u64 = 1 << 16;
 /// leave the exactly-representable range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Rates {
-    /// Quota advertised in headers: rate + burst.
+    /// rate + burst: the sliding window's bound, and the most a GCRA admits per period.
     pub quota: u64,
     /// GCRA emission interval T = period / rate, in µs.
     pub interval_us: u64,

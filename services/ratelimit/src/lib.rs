@@ -36,17 +36,19 @@
 //!
 //! # Figures in a decision
 //!
-//! - `limit` (the quota, `q` in `RateLimit-Policy` with `w` = period) is `rate + burst` for
-//!   both algorithms. For GCRA it is the most requests admitted within any window of length
-//!   `period` (`burst + 1` at once, then `rate - 1` more, one every T); for the sliding
-//!   window it is the bound on the estimated count. With no burst it is the configured rate.
+//! - `limit` is `rate + burst` for both algorithms. For GCRA it is the most requests
+//!   admitted within any window of length `period` (`burst + 1` at once, then `rate - 1`
+//!   more, one every T); for the sliding window it is the bound on the estimated count.
 //! - `remaining` is how many more requests would be admitted right now, back to back, after
 //!   this one. For GCRA that is at most `burst` (the rest of the quota only comes at one
-//!   per T), so it is never more than the quota and never promises a request that would be
-//!   refused.
+//!   per T), so it never promises a request that would be refused.
 //! - `reset_after` (`t` in `RateLimit`) is the time until the key is back to its untouched
 //!   state if no request comes: `remaining` is then at its maximum.
 //! - `retry_after` is, when refused, the time until the next request would be admitted.
+//!
+//! How a limit is published in response fields (one item for a sliding window, a rate and
+//! a burst item for GCRA, so that a client keeping to them is never refused) is
+//! [`published`]'s.
 //!
 //! Both algorithms are integer arithmetic, identical in Rust (embedded mode and the `Local`
 //! fallback) and in Lua (Redis), with every quantity below 2^53 so that Lua's doubles are
@@ -55,6 +57,7 @@
 
 mod algo;
 mod local;
+pub mod published;
 mod redis_store;
 mod resp;
 
@@ -115,7 +118,8 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// The quota advertised in headers: `rate + burst` requests per `period` at most.
+    /// `rate + burst`: the most requests admitted per `period` (a sliding window's quota,
+    /// which its `RateLimit-Policy` item publishes; see [`published`] for GCRA's items).
     pub fn quota(&self) -> u64 {
         Rates::of(self).quota
     }
@@ -178,10 +182,11 @@ impl Decision {
 
     /// Response header fields for this decision under `limit`:
     ///
-    /// - `RateLimit-Policy: "{policy}";q={quota};w={period}` and
-    ///   `RateLimit: "{policy}";r={remaining};t={reset}` as in the IETF httpapi
-    ///   ratelimit-headers draft (structured fields; the policy name is an sf-string);
-    /// - the older `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`;
+    /// - `RateLimit-Policy` with the limit's items and `RateLimit: "{item}";r={remaining};t={reset}`
+    ///   as in the IETF httpapi ratelimit-headers draft (structured fields; item names are
+    ///   sf-strings), by the rule in [`published`];
+    /// - the older `RateLimit-Limit` (the reported item's quota), `RateLimit-Remaining` and
+    ///   `RateLimit-Reset`;
     /// - `Retry-After` when refused.
     ///
     /// Durations are whole seconds rounded up; `Retry-After` is at least 1.
@@ -195,13 +200,16 @@ impl Decision {
     /// reused buffer: what a proxy adding them to every response calls.
     pub fn write_headers(&self, limit: &Limit, mut emit: impl FnMut(Field, &str)) {
         let mut numbers = itoa::Buffer::new();
-        let window = ceil_secs(limit.period).max(1);
         let reset = ceil_secs(self.reset_after);
-        let mut value = String::with_capacity(64 + limit.policy.len());
-        // `"{policy}";{a}={x};{b}={y}`, the shape of both structured fields.
-        let mut structured = |value: &mut String, (a, x): (&str, u64), (b, y): (&str, u64)| {
-            value.clear();
-            write_sf_string(value, &limit.policy);
+        let (items, count) = published::items(limit);
+        let items = &items[..count];
+        let mut value = String::with_capacity(64 + 2 * limit.policy.len());
+        // `"{policy}[-burst]";{a}={x};{b}={y}`, the shape of the items of both fields.
+        let mut item = |value: &mut String, burst: bool, (a, x): (&str, u64), (b, y): (&str, u64)| {
+            if !value.is_empty() {
+                value.push_str(", ");
+            }
+            write_sf_string(value, &limit.policy, if burst { published::BURST_SUFFIX } else { "" });
             for (key, number) in [(a, x), (b, y)] {
                 value.push(';');
                 value.push_str(key);
@@ -209,11 +217,15 @@ impl Decision {
                 value.push_str(numbers.format(number));
             }
         };
-        structured(&mut value, ("q", self.limit), ("w", window));
+        for i in items {
+            item(&mut value, i.burst, ("q", i.quota), ("w", i.window_secs));
+        }
         emit(Field::Policy, &value);
-        structured(&mut value, ("r", self.remaining), ("t", reset));
+        let reported = items[count - 1];
+        value.clear();
+        item(&mut value, reported.burst, ("r", self.remaining), ("t", reset));
         emit(Field::RateLimit, &value);
-        emit(Field::Limit, numbers.format(self.limit));
+        emit(Field::Limit, numbers.format(reported.quota));
         emit(Field::Remaining, numbers.format(self.remaining));
         emit(Field::Reset, numbers.format(reset));
         if !self.allowed {
@@ -251,11 +263,11 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Appends `s` as a structured-field string: quoted, `"` and `\` escaped; characters
-/// outside printable ASCII, which an sf-string cannot hold, become `?`.
-fn write_sf_string(out: &mut String, s: &str) {
+/// Appends `s` followed by `suffix` as one structured-field string: quoted, `"` and `\`
+/// escaped; characters outside printable ASCII, which an sf-string cannot hold, become `?`.
+fn write_sf_string(out: &mut String, s: &str, suffix: &str) {
     out.push('"');
-    for c in s.chars() {
+    for c in s.chars().chain(suffix.chars()) {
         match c {
             '"' | '\\' => {
                 out.push('\\');
@@ -443,7 +455,7 @@ mod tests {
     fn policy_names_are_structured_field_strings() {
         let sf_string = |s: &str| {
             let mut out = String::new();
-            write_sf_string(&mut out, s);
+            write_sf_string(&mut out, s, "");
             out
         };
         assert_eq!(sf_string("standard-tenant"), "\"standard-tenant\"");

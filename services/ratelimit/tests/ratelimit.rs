@@ -382,9 +382,9 @@ fn headers_for_allowed_and_refused_decisions() {
     assert_eq!(
         allowed.headers(&standard),
         [
-            ("RateLimit-Policy", "\"standard\";q=600;w=60".to_string()),
-            ("RateLimit", "\"standard\";r=12;t=3".to_string()),
-            ("RateLimit-Limit", "600".to_string()),
+            ("RateLimit-Policy", "\"standard\";q=550;w=60, \"standard-burst\";q=51;w=6".to_string()),
+            ("RateLimit", "\"standard-burst\";r=12;t=3".to_string()),
+            ("RateLimit-Limit", "51".to_string()),
             ("RateLimit-Remaining", "12".to_string()),
             ("RateLimit-Reset", "3".to_string()),
         ]
@@ -399,9 +399,9 @@ fn headers_for_allowed_and_refused_decisions() {
     assert_eq!(
         refused.headers(&standard),
         [
-            ("RateLimit-Policy", "\"standard\";q=600;w=60".to_string()),
-            ("RateLimit", "\"standard\";r=0;t=55".to_string()),
-            ("RateLimit-Limit", "600".to_string()),
+            ("RateLimit-Policy", "\"standard\";q=550;w=60, \"standard-burst\";q=51;w=6".to_string()),
+            ("RateLimit", "\"standard-burst\";r=0;t=55".to_string()),
+            ("RateLimit-Limit", "51".to_string()),
             ("RateLimit-Remaining", "0".to_string()),
             ("RateLimit-Reset", "55".to_string()),
             ("Retry-After", "1".to_string()),
@@ -421,9 +421,9 @@ async fn headers_of_real_decisions() {
     assert_eq!(
         pairs(&first),
         [
-            "RateLimit-Policy: \"search\";q=3;w=4",
+            "RateLimit-Policy: \"search\";q=2;w=4",
             "RateLimit: \"search\";r=1;t=2",
-            "RateLimit-Limit: 3",
+            "RateLimit-Limit: 2",
             "RateLimit-Remaining: 1",
             "RateLimit-Reset: 2"
         ]
@@ -432,9 +432,9 @@ async fn headers_of_real_decisions() {
     assert_eq!(
         pairs(&third),
         [
-            "RateLimit-Policy: \"search\";q=3;w=4",
+            "RateLimit-Policy: \"search\";q=2;w=4",
             "RateLimit: \"search\";r=0;t=4",
-            "RateLimit-Limit: 3",
+            "RateLimit-Limit: 2",
             "RateLimit-Remaining: 0",
             "RateLimit-Reset: 4",
             "Retry-After: 2",
