@@ -1,0 +1,488 @@
+//! PAKE's distributed tracing: the W3C trace context every service shares ([`w3c`]) and
+//! one span pipeline per process ([`Telemetry`]).
+//!
+//! Services record spans with the OpenTelemetry API through the tracer
+//! [`Telemetry::tracer`] gives them (one per service name, all feeding the same pipeline).
+//! A finished span the sampler kept is put on a bounded queue without waiting (a full
+//! queue drops it, counted); one task drains the queue in batches to the OTLP/HTTP
+//! collector at `PAKE_OTLP_ENDPOINT` when set and to every [`SpanSink`] registered (the
+//! monitoring service's trace store).
+//!
+//! Sampling is parent-based, with `PAKE_TRACE_SAMPLE_RATIO` for new traces; what it
+//! leaves out is still recorded while its local root runs, and exported anyway when the
+//! root ends in error or took longer than `PAKE_TRACE_SLOW_MS`.
+
+pub mod ids;
+mod sampling;
+mod tail;
+#[cfg(feature = "test-support")]
+pub mod testing;
+pub mod w3c;
+
+pub use opentelemetry::trace::{SpanKind, Status};
+pub use opentelemetry_sdk::trace::{SdkTracer as Tracer, SpanData};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanProcessor};
+use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How a process traces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// The OTLP/HTTP collector's base URL (spans go to its `/v1/traces`); none: no export
+    /// over the network.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces sampled, 0 to 1.
+    pub sample_ratio: f64,
+    /// A local trace whose root takes longer than this is exported even when not sampled.
+    pub slow: Duration,
+    /// Finished spans waiting for export; beyond it they are dropped (counted).
+    pub queue_capacity: usize,
+    /// Unsampled spans held for the tail rule; beyond it they are dropped (counted).
+    pub tail_capacity: usize,
+    /// The most spans handed on at once.
+    pub batch_size: usize,
+    /// How long a batch waits to fill once its first span arrived.
+    pub batch_delay: Duration,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            slow: Duration::from_millis(1000),
+            queue_capacity: 32 * 1024,
+            tail_capacity: 16 * 1024,
+            batch_size: 1024,
+            batch_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+impl TraceConfig {
+    /// The defaults with `PAKE_OTLP_ENDPOINT`, `PAKE_TRACE_SAMPLE_RATIO` and
+    /// `PAKE_TRACE_SLOW_MS` applied; a malformed value is an error naming the variable.
+    pub fn from_env() -> Result<TraceConfig, String> {
+        TraceConfig::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`TraceConfig::from_env`] over any source of variables.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<TraceConfig, String> {
+        let mut config = TraceConfig {
+            otlp_endpoint: var("PAKE_OTLP_ENDPOINT").map(|url| url.trim().to_string()).filter(|url| !url.is_empty()),
+            ..TraceConfig::default()
+        };
+        if let Some(url) = &config.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!("PAKE_OTLP_ENDPOINT must be an http:// or https:// URL, not {url:?}"));
+        }
+        if let Some(ratio) = var("PAKE_TRACE_SAMPLE_RATIO") {
+            config.sample_ratio = ratio
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| format!("PAKE_TRACE_SAMPLE_RATIO must be a number from 0 to 1, not {ratio:?}"))?;
+        }
+        if let Some(ms) = var("PAKE_TRACE_SLOW_MS") {
+            let ms = ms
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("PAKE_TRACE_SLOW_MS must be a whole number of milliseconds, not {ms:?}"))?;
+            config.slow = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+/// A finished span and the service that recorded it.
+#[derive(Clone, Debug)]
+pub struct FinishedSpan {
+    /// The recording service's `service.name`.
+    pub service: Arc<str>,
+    pub span: SpanData,
+}
+
+/// A destination of finished spans besides OTLP (the monitoring service's trace store).
+/// Batches are delivered one at a time, in order, from the pipeline's task.
+pub trait SpanSink: Send + Sync + 'static {
+    /// Takes a batch; an error is logged and the batch is not retried.
+    fn deliver<'a>(
+        &'a self,
+        batch: &'a [FinishedSpan],
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// What the queue carries: spans, and flush requests answered once everything before them
+/// has been handed on. Spans travel unboxed: one allocation fewer per span, and flushes
+/// are rare.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Span(FinishedSpan),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The parts every service's processor shares.
+#[derive(Debug)]
+struct Shared {
+    queue: mpsc::Sender<Item>,
+    tail: tail::Tail,
+    dropped: Counter,
+}
+
+impl Shared {
+    fn push(&self, service: &Arc<str>, span: SpanData) {
+        if self.queue.try_send(Item::Span(FinishedSpan { service: service.clone(), span })).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The span processor of one service's provider: sampled spans to the queue, others to
+/// the tail rule.
+#[derive(Debug)]
+struct Processor {
+    service: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+impl SpanProcessor for Processor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() {
+            self.shared.push(&self.service, span);
+            return;
+        }
+        let offered = self.shared.tail.offer(span);
+        if offered.overflow > 0 {
+            self.shared.dropped.inc_by(offered.overflow as u64);
+        }
+        for span in offered.keep {
+            self.shared.push(&self.service, span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+type Sinks = Arc<RwLock<Vec<Arc<dyn SpanSink>>>>;
+
+/// A process's span pipeline. Start it once ([`Telemetry::start`]) and clone it freely.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: TraceConfig,
+    shared: Arc<Shared>,
+    sinks: Sinks,
+    sampler: sampling::HeadSampler,
+    providers: Mutex<HashMap<String, SdkTracerProvider>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+/// Why the pipeline could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tracing: {}", self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Telemetry {
+    /// Starts the pipeline's export task (on the current Tokio runtime), its counters
+    /// (`trace_spans_dropped_total`, `trace_spans_exported_total`,
+    /// `trace_export_failures_total`) registered on `metrics`.
+    pub fn start(config: TraceConfig, metrics: &pake_observe::Metrics) -> Result<Telemetry, StartError> {
+        let dropped = Counter::default();
+        let exported = Counter::default();
+        let failures = Counter::default();
+        metrics.register(
+            "trace_spans_dropped",
+            "Finished spans dropped for want of room in the export queue or the tail-sampling buffer",
+            dropped.clone(),
+        );
+        metrics.register("trace_spans_exported", "Finished spans handed to OTLP and the span sinks", exported.clone());
+        metrics.register(
+            "trace_export_failures",
+            "Batches an export destination (OTLP or a span sink) refused",
+            failures.clone(),
+        );
+        let otlp = match &config.otlp_endpoint {
+            Some(base) => Some(Otlp::new(base)?),
+            None => None,
+        };
+        let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let shared = Arc::new(Shared { queue, tail: tail::Tail::new(config.slow, config.tail_capacity), dropped });
+        let sinks: Sinks = Arc::default();
+        let drain = Drain {
+            receiver,
+            sinks: sinks.clone(),
+            otlp,
+            exported,
+            failures,
+            batch_size: config.batch_size.max(1),
+            batch_delay: config.batch_delay,
+        };
+        tokio::spawn(drain.run());
+        Ok(Telemetry {
+            inner: Arc::new(Inner {
+                sampler: sampling::HeadSampler::new(config.sample_ratio),
+                config,
+                shared,
+                sinks,
+                providers: Mutex::default(),
+            }),
+        })
+    }
+
+    /// How the pipeline was configured.
+    pub fn config(&self) -> &TraceConfig {
+        &self.inner.config
+    }
+
+    /// The tracer of `service` (its spans carry `service.name` = `service`); every call
+    /// for the same name shares one provider.
+    pub fn tracer(&self, service: &str) -> Tracer {
+        use opentelemetry::trace::TracerProvider as _;
+        let mut providers = self.inner.providers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let provider = providers.entry(service.to_string()).or_insert_with(|| {
+            SdkTracerProvider::builder()
+                .with_resource(Resource::builder_empty().with_service_name(service.to_string()).build())
+                .with_sampler(self.inner.sampler)
+                .with_id_generator(ids::FastIds)
+                .with_span_processor(Processor { service: service.into(), shared: self.inner.shared.clone() })
+                .build()
+        });
+        provider.tracer(format!("pake-{service}"))
+    }
+
+    /// Adds a destination for every batch exported from now on.
+    pub fn add_sink(&self, sink: Arc<dyn SpanSink>) {
+        self.inner.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(sink);
+    }
+
+    /// Hands spans recorded elsewhere (spans ingested through an API) to the pipeline, as
+    /// if they had ended here; those that find no room are dropped (counted).
+    pub fn submit(&self, spans: impl IntoIterator<Item = FinishedSpan>) {
+        for span in spans {
+            self.inner.shared.push(&span.service, span.span);
+        }
+    }
+
+    /// Waits until every span that ended before the call has been handed on.
+    pub async fn flush(&self) {
+        let (done, delivered) = oneshot::channel();
+        if self.inner.shared.queue.send(Item::Flush(done)).await.is_ok() {
+            let _ = delivered.await;
+        }
+    }
+}
+
+/// The task that drains the queue.
+struct Drain {
+    receiver: mpsc::Receiver<Item>,
+    sinks: Sinks,
+    otlp: Option<Otlp>,
+    exported: Counter,
+    failures: Counter,
+    batch_size: usize,
+    batch_delay: Duration,
+}
+
+impl Drain {
+    async fn run(mut self) {
+        let mut items = Vec::with_capacity(self.batch_size);
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut waiting = Vec::new();
+        loop {
+            if self.receiver.recv_many(&mut items, self.batch_size).await == 0 {
+                return;
+            }
+            let deadline = tokio::time::Instant::now() + self.batch_delay;
+            let mut open = true;
+            loop {
+                for item in items.drain(..) {
+                    match item {
+                        Item::Span(span) => batch.push(span),
+                        Item::Flush(done) => waiting.push(done),
+                    }
+                }
+                if batch.len() >= self.batch_size || !waiting.is_empty() || !open {
+                    break;
+                }
+                let room = self.batch_size - batch.len();
+                match tokio::time::timeout_at(deadline, self.receiver.recv_many(&mut items, room)).await {
+                    Ok(0) => open = false,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.hand_on(&mut batch).await;
+            }
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+
+    /// Delivers a batch to the sinks, then to OTLP; empties it.
+    async fn hand_on(&mut self, batch: &mut Vec<FinishedSpan>) {
+        let sinks = self.sinks.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for sink in &sinks {
+            if let Err(error) = sink.deliver(batch).await {
+                self.failures.inc();
+                tracing::debug!(%error, "a span sink refused a batch");
+            }
+        }
+        let destinations = !sinks.is_empty() || self.otlp.is_some();
+        if destinations {
+            self.exported.inc_by(batch.len() as u64);
+        }
+        match &mut self.otlp {
+            Some(otlp) => {
+                if let Err(error) = otlp.export(std::mem::take(batch)).await {
+                    self.failures.inc();
+                    tracing::debug!(%error, "OTLP export failed");
+                }
+            }
+            None => batch.clear(),
+        }
+    }
+}
+
+/// The OTLP/HTTP exporters, one per service (each with its resource).
+struct Otlp {
+    endpoint: String,
+    client: Arc<dyn opentelemetry_http::HttpClient>,
+    exporters: HashMap<Arc<str>, opentelemetry_otlp::SpanExporter>,
+}
+
+impl Otlp {
+    fn new(base: &str) -> Result<Otlp, StartError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| StartError(format!("the OTLP client: {e}")))?;
+        Ok(Otlp {
+            endpoint: format!("{}/v1/traces", base.trim_end_matches('/')),
+            client: Arc::new(ReqwestClient(client)),
+            exporters: HashMap::new(),
+        })
+    }
+
+    async fn export(&mut self, batch: Vec<FinishedSpan>) -> Result<(), String> {
+        use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+        use opentelemetry_sdk::trace::SpanExporter as _;
+        let mut by_service: Vec<(Arc<str>, Vec<SpanData>)> = Vec::new();
+        for finished in batch {
+            match by_service.iter_mut().find(|(service, _)| *service == finished.service) {
+                Some((_, spans)) => spans.push(finished.span),
+                None => by_service.push((finished.service, vec![finished.span])),
+            }
+        }
+        let mut failed = None;
+        for (service, spans) in by_service {
+            let exporter = match self.exporters.get(&service) {
+                Some(exporter) => exporter,
+                None => {
+                    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_endpoint(self.endpoint.clone())
+                        .with_shared_http_client(self.client.clone())
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    exporter.set_resource(&Resource::builder_empty().with_service_name(service.to_string()).build());
+                    self.exporters.entry(service.clone()).or_insert(exporter)
+                }
+            };
+            if let Err(error) = exporter.export(spans).await {
+                failed = Some(error.to_string());
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// The exporter's HTTP client: the workspace's reqwest.
+#[derive(Debug)]
+struct ReqwestClient(reqwest::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for ReqwestClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let request = reqwest::Request::try_from(request)?;
+        let response = self.0.execute(request).await?;
+        let mut answer = http::Response::builder().status(response.status());
+        if let Some(headers) = answer.headers_mut() {
+            *headers = response.headers().clone();
+        }
+        let body = response.bytes().await?;
+        Ok(answer.body(body)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_comes_from_the_environment_and_bad_values_are_named() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string())
+        };
+        assert_eq!(TraceConfig::from_vars(vars(&[])).unwrap(), TraceConfig::default());
+        let config = TraceConfig::from_vars(vars(&[
+            ("PAKE_OTLP_ENDPOINT", "http://collector:4318"),
+            ("PAKE_TRACE_SAMPLE_RATIO", "0.25"),
+            ("PAKE_TRACE_SLOW_MS", "250"),
+        ]))
+        .unwrap();
+        assert_eq!(config.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+        assert_eq!((config.sample_ratio, config.slow), (0.25, Duration::from_millis(250)));
+        for (name, value) in [
+            ("PAKE_TRACE_SAMPLE_RATIO", "1.5"),
+            ("PAKE_TRACE_SAMPLE_RATIO", "most"),
+            ("PAKE_TRACE_SLOW_MS", "-1"),
+            ("PAKE_OTLP_ENDPOINT", "collector:4318"),
+        ] {
+            let error = TraceConfig::from_vars(|n| (n == name).then(|| value.to_string())).unwrap_err();
+            assert!(error.contains(name), "{error}");
+        }
+    }
+}
