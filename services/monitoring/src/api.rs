@@ -8,6 +8,7 @@ use crate::model::{AlertRecord, ReceiverRecord, ReceiverSpec, SilenceRecord};
 use crate::monitor::{Core, MonitorError, Page, invalid, page};
 use crate::rules::{AlertState, RuleSpec};
 use crate::series::{ListFilter, MetricType, PushError, PushedSample, SeriesKey};
+use crate::traces::{self, TraceCursor, TraceQuery, TraceStore};
 use crate::{cursor, labels};
 use axum::http::StatusCode;
 use pake_api_runtime::{ApiError, ErrorDetail};
@@ -26,13 +27,19 @@ const RETRY_AFTER_SECONDS: u64 = 2;
 
 pub struct MonitoringService {
     core: Arc<Core>,
+    traces: Arc<TraceStore>,
     verifier: TokenVerifier,
     metrics: Metrics,
 }
 
 impl MonitoringService {
-    pub fn new(core: Arc<Core>, verifier: TokenVerifier, metrics: Metrics) -> MonitoringService {
-        MonitoringService { core, verifier, metrics }
+    pub fn new(
+        core: Arc<Core>,
+        traces: Arc<TraceStore>,
+        verifier: TokenVerifier,
+        metrics: Metrics,
+    ) -> MonitoringService {
+        MonitoringService { core, traces, verifier, metrics }
     }
 }
 
@@ -247,13 +254,6 @@ fn counts() -> BTreeMap<&'static str, u64> {
 /// The cursor of a series: its key as JSON.
 fn series_cursor(key: &SeriesKey) -> String {
     serde_json::to_string(&(&key.name, &key.labels)).unwrap_or_default()
-}
-
-fn tracing_unavailable() -> ApiError {
-    ApiError::unavailable(
-        "tracing is not available in this build of the monitoring service: spans are neither stored nor exported yet",
-        3600,
-    )
 }
 
 impl MonitoringApi for MonitoringService {
@@ -709,15 +709,42 @@ impl MonitoringApi for MonitoringService {
         }))?))
     }
 
-    async fn ingest_spans(&self, _request: IngestSpansRequest) -> Result<IngestSpansResponse, ApiError> {
-        Err(tracing_unavailable())
+    async fn ingest_spans(&self, request: IngestSpansRequest) -> Result<IngestSpansResponse, ApiError> {
+        let spans = traces::contract::records(&request.body, std::time::SystemTime::now()).map_err(api_error)?;
+        let location = traces::contract::location(&spans);
+        let ingested = self.traces.ingest_checked(spans);
+        Ok(IngestSpansResponse::Accepted { location, body: build(json!({"accepted": ingested.accepted}))? })
     }
 
-    async fn list_traces(&self, _request: ListTracesRequest) -> Result<ListTracesResponse, ApiError> {
-        Err(tracing_unavailable())
+    async fn list_traces(&self, request: ListTracesRequest) -> Result<ListTracesResponse, ApiError> {
+        let after = match after(request.cursor.as_ref())? {
+            Some(key) => Some(
+                TraceCursor::from_key(&key)
+                    .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this server issued"))?,
+            ),
+            None => None,
+        };
+        let query = TraceQuery {
+            service: request.service,
+            min_duration: request.min_duration_ms.map(Duration::from_millis),
+            since: request.since.map(Into::into),
+            after,
+            limit: request.limit as usize,
+        };
+        let page = self.traces.list(&query);
+        Ok(ListTracesResponse::Ok(build(json!({
+            "items": page.items.iter().map(traces::contract::summary_view).collect::<Vec<_>>(),
+            "next_cursor": page.next.map(|next| cursor::encode(&next.to_key())),
+        }))?))
     }
 
-    async fn get_trace(&self, _request: GetTraceRequest) -> Result<GetTraceResponse, ApiError> {
-        Err(tracing_unavailable())
+    async fn get_trace(&self, request: GetTraceRequest) -> Result<GetTraceResponse, ApiError> {
+        let not_found = || ApiError::not_found(format!("no trace {} is stored", request.trace_id));
+        let id = traces::parse_hex(&request.trace_id).ok_or_else(not_found)?;
+        let spans = self.traces.get(&id).ok_or_else(not_found)?;
+        Ok(GetTraceResponse::Ok(build(json!({
+            "trace_id": request.trace_id,
+            "spans": spans.iter().map(traces::contract::span_view).collect::<Vec<_>>(),
+        }))?))
     }
 }

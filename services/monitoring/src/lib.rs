@@ -11,9 +11,10 @@
 //! Several replicas may share one PostgreSQL database: one evaluates and notifies at a
 //! time (`lease.rs`), the others answer from the store and take over when it goes.
 //!
-//! What it does not do (yet): store or export traces (`ingestSpans`, `listTraces` and
-//! `getTrace` answer 503 until the tracing work lands), share samples between replicas
-//! (each scrapes for itself, and a push reaches only the replica it is sent to).
+//! Spans live in memory too, in the trace store (`traces.rs`), per replica.
+//!
+//! What it does not do (yet): share samples or spans between replicas (each scrapes for
+//! itself, and a push or a batch of spans reaches only the replica it is sent to).
 
 pub mod api;
 pub mod cursor;
@@ -30,6 +31,7 @@ pub mod scrape;
 pub mod secrets;
 pub mod series;
 pub mod store;
+pub mod traces;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ pub use api::MonitoringService;
 pub use monitor::{Core, MonitorError};
 pub use scrape::ScrapeSettings;
 pub use series::Limits;
+pub use traces::{TraceLimits, TraceStore};
 
 /// How often the evaluation lease is checked (and followers re-read the store).
 const LEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -57,6 +60,8 @@ pub struct MonitorOptions {
     /// After a start, how long rules with open alerts wait before their first evaluation
     /// (the series store starts empty and fills from scrapes and pushes).
     pub warm_up: std::time::Duration,
+    /// What the trace store keeps.
+    pub traces: TraceLimits,
 }
 
 impl MonitorOptions {
@@ -68,6 +73,7 @@ impl MonitorOptions {
             external_url: "http://127.0.0.1:9090".into(),
             loopback_only: false,
             warm_up: std::time::Duration::from_secs(10),
+            traces: TraceLimits::default(),
         }
     }
 }
@@ -101,6 +107,7 @@ pub fn sealing_key_in(dir: &Path) -> std::io::Result<[u8; secrets::KEY_LEN]> {
 /// The running service: its shared core and background tasks (stopped on drop).
 pub struct Monitor {
     core: Arc<Core>,
+    traces: Arc<TraceStore>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -135,6 +142,8 @@ impl Monitor {
             "Samples refused, by reason (series_limit, series_limit_or_labels)",
             series.metrics.refused.clone(),
         );
+        let traces = Arc::new(TraceStore::new(options.traces));
+        traces.register(&metrics);
         let health = Arc::new(health::HealthBook::default());
         metrics.register("health_checks", "Active health checks by result", health.checks.clone());
         let scrape_metrics = scrape::ScrapeMetrics::default();
@@ -211,19 +220,26 @@ impl Monitor {
             evaluator,
             tokio::spawn(health::supervise(registry.clone(), health, series.clone())),
             tokio::spawn(scrape::scrape_loop(options.scrape.clone(), registry, series, metrics, scrape_metrics)),
+            tokio::spawn(traces::sweep_loop(traces.clone())),
         ];
-        Ok(Monitor { core, tasks })
+        Ok(Monitor { core, traces, tasks })
     }
 
     pub fn core(&self) -> &Arc<Core> {
         &self.core
+    }
+
+    /// The trace store, for feeding it spans in process ([`TraceStore::ingest`]) and
+    /// setting where API-ingested spans are forwarded ([`TraceStore::set_forwarder`]).
+    pub fn traces(&self) -> &Arc<TraceStore> {
+        &self.traces
     }
 }
 
 /// The monitoring service's HTTP service: the generated contract router over
 /// [`MonitoringService`], with per-route metrics.
 pub fn router(monitor: &Monitor, verifier: pake_tokens::TokenVerifier, metrics: pake_observe::Metrics) -> axum::Router {
-    let api = Arc::new(MonitoringService::new(monitor.core.clone(), verifier, metrics.clone()));
+    let api = Arc::new(MonitoringService::new(monitor.core.clone(), monitor.traces.clone(), verifier, metrics.clone()));
     pake_monitoring_server::router(api)
         .route_layer(axum::middleware::from_fn_with_state(metrics, pake_observe::Metrics::track))
 }
