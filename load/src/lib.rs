@@ -6,7 +6,12 @@
 //! ([`setup`]), reads the limits the run will meet and warns about those it cannot pass
 //! ([`limits`]), runs goose ([`scenario`]), and returns the verdict ([`report`]) with the
 //! reports written under the output directory.
+//!
+//! [`bench`] is the same load generator as a library: one request repeated by many users
+//! against a base URL, every answer told to the caller as it comes (the performance
+//! service's benchmarks).
 
+pub mod bench;
 pub mod fleet;
 pub mod limits;
 pub mod report;
