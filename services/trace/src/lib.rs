@@ -14,13 +14,16 @@
 
 pub mod ids;
 mod sampling;
+pub mod server;
 mod tail;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod w3c;
 
+/// The OpenTelemetry API, for recording spans with a [`Tracer`].
+pub use opentelemetry;
 pub use opentelemetry::trace::{SpanKind, Status};
-pub use opentelemetry_sdk::trace::{SdkTracer as Tracer, SpanData};
+pub use opentelemetry_sdk::trace::{SdkTracer as Tracer, Span as SdkSpan, SpanData};
 
 use opentelemetry::Context;
 use opentelemetry_sdk::Resource;
@@ -37,6 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 /// How a process traces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceConfig {
+    /// Whether services record spans at all (`PAKE_TRACING=off` turns them off).
+    pub enabled: bool,
     /// The OTLP/HTTP collector's base URL (spans go to its `/v1/traces`); none: no export
     /// over the network.
     pub otlp_endpoint: Option<String>,
@@ -57,6 +62,7 @@ pub struct TraceConfig {
 impl Default for TraceConfig {
     fn default() -> Self {
         TraceConfig {
+            enabled: true,
             otlp_endpoint: None,
             sample_ratio: 1.0,
             slow: Duration::from_millis(1000),
@@ -69,8 +75,9 @@ impl Default for TraceConfig {
 }
 
 impl TraceConfig {
-    /// The defaults with `PAKE_OTLP_ENDPOINT`, `PAKE_TRACE_SAMPLE_RATIO` and
-    /// `PAKE_TRACE_SLOW_MS` applied; a malformed value is an error naming the variable.
+    /// The defaults with `PAKE_TRACING` (`on` or `off`), `PAKE_OTLP_ENDPOINT`,
+    /// `PAKE_TRACE_SAMPLE_RATIO` and `PAKE_TRACE_SLOW_MS` applied; a malformed value is an
+    /// error naming the variable.
     pub fn from_env() -> Result<TraceConfig, String> {
         TraceConfig::from_vars(|name| std::env::var(name).ok())
     }
@@ -81,6 +88,11 @@ impl TraceConfig {
             otlp_endpoint: var("PAKE_OTLP_ENDPOINT").map(|url| url.trim().to_string()).filter(|url| !url.is_empty()),
             ..TraceConfig::default()
         };
+        match var("PAKE_TRACING").as_deref().map(str::trim) {
+            None | Some("on") => {}
+            Some("off") => config.enabled = false,
+            Some(other) => return Err(format!("PAKE_TRACING must be on or off, not {other:?}")),
+        }
         if let Some(url) = &config.otlp_endpoint
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -196,6 +208,14 @@ struct Inner {
     sinks: Sinks,
     sampler: sampling::HeadSampler,
     providers: Mutex<HashMap<String, SdkTracerProvider>>,
+    counters: Counters,
+}
+
+/// The pipeline's counters.
+struct Counters {
+    dropped: Counter,
+    exported: Counter,
+    failures: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -217,29 +237,18 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl Telemetry {
-    /// Starts the pipeline's export task (on the current Tokio runtime), its counters
-    /// (`trace_spans_dropped_total`, `trace_spans_exported_total`,
-    /// `trace_export_failures_total`) registered on `metrics`.
-    pub fn start(config: TraceConfig, metrics: &pake_observe::Metrics) -> Result<Telemetry, StartError> {
+    /// Starts the pipeline's export task (on the current Tokio runtime). Its counters are
+    /// served where [`Telemetry::register_metrics`] puts them.
+    pub fn start(config: TraceConfig) -> Result<Telemetry, StartError> {
         let dropped = Counter::default();
         let exported = Counter::default();
         let failures = Counter::default();
-        metrics.register(
-            "trace_spans_dropped",
-            "Finished spans dropped for want of room in the export queue or the tail-sampling buffer",
-            dropped.clone(),
-        );
-        metrics.register("trace_spans_exported", "Finished spans handed to OTLP and the span sinks", exported.clone());
-        metrics.register(
-            "trace_export_failures",
-            "Batches an export destination (OTLP or a span sink) refused",
-            failures.clone(),
-        );
         let otlp = match &config.otlp_endpoint {
             Some(base) => Some(Otlp::new(base)?),
             None => None,
         };
         let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let counters = Counters { dropped: dropped.clone(), exported: exported.clone(), failures: failures.clone() };
         let shared = Arc::new(Shared { queue, tail: tail::Tail::new(config.slow, config.tail_capacity), dropped });
         let sinks: Sinks = Arc::default();
         let drain = Drain {
@@ -259,13 +268,41 @@ impl Telemetry {
                 shared,
                 sinks,
                 providers: Mutex::default(),
+                counters,
             }),
         })
+    }
+
+    /// Registers the pipeline's counters on `metrics` (the registry of the service that
+    /// serves them): `trace_spans_dropped_total`, `trace_spans_exported_total` and
+    /// `trace_export_failures_total`, under its prefix.
+    pub fn register_metrics(&self, metrics: &pake_observe::Metrics) {
+        let counters = &self.inner.counters;
+        metrics.register(
+            "trace_spans_dropped",
+            "Finished spans dropped for want of room in the export queue or the tail-sampling buffer",
+            counters.dropped.clone(),
+        );
+        metrics.register(
+            "trace_spans_exported",
+            "Finished spans handed to OTLP and the span sinks",
+            counters.exported.clone(),
+        );
+        metrics.register(
+            "trace_export_failures",
+            "Batches an export destination (OTLP or a span sink) refused",
+            counters.failures.clone(),
+        );
     }
 
     /// How the pipeline was configured.
     pub fn config(&self) -> &TraceConfig {
         &self.inner.config
+    }
+
+    /// Whether services should record spans (else they are given no tracer).
+    pub fn enabled(&self) -> bool {
+        self.inner.config.enabled
     }
 
     /// The tracer of `service` (its spans carry `service.name` = `service`); every call
@@ -475,11 +512,14 @@ mod tests {
         .unwrap();
         assert_eq!(config.otlp_endpoint.as_deref(), Some("http://collector:4318"));
         assert_eq!((config.sample_ratio, config.slow), (0.25, Duration::from_millis(250)));
+        assert!(config.enabled);
+        assert!(!TraceConfig::from_vars(vars(&[("PAKE_TRACING", "off")])).unwrap().enabled);
         for (name, value) in [
             ("PAKE_TRACE_SAMPLE_RATIO", "1.5"),
             ("PAKE_TRACE_SAMPLE_RATIO", "most"),
             ("PAKE_TRACE_SLOW_MS", "-1"),
             ("PAKE_OTLP_ENDPOINT", "collector:4318"),
+            ("PAKE_TRACING", "maybe"),
         ] {
             let error = TraceConfig::from_vars(|n| (n == name).then(|| value.to_string())).unwrap_err();
             assert!(error.contains(name), "{error}");

@@ -38,7 +38,8 @@ impl SpanSink for Collect {
 async fn spans_arrive_over_otlp_per_service_with_their_parentage_and_at_sinks_added_later() {
     let receiver = OtlpReceiver::start().await;
     let metrics = pake_observe::Metrics::new("pipeline");
-    let telemetry = Telemetry::start(config(&receiver, 1.0), &metrics).unwrap();
+    let telemetry = Telemetry::start(config(&receiver, 1.0)).unwrap();
+    telemetry.register_metrics(&metrics);
     let gateway = telemetry.tracer("gateway");
     let registry = telemetry.tracer("registry");
 
@@ -86,7 +87,8 @@ async fn unsampled_traces_are_exported_only_when_they_fail_or_are_slow() {
     let receiver = OtlpReceiver::start().await;
     let metrics = pake_observe::Metrics::new("tail");
     let telemetry =
-        Telemetry::start(TraceConfig { slow: Duration::from_millis(50), ..config(&receiver, 0.0) }, &metrics).unwrap();
+        Telemetry::start(TraceConfig { slow: Duration::from_millis(50), ..config(&receiver, 0.0) }).unwrap();
+    telemetry.register_metrics(&metrics);
     let tracer = telemetry.tracer("gateway");
     let trace = |name: &'static str, status: Status, pause: Duration| {
         let tracer = tracer.clone();
@@ -120,7 +122,8 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
         batch_size: 1000,
         ..TraceConfig::default()
     };
-    let telemetry = Telemetry::start(config, &metrics).unwrap();
+    let telemetry = Telemetry::start(config).unwrap();
+    telemetry.register_metrics(&metrics);
     let tracer = telemetry.tracer("gateway");
     let started = std::time::Instant::now();
     for _ in 0..1000 {
