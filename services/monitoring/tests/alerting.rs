@@ -5,6 +5,8 @@
 
 #[path = "alerting/promtool.rs"]
 mod promtool;
+#[path = "alerting/traces.rs"]
+mod traces;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
