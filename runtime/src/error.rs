@@ -190,11 +190,15 @@ impl IntoResponse for ApiError {
                 clip(field, 512);
             }
         }
+        // The trace of the request being answered, so that a user can quote it and an
+        // operator find every span and log line of the failure.
+        let current =
+            error.trace_id.is_none().then(pake_observe::current_span).flatten().map(|(trace, _)| trace.to_string());
         let body = Body {
             code: &error.code,
             message: &error.message,
             details: &error.details,
-            trace_id: error.trace_id.as_deref(),
+            trace_id: error.trace_id.as_deref().or(current.as_deref()),
         };
         let bytes = serde_json::to_vec(&body)
             .unwrap_or_else(|_| b"{\"code\":\"internal\",\"message\":\"internal error\"}".to_vec());
@@ -231,5 +235,31 @@ mod tests {
         assert_eq!(details.len(), 100);
         assert_eq!(details[0]["message"].as_str().unwrap().chars().count(), 1024);
         assert_eq!(details[0]["field"].as_str().unwrap().chars().count(), 512);
+    }
+
+    #[tokio::test]
+    async fn error_bodies_name_the_trace_of_the_request_they_answer() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+        let body = |error: ApiError| async {
+            let bytes = axum::body::to_bytes(error.into_response().into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        assert!(body(ApiError::not_found("no such service")).await.get("trace_id").is_none());
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanContext::new(
+            trace_id,
+            SpanId::from_bytes(7u64.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let answered = {
+            let _attached = opentelemetry::Context::new().with_remote_span_context(span).attach();
+            ApiError::not_found("no such service").into_response()
+        };
+        let bytes = axum::body::to_bytes(answered.into_body(), usize::MAX).await.unwrap();
+        let traced: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(traced["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(traced["code"], "not_found");
     }
 }
