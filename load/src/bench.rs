@@ -139,7 +139,6 @@ fn arguments(plan: &Plan) -> Vec<String> {
         "--run-time".into(),
         format!("{}s", plan.hold.as_secs().max(1)),
         "--no-telnet".into(),
-        "--no-websocket".into(),
         "--no-reset-metrics".into(),
         "--no-print-metrics".into(),
         "--quiet".into(),
