@@ -8,12 +8,15 @@
 //! 30-day report reads hundreds of rows, not millions. The HTTP surface is the generated
 //! `pake-performance-server` router.
 //!
-//! What it does not do (yet): run benchmarks (startBenchmark validates and then answers
-//! 503 `benchmarks_unavailable`), receive CPU reports, or take the gateway's samples in
-//! process.
+//! Benchmarks run goose (the `load` crate's [`load::bench`]) through the gateway named by
+//! [`Options::gateway_url`], one load test at a time per process, queued first come first
+//! served; their measurements are readable while they run and their end is stored.
+//!
+//! What it does not do (yet): receive CPU reports.
 
 pub mod api;
 pub mod autoscaling;
+pub mod benchmark;
 pub mod metrics;
 pub mod performance;
 pub mod sketch;
@@ -23,6 +26,7 @@ pub mod tiers;
 
 use std::sync::Arc;
 
+pub use load::bench::install_signal_handler;
 pub use metrics::PerformanceMetrics;
 pub use performance::{Options, Performance, PerformanceError, Registry};
 

@@ -45,6 +45,7 @@ struct ServiceLabels {
 pub struct PerformanceMetrics {
     http: Metrics,
     pub samples_ingested: Counter,
+    pub benchmarks_running: Gauge,
     platform: Arc<RwLock<Registry>>,
     burn_rates: Family<BurnLabels, Gauge<f64, AtomicU64>>,
     alerts: Family<AlertLabels, Gauge>,
@@ -55,6 +56,8 @@ impl PerformanceMetrics {
     pub fn new(http: Metrics) -> PerformanceMetrics {
         let samples_ingested = Counter::default();
         http.register("samples_ingested", "Performance samples accepted", samples_ingested.clone());
+        let benchmarks_running = Gauge::default();
+        http.register("benchmarks_running", "Benchmarks currently running", benchmarks_running.clone());
         let mut platform = Registry::default();
         let burn_rates = Family::<BurnLabels, Gauge<f64, AtomicU64>>::default();
         let alerts = Family::<AlertLabels, Gauge>::default();
@@ -77,6 +80,7 @@ impl PerformanceMetrics {
         PerformanceMetrics {
             http,
             samples_ingested,
+            benchmarks_running,
             platform: Arc::new(RwLock::new(platform)),
             burn_rates,
             alerts,

@@ -6,6 +6,7 @@
 //! No SQL here (`crate::store`), no HTTP (`crate::api`).
 
 use crate::autoscaling::{self, Observed};
+use crate::benchmark::{self, Progress};
 use crate::metrics::PerformanceMetrics;
 use crate::sketch::LatencySketch;
 use crate::slo::{self, Counts};
@@ -19,7 +20,7 @@ use pake_registry::store::{Store, StoreError};
 use serde_json::json;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -124,6 +125,11 @@ fn page<T>(mut rows: Vec<(i64, T)>, limit: u64, id: impl Fn(&T) -> Uuid) -> Page
 pub struct Options {
     /// The most simulated users a benchmark may ask for.
     pub max_benchmark_users: u64,
+    /// The gateway benchmarks send their load through (`http://host:port`); without it
+    /// benchmarks are refused (503), since no other target is allowed.
+    pub gateway_url: Option<String>,
+    /// How long a cancel waits for a running load test to stop and its partial result.
+    pub cancel_wait: Duration,
     /// How often the burn-rate and desired-replica metrics are recomputed (the HPA's
     /// sync period by default).
     pub evaluation_interval: Duration,
@@ -131,12 +137,17 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_benchmark_users: 1_000, evaluation_interval: Duration::from_secs(15) }
+        Options {
+            max_benchmark_users: 1_000,
+            gateway_url: None,
+            cancel_wait: Duration::from_secs(30),
+            evaluation_interval: Duration::from_secs(15),
+        }
     }
 }
 
 /// Which requests count as good for an SLO.
-fn good_in(slo: &types::Slo, rows: &[BucketRow]) -> Result<Counts, PerformanceError> {
+pub(crate) fn good_in(slo: &types::Slo, rows: &[BucketRow]) -> Result<Counts, PerformanceError> {
     let mut counts = Counts::default();
     let mut latencies: Option<LatencySketch> = None;
     for row in rows.iter().filter(|row| route_matches(&row.route, slo.route.as_deref().map(String::as_str))) {
@@ -193,8 +204,22 @@ pub fn latency_summary(sketch: &LatencySketch) -> Option<serde_json::Value> {
     }))
 }
 
+/// A benchmark of this process, queued or running: its measurements and its stop.
+struct Active {
+    progress: Arc<Progress>,
+    stop: load::bench::Stop,
+    /// When the load test started.
+    started: std::sync::OnceLock<std::time::Instant>,
+    /// Fires when the run has written its end.
+    done: tokio::sync::watch::Sender<bool>,
+}
+
 pub struct Performance {
+    /// This service itself, for the benchmark runs it spawns.
+    me: Weak<Performance>,
     store: PerformanceStore,
+    /// Benchmarks queued or running in this process.
+    active: std::sync::Mutex<HashMap<Uuid, Arc<Active>>>,
     registry: Arc<dyn Registry>,
     metrics: PerformanceMetrics,
     options: Options,
@@ -218,8 +243,10 @@ impl Performance {
         metrics: PerformanceMetrics,
         options: Options,
     ) -> Result<Arc<Performance>, PerformanceError> {
-        let performance = Arc::new(Performance {
+        let performance = Arc::new_cyclic(|me| Performance {
+            me: me.clone(),
             store: PerformanceStore::new(store),
+            active: std::sync::Mutex::new(HashMap::new()),
             registry,
             metrics,
             options,
@@ -691,6 +718,8 @@ impl Performance {
 
     // ---- benchmarks ------------------------------------------------------------------
 
+    /// Validates and queues a benchmark; it runs when the process's load generator is free
+    /// (one load test at a time, first come first served).
     pub async fn start_benchmark(&self, spec: &types::BenchmarkSpec) -> Result<types::Benchmark, PerformanceError> {
         if self.registry.passing_instances(spec.service.as_str()).is_none() {
             return Err(invalid("/service", format!("no service named {} is registered", spec.service.as_str())));
@@ -706,13 +735,69 @@ impl Performance {
         {
             return Err(invalid("/slo_id", format!("no SLO has the id {slo_id}")));
         }
-        Err(PerformanceError::NoRunner(
-            "this server has no load generator for benchmarks yet; nothing was queued".into(),
-        ))
+        let Some(gateway) = self.options.gateway_url.clone() else {
+            return Err(PerformanceError::NoRunner(
+                "this server was not given the gateway's address, the only way benchmarks may go; nothing was queued"
+                    .into(),
+            ));
+        };
+        let benchmark: types::Benchmark = serde_json::from_value(json!({
+            "id": Uuid::new_v4(),
+            "name": spec.name,
+            "service": spec.service,
+            "path": spec.path,
+            "method": spec.method,
+            "body": spec.body,
+            "headers": spec.headers,
+            "users": spec.users,
+            "hatch_rate_per_second": spec.hatch_rate_per_second,
+            "duration_seconds": spec.duration_seconds,
+            "think_time_ms": spec.think_time_ms,
+            "slo_id": spec.slo_id,
+            "thresholds": spec.thresholds,
+            "status": "queued",
+            "created_at": now_millis_time(),
+            "started_at": null,
+            "finished_at": null,
+        }))?;
+        match self.store.insert_benchmark(&benchmark).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(PerformanceError::Conflict(format!(
+                    "a benchmark against {} is already queued or running",
+                    spec.service.as_str()
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        let active = Arc::new(Active {
+            progress: Arc::new(Progress::default()),
+            stop: load::bench::Stop::default(),
+            started: std::sync::OnceLock::new(),
+            done: tokio::sync::watch::channel(false).0,
+        });
+        self.active.lock().unwrap_or_else(PoisonError::into_inner).insert(benchmark.id, active.clone());
+        tokio::spawn(run_benchmark(self.me.clone(), benchmark.clone(), active, gateway));
+        Ok(benchmark)
     }
 
+    /// A running benchmark of this process with its measurements so far as its result.
+    fn with_progress(&self, mut benchmark: types::Benchmark) -> types::Benchmark {
+        if benchmark.status == types::BenchmarkStatus::Running && benchmark.result.is_none() {
+            let active = self.active.lock().unwrap_or_else(PoisonError::into_inner).get(&benchmark.id).cloned();
+            if let Some(active) = active
+                && let Some(started) = active.started.get()
+            {
+                benchmark.result = active.progress.result(started.elapsed()).ok();
+            }
+        }
+        benchmark
+    }
+
+    /// The benchmark; while it runs here, its result is the measurements so far.
     pub async fn get_benchmark(&self, id: Uuid) -> Result<types::Benchmark, PerformanceError> {
-        self.store.benchmark(id).await?.ok_or_else(|| not_found_benchmark(id))
+        let benchmark = self.store.benchmark(id).await?.ok_or_else(|| not_found_benchmark(id))?;
+        Ok(self.with_progress(benchmark))
     }
 
     pub async fn list_benchmarks(
@@ -725,23 +810,131 @@ impl Performance {
         let after = decode_cursor(cursor)?;
         let status = status.map(|s| s.to_string());
         let rows = self.store.benchmarks(status.as_deref(), service, after, limit as i64 + 1).await?;
+        let rows = rows.into_iter().map(|(ms, benchmark)| (ms, self.with_progress(benchmark))).collect();
         Ok(page(rows, limit, |benchmark| benchmark.id))
     }
 
-    /// Cancels a queued or running benchmark; 409 once it has finished.
+    /// Cancels a queued or running benchmark; 409 once it has finished. A load test
+    /// running here is stopped and the answer waits for its partial result; one running
+    /// in another replica is marked cancelled, and that replica stops it and writes its
+    /// partial result within a second or so.
     pub async fn cancel_benchmark(&self, id: Uuid) -> Result<types::Benchmark, PerformanceError> {
-        let mut benchmark = self.get_benchmark(id).await?;
+        let mut benchmark = self.store.benchmark(id).await?.ok_or_else(|| not_found_benchmark(id))?;
         let from = benchmark.status.to_string();
         if !matches!(benchmark.status, types::BenchmarkStatus::Queued | types::BenchmarkStatus::Running) {
             return Err(PerformanceError::Conflict(format!("the benchmark is already {from}")));
         }
-        benchmark.status = types::BenchmarkStatus::Cancelled;
-        benchmark.finished_at = Some(now_millis_time());
-        if !self.store.update_benchmark(&benchmark, &[from.as_str()]).await? {
-            let now = self.get_benchmark(id).await?;
-            return Err(PerformanceError::Conflict(format!("the benchmark is already {}", now.status)));
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned();
+        let cancelled = |mut benchmark: types::Benchmark| {
+            benchmark.status = types::BenchmarkStatus::Cancelled;
+            benchmark.finished_at = Some(now_millis_time());
+            benchmark
+        };
+        if benchmark.status == types::BenchmarkStatus::Queued {
+            let queued = cancelled(benchmark.clone());
+            if self.store.update_benchmark(&queued, &["queued"]).await? {
+                if let Some(active) = &active {
+                    active.stop.stop();
+                }
+                return Ok(queued);
+            }
+            // It started meanwhile.
+            benchmark = self.store.benchmark(id).await?.ok_or_else(|| not_found_benchmark(id))?;
+            if benchmark.status != types::BenchmarkStatus::Running {
+                return Err(PerformanceError::Conflict(format!("the benchmark is already {}", benchmark.status)));
+            }
         }
-        Ok(benchmark)
+        if let Some(active) = active {
+            let mut done = active.done.subscribe();
+            active.stop.stop();
+            if tokio::time::timeout(self.options.cancel_wait, done.wait_for(|done| *done)).await.is_ok() {
+                return self.get_benchmark(id).await;
+            }
+            tracing::warn!(%id, "the load test did not stop in time; the benchmark is cancelled without its result");
+        }
+        let running = cancelled(benchmark);
+        if !self.store.update_benchmark(&running, &["running"]).await? {
+            return self.get_benchmark(id).await.and_then(|now| match now.status {
+                types::BenchmarkStatus::Cancelled => Ok(now),
+                status => Err(PerformanceError::Conflict(format!("the benchmark is already {status}"))),
+            });
+        }
+        Ok(running)
+    }
+
+    /// The end of a run, as it is written: its result, and its verdict when it completed.
+    async fn end_of_run(
+        &self,
+        mut benchmark: types::Benchmark,
+        active: &Active,
+        outcome: anyhow::Result<load::bench::Finished>,
+    ) -> Result<(), PerformanceError> {
+        let elapsed = match &outcome {
+            Ok(finished) => finished.elapsed,
+            Err(_) => active.started.get().map(|started| started.elapsed()).unwrap_or_default(),
+        };
+        let result = active.progress.result(elapsed)?;
+        benchmark.finished_at = Some(now_millis_time());
+        let stopped = active.stop.is_stopped();
+        match outcome {
+            Ok(finished) if finished.ended == load::bench::Ended::Completed && !stopped => {
+                benchmark.verdict = Some(self.verdict(&benchmark, &active.progress, &result).await?);
+                benchmark.result = Some(result.clone());
+                benchmark.status = types::BenchmarkStatus::Completed;
+                if self.store.update_benchmark(&benchmark, &["running"]).await? {
+                    return Ok(());
+                }
+                // Cancelled elsewhere as it ended: cancelled it stays, with its result.
+                benchmark.verdict = None;
+                benchmark.status = types::BenchmarkStatus::Cancelled;
+            }
+            Ok(_) => {
+                benchmark.result = Some(result);
+                benchmark.status = types::BenchmarkStatus::Cancelled;
+            }
+            Err(error) => {
+                benchmark.result = (result.requests > 0).then_some(result);
+                benchmark.status = types::BenchmarkStatus::Failed;
+                let reason: String = format!("{error:#}").chars().take(2048).collect();
+                benchmark.error =
+                    Some(reason.parse().map_err(|e: types::error::ConversionError| {
+                        PerformanceError::Internal(e.to_string().into())
+                    })?);
+                if self.store.update_benchmark(&benchmark, &["running"]).await? {
+                    return Ok(());
+                }
+                benchmark.error = None;
+                benchmark.status = types::BenchmarkStatus::Cancelled;
+            }
+        }
+        self.store.update_benchmark(&benchmark, &["running", "cancelled"]).await?;
+        Ok(())
+    }
+
+    /// The verdict of a completed run: its thresholds and SLO, or the platform SLA.
+    async fn verdict(
+        &self,
+        benchmark: &types::Benchmark,
+        progress: &Progress,
+        result: &types::BenchmarkResult,
+    ) -> Result<types::BenchmarkVerdict, PerformanceError> {
+        let slo = match benchmark.slo_id {
+            Some(id) => Some(self.store.slo(id).await?.ok_or(id)),
+            None => None,
+        };
+        let route = benchmark.path.as_str().split('?').next().unwrap_or_default();
+        let judged = match &slo {
+            Some(Ok(slo)) => Some((slo, slo::sli(good_in(slo, &progress.rows(route))?))),
+            _ => None,
+        };
+        let mut verdict = benchmark::verdict(result, benchmark.thresholds.as_ref(), judged)?;
+        if let Some(Err(id)) = slo {
+            verdict.passed = false;
+            verdict.reasons.push(serde_json::from_value(json!(format!(
+                "the SLO {id} was deleted before the run ended: it could not be judged"
+            )))?);
+        }
+        Ok(verdict)
     }
 
     /// Benchmarks left queued or running by a process that stopped can never finish:
@@ -795,6 +988,102 @@ fn not_found_policy(id: Uuid) -> PerformanceError {
 
 fn not_found_benchmark(id: Uuid) -> PerformanceError {
     PerformanceError::NotFound(format!("no benchmark has the id {id}"))
+}
+
+/// Until `stop` is used.
+async fn stopped(stop: &load::bench::Stop) {
+    while !stop.is_stopped() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// While a run is this process's: counted as running, and forgotten (its waiters told)
+/// however it ends.
+struct RunGuard {
+    performance: Arc<Performance>,
+    id: Uuid,
+    active: Arc<Active>,
+    counted: bool,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if self.counted {
+            self.performance.metrics.benchmarks_running.dec();
+        }
+        self.performance.active.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        self.active.done.send_replace(true);
+    }
+}
+
+/// One benchmark: waits for the process's load generator, runs, and writes its end.
+async fn run_benchmark(
+    performance: Weak<Performance>,
+    mut benchmark: types::Benchmark,
+    active: Arc<Active>,
+    gateway: String,
+) {
+    let id = benchmark.id;
+    let slot = tokio::select! {
+        slot = load::bench::Slot::take() => Some(slot),
+        () = stopped(&active.stop) => None,
+    };
+    let Some(performance) = performance.upgrade() else { return };
+    let mut guard = RunGuard { performance: performance.clone(), id, active: active.clone(), counted: false };
+    // Cancelled while queued: the cancel wrote it.
+    let Some(slot) = slot else { return };
+    benchmark.status = types::BenchmarkStatus::Running;
+    benchmark.started_at = Some(now_millis_time());
+    match performance.store.update_benchmark(&benchmark, &["queued"]).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(error) => {
+            tracing::warn!(%id, %error, "a queued benchmark could not be started");
+            return;
+        }
+    }
+    let _ = active.started.set(std::time::Instant::now());
+    performance.metrics.benchmarks_running.inc();
+    guard.counted = true;
+    let plan = load::bench::Plan {
+        base_url: gateway,
+        method: benchmark.method.to_string(),
+        path: benchmark.path.to_string(),
+        headers: benchmark
+            .headers
+            .as_ref()
+            .map(|headers| headers.iter().map(|(name, value)| (name.clone(), value.to_string())).collect())
+            .unwrap_or_default(),
+        body: benchmark.body.as_ref().map(|body| body.to_string()),
+        users: usize::try_from(benchmark.users.get()).unwrap_or(usize::MAX),
+        hatch_rate: benchmark.hatch_rate_per_second,
+        hold: Duration::from_secs(benchmark.duration_seconds.get()),
+        think: Duration::from_millis(u64::try_from(benchmark.think_time_ms).unwrap_or(0)),
+    };
+    let observer: Arc<dyn load::bench::Observer> = active.progress.clone();
+    let outcome = {
+        let run = load::bench::run(&slot, &plan, observer, &active.stop);
+        tokio::pin!(run);
+        // A cancel answered by another replica, or a restart of one that failed the run,
+        // reaches this one through the store.
+        loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Ok(Some(stored)) = performance.store.benchmark(id).await
+                        && stored.status != types::BenchmarkStatus::Running
+                    {
+                        active.stop.stop();
+                    }
+                }
+            }
+        }
+    };
+    drop(slot);
+    if let Err(error) = performance.end_of_run(benchmark, &active, outcome).await {
+        tracing::warn!(%id, %error, "the end of a benchmark could not be written");
+    }
+    drop(guard);
 }
 
 async fn evaluate_periodically(performance: Weak<Performance>) {
