@@ -61,6 +61,21 @@ impl ServerSpans {
         ServerSpans { inner: Arc::new(Inner { tracer, operations }) }
     }
 
+    /// `router` with a server span per request, recorded as `service`'s, when `telemetry`
+    /// records spans at all; `router` unchanged otherwise.
+    pub fn around(
+        router: axum::Router,
+        telemetry: &crate::Telemetry,
+        service: &str,
+        operations: &[&'static OperationSpec],
+    ) -> axum::Router {
+        if !telemetry.enabled() {
+            return router;
+        }
+        let spans = ServerSpans::new(telemetry.tracer(service), operations);
+        router.layer(axum::middleware::from_fn_with_state(spans, ServerSpans::trace))
+    }
+
     /// The span's name: the operation id of the matched route, else `METHOD route` (an
     /// unmatched request: `METHOD` alone, as the semantic conventions say when there is no
     /// route, so that scanners cannot grow the set of names).
