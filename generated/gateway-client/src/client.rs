@@ -6823,8 +6823,12 @@ impl Client {
     disabled client all answer 401 with the same message (nothing tells them apart).
     The token carries the client's tenant and either all of the client's scopes or, when
     `scope` is given, exactly the requested ones; a requested scope the client does not
-    hold answers 400 with code `invalid_scope` (RFC 6749 §5.2). Issuance is rate limited per client id
-    and source address to slow down secret guessing (429).
+    hold answers 400 with code `invalid_scope` (RFC 6749 §5.2). Token requests are rate
+    limited per source address, and those whose secret must be hashed also per client id
+    and per client id and address, to slow down secret guessing (429 with
+    `Retry-After`). Every answer publishes the per-address limit and the caller's
+    standing under it in `RateLimit-Policy` and `RateLimit` (the IETF httpapi
+    ratelimit-headers draft), so that clients can pace their token requests.
 
     Sends a `POST` request to `/v1/auth/token`
 

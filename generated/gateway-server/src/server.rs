@@ -132,8 +132,12 @@ pub trait GatewayApi: Send + Sync + 'static {
     /// disabled client all answer 401 with the same message (nothing tells them apart).
     /// The token carries the client's tenant and either all of the client's scopes or, when
     /// `scope` is given, exactly the requested ones; a requested scope the client does not
-    /// hold answers 400 with code `invalid_scope` (RFC 6749 §5.2). Issuance is rate limited per client id
-    /// and source address to slow down secret guessing (429).
+    /// hold answers 400 with code `invalid_scope` (RFC 6749 §5.2). Token requests are rate
+    /// limited per source address, and those whose secret must be hashed also per client id
+    /// and per client id and address, to slow down secret guessing (429 with
+    /// `Retry-After`). Every answer publishes the per-address limit and the caller's
+    /// standing under it in `RateLimit-Policy` and `RateLimit` (the IETF httpapi
+    /// ratelimit-headers draft), so that clients can pace their token requests.
     fn issue_token(
         &self,
         request: IssueTokenRequest,
@@ -533,14 +537,26 @@ pub enum IssueTokenResponse {
 
         /// The `Cache-Control` header.
         cache_control: String,
+
+        /// The `RateLimit-Policy` header.
+        ratelimit_policy: Option<String>,
+
+        /// The `RateLimit` header.
+        ratelimit: Option<String>,
     },
 }
 
 impl IntoResponse for IssueTokenResponse {
     fn into_response(self) -> Response {
         match self {
-            Self::Ok { body, cache_control } => {
-                let headers: Vec<(&'static str, String)> = vec![("cache-control", cache_control.to_string())];
+            Self::Ok { body, cache_control, ratelimit_policy, ratelimit } => {
+                let mut headers: Vec<(&'static str, String)> = vec![("cache-control", cache_control.to_string())];
+                if let Some(value) = ratelimit_policy {
+                    headers.push(("ratelimit-policy", value.to_string()));
+                }
+                if let Some(value) = ratelimit {
+                    headers.push(("ratelimit", value.to_string()));
+                }
                 rt::json_response(200, "application/json", &body, headers)
             }
         }

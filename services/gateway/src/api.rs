@@ -540,7 +540,9 @@ impl GatewayApi for GatewayAdmin {
             expires_in: std::num::NonZeroU64::MIN.saturating_add(self.token_ttl.as_secs().saturating_sub(1)),
             scope: typed(&granted.join(" "))?,
         };
-        Ok(IssueTokenResponse::Ok { body, cache_control: "no-store".into() })
+        // The token limit's fields are written on every answer of this endpoint, errors
+        // included, by the guard that decided it (`token_guard::token_endpoint_guard`).
+        Ok(IssueTokenResponse::Ok { body, cache_control: "no-store".into(), ratelimit_policy: None, ratelimit: None })
     }
 
     async fn get_jwks(&self, _request: GetJwksRequest) -> Result<GetJwksResponse, ApiError> {

@@ -27,6 +27,14 @@ pub fn token_caller() -> Option<IpAddr> {
 /// Limits token requests per source address in front of the token endpoint, before any
 /// secret is hashed: a brake on the hashing work one address can cause. Guessing is slowed
 /// behind it, by [`TokenThrottle`].
+///
+/// Every answer of the endpoint (the token, 400, 401, either 429, and the rest) carries
+/// this limit and the caller's standing under it as `RateLimit-Policy` and `RateLimit`
+/// fields, written by the same code as a route policy's ([`crate::edge::add_headers`], by
+/// the rule of [`pake_ratelimit::published`]), so that clients (the load suite among them)
+/// read the platform's token limit instead of assuming it. The per-client budgets are not
+/// published: they count only attempts whose secret must be hashed, and an owner signing in
+/// again with a secret verified a moment ago never meets them.
 pub async fn token_endpoint_guard(State(plane): State<Arc<DataPlane>>, request: Request, next: Next) -> Response {
     if request.method() == Method::POST && request.uri().path() == "/v1/auth/token" {
         let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
@@ -34,16 +42,22 @@ pub async fn token_endpoint_guard(State(plane): State<Arc<DataPlane>>, request: 
             Some(address) => format!("token:addr:{address}"),
             None => "token:addr:unknown".into(),
         };
-        let decision = plane.edge.limiter.check(&key, &plane.edge.token_limit).await;
-        if !decision.allowed {
+        let limit = &plane.edge.token_limit;
+        let decision = plane.edge.limiter.check(&key, limit).await;
+        let mut response = if decision.allowed {
+            TOKEN_CALLER.scope(address, next.run(request)).await
+        } else {
             let seconds = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            return ApiError::too_many_requests(
+            ApiError::too_many_requests(
                 format!("too many token requests from this address, retry in {seconds} seconds"),
                 seconds,
             )
-            .into_response();
-        }
-        return TOKEN_CALLER.scope(address, next.run(request)).await;
+            .into_response()
+        };
+        // On a 429 of the per-client budgets the handler's `Retry-After` stays: an admitted
+        // decision writes none.
+        crate::edge::add_headers(response.headers_mut(), &decision, limit);
+        return response;
     }
     next.run(request).await
 }
