@@ -7,6 +7,10 @@
 //! - `bench gateway [--duration SECS] [--rounds N] [--connections N] [--redis URL]`:
 //!   compare the gateway with nginx in front of the same upstream, with wrk, in rounds
 //!   that measure every path in turn; writes `target/bench/gateway.md`.
+//! - `bench monitoring [--rules N] [--series N] [--memory-series N] [--instances N]
+//!   [--check-seconds SECS]`: pushes, scrapes, rule evaluation, memory per series and
+//!   active health checks of the monitoring service; writes `target/bench/monitoring.md`;
+//!   see `bench_monitoring.rs`.
 //! - `load [--users N] [--hatch-rate N] [--run-time SECS] [--tenants N] [--token-per tenant|user]
 //!   [--postgres URL] [--redis URL]`: the SLA run of the research workload through `pake
 //!   serve` with its default settings; reports in `target/load/`.
@@ -21,6 +25,7 @@
 //!   suites; reports in `target/mutants/`; see `mutants.rs`.
 
 mod bench;
+mod bench_monitoring;
 mod cluster;
 mod codegen;
 mod compat;
@@ -86,13 +91,17 @@ fn run() -> Result<()> {
             Ok(())
         }
         ["bench", "gateway", options @ ..] => bench::gateway(&root, &bench::Options::parse(options)?),
+        ["bench", "monitoring", options @ ..] => {
+            bench_monitoring::run(&root, &bench_monitoring::Options::parse(options)?)
+        }
         ["load", options @ ..] => load::run(&root, &load::Options::parse(options)?),
         ["image", options @ ..] => image::build(&root, &image::Options::parse(options)?),
         ["cluster", options @ ..] => cluster::run(&root, &cluster::Options::parse(options)?),
         ["mutants", options @ ..] => mutants::run(&root, &mutants::Options::parse(options)?),
         _ => bail!(
-            "usage: cargo xtask codegen [--check [--since REV]] | {} | {} | {} | {} | {}",
+            "usage: cargo xtask codegen [--check [--since REV]] | {} | {} | {} | {} | {} | {}",
             bench::Options::USAGE,
+            bench_monitoring::Options::USAGE,
             load::Options::USAGE,
             image::Options::USAGE,
             cluster::Options::USAGE,
