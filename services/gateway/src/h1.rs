@@ -24,12 +24,14 @@
 //! survives it.
 
 use crate::connections::{self, SendFailure};
-use crate::headers::{self, TraceContext};
+use crate::headers;
 use crate::proxy::{self, DataPlane};
+use crate::spans::{Arrival, RequestSpans};
 use crate::tries::{self, Answered, Transport, Tries, Try};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pake_mesh_server::types as mesh;
+use pake_trace::w3c::TraceParent;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -391,14 +393,37 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         }
     }
 
+    let plane = conn.plane;
+    let forwarded_for = || {
+        let lines = headers.iter().zip(kinds.iter()).filter(|(_, kind)| **kind == Kind::XForwardedFor);
+        lines.map(|(header, _)| header.value)
+    };
+    let caller = plane.trusted_proxies.caller(conn.client, forwarded_for());
+    // The trace continued, or a new one (`tracestate` goes with a continued one only).
+    let parent = traceparent.filter(|_| traceparents == 1).and_then(TraceParent::parse);
+    let arrival = || Arrival {
+        method: &method,
+        path,
+        host,
+        client: Some(caller.client),
+        parent,
+        tracestate: headers.iter().zip(kinds.iter()).find(|(_, kind)| **kind == Kind::Tracestate).map(|(h, _)| h.value),
+    };
     if let Err(refused) = proxy::check_host(axum::http::Version::HTTP_11, hosts) {
+        let spans = RequestSpans::start(plane.tracer.as_ref(), arrival());
+        spans.refused("request", refused.code());
+        spans.end(refused.status());
         return finish(write_response(conn, refused.into_response(), true).await, true);
     }
-    let plane = conn.plane;
     let table = plane.routes.load();
     let located = match proxy::locate(&table, &method, normal) {
         Ok(located) => located,
-        Err(refused) => return finish(write_response(conn, *refused, close).await, close),
+        Err(refused) => {
+            let spans = RequestSpans::start(plane.tracer.as_ref(), arrival());
+            spans.unrouted(refused.status());
+            spans.end(refused.status());
+            return finish(write_response(conn, *refused, close).await, close);
+        }
     };
     let route = located.route;
     let settings = &route.route;
@@ -415,48 +440,45 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     if !plain {
         return Step::Handover;
     }
+    let mut spans = RequestSpans::start(plane.tracer.as_ref(), arrival());
+    spans.route(route);
     // Auth and rate limits as the general path applies them; the limit's headers are
     // written into `conn.extra` for the response.
     let principal = if settings.require_token {
-        match plane.edge.authorize(authorization, settings) {
+        match spans.check("auth", plane.edge.authorize(authorization, settings)) {
             Ok(principal) => Some(principal),
-            Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
+            Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close, spans).await,
         }
     } else {
         None
     };
     conn.extra.clear();
-    let forwarded_for = || {
-        let lines = headers.iter().zip(kinds.iter()).filter(|(_, kind)| **kind == Kind::XForwardedFor);
-        lines.map(|(header, _)| header.value)
-    };
-    let caller = plane.trusted_proxies.caller(conn.client, forwarded_for());
     if settings.rate_limit_policy_id.is_some() || principal.is_some() {
         let table = plane.policies.load();
-        match Box::pin(plane.edge.rate_limit(
+        let limited = Box::pin(plane.edge.rate_limit(
             &table,
             settings,
             principal.as_deref().map(|verified| &verified.principal),
             Some(caller.client),
         ))
-        .await
-        {
+        .await;
+        spans.rate_limited(&limited);
+        match limited {
             Ok(Some((decision, limit))) => decision.write_headers(limit, |field, value| {
                 push_header(&mut conn.extra, field.name().as_bytes(), value.as_bytes());
             }),
             Ok(None) => {}
-            Err(refused) => return refuse(conn, route, &method, refused, started, close).await,
+            Err(refused) => return refuse(conn, route, &method, refused, started, close, spans).await,
         }
     }
     let idempotent = tries::idempotent(&method);
-    let mut tries = match Tries::new(plane, settings, service, started, idempotent) {
+    let mut tries = match spans.check("upstream", Tries::new(plane, settings, service, started, idempotent)) {
         Ok(tries) => tries,
-        Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
+        Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close, spans).await,
     };
 
-    // The trace continued, or a new one (`tracestate` goes with a continued one only).
-    let trace = traceparent.filter(|_| traceparents == 1).and_then(TraceContext::continued);
-    // The forwarding headers: the client's, less hop-by-hop ones and those replaced here.
+    // The forwarding headers: the client's, less hop-by-hop ones and those replaced here
+    // (each try adds its own `traceparent` and the blank line).
     let forwarded = &mut conn.forwarded;
     forwarded.clear();
     for (header, &kind) in headers.iter().zip(kinds.iter()) {
@@ -464,7 +486,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         // to X-Forwarded-Host, and each try sets the instance's own.
         let kept = match kind {
             Kind::Other | Kind::Date | Kind::ContentLength | Kind::XRequestId | Kind::Authorization => true,
-            Kind::Tracestate => trace.is_some(),
+            Kind::Tracestate => parent.is_some(),
             Kind::XForwardedHost => host.is_none(),
             _ => false,
         };
@@ -481,21 +503,20 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     if !has_request_id {
         push_header(forwarded, b"x-request-id", &headers::request_id());
     }
-    push_header(forwarded, b"traceparent", &trace.unwrap_or_else(TraceContext::new).traceparent());
-    forwarded.extend_from_slice(b"\r\n");
 
     let upstream_path = located.upstream_path();
     let head_request = method == Method::HEAD;
     let mut transport =
         H1Try { conn: &mut *conn, method: method_text, upstream_path, query, head_request, idempotent, close };
-    let (mut attempt, answer) = match tries.run(started, &mut transport, |_| None).await {
+    let (mut attempt, answer) = match tries.run(started, &mut transport, &mut spans, |_| None).await {
         Ok(answered) => answered,
-        Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close).await,
+        Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close, spans).await,
     };
     let status = answer.status();
     route.metrics.record(&method, status, started.elapsed());
     let idle = Duration::from_millis(settings.timeout_ms.get());
     let relayed = relay(conn, answer, &attempt.upstream.address, idle).await;
+    spans.end(status);
     if status.is_server_error() {
         // Counted when it arrived.
     } else if relayed == Err(Broke::Upstream) {
@@ -538,6 +559,9 @@ impl Transport for H1Try<'_, '_, '_> {
         out.extend_from_slice(attempt.upstream.host.as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.conn.forwarded);
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(&attempt.traceparent);
+        out.extend_from_slice(b"\r\n\r\n");
         async move {
             exchange(self.conn, &attempt.upstream.address, self.head_request, self.idempotent, self.close, attempt.now)
                 .await
@@ -564,8 +588,10 @@ async fn refuse(
     refused: Response,
     started: Instant,
     close: bool,
+    spans: RequestSpans<'_>,
 ) -> Step {
     route.metrics.record(method, refused.status(), started.elapsed());
+    spans.end(refused.status());
     finish(write_response(conn, refused, close).await, close)
 }
 
@@ -950,7 +976,7 @@ async fn read_body(stream: &mut TcpStream, buffer: &mut [u8], idle: Duration) ->
 fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     let mut size = [0u8; 16];
     let digits = 16 - (data.len().leading_zeros() as usize / 4).min(15);
-    headers::write_hex(&mut size[..digits], data.len() as u64);
+    headers::write_hex(&mut size[..digits], data.len() as u128);
     out.extend_from_slice(&size[..digits]);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);

@@ -4,7 +4,6 @@
 
 use crate::forwarded::Caller;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -26,40 +25,17 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) use pake_trace::w3c::{TRACEPARENT, TRACESTATE};
 
-/// A cheap, well-spread random number (splitmix64) for balancing choices, request ids and
-/// trace ids. Each thread steps its own state, so no cache line is shared between them.
-pub(crate) fn random() -> u64 {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
-    }
-    let mut z = STATE.with(|state| {
-        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(next);
-        next
-    });
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A different starting point for each thread (and each process).
-fn seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        static FALLBACK: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
-        return FALLBACK.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    }
-    u64::from_le_bytes(bytes)
-}
+pub(crate) use pake_trace::ids::random;
+pub(crate) use pake_trace::w3c::write_hex;
 
 /// Prepares the client's headers, in place, for the upstream: drops hop-by-hop ones and
 /// those `Connection` names, moves `Host` to `X-Forwarded-Host` (each try sets the
-/// instance's own), and adds the other forwarding headers, a request id and a trace
-/// context where the client sent none.
-pub(crate) fn forward_headers(headers: &mut HeaderMap, caller: Option<Caller>) {
+/// instance's own), and adds the other forwarding headers and a request id where the
+/// client sent none. `tracestate` stays only when the trace is `continued` (each try sets
+/// its own `traceparent`).
+pub(crate) fn forward_headers(headers: &mut HeaderMap, caller: Option<Caller>, continued: bool) {
     remove_hop_by_hop(headers);
     // Room for the five headers added here and the Host each try sets, in one growth.
     headers.reserve(6);
@@ -78,16 +54,9 @@ pub(crate) fn forward_headers(headers: &mut HeaderMap, caller: Option<Caller>) {
     if let header::Entry::Vacant(slot) = headers.entry(&X_REQUEST_ID) {
         slot.insert(HeaderValue::from_bytes(&request_id()).expect("a uuid is a header value"));
     }
-    let mut incoming = headers.get_all(&TRACEPARENT).iter();
-    let context = match (incoming.next(), incoming.next()) {
-        (Some(only), None) => TraceContext::continued(only.as_bytes()),
-        _ => None,
-    };
-    if context.is_none() {
+    if !continued {
         headers.remove(&TRACESTATE);
     }
-    let value = context.unwrap_or_else(TraceContext::new).traceparent();
-    headers.insert(TRACEPARENT.clone(), HeaderValue::from_bytes(&value).expect("hex is a header value"));
 }
 
 /// A random version-4 UUID as text, without a system call or an allocation.
@@ -98,70 +67,6 @@ pub(crate) fn request_id() -> [u8; uuid::fmt::Hyphenated::LENGTH] {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Builder::from_random_bytes(random_bytes).into_uuid().hyphenated().encode_lower(&mut text);
     text
-}
-
-/// The W3C trace context (Trace Context Level 1) a request goes upstream with. The
-/// gateway is an intermediary with a span of its own: a valid incoming `traceparent` is
-/// continued (its trace id and sampled flag kept, the gateway's span id as the new parent
-/// id, `tracestate` passed on); a missing or invalid one (bad lengths or dashes, hex that
-/// is not lower-case, an all-zero id, version `ff`, several `traceparent` lines) starts a
-/// new trace, and its `tracestate` is dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TraceContext {
-    trace_id: [u8; 32],
-    /// The gateway's own span id, sent upstream as the parent id.
-    span_id: [u8; 16],
-    sampled: bool,
-}
-
-impl TraceContext {
-    /// A new trace, sampled.
-    pub(crate) fn new() -> TraceContext {
-        let mut context = TraceContext { trace_id: [b'0'; 32], span_id: [b'0'; 16], sampled: true };
-        write_hex(&mut context.trace_id[..16], random());
-        write_hex(&mut context.trace_id[16..], random() | 1);
-        write_hex(&mut context.span_id, random() | 1);
-        context
-    }
-
-    /// The continuation of the trace `value` (one `traceparent` line) names, if it is valid.
-    pub(crate) fn continued(value: &[u8]) -> Option<TraceContext> {
-        let lower_hex = |bytes: &[u8]| bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        let all_zero = |bytes: &[u8]| bytes.iter().all(|&b| b == b'0');
-        if value.len() < 55 || !lower_hex(&value[..2]) || &value[..2] == b"ff" {
-            return None;
-        }
-        // Version 00 is exactly 55 characters; a later version may append fields after a
-        // dash, and is read as far as version 00 goes.
-        if (&value[..2] == b"00" && value.len() != 55) || (value.len() > 55 && value[55] != b'-') {
-            return None;
-        }
-        let (trace_id, parent_id, flags) = (&value[3..35], &value[36..52], &value[53..55]);
-        let dashes = value[2] == b'-' && value[35] == b'-' && value[52] == b'-';
-        if !dashes || !lower_hex(trace_id) || !lower_hex(parent_id) || !lower_hex(flags) {
-            return None;
-        }
-        if all_zero(trace_id) || all_zero(parent_id) {
-            return None;
-        }
-        let mut context = TraceContext::new();
-        context.trace_id.copy_from_slice(trace_id);
-        // The low bit of the flags is `sampled`, the only one version 00 defines: the low
-        // hex digit is odd.
-        context.sampled = matches!(flags[1], b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f');
-        Some(context)
-    }
-
-    /// The `traceparent` value sent upstream: version 00.
-    pub(crate) fn traceparent(&self) -> [u8; 55] {
-        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        text[3..35].copy_from_slice(&self.trace_id);
-        text[36..52].copy_from_slice(&self.span_id);
-        if self.sampled {
-            text[54] = b'1';
-        }
-        text
-    }
 }
 
 /// Writes `ip` in its usual text form into `out` (large enough for any address) and
@@ -193,15 +98,6 @@ pub(crate) fn write_ip(out: &mut [u8; 48], ip: std::net::IpAddr) -> usize {
             let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{v6}"));
             cursor.position() as usize
         }
-    }
-}
-
-/// Writes `value` as lower-case hex digits, most significant first, filling `out`.
-pub(crate) fn write_hex(out: &mut [u8], value: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let last = out.len() - 1;
-    for (index, digit) in out.iter_mut().enumerate() {
-        *digit = DIGITS[((value >> (4 * (last - index))) & 0xf) as usize];
     }
 }
 
@@ -332,6 +228,7 @@ mod tests {
         forward_headers(
             &mut headers,
             Some(crate::forwarded::TrustedProxies::default().caller(peer, std::iter::empty())),
+            false,
         );
         assert!(headers.get(header::HOST).is_none(), "each try sets the instance's Host");
         assert_eq!(headers["x-forwarded-host"], "api.example");
@@ -340,53 +237,13 @@ mod tests {
         assert!(headers.get(header::CONNECTION).is_none());
         let id = uuid::Uuid::parse_str(headers["x-request-id"].to_str().unwrap()).unwrap();
         assert_eq!(id.get_version_num(), 4);
-        let trace = headers["traceparent"].to_str().unwrap();
-        let fields: Vec<&str> = trace.split('-').collect();
-        assert_eq!(fields.len(), 4, "{trace}");
-        assert_eq!((fields[0], fields[1].len(), fields[2].len(), fields[3]), ("00", 32, 16, "01"));
-        assert!(fields[1].chars().chain(fields[2].chars()).all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
 
-        let mut again = map(&[
-            ("x-request-id", "mine"),
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        ]);
-        forward_headers(&mut again, None);
+        let mut again = map(&[("x-request-id", "mine"), ("tracestate", "vendor=1")]);
+        forward_headers(&mut again, None, true);
         assert_eq!(again["x-request-id"], "mine");
-        let continued = again["traceparent"].to_str().unwrap();
-        assert!(continued.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "the trace continues: {continued}");
-        assert!(continued.ends_with("-01") && !continued.contains("00f067aa0ba902b7"), "with the gateway as parent");
+        assert_eq!(again["tracestate"], "vendor=1", "a continued trace keeps its state");
         assert!(again.get("x-forwarded-for").is_none());
-    }
-
-    #[test]
-    fn trace_contexts_are_continued_only_when_valid() {
-        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let continued = |value: &str| TraceContext::continued(value.as_bytes()).map(|c| c.traceparent());
-        let out = continued(valid).expect("a valid context continues");
-        assert_eq!(&out[..36], &valid.as_bytes()[..36]);
-        assert_ne!(&out[36..52], &valid.as_bytes()[36..52], "the gateway's span is the new parent");
-        assert_eq!(&out[52..], b"-01");
-        assert_eq!(&continued("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap()[52..], b"-00");
-        assert_eq!(&continued("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03").unwrap()[52..], b"-01");
-        // A later version, longer, is read as version 00 and sent as 00.
-        let future = continued("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next").unwrap();
-        assert_eq!(&future[..36], b"00-4bf92f3577b34da6a3ce929d0e0e4736-");
-        for invalid in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
-            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.extra",
-        ] {
-            assert_eq!(continued(invalid), None, "{invalid:?}");
-        }
-        let fresh = TraceContext::new().traceparent();
-        assert!(TraceContext::continued(&fresh).is_some(), "a new context is itself valid");
+        forward_headers(&mut again, None, false);
+        assert!(again.get("tracestate").is_none(), "a new trace drops it");
     }
 }

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod routes;
 pub mod samples;
 pub mod secrets;
+mod spans;
 pub mod tls;
 pub mod token_guard;
 mod tries;
@@ -64,6 +65,9 @@ pub struct GatewayOptions {
     pub trusted_proxies: forwarded::TrustedProxies,
     /// Where the gateway's request samples go (the performance service); none: not fed.
     pub samples: Option<Arc<dyn samples::SampleSink>>,
+    /// The tracer of the gateway's spans (a server span per proxied request, a client span
+    /// per try); none: the data plane records no span.
+    pub tracer: Option<pake_trace::Tracer>,
 }
 
 impl GatewayOptions {
@@ -80,6 +84,7 @@ impl GatewayOptions {
             upstream_ca_file: None,
             trusted_proxies: forwarded::TrustedProxies::default(),
             samples: None,
+            tracer: None,
         }
     }
 }
@@ -180,6 +185,7 @@ impl Gateway {
             ),
             connections::https_client(tls),
             options.trusted_proxies.clone(),
+            options.tracer.clone(),
         ));
         let routes = RouteStore::new(store.clone());
         let policies = PolicyStore::new(store.clone());

@@ -20,8 +20,9 @@ use crate::bodies::{ClientBody, UpstreamBody};
 use crate::connections::{self, SendFailure};
 use crate::edge::{Edge, PolicyTable};
 use crate::forwarded::Caller;
-use crate::headers::{X_FORWARDED_FOR, forward_headers, remove_hop_by_hop};
+use crate::headers::{TRACEPARENT, TRACESTATE, X_FORWARDED_FOR, forward_headers, remove_hop_by_hop};
 use crate::routes::{Match, RouteTable};
+use crate::spans::{Arrival, RequestSpans};
 use crate::tries::{Transport, Tries, Try, Verdict, idempotent};
 use crate::upstream::Upstreams;
 use arc_swap::ArcSwap;
@@ -33,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use pake_api_runtime::ApiError;
 use pake_mesh_server::types as mesh;
 use pake_registry::snapshot::SnapshotCell;
+use pake_trace::w3c::TraceParent;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -51,6 +53,8 @@ pub struct DataPlane {
     pub edge: Edge,
     /// Whose `X-Forwarded-For` says who the client is.
     pub trusted_proxies: crate::forwarded::TrustedProxies,
+    /// The tracer of the requests' spans; none: no spans.
+    pub tracer: Option<pake_trace::Tracer>,
 }
 
 impl DataPlane {
@@ -60,9 +64,11 @@ impl DataPlane {
         edge: Edge,
         https: connections::HttpsClient,
         trusted_proxies: crate::forwarded::TrustedProxies,
+        tracer: Option<pake_trace::Tracer>,
     ) -> DataPlane {
         DataPlane {
             trusted_proxies,
+            tracer,
             https,
             routes: ArcSwap::from_pointee(RouteTable::default()),
             policies: ArcSwap::from_pointee(PolicyTable::default()),
@@ -127,13 +133,41 @@ pub async fn handle(plane: &DataPlane, request: Request, peer: Option<SocketAddr
         let listed = request.headers().get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes);
         plane.trusted_proxies.caller(peer, listed)
     });
-    if let Err(refused) = check_host(request.version(), request.headers().get_all(header::HOST).iter().count()) {
-        return refused.into_response();
-    }
+    let parent = TraceParent::from_lines(request.headers().get_all(&TRACEPARENT).iter().map(HeaderValue::as_bytes));
+    let host = request.headers().get(header::HOST).map(HeaderValue::as_bytes);
+    let mut spans = RequestSpans::start(
+        plane.tracer.as_ref(),
+        Arrival {
+            method: request.method(),
+            path: request.uri().path(),
+            host: host.or_else(|| request.uri().authority().map(|authority| authority.as_str().as_bytes())),
+            client: caller.map(|caller| caller.client),
+            parent,
+            tracestate: request.headers().get(&TRACESTATE).map(HeaderValue::as_bytes),
+        },
+    );
+    let response = match spans
+        .check("request", check_host(request.version(), request.headers().get_all(header::HOST).iter().count()))
+    {
+        Ok(()) => route_and_forward(plane, request, caller, parent.is_some(), &mut spans, started).await,
+        Err(refused) => refused.into_response(),
+    };
+    spans.end(response.status());
+    response
+}
+
+/// Routes a request and applies its route: [`handle`] once the request's spans started.
+async fn route_and_forward(
+    plane: &DataPlane,
+    mut request: Request,
+    caller: Option<Caller>,
+    continued: bool,
+    spans: &mut RequestSpans<'_>,
+    started: Instant,
+) -> Response {
     let table = plane.routes.load();
-    let mut request = request;
     let (route, upstream_path, normalised) =
-        match locate(&table, request.method(), crate::path::normalize(request.uri().path())) {
+        match spans.located(locate(&table, request.method(), crate::path::normalize(request.uri().path()))) {
             Ok(located) => {
                 let normalised = (located.forwarded != request.uri().path())
                     .then(|| with_path(request.uri(), &located.forwarded).ok())
@@ -147,7 +181,8 @@ pub async fn handle(plane: &DataPlane, request: Request, peer: Option<SocketAddr
         *request.uri_mut() = uri;
     }
     let method = request.method().clone();
-    let response = apply_policies(plane, route, &upstream_path, request, caller, started).await;
+    let forwarding = Forwarding { plane, route, upstream_path: &upstream_path, caller, continued, started };
+    let response = apply_policies(forwarding, request, spans).await;
     route.metrics.record(&method, response.status(), started.elapsed());
     response
 }
@@ -211,18 +246,24 @@ pub(crate) fn locate<'t, 'p>(
     Ok(Located { route, forwarded, upstream_at })
 }
 
-/// Auth, rate limits and the cache, as the route asks, around forwarding.
-async fn apply_policies(
-    plane: &DataPlane,
-    route: &crate::routes::CompiledRoute,
-    upstream_path: &str,
-    request: Request,
+/// What forwarding a routed request needs besides the request and its spans.
+#[derive(Clone, Copy)]
+struct Forwarding<'a> {
+    plane: &'a DataPlane,
+    route: &'a crate::routes::CompiledRoute,
+    upstream_path: &'a str,
     caller: Option<Caller>,
+    /// Whether the request continues a trace (its `tracestate` goes on).
+    continued: bool,
     started: Instant,
-) -> Response {
+}
+
+/// Auth, rate limits and the cache, as the route asks, around forwarding.
+async fn apply_policies(forwarding: Forwarding<'_>, request: Request, spans: &mut RequestSpans<'_>) -> Response {
+    let Forwarding { plane, route, caller, .. } = forwarding;
     let settings = &route.route;
     let principal = if settings.require_token {
-        match plane.edge.authenticate(request.headers(), settings) {
+        match spans.check("auth", plane.edge.authenticate(request.headers(), settings)) {
             Ok(principal) => Some(principal),
             Err(refused) => return refused.into_response(),
         }
@@ -233,27 +274,35 @@ async fn apply_policies(
     // neither, and skip the table.
     let table = (settings.rate_limit_policy_id.is_some() || principal.is_some()).then(|| plane.policies.load());
     let limited = match &table {
-        Some(table) => match Box::pin(plane.edge.rate_limit(
-            table,
-            settings,
-            principal.as_deref().map(|verified| &verified.principal),
-            caller.map(|caller| caller.client),
-        ))
-        .await
-        {
-            Ok(limited) => limited,
-            Err(refused) => return refused,
-        },
+        Some(table) => {
+            let limited = Box::pin(plane.edge.rate_limit(
+                table,
+                settings,
+                principal.as_deref().map(|verified| &verified.principal),
+                caller.map(|caller| caller.client),
+            ))
+            .await;
+            spans.rate_limited(&limited);
+            match limited {
+                Ok(limited) => limited,
+                Err(refused) => return refused,
+            }
+        }
         None => None,
-    };
-    let send = |request: Request| async move {
-        forward(plane, route, upstream_path, request, caller, started).await.unwrap_or_else(IntoResponse::into_response)
     };
     let mut response = if settings.cache.enabled {
         let tenant = principal.as_ref().and_then(|verified| verified.principal.tenant.as_deref()).unwrap_or("-");
-        Box::pin(crate::caching::through_cache(plane, route, request, tenant, send)).await
+        let sending = &mut *spans;
+        let send = move |request: Request| async move {
+            forward(forwarding, request, sending).await.unwrap_or_else(IntoResponse::into_response)
+        };
+        let response = Box::pin(crate::caching::through_cache(plane, route, request, tenant, send)).await;
+        if let Some(verdict) = response.headers().get("x-cache-status").and_then(|value| value.to_str().ok()) {
+            spans.cache(verdict);
+        }
+        response
     } else {
-        send(request).await
+        forward(forwarding, request, spans).await.unwrap_or_else(IntoResponse::into_response)
     };
     if let Some((decision, limit)) = limited {
         crate::edge::add_headers(response.headers_mut(), &decision, limit);
@@ -284,20 +333,21 @@ pub(crate) fn refusal(found: Match<'_, '_>, method: &Method, path: &str) -> Resp
 }
 
 async fn forward(
-    plane: &DataPlane,
-    route: &crate::routes::CompiledRoute,
-    upstream_path: &str,
+    forwarding: Forwarding<'_>,
     request: Request,
-    caller: Option<Caller>,
-    started: Instant,
+    spans: &mut RequestSpans<'_>,
 ) -> Result<Response, ApiError> {
+    let Forwarding { plane, route, upstream_path, caller, continued, started } = forwarding;
     let route = &route.route;
     let (mut parts, body) = request.into_parts();
     let idempotent = idempotent(&parts.method);
     let bodyless = HttpBody::size_hint(&body).exact() == Some(0);
     let snapshot = plane.registry.load();
     let service = snapshot.service_by_name(route.service.as_str());
-    let mut tries = Tries::new(plane, route, service.map(|service| &**service), started, idempotent && bodyless)?;
+    let mut tries = spans.check(
+        "upstream",
+        Tries::new(plane, route, service.map(|service| &**service), started, idempotent && bodyless),
+    )?;
 
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{upstream_path}?{query}"),
@@ -309,7 +359,7 @@ async fn forward(
     // A body of unknown length goes on chunked, whatever the method: hyper would send a
     // GET's without framing, that is, drop it.
     let chunked = !bodyless && HttpBody::size_hint(&body).exact().is_none();
-    forward_headers(&mut parts.headers, caller);
+    forward_headers(&mut parts.headers, caller, continued);
     // A body is watched, so that a try that failed because the client's body did is not
     // held against the instance.
     let (body, watch) = if bodyless {
@@ -321,7 +371,7 @@ async fn forward(
     let mut transport =
         HyperTry { plane, method: parts.method, origin, headers: Some(parts.headers), body: Some(body), chunked };
     let client_fault = |failure| watch.as_ref().and_then(|watch| watch.client_fault(failure));
-    let (attempt, mut response) = tries.run(started, &mut transport, client_fault).await?;
+    let (attempt, mut response) = tries.run(started, &mut transport, spans, client_fault).await?;
     remove_hop_by_hop(response.headers_mut());
     // A 5xx was counted when it arrived; any other answer is judged by its end.
     Ok(match Verdict::new(plane, attempt, service, response.status()) {
@@ -364,6 +414,9 @@ impl Transport for HyperTry<'_> {
             self.headers.take().unwrap_or_default()
         };
         outgoing.headers_mut().insert(header::HOST, upstream.host.clone());
+        outgoing
+            .headers_mut()
+            .insert(TRACEPARENT.clone(), HeaderValue::from_bytes(&attempt.traceparent).expect("hex is a header value"));
         if self.chunked && attempt.scheme == mesh::InstanceScheme::Http {
             outgoing.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }

@@ -7,6 +7,7 @@ use crate::connections::SendFailure;
 use crate::headers::random;
 use crate::plane_metrics::UpstreamLabels;
 use crate::proxy::{DataPlane, error};
+use crate::spans::RequestSpans;
 use crate::upstream::{Admission, Outcome, Upstream};
 use axum::http::{Method, StatusCode};
 use pake_api_runtime::ApiError;
@@ -199,6 +200,8 @@ pub(crate) struct Try {
     pub deadline: Instant,
     /// Whether a retry may follow this try (so its request must stay available).
     pub may_retry: bool,
+    /// The `traceparent` the instance receives: this try's span as the parent.
+    pub traceparent: [u8; 55],
     /// Whether this try holds one of a half-open breaker's probe slots that no outcome
     /// has settled yet: dropped so (cancelled, abandoned), it gives the slot back.
     probe: bool,
@@ -290,31 +293,48 @@ impl<'a> Tries<'a> {
     /// body has been relayed: [`Tries::settled`], [`Tries::broke_off`] or a [`Verdict`]), or
     /// no further try may follow (the error to answer with). Each try is counted in flight
     /// and bounded by its deadline here; a failure `client_fault` lays at the client's door
-    /// ends the tries unrecorded, with its error.
+    /// ends the tries unrecorded, with its error. Each try has its span in `spans` (ended
+    /// with its outcome), whose id its instance receives as the parent; the error that
+    /// ends the tries is recorded there too.
     pub async fn run<T: Transport>(
         &mut self,
         started: Instant,
         transport: &mut T,
+        spans: &mut RequestSpans<'_>,
         client_fault: impl Fn(TryFailure) -> Option<ApiError>,
     ) -> Result<(Try, T::Answer), ApiError> {
+        let refused = |refused: ApiError, spans: &RequestSpans<'_>| {
+            spans.refused("upstream", refused.code());
+            refused
+        };
         loop {
-            let mut attempt = self.next(started)?;
+            let mut attempt = self.next(started).map_err(|e| refused(e, spans))?;
+            let span = spans.try_started(&attempt.upstream);
+            attempt.traceparent = span.traceparent;
             // Counted in flight until the answer's head, or the try's end however it ends
             // (the future dropped included).
             let busy = attempt.upstream.busy();
             let sent = tokio::time::timeout_at(attempt.deadline.into(), transport.send(&attempt)).await;
             drop(busy);
             let failure = match TryFailure::check(sent, self.service_name) {
-                Ok(answer) if self.answered(&mut attempt, answer.status()) => continue,
-                Ok(answer) => return Ok((attempt, answer)),
+                Ok(answer) => {
+                    let status = answer.status();
+                    span.answered(status);
+                    if self.answered(&mut attempt, status) {
+                        continue;
+                    }
+                    return Ok((attempt, answer));
+                }
                 Err(failure) => failure,
             };
             // A try that failed for the client's reasons says nothing about the instance:
             // it is dropped unrecorded (a probe's slot given back), and not retried.
-            if let Some(refused) = client_fault(failure) {
-                return Err(refused);
+            if let Some(client) = client_fault(failure) {
+                span.failed("client");
+                return Err(refused(client, spans));
             }
-            self.failed(&mut attempt, failure)?;
+            span.failed(failure.label());
+            self.failed(&mut attempt, failure).map_err(|e| refused(e, spans))?;
         }
     }
 
@@ -337,7 +357,8 @@ impl<'a> Tries<'a> {
             .with_retry_after(retry_after)
         })?;
         self.tried[self.attempt as usize] = upstream.instance;
-        Ok(Try { upstream, scheme, now, deadline, may_retry: self.attempt < self.max_retries, probe })
+        let may_retry = self.attempt < self.max_retries;
+        Ok(Try { upstream, scheme, now, deadline, may_retry, traceparent: [0; 55], probe })
     }
 
     /// Accounts an answer with `status`; true when it is to be dropped and retried. A 5xx

@@ -1,0 +1,248 @@
+//! The spans of a proxied request, the gateway being a proxy in the W3C sense: one server
+//! span for the request (named by method and route, with the HTTP semantic-convention
+//! attributes, and the reason when the gateway refused it or answered from its cache) and
+//! one client span per try, siblings under it (instance, attempt number, outcome). The
+//! upstream receives the try's span as its parent.
+//!
+//! Both transports record through this module, and the tries through [`Tries::run`]
+//! (`crate::tries`), so they record alike. Without a tracer (the gateway traces nothing) a
+//! request carries no span: each step costs one branch, and the upstream receives the
+//! incoming trace continued under a random parent id, or a new trace.
+
+use crate::upstream::Upstream;
+use axum::http::{Method, StatusCode};
+use pake_trace::Tracer;
+use pake_trace::opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use pake_trace::opentelemetry::{Context, KeyValue};
+use pake_trace::w3c::TraceParent;
+use std::net::SocketAddr;
+
+/// Attribute keys beyond the semantic conventions'.
+mod key {
+    /// Why the gateway answered itself: `auth`, `rate_limit`, `route`, `upstream`.
+    pub const REFUSAL: &str = "pake.refusal";
+    /// The error code of the gateway's own answer (the contract's `Error.code`).
+    pub const ERROR_CODE: &str = "error.type";
+    /// The response cache's verdict (`hit`, `miss`, ...).
+    pub const CACHE: &str = "pake.cache";
+    pub const SERVICE: &str = "pake.service";
+    pub const INSTANCE_ID: &str = "pake.instance.id";
+    pub const INSTANCE_ADDRESS: &str = "pake.instance.address";
+    pub const ATTEMPT: &str = "pake.attempt";
+    pub const OUTCOME: &str = "pake.outcome";
+}
+
+/// The request's method as a static string where it is a standard one (no allocation).
+fn method_name(method: &Method) -> std::borrow::Cow<'static, str> {
+    match *method {
+        Method::GET => "GET".into(),
+        Method::POST => "POST".into(),
+        Method::PUT => "PUT".into(),
+        Method::DELETE => "DELETE".into(),
+        Method::HEAD => "HEAD".into(),
+        Method::OPTIONS => "OPTIONS".into(),
+        Method::PATCH => "PATCH".into(),
+        Method::TRACE => "TRACE".into(),
+        Method::CONNECT => "CONNECT".into(),
+        ref other => other.as_str().to_string().into(),
+    }
+}
+
+/// What a request arrives with that its spans record.
+pub(crate) struct Arrival<'r> {
+    pub method: &'r Method,
+    /// The request's path as the client sent it (no query).
+    pub path: &'r str,
+    /// `Host` (or the HTTP/2 authority).
+    pub host: Option<&'r [u8]>,
+    /// The client, as trusted proxies report it.
+    pub client: Option<SocketAddr>,
+    /// The one valid `traceparent` it carried.
+    pub parent: Option<TraceParent>,
+    /// Its `tracestate`, which goes with a valid parent only.
+    pub tracestate: Option<&'r [u8]>,
+}
+
+/// A request's spans (none when the gateway traces nothing).
+pub(crate) struct RequestSpans<'p> {
+    traced: Option<Traced<'p>>,
+    /// What the upstream receives when nothing is traced.
+    untraced: TraceParent,
+}
+
+struct Traced<'p> {
+    tracer: &'p Tracer,
+    /// Holds the server span, the parent of the tries' spans.
+    server: Context,
+    method: std::borrow::Cow<'static, str>,
+    tries: i64,
+}
+
+impl<'p> RequestSpans<'p> {
+    /// Starts the request's server span with `tracer` (none: no spans).
+    pub fn start(tracer: Option<&'p Tracer>, arrival: Arrival<'_>) -> RequestSpans<'p> {
+        let Some(tracer) = tracer else {
+            let untraced = arrival.parent.map_or_else(TraceParent::new, TraceParent::with_new_parent);
+            return RequestSpans { traced: None, untraced };
+        };
+        RequestSpans { traced: Some(Traced::start(tracer, arrival)), untraced: TraceParent::new() }
+    }
+
+    /// The request matched `route`: the span is named by it.
+    pub fn route(&mut self, route: &crate::routes::CompiledRoute) {
+        let Some(traced) = &mut self.traced else { return };
+        let template = format!("/{}{}", route.route.api_version.as_str(), route.prefix);
+        let span = traced.server.span();
+        span.update_name(format!("{} {template}", traced.method));
+        span.set_attributes([
+            KeyValue::new("http.route", template),
+            KeyValue::new(key::SERVICE, route.route.service.as_str().to_string()),
+        ]);
+    }
+
+    /// The gateway refused the request at `stage` with `code` (the error body's).
+    pub fn refused(&self, stage: &'static str, code: &str) {
+        let Some(traced) = &self.traced else { return };
+        traced
+            .server
+            .span()
+            .set_attributes([KeyValue::new(key::REFUSAL, stage), KeyValue::new(key::ERROR_CODE, code.to_string())]);
+    }
+
+    /// Passes on a step's result, recording a refusal at `stage` (`request`, `auth`,
+    /// `upstream`).
+    pub fn check<T>(
+        &self,
+        stage: &'static str,
+        checked: Result<T, pake_api_runtime::ApiError>,
+    ) -> Result<T, pake_api_runtime::ApiError> {
+        if let Err(refused) = &checked {
+            self.refused(stage, refused.code());
+        }
+        checked
+    }
+
+    /// Passes on routing's result: the span is named by the route, or records why none
+    /// took the request.
+    pub fn located<'t, 'x>(
+        &mut self,
+        located: Result<crate::proxy::Located<'t, 'x>, Box<axum::response::Response>>,
+    ) -> Result<crate::proxy::Located<'t, 'x>, Box<axum::response::Response>> {
+        match &located {
+            Ok(found) => self.route(found.route),
+            Err(refused) => self.unrouted(refused.status()),
+        }
+        located
+    }
+
+    /// No route took the request: it was answered `status`.
+    pub fn unrouted(&self, status: StatusCode) {
+        let code = match status {
+            StatusCode::NOT_FOUND => "no_route",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            _ => "invalid_path",
+        };
+        self.refused("route", code);
+    }
+
+    /// Records a rate limit's refusal, if `limited` is one.
+    pub fn rate_limited<T>(&self, limited: &Result<T, axum::response::Response>) {
+        if let Err(refused) = limited {
+            let code = if refused.status() == StatusCode::TOO_MANY_REQUESTS { "rate_limited" } else { "unavailable" };
+            self.refused("rate_limit", code);
+        }
+    }
+
+    /// The response cache's verdict on the request.
+    pub fn cache(&self, verdict: &str) {
+        let Some(traced) = &self.traced else { return };
+        traced.server.span().set_attribute(KeyValue::new(key::CACHE, verdict.to_string()));
+    }
+
+    /// Starts a try's span; its `traceparent` is what the instance receives.
+    pub fn try_started(&mut self, upstream: &Upstream) -> TrySpan {
+        let Some(traced) = &mut self.traced else {
+            return TrySpan { span: None, traceparent: self.untraced.format() };
+        };
+        traced.tries += 1;
+        let span = traced
+            .tracer
+            .span_builder(traced.method.clone())
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new(key::INSTANCE_ID, upstream.instance.to_string()),
+                KeyValue::new(key::INSTANCE_ADDRESS, upstream.address.to_string()),
+                KeyValue::new(key::ATTEMPT, traced.tries),
+            ])
+            .start_with_context(traced.tracer, &traced.server);
+        let traceparent = TraceParent::of(span.span_context()).format();
+        TrySpan { span: Some(span), traceparent }
+    }
+
+    /// Ends the server span with the answer's status (5xx: an error).
+    pub fn end(self, status: StatusCode) {
+        let Some(traced) = self.traced else { return };
+        let span = traced.server.span();
+        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+        if status.is_server_error() {
+            span.set_status(Status::error(status.as_str().to_string()));
+        }
+        span.end();
+    }
+}
+
+impl<'p> Traced<'p> {
+    fn start(tracer: &'p Tracer, arrival: Arrival<'_>) -> Traced<'p> {
+        let parent = match arrival.parent {
+            Some(parent) => Context::new().with_remote_span_context(parent.remote_context(arrival.tracestate)),
+            None => Context::new(),
+        };
+        let method = method_name(arrival.method);
+        let mut attributes = Vec::with_capacity(6);
+        attributes.push(KeyValue::new("http.request.method", method.clone()));
+        attributes.push(KeyValue::new("url.path", arrival.path.to_string()));
+        if let Some(host) = arrival.host.and_then(|host| std::str::from_utf8(host).ok()) {
+            attributes.push(KeyValue::new("server.address", host.to_string()));
+        }
+        if let Some(client) = arrival.client {
+            let mut text = [0u8; 48];
+            let length = crate::headers::write_ip(&mut text, client.ip());
+            let ip = std::str::from_utf8(&text[..length]).unwrap_or_default();
+            attributes.push(KeyValue::new("client.address", ip.to_string()));
+        }
+        let span = tracer
+            .span_builder(method.clone())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        Traced { tracer, server: parent.with_span(span), method, tries: 0 }
+    }
+}
+
+/// One try's span (none when nothing is traced) and the `traceparent` its instance receives.
+pub(crate) struct TrySpan {
+    span: Option<pake_trace::SdkSpan>,
+    pub traceparent: [u8; 55],
+}
+
+impl TrySpan {
+    /// Ends the span: the try got an answer with `status`.
+    pub fn answered(self, status: StatusCode) {
+        let Some(mut span) = self.span else { return };
+        let outcome = if status.is_server_error() { "5xx" } else { "ok" };
+        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+        span.set_attribute(KeyValue::new(key::OUTCOME, outcome));
+        if status.is_server_error() {
+            span.set_status(Status::error(status.as_str().to_string()));
+        }
+        span.end();
+    }
+
+    /// Ends the span: the try got no answer, for the reason `outcome` names.
+    pub fn failed(self, outcome: &'static str) {
+        let Some(mut span) = self.span else { return };
+        span.set_attribute(KeyValue::new(key::OUTCOME, outcome));
+        span.set_status(Status::error(outcome));
+        span.end();
+    }
+}
