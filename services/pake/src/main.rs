@@ -441,6 +441,11 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let store = pake_registry::Store::open(&url).await.context("opening the platform store")?;
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await?);
     let mut running = tokio::task::JoinSet::new();
+    // One span pipeline for every service in this process (PAKE_TRACING, PAKE_OTLP_ENDPOINT,
+    // PAKE_TRACE_SAMPLE_RATIO, PAKE_TRACE_SLOW_MS).
+    let telemetry = pake_trace::TraceConfig::from_env().map_err(anyhow::Error::msg).and_then(|config| {
+        pake_trace::Telemetry::start(config).context("starting the span pipeline")
+    })?;
     // The gateway's request timings feed the performance service when both run here.
     let in_process = (services.contains(&ServiceName::Gateway) && services.contains(&ServiceName::Performance))
         .then(|| Arc::new(InProcessSamples::default()));
@@ -467,6 +472,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
             ServiceName::Gateway => {
                 let mut options = config.gateway_options(keys.clone());
                 options.samples = samples.clone();
+                options.tracer = telemetry.enabled().then(|| telemetry.tracer("gateway"));
                 let gateway =
                     pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone(), options).await?;
                 if let (Some(id), Some(secret)) = (&config.admin_client_id, &config.admin_client_secret) {
@@ -476,6 +482,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 let front = gateway.front();
                 let server = limits.server();
                 server.register_metrics(gateway.metrics());
+                telemetry.register_metrics(gateway.metrics());
                 let addr = resolve_port(config.gateway_addr)?;
                 let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 let mut workers = Vec::new();
