@@ -25,6 +25,7 @@ pub mod lease;
 pub mod model;
 pub mod monitor;
 pub mod notify;
+pub mod otel;
 pub mod rules;
 pub mod rules_test;
 pub mod scrape;
