@@ -10,6 +10,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pake_observe::{LogFormat, Metrics};
+use pake_trace::server::ServerSpans;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -464,6 +465,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 let server = limits.server();
                 server.register_metrics(&metrics);
                 let router = pake_registry::router(registry.clone(), verifier.clone(), metrics);
+                let router = ServerSpans::around(router, &telemetry, "registry", pake_mesh_server::OPERATIONS);
                 let listener = bind(config.registry_addr, "registry").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "registry listening; contract at /openapi.json, docs at /docs");
                 running
@@ -524,6 +526,8 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     let _ = local.0.set(performance.clone());
                 }
                 let router = pake_performance::router(performance, verifier.clone());
+                let router =
+                    ServerSpans::around(router, &telemetry, "performance", pake_performance_server::OPERATIONS);
                 let listener = bind(config.performance_addr, "performance service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "performance service listening; contract at /openapi.json, docs at /docs");
                 running
@@ -538,7 +542,10 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     pake_monitoring::Monitor::start(store.clone(), registry.clone(), metrics.clone(), options)
                         .await
                         .context("starting the monitoring service")?;
+                // The spans this process's services record become readable here at once.
+                pake_monitoring::otel::connect(monitor.traces(), &telemetry);
                 let router = pake_monitoring::router(&monitor, verifier.clone(), metrics);
+                let router = ServerSpans::around(router, &telemetry, "monitoring", pake_monitoring_server::OPERATIONS);
                 let listener = bind(config.monitoring_addr, "monitoring service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "monitoring service listening; contract at /openapi.json, docs at /docs");
                 running.spawn(async move {
