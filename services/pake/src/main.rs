@@ -10,7 +10,6 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pake_observe::{LogFormat, Metrics};
-use pake_trace::server::ServerSpans;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,6 +125,10 @@ struct Config {
     /// The most simulated users one benchmark may ask for.
     #[arg(long, env = "PAKE_BENCHMARK_MAX_USERS", default_value_t = 1000, global = true)]
     benchmark_max_users: u64,
+    /// The gateway benchmarks send their load through (http://host:port), the only target
+    /// they may have. Unset: this configuration's gateway address.
+    #[arg(long, env = "PAKE_BENCHMARK_GATEWAY_URL", global = true)]
+    benchmark_gateway_url: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "PAKE_LOG_FORMAT", default_value = "text", global = true)]
     log_format: LogFormat,
@@ -398,6 +401,11 @@ async fn main() -> Result<()> {
 
 async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let services = if services.is_empty() { ALL_SERVICES } else { services };
+    if services.contains(&ServiceName::Performance) {
+        // Before anything listens for signals: ctrl-c must still stop this process once a
+        // benchmark's load generator has run in it.
+        pake_performance::install_signal_handler();
+    }
     // Every client connection is a descriptor: take all the system allows this process.
     let nofile = match pake_listen::raise_fd_limit() {
         Ok((before, after)) => {
@@ -442,11 +450,8 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let store = pake_registry::Store::open(&url).await.context("opening the platform store")?;
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await?);
     let mut running = tokio::task::JoinSet::new();
-    // One span pipeline for every service in this process (PAKE_TRACING, PAKE_OTLP_ENDPOINT,
-    // PAKE_TRACE_SAMPLE_RATIO, PAKE_TRACE_SLOW_MS).
-    let telemetry = pake_trace::TraceConfig::from_env().map_err(anyhow::Error::msg).and_then(|config| {
-        pake_trace::Telemetry::start(config).context("starting the span pipeline")
-    })?;
+    // Where the gateway listens, once known (a port 0 becomes a real one when it starts).
+    let mut gateway_addr = config.gateway_addr;
     // The gateway's request timings feed the performance service when both run here.
     let in_process = (services.contains(&ServiceName::Gateway) && services.contains(&ServiceName::Performance))
         .then(|| Arc::new(InProcessSamples::default()));
@@ -465,7 +470,6 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 let server = limits.server();
                 server.register_metrics(&metrics);
                 let router = pake_registry::router(registry.clone(), verifier.clone(), metrics);
-                let router = ServerSpans::around(router, &telemetry, "registry", pake_mesh_server::OPERATIONS);
                 let listener = bind(config.registry_addr, "registry").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "registry listening; contract at /openapi.json, docs at /docs");
                 running
@@ -474,7 +478,6 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
             ServiceName::Gateway => {
                 let mut options = config.gateway_options(keys.clone());
                 options.samples = samples.clone();
-                options.tracer = telemetry.enabled().then(|| telemetry.tracer("gateway"));
                 let gateway =
                     pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone(), options).await?;
                 if let (Some(id), Some(secret)) = (&config.admin_client_id, &config.admin_client_secret) {
@@ -484,8 +487,8 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 let front = gateway.front();
                 let server = limits.server();
                 server.register_metrics(gateway.metrics());
-                telemetry.register_metrics(gateway.metrics());
                 let addr = resolve_port(config.gateway_addr)?;
+                gateway_addr = addr;
                 let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 let mut workers = Vec::new();
                 for worker in 0..threads {
@@ -510,6 +513,11 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 server.register_metrics(&metrics);
                 let options = pake_performance::Options {
                     max_benchmark_users: config.benchmark_max_users,
+                    gateway_url: Some(config.benchmark_gateway_url.clone().unwrap_or_else(|| {
+                        let ip = gateway_addr.ip();
+                        let ip = if ip.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { ip };
+                        format!("http://{}", SocketAddr::new(ip, gateway_addr.port()))
+                    })),
                     ..pake_performance::Options::default()
                 };
                 // Current replicas come from the registry's own snapshot in this process.
@@ -526,8 +534,6 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     let _ = local.0.set(performance.clone());
                 }
                 let router = pake_performance::router(performance, verifier.clone());
-                let router =
-                    ServerSpans::around(router, &telemetry, "performance", pake_performance_server::OPERATIONS);
                 let listener = bind(config.performance_addr, "performance service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "performance service listening; contract at /openapi.json, docs at /docs");
                 running
@@ -542,10 +548,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     pake_monitoring::Monitor::start(store.clone(), registry.clone(), metrics.clone(), options)
                         .await
                         .context("starting the monitoring service")?;
-                // The spans this process's services record become readable here at once.
-                pake_monitoring::otel::connect(monitor.traces(), &telemetry);
                 let router = pake_monitoring::router(&monitor, verifier.clone(), metrics);
-                let router = ServerSpans::around(router, &telemetry, "monitoring", pake_monitoring_server::OPERATIONS);
                 let listener = bind(config.monitoring_addr, "monitoring service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "monitoring service listening; contract at /openapi.json, docs at /docs");
                 running.spawn(async move {
