@@ -340,14 +340,25 @@ async fn operator_commands_against_a_running_platform() {
     // Traces: this build's monitoring service keeps none yet and says so (503).
     cli.run(&["trace", "4bf92f3577b34da6a3ce929d0e0e4736"]).await.fails(6, "tracing is not available");
 
-    // Performance: SLOs and their report; benchmarks answer 503 here, shown cleanly.
+    // Performance: SLOs and their report.
     assert_eq!(
         table(&cli.run(&["slos", "ls"]).await.ok().stdout)[1][1..4],
         ["availability", "arxiv-search", "availability"]
     );
     let report = cli.run(&["slos", "report", "availability", "-o", "json"]).await.ok().json();
     assert_eq!(report["service"], "arxiv-search");
-    cli.run(&["bench", "start", "--service", "arxiv-search", "--path", "/search"]).await.fails(6, "load generator");
+    // Benchmarks: a bad one names its field; one through the gateway is watched to its
+    // verdict (every error rate is at most 100 %: it passes once a request was sent).
+    cli.run(&["bench", "start", "--service", "nowhere", "--path", "/v1/search"]).await.fails(2, "/service");
+    let bench = ["bench", "start", "--service", "arxiv-search", "--path", "/v1/search", "--users", "1", "--duration"];
+    let bench = [&bench[..], &["1", "--think-ms", "100", "--error-rate", "1", "--header", "accept: application/json"]];
+    let watched = cli.run(&bench.concat()).await.ok();
+    assert!(watched.stdout.contains("completed"), "{watched:?}");
+    assert!(watched.stdout.contains("under the threshold of 100%"), "{watched:?}");
+    let benchmarks = cli.run(&["bench", "ls", "-o", "json"]).await.ok().json();
+    assert!(benchmarks[0]["result"]["requests"].as_u64().is_some_and(|n| n > 0), "{benchmarks}");
+    let id = benchmarks[0]["id"].as_str().unwrap_or_default().to_string();
+    cli.run(&["bench", "cancel", &id]).await.fails(4, "already completed");
     cli.run(&["bench", "watch", &uuid::Uuid::new_v4().to_string()]).await.fails(3, "");
 
     // Alerts: a silence by label; acknowledging an alert that does not exist is exit 3.

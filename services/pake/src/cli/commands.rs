@@ -508,29 +508,7 @@ pub enum Bench {
     #[command(
         after_help = "Example:\n  pake bench start --service arxiv-search --path /search --users 100 --duration 60"
     )]
-    Start {
-        /// The registered service to load.
-        #[arg(long)]
-        service: String,
-        /// The path every simulated user requests.
-        #[arg(long, default_value = "/")]
-        path: String,
-        /// The HTTP method of those requests.
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Simulated users at once.
-        #[arg(long, default_value_t = 10)]
-        users: u64,
-        /// Seconds.
-        #[arg(long, default_value_t = 30)]
-        duration: u64,
-        /// A name for the run (default: the service and the time).
-        #[arg(long)]
-        name: Option<String>,
-        /// Print the benchmark and return instead of watching it.
-        #[arg(long)]
-        detach: bool,
-    },
+    Start(Box<BenchStart>),
     /// Follow a benchmark with a progress bar until its verdict.
     #[command(after_help = "Example:\n  pake bench watch 6f1c…")]
     Watch {
@@ -543,6 +521,53 @@ pub enum Bench {
         /// The benchmark id (see pake bench ls).
         benchmark: uuid::Uuid,
     },
+}
+
+/// What `pake bench start` is given.
+#[derive(clap::Args, Debug)]
+pub struct BenchStart {
+    /// The registered service to load.
+    #[arg(long)]
+    service: String,
+    /// The path every simulated user requests.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// The HTTP method of those requests.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Simulated users at once.
+    #[arg(long, default_value_t = 10)]
+    users: u64,
+    /// Seconds the full load is held, once every user has started.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Users started per second until all run.
+    #[arg(long)]
+    hatch_rate: Option<f64>,
+    /// Milliseconds each user pauses between two requests.
+    #[arg(long)]
+    think_ms: Option<u64>,
+    /// A header every request carries, as `name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The body every request carries, verbatim.
+    #[arg(long)]
+    body: Option<String>,
+    /// The SLO (its id) the result is judged against.
+    #[arg(long)]
+    slo: Option<uuid::Uuid>,
+    /// Highest acceptable p95 latency, ms.
+    #[arg(long)]
+    p95_ms: Option<u64>,
+    /// Highest acceptable fraction of failed requests (0.01 is 1 %).
+    #[arg(long)]
+    error_rate: Option<f64>,
+    /// A name for the run (default: the service and the time).
+    #[arg(long)]
+    name: Option<String>,
+    /// Print the benchmark and return instead of watching it.
+    #[arg(long)]
+    detach: bool,
 }
 
 const SERVICE_COLUMNS: &[Column] =
@@ -1315,11 +1340,60 @@ async fn bench(command: Bench, session: &Session) -> Result<(), Failure> {
             .await?;
             out.list(&Value::Array(items), BENCH_COLUMNS);
         }
-        Bench::Start { service, path, method, users, duration, name, detach } => {
+        Bench::Start(start) => {
+            let BenchStart {
+                service,
+                path,
+                method,
+                users,
+                duration,
+                hatch_rate,
+                think_ms,
+                headers,
+                body: payload,
+                slo,
+                p95_ms,
+                error_rate,
+                name,
+                detach,
+            } = *start;
             let name = name.unwrap_or_else(|| format!("{service}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")));
-            let body: pake_performance_client::types::BenchmarkSpec = body(json!({
-                "service": service, "path": path, "method": method, "users": users, "duration_seconds": duration, "name": name,
-            }))?;
+            let mut spec = json!({
+                "service": service, "path": path, "method": method.to_ascii_uppercase(), "users": users,
+                "duration_seconds": duration, "name": name,
+            });
+            if !headers.is_empty() {
+                let mut map = serde_json::Map::new();
+                for header in &headers {
+                    let (header_name, value) = header.split_once(':').ok_or_else(|| {
+                        Failure::new(Class::Usage, format!("--header {header}: expected `name: value`"))
+                    })?;
+                    map.insert(header_name.trim().to_ascii_lowercase(), json!(value.trim()));
+                }
+                spec["headers"] = Value::Object(map);
+            }
+            let optional = [
+                ("hatch_rate_per_second", hatch_rate.map(|v| json!(v))),
+                ("think_time_ms", think_ms.map(|v| json!(v))),
+                ("body", payload.map(|v| json!(v))),
+                ("slo_id", slo.map(|v| json!(v))),
+            ];
+            for (field, value) in optional {
+                if let Some(value) = value {
+                    spec[field] = value;
+                }
+            }
+            if p95_ms.is_some() || error_rate.is_some() {
+                let mut thresholds = serde_json::Map::new();
+                if let Some(p95) = p95_ms {
+                    thresholds.insert("p95_ms".into(), json!(p95));
+                }
+                if let Some(rate) = error_rate {
+                    thresholds.insert("error_rate".into(), json!(rate));
+                }
+                spec["thresholds"] = Value::Object(thresholds);
+            }
+            let body: pake_performance_client::types::BenchmarkSpec = body(spec)?;
             let body = &body;
             let started =
                 call(&performance, |c| async move { c.start_benchmark().body(body.clone()).send().await }).await?;
