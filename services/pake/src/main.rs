@@ -10,6 +10,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pake_observe::{LogFormat, Metrics};
+use pake_trace::server::ServerSpans;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -452,6 +453,11 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let mut running = tokio::task::JoinSet::new();
     // Where the gateway listens, once known (a port 0 becomes a real one when it starts).
     let mut gateway_addr = config.gateway_addr;
+    // One span pipeline for every service in this process (PAKE_TRACING, PAKE_OTLP_ENDPOINT,
+    // PAKE_TRACE_SAMPLE_RATIO, PAKE_TRACE_SLOW_MS).
+    let telemetry = pake_trace::TraceConfig::from_env().map_err(anyhow::Error::msg).and_then(|config| {
+        pake_trace::Telemetry::start(config).context("starting the span pipeline")
+    })?;
     // The gateway's request timings feed the performance service when both run here.
     let in_process = (services.contains(&ServiceName::Gateway) && services.contains(&ServiceName::Performance))
         .then(|| Arc::new(InProcessSamples::default()));
@@ -470,6 +476,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 let server = limits.server();
                 server.register_metrics(&metrics);
                 let router = pake_registry::router(registry.clone(), verifier.clone(), metrics);
+                let router = ServerSpans::around(router, &telemetry, "registry", pake_mesh_server::OPERATIONS);
                 let listener = bind(config.registry_addr, "registry").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "registry listening; contract at /openapi.json, docs at /docs");
                 running
@@ -478,6 +485,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
             ServiceName::Gateway => {
                 let mut options = config.gateway_options(keys.clone());
                 options.samples = samples.clone();
+                options.tracer = telemetry.enabled().then(|| telemetry.tracer("gateway"));
                 let gateway =
                     pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone(), options).await?;
                 if let (Some(id), Some(secret)) = (&config.admin_client_id, &config.admin_client_secret) {
@@ -487,6 +495,7 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                 let front = gateway.front();
                 let server = limits.server();
                 server.register_metrics(gateway.metrics());
+                telemetry.register_metrics(gateway.metrics());
                 let addr = resolve_port(config.gateway_addr)?;
                 gateway_addr = addr;
                 let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -534,6 +543,8 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     let _ = local.0.set(performance.clone());
                 }
                 let router = pake_performance::router(performance, verifier.clone());
+                let router =
+                    ServerSpans::around(router, &telemetry, "performance", pake_performance_server::OPERATIONS);
                 let listener = bind(config.performance_addr, "performance service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "performance service listening; contract at /openapi.json, docs at /docs");
                 running
@@ -548,7 +559,10 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
                     pake_monitoring::Monitor::start(store.clone(), registry.clone(), metrics.clone(), options)
                         .await
                         .context("starting the monitoring service")?;
+                // The spans this process's services record become readable here at once.
+                pake_monitoring::otel::connect(monitor.traces(), &telemetry);
                 let router = pake_monitoring::router(&monitor, verifier.clone(), metrics);
+                let router = ServerSpans::around(router, &telemetry, "monitoring", pake_monitoring_server::OPERATIONS);
                 let listener = bind(config.monitoring_addr, "monitoring service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "monitoring service listening; contract at /openapi.json, docs at /docs");
                 running.spawn(async move {
