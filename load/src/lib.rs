@@ -46,8 +46,9 @@ pub struct Options {
     pub tenants: usize,
     /// Who signs in: each user, or each tenant once for its users.
     pub token_per: scenario::TokenPer,
-    /// The gateway's token requests per second per address, as this run assumes it.
-    pub token_rate: u64,
+    /// The gateway's token requests per second per address, when given: overrides the
+    /// limit the gateway publishes ([`limits::TokenLimit`]).
+    pub token_rate: Option<u64>,
     /// Users started per second.
     pub hatch_rate: u32,
     pub run_time: Duration,
@@ -66,7 +67,7 @@ pub struct Options {
 
 impl Options {
     /// The defaults: 1000 users in 4 tenants sharing a token per tenant, started at 100
-    /// per second, 60 s, 1–3 s of think time, against the gateway's default token limit.
+    /// per second, 60 s, 1–3 s of think time, against the token limit the gateway publishes.
     pub fn new(host: &str, registry: &str, admin: Admin) -> Options {
         Options {
             host: host.trim_end_matches('/').to_string(),
@@ -75,7 +76,7 @@ impl Options {
             users: 1000,
             tenants: 4,
             token_per: scenario::TokenPer::Tenant,
-            token_rate: limits::GATEWAY_DEFAULT_TOKEN_RATE,
+            token_rate: None,
             hatch_rate: 100,
             run_time: Duration::from_secs(60),
             think: (Duration::from_secs(1), Duration::from_secs(3)),
@@ -99,10 +100,12 @@ fn socket_addr(url: &str) -> Result<SocketAddr> {
 pub async fn run(options: &Options) -> Result<report::Summary> {
     let listen: IpAddr = if options.advertise.is_some() { [0, 0, 0, 0].into() } else { [127, 0, 0, 1].into() };
     let fleet = fleet::Fleet::start(listen, options.fleet).await.context("starting the demo fleet")?;
-    let token = match &options.admin {
-        Admin::Token(token) => token.clone(),
+    // The token limit comes with the answer to the set-up's token request, or from a probe.
+    let (token, published) = match &options.admin {
+        Admin::Token(token) => (token.clone(), limits::TokenLimit::probe(&options.host).await?),
         Admin::Client { id, secret } => setup::admin_token(&options.host, id, secret).await?,
     };
+    let token_limit = limits::TokenLimit::resolve(published, options.token_rate);
     let platform = setup::Platform::new(&options.host, &options.registry, socket_addr(&options.registry)?, &token)?;
     let credentials =
         platform.set_up(&fleet, options.advertise, options.tenants).await.context("setting the workload up")?;
@@ -116,7 +119,7 @@ pub async fn run(options: &Options) -> Result<report::Summary> {
         token_per: options.token_per,
     };
     let policies = limits::read(&platform, &tenants).await.context("reading the platform's rate-limit policies")?;
-    let preflight = limits::check(&workload, options.token_rate, &policies);
+    let preflight = limits::check(&workload, &token_limit, &policies);
     preflight.print();
     // Throttled sign-ins are retried until the run is over, not past it.
     let patience = Duration::from_secs_f64(workload.ramp_secs()) + options.run_time;

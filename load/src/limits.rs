@@ -2,11 +2,13 @@
 //! configured ramp and mix will ask of them, so that a run that cannot pass a limit says so
 //! before it starts rather than failing for the test's reasons.
 //!
-//! - **Token requests**: the gateway allows `PAKE_TOKEN_REQUESTS_PER_SECOND` (20 by default)
-//!   token requests per second per source address, with twice that at once (GCRA: `burst + 1`
-//!   at once, then one every `1/rate` s). The gateway publishes this number nowhere, so the
-//!   run takes it from its own setting of the same name, the gateway's default when unset;
-//!   every virtual user signs in from this one address.
+//! - **Token requests**: the gateway limits token requests per source address (a GCRA,
+//!   `PAKE_TOKEN_REQUESTS_PER_SECOND` per second with twice that at once by default) and
+//!   publishes the limit on every answer of its token endpoint, in `RateLimit-Policy`
+//!   (a rate item and a burst item, [`pake_ratelimit::published`]). The run reads it from
+//!   the answer to the set-up's own token request, or from a probe when it was given a
+//!   token ([`TokenLimit::read`]); `--token-rate` (`PAKE_TOKEN_REQUESTS_PER_SECOND`)
+//!   overrides it only when given. Every virtual user signs in from this one address.
 //! - **Rate-limit policies** on the workload's routes and API clients, read through the
 //!   admin API. The offered load is estimated from the mix and the think time (each user
 //!   starts a transaction every mean think time at most), for the largest tenant.
@@ -23,8 +25,96 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The gateway's token requests per second per address when `PAKE_TOKEN_REQUESTS_PER_SECOND`
-/// is unset (its `GatewayOptions::new`; a test holds the two together).
+/// is unset (its `GatewayOptions::new`; a test holds the two together): what a run assumes
+/// of a gateway that publishes no token limit.
 pub const GATEWAY_DEFAULT_TOKEN_RATE: u64 = 20;
+
+/// The name of the gateway's token limit in its `RateLimit-Policy` field.
+pub const TOKEN_POLICY: &str = "token-issuance";
+
+/// Where the run's figure of the token limit came from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenLimitSource {
+    /// The gateway's `RateLimit-Policy` on its token endpoint.
+    Published,
+    /// `--token-rate` / `PAKE_TOKEN_REQUESTS_PER_SECOND`, with what the gateway published
+    /// (requests per second), if anything.
+    Override { published_per_sec: Option<f64> },
+    /// Nothing published, nothing given: the gateway's default.
+    Assumed,
+}
+
+/// The gateway's limit on token requests per source address, as the run takes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenLimit {
+    /// Requests per `period_secs`, sustained.
+    pub rate: u64,
+    pub period_secs: u64,
+    /// Requests admitted at once beyond the first.
+    pub burst: u64,
+    pub source: TokenLimitSource,
+}
+
+impl TokenLimit {
+    /// The limit a `RateLimit-Policy` field value of the token endpoint publishes.
+    pub fn published(field: Option<&str>) -> Option<TokenLimit> {
+        let published = pake_ratelimit::published::read(field?, TOKEN_POLICY)?;
+        Some(TokenLimit {
+            rate: published.rate,
+            period_secs: published.period_secs,
+            burst: published.burst,
+            source: TokenLimitSource::Published,
+        })
+    }
+
+    /// The limit the run assumes: `override_rate` when given (with the gateway's burst of
+    /// twice the rate), else what the gateway published, else the gateway's default.
+    pub fn resolve(published: Option<TokenLimit>, override_rate: Option<u64>) -> TokenLimit {
+        let gateway_rule = |rate: u64, source| TokenLimit { rate, period_secs: 1, burst: rate * 2, source };
+        match (override_rate, published) {
+            (Some(rate), published) => gateway_rule(
+                rate.max(1),
+                TokenLimitSource::Override { published_per_sec: published.map(|p| p.per_sec()) },
+            ),
+            (None, Some(published)) => published,
+            (None, None) => gateway_rule(GATEWAY_DEFAULT_TOKEN_RATE, TokenLimitSource::Assumed),
+        }
+    }
+
+    /// Reads the limit with a token request of its own, for a run given a token rather
+    /// than credentials: an empty request body, refused (422) before any secret is looked
+    /// at, answers with the limit like any other.
+    pub async fn probe(gateway_url: &str) -> Result<Option<TokenLimit>> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/auth/token", gateway_url.trim_end_matches('/')))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body("{}")
+            .send()
+            .await
+            .map_err(|e| anyhow!("probing the token endpoint for its limit: {e}"))?;
+        Ok(TokenLimit::published(response.headers().get("ratelimit-policy").and_then(|value| value.to_str().ok())))
+    }
+
+    /// Sustained requests per second.
+    pub fn per_sec(&self) -> f64 {
+        self.rate as f64 / self.period_secs.max(1) as f64
+    }
+
+    /// Where the figure came from, for the preflight's lines.
+    pub fn provenance(&self) -> String {
+        match &self.source {
+            TokenLimitSource::Published => "published by the gateway in RateLimit-Policy".into(),
+            TokenLimitSource::Override { published_per_sec: Some(published) } => format!(
+                "--token-rate / PAKE_TOKEN_REQUESTS_PER_SECOND, overriding the {published:.1}/s the gateway publishes"
+            ),
+            TokenLimitSource::Override { published_per_sec: None } => {
+                "--token-rate / PAKE_TOKEN_REQUESTS_PER_SECOND; the gateway publishes none".into()
+            }
+            TokenLimitSource::Assumed => "the gateway publishes none: its default assumed; --token-rate sets it".into(),
+        }
+    }
+}
 
 /// What the run will ask of the platform.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +173,8 @@ pub struct Policy {
 #[derive(Clone, Debug, Serialize)]
 pub struct LimitUse {
     pub limit: String,
+    /// Where the run's figures of it came from.
+    pub source: String,
     /// Requests (or sign-ins) per second it allows, sustained.
     pub allowed_per_sec: f64,
     pub burst: u64,
@@ -103,8 +195,8 @@ impl Preflight {
         println!("limits this run will meet:");
         for limit in &self.limits {
             println!(
-                "  {}: {:.1}/s sustained, burst {}; expected {:.1}/s ({})",
-                limit.limit, limit.allowed_per_sec, limit.burst, limit.expected_per_sec, limit.note
+                "  {}: {:.1}/s sustained, burst {} [{}]; expected {:.1}/s ({})",
+                limit.limit, limit.allowed_per_sec, limit.burst, limit.source, limit.expected_per_sec, limit.note
             );
         }
         for warning in &self.warnings {
@@ -164,12 +256,12 @@ pub async fn read(platform: &Platform, tenants: &[String]) -> Result<Vec<Policy>
         .collect())
 }
 
-/// Sets the token limit (`token_rate` per second per address) and `policies` against
-/// `workload`.
-pub fn check(workload: &Workload, token_rate: u64, policies: &[Policy]) -> Preflight {
+/// Sets the token limit (per address) and `policies` against `workload`.
+pub fn check(workload: &Workload, token: &TokenLimit, policies: &[Policy]) -> Preflight {
     let mut preflight = Preflight::default();
-    let rate = token_rate.max(1) as f64;
-    let burst = token_rate.max(1) * 2;
+    let rate = token.per_sec().max(f64::MIN_POSITIVE);
+    let burst = token.burst;
+    let source = token.provenance();
     let ramp = workload.ramp_secs();
     let sign_ins = match workload.token_per {
         TokenPer::User => workload.users,
@@ -182,8 +274,23 @@ pub fn check(workload: &Workload, token_rate: u64, policies: &[Policy]) -> Prefl
         TokenPer::User => f64::from(workload.hatch_rate),
         TokenPer::Tenant => f64::from(workload.hatch_rate).min(sign_ins as f64),
     };
+    if let TokenLimitSource::Override { published_per_sec: Some(published) } = token.source
+        && (published - rate).abs() > 1e-9
+    {
+        preflight.warnings.push(format!(
+            "the token limit is taken as {rate:.1}/s from --token-rate / PAKE_TOKEN_REQUESTS_PER_SECOND, but the \
+             gateway publishes {published:.1}/s: the check below is against the override"
+        ));
+    }
+    if token.source == TokenLimitSource::Assumed {
+        preflight.warnings.push(format!(
+            "the gateway publishes no token limit (no RateLimit-Policy on its token endpoint): its default of \
+             {rate:.0}/s is assumed; give --token-rate if it is configured otherwise"
+        ));
+    }
     preflight.limits.push(LimitUse {
-        limit: "token requests per address (PAKE_TOKEN_REQUESTS_PER_SECOND)".into(),
+        limit: "token requests per address".into(),
+        source: source.clone(),
         allowed_per_sec: rate,
         burst,
         expected_per_sec: arrival_rate,
@@ -194,10 +301,9 @@ pub fn check(workload: &Workload, token_rate: u64, policies: &[Policy]) -> Prefl
     });
     if admitted_by > ramp {
         let mut warning = format!(
-            "{sign_ins} sign-ins at {:.0}/s from one address exceed the gateway's {token_rate} token requests/s \
-             (burst {burst}): sign-ins will be throttled and retried, and the last user signs in about {admitted_by:.0} s \
-             after the start instead of {ramp:.0} s",
-            arrival_rate
+            "{sign_ins} sign-ins at {arrival_rate:.0}/s from one address exceed the gateway's {rate:.0} token \
+             requests/s (burst {burst}; {source}): sign-ins will be throttled and retried, and the last user signs in \
+             about {admitted_by:.0} s after the start instead of {ramp:.0} s"
         );
         if admitted_by > ramp + workload.run_time.as_secs_f64() {
             warning.push_str(", after the run has ended: some users will not sign in at all");
@@ -243,6 +349,7 @@ pub fn check(workload: &Workload, token_rate: u64, policies: &[Policy]) -> Prefl
         };
         preflight.limits.push(LimitUse {
             limit: format!("policy {} ({scope}, {} per {} s) on {on}", policy.name, policy.rate, policy.period_secs),
+            source: "read through the admin API".into(),
             allowed_per_sec: allowed,
             burst: policy.burst,
             expected_per_sec: expected,
@@ -278,6 +385,11 @@ mod tests {
         }
     }
 
+    /// The gateway's default as it publishes it.
+    fn default_token() -> TokenLimit {
+        TokenLimit::published(Some("\"token-issuance\";q=20;w=1, \"token-issuance-burst\";q=41;w=3")).unwrap()
+    }
+
     fn writes(rate: u64) -> Policy {
         Policy {
             name: "research-writes".into(),
@@ -292,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_tenant_token_passes_the_default_token_limit() {
-        let preflight = check(&workload(1000, TokenPer::Tenant), GATEWAY_DEFAULT_TOKEN_RATE, &[writes(3000)]);
+        let preflight = check(&workload(1000, TokenPer::Tenant), &default_token(), &[writes(3000)]);
         assert!(preflight.warnings.is_empty(), "{:?}", preflight.warnings);
         assert_eq!(preflight.limits.len(), 2);
         // 250 users × 0.5 transactions/s × 2/21 of them summaries.
@@ -302,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_token_per_user_ramp_is_warned_about() {
-        let preflight = check(&workload(1000, TokenPer::User), GATEWAY_DEFAULT_TOKEN_RATE, &[]);
+        let preflight = check(&workload(1000, TokenPer::User), &default_token(), &[]);
         assert_eq!(preflight.warnings.len(), 1, "{:?}", preflight.warnings);
         // 1000 - 41 sign-ins at 20/s: about 48 s, not the ramp's 10.
         assert!(
@@ -311,21 +423,58 @@ mod tests {
             preflight.warnings
         );
         let short = Workload { run_time: Duration::from_secs(5), ..workload(1000, TokenPer::User) };
-        let preflight = check(&short, GATEWAY_DEFAULT_TOKEN_RATE, &[]);
+        let preflight = check(&short, &default_token(), &[]);
         assert!(preflight.warnings[0].contains("some users will not sign in at all"), "{:?}", preflight.warnings);
-        assert!(check(&workload(40, TokenPer::User), GATEWAY_DEFAULT_TOKEN_RATE, &[]).warnings.is_empty());
+        assert!(check(&workload(40, TokenPer::User), &default_token(), &[]).warnings.is_empty());
     }
 
     #[test]
     fn a_policy_the_mix_exceeds_is_warned_about() {
-        let preflight = check(&workload(1000, TokenPer::Tenant), GATEWAY_DEFAULT_TOKEN_RATE, &[writes(600)]);
+        let preflight = check(&workload(1000, TokenPer::Tenant), &default_token(), &[writes(600)]);
         assert_eq!(preflight.warnings.len(), 1, "{:?}", preflight.warnings);
         assert!(preflight.warnings[0].starts_with("policy research-writes allows 10.0 requests/s per tenant"));
         let client = Policy { routes: Vec::new(), on_clients: true, scope: Scope::PerClient, ..writes(3000) };
         // All of a 250-user tenant's 125 transactions/s against 50/s.
-        let preflight = check(&workload(1000, TokenPer::Tenant), GATEWAY_DEFAULT_TOKEN_RATE, &[client]);
+        let preflight = check(&workload(1000, TokenPer::Tenant), &default_token(), &[client]);
         assert!((preflight.limits[1].expected_per_sec - 125.0).abs() < 1e-9);
         assert_eq!(preflight.warnings.len(), 1, "{:?}", preflight.warnings);
+    }
+
+    #[test]
+    fn the_token_limit_is_the_published_one_unless_overridden() {
+        let published = TokenLimit::published(Some("\"token-issuance\";q=5;w=1, \"token-issuance-burst\";q=11;w=3"));
+        let published = published.expect("a published limit");
+        assert_eq!((published.rate, published.period_secs, published.burst), (5, 1, 10));
+        assert_eq!(TokenLimit::published(Some("\"other\";q=5;w=1")), None);
+        assert_eq!(TokenLimit::published(None), None);
+        // 100 sign-ins at 100/s against 5/s, 11 at once: the last about 18 s in, not 1.
+        let preflight = check(&workload(100, TokenPer::User), &TokenLimit::resolve(Some(published.clone()), None), &[]);
+        assert_eq!(preflight.warnings.len(), 1, "{:?}", preflight.warnings);
+        assert!(
+            preflight.warnings[0].starts_with(
+                "100 sign-ins at 100/s from one address exceed the gateway's 5 token requests/s (burst 10; published \
+                 by the gateway in RateLimit-Policy)"
+            ),
+            "{:?}",
+            preflight.warnings
+        );
+        assert!(
+            preflight.warnings[0].contains("about 18 s after the start instead of 1 s"),
+            "{:?}",
+            preflight.warnings
+        );
+        // An override is taken, and said to differ from what is published.
+        let overridden = TokenLimit::resolve(Some(published), Some(200));
+        assert_eq!((overridden.rate, overridden.burst), (200, 400));
+        let preflight = check(&workload(100, TokenPer::User), &overridden, &[]);
+        assert_eq!(preflight.warnings.len(), 1, "{:?}", preflight.warnings);
+        assert!(preflight.warnings[0].contains("but the gateway publishes 5.0/s"), "{:?}", preflight.warnings);
+        assert!(preflight.limits[0].source.contains("overriding the 5.0/s the gateway publishes"));
+        // Nothing published: the gateway's default, said to be assumed.
+        let assumed = TokenLimit::resolve(None, None);
+        assert_eq!((assumed.rate, assumed.burst, &assumed.source), (20, 40, &TokenLimitSource::Assumed));
+        let preflight = check(&workload(40, TokenPer::User), &assumed, &[]);
+        assert!(preflight.warnings[0].starts_with("the gateway publishes no token limit"), "{:?}", preflight.warnings);
     }
 
     #[test]

@@ -36,10 +36,11 @@ struct Cli {
     /// would; every request still carries the token).
     #[arg(long, value_enum, default_value_t = load::scenario::TokenPer::Tenant)]
     token_per: load::scenario::TokenPer,
-    /// The gateway's token requests per second per address, for the check before the ramp
-    /// (the gateway does not publish it): read from the gateway's own setting when set.
-    #[arg(long, env = "PAKE_TOKEN_REQUESTS_PER_SECOND", default_value_t = load::limits::GATEWAY_DEFAULT_TOKEN_RATE)]
-    token_rate: u64,
+    /// The gateway's token requests per second per address, for the check before the ramp:
+    /// overrides the limit the gateway publishes on its token endpoint (read when this is
+    /// not given), e.g. for a gateway behind a proxy that drops its RateLimit fields.
+    #[arg(long, env = "PAKE_TOKEN_REQUESTS_PER_SECOND")]
+    token_rate: Option<u64>,
     /// Users started per second.
     #[arg(long, default_value_t = 100)]
     hatch_rate: u32,

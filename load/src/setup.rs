@@ -69,14 +69,20 @@ fn mesh_status<E>(error: &pake_mesh_client::Error<E>) -> Option<u16> {
 }
 
 /// A token for the admin API: an admin API client's credentials through the token
-/// endpoint.
-pub async fn admin_token(gateway_url: &str, client_id: &str, client_secret: &str) -> Result<String> {
+/// endpoint; with it, the token limit the endpoint's answer publishes, if any.
+pub async fn admin_token(
+    gateway_url: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<(String, Option<crate::limits::TokenLimit>)> {
     let client = pake_gateway_client::Client::new(gateway_url);
     let grant: gw::TokenRequest = typed(json!({
         "grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret,
     }))?;
     let token = client.issue_token().body(grant).send().await.map_err(|e| anyhow!("admin token: {e}"))?;
-    Ok(token.into_inner().access_token.to_string())
+    let policy = token.headers().get("ratelimit-policy").and_then(|value| value.to_str().ok());
+    let limit = crate::limits::TokenLimit::published(policy);
+    Ok((token.into_inner().access_token.to_string(), limit))
 }
 
 /// A reqwest client that sends `token` on every request.

@@ -3,7 +3,9 @@
 //! temporary directory, an admin client, and nothing else), and the `load` binary run
 //! against it. A run with a token per tenant (the default) must make no error at all; a run
 //! with a token per user must be throttled at the token endpoint, retry, and still make no
-//! error. Correctness, not latency: the 1000-user verdict is `cargo xtask load`'s.
+//! error. A `pake serve` whose token limit is not the default is read as it is (the gateway
+//! publishes it) and warned about. Correctness, not latency: the 1000-user verdict is
+//! `cargo xtask load`'s.
 //!
 //! `pake` is the binary `cargo test --workspace` builds beside this test; when it is
 //! missing (`cargo test -p load` alone), it is built first.
@@ -55,6 +57,11 @@ impl Pake {
     /// `pake serve` with its defaults on ephemeral ports; its addresses are read from its
     /// JSON log, which is drained to stderr afterwards.
     fn start(admin_id: &str, admin_secret: &str) -> Pake {
+        Pake::start_with(admin_id, admin_secret, &[])
+    }
+
+    /// [`Pake::start`] with the settings `env` changes from their defaults.
+    fn start_with(admin_id: &str, admin_secret: &str, env: &[(&str, &str)]) -> Pake {
         let data_dir = std::env::temp_dir().join(format!("pake-load-smoke-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&data_dir).expect("a data directory");
         let mut command = Command::new(pake_binary());
@@ -75,6 +82,7 @@ impl Pake {
             .env("PAKE_ADMIN_CLIENT_SECRET", admin_secret)
             .env("PAKE_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -156,6 +164,9 @@ fn load(pake: &Pake, admin: (&str, &str), args: &[&str]) -> (Result<(), String>,
     (passed, serde_json::from_str(&summary).expect("summary.json is JSON"))
 }
 
+/// Where the preflight says a token limit read from the gateway came from.
+const PUBLISHED: &str = "published by the gateway in RateLimit-Policy";
+
 fn count(summary: &Value, pointer: &str) -> u64 {
     summary.pointer(pointer).and_then(Value::as_u64).unwrap_or_else(|| panic!("{pointer} in {summary:#}"))
 }
@@ -187,6 +198,9 @@ fn the_load_binary_passes_against_pake_serve_with_default_settings() {
     }
     // The token limit and both policies were read, and none is a problem for this run.
     assert_eq!(summary["limits"]["limits"].as_array().map(Vec::len), Some(3), "{:#}", summary["limits"]);
+    let token_limit = &summary["limits"]["limits"][0];
+    assert_eq!(token_limit["source"], PUBLISHED, "{token_limit}");
+    assert_eq!((token_limit["allowed_per_sec"].as_f64(), token_limit["burst"].as_u64()), (Some(20.0), Some(40)));
     assert_eq!(summary["limits"]["warnings"], serde_json::json!([]));
     assert!(summary["cache_hit_rate"].as_f64().is_some_and(|rate| rate > 0.2), "{}", summary["cache_hit_rate"]);
 
@@ -204,5 +218,55 @@ fn the_load_binary_passes_against_pake_serve_with_default_settings() {
     assert!(
         warnings.iter().any(|w| w.as_str().is_some_and(|w| w.starts_with("60 sign-ins at 200/s"))),
         "the ramp was warned about: {warnings:?}"
+    );
+}
+
+#[test]
+fn the_preflight_reads_a_token_limit_the_gateway_was_given() {
+    let admin_id = "pk_load_smoke_admin";
+    let admin_secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let pake = Pake::start_with(admin_id, &admin_secret, &[("PAKE_TOKEN_REQUESTS_PER_SECOND", "5")]);
+    let admin = (admin_id, admin_secret.as_str());
+
+    // Thirty sign-ins at 60/s against 5/s and 11 at once: the last about 4 s in, not 0.5.
+    let args = ["--users", "30", "--hatch-rate", "60", "--run-time", "6", "--token-per", "user"];
+    let (passed, summary) = load(&pake, admin, &args);
+    if let Err(output) = passed {
+        panic!("the run passes: {output}");
+    }
+    let token_limit = &summary["limits"]["limits"][0];
+    assert_eq!(token_limit["source"], PUBLISHED, "{token_limit}");
+    assert_eq!((token_limit["allowed_per_sec"].as_f64(), token_limit["burst"].as_u64()), (Some(5.0), Some(10)));
+    let warnings = summary["limits"]["warnings"].as_array().expect("warnings");
+    let expected = "30 sign-ins at 60/s from one address exceed the gateway's 5 token requests/s (burst 10; published \
+                    by the gateway in RateLimit-Policy)";
+    assert!(warnings.iter().any(|w| w.as_str().is_some_and(|w| w.starts_with(expected))), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("the last user signs in about 4 s after the start"))),
+        "{warnings:?}"
+    );
+    // The limit is real: sign-ins were throttled, retried, and every user got in.
+    assert_eq!(count(&summary, "/overall/errors"), 0, "no error at all: {:#}", summary["overall"]);
+    assert_eq!(count(&summary, "/sign_ins/answered"), 30, "{:#}", summary["sign_ins"]);
+    assert!(count(&summary, "/sign_ins/throttled_and_retried") > 0, "{:#}", summary["sign_ins"]);
+
+    // --token-rate overrides what is published, and the preflight says both.
+    let (passed, summary) = load(&pake, admin, &["--users", "4", "--run-time", "2", "--token-rate", "50"]);
+    if let Err(output) = passed {
+        panic!("the run passes: {output}");
+    }
+    let token_limit = &summary["limits"]["limits"][0];
+    assert_eq!(
+        token_limit["source"],
+        "--token-rate / PAKE_TOKEN_REQUESTS_PER_SECOND, overriding the 5.0/s the gateway publishes",
+        "{token_limit}"
+    );
+    assert_eq!((token_limit["allowed_per_sec"].as_f64(), token_limit["burst"].as_u64()), (Some(50.0), Some(100)));
+    let warnings = summary["limits"]["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w.as_str().is_some_and(|w| w.contains("but the gateway publishes 5.0/s"))),
+        "{warnings:?}"
     );
 }

@@ -151,7 +151,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         .args(["--run-time", &options.run_time_secs.to_string(), "--gateway-pid", &pid.to_string()])
         .arg("--out-dir")
         .arg(&out_dir)
-        // The platform runs with its default token limit, and the load check assumes it.
+        // The platform runs with its default token limit, which the load run reads from the
+        // gateway: a value of this variable in the calling shell would override it.
         .env_remove("PAKE_TOKEN_REQUESTS_PER_SECOND")
         .env("PAKE_LOAD_ADMIN_CLIENT_ID", admin_id)
         .env("PAKE_LOAD_ADMIN_CLIENT_SECRET", &admin_secret)
