@@ -96,22 +96,55 @@ pub enum Store {
 /// Runs `$body` with `$pool` bound to the concrete pool and `$backend` to its [`Backend`].
 /// Exported so that other stores on the platform database (the gateway's routes) write
 /// their SQL once for both backends too.
+///
+/// Inside a traced request the call is a child span of the request's span, named by the
+/// store function it is written in (`store.register_instance`), with `db.system`; an
+/// error marks the span. `$body` ends its function: the macro is the function's result.
 #[macro_export]
 macro_rules! with_pool {
-    ($store:expr, |$pool:ident, $backend:ident| $body:expr) => {
-        match $store {
-            $crate::store::Store::Postgres($pool) => {
-                #[allow(unused_variables)]
-                let $backend = $crate::store::Backend::Postgres;
-                $body
-            }
-            $crate::store::Store::Sqlite($pool) => {
-                #[allow(unused_variables)]
-                let $backend = $crate::store::Backend::Sqlite;
-                $body
-            }
-        }
-    };
+    ($store:expr, |$pool:ident, $backend:ident| $body:expr) => {{
+        fn here() {}
+        let operation = $crate::store::operation_name(::std::any::type_name_of_val(&here));
+        let store: &$crate::store::Store = $store;
+        $crate::store::trace::server::in_child_span(
+            operation,
+            || ::std::vec![$crate::store::trace::opentelemetry::KeyValue::new("db.system", store.db_system())],
+            async {
+                match store {
+                    $crate::store::Store::Postgres($pool) => {
+                        #[allow(unused_variables)]
+                        let $backend = $crate::store::Backend::Postgres;
+                        $body
+                    }
+                    $crate::store::Store::Sqlite($pool) => {
+                        #[allow(unused_variables)]
+                        let $backend = $crate::store::Backend::Sqlite;
+                        $body
+                    }
+                }
+            },
+        )
+        .await
+    }};
+}
+
+/// The tracing crate, for [`with_pool!`] expanded in other crates.
+#[doc(hidden)]
+pub use pake_trace as trace;
+
+/// `store.<function>` for the path of a function nested in a store function
+/// (`pake_registry::store::Store::register_instance::here`).
+#[doc(hidden)]
+pub fn operation_name(nested: &'static str) -> &'static str {
+    let function = nested.strip_suffix("::here").unwrap_or(nested);
+    // Async functions show as `{{closure}}` segments in some compilers' type names.
+    let function = function.trim_end_matches("::{{closure}}");
+    let start = function.rfind("::").map_or(0, |at| at + 2);
+    // `store.` + the function name, leaked once per distinct name (a fixed, small set).
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<&'static str, &'static str>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    names.entry(nested).or_insert_with(|| Box::leak(format!("store.{}", &function[start..]).into_boxed_str()))
 }
 
 /// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`) so
@@ -367,6 +400,14 @@ fn instance_record(row: InstanceRow) -> Result<InstanceRecord, StoreError> {
 }
 
 impl Store {
+    /// The OpenTelemetry `db.system` of the backend.
+    pub fn db_system(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgresql",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
     /// Connects and migrates. `url` is `postgres://…` or `sqlite://path`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -432,7 +473,10 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        with_pool!(self, |pool, backend| pool.close().await)
+        match self {
+            Store::Postgres(pool) => pool.close().await,
+            Store::Sqlite(pool) => pool.close().await,
+        }
     }
 
     /// A cheap round trip, for readiness.
