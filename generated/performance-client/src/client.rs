@@ -253,7 +253,7 @@ pub mod types {
         pub name: BenchmarkName,
         ///Request path (and optional query string) on the service.
         pub path: BenchmarkPath,
-        ///Measurements; absent until the run has finished (partial for a cancelled run).
+        ///Measurements: while the run goes on, those so far (requests, failures and the current percentiles: its progress); once it has ended, the whole run's (partial for a cancelled run). Absent while queued.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub result: ::std::option::Option<BenchmarkResult>,
         pub service: ServiceName,
