@@ -27,9 +27,10 @@
 //!   process an invalid span is dropped and counted (`reason="invalid"`).
 //! - **Indexes.** By trace id (a hash map), and, for all traces and for each service taking
 //!   part in one, by start (newest first, the listing order) and by duration. A listing
-//!   with `min_duration_ms` reads the duration index when few traces are that slow and
-//!   otherwise walks the start index from the newest, so either way it touches about as
-//!   many traces as it returns.
+//!   with `min_duration_ms` reads the duration index when at most 8192 traces (of that
+//!   service) are that slow, and otherwise walks the start index down from the newest
+//!   (or the cursor) until the page is full or `since` is reached, so neither reads more
+//!   than the traces that match one of its filters.
 //! - **Size.** A span is 72 bytes plus its packed attributes and events
 //!   ([`compact`]: ids as bytes, times as integer nanoseconds, interned names and keys).
 //!
@@ -687,7 +688,7 @@ impl TraceStore {
 
     /// Stores a batch received through the API, which has checked every span, after
     /// handing it to the forwarder.
-    pub fn ingest_checked(&self, spans: Vec<SpanRecord>) -> Ingested {
+    pub(crate) fn ingest_checked(&self, spans: Vec<SpanRecord>) -> Ingested {
         let forwarder = self.forwarder.read().expect("trace forwarder lock").clone();
         if let Some(forwarder) = forwarder {
             forwarder.forward(&spans);
