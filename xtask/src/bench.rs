@@ -4,7 +4,9 @@
 //! The paths measured in one run: straight to the upstream, through nginx, and through
 //! `pake serve registry gateway` (plain, with a JWT and a rate limit, a cache hit), and the
 //! plain path again through a second `pake serve` that also runs the performance service,
-//! which takes a sample of every request in process (what the sample feed costs). The
+//! which takes a sample of every request in process (what the sample feed costs), and
+//! through a third that traces every request (ratio 1.0) and exports its spans over
+//! OTLP/HTTP to a receiver run here (what tracing costs; the others trace nothing). The
 //! command installs wrk and nginx from Debian's packages when
 //! they are missing, builds the release binary, sets the gateway up through its real
 //! APIs, prints a table with the gateway/nginx ratios and writes it to
@@ -120,6 +122,14 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
             .context("the gateway with the sample feed failed"),
         _ => Err(anyhow::anyhow!("the gateway part failed")),
     };
+    // The same gateway tracing every request, its spans exported to a collector: what
+    // tracing costs.
+    let collector = OtlpCollector::start()?;
+    let mut traced = match (&gateway, &pake_binary) {
+        (Ok(_), Ok(binary)) => start_gateway(binary, &bench_dir, upstream_port, options, Feed::Spans(collector.port))
+            .context("the traced gateway failed"),
+        _ => Err(anyhow::anyhow!("the gateway part failed")),
+    };
     let mut paths = vec![
         Target { name: "direct", url: direct_url, header: None, server: Server::Upstream },
         Target { name: "nginx", url: nginx_url, header: None, server: Server::Proxy },
@@ -128,6 +138,9 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
         paths.append(&mut setup.paths);
     }
     if let Ok(setup) = &mut fed {
+        paths.append(&mut setup.paths);
+    }
+    if let Ok(setup) = &mut traced {
         paths.append(&mut setup.paths);
     }
     let mut rounds: Vec<Vec<WrkReport>> = vec![Vec::new(); paths.len()];
@@ -154,6 +167,16 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
                         Ok(report) => report,
                         Err(error) => {
                             fed = Err(error.context("the gateway with the sample feed failed"));
+                            continue;
+                        }
+                    }
+                }
+                Server::TracedGateway => {
+                    let Ok(setup) = &mut traced else { continue };
+                    match setup.measure(&tools.wrk, path, options, round) {
+                        Ok(report) => report,
+                        Err(error) => {
+                            traced = Err(error.context("the traced gateway failed"));
                             continue;
                         }
                     }
@@ -195,6 +218,28 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
         }
     };
 
+    // The spans the traced gateway exported, dropped or failed to export, and what the
+    // collector received.
+    let spans = match &traced {
+        Ok(setup) => {
+            let count = |name: &str| metric_sum(setup.addr, &format!("pake_gateway_trace_{name}_total")).unwrap_or(0.0);
+            let (requests, bytes) = collector.received();
+            Ok(format!(
+                "the traced gateway exported {:.0} spans, dropped {:.0}, with {:.0} failed exports; the OTLP/HTTP \
+                 collector received {requests} export requests ({:.1} MiB of protobuf)",
+                count("spans_exported"),
+                count("spans_dropped"),
+                count("export_failures"),
+                bytes as f64 / (1024.0 * 1024.0)
+            ))
+        }
+        Err(error) => {
+            rows.retain(|row| row.name != TRACED_PATH);
+            rows.push(Row::failed(TRACED_PATH));
+            Err(format!("{error:#}"))
+        }
+    };
+
     // Memory of idle keep-alive connections, each having made one proxied request: what a
     // server keeps per client between requests.
     let mut idle = Vec::new();
@@ -207,7 +252,8 @@ pub fn gateway(root: &Path, options: &Options) -> Result<()> {
     }
 
     let gateway_error = gateway.as_ref().err().map(|error| format!("{error:#}"));
-    let summary = Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error, idle: &idle, feed };
+    let summary =
+        Summary { options, tools: &tools, rows: &rows, cores: cores(), gateway_error, idle: &idle, feed, spans };
     println!("\n{}", summary.text());
     let report_path = bench_dir.join("gateway.md");
     std::fs::write(&report_path, summary.markdown()).with_context(|| format!("writing {}", report_path.display()))?;
@@ -559,13 +605,20 @@ const GATEWAY_PATHS: [&str; 3] = ["gateway", "gw+jwt+limit", "gw cache hit"];
 /// which takes a sample of every request it answers.
 const FED_PATH: &str = "gw+samples";
 
-/// Whether a benchmarked gateway feeds its request samples to a performance service.
+/// The plain proxy path of a gateway that traces every request and exports its spans.
+const TRACED_PATH: &str = "gw traced";
+
+/// What a benchmarked gateway feeds besides its answers: request samples to a performance
+/// service, or spans to an OTLP collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Feed {
-    /// `pake serve registry gateway`: no performance service, no samples taken.
+    /// `pake serve registry gateway`: no performance service, no samples taken, no spans.
     Off,
     /// `pake serve registry gateway performance`: samples go to it in process.
     InProcess,
+    /// `pake serve registry gateway` tracing every request (ratio 1.0), its spans exported
+    /// over OTLP/HTTP to the collector on this port.
+    Spans(u16),
 }
 
 /// Which process answers a path (whose CPU time is measured with it).
@@ -576,6 +629,8 @@ enum Server {
     Gateway,
     /// The gateway with the sample feed ([`FED_PATH`]).
     FedGateway,
+    /// The traced gateway ([`TRACED_PATH`]).
+    TracedGateway,
 }
 
 /// One measured path.
@@ -639,7 +694,11 @@ fn start_gateway(
     let registry = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let performance = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let suffix = if feed == Feed::InProcess { "-fed" } else { "" };
+    let suffix = match feed {
+        Feed::Off => "",
+        Feed::InProcess => "-fed",
+        Feed::Spans(_) => "-traced",
+    };
     let data_dir = bench_dir.join(format!("pake-data{suffix}"));
     // A fresh store each run, so the service and route created below never collide with
     // a previous run's.
@@ -664,6 +723,13 @@ fn start_gateway(
             // shortens their idle timeout (the default cap follows the descriptor limit).
             .env("PAKE_MAX_CONNECTIONS", (2 * options.idle + 1024).to_string())
             .env("RUST_LOG", "warn");
+        match feed {
+            Feed::Spans(port) => command
+                .env("PAKE_TRACING", "on")
+                .env("PAKE_TRACE_SAMPLE_RATIO", "1.0")
+                .env("PAKE_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}")),
+            Feed::Off | Feed::InProcess => command.env("PAKE_TRACING", "off").env_remove("PAKE_OTLP_ENDPOINT"),
+        };
         match &options.redis {
             Some(url) => {
                 command.env("PAKE_REDIS_URL", url).env("PAKE_REDIS_PREFIX", format!("bench-{}:", token_secret()))
@@ -772,6 +838,7 @@ fn start_gateway(
             (GATEWAY_PATHS[2], "/v1/bench-cached/hello", None),
         ],
         Feed::InProcess => vec![(FED_PATH, "/v1/bench/hello", None)],
+        Feed::Spans(_) => vec![(TRACED_PATH, "/v1/bench/hello", None)],
     };
     for (name, path, bearer) in measured {
         // A route may reach the data plane a moment after the admin API answers, so the
@@ -796,7 +863,11 @@ fn start_gateway(
             name,
             url: format!("http://{gateway}{path}"),
             header: bearer.map(|token| format!("Authorization: Bearer {token}")),
-            server: if feed == Feed::InProcess { Server::FedGateway } else { Server::Gateway },
+            server: match feed {
+                Feed::Off => Server::Gateway,
+                Feed::InProcess => Server::FedGateway,
+                Feed::Spans(_) => Server::TracedGateway,
+            },
         });
     }
     Ok(GatewayBench { server, log_path, addr: gateway, paths, rate_limiting: [0.0; 2] })
@@ -930,6 +1001,73 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// An OTLP/HTTP collector for the traced gateway: it takes every `POST /v1/traces` on
+/// keep-alive connections and answers 200 with an empty `ExportTraceServiceResponse`,
+/// counting the requests and their bytes (it decodes nothing, as the collector it stands
+/// for runs elsewhere). Its threads end with the command.
+struct OtlpCollector {
+    port: u16,
+    received: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl OtlpCollector {
+    fn start() -> Result<OtlpCollector> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding the OTLP collector")?;
+        let port = listener.local_addr()?.port();
+        let received: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]> = std::sync::Arc::default();
+        let counts = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counts = counts.clone();
+                std::thread::spawn(move || OtlpCollector::serve(stream, &counts));
+            }
+        });
+        Ok(OtlpCollector { port, received })
+    }
+
+    /// Answers one connection's requests until it closes or sends something else.
+    fn serve(mut stream: TcpStream, counts: &[std::sync::atomic::AtomicU64; 2]) {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let head_end = loop {
+                if let Some(at) = find(&buffer, b"\r\n\r\n") {
+                    break at + 4;
+                }
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+            let Some(length) = head.lines().find_map(|line| {
+                line.strip_prefix("content-length:").and_then(|value| value.trim().parse::<usize>().ok())
+            }) else {
+                return;
+            };
+            while buffer.len() < head_end + length {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buffer.drain(..head_end + length);
+            counts[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counts[1].fetch_add(length as u64, std::sync::atomic::Ordering::Relaxed);
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+            if stream.write_all(answer).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Export requests and bytes received so far.
+    fn received(&self) -> (u64, u64) {
+        let [requests, bytes] = &*self.received;
+        (requests.load(std::sync::atomic::Ordering::Relaxed), bytes.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// What one wrk run reports, with latencies in microseconds.
@@ -1236,6 +1374,8 @@ struct Summary<'a> {
     idle: &'a [Result<IdleMemory>],
     /// What the fed gateway's sample feed did, or why that gateway failed.
     feed: Result<String, String>,
+    /// What the traced gateway exported, or why it failed.
+    spans: Result<String, String>,
 }
 
 impl Summary<'_> {
@@ -1277,6 +1417,15 @@ impl Summary<'_> {
             match &self.feed {
                 Ok(feed) => feed.clone(),
                 Err(error) => format!("the gateway with the sample feed failed: {error}"),
+            },
+            ratio(
+                TRACED_PATH,
+                "gateway",
+                "goal: tracing every request with export keeps at least 0.90x the throughput",
+            ),
+            match &self.spans {
+                Ok(spans) => spans.clone(),
+                Err(error) => format!("the traced gateway failed: {error}"),
             },
         ]
         .join("\n")
