@@ -318,7 +318,8 @@ impl Telemetry {
                 .with_span_processor(Processor { service: service.into(), shared: self.inner.shared.clone() })
                 .build()
         });
-        provider.tracer(format!("pake-{service}"))
+        // A static scope name: every span carries a copy of its tracer's scope.
+        provider.tracer("pake")
     }
 
     /// Adds a destination for every batch exported from now on.
