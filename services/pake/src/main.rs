@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod cli;
+mod feeds;
 
 #[derive(Parser)]
 #[command(name = "pake", version, about = "The PAKE platform")]
@@ -366,7 +367,7 @@ async fn main() -> Result<()> {
     match cli.command.unwrap_or(Command::Serve { services: Vec::new() }) {
         Command::Serve { services } => {
             pake_observe::init_logging(cli.config.log_format);
-            serve(&cli.config, &services).await
+            serve(&cli.config, cli.target.monitoring_url.as_deref(), &services).await
         }
         Command::Migrate => {
             pake_observe::init_logging(cli.config.log_format);
@@ -400,7 +401,9 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
+/// Serves `services` in this process; `monitoring_url` is where the spans go when the
+/// monitoring service runs elsewhere.
+async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[ServiceName]) -> Result<()> {
     let services = if services.is_empty() { ALL_SERVICES } else { services };
     if services.contains(&ServiceName::Performance) {
         // Before anything listens for signals: ctrl-c must still stop this process once a
@@ -451,21 +454,25 @@ async fn serve(config: &Config, services: &[ServiceName]) -> Result<()> {
     let store = pake_registry::Store::open(&url).await.context("opening the platform store")?;
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await?);
     let mut running = tokio::task::JoinSet::new();
-    // Where the gateway listens, once known (a port 0 becomes a real one when it starts).
-    let mut gateway_addr = config.gateway_addr;
     // One span pipeline for every service in this process (PAKE_TRACING, PAKE_OTLP_ENDPOINT,
     // PAKE_TRACE_SAMPLE_RATIO, PAKE_TRACE_SLOW_MS).
-    let telemetry = pake_trace::TraceConfig::from_env().map_err(anyhow::Error::msg).and_then(|config| {
-        pake_trace::Telemetry::start(config).context("starting the span pipeline")
-    })?;
+    let telemetry = pake_trace::TraceConfig::from_env()
+        .map_err(anyhow::Error::msg)
+        .and_then(|config| pake_trace::Telemetry::start(config).context("starting the span pipeline"))?;
+    if let (false, Some(url)) = (services.contains(&ServiceName::Monitoring), monitoring_url) {
+        tracing::info!(%url, "spans go to the monitoring service at this URL");
+        telemetry.add_sink(Arc::new(feeds::RemoteSpans::new(url, keys.issuer())));
+    }
+    // Where the gateway listens, once known (a port 0 becomes a real one when it starts).
+    let mut gateway_addr = config.gateway_addr;
     // The gateway's request timings feed the performance service when both run here.
     let in_process = (services.contains(&ServiceName::Gateway) && services.contains(&ServiceName::Performance))
-        .then(|| Arc::new(InProcessSamples::default()));
+        .then(|| Arc::new(feeds::InProcessSamples::default()));
     let samples: Option<Arc<dyn pake_gateway::samples::SampleSink>> = match (&in_process, &config.performance_url) {
         (Some(local), _) => Some(local.clone()),
         (None, Some(url)) if services.contains(&ServiceName::Gateway) => {
             tracing::info!(%url, "the gateway sends its request samples to the performance service at this URL");
-            Some(Arc::new(RemoteSamples::new(url, keys.issuer())))
+            Some(Arc::new(feeds::RemoteSamples::new(url, keys.issuer())))
         }
         _ => None,
     };
@@ -638,122 +645,6 @@ fn serve_on_own_thread(
         let _ = done.send(result);
     })?;
     Ok((listening, finished))
-}
-
-/// The performance service of this process, where the gateway's request samples go.
-#[derive(Default)]
-struct InProcessSamples(std::sync::OnceLock<Arc<pake_performance::Performance>>);
-
-impl std::fmt::Debug for InProcessSamples {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("InProcessSamples").field("started", &self.0.get().is_some()).finish()
-    }
-}
-
-impl pake_gateway::samples::SampleSink for InProcessSamples {
-    fn deliver(
-        &self,
-        samples: Vec<pake_gateway::samples::RequestSample>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move {
-            let performance = self.0.get().ok_or("the performance service has not started")?;
-            let batch = sample_batch(&samples);
-            if batch.samples.is_empty() {
-                return Ok(());
-            }
-            performance.ingest(&batch).await.map(drop).map_err(|error| error.to_string())
-        })
-    }
-}
-
-/// The performance service of another process, where the gateway's request samples go
-/// through its API (the generated client), with a token of this process's key ring.
-struct RemoteSamples {
-    url: String,
-    issuer: pake_tokens::TokenIssuer,
-    /// A client carrying a token, and until when to use it (well before the token ends).
-    client: std::sync::Mutex<Option<(pake_performance_client::Client, std::time::Instant)>>,
-}
-
-impl std::fmt::Debug for RemoteSamples {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("RemoteSamples").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl RemoteSamples {
-    const TOKEN_TTL: Duration = Duration::from_secs(3600);
-
-    fn new(url: &str, issuer: pake_tokens::TokenIssuer) -> RemoteSamples {
-        RemoteSamples { url: url.trim_end_matches('/').to_string(), issuer, client: std::sync::Mutex::new(None) }
-    }
-
-    fn client(&self) -> Result<pake_performance_client::Client, String> {
-        let mut cached = self.client.lock().map_err(|_| "a sample sender panicked")?;
-        if let Some((client, until)) = &*cached
-            && std::time::Instant::now() < *until
-        {
-            return Ok(client.clone());
-        }
-        let token = self.issuer.issue("pake-gateway", None, &["performance:write"], Self::TOKEN_TTL);
-        let mut headers = reqwest::header::HeaderMap::new();
-        let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
-        headers.insert(reqwest::header::AUTHORIZATION, bearer);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let client = pake_performance_client::Client::new_with_client(&self.url, http);
-        let until = std::time::Instant::now() + Self::TOKEN_TTL - Duration::from_secs(300);
-        *cached = Some((client.clone(), until));
-        Ok(client)
-    }
-}
-
-impl pake_gateway::samples::SampleSink for RemoteSamples {
-    fn deliver(
-        &self,
-        samples: Vec<pake_gateway::samples::RequestSample>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move {
-            let batch = sample_batch(&samples);
-            if batch.samples.is_empty() {
-                return Ok(());
-            }
-            let client = self.client()?;
-            client.ingest_samples().body(batch).send().await.map(drop).map_err(|error| error.to_string())
-        })
-    }
-}
-
-/// The gateway's samples as the performance contract's batch. A sample the contract
-/// cannot carry (a method it does not list) is left out.
-fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_performance_server::types::SampleBatch {
-    use pake_performance_server::types;
-    use std::collections::HashMap;
-    // A batch names few services and routes many times: each is checked against the
-    // contract's pattern once per batch, not once per sample.
-    fn parsed<'a, T: std::str::FromStr + Clone>(seen: &mut HashMap<&'a str, Option<T>>, text: &'a str) -> Option<T> {
-        seen.entry(text).or_insert_with(|| text.parse().ok()).clone()
-    }
-    let (mut services, mut routes) = (HashMap::new(), HashMap::new());
-    let samples = samples
-        .iter()
-        .filter_map(|sample| {
-            let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
-            Some(types::Sample {
-                instance_id: None,
-                latency_ms: sample.latency.as_secs_f64() * 1000.0,
-                method: sample.method.as_str().parse().ok()?,
-                route: parsed(&mut routes, &sample.route),
-                service: parsed(&mut services, &sample.service)?,
-                status: i64::from(sample.status),
-                timestamp: chrono::DateTime::<chrono::Utc>::from(received),
-            })
-        })
-        .collect();
-    types::SampleBatch { samples }
 }
 
 #[cfg(test)]

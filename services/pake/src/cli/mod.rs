@@ -36,7 +36,8 @@ pub struct Target {
     /// The gateway; default the context's, else http://127.0.0.1:8080.
     #[arg(long, env = "PAKE_GATEWAY_URL", global = true)]
     pub gateway_url: Option<String>,
-    /// The monitoring API; default the context's, else http://127.0.0.1:9090.
+    /// The monitoring API; default the context's, else http://127.0.0.1:9090. `pake serve`
+    /// without the monitoring service sends its spans there when set.
     #[arg(long, env = "PAKE_MONITORING_URL", global = true)]
     pub monitoring_url: Option<String>,
     /// The performance API: `--performance-url` (PAKE_PERFORMANCE_URL), shared with `serve`.

@@ -1,0 +1,184 @@
+//! What the services of this process send to services of the platform: the gateway's
+//! request samples (to the performance service) and finished spans (to the monitoring
+//! service's trace store), in process when that service runs here, else through its API.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The performance service of this process, where the gateway's request samples go.
+#[derive(Default)]
+pub struct InProcessSamples(pub std::sync::OnceLock<Arc<pake_performance::Performance>>);
+
+impl std::fmt::Debug for InProcessSamples {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("InProcessSamples").field("started", &self.0.get().is_some()).finish()
+    }
+}
+
+impl pake_gateway::samples::SampleSink for InProcessSamples {
+    fn deliver(
+        &self,
+        samples: Vec<pake_gateway::samples::RequestSample>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let performance = self.0.get().ok_or("the performance service has not started")?;
+            let batch = sample_batch(&samples);
+            if batch.samples.is_empty() {
+                return Ok(());
+            }
+            performance.ingest(&batch).await.map(drop).map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// An HTTP client for another process's service API, carrying a token of this
+/// process's key ring with the scopes it needs, renewed well before the token ends.
+struct ServiceHttp {
+    url: String,
+    issuer: pake_tokens::TokenIssuer,
+    subject: &'static str,
+    scopes: &'static [&'static str],
+    /// The client and until when to use it.
+    client: std::sync::Mutex<Option<(reqwest::Client, Instant)>>,
+}
+
+impl ServiceHttp {
+    const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+    fn new(
+        url: &str,
+        issuer: pake_tokens::TokenIssuer,
+        subject: &'static str,
+        scopes: &'static [&'static str],
+    ) -> ServiceHttp {
+        let url = url.trim_end_matches('/').to_string();
+        ServiceHttp { url, issuer, subject, scopes, client: std::sync::Mutex::new(None) }
+    }
+
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let mut cached = self.client.lock().map_err(|_| "a sender panicked")?;
+        if let Some((client, until)) = &*cached
+            && Instant::now() < *until
+        {
+            return Ok(client.clone());
+        }
+        let token = self.issuer.issue(self.subject, None, self.scopes, Self::TOKEN_TTL);
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        *cached = Some((http.clone(), Instant::now() + Self::TOKEN_TTL - Duration::from_secs(300)));
+        Ok(http)
+    }
+}
+
+/// The performance service of another process, where the gateway's request samples go
+/// through its API (the generated client).
+pub struct RemoteSamples(ServiceHttp);
+
+impl std::fmt::Debug for RemoteSamples {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("RemoteSamples").field("url", &self.0.url).finish_non_exhaustive()
+    }
+}
+
+impl RemoteSamples {
+    pub fn new(url: &str, issuer: pake_tokens::TokenIssuer) -> RemoteSamples {
+        RemoteSamples(ServiceHttp::new(url, issuer, "pake-gateway", &["performance:write"]))
+    }
+
+    fn client(&self) -> Result<pake_performance_client::Client, String> {
+        Ok(pake_performance_client::Client::new_with_client(&self.0.url, self.0.client()?))
+    }
+}
+
+impl pake_gateway::samples::SampleSink for RemoteSamples {
+    fn deliver(
+        &self,
+        samples: Vec<pake_gateway::samples::RequestSample>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let batch = sample_batch(&samples);
+            if batch.samples.is_empty() {
+                return Ok(());
+            }
+            let client = self.client()?;
+            client.ingest_samples().body(batch).send().await.map(drop).map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// The gateway's samples as the performance contract's batch. A sample the contract
+/// cannot carry (a method it does not list) is left out.
+pub fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_performance_server::types::SampleBatch {
+    use pake_performance_server::types;
+    use std::collections::HashMap;
+    // A batch names few services and routes many times: each is checked against the
+    // contract's pattern once per batch, not once per sample.
+    fn parsed<'a, T: std::str::FromStr + Clone>(seen: &mut HashMap<&'a str, Option<T>>, text: &'a str) -> Option<T> {
+        seen.entry(text).or_insert_with(|| text.parse().ok()).clone()
+    }
+    let (mut services, mut routes) = (HashMap::new(), HashMap::new());
+    let samples = samples
+        .iter()
+        .filter_map(|sample| {
+            let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
+            Some(types::Sample {
+                instance_id: None,
+                latency_ms: sample.latency.as_secs_f64() * 1000.0,
+                method: sample.method.as_str().parse().ok()?,
+                route: parsed(&mut routes, &sample.route),
+                service: parsed(&mut services, &sample.service)?,
+                status: i64::from(sample.status),
+                timestamp: chrono::DateTime::<chrono::Utc>::from(received),
+            })
+        })
+        .collect();
+    types::SampleBatch { samples }
+}
+
+/// The monitoring service of another process, where this process's spans go through its
+/// API (`ingestSpans`, the generated client), so that its trace store shows them.
+pub struct RemoteSpans(ServiceHttp);
+
+impl RemoteSpans {
+    /// The contract's largest batch.
+    const MAX_BATCH: usize = 1000;
+
+    pub fn new(url: &str, issuer: pake_tokens::TokenIssuer) -> RemoteSpans {
+        RemoteSpans(ServiceHttp::new(url, issuer, "pake-tracing", &["monitoring:write"]))
+    }
+}
+
+impl pake_trace::SpanSink for RemoteSpans {
+    fn deliver<'a>(
+        &'a self,
+        batch: &'a [pake_trace::FinishedSpan],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let client = pake_monitoring_client::Client::new_with_client(&self.0.url, self.0.client()?);
+            for chunk in batch.chunks(Self::MAX_BATCH) {
+                let body = span_batch(chunk)?;
+                client.ingest_spans().body(body).send().await.map_err(|error| error.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Finished spans as the monitoring contract's batch: the store's view of each span
+/// (cut to the contract's bounds) is the contract's `Span`, which `SpanIngest` accepts.
+fn span_batch(spans: &[pake_trace::FinishedSpan]) -> Result<pake_monitoring_client::types::SpanBatch, String> {
+    let spans: Vec<serde_json::Value> = spans
+        .iter()
+        .map(|finished| {
+            let record = pake_monitoring::otel::record(&finished.service, &finished.span);
+            pake_monitoring::traces::contract::span_view(&record)
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "spans": spans })).map_err(|error| error.to_string())
+}
