@@ -360,6 +360,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let mut close = false;
     let mut has_request_id = false;
     let (mut traceparent, mut traceparents): (Option<&[u8]>, usize) = (None, 0);
+    let mut tracestate: Option<&[u8]> = None;
     let mut authorization: Option<&[u8]> = None;
     for (header, slot) in headers.iter().zip(kinds.iter_mut()) {
         *slot = kind(header.name);
@@ -389,6 +390,9 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
                 traceparent = Some(header.value);
                 traceparents += 1;
             }
+            Kind::Tracestate => {
+                tracestate.get_or_insert(header.value);
+            }
             _ => {}
         }
     }
@@ -401,16 +405,9 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let caller = plane.trusted_proxies.caller(conn.client, forwarded_for());
     // The trace continued, or a new one (`tracestate` goes with a continued one only).
     let parent = traceparent.filter(|_| traceparents == 1).and_then(TraceParent::parse);
-    let arrival = || Arrival {
-        method: &method,
-        path,
-        host,
-        client: Some(caller.client),
-        parent,
-        tracestate: headers.iter().zip(kinds.iter()).find(|(_, kind)| **kind == Kind::Tracestate).map(|(h, _)| h.value),
-    };
+    let arrival = || Arrival { method: &method, path, host, client: Some(caller.client), tracestate };
     if let Err(refused) = proxy::check_host(axum::http::Version::HTTP_11, hosts) {
-        let spans = RequestSpans::start(plane.tracer.as_ref(), arrival());
+        let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
         spans.refused("request", refused.code());
         spans.end(refused.status());
         return finish(write_response(conn, refused.into_response(), true).await, true);
@@ -419,7 +416,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let located = match proxy::locate(&table, &method, normal) {
         Ok(located) => located,
         Err(refused) => {
-            let spans = RequestSpans::start(plane.tracer.as_ref(), arrival());
+            let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
             spans.unrouted(refused.status());
             spans.end(refused.status());
             return finish(write_response(conn, *refused, close).await, close);
@@ -440,7 +437,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     if !plain {
         return Step::Handover;
     }
-    let mut spans = RequestSpans::start(plane.tracer.as_ref(), arrival());
+    let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
     spans.route(route);
     // Auth and rate limits as the general path applies them; the limit's headers are
     // written into `conn.extra` for the response.

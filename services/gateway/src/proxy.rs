@@ -134,18 +134,17 @@ pub async fn handle(plane: &DataPlane, request: Request, peer: Option<SocketAddr
         plane.trusted_proxies.caller(peer, listed)
     });
     let parent = TraceParent::from_lines(request.headers().get_all(&TRACEPARENT).iter().map(HeaderValue::as_bytes));
-    let host = request.headers().get(header::HOST).map(HeaderValue::as_bytes);
-    let mut spans = RequestSpans::start(
-        plane.tracer.as_ref(),
-        Arrival {
-            method: request.method(),
-            path: request.uri().path(),
-            host: host.or_else(|| request.uri().authority().map(|authority| authority.as_str().as_bytes())),
-            client: caller.map(|caller| caller.client),
-            parent,
-            tracestate: request.headers().get(&TRACESTATE).map(HeaderValue::as_bytes),
-        },
-    );
+    let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, || Arrival {
+        method: request.method(),
+        path: request.uri().path(),
+        host: request
+            .headers()
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| request.uri().authority().map(|authority| authority.as_str().as_bytes())),
+        client: caller.map(|caller| caller.client),
+        tracestate: request.headers().get(&TRACESTATE).map(HeaderValue::as_bytes),
+    });
     let response = match spans
         .check("request", check_host(request.version(), request.headers().get_all(header::HOST).iter().count()))
     {

@@ -12,7 +12,9 @@
 use crate::upstream::Upstream;
 use axum::http::{Method, StatusCode};
 use pake_trace::Tracer;
-use pake_trace::opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use pake_trace::opentelemetry::trace::{
+    Span as _, SpanId, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _,
+};
 use pake_trace::opentelemetry::{Context, KeyValue};
 use pake_trace::w3c::TraceParent;
 use std::net::SocketAddr;
@@ -48,7 +50,7 @@ fn method_name(method: &Method) -> std::borrow::Cow<'static, str> {
     }
 }
 
-/// What a request arrives with that its spans record.
+/// What a request arrives with that its server span records (read only when traced).
 pub(crate) struct Arrival<'r> {
     pub method: &'r Method,
     /// The request's path as the client sent it (no query).
@@ -57,8 +59,6 @@ pub(crate) struct Arrival<'r> {
     pub host: Option<&'r [u8]>,
     /// The client, as trusted proxies report it.
     pub client: Option<SocketAddr>,
-    /// The one valid `traceparent` it carried.
-    pub parent: Option<TraceParent>,
     /// Its `tracestate`, which goes with a valid parent only.
     pub tracestate: Option<&'r [u8]>,
 }
@@ -79,13 +79,19 @@ struct Traced<'p> {
 }
 
 impl<'p> RequestSpans<'p> {
-    /// Starts the request's server span with `tracer` (none: no spans).
-    pub fn start(tracer: Option<&'p Tracer>, arrival: Arrival<'_>) -> RequestSpans<'p> {
+    /// Starts the request's server span with `tracer` (none: no spans), as the child of
+    /// `parent`, the one valid `traceparent` the request carried (none: a new trace).
+    pub fn start<'r>(
+        tracer: Option<&'p Tracer>,
+        parent: Option<TraceParent>,
+        arrival: impl FnOnce() -> Arrival<'r>,
+    ) -> RequestSpans<'p> {
         let Some(tracer) = tracer else {
-            let untraced = arrival.parent.map_or_else(TraceParent::new, TraceParent::with_new_parent);
+            let untraced = parent.map_or_else(TraceParent::new, TraceParent::with_new_parent);
             return RequestSpans { traced: None, untraced };
         };
-        RequestSpans { traced: Some(Traced::start(tracer, arrival)), untraced: TraceParent::new() }
+        let unused = TraceParent { trace_id: TraceId::INVALID, parent_id: SpanId::INVALID, sampled: false };
+        RequestSpans { traced: Some(Traced::start(tracer, parent, arrival())), untraced: unused }
     }
 
     /// The request matched `route`: the span is named by it.
@@ -192,8 +198,8 @@ impl<'p> RequestSpans<'p> {
 }
 
 impl<'p> Traced<'p> {
-    fn start(tracer: &'p Tracer, arrival: Arrival<'_>) -> Traced<'p> {
-        let parent = match arrival.parent {
+    fn start(tracer: &'p Tracer, parent: Option<TraceParent>, arrival: Arrival<'_>) -> Traced<'p> {
+        let parent = match parent {
             Some(parent) => Context::new().with_remote_span_context(parent.remote_context(arrival.tracestate)),
             None => Context::new(),
         };
