@@ -242,7 +242,9 @@ struct NameIndex {
 
 #[derive(Default)]
 struct Inner {
-    /// Every series' number by identity, in the order `listMetrics` answers in.
+    /// Every series' number by identity: hashed for pushes and scrapes, which look a
+    /// series up per sample, and ordered as `listMetrics` answers.
+    lookup: HashMap<Arc<SeriesKey>, SeriesRef>,
     keys: BTreeMap<Arc<SeriesKey>, SeriesRef>,
     series: RefMap<Slot>,
     index: HashMap<String, NameIndex>,
@@ -258,7 +260,7 @@ impl Inner {
     }
 
     fn find(&self, key: &SeriesKey) -> Option<SeriesRef> {
-        self.keys.get(key).copied()
+        self.lookup.get(key).copied()
     }
 
     fn get(&self, key: &SeriesKey) -> Option<&Series> {
@@ -279,7 +281,10 @@ impl Inner {
             None => {
                 let series = make();
                 let at = series.created;
-                let name = self.index.entry(key.name.clone()).or_default();
+                let name = match self.index.get_mut(&key.name) {
+                    Some(name) => name,
+                    None => self.index.entry(key.name.clone()).or_default(),
+                };
                 name.all.push(at);
                 for (label, value) in &key.labels {
                     let values = match name.postings.get_mut(label) {
@@ -294,6 +299,7 @@ impl Inner {
                     }
                 }
                 let key = Arc::new(key);
+                self.lookup.insert(key.clone(), at);
                 self.keys.insert(key.clone(), at);
                 self.series.insert(at, Slot { key, series });
                 at
@@ -314,6 +320,7 @@ impl Inner {
         });
         for (name, series) in gone {
             for (_, key) in &series {
+                self.lookup.remove(key.as_ref());
                 self.keys.remove(key.as_ref());
             }
             let refs: HashSet<SeriesRef> = series.iter().map(|(at, _)| *at).collect();
@@ -1052,7 +1059,7 @@ mod tests {
             assert!(!inner.index.contains_key("h"));
             assert_eq!(inner.index["g"].all.len(), 1);
             assert!(!inner.index["g"].postings["instance"].contains_key("old"));
-            assert_eq!(inner.keys.len(), inner.series.len());
+            assert_eq!((inner.keys.len(), inner.lookup.len()), (inner.series.len(), inner.series.len()));
         }
         // The same identity comes back as a new series, after the kept one.
         store.push("t", &[sample("g", MetricType::Gauge, &old, 2.0)], 13_000).unwrap();
