@@ -185,7 +185,8 @@ fn health_url(service: &types::Service, instance: &types::Instance) -> String {
 pub async fn check(client: &reqwest::Client, url: &str, timeout: Duration) -> CheckResult {
     let started = Instant::now();
     let outcome = tokio::time::timeout(timeout, async {
-        let mut response = client.get(url).send().await?;
+        let mut response =
+            client.get(url).header(&pake_trace::w3c::TRACEPARENT, crate::scrape::machinery_trace()).send().await?;
         let status = response.status();
         let mut body = Vec::new();
         while body.len() < MAX_HEALTH_BODY {

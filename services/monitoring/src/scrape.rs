@@ -49,9 +49,22 @@ fn up_key(labels: &LabelSet) -> SeriesKey {
     SeriesKey { name: "up".into(), labels }
 }
 
+/// The trace context of a request the platform's own machinery makes (a scrape, a health
+/// check): a new trace, not sampled, so that a service following its caller's decision
+/// records it only when it fails or is slow (its tail rule), and routine checks every few
+/// seconds do not bury the traces worth reading.
+pub fn machinery_trace() -> axum::http::HeaderValue {
+    pake_trace::w3c::TraceParent { sampled: false, ..pake_trace::w3c::TraceParent::new() }.header_value()
+}
+
 async fn fetch(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<String, String> {
     let outcome = tokio::time::timeout(timeout, async {
-        let mut response = client.get(url).header("accept", "text/plain;version=0.0.4").send().await?;
+        let mut response = client
+            .get(url)
+            .header("accept", "text/plain;version=0.0.4")
+            .header(&pake_trace::w3c::TRACEPARENT, machinery_trace())
+            .send()
+            .await?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {

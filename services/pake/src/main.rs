@@ -404,7 +404,11 @@ async fn main() -> Result<()> {
 /// Serves `services` in this process; `monitoring_url` is where the spans go when the
 /// monitoring service runs elsewhere.
 async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[ServiceName]) -> Result<()> {
-    let services = if services.is_empty() { ALL_SERVICES } else { services };
+    // Started in one order whatever the order named: the monitoring service last, once
+    // every other service here listens where it will be scraped.
+    let named = if services.is_empty() { ALL_SERVICES } else { services };
+    let services: Vec<ServiceName> = ALL_SERVICES.iter().copied().filter(|s| named.contains(s)).collect();
+    let services = services.as_slice();
     if services.contains(&ServiceName::Performance) {
         // Before anything listens for signals: ctrl-c must still stop this process once a
         // benchmark's load generator has run in it.
@@ -454,6 +458,8 @@ async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[Servic
     let store = pake_registry::Store::open(&url).await.context("opening the platform store")?;
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await?);
     let mut running = tokio::task::JoinSet::new();
+    // The configuration with the addresses the services of this process listen on.
+    let mut bound = config.clone();
     // One span pipeline for every service in this process (PAKE_TRACING, PAKE_OTLP_ENDPOINT,
     // PAKE_TRACE_SAMPLE_RATIO, PAKE_TRACE_SLOW_MS).
     let telemetry = pake_trace::TraceConfig::from_env()
@@ -485,6 +491,7 @@ async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[Servic
                 let router = pake_registry::router(registry.clone(), verifier.clone(), metrics);
                 let router = ServerSpans::around(router, &telemetry, "registry", pake_mesh_server::OPERATIONS);
                 let listener = bind(config.registry_addr, "registry").await?;
+                bound.registry_addr = listener.local_addr()?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "registry listening; contract at /openapi.json, docs at /docs");
                 running
                     .spawn(async move { server.serve_router(listener, router, pake_observe::shutdown_signal()).await });
@@ -553,6 +560,7 @@ async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[Servic
                 let router =
                     ServerSpans::around(router, &telemetry, "performance", pake_performance_server::OPERATIONS);
                 let listener = bind(config.performance_addr, "performance service").await?;
+                bound.performance_addr = listener.local_addr()?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "performance service listening; contract at /openapi.json, docs at /docs");
                 running
                     .spawn(async move { server.serve_router(listener, router, pake_observe::shutdown_signal()).await });
@@ -561,7 +569,12 @@ async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[Servic
                 let metrics = Metrics::new("monitoring");
                 let server = limits.server();
                 server.register_metrics(&metrics);
-                let options = config.monitoring_options()?;
+                let listener = bind(config.monitoring_addr, "monitoring service").await?;
+                bound.monitoring_addr = listener.local_addr()?;
+                bound.gateway_addr = gateway_addr;
+                // Scraped where the services of this process really listen (a port 0 in the
+                // configuration is the one the system gave).
+                let options = bound.monitoring_options()?;
                 let monitor =
                     pake_monitoring::Monitor::start(store.clone(), registry.clone(), metrics.clone(), options)
                         .await
@@ -570,7 +583,6 @@ async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[Servic
                 pake_monitoring::otel::connect(monitor.traces(), &telemetry);
                 let router = pake_monitoring::router(&monitor, verifier.clone(), metrics);
                 let router = ServerSpans::around(router, &telemetry, "monitoring", pake_monitoring_server::OPERATIONS);
-                let listener = bind(config.monitoring_addr, "monitoring service").await?;
                 tracing::info!(addr = %listener.local_addr()?, backend, "monitoring service listening; contract at /openapi.json, docs at /docs");
                 running.spawn(async move {
                     // The monitor owns evaluation, health checks and scraping; keep it for the server's life.

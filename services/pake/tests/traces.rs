@@ -124,6 +124,7 @@ async fn a_trace_continues_from_the_client_through_the_gateway_and_upstream_to_t
             ("PAKE_DATA_DIR", dir.display().to_string()),
             ("PAKE_TOKEN_SECRET", SECRET.to_string()),
             ("PAKE_OTLP_ENDPOINT", collector.endpoint.clone()),
+            ("PAKE_SCRAPE_INTERVAL_SECONDS", "1".to_string()),
         ],
     )
     .await;
@@ -154,6 +155,37 @@ async fn a_trace_continues_from_the_client_through_the_gateway_and_upstream_to_t
     for span in [gateway, tries[0], registry] {
         assert!(ids.contains(&span.span_id.as_str()), "{} missing from the store: {stored:#?}", span.name);
     }
+
+    // The monitoring service's scrapes (every second here) are not sampled: a healthy
+    // scrape leaves no trace to wade through.
+    let http = conformance::http_client_with_token(&token());
+    let monitoring = pake.url("monitoring");
+    let started = Instant::now();
+    loop {
+        let up: Value = http
+            .get(format!("{monitoring}/api/v1/metrics?name=up&match=service%3D%22registry%22"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if up["items"].as_array().is_some_and(|items| items.iter().any(|series| series["value"] == 1.0)) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the registry was never scraped: {up}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let listed: Value =
+        http.get(format!("{monitoring}/api/v1/traces?limit=500")).send().await.unwrap().json().await.unwrap();
+    let scrapes: Vec<&Value> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|trace| matches!(trace["root_name"].as_str(), Some("getMetrics" | "getPrometheusMetrics")))
+        .collect();
+    assert!(scrapes.is_empty(), "scrapes were traced: {scrapes:#?}");
     drop(pake);
     let _ = std::fs::remove_dir_all(dir);
 }
