@@ -18,6 +18,7 @@ pub mod api;
 pub mod autoscaling;
 pub mod benchmark;
 pub mod metrics;
+pub mod ownership;
 pub mod performance;
 pub mod sketch;
 pub mod slo;

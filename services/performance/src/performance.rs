@@ -8,6 +8,7 @@
 use crate::autoscaling::{self, Observed};
 use crate::benchmark::{self, Progress};
 use crate::metrics::PerformanceMetrics;
+use crate::ownership::Ownership;
 use crate::sketch::LatencySketch;
 use crate::slo::{self, Counts};
 use crate::store::{After, BucketKey, BucketRow, PerformanceStore};
@@ -130,6 +131,8 @@ pub struct Options {
     pub gateway_url: Option<String>,
     /// How long a cancel waits for a running load test to stop and its partial result.
     pub cancel_wait: Duration,
+    /// How often a replica sharing PostgreSQL looks for benchmarks whose process is gone.
+    pub orphan_check_interval: Duration,
     /// How often the burn-rate and desired-replica metrics are recomputed (the HPA's
     /// sync period by default).
     pub evaluation_interval: Duration,
@@ -141,6 +144,7 @@ impl Default for Options {
             max_benchmark_users: 1_000,
             gateway_url: None,
             cancel_wait: Duration::from_secs(30),
+            orphan_check_interval: Duration::from_secs(5),
             evaluation_interval: Duration::from_secs(15),
         }
     }
@@ -220,6 +224,8 @@ pub struct Performance {
     store: PerformanceStore,
     /// Benchmarks queued or running in this process.
     active: std::sync::Mutex<HashMap<Uuid, Arc<Active>>>,
+    /// Which of the store's benchmarks are this process's.
+    ownership: Ownership,
     registry: Arc<dyn Registry>,
     metrics: PerformanceMetrics,
     options: Options,
@@ -245,6 +251,7 @@ impl Performance {
     ) -> Result<Arc<Performance>, PerformanceError> {
         let performance = Arc::new_cyclic(|me| Performance {
             me: me.clone(),
+            ownership: Ownership::new(&store),
             store: PerformanceStore::new(store),
             active: std::sync::Mutex::new(HashMap::new()),
             registry,
@@ -255,8 +262,12 @@ impl Performance {
         performance.fail_interrupted_benchmarks().await?;
         let weak = Arc::downgrade(&performance);
         let evaluation = tokio::spawn(evaluate_periodically(weak.clone()));
-        let retention = tokio::spawn(purge_periodically(weak));
+        let retention = tokio::spawn(purge_periodically(weak.clone()));
         performance.background.lock().expect("background task list").extend([evaluation, retention]);
+        if performance.ownership.is_shared() {
+            let orphans = tokio::spawn(fail_orphans_periodically(weak));
+            performance.background.lock().expect("background task list").push(orphans);
+        }
         Ok(performance)
     }
 
@@ -760,7 +771,13 @@ impl Performance {
             "started_at": null,
             "finished_at": null,
         }))?;
-        match self.store.insert_benchmark(&benchmark).await {
+        // Claimed before it is stored: no replica may take it for one whose process is gone.
+        self.ownership.claim(benchmark.id).await;
+        let inserted = self.store.insert_benchmark(&benchmark).await;
+        if inserted.is_err() {
+            self.ownership.release(benchmark.id).await;
+        }
+        match inserted {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 return Err(PerformanceError::Conflict(format!(
@@ -937,15 +954,18 @@ impl Performance {
         Ok(verdict)
     }
 
-    /// Benchmarks left queued or running by a process that stopped can never finish:
-    /// they fail, saying why.
+    /// Benchmarks left queued or running by a process that stopped (a previous start of
+    /// this one, or a replica that is gone) can never finish: they fail, saying why.
     async fn fail_interrupted_benchmarks(&self) -> Result<(), PerformanceError> {
         for status in ["queued", "running"] {
             for mut benchmark in self.store.benchmarks_in(status).await? {
+                if !self.ownership.orphaned(benchmark.id).await {
+                    continue;
+                }
                 benchmark.status = types::BenchmarkStatus::Failed;
                 benchmark.finished_at = Some(now_millis_time());
                 benchmark.error = Some(
-                    format!("interrupted: the performance service restarted while the benchmark was {status}")
+                    format!("interrupted: the performance service running it stopped while the benchmark was {status}")
                         .parse()
                         .map_err(|e: types::error::ConversionError| PerformanceError::Internal(e.to_string().into()))?,
                 );
@@ -1013,6 +1033,8 @@ impl Drop for RunGuard {
         }
         self.performance.active.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
         self.active.done.send_replace(true);
+        let (performance, id) = (self.performance.clone(), self.id);
+        tokio::spawn(async move { performance.ownership.release(id).await });
     }
 }
 
@@ -1093,6 +1115,17 @@ async fn evaluate_periodically(performance: Weak<Performance>) {
         let Some(performance) = performance.upgrade() else { return };
         if let Err(error) = performance.evaluate().await {
             tracing::warn!(%error, "evaluating SLO burn rates and scaling recommendations failed");
+        }
+    }
+}
+
+async fn fail_orphans_periodically(performance: Weak<Performance>) {
+    loop {
+        let Some(interval) = performance.upgrade().map(|p| p.options.orphan_check_interval) else { return };
+        tokio::time::sleep(interval).await;
+        let Some(performance) = performance.upgrade() else { return };
+        if let Err(error) = performance.fail_interrupted_benchmarks().await {
+            tracing::warn!(%error, "looking for benchmarks whose process is gone failed");
         }
     }
 }
