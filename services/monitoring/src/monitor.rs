@@ -98,6 +98,11 @@ pub struct State {
     pub receivers: HashMap<Uuid, (ReceiverRecord, String)>,
     pub silences: HashMap<Uuid, Silence>,
     pub alerts: HashMap<Uuid, AlertRecord>,
+    /// Firing alerts whose first notification is on its way, with how many receivers have
+    /// yet to have it. An alert is recorded as notified only when that reaches zero, so
+    /// that a leader which stops with notifications queued or retrying leaves them to
+    /// the replica that takes over.
+    pub in_flight: HashMap<Uuid, usize>,
 }
 
 impl State {
@@ -776,7 +781,7 @@ impl Core {
                     }
                     self.metrics.alerts.get_or_create(&vec![("state".into(), "resolved".into())]).inc();
                     writer.alerts.insert(id, record.clone());
-                    if record.notified_firing {
+                    if record.notified_firing || state.in_flight.contains_key(&id) {
                         resolved.push(record.clone());
                     }
                 }
@@ -803,6 +808,7 @@ impl Core {
                         rule_id,
                         rule_name: spec.name.clone(),
                         alerts: unsilenced.clone(),
+                        announces: Vec::new(),
                     });
                 }
             }
@@ -826,7 +832,10 @@ impl Core {
         let mut due = Vec::new();
         for id in ids {
             let Some(record) = state.alerts.get(&id) else { continue };
-            if record.notified_firing || !state.silenced_by(&record.labels, t).is_empty() {
+            if record.notified_firing
+                || state.in_flight.contains_key(&id)
+                || !state.silenced_by(&record.labels, t).is_empty()
+            {
                 continue;
             }
             due.push(id);
@@ -834,18 +843,33 @@ impl Core {
         if due.is_empty() {
             return;
         }
-        let receivers = spec.receivers.clone();
+        let receivers: Vec<Uuid> = spec.receivers.iter().filter(|r| state.receivers.contains_key(r)).copied().collect();
         let name = spec.name.clone();
         let mut alerts = Vec::new();
-        for id in due {
+        for &id in &due {
             if let Some(record) = state.alerts.get_mut(&id) {
-                record.notified_firing = true;
-                writer.alerts.insert(id, record.clone());
+                if receivers.is_empty() {
+                    // Nobody to tell: notified as far as anyone will be.
+                    record.notified_firing = true;
+                    writer.alerts.insert(id, record.clone());
+                }
                 alerts.push(record.clone());
             }
         }
+        if receivers.is_empty() {
+            return;
+        }
+        for &id in &due {
+            state.in_flight.insert(id, receivers.len());
+        }
         for receiver_id in receivers {
-            notifications.push(Notification { receiver_id, rule_id, rule_name: name.clone(), alerts: alerts.clone() });
+            notifications.push(Notification {
+                receiver_id,
+                rule_id,
+                rule_name: name.clone(),
+                alerts: alerts.clone(),
+                announces: due.clone(),
+            });
         }
     }
 
@@ -882,10 +906,39 @@ impl Core {
                     })
                     .clone()
             };
-            if queue.try_send(notification).is_err() {
+            if let Err(refused) = queue.try_send(notification) {
                 self.metrics.notification("dropped");
+                // Given up on, as a delivery that failed for good.
+                let announces = refused.into_inner().announces;
+                let core = self.clone();
+                tokio::spawn(async move { core.delivered(&announces).await });
             }
         }
+    }
+
+    /// One receiver has had (or given up on) the notification announcing `alerts`: those
+    /// every receiver has had are recorded as notified, in memory and in the store.
+    async fn delivered(&self, alerts: &[Uuid]) {
+        if alerts.is_empty() {
+            return;
+        }
+        let mut writer = self.writer.lock().await;
+        {
+            let mut state = self.state();
+            for id in alerts {
+                let Some(left) = state.in_flight.get_mut(id) else { continue };
+                *left = left.saturating_sub(1);
+                if *left > 0 {
+                    continue;
+                }
+                state.in_flight.remove(id);
+                if let Some(record) = state.alerts.get_mut(id) {
+                    record.notified_firing = true;
+                    writer.alerts.insert(*id, record.clone());
+                }
+            }
+        }
+        self.flush(&mut writer).await;
     }
 
     /// Records the outcome of a delivery on the receiver, in memory and in the store.
@@ -911,7 +964,14 @@ async fn deliveries(core: std::sync::Weak<Core>, receiver_id: Uuid, mut queue: m
     while let Some(notification) = queue.recv().await {
         let Some(core) = core.upgrade() else { return };
         let receiver = core.state().receivers.get(&receiver_id).map(|(r, _)| r.clone());
-        let Some(receiver) = receiver else { return };
+        let Some(receiver) = receiver else {
+            // The receiver is gone: nothing queued for it will be delivered.
+            core.delivered(&notification.announces).await;
+            while let Ok(dropped) = queue.try_recv() {
+                core.delivered(&dropped.announces).await;
+            }
+            return;
+        };
         let body = notify::payload(
             &receiver.name,
             notification.rule_id,
@@ -929,6 +989,7 @@ async fn deliveries(core: std::sync::Weak<Core>, receiver_id: Uuid, mut queue: m
         }
         let error = attempt.error.map(|e| if retries > 0 { format!("{e} after {retries} retries") } else { e });
         core.record_delivery(receiver_id, error).await;
+        core.delivered(&notification.announces).await;
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Notification {
     pub rule_id: uuid::Uuid,
     pub rule_name: String,
     pub alerts: Vec<AlertRecord>,
+    /// The firing alerts this notification announces for the first time: recorded as
+    /// notified once every receiver has had theirs (or given up on it).
+    pub announces: Vec<uuid::Uuid>,
 }
 
 /// The outcome of one delivery attempt.

@@ -26,13 +26,21 @@ struct Service {
     registry: Arc<pake_registry::Registry>,
     http: reqwest::Client,
     url: String,
+    /// What its notifications name as `externalURL`.
+    external_url: String,
 }
 
 async fn start(db: &TestDatabase) -> Service {
+    start_at(db, "http://127.0.0.1:9090").await
+}
+
+/// A replica whose notifications name `external_url` as their `externalURL`.
+async fn start_at(db: &TestDatabase, external_url: &str) -> Service {
     let store = pake_registry::Store::open(&db.url).await.expect("store opens");
     let registry = Arc::new(pake_registry::Registry::start(store.clone()).await.expect("registry starts"));
     let metrics = pake_observe::Metrics::new("monitoring");
     let mut options = pake_monitoring::MonitorOptions::new([9u8; 32]);
+    options.external_url = external_url.to_string();
     options.loopback_only = true;
     options.warm_up = Duration::from_secs(2);
     let monitor = pake_monitoring::Monitor::start(store, registry.clone(), metrics.clone(), options)
@@ -53,6 +61,7 @@ async fn start(db: &TestDatabase) -> Service {
         registry,
         http: conformance::http_client_with_token(&token),
         url,
+        external_url: external_url.to_string(),
     }
 }
 
@@ -89,17 +98,39 @@ impl Service {
 
 /// A webhook receiver: every body it gets, with its Authorization header.
 async fn webhook() -> (TestServer, mpsc::UnboundedReceiver<(Value, Option<String>, Instant)>) {
+    webhook_refusing(Arc::default()).await
+}
+
+/// Which replica's notifications a webhook refuses, told by their `externalURL`, and how
+/// many it refused.
+#[derive(Default)]
+struct Refusal {
+    external_url: std::sync::Mutex<Option<String>>,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+/// A webhook receiver that answers 503 to what `refusal` names and takes every other
+/// body, with its Authorization header.
+async fn webhook_refusing(
+    refusal: Arc<Refusal>,
+) -> (TestServer, mpsc::UnboundedReceiver<(Value, Option<String>, Instant)>) {
     let (sender, receiver) = mpsc::unbounded_channel();
+    type Taken = mpsc::UnboundedSender<(Value, Option<String>, Instant)>;
     async fn take(
-        State(sender): State<mpsc::UnboundedSender<(Value, Option<String>, Instant)>>,
+        State((sender, refusal)): State<(Taken, Arc<Refusal>)>,
         headers: HeaderMap,
         body: axum::Json<Value>,
     ) -> StatusCode {
+        let refused = refusal.external_url.lock().expect("refusal").clone();
+        if refused.is_some_and(|url| body.0["externalURL"] == json!(url)) {
+            refusal.refused.fetch_add(1, Ordering::SeqCst);
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
         let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
         let _ = sender.send((body.0, auth, Instant::now()));
         StatusCode::OK
     }
-    let router = axum::Router::new().route("/hook", axum::routing::post(take)).with_state(sender);
+    let router = axum::Router::new().route("/hook", axum::routing::post(take)).with_state((sender, refusal));
     (TestServer::start(router).await.expect("webhook starts"), receiver)
 }
 
@@ -466,6 +497,55 @@ async fn replicas_on_one_database_notify_once_and_fail_over() {
     );
     no_more_notifications(&mut notifications, Duration::from_secs(3)).await;
     assert!(took < Duration::from_secs(5), "fail-over took {took:?}");
+    survivor.stop().await;
+    hook.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_still_on_its_way_when_the_leader_stops_is_sent_by_the_next() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let first = start_at(&db, "http://replica-1.test").await;
+    let second = start_at(&db, "http://replica-2.test").await;
+    eventually(Duration::from_secs(10), || async { leads(&first) != leads(&second) }).await;
+    let (leader, survivor) = if leads(&first) { (first, second) } else { (second, first) };
+    // The receiver refuses the leader's notifications, so that its first stays queued
+    // for retries (many of them) until the leader stops.
+    let refusal = Arc::new(Refusal::default());
+    *refusal.external_url.lock().expect("refusal") = Some(leader.external_url.clone());
+    let (hook, mut notifications) = webhook_refusing(refusal.clone()).await;
+    let (status, receiver) = leader
+        .call(
+            "POST",
+            "/api/v1/receivers",
+            Some(json!({"name": "oncall", "url": format!("{}/hook", hook.url()), "max_retries": 10})),
+        )
+        .await;
+    assert_eq!(status, 201, "{receiver}");
+    let (status, rule) = leader
+        .call(
+            "POST",
+            "/api/v1/alert-rules",
+            Some(json!({
+                "name": "deep-queue", "metric": "queue_depth", "comparison": "gt", "threshold": 10,
+                "severity": "warning", "receivers": [receiver["id"]]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    for service in [&leader, &survivor] {
+        service.push("queue_depth", json!({"queue": "arxiv"}), 20.0).await;
+    }
+    eventually(Duration::from_secs(10), || async { refusal.refused.load(Ordering::SeqCst) > 0 }).await;
+    leader.stop().await;
+    eventually(Duration::from_secs(10), || async { leads(&survivor) }).await;
+    // The next leader sends what the last one never delivered.
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(
+        (body["status"].as_str(), body["commonLabels"]["alertname"].as_str(), body["externalURL"].as_str()),
+        (Some("firing"), Some("deep-queue"), Some(survivor.external_url.as_str())),
+        "{body}"
+    );
+    no_more_notifications(&mut notifications, Duration::from_secs(3)).await;
     survivor.stop().await;
     hook.stop().await;
 }
