@@ -18,7 +18,7 @@ fn token() -> String {
     pake_tokens::TokenIssuer::hs256(SECRET.as_bytes()).expect("secret").issue(
         "tester",
         None,
-        &["mesh:read", "mesh:write", "gateway:admin", "monitoring:read"],
+        &["mesh:read", "mesh:write", "gateway:admin", "monitoring:read", "monitoring:write"],
         Duration::from_secs(600),
     )
 }
@@ -156,10 +156,30 @@ async fn a_trace_continues_from_the_client_through_the_gateway_and_upstream_to_t
         assert!(ids.contains(&span.span_id.as_str()), "{} missing from the store: {stored:#?}", span.name);
     }
 
-    // The monitoring service's scrapes (every second here) are not sampled: a healthy
-    // scrape leaves no trace to wade through.
+    // Spans another producer sends through ingestSpans go on to the collector too.
     let http = conformance::http_client_with_token(&token());
     let monitoring = pake.url("monitoring");
+    let now = chrono::Utc::now();
+    let span = json!({
+        "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331", "name": "GET /search",
+        "service": "search", "kind": "server", "status": "error", "status_message": "index offline",
+        "start_time": (now - chrono::Duration::milliseconds(120)).to_rfc3339(), "end_time": now.to_rfc3339(),
+        "attributes": {"http.route": "/search"}, "events": [{"name": "cache.miss", "time": now.to_rfc3339()}]
+    });
+    let accepted = http.post(format!("{monitoring}/api/v1/traces/spans")).json(&json!({"spans": [span]})).send().await;
+    assert_eq!(accepted.unwrap().status(), 202);
+    let spans = collector.wait_for(Duration::from_secs(10), |spans| spans.iter().any(|s| s.service == "search")).await;
+    let forwarded = spans.iter().find(|s| s.service == "search").unwrap();
+    assert_eq!(
+        (forwarded.trace_id.as_str(), forwarded.span_id.as_str()),
+        ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    );
+    assert_eq!((forwarded.status, forwarded.status_message.as_str()), ("error", "index offline"));
+    assert_eq!(forwarded.attribute("http.route"), Some("/search"));
+    assert_eq!(forwarded.end_unix_nano - forwarded.start_unix_nano, 120_000_000);
+
+    // The monitoring service's scrapes (every second here) are not sampled: a healthy
+    // scrape leaves no trace to wade through.
     let started = Instant::now();
     loop {
         let up: Value = http
