@@ -1434,7 +1434,10 @@ async fn watch(session: &Session, benchmark: uuid::Uuid) -> Result<(), Failure> 
     let last = loop {
         let current =
             call(&performance, |c| async move { c.get_benchmark().benchmark_id(benchmark).send().await }).await?;
-        bar.set_length(current["duration_seconds"].as_u64().unwrap_or(1).max(1));
+        // The users start first (users / hatch rate), then the full load is held.
+        let ramp = current["users"].as_f64().unwrap_or(0.0) / current["hatch_rate_per_second"].as_f64().unwrap_or(1.0);
+        let ramp = if ramp.is_finite() { ramp.ceil() as u64 } else { 0 };
+        bar.set_length(current["duration_seconds"].as_u64().unwrap_or(1).max(1) + ramp);
         let elapsed = current["started_at"]
             .as_str()
             .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
