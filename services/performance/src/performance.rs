@@ -798,9 +798,10 @@ impl Performance {
         Ok(benchmark)
     }
 
-    /// A running benchmark of this process with its measurements so far as its result.
+    /// A running benchmark of this process with its measurements so far as its result
+    /// (fresher than the progress its run stores once a second).
     fn with_progress(&self, mut benchmark: types::Benchmark) -> types::Benchmark {
-        if benchmark.status == types::BenchmarkStatus::Running && benchmark.result.is_none() {
+        if benchmark.status == types::BenchmarkStatus::Running {
             let active = self.active.lock().unwrap_or_else(PoisonError::into_inner).get(&benchmark.id).cloned();
             if let Some(active) = active
                 && let Some(started) = active.started.get()
@@ -1010,6 +1011,9 @@ fn not_found_benchmark(id: Uuid) -> PerformanceError {
     PerformanceError::NotFound(format!("no benchmark has the id {id}"))
 }
 
+/// How often a run stores its progress and reads whether it was ended elsewhere.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Until `stop` is used.
 async fn stopped(stop: &load::bench::Stop) {
     while !stop.is_stopped() {
@@ -1086,16 +1090,23 @@ async fn run_benchmark(
     let outcome = {
         let run = load::bench::run(&slot, &plan, observer, &active.stop);
         tokio::pin!(run);
-        // A cancel answered by another replica, or a restart of one that failed the run,
-        // reaches this one through the store.
+        // Once a second the progress is stored, for the replicas that do not run it; a
+        // cancel answered by another replica, or a replica that failed the run, reaches
+        // this one through the store.
         loop {
             tokio::select! {
                 outcome = &mut run => break outcome,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if let Ok(Some(stored)) = performance.store.benchmark(id).await
-                        && stored.status != types::BenchmarkStatus::Running
-                    {
-                        active.stop.stop();
+                () = tokio::time::sleep(PROGRESS_INTERVAL) => {
+                    match performance.store.benchmark(id).await {
+                        Ok(Some(stored)) if stored.status != types::BenchmarkStatus::Running => active.stop.stop(),
+                        Ok(Some(_)) => {
+                            let mut progress = benchmark.clone();
+                            progress.result = active.started.get().and_then(|s| active.progress.result(s.elapsed()).ok());
+                            if let Err(error) = performance.store.update_benchmark(&progress, &["running"]).await {
+                                tracing::debug!(%id, %error, "a benchmark's progress could not be stored");
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -376,8 +376,12 @@ async fn scenario(backend: Backend) {
     let (_restarted, _server, after_restart) =
         performance_over(platform.store.clone(), &platform.registry, &platform.gateway_server.url()).await;
     if let pake_registry::Store::Postgres(pool) = &platform.store {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(get(&after_restart, third.id).await.status, types::BenchmarkStatus::Running, "a live replica's run");
+        // The other replica reads the run's progress from the store.
+        let elsewhere = until(&after_restart, third.id, Duration::from_secs(10), "progress elsewhere", |b| {
+            b.result.as_ref().is_some_and(|r| r.requests > 0)
+        })
+        .await;
+        assert_eq!(elsewhere.status, types::BenchmarkStatus::Running, "a live replica's run");
         let ended: Vec<(bool,)> = sqlx::query_as(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
