@@ -746,6 +746,16 @@ impl Performance {
         {
             return Err(invalid("/slo_id", format!("no SLO has the id {slo_id}")));
         }
+        for (name, value) in spec.headers.iter().flat_map(|headers| headers.iter()) {
+            // A JSON pointer escapes `~` and `/` in a member's name.
+            let field = format!("/headers/{}", name.replace('~', "~0").replace('/', "~1"));
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(field, "is not an HTTP header name"));
+            }
+            if axum::http::HeaderValue::from_str(value.as_str()).is_err() {
+                return Err(invalid(field, "is not a value an HTTP header can carry (control characters)"));
+            }
+        }
         let Some(gateway) = self.options.gateway_url.clone() else {
             return Err(PerformanceError::NoRunner(
                 "this server was not given the gateway's address, the only way benchmarks may go; nothing was queued"

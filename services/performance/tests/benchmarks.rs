@@ -226,6 +226,14 @@ async fn scenario(backend: Backend) {
     let (status, error) = refusal(client.start_benchmark().body(spec(too_big)).send().await).await;
     assert_eq!((status, named_field(&error)), (422, vec!["/users".to_string()]), "{error:?}");
     assert!(error.message.contains("at most 50 users"), "{error:?}");
+    let mut bad_header = base.clone();
+    bad_header["headers"] = json!({"x/y": "1"});
+    let (status, error) = refusal(client.start_benchmark().body(spec(bad_header)).send().await).await;
+    assert_eq!((status, named_field(&error)), (422, vec!["/headers/x~1y".to_string()]), "{error:?}");
+    bad_header = base.clone();
+    bad_header["headers"] = json!({"x-y": "a\nb"});
+    let (status, error) = refusal(client.start_benchmark().body(spec(bad_header)).send().await).await;
+    assert_eq!((status, named_field(&error)), (422, vec!["/headers/x-y".to_string()]), "{error:?}");
     let (status, _) = refusal(platform.reader.start_benchmark().body(spec(base.clone())).send().await).await;
     assert_eq!(status, 403, "starting a benchmark needs performance:write");
     let listed = client.list_benchmarks().send().await.expect("list").into_inner();
