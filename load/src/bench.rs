@@ -39,6 +39,9 @@ pub struct Plan {
     pub think: Duration,
 }
 
+/// The slowest hatch rate goose starts users at: one a day.
+pub const SLOWEST_HATCH_RATE: f64 = 1.0 / 86_400.0;
+
 /// Told of every answer while the run goes on.
 pub trait Observer: Send + Sync + 'static {
     /// One request: how long it took and its status (`None`: no answer at all).
@@ -194,8 +197,8 @@ fn transaction(plan: &Plan, observer: Arc<dyn Observer>) -> Result<Transaction> 
 /// Runs `plan` with the process's load generator, telling `observer` of every answer,
 /// until the plan ends or `stop` is used.
 pub async fn run(_slot: &Slot, plan: &Plan, observer: Arc<dyn Observer>, stop: &Stop) -> Result<Finished> {
-    if plan.hatch_rate.is_nan() || plan.hatch_rate <= 0.0 {
-        return Err(anyhow!("the hatch rate must be above 0"));
+    if plan.hatch_rate.is_nan() || plan.hatch_rate < SLOWEST_HATCH_RATE {
+        return Err(anyhow!("the hatch rate must be at least one user a day"));
     }
     if stop.is_stopped() {
         return Ok(Finished { ended: Ended::Stopped, elapsed: Duration::ZERO });
