@@ -746,6 +746,12 @@ impl Performance {
         {
             return Err(invalid("/slo_id", format!("no SLO has the id {slo_id}")));
         }
+        if spec.hatch_rate_per_second < load::bench::SLOWEST_HATCH_RATE {
+            return Err(invalid(
+                "/hatch_rate_per_second",
+                "is below one user a day, the slowest rate the load generator starts users at",
+            ));
+        }
         for (name, value) in spec.headers.iter().flat_map(|headers| headers.iter()) {
             // A JSON pointer escapes `~` and `/` in a member's name.
             let field = format!("/headers/{}", name.replace('~', "~0").replace('/', "~1"));

@@ -226,6 +226,10 @@ async fn scenario(backend: Backend) {
     let (status, error) = refusal(client.start_benchmark().body(spec(too_big)).send().await).await;
     assert_eq!((status, named_field(&error)), (422, vec!["/users".to_string()]), "{error:?}");
     assert!(error.message.contains("at most 50 users"), "{error:?}");
+    let mut crawling = base.clone();
+    crawling["hatch_rate_per_second"] = json!(0.000001);
+    let (status, error) = refusal(client.start_benchmark().body(spec(crawling)).send().await).await;
+    assert_eq!((status, named_field(&error)), (422, vec!["/hatch_rate_per_second".to_string()]), "{error:?}");
     let mut bad_header = base.clone();
     bad_header["headers"] = json!({"x/y": "1"});
     let (status, error) = refusal(client.start_benchmark().body(spec(bad_header)).send().await).await;
