@@ -337,8 +337,30 @@ async fn operator_commands_against_a_running_platform() {
     let again = cli.run_with(&["diff", "-f", &platform], &as_root).await.ok();
     assert_eq!(again.stdout.trim(), "no differences");
 
-    // Traces: this build's monitoring service keeps none yet and says so (503).
-    cli.run(&["trace", "4bf92f3577b34da6a3ce929d0e0e4736"]).await.fails(6, "tracing is not available");
+    // Traces: a request made on a trace is shown as its span tree; an unknown trace is not found.
+    let traced = reqwest::Client::new()
+        .get(format!("{}/api/v1/services", pake.url("registry")))
+        .bearer_auth(&root)
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 200);
+    let mut waterfall = Vec::new();
+    for _ in 0..50 {
+        let shown = cli.run(&["trace", "4bf92f3577b34da6a3ce929d0e0e4736"]).await;
+        if shown.code == 0 {
+            waterfall = table(&shown.stdout);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        waterfall.get(1).map(|row| (row[0].as_str(), row[1].as_str())),
+        Some(("listServices", "registry")),
+        "{waterfall:?}"
+    );
+    cli.run(&["trace", "0af7651916cd43dd8448eb211c80319c"]).await.fails(3, "no trace 0af7651916cd43dd8448eb211c80319c");
 
     // Performance: SLOs and their report.
     assert_eq!(
