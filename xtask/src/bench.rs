@@ -730,6 +730,8 @@ fn start_gateway(
                 .env("PAKE_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}")),
             Feed::Off | Feed::InProcess => command.env("PAKE_TRACING", "off").env_remove("PAKE_OTLP_ENDPOINT"),
         };
+        // Spans go to the benchmark's collector only, never to a monitoring service.
+        command.env_remove("PAKE_MONITORING_URL");
         match &options.redis {
             Some(url) => {
                 command.env("PAKE_REDIS_URL", url).env("PAKE_REDIS_PREFIX", format!("bench-{}:", token_secret()))
