@@ -23,7 +23,7 @@ fn contract_path(file: &str) -> PathBuf {
 fn runner() -> TestRunner {
     TestRunner::new_with_rng(
         Config { failure_persistence: None, ..Config::default() },
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
+        TestRng::from_seed(RngAlgorithm::XorShift, &[7; 16]),
     )
 }
 
