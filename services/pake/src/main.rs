@@ -111,6 +111,13 @@ struct Config {
     /// The most series the monitoring service keeps; pushes beyond are refused (422).
     #[arg(long, env = "PAKE_MONITORING_MAX_SERIES", default_value_t = 100_000, global = true)]
     monitoring_max_series: usize,
+    /// Hours the monitoring service keeps a trace (from its first span's start).
+    #[arg(long, env = "PAKE_TRACE_RETENTION_HOURS", default_value_t = 24, global = true)]
+    trace_retention_hours: u64,
+    /// The most spans the monitoring service's trace store holds; beyond, the oldest
+    /// traces are evicted whole.
+    #[arg(long, env = "PAKE_TRACE_MAX_SPANS", default_value_t = 1_000_000, global = true)]
+    trace_max_spans: usize,
     /// Seconds between two scrapes of the PAKE services and of registered instances
     /// that declare a `metrics_path`.
     #[arg(long, env = "PAKE_SCRAPE_INTERVAL_SECONDS", default_value_t = 5, global = true)]
@@ -309,6 +316,8 @@ impl Config {
         };
         let mut options = pake_monitoring::MonitorOptions::new(key);
         options.limits.max_series = self.monitoring_max_series.max(1);
+        options.traces.retention = Duration::from_secs(self.trace_retention_hours.clamp(1, 24 * 365) * 3600);
+        options.traces.max_spans = self.trace_max_spans.max(1);
         options.scrape.interval = Duration::from_secs(self.scrape_interval_seconds.max(1));
         options.scrape.timeout = Duration::from_secs(self.scrape_timeout_seconds.max(1));
         // The other PAKE services, wherever this process or another one runs them.
