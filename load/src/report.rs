@@ -332,8 +332,8 @@ impl Summary {
         for limit in &self.limits.limits {
             let _ = writeln!(
                 text,
-                "- {}: {:.1}/s, burst {}; expected {:.1}/s ({})",
-                limit.limit, limit.allowed_per_sec, limit.burst, limit.expected_per_sec, limit.note
+                "- {}: {:.1}/s, burst {} [{}]; expected {:.1}/s ({})",
+                limit.limit, limit.allowed_per_sec, limit.burst, limit.source, limit.expected_per_sec, limit.note
             );
         }
         for warning in &self.limits.warnings {
