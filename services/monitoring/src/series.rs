@@ -318,6 +318,9 @@ impl Inner {
             }
             kept
         });
+        if gone.is_empty() {
+            return;
+        }
         for (name, series) in gone {
             for (_, key) in &series {
                 self.lookup.remove(key.as_ref());
