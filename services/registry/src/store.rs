@@ -356,6 +356,11 @@ fn postgres_migrator() -> sqlx::migrate::Migrator {
         ),
         (6, "monitoring", include_str!("../../../migrations/postgres/0006_monitoring.sql")),
         (7, "performance", include_str!("../../../migrations/postgres/0007_performance.sql")),
+        (
+            8,
+            "monitoring notified_resolved",
+            include_str!("../../../migrations/postgres/0008_monitoring_notified_resolved.sql"),
+        ),
     ])
 }
 
@@ -368,6 +373,11 @@ fn sqlite_migrator() -> sqlx::migrate::Migrator {
         (5, "registry idempotency keys", include_str!("../../../migrations/sqlite/0005_registry_idempotency_keys.sql")),
         (6, "monitoring", include_str!("../../../migrations/sqlite/0006_monitoring.sql")),
         (7, "performance", include_str!("../../../migrations/sqlite/0007_performance.sql")),
+        (
+            8,
+            "monitoring notified_resolved",
+            include_str!("../../../migrations/sqlite/0008_monitoring_notified_resolved.sql"),
+        ),
     ])
 }
 
