@@ -149,6 +149,10 @@ pub struct AlertRecord {
     /// Whether the firing notification went out (or was not due: silenced, no receiver).
     #[serde(default)]
     pub notified_firing: bool,
+    /// Whether the resolved notification went out (or was not due); meaningful once
+    /// resolved. Kept in its own column, not in the document.
+    #[serde(skip)]
+    pub notified_resolved: bool,
 }
 
 pub fn millis(t: DateTime<Utc>) -> i64 {

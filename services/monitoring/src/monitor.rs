@@ -103,6 +103,8 @@ pub struct State {
     /// that a leader which stops with notifications queued or retrying leaves them to
     /// the replica that takes over.
     pub in_flight: HashMap<Uuid, usize>,
+    /// The same for resolved alerts whose resolved notification is on its way.
+    pub in_flight_resolved: HashMap<Uuid, usize>,
 }
 
 impl State {
@@ -223,7 +225,8 @@ impl Core {
         let Settings { external_url, loopback_only, warm_up } = settings;
         let loaded = db.load(now().timestamp_millis() - KEEP_MS).await?;
         // A firing alert is notified once more after a restart (Alertmanager would repeat
-        // it too); resolved ones are not.
+        // it too); resolved ones are not, unless their resolved notification never went
+        // out (`notified_resolved`).
         let state = state_from(loaded, &key, warm_up, true)?;
         // Instances taken out of discovery before the restart stay out.
         for alert in state.alerts.values() {
@@ -532,6 +535,7 @@ impl Core {
             acknowledgement_comment: None,
             auto_healed_instance_id: None,
             notified_firing: true,
+            notified_resolved: true,
         };
         let body = notify::payload(&receiver.name, Uuid::nil(), "pake-test", &[alert], &self.external_url);
         Ok(notify::attempt(&self.client, &receiver, &body, self.loopback_only).await)
@@ -752,6 +756,7 @@ impl Core {
                         auto_healed_instance_id: None,
                         fingerprint: active.fingerprint.clone(),
                         notified_firing: false,
+                        notified_resolved: false,
                     };
                     self.metrics.alerts.get_or_create(&vec![("state".into(), "pending".into())]).inc();
                     writer.alerts.insert(id, record.clone());
@@ -780,9 +785,12 @@ impl Core {
                         tokio::spawn(crate::health::reconcile(self.registry.clone(), self.health.clone(), instance));
                     }
                     self.metrics.alerts.get_or_create(&vec![("state".into(), "resolved".into())]).inc();
+                    // Resolved notifications follow firing ones only.
+                    let due = record.notified_firing || state.in_flight.contains_key(&id);
+                    record.notified_resolved = !due;
                     writer.alerts.insert(id, record.clone());
-                    if record.notified_firing || state.in_flight.contains_key(&id) {
-                        resolved.push(record.clone());
+                    if due {
+                        resolved.push(id);
                     }
                 }
                 Change::Dropped(id) => {
@@ -792,31 +800,67 @@ impl Core {
                 }
             }
         }
-        if !resolved.is_empty() {
-            let receivers: Vec<Uuid> = spec
-                .receivers
-                .iter()
-                .filter(|r| state.receivers.get(r).is_some_and(|(rec, _)| rec.send_resolved))
-                .copied()
-                .collect();
-            let unsilenced: Vec<AlertRecord> =
-                resolved.into_iter().filter(|a| state.silenced_by(&a.labels, t).is_empty()).collect();
-            if !unsilenced.is_empty() {
-                for receiver_id in receivers {
-                    notifications.push(Notification {
-                        receiver_id,
-                        rule_id,
-                        rule_name: spec.name.clone(),
-                        alerts: unsilenced.clone(),
-                        announces: Vec::new(),
-                    });
-                }
+        self.queue_resolved(state, rule_id, &spec, &resolved, t, writer, notifications);
+    }
+
+    /// Queues the resolved notification of the rule's resolved alerts `due`, for the receivers
+    /// that want resolved notifications. An alert silenced now, or with nobody to tell,
+    /// is notified as far as anyone will be; the others are recorded as notified once
+    /// every receiver has had theirs (see [`Core::delivered`]).
+    #[allow(clippy::too_many_arguments)]
+    fn queue_resolved(
+        &self,
+        state: &mut State,
+        rule_id: Uuid,
+        spec: &RuleSpec,
+        due: &[Uuid],
+        t: DateTime<Utc>,
+        writer: &mut Unwritten,
+        notifications: &mut Vec<Notification>,
+    ) {
+        if due.is_empty() {
+            return;
+        }
+        let receivers: Vec<Uuid> = spec
+            .receivers
+            .iter()
+            .filter(|r| state.receivers.get(r).is_some_and(|(rec, _)| rec.send_resolved))
+            .copied()
+            .collect();
+        let mut alerts = Vec::new();
+        for &id in due {
+            let Some(silenced) = state.alerts.get(&id).map(|r| !state.silenced_by(&r.labels, t).is_empty()) else {
+                continue;
+            };
+            let Some(record) = state.alerts.get_mut(&id) else { continue };
+            record.notified_resolved = receivers.is_empty() || silenced;
+            writer.alerts.insert(id, record.clone());
+            if !record.notified_resolved {
+                alerts.push(record.clone());
             }
+        }
+        if alerts.is_empty() {
+            return;
+        }
+        let resolves: Vec<Uuid> = alerts.iter().map(|a| a.id).collect();
+        for &id in &resolves {
+            state.in_flight_resolved.insert(id, receivers.len());
+        }
+        for receiver_id in receivers {
+            notifications.push(Notification {
+                receiver_id,
+                rule_id,
+                rule_name: spec.name.clone(),
+                alerts: alerts.clone(),
+                announces: Vec::new(),
+                resolves: resolves.clone(),
+            });
         }
     }
 
     /// Queues the firing notification of the rule's firing alerts that have not had one
-    /// and are not silenced.
+    /// and are not silenced, and the resolved notification of its resolved alerts that
+    /// have not had one (a leader that stopped before delivering it left it so).
     fn renotify(
         &self,
         state: &mut State,
@@ -826,7 +870,19 @@ impl Core {
         notifications: &mut Vec<Notification>,
     ) {
         let Some(entry) = state.rules.get(&rule_id) else { return };
-        let spec = &entry.record.spec;
+        let spec = entry.record.spec.clone();
+        let resolved: Vec<Uuid> = entry
+            .alerts
+            .active
+            .values()
+            .filter(|a| a.state == AlertState::Resolved)
+            .map(|a| a.id)
+            .filter(|id| {
+                state.alerts.get(id).is_some_and(|r| !r.notified_resolved) && !state.in_flight_resolved.contains_key(id)
+            })
+            .collect();
+        self.queue_resolved(state, rule_id, &spec, &resolved, t, writer, notifications);
+        let Some(entry) = state.rules.get(&rule_id) else { return };
         let ids: Vec<Uuid> =
             entry.alerts.active.values().filter(|a| a.state == AlertState::Firing).map(|a| a.id).collect();
         let mut due = Vec::new();
@@ -869,6 +925,7 @@ impl Core {
                 rule_name: name.clone(),
                 alerts: alerts.clone(),
                 announces: due.clone(),
+                resolves: Vec::new(),
             });
         }
     }
@@ -909,32 +966,43 @@ impl Core {
             if let Err(refused) = queue.try_send(notification) {
                 self.metrics.notification("dropped");
                 // Given up on, as a delivery that failed for good.
-                let announces = refused.into_inner().announces;
+                let refused = refused.into_inner();
                 let core = self.clone();
-                tokio::spawn(async move { core.delivered(&announces).await });
+                tokio::spawn(async move { core.delivered(&refused).await });
             }
         }
     }
 
-    /// One receiver has had (or given up on) the notification announcing `alerts`: those
-    /// every receiver has had are recorded as notified, in memory and in the store.
-    async fn delivered(&self, alerts: &[Uuid]) {
-        if alerts.is_empty() {
+    /// One receiver has had (or given up on) `notification`: the alerts it announces
+    /// firing or resolved that every receiver has had are recorded as notified so, in
+    /// memory and in the store.
+    async fn delivered(&self, notification: &Notification) {
+        if notification.announces.is_empty() && notification.resolves.is_empty() {
             return;
         }
         let mut writer = self.writer.lock().await;
         {
             let mut state = self.state();
-            for id in alerts {
-                let Some(left) = state.in_flight.get_mut(id) else { continue };
-                *left = left.saturating_sub(1);
-                if *left > 0 {
-                    continue;
-                }
-                state.in_flight.remove(id);
-                if let Some(record) = state.alerts.get_mut(id) {
-                    record.notified_firing = true;
-                    writer.alerts.insert(*id, record.clone());
+            let state = &mut *state;
+            for (alerts, in_flight, resolved) in [
+                (&notification.announces, &mut state.in_flight, false),
+                (&notification.resolves, &mut state.in_flight_resolved, true),
+            ] {
+                for id in alerts {
+                    let Some(left) = in_flight.get_mut(id) else { continue };
+                    *left = left.saturating_sub(1);
+                    if *left > 0 {
+                        continue;
+                    }
+                    in_flight.remove(id);
+                    if let Some(record) = state.alerts.get_mut(id) {
+                        if resolved {
+                            record.notified_resolved = true;
+                        } else {
+                            record.notified_firing = true;
+                        }
+                        writer.alerts.insert(*id, record.clone());
+                    }
                 }
             }
         }
@@ -966,9 +1034,9 @@ async fn deliveries(core: std::sync::Weak<Core>, receiver_id: Uuid, mut queue: m
         let receiver = core.state().receivers.get(&receiver_id).map(|(r, _)| r.clone());
         let Some(receiver) = receiver else {
             // The receiver is gone: nothing queued for it will be delivered.
-            core.delivered(&notification.announces).await;
+            core.delivered(&notification).await;
             while let Ok(dropped) = queue.try_recv() {
-                core.delivered(&dropped.announces).await;
+                core.delivered(&dropped).await;
             }
             return;
         };
@@ -989,7 +1057,7 @@ async fn deliveries(core: std::sync::Weak<Core>, receiver_id: Uuid, mut queue: m
         }
         let error = attempt.error.map(|e| if retries > 0 { format!("{e} after {retries} retries") } else { e });
         core.record_delivery(receiver_id, error).await;
-        core.delivered(&notification.announces).await;
+        core.delivered(&notification).await;
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Notification {
     /// The firing alerts this notification announces for the first time: recorded as
     /// notified once every receiver has had theirs (or given up on it).
     pub announces: Vec<uuid::Uuid>,
+    /// The resolved alerts this notification announces as resolved: recorded as notified
+    /// resolved once every receiver has had theirs (or given up on it).
+    pub resolves: Vec<uuid::Uuid>,
 }
 
 /// The outcome of one delivery attempt.
@@ -230,6 +233,7 @@ mod tests {
             auto_healed_instance_id: None,
             fingerprint: "0123456789abcdef".into(),
             notified_firing: false,
+            notified_resolved: false,
         };
         let body = payload("oncall", alert.rule_id, "down", &[alert], "http://127.0.0.1:9090");
         assert_eq!(body["version"], "4");

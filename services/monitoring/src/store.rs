@@ -69,8 +69,9 @@ impl MonitoringStore {
                     .await?;
             let silences: Vec<(Json<SilenceRecord>,)> =
                 sqlx::query_as("SELECT doc FROM monitoring_silences").fetch_all(pool).await?;
-            let alerts: Vec<(Json<AlertRecord>,)> = sqlx::query_as(
-                "SELECT doc FROM monitoring_alerts WHERE resolved_at_ms IS NULL OR resolved_at_ms >= $1",
+            let alerts: Vec<(Json<AlertRecord>, bool)> = sqlx::query_as(
+                "SELECT doc, notified_resolved FROM monitoring_alerts \
+                 WHERE resolved_at_ms IS NULL OR resolved_at_ms >= $1",
             )
             .bind(resolved_before_ms)
             .fetch_all(pool)
@@ -79,7 +80,13 @@ impl MonitoringStore {
                 rules: rules.into_iter().map(|(Json(r),)| r).collect(),
                 receivers: receivers.into_iter().map(|(Json(r), sealed)| (r, sealed)).collect(),
                 silences: silences.into_iter().map(|(Json(s),)| s).collect(),
-                alerts: alerts.into_iter().map(|(Json(a),)| a).collect(),
+                alerts: alerts
+                    .into_iter()
+                    .map(|(Json(mut a), notified_resolved)| {
+                        a.notified_resolved = notified_resolved;
+                        a
+                    })
+                    .collect(),
             })
         })
     }
@@ -215,15 +222,17 @@ impl MonitoringStore {
             let mut tx = begin_write!(pool, backend);
             for alert in alerts {
                 sqlx::query(
-                    "INSERT INTO monitoring_alerts (id, rule_id, state, doc, resolved_at_ms) VALUES ($1, $2, $3, $4, $5) \
+                    "INSERT INTO monitoring_alerts (id, rule_id, state, doc, resolved_at_ms, notified_resolved) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (id) DO UPDATE SET state = excluded.state, doc = excluded.doc, \
-                     resolved_at_ms = excluded.resolved_at_ms",
+                     resolved_at_ms = excluded.resolved_at_ms, notified_resolved = excluded.notified_resolved",
                 )
                 .bind(alert.id)
                 .bind(alert.rule_id)
                 .bind(state_text(alert.state))
                 .bind(Json(alert))
                 .bind(alert.resolved_at.map(|t| t.timestamp_millis()))
+                .bind(alert.notified_resolved)
                 .execute(&mut *tx)
                 .await?;
             }

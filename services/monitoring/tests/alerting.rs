@@ -549,3 +549,71 @@ async fn a_notification_still_on_its_way_when_the_leader_stops_is_sent_by_the_ne
     survivor.stop().await;
     hook.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_notification_still_on_its_way_when_the_leader_stops_is_sent_by_the_next() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let first = start_at(&db, "http://replica-1.test").await;
+    let second = start_at(&db, "http://replica-2.test").await;
+    eventually(Duration::from_secs(10), || async { leads(&first) != leads(&second) }).await;
+    let (leader, survivor) = if leads(&first) { (first, second) } else { (second, first) };
+    let refusal = Arc::new(Refusal::default());
+    let (hook, mut notifications) = webhook_refusing(refusal.clone()).await;
+    let (status, receiver) = leader
+        .call(
+            "POST",
+            "/api/v1/receivers",
+            Some(json!({
+                "name": "oncall", "url": format!("{}/hook", hook.url()), "send_resolved": true, "max_retries": 10
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{receiver}");
+    let (status, rule) = leader
+        .call(
+            "POST",
+            "/api/v1/alert-rules",
+            Some(json!({
+                "name": "deep-queue", "metric": "queue_depth", "comparison": "gt", "threshold": 10,
+                "severity": "warning", "receivers": [receiver["id"]]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    for service in [&leader, &survivor] {
+        service.push("queue_depth", json!({"queue": "arxiv"}), 20.0).await;
+    }
+    // The firing notification is delivered by the leader.
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(
+        (body["status"].as_str(), body["externalURL"].as_str()),
+        (Some("firing"), Some(leader.external_url.as_str())),
+        "{body}"
+    );
+    // From now on the receiver refuses the leader, so that its resolved notification stays
+    // queued for retries until the leader stops.
+    *refusal.external_url.lock().expect("refusal") = Some(leader.external_url.clone());
+    for service in [&leader, &survivor] {
+        service.push("queue_depth", json!({"queue": "arxiv"}), 1.0).await;
+    }
+    eventually(Duration::from_secs(10), || async { refusal.refused.load(Ordering::SeqCst) > 0 }).await;
+    leader.stop().await;
+    eventually(Duration::from_secs(10), || async { leads(&survivor) }).await;
+    // The next leader sends the resolution the last one never delivered, and only it.
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(
+        (body["status"].as_str(), body["commonLabels"]["alertname"].as_str(), body["externalURL"].as_str()),
+        (Some("resolved"), Some("deep-queue"), Some(survivor.external_url.as_str())),
+        "{body}"
+    );
+    no_more_notifications(&mut notifications, Duration::from_secs(3)).await;
+    // Once delivered, it is recorded as such: a replica that takes over later sends nothing.
+    let (_, alerts) = survivor.call("GET", "/api/v1/alerts?state=resolved", None).await;
+    assert_eq!(alerts["items"].as_array().map_or(0, Vec::len), 1, "{alerts}");
+    let third = start_at(&db, "http://replica-3.test").await;
+    survivor.stop().await;
+    eventually(Duration::from_secs(10), || async { leads(&third) }).await;
+    no_more_notifications(&mut notifications, Duration::from_secs(4)).await;
+    third.stop().await;
+    hook.stop().await;
+}
