@@ -148,14 +148,23 @@ enum Item {
 #[derive(Debug)]
 struct Shared {
     queue: mpsc::Sender<Item>,
+    /// Wakes the export task early: a batch's worth of spans is waiting, or a flush.
+    wake: Arc<tokio::sync::Notify>,
+    /// The queue's free room at or below which a batch's worth is waiting.
+    full_batch_below: usize,
     tail: tail::Tail,
     dropped: Counter,
 }
 
 impl Shared {
+    /// Queues a span without waiting. The export task is not woken for each span (a
+    /// wake-up per span, on another thread, would cost more than the span): it wakes every
+    /// batch delay, or when a batch's worth is waiting.
     fn push(&self, service: &Arc<str>, span: SpanData) {
         if self.queue.try_send(Item::Span(FinishedSpan { service: service.clone(), span })).is_err() {
             self.dropped.inc();
+        } else if self.queue.capacity() <= self.full_batch_below {
+            self.wake.notify_one();
         }
     }
 }
@@ -249,15 +258,24 @@ impl Telemetry {
         };
         let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let counters = Counters { dropped: dropped.clone(), exported: exported.clone(), failures: failures.clone() };
-        let shared = Arc::new(Shared { queue, tail: tail::Tail::new(config.slow, config.tail_capacity), dropped });
+        let capacity = config.queue_capacity.max(1);
+        let batch_size = config.batch_size.max(1);
+        let shared = Arc::new(Shared {
+            queue,
+            wake: Arc::default(),
+            full_batch_below: capacity.saturating_sub(batch_size),
+            tail: tail::Tail::new(config.slow, config.tail_capacity),
+            dropped,
+        });
         let sinks: Sinks = Arc::default();
         let drain = Drain {
             receiver,
+            wake: shared.wake.clone(),
             sinks: sinks.clone(),
             otlp,
             exported,
             failures,
-            batch_size: config.batch_size.max(1),
+            batch_size,
             batch_delay: config.batch_delay,
         };
         tokio::spawn(drain.run());
@@ -339,6 +357,7 @@ impl Telemetry {
     pub async fn flush(&self) {
         let (done, delivered) = oneshot::channel();
         if self.inner.shared.queue.send(Item::Flush(done)).await.is_ok() {
+            self.inner.shared.wake.notify_one();
             let _ = delivered.await;
         }
     }
@@ -347,6 +366,8 @@ impl Telemetry {
 /// The task that drains the queue.
 struct Drain {
     receiver: mpsc::Receiver<Item>,
+    /// Not the queue's sender: the task ends once every sender is gone.
+    wake: Arc<tokio::sync::Notify>,
     sinks: Sinks,
     otlp: Option<Otlp>,
     exported: Counter,
@@ -356,41 +377,42 @@ struct Drain {
 }
 
 impl Drain {
+    /// Wakes every batch delay, or when woken early ([`Shared::push`], a flush), and hands
+    /// on everything queued, a batch at a time; ends when every sender is gone.
     async fn run(mut self) {
-        let mut items = Vec::with_capacity(self.batch_size);
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut waiting = Vec::new();
         loop {
-            if self.receiver.recv_many(&mut items, self.batch_size).await == 0 {
-                return;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.batch_delay) => {}
             }
-            let deadline = tokio::time::Instant::now() + self.batch_delay;
-            let mut open = true;
             loop {
-                for item in items.drain(..) {
-                    match item {
-                        Item::Span(span) => batch.push(span),
-                        Item::Flush(done) => waiting.push(done),
+                let mut open = true;
+                while batch.len() < self.batch_size {
+                    match self.receiver.try_recv() {
+                        Ok(Item::Span(span)) => batch.push(span),
+                        Ok(Item::Flush(done)) => waiting.push(done),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
                     }
                 }
-                if batch.len() >= self.batch_size || !waiting.is_empty() || !open {
+                let full = batch.len() >= self.batch_size;
+                if !batch.is_empty() {
+                    self.hand_on(&mut batch).await;
+                }
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+                if !open {
+                    return;
+                }
+                if !full {
                     break;
                 }
-                let room = self.batch_size - batch.len();
-                match tokio::time::timeout_at(deadline, self.receiver.recv_many(&mut items, room)).await {
-                    Ok(0) => open = false,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.hand_on(&mut batch).await;
-            }
-            for done in waiting.drain(..) {
-                let _ = done.send(());
-            }
-            if !open {
-                return;
             }
         }
     }
