@@ -361,6 +361,7 @@ fn postgres_migrator() -> sqlx::migrate::Migrator {
             "monitoring notified_resolved",
             include_str!("../../../migrations/postgres/0008_monitoring_notified_resolved.sql"),
         ),
+        (9, "monitoring leader", include_str!("../../../migrations/postgres/0009_monitoring_leader.sql")),
     ])
 }
 
@@ -378,6 +379,7 @@ fn sqlite_migrator() -> sqlx::migrate::Migrator {
             "monitoring notified_resolved",
             include_str!("../../../migrations/sqlite/0008_monitoring_notified_resolved.sql"),
         ),
+        (9, "monitoring leader", include_str!("../../../migrations/sqlite/0009_monitoring_leader.sql")),
     ])
 }
 
