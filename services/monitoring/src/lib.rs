@@ -19,6 +19,7 @@
 pub mod api;
 pub mod cursor;
 pub mod exposition;
+pub mod forward;
 pub mod health;
 pub mod labels;
 pub mod lease;
@@ -108,6 +109,7 @@ pub fn sealing_key_in(dir: &Path) -> std::io::Result<[u8; secrets::KEY_LEN]> {
 /// The running service: its shared core and background tasks (stopped on drop).
 pub struct Monitor {
     core: Arc<Core>,
+    leadership: Arc<forward::Leadership>,
     traces: Arc<TraceStore>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -166,8 +168,10 @@ impl Monitor {
             )
             .await?,
         );
+        let leadership = Arc::new(forward::Leadership::new(options.external_url.clone()));
         let evaluator = {
             let core = core.clone();
+            let leadership = leadership.clone();
             let mut lease = lease::Lease::new(&store_for_lease);
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(monitor::TICK);
@@ -177,6 +181,8 @@ impl Monitor {
                 // included) until the lease says otherwise.
                 let mut leading = true;
                 let mut checked = std::time::Instant::now() - LEASE_CHECK;
+                // Where this replica last recorded itself as reached, while leading.
+                let mut recorded: Option<String> = None;
                 loop {
                     ticks.tick().await;
                     if checked.elapsed() >= LEASE_CHECK {
@@ -201,6 +207,9 @@ impl Monitor {
                             }
                             Err(error) => tracing::warn!(%error, "monitoring could not read the store; retrying"),
                         }
+                        if !lease.is_single() {
+                            record_leader(&core, &leadership, holds, &mut recorded).await;
+                        }
                     }
                     if !leading {
                         continue;
@@ -223,11 +232,17 @@ impl Monitor {
             tokio::spawn(scrape::scrape_loop(options.scrape.clone(), registry, series, metrics, scrape_metrics)),
             tokio::spawn(traces::sweep_loop(traces.clone())),
         ];
-        Ok(Monitor { core, traces, tasks })
+        Ok(Monitor { core, leadership, traces, tasks })
     }
 
     pub fn core(&self) -> &Arc<Core> {
         &self.core
+    }
+
+    /// Sets where the other replicas reach this one (by default `external_url`), for
+    /// passing pushes on to the leader: known once the listener is bound.
+    pub fn serving_at(&self, url: impl Into<String>) {
+        self.leadership.set_own(url.into());
     }
 
     /// The trace store, for feeding it spans in process ([`TraceStore::ingest`]) and
@@ -243,4 +258,32 @@ pub fn router(monitor: &Monitor, verifier: pake_tokens::TokenVerifier, metrics: 
     let api = Arc::new(MonitoringService::new(monitor.core.clone(), monitor.traces.clone(), verifier, metrics.clone()));
     pake_monitoring_server::router(api)
         .route_layer(axum::middleware::from_fn_with_state(metrics, pake_observe::Metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            (monitor.core.clone(), monitor.leadership.clone()),
+            forward::pushes_to_leader,
+        ))
+}
+
+/// On a lease check: a leader records where it is reached (once per change), a follower
+/// reads where the leader is.
+async fn record_leader(core: &Core, leadership: &forward::Leadership, leading: bool, recorded: &mut Option<String>) {
+    if leading {
+        let own = leadership.own();
+        if recorded.as_deref() == Some(own.as_str()) {
+            return;
+        }
+        match core.db.put_leader(&own, chrono::Utc::now().timestamp_millis()).await {
+            Ok(()) => *recorded = Some(own),
+            Err(error) => tracing::warn!(%error, "the leader's address could not be stored; retrying"),
+        }
+        return;
+    }
+    *recorded = None;
+    match core.db.leader().await {
+        Ok(url) => leadership.set_leader(url),
+        Err(error) => {
+            tracing::debug!(%error, "the leader's address could not be read");
+            leadership.set_leader(None);
+        }
+    }
 }

@@ -244,6 +244,30 @@ impl MonitoringStore {
         })
     }
 
+    /// Records `url` as where the replica holding the evaluation lease is reached.
+    pub async fn put_leader(&self, url: &str, since_ms: i64) -> Result<(), StoreError> {
+        with_pool!(&self.store, |pool, backend| {
+            sqlx::query(
+                "INSERT INTO monitoring_leader (id, url, since_ms) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, since_ms = excluded.since_ms",
+            )
+            .bind(url)
+            .bind(since_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Where the last replica to take the evaluation lease said it is reached.
+    pub async fn leader(&self) -> Result<Option<String>, StoreError> {
+        with_pool!(&self.store, |pool, backend| {
+            let url: Option<(String,)> =
+                sqlx::query_as("SELECT url FROM monitoring_leader WHERE id = 1").fetch_optional(pool).await?;
+            Ok(url.map(|(url,)| url))
+        })
+    }
+
     /// Forgets alerts resolved and silences expired before `before_ms`.
     pub async fn purge(&self, before_ms: i64) -> Result<(), StoreError> {
         with_pool!(&self.store, |pool, backend| {

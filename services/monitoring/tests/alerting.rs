@@ -55,6 +55,7 @@ async fn start_at(db: &TestDatabase, external_url: &str) -> Service {
         Duration::from_secs(3600),
     );
     let url = server.url();
+    monitor.serving_at(url.clone());
     Service {
         monitor: Some(monitor),
         server: Some(server),
@@ -460,7 +461,7 @@ async fn replicas_on_one_database_notify_once_and_fail_over() {
             .await;
         assert_eq!(status, 201, "{rule}");
     }
-    // Every replica scrapes and takes pushes for itself: a producer pushes to each.
+    // Every replica scrapes for itself; a push to a follower is passed on to the leader.
     for service in [&first, &second] {
         service.push("deep_queue_depth", json!({"queue": "arxiv"}), 20.0).await;
         service.push("long_queue_depth", json!({"queue": "pubmed"}), 30.0).await;
@@ -615,5 +616,75 @@ async fn a_resolved_notification_still_on_its_way_when_the_leader_stops_is_sent_
     eventually(Duration::from_secs(10), || async { leads(&third) }).await;
     no_more_notifications(&mut notifications, Duration::from_secs(4)).await;
     third.stop().await;
+    hook.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_follower_reaches_the_leader_with_the_callers_token() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let first = start(&db).await;
+    let second = start(&db).await;
+    eventually(Duration::from_secs(10), || async { leads(&first) != leads(&second) }).await;
+    let (mut leader, follower) = if leads(&first) { (first, second) } else { (second, first) };
+    let (hook, mut notifications) = webhook().await;
+    let (status, receiver) = leader
+        .call("POST", "/api/v1/receivers", Some(json!({"name": "oncall", "url": format!("{}/hook", hook.url())})))
+        .await;
+    assert_eq!(status, 201, "{receiver}");
+    let (status, rule) = leader
+        .call(
+            "POST",
+            "/api/v1/alert-rules",
+            Some(json!({
+                "name": "deep-queue", "metric": "queue_depth", "comparison": "gt", "threshold": 10,
+                "severity": "warning", "receivers": [receiver["id"]]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    let push = |client: reqwest::Client, body: Value| {
+        let url = format!("{}/api/v1/metrics/samples", follower.url);
+        async move { client.post(url).json(&body).send().await.expect("the follower answers") }
+    };
+    let samples =
+        json!({"source": "test", "samples": [{"name": "queue_depth", "labels": {"queue": "arxiv"}, "value": 20.0}]});
+    // Pushed to the follower only, once it knows the leader (within a lease check).
+    eventually(Duration::from_secs(5), || {
+        let pushed = push(follower.http.clone(), samples.clone());
+        async move { pushed.await.status() == 202 }
+    })
+    .await;
+    let answer = push(follower.http.clone(), samples.clone()).await;
+    assert_eq!(answer.status(), 202);
+    assert_eq!(answer.headers()["location"], "/api/v1/metrics?source=test");
+    assert_eq!(answer.json::<Value>().await.expect("json")["accepted"], 1);
+    // The leader judged it.
+    let (body, _, _) = next_notification(&mut notifications).await;
+    assert_eq!(
+        (body["status"].as_str(), body["commonLabels"]["alertname"].as_str()),
+        (Some("firing"), Some("deep-queue")),
+        "{body}"
+    );
+    // The follower keeps what the leader took, for its own answers and a fail-over.
+    let (status, metrics) = follower.call("GET", "/api/v1/metrics?source=test", None).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.to_string().contains("queue_depth"), "{metrics}");
+    // The leader's answers are the follower's: a bad sample, and a caller without a token.
+    let bad = json!({"source": "test", "samples": [{"name": "2bad", "labels": {}, "value": 1.0}]});
+    let refused = push(follower.http.clone(), bad).await;
+    assert_eq!(refused.status(), 422);
+    let refused: Value = refused.json().await.expect("json");
+    assert!(refused.to_string().contains("name"), "{refused}");
+    assert_eq!(push(reqwest::Client::new(), samples.clone()).await.status(), 401);
+    // The leader can no longer be reached while it keeps the lease: try again later.
+    if let Some(server) = leader.server.take() {
+        server.stop().await;
+    }
+    let unavailable = push(follower.http.clone(), samples.clone()).await;
+    assert_eq!(unavailable.status(), 503);
+    assert_eq!(unavailable.headers()["retry-after"], "1");
+    assert_eq!(unavailable.json::<Value>().await.expect("json")["code"], "unavailable");
+    leader.stop().await;
+    follower.stop().await;
     hook.stop().await;
 }
