@@ -214,9 +214,15 @@ impl Gateway {
             self.options.token_ttl,
             self.metrics.clone(),
         );
-        let api = pake_gateway_server::router(Arc::new(admin))
+        let mut api = pake_gateway_server::router(Arc::new(admin))
             .route_layer(axum::middleware::from_fn_with_state(self.metrics.clone(), pake_observe::Metrics::track))
             .layer(axum::middleware::from_fn_with_state(self.plane.clone(), token_guard::token_endpoint_guard));
+        // The gateway's own operations (tokens, administration) are server spans like every
+        // service's, refusals of the token guard included.
+        if let Some(tracer) = &self.options.tracer {
+            let spans = pake_trace::server::ServerSpans::new(tracer.clone(), pake_gateway_server::OPERATIONS);
+            api = api.layer(axum::middleware::from_fn_with_state(spans, pake_trace::server::ServerSpans::trace));
+        }
         front::Front::new(api, pake_gateway_server::PATHS, self.plane.clone())
     }
 

@@ -404,3 +404,38 @@ async fn the_propagation_table_as_the_upstream_receives_it() {
         }
     }
 }
+
+/// The gateway's own operations are server spans named by their operationId, continuing
+/// the caller's trace, and their error bodies name the trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_operations_are_server_spans() {
+    let receiver = OtlpReceiver::start().await;
+    let (platform, _recorder, telemetry) = traced_platform(&receiver).await;
+    let trace = trace_id(900);
+    let listed = conformance::http_client_with_token(&token())
+        .get(format!("{}/v1/admin/routes", platform.gateway_server.url()))
+        .header("traceparent", format!("00-{trace}-{PARENT}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let refused = reqwest::Client::new()
+        .get(format!("{}/v1/admin/routes", platform.gateway_server.url()))
+        .header("traceparent", format!("00-{}-{PARENT}-01", trace_id(901)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["trace_id"], trace_id(901), "{body}");
+
+    // The operation, and under it the store call that read the routes.
+    let spans = spans_of(&receiver, &telemetry, &trace, 2).await;
+    assert_eq!((spans[0].name.as_str(), spans[0].kind, spans[0].service.as_str()), ("listRoutes", "server", "gateway"));
+    assert_eq!(spans[0].parent_span_id, PARENT);
+    assert_eq!(spans[0].attribute("http.route"), Some("/v1/admin/routes"));
+    assert!(spans[1].name.starts_with("store."), "{spans:#?}");
+    assert_eq!(spans[1].parent_span_id, spans[0].span_id);
+    let refusal = spans_of(&receiver, &telemetry, &trace_id(901), 1).await;
+    assert_eq!(refusal[0].attribute("http.response.status_code"), Some("401"));
+}
