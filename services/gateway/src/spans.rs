@@ -116,16 +116,19 @@ impl<'p> RequestSpans<'p> {
     }
 
     /// Passes on a step's result, recording a refusal at `stage` (`request`, `auth`,
-    /// `upstream`).
+    /// `upstream`); the refusal's error body names the trace.
     pub fn check<T>(
         &self,
         stage: &'static str,
         checked: Result<T, pake_api_runtime::ApiError>,
     ) -> Result<T, pake_api_runtime::ApiError> {
-        if let Err(refused) = &checked {
+        checked.map_err(|refused| {
             self.refused(stage, refused.code());
-        }
-        checked
+            match &self.traced {
+                Some(traced) => refused.with_trace_id(traced.server.span().span_context().trace_id().to_string()),
+                None => refused,
+            }
+        })
     }
 
     /// Passes on routing's result: the span is named by the route, or records why none

@@ -229,7 +229,7 @@ async fn both_paths_record_the_same_spans_and_the_upstream_receives_each_try_as_
             let trace = trace_id(round * 100 + case);
             let traceparent = format!("00-{trace}-{PARENT}-01");
             let headers = [("traceparent", traceparent.as_str()), ("tracestate", "vendor=opaque")];
-            let (answered, _) = client.get(target, &headers).await;
+            let (answered, body) = client.get(target, &headers).await;
             assert_eq!(answered, status, "{path:?} {name}");
             let spans = spans_of(&receiver, &telemetry, &trace, count).await;
 
@@ -280,6 +280,8 @@ async fn both_paths_record_the_same_spans_and_the_upstream_receives_each_try_as_
                 "no token" => {
                     assert_eq!(server.attribute("pake.refusal"), Some("auth"));
                     assert_eq!(server.attribute("error.type"), Some("unauthenticated"));
+                    let error: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(error["trace_id"], trace.as_str(), "{path:?}: the error body names the trace");
                 }
                 "rate limited" => {
                     assert_eq!(server.attribute("pake.refusal"), Some("rate_limit"));
