@@ -51,16 +51,6 @@ fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime, in USER_HZ (100 on Linux).
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 /// This process's resident set in bytes, from `/proc/self/statm` (pages of 4 KiB).
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -357,7 +347,7 @@ async fn through_the_api(table: &mut Table) {
         client.push_metric_samples().body(body(b)).send().await.expect("the push is accepted");
     }
     let bodies: Vec<_> = (0..batches).map(body).collect();
-    let (cpu, started) = (cpu_time(), Instant::now());
+    let (cpu, started) = (pake_observe::process_cpu_time(), Instant::now());
     let mut producers = tokio::task::JoinSet::new();
     for share in bodies.chunks(batches / 2) {
         let (client, share) = (client.clone(), share.to_vec());
@@ -370,7 +360,7 @@ async fn through_the_api(table: &mut Table) {
     while let Some(done) = producers.join_next().await {
         done.expect("a producer");
     }
-    let (wall, cpu) = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    let (wall, cpu) = (started.elapsed(), pake_observe::process_cpu_time().saturating_sub(cpu));
     let samples = (batches * BATCH) as f64;
     table.row(
         "push through the API (pushMetricSamples over HTTP)",
@@ -435,9 +425,9 @@ async fn health_checks(table: &mut Table, instances: usize, window: Duration) {
     // The supervisor starts every check within its first second and spreads them over
     // the interval; the window opens once the first round is over.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (cpu, opened) = (cpu_time(), Instant::now());
+    let (cpu, opened) = (pake_observe::process_cpu_time(), Instant::now());
     tokio::time::sleep(window).await;
-    let (closed, cpu) = (Instant::now(), cpu_time().saturating_sub(cpu));
+    let (closed, cpu) = (Instant::now(), pake_observe::process_cpu_time().saturating_sub(cpu));
     let (mut checks, mut gaps, mut unchecked) = (0usize, Vec::new(), 0usize);
     for times in arrivals.lock().expect("arrivals").iter() {
         let inside: Vec<Instant> = times.iter().copied().filter(|t| *t >= opened && *t < closed).collect();

@@ -106,18 +106,6 @@ fn trace(random: &mut Random, start: SystemTime) -> Vec<SpanRecord> {
     out
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat`: on a shared
-/// machine it says what the work costs when the wall clock cannot.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at its closing paren;
-    // utime and stime are the 12th and 13th after it, in USER_HZ (100 on Linux).
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 /// Median, 99th percentile and mean of `runs` calls of `f`, as text.
 fn time<T>(runs: usize, mut f: impl FnMut(usize) -> T) -> String {
     let mut took: Vec<Duration> = (0..runs)
@@ -158,10 +146,10 @@ fn main() {
         batch.extend(spans);
         if batch.len() >= BATCH || made >= target {
             let spans = std::mem::take(&mut batch);
-            let (started, cpu) = (Instant::now(), cpu_time());
+            let (started, cpu) = (Instant::now(), pake_observe::process_cpu_time());
             stored += store.ingest(spans).accepted;
             ingesting += started.elapsed();
-            ingesting_cpu += cpu_time().saturating_sub(cpu);
+            ingesting_cpu += pake_observe::process_cpu_time().saturating_sub(cpu);
         }
     }
     let resident_after = resident_bytes();

@@ -25,18 +25,6 @@ fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at its closing paren.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the paren; the
-    // kernel counts them in USER_HZ, 100 on Linux.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 fn sample(service: &str, n: usize, at: DateTime<Utc>) -> types::Sample {
     let status = match n % 50 {
         0 => 503,
@@ -125,12 +113,12 @@ async fn measure(backend: Backend, in_process: usize, through_api: usize) {
             )
         })
         .collect();
-    let (cpu, started) = (cpu_time(), Instant::now());
+    let (cpu, started) = (pake_observe::process_cpu_time(), Instant::now());
     let mut ingested = 0;
     for batch in &batches {
         ingested += performance.ingest(batch).await.expect("ingest");
     }
-    let (wall, cpu) = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    let (wall, cpu) = (started.elapsed(), pake_observe::process_cpu_time().saturating_sub(cpu));
     println!(
         "{backend:?}: in process: {ingested} samples in {:.2} s: {:.0} samples/s, {:.2} µs CPU per sample",
         wall.as_secs_f64(),
@@ -149,7 +137,7 @@ async fn measure(backend: Backend, in_process: usize, through_api: usize) {
             )
         })
         .collect();
-    let (cpu, started) = (cpu_time(), Instant::now());
+    let (cpu, started) = (pake_observe::process_cpu_time(), Instant::now());
     let mut producers = tokio::task::JoinSet::new();
     for share in batches.chunks(batches.len().div_ceil(2).max(1)) {
         let (client, share) = (platform.client.clone(), share.to_vec());
@@ -166,7 +154,7 @@ async fn measure(backend: Backend, in_process: usize, through_api: usize) {
     while let Some(done) = producers.join_next().await {
         accepted += done.expect("producer");
     }
-    let (wall, cpu) = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    let (wall, cpu) = (started.elapsed(), pake_observe::process_cpu_time().saturating_sub(cpu));
     println!(
         "{backend:?}: through the API: {accepted} samples in {:.2} s: {:.0} samples/s, {:.2} µs CPU per sample (client and server)",
         wall.as_secs_f64(),
