@@ -315,6 +315,12 @@ impl ResponseCache {
     /// Looks `key` up in L1, then L2. An L2 hit is copied into L1 until the entry's own expiry.
     /// Never fails: an unavailable L2 is a miss, and is not even asked during its backoff.
     pub async fn get(&self, key: &CacheKey) -> Lookup {
+        self.get_observed(key, || ()).await
+    }
+
+    /// [`ResponseCache::get`], holding what `around_l2` returns (a trace span, say) for as
+    /// long as L2 is asked, and calling it only when L2 is asked.
+    pub async fn get_observed<G>(&self, key: &CacheKey, around_l2: impl FnOnce() -> G) -> Lookup {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         if let Some(entry) = self.l1.get(key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -322,7 +328,10 @@ impl ResponseCache {
         }
         if let Some(l2) = &self.l2 {
             let epoch = self.l1.epoch();
-            if let Some(entry) = l2.get(key).await {
+            let asking = around_l2();
+            let found = l2.get(key).await;
+            drop(asking);
+            if let Some(entry) = found {
                 let entry = Arc::new(entry);
                 if self.l1.admits(key, &entry) {
                     self.l1.insert_unless_swept(key.clone(), entry.clone(), epoch);

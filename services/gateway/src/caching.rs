@@ -120,11 +120,12 @@ async fn buffer(body: Body, limit: usize) -> Result<Bytes, Body> {
 
 /// Sends the request through the route's cache: a hit answers from memory or Redis, a miss
 /// goes upstream once however many ask at the same time.
-pub async fn through_cache<F, Fut>(
+pub(crate) async fn through_cache<F, Fut>(
     plane: &DataPlane,
     route: &CompiledRoute,
     request: Request,
     tenant: &str,
+    children: crate::spans::ChildSpans<'_>,
     forward: F,
 ) -> Response
 where
@@ -148,7 +149,7 @@ where
         .collect();
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let key = CacheKey::new(request.method().as_str(), path, tenant, vary);
-    let lookup = edge.cache.get(&key).await;
+    let lookup = edge.cache.get_observed(&key, || children.start("cache.get", "redis")).await;
     edge.count_lookup(&lookup);
     if let Lookup::Hit { entry, .. } = lookup {
         route.metrics.cache_hits.inc();

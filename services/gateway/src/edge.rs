@@ -275,13 +275,15 @@ impl Edge {
     /// Applies the route's and the client's rate limits. `Ok` carries the headers of the
     /// tightest decision (none when no policy applies); `Err` is the 429 (or the 503 of a
     /// fail-closed policy while Redis is down) to answer.
-    pub async fn rate_limit<'t>(
+    pub(crate) async fn rate_limit<'t>(
         &self,
         table: &'t PolicyTable,
         route: &types::Route,
         principal: Option<&Principal>,
         client: Option<SocketAddr>,
-    ) -> Result<Option<(Decision, &'t Limit)>, Response> {
+        children: &crate::spans::ChildSpans<'_>,
+    ) -> Result<Option<(Decision, &'t Limit)>, Refused> {
+        let shared = self.limiter.redis_round_trips().is_some();
         let client_policy = principal.and_then(|p| table.client_policies.get(&p.subject));
         let applicable = [route.rate_limit_policy_id.as_ref(), client_policy]
             .into_iter()
@@ -290,7 +292,10 @@ impl Edge {
         let mut tightest: Option<(Decision, &Limit)> = None;
         for policy in applicable {
             let key = limit_key(policy, route, principal, client);
+            // Shared limits are decided in Redis: a call worth a span of its own.
+            let asking = if shared { children.start("ratelimit.check", "redis") } else { None };
             let decision = self.limiter.check(&key, &policy.limit).await;
+            drop(asking);
             let counter = if decision.unavailable {
                 &policy.counters[2]
             } else if decision.allowed {
@@ -301,24 +306,22 @@ impl Edge {
             counter.inc();
             if decision.unavailable {
                 let seconds = decision.retry_after.as_secs().max(1);
-                return Err(ApiError::unavailable(
+                return Err(Refused::from(ApiError::unavailable(
                     format!(
                         "rate limiting for policy {} is unavailable and the policy fails closed",
                         policy.limit.policy
                     ),
                     seconds,
-                )
-                .into_response());
+                )));
             }
             if !decision.allowed {
                 let seconds = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let mut response = ApiError::too_many_requests(
+                let mut refused = Refused::from(ApiError::too_many_requests(
                     format!("rate limit {} exceeded, retry in {seconds} seconds", policy.limit.policy),
                     seconds,
-                )
-                .into_response();
-                add_headers(response.headers_mut(), &decision, &policy.limit);
-                return Err(response);
+                ));
+                add_headers(&mut refused.headers, &decision, &policy.limit);
+                return Err(refused);
             }
             if tightest.as_ref().is_none_or(|(d, _)| decision.remaining < d.remaining) {
                 tightest = Some((decision, &policy.limit));
@@ -359,6 +362,35 @@ impl EncodeMetric for RedisRoundTrips {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Counter
+    }
+}
+
+/// A refusal and the fields that go with it (a rate limit's `RateLimit-*`, a path's
+/// `Allow`): kept apart until answered, so that the error can still name the request's
+/// trace.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ApiError,
+    pub headers: HeaderMap,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Refused {
+        Refused { error, headers: HeaderMap::new() }
+    }
+}
+
+impl Refused {
+    pub fn status(&self) -> StatusCode {
+        self.error.status()
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
 

@@ -408,7 +408,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let arrival = || Arrival { method: &method, path, host, client: Some(caller.client), tracestate };
     if let Err(refused) = proxy::check_host(axum::http::Version::HTTP_11, hosts) {
         let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
-        spans.refused("request", refused.code());
+        let refused = spans.check("request", Err::<(), _>(refused)).unwrap_err();
         spans.end(refused.status());
         return finish(write_response(conn, refused.into_response(), true).await, true);
     }
@@ -416,10 +416,10 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let located = match proxy::locate(&table, &method, normal) {
         Ok(located) => located,
         Err(refused) => {
-            let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
-            spans.unrouted(refused.status());
+            let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
+            let refused = spans.located(Err(refused)).err().expect("a refusal stays one");
             spans.end(refused.status());
-            return finish(write_response(conn, *refused, close).await, close);
+            return finish(write_response(conn, refused.into_response(), close).await, close);
         }
     };
     let route = located.route;
@@ -457,15 +457,15 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
             settings,
             principal.as_deref().map(|verified| &verified.principal),
             Some(caller.client),
+            &spans.children(),
         ))
         .await;
-        spans.rate_limited(&limited);
-        match limited {
+        match spans.rate_limited(limited) {
             Ok(Some((decision, limit))) => decision.write_headers(limit, |field, value| {
                 push_header(&mut conn.extra, field.name().as_bytes(), value.as_bytes());
             }),
             Ok(None) => {}
-            Err(refused) => return refuse(conn, route, &method, refused, started, close, spans).await,
+            Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close, spans).await,
         }
     }
     let idempotent = tries::idempotent(&method);
@@ -510,7 +510,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close, spans).await,
     };
     let status = answer.status();
-    route.metrics.record(&method, status, started.elapsed());
+    route.metrics.record(&method, status, started.elapsed(), spans.answering_instance());
     let idle = Duration::from_millis(settings.timeout_ms.get());
     let relayed = relay(conn, answer, &attempt.upstream.address, idle).await;
     spans.end(status);
@@ -587,7 +587,7 @@ async fn refuse(
     close: bool,
     spans: RequestSpans<'_>,
 ) -> Step {
-    route.metrics.record(method, refused.status(), started.elapsed());
+    route.metrics.record(method, refused.status(), started.elapsed(), spans.answering_instance());
     spans.end(refused.status());
     finish(write_response(conn, refused, close).await, close)
 }

@@ -56,8 +56,9 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Records a request's answer: the route's metrics, and a sample for the performance
-    /// service when it is fed.
-    pub(crate) fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+    /// service when it is fed, naming `instance`, the registry instance that answered
+    /// (none: the gateway answered itself).
+    pub(crate) fn record(&self, method: &Method, status: StatusCode, elapsed: Duration, instance: Option<uuid::Uuid>) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
         self.durations[class].observe(elapsed.as_secs_f64());
@@ -68,6 +69,7 @@ impl RouteMetrics {
                 method: method.clone(),
                 status: status.as_u16(),
                 latency: elapsed,
+                instance,
                 at: std::time::SystemTime::now(),
             });
         }

@@ -18,7 +18,7 @@
 
 use crate::bodies::{ClientBody, UpstreamBody};
 use crate::connections::{self, SendFailure};
-use crate::edge::{Edge, PolicyTable};
+use crate::edge::{Edge, PolicyTable, Refused};
 use crate::forwarded::Caller;
 use crate::headers::{TRACEPARENT, TRACESTATE, X_FORWARDED_FOR, forward_headers, remove_hop_by_hop};
 use crate::routes::{Match, RouteTable};
@@ -173,7 +173,7 @@ async fn route_and_forward(
                     .flatten();
                 (located.route, located.upstream_path().to_string(), normalised)
             }
-            Err(refused) => return *refused,
+            Err(refused) => return refused.into_response(),
         };
     // What follows (the cache key, the tries) sees the path as forwarded.
     if let Some(uri) = normalised {
@@ -182,7 +182,7 @@ async fn route_and_forward(
     let method = request.method().clone();
     let forwarding = Forwarding { plane, route, upstream_path: &upstream_path, caller, continued, started };
     let response = apply_policies(forwarding, request, spans).await;
-    route.metrics.record(&method, response.status(), started.elapsed());
+    route.metrics.record(&method, response.status(), started.elapsed(), spans.answering_instance());
     response
 }
 
@@ -232,8 +232,8 @@ pub(crate) fn locate<'t, 'p>(
     table: &'t RouteTable,
     method: &Method,
     normal: Result<std::borrow::Cow<'p, str>, crate::path::PathError>,
-) -> Result<Located<'t, 'p>, Box<Response>> {
-    let normal = normal.map_err(|invalid| Box::new(ApiError::from(invalid).into_response()))?;
+) -> Result<Located<'t, 'p>, Box<Refused>> {
+    let normal = normal.map_err(|invalid| Box::new(Refused::from(ApiError::from(invalid))))?;
     let matched = crate::path::merged(&normal);
     let route = match table.find(method, &matched) {
         Match::Route { route, .. } => route,
@@ -279,23 +279,24 @@ async fn apply_policies(forwarding: Forwarding<'_>, request: Request, spans: &mu
                 settings,
                 principal.as_deref().map(|verified| &verified.principal),
                 caller.map(|caller| caller.client),
+                &spans.children(),
             ))
             .await;
-            spans.rate_limited(&limited);
-            match limited {
+            match spans.rate_limited(limited) {
                 Ok(limited) => limited,
-                Err(refused) => return refused,
+                Err(refused) => return refused.into_response(),
             }
         }
         None => None,
     };
     let mut response = if settings.cache.enabled {
         let tenant = principal.as_ref().and_then(|verified| verified.principal.tenant.as_deref()).unwrap_or("-");
+        let children = spans.children();
         let sending = &mut *spans;
         let send = move |request: Request| async move {
             forward(forwarding, request, sending).await.unwrap_or_else(IntoResponse::into_response)
         };
-        let response = Box::pin(crate::caching::through_cache(plane, route, request, tenant, send)).await;
+        let response = Box::pin(crate::caching::through_cache(plane, route, request, tenant, children, send)).await;
         if let Some(verdict) = response.headers().get("x-cache-status").and_then(|value| value.to_str().ok()) {
             spans.cache(verdict);
         }
@@ -311,22 +312,21 @@ async fn apply_policies(forwarding: Forwarding<'_>, request: Request, spans: &mu
 
 /// The answer to a request no route takes: 405 with `Allow` when routes match the path
 /// but not the method, 404 otherwise.
-pub(crate) fn refusal(found: Match<'_, '_>, method: &Method, path: &str) -> Response {
+pub(crate) fn refusal(found: Match<'_, '_>, method: &Method, path: &str) -> Refused {
     match found {
         Match::MethodNotAllowed { allow } => {
-            let mut response = error(
+            let mut refused = Refused::from(error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} is not routed for {path}; this path allows {allow}"),
-            )
-            .into_response();
+            ));
             if let Ok(value) = HeaderValue::from_str(&allow) {
-                response.headers_mut().insert(header::ALLOW, value);
+                refused.headers.insert(header::ALLOW, value);
             }
-            response
+            refused
         }
         Match::NoRoute | Match::Route { .. } => {
-            error(StatusCode::NOT_FOUND, "no_route", format!("no route for {path}")).into_response()
+            Refused::from(error(StatusCode::NOT_FOUND, "no_route", format!("no route for {path}")))
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct RequestSample {
     pub method: Method,
     pub status: u16,
     pub latency: Duration,
+    /// The registry instance whose answer was relayed; none when the gateway answered
+    /// itself (no route, a refusal, a cache hit, every try failed).
+    pub instance: Option<uuid::Uuid>,
     pub at: SystemTime,
 }
 

@@ -9,6 +9,7 @@
 //! request carries no span: each step costs one branch, and the upstream receives the
 //! incoming trace continued under a random parent id, or a new trace.
 
+use crate::edge::Refused;
 use crate::upstream::Upstream;
 use axum::http::{Method, StatusCode};
 use pake_trace::Tracer;
@@ -68,6 +69,10 @@ pub(crate) struct RequestSpans<'p> {
     traced: Option<Traced<'p>>,
     /// What the upstream receives when nothing is traced.
     untraced: TraceParent,
+    /// The registry instance whose answer the request relays, once [`Tries::run`]
+    /// (`crate::tries`) got one; none while the gateway answers itself. Kept whether or
+    /// not anything is traced: the request's sample carries it.
+    answered_by: Option<uuid::Uuid>,
 }
 
 struct Traced<'p> {
@@ -88,10 +93,21 @@ impl<'p> RequestSpans<'p> {
     ) -> RequestSpans<'p> {
         let Some(tracer) = tracer else {
             let untraced = parent.map_or_else(TraceParent::new, TraceParent::with_new_parent);
-            return RequestSpans { traced: None, untraced };
+            return RequestSpans { traced: None, untraced, answered_by: None };
         };
         let unused = TraceParent { trace_id: TraceId::INVALID, parent_id: SpanId::INVALID, sampled: false };
-        RequestSpans { traced: Some(Traced::start(tracer, parent, arrival())), untraced: unused }
+        RequestSpans { traced: Some(Traced::start(tracer, parent, arrival())), untraced: unused, answered_by: None }
+    }
+
+    /// The instance `instance` answered: its answer is the one relayed.
+    pub fn answered_by(&mut self, instance: uuid::Uuid) {
+        self.answered_by = Some(instance);
+    }
+
+    /// The instance whose answer is relayed; none when the gateway answered itself (no
+    /// route, a refusal, a cache hit, every try failed).
+    pub fn answering_instance(&self) -> Option<uuid::Uuid> {
+        self.answered_by
     }
 
     /// The request matched `route`: the span is named by it.
@@ -124,42 +140,50 @@ impl<'p> RequestSpans<'p> {
     ) -> Result<T, pake_api_runtime::ApiError> {
         checked.map_err(|refused| {
             self.refused(stage, refused.code());
-            match &self.traced {
-                Some(traced) => refused.with_trace_id(traced.server.span().span_context().trace_id().to_string()),
-                None => refused,
-            }
+            self.stamped(refused)
         })
     }
 
+    /// `refused`, naming the request's trace when it is traced.
+    fn stamped(&self, refused: pake_api_runtime::ApiError) -> pake_api_runtime::ApiError {
+        match &self.traced {
+            Some(traced) => refused.with_trace_id(traced.server.span().span_context().trace_id().to_string()),
+            None => refused,
+        }
+    }
+
     /// Passes on routing's result: the span is named by the route, or records why none
-    /// took the request.
+    /// took the request (the refusal names the trace).
     pub fn located<'t, 'x>(
         &mut self,
-        located: Result<crate::proxy::Located<'t, 'x>, Box<axum::response::Response>>,
-    ) -> Result<crate::proxy::Located<'t, 'x>, Box<axum::response::Response>> {
-        match &located {
-            Ok(found) => self.route(found.route),
-            Err(refused) => self.unrouted(refused.status()),
+        located: Result<crate::proxy::Located<'t, 'x>, Box<Refused>>,
+    ) -> Result<crate::proxy::Located<'t, 'x>, Box<Refused>> {
+        match located {
+            Ok(found) => {
+                self.route(found.route);
+                Ok(found)
+            }
+            Err(mut refused) => {
+                self.refused("route", refused.error.code());
+                refused.error = self.stamped(refused.error);
+                Err(refused)
+            }
         }
-        located
     }
 
-    /// No route took the request: it was answered `status`.
-    pub fn unrouted(&self, status: StatusCode) {
-        let code = match status {
-            StatusCode::NOT_FOUND => "no_route",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            _ => "invalid_path",
-        };
-        self.refused("route", code);
+    /// Passes on a rate limit's verdict, recording a refusal (whose error body names the
+    /// trace).
+    pub fn rate_limited<T>(&self, limited: Result<T, Refused>) -> Result<T, Refused> {
+        limited.map_err(|mut refused| {
+            self.refused("rate_limit", refused.error.code());
+            refused.error = self.stamped(refused.error);
+            refused
+        })
     }
 
-    /// Records a rate limit's refusal, if `limited` is one.
-    pub fn rate_limited<T>(&self, limited: &Result<T, axum::response::Response>) {
-        if let Err(refused) = limited {
-            let code = if refused.status() == StatusCode::TOO_MANY_REQUESTS { "rate_limited" } else { "unavailable" };
-            self.refused("rate_limit", code);
-        }
+    /// What starts the request's child spans for calls to its stores.
+    pub fn children(&self) -> ChildSpans<'p> {
+        ChildSpans { traced: self.traced.as_ref().map(|traced| (traced.tracer, traced.server.clone())) }
     }
 
     /// The response cache's verdict on the request.
@@ -225,6 +249,29 @@ impl<'p> Traced<'p> {
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         Traced { tracer, server: parent.with_span(span), method, tries: 0 }
+    }
+}
+
+/// Starts child spans of a request's server span for calls to a store (Redis: the shared
+/// rate limits, the cache's L2), apart from the [`RequestSpans`] they came from: the
+/// cache's lookup runs while its forwarding holds those. A span ends when dropped, so a
+/// call given up (the request cancelled) still ends its span.
+#[derive(Clone)]
+pub(crate) struct ChildSpans<'p> {
+    traced: Option<(&'p Tracer, Context)>,
+}
+
+impl ChildSpans<'_> {
+    /// A span named `name` for a call to `system` (a `db.system` value); none when the
+    /// request is not traced.
+    pub fn start(&self, name: &'static str, system: &'static str) -> Option<pake_trace::SdkSpan> {
+        let (tracer, parent) = self.traced.as_ref()?;
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Client)
+            .with_attributes([KeyValue::new("db.system", system)])
+            .start_with_context(*tracer, parent);
+        Some(span)
     }
 }
 

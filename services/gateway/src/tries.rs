@@ -295,7 +295,8 @@ impl<'a> Tries<'a> {
     /// and bounded by its deadline here; a failure `client_fault` lays at the client's door
     /// ends the tries unrecorded, with its error. Each try has its span in `spans` (ended
     /// with its outcome), whose id its instance receives as the parent; the error that
-    /// ends the tries is recorded there too.
+    /// ends the tries is recorded there too, and the instance whose answer is relayed
+    /// ([`RequestSpans::answering_instance`], which the request's sample carries).
     pub async fn run<T: Transport>(
         &mut self,
         started: Instant,
@@ -323,6 +324,7 @@ impl<'a> Tries<'a> {
                     if self.answered(&mut attempt, status) {
                         continue;
                     }
+                    spans.answered_by(attempt.upstream.instance);
                     return Ok((attempt, answer));
                 }
                 Err(failure) => failure,

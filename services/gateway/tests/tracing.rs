@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::routing::any;
 use conformance::TestServer;
-use conformance::support::Backend;
+use conformance::support::{Backend, RedisPrefix};
 use pake_gateway::GatewayOptions;
 use pake_trace::testing::{OtlpReceiver, ReceivedSpan};
 use pake_trace::{Telemetry, TraceConfig};
@@ -76,13 +76,22 @@ impl Recorder {
 /// `/v1/flaky` (one retry on 5xx), `/v1/secure` (a token required), `/v1/limited` (one
 /// request per hour), `/v1/cached` (the response cache).
 async fn traced_platform(receiver: &OtlpReceiver) -> (Platform, Recorder, Telemetry) {
+    traced_platform_on(receiver, None).await
+}
+
+/// [`traced_platform`], its rate limits and cache L2 in Redis under `redis` when given.
+async fn traced_platform_on(receiver: &OtlpReceiver, redis: Option<&RedisPrefix>) -> (Platform, Recorder, Telemetry) {
     let telemetry = Telemetry::start(TraceConfig {
         otlp_endpoint: Some(receiver.endpoint.clone()),
         batch_delay: Duration::from_millis(10),
         ..TraceConfig::default()
     })
     .unwrap();
-    let options = GatewayOptions { tracer: Some(telemetry.tracer("gateway")), ..options() };
+    let mut options = GatewayOptions { tracer: Some(telemetry.tracer("gateway")), ..options() };
+    if let Some(redis) = redis {
+        options.redis_url = Some(redis.url.clone());
+        options.redis_prefix = redis.prefix.clone();
+    }
     let platform = Platform::start_with(Backend::Sqlite, options).await;
     let recorder = Recorder::start().await;
     platform.service("recorder", "round_robin", &[(recorder.server.addr.port(), 100)], lenient_breaker()).await;
@@ -286,11 +295,15 @@ async fn both_paths_record_the_same_spans_and_the_upstream_receives_each_try_as_
                 "rate limited" => {
                     assert_eq!(server.attribute("pake.refusal"), Some("rate_limit"));
                     assert_eq!(server.attribute("error.type"), Some("rate_limited"));
+                    let error: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(error["trace_id"], trace.as_str(), "{path:?}: the error body names the trace");
                 }
                 "no route" => {
                     assert_eq!(server.name, "GET");
                     assert_eq!(server.attribute("pake.refusal"), Some("route"));
                     assert_eq!(server.attribute("error.type"), Some("no_route"));
+                    let error: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(error["trace_id"], trace.as_str(), "{path:?}: the error body names the trace");
                 }
                 "cache hit" => assert_eq!(server.attribute("pake.cache"), Some("HIT")),
                 _ => unreachable!(),
@@ -332,6 +345,44 @@ async fn a_failing_upstream_marks_the_try_and_the_request_as_errors() {
             assert_eq!(attempt.attribute("pake.attempt"), Some((k + 1).to_string().as_str()));
             assert_eq!((attempt.attribute("pake.outcome"), attempt.status), (Some("connect"), "error"), "{path:?}");
         }
+    }
+}
+
+/// With Redis, a rate limit's decision and the cache's L2 lookup are client spans under the
+/// request's server span, on both paths; an L1 hit asks no Redis and has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_redis_are_child_spans_of_the_request() {
+    let receiver = OtlpReceiver::start().await;
+    let redis = RedisPrefix::new("gateway-tracing");
+    let (platform, _recorder, telemetry) = traced_platform_on(&receiver, Some(&redis)).await;
+    let children = |spans: &[ReceivedSpan], name: &str| -> usize {
+        let server = &spans[0];
+        let named: Vec<_> = spans.iter().filter(|span| span.name == name).collect();
+        for span in &named {
+            assert_eq!(span.parent_span_id, server.span_id, "{name}: a child of the request's span");
+            assert_eq!((span.kind, span.attribute("db.system")), ("client", Some("redis")), "{name}");
+        }
+        named.len()
+    };
+    for (round, path) in [Path::Own, Path::General].into_iter().enumerate() {
+        let mut client = Client::open(&platform, path).await;
+        let trace = trace_id(700 + round);
+        // One an hour: the first round is let through, the second refused; both asked Redis.
+        let (status, _) = client.get("/v1/limited/a", &[("traceparent", &format!("00-{trace}-{PARENT}-01"))]).await;
+        let (expected, count) = if round == 0 { (200, 3) } else { (429, 2) };
+        assert_eq!(status, expected, "{path:?}");
+        let spans = spans_of(&receiver, &telemetry, &trace, count).await;
+        assert_eq!(children(&spans, "ratelimit.check"), 1, "{path:?}: {spans:#?}");
+    }
+    // The first lookup misses L1 and asks L2; the second is an L1 hit.
+    for (round, (cache, count, redis_spans)) in [("MISS", 3, 1), ("HIT", 1, 0)].into_iter().enumerate() {
+        let mut client = Client::open(&platform, Path::General).await;
+        let trace = trace_id(710 + round);
+        let (status, _) = client.get("/v1/cached/r", &[("traceparent", &format!("00-{trace}-{PARENT}-01"))]).await;
+        assert_eq!(status, 200);
+        let spans = spans_of(&receiver, &telemetry, &trace, count).await;
+        assert_eq!(spans[0].attribute("pake.cache"), Some(cache), "{spans:#?}");
+        assert_eq!(children(&spans, "cache.get"), redis_spans, "{cache}: {spans:#?}");
     }
 }
 

@@ -128,7 +128,7 @@ pub fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_pe
         .filter_map(|sample| {
             let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
             Some(types::Sample {
-                instance_id: None,
+                instance_id: sample.instance.and_then(|id| types::SampleInstanceId::try_from(id.to_string()).ok()),
                 latency_ms: sample.latency.as_secs_f64() * 1000.0,
                 method: sample.method.as_str().parse().ok()?,
                 route: parsed(&mut routes, &sample.route),
@@ -181,4 +181,27 @@ fn span_batch(spans: &[pake_trace::FinishedSpan]) -> Result<pake_monitoring_clie
         })
         .collect();
     serde_json::from_value(serde_json::json!({ "spans": spans })).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use pake_gateway::samples::RequestSample;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_sample_carries_the_instance_that_answered_as_the_contract_s_instance_id() {
+        let instance = uuid::Uuid::new_v4();
+        let sample = |instance| RequestSample {
+            service: "search".into(),
+            route: "/search".into(),
+            method: axum::http::Method::GET,
+            status: 200,
+            latency: Duration::from_millis(3),
+            instance,
+            at: SystemTime::now(),
+        };
+        let batch = super::sample_batch(&[sample(Some(instance)), sample(None)]);
+        let ids: Vec<_> = batch.samples.iter().map(|sample| sample.instance_id.as_deref().cloned()).collect();
+        assert_eq!(ids, [Some(instance.to_string()), None]);
+    }
 }
