@@ -17,7 +17,10 @@ use std::time::{Duration, SystemTime};
 
 /// Samples waiting for the next batch, at most; beyond, new ones are dropped.
 pub const QUEUE: usize = 65_536;
-/// Samples handed to the sink at once, at most.
+/// The largest batch the performance contract's `ingestSamples` takes: a sink that sends
+/// batches over HTTP sends them in pieces of this size. A sink in process takes each
+/// second's samples whole, so that the service merges its sketches once a second, not
+/// once per piece.
 pub const MAX_BATCH: usize = 5_000;
 /// How often the queue is drained.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -102,10 +105,15 @@ async fn drain(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        // Everything queued by now, in batches of at most MAX_BATCH.
-        while !receiver.is_empty() {
-            let mut batch = Vec::with_capacity(receiver.len().min(MAX_BATCH));
-            while batch.len() < MAX_BATCH
+        // What was queued by the tick, as one batch: samples that arrive while it is
+        // delivered wait for the next tick, so that a busy gateway still delivers once a
+        // second rather than in a loop of small batches. Once the senders are gone, what
+        // is queued is all there will be.
+        let closed = receiver.is_closed();
+        let queued = receiver.len();
+        if queued > 0 {
+            let mut batch = Vec::with_capacity(queued);
+            while batch.len() < queued
                 && let Ok(sample) = receiver.try_recv()
             {
                 batch.push(sample);
@@ -118,8 +126,71 @@ async fn drain(
                 delivered.inc_by(count);
             }
         }
-        if receiver.is_closed() {
+        if closed {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+
+    /// A sink that notes when each batch came and how big it was; while a batch is being
+    /// delivered, more requests end (it records samples into the feed), as on a busy gateway.
+    #[derive(Debug, Default)]
+    struct Busy {
+        feed: OnceLock<SampleFeed>,
+        deliveries: Mutex<Vec<(Instant, usize)>>,
+    }
+
+    fn sample() -> RequestSample {
+        RequestSample {
+            service: "search".into(),
+            route: "/search".into(),
+            method: Method::GET,
+            status: 200,
+            latency: Duration::from_millis(2),
+            instance: None,
+            at: SystemTime::now(),
+        }
+    }
+
+    impl SampleSink for Busy {
+        fn deliver(
+            &self,
+            samples: Vec<RequestSample>,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            self.deliveries.lock().unwrap().push((Instant::now(), samples.len()));
+            for _ in 0..10 {
+                self.feed.get().unwrap().record(sample());
+            }
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_feed_delivers_once_a_tick_and_loses_nothing() {
+        let sink = Arc::new(Busy::default());
+        let (feed, task) = SampleFeed::start(sink.clone(), &pake_observe::Metrics::new("gateway"));
+        sink.feed.set(feed.clone()).unwrap();
+        for _ in 0..10 {
+            feed.record(sample());
+        }
+        tokio::time::sleep(EVERY * 2 + EVERY / 2).await;
+        let deliveries = sink.deliveries.lock().unwrap().clone();
+        // The first tick is at once; then one a second, each with what arrived meanwhile.
+        assert_eq!(deliveries.iter().map(|(_, n)| *n).collect::<Vec<_>>(), vec![10, 10, 10], "{deliveries:?}");
+        for pair in deliveries.windows(2) {
+            let apart = pair[1].0 - pair[0].0;
+            assert!(apart >= EVERY * 9 / 10, "deliveries {apart:?} apart: samples that arrive during a delivery wait");
+        }
+        drop((feed, sink));
+        task.abort();
     }
 }

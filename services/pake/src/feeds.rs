@@ -22,11 +22,11 @@ impl pake_gateway::samples::SampleSink for InProcessSamples {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             let performance = self.0.get().ok_or("the performance service has not started")?;
-            let batch = sample_batch(&samples);
-            if batch.samples.is_empty() {
-                return Ok(());
-            }
-            performance.ingest(&batch).await.map(drop).map_err(|error| error.to_string())
+            // The samples as ingestion reads them, checked as the contract's batch would
+            // be, without building that batch.
+            let mut checked = Checked::default();
+            let views = samples.iter().filter_map(|sample| checked.view(sample));
+            performance.ingest_samples(views).await.map(drop).map_err(|error| error.to_string())
         })
     }
 }
@@ -102,39 +102,70 @@ impl pake_gateway::samples::SampleSink for RemoteSamples {
         samples: Vec<pake_gateway::samples::RequestSample>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            let batch = sample_batch(&samples);
-            if batch.samples.is_empty() {
-                return Ok(());
-            }
             let client = self.client()?;
-            client.ingest_samples().body(batch).send().await.map(drop).map_err(|error| error.to_string())
+            // The contract's largest batch at a time.
+            for chunk in samples.chunks(pake_gateway::samples::MAX_BATCH) {
+                let batch = sample_batch(chunk);
+                if batch.samples.is_empty() {
+                    continue;
+                }
+                client.ingest_samples().body(batch).send().await.map_err(|error| error.to_string())?;
+            }
+            Ok(())
         })
     }
 }
 
-/// The gateway's samples as the performance contract's batch. A sample the contract
-/// cannot carry (a method it does not list) is left out.
+/// Which of a batch's names the performance contract accepts: a batch names few services
+/// and routes many times, so each is checked against the contract's pattern once per
+/// batch, not once per sample.
+#[derive(Default)]
+struct Checked<'a> {
+    services: std::collections::HashMap<&'a str, bool>,
+    routes: std::collections::HashMap<&'a str, bool>,
+}
+
+impl<'a> Checked<'a> {
+    /// `sample` as ingestion reads it; none when the contract cannot carry it (a method it
+    /// does not list, a service name outside its pattern). A route outside the pattern is
+    /// left out of the sample.
+    fn view(&mut self, sample: &'a pake_gateway::samples::RequestSample) -> Option<pake_performance::SampleRef<'a>> {
+        use pake_performance_server::types;
+        sample.method.as_str().parse::<types::HttpMethod>().ok()?;
+        let service = &*sample.service;
+        let route = &*sample.route;
+        if !*self.services.entry(service).or_insert_with(|| service.parse::<types::ServiceName>().is_ok()) {
+            return None;
+        }
+        let route_ok = *self.routes.entry(route).or_insert_with(|| route.parse::<types::RoutePath>().is_ok());
+        let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
+        Some(pake_performance::SampleRef {
+            service,
+            route: if route_ok { route } else { "" },
+            status: i64::from(sample.status),
+            latency_ms: sample.latency.as_secs_f64() * 1000.0,
+            at_ms: chrono::DateTime::<chrono::Utc>::from(received).timestamp_millis(),
+        })
+    }
+}
+
+/// The gateway's samples as the performance contract's batch: what [`Checked::view`]
+/// keeps, with the method and the instance that answered.
 pub fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_performance_server::types::SampleBatch {
     use pake_performance_server::types;
-    use std::collections::HashMap;
-    // A batch names few services and routes many times: each is checked against the
-    // contract's pattern once per batch, not once per sample.
-    fn parsed<'a, T: std::str::FromStr + Clone>(seen: &mut HashMap<&'a str, Option<T>>, text: &'a str) -> Option<T> {
-        seen.entry(text).or_insert_with(|| text.parse().ok()).clone()
-    }
-    let (mut services, mut routes) = (HashMap::new(), HashMap::new());
+    let mut checked = Checked::default();
     let samples = samples
         .iter()
         .filter_map(|sample| {
-            let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
+            let view = checked.view(sample)?;
             Some(types::Sample {
                 instance_id: sample.instance.and_then(|id| types::SampleInstanceId::try_from(id.to_string()).ok()),
-                latency_ms: sample.latency.as_secs_f64() * 1000.0,
+                latency_ms: view.latency_ms,
                 method: sample.method.as_str().parse().ok()?,
-                route: parsed(&mut routes, &sample.route),
-                service: parsed(&mut services, &sample.service)?,
-                status: i64::from(sample.status),
-                timestamp: chrono::DateTime::<chrono::Utc>::from(received),
+                route: (!view.route.is_empty()).then(|| view.route.parse().ok()).flatten(),
+                service: view.service.parse().ok()?,
+                status: view.status,
+                timestamp: chrono::DateTime::from_timestamp_millis(view.at_ms)?,
             })
         })
         .collect();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 pub use load::bench::install_signal_handler;
 pub use metrics::PerformanceMetrics;
-pub use performance::{Options, Performance, PerformanceError, Registry};
+pub use performance::{Options, Performance, PerformanceError, Registry, SampleRef};
 
 /// The service's HTTP service: the generated contract router over [`api::PerformanceApi`],
 /// with per-route metrics.

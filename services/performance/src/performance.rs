@@ -86,6 +86,19 @@ impl From<serde_json::Error> for PerformanceError {
     }
 }
 
+/// One request's timing as ingestion reads it: the contract's `Sample` (service, route
+/// prefix, status, latency, when it was received), borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRef<'a> {
+    pub service: &'a str,
+    /// The route prefix; empty for none.
+    pub route: &'a str,
+    pub status: i64,
+    pub latency_ms: f64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+}
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> PerformanceError {
     PerformanceError::Invalid { field: field.into(), message: message.into() }
 }
@@ -283,13 +296,32 @@ impl Performance {
 
     /// Validates the whole batch, then merges it into the 10 s, 5 min and 1 h sketches.
     pub async fn ingest(&self, batch: &types::SampleBatch) -> Result<u64, PerformanceError> {
+        self.ingest_samples(batch.samples.iter().map(|sample| SampleRef {
+            service: sample.service.as_str(),
+            route: sample.route.as_deref().map_or("", String::as_str),
+            status: sample.status,
+            latency_ms: sample.latency_ms,
+            at_ms: sample.timestamp.timestamp_millis(),
+        }))
+        .await
+    }
+
+    /// [`Performance::ingest`] of samples already in the contract's bounds (names that
+    /// match its patterns), borrowed from wherever they are: the gateway's in-process feed
+    /// hands its own over without building the contract's batch.
+    pub async fn ingest_samples<'a>(
+        &self,
+        samples: impl IntoIterator<Item = SampleRef<'a>>,
+    ) -> Result<u64, PerformanceError> {
         let now = Utc::now().timestamp_millis();
         // Each sample goes into the finest tier that keeps it, keyed by borrowed names (no
         // allocation per sample); the coarser tiers' buckets are then merged from those,
         // since every tier's buckets are whole multiples of the finer ones'.
         let mut finest: HashMap<(&str, &str, i64, usize, i64), LatencySketch> = HashMap::new();
-        for (i, sample) in batch.samples.iter().enumerate() {
-            let at = sample.timestamp.timestamp_millis();
+        let mut accepted = 0u64;
+        for (i, sample) in samples.into_iter().enumerate() {
+            accepted += 1;
+            let at = sample.at_ms;
             if at > now + tiers::MAX_SAMPLE_AHEAD_MS {
                 return Err(invalid(format!("/samples/{i}/timestamp"), "is more than 5 minutes in the future"));
             }
@@ -300,9 +332,8 @@ impl Performance {
                 return Err(invalid(format!("/samples/{i}/latency_ms"), "must be a finite number of milliseconds"));
             }
             let Some(tier) = TIERS.iter().position(|tier| tier.keeps(at, now)) else { continue };
-            let route = sample.route.as_deref().map(String::as_str).unwrap_or("");
             let status_class = (sample.status / 100).clamp(1, 5);
-            let key = (sample.service.as_str(), route, status_class, tier, TIERS[tier].bucket(at));
+            let key = (sample.service, sample.route, status_class, tier, TIERS[tier].bucket(at));
             finest.entry(key).or_default().add(sample.latency_ms);
         }
         let mut buckets: BTreeMap<BucketKey, LatencySketch> = BTreeMap::new();
@@ -328,8 +359,9 @@ impl Performance {
             services.insert(service.to_string());
         }
         let services: Vec<String> = services.into_iter().collect();
-        self.store.merge(&services, &buckets, now).await?;
-        let accepted = batch.samples.len() as u64;
+        if !buckets.is_empty() {
+            self.store.merge(&services, &buckets, now).await?;
+        }
         self.metrics.samples_ingested.inc_by(accepted);
         Ok(accepted)
     }
