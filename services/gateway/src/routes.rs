@@ -7,6 +7,7 @@ use pake_registry::store::{Store, StoreError};
 use pake_registry::with_pool;
 use sqlx::types::Json;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The channel replicas listen on for changes of routes, API clients and rate-limit policies.
@@ -132,6 +133,10 @@ pub struct CompiledRoute {
     /// `GET, HEAD` for the 405 answer.
     pub allow: String,
     pub metrics: crate::proxy::RouteMetrics,
+    /// What a request's span names: the route template (`/v1/search`) and the service,
+    /// made once per route table rather than once per traced request.
+    pub template: Arc<str>,
+    pub service: Arc<str>,
 }
 
 /// Routes grouped by API version, longest prefix first, then highest priority.
@@ -168,7 +173,10 @@ impl RouteTable {
             allow.sort();
             let metrics = metrics.for_route(route.name.as_str(), route.service.as_str(), route.path_prefix.as_str());
             let segments = crate::path::segment_count(&prefix);
-            let compiled = CompiledRoute { prefix, segments, methods, allow: allow.join(", "), metrics, route };
+            let template = format!("/{}{prefix}", route.api_version.as_str()).into();
+            let service = route.service.as_str().into();
+            let compiled =
+                CompiledRoute { prefix, segments, methods, allow: allow.join(", "), metrics, template, service, route };
             by_version.entry(compiled.route.api_version.to_string()).or_default().push(compiled);
         }
         for routes in by_version.values_mut() {

@@ -1,21 +1,27 @@
 //! The gateway's own request timings, fed to the performance service (its SLOs, statistics
 //! and auto-scaling read them) without slowing the data plane.
 //!
-//! A request's end records one sample with a `try_send` on a bounded channel: never
-//! awaited, never blocking; when the channel is full the sample is dropped and counted
-//! (`pake_gateway_samples_dropped_total`). A task drains the channel once a second and
-//! hands the batch to a [`SampleSink`]: the performance service itself when it runs in the
-//! same process, or whatever else `pake serve` wires in. Both HTTP paths record through
-//! [`crate::proxy::RouteMetrics::record`], so they feed alike.
+//! A request's end records one sample into its thread's shard of the feed: a buffer
+//! behind a lock no other data-plane thread takes (each thread has a shard of its own
+//! while there are at most as many threads as shards), never awaited; a shard holding a
+//! second's worth ([`QUEUE`]) drops further samples and counts them
+//! (`pake_gateway_samples_dropped_total`). Unlike a channel shared by every thread, this
+//! puts no cache line that all threads write on the request path. A task takes every
+//! shard's samples once a second and hands them, as one batch, to a [`SampleSink`]: the
+//! performance service itself when it runs in the same process, or whatever else `pake
+//! serve` wires in. Both HTTP paths record through [`crate::proxy::RouteMetrics::record`],
+//! so they feed alike.
 
 use axum::http::Method;
 use prometheus_client::metrics::counter::Counter;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-/// Samples waiting for the next batch, at most; beyond, new ones are dropped.
+/// Samples one shard holds between two deliveries, at most; beyond, new ones are dropped.
 pub const QUEUE: usize = 65_536;
 /// The largest batch the performance contract's `ingestSamples` takes: a sink that sends
 /// batches over HTTP sends them in pieces of this size. A sink in process takes each
@@ -49,8 +55,26 @@ pub trait SampleSink: std::fmt::Debug + Send + Sync + 'static {
 /// The data plane's end of the feed.
 #[derive(Clone)]
 pub struct SampleFeed {
-    sender: tokio::sync::mpsc::Sender<RequestSample>,
+    shards: Arc<Shards>,
     dropped: Counter,
+}
+
+/// One buffer per data-plane thread (as many as the machine has cores, at most 64).
+struct Shards {
+    buffers: Box<[Shard]>,
+}
+
+/// A shard's buffer, on a cache line of its own so that threads recording into
+/// neighbouring shards do not contend.
+#[repr(align(128))]
+struct Shard(Mutex<Vec<RequestSample>>);
+
+/// Gives each thread that records a shard number, in turn.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard number (modulo a feed's shard count); taken at its first sample.
+    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 impl std::fmt::Debug for SampleFeed {
@@ -66,11 +90,12 @@ impl SampleFeed {
         sink: Arc<dyn SampleSink>,
         metrics: &pake_observe::Metrics,
     ) -> (SampleFeed, tokio::task::JoinHandle<()>) {
-        let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE);
+        let count = std::thread::available_parallelism().map_or(4, usize::from).clamp(1, 64);
+        let shards = Arc::new(Shards { buffers: (0..count).map(|_| Shard(Mutex::new(Vec::new()))).collect() });
         let [dropped, delivered, failed] = [Counter::default(), Counter::default(), Counter::default()];
         metrics.register(
             "samples_dropped",
-            "Request samples dropped because the feed's queue was full",
+            "Request samples dropped because the feed's buffer was full",
             dropped.clone(),
         );
         metrics.register(
@@ -83,41 +108,44 @@ impl SampleFeed {
             "Request samples lost because their batch could not be delivered",
             failed.clone(),
         );
-        let task = tokio::spawn(drain(receiver, sink, delivered, failed));
-        (SampleFeed { sender, dropped }, task)
+        let task = tokio::spawn(drain(shards.clone(), sink, delivered, failed));
+        (SampleFeed { shards, dropped }, task)
     }
 
-    /// Records one sample, or counts it dropped: never waits.
+    /// Records one sample, or counts it dropped: never waits on another thread.
     pub fn record(&self, sample: RequestSample) {
-        if self.sender.try_send(sample).is_err() {
+        let buffers = &self.shards.buffers;
+        let index = SHARD.with(|shard| match shard.get() {
+            Some(index) => index,
+            None => {
+                let index = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+                shard.set(Some(index));
+                index
+            }
+        }) % buffers.len();
+        let mut buffer = buffers[index].0.lock().unwrap_or_else(PoisonError::into_inner);
+        if buffer.len() < QUEUE {
+            buffer.push(sample);
+        } else {
+            drop(buffer);
             self.dropped.inc();
         }
     }
 }
 
-async fn drain(
-    mut receiver: tokio::sync::mpsc::Receiver<RequestSample>,
-    sink: Arc<dyn SampleSink>,
-    delivered: Counter,
-    failed: Counter,
-) {
+/// Once a tick, every shard's samples as one batch to `sink`; ends once every
+/// [`SampleFeed`] is gone, after delivering what they recorded.
+async fn drain(shards: Arc<Shards>, sink: Arc<dyn SampleSink>, delivered: Counter, failed: Counter) {
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        // What was queued by the tick, as one batch: samples that arrive while it is
-        // delivered wait for the next tick, so that a busy gateway still delivers once a
-        // second rather than in a loop of small batches. Once the senders are gone, what
-        // is queued is all there will be.
-        let closed = receiver.is_closed();
-        let queued = receiver.len();
-        if queued > 0 {
-            let mut batch = Vec::with_capacity(queued);
-            while batch.len() < queued
-                && let Ok(sample) = receiver.try_recv()
-            {
-                batch.push(sample);
-            }
+        // Once only this task holds the shards, nothing more will be recorded.
+        let gone = Arc::strong_count(&shards) == 1;
+        // What was recorded by the tick: samples recorded while it is delivered wait for
+        // the next tick, so that a busy gateway still delivers once a second.
+        let batch = shards.take();
+        if !batch.is_empty() {
             let count = batch.len() as u64;
             if let Err(error) = sink.deliver(batch).await {
                 failed.inc_by(count);
@@ -126,9 +154,31 @@ async fn drain(
                 delivered.inc_by(count);
             }
         }
-        if closed {
+        if gone {
             return;
         }
+    }
+}
+
+impl Shards {
+    /// Every shard's samples, leaving each with room for as many as it held.
+    fn take(&self) -> Vec<RequestSample> {
+        let mut batch = Vec::new();
+        for shard in &self.buffers {
+            let mut buffer = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = buffer.len();
+            if held == 0 {
+                continue;
+            }
+            let taken = std::mem::replace(&mut *buffer, Vec::with_capacity(held));
+            drop(buffer);
+            if batch.is_empty() {
+                batch = taken;
+            } else {
+                batch.extend(taken);
+            }
+        }
+        batch
     }
 }
 
@@ -192,5 +242,49 @@ mod tests {
         }
         drop((feed, sink));
         task.abort();
+    }
+
+    /// Keeps every batch.
+    #[derive(Debug, Default)]
+    struct Kept(Mutex<Vec<usize>>);
+
+    impl SampleSink for Kept {
+        fn deliver(
+            &self,
+            samples: Vec<RequestSample>,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            self.0.lock().unwrap().push(samples.len());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_shard_counts_its_drops() {
+        let sink = Arc::new(Kept::default());
+        let (feed, task) = SampleFeed::start(sink.clone(), &pake_observe::Metrics::new("gateway"));
+        // No await yet: the drain has not run, so this thread's shard fills up.
+        for _ in 0..QUEUE + 5 {
+            feed.record(sample());
+        }
+        assert_eq!(feed.dropped.get(), 5, "a shard holds a second's worth, and counts what it drops");
+        // Once the feed is gone, the drain delivers what it held, then ends.
+        drop(feed);
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the drain ends").unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), vec![QUEUE]);
+    }
+
+    #[tokio::test]
+    async fn samples_of_many_threads_arrive_in_one_batch() {
+        let sink = Arc::new(Kept::default());
+        let (feed, task) = SampleFeed::start(sink.clone(), &pake_observe::Metrics::new("gateway"));
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..1000).for_each(|_| feed.record(sample())));
+            }
+        });
+        assert_eq!(feed.dropped.get(), 0);
+        drop(feed);
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the drain ends").unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), vec![4000], "one batch at the first tick");
     }
 }

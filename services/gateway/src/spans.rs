@@ -113,12 +113,11 @@ impl<'p> RequestSpans<'p> {
     /// The request matched `route`: the span is named by it.
     pub fn route(&mut self, route: &crate::routes::CompiledRoute) {
         let Some(traced) = &mut self.traced else { return };
-        let template = format!("/{}{}", route.route.api_version.as_str(), route.prefix);
         let span = traced.server.span();
-        span.update_name(format!("{} {template}", traced.method));
+        span.update_name(format!("{} {}", traced.method, route.template));
         span.set_attributes([
-            KeyValue::new("http.route", template),
-            KeyValue::new(key::SERVICE, route.route.service.as_str().to_string()),
+            KeyValue::new("http.route", route.template.clone()),
+            KeyValue::new(key::SERVICE, route.service.clone()),
         ]);
     }
 
@@ -203,8 +202,8 @@ impl<'p> RequestSpans<'p> {
             .span_builder(traced.method.clone())
             .with_kind(SpanKind::Client)
             .with_attributes([
-                KeyValue::new(key::INSTANCE_ID, upstream.instance.to_string()),
-                KeyValue::new(key::INSTANCE_ADDRESS, upstream.address.to_string()),
+                KeyValue::new(key::INSTANCE_ID, upstream.instance_text.clone()),
+                KeyValue::new(key::INSTANCE_ADDRESS, upstream.address.clone()),
                 KeyValue::new(key::ATTEMPT, traced.tries),
             ])
             .start_with_context(traced.tracer, &traced.server);

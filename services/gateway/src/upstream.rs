@@ -99,6 +99,8 @@ impl BreakerState {
 pub struct Upstream {
     pub service: String,
     pub instance: Uuid,
+    /// `instance` as text, as a try's span names it (made once, not once per try).
+    pub instance_text: Arc<str>,
     /// `host:port`, also the key of the connection pools.
     pub address: Arc<str>,
     /// `address` as the `Host` header of requests sent to it.
@@ -130,6 +132,7 @@ impl Upstream {
         Upstream {
             service: service.to_string(),
             instance,
+            instance_text: instance.to_string().into(),
             // The address comes from a validated registration; a value a header cannot
             // carry still gets a Host, and the connection attempt reports the address.
             host: HeaderValue::try_from(&*address).unwrap_or_else(|_| HeaderValue::from_static("upstream")),

@@ -440,9 +440,13 @@ async fn the_propagation_table_as_the_upstream_receives_it() {
                 }
             }
             if fields[3] == "01" {
-                // The parent the upstream received is the try's span, under the server span.
+                // The parent the upstream received is the try's span, under the server span
+                // (which ends after it, and may come in a later export).
                 let spans = receiver
-                    .wait_for(Duration::from_secs(10), |spans| spans.iter().any(|s| s.span_id == fields[2]))
+                    .wait_for(Duration::from_secs(10), |spans| {
+                        let attempt = spans.iter().find(|s| s.span_id == fields[2]);
+                        attempt.is_some_and(|attempt| spans.iter().any(|s| s.span_id == attempt.parent_span_id))
+                    })
                     .await;
                 let attempt = spans.iter().find(|s| s.span_id == fields[2]).unwrap();
                 let server = spans.iter().find(|s| s.span_id == attempt.parent_span_id).expect("the server span");
