@@ -315,7 +315,7 @@ impl Tools {
 
 /// Looks a program up on PATH, and in the sbin directories where Debian puts nginx, since
 /// a non-root PATH often lacks them.
-fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -323,13 +323,15 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Runs `apt-get` with `args`, non-interactively; whether it succeeded.
+pub(crate) fn apt(args: &[&str]) -> Result<bool> {
+    println!("running apt-get {}", args.join(" "));
+    let mut command = Command::new("apt-get");
+    command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    Ok(run_inherited(&mut command, Duration::from_secs(900))?.success())
+}
+
 fn install(nginx: bool, wrk: bool) -> Result<()> {
-    let apt = |args: &[&str]| -> Result<bool> {
-        println!("running apt-get {}", args.join(" "));
-        let mut command = Command::new("apt-get");
-        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        Ok(run_inherited(&mut command, Duration::from_secs(900))?.success())
-    };
     if !apt(&["update"])? {
         bail!("apt-get update failed");
     }

@@ -8,9 +8,11 @@
 //!   compare the gateway with nginx in front of the same upstream, with wrk, in rounds
 //!   that measure every path in turn; writes `target/bench/gateway.md`.
 //! - `bench monitoring [--rules N] [--series N] [--memory-series N] [--instances N]
-//!   [--check-seconds SECS]`: pushes, scrapes, rule evaluation, memory per series and
-//!   active health checks of the monitoring service; writes `target/bench/monitoring.md`;
-//!   see `bench_monitoring.rs`.
+//!   [--check-seconds SECS] [--alerts N] [--rounds N] [--interval SECS]
+//!   [--prometheus PATH|none] [--only own|prometheus]`: pushes, scrapes, rule evaluation,
+//!   memory per series and active health checks of the monitoring service, then alert
+//!   latency, evaluation, CPU per sample and memory side by side with Prometheus; writes
+//!   `target/bench/monitoring.md`; see `bench_monitoring.rs`.
 //! - `load [--users N] [--hatch-rate N] [--run-time SECS] [--tenants N] [--token-per tenant|user]
 //!   [--postgres URL] [--redis URL]`: the SLA run of the research workload through `pake
 //!   serve` with its default settings; reports in `target/load/`.

@@ -15,13 +15,26 @@
 //!   achieved against expected, the spread of the interval between two checks of one
 //!   instance, and check latency.
 //!
+//! - Side by side with Prometheus (`compare.rs`): alert latency, evaluation rounds and CPU
+//!   per sample of the same rules over the same series from one synthetic exporter, and
+//!   memory per active series, ours and Prometheus's, in a second table.
+//!
 //! Sizes come from the environment (`cargo xtask bench monitoring` sets them from its
-//! flags): `PAKE_BENCH_RULES` and `PAKE_BENCH_SERIES` (largest evaluation point, default
-//! 1,000 and 100,000), `PAKE_BENCH_MEMORY_SERIES` (default 20,000), `PAKE_BENCH_INSTANCES`
-//! (default 5,000), `PAKE_BENCH_CHECK_SECONDS` (default 10); `PAKE_BENCH_OUT` names a file
-//! the table is also written to. Everything shares this machine's cores (the HTTP client,
-//! the health endpoints and the service are one process), so the numbers are printed, not
-//! asserted.
+//! flags): `PAKE_BENCH_RULES` and `PAKE_BENCH_SERIES` (largest evaluation point and the
+//! comparison's, default 1,000 and 100,000), `PAKE_BENCH_MEMORY_SERIES` (default 20,000),
+//! `PAKE_BENCH_INSTANCES` (default 5,000), `PAKE_BENCH_CHECK_SECONDS` (default 10),
+//! `PAKE_BENCH_ALERTS` (alerts of the latency comparison, default 100),
+//! `PAKE_BENCH_ROUNDS` (evaluation rounds compared, default 6, every
+//! `PAKE_BENCH_INTERVAL_SECONDS`, default 5); `PAKE_BENCH_PROMETHEUS` names the
+//! Prometheus program (default `prometheus` on PATH; `none`: our side only);
+//! `PAKE_BENCH_ONLY` is `own` (the first table only) or `prometheus` (the comparison
+//! only); `PAKE_BENCH_OUT` names a file the tables are also written to. Everything shares
+//! this machine's cores (the HTTP client, the health endpoints and the service are one
+//! process), so the numbers are printed, not asserted.
+
+// Not in `benches/` itself, where cargo would take it for a bench target of its own.
+#[path = "monitoring/compare.rs"]
+mod compare;
 
 use conformance::TestServer;
 use conformance::support::{Backend, TestDatabase};
@@ -477,20 +490,58 @@ fn main() {
         memory_child(&spec);
         return;
     }
+    if let Ok(spec) = std::env::var(compare::EXPORTER_CHILD) {
+        compare::exporter_child(&spec);
+        return;
+    }
+    if let Ok(spec) = std::env::var(compare::SCRAPE_MEMORY_CHILD) {
+        compare::scrape_memory_child(&spec);
+        return;
+    }
     let max_rules = env_or("PAKE_BENCH_RULES", 1_000);
     let max_series = env_or("PAKE_BENCH_SERIES", 100_000);
     let memory_series = env_or("PAKE_BENCH_MEMORY_SERIES", 20_000);
     let instances = env_or("PAKE_BENCH_INSTANCES", 5_000);
     let window = Duration::from_secs(env_or("PAKE_BENCH_CHECK_SECONDS", 10).max(2) as u64);
-    let mut table = Table::default();
-    memory(&mut table, memory_series);
-    scrape(&mut table);
-    evaluation(&mut table, max_rules, max_series);
+    let only = std::env::var("PAKE_BENCH_ONLY").unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
-    runtime.block_on(through_the_api(&mut table));
-    runtime.block_on(health_checks(&mut table, instances, window));
+    let mut table = Table::default();
+    if only != "prometheus" {
+        memory(&mut table, memory_series);
+        scrape(&mut table);
+        evaluation(&mut table, max_rules, max_series);
+        runtime.block_on(through_the_api(&mut table));
+        runtime.block_on(health_checks(&mut table, instances, window));
+    }
+    let mut markdown = if table.rows.is_empty() { String::new() } else { table.markdown() };
+    if only != "own" {
+        let sizes = compare::Sizes {
+            alerts: env_or("PAKE_BENCH_ALERTS", 100).max(1),
+            rules: max_rules,
+            series: max_series,
+            memory_series,
+            rounds: env_or("PAKE_BENCH_ROUNDS", 6).max(1),
+            interval: Duration::from_secs(env_or("PAKE_BENCH_INTERVAL_SECONDS", 5).max(1) as u64),
+        };
+        // A program named explicitly must run; `prometheus` on PATH is used when there is one.
+        let program = match std::env::var("PAKE_BENCH_PROMETHEUS") {
+            Ok(program) if program == "none" => None,
+            Ok(program) => {
+                let program = std::path::PathBuf::from(program);
+                assert!(compare::version(&program).is_some(), "{} --version does not run", program.display());
+                Some(program)
+            }
+            Err(_) => Some(std::path::PathBuf::from("prometheus")).filter(|p| compare::version(p).is_some()),
+        };
+        let comparison = runtime.block_on(compare::compare(&sizes, program));
+        comparison.print();
+        if !markdown.is_empty() {
+            markdown.push('\n');
+        }
+        markdown.push_str(&comparison.markdown());
+    }
     if let Ok(path) = std::env::var("PAKE_BENCH_OUT") {
-        let text = format!("# cargo xtask bench monitoring\n\n{}", table.markdown());
+        let text = format!("# cargo xtask bench monitoring\n\n{markdown}");
         match std::fs::write(&path, text) {
             Ok(()) => println!("written to {path}"),
             Err(error) => eprintln!("could not write {path}: {error}"),
