@@ -1,7 +1,7 @@
 //! The data plane's metrics: requests and latency per route, cache lookups, failed tries
 //! and retries per service.
 
-use crate::samples::{RequestSample, SampleFeed};
+use crate::samples::{RequestSample, SampleFeed, SampleLabels};
 use axum::http::{Method, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,7 +51,7 @@ pub struct RouteMetrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     /// The route's service and prefix, and the feed its samples go to.
-    samples: Option<(SampleFeed, Arc<str>, Arc<str>)>,
+    samples: Option<(SampleFeed, Arc<SampleLabels>)>,
 }
 
 impl RouteMetrics {
@@ -62,10 +62,9 @@ impl RouteMetrics {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
         self.durations[class].observe(elapsed.as_secs_f64());
-        if let Some((feed, service, route)) = &self.samples {
+        if let Some((feed, labels)) = &self.samples {
             feed.record(RequestSample {
-                service: service.clone(),
-                route: route.clone(),
+                labels: labels.clone(),
                 method: method.clone(),
                 status: status.as_u16(),
                 latency: elapsed,
@@ -90,7 +89,7 @@ impl ProxyMetrics {
             durations: std::array::from_fn(|class| self.duration.get_or_create(&labels(class)).clone()),
             cache_hits,
             cache_misses,
-            samples: self.samples.as_ref().map(|feed| (feed.clone(), service.into(), prefix.into())),
+            samples: self.samples.as_ref().map(|feed| (feed.clone(), SampleLabels::new(service, prefix))),
         }
     }
 

@@ -34,9 +34,8 @@ pub const EVERY: Duration = Duration::from_secs(1);
 /// One proxied request, as the gateway saw it.
 #[derive(Clone, Debug)]
 pub struct RequestSample {
-    pub service: Arc<str>,
-    /// The route's path prefix (`/search`), not the request's path: a bounded set.
-    pub route: Arc<str>,
+    /// The route's service and prefix, one value per route that its samples share.
+    pub labels: Arc<SampleLabels>,
     pub method: Method,
     pub status: u16,
     pub latency: Duration,
@@ -44,6 +43,20 @@ pub struct RequestSample {
     /// itself (no route, a refusal, a cache hit, every try failed).
     pub instance: Option<uuid::Uuid>,
     pub at: SystemTime,
+}
+
+/// What names a route's samples: its service, and its path prefix (`/search`), not the
+/// request's path: a bounded set.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SampleLabels {
+    pub service: String,
+    pub route: String,
+}
+
+impl SampleLabels {
+    pub fn new(service: &str, route: &str) -> Arc<SampleLabels> {
+        Arc::new(SampleLabels { service: service.to_string(), route: route.to_string() })
+    }
 }
 
 /// Where batches of samples go.
@@ -198,8 +211,7 @@ mod tests {
 
     fn sample() -> RequestSample {
         RequestSample {
-            service: "search".into(),
-            route: "/search".into(),
+            labels: SampleLabels::new("search", "/search"),
             method: Method::GET,
             status: 200,
             latency: Duration::from_millis(2),

@@ -83,7 +83,8 @@ async fn a_sample_names_the_instance_that_answered_and_none_when_the_gateway_did
     // requests (one after the other) in the order of their end.
     let mut samples = samples;
     samples.sort_by_key(|sample| sample.at);
-    let seen: Vec<_> = samples.iter().map(|sample| (&*sample.route, sample.status, sample.instance)).collect();
+    let seen: Vec<_> =
+        samples.iter().map(|sample| (sample.labels.route.as_str(), sample.status, sample.instance)).collect();
     let expected: Vec<_> = cases.iter().map(|&(_, route, status, instance)| (route, status, instance)).collect();
     assert_eq!(seen, expected);
 }

@@ -132,8 +132,8 @@ impl<'a> Checked<'a> {
     fn view(&mut self, sample: &'a pake_gateway::samples::RequestSample) -> Option<pake_performance::SampleRef<'a>> {
         use pake_performance_server::types;
         sample.method.as_str().parse::<types::HttpMethod>().ok()?;
-        let service = &*sample.service;
-        let route = &*sample.route;
+        let service = sample.labels.service.as_str();
+        let route = sample.labels.route.as_str();
         if !*self.services.entry(service).or_insert_with(|| service.parse::<types::ServiceName>().is_ok()) {
             return None;
         }
@@ -223,8 +223,7 @@ mod tests {
     fn a_sample_carries_the_instance_that_answered_as_the_contract_s_instance_id() {
         let instance = uuid::Uuid::new_v4();
         let sample = |instance| RequestSample {
-            service: "search".into(),
-            route: "/search".into(),
+            labels: pake_gateway::samples::SampleLabels::new("search", "/search"),
             method: axum::http::Method::GET,
             status: 200,
             latency: Duration::from_millis(3),
