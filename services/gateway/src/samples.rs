@@ -13,12 +13,11 @@
 //! so they feed alike.
 
 use axum::http::Method;
+use pake_observe::shards::Sharded;
 use prometheus_client::metrics::counter::Counter;
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Samples one shard holds between two deliveries, at most; beyond, new ones are dropped.
@@ -68,26 +67,8 @@ pub trait SampleSink: std::fmt::Debug + Send + Sync + 'static {
 /// The data plane's end of the feed.
 #[derive(Clone)]
 pub struct SampleFeed {
-    shards: Arc<Shards>,
+    shards: Arc<Sharded<RequestSample>>,
     dropped: Counter,
-}
-
-/// One buffer per data-plane thread (as many as the machine has cores, at most 64).
-struct Shards {
-    buffers: Box<[Shard]>,
-}
-
-/// A shard's buffer, on a cache line of its own so that threads recording into
-/// neighbouring shards do not contend.
-#[repr(align(128))]
-struct Shard(Mutex<Vec<RequestSample>>);
-
-/// Gives each thread that records a shard number, in turn.
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's shard number (modulo a feed's shard count); taken at its first sample.
-    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 impl std::fmt::Debug for SampleFeed {
@@ -103,8 +84,7 @@ impl SampleFeed {
         sink: Arc<dyn SampleSink>,
         metrics: &pake_observe::Metrics,
     ) -> (SampleFeed, tokio::task::JoinHandle<()>) {
-        let count = std::thread::available_parallelism().map_or(4, usize::from).clamp(1, 64);
-        let shards = Arc::new(Shards { buffers: (0..count).map(|_| Shard(Mutex::new(Vec::new()))).collect() });
+        let shards = Arc::new(Sharded::new(QUEUE));
         let [dropped, delivered, failed] = [Counter::default(), Counter::default(), Counter::default()];
         metrics.register(
             "samples_dropped",
@@ -127,20 +107,7 @@ impl SampleFeed {
 
     /// Records one sample, or counts it dropped: never waits on another thread.
     pub fn record(&self, sample: RequestSample) {
-        let buffers = &self.shards.buffers;
-        let index = SHARD.with(|shard| match shard.get() {
-            Some(index) => index,
-            None => {
-                let index = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
-                shard.set(Some(index));
-                index
-            }
-        }) % buffers.len();
-        let mut buffer = buffers[index].0.lock().unwrap_or_else(PoisonError::into_inner);
-        if buffer.len() < QUEUE {
-            buffer.push(sample);
-        } else {
-            drop(buffer);
+        if self.shards.push(sample).is_err() {
             self.dropped.inc();
         }
     }
@@ -148,7 +115,7 @@ impl SampleFeed {
 
 /// Once a tick, every shard's samples as one batch to `sink`; ends once every
 /// [`SampleFeed`] is gone, after delivering what they recorded.
-async fn drain(shards: Arc<Shards>, sink: Arc<dyn SampleSink>, delivered: Counter, failed: Counter) {
+async fn drain(shards: Arc<Sharded<RequestSample>>, sink: Arc<dyn SampleSink>, delivered: Counter, failed: Counter) {
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -170,28 +137,6 @@ async fn drain(shards: Arc<Shards>, sink: Arc<dyn SampleSink>, delivered: Counte
         if gone {
             return;
         }
-    }
-}
-
-impl Shards {
-    /// Every shard's samples, leaving each with room for as many as it held.
-    fn take(&self) -> Vec<RequestSample> {
-        let mut batch = Vec::new();
-        for shard in &self.buffers {
-            let mut buffer = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
-            let held = buffer.len();
-            if held == 0 {
-                continue;
-            }
-            let taken = std::mem::replace(&mut *buffer, Vec::with_capacity(held));
-            drop(buffer);
-            if batch.is_empty() {
-                batch = taken;
-            } else {
-                batch.extend(taken);
-            }
-        }
-        batch
     }
 }
 

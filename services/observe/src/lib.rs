@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+pub mod shards;
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
