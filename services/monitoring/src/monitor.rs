@@ -91,6 +91,16 @@ impl RuleEntry {
     }
 }
 
+/// When a rule due at `due`, evaluated at `at`, is due next: on its own schedule, one
+/// interval after `due`, not one interval after whenever the tick that evaluated it ran
+/// (which would add up to a tick to every interval: a 1 s rule evaluated every 1.25 s half
+/// of the time); a rule that fell a whole interval behind (a stalled process) starts over
+/// from `at`.
+fn next_due(due: Instant, every: Duration, at: Instant) -> Instant {
+    let next = due + every;
+    if next <= at { at + every } else { next }
+}
+
 #[derive(Default)]
 pub struct State {
     pub rules: BTreeMap<Uuid, RuleEntry>,
@@ -659,7 +669,8 @@ impl Core {
                 .iter_mut()
                 .filter(|(_, entry)| entry.next_due <= at)
                 .map(|(id, entry)| {
-                    entry.next_due = at + Duration::from_secs(entry.record.spec.evaluation_interval_seconds.max(1));
+                    let every = Duration::from_secs(entry.record.spec.evaluation_interval_seconds.max(1));
+                    entry.next_due = next_due(entry.next_due, every, at);
                     (*id, entry.record.clone(), entry.matchers.clone())
                 })
                 .collect()
@@ -1125,5 +1136,31 @@ fn active_from(alert: &AlertRecord) -> rules::ActiveAlert {
         fired_at: alert.fired_at.map(millis),
         resolved_at: alert.resolved_at.map(millis),
         fingerprint: alert.fingerprint.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_keeps_its_own_schedule_whenever_its_tick_ran() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        // Due at 0 s, evaluated by a tick that ran 10 ms late: due again at 1 s, so the tick
+        // at 1 s (even one that runs 5 ms early of 1.01 s) evaluates it.
+        let due = next_due(start, second, start + Duration::from_millis(10));
+        assert_eq!(due, start + second);
+        assert!(due <= start + Duration::from_millis(1005));
+        // Over many rounds, never drifting by the ticks' lateness.
+        let mut due = start;
+        for round in 1..=100u32 {
+            let ran = due + Duration::from_millis(u64::from(round % 7) * 20);
+            due = next_due(due, second, ran);
+            assert_eq!(due, start + second * round);
+        }
+        // A rule a whole interval behind starts over from when it ran.
+        let late = start + Duration::from_secs(5);
+        assert_eq!(next_due(start, second, late), late + second);
     }
 }
