@@ -3,8 +3,8 @@
 //!
 //! Services record spans with the OpenTelemetry API through the tracer
 //! [`Telemetry::tracer`] gives them (one per service name, all feeding the same pipeline).
-//! A finished span the sampler kept is put in its thread's bounded buffer without waiting
-//! (a full buffer drops it, counted); one task takes the buffers in batches to the OTLP/HTTP
+//! A finished span the sampler kept is put on a bounded queue without waiting (a full
+//! queue drops it, counted); one task drains the queue in batches to the OTLP/HTTP
 //! collector at `PAKE_OTLP_ENDPOINT` when set and to every [`SpanSink`] registered (the
 //! monitoring service's trace store).
 //!
@@ -29,7 +29,6 @@ use opentelemetry::Context;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanProcessor};
-use pake_observe::shards::Sharded;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::future::Future;
@@ -50,8 +49,7 @@ pub struct TraceConfig {
     pub sample_ratio: f64,
     /// A local trace whose root takes longer than this is exported even when not sampled.
     pub slow: Duration,
-    /// Finished spans waiting for export per thread that ends spans; beyond it they are
-    /// dropped (counted).
+    /// Finished spans waiting for export; beyond it they are dropped (counted).
     pub queue_capacity: usize,
     /// Unsampled spans held for the tail rule; beyond it they are dropped (counted).
     pub tail_capacity: usize,
@@ -137,38 +135,41 @@ pub trait SpanSink: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
+/// What the queue carries: spans, and flush requests answered once everything before them
+/// has been handed on. Spans travel unboxed: one allocation fewer per span, and flushes
+/// are rare.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Span(FinishedSpan),
+    Flush(oneshot::Sender<()>),
+}
+
 /// The parts every service's processor shares.
 #[derive(Debug)]
 struct Shared {
-    /// Finished spans waiting for the export task, in per-thread buffers
-    /// ([`pake_observe::shards`]): ending a span writes nothing other threads write.
-    spans: Arc<Sharded<FinishedSpan>>,
-    /// Flush requests, answered by the export task once everything before them is handed
-    /// on; the send fails once the task is gone.
-    flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    queue: mpsc::Sender<Item>,
     /// Wakes the export task early: a batch's worth of spans is waiting, or a flush.
     wake: Arc<tokio::sync::Notify>,
-    batch_size: usize,
+    /// The queue's free room at or below which a batch's worth is waiting.
+    full_batch_below: usize,
     tail: tail::Tail,
     dropped: Counter,
 }
 
 impl Shared {
-    /// Buffers a span without waiting. The export task is not woken for each span (a
+    /// Queues a span without waiting. The export task is not woken for each span (a
     /// wake-up per span, on another thread, would cost more than the span): it wakes every
-    /// batch delay, or when a thread has buffered a batch's worth.
+    /// batch delay, or when a batch's worth is waiting.
     fn push(&self, service: &Arc<str>, span: SpanData) {
-        match self.spans.push(FinishedSpan { service: service.clone(), span }) {
-            Err(_) => {
-                self.dropped.inc();
-            }
-            Ok(held) if held == self.batch_size => self.wake.notify_one(),
-            Ok(_) => {}
+        if self.queue.try_send(Item::Span(FinishedSpan { service: service.clone(), span })).is_err() {
+            self.dropped.inc();
+        } else if self.queue.capacity() <= self.full_batch_below {
+            self.wake.notify_one();
         }
     }
 }
 
-/// The span processor of one service's provider: sampled spans to the buffers, others to
+/// The span processor of one service's provider: sampled spans to the queue, others to
 /// the tail rule.
 #[derive(Debug)]
 struct Processor {
@@ -255,22 +256,20 @@ impl Telemetry {
             Some(base) => Some(Otlp::new(base)?),
             None => None,
         };
-        let spans = Arc::new(Sharded::new(config.queue_capacity.max(1)));
-        let (flushes, flush_requests) = mpsc::unbounded_channel();
+        let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let counters = Counters { dropped: dropped.clone(), exported: exported.clone(), failures: failures.clone() };
+        let capacity = config.queue_capacity.max(1);
         let batch_size = config.batch_size.max(1);
         let shared = Arc::new(Shared {
-            spans: spans.clone(),
-            flushes,
+            queue,
             wake: Arc::default(),
-            batch_size,
+            full_batch_below: capacity.saturating_sub(batch_size),
             tail: tail::Tail::new(config.slow, config.tail_capacity),
             dropped,
         });
         let sinks: Sinks = Arc::default();
         let drain = Drain {
-            spans,
-            flush_requests,
+            receiver,
             wake: shared.wake.clone(),
             sinks: sinks.clone(),
             otlp,
@@ -299,7 +298,7 @@ impl Telemetry {
         let counters = &self.inner.counters;
         metrics.register(
             "trace_spans_dropped",
-            "Finished spans dropped for want of room in the export buffers or the tail-sampling buffer",
+            "Finished spans dropped for want of room in the export queue or the tail-sampling buffer",
             counters.dropped.clone(),
         );
         metrics.register(
@@ -357,18 +356,17 @@ impl Telemetry {
     /// Waits until every span that ended before the call has been handed on.
     pub async fn flush(&self) {
         let (done, delivered) = oneshot::channel();
-        if self.inner.shared.flushes.send(done).is_ok() {
+        if self.inner.shared.queue.send(Item::Flush(done)).await.is_ok() {
             self.inner.shared.wake.notify_one();
             let _ = delivered.await;
         }
     }
 }
 
-/// The task that takes the buffered spans and hands them on.
+/// The task that drains the queue.
 struct Drain {
-    /// Shared with [`Shared`]: once only this task holds it, no span will come.
-    spans: Arc<Sharded<FinishedSpan>>,
-    flush_requests: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    receiver: mpsc::Receiver<Item>,
+    /// Not the queue's sender: the task ends once every sender is gone.
     wake: Arc<tokio::sync::Notify>,
     sinks: Sinks,
     otlp: Option<Otlp>,
@@ -380,39 +378,41 @@ struct Drain {
 
 impl Drain {
     /// Wakes every batch delay, or when woken early ([`Shared::push`], a flush), and hands
-    /// on everything buffered, a batch at a time; ends, after handing on what was left,
-    /// once every [`Shared`] is gone.
+    /// on everything queued, a batch at a time; ends when every sender is gone.
     async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut waiting = Vec::new();
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.batch_delay) => {}
             }
-            let gone = Arc::strong_count(&self.spans) == 1;
-            // Taken before the spans: a flush answers for every span that ended before it.
-            let mut waiting = Vec::new();
-            while let Ok(done) = self.flush_requests.try_recv() {
-                waiting.push(done);
-            }
-            for mut spans in self.spans.take_shards() {
-                if spans.len() <= self.batch_size {
-                    self.hand_on(&mut spans).await;
-                    continue;
-                }
-                let mut spans = spans.into_iter();
-                loop {
-                    let mut batch: Vec<FinishedSpan> = spans.by_ref().take(self.batch_size).collect();
-                    if batch.is_empty() {
-                        break;
+            loop {
+                let mut open = true;
+                while batch.len() < self.batch_size {
+                    match self.receiver.try_recv() {
+                        Ok(Item::Span(span)) => batch.push(span),
+                        Ok(Item::Flush(done)) => waiting.push(done),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
                     }
+                }
+                let full = batch.len() >= self.batch_size;
+                if !batch.is_empty() {
                     self.hand_on(&mut batch).await;
                 }
-            }
-            for done in waiting {
-                let _ = done.send(());
-            }
-            if gone {
-                return;
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+                if !open {
+                    return;
+                }
+                if !full {
+                    break;
+                }
             }
         }
     }
