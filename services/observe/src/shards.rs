@@ -1,8 +1,13 @@
-//! Per-thread buffers for what the request path hands to a background task (request
-//! samples, finished spans): each thread pushes into a shard of its own, behind a lock no
-//! other request thread takes while there are at most as many threads as shards, so that
-//! the request path writes no cache line that every thread writes (as a shared channel's
+//! Per-thread buffers for what the request path hands to a background task (the gateway's
+//! request samples): each thread pushes into a shard of its own, behind a lock no other
+//! request thread takes while there are at most as many threads as shards, so that the
+//! request path writes no cache line that every thread writes (as a shared channel's
 //! semaphore and tail are). The task takes every shard's contents at once.
+//!
+//! For small items. A shard is one growing `Vec`, so its growth moves what it holds on the
+//! thread that pushes: measured with finished spans (several hundred bytes each) in the
+//! traced gateway benchmark, that cost more than a shared channel's linked blocks, and
+//! spans stay on the channel.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
