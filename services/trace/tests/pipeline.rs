@@ -138,3 +138,36 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(dropped >= 990, "{dropped} dropped: {text}");
 }
+
+#[tokio::test]
+async fn a_flush_hands_on_the_spans_every_thread_ended_before_it() {
+    // No network destination and a drain that would otherwise wait long: only the flush
+    // (and a thread's full batch) wakes it.
+    let config = TraceConfig { batch_delay: Duration::from_secs(30), batch_size: 64, ..TraceConfig::default() };
+    let telemetry = Telemetry::start(config).unwrap();
+    let sink = Arc::new(Collect::default());
+    telemetry.add_sink(sink.clone());
+    let tracer = telemetry.tracer("gateway");
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let tracer = &tracer;
+            scope.spawn(move || {
+                for n in 0..100 {
+                    tracer.span_builder(format!("t{thread}-{n}")).start(tracer).end();
+                }
+            });
+        }
+    });
+    telemetry.flush().await;
+    let spans = sink.0.lock().unwrap();
+    assert_eq!(spans.len(), 400, "every span ended before the flush was handed on");
+    for thread in 0..4 {
+        let mine: Vec<&str> = spans
+            .iter()
+            .map(|s| s.span.name.as_ref())
+            .filter(|name| name.starts_with(&format!("t{thread}-")))
+            .collect();
+        let expected: Vec<String> = (0..100).map(|n| format!("t{thread}-{n}")).collect();
+        assert_eq!(mine, expected, "a thread's spans keep their order");
+    }
+}
