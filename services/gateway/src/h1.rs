@@ -408,7 +408,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let arrival = || Arrival { method: &method, path, host, client: Some(caller.client), tracestate };
     if let Err(refused) = proxy::check_host(axum::http::Version::HTTP_11, hosts) {
         let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
-        let refused = spans.check("request", Err::<(), _>(refused)).unwrap_err();
+        let refused = spans.refusal("request", refused);
         spans.end(refused.status());
         return finish(write_response(conn, refused.into_response(), true).await, true);
     }
@@ -416,8 +416,8 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let located = match proxy::locate(&table, &method, normal) {
         Ok(located) => located,
         Err(refused) => {
-            let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
-            let refused = spans.located(Err(refused)).err().expect("a refusal stays one");
+            let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
+            let refused = spans.unrouted(refused);
             spans.end(refused.status());
             return finish(write_response(conn, refused.into_response(), close).await, close);
         }

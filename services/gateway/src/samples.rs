@@ -1,16 +1,12 @@
 //! The gateway's own request timings, fed to the performance service (its SLOs, statistics
 //! and auto-scaling read them) without slowing the data plane.
 //!
-//! A request's end records one sample into its thread's shard of the feed: a buffer
-//! behind a lock no other data-plane thread takes (each thread has a shard of its own
-//! while there are at most as many threads as shards), never awaited; a shard holding a
-//! second's worth ([`QUEUE`]) drops further samples and counts them
-//! (`pake_gateway_samples_dropped_total`). Unlike a channel shared by every thread, this
-//! puts no cache line that all threads write on the request path. A task takes every
-//! shard's samples once a second and hands them, as one batch, to a [`SampleSink`]: the
-//! performance service itself when it runs in the same process, or whatever else `pake
-//! serve` wires in. Both HTTP paths record through [`crate::proxy::RouteMetrics::record`],
-//! so they feed alike.
+//! A request's end records one sample into its thread's buffer ([`pake_observe::shards`]),
+//! never awaited; a buffer holding a second's worth ([`QUEUE`]) drops further samples and
+//! counts them (`pake_gateway_samples_dropped_total`). A task takes every buffer once a
+//! second and hands the samples, as one batch, to a [`SampleSink`]: the performance service
+//! itself when it runs in the same process, or whatever else `pake serve` wires in. Both
+//! HTTP paths record through [`crate::proxy::RouteMetrics::record`], so they feed alike.
 
 use axum::http::Method;
 use pake_observe::shards::Sharded;

@@ -137,10 +137,13 @@ impl<'p> RequestSpans<'p> {
         stage: &'static str,
         checked: Result<T, pake_api_runtime::ApiError>,
     ) -> Result<T, pake_api_runtime::ApiError> {
-        checked.map_err(|refused| {
-            self.refused(stage, refused.code());
-            self.stamped(refused)
-        })
+        checked.map_err(|refused| self.refusal(stage, refused))
+    }
+
+    /// Records `refused` as the request's refusal at `stage`; it comes back naming the trace.
+    pub fn refusal(&self, stage: &'static str, refused: pake_api_runtime::ApiError) -> pake_api_runtime::ApiError {
+        self.refused(stage, refused.code());
+        self.stamped(refused)
     }
 
     /// `refused`, naming the request's trace when it is traced.
@@ -162,20 +165,21 @@ impl<'p> RequestSpans<'p> {
                 self.route(found.route);
                 Ok(found)
             }
-            Err(mut refused) => {
-                self.refused("route", refused.error.code());
-                refused.error = self.stamped(refused.error);
-                Err(refused)
-            }
+            Err(refused) => Err(self.unrouted(refused)),
         }
+    }
+
+    /// No route took the request: `refused` is recorded, and comes back naming the trace.
+    pub fn unrouted(&self, mut refused: Box<Refused>) -> Box<Refused> {
+        refused.error = self.refusal("route", refused.error);
+        refused
     }
 
     /// Passes on a rate limit's verdict, recording a refusal (whose error body names the
     /// trace).
     pub fn rate_limited<T>(&self, limited: Result<T, Refused>) -> Result<T, Refused> {
         limited.map_err(|mut refused| {
-            self.refused("rate_limit", refused.error.code());
-            refused.error = self.stamped(refused.error);
+            refused.error = self.refusal("rate_limit", refused.error);
             refused
         })
     }

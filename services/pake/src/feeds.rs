@@ -25,7 +25,7 @@ impl pake_gateway::samples::SampleSink for InProcessSamples {
             // The samples as ingestion reads them, checked as the contract's batch would
             // be, without building that batch.
             let mut checked = Checked::default();
-            let views = samples.iter().filter_map(|sample| checked.view(sample));
+            let views = samples.iter().filter_map(|sample| checked.view(sample).map(|(view, _)| view));
             performance.ingest_samples(views).await.map(drop).map_err(|error| error.to_string())
         })
     }
@@ -116,54 +116,55 @@ impl pake_gateway::samples::SampleSink for RemoteSamples {
     }
 }
 
-/// Which of a batch's names the performance contract accepts: a batch names few services
-/// and routes many times, so each is checked against the contract's pattern once per
-/// batch, not once per sample.
+/// A batch's names as the performance contract's types: a batch names few services and
+/// routes many times, so each is checked against the contract's pattern once per batch,
+/// not once per sample (none: outside the pattern).
 #[derive(Default)]
 struct Checked<'a> {
-    services: std::collections::HashMap<&'a str, bool>,
-    routes: std::collections::HashMap<&'a str, bool>,
+    services: std::collections::HashMap<&'a str, Option<pake_performance_server::types::ServiceName>>,
+    routes: std::collections::HashMap<&'a str, Option<pake_performance_server::types::RoutePath>>,
 }
 
 impl<'a> Checked<'a> {
-    /// `sample` as ingestion reads it; none when the contract cannot carry it (a method it
-    /// does not list, a service name outside its pattern). A route outside the pattern is
-    /// left out of the sample.
-    fn view(&mut self, sample: &'a pake_gateway::samples::RequestSample) -> Option<pake_performance::SampleRef<'a>> {
-        use pake_performance_server::types;
-        sample.method.as_str().parse::<types::HttpMethod>().ok()?;
+    /// `sample` as ingestion reads it, with its method; none when the contract cannot carry
+    /// it (a method it does not list, a service name outside its pattern). A route outside
+    /// the pattern is left out of the sample.
+    fn view(
+        &mut self,
+        sample: &'a pake_gateway::samples::RequestSample,
+    ) -> Option<(pake_performance::SampleRef<'a>, pake_performance_server::types::HttpMethod)> {
+        let method = sample.method.as_str().parse().ok()?;
         let service = sample.labels.service.as_str();
         let route = sample.labels.route.as_str();
-        if !*self.services.entry(service).or_insert_with(|| service.parse::<types::ServiceName>().is_ok()) {
-            return None;
-        }
-        let route_ok = *self.routes.entry(route).or_insert_with(|| route.parse::<types::RoutePath>().is_ok());
+        self.services.entry(service).or_insert_with(|| service.parse().ok()).as_ref()?;
+        let route_ok = self.routes.entry(route).or_insert_with(|| route.parse().ok()).is_some();
         let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
-        Some(pake_performance::SampleRef {
+        let view = pake_performance::SampleRef {
             service,
             route: if route_ok { route } else { "" },
             status: i64::from(sample.status),
             latency_ms: sample.latency.as_secs_f64() * 1000.0,
             at_ms: chrono::DateTime::<chrono::Utc>::from(received).timestamp_millis(),
-        })
+        };
+        Some((view, method))
     }
 }
 
 /// The gateway's samples as the performance contract's batch: what [`Checked::view`]
-/// keeps, with the method and the instance that answered.
+/// keeps, with the instance that answered.
 pub fn sample_batch(samples: &[pake_gateway::samples::RequestSample]) -> pake_performance_server::types::SampleBatch {
     use pake_performance_server::types;
     let mut checked = Checked::default();
     let samples = samples
         .iter()
         .filter_map(|sample| {
-            let view = checked.view(sample)?;
+            let (view, method) = checked.view(sample)?;
             Some(types::Sample {
                 instance_id: sample.instance.and_then(|id| types::SampleInstanceId::try_from(id.to_string()).ok()),
                 latency_ms: view.latency_ms,
-                method: sample.method.as_str().parse().ok()?,
-                route: (!view.route.is_empty()).then(|| view.route.parse().ok()).flatten(),
-                service: view.service.parse().ok()?,
+                method,
+                route: checked.routes.get(view.route).cloned().flatten(),
+                service: checked.services.get(view.service).cloned().flatten()?,
                 status: view.status,
                 timestamp: chrono::DateTime::from_timestamp_millis(view.at_ms)?,
             })
