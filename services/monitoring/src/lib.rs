@@ -17,6 +17,7 @@
 //! itself, and a push or a batch of spans reaches only the replica it is sent to).
 
 pub mod api;
+pub mod chunks;
 pub mod cursor;
 pub mod exposition;
 pub mod forward;

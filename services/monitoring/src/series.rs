@@ -17,13 +17,15 @@
 //! those of the values a matcher that also accepts a missing label refuses, so that a
 //! rule touches only the series it selects.
 
+pub use crate::chunks::Point;
+use crate::chunks::{Bounds, Points};
 use crate::exposition::{Exposition, Kind};
 use crate::labels::{self, LabelSet, Matcher};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -58,14 +60,6 @@ pub struct SeriesKey {
     pub labels: LabelSet,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
-    pub t: i64,
-    pub v: f64,
-    /// A stale marker: the series ended here.
-    pub stale: bool,
-}
-
 #[derive(Debug, Clone)]
 pub struct Series {
     /// When the series was created, counting from the store's first: the order
@@ -78,7 +72,8 @@ pub struct Series {
     /// Derived series (`_sum`, `_count` of a histogram or summary): evaluated by rules,
     /// listed as part of their family's series instead of on their own.
     pub hidden: bool,
-    pub points: VecDeque<Point>,
+    /// The samples, compressed (see [`crate::chunks`]).
+    pub points: Points,
     pub sum: Option<f64>,
     pub buckets: Vec<(f64, f64)>,
     pub quantiles: Vec<(f64, f64)>,
@@ -92,7 +87,7 @@ impl Series {
             help: help.chars().take(1024).collect(),
             source: source.to_string(),
             hidden,
-            points: VecDeque::new(),
+            points: Points::default(),
             sum: None,
             buckets: Vec::new(),
             quantiles: Vec::new(),
@@ -100,57 +95,25 @@ impl Series {
     }
 
     /// The latest point (marker or value).
-    pub fn last(&self) -> Option<&Point> {
-        self.points.back()
+    pub fn last(&self) -> Option<Point> {
+        self.points.last()
     }
 
     /// The value an instant query at `t` sees: the latest point at or before `t` within the
     /// lookback, unless it is a stale marker.
     pub fn value_at(&self, t: i64) -> Option<f64> {
-        let point = self.points.iter().rev().find(|p| p.t <= t)?;
+        let point = self.points.at_or_before(t)?;
         (!point.stale && point.t > t - LOOKBACK_MS).then_some(point.v)
     }
 
     /// The values in `(start, end]`, stale markers left out.
     pub fn range(&self, start: i64, end: i64) -> Vec<(i64, f64)> {
-        // Points are ordered by time: find the window's edges by bisection.
-        let first = self.points.partition_point(|p| p.t <= start);
-        let last = self.points.partition_point(|p| p.t <= end);
-        self.points.range(first..last.max(first)).filter(|p| !p.stale).map(|p| (p.t, p.v)).collect()
+        self.points.range(start, end).filter(|p| !p.stale).map(|p| (p.t, p.v)).collect()
     }
 
     fn insert(&mut self, point: Point, limits: &Limits) {
-        match self.points.back() {
-            Some(last) if last.t == point.t => *self.points.back_mut().expect("a last point") = point,
-            Some(last) if last.t > point.t => {
-                let at = self.points.partition_point(|p| p.t < point.t);
-                if self.points.get(at).is_some_and(|p| p.t == point.t) {
-                    self.points[at] = point;
-                } else {
-                    self.points.insert(at, point);
-                }
-            }
-            _ => {
-                // A full series drops its oldest point first, and grows by doubling
-                // but never past the bound: it holds `max_samples_per_series` points,
-                // not the next power of two.
-                if self.points.len() >= limits.max_samples_per_series {
-                    self.points.pop_front();
-                }
-                if self.points.len() == self.points.capacity() {
-                    let room = limits.max_samples_per_series.saturating_sub(self.points.len()).max(1);
-                    self.points.reserve_exact(self.points.len().max(4).min(room));
-                }
-                self.points.push_back(point)
-            }
-        }
-        while self.points.len() > limits.max_samples_per_series {
-            self.points.pop_front();
-        }
-        let horizon = self.points.back().map(|p| p.t - limits.retention_ms).unwrap_or(i64::MIN);
-        while self.points.front().is_some_and(|p| p.t < horizon) {
-            self.points.pop_front();
-        }
+        let bounds = Bounds { max_samples: limits.max_samples_per_series, retention_ms: limits.retention_ms };
+        self.points.insert(point, &bounds);
     }
 }
 
@@ -165,7 +128,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         // 100,000 series of at most 720 points (an hour at the 5 s scrape interval): at 24
-        // bytes a point, under 2 GiB in the worst case.
+        // bytes a point uncompressed (values that change every bit, timestamps at random),
+        // under 2 GiB in the worst case; a steady scrape takes a few bits a point.
         Limits { max_series: 100_000, max_samples_per_series: 720, retention_ms: 3_600_000 }
     }
 }
@@ -564,7 +528,7 @@ impl SeriesStore {
             match inner.get(&key) {
                 Some(series) => {
                     if sample.kind == MetricType::Counter
-                        && let Some(last) = series.points.iter().rev().find(|p| !p.stale)
+                        && let Some(last) = series.points.last_value()
                         && sample.value < last.v
                     {
                         return Err(PushError::Invalid {
@@ -834,7 +798,11 @@ impl SeriesStore {
             })
             .filter(|(key, _)| labels::all_match(&filter.matchers, &key.labels))
             .filter_map(|(key, series)| {
-                let point = series.points.iter().rev().find(|p| !p.stale && p.v.is_finite())?;
+                let point = series
+                    .points
+                    .last_value()
+                    .filter(|p| p.v.is_finite())
+                    .or_else(|| series.points.iter().filter(|p| !p.stale && p.v.is_finite()).last())?;
                 Some(SeriesView {
                     key: SeriesKey::clone(key),
                     kind: series.kind,
@@ -1095,8 +1063,7 @@ mod tests {
             series.insert(Point { t, v: t as f64, stale: false }, &limits);
         }
         assert_eq!(series.points.len(), 720);
-        assert_eq!(series.points.capacity(), 720);
-        assert_eq!(series.points.front().map(|p| p.t), Some(280));
+        assert_eq!(series.points.iter().next().map(|p| p.t), Some(280));
     }
 
     #[test]
