@@ -153,6 +153,10 @@ pub struct AlertRecord {
     /// resolved. Kept in its own column, not in the document.
     #[serde(skip)]
     pub notified_resolved: bool,
+    /// The receivers a resolved notification still on its way is owed to: what a replica
+    /// taking over sends it to when the alert's rule is gone (deleted meanwhile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owed_to: Vec<Uuid>,
 }
 
 pub fn millis(t: DateTime<Utc>) -> i64 {

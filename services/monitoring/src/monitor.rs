@@ -115,6 +115,9 @@ pub struct State {
     pub in_flight: HashMap<Uuid, usize>,
     /// The same for resolved alerts whose resolved notification is on its way.
     pub in_flight_resolved: HashMap<Uuid, usize>,
+    /// Whether the resolved notifications owed for alerts of deleted rules have been
+    /// queued since this state was read from the store.
+    pub orphans_queued: bool,
 }
 
 impl State {
@@ -546,6 +549,7 @@ impl Core {
             auto_healed_instance_id: None,
             notified_firing: true,
             notified_resolved: true,
+            owed_to: Vec::new(),
         };
         let body = notify::payload(&receiver.name, Uuid::nil(), "pake-test", &[alert], &self.external_url);
         Ok(notify::attempt(&self.client, &receiver, &body, self.loopback_only).await)
@@ -718,6 +722,7 @@ impl Core {
             // now, and ones restored after a restart.
             self.renotify(&mut state, id, t, &mut writer, &mut notifications);
         }
+        self.renotify_orphans(&mut self.state(), t, &mut writer, &mut notifications);
         self.flush(&mut writer).await;
         drop(writer);
         self.dispatch(notifications);
@@ -768,6 +773,7 @@ impl Core {
                         fingerprint: active.fingerprint.clone(),
                         notified_firing: false,
                         notified_resolved: false,
+                        owed_to: Vec::new(),
                     };
                     self.metrics.alerts.get_or_create(&vec![("state".into(), "pending".into())]).inc();
                     writer.alerts.insert(id, record.clone());
@@ -811,7 +817,7 @@ impl Core {
                 }
             }
         }
-        self.queue_resolved(state, rule_id, &spec, &resolved, t, writer, notifications);
+        self.queue_resolved(state, rule_id, &spec.name, &spec.receivers, &resolved, t, writer, notifications);
     }
 
     /// Queues the resolved notification of the rule's resolved alerts `due`, for the receivers
@@ -823,7 +829,8 @@ impl Core {
         &self,
         state: &mut State,
         rule_id: Uuid,
-        spec: &RuleSpec,
+        rule_name: &str,
+        wanted: &[Uuid],
         due: &[Uuid],
         t: DateTime<Utc>,
         writer: &mut Unwritten,
@@ -832,8 +839,7 @@ impl Core {
         if due.is_empty() {
             return;
         }
-        let receivers: Vec<Uuid> = spec
-            .receivers
+        let receivers: Vec<Uuid> = wanted
             .iter()
             .filter(|r| state.receivers.get(r).is_some_and(|(rec, _)| rec.send_resolved))
             .copied()
@@ -845,6 +851,7 @@ impl Core {
             };
             let Some(record) = state.alerts.get_mut(&id) else { continue };
             record.notified_resolved = receivers.is_empty() || silenced;
+            record.owed_to = if record.notified_resolved { Vec::new() } else { receivers.clone() };
             writer.alerts.insert(id, record.clone());
             if !record.notified_resolved {
                 alerts.push(record.clone());
@@ -861,11 +868,42 @@ impl Core {
             notifications.push(Notification {
                 receiver_id,
                 rule_id,
-                rule_name: spec.name.clone(),
+                rule_name: rule_name.to_string(),
                 alerts: alerts.clone(),
                 announces: Vec::new(),
                 resolves: resolves.clone(),
             });
+        }
+    }
+
+    /// Queues, once per state read from the store, the resolved notifications still owed
+    /// for alerts whose rule was deleted before they were delivered (a leader that stopped
+    /// meanwhile left them so): to the receivers they were owed to, as the rule named them.
+    fn renotify_orphans(
+        &self,
+        state: &mut State,
+        t: DateTime<Utc>,
+        writer: &mut Unwritten,
+        notifications: &mut Vec<Notification>,
+    ) {
+        if std::mem::replace(&mut state.orphans_queued, true) {
+            return;
+        }
+        let mut owed: BTreeMap<Uuid, (String, Vec<Uuid>, Vec<Uuid>)> = BTreeMap::new();
+        for alert in state.alerts.values() {
+            if alert.state == AlertState::Resolved
+                && !alert.notified_resolved
+                && !state.rules.contains_key(&alert.rule_id)
+                && !state.in_flight_resolved.contains_key(&alert.id)
+            {
+                let (_, receivers, due) =
+                    owed.entry(alert.rule_id).or_insert_with(|| (alert.rule_name.clone(), Vec::new(), Vec::new()));
+                receivers.extend(alert.owed_to.iter().filter(|r| !receivers.contains(r)).copied().collect::<Vec<_>>());
+                due.push(alert.id);
+            }
+        }
+        for (rule_id, (rule_name, receivers, due)) in owed {
+            self.queue_resolved(state, rule_id, &rule_name, &receivers, &due, t, writer, notifications);
         }
     }
 
@@ -892,7 +930,7 @@ impl Core {
                 state.alerts.get(id).is_some_and(|r| !r.notified_resolved) && !state.in_flight_resolved.contains_key(id)
             })
             .collect();
-        self.queue_resolved(state, rule_id, &spec, &resolved, t, writer, notifications);
+        self.queue_resolved(state, rule_id, &spec.name, &spec.receivers, &resolved, t, writer, notifications);
         let Some(entry) = state.rules.get(&rule_id) else { return };
         let ids: Vec<Uuid> =
             entry.alerts.active.values().filter(|a| a.state == AlertState::Firing).map(|a| a.id).collect();
@@ -1009,6 +1047,7 @@ impl Core {
                     if let Some(record) = state.alerts.get_mut(id) {
                         if resolved {
                             record.notified_resolved = true;
+                            record.owed_to.clear();
                         } else {
                             record.notified_firing = true;
                         }

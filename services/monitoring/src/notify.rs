@@ -234,6 +234,7 @@ mod tests {
             fingerprint: "0123456789abcdef".into(),
             notified_firing: false,
             notified_resolved: false,
+            owed_to: Vec::new(),
         };
         let body = payload("oncall", alert.rule_id, "down", &[alert], "http://127.0.0.1:9090");
         assert_eq!(body["version"], "4");

@@ -553,6 +553,24 @@ async fn a_notification_still_on_its_way_when_the_leader_stops_is_sent_by_the_ne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolved_notification_still_on_its_way_when_the_leader_stops_is_sent_by_the_next() {
+    resolved_on_its_way_when_the_leader_stops(Resolution::ConditionEnds).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_rules_resolved_notification_still_on_its_way_when_the_leader_stops_is_sent_by_the_next() {
+    resolved_on_its_way_when_the_leader_stops(Resolution::RuleDeleted).await;
+}
+
+/// How a firing alert ends.
+#[derive(Clone, Copy)]
+enum Resolution {
+    /// Its condition stops holding.
+    ConditionEnds,
+    /// Its rule is deleted: nothing of the rule is left to say whom to tell.
+    RuleDeleted,
+}
+
+async fn resolved_on_its_way_when_the_leader_stops(resolution: Resolution) {
     let db = TestDatabase::new(Backend::Postgres).await;
     let first = start_at(&db, "http://replica-1.test").await;
     let second = start_at(&db, "http://replica-2.test").await;
@@ -594,8 +612,17 @@ async fn a_resolved_notification_still_on_its_way_when_the_leader_stops_is_sent_
     // From now on the receiver refuses the leader, so that its resolved notification stays
     // queued for retries until the leader stops.
     *refusal.external_url.lock().expect("refusal") = Some(leader.external_url.clone());
-    for service in [&leader, &survivor] {
-        service.push("queue_depth", json!({"queue": "arxiv"}), 1.0).await;
+    match resolution {
+        Resolution::ConditionEnds => {
+            for service in [&leader, &survivor] {
+                service.push("queue_depth", json!({"queue": "arxiv"}), 1.0).await;
+            }
+        }
+        Resolution::RuleDeleted => {
+            let path = format!("/api/v1/alert-rules/{}", rule["id"].as_str().unwrap_or_default());
+            let (status, body) = leader.call("DELETE", &path, None).await;
+            assert_eq!(status, 204, "{body}");
+        }
     }
     eventually(Duration::from_secs(10), || async { refusal.refused.load(Ordering::SeqCst) > 0 }).await;
     leader.stop().await;
