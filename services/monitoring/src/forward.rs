@@ -6,6 +6,11 @@
 //! answering with the leader's answer; what the leader took, the follower takes too, so
 //! that it answers `listMetrics` with it and has it when it takes over. With no leader to
 //! reach (a fail-over under way) a follower answers 503 with `Retry-After`.
+//!
+//! A push passed on is marked (`Via`, RFC 9110 §7.6.3): a follower that receives a marked
+//! push answers 503 naming the problem instead of passing it on again, so a leader address
+//! that reaches a follower (a load balancer's, say) cannot make replicas bounce a push
+//! between them.
 
 use crate::monitor::Core;
 use axum::body::Body;
@@ -19,6 +24,9 @@ use std::time::Duration;
 
 /// The operation forwarded.
 const PUSH_PATH: &str = "/api/v1/metrics/samples";
+
+/// What a replica adds to the `Via` of a push it passes on.
+const VIA: &str = "1.1 pake-monitoring";
 
 /// The most a forwarded push may carry, as the generated router takes.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -75,6 +83,17 @@ pub async fn pushes_to_leader(
     }
     let leader = leadership.leader().filter(|url| *url != leadership.own());
     let Some(leader) = leader else { return no_leader() };
+    if passed_on(request.headers()) {
+        return ApiError::unavailable(
+            format!(
+                "a push passed on by another monitoring replica reached this one, which does not lead: the \
+                 leader's recorded address {leader} reaches a follower; each replica's advertised address \
+                 (PAKE_MONITORING_ADVERTISE_URL) must reach that replica itself, not a load balancer"
+            ),
+            RETRY_AFTER,
+        )
+        .into_response();
+    }
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
@@ -87,6 +106,9 @@ pub async fn pushes_to_leader(
             forwarded = forwarded.header(name, value);
         }
     }
+    let mut via: Vec<&str> = parts.headers.get_all(header::VIA).iter().filter_map(|v| v.to_str().ok()).collect();
+    via.push(VIA);
+    forwarded = forwarded.header(header::VIA, via.join(", "));
     let answer = match forwarded.send().await {
         Ok(answer) => answer,
         Err(error) => {
@@ -113,6 +135,16 @@ pub async fn pushes_to_leader(
         let _ = next.run(Request::from_parts(parts, Body::from(body))).await;
     }
     answer
+}
+
+/// Whether a monitoring replica passed this request on already.
+fn passed_on(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.trim().eq_ignore_ascii_case(VIA))
 }
 
 fn no_leader() -> Response {

@@ -56,8 +56,12 @@ pub struct MonitorOptions {
     pub scrape: ScrapeSettings,
     /// The 32-byte key receiver header values are sealed with.
     pub sealing_key: [u8; secrets::KEY_LEN],
-    /// Where this service is reached, for links in notifications.
+    /// Where users reach this service (behind a load balancer, the balancer's address):
+    /// links in notifications.
     pub external_url: String,
+    /// Where other monitoring replicas reach this one itself, not through a load balancer:
+    /// a follower passes pushes on to the leader there.
+    pub advertise_url: String,
     /// Deliver notifications only to loopback addresses.
     pub loopback_only: bool,
     /// After a start, how long rules with open alerts wait before their first evaluation
@@ -74,6 +78,7 @@ impl MonitorOptions {
             scrape: ScrapeSettings::default(),
             sealing_key,
             external_url: "http://127.0.0.1:9090".into(),
+            advertise_url: "http://127.0.0.1:9090".into(),
             loopback_only: false,
             warm_up: std::time::Duration::from_secs(10),
             traces: TraceLimits::default(),
@@ -169,7 +174,7 @@ impl Monitor {
             )
             .await?,
         );
-        let leadership = Arc::new(forward::Leadership::new(options.external_url.clone()));
+        let leadership = Arc::new(forward::Leadership::new(options.advertise_url.clone()));
         let evaluator = {
             let core = core.clone();
             let leadership = leadership.clone();

@@ -715,3 +715,31 @@ async fn a_push_to_a_follower_reaches_the_leader_with_the_callers_token() {
     follower.stop().await;
     hook.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_address_that_reaches_a_follower_is_refused_not_looped() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let first = start(&db).await;
+    let second = start(&db).await;
+    eventually(Duration::from_secs(10), || async { leads(&first) != leads(&second) }).await;
+    let (leader, follower) = if leads(&first) { (first, second) } else { (second, first) };
+    // The leader advertises an address that reaches the follower (as a load balancer's
+    // might), spelled differently from the follower's own.
+    leader.monitor.as_ref().expect("running").serving_at(format!("{}/", follower.url));
+    let samples =
+        json!({"source": "test", "samples": [{"name": "queue_depth", "labels": {"queue": "arxiv"}, "value": 20.0}]});
+    let url = format!("{}/api/v1/metrics/samples", follower.url);
+    let answered = eventually(Duration::from_secs(10), || {
+        let pushed = follower.http.post(&url).json(&samples).send();
+        async move {
+            let answer = pushed.await.expect("the follower answers");
+            let status = answer.status();
+            let body = answer.text().await.unwrap_or_default();
+            status == 503 && body.contains("PAKE_MONITORING_ADVERTISE_URL")
+        }
+    });
+    // Within a lease check or two, not after hops that each wait for the next.
+    assert!(answered.await < Duration::from_secs(5));
+    follower.stop().await;
+    leader.stop().await;
+}

@@ -103,6 +103,15 @@ struct Config {
     /// Address of the monitoring (metrics, health, alerting) API.
     #[arg(long, env = "PAKE_MONITORING_ADDR", default_value = "127.0.0.1:9090", global = true)]
     monitoring_addr: SocketAddr,
+    /// Where other monitoring replicas reach this one itself (http://pod-ip:9090), not
+    /// through a load balancer: followers pass pushes on to the leader there. By default
+    /// http:// and the monitoring address (an unspecified IP replaced by 127.0.0.1).
+    #[arg(long, env = "PAKE_MONITORING_ADVERTISE_URL", global = true)]
+    monitoring_advertise_url: Option<String>,
+    /// Where users reach the monitoring service (a load balancer's or Service's address):
+    /// the `externalURL` and alert links of notifications. By default the advertised URL.
+    #[arg(long, env = "PAKE_MONITORING_EXTERNAL_URL", global = true)]
+    monitoring_external_url: Option<String>,
     /// A file holding the 32 bytes that seal alert receivers' header values in the store.
     /// Without it, a key is generated once into the data directory; replicas sharing a
     /// PostgreSQL store must share the key.
@@ -333,7 +342,16 @@ impl Config {
                 ("performance".into(), loopback(self.performance_addr)),
             ],
         };
-        options.external_url = format!("http://{}", self.monitoring_addr);
+        let advertised = match &self.monitoring_advertise_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => loopback(self.monitoring_addr).trim_end_matches("/metrics").to_string(),
+        };
+        options.external_url = self
+            .monitoring_external_url
+            .as_deref()
+            .map(|url| url.trim_end_matches('/').to_string())
+            .unwrap_or(advertised.clone());
+        options.advertise_url = advertised;
         Ok(options)
     }
 
