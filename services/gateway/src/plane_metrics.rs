@@ -1,7 +1,7 @@
 //! The data plane's metrics: requests and latency per route, cache lookups, failed tries
 //! and retries per service.
 
-use crate::samples::{RequestSample, SampleFeed, SampleLabels};
+use crate::samples::{SampleFeed, SampleLabels};
 use axum::http::{Method, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -63,14 +63,7 @@ impl RouteMetrics {
         self.requests[class].inc();
         self.durations[class].observe(elapsed.as_secs_f64());
         if let Some((feed, labels)) = &self.samples {
-            feed.record(RequestSample {
-                labels: labels.clone(),
-                method: method.clone(),
-                status: status.as_u16(),
-                latency: elapsed,
-                instance,
-                at: std::time::SystemTime::now(),
-            });
+            feed.record(labels, method, status.as_u16(), elapsed, instance);
         }
     }
 }

@@ -1,16 +1,25 @@
 //! The gateway's own request timings, fed to the performance service (its SLOs, statistics
 //! and auto-scaling read them) without slowing the data plane.
 //!
-//! A request's end records one sample into its thread's buffer ([`pake_observe::shards`]),
-//! never awaited; a buffer holding a second's worth ([`QUEUE`]) drops further samples and
-//! counts them (`pake_gateway_samples_dropped_total`). A task takes every buffer once a
-//! second and hands the samples, as one batch, to a [`SampleSink`]: the performance service
-//! itself when it runs in the same process, or whatever else `pake serve` wires in. Both
-//! HTTP paths record through [`crate::proxy::RouteMetrics::record`], so they feed alike.
+//! A request's end is recorded into its thread's part of the feed
+//! ([`pake_observe::shards`]), never awaited; a task takes every thread's part once a second
+//! and hands it, as one batch, to a [`SampleSink`]. What is recorded depends on the sink:
+//! - one sample per request, for a sink that sends samples on (the contract's
+//!   `ingestSamples`, over HTTP): a thread's buffer holds a second's worth ([`QUEUE`]) and
+//!   drops further samples, counting them (`pake_gateway_samples_dropped_total`);
+//! - for a sink that keeps latency sketches per route, status class and time bucket (the
+//!   performance service in this process, see [`Folding`]), each request's latency is
+//!   folded into its thread's sketch of that key at once: what the service would make of
+//!   the samples, without a sample per request to carry, hand over and take apart.
+//!
+//! Both HTTP paths record through [`crate::proxy::RouteMetrics::record`], so they feed
+//! alike.
 
 use axum::http::Method;
-use pake_observe::shards::Sharded;
+use pake_observe::shards::{PerThread, Sharded};
+use pake_observe::sketch::LatencySketch;
 use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,6 +49,23 @@ pub struct RequestSample {
     pub at: SystemTime,
 }
 
+impl RequestSample {
+    /// When the request arrived: its end less its latency.
+    pub fn received(&self) -> SystemTime {
+        self.at.checked_sub(self.latency).unwrap_or(self.at)
+    }
+
+    /// The latency in milliseconds, as samples and folded sketches carry it.
+    pub fn latency_ms(&self) -> f64 {
+        millis(self.latency)
+    }
+}
+
+/// `latency` in milliseconds (from nanoseconds: 1.003 s is 1003 ms exactly).
+fn millis(latency: Duration) -> f64 {
+    latency.as_nanos() as f64 / 1e6
+}
+
 /// What names a route's samples: its service, and its path prefix (`/search`), not the
 /// request's path: a bounded set.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,16 +80,60 @@ impl SampleLabels {
     }
 }
 
+/// How a sink that keeps sketches wants request timings folded.
+#[derive(Debug, Clone, Copy)]
+pub struct Folding {
+    /// The width of the time buckets, in milliseconds: the finest the sink keeps.
+    pub bucket_ms: i64,
+    /// Whether a request of this method counts: what the sink could take as a sample.
+    pub counts: fn(&Method) -> bool,
+}
+
+/// The latencies (milliseconds) of one route's requests of one status class that arrived
+/// in one time bucket, as one thread folded them.
+#[derive(Debug, Clone)]
+pub struct Folded {
+    pub labels: Arc<SampleLabels>,
+    /// 1 to 5: 1xx to 5xx.
+    pub status_class: u16,
+    /// The bucket's start, Unix milliseconds.
+    pub bucket_ms: i64,
+    pub latencies: LatencySketch,
+}
+
+/// What one thread folded since the last delivery, by route (its labels' address: the
+/// value holds them, so the address stays theirs), status class and bucket.
+type Folds = HashMap<(usize, u16, i64), Folded>;
+
 /// Where batches of samples go.
 pub trait SampleSink: std::fmt::Debug + Send + Sync + 'static {
     /// Delivers one batch; an error is counted and logged, and the batch dropped.
     fn deliver(&self, samples: Vec<RequestSample>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// Some for a sink that takes request timings folded into sketches
+    /// ([`SampleSink::deliver_folded`]) instead of samples.
+    fn folding(&self) -> Option<Folding> {
+        None
+    }
+
+    /// Delivers one second's folded timings; called only when [`SampleSink::folding`] is
+    /// some.
+    fn deliver_folded(&self, folded: Vec<Folded>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        drop(folded);
+        Box::pin(async { Err("this sink takes samples, not folded timings".to_string()) })
+    }
+}
+
+/// What the threads record into.
+enum Parts {
+    Samples(Sharded<RequestSample>),
+    Folds(PerThread<Folds>, Folding),
 }
 
 /// The data plane's end of the feed.
 #[derive(Clone)]
 pub struct SampleFeed {
-    shards: Arc<Sharded<RequestSample>>,
+    parts: Arc<Parts>,
     dropped: Counter,
 }
 
@@ -80,7 +150,10 @@ impl SampleFeed {
         sink: Arc<dyn SampleSink>,
         metrics: &pake_observe::Metrics,
     ) -> (SampleFeed, tokio::task::JoinHandle<()>) {
-        let shards = Arc::new(Sharded::new(QUEUE));
+        let parts = Arc::new(match sink.folding() {
+            Some(folding) => Parts::Folds(PerThread::new(), folding),
+            None => Parts::Samples(Sharded::new(QUEUE)),
+        });
         let [dropped, delivered, failed] = [Counter::default(), Counter::default(), Counter::default()];
         metrics.register(
             "samples_dropped",
@@ -97,37 +170,87 @@ impl SampleFeed {
             "Request samples lost because their batch could not be delivered",
             failed.clone(),
         );
-        let task = tokio::spawn(drain(shards.clone(), sink, delivered, failed));
-        (SampleFeed { shards, dropped }, task)
+        let task = tokio::spawn(drain(parts.clone(), sink, delivered, failed));
+        (SampleFeed { parts, dropped }, task)
     }
 
-    /// Records one sample, or counts it dropped: never waits on another thread.
-    pub fn record(&self, sample: RequestSample) {
-        if self.shards.push(sample).is_err() {
-            self.dropped.inc();
+    /// Records one request's answer (see [`RequestSample`] for the fields), or counts it
+    /// dropped: never waits on another thread.
+    pub fn record(
+        &self,
+        labels: &Arc<SampleLabels>,
+        method: &Method,
+        status: u16,
+        latency: Duration,
+        instance: Option<uuid::Uuid>,
+    ) {
+        let at = SystemTime::now();
+        match &*self.parts {
+            Parts::Samples(shards) => {
+                let sample =
+                    RequestSample { labels: labels.clone(), method: method.clone(), status, latency, instance, at };
+                if shards.push(sample).is_err() {
+                    self.dropped.inc();
+                }
+            }
+            Parts::Folds(folds, folding) => {
+                if !(folding.counts)(method) {
+                    return;
+                }
+                let received = at.checked_sub(latency).unwrap_or(at);
+                let received_ms =
+                    received.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64);
+                let bucket_ms = received_ms.div_euclid(folding.bucket_ms) * folding.bucket_ms;
+                let status_class = (status / 100).clamp(1, 5);
+                let key = (Arc::as_ptr(labels) as usize, status_class, bucket_ms);
+                folds.with(|folds| {
+                    folds
+                        .entry(key)
+                        .or_insert_with(|| Folded {
+                            labels: labels.clone(),
+                            status_class,
+                            bucket_ms,
+                            latencies: LatencySketch::new(),
+                        })
+                        .latencies
+                        .add(millis(latency))
+                });
+            }
         }
     }
 }
 
-/// Once a tick, every shard's samples as one batch to `sink`; ends once every
+/// Once a tick, every thread's part as one batch to `sink`; ends once every
 /// [`SampleFeed`] is gone, after delivering what they recorded.
-async fn drain(shards: Arc<Sharded<RequestSample>>, sink: Arc<dyn SampleSink>, delivered: Counter, failed: Counter) {
+async fn drain(parts: Arc<Parts>, sink: Arc<dyn SampleSink>, delivered: Counter, failed: Counter) {
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        // Once only this task holds the shards, nothing more will be recorded.
-        let gone = Arc::strong_count(&shards) == 1;
-        // What was recorded by the tick: samples recorded while it is delivered wait for
+        // Once only this task holds the parts, nothing more will be recorded.
+        let gone = Arc::strong_count(&parts) == 1;
+        // What was recorded by the tick: what is recorded while it is delivered waits for
         // the next tick, so that a busy gateway still delivers once a second.
-        let batch = shards.take();
-        if !batch.is_empty() {
-            let count = batch.len() as u64;
-            if let Err(error) = sink.deliver(batch).await {
+        let (count, outcome) = match &*parts {
+            Parts::Samples(shards) => {
+                let batch = shards.take();
+                let count = batch.len() as u64;
+                (count, if batch.is_empty() { Ok(()) } else { sink.deliver(batch).await })
+            }
+            Parts::Folds(folds, _) => {
+                let batch: Vec<Folded> =
+                    folds.take_with(|_| HashMap::new()).into_iter().flat_map(HashMap::into_values).collect();
+                let count = batch.iter().map(|folded| folded.latencies.count()).sum();
+                (count, if batch.is_empty() { Ok(()) } else { sink.deliver_folded(batch).await })
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                delivered.inc_by(count);
+            }
+            Err(error) => {
                 failed.inc_by(count);
                 tracing::warn!(%error, samples = count, "request samples could not be delivered");
-            } else {
-                delivered.inc_by(count);
             }
         }
         if gone {
@@ -150,15 +273,11 @@ mod tests {
         deliveries: Mutex<Vec<(Instant, usize)>>,
     }
 
-    fn sample() -> RequestSample {
-        RequestSample {
-            labels: SampleLabels::new("search", "/search"),
-            method: Method::GET,
-            status: 200,
-            latency: Duration::from_millis(2),
-            instance: None,
-            at: SystemTime::now(),
-        }
+    /// One request of the route `/search`.
+    fn record(feed: &SampleFeed) {
+        static LABELS: OnceLock<Arc<SampleLabels>> = OnceLock::new();
+        let labels = LABELS.get_or_init(|| SampleLabels::new("search", "/search"));
+        feed.record(labels, &Method::GET, 200, Duration::from_millis(2), None);
     }
 
     impl SampleSink for Busy {
@@ -168,7 +287,7 @@ mod tests {
         ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
             self.deliveries.lock().unwrap().push((Instant::now(), samples.len()));
             for _ in 0..10 {
-                self.feed.get().unwrap().record(sample());
+                record(self.feed.get().unwrap());
             }
             Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -183,7 +302,7 @@ mod tests {
         let (feed, task) = SampleFeed::start(sink.clone(), &pake_observe::Metrics::new("gateway"));
         sink.feed.set(feed.clone()).unwrap();
         for _ in 0..10 {
-            feed.record(sample());
+            record(&feed);
         }
         tokio::time::sleep(EVERY * 2 + EVERY / 2).await;
         let deliveries = sink.deliveries.lock().unwrap().clone();
@@ -217,7 +336,7 @@ mod tests {
         let (feed, task) = SampleFeed::start(sink.clone(), &pake_observe::Metrics::new("gateway"));
         // No await yet: the drain has not run, so this thread's shard fills up.
         for _ in 0..QUEUE + 5 {
-            feed.record(sample());
+            record(&feed);
         }
         assert_eq!(feed.dropped.get(), 5, "a shard holds a second's worth, and counts what it drops");
         // Once the feed is gone, the drain delivers what it held, then ends.
@@ -232,12 +351,78 @@ mod tests {
         let (feed, task) = SampleFeed::start(sink.clone(), &pake_observe::Metrics::new("gateway"));
         std::thread::scope(|scope| {
             for _ in 0..4 {
-                scope.spawn(|| (0..1000).for_each(|_| feed.record(sample())));
+                scope.spawn(|| (0..1000).for_each(|_| record(&feed)));
             }
         });
         assert_eq!(feed.dropped.get(), 0);
         drop(feed);
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("the drain ends").unwrap();
         assert_eq!(*sink.0.lock().unwrap(), vec![4000], "one batch at the first tick");
+    }
+
+    /// Takes folded timings, and counts only GET and POST.
+    #[derive(Debug, Default)]
+    struct Folder(Mutex<Vec<Folded>>);
+
+    impl SampleSink for Folder {
+        fn deliver(&self, _: Vec<RequestSample>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            Box::pin(async { Err("a folding sink gets no samples".to_string()) })
+        }
+
+        fn folding(&self) -> Option<Folding> {
+            Some(Folding { bucket_ms: 10_000, counts: |method| *method == Method::GET || *method == Method::POST })
+        }
+
+        fn deliver_folded(&self, folded: Vec<Folded>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            self.0.lock().unwrap().extend(folded);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_folding_sink_gets_per_thread_sketches_by_route_status_class_and_bucket() {
+        let sink = Arc::new(Folder::default());
+        let metrics = pake_observe::Metrics::new("gateway");
+        let (feed, task) = SampleFeed::start(sink.clone(), &metrics);
+        let (search, books) = (SampleLabels::new("search", "/search"), SampleLabels::new("books", "/books"));
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let (feed, search, books) = (&feed, &search, &books);
+                scope.spawn(move || {
+                    for i in 1..=100u64 {
+                        feed.record(search, &Method::GET, 200, Duration::from_millis(i), None);
+                        feed.record(search, &Method::POST, 503, Duration::from_millis(1000 + thread), None);
+                        feed.record(books, &Method::GET, 404, Duration::from_micros(500), None);
+                        // Not a method the sink counts.
+                        feed.record(books, &Method::DELETE, 200, Duration::from_millis(1), None);
+                    }
+                });
+            }
+        });
+        drop(feed);
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the drain ends").unwrap();
+        let folded = sink.0.lock().unwrap().clone();
+        let mut totals: HashMap<(String, u16), LatencySketch> = HashMap::new();
+        for fold in &folded {
+            assert_eq!(fold.bucket_ms % 10_000, 0, "buckets start on the sink's width");
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64;
+            assert!((now - 20_000..=now).contains(&fold.bucket_ms), "{} vs {now}", fold.bucket_ms);
+            totals.entry((fold.labels.route.clone(), fold.status_class)).or_default().merge(&fold.latencies).unwrap();
+        }
+        let mut counts: Vec<(String, u16, u64)> =
+            totals.iter().map(|((route, class), sketch)| (route.clone(), *class, sketch.count())).collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![("/books".to_string(), 4, 400), ("/search".to_string(), 2, 400), ("/search".to_string(), 5, 400)]
+        );
+        // The folded latencies are the requests' own, in milliseconds, within the sketch's 1 %.
+        let ok = &totals[&("/search".to_string(), 2)];
+        let median = ok.quantile(0.5).unwrap();
+        assert!((median - 50.0).abs() <= 50.0 * 0.011, "{median}");
+        assert_eq!(ok.max(), Some(100.0));
+        assert_eq!(totals[&("/search".to_string(), 5)].max(), Some(1003.0));
+        let delivered = metrics.render();
+        assert!(delivered.contains("samples_delivered_total 1200"), "{delivered}");
     }
 }

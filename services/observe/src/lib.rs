@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 pub mod shards;
+pub mod sketch;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

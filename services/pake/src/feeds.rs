@@ -29,6 +29,35 @@ impl pake_gateway::samples::SampleSink for InProcessSamples {
             performance.ingest_samples(views).await.map(drop).map_err(|error| error.to_string())
         })
     }
+
+    /// The service keeps sketches by the finest tier's buckets: the gateway folds by them.
+    fn folding(&self) -> Option<pake_gateway::samples::Folding> {
+        Some(pake_gateway::samples::Folding {
+            bucket_ms: pake_performance::tiers::TIERS[0].millis(),
+            counts: Checked::carries,
+        })
+    }
+
+    fn deliver_folded(
+        &self,
+        folded: Vec<pake_gateway::samples::Folded>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let performance = self.0.get().ok_or("the performance service has not started")?;
+            let mut checked = Checked::default();
+            let views = folded.iter().filter_map(|fold| {
+                let (service, route) = checked.names(&fold.labels)?;
+                Some(pake_performance::FoldedRef {
+                    service,
+                    route,
+                    status_class: fold.status_class,
+                    bucket_ms: fold.bucket_ms,
+                    latencies: &fold.latencies,
+                })
+            });
+            performance.ingest_folded(views).await.map(drop).map_err(|error| error.to_string())
+        })
+    }
 }
 
 /// An HTTP client for another process's service API, carrying a token of this
@@ -126,6 +155,20 @@ struct Checked<'a> {
 }
 
 impl<'a> Checked<'a> {
+    /// A route's service and prefix as ingestion reads them: none when the contract cannot
+    /// carry the service's name; a prefix outside the pattern is left out (empty).
+    fn names(&mut self, labels: &'a pake_gateway::samples::SampleLabels) -> Option<(&'a str, &'a str)> {
+        let (service, route) = (labels.service.as_str(), labels.route.as_str());
+        self.services.entry(service).or_insert_with(|| service.parse().ok()).as_ref()?;
+        let route_ok = self.routes.entry(route).or_insert_with(|| route.parse().ok()).is_some();
+        Some((service, if route_ok { route } else { "" }))
+    }
+
+    /// Whether the contract's samples can carry `method`.
+    fn carries(method: &axum::http::Method) -> bool {
+        method.as_str().parse::<pake_performance_server::types::HttpMethod>().is_ok()
+    }
+
     /// `sample` as ingestion reads it, with its method; none when the contract cannot carry
     /// it (a method it does not list, a service name outside its pattern). A route outside
     /// the pattern is left out of the sample.
@@ -134,16 +177,13 @@ impl<'a> Checked<'a> {
         sample: &'a pake_gateway::samples::RequestSample,
     ) -> Option<(pake_performance::SampleRef<'a>, pake_performance_server::types::HttpMethod)> {
         let method = sample.method.as_str().parse().ok()?;
-        let service = sample.labels.service.as_str();
-        let route = sample.labels.route.as_str();
-        self.services.entry(service).or_insert_with(|| service.parse().ok()).as_ref()?;
-        let route_ok = self.routes.entry(route).or_insert_with(|| route.parse().ok()).is_some();
-        let received = sample.at.checked_sub(sample.latency).unwrap_or(sample.at);
+        let (service, route) = self.names(&sample.labels)?;
+        let received = sample.received();
         let view = pake_performance::SampleRef {
             service,
-            route: if route_ok { route } else { "" },
+            route,
             status: i64::from(sample.status),
-            latency_ms: sample.latency.as_secs_f64() * 1000.0,
+            latency_ms: sample.latency_ms(),
             at_ms: chrono::DateTime::<chrono::Utc>::from(received).timestamp_millis(),
         };
         Some((view, method))

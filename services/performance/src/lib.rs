@@ -20,7 +20,8 @@ pub mod benchmark;
 pub mod metrics;
 pub mod ownership;
 pub mod performance;
-pub mod sketch;
+/// The latency sketches, shared with the gateway, which folds its own timings into them.
+pub use pake_observe::sketch;
 pub mod slo;
 pub mod store;
 pub mod tiers;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 pub use load::bench::install_signal_handler;
 pub use metrics::PerformanceMetrics;
-pub use performance::{Options, Performance, PerformanceError, Registry, SampleRef};
+pub use performance::{FoldedRef, Options, Performance, PerformanceError, Registry, SampleRef};
 
 /// The service's HTTP service: the generated contract router over [`api::PerformanceApi`],
 /// with per-route metrics.

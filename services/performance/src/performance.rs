@@ -99,6 +99,47 @@ pub struct SampleRef<'a> {
     pub at_ms: i64,
 }
 
+/// Latencies already folded by time bucket, as [`Performance::ingest_folded`] takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldedRef<'a> {
+    pub service: &'a str,
+    /// The route prefix; empty for none.
+    pub route: &'a str,
+    /// 1 to 5: 1xx to 5xx.
+    pub status_class: u16,
+    /// The bucket's start, Unix milliseconds: a multiple of the finest tier's width.
+    pub bucket_ms: i64,
+    pub latencies: &'a LatencySketch,
+}
+
+/// Sketches by service, route, status class, tier and bucket start: each sample or fold in
+/// the finest tier that keeps it.
+type Finest<'a> = HashMap<(&'a str, &'a str, i64, usize, i64), LatencySketch>;
+
+/// The key of a sample or fold at `at_ms` in the finest tier that keeps it at `now`; none
+/// when no tier does.
+fn finest_key<'a>(
+    service: &'a str,
+    route: &'a str,
+    status_class: i64,
+    at_ms: i64,
+    now: i64,
+) -> Option<(&'a str, &'a str, i64, usize, i64)> {
+    let tier = TIERS.iter().position(|tier| tier.keeps(at_ms, now))?;
+    Some((service, route, status_class, tier, TIERS[tier].bucket(at_ms)))
+}
+
+/// Refuses a time more than 5 minutes ahead, or older than samples are kept.
+fn check_time(at_ms: i64, now: i64, field: impl FnOnce() -> String) -> Result<(), PerformanceError> {
+    if at_ms > now + tiers::MAX_SAMPLE_AHEAD_MS {
+        return Err(invalid(field(), "is more than 5 minutes in the future"));
+    }
+    if at_ms < now - tiers::MAX_SAMPLE_AGE_MS {
+        return Err(invalid(field(), "is older than the 90 days samples are kept"));
+    }
+    Ok(())
+}
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> PerformanceError {
     PerformanceError::Invalid { field: field.into(), message: message.into() }
 }
@@ -317,25 +358,54 @@ impl Performance {
         // Each sample goes into the finest tier that keeps it, keyed by borrowed names (no
         // allocation per sample); the coarser tiers' buckets are then merged from those,
         // since every tier's buckets are whole multiples of the finer ones'.
-        let mut finest: HashMap<(&str, &str, i64, usize, i64), LatencySketch> = HashMap::new();
+        let mut finest = Finest::default();
         let mut accepted = 0u64;
         for (i, sample) in samples.into_iter().enumerate() {
             accepted += 1;
-            let at = sample.at_ms;
-            if at > now + tiers::MAX_SAMPLE_AHEAD_MS {
-                return Err(invalid(format!("/samples/{i}/timestamp"), "is more than 5 minutes in the future"));
-            }
-            if at < now - tiers::MAX_SAMPLE_AGE_MS {
-                return Err(invalid(format!("/samples/{i}/timestamp"), "is older than the 90 days samples are kept"));
-            }
+            check_time(sample.at_ms, now, || format!("/samples/{i}/timestamp"))?;
             if !sample.latency_ms.is_finite() || sample.latency_ms < 0.0 {
                 return Err(invalid(format!("/samples/{i}/latency_ms"), "must be a finite number of milliseconds"));
             }
-            let Some(tier) = TIERS.iter().position(|tier| tier.keeps(at, now)) else { continue };
             let status_class = (sample.status / 100).clamp(1, 5);
-            let key = (sample.service, sample.route, status_class, tier, TIERS[tier].bucket(at));
-            finest.entry(key).or_default().add(sample.latency_ms);
+            if let Some(key) = finest_key(sample.service, sample.route, status_class, sample.at_ms, now) {
+                finest.entry(key).or_default().add(sample.latency_ms);
+            }
         }
+        self.keep(finest, now).await?;
+        self.metrics.samples_ingested.inc_by(accepted);
+        Ok(accepted)
+    }
+
+    /// Takes latencies already folded into sketches by time bucket (the gateway of this
+    /// process folds its own timings so): each as if its samples had been ingested one by
+    /// one at its bucket's start. Answers how many samples the sketches hold.
+    pub async fn ingest_folded<'a>(
+        &self,
+        folded: impl IntoIterator<Item = FoldedRef<'a>>,
+    ) -> Result<u64, PerformanceError> {
+        let now = Utc::now().timestamp_millis();
+        let mut finest = Finest::default();
+        let mut accepted = 0u64;
+        for (i, fold) in folded.into_iter().enumerate() {
+            check_time(fold.bucket_ms, now, || format!("/folded/{i}/bucket"))?;
+            accepted += fold.latencies.count();
+            let status_class = i64::from(fold.status_class).clamp(1, 5);
+            if let Some(key) = finest_key(fold.service, fold.route, status_class, fold.bucket_ms, now) {
+                finest
+                    .entry(key)
+                    .or_default()
+                    .merge(fold.latencies)
+                    .map_err(|e| PerformanceError::Internal(Box::new(e)))?;
+            }
+        }
+        self.keep(finest, now).await?;
+        self.metrics.samples_ingested.inc_by(accepted);
+        Ok(accepted)
+    }
+
+    /// Merges sketches of the finest tier that keeps each into the store, and into every
+    /// coarser tier's bucket holding it.
+    async fn keep(&self, finest: Finest<'_>, now: i64) -> Result<(), PerformanceError> {
         let mut buckets: BTreeMap<BucketKey, LatencySketch> = BTreeMap::new();
         let mut services = BTreeSet::new();
         for ((service, route, status_class, tier, bucket_ms), sketch) in finest {
@@ -362,8 +432,7 @@ impl Performance {
         if !buckets.is_empty() {
             self.store.merge(&services, &buckets, now).await?;
         }
-        self.metrics.samples_ingested.inc_by(accepted);
-        Ok(accepted)
+        Ok(())
     }
 
     /// Statistics of `service` over the `window` ending now.

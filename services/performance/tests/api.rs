@@ -18,6 +18,7 @@ struct Running {
     server: TestServer,
     client: Client,
     registry: Arc<pake_registry::Registry>,
+    performance: Arc<pake_performance::Performance>,
 }
 
 async fn start(url: &str) -> Running {
@@ -30,7 +31,8 @@ async fn start(url: &str) -> Running {
             .await
             .expect("performance service starts");
     let verifier = pake_tokens::TokenVerifier::hs256(SECRET).expect("secret");
-    let server = TestServer::start(pake_performance::router(performance, verifier)).await.expect("server starts");
+    let server =
+        TestServer::start(pake_performance::router(performance.clone(), verifier)).await.expect("server starts");
     let token = pake_tokens::TokenIssuer::hs256(SECRET).expect("secret").issue(
         "test",
         None,
@@ -38,7 +40,7 @@ async fn start(url: &str) -> Running {
         Duration::from_secs(3600),
     );
     let client = Client::new_with_client(&server.url(), conformance::http_client_with_token(&token));
-    Running { server, client, registry }
+    Running { server, client, registry, performance }
 }
 
 fn batch(samples: Vec<serde_json::Value>) -> types::SampleBatch {
@@ -287,4 +289,71 @@ async fn samples_slos_and_recommendations_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_slos_and_recommendations_on_sqlite() {
     scenario(Backend::Sqlite).await;
+}
+
+/// The gateway of the service's process folds its timings into sketches by the finest
+/// tier's buckets instead of sending samples: the same requests read back the same either
+/// way, in every window and per route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folded_timings_read_back_as_the_same_samples_would() {
+    use pake_performance::sketch::LatencySketch;
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let running = start(&db.url).await;
+    let now = Utc::now();
+    let width = pake_performance::tiers::TIERS[0].millis();
+    let mut samples = Vec::new();
+    let mut folds: std::collections::BTreeMap<(&str, u16, i64), LatencySketch> = Default::default();
+    for i in 0..3_000u32 {
+        let latency = 0.2 + ((i * 7_919) % 2_000) as f64 * 0.37 + if i % 89 == 0 { 4_000.0 } else { 0.0 };
+        let status: u16 = [200, 200, 201, 404, 503, 200, 302][i as usize % 7];
+        let route = ["/v1/search", "/v1/papers", "/v1/papers/x"][i as usize % 3];
+        let at = now - Span::milliseconds(250_000 - i as i64 * 80);
+        samples.push(sample("sampled", route, status, latency, at));
+        let bucket = at.timestamp_millis().div_euclid(width) * width;
+        folds.entry((route, status / 100, bucket)).or_default().add(latency);
+    }
+    for chunk in samples.chunks(1_000) {
+        running.client.ingest_samples().body(batch(chunk.to_vec())).send().await.expect("ingest");
+    }
+    let folded = folds.iter().map(|((route, class, bucket), latencies)| pake_performance::FoldedRef {
+        service: "folded",
+        route,
+        status_class: *class,
+        bucket_ms: *bucket,
+        latencies,
+    });
+    assert_eq!(running.performance.ingest_folded(folded).await.expect("folded taken"), 3_000);
+    for window in [types::StatsWindow::X1m, types::StatsWindow::X5m, types::StatsWindow::X1h] {
+        for route in [None, Some("/v1/papers"), Some("/v1/s")] {
+            let stats = |service: &'static str| {
+                let mut request = running.client.get_service_stats().service_name(service).window(window);
+                if let Some(route) = route {
+                    request = request.route(route);
+                }
+                async move { request.send().await.expect("stats").into_inner() }
+            };
+            let (sampled, folded) = (stats("sampled").await, stats("folded").await);
+            let what = format!("{window:?} {route:?}");
+            assert!(sampled.count > 0, "{what}");
+            assert_eq!(
+                (sampled.count, sampled.status_classes, sampled.error_rate, sampled.throughput_rps),
+                (folded.count, folded.status_classes, folded.error_rate, folded.throughput_rps),
+                "{what}"
+            );
+            let (a, b) = (sampled.latency_ms.expect("latencies"), folded.latency_ms.expect("latencies"));
+            assert_eq!((a.p50, a.p90, a.p95, a.p99, a.max), (b.p50, b.p90, b.p95, b.p99, b.max), "{what}");
+            assert!((a.mean - b.mean).abs() <= a.mean * 1e-9, "{what}: {} vs {}", a.mean, b.mean);
+        }
+    }
+    // Folds are held to the rules samples are: not from the future.
+    let ahead = LatencySketch::default();
+    let future = pake_performance::FoldedRef {
+        service: "folded",
+        route: "",
+        status_class: 2,
+        bucket_ms: (now + Span::minutes(10)).timestamp_millis(),
+        latencies: &ahead,
+    };
+    assert!(running.performance.ingest_folded([future]).await.is_err());
+    running.server.stop().await;
 }

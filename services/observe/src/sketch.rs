@@ -6,8 +6,8 @@
 //! order (the sketch's definition, and the one the accuracy property is tested against);
 //! `max` is exact. Latencies at or under 1e-9 ms count as 0.
 //!
-//! This module does not decide which samples go together (see `crate::tiers` and
-//! `crate::ingest`).
+//! This module does not decide which samples go together (the performance service's
+//! tiers do, and the gateway's sample feed folds by them).
 
 use sketches_ddsketch::{Config, DDSketch};
 
