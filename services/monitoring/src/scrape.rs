@@ -3,6 +3,11 @@
 //! instance itself) declares a `metrics_path` in its metadata, into the series store, with
 //! an `up{job="metrics"}` series per target (1 when the scrape succeeded). A target that
 //! fails, or disappears, gets stale markers for every series it produced.
+//!
+//! A round's samples are stamped with the round's scheduled time ([`ScrapeClock`]), as
+//! Prometheus stamps a scrape with its start and keeps it on the interval: timestamps
+//! exactly one interval apart cost the series store a bit each (delta of delta 0), where
+//! the few milliseconds of jitter of "now" would cost two bytes.
 
 use crate::exposition;
 use crate::labels::LabelSet;
@@ -120,6 +125,33 @@ fn instance_targets(registry: &Registry) -> Vec<Target> {
     targets
 }
 
+/// How far the wall clock may have moved against the schedule before the schedule is set
+/// anew from it (a clock step, a suspended process).
+const CLOCK_TOLERANCE_MS: i64 = 100;
+
+/// The wall-clock time of each scheduled scrape: the first tick's wall-clock time plus the
+/// schedule's own (monotonic) progress, while the wall clock agrees with that.
+#[derive(Debug, Default)]
+pub struct ScrapeClock {
+    base: Option<(std::time::Instant, i64)>,
+}
+
+impl ScrapeClock {
+    /// The time, in Unix milliseconds, of the tick scheduled for `tick`, read at `now`
+    /// when the wall clock says `wall_ms`.
+    pub fn at(&mut self, tick: std::time::Instant, now: std::time::Instant, wall_ms: i64) -> i64 {
+        let wall_at_tick = wall_ms - now.saturating_duration_since(tick).as_millis() as i64;
+        if let Some((base, base_ms)) = self.base {
+            let scheduled = base_ms + tick.saturating_duration_since(base).as_millis() as i64;
+            if tick >= base && (wall_at_tick - scheduled).abs() <= CLOCK_TOLERANCE_MS {
+                return scheduled;
+            }
+        }
+        self.base = Some((tick, wall_at_tick));
+        wall_at_tick
+    }
+}
+
 /// Scrapes every target every interval until the task is stopped.
 pub async fn scrape_loop(
     settings: ScrapeSettings,
@@ -137,9 +169,10 @@ pub async fn scrape_loop(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous: HashSet<String> = HashSet::new();
     let mut rounds = 0u64;
+    let mut clock = ScrapeClock::default();
     loop {
-        ticks.tick().await;
-        let now = chrono::Utc::now().timestamp_millis();
+        let tick = ticks.tick().await;
+        let now = clock.at(tick.into_std(), std::time::Instant::now(), chrono::Utc::now().timestamp_millis());
         // This service's own metrics, in process.
         let own_labels: LabelSet = [("service".to_string(), "monitoring".to_string())].into();
         series.ingest_scrape("pake:monitoring", "monitoring", &own_labels, &exposition::parse(&own.render()), now);
@@ -169,7 +202,6 @@ pub async fn scrape_loop(
         let mut current = HashSet::new();
         for (target, outcome) in futures::future::join_all(scrapes).await {
             current.insert(target.id.clone());
-            let now = chrono::Utc::now().timestamp_millis();
             let up = match outcome {
                 Ok(text) => {
                     series.ingest_scrape(&target.id, &target.source, &target.labels, &exposition::parse(&text), now);
@@ -192,7 +224,6 @@ pub async fn scrape_loop(
                 up,
             );
         }
-        let now = chrono::Utc::now().timestamp_millis();
         for gone in previous.difference(&current) {
             series.end_target(gone, None, now);
         }
@@ -201,5 +232,31 @@ pub async fn scrape_loop(
         if rounds.is_multiple_of(12) {
             series.collect_garbage(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn scrape_times_keep_the_schedule_until_the_wall_clock_leaves_it() {
+        let mut clock = ScrapeClock::default();
+        let start = Instant::now();
+        let second = Duration::from_secs(5);
+        // Woken a little late each time, with the wall clock read a little later still.
+        let first = clock.at(start, start + Duration::from_millis(3), 1_000_003);
+        assert_eq!(first, 1_000_000);
+        for k in 1..=10u32 {
+            let tick = start + second * k;
+            let late = Duration::from_millis(u64::from(k % 4) * 7);
+            let wall = 1_000_000 + i64::from(k) * 5_000 + late.as_millis() as i64 + 1;
+            assert_eq!(clock.at(tick, tick + late, wall), 1_000_000 + i64::from(k) * 5_000);
+        }
+        // The wall clock steps back a minute: the schedule is taken from it anew.
+        let tick = start + second * 11;
+        assert_eq!(clock.at(tick, tick, 1_055_000 - 60_000), 995_000);
+        assert_eq!(clock.at(tick + second, tick + second, 1_000_000), 1_000_000);
     }
 }
