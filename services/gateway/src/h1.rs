@@ -510,7 +510,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
         Err(refused) => return refuse(conn, route, &method, refused.into_response(), started, close, spans).await,
     };
     let status = answer.status();
-    route.metrics.record(&method, status, started.elapsed(), spans.answering_instance());
+    route.metrics.record(&method, status, started, spans.answering_instance());
     let idle = Duration::from_millis(settings.timeout_ms.get());
     let relayed = relay(conn, answer, &attempt.upstream.address, idle).await;
     spans.end(status);
@@ -587,7 +587,7 @@ async fn refuse(
     close: bool,
     spans: RequestSpans<'_>,
 ) -> Step {
-    route.metrics.record(method, refused.status(), started.elapsed(), spans.answering_instance());
+    route.metrics.record(method, refused.status(), started, spans.answering_instance());
     spans.end(refused.status());
     finish(write_response(conn, refused, close).await, close)
 }

@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -58,12 +58,15 @@ impl RouteMetrics {
     /// Records a request's answer: the route's metrics, and a sample for the performance
     /// service when it is fed, naming `instance`, the registry instance that answered
     /// (none: the gateway answered itself).
-    pub(crate) fn record(&self, method: &Method, status: StatusCode, elapsed: Duration, instance: Option<uuid::Uuid>) {
+    /// The request started at `started` and ends now.
+    pub(crate) fn record(&self, method: &Method, status: StatusCode, started: Instant, instance: Option<uuid::Uuid>) {
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(started);
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
         self.durations[class].observe(elapsed.as_secs_f64());
         if let Some((feed, labels)) = &self.samples {
-            feed.record(labels, method, status.as_u16(), elapsed, instance);
+            feed.record(labels, method, status.as_u16(), elapsed, instance, ended);
         }
     }
 }

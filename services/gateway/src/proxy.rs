@@ -182,7 +182,7 @@ async fn route_and_forward(
     let method = request.method().clone();
     let forwarding = Forwarding { plane, route, upstream_path: &upstream_path, caller, continued, started };
     let response = apply_policies(forwarding, request, spans).await;
-    route.metrics.record(&method, response.status(), started.elapsed(), spans.answering_instance());
+    route.metrics.record(&method, response.status(), started, spans.answering_instance());
     response
 }
 

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Samples one shard holds between two deliveries, at most; beyond, new ones are dropped.
 pub const QUEUE: usize = 65_536;
@@ -52,13 +52,18 @@ pub struct RequestSample {
 impl RequestSample {
     /// When the request arrived: its end less its latency.
     pub fn received(&self) -> SystemTime {
-        self.at.checked_sub(self.latency).unwrap_or(self.at)
+        received(self.at, self.latency)
     }
 
     /// The latency in milliseconds, as samples and folded sketches carry it.
     pub fn latency_ms(&self) -> f64 {
         millis(self.latency)
     }
+}
+
+/// When a request that ended `at` after `latency` arrived.
+fn received(at: SystemTime, latency: Duration) -> SystemTime {
+    at.checked_sub(latency).unwrap_or(at)
 }
 
 /// `latency` in milliseconds (from nanoseconds: 1.003 s is 1003 ms exactly).
@@ -101,9 +106,76 @@ pub struct Folded {
     pub latencies: LatencySketch,
 }
 
-/// What one thread folded since the last delivery, by route (its labels' address: the
-/// value holds them, so the address stays theirs), status class and bucket.
-type Folds = HashMap<(usize, u16, i64), Folded>;
+/// What one thread folded since the last delivery.
+#[derive(Default)]
+struct Folds {
+    folded: Vec<Folded>,
+    /// Where each key's fold is: by route (its labels' address: the fold holds them, so the
+    /// address stays theirs), status class and bucket.
+    at: HashMap<(usize, u16, i64), usize>,
+    /// The fold used last: a thread's requests mostly go on to the same one.
+    last: usize,
+}
+
+impl Folds {
+    fn add(&mut self, labels: &Arc<SampleLabels>, status_class: u16, bucket_ms: i64, latency_ms: f64) {
+        if let Some(fold) = self.folded.get_mut(self.last)
+            && Arc::ptr_eq(&fold.labels, labels)
+            && (fold.status_class, fold.bucket_ms) == (status_class, bucket_ms)
+        {
+            fold.latencies.add(latency_ms);
+            return;
+        }
+        let key = (Arc::as_ptr(labels) as usize, status_class, bucket_ms);
+        let next = self.folded.len();
+        let at = *self.at.entry(key).or_insert(next);
+        if at == next {
+            self.folded.push(Folded {
+                labels: labels.clone(),
+                status_class,
+                bucket_ms,
+                latencies: LatencySketch::new(),
+            });
+        }
+        self.folded[at].latencies.add(latency_ms);
+        self.last = at;
+    }
+}
+
+/// The methods with a fixed representation, for the table of which of them a folding
+/// sink counts.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+thread_local! {
+    /// This thread's pairing of the monotonic clock with the wall clock, renewed once a
+    /// second: a request's end in wall-clock time without a second clock read.
+    static WALL: std::cell::Cell<Option<(Instant, SystemTime)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The wall-clock time of `instant`, a moment just past.
+fn wall_time(instant: Instant) -> SystemTime {
+    WALL.with(|wall| {
+        if let Some((at, time)) = wall.get()
+            && let Some(since) = instant.checked_duration_since(at)
+            && since < Duration::from_secs(1)
+        {
+            return time + since;
+        }
+        let now = SystemTime::now();
+        wall.set(Some((instant, now)));
+        now
+    })
+}
 
 /// Where batches of samples go.
 pub trait SampleSink: std::fmt::Debug + Send + Sync + 'static {
@@ -127,7 +199,8 @@ pub trait SampleSink: std::fmt::Debug + Send + Sync + 'static {
 /// What the threads record into.
 enum Parts {
     Samples(Sharded<RequestSample>),
-    Folds(PerThread<Folds>, Folding),
+    /// With the standard methods the sink counts.
+    Folds(PerThread<Folds>, Folding, Vec<Method>),
 }
 
 /// The data plane's end of the feed.
@@ -151,7 +224,10 @@ impl SampleFeed {
         metrics: &pake_observe::Metrics,
     ) -> (SampleFeed, tokio::task::JoinHandle<()>) {
         let parts = Arc::new(match sink.folding() {
-            Some(folding) => Parts::Folds(PerThread::new(), folding),
+            Some(folding) => {
+                let counted = STANDARD_METHODS.iter().filter(|method| (folding.counts)(method)).cloned().collect();
+                Parts::Folds(PerThread::new(), folding, counted)
+            }
             None => Parts::Samples(Sharded::new(QUEUE)),
         });
         let [dropped, delivered, failed] = [Counter::default(), Counter::default(), Counter::default()];
@@ -174,8 +250,8 @@ impl SampleFeed {
         (SampleFeed { parts, dropped }, task)
     }
 
-    /// Records one request's answer (see [`RequestSample`] for the fields), or counts it
-    /// dropped: never waits on another thread.
+    /// Records one request's answer, which ended at `ended` (see [`RequestSample`] for the
+    /// other fields), or counts it dropped: never waits on another thread.
     pub fn record(
         &self,
         labels: &Arc<SampleLabels>,
@@ -183,8 +259,9 @@ impl SampleFeed {
         status: u16,
         latency: Duration,
         instance: Option<uuid::Uuid>,
+        ended: Instant,
     ) {
-        let at = SystemTime::now();
+        let at = wall_time(ended);
         match &*self.parts {
             Parts::Samples(shards) => {
                 let sample =
@@ -193,28 +270,18 @@ impl SampleFeed {
                     self.dropped.inc();
                 }
             }
-            Parts::Folds(folds, folding) => {
-                if !(folding.counts)(method) {
+            Parts::Folds(folds, folding, counted) => {
+                let counts =
+                    counted.contains(method) || (!STANDARD_METHODS.contains(method) && (folding.counts)(method));
+                if !counts {
                     return;
                 }
-                let received = at.checked_sub(latency).unwrap_or(at);
-                let received_ms =
-                    received.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64);
+                let received_ms = received(at, latency)
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis() as i64);
                 let bucket_ms = received_ms.div_euclid(folding.bucket_ms) * folding.bucket_ms;
                 let status_class = (status / 100).clamp(1, 5);
-                let key = (Arc::as_ptr(labels) as usize, status_class, bucket_ms);
-                folds.with(|folds| {
-                    folds
-                        .entry(key)
-                        .or_insert_with(|| Folded {
-                            labels: labels.clone(),
-                            status_class,
-                            bucket_ms,
-                            latencies: LatencySketch::new(),
-                        })
-                        .latencies
-                        .add(millis(latency))
-                });
+                folds.with(|folds| folds.add(labels, status_class, bucket_ms, millis(latency)));
             }
         }
     }
@@ -237,9 +304,9 @@ async fn drain(parts: Arc<Parts>, sink: Arc<dyn SampleSink>, delivered: Counter,
                 let count = batch.len() as u64;
                 (count, if batch.is_empty() { Ok(()) } else { sink.deliver(batch).await })
             }
-            Parts::Folds(folds, _) => {
+            Parts::Folds(folds, _, _) => {
                 let batch: Vec<Folded> =
-                    folds.take_with(|_| HashMap::new()).into_iter().flat_map(HashMap::into_values).collect();
+                    folds.take_with(|_| Folds::default()).into_iter().flat_map(|folds| folds.folded).collect();
                 let count = batch.iter().map(|folded| folded.latencies.count()).sum();
                 (count, if batch.is_empty() { Ok(()) } else { sink.deliver_folded(batch).await })
             }
@@ -277,7 +344,7 @@ mod tests {
     fn record(feed: &SampleFeed) {
         static LABELS: OnceLock<Arc<SampleLabels>> = OnceLock::new();
         let labels = LABELS.get_or_init(|| SampleLabels::new("search", "/search"));
-        feed.record(labels, &Method::GET, 200, Duration::from_millis(2), None);
+        feed.record(labels, &Method::GET, 200, Duration::from_millis(2), None, Instant::now());
     }
 
     impl SampleSink for Busy {
@@ -390,11 +457,14 @@ mod tests {
                 let (feed, search, books) = (&feed, &search, &books);
                 scope.spawn(move || {
                     for i in 1..=100u64 {
-                        feed.record(search, &Method::GET, 200, Duration::from_millis(i), None);
-                        feed.record(search, &Method::POST, 503, Duration::from_millis(1000 + thread), None);
-                        feed.record(books, &Method::GET, 404, Duration::from_micros(500), None);
-                        // Not a method the sink counts.
-                        feed.record(books, &Method::DELETE, 200, Duration::from_millis(1), None);
+                        let now = Instant::now();
+                        feed.record(search, &Method::GET, 200, Duration::from_millis(i), None, now);
+                        feed.record(search, &Method::POST, 503, Duration::from_millis(1000 + thread), None, now);
+                        feed.record(books, &Method::GET, 404, Duration::from_micros(500), None, now);
+                        // Not methods the sink counts.
+                        feed.record(books, &Method::DELETE, 200, Duration::from_millis(1), None, now);
+                        let purge = Method::from_bytes(b"PURGE").unwrap();
+                        feed.record(books, &purge, 200, Duration::from_millis(1), None, now);
                     }
                 });
             }
