@@ -168,3 +168,55 @@ async fn a_route_with_only_hits_has_a_hit_rate_of_one() {
         "{stats}"
     );
 }
+
+/// Rate-limit policies page by name like the other lists; a policy a route uses is kept
+/// (409 naming the route), one no route uses goes, whatever other routes use; the health
+/// answer counts the routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_policies_are_paged_and_only_unused_ones_deleted() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    let http = http_client_with_token(&token());
+    let base = platform.gateway_server.url();
+    let mut ids = std::collections::HashMap::new();
+    for name in ["p-c", "p-a", "p-b"] {
+        let created = http
+            .post(format!("{base}/v1/admin/rate-limit-policies"))
+            .json(&json!({"name": name, "algorithm": "gcra", "rate": 100, "period_seconds": 60, "scope": "per_client"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        ids.insert(name, created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let one_each = pages(&platform, "/v1/admin/rate-limit-policies?limit=1").await;
+    assert_eq!(
+        one_each.iter().map(|p| field(p, "name")).collect::<Vec<_>>(),
+        vec![vec!["p-a"], vec!["p-b"], vec!["p-c"]]
+    );
+    let two = pages(&platform, "/v1/admin/rate-limit-policies?limit=2").await;
+    assert_eq!(two.iter().map(|p| field(p, "name")).collect::<Vec<_>>(), vec![vec!["p-a", "p-b"], vec!["p-c"]]);
+
+    platform.service("limited", "round_robin", &[], lenient_breaker()).await;
+    let route = |name: &str, prefix: &str, policy: Option<&str>| {
+        let mut spec = json!({"name": name, "path_prefix": prefix, "methods": ["GET"], "api_version": "v1",
+                              "service": "limited"});
+        if let Some(policy) = policy {
+            spec["rate_limit_policy_id"] = json!(ids[policy]);
+        }
+        spec
+    };
+    platform.route(route("uses-b", "/b", Some("p-b"))).await;
+    platform.route(route("plain", "/plain", None)).await;
+    let delete = |name: &str| http.delete(format!("{base}/v1/admin/rate-limit-policies/{}", ids[name])).send();
+    let kept = delete("p-b").await.unwrap();
+    assert_eq!(kept.status().as_u16(), 409);
+    let body: Value = kept.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("uses-b"), "{body}");
+    assert_eq!(delete("p-a").await.unwrap().status().as_u16(), 204, "no route uses p-a");
+    let names = pages(&platform, "/v1/admin/rate-limit-policies").await;
+    assert_eq!(field(&names.concat(), "name"), vec!["p-b", "p-c"]);
+
+    let health: Value = http.get(format!("{base}/v1/health")).send().await.unwrap().json().await.unwrap();
+    let output = health["checks"]["registry"]["output"].as_str().unwrap_or_default();
+    assert!(output.ends_with(", 2 routes"), "{health}");
+}
