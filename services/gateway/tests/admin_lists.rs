@@ -220,3 +220,22 @@ async fn rate_limit_policies_are_paged_and_only_unused_ones_deleted() {
     let output = health["checks"]["registry"]["output"].as_str().unwrap_or_default();
     assert!(output.ends_with(", 2 routes"), "{health}");
 }
+
+/// `require_token: false` opens a route to anonymous callers, unless it names scopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_may_opt_out_of_tokens_unless_it_names_scopes() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    platform.service("open", "round_robin", &[], lenient_breaker()).await;
+    let http = http_client_with_token(&token());
+    let url = format!("{}/v1/admin/routes", platform.gateway_server.url());
+    let spec = |name: &str, scopes: Value| {
+        json!({"name": name, "path_prefix": format!("/{name}"), "methods": ["GET"], "api_version": "v1",
+               "service": "open", "require_token": false, "required_scopes": scopes})
+    };
+    let open = http.post(&url).json(&spec("anonymous", json!([]))).send().await.unwrap();
+    assert_eq!(open.status().as_u16(), 201, "{}", open.text().await.unwrap());
+    let open: Value = open.json().await.unwrap_or_default();
+    assert_ne!(open["require_token"], json!(true));
+    let scoped = http.post(&url).json(&spec("scoped", json!(["open:read"]))).send().await.unwrap();
+    assert_eq!(scoped.status().as_u16(), 422);
+}

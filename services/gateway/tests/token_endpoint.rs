@@ -76,4 +76,11 @@ async fn an_unknown_client_costs_what_a_wrong_secret_for_an_active_client_costs(
     let (status, again) = timed(grant(&client_id, &secret)).await;
     assert_eq!(status, 200);
     println!("correct secret: {first:?}, then {again:?}");
+
+    // Every answer is counted by its result.
+    let metrics = platform.get("/metrics").await.text().await.unwrap();
+    for (result, count) in [("issued", 3), ("refused", 96)] {
+        let line = format!("pake_gateway_token_requests_total{{result=\"{result}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
 }
