@@ -169,8 +169,8 @@ async fn a_route_with_only_hits_has_a_hit_rate_of_one() {
     );
 }
 
-/// Rate-limit policies page by name like the other lists; a policy a route uses is kept
-/// (409 naming the route), one no route uses goes, whatever other routes use; the health
+/// Rate-limit policies page by name like the other lists; a policy a route or an API client
+/// uses is kept (409 naming it), one nothing uses goes, whatever others use; the health
 /// answer counts the routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_policies_are_paged_and_only_unused_ones_deleted() {
@@ -207,12 +207,24 @@ async fn rate_limit_policies_are_paged_and_only_unused_ones_deleted() {
     };
     platform.route(route("uses-b", "/b", Some("p-b"))).await;
     platform.route(route("plain", "/plain", None)).await;
+    for (name, policy) in [("uses-c", Some("p-c")), ("plain", None)] {
+        let mut spec = json!({"name": name, "tenant": "acme", "scopes": ["limited:read"]});
+        if let Some(policy) = policy {
+            spec["rate_limit_policy_id"] = json!(ids[policy]);
+        }
+        let created = http.post(format!("{base}/v1/admin/clients")).json(&spec).send().await.unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+    }
     let delete = |name: &str| http.delete(format!("{base}/v1/admin/rate-limit-policies/{}", ids[name])).send();
     let kept = delete("p-b").await.unwrap();
     assert_eq!(kept.status().as_u16(), 409);
     let body: Value = kept.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("uses-b"), "{body}");
-    assert_eq!(delete("p-a").await.unwrap().status().as_u16(), 204, "no route uses p-a");
+    let kept = delete("p-c").await.unwrap();
+    assert_eq!(kept.status().as_u16(), 409);
+    let body: Value = kept.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("acme/uses-c"), "{body}");
+    assert_eq!(delete("p-a").await.unwrap().status().as_u16(), 204, "no route or client uses p-a");
     let names = pages(&platform, "/v1/admin/rate-limit-policies").await;
     assert_eq!(field(&names.concat(), "name"), vec!["p-b", "p-c"]);
 
