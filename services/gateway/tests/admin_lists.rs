@@ -251,3 +251,38 @@ async fn a_route_may_opt_out_of_tokens_unless_it_names_scopes() {
     let scoped = http.post(&url).json(&spec("scoped", json!(["open:read"]))).send().await.unwrap();
     assert_eq!(scoped.status().as_u16(), 422);
 }
+
+/// A route or an API client naming a rate-limit policy that does not exist is refused
+/// (422 naming the field), when created and when replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_rate_limit_policy_is_refused_by_name() {
+    let platform = Platform::start(Backend::Sqlite).await;
+    platform.service("limited", "round_robin", &[], lenient_breaker()).await;
+    let http = http_client_with_token(&token());
+    let base = platform.gateway_server.url();
+    let missing = uuid::Uuid::new_v4();
+    let route =
+        json!({"name": "r", "path_prefix": "/r", "methods": ["GET"], "api_version": "v1", "service": "limited"});
+    let client = json!({"name": "c", "tenant": "acme", "scopes": ["limited:read"]});
+    let refused = |answer: reqwest::Response| async move {
+        assert_eq!(answer.status().as_u16(), 422);
+        let body: Value = answer.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("rate_limit_policy_id"), "{body}");
+    };
+    let with_missing = |mut spec: Value| {
+        spec["rate_limit_policy_id"] = json!(missing);
+        spec
+    };
+    refused(http.post(format!("{base}/v1/admin/routes")).json(&with_missing(route.clone())).send().await.unwrap())
+        .await;
+    refused(http.post(format!("{base}/v1/admin/clients")).json(&with_missing(client.clone())).send().await.unwrap())
+        .await;
+    let route_id = platform.route(route.clone()).await;
+    let created: Value =
+        http.post(format!("{base}/v1/admin/clients")).json(&client).send().await.unwrap().json().await.unwrap();
+    let replaced = http.put(format!("{base}/v1/admin/routes/{route_id}")).json(&with_missing(route)).send().await;
+    refused(replaced.unwrap()).await;
+    let client_path = format!("{base}/v1/admin/clients/{}", created["id"].as_str().unwrap());
+    let updated = http.patch(client_path).json(&json!({"rate_limit_policy_id": missing})).send().await;
+    refused(updated.unwrap()).await;
+}
