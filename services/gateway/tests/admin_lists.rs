@@ -253,7 +253,8 @@ async fn a_route_may_opt_out_of_tokens_unless_it_names_scopes() {
 }
 
 /// A route or an API client naming a rate-limit policy that does not exist is refused
-/// (422 naming the field), when created and when replaced.
+/// (422 naming the field), when created and when replaced; deleting a policy that is not
+/// there is a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_rate_limit_policy_is_refused_by_name() {
     let platform = Platform::start(Backend::Sqlite).await;
@@ -285,4 +286,20 @@ async fn a_missing_rate_limit_policy_is_refused_by_name() {
     let client_path = format!("{base}/v1/admin/clients/{}", created["id"].as_str().unwrap());
     let updated = http.patch(client_path).json(&json!({"rate_limit_policy_id": missing})).send().await;
     refused(updated.unwrap()).await;
+    // Deleting what is not there is a 404, a second delete too.
+    let policy: Value = http
+        .post(format!("{base}/v1/admin/rate-limit-policies"))
+        .json(&json!({"name": "once", "algorithm": "gcra", "rate": 1, "period_seconds": 1, "scope": "per_client"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let policies = format!("{base}/v1/admin/rate-limit-policies");
+    let delete = |id: String| http.delete(format!("{policies}/{id}")).send();
+    let once = policy["id"].as_str().unwrap().to_string();
+    assert_eq!(delete(once.clone()).await.unwrap().status().as_u16(), 204);
+    assert_eq!(delete(once).await.unwrap().status().as_u16(), 404);
+    assert_eq!(delete(missing.to_string()).await.unwrap().status().as_u16(), 404);
 }
