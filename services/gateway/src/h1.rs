@@ -57,6 +57,9 @@ pub enum Ended {
     Closed,
     /// The rest of the connection belongs to the general path, starting with these bytes.
     Handover(Vec<u8>),
+    /// Idle since this instant for [`pake_listen::PARK_AFTER`], holding nothing of a
+    /// request: to be parked ([`pake_listen::Conn::park`]).
+    Idle(Instant),
 }
 
 /// What one request left the connection to do.
@@ -206,6 +209,7 @@ pub async fn serve(
     let mut conn =
         Conn { stream, client, plane, forwarded: Vec::new(), out: Vec::new(), upstream: Vec::new(), extra: Vec::new() };
     let mut served = false;
+    let parks = connection.parks();
     let handover = {
         let (shutdown, timeouts) = connection.split();
         let mut stopped = std::pin::pin!(shutdown.changed());
@@ -250,7 +254,17 @@ pub async fn serve(
                     }
                 }
             }
-            let deadline = timeouts.deadline(wait);
+            let mut deadline = timeouts.deadline(wait);
+            // Idle without a byte of a request for a while: parked outside this task.
+            let mut parking = None;
+            if let pake_listen::Wait::Idle(since) = wait
+                && parks
+                && input.is_empty()
+                && since + pake_listen::PARK_AFTER < deadline
+            {
+                deadline = since + pake_listen::PARK_AFTER;
+                parking = Some(since);
+            }
             let read = tokio::select! {
                 biased;
                 read = async {
@@ -268,6 +282,9 @@ pub async fn serve(
                     continue;
                 }
                 () = tokio::time::sleep_until(deadline.into()) => {
+                    if let Some(since) = parking {
+                        return Ended::Idle(since);
+                    }
                     timeouts.record(wait);
                     if filled > 0 {
                         let refused = pake_api_runtime::ApiError::new(

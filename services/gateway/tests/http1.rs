@@ -413,6 +413,46 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     assert_eq!(client.get("/v1/echo/four").await.text(), "/four", "the connection is still usable");
 }
 
+/// An idle keep-alive connection leaves its task for the listener's epoll set after
+/// `PARK_AFTER`: whatever arrives next (a plain request, a request whose head and body
+/// come in pieces, pipelined requests) is served as on a connection that never idled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_after_an_idle_wait_are_served_as_on_a_busy_connection() {
+    let origin = Origin::start(|request, _| {
+        if request.head.method() == "POST" {
+            return Reply::keep(ok(digest_of(&request.body)));
+        }
+        echo_target(request, 0)
+    })
+    .await;
+    let platform = gateway_to(&origin).await;
+    let mut client = Client::connect(&platform).await;
+    let idle = pake_listen::PARK_AFTER * 3;
+    assert_eq!(client.get("/v1/echo/first").await.text(), "/first");
+    tokio::time::sleep(idle).await;
+    assert_eq!(client.get("/v1/echo/second").await.text(), "/second");
+    tokio::time::sleep(idle).await;
+    // The head in two pieces, the second after another idle wait (now a head in progress,
+    // which the header timeout governs), then the body.
+    let body = pattern(5000);
+    client.send("POST /v1/echo/upload HTTP/1.1\r\nHost: gateway.test\r\n").await;
+    tokio::time::sleep(idle).await;
+    client.send(format!("content-length: {}\r\n\r\n", body.len())).await;
+    client.send(&body).await;
+    assert_eq!(client.response("POST").await.text(), digest_of(&body));
+    tokio::time::sleep(idle).await;
+    client
+        .send(
+            "GET /v1/echo/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n\
+             GET /v1/echo/b HTTP/1.1\r\nHost: gateway.test\r\n\r\n",
+        )
+        .await;
+    assert_eq!(client.response("GET").await.text(), "/a");
+    assert_eq!(client.response("GET").await.text(), "/b");
+    let targets: Vec<String> = origin.seen().iter().map(|m| m.head.target().to_string()).collect();
+    assert_eq!(targets, ["/first", "/second", "/upload", "/a", "/b"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_upstream_answer_with_extensions_and_trailers_arrives_whole() {
     let origin = Origin::start(|request, _| match request.head.target() {

@@ -13,7 +13,10 @@
 //! - is closed after the idle timeout without a request in flight ([`Wait::Idle`]), on
 //!   HTTP/1.1 and HTTP/2 alike;
 //! - is closed between requests when shutdown starts; requests in flight get
-//!   [`Settings::drain_timeout`] to finish.
+//!   [`Settings::drain_timeout`] to finish;
+//! - when its service keeps nothing of it between requests (the gateway's own HTTP/1.1
+//!   path), waits idle past [`PARK_AFTER`] outside any task, in its listener's epoll set
+//!   ([`Conn::park`]), and comes back to the service's handler with its next bytes.
 //!
 //! Under pressure both timeouts shrink, as Envoy's overload manager reduces them: up to
 //! half the cap they are as configured, from there they fall linearly to
@@ -25,6 +28,11 @@
 //! HTTP/1.1 path waits with [`Timeouts::expired`] around its reads.
 
 mod http;
+#[cfg(target_os = "linux")]
+mod park;
+#[cfg(not(target_os = "linux"))]
+#[path = "park_unsupported.rs"]
+mod park;
 
 pub use http::Http;
 
@@ -53,6 +61,10 @@ pub const MAX_HEADER_LINES: usize = 1024;
 pub const PRESSURE_FLOOR: Duration = Duration::from_secs(1);
 /// Steps between no pressure (half the cap) and full pressure (the cap).
 const BANDS: u32 = 20;
+/// How long a connection may wait idle in its task before it is parked outside it
+/// ([`Conn::park`]): long beside the pause between a busy client's requests, so that
+/// those never pay for parking, short beside any idle timeout.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 /// How long a refused connection is kept to read the client's request, so that closing
 /// does not reset the connection before the client has read the `503`.
 const LINGER: Duration = Duration::from_secs(1);
@@ -212,6 +224,8 @@ pub struct Stats {
     pub header_timeouts: Counter,
     /// Connections closed after idling.
     pub idle_timeouts: Counter,
+    /// Idle connections parked outside tasks now (part of `open`).
+    pub parked: Gauge,
 }
 
 /// A service's listening: the process's [`Limits`] and this service's [`Stats`]. Cheap to
@@ -256,6 +270,11 @@ impl Server {
             "Client connections closed after idling without a request",
             stats.idle_timeouts.clone(),
         );
+        metrics.register(
+            "connections_parked",
+            "Idle keep-alive client connections parked outside tasks until their next request",
+            stats.parked.clone(),
+        );
     }
 
     /// Accepts connections from `listener` and runs `handle` on each, in a task of its
@@ -275,6 +294,14 @@ impl Server {
         let (stopping, stop) = watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut accept_logged: Option<Instant> = None;
+        // Idle connections that can start over between requests wait here, outside tasks
+        // (see `park`); without an epoll set every connection waits in its task.
+        let parking = park::Parking::new(self.limits.clone(), self.stats.clone()).map(Arc::new).ok();
+        let mut attendant = parking
+            .as_ref()
+            .and_then(|parking| park::Attendant::new(parking.clone(), self.limits.shared.pressure.subscribe()).ok());
+        let parking = parking.filter(|_| attendant.is_some());
+        let idle_timeout = self.limits.settings().idle_timeout;
         loop {
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -284,6 +311,24 @@ impl Server {
                         continue;
                     }
                 },
+                turn = async {
+                    match &mut attendant {
+                        Some(attendant) => attendant.turn(self.limits.scaled(idle_timeout)).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let park::Turn::Woken(woken) = turn {
+                        for (stream, client) in woken {
+                            // Its slot, and its next request's head timeout from now, its
+                            // first byte; a socket the runtime refuses gives the slot back.
+                            let conn = self.conn(&stop, &parking, true);
+                            if let Ok(stream) = TcpStream::from_std(stream) {
+                                tokio::spawn(handle(stream, client, conn));
+                            }
+                        }
+                    }
+                    continue;
+                }
                 () = &mut shutdown => break,
             };
             if !self.limits.take() {
@@ -294,17 +339,11 @@ impl Server {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
             self.stats.open.inc();
-            let conn = Conn {
-                stop: stop.clone(),
-                timeouts: Timeouts {
-                    limits: self.limits.clone(),
-                    stats: self.stats.clone(),
-                    pressure: self.limits.shared.pressure.subscribe(),
-                    accepted: Instant::now(),
-                },
-                served: false,
-            };
-            tokio::spawn(handle(stream, client, conn));
+            tokio::spawn(handle(stream, client, self.conn(&stop, &parking, false)));
+        }
+        // Parked connections are between requests: shutdown closes them at once.
+        if let Some(parking) = &parking {
+            parking.close();
         }
         drop(listener);
         drop(stop);
@@ -318,6 +357,22 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// A connection's slot holder, its slot already taken.
+    fn conn(&self, stop: &watch::Receiver<bool>, parking: &Option<Arc<park::Parking>>, served: bool) -> Conn {
+        Conn {
+            stop: stop.clone(),
+            timeouts: Timeouts {
+                limits: self.limits.clone(),
+                stats: self.stats.clone(),
+                pressure: self.limits.shared.pressure.subscribe(),
+                accepted: Instant::now(),
+            },
+            served,
+            parking: parking.clone(),
+            parked: false,
+        }
     }
 
     /// Serves an axum router (a service's contract) on `listener`: HTTP/1.1 and HTTP/2,
@@ -392,11 +447,16 @@ async fn accept_failed(error: &std::io::Error, logged: &mut Option<Instant>) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// One accepted connection: its slot (given back on drop), shutdown and timeouts.
+/// One accepted connection: its slot (given back on drop, unless the connection was
+/// parked with it), shutdown and timeouts.
 pub struct Conn {
     stop: watch::Receiver<bool>,
     timeouts: Timeouts,
     served: bool,
+    /// Where the listener parks its idle connections, if it can.
+    parking: Option<Arc<park::Parking>>,
+    /// Parked: the slot went with the connection.
+    parked: bool,
 }
 
 impl Conn {
@@ -419,12 +479,31 @@ impl Conn {
     pub fn served(&self) -> bool {
         self.served
     }
+
+    /// Whether an idle connection can be parked ([`Conn::park`]).
+    pub fn parks(&self) -> bool {
+        self.parking.is_some()
+    }
+
+    /// Parks an idle connection, idle since `since`, outside its task until its next
+    /// request (or its closing) arrives: then the listener's handler gets it again, as a
+    /// new connection whose head timeout counts from that first byte. Parked, it keeps its
+    /// slot and is closed after the idle timeout or when shutdown starts. For a service
+    /// that keeps nothing of a connection between requests; a connection that cannot be
+    /// parked (shutdown started) is closed, as idle ones may be.
+    pub fn park(mut self, stream: TcpStream, client: SocketAddr, since: Instant) {
+        let Some(parking) = self.parking.take() else { return };
+        let Ok(stream) = stream.into_std() else { return };
+        self.parked = parking.park(stream, client, since).is_ok();
+    }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.timeouts.stats.open.dec();
-        self.timeouts.limits.give_back();
+        if !self.parked {
+            self.timeouts.stats.open.dec();
+            self.timeouts.limits.give_back();
+        }
     }
 }
 
