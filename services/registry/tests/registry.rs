@@ -33,6 +33,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     register_heartbeat_discover_expire_and_reap,
+    an_instance_is_critical_the_moment_its_ttl_lapses,
     names_are_unique_and_updates_check_revisions,
     racing_compare_and_set_has_exactly_one_winner,
     blocking_discovery_wakes_on_change,
@@ -131,6 +132,44 @@ async fn register_heartbeat_discover_expire_and_reap(backend: Backend) {
     assert_eq!(status, 404);
     let (status, _) = status_of(client.discover_service().service_name("arxiv-search").send().await.unwrap_err());
     assert_eq!(status, 404);
+}
+
+/// Readers see an instance's TTL lapse at once, not when the reaper (every 250 ms) next
+/// writes it down: from its `expires_at` on, it reads as critical ("ttl expired") and
+/// discovery leaves it out.
+async fn an_instance_is_critical_the_moment_its_ttl_lapses(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let client = registry.client();
+    let service = client.register_service().body(registration("lapsing")).send().await.unwrap().into_inner();
+    // A one-second TTL, and a long critical period so that it is not deregistered here.
+    let created =
+        client.register_instance().service_id(service.id).body(instance(9001, 1, 60)).send().await.unwrap().into_inner();
+    let wait = (created.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(5)).await;
+    // Several reads within the reaper's period: each must already see the lapse.
+    for _ in 0..4 {
+        let read = client
+            .get_instance()
+            .service_id(service.id)
+            .instance_id(created.id)
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.status, types::InstanceStatus::Critical, "{read:?}");
+        assert_eq!(read.status_output.as_deref().map(|o| o.as_str()), Some("ttl expired"), "{read:?}");
+        let found = client
+            .discover_service()
+            .service_name("lapsing")
+            .passing_only(false)
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(found.instances.is_empty(), "{:?}", found.instances);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn names_are_unique_and_updates_check_revisions(backend: Backend) {
