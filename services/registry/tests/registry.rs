@@ -34,6 +34,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     register_heartbeat_discover_expire_and_reap,
     an_instance_is_critical_the_moment_its_ttl_lapses,
+    the_shared_snapshot_follows_registrations,
     names_are_unique_and_updates_check_revisions,
     racing_compare_and_set_has_exactly_one_winner,
     blocking_discovery_wakes_on_change,
@@ -170,6 +171,20 @@ async fn an_instance_is_critical_the_moment_its_ttl_lapses(backend: Backend) {
         assert!(found.instances.is_empty(), "{:?}", found.instances);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The snapshot cell other services in the process read (the gateway routes from it)
+/// is the one the registry publishes to: a registration shows in it, and moves its index.
+async fn the_shared_snapshot_follows_registrations(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let cell = registry.registry.snapshot_cell().clone();
+    let mut index = cell.watch_index();
+    let before = *index.borrow_and_update();
+    let service =
+        registry.client().register_service().body(registration("shared")).send().await.unwrap().into_inner();
+    assert!(cell.load().service(service.id).is_some(), "the registration is in the shared snapshot");
+    assert!(*index.borrow_and_update() > before, "its index moved");
 }
 
 async fn names_are_unique_and_updates_check_revisions(backend: Backend) {
