@@ -144,30 +144,24 @@ async fn an_instance_is_critical_the_moment_its_ttl_lapses(backend: Backend) {
     let client = registry.client();
     let service = client.register_service().body(registration("lapsing")).send().await.unwrap().into_inner();
     // A one-second TTL, and a long critical period so that it is not deregistered here.
-    let created =
-        client.register_instance().service_id(service.id).body(instance(9001, 1, 60)).send().await.unwrap().into_inner();
+    let created = client
+        .register_instance()
+        .service_id(service.id)
+        .body(instance(9001, 1, 60))
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
     let wait = (created.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
     // Several reads within the reaper's period: each must already see the lapse.
     for _ in 0..4 {
-        let read = client
-            .get_instance()
-            .service_id(service.id)
-            .instance_id(created.id)
-            .send()
-            .await
-            .unwrap()
-            .into_inner();
+        let read =
+            client.get_instance().service_id(service.id).instance_id(created.id).send().await.unwrap().into_inner();
         assert_eq!(read.status, types::InstanceStatus::Critical, "{read:?}");
         assert_eq!(read.status_output.as_deref().map(|o| o.as_str()), Some("ttl expired"), "{read:?}");
-        let found = client
-            .discover_service()
-            .service_name("lapsing")
-            .passing_only(false)
-            .send()
-            .await
-            .unwrap()
-            .into_inner();
+        let found =
+            client.discover_service().service_name("lapsing").passing_only(false).send().await.unwrap().into_inner();
         assert!(found.instances.is_empty(), "{:?}", found.instances);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -181,8 +175,7 @@ async fn the_shared_snapshot_follows_registrations(backend: Backend) {
     let cell = registry.registry.snapshot_cell().clone();
     let mut index = cell.watch_index();
     let before = *index.borrow_and_update();
-    let service =
-        registry.client().register_service().body(registration("shared")).send().await.unwrap().into_inner();
+    let service = registry.client().register_service().body(registration("shared")).send().await.unwrap().into_inner();
     assert!(cell.load().service(service.id).is_some(), "the registration is in the shared snapshot");
     assert!(*index.borrow_and_update() > before, "its index moved");
 }
@@ -899,6 +892,17 @@ async fn registrations_get_the_defaults_and_health_reports_the_store(backend: Ba
     let registered = chrono::DateTime::parse_from_rfc3339(instance["registered_at"].as_str().unwrap()).unwrap();
     let expires = chrono::DateTime::parse_from_rfc3339(instance["expires_at"].as_str().unwrap()).unwrap();
     assert!((expires - registered - chrono::Duration::seconds(30)).num_milliseconds().abs() < 1000, "{instance}");
+    // A heartbeat moves the expiry to a whole TTL from now.
+    let instance_id = instance["id"].as_str().unwrap();
+    let (status, beaten) = send(
+        http.post(format!("{base}/api/v1/services/{id}/instances/{instance_id}/heartbeat"))
+            .json(&json!({"status": "passing"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{beaten}");
+    let beat_at = chrono::DateTime::parse_from_rfc3339(beaten["last_heartbeat_at"].as_str().unwrap()).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(beaten["expires_at"].as_str().unwrap()).unwrap();
+    assert!((expires - beat_at - chrono::Duration::seconds(30)).num_milliseconds().abs() < 1000, "{beaten}");
 
     // An empty description clears it, as an empty owner does.
     let url = format!("{base}/api/v1/services/{id}");
