@@ -1105,3 +1105,60 @@ fn distinct(rows: Vec<(Uuid,)>) -> Vec<Uuid> {
     ids.dedup();
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection as _;
+
+    #[test]
+    fn connection_loss_is_told_from_refused_statements() {
+        for code in ["08000", "08006", "08P01", "57P01", "57P02", "57P03", "53300"] {
+            assert!(connection_lost(code), "{code} is a lost connection");
+        }
+        for code in ["23505", "23503", "23514", "40001", "57014", "42P01", "P0001", "53100"] {
+            assert!(!connection_lost(code), "{code} is a refused statement");
+        }
+    }
+
+    #[test]
+    fn a_missing_row_is_not_found() {
+        assert!(matches!(StoreError::from(sqlx::Error::RowNotFound), StoreError::NotFound));
+    }
+
+    /// Errors PostgreSQL really raises, by SQLSTATE, become what the registry answers
+    /// with: a lost connection 503, a missing reference 404, a unique key the conflict it
+    /// names, anything else 500.
+    #[tokio::test]
+    async fn postgres_errors_are_classified_by_their_sqlstate() {
+        let mut connection = sqlx::PgConnection::connect(&conformance::support::postgres_admin_url())
+            .await
+            .expect("PostgreSQL is reachable");
+        let mut raised = async |sqlstate: &str| -> StoreError {
+            let statement = format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{sqlstate}'; END $$");
+            let error = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut connection).await.expect_err("raised");
+            StoreError::from(error)
+        };
+        for lost in ["08006", "57P01", "53300"] {
+            assert!(matches!(raised(lost).await, StoreError::Unavailable(_)), "{lost}");
+        }
+        assert!(matches!(raised("23503").await, StoreError::NotFound), "a foreign key violation");
+        for other in ["23514", "22023", "P0001"] {
+            assert!(matches!(raised(other).await, StoreError::Internal(_)), "{other}");
+        }
+        // A unique violation names its constraint: the idempotency key's is told apart
+        // from the others.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TEMPORARY TABLE keyed (key text CONSTRAINT {IDEMPOTENCY_KEY_CONSTRAINT} PRIMARY KEY)"
+        )))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO keyed VALUES ('a')").execute(&mut connection).await.unwrap();
+        let duplicate = sqlx::query("INSERT INTO keyed VALUES ('a')").execute(&mut connection).await.unwrap_err();
+        match StoreError::from(duplicate) {
+            StoreError::Conflict(name) => assert_eq!(name, IDEMPOTENCY_KEY_CONSTRAINT),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+}
