@@ -297,6 +297,24 @@ async fn blocking_discovery_wakes_on_change(backend: Backend) {
     assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
     assert!(found.index as u64 > index);
     assert_eq!(found.instances.len(), 1);
+
+    // Deregistering the service wakes a query waiting on it too: it is gone (404) at once,
+    // not after its wait.
+    let index = found.index as u64;
+    let waiting = {
+        let client = registry.client();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let gone =
+                client.discover_service().service_name("crawler").index(index).wait_seconds(30u64).send().await;
+            (started.elapsed(), gone.map(|_| ()).map_err(status_of))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.deregister_service().service_id(service.id).send().await.unwrap();
+    let (waited, gone) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    assert_eq!(gone.unwrap_err().0, 404);
 }
 
 async fn lists_page_and_filter_and_bad_cursors_are_refused(backend: Backend) {
