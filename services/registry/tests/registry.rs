@@ -305,8 +305,7 @@ async fn blocking_discovery_wakes_on_change(backend: Backend) {
         let client = registry.client();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let gone =
-                client.discover_service().service_name("crawler").index(index).wait_seconds(30u64).send().await;
+            let gone = client.discover_service().service_name("crawler").index(index).wait_seconds(30u64).send().await;
             (started.elapsed(), gone.map(|_| ()).map_err(status_of))
         })
     };
@@ -487,6 +486,15 @@ async fn traffic_policies_are_validated_and_versioned(backend: Backend) {
     let (status, error) = status_of(invalid.unwrap_err());
     assert_eq!(status, 422);
     assert!(error.message.contains("per_try_timeout_ms"), "{:?}", error.message);
+    // A per-try timeout as long as the whole request is allowed.
+    let equal = client
+        .replace_traffic_policy()
+        .service_id(service.id)
+        .body(serde_json::from_value::<types::TrafficPolicySpec>(spec(3000)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(equal.headers()["etag"], "\"3\"");
 }
 
 async fn configuration_keeps_history_across_deletes(backend: Backend) {
@@ -517,6 +525,36 @@ async fn configuration_keeps_history_across_deletes(backend: Backend) {
     let recreated = put("16").await.unwrap().into_inner();
     assert_eq!(recreated.version.get(), 4, "versions keep counting after a delete");
 
+    // Conditional writes: a stale version in the body is a conflict (409), in If-Match a
+    // failed precondition (412); both given must agree; a version for a key that is not
+    // there says so.
+    let conditional = |value: &str, expected: Option<u64>, if_match: Option<&str>, key: &str| {
+        let mut body = json!({"value": value});
+        if let Some(expected) = expected {
+            body["expected_version"] = json!(expected);
+        }
+        let body: types::ConfigWrite = serde_json::from_value(body).unwrap();
+        let mut request =
+            client.put_config_entry().service_name("search").environment("staging").key(key.to_string()).body(body);
+        if let Some(if_match) = if_match {
+            request = request.if_match(if_match.to_string());
+        }
+        request.send()
+    };
+    let (status, error) = status_of(conditional("32", Some(3), None, "index.shards").await.unwrap_err());
+    assert_eq!(status, 409, "{error:?}");
+    assert_eq!(error.message.as_str(), "expected version 3 but the current version is 4");
+    let (status, error) = status_of(conditional("32", None, Some("\"3\""), "index.shards").await.unwrap_err());
+    assert_eq!(status, 412, "{error:?}");
+    let (status, error) = status_of(conditional("32", Some(4), Some("\"3\""), "index.shards").await.unwrap_err());
+    assert_eq!(status, 422, "{error:?}");
+    assert!(error.message.contains("disagree"), "{error:?}");
+    let (status, error) = status_of(conditional("1", Some(2), None, "index.replicas").await.unwrap_err());
+    assert_eq!(status, 409, "{error:?}");
+    assert_eq!(error.message.as_str(), "expected version 2 but the key does not exist");
+    let agreed = conditional("32", Some(4), Some("\"4\""), "index.shards").await.unwrap().into_inner();
+    assert_eq!(agreed.version.get(), 5);
+
     let history = client
         .list_config_history()
         .service_name("search")
@@ -528,7 +566,10 @@ async fn configuration_keeps_history_across_deletes(backend: Backend) {
         .into_inner();
     let versions: Vec<(u64, String)> =
         history.items.iter().map(|v| (v.version.get(), v.operation.to_string())).collect();
-    assert_eq!(versions, vec![(4, "put".into()), (3, "delete".into()), (2, "put".into()), (1, "put".into())]);
+    assert_eq!(
+        versions,
+        vec![(5, "put".into()), (4, "put".into()), (3, "delete".into()), (2, "put".into()), (1, "put".into())]
+    );
     assert!(history.items.iter().all(|v| v.changed_by.as_str() == "tester"));
 
     let listed = client.list_config_entries().service_name("search").environment("staging").key_prefix("index.").send();
