@@ -13,6 +13,7 @@
 //! root ends in error or took longer than `PAKE_TRACE_SLOW_MS`.
 
 pub mod ids;
+mod otlp;
 mod sampling;
 pub mod server;
 mod tail;
@@ -253,7 +254,7 @@ impl Telemetry {
         let exported = Counter::default();
         let failures = Counter::default();
         let otlp = match &config.otlp_endpoint {
-            Some(base) => Some(Otlp::new(base)?),
+            Some(base) => Some(otlp::Otlp::new(base)?),
             None => None,
         };
         let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
@@ -369,7 +370,7 @@ struct Drain {
     /// Not the queue's sender: the task ends once every sender is gone.
     wake: Arc<tokio::sync::Notify>,
     sinks: Sinks,
-    otlp: Option<Otlp>,
+    otlp: Option<otlp::Otlp>,
     exported: Counter,
     failures: Counter,
     batch_size: usize,
@@ -430,90 +431,13 @@ impl Drain {
         if destinations {
             self.exported.inc_by(batch.len() as u64);
         }
-        match &mut self.otlp {
-            Some(otlp) => {
-                if let Err(error) = otlp.export(std::mem::take(batch)).await {
-                    self.failures.inc();
-                    tracing::debug!(%error, "OTLP export failed");
-                }
-            }
-            None => batch.clear(),
+        if let Some(otlp) = &mut self.otlp
+            && let Err(error) = otlp.export(batch).await
+        {
+            self.failures.inc();
+            tracing::debug!(%error, "OTLP export failed");
         }
-    }
-}
-
-/// The OTLP/HTTP exporters, one per service (each with its resource).
-struct Otlp {
-    endpoint: String,
-    client: Arc<dyn opentelemetry_http::HttpClient>,
-    exporters: HashMap<Arc<str>, opentelemetry_otlp::SpanExporter>,
-}
-
-impl Otlp {
-    fn new(base: &str) -> Result<Otlp, StartError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| StartError(format!("the OTLP client: {e}")))?;
-        Ok(Otlp {
-            endpoint: format!("{}/v1/traces", base.trim_end_matches('/')),
-            client: Arc::new(ReqwestClient(client)),
-            exporters: HashMap::new(),
-        })
-    }
-
-    async fn export(&mut self, batch: Vec<FinishedSpan>) -> Result<(), String> {
-        use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-        use opentelemetry_sdk::trace::SpanExporter as _;
-        let mut by_service: Vec<(Arc<str>, Vec<SpanData>)> = Vec::new();
-        for finished in batch {
-            match by_service.iter_mut().find(|(service, _)| *service == finished.service) {
-                Some((_, spans)) => spans.push(finished.span),
-                None => by_service.push((finished.service, vec![finished.span])),
-            }
-        }
-        let mut failed = None;
-        for (service, spans) in by_service {
-            let exporter = match self.exporters.get(&service) {
-                Some(exporter) => exporter,
-                None => {
-                    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_endpoint(self.endpoint.clone())
-                        .with_shared_http_client(self.client.clone())
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    exporter.set_resource(&Resource::builder_empty().with_service_name(service.to_string()).build());
-                    self.exporters.entry(service.clone()).or_insert(exporter)
-                }
-            };
-            if let Err(error) = exporter.export(spans).await {
-                failed = Some(error.to_string());
-            }
-        }
-        failed.map_or(Ok(()), Err)
-    }
-}
-
-/// The exporter's HTTP client: the workspace's reqwest.
-#[derive(Debug)]
-struct ReqwestClient(reqwest::Client);
-
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for ReqwestClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<bytes::Bytes>,
-    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
-        let request = reqwest::Request::try_from(request)?;
-        let response = self.0.execute(request).await?;
-        let mut answer = http::Response::builder().status(response.status());
-        if let Some(headers) = answer.headers_mut() {
-            *headers = response.headers().clone();
-        }
-        let body = response.bytes().await?;
-        Ok(answer.body(body)?)
+        batch.clear();
     }
 }
 
