@@ -152,6 +152,27 @@ async fn an_instance_is_critical_the_moment_its_ttl_lapses(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
+    // A query waiting on the service wakes when the lapse is written down (by the reaper,
+    // within 250 ms), its index moved: the lapse is a change.
+    let first = client.discover_service().service_name("lapsing").send().await.unwrap().into_inner();
+    let waiting = {
+        let client = registry.client();
+        let index = first.index as u64;
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let found = client
+                .discover_service()
+                .service_name("lapsing")
+                .passing_only(false)
+                .index(index)
+                .wait_seconds(30u64)
+                .send()
+                .await
+                .unwrap()
+                .into_inner();
+            (started.elapsed(), found)
+        })
+    };
     let wait = (created.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
     // Several reads within the reaper's period: each must already see the lapse.
@@ -165,6 +186,10 @@ async fn an_instance_is_critical_the_moment_its_ttl_lapses(backend: Backend) {
         assert!(found.instances.is_empty(), "{:?}", found.instances);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let (waited, woken) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    assert!(woken.index > first.index, "{woken:?}");
+    assert!(woken.instances.is_empty(), "{woken:?}");
 }
 
 /// The snapshot cell other services in the process read (the gateway routes from it)
