@@ -198,7 +198,7 @@ impl Registry {
     ) -> Result<types::Service> {
         let now = chrono::Utc::now();
         let request = canonical_json(&serde_json::to_value(&registration)?);
-        let expired_before_ms = now.timestamp_millis() - IDEMPOTENCY_KEY_LIFETIME.as_millis() as i64;
+        let expired_before_ms = idempotency_horizon_ms(now.timestamp_millis());
         let earlier = |answer: Option<IdempotentAnswer>| -> Result<types::Service> {
             match answer {
                 Some(answer) if answer.request == request => Ok(serde_json::from_value(answer.response)?),
@@ -769,6 +769,12 @@ impl Registry {
     }
 }
 
+/// Idempotency keys written before this instant (ms since the epoch) are past their
+/// lifetime at `now_ms`: forgotten by the periodic purge, not honoured by a retry.
+pub fn idempotency_horizon_ms(now_ms: i64) -> i64 {
+    now_ms - IDEMPOTENCY_KEY_LIFETIME.as_millis() as i64
+}
+
 fn stale_message(expected: i64, actual: i64) -> String {
     if actual == 0 {
         format!("expected version {expected} but the key does not exist")
@@ -843,8 +849,7 @@ async fn reload_loop(store: Store, snapshot: Arc<SnapshotCell>, breaker: Arc<Sto
         if let Err(error) = breaker.guard(snapshot.reload_all(&store)).await {
             tracing::debug!(%error, "periodic snapshot reload failed");
         }
-        let expired_before_ms = now_ms() - IDEMPOTENCY_KEY_LIFETIME.as_millis() as i64;
-        if let Err(error) = breaker.guard(store.purge_idempotency_keys(expired_before_ms)).await {
+        if let Err(error) = breaker.guard(store.purge_idempotency_keys(idempotency_horizon_ms(now_ms()))).await {
             tracing::debug!(%error, "forgetting expired idempotency keys failed");
         }
     }

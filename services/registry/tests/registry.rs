@@ -35,6 +35,7 @@ on_both_backends!(
     register_heartbeat_discover_expire_and_reap,
     an_instance_is_critical_the_moment_its_ttl_lapses,
     the_shared_snapshot_follows_registrations,
+    the_purge_forgets_idempotency_keys_only_past_their_lifetime,
     names_are_unique_and_updates_check_revisions,
     racing_compare_and_set_has_exactly_one_winner,
     blocking_discovery_wakes_on_change,
@@ -203,6 +204,37 @@ async fn the_shared_snapshot_follows_registrations(backend: Backend) {
     let service = registry.client().register_service().body(registration("shared")).send().await.unwrap().into_inner();
     assert!(cell.load().service(service.id).is_some(), "the registration is in the shared snapshot");
     assert!(*index.borrow_and_update() > before, "its index moved");
+}
+
+/// The periodic purge of idempotency keys, run now, keeps a key written a moment ago: a
+/// retry under it still answers the first registration. Run as if the lifetime had
+/// passed, it forgets the key, and the retry is a new (conflicting) registration.
+async fn the_purge_forgets_idempotency_keys_only_past_their_lifetime(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let registry = TestRegistry::start(&db.url).await;
+    let (http, base) = (registry.http(), registry.url());
+    let register = || async {
+        let response = http
+            .post(format!("{base}/api/v1/services/register"))
+            .header("idempotency-key", "purge-test-key")
+            .json(&json!({"name": "keyed", "version": "1.0.0"}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let (status, first) = register().await;
+    assert_eq!(status, 201, "{first}");
+    let store = registry.registry.store();
+    let now = chrono::Utc::now().timestamp_millis();
+    store.purge_idempotency_keys(pake_registry::registry::idempotency_horizon_ms(now)).await.unwrap();
+    let (status, retried) = register().await;
+    assert_eq!((status, &retried["id"]), (201, &first["id"]), "{retried}");
+    let lifetime = pake_registry::registry::IDEMPOTENCY_KEY_LIFETIME.as_millis() as i64;
+    let later = now + lifetime + 1000;
+    store.purge_idempotency_keys(pake_registry::registry::idempotency_horizon_ms(later)).await.unwrap();
+    let (status, anew) = register().await;
+    assert_eq!(status, 409, "the key forgotten, the name taken: {anew}");
 }
 
 async fn names_are_unique_and_updates_check_revisions(backend: Backend) {
