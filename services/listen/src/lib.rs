@@ -63,8 +63,10 @@ pub const PRESSURE_FLOOR: Duration = Duration::from_secs(1);
 const BANDS: u32 = 20;
 /// How long a connection may wait idle in its task before it is parked outside it
 /// ([`Conn::park`]): long beside the pause between a busy client's requests, so that
-/// those never pay for parking, short beside any idle timeout.
-pub const PARK_AFTER: Duration = Duration::from_millis(100);
+/// those never pay for parking (about 5 µs: four `epoll_ctl` calls and a task), short
+/// enough that a burst of new connections (a client pool warming up) does not hold
+/// thousands of tasks at once, which an allocator keeps as resident memory afterwards.
+pub const PARK_AFTER: Duration = Duration::from_millis(20);
 /// How long a refused connection is kept to read the client's request, so that closing
 /// does not reset the connection before the client has read the `503`.
 const LINGER: Duration = Duration::from_secs(1);
