@@ -1,9 +1,10 @@
 //! Pushed samples reach the leader wherever they are pushed. Rules are evaluated by the
 //! replica holding the evaluation lease (`lease.rs`) over its own series store, so a push
 //! taken by a follower would never be judged. The leader records where it is reached when
-//! it takes the lease; followers read that on their lease check, every second, and pass a
-//! `pushMetricSamples` on to the leader as it came (the caller's bearer token included),
-//! answering with the leader's answer; what the leader took, the follower takes too, so
+//! it takes the lease; followers read that on their lease check, every second (and at once
+//! when a push comes before they have read it), and pass a `pushMetricSamples` on to the
+//! leader as it came (the caller's bearer token included), answering with the leader's
+//! answer; what the leader took, the follower takes too, so
 //! that it answers `listMetrics` with it and has it when it takes over. With no leader to
 //! reach (a fail-over under way) a follower answers 503 with `Retry-After`.
 //!
@@ -81,8 +82,22 @@ pub async fn pushes_to_leader(
     if request.method() != Method::POST || request.uri().path() != PUSH_PATH || core.is_leader() {
         return next.run(request).await;
     }
-    let leader = leadership.leader().filter(|url| *url != leadership.own());
-    let Some(leader) = leader else { return no_leader() };
+    let leader = match leadership.leader() {
+        Some(url) => Some(url),
+        // Not read yet (this replica has just started, or the leader has just taken the
+        // lease): read it now rather than wait for the next lease check.
+        None => match core.db.leader().await {
+            Ok(url) => {
+                leadership.set_leader(url.clone());
+                url
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the leader's address could not be read");
+                None
+            }
+        },
+    };
+    let Some(leader) = leader.filter(|url| *url != leadership.own()) else { return no_leader() };
     if passed_on(request.headers()) {
         return ApiError::unavailable(
             format!(

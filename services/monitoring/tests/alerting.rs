@@ -78,15 +78,34 @@ impl Service {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Pushes one sample as a metrics agent does: a 503 with `Retry-After` (a fail-over
+    /// under way) is tried again after the time it names, for up to 10 s.
     async fn push(&self, name: &str, labels: Value, value: f64) {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/v1/metrics/samples",
-                Some(json!({"source": "test", "samples": [{"name": name, "labels": labels, "value": value}]})),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
+        let body = json!({"source": "test", "samples": [{"name": name, "labels": labels, "value": value}]});
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = self
+                .http
+                .post(format!("{}/api/v1/metrics/samples", self.url))
+                .json(&body)
+                .send()
+                .await
+                .expect("the service answers");
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let text = response.text().await.expect("a body");
+            match retry_after {
+                Some(wait) if status == 503 && Instant::now() + wait < deadline => tokio::time::sleep(wait).await,
+                _ => {
+                    assert_eq!(status, 202, "{text}");
+                    return;
+                }
+            }
+        }
     }
 
     async fn stop(mut self) {
