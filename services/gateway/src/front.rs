@@ -117,7 +117,7 @@ impl Front {
         let inner = &self.inner;
         let read = match h1::serve(&mut stream, client, &inner.plane, &inner.api_paths, &mut conn).await {
             h1::Ended::Closed => return,
-            h1::Ended::Idle(since) => return conn.park(stream, client, since),
+            h1::Ended::Idle(since) => return conn.park(stream, since),
             h1::Ended::Handover(read) => read,
         };
         let front = self.clone();

@@ -493,10 +493,10 @@ impl Conn {
     /// slot and is closed after the idle timeout or when shutdown starts. For a service
     /// that keeps nothing of a connection between requests; a connection that cannot be
     /// parked (shutdown started) is closed, as idle ones may be.
-    pub fn park(mut self, stream: TcpStream, client: SocketAddr, since: Instant) {
+    pub fn park(mut self, stream: TcpStream, since: Instant) {
         let Some(parking) = self.parking.take() else { return };
         let Ok(stream) = stream.into_std() else { return };
-        self.parked = parking.park(stream, client, since).is_ok();
+        self.parked = parking.park(stream, since).is_ok();
     }
 }
 

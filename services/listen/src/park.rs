@@ -6,11 +6,12 @@
 //! service whose connections can start over from nothing between requests (the gateway's
 //! own HTTP/1.1 path) hands an idle one to its listener's [`Parking`] instead
 //! ([`crate::Conn::park`]): the socket leaves the runtime's reactor for an epoll set of
-//! the listener's own, and all that is kept is the socket, the client's address and when
-//! it went idle (64 bytes). The listener's accept loop waits on that set beside the
+//! the listener's own, and all that is kept is the socket and when it went idle (24 bytes
+//! with the list's links). The listener's accept loop waits on that set beside the
 //! listener: a parked connection that becomes readable (a request, or the client
-//! closing) goes back into the runtime and to a new task; one idle past the idle timeout
-//! (scaled by pressure, as every other wait) is closed; shutdown closes them all.
+//! closing) goes back into the runtime and to a new task, its client's address asked of
+//! the socket again; one idle past the idle timeout (scaled by pressure, as every other
+//! wait) is closed; shutdown closes them all.
 //!
 //! The parked connections of a lot are kept oldest first in a doubly linked list through
 //! a slab, so that waking one is O(1) and the next to expire is the first.
@@ -46,9 +47,8 @@ pub(crate) struct Parking {
 /// A parked connection.
 struct Parked {
     stream: std::net::TcpStream,
-    client: SocketAddr,
-    /// Idle since (the end of its last answer).
-    since: Instant,
+    /// Idle since (the end of its last answer), in nanoseconds from the lot's epoch.
+    since: u64,
     older: u32,
     newer: u32,
 }
@@ -59,6 +59,8 @@ enum Slot {
 }
 
 struct Lot {
+    /// What `Parked::since` counts from.
+    epoch: Instant,
     slots: Vec<Slot>,
     free: u32,
     oldest: u32,
@@ -81,7 +83,15 @@ impl Parking {
             epoll,
             limits,
             stats,
-            lot: Mutex::new(Lot { slots: Vec::new(), free: NONE, oldest: NONE, newest: NONE, len: 0, closed: false }),
+            lot: Mutex::new(Lot {
+                epoch: Instant::now(),
+                slots: Vec::new(),
+                free: NONE,
+                oldest: NONE,
+                newest: NONE,
+                len: 0,
+                closed: false,
+            }),
             changed: tokio::sync::Notify::new(),
         })
     }
@@ -93,17 +103,13 @@ impl Parking {
 
     /// Parks `stream`, idle since `since`. Gives it back when it cannot be parked (the
     /// lot is closed, or the epoll set refused it).
-    pub(crate) fn park(
-        &self,
-        stream: std::net::TcpStream,
-        client: SocketAddr,
-        since: Instant,
-    ) -> Result<(), std::net::TcpStream> {
+    pub(crate) fn park(&self, stream: std::net::TcpStream, since: Instant) -> Result<(), std::net::TcpStream> {
         let mut lot = self.lot();
         if lot.closed {
             return Err(stream);
         }
-        let slot = lot.insert(Parked { stream, client, since, older: NONE, newer: NONE });
+        let since = lot.nanos(since);
+        let slot = lot.insert(Parked { stream, since, older: NONE, newer: NONE });
         let Slot::Taken(parked) = &lot.slots[slot as usize] else { unreachable!("just inserted") };
         // Level-triggered: bytes that arrived before this are reported at once.
         let added = epoll::add(
@@ -123,7 +129,8 @@ impl Parking {
     }
 
     /// Takes out the parked connections that became readable (a request, or the client
-    /// closing), out of the epoll set.
+    /// closing), out of the epoll set, each with its client's address. One whose address
+    /// the socket no longer knows (reset by the client) is closed here.
     pub(crate) fn take_ready(&self) -> Vec<(std::net::TcpStream, SocketAddr)> {
         let mut events =
             [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; EVENTS_PER_WAIT];
@@ -131,6 +138,7 @@ impl Parking {
         let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
         let Ok(count) = epoll::wait(&self.epoll, &mut events[..], Some(&zero)) else { return Vec::new() };
         let mut ready = Vec::with_capacity(count);
+        let mut reset = 0;
         for event in &events[..count] {
             let Ok(slot) = u32::try_from(event.data.u64()) else { continue };
             if !matches!(lot.slots.get(slot as usize), Some(Slot::Taken(_))) {
@@ -138,10 +146,15 @@ impl Parking {
             }
             let parked = lot.remove(slot);
             let _ = epoll::delete(&self.epoll, &parked.stream);
-            ready.push((parked.stream, parked.client));
+            match parked.stream.peer_addr() {
+                Ok(client) => ready.push((parked.stream, client)),
+                Err(_) => reset += 1,
+            }
         }
+        drop(lot);
         // Their slots go with them, to the connections they become again.
         self.stats.parked.dec_by(ready.len() as i64);
+        self.release(reset);
         ready
     }
 
@@ -149,7 +162,7 @@ impl Parking {
     pub(crate) fn oldest_since(&self) -> Option<Instant> {
         let lot = self.lot();
         match lot.slots.get(lot.oldest as usize) {
-            Some(Slot::Taken(parked)) => Some(parked.since),
+            Some(Slot::Taken(parked)) => Some(lot.instant(parked.since)),
             _ => None,
         }
     }
@@ -158,6 +171,7 @@ impl Parking {
     /// timeouts); returns how many.
     pub(crate) fn expire(&self, before: Instant) -> usize {
         let mut lot = self.lot();
+        let before = lot.nanos(before);
         let mut closed = 0;
         while let Some(Slot::Taken(parked)) = lot.slots.get(lot.oldest as usize) {
             if parked.since > before {
@@ -274,6 +288,15 @@ impl Drop for Parking {
 }
 
 impl Lot {
+    /// `at` in nanoseconds from the epoch (instants before it count as the epoch).
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
     /// Puts `parked` into a free slot, in the list by when it went idle (nearly always
     /// last: connections park a fixed while after going idle).
     fn insert(&mut self, mut parked: Parked) -> u32 {
@@ -365,7 +388,7 @@ mod tests {
         for offset in [0u64, 30, 10, 20, 40] {
             let (client, server) = pair(&listener);
             let addr = client.local_addr().unwrap();
-            parking.park(server, addr, start + Duration::from_millis(offset)).unwrap();
+            parking.park(server, start + Duration::from_millis(offset)).unwrap();
             clients.push((offset, client, addr));
         }
         assert_eq!(parking.len(), 5);
@@ -400,13 +423,19 @@ mod tests {
         assert_eq!((limits.open(), stats.open.get(), stats.parked.get()), (3, 3, 1));
         assert_eq!(stats.idle_timeouts.get(), 2);
         // A slot freed is taken again; closing shuts out later parking.
-        let (client, server) = pair(&listener);
-        parking.park(server, client.local_addr().unwrap(), start + Duration::from_millis(50)).unwrap();
+        let (_client, server) = pair(&listener);
+        parking.park(server, start + Duration::from_millis(50)).unwrap();
         assert_eq!(parking.close(), 2);
         assert_eq!((limits.open(), stats.open.get(), stats.parked.get()), (1, 1, 0));
-        let (client, server) = pair(&listener);
-        assert!(parking.park(server, client.local_addr().unwrap(), start).is_err());
+        let (_client, server) = pair(&listener);
+        assert!(parking.park(server, start).is_err());
         assert_eq!(parking.oldest_since(), None);
+    }
+
+    #[test]
+    fn a_parked_connection_costs_the_lot_24_bytes() {
+        // What an idle connection costs once parked, beside its socket in the kernel.
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
     }
 
     #[test]
@@ -420,7 +449,7 @@ mod tests {
             assert!(limits.take());
             stats.open.inc();
             let (client, server) = pair(&listener);
-            parking.park(server, client.local_addr().unwrap(), Instant::now()).unwrap();
+            parking.park(server, Instant::now()).unwrap();
             clients.push(client);
         }
         drop(parking);

@@ -19,12 +19,7 @@ impl Parking {
         Err(std::io::ErrorKind::Unsupported.into())
     }
 
-    pub(crate) fn park(
-        &self,
-        stream: std::net::TcpStream,
-        _client: SocketAddr,
-        _since: Instant,
-    ) -> Result<(), std::net::TcpStream> {
+    pub(crate) fn park(&self, stream: std::net::TcpStream, _since: Instant) -> Result<(), std::net::TcpStream> {
         Err(stream)
     }
 

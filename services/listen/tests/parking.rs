@@ -4,18 +4,20 @@
 
 use pake_listen::{Limits, Server, Settings};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const IDLE: Duration = Duration::from_millis(600);
 
+/// The client address of each call of the handler.
+type Calls = Arc<Mutex<Vec<SocketAddr>>>;
+
 /// A line protocol that keeps nothing between lines: each line is echoed, then the
 /// connection is parked until the next.
-async fn echo_then_park(stream: TcpStream, client: SocketAddr, conn: pake_listen::Conn, calls: Arc<AtomicUsize>) {
-    calls.fetch_add(1, Ordering::SeqCst);
+async fn echo_then_park(stream: TcpStream, client: SocketAddr, conn: pake_listen::Conn, calls: Calls) {
+    calls.lock().unwrap().push(client);
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -25,13 +27,13 @@ async fn echo_then_park(stream: TcpStream, client: SocketAddr, conn: pake_listen
     if stream.write_all(line.as_bytes()).await.is_err() {
         return;
     }
-    conn.park(stream, client, Instant::now());
+    conn.park(stream, Instant::now());
 }
 
 struct Running {
     server: Server,
     addr: SocketAddr,
-    calls: Arc<AtomicUsize>,
+    calls: Calls,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -41,7 +43,7 @@ async fn start() -> Running {
     let server = Limits::new(settings).server();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Calls::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn({
         let (server, calls) = (server.clone(), calls.clone());
@@ -111,7 +113,9 @@ async fn a_parked_connection_comes_back_for_its_next_request_and_idles_out_with_
         echo(&mut client, &format!("again {n}\n")).await;
         running.settles(1, 1).await;
     }
-    assert_eq!(running.calls.load(Ordering::SeqCst), 4);
+    // Each time with the client's address, asked of the socket again after the lot.
+    let own = client.local_addr().unwrap();
+    assert_eq!(*running.calls.lock().unwrap(), vec![own; 4]);
     assert_eq!(running.server.stats().idle_timeouts.get(), 0);
 
     // Left idle: closed after the idle timeout (counted from its last answer), the slot
@@ -133,6 +137,8 @@ async fn a_client_closing_a_parked_connection_frees_its_slot() {
         clients.push(client);
     }
     running.settles(5, 5).await;
+    // Two close, one resets: the lot can no longer ask a reset one its client's address.
+    clients[4].set_zero_linger().unwrap();
     clients.truncate(2);
     running.settles(2, 2).await;
     // The two left still work.
