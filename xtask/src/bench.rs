@@ -1159,7 +1159,7 @@ impl IdleMemory {
 fn idle_memory(server: &'static str, pid: u32, addr: SocketAddr, path: &str, connections: u32) -> Result<IdleMemory> {
     use std::io::{Read, Write};
     println!("opening {connections} idle keep-alive connections to {server}");
-    let before_kib = resident_kib(pid).context("reading the server's memory")?;
+    let before_kib = settled_resident_kib(pid)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
     let mut held = Vec::with_capacity(connections as usize);
     for n in 0..connections {
@@ -1183,9 +1183,24 @@ fn idle_memory(server: &'static str, pid: u32, addr: SocketAddr, path: &str, con
     }
     // Let allocators settle after the burst.
     std::thread::sleep(Duration::from_secs(1));
-    let after_kib = resident_kib(pid).context("reading the server's memory")?;
+    let after_kib = settled_resident_kib(pid)?;
     drop(held);
     Ok(IdleMemory { server, connections, before_kib, after_kib })
+}
+
+/// The median of five readings of [`resident_kib`] over two seconds: a server's resident
+/// memory moves by a megabyte or two at a time as its allocator takes and gives back
+/// segments, which one reading would count against ten thousand connections.
+fn settled_resident_kib(pid: u32) -> Result<u64> {
+    let mut readings = Vec::new();
+    for n in 0..5 {
+        if n > 0 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        readings.push(resident_kib(pid).context("reading the server's memory")?);
+    }
+    readings.sort_unstable();
+    Ok(readings[readings.len() / 2])
 }
 
 /// Resident memory of process `pid` and its children, in KiB (`/proc`; None elsewhere).
