@@ -720,6 +720,27 @@ async fn configuration_keeps_history_across_deletes(backend: Backend) {
 
     let listed = client.list_config_entries().service_name("search").environment("staging").key_prefix("index.").send();
     assert_eq!(listed.await.unwrap().into_inner().items.len(), 1);
+    // Entries page by key: two full pages' worth across a cursor, each once.
+    for key in ["index.refresh", "index.codec"] {
+        let body: types::ConfigWrite = serde_json::from_value(json!({"value": "x"})).unwrap();
+        client
+            .put_config_entry()
+            .service_name("search")
+            .environment("staging")
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let first = client.list_config_entries().service_name("search").environment("staging").limit(2u64).send();
+    let first = first.await.unwrap().into_inner();
+    let cursor = first.next_cursor.0.as_ref().expect("a second page").to_string();
+    let second = client.list_config_entries().service_name("search").environment("staging").limit(2u64).cursor(cursor);
+    let second = second.send().await.unwrap().into_inner();
+    let keys: Vec<String> = first.items.iter().chain(&second.items).map(|e| e.key.to_string()).collect();
+    assert_eq!(keys, vec!["index.codec", "index.refresh", "index.shards"]);
+    assert!(second.next_cursor.0.is_none());
     let other_env = client.list_config_entries().service_name("search").environment("production").send();
     assert!(other_env.await.unwrap().into_inner().items.is_empty());
 }
