@@ -44,6 +44,7 @@ pub fn api_error(error: RegistryError) -> ApiError {
         RegistryError::PreconditionFailed(message) => ApiError::precondition_failed(message),
         RegistryError::Invalid(message) => ApiError::unprocessable(message),
         RegistryError::BadCursor(message) => ApiError::bad_request("invalid_cursor", message),
+        RegistryError::ConflictingPreconditions(message) => ApiError::bad_request("conflicting_preconditions", message),
         RegistryError::Unavailable(StoreError::Down) => ApiError::unavailable(
             "the registry store is unavailable: it stopped answering, and requests that need it fail at once \
              until it answers again",

@@ -31,6 +31,10 @@ pub enum RegistryError {
     Invalid(String),
     #[error("{0}")]
     BadCursor(String),
+    /// Two preconditions of one request (a body's `expected_version` and its `If-Match`)
+    /// that cannot both hold.
+    #[error("{0}")]
+    ConflictingPreconditions(String),
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
     /// The store went away while the write was committing.
@@ -704,7 +708,9 @@ impl Registry {
         let key = self.config_key(service, environment, key)?;
         let expected = match (write.expected_version, if_match) {
             (Some(body), Some(header)) if body != header => {
-                return Err(RegistryError::Invalid(format!("expected_version {body} and if-match {header} disagree")));
+                return Err(RegistryError::ConflictingPreconditions(format!(
+                    "expected_version {body} and If-Match \"{header}\" disagree; send one of them"
+                )));
             }
             (body, header) => body.or(header),
         };

@@ -692,9 +692,13 @@ async fn configuration_keeps_history_across_deletes(backend: Backend) {
     assert_eq!(error.message.as_str(), "expected version 3 but the current version is 4");
     let (status, error) = status_of(conditional("32", None, Some("\"3\""), "index.shards").await.unwrap_err());
     assert_eq!(status, 412, "{error:?}");
+    // Both given and disagreeing: 400, as the contract says.
     let (status, error) = status_of(conditional("32", Some(4), Some("\"3\""), "index.shards").await.unwrap_err());
-    assert_eq!(status, 422, "{error:?}");
+    assert_eq!((status, error.code.as_str()), (400, "conflicting_preconditions"), "{error:?}");
     assert!(error.message.contains("disagree"), "{error:?}");
+    // Both given, agreeing, and stale: the body's check fails as it would alone (409).
+    let (status, error) = status_of(conditional("32", Some(3), Some("\"3\""), "index.shards").await.unwrap_err());
+    assert_eq!(status, 409, "{error:?}");
     let (status, error) = status_of(conditional("1", Some(2), None, "index.replicas").await.unwrap_err());
     assert_eq!(status, 409, "{error:?}");
     assert_eq!(error.message.as_str(), "expected version 2 but the key does not exist");
