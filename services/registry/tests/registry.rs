@@ -721,6 +721,23 @@ async fn configuration_keeps_history_across_deletes(backend: Backend) {
         vec![(5, "put".into()), (4, "put".into()), (3, "delete".into()), (2, "put".into()), (1, "put".into())]
     );
     assert!(history.items.iter().all(|v| v.changed_by.as_str() == "tester"));
+    // The same history two versions a page: three pages, every version once.
+    let (mut paged, mut pages, mut cursor) = (Vec::new(), 0, None::<String>);
+    loop {
+        let mut request =
+            client.list_config_history().service_name("search").environment("staging").key("index.shards").limit(2u64);
+        if let Some(cursor) = cursor.take() {
+            request = request.cursor(cursor);
+        }
+        let page = request.send().await.unwrap().into_inner();
+        pages += 1;
+        paged.extend(page.items.iter().map(|v| v.version.get()));
+        match page.next_cursor.0 {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((paged, pages), (vec![5, 4, 3, 2, 1], 3));
 
     let listed = client.list_config_entries().service_name("search").environment("staging").key_prefix("index.").send();
     assert_eq!(listed.await.unwrap().into_inner().items.len(), 1);
