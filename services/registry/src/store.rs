@@ -1121,6 +1121,29 @@ mod tests {
         }
     }
 
+    /// Closing an SQLite store (as `pake migrate` does before it exits) checkpoints its
+    /// write-ahead log into the database file: one file is left, holding every write, and
+    /// the store refuses further work.
+    #[tokio::test]
+    async fn closing_an_sqlite_store_leaves_one_file_and_refuses_work() {
+        let db = conformance::support::TestDatabase::new(conformance::support::Backend::Sqlite).await;
+        let path = std::path::PathBuf::from(db.url.trim_start_matches("sqlite://"));
+        let wal = path.with_extension("db-wal");
+        let store = Store::open(&db.url).await.expect("store opens");
+        store.ping().await.expect("open, it answers");
+        assert!(wal.exists(), "a write-ahead log while open");
+        store.close().await;
+        assert!(!wal.exists(), "the log checkpointed and removed on close");
+        assert!(store.ping().await.is_err(), "a closed store answers nothing");
+        let reopened = Store::open(&db.url).await.expect("store opens again");
+        assert_eq!(reopened.schema_version().await.unwrap(), store_schema_version());
+    }
+
+    /// The newest migration's version.
+    fn store_schema_version() -> i64 {
+        sqlite_migrator().iter().map(|migration| migration.version).max().unwrap_or(0)
+    }
+
     #[test]
     fn a_missing_row_is_not_found() {
         assert!(matches!(StoreError::from(sqlx::Error::RowNotFound), StoreError::NotFound));
