@@ -41,6 +41,7 @@ on_both_backends!(
     blocking_discovery_wakes_on_change,
     lists_page_and_filter_and_bad_cursors_are_refused,
     filters_select_instances_by_status_tag_and_zone,
+    dropping_a_registry_stops_its_background_work,
     dependencies_form_a_graph_with_cycles_reported,
     traffic_policies_are_validated_and_versioned,
     configuration_keeps_history_across_deletes,
@@ -534,6 +535,18 @@ async fn filters_select_instances_by_status_tag_and_zone(backend: Backend) {
     client.heartbeat_instance().service_id(service.id).instance_id(ids[1]).body(beat).send().await.unwrap();
     let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().into_inner();
     assert!(woken.index as u64 > index);
+}
+
+/// A registry dropped (a service shutting down, a test ending) stops its reaper, reload
+/// and notification loops: nothing of it goes on reading and writing the store.
+async fn dropping_a_registry_stops_its_background_work(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = pake_registry::Store::open(&db.url).await.expect("store opens");
+    let registry = pake_registry::Registry::start(store).await.expect("registry starts");
+    let snapshot = registry.snapshot_cell().clone();
+    assert!(std::sync::Arc::strong_count(&snapshot) > 2, "its loops share the snapshot");
+    drop(registry);
+    eventually(Duration::from_secs(5), || async { std::sync::Arc::strong_count(&snapshot) == 1 }).await;
 }
 
 fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
