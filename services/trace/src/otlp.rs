@@ -205,11 +205,7 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
             key(out, 4, FIXED64);
             out.extend_from_slice(&value.to_le_bytes());
         }
-        Value::String(value) => {
-            key(out, 1, LEN);
-            varint(out, value.as_str().len() as u64);
-            out.extend_from_slice(value.as_str().as_bytes());
-        }
+        Value::String(value) => string_always(out, 1, value.as_str()),
         Value::Array(array) => nested(out, 5, |out| {
             // ArrayValue.values = 1
             match array {
@@ -218,13 +214,9 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
                 }
                 Array::I64(values) => values.iter().for_each(|v| nested(out, 1, |out| any_value(out, &Value::I64(*v)))),
                 Array::F64(values) => values.iter().for_each(|v| nested(out, 1, |out| any_value(out, &Value::F64(*v)))),
-                Array::String(values) => values.iter().for_each(|v| {
-                    nested(out, 1, |out| {
-                        key(out, 1, LEN);
-                        varint(out, v.as_str().len() as u64);
-                        out.extend_from_slice(v.as_str().as_bytes());
-                    })
-                }),
+                Array::String(values) => {
+                    values.iter().for_each(|v| nested(out, 1, |out| string_always(out, 1, v.as_str())))
+                }
                 // Array kinds the API may add: their text, rather than a panic on export.
                 other => nested(out, 1, |out| string_always(out, 1, &other.to_string())),
             }
@@ -271,9 +263,7 @@ fn string(out: &mut Vec<u8>, field: u32, value: &str) {
 }
 
 fn string_always(out: &mut Vec<u8>, field: u32, value: &str) {
-    key(out, field, LEN);
-    varint(out, value.len() as u64);
-    out.extend_from_slice(value.as_bytes());
+    bytes(out, field, value.as_bytes());
 }
 
 fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
