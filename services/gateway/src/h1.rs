@@ -422,9 +422,9 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let caller = plane.trusted_proxies.caller(conn.client, forwarded_for());
     // The trace continued, or a new one (`tracestate` goes with a continued one only).
     let parent = traceparent.filter(|_| traceparents == 1).and_then(TraceParent::parse);
-    let arrival = || Arrival { method: &method, path, host, client: Some(caller.client), tracestate };
+    let arrival = || Arrival { method: &method, path, host, client: Some(caller.client), tracestate, route: None };
     if let Err(refused) = proxy::check_host(axum::http::Version::HTTP_11, hosts) {
-        let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
+        let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
         let refused = spans.refusal("request", refused);
         spans.end(refused.status());
         return finish(write_response(conn, refused.into_response(), true).await, true);
@@ -433,7 +433,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     let located = match proxy::locate(&table, &method, normal) {
         Ok(located) => located,
         Err(refused) => {
-            let spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
+            let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
             let refused = spans.unrouted(refused);
             spans.end(refused.status());
             return finish(write_response(conn, refused.into_response(), close).await, close);
@@ -454,8 +454,7 @@ async fn one(conn: &mut Conn<'_>, request: &httparse::Request<'_, '_>, api_paths
     if !plain {
         return Step::Handover;
     }
-    let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, arrival);
-    spans.route(route);
+    let mut spans = RequestSpans::start(plane.tracer.as_ref(), parent, || Arrival { route: Some(route), ..arrival() });
     // Auth and rate limits as the general path applies them; the limit's headers are
     // written into `conn.extra` for the response.
     let principal = if settings.require_token {

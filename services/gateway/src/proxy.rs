@@ -144,6 +144,7 @@ pub async fn handle(plane: &DataPlane, request: Request, peer: Option<SocketAddr
             .or_else(|| request.uri().authority().map(|authority| authority.as_str().as_bytes())),
         client: caller.map(|caller| caller.client),
         tracestate: request.headers().get(&TRACESTATE).map(HeaderValue::as_bytes),
+        route: None,
     });
     let response = match spans
         .check("request", check_host(request.version(), request.headers().get_all(header::HOST).iter().count()))

@@ -62,6 +62,9 @@ pub(crate) struct Arrival<'r> {
     pub client: Option<SocketAddr>,
     /// Its `tracestate`, which goes with a valid parent only.
     pub tracestate: Option<&'r [u8]>,
+    /// The route that took it, when known as the request arrives (the span is then
+    /// named by it from the start; otherwise [`RequestSpans::route`] renames it).
+    pub route: Option<&'r crate::routes::CompiledRoute>,
 }
 
 /// A request's spans (none when the gateway traces nothing).
@@ -77,8 +80,10 @@ pub(crate) struct RequestSpans<'p> {
 
 struct Traced<'p> {
     tracer: &'p Tracer,
-    /// Holds the server span, the parent of the tries' spans.
-    server: Context,
+    /// The server span, owned here: its attributes are set without a lock.
+    server: pake_trace::SdkSpan,
+    /// The server span's context, the parent of the tries' and the stores' spans.
+    parent: Context,
     method: std::borrow::Cow<'static, str>,
     tries: i64,
 }
@@ -113,27 +118,22 @@ impl<'p> RequestSpans<'p> {
     /// The request matched `route`: the span is named by it.
     pub fn route(&mut self, route: &crate::routes::CompiledRoute) {
         let Some(traced) = &mut self.traced else { return };
-        let span = traced.server.span();
-        span.update_name(format!("{} {}", traced.method, route.template));
-        span.set_attributes([
-            KeyValue::new("http.route", route.template.clone()),
-            KeyValue::new(key::SERVICE, route.service.clone()),
-        ]);
+        traced.server.update_name(span_name(&traced.method, route));
+        traced.server.set_attributes(route_attributes(route));
     }
 
     /// The gateway refused the request at `stage` with `code` (the error body's).
-    pub fn refused(&self, stage: &'static str, code: &str) {
-        let Some(traced) = &self.traced else { return };
+    pub fn refused(&mut self, stage: &'static str, code: &str) {
+        let Some(traced) = &mut self.traced else { return };
         traced
             .server
-            .span()
             .set_attributes([KeyValue::new(key::REFUSAL, stage), KeyValue::new(key::ERROR_CODE, code.to_string())]);
     }
 
     /// Passes on a step's result, recording a refusal at `stage` (`request`, `auth`,
     /// `upstream`); the refusal's error body names the trace.
     pub fn check<T>(
-        &self,
+        &mut self,
         stage: &'static str,
         checked: Result<T, pake_api_runtime::ApiError>,
     ) -> Result<T, pake_api_runtime::ApiError> {
@@ -141,7 +141,7 @@ impl<'p> RequestSpans<'p> {
     }
 
     /// Records `refused` as the request's refusal at `stage`; it comes back naming the trace.
-    pub fn refusal(&self, stage: &'static str, refused: pake_api_runtime::ApiError) -> pake_api_runtime::ApiError {
+    pub fn refusal(&mut self, stage: &'static str, refused: pake_api_runtime::ApiError) -> pake_api_runtime::ApiError {
         self.refused(stage, refused.code());
         self.stamped(refused)
     }
@@ -149,7 +149,7 @@ impl<'p> RequestSpans<'p> {
     /// `refused`, naming the request's trace when it is traced.
     fn stamped(&self, refused: pake_api_runtime::ApiError) -> pake_api_runtime::ApiError {
         match &self.traced {
-            Some(traced) => refused.with_trace_id(traced.server.span().span_context().trace_id().to_string()),
+            Some(traced) => refused.with_trace_id(traced.server.span_context().trace_id().to_string()),
             None => refused,
         }
     }
@@ -170,14 +170,14 @@ impl<'p> RequestSpans<'p> {
     }
 
     /// No route took the request: `refused` is recorded, and comes back naming the trace.
-    pub fn unrouted(&self, mut refused: Box<Refused>) -> Box<Refused> {
+    pub fn unrouted(&mut self, mut refused: Box<Refused>) -> Box<Refused> {
         refused.error = self.refusal("route", refused.error);
         refused
     }
 
     /// Passes on a rate limit's verdict, recording a refusal (whose error body names the
     /// trace).
-    pub fn rate_limited<T>(&self, limited: Result<T, Refused>) -> Result<T, Refused> {
+    pub fn rate_limited<T>(&mut self, limited: Result<T, Refused>) -> Result<T, Refused> {
         limited.map_err(|mut refused| {
             refused.error = self.refusal("rate_limit", refused.error);
             refused
@@ -186,13 +186,13 @@ impl<'p> RequestSpans<'p> {
 
     /// What starts the request's child spans for calls to its stores.
     pub fn children(&self) -> ChildSpans<'p> {
-        ChildSpans { traced: self.traced.as_ref().map(|traced| (traced.tracer, traced.server.clone())) }
+        ChildSpans { traced: self.traced.as_ref().map(|traced| (traced.tracer, traced.parent.clone())) }
     }
 
     /// The response cache's verdict on the request.
-    pub fn cache(&self, verdict: &str) {
-        let Some(traced) = &self.traced else { return };
-        traced.server.span().set_attribute(KeyValue::new(key::CACHE, verdict.to_string()));
+    pub fn cache(&mut self, verdict: &str) {
+        let Some(traced) = &mut self.traced else { return };
+        traced.server.set_attribute(KeyValue::new(key::CACHE, verdict.to_string()));
     }
 
     /// Starts a try's span; its `traceparent` is what the instance receives.
@@ -201,29 +201,31 @@ impl<'p> RequestSpans<'p> {
             return TrySpan { span: None, traceparent: self.untraced.format() };
         };
         traced.tries += 1;
+        // Room for the outcome's two attributes as well.
+        let mut attributes = Vec::with_capacity(5);
+        attributes.extend([
+            KeyValue::new(key::INSTANCE_ID, upstream.instance_text.clone()),
+            KeyValue::new(key::INSTANCE_ADDRESS, upstream.address.clone()),
+            KeyValue::new(key::ATTEMPT, traced.tries),
+        ]);
         let span = traced
             .tracer
             .span_builder(traced.method.clone())
             .with_kind(SpanKind::Client)
-            .with_attributes([
-                KeyValue::new(key::INSTANCE_ID, upstream.instance_text.clone()),
-                KeyValue::new(key::INSTANCE_ADDRESS, upstream.address.clone()),
-                KeyValue::new(key::ATTEMPT, traced.tries),
-            ])
-            .start_with_context(traced.tracer, &traced.server);
+            .with_attributes(attributes)
+            .start_with_context(traced.tracer, &traced.parent);
         let traceparent = TraceParent::of(span.span_context()).format();
         TrySpan { span: Some(span), traceparent }
     }
 
     /// Ends the server span with the answer's status (5xx: an error).
     pub fn end(self, status: StatusCode) {
-        let Some(traced) = self.traced else { return };
-        let span = traced.server.span();
-        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+        let Some(Traced { mut server, .. }) = self.traced else { return };
+        server.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
         if status.is_server_error() {
-            span.set_status(Status::error(status.as_str().to_string()));
+            server.set_status(Status::error(status.as_str().to_string()));
         }
-        span.end();
+        server.end();
     }
 }
 
@@ -234,7 +236,8 @@ impl<'p> Traced<'p> {
             None => Context::new(),
         };
         let method = method_name(arrival.method);
-        let mut attributes = Vec::with_capacity(6);
+        // Room for the route's attributes and the status as well.
+        let mut attributes = Vec::with_capacity(8);
         attributes.push(KeyValue::new("http.request.method", method.clone()));
         attributes.push(KeyValue::new("url.path", arrival.path.to_string()));
         if let Some(host) = arrival.host.and_then(|host| std::str::from_utf8(host).ok()) {
@@ -246,13 +249,37 @@ impl<'p> Traced<'p> {
             let ip = std::str::from_utf8(&text[..length]).unwrap_or_default();
             attributes.push(KeyValue::new("client.address", ip.to_string()));
         }
-        let span = tracer
-            .span_builder(method.clone())
+        let name = match arrival.route {
+            Some(route) => {
+                attributes.extend(route_attributes(route));
+                span_name(&method, route).into()
+            }
+            None => method.clone(),
+        };
+        let server = tracer
+            .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        Traced { tracer, server: parent.with_span(span), method, tries: 0 }
+        // The children's parent: the server span's context alone (not remote), so the span
+        // itself stays here, owned.
+        let parent = Context::new().with_remote_span_context(server.span_context().clone());
+        Traced { tracer, server, parent, method, tries: 0 }
     }
+}
+
+/// A routed request's span name: its method and the route's template (`GET /v1/search`).
+fn span_name(method: &str, route: &crate::routes::CompiledRoute) -> String {
+    let mut name = String::with_capacity(method.len() + 1 + route.template.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(&route.template);
+    name
+}
+
+/// What a routed request's span says of its route (shared strings, no copies).
+fn route_attributes(route: &crate::routes::CompiledRoute) -> [KeyValue; 2] {
+    [KeyValue::new("http.route", route.template.clone()), KeyValue::new(key::SERVICE, route.service.clone())]
 }
 
 /// Starts child spans of a request's server span for calls to a store (Redis: the shared

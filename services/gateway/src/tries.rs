@@ -304,7 +304,7 @@ impl<'a> Tries<'a> {
         spans: &mut RequestSpans<'_>,
         client_fault: impl Fn(TryFailure) -> Option<ApiError>,
     ) -> Result<(Try, T::Answer), ApiError> {
-        let refused = |refused: ApiError, spans: &RequestSpans<'_>| {
+        let refused = |refused: ApiError, spans: &mut RequestSpans<'_>| {
             spans.refused("upstream", refused.code());
             refused
         };

@@ -4,7 +4,9 @@
 //! The SDK's exporter first builds opentelemetry-proto's message structs (a `String` and
 //! a `Vec` for every attribute, ids as vectors, a map to group the spans), then encodes
 //! them: on the gateway that took half of everything tracing cost. Here each field is
-//! written once, into one buffer reused from batch to batch. The bytes are the same
+//! written once, into one buffer made as large as the last batch needed, with room set
+//! aside for each message's length as wide as it is expected to be (so that a span is not
+//! moved once written), and spans grouped by service and scope in one pass. The bytes are the same
 //! message the SDK's exporter sends (held to opentelemetry-proto's own conversion and
 //! decoder by `tests::the_encoding_is_what_opentelemetry_proto_makes_of_the_same_spans`):
 //! one `ResourceSpans` per service (`service.name`), one `ScopeSpans` per instrumentation
@@ -21,8 +23,9 @@ use std::time::{Duration, SystemTime};
 pub(crate) struct Otlp {
     endpoint: String,
     client: reqwest::Client,
-    /// The last batch's encoding, its buffer kept for the next.
-    buffer: Vec<u8>,
+    /// The last batch's encoded size: the next batch's buffer is made that large at once,
+    /// rather than grown (and copied) step by step.
+    last_size: usize,
 }
 
 impl Otlp {
@@ -31,14 +34,14 @@ impl Otlp {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| StartError(format!("the OTLP client: {e}")))?;
-        Ok(Otlp { endpoint: format!("{}/v1/traces", base.trim_end_matches('/')), client, buffer: Vec::new() })
+        Ok(Otlp { endpoint: format!("{}/v1/traces", base.trim_end_matches('/')), client, last_size: 0 })
     }
 
     /// Posts `batch`; an answer other than 2xx is an error naming it.
     pub(crate) async fn export(&mut self, batch: &[FinishedSpan]) -> Result<(), String> {
-        let mut body = std::mem::take(&mut self.buffer);
-        body.clear();
+        let mut body = Vec::with_capacity(self.last_size + self.last_size / 4);
         encode_request(batch, &mut body);
+        self.last_size = body.len();
         let sent = self
             .client
             .post(&self.endpoint)
@@ -67,49 +70,86 @@ const FIXED32: u32 = 5;
 const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
 const CONTEXT_IS_REMOTE: u32 = 0x200;
 
+/// The spans of one instrumentation scope of one service, by their place in the batch.
+struct ScopeGroup<'b> {
+    scope: &'b InstrumentationScope,
+    spans: Vec<usize>,
+}
+
+/// The spans of one service, by scope.
+struct ServiceGroup<'b> {
+    service: &'b Arc<str>,
+    scopes: Vec<ScopeGroup<'b>>,
+}
+
+/// The batch's services in order of first appearance, each with its scopes in order of
+/// first appearance, each with its spans in order. A span usually shares the previous
+/// one's service (the same `Arc`) and scope, which is checked first.
+fn group(batch: &[FinishedSpan]) -> Vec<ServiceGroup<'_>> {
+    let mut services: Vec<ServiceGroup<'_>> = Vec::new();
+    let mut last: Option<(usize, usize)> = None;
+    for (index, finished) in batch.iter().enumerate() {
+        let scope = &finished.span.instrumentation_scope;
+        let same = |group: &ServiceGroup<'_>| {
+            Arc::ptr_eq(group.service, &finished.service) || *group.service == finished.service
+        };
+        if let Some((s, c)) = last
+            && same(&services[s])
+            && services[s].scopes[c].scope == scope
+        {
+            services[s].scopes[c].spans.push(index);
+            continue;
+        }
+        let s = match services.iter().position(same) {
+            Some(s) => s,
+            None => {
+                services.push(ServiceGroup { service: &finished.service, scopes: Vec::new() });
+                services.len() - 1
+            }
+        };
+        let scopes = &mut services[s].scopes;
+        let c = match scopes.iter().position(|group| group.scope == scope) {
+            Some(c) => c,
+            None => {
+                scopes.push(ScopeGroup { scope, spans: Vec::new() });
+                scopes.len() - 1
+            }
+        };
+        scopes[c].spans.push(index);
+        last = Some((s, c));
+    }
+    services
+}
+
 /// Writes `batch` as an `ExportTraceServiceRequest` into `out`.
 pub(crate) fn encode_request(batch: &[FinishedSpan], out: &mut Vec<u8>) {
-    // Services in order of first appearance; each one's spans by scope, in order.
-    let mut services: Vec<&Arc<str>> = Vec::new();
-    for finished in batch {
-        if !services.iter().any(|service| **service == finished.service) {
-            services.push(&finished.service);
-        }
-    }
-    for service in services {
-        // ExportTraceServiceRequest.resource_spans = 1
-        nested(out, 1, |out| {
+    for service in group(batch) {
+        // ExportTraceServiceRequest.resource_spans = 1 (a batch: megabytes at most)
+        nested_sized(out, 1, 3, |out| {
             // ResourceSpans.resource = 1: Resource.attributes = 1
             nested(out, 1, |out| {
                 nested(out, 1, |out| {
                     string(out, 1, "service.name");
-                    nested(out, 2, |out| string(out, 1, service));
+                    nested(out, 2, |out| string(out, 1, service.service));
                 });
             });
-            let of_service = || batch.iter().filter(|finished| finished.service == *service).map(|f| &f.span);
-            let mut scopes: Vec<&InstrumentationScope> = Vec::new();
-            for span in of_service() {
-                if !scopes.contains(&&span.instrumentation_scope) {
-                    scopes.push(&span.instrumentation_scope);
-                }
-            }
-            for scope in scopes {
+            for scope in &service.scopes {
                 // ResourceSpans.scope_spans = 2
-                nested(out, 2, |out| {
+                nested_sized(out, 2, 3, |out| {
                     // ScopeSpans.scope = 1
                     nested(out, 1, |out| {
-                        string(out, 1, scope.name());
-                        string(out, 2, scope.version().unwrap_or_default());
-                        for attribute in scope.attributes() {
+                        string(out, 1, scope.scope.name());
+                        string(out, 2, scope.scope.version().unwrap_or_default());
+                        for attribute in scope.scope.attributes() {
                             nested(out, 3, |out| key_value(out, attribute));
                         }
                     });
-                    for span in of_service().filter(|span| span.instrumentation_scope == *scope) {
-                        // ScopeSpans.spans = 2
-                        nested(out, 2, |out| encode_span(out, span));
+                    for &index in &scope.spans {
+                        // ScopeSpans.spans = 2 (a span: hundreds of bytes)
+                        nested_sized(out, 2, 2, |out| encode_span(out, &batch[index].span));
                     }
                     // ScopeSpans.schema_url = 3
-                    string(out, 3, scope.schema_url().unwrap_or_default());
+                    string(out, 3, scope.scope.schema_url().unwrap_or_default());
                 });
             }
         });
@@ -226,10 +266,12 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+#[inline]
 fn key(out: &mut Vec<u8>, field: u32, wire: u32) {
     varint(out, u64::from((field << 3) | wire));
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -239,33 +281,68 @@ fn varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// A length-delimited field whose body `body` writes. One byte is set aside for the
-/// length, which nearly every attribute and value fits; a longer body is moved up.
+/// length, which nearly every attribute and value fits.
+#[inline]
 fn nested(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    nested_sized(out, field, 1, body);
+}
+
+/// A length-delimited field whose length is expected to take `width` bytes as a varint:
+/// that many are set aside, and the body moved only when its length needs another width.
+#[inline]
+fn nested_sized(out: &mut Vec<u8>, field: u32, width: usize, body: impl FnOnce(&mut Vec<u8>)) {
     key(out, field, LEN);
     let at = out.len();
-    out.push(0);
-    body(out);
-    let length = out.len() - at - 1;
-    if length < 0x80 {
-        out[at] = length as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(4);
-        varint(&mut prefix, length as u64);
-        out.splice(at..=at, prefix);
+    for _ in 0..width {
+        out.push(0);
     }
+    body(out);
+    let length = out.len() - at - width;
+    let needed = varint_length(length as u64);
+    if needed != width {
+        resize_prefix(out, at, width, needed);
+    }
+    let mut value = length as u64;
+    let mut place = at;
+    while value >= 0x80 {
+        out[place] = (value as u8) | 0x80;
+        value >>= 7;
+        place += 1;
+    }
+    out[place] = value as u8;
+}
+
+/// Moves the body written after `at + width` so that `needed` bytes precede it.
+#[cold]
+fn resize_prefix(out: &mut Vec<u8>, at: usize, width: usize, needed: usize) {
+    let length = out.len() - at - width;
+    if needed > width {
+        out.resize(out.len() + needed - width, 0);
+    }
+    out.copy_within(at + width..at + width + length, at + needed);
+    out.truncate(at + needed + length);
+}
+
+/// How many bytes `value` takes as a varint.
+#[inline]
+fn varint_length(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A proto3 `string`: left out when empty, as the default.
+#[inline]
 fn string(out: &mut Vec<u8>, field: u32, value: &str) {
     if !value.is_empty() {
         string_always(out, field, value);
     }
 }
 
+#[inline]
 fn string_always(out: &mut Vec<u8>, field: u32, value: &str) {
     bytes(out, field, value.as_bytes());
 }
 
+#[inline]
 fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     key(out, field, LEN);
     varint(out, value.len() as u64);
@@ -273,6 +350,7 @@ fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
 }
 
 /// A proto3 scalar varint field: left out when zero.
+#[inline]
 fn uint(out: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
         key(out, field, VARINT);
@@ -280,6 +358,7 @@ fn uint(out: &mut Vec<u8>, field: u32, value: u64) {
     }
 }
 
+#[inline]
 fn fixed64(out: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
         key(out, field, FIXED64);
@@ -287,6 +366,7 @@ fn fixed64(out: &mut Vec<u8>, field: u32, value: u64) {
     }
 }
 
+#[inline]
 fn fixed32(out: &mut Vec<u8>, field: u32, value: u32) {
     if value != 0 {
         key(out, field, FIXED32);
@@ -444,6 +524,33 @@ mod tests {
         encode_request(&batch, &mut reencoded_ours);
         assert_eq!(reencoded_ours, encoded, "deterministic");
         assert_eq!(ordered.encode_to_vec().len(), encoded.len(), "no field written that prost would leave out");
+        // A batch as the pipeline hands one on: services and scopes interleaved, hundreds of
+        // spans, one tiny span (its length fits one byte) and one whose length takes three.
+        let mut mixed: Vec<FinishedSpan> = (0..60)
+            .flat_map(|round| {
+                let mut spans = batch.clone();
+                if round % 2 == 1 {
+                    spans.reverse();
+                }
+                spans
+            })
+            .collect();
+        let mut tiny = batch[2].clone();
+        tiny.span.name = Cow::Borrowed("t");
+        tiny.span.attributes.clear();
+        tiny.span.events = SpanEvents::default();
+        tiny.span.links = SpanLinks::default();
+        tiny.span.status = Status::Unset;
+        let mut huge = batch[1].clone();
+        huge.span.attributes.push(KeyValue::new("big", "y".repeat(40_000)));
+        mixed.insert(7, tiny);
+        mixed.insert(100, huge);
+        let mut encoded = Vec::new();
+        encode_request(&mixed, &mut encoded);
+        assert!(encoded.len() > 200_000, "{}", encoded.len());
+        let decoded = ExportTraceServiceRequest::decode(&encoded[..]).expect("a valid ExportTraceServiceRequest");
+        assert_eq!(normalised(decoded.clone()), normalised(expected(&mixed)));
+        assert_eq!(normalised(decoded).encode_to_vec().len(), encoded.len());
         // An empty batch is an empty request.
         let mut empty = Vec::new();
         encode_request(&[], &mut empty);
