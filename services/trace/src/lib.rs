@@ -3,10 +3,14 @@
 //!
 //! Services record spans with the OpenTelemetry API through the tracer
 //! [`Telemetry::tracer`] gives them (one per service name, all feeding the same pipeline).
-//! A finished span the sampler kept is put on a bounded queue without waiting (a full
-//! queue drops it, counted); one task drains the queue in batches to the OTLP/HTTP
-//! collector at `PAKE_OTLP_ENDPOINT` when set and to every [`SpanSink`] registered (the
-//! monitoring service's trace store).
+//! A finished span the sampler kept is gathered, without waiting, with others that ended
+//! on the same thread; a thread's spans go on a bounded queue a chunk at a time (a full
+//! queue drops the chunk, counted), so that recording threads share no queue position
+//! per span. One task drains the queue in batches, and every batch delay gathers what
+//! threads still hold, to the OTLP/HTTP collector at `PAKE_OTLP_ENDPOINT` when set and to
+//! every [`SpanSink`] registered (the monitoring service's trace store). With no sink to
+//! feed, a chunk is written as OTLP protobuf by the thread that filled it, and its spans
+//! freed there.
 //!
 //! Sampling is parent-based, with `PAKE_TRACE_SAMPLE_RATIO` for new traces; what it
 //! leaves out is still recorded while its local root runs, and exported anyway when the
@@ -34,6 +38,7 @@ use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -136,38 +141,102 @@ pub trait SpanSink: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
-/// What the queue carries: spans, and flush requests answered once everything before them
-/// has been handed on. Spans travel unboxed: one allocation fewer per span, and flushes
-/// are rare.
-#[allow(clippy::large_enum_variant)]
+/// What the queue carries: chunks of spans, and flush requests answered once everything
+/// before them has been handed on.
 enum Item {
-    Span(FinishedSpan),
+    Spans(Vec<FinishedSpan>),
+    /// A chunk already written as an `ExportTraceServiceRequest`, and how many spans it holds.
+    Encoded(Vec<u8>, usize),
     Flush(oneshot::Sender<()>),
 }
+
+/// Spans that ended on the threads of one shard, not yet queued.
+type Shard = Mutex<Vec<FinishedSpan>>;
 
 /// The parts every service's processor shares.
 #[derive(Debug)]
 struct Shared {
     queue: mpsc::Sender<Item>,
+    /// Finished spans gathered per thread (a thread keeps to one shard), queued a chunk at
+    /// a time.
+    shards: Box<[Shard]>,
+    /// The spans a shard gathers before it queues them.
+    chunk: usize,
+    /// Whether a sink takes spans (they then travel as `SpanData`); else, with OTLP, a
+    /// chunk is written as protobuf where it filled.
+    sinks_present: AtomicBool,
+    otlp: bool,
     /// Wakes the export task early: a batch's worth of spans is waiting, or a flush.
     wake: Arc<tokio::sync::Notify>,
-    /// The queue's free room at or below which a batch's worth is waiting.
+    /// The queue's free room (in chunks) at or below which a batch's worth is waiting.
     full_batch_below: usize,
     tail: tail::Tail,
     dropped: Counter,
 }
 
 impl Shared {
-    /// Queues a span without waiting. The export task is not woken for each span (a
-    /// wake-up per span, on another thread, would cost more than the span): it wakes every
-    /// batch delay, or when a batch's worth is waiting.
+    /// Gathers a span without waiting, in the calling thread's shard, and queues the shard's
+    /// spans once a chunk's worth. The export task is not woken for each chunk (a wake-up on
+    /// another thread costs more than the chunk): it wakes every batch delay, or when a
+    /// batch's worth is waiting.
     fn push(&self, service: &Arc<str>, span: SpanData) {
-        if self.queue.try_send(Item::Span(FinishedSpan { service: service.clone(), span })).is_err() {
-            self.dropped.inc();
+        let shard = &self.shards[shard_of_thread() % self.shards.len()];
+        let chunk = {
+            let mut spans = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            spans.push(FinishedSpan { service: service.clone(), span });
+            if spans.len() < self.chunk {
+                return;
+            }
+            std::mem::replace(&mut *spans, Vec::with_capacity(self.chunk))
+        };
+        self.queue_chunk(chunk);
+    }
+
+    /// Queues `spans` without waiting (no room: dropped, counted); written as protobuf
+    /// first when nothing but OTLP takes them.
+    fn queue_chunk(&self, spans: Vec<FinishedSpan>) {
+        let count = spans.len();
+        if count == 0 {
+            return;
+        }
+        if self.queue.try_send(self.prepared(spans)).is_err() {
+            self.dropped.inc_by(count as u64);
         } else if self.queue.capacity() <= self.full_batch_below {
             self.wake.notify_one();
         }
     }
+
+    /// `spans` as the queue carries them.
+    fn prepared(&self, spans: Vec<FinishedSpan>) -> Item {
+        if self.otlp && !self.sinks_present.load(Ordering::Acquire) {
+            let mut encoded = Vec::with_capacity(spans.len() * 320);
+            otlp::encode_request(&spans, &mut encoded);
+            Item::Encoded(encoded, spans.len())
+        } else {
+            Item::Spans(spans)
+        }
+    }
+
+    /// Takes every shard's spans, as the queue would carry them.
+    fn gather(&self) -> Vec<Item> {
+        let mut gathered = Vec::new();
+        for shard in &self.shards {
+            let spans = std::mem::take(&mut *shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if !spans.is_empty() {
+                gathered.push(self.prepared(spans));
+            }
+        }
+        gathered
+    }
+}
+
+/// The calling thread's shard number (threads are numbered as they first record).
+fn shard_of_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SHARD.with(|shard| *shard)
 }
 
 /// The span processor of one service's provider: sampled spans to the queue, others to
@@ -257,20 +326,29 @@ impl Telemetry {
             Some(base) => Some(otlp::Otlp::new(base)?),
             None => None,
         };
-        let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let counters = Counters { dropped: dropped.clone(), exported: exported.clone(), failures: failures.clone() };
         let capacity = config.queue_capacity.max(1);
         let batch_size = config.batch_size.max(1);
+        // The queue holds at most `capacity` spans: as many chunks as fit.
+        let chunk = CHUNK.min(capacity).min(batch_size);
+        let chunks = (capacity / chunk).max(1);
+        let (queue, receiver) = mpsc::channel(chunks);
+        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let shared = Arc::new(Shared {
             queue,
+            shards: (0..(2 * threads).max(4)).map(|_| Mutex::new(Vec::new())).collect(),
+            chunk,
+            sinks_present: AtomicBool::new(false),
+            otlp: otlp.is_some(),
             wake: Arc::default(),
-            full_batch_below: capacity.saturating_sub(batch_size),
+            full_batch_below: chunks.saturating_sub((batch_size / chunk).max(1)),
             tail: tail::Tail::new(config.slow, config.tail_capacity),
             dropped,
         });
         let sinks: Sinks = Arc::default();
         let drain = Drain {
             receiver,
+            shared: Arc::downgrade(&shared),
             wake: shared.wake.clone(),
             sinks: sinks.clone(),
             otlp,
@@ -341,17 +419,17 @@ impl Telemetry {
         provider.tracer("pake")
     }
 
-    /// Adds a destination for every batch exported from now on.
+    /// Adds a destination for every batch exported from now on (spans that ended before
+    /// the call may not reach it).
     pub fn add_sink(&self, sink: Arc<dyn SpanSink>) {
         self.inner.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(sink);
+        self.inner.shared.sinks_present.store(true, Ordering::Release);
     }
 
     /// Hands spans recorded elsewhere (spans ingested through an API) to the pipeline, as
     /// if they had ended here; those that find no room are dropped (counted).
     pub fn submit(&self, spans: impl IntoIterator<Item = FinishedSpan>) {
-        for span in spans {
-            self.inner.shared.push(&span.service, span.span);
-        }
+        self.inner.shared.queue_chunk(spans.into_iter().collect());
     }
 
     /// Waits until every span that ended before the call has been handed on.
@@ -364,10 +442,16 @@ impl Telemetry {
     }
 }
 
+/// The spans a thread gathers before it queues them: few enough that writing them as
+/// protobuf (where no sink takes them) holds a request up for well under a millisecond,
+/// enough that the queue is touched once per hundred spans rather than per span.
+const CHUNK: usize = 128;
+
 /// The task that drains the queue.
 struct Drain {
     receiver: mpsc::Receiver<Item>,
     /// Not the queue's sender: the task ends once every sender is gone.
+    shared: std::sync::Weak<Shared>,
     wake: Arc<tokio::sync::Notify>,
     sinks: Sinks,
     otlp: Option<otlp::Otlp>,
@@ -377,23 +461,49 @@ struct Drain {
     batch_delay: Duration,
 }
 
+/// What the drain hands on at once: spans as recorded, and chunks already written.
+#[derive(Default)]
+struct Batch {
+    spans: Vec<FinishedSpan>,
+    encoded: Vec<u8>,
+    encoded_spans: usize,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.spans.len() + self.encoded_spans
+    }
+
+    fn add(&mut self, item: Item, waiting: &mut Vec<oneshot::Sender<()>>) {
+        match item {
+            Item::Spans(mut spans) => self.spans.append(&mut spans),
+            Item::Encoded(bytes, count) => {
+                self.encoded.extend_from_slice(&bytes);
+                self.encoded_spans += count;
+            }
+            Item::Flush(done) => waiting.push(done),
+        }
+    }
+}
+
 impl Drain {
     /// Wakes every batch delay, or when woken early ([`Shared::push`], a flush), and hands
-    /// on everything queued, a batch at a time; ends when every sender is gone.
+    /// on everything queued, a batch at a time, then what the threads still gather (so a
+    /// span waits at most about a batch delay); ends when every sender is gone.
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut batch = Batch::default();
         let mut waiting = Vec::new();
+        let mut gathered = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.batch_delay) => {}
-            }
+            let woken = tokio::select! {
+                () = self.wake.notified() => true,
+                () = tokio::time::sleep(self.batch_delay) => false,
+            };
             loop {
                 let mut open = true;
                 while batch.len() < self.batch_size {
                     match self.receiver.try_recv() {
-                        Ok(Item::Span(span)) => batch.push(span),
-                        Ok(Item::Flush(done)) => waiting.push(done),
+                        Ok(item) => batch.add(item, &mut waiting),
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => {
                             open = false;
@@ -402,7 +512,17 @@ impl Drain {
                     }
                 }
                 let full = batch.len() >= self.batch_size;
-                if !batch.is_empty() {
+                // Past the queue: what threads gather, every batch delay (woken early or
+                // not, the queue emptied or not) and for a flush, which must hand on every
+                // span that ended before it.
+                let due = !woken || gathered.elapsed() >= self.batch_delay || !waiting.is_empty();
+                if due && let Some(shared) = self.shared.upgrade() {
+                    gathered = tokio::time::Instant::now();
+                    for item in shared.gather() {
+                        batch.add(item, &mut waiting);
+                    }
+                }
+                if batch.len() > 0 {
                     self.hand_on(&mut batch).await;
                 }
                 for done in waiting.drain(..) {
@@ -419,10 +539,10 @@ impl Drain {
     }
 
     /// Delivers a batch to the sinks, then to OTLP; empties it.
-    async fn hand_on(&mut self, batch: &mut Vec<FinishedSpan>) {
+    async fn hand_on(&mut self, batch: &mut Batch) {
         let sinks = self.sinks.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         for sink in &sinks {
-            if let Err(error) = sink.deliver(batch).await {
+            if let Err(error) = sink.deliver(&batch.spans).await {
                 self.failures.inc();
                 tracing::debug!(%error, "a span sink refused a batch");
             }
@@ -432,12 +552,14 @@ impl Drain {
             self.exported.inc_by(batch.len() as u64);
         }
         if let Some(otlp) = &mut self.otlp
-            && let Err(error) = otlp.export(batch).await
+            && let Err(error) = otlp.export(&batch.spans, &batch.encoded).await
         {
             self.failures.inc();
             tracing::debug!(%error, "OTLP export failed");
         }
-        batch.clear();
+        batch.spans.clear();
+        batch.encoded.clear();
+        batch.encoded_spans = 0;
     }
 }
 

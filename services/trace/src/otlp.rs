@@ -37,10 +37,12 @@ impl Otlp {
         Ok(Otlp { endpoint: format!("{}/v1/traces", base.trim_end_matches('/')), client, last_size: 0 })
     }
 
-    /// Posts `batch`; an answer other than 2xx is an error naming it.
-    pub(crate) async fn export(&mut self, batch: &[FinishedSpan]) -> Result<(), String> {
+    /// Posts `batch` and the spans already written as `encoded` (a request's fields: the
+    /// two concatenated are one request); an answer other than 2xx is an error naming it.
+    pub(crate) async fn export(&mut self, batch: &[FinishedSpan], encoded: &[u8]) -> Result<(), String> {
         let mut body = Vec::with_capacity(self.last_size + self.last_size / 4);
         encode_request(batch, &mut body);
+        body.extend_from_slice(encoded);
         self.last_size = body.len();
         let sent = self
             .client
@@ -95,7 +97,7 @@ fn group(batch: &[FinishedSpan]) -> Vec<ServiceGroup<'_>> {
         };
         if let Some((s, c)) = last
             && same(&services[s])
-            && services[s].scopes[c].scope == scope
+            && same_scope(services[s].scopes[c].scope, scope)
         {
             services[s].scopes[c].spans.push(index);
             continue;
@@ -108,7 +110,7 @@ fn group(batch: &[FinishedSpan]) -> Vec<ServiceGroup<'_>> {
             }
         };
         let scopes = &mut services[s].scopes;
-        let c = match scopes.iter().position(|group| group.scope == scope) {
+        let c = match scopes.iter().position(|group| same_scope(group.scope, scope)) {
             Some(c) => c,
             None => {
                 scopes.push(ScopeGroup { scope, spans: Vec::new() });
@@ -119,6 +121,16 @@ fn group(batch: &[FinishedSpan]) -> Vec<ServiceGroup<'_>> {
         last = Some((s, c));
     }
     services
+}
+
+/// Whether two spans' scopes are one: fields in the same order (as every span of one
+/// tracer has them) are compared without the sorting the scope's own equality does.
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    let listed_alike = a.name() == b.name()
+        && a.version() == b.version()
+        && a.schema_url() == b.schema_url()
+        && a.attributes().eq(b.attributes());
+    listed_alike || a == b
 }
 
 /// Writes `batch` as an `ExportTraceServiceRequest` into `out`.

@@ -171,3 +171,69 @@ async fn a_flush_hands_on_the_spans_every_thread_ended_before_it() {
         assert_eq!(mine, expected, "a thread's spans keep their order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_from_many_threads_arrive_over_otlp_once_each_without_a_flush() {
+    // OTLP alone: a thread's full chunks are written as protobuf where they filled, the
+    // rest is gathered on the drain's timer.
+    let receiver = OtlpReceiver::start().await;
+    let metrics = pake_observe::Metrics::new("threads");
+    let telemetry = Telemetry::start(config(&receiver, 1.0)).unwrap();
+    telemetry.register_metrics(&metrics);
+    let tracer = telemetry.tracer("gateway");
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let tracer = &tracer;
+            scope.spawn(move || {
+                for n in 0..301 {
+                    let mut span = tracer.span_builder(format!("t{thread}-{n}")).start(tracer);
+                    span.set_attribute(KeyValue::new("pake.attempt", n));
+                    span.end();
+                }
+            });
+        }
+    });
+    let spans = receiver.wait_for(Duration::from_secs(5), |spans| spans.len() >= 1204).await;
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!((spans.len(), names.len()), (1204, 1204), "every span once");
+    for span in &spans {
+        let n = span.name.split('-').nth(1).unwrap();
+        assert_eq!((span.service.as_str(), span.attribute("pake.attempt")), ("gateway", Some(n)), "{span:?}");
+    }
+    let text = metrics.render();
+    assert!(text.contains("pake_threads_trace_spans_exported_total 1204"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_threads_span_leaves_within_a_batch_delay_while_another_thread_is_busy() {
+    let receiver = OtlpReceiver::start().await;
+    let config = TraceConfig { batch_delay: Duration::from_millis(50), batch_size: 128, ..config(&receiver, 1.0) };
+    let telemetry = Telemetry::start(config).unwrap();
+    let tracer = telemetry.tracer("gateway");
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // A thread ending a span every 100 µs wakes the drain with a full chunk more often than
+    // the batch delay.
+    let worker = {
+        let (tracer, busy) = (tracer.clone(), busy.clone());
+        std::thread::spawn(move || {
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                tracer.span_builder("busy").start(&tracer).end();
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let quiet = tracer.clone();
+    std::thread::spawn(move || quiet.span_builder("quiet").start(&quiet).end()).join().unwrap();
+    let arrived = tokio::time::timeout(Duration::from_secs(2), async {
+        while !receiver.spans().iter().any(|span| span.name == "quiet") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    worker.join().unwrap();
+    assert!(arrived.is_ok(), "the quiet thread's span waited for the busy one to stop");
+}
