@@ -65,9 +65,10 @@ pub struct GatewayOptions {
     pub trusted_proxies: forwarded::TrustedProxies,
     /// Where the gateway's request samples go (the performance service); none: not fed.
     pub samples: Option<Arc<dyn samples::SampleSink>>,
-    /// The tracer of the gateway's spans (a server span per proxied request, a client span
-    /// per try); none: the data plane records no span.
-    pub tracer: Option<pake_trace::Tracer>,
+    /// What records the gateway's spans (a server span per proxied request, a client span
+    /// per try; its tracer, those of the gateway's own API and of store calls); none: the
+    /// gateway records no span.
+    pub tracer: Option<pake_trace::Recorder>,
 }
 
 impl GatewayOptions {
@@ -220,7 +221,7 @@ impl Gateway {
         // The gateway's own operations (tokens, administration) are server spans like every
         // service's, refusals of the token guard included.
         if let Some(tracer) = &self.options.tracer {
-            let spans = pake_trace::server::ServerSpans::new(tracer.clone(), pake_gateway_server::OPERATIONS);
+            let spans = pake_trace::server::ServerSpans::new(tracer.tracer().clone(), pake_gateway_server::OPERATIONS);
             api = api.layer(axum::middleware::from_fn_with_state(spans, pake_trace::server::ServerSpans::trace));
         }
         front::Front::new(api, pake_gateway_server::PATHS, self.plane.clone())

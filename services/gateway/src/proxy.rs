@@ -53,8 +53,8 @@ pub struct DataPlane {
     pub edge: Edge,
     /// Whose `X-Forwarded-For` says who the client is.
     pub trusted_proxies: crate::forwarded::TrustedProxies,
-    /// The tracer of the requests' spans; none: no spans.
-    pub tracer: Option<pake_trace::Tracer>,
+    /// What records the requests' spans; none: no spans.
+    pub tracer: Option<pake_trace::Recorder>,
 }
 
 impl DataPlane {
@@ -64,7 +64,7 @@ impl DataPlane {
         edge: Edge,
         https: connections::HttpsClient,
         trusted_proxies: crate::forwarded::TrustedProxies,
-        tracer: Option<pake_trace::Tracer>,
+        tracer: Option<pake_trace::Recorder>,
     ) -> DataPlane {
         DataPlane {
             trusted_proxies,

@@ -12,12 +12,10 @@
 use crate::edge::Refused;
 use crate::upstream::Upstream;
 use axum::http::{Method, StatusCode};
-use pake_trace::Tracer;
-use pake_trace::opentelemetry::trace::{
-    Span as _, SpanId, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _,
-};
+use pake_trace::opentelemetry::trace::{SpanId, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _};
 use pake_trace::opentelemetry::{Context, KeyValue};
 use pake_trace::w3c::TraceParent;
+use pake_trace::{Recorder, Recording, Tracer};
 use std::net::SocketAddr;
 
 /// Attribute keys beyond the semantic conventions'.
@@ -79,29 +77,27 @@ pub(crate) struct RequestSpans<'p> {
 }
 
 struct Traced<'p> {
-    tracer: &'p Tracer,
-    /// The server span, owned here: its attributes are set without a lock.
-    server: pake_trace::SdkSpan,
-    /// The server span's context, the parent of the tries' and the stores' spans.
-    parent: Context,
+    recorder: &'p Recorder,
+    /// The server span, recorded as a value: the parent of the tries' and the stores' spans.
+    server: Recording<'p>,
     method: std::borrow::Cow<'static, str>,
     tries: i64,
 }
 
 impl<'p> RequestSpans<'p> {
-    /// Starts the request's server span with `tracer` (none: no spans), as the child of
+    /// Starts the request's server span with `recorder` (none: no spans), as the child of
     /// `parent`, the one valid `traceparent` the request carried (none: a new trace).
     pub fn start<'r>(
-        tracer: Option<&'p Tracer>,
+        recorder: Option<&'p Recorder>,
         parent: Option<TraceParent>,
         arrival: impl FnOnce() -> Arrival<'r>,
     ) -> RequestSpans<'p> {
-        let Some(tracer) = tracer else {
+        let Some(recorder) = recorder else {
             let untraced = parent.map_or_else(TraceParent::new, TraceParent::with_new_parent);
             return RequestSpans { traced: None, untraced, answered_by: None };
         };
         let unused = TraceParent { trace_id: TraceId::INVALID, parent_id: SpanId::INVALID, sampled: false };
-        RequestSpans { traced: Some(Traced::start(tracer, parent, arrival())), untraced: unused, answered_by: None }
+        RequestSpans { traced: Some(Traced::start(recorder, parent, arrival())), untraced: unused, answered_by: None }
     }
 
     /// The instance `instance` answered: its answer is the one relayed.
@@ -149,7 +145,7 @@ impl<'p> RequestSpans<'p> {
     /// `refused`, naming the request's trace when it is traced.
     fn stamped(&self, refused: pake_api_runtime::ApiError) -> pake_api_runtime::ApiError {
         match &self.traced {
-            Some(traced) => refused.with_trace_id(traced.server.span_context().trace_id().to_string()),
+            Some(traced) => refused.with_trace_id(traced.server.context().trace_id().to_string()),
             None => refused,
         }
     }
@@ -184,9 +180,15 @@ impl<'p> RequestSpans<'p> {
         })
     }
 
-    /// What starts the request's child spans for calls to its stores.
+    /// What starts the request's child spans for calls to its stores (through the
+    /// service's tracer: they are few, and may end on another task).
     pub fn children(&self) -> ChildSpans<'p> {
-        ChildSpans { traced: self.traced.as_ref().map(|traced| (traced.tracer, traced.parent.clone())) }
+        ChildSpans {
+            traced: self.traced.as_ref().map(|traced| {
+                let parent = Context::new().with_remote_span_context(traced.server.context().clone());
+                (traced.recorder.tracer(), parent)
+            }),
+        }
     }
 
     /// The response cache's verdict on the request.
@@ -196,7 +198,7 @@ impl<'p> RequestSpans<'p> {
     }
 
     /// Starts a try's span; its `traceparent` is what the instance receives.
-    pub fn try_started(&mut self, upstream: &Upstream) -> TrySpan {
+    pub fn try_started(&mut self, upstream: &Upstream) -> TrySpan<'p> {
         let Some(traced) = &mut self.traced else {
             return TrySpan { span: None, traceparent: self.untraced.format() };
         };
@@ -208,13 +210,9 @@ impl<'p> RequestSpans<'p> {
             KeyValue::new(key::INSTANCE_ADDRESS, upstream.address.clone()),
             KeyValue::new(key::ATTEMPT, traced.tries),
         ]);
-        let span = traced
-            .tracer
-            .span_builder(traced.method.clone())
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(traced.tracer, &traced.parent);
-        let traceparent = TraceParent::of(span.span_context()).format();
+        let span =
+            traced.recorder.start(traced.method.clone(), SpanKind::Client, Some(traced.server.context()), attributes);
+        let traceparent = TraceParent::of(span.context()).format();
         TrySpan { span: Some(span), traceparent }
     }
 
@@ -230,11 +228,8 @@ impl<'p> RequestSpans<'p> {
 }
 
 impl<'p> Traced<'p> {
-    fn start(tracer: &'p Tracer, parent: Option<TraceParent>, arrival: Arrival<'_>) -> Traced<'p> {
-        let parent = match parent {
-            Some(parent) => Context::new().with_remote_span_context(parent.remote_context(arrival.tracestate)),
-            None => Context::new(),
-        };
+    fn start(recorder: &'p Recorder, parent: Option<TraceParent>, arrival: Arrival<'_>) -> Traced<'p> {
+        let parent = parent.map(|parent| parent.remote_context(arrival.tracestate));
         let method = method_name(arrival.method);
         // Room for the route's attributes and the status as well.
         let mut attributes = Vec::with_capacity(8);
@@ -256,15 +251,8 @@ impl<'p> Traced<'p> {
             }
             None => method.clone(),
         };
-        let server = tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
-        // The children's parent: the server span's context alone (not remote), so the span
-        // itself stays here, owned.
-        let parent = Context::new().with_remote_span_context(server.span_context().clone());
-        Traced { tracer, server, parent, method, tries: 0 }
+        let server = recorder.start(name, SpanKind::Server, parent.as_ref(), attributes);
+        Traced { recorder, server, method, tries: 0 }
     }
 }
 
@@ -306,12 +294,12 @@ impl ChildSpans<'_> {
 }
 
 /// One try's span (none when nothing is traced) and the `traceparent` its instance receives.
-pub(crate) struct TrySpan {
-    span: Option<pake_trace::SdkSpan>,
+pub(crate) struct TrySpan<'p> {
+    span: Option<Recording<'p>>,
     pub traceparent: [u8; 55],
 }
 
-impl TrySpan {
+impl TrySpan<'_> {
     /// Ends the span: the try got an answer with `status`.
     pub fn answered(self, status: StatusCode) {
         let Some(mut span) = self.span else { return };

@@ -87,7 +87,7 @@ async fn traced_platform_on(receiver: &OtlpReceiver, redis: Option<&RedisPrefix>
         ..TraceConfig::default()
     })
     .unwrap();
-    let mut options = GatewayOptions { tracer: Some(telemetry.tracer("gateway")), ..options() };
+    let mut options = GatewayOptions { tracer: Some(telemetry.recorder("gateway")), ..options() };
     if let Some(redis) = redis {
         options.redis_url = Some(redis.url.clone());
         options.redis_prefix = redis.prefix.clone();

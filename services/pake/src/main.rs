@@ -526,7 +526,7 @@ async fn serve(config: &Config, monitoring_url: Option<&str>, services: &[Servic
             ServiceName::Gateway => {
                 let mut options = config.gateway_options(keys.clone());
                 options.samples = samples.clone();
-                options.tracer = telemetry.enabled().then(|| telemetry.tracer("gateway"));
+                options.tracer = telemetry.enabled().then(|| telemetry.recorder("gateway"));
                 let gateway =
                     pake_gateway::Gateway::start(store.clone(), registry.snapshot_cell().clone(), options).await?;
                 if let (Some(id), Some(secret)) = (&config.admin_client_id, &config.admin_client_secret) {

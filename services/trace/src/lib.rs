@@ -18,6 +18,7 @@
 
 pub mod ids;
 mod otlp;
+mod record;
 mod sampling;
 pub mod server;
 mod tail;
@@ -29,12 +30,14 @@ pub mod w3c;
 pub use opentelemetry;
 pub use opentelemetry::trace::{SpanKind, Status};
 pub use opentelemetry_sdk::trace::{SdkTracer as Tracer, Span as SdkSpan, SpanData};
+pub use record::{Recorder, Recording};
 
 use opentelemetry::Context;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanProcessor};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanLimits, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
+use record::scope;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -175,6 +178,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// Takes a span that ended: sampled, to the queue; else to the tail rule, which may
+    /// keep its local trace.
+    fn finish(&self, service: &Arc<str>, span: SpanData) {
+        if span.span_context.is_sampled() {
+            self.push(service, span);
+            return;
+        }
+        let offered = self.tail.offer(span);
+        if offered.overflow > 0 {
+            self.dropped.inc_by(offered.overflow as u64);
+        }
+        for span in offered.keep {
+            self.push(service, span);
+        }
+    }
+
     /// Gathers a span without waiting, in the calling thread's shard, and queues the shard's
     /// spans once a chunk's worth. The export task is not woken for each chunk (a wake-up on
     /// another thread costs more than the chunk): it wakes every batch delay, or when a
@@ -221,10 +240,15 @@ impl Shared {
     fn gather(&self) -> Vec<Item> {
         let mut gathered = Vec::new();
         for shard in &self.shards {
-            let spans = std::mem::take(&mut *shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-            if !spans.is_empty() {
-                gathered.push(self.prepared(spans));
-            }
+            let spans = {
+                let mut spans = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if spans.is_empty() {
+                    continue;
+                }
+                // Room for a chunk, as after a chunk is queued (not grown span by span).
+                std::mem::replace(&mut *spans, Vec::with_capacity(self.chunk))
+            };
+            gathered.push(self.prepared(spans));
         }
         gathered
     }
@@ -251,17 +275,7 @@ impl SpanProcessor for Processor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if span.span_context.is_sampled() {
-            self.shared.push(&self.service, span);
-            return;
-        }
-        let offered = self.shared.tail.offer(span);
-        if offered.overflow > 0 {
-            self.shared.dropped.inc_by(offered.overflow as u64);
-        }
-        for span in offered.keep {
-            self.shared.push(&self.service, span);
-        }
+        self.shared.finish(&self.service, span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -286,7 +300,8 @@ struct Inner {
     shared: Arc<Shared>,
     sinks: Sinks,
     sampler: sampling::HeadSampler,
-    providers: Mutex<HashMap<String, SdkTracerProvider>>,
+    /// Each service's provider, and its name as every span of it carries it.
+    providers: Mutex<HashMap<String, (SdkTracerProvider, Arc<str>)>>,
     counters: Counters,
 }
 
@@ -405,18 +420,37 @@ impl Telemetry {
     /// The tracer of `service` (its spans carry `service.name` = `service`); every call
     /// for the same name shares one provider.
     pub fn tracer(&self, service: &str) -> Tracer {
+        self.provider(service).0
+    }
+
+    /// The tracer of `service` and what records its spans as values ([`Recorder`]).
+    pub fn recorder(&self, service: &str) -> Recorder {
+        let (tracer, service) = self.provider(service);
+        Recorder {
+            shared: self.inner.shared.clone(),
+            service,
+            sampler: self.inner.sampler,
+            scope: scope(),
+            limits: SpanLimits::default(),
+            tracer,
+        }
+    }
+
+    /// The tracer of `service`'s provider (made on first use) and its name.
+    fn provider(&self, service: &str) -> (Tracer, Arc<str>) {
         use opentelemetry::trace::TracerProvider as _;
         let mut providers = self.inner.providers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let provider = providers.entry(service.to_string()).or_insert_with(|| {
-            SdkTracerProvider::builder()
+        let (provider, name) = providers.entry(service.to_string()).or_insert_with(|| {
+            let name: Arc<str> = service.into();
+            let provider = SdkTracerProvider::builder()
                 .with_resource(Resource::builder_empty().with_service_name(service.to_string()).build())
                 .with_sampler(self.inner.sampler)
                 .with_id_generator(ids::FastIds)
-                .with_span_processor(Processor { service: service.into(), shared: self.inner.shared.clone() })
-                .build()
+                .with_span_processor(Processor { service: name.clone(), shared: self.inner.shared.clone() })
+                .build();
+            (provider, name)
         });
-        // A static scope name: every span carries a copy of its tracer's scope.
-        provider.tracer("pake")
+        (provider.tracer_with_scope(scope()), name.clone())
     }
 
     /// Adds a destination for every batch exported from now on (spans that ended before

@@ -2,7 +2,7 @@
 //! recorded, so that the tail rule ([`crate::tail`]) can keep a local trace that ends
 //! badly or slowly.
 
-use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, ShouldSample};
 
@@ -19,6 +19,16 @@ impl HeadSampler {
     pub(crate) fn new(ratio: f64) -> HeadSampler {
         let ratio = if ratio.is_nan() { 1.0 } else { ratio.clamp(0.0, 1.0) };
         HeadSampler { bound: (ratio * (1u64 << 63) as f64) as u64, always: ratio >= 1.0 }
+    }
+
+    /// Whether a span with `parent` (a valid one; none: a new trace) in trace `trace_id` is
+    /// sampled, and the trace state it carries: the parent's decision and state, else the
+    /// ratio's. What the SDK's tracers and [`crate::Recorder`] both ask.
+    pub(crate) fn decide(&self, parent: Option<&SpanContext>, trace_id: TraceId) -> (bool, TraceState) {
+        match parent {
+            Some(parent) => (parent.is_sampled(), parent.trace_state().clone()),
+            None => (self.samples(trace_id), TraceState::default()),
+        }
     }
 
     /// Whether a new trace with `trace_id` is sampled.
@@ -39,10 +49,7 @@ impl ShouldSample for HeadSampler {
         _links: &[Link],
     ) -> SamplingResult {
         let parent = parent_context.map(|cx| cx.span()).filter(|span| span.span_context().is_valid());
-        let (sampled, trace_state) = match &parent {
-            Some(span) => (span.span_context().is_sampled(), span.span_context().trace_state().clone()),
-            None => (self.samples(trace_id), Default::default()),
-        };
+        let (sampled, trace_state) = self.decide(parent.as_ref().map(|span| span.span_context()), trace_id);
         let decision = if sampled { SamplingDecision::RecordAndSample } else { SamplingDecision::RecordOnly };
         SamplingResult { decision, attributes: Vec::new(), trace_state }
     }

@@ -237,3 +237,98 @@ async fn a_quiet_threads_span_leaves_within_a_batch_delay_while_another_thread_i
     worker.join().unwrap();
     assert!(arrived.is_ok(), "the quiet thread's span waited for the busy one to stop");
 }
+
+/// What a span says apart from its ids and times (which are drawn and read anew).
+fn described(finished: &FinishedSpan) -> String {
+    let span = &finished.span;
+    format!(
+        "{} {:?} {} parent:{}/{} flags:{:?} state:{} remote:{} attrs:{:?} dropped:{} status:{:?} scope:{:?} ended:{}",
+        finished.service,
+        span.span_kind,
+        span.name,
+        span.parent_span_id != opentelemetry::trace::SpanId::INVALID,
+        span.parent_span_is_remote,
+        span.span_context.trace_flags(),
+        span.span_context.trace_state().header(),
+        span.span_context.is_remote(),
+        span.attributes,
+        span.dropped_attributes_count,
+        span.status,
+        span.instrumentation_scope,
+        span.end_time >= span.start_time,
+    )
+}
+
+#[tokio::test]
+async fn a_recorders_spans_are_what_the_same_services_tracer_makes_of_the_same_calls() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let config = TraceConfig { batch_delay: Duration::from_secs(30), ..TraceConfig::default() };
+    let telemetry = Telemetry::start(config).unwrap();
+    let sink = Arc::new(Collect::default());
+    telemetry.add_sink(sink.clone());
+    let recorder = telemetry.recorder("gateway");
+    let tracer = telemetry.tracer("gateway");
+    let state: TraceState = "vendor=value".parse().unwrap();
+    let remote = |sampled: bool| {
+        let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        SpanContext::new(TraceId::from(0xabc), SpanId::from(0xdef), flags, true, state.clone())
+    };
+    let invalid = SpanContext::new(TraceId::INVALID, SpanId::INVALID, TraceFlags::SAMPLED, true, state.clone());
+    // A local parent: a span started (and still running) in this process.
+    let local = recorder.start("local", SpanKind::Server, None, Vec::new());
+    let parents = [None, Some(remote(true)), Some(remote(false)), Some(invalid), Some(local.context().clone())];
+    let many: Vec<KeyValue> = (0..130).map(|n| KeyValue::new(format!("k{n}"), n)).collect();
+    for (case, parent) in parents.iter().enumerate() {
+        let attributes = vec![KeyValue::new("case", case as i64), KeyValue::new("url.path", "/v1/x")];
+        // Through the SDK's tracer.
+        let cx = match parent {
+            Some(parent) => opentelemetry::Context::new().with_remote_span_context(parent.clone()),
+            None => opentelemetry::Context::new(),
+        };
+        let mut span = tracer
+            .span_builder("GET")
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes.clone())
+            .start_with_context(&tracer, &cx);
+        span.update_name("GET /v1/x");
+        span.set_attribute(KeyValue::new("http.response.status_code", 503));
+        span.set_status(Status::error("503"));
+        span.set_status(Status::Unset);
+        span.end();
+        // Recorded as a value.
+        let mut recording = recorder.start("GET", SpanKind::Client, parent.as_ref(), attributes);
+        recording.update_name("GET /v1/x");
+        recording.set_attribute(KeyValue::new("http.response.status_code", 503));
+        recording.set_status(Status::error("503"));
+        recording.set_status(Status::Unset);
+        recording.end();
+    }
+    // Attributes past the limit are dropped and counted alike.
+    let mut span = tracer.span_builder("many").with_attributes(many.clone()).start(&tracer);
+    span.set_attribute(KeyValue::new("one.more", true));
+    span.end();
+    let mut recording = recorder.start("many", SpanKind::Internal, None, many);
+    recording.set_attribute(KeyValue::new("one.more", true));
+    drop(recording);
+    local.end();
+    telemetry.flush().await;
+    let spans = sink.0.lock().unwrap().clone();
+    let named = |name: &str| spans.iter().filter(|s| s.span.name == name).map(described).collect::<Vec<_>>();
+    let pairs = named("GET /v1/x");
+    assert_eq!(pairs.len(), 2 * parents.len(), "every span exported (the unsampled ones failed): {pairs:#?}");
+    for pair in pairs.chunks(2) {
+        assert_eq!(pair[0], pair[1]);
+    }
+    let many = named("many");
+    assert_eq!(many.len(), 2);
+    assert_eq!(many[0], many[1]);
+    assert!(many[0].contains("dropped:3"), "{}", many[0]);
+    // The local parent's children are its children; a remote parent's trace is continued.
+    let local = spans.iter().find(|s| s.span.name == "local").unwrap();
+    let children: Vec<&FinishedSpan> =
+        spans.iter().filter(|s| s.span.parent_span_id == local.span.span_context.span_id()).collect();
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().all(|s| s.span.span_context.trace_id() == local.span.span_context.trace_id()));
+    let continued = spans.iter().filter(|s| s.span.span_context.trace_id() == TraceId::from(0xabc)).count();
+    assert_eq!(continued, 4, "both remote parents' traces continued by both");
+}
