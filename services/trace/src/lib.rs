@@ -463,7 +463,12 @@ impl Telemetry {
     /// Hands spans recorded elsewhere (spans ingested through an API) to the pipeline, as
     /// if they had ended here; those that find no room are dropped (counted).
     pub fn submit(&self, spans: impl IntoIterator<Item = FinishedSpan>) {
-        self.inner.shared.queue_chunk(spans.into_iter().collect());
+        let shared = &self.inner.shared;
+        let mut spans = spans.into_iter().peekable();
+        while spans.peek().is_some() {
+            // A chunk at a time, so that the queue's bound in spans holds.
+            shared.queue_chunk(spans.by_ref().take(shared.chunk).collect());
+        }
     }
 
     /// Waits until every span that ended before the call has been handed on.
