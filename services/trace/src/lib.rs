@@ -149,7 +149,7 @@ pub trait SpanSink: Send + Sync + 'static {
 enum Item {
     Spans(Vec<FinishedSpan>),
     /// A chunk already written as an `ExportTraceServiceRequest`, and how many spans it holds.
-    Encoded(Vec<u8>, usize),
+    Encoded(bytes::Bytes, usize),
     Flush(oneshot::Sender<()>),
 }
 
@@ -230,7 +230,7 @@ impl Shared {
         if self.otlp && !self.sinks_present.load(Ordering::Acquire) {
             let mut encoded = Vec::with_capacity(spans.len() * 320);
             otlp::encode_request(&spans, &mut encoded);
-            Item::Encoded(encoded, spans.len())
+            Item::Encoded(encoded.into(), spans.len())
         } else {
             Item::Spans(spans)
         }
@@ -504,7 +504,7 @@ struct Drain {
 #[derive(Default)]
 struct Batch {
     spans: Vec<FinishedSpan>,
-    encoded: Vec<u8>,
+    encoded: Vec<bytes::Bytes>,
     encoded_spans: usize,
 }
 
@@ -517,7 +517,7 @@ impl Batch {
         match item {
             Item::Spans(mut spans) => self.spans.append(&mut spans),
             Item::Encoded(bytes, count) => {
-                self.encoded.extend_from_slice(&bytes);
+                self.encoded.push(bytes);
                 self.encoded_spans += count;
             }
             Item::Flush(done) => waiting.push(done),
@@ -591,7 +591,7 @@ impl Drain {
             self.exported.inc_by(batch.len() as u64);
         }
         if let Some(otlp) = &mut self.otlp
-            && let Err(error) = otlp.export(&batch.spans, &batch.encoded).await
+            && let Err(error) = otlp.export(&batch.spans, std::mem::take(&mut batch.encoded)).await
         {
             self.failures.inc();
             tracing::debug!(%error, "OTLP export failed");

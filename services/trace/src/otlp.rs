@@ -4,7 +4,7 @@
 //! The SDK's exporter first builds opentelemetry-proto's message structs (a `String` and
 //! a `Vec` for every attribute, ids as vectors, a map to group the spans), then encodes
 //! them: on the gateway that took half of everything tracing cost. Here each field is
-//! written once, into one buffer made as large as the last batch needed, with room set
+//! written once, a chunk of spans at a time (the body is sent as its chunks), with room set
 //! aside for each message's length as wide as it is expected to be (so that a span is not
 //! moved once written), and spans grouped by service and scope in one pass. The bytes are the same
 //! message the SDK's exporter sends (held to opentelemetry-proto's own conversion and
@@ -13,9 +13,11 @@
 //! scope, the span flags with the parent's remoteness.
 
 use crate::{FinishedSpan, StartError};
+use bytes::Bytes;
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,9 +25,6 @@ use std::time::{Duration, SystemTime};
 pub(crate) struct Otlp {
     endpoint: String,
     client: reqwest::Client,
-    /// The last batch's encoded size: the next batch's buffer is made that large at once,
-    /// rather than grown (and copied) step by step.
-    last_size: usize,
 }
 
 impl Otlp {
@@ -34,21 +33,28 @@ impl Otlp {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| StartError(format!("the OTLP client: {e}")))?;
-        Ok(Otlp { endpoint: format!("{}/v1/traces", base.trim_end_matches('/')), client, last_size: 0 })
+        Ok(Otlp { endpoint: format!("{}/v1/traces", base.trim_end_matches('/')), client })
     }
 
-    /// Posts `batch` and the spans already written as `encoded` (a request's fields: the
-    /// two concatenated are one request); an answer other than 2xx is an error naming it.
-    pub(crate) async fn export(&mut self, batch: &[FinishedSpan], encoded: &[u8]) -> Result<(), String> {
-        let mut body = Vec::with_capacity(self.last_size + self.last_size / 4);
-        encode_request(batch, &mut body);
-        body.extend_from_slice(encoded);
-        self.last_size = body.len();
+    /// Posts `batch` and the spans already written as `encoded` (chunks of a request's
+    /// fields: concatenated, they are one request); an answer other than 2xx is an error
+    /// naming it. The body is sent as its chunks, never copied into one buffer: a batch's
+    /// worth of bytes in one allocation would be fresh pages from the system at every
+    /// batch.
+    pub(crate) async fn export(&mut self, batch: &[FinishedSpan], encoded: Vec<Bytes>) -> Result<(), String> {
+        let mut chunks = VecDeque::with_capacity(encoded.len() + batch.len().div_ceil(CHUNK_SPANS));
+        for spans in batch.chunks(CHUNK_SPANS) {
+            let mut chunk = Vec::with_capacity(spans.len() * 320);
+            encode_request(spans, &mut chunk);
+            chunks.push_back(Bytes::from(chunk));
+        }
+        chunks.extend(encoded);
+        let length = chunks.iter().map(Bytes::len).sum::<usize>() as u64;
         let sent = self
             .client
             .post(&self.endpoint)
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(body)
+            .body(reqwest::Body::wrap(Chunks { chunks, length }))
             .send()
             .await;
         let response = sent.map_err(|e| format!("OTLP export to {}: {e}", self.endpoint))?;
@@ -58,6 +64,40 @@ impl Otlp {
             return Err(format!("the OTLP collector at {} answered {status}: {}", self.endpoint, text.trim()));
         }
         Ok(())
+    }
+}
+
+/// The spans written into one chunk of a request's body.
+const CHUNK_SPANS: usize = 128;
+
+/// A request body sent as the chunks it was written in, its exact length known (so it
+/// goes with a `Content-Length`).
+struct Chunks {
+    chunks: VecDeque<Bytes>,
+    length: u64,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.length -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.length)
     }
 }
 

@@ -66,6 +66,15 @@ impl OtlpReceiver {
                     if !protobuf {
                         return (axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
                     }
+                    // The exporter knows its body's length (it is sent in chunks, but not
+                    // chunked): a request without it, or with another, is refused here.
+                    let declared = headers
+                        .get(axum::http::header::CONTENT_LENGTH)
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.parse::<usize>().ok());
+                    if declared != Some(body.len()) {
+                        return (axum::http::StatusCode::LENGTH_REQUIRED, Vec::new());
+                    }
                     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
                         return (axum::http::StatusCode::BAD_REQUEST, Vec::new());
                     };
