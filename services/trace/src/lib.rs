@@ -228,9 +228,7 @@ impl Shared {
     /// `spans` as the queue carries them.
     fn prepared(&self, spans: Vec<FinishedSpan>) -> Item {
         if self.otlp && !self.sinks_present.load(Ordering::Acquire) {
-            let mut encoded = Vec::with_capacity(spans.len() * 320);
-            otlp::encode_request(&spans, &mut encoded);
-            Item::Encoded(encoded.into(), spans.len())
+            Item::Encoded(otlp::encode_chunk(&spans), spans.len())
         } else {
             Item::Spans(spans)
         }
@@ -484,7 +482,7 @@ impl Telemetry {
 /// The spans a thread gathers before it queues them: few enough that writing them as
 /// protobuf (where no sink takes them) holds a request up for well under a millisecond,
 /// enough that the queue is touched once per hundred spans rather than per span.
-const CHUNK: usize = 128;
+pub(crate) const CHUNK: usize = 128;
 
 /// The task that drains the queue.
 struct Drain {

@@ -42,12 +42,8 @@ impl Otlp {
     /// worth of bytes in one allocation would be fresh pages from the system at every
     /// batch.
     pub(crate) async fn export(&mut self, batch: &[FinishedSpan], encoded: Vec<Bytes>) -> Result<(), String> {
-        let mut chunks = VecDeque::with_capacity(encoded.len() + batch.len().div_ceil(CHUNK_SPANS));
-        for spans in batch.chunks(CHUNK_SPANS) {
-            let mut chunk = Vec::with_capacity(spans.len() * 320);
-            encode_request(spans, &mut chunk);
-            chunks.push_back(Bytes::from(chunk));
-        }
+        let mut chunks = VecDeque::with_capacity(encoded.len() + batch.len().div_ceil(crate::CHUNK));
+        chunks.extend(batch.chunks(crate::CHUNK).map(encode_chunk));
         chunks.extend(encoded);
         let length = chunks.iter().map(Bytes::len).sum::<usize>() as u64;
         let sent = self
@@ -66,9 +62,6 @@ impl Otlp {
         Ok(())
     }
 }
-
-/// The spans written into one chunk of a request's body.
-const CHUNK_SPANS: usize = 128;
 
 /// A request body sent as the chunks it was written in, its exact length known (so it
 /// goes with a `Content-Length`).
@@ -171,6 +164,13 @@ fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
         && a.schema_url() == b.schema_url()
         && a.attributes().eq(b.attributes());
     listed_alike || a == b
+}
+
+/// A chunk of spans (at most [`crate::CHUNK`]) written as an `ExportTraceServiceRequest`.
+pub(crate) fn encode_chunk(spans: &[FinishedSpan]) -> Bytes {
+    let mut chunk = Vec::with_capacity(spans.len() * 320);
+    encode_request(spans, &mut chunk);
+    chunk.into()
 }
 
 /// Writes `batch` as an `ExportTraceServiceRequest` into `out`.
